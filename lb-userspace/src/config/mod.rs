@@ -1,0 +1,136 @@
+//! Configuration: a TOML file read in two stages. `raw` mirrors the file with serde (unknown keys
+//! are errors); `validate` turns it into the typed [`Config`] below, collecting every problem with
+//! the key and line it concerns.
+
+mod duration;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use duration::{parse_duration, DurationError};
+pub use validate::{ConfigError, Problem};
+
+/// A validated configuration. Construct it with [`Config::from_toml`] or [`Config::load`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub instance: Instance,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+    pub monitor: Option<Monitor>,
+    pub timeouts: Timeouts,
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text. Every semantic problem is reported; of
+    /// syntax, unknown-key and type errors only the first (serde stops there).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        validate::from_toml_with(text, validate::host_name)
+    }
+
+    /// Reads `path` and validates it as [`Config::from_toml`] does.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+}
+
+/// The id of the backend named `name` in kernel maps and stick keys: FNV-1a (32 bit) of the
+/// name's bytes. [`Config`] validation refuses two backends whose ids collide.
+pub fn backend_id(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    /// Peer name; defaults to the host name.
+    pub name: String,
+    /// Pinned maps live under `<pin_dir>/<name>/`. Default `/sys/fs/bpf/stickylb`.
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frontend {
+    pub name: String,
+    pub bind: SocketAddr,
+    /// Name of a backend that exists in [`Config::backends`] (validated).
+    pub backend: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    /// Power of two random choices (by in-flight requests).
+    Random,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    pub balance: Balance,
+    /// Cookie name whose value is the stickiness key. Default `JSESSIONID`.
+    pub stick_cookie: String,
+    /// Maximum entries; the least recently used are evicted beyond it. Default 1048576.
+    pub table_size: NonZeroU32,
+    /// Idle time after which an entry is forgotten. Default 30 minutes.
+    pub expire: Duration,
+    pub health_check: HealthCheck,
+    /// Unique names, non-empty list.
+    pub servers: Vec<Server>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    /// Whether checks run at all. Default true.
+    pub enabled: bool,
+    /// Request path, starts with `/`. Default `/`.
+    pub path: String,
+    /// Default 2 s.
+    pub interval: Duration,
+    /// Default 1 s.
+    pub timeout: Duration,
+    /// Consecutive successes to go up. Default 2.
+    pub rise: NonZeroU32,
+    /// Consecutive failures to go down. Default 3.
+    pub fall: NonZeroU32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// Stable identity of the server: what stick entries point at. At most 31 bytes.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Monitor {
+    pub bind: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a server. Default 5 s.
+    pub connect: Duration,
+    /// Waiting for a client's request headers, and idle keep-alive client connections;
+    /// a client slower than this gets 408. Default 50 s (HAProxy's `timeout client` in the seed).
+    pub client: Duration,
+    /// Waiting for a server's response headers. Default 50 s.
+    pub server: Duration,
+    /// How long a stopping daemon lets in-flight requests finish. Default 10 s.
+    pub drain: Duration,
+    /// Largest request head accepted; larger gets 431. Default 16 KiB.
+    pub max_header_bytes: usize,
+}

@@ -1,0 +1,250 @@
+//! The file as written: serde structs that mirror the TOML, refuse unknown keys, and keep the
+//! span of every value so that `validate` can name the line of each problem.
+//!
+//! Keys the daemon needs are still `Option` here: a missing one is reported by `validate` along
+//! with every other problem, instead of stopping serde at the first. Defaults live in `validate`.
+
+use std::{fmt, ops::Range};
+
+use serde::{
+    de::{MapAccess, SeqAccess, Unexpected, Visitor},
+    Deserialize, Deserializer,
+};
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) instance: RawInstance,
+    #[serde(default)]
+    pub(super) frontend: Vec<Spanned<RawFrontend>>,
+    #[serde(default)]
+    pub(super) backend: Vec<Spanned<RawBackend>>,
+    #[serde(default)]
+    pub(super) monitor: Option<Spanned<RawMonitor>>,
+    #[serde(default)]
+    pub(super) timeouts: RawTimeouts,
+    /// Parsed and checked, not yet part of [`super::Config`]: the peers issue will expose it.
+    #[serde(default)]
+    pub(super) peers: Option<Spanned<RawPeers>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInstance {
+    /// Default: the host name.
+    pub(super) name: Option<Spanned<String>>,
+    /// Default `/sys/fs/bpf/stickylb`.
+    pub(super) pin_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFrontend {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) bind: Option<Spanned<String>>,
+    pub(super) backend: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) name: Option<Spanned<String>>,
+    /// `roundrobin` (default), `leastconn` or `random`.
+    pub(super) balance: Option<Spanned<String>>,
+    /// Default `JSESSIONID`.
+    pub(super) stick_cookie: Option<Spanned<String>>,
+    /// Default 1048576.
+    pub(super) table_size: Option<Spanned<i64>>,
+    /// Default `30m`.
+    pub(super) expire: Option<Spanned<RawDuration>>,
+    #[serde(default)]
+    pub(super) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(super) servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    /// Default true.
+    pub(super) enabled: Option<bool>,
+    /// Default `/`.
+    pub(super) path: Option<Spanned<String>>,
+    /// Default `2s`.
+    pub(super) interval: Option<Spanned<RawDuration>>,
+    /// Default `1s`.
+    pub(super) timeout: Option<Spanned<RawDuration>>,
+    /// Default 2.
+    pub(super) rise: Option<Spanned<i64>>,
+    /// Default 3.
+    pub(super) fall: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) addr: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMonitor {
+    pub(super) bind: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    /// Default `5s`.
+    pub(super) connect: Option<Spanned<RawDuration>>,
+    /// Default `50s`.
+    pub(super) client: Option<Spanned<RawDuration>>,
+    /// Default `50s`.
+    pub(super) server: Option<Spanned<RawDuration>>,
+    /// Default `10s`.
+    pub(super) drain: Option<Spanned<RawDuration>>,
+    /// Default 16384.
+    pub(super) max_header_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeers {
+    pub(super) bind: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) members: Vec<Spanned<RawPeerMember>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeerMember {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) addr: Option<Spanned<String>>,
+}
+
+/// A duration as written: a string for [`super::parse_duration`], or a TOML integer, which
+/// means milliseconds like a bare number in the string form.
+#[derive(Debug)]
+pub(super) enum RawDuration {
+    Text(String),
+    Millis(i64),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl<'de> Visitor<'de> for DurationVisitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration such as "2s" or "500ms", or an integer of milliseconds"#)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Millis(v))
+            }
+            // A TOML date-time reaches serde as a map.
+            fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<RawDuration, A::Error> {
+                let found = Unexpected::Other("a table or date-time");
+                Err(serde::de::Error::invalid_type(found, &self))
+            }
+        }
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+/// The 1-based line of byte offset `offset` in `text`.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    text.bytes().take(offset).filter(|&b| b == b'\n').count() + 1
+}
+
+/// The dotted key (`backend[0].servers[1].adr`) that byte offset `offset` of `text` falls in, or
+/// the empty string when the text is not TOML. Used to name the key of a serde error, which
+/// only carries a span.
+pub(super) fn key_at(text: &str, offset: usize) -> String {
+    let mut path = String::new();
+    if let Ok(root) = toml::from_str::<Shape>(text) {
+        root.find(offset, &mut path);
+    }
+    path
+}
+
+/// A TOML document reduced to its shape and spans.
+enum Shape {
+    Leaf,
+    Table(Vec<(Spanned<String>, Spanned<Shape>)>),
+    Array(Vec<Spanned<Shape>>),
+}
+
+impl Shape {
+    /// Appends to `path` the keys leading to the innermost key or value containing `offset`.
+    fn find(&self, offset: usize, path: &mut String) -> bool {
+        let contains = |span: Range<usize>| span.contains(&offset);
+        let start = path.len();
+        let found = match self {
+            Shape::Leaf => false,
+            Shape::Table(entries) => entries.iter().any(|(key, value)| {
+                path.truncate(start);
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key.get_ref());
+                contains(key.span()) || value.get_ref().find(offset, path) || contains(value.span())
+            }),
+            Shape::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                path.truncate(start);
+                path.push_str(&format!("[{i}]"));
+                item.get_ref().find(offset, path) || contains(item.span())
+            }),
+        };
+        if !found {
+            path.truncate(start);
+        }
+        found
+    }
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = Shape;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Leaf)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Shape::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Shape::Table(entries))
+            }
+        }
+        deserializer.deserialize_any(ShapeVisitor)
+    }
+}

@@ -1,0 +1,598 @@
+//! Second stage: [`RawConfig`] to [`Config`]. Every problem is collected, each with the dotted
+//! key (`backend[0].servers[1].addr`) and the line it concerns, before any is returned.
+
+use std::{
+    collections::HashMap,
+    ffi::CStr,
+    fmt, io,
+    net::SocketAddr,
+    num::NonZeroU32,
+    ops::{Range, RangeInclusive},
+    path::PathBuf,
+    time::Duration,
+};
+
+use toml::Spanned;
+
+use super::{
+    backend_id, parse_duration,
+    raw::{key_at, line_of, RawBackend, RawConfig, RawDuration, RawHealthCheck, RawInstance},
+    Backend, Balance, Config, Frontend, HealthCheck, Instance, Monitor, Server, Timeouts,
+};
+
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
+/// Backend and server names travel in fixed 32-byte fields (NUL-terminated) to the kernel side.
+const MAX_SHORT_NAME: usize = 31;
+const MAX_LONG_NAME: usize = 63;
+const MS: Duration = Duration::from_millis(1);
+const NAME_CHARSET: &str = "A-Z, a-z, 0-9, '.', '_' and '-'";
+
+/// One thing wrong with a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the problem has one.
+    pub line: Option<usize>,
+    /// Dotted key with array indices, e.g. `backend[0].servers[1].addr`; empty when unknown.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Display prints each problem on its own line.
+    #[error("{}", problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// Parses and validates `text`, taking the instance name from `host_name` when it is not set.
+pub(super) fn from_toml_with(
+    text: &str,
+    host_name: impl FnOnce() -> io::Result<String>,
+) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let start = e.span().map(|span| span.start);
+        ConfigError::Invalid {
+            problems: vec![Problem {
+                line: start.map(|start| line_of(text, start)),
+                key: start.map(|start| key_at(text, start)).unwrap_or_default(),
+                message: e.message().trim_end().to_owned(),
+            }],
+        }
+    })?;
+    let mut checker = Checker {
+        text,
+        problems: Vec::new(),
+    };
+    let config = checker.config(&raw, host_name);
+    // Stable: problems of one line keep the order they were found in; those without a line lead.
+    checker.problems.sort_by_key(|problem| problem.line);
+    match config {
+        Some(config) if checker.problems.is_empty() => Ok(config),
+        _ => {
+            if checker.problems.is_empty() {
+                checker.report(
+                    None,
+                    "",
+                    "internal error: validation failed without a reason",
+                );
+            }
+            Err(ConfigError::Invalid {
+                problems: checker.problems,
+            })
+        }
+    }
+}
+
+/// The host name, for the default instance name: from procfs, or gethostname(2) without it.
+pub(super) fn host_name() -> io::Result<String> {
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        return Ok(name.trim_end().to_owned());
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = CStr::from_bytes_until_nul(&buf).map_err(io::Error::other)?;
+    name.to_str().map(str::to_owned).map_err(io::Error::other)
+}
+
+struct Checker<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+/// Where a name was first seen, to report duplicates.
+type Seen<K> = HashMap<K, (String, usize)>;
+
+impl Checker<'_> {
+    fn config(
+        &mut self,
+        raw: &RawConfig,
+        host_name: impl FnOnce() -> io::Result<String>,
+    ) -> Option<Config> {
+        let instance = self.instance(&raw.instance, host_name);
+        let mut binds = Seen::new();
+        let backend_names: Vec<&str> = raw
+            .backend
+            .iter()
+            .filter_map(|b| b.get_ref().name.as_ref().map(|n| n.get_ref().as_str()))
+            .collect();
+        if raw.frontend.is_empty() {
+            self.report(None, "frontend", "at least one [[frontend]] is required");
+        }
+        let mut names = Seen::new();
+        let frontends: Vec<_> = raw
+            .frontend
+            .iter()
+            .enumerate()
+            .map(|(i, fe)| {
+                let key = format!("frontend[{i}]");
+                let span = fe.span();
+                let fe = fe.get_ref();
+                let name = self.required(&fe.name, &span, &key, "name");
+                let name = name.and_then(|n| self.name(n, &format!("{key}.name"), MAX_LONG_NAME));
+                let bind = self.required(&fe.bind, &span, &key, "bind");
+                let bind = bind.and_then(|b| self.addr(b, &format!("{key}.bind")));
+                let backend = self.required(&fe.backend, &span, &key, "backend");
+                if let (Some(name), Some(n)) = (&name, &fe.name) {
+                    self.unique(&mut names, name.clone(), n, &format!("{key}.name"), &key);
+                }
+                if let (Some(bind), Some(b)) = (bind, &fe.bind) {
+                    self.unique(&mut binds, bind, b, &format!("{key}.bind"), &key);
+                }
+                if let Some(b) = backend {
+                    if !backend_names.contains(&b.get_ref().as_str()) {
+                        let known = if backend_names.is_empty() {
+                            "none is defined".to_owned()
+                        } else {
+                            format!("defined: {}", backend_names.join(", "))
+                        };
+                        let msg = format!("no backend named {:?} ({known})", b.get_ref());
+                        self.report(Some(b.span()), &format!("{key}.backend"), msg);
+                    }
+                }
+                Some(Frontend {
+                    name: name?,
+                    bind: bind?,
+                    backend: backend?.get_ref().clone(),
+                })
+            })
+            .collect();
+        if raw.backend.is_empty() {
+            self.report(None, "backend", "at least one [[backend]] is required");
+        }
+        let mut names = Seen::new();
+        let mut ids = Seen::new();
+        let backends: Vec<_> = raw.backend.iter().enumerate()
+            .map(|(i, be)| {
+                let backend = self.backend(&format!("backend[{i}]"), be.span(), be.get_ref());
+                if let (Some(b), Some(n)) = (&backend, &be.get_ref().name) {
+                    let key = format!("backend[{i}].name");
+                    self.unique(&mut names, b.name.clone(), n, &key, &format!("backend[{i}]"));
+                    let id = backend_id(&b.name);
+                    match ids.get(&id) {
+                        Some((other, line)) if *other != b.name => {
+                            let msg = format!("backend {:?} has the same id ({id:#010x}, FNV-1a of the name) as backend {other:?} (line {line}); rename one", b.name);
+                            self.report(Some(n.span()), &key, msg);
+                        }
+                        _ => {
+                            ids.insert(id, (b.name.clone(), self.line(&n.span())));
+                        }
+                    }
+                }
+                backend
+            })
+            .collect();
+        let monitor = raw.monitor.as_ref().map(|m| {
+            let bind = self.required(&m.get_ref().bind, &m.span(), "monitor", "bind")?;
+            let addr = self.addr(bind, "monitor.bind")?;
+            self.unique(&mut binds, addr, bind, "monitor.bind", "monitor");
+            Some(Monitor { bind: addr })
+        });
+        let timeouts = self.timeouts(raw);
+        self.peers(raw);
+        Some(Config {
+            instance: instance?,
+            frontends: frontends.into_iter().collect::<Option<_>>()?,
+            backends: backends.into_iter().collect::<Option<_>>()?,
+            monitor: monitor.map_or(Some(None), |m| m.map(Some))?,
+            timeouts: timeouts?,
+        })
+    }
+
+    fn instance(
+        &mut self,
+        raw: &RawInstance,
+        host_name: impl FnOnce() -> io::Result<String>,
+    ) -> Option<Instance> {
+        let name = match &raw.name {
+            Some(name) => self.name(name, "instance.name", MAX_LONG_NAME),
+            None => match host_name() {
+                Ok(host) => match check_name(&host, MAX_LONG_NAME) {
+                    Ok(()) => Some(host),
+                    Err(msg) => {
+                        let msg = format!("not set, and the host name is unusable: {msg}");
+                        self.report(None, "instance.name", msg);
+                        None
+                    }
+                },
+                Err(e) => {
+                    let msg = format!("not set, and the host name cannot be read: {e}");
+                    self.report(None, "instance.name", msg);
+                    None
+                }
+            },
+        };
+        let pin_dir = match &raw.pin_dir {
+            None => Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            Some(dir) if dir.get_ref().is_empty() => {
+                self.report(Some(dir.span()), "instance.pin_dir", "must not be empty");
+                None
+            }
+            Some(dir) => Some(PathBuf::from(dir.get_ref())),
+        };
+        Some(Instance {
+            name: name?,
+            pin_dir: pin_dir?,
+        })
+    }
+
+    fn backend(&mut self, key: &str, span: Range<usize>, raw: &RawBackend) -> Option<Backend> {
+        let name = self.required(&raw.name, &span, key, "name");
+        let name = name.and_then(|n| self.name(n, &format!("{key}.name"), MAX_SHORT_NAME));
+        let balance = match &raw.balance {
+            None => Some(Balance::RoundRobin),
+            Some(b) => match b.get_ref().as_str() {
+                "roundrobin" => Some(Balance::RoundRobin),
+                "leastconn" => Some(Balance::LeastConn),
+                "random" => Some(Balance::Random),
+                other => {
+                    let msg =
+                        format!("unknown balance {other:?} (valid: roundrobin, leastconn, random)");
+                    self.report(Some(b.span()), &format!("{key}.balance"), msg);
+                    None
+                }
+            },
+        };
+        let stick_cookie = match &raw.stick_cookie {
+            None => Some("JSESSIONID".to_owned()),
+            Some(c) => {
+                let cookie = c.get_ref();
+                let bad = cookie.chars().find(|&c| !is_token_char(c));
+                let msg = match bad {
+                    _ if cookie.is_empty() => "must not be empty".to_owned(),
+                    Some(bad) => format!("{cookie:?} is not a cookie name: {bad:?} is not allowed in an RFC 6265 token"),
+                    None => String::new(),
+                };
+                if msg.is_empty() {
+                    Some(cookie.clone())
+                } else {
+                    self.report(Some(c.span()), &format!("{key}.stick_cookie"), msg);
+                    None
+                }
+            }
+        };
+        let table_size = self.integer(
+            raw.table_size.as_ref(),
+            &format!("{key}.table_size"),
+            1 << 20,
+            1..=16_777_216,
+        );
+        let expire = self.duration(
+            raw.expire.as_ref(),
+            &format!("{key}.expire"),
+            Duration::from_secs(30 * 60),
+            Duration::from_secs(1),
+        );
+        let health_check = self.health_check(key, raw.health_check.as_ref());
+        let servers = self.servers(key, &span, raw);
+        Some(Backend {
+            name: name?,
+            balance: balance?,
+            stick_cookie: stick_cookie?,
+            table_size: NonZeroU32::new(u32::try_from(table_size?).ok()?)?,
+            expire: expire?,
+            health_check: health_check?,
+            servers: servers?,
+        })
+    }
+
+    fn health_check(
+        &mut self,
+        backend: &str,
+        raw: Option<&Spanned<RawHealthCheck>>,
+    ) -> Option<HealthCheck> {
+        let default = RawHealthCheck::default();
+        let raw = raw.map_or(&default, Spanned::get_ref);
+        let key = |field: &str| format!("{backend}.health_check.{field}");
+        let path = match &raw.path {
+            None => Some("/".to_owned()),
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.report(
+                    Some(p.span()),
+                    &key("path"),
+                    format!("{:?} must start with '/'", p.get_ref()),
+                );
+                None
+            }
+            Some(p) if !p.get_ref().chars().all(|c| c.is_ascii_graphic()) => {
+                let msg = format!(
+                    "{:?} must be printable ASCII without spaces (percent-encode the rest)",
+                    p.get_ref()
+                );
+                self.report(Some(p.span()), &key("path"), msg);
+                None
+            }
+            Some(p) => Some(p.get_ref().clone()),
+        };
+        let interval = self.duration(
+            raw.interval.as_ref(),
+            &key("interval"),
+            Duration::from_secs(2),
+            MS,
+        );
+        let timeout = self.duration(
+            raw.timeout.as_ref(),
+            &key("timeout"),
+            Duration::from_secs(1),
+            MS,
+        );
+        let rise = self.integer(raw.rise.as_ref(), &key("rise"), 2, 1..=u32::MAX.into());
+        let fall = self.integer(raw.fall.as_ref(), &key("fall"), 3, 1..=u32::MAX.into());
+        Some(HealthCheck {
+            enabled: raw.enabled.unwrap_or(true),
+            path: path?,
+            interval: interval?,
+            timeout: timeout?,
+            rise: NonZeroU32::new(u32::try_from(rise?).ok()?)?,
+            fall: NonZeroU32::new(u32::try_from(fall?).ok()?)?,
+        })
+    }
+
+    fn servers(&mut self, key: &str, span: &Range<usize>, raw: &RawBackend) -> Option<Vec<Server>> {
+        let list = self.required(&raw.servers, span, key, "servers")?;
+        if list.get_ref().is_empty() {
+            self.report(
+                Some(list.span()),
+                &format!("{key}.servers"),
+                "at least one server is required",
+            );
+            return None;
+        }
+        let mut names = Seen::new();
+        let servers: Vec<_> = list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(j, server)| {
+                let key = format!("{key}.servers[{j}]");
+                let span = server.span();
+                let server = server.get_ref();
+                let name = self.required(&server.name, &span, &key, "name");
+                let name_key = format!("{key}.name");
+                let name = name.and_then(|n| self.name(n, &name_key, MAX_SHORT_NAME));
+                if let (Some(name), Some(n)) = (&name, &server.name) {
+                    self.unique(&mut names, name.clone(), n, &name_key, &key);
+                }
+                let addr = self.required(&server.addr, &span, &key, "addr");
+                let addr = addr.and_then(|a| self.addr(a, &format!("{key}.addr")));
+                Some(Server {
+                    name: name?,
+                    addr: addr?,
+                })
+            })
+            .collect();
+        servers.into_iter().collect()
+    }
+
+    fn timeouts(&mut self, raw: &RawConfig) -> Option<Timeouts> {
+        let t = &raw.timeouts;
+        let secs = Duration::from_secs;
+        let connect = self.duration(t.connect.as_ref(), "timeouts.connect", secs(5), MS);
+        let client = self.duration(t.client.as_ref(), "timeouts.client", secs(50), MS);
+        let server = self.duration(t.server.as_ref(), "timeouts.server", secs(50), MS);
+        let drain = self.duration(t.drain.as_ref(), "timeouts.drain", secs(10), Duration::ZERO);
+        let max_header_bytes = self.integer(
+            t.max_header_bytes.as_ref(),
+            "timeouts.max_header_bytes",
+            16 * 1024,
+            1024..=1024 * 1024,
+        );
+        Some(Timeouts {
+            connect: connect?,
+            client: client?,
+            server: server?,
+            drain: drain?,
+            max_header_bytes: usize::try_from(max_header_bytes?).ok()?,
+        })
+    }
+
+    /// Checks `[peers]`, which [`Config`] does not carry yet: the peers issue will expose it.
+    fn peers(&mut self, raw: &RawConfig) {
+        let Some(peers) = &raw.peers else { return };
+        if let Some(bind) = self.required(&peers.get_ref().bind, &peers.span(), "peers", "bind") {
+            self.addr(bind, "peers.bind");
+        }
+        let mut names = Seen::new();
+        for (i, member) in peers.get_ref().members.iter().enumerate() {
+            let key = format!("peers.members[{i}]");
+            let span = member.span();
+            let member = member.get_ref();
+            if let Some(n) = self.required(&member.name, &span, &key, "name") {
+                let name_key = format!("{key}.name");
+                if let Some(name) = self.name(n, &name_key, MAX_LONG_NAME) {
+                    self.unique(&mut names, name, n, &name_key, &key);
+                }
+            }
+            if let Some(addr) = self.required(&member.addr, &span, &key, "addr") {
+                self.addr(addr, &format!("{key}.addr"));
+            }
+        }
+    }
+
+    fn report(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let line = span.map(|span| self.line(&span));
+        self.problems.push(Problem {
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_of(self.text, span.start)
+    }
+
+    /// `value`, or a "missing" problem on the line of the `table` at `key` that lacks `field`.
+    fn required<'v, T>(
+        &mut self,
+        value: &'v Option<Spanned<T>>,
+        table: &Range<usize>,
+        key: &str,
+        field: &str,
+    ) -> Option<&'v Spanned<T>> {
+        if value.is_none() {
+            self.report(
+                Some(table.clone()),
+                &format!("{key}.{field}"),
+                "missing required key",
+            );
+        }
+        value.as_ref()
+    }
+
+    /// Records `value` at `at` in `seen`, reporting it if it was already there.
+    fn unique<K: std::hash::Hash + Eq + fmt::Debug, T>(
+        &mut self,
+        seen: &mut Seen<K>,
+        value: K,
+        at: &Spanned<T>,
+        key: &str,
+        what: &str,
+    ) {
+        let line = self.line(&at.span());
+        match seen.get(&value) {
+            Some((first, first_line)) => {
+                let msg = format!("{value:?} is already used by {first} (line {first_line})");
+                self.report(Some(at.span()), key, msg);
+            }
+            None => {
+                seen.insert(value, (what.to_owned(), line));
+            }
+        }
+    }
+
+    fn name(&mut self, value: &Spanned<String>, key: &str, max: usize) -> Option<String> {
+        match check_name(value.get_ref(), max) {
+            Ok(()) => Some(value.get_ref().clone()),
+            Err(msg) => {
+                self.report(Some(value.span()), key, msg);
+                None
+            }
+        }
+    }
+
+    fn addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        let text = value.get_ref();
+        let addr = text.parse().ok();
+        if addr.is_none() {
+            let msg = format!(
+                "invalid socket address {text:?} (expected IP:port; names are not resolved)"
+            );
+            self.report(Some(value.span()), key, msg);
+        }
+        addr
+    }
+
+    fn integer(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        key: &str,
+        default: i64,
+        range: RangeInclusive<i64>,
+    ) -> Option<i64> {
+        let Some(value) = value else {
+            return Some(default);
+        };
+        let n = *value.get_ref();
+        if range.contains(&n) {
+            return Some(n);
+        }
+        let (min, max) = range.into_inner();
+        self.report(
+            Some(value.span()),
+            key,
+            format!("{n} is out of range {min}..={max}"),
+        );
+        None
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<RawDuration>>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+    ) -> Option<Duration> {
+        let Some(value) = value else {
+            return Some(default);
+        };
+        let parsed = match value.get_ref() {
+            RawDuration::Text(text) => parse_duration(text).map_err(|e| e.to_string()),
+            RawDuration::Millis(n) => u64::try_from(*n)
+                .map(Duration::from_millis)
+                .map_err(|_| format!("negative duration {n}")),
+        };
+        let msg = match parsed {
+            Ok(d) if d >= min => return Some(d),
+            Ok(_) if min == MS => "must be more than 0".to_owned(),
+            Ok(d) => format!("{d:?} is too short: must be at least {min:?}"),
+            Err(msg) => msg,
+        };
+        self.report(Some(value.span()), key, msg);
+        None
+    }
+}
+
+/// Names: non-empty, at most `max` bytes, from [`NAME_CHARSET`].
+fn check_name(name: &str, max: usize) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() {
+        Err("must not be empty".to_owned())
+    } else if let Some(bad) = name.chars().find(|&c| !allowed(c)) {
+        Err(format!(
+            "{name:?} contains {bad:?}; names may only use {NAME_CHARSET}"
+        ))
+    } else if name.len() > max {
+        Err(format!(
+            "{name:?} is {} bytes long, more than {max}",
+            name.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// RFC 6265 `cookie-name` = RFC 2616 `token`: visible ASCII except separators.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c)
+}

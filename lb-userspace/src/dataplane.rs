@@ -1,0 +1,123 @@
+//! The kernel side of the daemon: the embedded eBPF object, bpffs and the pin directory.
+
+use std::{
+    ffi::CString,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{Ebpf, EbpfLoader};
+use lb_common::{PIN_VERSION, STICK_TABLE_MAP};
+
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded so one binary is all a host needs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stickylb.bpf.o"));
+
+const BPFFS_MAGIC: i64 = 0xcafe_4a11;
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "{path} is not on a bpf filesystem and mounting one at {DEFAULT_BPFFS} failed; \
+         mount it with `mount -t bpf bpf {DEFAULT_BPFFS}` (needs root)"
+    )]
+    NoBpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pin_dir {path} must be under {DEFAULT_BPFFS} or another mounted bpf filesystem")]
+    PinDirOutsideBpffs { path: PathBuf },
+    #[error("creating the pin directory {path}")]
+    CreatePinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Box<aya::EbpfError>),
+}
+
+/// Where this instance's pinned objects live: `<pin_dir>/<instance>/<version>/`.
+pub fn pin_root(pin_dir: &Path, instance: &str) -> PathBuf {
+    pin_dir.join(instance).join(PIN_VERSION)
+}
+
+/// The pinned stick table's path.
+pub fn stick_table_path(pin_dir: &Path, instance: &str) -> PathBuf {
+    pin_root(pin_dir, instance).join(STICK_TABLE_MAP)
+}
+
+/// Makes sure `pin_root` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the
+/// host has not (Debian does not by default).
+pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
+    if !nearest_existing_is_bpffs(pin_root) {
+        if !pin_root.starts_with(DEFAULT_BPFFS) {
+            return Err(DataplaneError::PinDirOutsideBpffs {
+                path: pin_root.to_owned(),
+            });
+        }
+        mount_bpffs(Path::new(DEFAULT_BPFFS)).map_err(|source| DataplaneError::NoBpffs {
+            path: pin_root.to_owned(),
+            source,
+        })?;
+        tracing::info!(path = DEFAULT_BPFFS, "mounted bpffs");
+    }
+    std::fs::create_dir_all(pin_root).map_err(|source| DataplaneError::CreatePinDir {
+        path: pin_root.to_owned(),
+        source,
+    })
+}
+
+/// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.
+pub fn load(stick_capacity: u32) -> Result<Ebpf, DataplaneError> {
+    EbpfLoader::new()
+        .map_max_entries(STICK_TABLE_MAP, stick_capacity)
+        .load(EBPF_OBJECT)
+        .map_err(|e| DataplaneError::Load(Box::new(e)))
+}
+
+fn nearest_existing_is_bpffs(path: &Path) -> bool {
+    path.ancestors()
+        .find(|p| p.exists())
+        .is_some_and(|p| is_bpffs(p).unwrap_or(false))
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c_path = c_path(path)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: c_path is NUL-terminated and stat points to writable memory of the right size.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between libc targets")]
+    Ok(stat.f_type as i64 == BPFFS_MAGIC)
+}
+
+fn mount_bpffs(target: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let target = c_path(target)?;
+    let fstype = c"bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}

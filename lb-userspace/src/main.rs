@@ -1,0 +1,138 @@
+//! The `stickylb` command: run the daemon, check a configuration, print the pinned table.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use stickylb::{
+    config::{backend_id, Config},
+    dataplane,
+    table::{field_text, now_ms, pinned::DurableTable},
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "stickylb", version, about = "Sticky-session HTTP load balancer with a table that survives restarts")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it. `access=off` silences the
+    /// per-request lines.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer (as root: it loads eBPF maps and pins them in bpffs).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print every problem with its line.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the stick table from the pinned map (works while the daemon runs or is stopped).
+    Table {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("stickylb: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = load(&config)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(stickylb::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config: path } => match Config::load(&path) {
+            Ok(config) => {
+                println!(
+                    "{}: OK ({} frontends, {} backends, {} servers)",
+                    path.display(),
+                    config.frontends.len(),
+                    config.backends.len(),
+                    config.backends.iter().map(|b| b.servers.len()).sum::<usize>()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{}: invalid configuration\n{error}", path.display());
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Table { config, json } => {
+            print_table(&load(&config)?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("configuration {}", path.display()))
+}
+
+fn print_table(config: &Config, json: bool) -> anyhow::Result<()> {
+    let path = dataplane::stick_table_path(&config.instance.pin_dir, &config.instance.name);
+    let table = DurableTable::open_existing(&path).with_context(|| format!("no usable stick table at {}", path.display()))?;
+    let now = now_ms();
+    let mut entries = table.entries();
+    entries.reverse();
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|(key, entry)| {
+            let backend = config.backends.iter().find(|b| backend_id(&b.name) == key.backend_id);
+            let expire_ms = backend.map_or(0, |b| u64::try_from(b.expire.as_millis()).unwrap_or(u64::MAX));
+            let idle_ms = now.saturating_sub(entry.last_seen_ms);
+            serde_json::json!({
+                "backend": backend.map_or_else(|| format!("#{:08x}", key.backend_id), |b| b.name.clone()),
+                "cookie": field_text(&key.cookie),
+                "server": field_text(&entry.server),
+                "last_seen_ms": entry.last_seen_ms,
+                "idle_ms": idle_ms,
+                "expires_in_ms": expire_ms.saturating_sub(idle_ms),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("# {} ({} entries)", path.display(), rows.len());
+    println!("{:<12} {:<45} {:<16} {:>10} {:>12}", "BACKEND", "COOKIE", "SERVER", "IDLE", "EXPIRES IN");
+    for row in &rows {
+        println!(
+            "{:<12} {:<45} {:<16} {:>9}s {:>11}s",
+            row["backend"].as_str().unwrap_or("?"),
+            row["cookie"].as_str().unwrap_or("?"),
+            row["server"].as_str().unwrap_or("?"),
+            row["idle_ms"].as_u64().unwrap_or(0) / 1000,
+            row["expires_in_ms"].as_u64().unwrap_or(0) / 1000,
+        );
+    }
+    Ok(())
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}

@@ -1,0 +1,189 @@
+//! Serving a frontend: accept connections, speak HTTP/1.1 with keep-alive, hand each request to
+//! [`Proxy::handle`], and stop gracefully.
+//!
+//! hyper answers malformed requests with 400 and oversized heads with 431 itself. A client too
+//! slow to send its request head makes hyper give up silently, so the listener keeps a duplicate
+//! of the socket to say `408 Request Timeout` before closing.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    os::fd::AsFd as _,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+};
+
+use super::{Frontend, Proxy};
+
+/// Per-connection HTTP settings from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnSettings {
+    /// Time allowed for a request head, and for an idle keep-alive connection.
+    pub client_timeout: Duration,
+    /// Largest request head; hyper's buffer has a floor of 8 KiB.
+    pub max_header_bytes: usize,
+}
+
+const LISTEN_BACKLOG: u32 = 4096;
+const HYPER_MIN_BUF: usize = 8192;
+const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\n408 Request Timeout\r\n";
+
+/// Binds a frontend's listening socket.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts connections on `listener` until `stop` turns true; connections are registered with
+/// `graceful` so the caller can drain them.
+pub async fn serve(
+    listener: TcpListener,
+    frontend: Arc<Frontend>,
+    proxy: Arc<Proxy>,
+    settings: ConnSettings,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                serve_connection(stream, peer, &frontend, &proxy, settings, &graceful);
+            }
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(frontend = %frontend.name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    frontend: &Arc<Frontend>,
+    proxy: &Arc<Proxy>,
+    settings: ConnSettings,
+    graceful: &GracefulShutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
+    let progress = Arc::new(Progress::default());
+    let io = TokioIo::new(CountingStream {
+        inner: stream,
+        progress: Arc::clone(&progress),
+    });
+    let (frontend, proxy, seen) = (Arc::clone(frontend), Arc::clone(proxy), Arc::clone(&progress));
+    let service = service_fn(move |request| {
+        seen.request_started();
+        let (frontend, proxy) = (Arc::clone(&frontend), Arc::clone(&proxy));
+        async move { Ok::<_, Infallible>(proxy.handle(&frontend, peer, request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(settings.client_timeout)
+        .max_buf_size(settings.max_header_bytes.max(HYPER_MIN_BUF));
+    let connection = graceful.watch(builder.serve_connection(io, service));
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            if error.is_timeout() && progress.request_pending() {
+                if let Some(mut spare) = spare {
+                    use std::io::Write as _;
+                    // Best effort: the socket buffer is empty at this point, so this never blocks.
+                    let _ = spare.write_all(REQUEST_TIMEOUT_RESPONSE);
+                }
+                tracing::info!(target: "access", %peer, status = 408, "client too slow to send its request");
+            } else {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+        }
+    });
+}
+
+/// What a connection has read, to tell a slow request from an idle keep-alive connection.
+#[derive(Default)]
+struct Progress {
+    bytes_read: AtomicU64,
+    requests: AtomicU64,
+    read_at_last_request: AtomicU64,
+}
+
+impl Progress {
+    fn request_started(&self) {
+        self.requests.fetch_add(1, Relaxed);
+        self.read_at_last_request.store(self.bytes_read.load(Relaxed), Relaxed);
+    }
+
+    /// A request was begun but not completed: either nothing was ever served, or bytes arrived
+    /// after the last request was dispatched.
+    fn request_pending(&self) -> bool {
+        self.requests.load(Relaxed) == 0 || self.bytes_read.load(Relaxed) > self.read_at_last_request.load(Relaxed)
+    }
+}
+
+struct CountingStream {
+    inner: TcpStream,
+    progress: Arc<Progress>,
+}
+
+impl AsyncRead for CountingStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        self.progress.bytes_read.fetch_add(read as u64, Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for CountingStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,214 @@
+//! The L7 proxy: for each request, find the server (sticky lookup first, then selection),
+//! forward the request over a pooled keep-alive connection, learn `Set-Cookie`, log one line.
+//!
+//! [`Proxy::handle`] is the whole service and needs no listening socket; [`listener`] serves it
+//! on the frontends' sockets.
+
+mod error;
+mod headers;
+pub mod listener;
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt as _};
+use hyper::{body::Incoming, Request, Response, Uri};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+pub use self::error::{short_response, ProxyError};
+use crate::{
+    backend::{BackendState, Decision, InFlight, ServerState},
+    cookie,
+    table::now_ms,
+};
+
+/// Body of every response the proxy sends.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// One frontend: where its requests go.
+pub struct Frontend {
+    pub name: String,
+    pub backend: Arc<BackendState>,
+}
+
+/// State shared by every connection of every frontend.
+pub struct Proxy {
+    client: UpstreamClient,
+    server_timeout: Duration,
+}
+
+impl Proxy {
+    pub fn new(connect_timeout: Duration, server_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self { client, server_timeout }
+    }
+
+    /// Serves one request that arrived on `frontend` from `client`.
+    pub async fn handle(&self, frontend: &Frontend, client: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let backend = &frontend.backend;
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let cookie = cookie::request_cookie(request.headers(), &backend.stick_cookie).map(<[u8]>::to_vec);
+        let routed = backend.route(cookie.as_deref(), now_ms());
+        let (server, decision) = match routed {
+            Some(routed) => routed,
+            None => {
+                let error = ProxyError::NoServer {
+                    backend: backend.name.clone(),
+                };
+                log_failure(frontend, client, &method, &path, None, &error, started);
+                return error.into_response();
+            }
+        };
+        let in_flight = server.start_request();
+        match self.forward(backend, &in_flight, client, request).await {
+            Ok(response) => {
+                tracing::info!(
+                    target: "access",
+                    frontend = %frontend.name,
+                    backend = %backend.name,
+                    server = %server.name,
+                    status = response.status().as_u16(),
+                    ms = started.elapsed().as_millis() as u64,
+                    decision = decision.as_str(),
+                    %client,
+                    %method,
+                    path,
+                );
+                count_status(&server, response.status().as_u16());
+                with_accounting(response, in_flight)
+            }
+            Err(error) => {
+                server.stats.failures.fetch_add(1, Relaxed);
+                server.stats.responses[0].fetch_add(1, Relaxed);
+                log_failure(frontend, client, &method, &path, Some((&server, decision)), &error, started);
+                error.into_response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        backend: &BackendState,
+        in_flight: &InFlight,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let server = in_flight.server();
+        let upstream = upstream_request(request, server, client)?;
+        let response = tokio::time::timeout(self.server_timeout, self.client.request(upstream))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout {
+                server: server.name.to_string(),
+            })?
+            .map_err(|source| ProxyError::Upstream {
+                server: server.name.to_string(),
+                source,
+            })?;
+        let (mut parts, body) = response.into_parts();
+        if let Some(set) = cookie::response_cookie(&parts.headers, &backend.stick_cookie) {
+            backend.learn(set, server, now_ms());
+        }
+        headers::remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// The request as it goes to `server`: absolute URI to the server, hop-by-hop headers dropped,
+/// the client appended to `X-Forwarded-For`, the body counted.
+fn upstream_request(
+    request: Request<Incoming>,
+    server: &Arc<ServerState>,
+    client: SocketAddr,
+) -> Result<Request<ProxyBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(server.addr.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(ProxyError::BadRequest)?;
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::append_forwarded_for(&mut parts.headers, client.ip());
+    let counted = Arc::clone(server);
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                counted.stats.bytes_in.fetch_add(data.len() as u64, Relaxed);
+            }
+            frame
+        })
+        .boxed();
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Counts the response body's bytes against the server, and keeps the request in flight until
+/// the body is done.
+fn with_accounting(response: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                in_flight.server().stats.bytes_out.fetch_add(data.len() as u64, Relaxed);
+            }
+            frame
+        })
+        .boxed()
+    })
+}
+
+fn count_status(server: &ServerState, status: u16) {
+    let class = usize::from(status / 100);
+    let index = if (1..=5).contains(&class) { class } else { 0 };
+    server.stats.responses[index].fetch_add(1, Relaxed);
+}
+
+fn log_failure(
+    frontend: &Frontend,
+    client: SocketAddr,
+    method: &hyper::Method,
+    path: &str,
+    routed: Option<(&ServerState, Decision)>,
+    error: &ProxyError,
+    started: Instant,
+) {
+    let server = routed.map_or("-", |(s, _)| &*s.name);
+    let decision = routed.map_or("-", |(_, d)| d.as_str());
+    let status = error.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    let cause = error_chain(error);
+    if error.is_client_fault() {
+        tracing::info!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server, status, ms, decision, %client, %method, path, error = %cause);
+    } else {
+        tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server, status, ms, decision, %client, %method, path, error = %cause);
+    }
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

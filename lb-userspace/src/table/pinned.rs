@@ -1,0 +1,211 @@
+//! The durable copy of the stick table: a BTF-described LRU hash map pinned in bpffs.
+//!
+//! One map holds the entries of every backend (keys carry the backend id). The in-memory tables
+//! enforce each backend's exact bound; the map is sized with slack (see [`durable_capacity`]) so
+//! the kernel's approximate LRU never evicts an entry the in-memory table still holds.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    thread,
+};
+
+use aya::maps::{HashMap, Map, MapData, MapError, MapType};
+use lb_common::{StickEntry, StickKey};
+use super::{JournalOp, JournalReceiver};
+
+/// Errors opening, adopting or writing the durable table.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("the eBPF object has no map {name}")]
+    MissingMap { name: &'static str },
+    #[error("opening the pinned table {path}")]
+    OpenPinned {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "the pinned map {path} is not a stick table of this version (type {found_type:?}, key {found_key} bytes, \
+         value {found_value} bytes; expected LruHash, {expected_key}, {expected_value}); move it away or remove it"
+    )]
+    Incompatible {
+        path: PathBuf,
+        found_type: Option<MapType>,
+        found_key: u32,
+        found_value: u32,
+        expected_key: u32,
+        expected_value: u32,
+    },
+    #[error("pinning the table at {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("replacing the pinned table at {path}")]
+    Replace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("stick table map operation")]
+    Map(#[from] MapError),
+}
+
+/// What opening the durable table found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// No pinned table was there; a new one was pinned.
+    Created,
+    /// The pinned table was adopted as it was.
+    Adopted,
+    /// The pinned table had another capacity; its entries were copied into a new one.
+    Migrated { from_capacity: u32 },
+}
+
+/// Capacity of the durable map for tables whose sizes add up to `total`.
+///
+/// The kernel's LRU keeps free nodes in per-CPU lists and may evict before the map is full;
+/// a sixteenth more plus a fixed margin keeps that from ever touching a live entry.
+pub fn durable_capacity(total: u64) -> u32 {
+    let with_slack = total.saturating_add(total / 16).saturating_add(4096);
+    u32::try_from(with_slack).unwrap_or(u32::MAX)
+}
+
+pub struct DurableTable {
+    map: HashMap<MapData, StickKey, StickEntry>,
+}
+
+impl DurableTable {
+    /// Adopts the table pinned at `path`, or pins `fresh` (the map just created from the eBPF
+    /// object with `capacity` entries) there. A pinned table of another capacity is migrated.
+    pub fn open(fresh: Map, path: &Path, capacity: u32) -> Result<(Self, Origin), DurableError> {
+        let fresh = HashMap::<MapData, StickKey, StickEntry>::try_from(fresh)?;
+        if !path.exists() {
+            pin(&fresh, path)?;
+            return Ok((Self { map: fresh }, Origin::Created));
+        }
+        let pinned = Self::open_existing(path)?;
+        let pinned_capacity = pinned.capacity()?;
+        if pinned_capacity == capacity {
+            return Ok((pinned, Origin::Adopted));
+        }
+        let mut migrated = Self { map: fresh };
+        migrated.copy_newest_from(&pinned, capacity)?;
+        replace_pin(&migrated.map, path)?;
+        Ok((
+            migrated,
+            Origin::Migrated {
+                from_capacity: pinned_capacity,
+            },
+        ))
+    }
+
+    /// Opens the table pinned at `path`, checking it has this version's layout.
+    pub fn open_existing(path: &Path) -> Result<Self, DurableError> {
+        let data = MapData::from_pin(path).map_err(|source| DurableError::OpenPinned {
+            path: path.to_owned(),
+            source,
+        })?;
+        check_layout(&data, path)?;
+        let map = HashMap::try_from(Map::from_map_data(data)?)?;
+        Ok(Self { map })
+    }
+
+    pub fn capacity(&self) -> Result<u32, DurableError> {
+        Ok(self.map_data_info()?.max_entries())
+    }
+
+    /// Every entry, oldest first. Entries that vanish while iterating are skipped.
+    pub fn entries(&self) -> Vec<(StickKey, StickEntry)> {
+        let mut entries: Vec<_> = self.map.iter().filter_map(Result::ok).collect();
+        entries.sort_by_key(|(_, entry)| entry.last_seen_ms);
+        entries
+    }
+
+    pub fn apply(&mut self, op: JournalOp) -> Result<(), MapError> {
+        match op {
+            JournalOp::Put(key, entry) => self.map.insert(key, entry, 0),
+            JournalOp::Delete(key) => match self.map.remove(&key) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                other => other,
+            },
+        }
+    }
+
+    fn copy_newest_from(&mut self, old: &Self, capacity: u32) -> Result<(), MapError> {
+        let entries = old.entries();
+        let keep = usize::try_from(capacity).unwrap_or(usize::MAX);
+        let skip = entries.len().saturating_sub(keep);
+        for (key, entry) in entries.into_iter().skip(skip) {
+            self.map.insert(key, entry, 0)?;
+        }
+        Ok(())
+    }
+
+    fn map_data_info(&self) -> Result<aya::maps::MapInfo, MapError> {
+        self.map_data().info()
+    }
+
+    fn map_data(&self) -> &MapData {
+        aya::maps::IterableMap::map(&self.map)
+    }
+}
+
+fn check_layout(data: &MapData, path: &Path) -> Result<(), DurableError> {
+    let info = data.info()?;
+    let expected_key = size_u32::<StickKey>();
+    let expected_value = size_u32::<StickEntry>();
+    let map_type = info.map_type().ok();
+    if map_type == Some(MapType::LruHash) && info.key_size() == expected_key && info.value_size() == expected_value {
+        return Ok(());
+    }
+    Err(DurableError::Incompatible {
+        path: path.to_owned(),
+        found_type: map_type,
+        found_key: info.key_size(),
+        found_value: info.value_size(),
+        expected_key,
+        expected_value,
+    })
+}
+
+fn size_u32<T>() -> u32 {
+    u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX)
+}
+
+fn pin(map: &HashMap<MapData, StickKey, StickEntry>, path: &Path) -> Result<(), DurableError> {
+    aya::maps::IterableMap::map(map)
+        .pin(path)
+        .map_err(|source| DurableError::Pin {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Pins `map` beside `path`, then renames it over `path`, so a crash leaves either the old or
+/// the new table pinned, never none.
+fn replace_pin(map: &HashMap<MapData, StickKey, StickEntry>, path: &Path) -> Result<(), DurableError> {
+    let staging = path.with_extension("migrating");
+    let _ = std::fs::remove_file(&staging);
+    pin(map, &staging)?;
+    std::fs::rename(&staging, path).map_err(|source| DurableError::Replace {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Applies journaled changes to the durable table on a thread of its own, as they arrive (a map
+/// update is a syscall of a few microseconds). Returns when every sender is gone and the
+/// journal is drained, so joining the thread at shutdown loses nothing.
+pub fn spawn_writer(mut table: DurableTable, mut journal: JournalReceiver) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().name("table-writer".into()).spawn(move || {
+        while let Some(op) = journal.blocking_recv() {
+            if let Err(error) = table.apply(op) {
+                tracing::error!(%error, ?op, "writing the durable stick table failed");
+            }
+            journal.applied();
+        }
+    })
+}

@@ -1,0 +1,89 @@
+//! `cargo xtask`: the one entry point for setting up, building, running and testing stickylb.
+//!
+//! The eBPF crate (`lb-ebpf`) sits outside the workspace and builds with its own nightly
+//! toolchain and `bpf-linker`; these tasks drive it so that a plain `cargo build` never has to.
+
+mod btf;
+mod build;
+mod ebpf;
+mod prerequisites;
+mod process;
+mod run;
+mod setup;
+mod test_suite;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test stickylb")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (toolchain parts, Debian packages, bpf-linker,
+    /// bpffs). Idempotent: only missing pieces are installed.
+    Setup,
+    /// Build the eBPF object into target/ebpf/stickylb.bpf.o. `--release` is accepted for
+    /// symmetry and ignored: see `build-ebpf --help`.
+    BuildEbpf(ProfileArgs),
+    /// Build the eBPF object, then the `stickylb` daemon that embeds it.
+    Build(ProfileArgs),
+    /// Build, then run `stickylb` with the arguments after `--` (as root, through `sudo -E`
+    /// when needed); exits with its exit code.
+    Run(RunArgs),
+    /// Run the whole check suite as CI does: fmt, clippy, shellcheck, tests.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProfileArgs {
+    /// Build the userspace side with the release profile. The eBPF object is always built with
+    /// lb-ebpf's release profile: both of its profiles are optimized (the verifier needs it),
+    /// so a debug eBPF build would only differ in name.
+    #[arg(long)]
+    release: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    profile: ProfileArgs,
+    /// Arguments for `stickylb`, after `--`.
+    #[arg(last = true)]
+    stickylb_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// Arguments for `cargo test`, after `--` (a test name filter, `--nocapture`, ...).
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+/// Prints the error chain on one line, without the backtrace anyhow's `Debug` adds under
+/// `RUST_BACKTRACE=1`: xtask errors are messages for people, not bugs.
+fn main() -> ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf(_) => ebpf::build().map(drop),
+        Task::Build(args) => build::build_all(args.release),
+        Task::Run(args) => match run::run(args.profile.release, &args.stickylb_args)? {},
+        Task::Test(args) => test_suite::run(&args.cargo_test_args),
+    }
+}

@@ -1,0 +1,77 @@
+//! Running other programs: checked runs, privilege, and the cargo that runs us.
+
+use std::{
+    env,
+    ffi::OsStr,
+    process::{Command, ExitStatus, Stdio},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::workspace;
+
+/// Whether we already run as root, so privileged commands need no `sudo`.
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command that runs `program` as root: directly when we are root, through `sudo` otherwise.
+pub(crate) fn as_root(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.arg(program);
+        command
+    }
+}
+
+/// The cargo that runs xtask (the host toolchain's), in the workspace root.
+pub(crate) fn host_cargo() -> Command {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace::root());
+    command
+}
+
+/// Runs `command` with inherited stdio and fails unless it exits successfully.
+pub(crate) fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    let status = run_status(command)?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", describe(command));
+    }
+    Ok(())
+}
+
+/// Runs `command` with inherited stdio and returns how it exited.
+pub(crate) fn run_status(command: &mut Command) -> anyhow::Result<ExitStatus> {
+    command
+        .status()
+        .with_context(|| format!("could not start `{}`", describe(command)))
+}
+
+/// Runs `command` quietly and returns its stdout if it could start and exited successfully.
+/// For probes ("is X installed?"), where failing to run is an answer rather than an error.
+pub(crate) fn probe_stdout(command: &mut Command) -> Option<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The command line, for messages.
+pub(crate) fn describe(command: &Command) -> String {
+    let program = command.get_program();
+    let args = command.get_args();
+    std::iter::once(program)
+        .chain(args)
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

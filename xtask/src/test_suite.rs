@@ -1,0 +1,151 @@
+//! `cargo xtask test`: every check CI runs, in order, stopping at the first failure.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::{
+    build::EBPF_OBJECT_ENV,
+    ebpf, prerequisites,
+    process::{host_cargo, is_root, run_checked},
+    setup, workspace,
+};
+
+/// Tells the privileged tests to fail, not skip, when they cannot get root, bpffs or BPF.
+const REQUIRE_PRIVILEGED_ENV: &str = "STICKYLB_REQUIRE_PRIVILEGED";
+
+pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
+    refuse_unprivileged_ci()?;
+
+    stage("bpffs");
+    setup::ensure_bpffs_mounted()?;
+
+    stage("build-ebpf");
+    let ebpf_object = ebpf::build()?;
+
+    stage("rustfmt");
+    run_checked(host_cargo().args(["fmt", "--all", "--", "--check"]))?;
+
+    stage("clippy (workspace)");
+    run_checked(
+        host_cargo()
+            .args(["clippy", "--workspace", "--all-targets", "--locked", "--"])
+            .args(["-D", "warnings"])
+            .env(EBPF_OBJECT_ENV, &ebpf_object),
+    )?;
+
+    stage("clippy (lb-ebpf)");
+    prerequisites::check_nightly_clippy()?;
+    run_checked(ebpf::ebpf_cargo().args(["clippy", "--release", "--", "-D", "warnings"]))?;
+
+    stage("shellcheck");
+    check_shell_scripts()?;
+
+    stage("ruby -c vagrant/Vagrantfile");
+    check_vagrantfile()?;
+
+    stage("cargo test");
+    run_checked(
+        host_cargo()
+            .args(["test", "--workspace", "--locked"])
+            .args(cargo_test_args)
+            .env(EBPF_OBJECT_ENV, &ebpf_object)
+            .env(REQUIRE_PRIVILEGED_ENV, "1"),
+    )?;
+
+    println!("\n==> xtask test: all stages passed");
+    Ok(())
+}
+
+fn stage(name: &str) {
+    println!("\n==> xtask test: {name}");
+}
+
+/// Under CI the privileged tests must run, not skip, so a non-root CI run is a setup mistake.
+fn refuse_unprivileged_ci() -> anyhow::Result<()> {
+    if running_in_ci() && !is_root() {
+        bail!(
+            "CI is set but `cargo xtask test` is not running as root: the privileged tests \
+             (BPF maps, bpffs, network namespaces) would fail. Run CI as root."
+        );
+    }
+    Ok(())
+}
+
+/// `CI` set to a true value (`true`, `1`, `yes`, `on`), as CI services do.
+fn running_in_ci() -> bool {
+    env::var("CI").is_ok_and(|value| is_true(&value))
+}
+
+fn is_true(value: &str) -> bool {
+    ["true", "1", "yes", "on"]
+        .iter()
+        .any(|truthy| value.trim().eq_ignore_ascii_case(truthy))
+}
+
+/// shellcheck on every `*.sh` under vagrant/ and .ci/, and on `.ci/run` itself (a bash script
+/// without the extension).
+fn check_shell_scripts() -> anyhow::Result<()> {
+    let root = workspace::root();
+    let mut scripts = Vec::new();
+    for dir in ["vagrant", ".ci"] {
+        collect_shell_scripts(&root.join(dir), &mut scripts)?;
+    }
+    let ci_entry_point = root.join(".ci/run");
+    if ci_entry_point.is_file() {
+        scripts.push(ci_entry_point);
+    }
+    if scripts.is_empty() {
+        println!("no shell scripts: skipped");
+        return Ok(());
+    }
+    scripts.sort();
+    run_checked(Command::new("shellcheck").args(&scripts))
+}
+
+/// Appends every `*.sh` under `dir` (recursively) to `scripts`; a missing `dir` holds none.
+fn collect_shell_scripts(dir: &Path, scripts: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let entries = fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("could not list {}", dir.display()))?
+            .path();
+        if path.is_dir() {
+            collect_shell_scripts(&path, scripts)?;
+        } else if path.extension().is_some_and(|ext| ext == "sh") {
+            scripts.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn check_vagrantfile() -> anyhow::Result<()> {
+    let vagrantfile = workspace::root().join("vagrant/Vagrantfile");
+    if !vagrantfile.is_file() {
+        println!("no vagrant/Vagrantfile: skipped");
+        return Ok(());
+    }
+    run_checked(Command::new("ruby").arg("-c").arg(vagrantfile))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_true;
+
+    #[test]
+    fn reads_ci_truthiness_like_ci_services_set_it() {
+        for value in ["true", "TRUE", "1", "yes", "on", " true "] {
+            assert!(is_true(value), "{value:?}");
+        }
+        for value in ["", "0", "false", "no", "off"] {
+            assert!(!is_true(value), "{value:?}");
+        }
+    }
+}
