@@ -3,8 +3,15 @@
 //!
 //! Keys the daemon needs are still `Option` here: a missing one is reported by `validate` along
 //! with every other problem, instead of stopping serde at the first. Defaults live in `validate`.
+//!
+//! Sub-tables are not wrapped in `Spanned`: a table made implicitly by a dotted key
+//! (`monitor.bind = ...`) has no span, and `Spanned` would refuse it. `[[frontend]]` and
+//! `[[backend]]` elements and inline tables in arrays always have one.
 
-use std::{fmt, ops::Range};
+use std::{
+    fmt::{self, Write},
+    ops::Range,
+};
 
 use serde::{
     de::{MapAccess, SeqAccess, Unexpected, Visitor},
@@ -22,12 +29,12 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,
     #[serde(default)]
-    pub(super) monitor: Option<Spanned<RawMonitor>>,
+    pub(super) monitor: Option<RawMonitor>,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
     /// Parsed and checked, not yet part of [`super::Config`]: the peers issue will expose it.
     #[serde(default)]
-    pub(super) peers: Option<Spanned<RawPeers>>,
+    pub(super) peers: Option<RawPeers>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,7 +67,7 @@ pub(super) struct RawBackend {
     /// Default `30m`.
     pub(super) expire: Option<Spanned<RawDuration>>,
     #[serde(default)]
-    pub(super) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(super) health_check: Option<RawHealthCheck>,
     pub(super) servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
 }
 
@@ -161,13 +168,19 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text.bytes().take(offset).filter(|&b| b == b'\n').count() + 1
 }
 
-/// The dotted key (`backend[0].servers[1].adr`) that byte offset `offset` of `text` falls in, or
-/// the empty string when the text is not TOML. Used to name the key of a serde error, which
-/// only carries a span.
-pub(super) fn key_at(text: &str, offset: usize) -> String {
+/// The dotted key (`backend[0].servers[1].adr`) at byte range `span` of `text`, to name the key
+/// of a serde error, which only carries a span. Falls back on the text at `span` when that is a
+/// bare key, and on the empty string.
+pub(super) fn key_at(text: &str, span: Range<usize>) -> String {
     let mut path = String::new();
     if let Ok(root) = toml::from_str::<Shape>(text) {
-        root.find(offset, &mut path);
+        root.find(span.start, &mut path);
+    }
+    if path.is_empty() {
+        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if let Some(key) = text.get(span).filter(|key| key.chars().all(bare)) {
+            path.push_str(key);
+        }
     }
     path
 }
@@ -175,14 +188,17 @@ pub(super) fn key_at(text: &str, offset: usize) -> String {
 /// A TOML document reduced to its shape and spans.
 enum Shape {
     Leaf,
-    Table(Vec<(Spanned<String>, Spanned<Shape>)>),
-    Array(Vec<Spanned<Shape>>),
+    Table(Vec<(Spanned<String>, Node)>),
+    Array(Vec<Node>),
 }
+
+/// A value and its span, or `None` for a value that has no span (a table made implicitly by a
+/// dotted key or header), so that one such table does not leave the whole document unlocated.
+struct Node(Option<Spanned<Shape>>);
 
 impl Shape {
     /// Appends to `path` the keys leading to the innermost key or value containing `offset`.
     fn find(&self, offset: usize, path: &mut String) -> bool {
-        let contains = |span: Range<usize>| span.contains(&offset);
         let start = path.len();
         let found = match self {
             Shape::Leaf => false,
@@ -192,18 +208,35 @@ impl Shape {
                     path.push('.');
                 }
                 path.push_str(key.get_ref());
-                contains(key.span()) || value.get_ref().find(offset, path) || contains(value.span())
+                key.span().contains(&offset) || value.find(offset, path)
             }),
             Shape::Array(items) => items.iter().enumerate().any(|(i, item)| {
                 path.truncate(start);
-                path.push_str(&format!("[{i}]"));
-                item.get_ref().find(offset, path) || contains(item.span())
+                // Writing to a String cannot fail.
+                let _ = write!(path, "[{i}]");
+                item.find(offset, path)
             }),
         };
         if !found {
             path.truncate(start);
         }
         found
+    }
+}
+
+impl Node {
+    fn find(&self, offset: usize, path: &mut String) -> bool {
+        self.0.as_ref().is_some_and(|value| {
+            value.get_ref().find(offset, path) || value.span().contains(&offset)
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // `Spanned` refuses a value without a span. Each value is deserialized on its own, so
+        // the rest of the document is unaffected by dropping the error.
+        Ok(Node(Spanned::deserialize(deserializer).ok()))
     }
 }
 

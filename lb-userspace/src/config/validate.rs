@@ -21,9 +21,12 @@ use super::{
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
-/// Backend and server names travel in fixed 32-byte fields (NUL-terminated) to the kernel side.
-const MAX_SHORT_NAME: usize = 31;
-const MAX_LONG_NAME: usize = 63;
+/// Server names are stored NUL-terminated in `StickEntry::server`.
+const MAX_SERVER_NAME: usize = lb_common::SERVER_NAME_LEN - 1;
+/// Backend names are held to the same length as server names.
+const MAX_BACKEND_NAME: usize = 31;
+/// Instance, frontend and peer names.
+const MAX_NAME: usize = 63;
 const MS: Duration = Duration::from_millis(1);
 const NAME_CHARSET: &str = "A-Z, a-z, 0-9, '.', '_' and '-'";
 
@@ -68,11 +71,11 @@ pub(super) fn from_toml_with(
     host_name: impl FnOnce() -> io::Result<String>,
 ) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let start = e.span().map(|span| span.start);
+        let span = e.span();
         ConfigError::Invalid {
             problems: vec![Problem {
-                line: start.map(|start| line_of(text, start)),
-                key: start.map(|start| key_at(text, start)).unwrap_or_default(),
+                line: span.as_ref().map(|span| line_of(text, span.start)),
+                key: span.map(|span| key_at(text, span)).unwrap_or_default(),
                 message: e.message().trim_end().to_owned(),
             }],
         }
@@ -82,18 +85,20 @@ pub(super) fn from_toml_with(
         problems: Vec::new(),
     };
     let config = checker.config(&raw, host_name);
-    // Stable: problems of one line keep the order they were found in; those without a line lead.
-    checker.problems.sort_by_key(|problem| problem.line);
     match config {
         Some(config) if checker.problems.is_empty() => Ok(config),
         _ => {
+            // Every `None` comes with a problem; this only guards against a missed report.
             if checker.problems.is_empty() {
                 checker.report(
                     None,
                     "",
-                    "internal error: validation failed without a reason",
+                    "internal error: refused without a reported problem",
                 );
             }
+            // Stable: problems on one line keep the order they were found in; those without
+            // a line come first.
+            checker.problems.sort_by_key(|problem| problem.line);
             Err(ConfigError::Invalid {
                 problems: checker.problems,
             })
@@ -131,79 +136,10 @@ impl Checker<'_> {
     ) -> Option<Config> {
         let instance = self.instance(&raw.instance, host_name);
         let mut binds = Seen::new();
-        let backend_names: Vec<&str> = raw
-            .backend
-            .iter()
-            .filter_map(|b| b.get_ref().name.as_ref().map(|n| n.get_ref().as_str()))
-            .collect();
-        if raw.frontend.is_empty() {
-            self.report(None, "frontend", "at least one [[frontend]] is required");
-        }
-        let mut names = Seen::new();
-        let frontends: Vec<_> = raw
-            .frontend
-            .iter()
-            .enumerate()
-            .map(|(i, fe)| {
-                let key = format!("frontend[{i}]");
-                let span = fe.span();
-                let fe = fe.get_ref();
-                let name = self.required(&fe.name, &span, &key, "name");
-                let name = name.and_then(|n| self.name(n, &format!("{key}.name"), MAX_LONG_NAME));
-                let bind = self.required(&fe.bind, &span, &key, "bind");
-                let bind = bind.and_then(|b| self.addr(b, &format!("{key}.bind")));
-                let backend = self.required(&fe.backend, &span, &key, "backend");
-                if let (Some(name), Some(n)) = (&name, &fe.name) {
-                    self.unique(&mut names, name.clone(), n, &format!("{key}.name"), &key);
-                }
-                if let (Some(bind), Some(b)) = (bind, &fe.bind) {
-                    self.unique(&mut binds, bind, b, &format!("{key}.bind"), &key);
-                }
-                if let Some(b) = backend {
-                    if !backend_names.contains(&b.get_ref().as_str()) {
-                        let known = if backend_names.is_empty() {
-                            "none is defined".to_owned()
-                        } else {
-                            format!("defined: {}", backend_names.join(", "))
-                        };
-                        let msg = format!("no backend named {:?} ({known})", b.get_ref());
-                        self.report(Some(b.span()), &format!("{key}.backend"), msg);
-                    }
-                }
-                Some(Frontend {
-                    name: name?,
-                    bind: bind?,
-                    backend: backend?.get_ref().clone(),
-                })
-            })
-            .collect();
-        if raw.backend.is_empty() {
-            self.report(None, "backend", "at least one [[backend]] is required");
-        }
-        let mut names = Seen::new();
-        let mut ids = Seen::new();
-        let backends: Vec<_> = raw.backend.iter().enumerate()
-            .map(|(i, be)| {
-                let backend = self.backend(&format!("backend[{i}]"), be.span(), be.get_ref());
-                if let (Some(b), Some(n)) = (&backend, &be.get_ref().name) {
-                    let key = format!("backend[{i}].name");
-                    self.unique(&mut names, b.name.clone(), n, &key, &format!("backend[{i}]"));
-                    let id = backend_id(&b.name);
-                    match ids.get(&id) {
-                        Some((other, line)) if *other != b.name => {
-                            let msg = format!("backend {:?} has the same id ({id:#010x}, FNV-1a of the name) as backend {other:?} (line {line}); rename one", b.name);
-                            self.report(Some(n.span()), &key, msg);
-                        }
-                        _ => {
-                            ids.insert(id, (b.name.clone(), self.line(&n.span())));
-                        }
-                    }
-                }
-                backend
-            })
-            .collect();
+        let frontends = self.frontends(raw, &mut binds);
+        let backends = self.backends(raw);
         let monitor = raw.monitor.as_ref().map(|m| {
-            let bind = self.required(&m.get_ref().bind, &m.span(), "monitor", "bind")?;
+            let bind = self.required(&m.bind, None, "monitor", "bind")?;
             let addr = self.addr(bind, "monitor.bind")?;
             self.unique(&mut binds, addr, bind, "monitor.bind", "monitor");
             Some(Monitor { bind: addr })
@@ -212,11 +148,97 @@ impl Checker<'_> {
         self.peers(raw);
         Some(Config {
             instance: instance?,
-            frontends: frontends.into_iter().collect::<Option<_>>()?,
-            backends: backends.into_iter().collect::<Option<_>>()?,
+            frontends: frontends?,
+            backends: backends?,
             monitor: monitor.map_or(Some(None), |m| m.map(Some))?,
             timeouts: timeouts?,
         })
+    }
+
+    fn frontends(
+        &mut self,
+        raw: &RawConfig,
+        binds: &mut Seen<SocketAddr>,
+    ) -> Option<Vec<Frontend>> {
+        if raw.frontend.is_empty() {
+            self.report(None, "frontend", "at least one [[frontend]] is required");
+        }
+        let backend_names: Vec<&str> = (raw.backend.iter())
+            .filter_map(|b| b.get_ref().name.as_ref().map(|n| n.get_ref().as_str()))
+            .collect();
+        let mut names = Seen::new();
+        let frontends: Vec<_> = (raw.frontend.iter().enumerate())
+            .map(|(i, fe)| {
+                let key = format!("frontend[{i}]");
+                let span = fe.span();
+                let fe = fe.get_ref();
+                let name = self.required(&fe.name, Some(&span), &key, "name");
+                let name = name.and_then(|n| self.name(n, &format!("{key}.name"), MAX_NAME));
+                if let (Some(name), Some(n)) = (&name, &fe.name) {
+                    self.unique(&mut names, name.clone(), n, &format!("{key}.name"), &key);
+                }
+                let bind = self.required(&fe.bind, Some(&span), &key, "bind");
+                let bind = bind.and_then(|b| self.addr(b, &format!("{key}.bind")));
+                if let (Some(bind), Some(b)) = (bind, &fe.bind) {
+                    self.unique(binds, bind, b, &format!("{key}.bind"), &key);
+                }
+                let backend = self.required(&fe.backend, Some(&span), &key, "backend");
+                let backend = backend.and_then(|b| {
+                    if backend_names.contains(&b.get_ref().as_str()) {
+                        return Some(b.get_ref().clone());
+                    }
+                    let known = if backend_names.is_empty() {
+                        "none is defined".to_owned()
+                    } else {
+                        format!("defined: {}", backend_names.join(", "))
+                    };
+                    let msg = format!("no backend named {:?} ({known})", b.get_ref());
+                    self.report(Some(b.span()), &format!("{key}.backend"), msg);
+                    None
+                });
+                Some(Frontend {
+                    name: name?,
+                    bind: bind?,
+                    backend: backend?,
+                })
+            })
+            .collect();
+        frontends.into_iter().collect()
+    }
+
+    fn backends(&mut self, raw: &RawConfig) -> Option<Vec<Backend>> {
+        if raw.backend.is_empty() {
+            self.report(None, "backend", "at least one [[backend]] is required");
+        }
+        let mut names = Seen::new();
+        let mut ids = Seen::new();
+        let backends: Vec<_> = (raw.backend.iter().enumerate())
+            .map(|(i, be)| {
+                let key = format!("backend[{i}]");
+                let backend = self.backend(&key, be.span(), be.get_ref());
+                let (Some(b), Some(n)) = (&backend, &be.get_ref().name) else {
+                    return backend;
+                };
+                let name_key = format!("{key}.name");
+                self.unique(&mut names, b.name.clone(), n, &name_key, &key);
+                let id = backend_id(&b.name);
+                match ids.get(&id) {
+                    Some((other, line)) if *other != b.name => {
+                        let msg = format!(
+                            "backend {:?} has the same id ({id:#010x}, FNV-1a of the name) \
+                             as backend {other:?} (line {line}); rename one",
+                            b.name
+                        );
+                        self.report(Some(n.span()), &name_key, msg);
+                    }
+                    _ => {
+                        ids.insert(id, (b.name.clone(), self.line(&n.span())));
+                    }
+                }
+                backend
+            })
+            .collect();
+        backends.into_iter().collect()
     }
 
     fn instance(
@@ -225,40 +247,37 @@ impl Checker<'_> {
         host_name: impl FnOnce() -> io::Result<String>,
     ) -> Option<Instance> {
         let name = match &raw.name {
-            Some(name) => self.name(name, "instance.name", MAX_LONG_NAME),
-            None => match host_name() {
-                Ok(host) => match check_name(&host, MAX_LONG_NAME) {
-                    Ok(()) => Some(host),
-                    Err(msg) => {
-                        let msg = format!("not set, and the host name is unusable: {msg}");
-                        self.report(None, "instance.name", msg);
-                        None
-                    }
-                },
-                Err(e) => {
-                    let msg = format!("not set, and the host name cannot be read: {e}");
-                    self.report(None, "instance.name", msg);
-                    None
-                }
-            },
+            Some(name) => self.name(name, "instance.name", MAX_NAME),
+            None => {
+                let host = host_name()
+                    .map_err(|e| format!("not set, and the host name cannot be read: {e}"))
+                    .and_then(|host| match check_name(&host, MAX_NAME) {
+                        Ok(()) => Ok(host),
+                        Err(msg) => Err(format!("not set, and the host name is unusable: {msg}")),
+                    });
+                host.map_err(|msg| self.report(None, "instance.name", msg))
+                    .ok()
+            }
         };
         let pin_dir = match &raw.pin_dir {
-            None => Some(PathBuf::from(DEFAULT_PIN_DIR)),
-            Some(dir) if dir.get_ref().is_empty() => {
-                self.report(Some(dir.span()), "instance.pin_dir", "must not be empty");
-                None
-            }
-            Some(dir) => Some(PathBuf::from(dir.get_ref())),
+            None => Some(DEFAULT_PIN_DIR.to_owned()),
+            Some(dir) => self.text(dir, "instance.pin_dir", |dir| {
+                if dir.is_empty() {
+                    Err("must not be empty".to_owned())
+                } else {
+                    Ok(())
+                }
+            }),
         };
         Some(Instance {
             name: name?,
-            pin_dir: pin_dir?,
+            pin_dir: PathBuf::from(pin_dir?),
         })
     }
 
     fn backend(&mut self, key: &str, span: Range<usize>, raw: &RawBackend) -> Option<Backend> {
-        let name = self.required(&raw.name, &span, key, "name");
-        let name = name.and_then(|n| self.name(n, &format!("{key}.name"), MAX_SHORT_NAME));
+        let name = self.required(&raw.name, Some(&span), key, "name");
+        let name = name.and_then(|n| self.name(n, &format!("{key}.name"), MAX_BACKEND_NAME));
         let balance = match &raw.balance {
             None => Some(Balance::RoundRobin),
             Some(b) => match b.get_ref().as_str() {
@@ -275,21 +294,7 @@ impl Checker<'_> {
         };
         let stick_cookie = match &raw.stick_cookie {
             None => Some("JSESSIONID".to_owned()),
-            Some(c) => {
-                let cookie = c.get_ref();
-                let bad = cookie.chars().find(|&c| !is_token_char(c));
-                let msg = match bad {
-                    _ if cookie.is_empty() => "must not be empty".to_owned(),
-                    Some(bad) => format!("{cookie:?} is not a cookie name: {bad:?} is not allowed in an RFC 6265 token"),
-                    None => String::new(),
-                };
-                if msg.is_empty() {
-                    Some(cookie.clone())
-                } else {
-                    self.report(Some(c.span()), &format!("{key}.stick_cookie"), msg);
-                    None
-                }
-            }
+            Some(c) => self.text(c, &format!("{key}.stick_cookie"), check_cookie_name),
         };
         let table_size = self.integer(
             raw.table_size.as_ref(),
@@ -319,30 +324,14 @@ impl Checker<'_> {
     fn health_check(
         &mut self,
         backend: &str,
-        raw: Option<&Spanned<RawHealthCheck>>,
+        raw: Option<&RawHealthCheck>,
     ) -> Option<HealthCheck> {
         let default = RawHealthCheck::default();
-        let raw = raw.map_or(&default, Spanned::get_ref);
+        let raw = raw.unwrap_or(&default);
         let key = |field: &str| format!("{backend}.health_check.{field}");
         let path = match &raw.path {
             None => Some("/".to_owned()),
-            Some(p) if !p.get_ref().starts_with('/') => {
-                self.report(
-                    Some(p.span()),
-                    &key("path"),
-                    format!("{:?} must start with '/'", p.get_ref()),
-                );
-                None
-            }
-            Some(p) if !p.get_ref().chars().all(|c| c.is_ascii_graphic()) => {
-                let msg = format!(
-                    "{:?} must be printable ASCII without spaces (percent-encode the rest)",
-                    p.get_ref()
-                );
-                self.report(Some(p.span()), &key("path"), msg);
-                None
-            }
-            Some(p) => Some(p.get_ref().clone()),
+            Some(p) => self.text(p, &key("path"), check_path),
         };
         let interval = self.duration(
             raw.interval.as_ref(),
@@ -369,7 +358,7 @@ impl Checker<'_> {
     }
 
     fn servers(&mut self, key: &str, span: &Range<usize>, raw: &RawBackend) -> Option<Vec<Server>> {
-        let list = self.required(&raw.servers, span, key, "servers")?;
+        let list = self.required(&raw.servers, Some(span), key, "servers")?;
         if list.get_ref().is_empty() {
             self.report(
                 Some(list.span()),
@@ -387,13 +376,13 @@ impl Checker<'_> {
                 let key = format!("{key}.servers[{j}]");
                 let span = server.span();
                 let server = server.get_ref();
-                let name = self.required(&server.name, &span, &key, "name");
+                let name = self.required(&server.name, Some(&span), &key, "name");
                 let name_key = format!("{key}.name");
-                let name = name.and_then(|n| self.name(n, &name_key, MAX_SHORT_NAME));
+                let name = name.and_then(|n| self.name(n, &name_key, MAX_SERVER_NAME));
                 if let (Some(name), Some(n)) = (&name, &server.name) {
                     self.unique(&mut names, name.clone(), n, &name_key, &key);
                 }
-                let addr = self.required(&server.addr, &span, &key, "addr");
+                let addr = self.required(&server.addr, Some(&span), &key, "addr");
                 let addr = addr.and_then(|a| self.addr(a, &format!("{key}.addr")));
                 Some(Server {
                     name: name?,
@@ -429,21 +418,21 @@ impl Checker<'_> {
     /// Checks `[peers]`, which [`Config`] does not carry yet: the peers issue will expose it.
     fn peers(&mut self, raw: &RawConfig) {
         let Some(peers) = &raw.peers else { return };
-        if let Some(bind) = self.required(&peers.get_ref().bind, &peers.span(), "peers", "bind") {
+        if let Some(bind) = self.required(&peers.bind, None, "peers", "bind") {
             self.addr(bind, "peers.bind");
         }
         let mut names = Seen::new();
-        for (i, member) in peers.get_ref().members.iter().enumerate() {
+        for (i, member) in peers.members.iter().enumerate() {
             let key = format!("peers.members[{i}]");
             let span = member.span();
             let member = member.get_ref();
-            if let Some(n) = self.required(&member.name, &span, &key, "name") {
+            if let Some(n) = self.required(&member.name, Some(&span), &key, "name") {
                 let name_key = format!("{key}.name");
-                if let Some(name) = self.name(n, &name_key, MAX_LONG_NAME) {
+                if let Some(name) = self.name(n, &name_key, MAX_NAME) {
                     self.unique(&mut names, name, n, &name_key, &key);
                 }
             }
-            if let Some(addr) = self.required(&member.addr, &span, &key, "addr") {
+            if let Some(addr) = self.required(&member.addr, Some(&span), &key, "addr") {
                 self.addr(addr, &format!("{key}.addr"));
             }
         }
@@ -466,13 +455,13 @@ impl Checker<'_> {
     fn required<'v, T>(
         &mut self,
         value: &'v Option<Spanned<T>>,
-        table: &Range<usize>,
+        table: Option<&Range<usize>>,
         key: &str,
         field: &str,
     ) -> Option<&'v Spanned<T>> {
         if value.is_none() {
             self.report(
-                Some(table.clone()),
+                table.cloned(),
                 &format!("{key}.{field}"),
                 "missing required key",
             );
@@ -502,7 +491,17 @@ impl Checker<'_> {
     }
 
     fn name(&mut self, value: &Spanned<String>, key: &str, max: usize) -> Option<String> {
-        match check_name(value.get_ref(), max) {
+        self.text(value, key, |name| check_name(name, max))
+    }
+
+    /// `value` if `check` accepts it, else `None` and a problem with `check`'s message.
+    fn text(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+        check: impl FnOnce(&str) -> Result<(), String>,
+    ) -> Option<String> {
+        match check(value.get_ref()) {
             Ok(()) => Some(value.get_ref().clone()),
             Err(msg) => {
                 self.report(Some(value.span()), key, msg);
@@ -592,7 +591,27 @@ fn check_name(name: &str, max: usize) -> Result<(), String> {
     }
 }
 
-/// RFC 6265 `cookie-name` = RFC 2616 `token`: visible ASCII except separators.
-fn is_token_char(c: char) -> bool {
-    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c)
+/// RFC 6265 `cookie-name`, that is an RFC 2616 `token`: visible ASCII except separators.
+fn check_cookie_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+    match name.chars().find(|&c| !allowed(c)) {
+        _ if name.is_empty() => Err("must not be empty".to_owned()),
+        Some(bad) => Err(format!(
+            "{name:?} is not a cookie name: {bad:?} is not allowed"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A health check request target: absolute path, nothing that needs escaping on the wire.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        Err(format!("{path:?} must start with '/'"))
+    } else if !path.chars().all(|c| c.is_ascii_graphic()) {
+        Err(format!(
+            "{path:?} must be printable ASCII without spaces (percent-encode the rest)"
+        ))
+    } else {
+        Ok(())
+    }
 }

@@ -1,0 +1,121 @@
+//! A tiny HTTP backend for the demo and the tests: each `--listen ADDR=NAME` serves `NAME\n`.
+//!
+//! Paths: `/` (or anything) -> the name; `/headers` -> the request headers; `/bytes/N` -> N bytes;
+//! `/slow/MS` -> the name after MS milliseconds. `?setcookie=V` adds `Set-Cookie: JSESSIONID=V`.
+//! Every response carries `X-Served-By: NAME`.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+struct Args {
+    /// `ADDR=NAME`, repeatable.
+    #[arg(long = "listen", required = true)]
+    listen: Vec<String>,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut tasks = Vec::new();
+    for spec in &args.listen {
+        let (addr, name) = spec.split_once('=').context("--listen wants ADDR=NAME")?;
+        let addr: SocketAddr = addr.parse().with_context(|| format!("bad address {addr}"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tasks.push(tokio::spawn(serve(listener, Arc::from(name))));
+    }
+    println!("ready");
+    for task in tasks {
+        task.await?;
+    }
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, name: Arc<str>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let name = Arc::clone(&name);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(Arc::clone(&name), request));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn respond(name: Arc<str>, request: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let set_cookie = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("setcookie=")))
+        .map(str::to_owned);
+    let body: Body = if path == "/headers" {
+        let text: String = request
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        full(text)
+    } else if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+        pattern_body(n)
+    } else {
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|n| n.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        full(format!("{name}\n"))
+    };
+    let mut response = Response::new(body);
+    if let Ok(value) = name.parse() {
+        response.headers_mut().insert("x-served-by", value);
+    }
+    if let Some(value) = set_cookie.and_then(|v| format!("JSESSIONID={v}; Path=/").parse().ok()) {
+        response.headers_mut().insert(hyper::header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text)).boxed()
+}
+
+/// `len` bytes of a repeating pattern, produced in 64 KiB frames.
+fn pattern_body(len: u64) -> Body {
+    PatternBody { left: len, block: (0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<_>>().into() }.boxed()
+}
+
+const CHUNK: usize = 64 * 1024;
+
+struct PatternBody {
+    left: u64,
+    block: Bytes,
+}
+
+impl hyper::body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let size = usize::try_from(self.left).map_or(CHUNK, |left| left.min(CHUNK));
+        self.left -= size as u64;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.block.slice(..size)))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}

@@ -1,0 +1,181 @@
+//! Harness for the privileged end-to-end tests: network namespaces joined by veth pairs, the
+//! daemon and the test backends as real processes inside them, a small HTTP client that runs
+//! inside a namespace. Everything is removed by guards, also when a test panics.
+//!
+//! Without root the tests skip with a message, except under `CI=true` or
+//! `STICKYLB_REQUIRE_PRIVILEGED=1`, where they fail.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod http;
+pub mod netns;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use netns::{NetNs, Topology};
+
+/// Returns false (after saying why) when privileged tests cannot run here; panics instead when
+/// they are required.
+pub fn privileged() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    let required = ["CI", "STICKYLB_REQUIRE_PRIVILEGED"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"));
+    assert!(!required, "this test needs root (network namespaces, bpffs, BPF maps) and CI requires it");
+    eprintln!("skipping: not root (set CI=true to make this a failure)");
+    false
+}
+
+pub fn stickylb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stickylb")
+}
+
+pub fn backend_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stickylb-backend")
+}
+
+/// A process whose output is collected; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub output: Arc<Mutex<String>>,
+    name: String,
+}
+
+impl Proc {
+    /// Starts `argv` inside network namespace `ns`, capturing stdout and stderr.
+    ///
+    /// `nsenter --net` joins only the network namespace. `ip netns exec` would also give the
+    /// process a private mount namespace with a fresh /sys, hiding the host's bpffs: pins made
+    /// there would vanish with the process.
+    pub fn spawn(name: &str, ns: &str, argv: &[&str]) -> Proc {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{ns}"))
+            .arg("--")
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = Arc::clone(&output);
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        Proc {
+            child,
+            output,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, limit: Duration) {
+        let found = wait_until(limit, || self.output().contains(needle));
+        assert!(found, "{} never printed {needle:?}; output:\n{}", self.name, self.output());
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Sends `signal` and waits for the process to exit; returns its output.
+    pub fn stop_with(mut self, signal: i32) -> String {
+        self.signal(signal);
+        let exited = wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_))));
+        assert!(exited, "{} did not exit after signal {signal}", self.name);
+        self.output()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A pin directory of the test's own under bpffs, removed on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new(test: &str) -> PinDir {
+        let path = PathBuf::from(format!("/sys/fs/bpf/stickylb-test/{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        PinDir(path)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `text` to a fresh file in the system temp dir and returns its path.
+pub fn write_temp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("stickylb-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// The seed's session cookie for session `n`: md5 of `_n` in hex.
+pub fn seed_cookie(n: u32) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf _%s {n} | md5sum"))
+        .output()
+        .expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)[..32].to_owned()
+}
+
+/// Runs the daemon in `ns` with `config` and waits until it serves.
+pub fn start_daemon(ns: &str, config: &Path) -> Proc {
+    let config = config.to_str().unwrap();
+    let proc = Proc::spawn("stickylb", ns, &[stickylb_bin(), "--log", "info", "run", "--config", config]);
+    proc.wait_for_output("stickylb started", Duration::from_secs(20));
+    proc
+}

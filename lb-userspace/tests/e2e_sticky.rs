@@ -1,0 +1,311 @@
+//! End to end, in network namespaces (client, lb, backends): the seed's stickiness and round
+//! robin order, redispatch, the durable table across stop/start and kill -9, bpftool, and the
+//! answers to bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http, privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc, Topology};
+
+/// Seven servers `be1..be7` on ports 8081-8087 of the backends host, in this order.
+fn config(topo: &Topology, pin: &PinDir, instance: &str, servers: &[(&str, u16)], extra: &str) -> String {
+    let servers: String = servers
+        .iter()
+        .map(|(name, port)| format!("  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n", topo.backend_addr()))
+        .collect();
+    format!(
+        r#"
+[instance]
+name = "{instance}"
+pin_dir = "{pin}"
+
+[[frontend]]
+name = "www"
+bind = "{lb}:80"
+backend = "back-session"
+
+[[backend]]
+name = "back-session"
+balance = "roundrobin"
+stick_cookie = "JSESSIONID"
+expire = "30m"
+health_check = {{ path = "/", interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
+servers = [
+{servers}]
+
+[monitor]
+bind = "{lb}:8404"
+{extra}
+"#,
+        pin = pin.0.display(),
+        lb = topo.lb_addr(),
+    )
+}
+
+fn seven() -> Vec<(&'static str, u16)> {
+    vec![
+        ("be1", 8081),
+        ("be2", 8082),
+        ("be3", 8083),
+        ("be4", 8084),
+        ("be5", 8085),
+        ("be6", 8086),
+        ("be7", 8087),
+    ]
+}
+
+/// One backend process per server, answering `Backend N`.
+fn start_backends(topo: &Topology, servers: &[(&str, u16)]) -> Vec<Proc> {
+    servers
+        .iter()
+        .map(|(name, port)| {
+            let n = &name[2..];
+            let listen = format!("{}:{port}=Backend {n}", topo.backend_addr());
+            let proc = Proc::spawn(name, &topo.backends.name, &[common::backend_bin(), "--listen", &listen]);
+            proc.wait_for_output("ready", Duration::from_secs(10));
+            proc
+        })
+        .collect()
+}
+
+/// The seed's access script: `NNNNN - <body>` for each session.
+fn access(topo: &Topology, sessions: impl IntoIterator<Item = u32>) -> Vec<String> {
+    let addr = format!("{}:80", topo.lb_addr());
+    let sessions: Vec<u32> = sessions.into_iter().collect();
+    let cookies: Vec<(u32, String)> = sessions.iter().map(|&n| (n, seed_cookie(n))).collect();
+    http::in_netns(&topo.client.name, move || {
+        cookies
+            .iter()
+            .map(|(n, cookie)| {
+                let response = http::get(&addr, "/", Some(&format!("c1=1; c2=2; JSESSIONID={cookie}")));
+                format!("{n:05} - {}", response.text().trim_end())
+            })
+            .collect()
+    })
+}
+
+fn expect(sessions: impl IntoIterator<Item = u32>, backends: &[u32]) -> Vec<String> {
+    sessions
+        .into_iter()
+        .zip(backends)
+        .map(|(n, b)| format!("{n:05} - Backend {b}"))
+        .collect()
+}
+
+#[test]
+fn round_robin_and_stickiness_follow_the_seed_transcript() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("rr", 211);
+    let pin = PinDir::new("rr");
+    let _backends = start_backends(&topo, &seven());
+    let cfg = write_temp("rr.toml", &config(&topo, &pin, "lb-1", &seven(), ""));
+    let daemon = start_daemon(&topo.lb.name, &cfg);
+
+    assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
+    assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]), "sticky on repeat");
+    assert_eq!(access(&topo, 21..=25), expect(21..=25, &[6, 7, 1, 2, 3]));
+    assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
+
+    let log = daemon.stop_with(libc::SIGTERM);
+    assert!(log.contains("decision=\"new-session\""), "{log}");
+    assert!(log.contains("decision=\"sticky\""), "{log}");
+    assert!(log.contains("server=be6"), "{log}");
+}
+
+#[test]
+fn table_survives_stop_start_kill9_and_server_reordering() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("dur", 212);
+    let pin = PinDir::new("dur");
+    let _backends = start_backends(&topo, &seven());
+    let cfg = write_temp("dur.toml", &config(&topo, &pin, "lb-dur", &seven(), ""));
+    let before = {
+        let _daemon = start_daemon(&topo.lb.name, &cfg);
+        access(&topo, 21..=27)
+    }; // dropped: SIGKILL
+    assert_eq!(before, expect(21..=27, &[1, 2, 3, 4, 5, 6, 7]));
+
+    // kill -9, then start: the pinned map carries the table.
+    let daemon = start_daemon(&topo.lb.name, &cfg);
+    assert!(daemon.output().contains("adopted=7"), "{}", daemon.output());
+    assert_eq!(access(&topo, 21..=27), before, "after kill -9 and start");
+
+    // stop (SIGTERM), then start.
+    daemon.stop_with(libc::SIGTERM);
+    let daemon = start_daemon(&topo.lb.name, &cfg);
+    assert_eq!(access(&topo, 21..=27), before, "after stop and start");
+    daemon.stop_with(libc::SIGTERM);
+
+    // The servers reordered and one added: sessions follow server names, not positions.
+    let mut reordered = seven();
+    reordered.reverse();
+    reordered.insert(3, ("be8", 8088));
+    let _extra = start_backends(&topo, &[("be8", 8088)]);
+    let cfg = write_temp("dur2.toml", &config(&topo, &pin, "lb-dur", &reordered, ""));
+    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    assert_eq!(access(&topo, 21..=27), before, "after reordering servers");
+}
+
+#[test]
+fn bpftool_and_table_command_show_a_cookie_just_used() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("bpft", 213);
+    let pin = PinDir::new("bpft");
+    let _backends = start_backends(&topo, &seven()[..2]);
+    let cfg = write_temp("bpft.toml", &config(&topo, &pin, "lb-bpft", &seven()[..2], ""));
+    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    let cookie = seed_cookie(4242);
+    assert_eq!(access(&topo, [4242]), ["04242 - Backend 1"]);
+
+    let map = pin.0.join("lb-bpft/v1/STICK_TABLE");
+    let map = map.to_str().unwrap().to_owned();
+    let mut dump = String::new();
+    let found = wait_until(Duration::from_millis(500), || {
+        let out = std::process::Command::new("bpftool").args(["map", "dump", "pinned", &map]).output().unwrap();
+        dump = String::from_utf8_lossy(&out.stdout).into_owned();
+        dump.contains(&format!("\"cookie\": \"{cookie}\""))
+    });
+    assert!(found, "bpftool did not show the cookie within 500 ms:\n{dump}");
+    assert!(dump.contains("\"server\": \"be1\""), "{dump}");
+    assert!(dump.contains("\"last_seen_ms\": "), "{dump}");
+
+    let out = std::process::Command::new(common::stickylb_bin())
+        .args(["table", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = table.lines().find(|l| l.contains(&cookie)).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("back-session") && row.contains("be1"), "{row}");
+}
+
+#[test]
+fn a_down_server_gets_no_new_sessions_and_its_sessions_are_redispatched() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("redis", 214);
+    let pin = PinDir::new("redis");
+    let servers = &seven()[..3];
+    let mut backends = start_backends(&topo, servers);
+    let cfg = write_temp("redis.toml", &config(&topo, &pin, "lb-redis", servers, ""));
+    let daemon = start_daemon(&topo.lb.name, &cfg);
+    assert_eq!(access(&topo, 1..=3), expect(1..=3, &[1, 2, 3]));
+
+    drop(backends.remove(1)); // be2 dies
+    daemon.wait_for_output("server is DOWN", Duration::from_secs(10));
+    assert!(daemon.output().contains("server=be2"));
+
+    // Session 2 moves to a live server and stays there; new sessions avoid be2.
+    let moved = access(&topo, [2]);
+    assert_ne!(moved, ["00002 - Backend 2"]);
+    assert_eq!(access(&topo, [2]), moved, "the redispatched session is stuck to its new server");
+    let fresh = access(&topo, 30..=33);
+    assert!(fresh.iter().all(|line| !line.ends_with("Backend 2")), "{fresh:?}");
+    assert!(daemon.output().contains("decision=\"redispatch\""));
+
+    // be2 comes back: session 2 stays where it was redispatched to.
+    let _revived = start_backends(&topo, &servers[1..2]);
+    daemon.wait_for_output("server is UP", Duration::from_secs(10));
+    assert_eq!(access(&topo, [2]), moved);
+    assert_eq!(access(&topo, [1, 3]), expect([1, 3], &[1, 3]));
+}
+
+#[test]
+fn bad_input_gets_400_431_408_and_no_server_gets_503() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("bad", 215);
+    let pin = PinDir::new("bad");
+    let servers = &seven()[..1];
+    let backends = start_backends(&topo, servers);
+    let timeouts = "[timeouts]\nclient = \"1s\"\nmax_header_bytes = 8192\n";
+    let cfg = write_temp("bad.toml", &config(&topo, &pin, "lb-bad", servers, timeouts));
+    let daemon = start_daemon(&topo.lb.name, &cfg);
+    let addr = format!("{}:80", topo.lb_addr());
+
+    let a = addr.clone();
+    let (garbage, huge, slow, xff) = http::in_netns(&topo.client.name, move || {
+        let limit = Duration::from_secs(5);
+        let garbage = http::raw_exchange(&a, b"NOT HTTP AT ALL\r\n\r\n", limit);
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+        let huge = http::raw_exchange(&a, big.as_bytes(), limit);
+        let slow = http::raw_exchange(&a, b"GET / HTTP/1.1\r\nHost: x\r\n", limit);
+        let xff = http::get(&a, "/headers", None);
+        (garbage, huge, slow, xff)
+    });
+    assert_eq!(http::parse(&garbage).status, 400);
+    assert_eq!(http::parse(&huge).status, 431);
+    assert_eq!(http::parse(&slow).status, 408);
+    assert_eq!(xff.status, 200);
+    let forwarded = xff.text();
+    assert!(
+        forwarded.contains(&format!("x-forwarded-for: {}", topo.client_addr())),
+        "{forwarded}"
+    );
+
+    drop(backends);
+    daemon.wait_for_output("server is DOWN", Duration::from_secs(10));
+    let a = addr.clone();
+    let unavailable = http::in_netns(&topo.client.name, move || http::get(&a, "/", Some("JSESSIONID=zz")));
+    assert_eq!(unavailable.status, 503);
+    assert!(unavailable.text().len() < 200);
+    assert!(daemon.output().contains("status=503"));
+}
+
+#[test]
+fn a_cookie_set_by_the_server_is_learned() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("learn", 216);
+    let pin = PinDir::new("learn");
+    let servers = &seven()[..3];
+    let _backends = start_backends(&topo, servers);
+    let cfg = write_temp("learn.toml", &config(&topo, &pin, "lb-learn", servers, ""));
+    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    let addr = format!("{}:80", topo.lb_addr());
+    let lines = http::in_netns(&topo.client.name, move || {
+        // Cookie-less requests rotate; the one the first server answers sets a session cookie.
+        let login = http::get(&addr, "/login?setcookie=learned42", None);
+        let set = login.header("set-cookie").unwrap();
+        let then: Vec<String> = (0..4)
+            .map(|_| http::get(&addr, "/", Some("JSESSIONID=learned42")).text())
+            .collect();
+        (login.text(), set, then)
+    });
+    let (login_body, set, then) = lines;
+    assert!(set.starts_with("JSESSIONID=learned42"), "{set}");
+    assert!(then.iter().all(|body| *body == login_body), "{login_body:?} then {then:?}");
+}
+
+#[test]
+fn keep_alive_connection_serves_many_sticky_requests() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("ka", 217);
+    let pin = PinDir::new("ka");
+    let servers = &seven()[..3];
+    let _backends = start_backends(&topo, servers);
+    let cfg = write_temp("ka.toml", &config(&topo, &pin, "lb-ka", servers, ""));
+    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    let addr = format!("{}:80", topo.lb_addr());
+    let bodies = http::in_netns(&topo.client.name, move || {
+        let mut conn = http::KeepAlive::connect(&addr);
+        let mut bodies: Vec<String> = (0..20).map(|_| conn.get("/", Some("JSESSIONID=ka1")).text()).collect();
+        bodies.extend((0..20).map(|_| conn.get("/", Some("JSESSIONID=ka2")).text()));
+        bodies
+    });
+    assert!(bodies[..20].iter().all(|b| *b == bodies[0]), "{bodies:?}");
+    assert!(bodies[20..].iter().all(|b| *b == bodies[20]), "{bodies:?}");
+    assert_ne!(bodies[0], bodies[20]);
+}
