@@ -12,7 +12,11 @@ use stickylb::{
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "stickylb", version, about = "Sticky-session HTTP load balancer with a table that survives restarts")]
+#[command(
+    name = "stickylb",
+    version,
+    about = "Sticky-session HTTP load balancer with a table that survives restarts"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it. `access=off` silences the
     /// per-request lines.
@@ -71,7 +75,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     path.display(),
                     config.frontends.len(),
                     config.backends.len(),
-                    config.backends.iter().map(|b| b.servers.len()).sum::<usize>()
+                    config
+                        .backends
+                        .iter()
+                        .map(|b| b.servers.len())
+                        .sum::<usize>()
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -93,7 +101,8 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 fn print_table(config: &Config, json: bool) -> anyhow::Result<()> {
     let path = dataplane::stick_table_path(&config.instance.pin_dir, &config.instance.name);
-    let table = DurableTable::open_existing(&path).with_context(|| format!("no usable stick table at {}", path.display()))?;
+    let table = DurableTable::open_existing(&path)
+        .with_context(|| format!("no usable stick table at {}", path.display()))?;
     let now = now_ms();
     let mut entries = table.entries();
     entries.reverse();
@@ -118,7 +127,10 @@ fn print_table(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("# {} ({} entries)", path.display(), rows.len());
-    println!("{:<12} {:<45} {:<16} {:>10} {:>12}", "BACKEND", "COOKIE", "SERVER", "IDLE", "EXPIRES IN");
+    println!(
+        "{:<12} {:<45} {:<16} {:>10} {:>12}",
+        "BACKEND", "COOKIE", "SERVER", "IDLE", "EXPIRES IN"
+    );
     for row in &rows {
         println!(
             "{:<12} {:<45} {:<16} {:>9}s {:>11}s",

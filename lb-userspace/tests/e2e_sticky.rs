@@ -6,13 +6,37 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http, privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc, Topology};
+use common::{
+    http, privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
+};
 
 /// Seven servers `be1..be7` on ports 8081-8087 of the backends host, in this order.
-fn config(topo: &Topology, pin: &PinDir, instance: &str, servers: &[(&str, u16)], extra: &str) -> String {
+fn config(
+    topo: &Topology,
+    pin: &PinDir,
+    instance: &str,
+    servers: &[(&str, u16)],
+    extra: &str,
+) -> String {
+    sized_config(topo, pin, instance, servers, extra, 1_048_576)
+}
+
+fn sized_config(
+    topo: &Topology,
+    pin: &PinDir,
+    instance: &str,
+    servers: &[(&str, u16)],
+    extra: &str,
+    table_size: u32,
+) -> String {
     let servers: String = servers
         .iter()
-        .map(|(name, port)| format!("  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n", topo.backend_addr()))
+        .map(|(name, port)| {
+            format!(
+                "  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n",
+                topo.backend_addr()
+            )
+        })
         .collect();
     format!(
         r#"
@@ -30,6 +54,7 @@ name = "back-session"
 balance = "roundrobin"
 stick_cookie = "JSESSIONID"
 expire = "30m"
+table_size = {table_size}
 health_check = {{ path = "/", interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
 servers = [
 {servers}]
@@ -62,7 +87,11 @@ fn start_backends(topo: &Topology, servers: &[(&str, u16)]) -> Vec<Proc> {
         .map(|(name, port)| {
             let n = &name[2..];
             let listen = format!("{}:{port}=Backend {n}", topo.backend_addr());
-            let proc = Proc::spawn(name, &topo.backends.name, &[common::backend_bin(), "--listen", &listen]);
+            let proc = Proc::spawn(
+                name,
+                &topo.backends.name,
+                &[common::backend_bin(), "--listen", &listen],
+            );
             proc.wait_for_output("ready", Duration::from_secs(10));
             proc
         })
@@ -78,7 +107,11 @@ fn access(topo: &Topology, sessions: impl IntoIterator<Item = u32>) -> Vec<Strin
         cookies
             .iter()
             .map(|(n, cookie)| {
-                let response = http::get(&addr, "/", Some(&format!("c1=1; c2=2; JSESSIONID={cookie}")));
+                let response = http::get(
+                    &addr,
+                    "/",
+                    Some(&format!("c1=1; c2=2; JSESSIONID={cookie}")),
+                );
                 format!("{n:05} - {}", response.text().trim_end())
             })
             .collect()
@@ -105,7 +138,11 @@ fn round_robin_and_stickiness_follow_the_seed_transcript() {
     let daemon = start_daemon(&topo.lb.name, &cfg);
 
     assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
-    assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]), "sticky on repeat");
+    assert_eq!(
+        access(&topo, 1..=5),
+        expect(1..=5, &[1, 2, 3, 4, 5]),
+        "sticky on repeat"
+    );
     assert_eq!(access(&topo, 21..=25), expect(21..=25, &[6, 7, 1, 2, 3]));
     assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
 
@@ -159,7 +196,10 @@ fn bpftool_and_table_command_show_a_cookie_just_used() {
     let topo = Topology::new("bpft", 213);
     let pin = PinDir::new("bpft");
     let _backends = start_backends(&topo, &seven()[..2]);
-    let cfg = write_temp("bpft.toml", &config(&topo, &pin, "lb-bpft", &seven()[..2], ""));
+    let cfg = write_temp(
+        "bpft.toml",
+        &config(&topo, &pin, "lb-bpft", &seven()[..2], ""),
+    );
     let _daemon = start_daemon(&topo.lb.name, &cfg);
     let cookie = seed_cookie(4242);
     assert_eq!(access(&topo, [4242]), ["04242 - Backend 1"]);
@@ -168,11 +208,17 @@ fn bpftool_and_table_command_show_a_cookie_just_used() {
     let map = map.to_str().unwrap().to_owned();
     let mut dump = String::new();
     let found = wait_until(Duration::from_millis(500), || {
-        let out = std::process::Command::new("bpftool").args(["map", "dump", "pinned", &map]).output().unwrap();
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "dump", "pinned", &map])
+            .output()
+            .unwrap();
         dump = String::from_utf8_lossy(&out.stdout).into_owned();
         dump.contains(&format!("\"cookie\": \"{cookie}\""))
     });
-    assert!(found, "bpftool did not show the cookie within 500 ms:\n{dump}");
+    assert!(
+        found,
+        "bpftool did not show the cookie within 500 ms:\n{dump}"
+    );
     assert!(dump.contains("\"server\": \"be1\""), "{dump}");
     assert!(dump.contains("\"last_seen_ms\": "), "{dump}");
 
@@ -182,7 +228,10 @@ fn bpftool_and_table_command_show_a_cookie_just_used() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");
-    let row = table.lines().find(|l| l.contains(&cookie)).unwrap_or_else(|| panic!("{table}"));
+    let row = table
+        .lines()
+        .find(|l| l.contains(&cookie))
+        .unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("back-session") && row.contains("be1"), "{row}");
 }
 
@@ -206,9 +255,16 @@ fn a_down_server_gets_no_new_sessions_and_its_sessions_are_redispatched() {
     // Session 2 moves to a live server and stays there; new sessions avoid be2.
     let moved = access(&topo, [2]);
     assert_ne!(moved, ["00002 - Backend 2"]);
-    assert_eq!(access(&topo, [2]), moved, "the redispatched session is stuck to its new server");
+    assert_eq!(
+        access(&topo, [2]),
+        moved,
+        "the redispatched session is stuck to its new server"
+    );
     let fresh = access(&topo, 30..=33);
-    assert!(fresh.iter().all(|line| !line.ends_with("Backend 2")), "{fresh:?}");
+    assert!(
+        fresh.iter().all(|line| !line.ends_with("Backend 2")),
+        "{fresh:?}"
+    );
     assert!(daemon.output().contains("decision=\"redispatch\""));
 
     // be2 comes back: session 2 stays where it was redispatched to.
@@ -228,7 +284,10 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
     let servers = &seven()[..1];
     let backends = start_backends(&topo, servers);
     let timeouts = "[timeouts]\nclient = \"1s\"\nmax_header_bytes = 8192\n";
-    let cfg = write_temp("bad.toml", &config(&topo, &pin, "lb-bad", servers, timeouts));
+    let cfg = write_temp(
+        "bad.toml",
+        &config(&topo, &pin, "lb-bad", servers, timeouts),
+    );
     let daemon = start_daemon(&topo.lb.name, &cfg);
     let addr = format!("{}:80", topo.lb_addr());
 
@@ -236,7 +295,10 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
     let (garbage, huge, slow, xff) = http::in_netns(&topo.client.name, move || {
         let limit = Duration::from_secs(5);
         let garbage = http::raw_exchange(&a, b"NOT HTTP AT ALL\r\n\r\n", limit);
-        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
         let huge = http::raw_exchange(&a, big.as_bytes(), limit);
         let slow = http::raw_exchange(&a, b"GET / HTTP/1.1\r\nHost: x\r\n", limit);
         let xff = http::get(&a, "/headers", None);
@@ -255,7 +317,9 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
     drop(backends);
     daemon.wait_for_output("server is DOWN", Duration::from_secs(10));
     let a = addr.clone();
-    let unavailable = http::in_netns(&topo.client.name, move || http::get(&a, "/", Some("JSESSIONID=zz")));
+    let unavailable = http::in_netns(&topo.client.name, move || {
+        http::get(&a, "/", Some("JSESSIONID=zz"))
+    });
     assert_eq!(unavailable.status, 503);
     assert!(unavailable.text().len() < 200);
     assert!(daemon.output().contains("status=503"));
@@ -284,7 +348,10 @@ fn a_cookie_set_by_the_server_is_learned() {
     });
     let (login_body, set, then) = lines;
     assert!(set.starts_with("JSESSIONID=learned42"), "{set}");
-    assert!(then.iter().all(|body| *body == login_body), "{login_body:?} then {then:?}");
+    assert!(
+        then.iter().all(|body| *body == login_body),
+        "{login_body:?} then {then:?}"
+    );
 }
 
 #[test]
@@ -301,11 +368,58 @@ fn keep_alive_connection_serves_many_sticky_requests() {
     let addr = format!("{}:80", topo.lb_addr());
     let bodies = http::in_netns(&topo.client.name, move || {
         let mut conn = http::KeepAlive::connect(&addr);
-        let mut bodies: Vec<String> = (0..20).map(|_| conn.get("/", Some("JSESSIONID=ka1")).text()).collect();
+        let mut bodies: Vec<String> = (0..20)
+            .map(|_| conn.get("/", Some("JSESSIONID=ka1")).text())
+            .collect();
         bodies.extend((0..20).map(|_| conn.get("/", Some("JSESSIONID=ka2")).text()));
         bodies
     });
     assert!(bodies[..20].iter().all(|b| *b == bodies[0]), "{bodies:?}");
     assert!(bodies[20..].iter().all(|b| *b == bodies[20]), "{bodies:?}");
     assert_ne!(bodies[0], bodies[20]);
+}
+
+#[test]
+fn a_new_table_size_migrates_the_pinned_table_and_long_cookies_stay_sticky() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("mig", 218);
+    let pin = PinDir::new("mig");
+    let servers = &seven()[..3];
+    let _backends = start_backends(&topo, servers);
+    let cfg = write_temp(
+        "mig.toml",
+        &sized_config(&topo, &pin, "lb-mig", servers, "", 1000),
+    );
+    let long_cookie = format!("JSESSIONID={}", "L".repeat(300));
+    let addr = format!("{}:80", topo.lb_addr());
+    let get_long = move || {
+        let (addr, cookie) = (addr.clone(), long_cookie.clone());
+        move || http::get(&addr, "/", Some(&cookie)).text()
+    };
+    let (before, long_before) = {
+        let _daemon = start_daemon(&topo.lb.name, &cfg);
+        let before = access(&topo, 1..=3);
+        let long = http::in_netns(&topo.client.name, get_long());
+        assert_eq!(
+            http::in_netns(&topo.client.name, get_long()),
+            long,
+            "a long cookie is sticky"
+        );
+        (before, long)
+    };
+    let cfg = write_temp(
+        "mig2.toml",
+        &sized_config(&topo, &pin, "lb-mig", servers, "", 5000),
+    );
+    let daemon = start_daemon(&topo.lb.name, &cfg);
+    assert!(
+        daemon.output().contains("migrated the pinned stick table"),
+        "{}",
+        daemon.output()
+    );
+    assert!(daemon.output().contains("adopted=4"), "{}", daemon.output());
+    assert_eq!(access(&topo, 1..=3), before);
+    assert_eq!(http::in_netns(&topo.client.name, get_long()), long_before);
 }

@@ -61,7 +61,8 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct TestArgs {
-    /// Arguments for `cargo test`, after `--` (a test name filter, `--nocapture`, ...).
+    /// Arguments for `cargo test`, after `--`: a test name filter, and the test binaries' own
+    /// after a second `--` (`cargo xtask test -- pinned -- --nocapture`).
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
 }

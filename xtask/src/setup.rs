@@ -33,8 +33,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
 ];
 
-/// Components lb-ebpf needs on nightly: rust-src for build-std, clippy for `xtask test`.
-const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+/// Components needed on nightly: rust-src for lb-ebpf's build-std, clippy and rustfmt for
+/// `xtask test` (rustfmt.toml's import options are nightly-only).
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
 
 pub(crate) fn run() -> anyhow::Result<()> {
     ensure_step(

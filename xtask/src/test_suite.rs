@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use crate::{
     build::EBPF_OBJECT_ENV,
     ebpf, prerequisites,
-    process::{host_cargo, is_root, run_checked},
+    process::{describe, host_cargo, is_root, run_checked},
     setup, workspace,
 };
 
@@ -27,8 +27,9 @@ pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
     stage("build-ebpf");
     let ebpf_object = ebpf::build()?;
 
-    stage("rustfmt");
-    run_checked(host_cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // Nightly rustfmt: rustfmt.toml's import grouping options are nightly-only.
+    stage("rustfmt (nightly)");
+    run_checked(&mut nightly_fmt_check())?;
 
     stage("clippy (workspace)");
     run_checked(
@@ -104,7 +105,10 @@ fn check_shell_scripts() -> anyhow::Result<()> {
         return Ok(());
     }
     scripts.sort();
-    run_checked(Command::new("shellcheck").args(&scripts))
+    let mut shellcheck = Command::new("shellcheck");
+    shellcheck.args(&scripts);
+    println!("{}", describe(&shellcheck));
+    run_checked(&mut shellcheck)
 }
 
 /// Appends every `*.sh` under `dir` (recursively) to `scripts`; a missing `dir` holds none.
@@ -148,4 +152,15 @@ mod tests {
             assert!(!is_true(value), "{value:?}");
         }
     }
+}
+
+/// `cargo +nightly fmt --check` through the rustup proxy (`$CARGO` is the stable cargo itself,
+/// which does not understand `+toolchain`).
+fn nightly_fmt_check() -> std::process::Command {
+    let mut command = std::process::Command::new("cargo");
+    command
+        .current_dir(crate::workspace::root())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "fmt", "--all", "--", "--check"]);
+    command
 }

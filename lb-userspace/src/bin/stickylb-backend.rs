@@ -29,8 +29,12 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for spec in &args.listen {
         let (addr, name) = spec.split_once('=').context("--listen wants ADDR=NAME")?;
-        let addr: SocketAddr = addr.parse().with_context(|| format!("bad address {addr}"))?;
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("bad address {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         tasks.push(tokio::spawn(serve(listener, Arc::from(name))));
     }
     println!("ready");
@@ -42,16 +46,23 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(listener: TcpListener, name: Arc<str>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let name = Arc::clone(&name);
         tokio::spawn(async move {
             let service = service_fn(move |request| respond(Arc::clone(&name), request));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-async fn respond(name: Arc<str>, request: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+async fn respond(
+    name: Arc<str>,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     let set_cookie = request
         .uri()
@@ -65,10 +76,16 @@ async fn respond(name: Arc<str>, request: Request<hyper::body::Incoming>) -> Res
             .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
             .collect();
         full(text)
-    } else if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+    } else if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         pattern_body(n)
     } else {
-        if let Some(ms) = path.strip_prefix("/slow/").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(ms) = path
+            .strip_prefix("/slow/")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         full(format!("{name}\n"))
@@ -78,7 +95,9 @@ async fn respond(name: Arc<str>, request: Request<hyper::body::Incoming>) -> Res
         response.headers_mut().insert("x-served-by", value);
     }
     if let Some(value) = set_cookie.and_then(|v| format!("JSESSIONID={v}; Path=/").parse().ok()) {
-        response.headers_mut().insert(hyper::header::SET_COOKIE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::SET_COOKIE, value);
     }
     Ok(response)
 }
@@ -89,7 +108,14 @@ fn full(text: String) -> Body {
 
 /// `len` bytes of a repeating pattern, produced in 64 KiB frames.
 fn pattern_body(len: u64) -> Body {
-    PatternBody { left: len, block: (0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<_>>().into() }.boxed()
+    PatternBody {
+        left: len,
+        block: (0..CHUNK)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into(),
+    }
+    .boxed()
 }
 
 const CHUNK: usize = 64 * 1024;

@@ -169,8 +169,9 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// The dotted key (`backend[0].servers[1].adr`) at byte range `span` of `text`, to name the key
-/// of a serde error, which only carries a span. Falls back on the text at `span` when that is a
-/// bare key, and on the empty string.
+/// of a serde error, which only carries a span. Inside a table made implicitly by dotted keys,
+/// which has no span, it stops at the nearest enclosing table that has one. Falls back on the
+/// text at `span` when that is a bare key, and on the empty string.
 pub(super) fn key_at(text: &str, span: Range<usize>) -> String {
     let mut path = String::new();
     if let Ok(root) = toml::from_str::<Shape>(text) {

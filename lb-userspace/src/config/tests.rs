@@ -413,6 +413,21 @@ fn names_are_unique() {
         "\"web1\" is already used",
     );
 
+    // Reported even when the duplicate has other problems.
+    let dup_bad = dup_backend.replace("10.0.0.1:80", "10.0.0.1");
+    assert_problem(
+        &dup_bad,
+        Some(17),
+        "backend[1].name",
+        "\"web\" is already used",
+    );
+    assert_problem(
+        &dup_bad,
+        Some(18),
+        "backend[1].servers[0].addr",
+        "invalid socket address",
+    );
+
     // The same server name in two backends is fine.
     let other_backend = append("\n[[backend]]\nname = \"api\"\nservers = [ { name = \"web1\", addr = \"10.0.0.1:80\" } ]\n");
     assert_eq!(parse(&other_backend).unwrap().backends.len(), 2);
@@ -797,7 +812,7 @@ fn monitor_section() {
     );
     assert_problem(
         &append("\n[monitor]\n"),
-        Some(16),
+        None,
         "monitor.bind",
         "missing required key",
     );
@@ -829,7 +844,7 @@ fn peers_are_checked_but_not_exposed() {
     );
     assert_problem(
         &append("\n[peers]\n"),
-        Some(16),
+        None,
         "peers.bind",
         "missing required key",
     );
@@ -882,6 +897,63 @@ fn unknown_keys_name_the_key_and_line() {
         Some(20),
         "frontend[1].mode",
         "unknown field `mode`",
+    );
+}
+
+#[test]
+fn dotted_keys_and_header_sub_tables_work() {
+    let text = format!(
+        "monitor.bind = \"0.0.0.0:8404\"\ntimeouts.connect = \"1s\"\n{}",
+        replace(
+            10,
+            "name = \"web\"\nhealth_check.path = \"/ping\"\nhealth_check.rise = 7"
+        )
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.monitor,
+        Some(Monitor {
+            bind: addr("0.0.0.0:8404")
+        })
+    );
+    assert_eq!(config.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(config.backends[0].health_check.path, "/ping");
+    assert_eq!(config.backends[0].health_check.rise, nz(7));
+
+    let bad = text.replace("\"/ping\"", "\"ping\"");
+    assert_problem(
+        &bad,
+        Some(13),
+        "backend[0].health_check.path",
+        "must start with '/'",
+    );
+    // A table made by dotted keys has no span, so the key stops at the nearest table that has
+    // one; the line and the message are still exact.
+    let typo = text.replace("health_check.rise", "health_check.raise");
+    assert_problem(&typo, Some(14), "backend[0]", "unknown field `raise`");
+    let top = "instance.nmae = \"x\"\n";
+    assert_problem(top, Some(1), "nmae", "unknown field `nmae`");
+
+    let header = BASE.replace("servers = [", "[backend.health_check]\nfall = 9\n\n[[backend.servers]]\nname = \"web1\"\naddr = \"10.20.0.2:8001\"\n");
+    let header: String = header.split("\n  {").next().unwrap().to_owned() + "\n";
+    let config = parse(&header).unwrap();
+    assert_eq!(config.backends[0].health_check.fall, nz(9));
+    assert_eq!(
+        config.backends[0].servers,
+        [Server {
+            name: "web1".into(),
+            addr: addr("10.20.0.2:8001")
+        }]
+    );
+    let port = header.replace(
+        "addr = \"10.20.0.2:8001\"",
+        "addr = \"10.20.0.2:8001\"\nport = 1",
+    );
+    assert_problem(
+        &port,
+        Some(17),
+        "backend[0].servers[0].port",
+        "unknown field `port`",
     );
 }
 
@@ -1038,4 +1110,11 @@ fn duration_vectors() {
         err("5x").to_string(),
         "unknown unit \"x\" in duration \"5x\" (valid: ms, s, m, h, d; no unit means ms)"
     );
+}
+
+#[test]
+fn shipped_example_is_valid() {
+    let config = Config::from_toml(include_str!("../../../examples/local.toml")).unwrap();
+    assert_eq!(config.instance.name, "lb-local");
+    assert_eq!(config.backends[0].servers.len(), 7);
 }

@@ -163,11 +163,16 @@ impl Checker<'_> {
         if raw.frontend.is_empty() {
             self.report(None, "frontend", "at least one [[frontend]] is required");
         }
-        let backend_names: Vec<&str> = (raw.backend.iter())
+        let backend_names: Vec<&str> = raw
+            .backend
+            .iter()
             .filter_map(|b| b.get_ref().name.as_ref().map(|n| n.get_ref().as_str()))
             .collect();
         let mut names = Seen::new();
-        let frontends: Vec<_> = (raw.frontend.iter().enumerate())
+        let frontends: Vec<_> = raw
+            .frontend
+            .iter()
+            .enumerate()
             .map(|(i, fe)| {
                 let key = format!("frontend[{i}]");
                 let span = fe.span();
@@ -212,27 +217,34 @@ impl Checker<'_> {
         }
         let mut names = Seen::new();
         let mut ids = Seen::new();
-        let backends: Vec<_> = (raw.backend.iter().enumerate())
+        let backends: Vec<_> = raw
+            .backend
+            .iter()
+            .enumerate()
             .map(|(i, be)| {
                 let key = format!("backend[{i}]");
                 let backend = self.backend(&key, be.span(), be.get_ref());
-                let (Some(b), Some(n)) = (&backend, &be.get_ref().name) else {
+                // Names are compared even when something else in the backend is wrong.
+                let Some(n) = &be.get_ref().name else {
                     return backend;
                 };
+                let name = n.get_ref();
+                if check_name(name, MAX_BACKEND_NAME).is_err() {
+                    return backend;
+                }
                 let name_key = format!("{key}.name");
-                self.unique(&mut names, b.name.clone(), n, &name_key, &key);
-                let id = backend_id(&b.name);
+                self.unique(&mut names, name.clone(), n, &name_key, &key);
+                let id = backend_id(name);
                 match ids.get(&id) {
-                    Some((other, line)) if *other != b.name => {
+                    Some((other, line)) if other != name => {
                         let msg = format!(
-                            "backend {:?} has the same id ({id:#010x}, FNV-1a of the name) \
-                             as backend {other:?} (line {line}); rename one",
-                            b.name
+                            "backend {name:?} has the same id ({id:#010x}, FNV-1a of the name) \
+                             as backend {other:?} (line {line}); rename one"
                         );
                         self.report(Some(n.span()), &name_key, msg);
                     }
                     _ => {
-                        ids.insert(id, (b.name.clone(), self.line(&n.span())));
+                        ids.insert(id, (name.clone(), self.line(&n.span())));
                     }
                 }
                 backend
@@ -321,11 +333,7 @@ impl Checker<'_> {
         })
     }
 
-    fn health_check(
-        &mut self,
-        backend: &str,
-        raw: Option<&RawHealthCheck>,
-    ) -> Option<HealthCheck> {
+    fn health_check(&mut self, backend: &str, raw: Option<&RawHealthCheck>) -> Option<HealthCheck> {
         let default = RawHealthCheck::default();
         let raw = raw.unwrap_or(&default);
         let key = |field: &str| format!("{backend}.health_check.{field}");

@@ -1,53 +1,159 @@
-//! The monitor: `/monitor` (HTML status page), `/metrics` (Prometheus text) and `/api/table`
-//! (JSON), served on `[monitor].bind`.
+//! The monitor, served on `[monitor].bind`:
+//!
+//! - `/monitor`: the status page (HTML, like HAProxy's stats page; `/` redirects to it);
+//! - `/metrics`: Prometheus text exposition format 0.0.4;
+//! - `/api/table`: the stick tables as JSON (`?backend=NAME`, `?limit=N`);
+//! - `/api/servers`: every server's state and counters as JSON.
+//!
+//! [`route`] is the whole service and needs no socket; [`serve`] runs it on the listener.
 
-use std::{convert::Infallible, sync::Arc};
+mod api;
+mod metrics;
+mod page;
+#[cfg(test)]
+mod tests;
+mod view;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::daemon::Shared;
+use self::view::Snapshot;
+use crate::{daemon::Shared, table::now_ms};
 
-/// Serves the monitor endpoints on `listener` forever.
+/// Body of every monitor response.
+pub type MonitorBody = Full<Bytes>;
+
+/// Time a client gets to send a request head, and to keep an idle connection open.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+const HTML: &str = "text/html; charset=utf-8";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Serves the monitor endpoints on `listener` forever, each connection in its own task.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&shared, request.uri().path())) }
-            });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
-}
-
-fn route(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
-    match path {
-        "/api/table" => {
-            let tables: Vec<_> = shared
-                .backends
-                .iter()
-                .map(|b| serde_json::json!({ "backend": b.name, "entries": b.table.snapshot() }))
-                .collect();
-            let body = serde_json::to_vec_pretty(&tables).unwrap_or_default();
-            response(StatusCode::OK, "application/json", body)
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_connection(stream, peer, Arc::clone(&shared)));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "monitor: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
-        _ => response(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     }
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(respond(shared, request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!(%peer, %error, "monitor connection ended with an error");
+    }
+}
+
+/// Runs [`route`] on the blocking pool: `/api/table` copies whole stick tables under their locks,
+/// which must not stall the async workers that proxy requests.
+async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Response<MonitorBody> {
+    let (parts, _body) = request.into_parts();
+    let head = Request::from_parts(parts, ());
+    match tokio::task::spawn_blocking(move || route(&shared, &head)).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "monitor request handler failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
+}
+
+/// The monitor's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Root,
+    Page,
+    Metrics,
+    Table,
+    Servers,
+}
+
+impl Endpoint {
+    fn from_path(path: &str) -> Option<Self> {
+        match path {
+            "/" => Some(Self::Root),
+            "/monitor" => Some(Self::Page),
+            "/metrics" => Some(Self::Metrics),
+            "/api/table" => Some(Self::Table),
+            "/api/servers" => Some(Self::Servers),
+            _ => None,
+        }
+    }
+}
+
+/// Answers one request from its head (the monitor takes no request bodies). Responses to
+/// `HEAD` carry the `GET` body; hyper sends only the head.
+pub fn route<B>(shared: &Shared, request: &Request<B>) -> Response<MonitorBody> {
+    let uri = request.uri();
+    let Some(endpoint) = Endpoint::from_path(uri.path()) else {
+        return if uri.path().starts_with("/api/") {
+            api::error(StatusCode::NOT_FOUND, "no such endpoint", None)
+        } else {
+            text(StatusCode::NOT_FOUND, "not found\n")
+        };
+    };
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let query = uri.query().unwrap_or("");
+    match endpoint {
+        Endpoint::Root => {
+            let mut response = text(StatusCode::FOUND, "see /monitor\n");
+            response
+                .headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("/monitor"));
+            response
+        }
+        Endpoint::Page => reply(StatusCode::OK, HTML, page::render(&Snapshot::read(shared, now_ms()))),
+        Endpoint::Metrics => reply(StatusCode::OK, PROMETHEUS, metrics::render(&Snapshot::read(shared, now_ms()))),
+        Endpoint::Table => api::table(shared, query),
+        Endpoint::Servers => api::servers(shared),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<MonitorBody> {
+    reply(status, TEXT, body)
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<MonitorBody> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

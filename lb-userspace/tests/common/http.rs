@@ -55,9 +55,15 @@ pub fn raw_exchange(addr: &str, request: &[u8], limit: Duration) -> Vec<u8> {
 
 /// One `GET path` on a new connection with an optional cookie header.
 pub fn get(addr: &str, path: &str, cookie: Option<&str>) -> Response {
-    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{cookie}Connection: close\r\n\r\n");
-    parse(&raw_exchange(addr, request.as_bytes(), Duration::from_secs(10)))
+    parse(&raw_exchange(
+        addr,
+        request.as_bytes(),
+        Duration::from_secs(10),
+    ))
 }
 
 /// Parses a complete response (Connection: close, or Content-Length).
@@ -87,12 +93,16 @@ pub struct KeepAlive {
 impl KeepAlive {
     pub fn connect(addr: &str) -> KeepAlive {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         KeepAlive { stream }
     }
 
     pub fn get(&mut self, path: &str, cookie: Option<&str>) -> Response {
-        let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+        let cookie = cookie
+            .map(|c| format!("Cookie: {c}\r\n"))
+            .unwrap_or_default();
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{cookie}\r\n");
         self.stream.write_all(request.as_bytes()).unwrap();
         let mut buf = Vec::new();
@@ -103,7 +113,10 @@ impl KeepAlive {
             buf.extend_from_slice(&chunk[..n]);
             if let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = parse(&buf[..split + 4]);
-                let len: usize = head.header("content-length").and_then(|l| l.parse().ok()).expect("content-length");
+                let len: usize = head
+                    .header("content-length")
+                    .and_then(|l| l.parse().ok())
+                    .expect("content-length");
                 if buf.len() >= split + 4 + len {
                     return Response {
                         body: buf[split + 4..split + 4 + len].to_vec(),

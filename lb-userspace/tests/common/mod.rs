@@ -32,7 +32,10 @@ pub fn privileged() -> bool {
     let required = ["CI", "STICKYLB_REQUIRE_PRIVILEGED"]
         .iter()
         .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"));
-    assert!(!required, "this test needs root (network namespaces, bpffs, BPF maps) and CI requires it");
+    assert!(
+        !required,
+        "this test needs root (network namespaces, bpffs, BPF maps) and CI requires it"
+    );
     eprintln!("skipping: not root (set CI=true to make this a failure)");
     false
 }
@@ -70,8 +73,14 @@ impl Proc {
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -99,7 +108,12 @@ impl Proc {
     /// Waits until the output contains `needle`.
     pub fn wait_for_output(&self, needle: &str, limit: Duration) {
         let found = wait_until(limit, || self.output().contains(needle));
-        assert!(found, "{} never printed {needle:?}; output:\n{}", self.name, self.output());
+        assert!(
+            found,
+            "{} never printed {needle:?}; output:\n{}",
+            self.name,
+            self.output()
+        );
     }
 
     pub fn signal(&self, signal: i32) {
@@ -109,7 +123,9 @@ impl Proc {
     /// Sends `signal` and waits for the process to exit; returns its output.
     pub fn stop_with(mut self, signal: i32) -> String {
         self.signal(signal);
-        let exited = wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_))));
+        let exited = wait_until(Duration::from_secs(15), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
         assert!(exited, "{} did not exit after signal {signal}", self.name);
         self.output()
     }
@@ -141,7 +157,10 @@ pub struct PinDir(pub PathBuf);
 
 impl PinDir {
     pub fn new(test: &str) -> PinDir {
-        let path = PathBuf::from(format!("/sys/fs/bpf/stickylb-test/{test}-{}", std::process::id()));
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/stickylb-test/{test}-{}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&path);
         PinDir(path)
     }
@@ -175,7 +194,11 @@ pub fn seed_cookie(n: u32) -> String {
 /// Runs the daemon in `ns` with `config` and waits until it serves.
 pub fn start_daemon(ns: &str, config: &Path) -> Proc {
     let config = config.to_str().unwrap();
-    let proc = Proc::spawn("stickylb", ns, &[stickylb_bin(), "--log", "info", "run", "--config", config]);
+    let proc = Proc::spawn(
+        "stickylb",
+        ns,
+        &[stickylb_bin(), "--log", "info", "run", "--config", config],
+    );
     proc.wait_for_output("stickylb started", Duration::from_secs(20));
     proc
 }

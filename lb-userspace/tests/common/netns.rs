@@ -29,22 +29,35 @@ impl NetNs {
 
     /// Runs a command in the namespace and returns (success, stdout+stderr).
     pub fn try_exec(&self, argv: &[&str]) -> (bool, String) {
-        let out = Command::new("ip").args(["netns", "exec", &self.name]).args(argv).output().expect("ip");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .output()
+            .expect("ip");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -53,7 +66,8 @@ pub fn link(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str) {
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (a_if, b_if) = (format!("va{n}"), format!("vb{n}"));
     run(&[
-        "ip", "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
+        "ip", "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if,
+        "netns", &b.name,
     ]);
     a.exec(&["ip", "addr", "add", a_addr, "dev", &a_if]);
     b.exec(&["ip", "addr", "add", b_addr, "dev", &b_if]);
@@ -76,11 +90,40 @@ impl Topology {
         let client = NetNs::new(&format!("{tag}c"));
         let lb = NetNs::new(&format!("{tag}l"));
         let backends = NetNs::new(&format!("{tag}b"));
-        link(&client, &format!("10.{net}.1.2/24"), &lb, &format!("10.{net}.1.1/24"));
-        link(&lb, &format!("10.{net}.2.1/24"), &backends, &format!("10.{net}.2.2/24"));
-        client.exec(&["ip", "route", "add", "default", "via", &format!("10.{net}.1.1")]);
-        backends.exec(&["ip", "route", "add", "default", "via", &format!("10.{net}.2.1")]);
-        Topology { client, lb, backends, net }
+        link(
+            &client,
+            &format!("10.{net}.1.2/24"),
+            &lb,
+            &format!("10.{net}.1.1/24"),
+        );
+        link(
+            &lb,
+            &format!("10.{net}.2.1/24"),
+            &backends,
+            &format!("10.{net}.2.2/24"),
+        );
+        client.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{net}.1.1"),
+        ]);
+        backends.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{net}.2.1"),
+        ]);
+        Topology {
+            client,
+            lb,
+            backends,
+            net,
+        }
     }
 
     pub fn lb_addr(&self) -> String {
@@ -97,8 +140,15 @@ impl Topology {
 }
 
 fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{argv:?} failed: {text}");
     text
 }

@@ -1,0 +1,160 @@
+//! The JSON API: `/api/table` (stick table entries) and `/api/servers` (server state and
+//! counters).
+
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use super::{reply, view::BackendView, MonitorBody, JSON};
+use crate::{daemon::Shared, table::EntryView};
+
+/// Entries listed per backend by `/api/table` when the request sets no `limit`.
+const DEFAULT_LIMIT: usize = 1000;
+
+#[derive(Serialize)]
+struct TableView {
+    backend: String,
+    /// Entries in the table (including the ones not listed because of `limit`).
+    size: usize,
+    capacity: usize,
+    /// Most recently used first.
+    entries: Vec<EntryView>,
+}
+
+/// What `/api/table` was asked for.
+#[derive(Debug, PartialEq, Eq)]
+struct TableQuery {
+    backend: Option<String>,
+    limit: usize,
+}
+
+/// `/api/table[?backend=NAME][&limit=N]`.
+pub(super) fn table(shared: &Shared, query: &str) -> Response<MonitorBody> {
+    let query = match parse_table_query(query) {
+        Ok(query) => query,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message, None),
+    };
+    let tables: Vec<TableView> = shared
+        .backends
+        .iter()
+        .filter(|b| query.backend.as_ref().is_none_or(|name| *name == b.name))
+        .map(|b| {
+            let mut entries = b.table.snapshot();
+            let size = entries.len();
+            entries.truncate(query.limit);
+            TableView {
+                backend: b.name.clone(),
+                size,
+                capacity: b.table.capacity(),
+                entries,
+            }
+        })
+        .collect();
+    if let (Some(name), true) = (&query.backend, tables.is_empty()) {
+        return error(StatusCode::NOT_FOUND, "unknown backend", Some(name));
+    }
+    json(StatusCode::OK, &tables)
+}
+
+/// `/api/servers`: one object per backend with its counters and its servers.
+pub(super) fn servers(shared: &Shared) -> Response<MonitorBody> {
+    let backends: Vec<BackendView> = shared.backends.iter().map(|b| BackendView::read(b)).collect();
+    json(StatusCode::OK, &backends)
+}
+
+/// A JSON error body: `{"error": message}`, plus the backend it concerns if any.
+pub(super) fn error(status: StatusCode, message: &str, backend: Option<&str>) -> Response<MonitorBody> {
+    let body = match backend {
+        Some(backend) => serde_json::json!({ "error": message, "backend": backend }),
+        None => serde_json::json!({ "error": message }),
+    };
+    json(status, &body)
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<MonitorBody> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            reply(status, JSON, body)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot serialize a monitor response");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, JSON, &b"{\"error\": \"internal error\"}\n"[..])
+        }
+    }
+}
+
+/// Parses `backend=` and `limit=` (other parameters are ignored, as cache busters are).
+fn parse_table_query(query: &str) -> Result<TableQuery, &'static str> {
+    let mut parsed = TableQuery {
+        backend: None,
+        limit: DEFAULT_LIMIT,
+    };
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "backend" => parsed.backend = Some(percent_decode(value).ok_or("backend is not valid percent-encoded UTF-8")?),
+            "limit" => parsed.limit = value.parse().map_err(|_| "limit must be a non-negative integer")?,
+            _ => {}
+        }
+    }
+    Ok(parsed)
+}
+
+/// Decodes `%XX` escapes and `+` (a space in query strings). `None` on a bad escape or on
+/// bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let (&[high, low], tail) = rest.split_first_chunk::<2>()?;
+                bytes.push((hex_value(high)? << 4) | hex_value(low)?);
+                rest = tail;
+            }
+            _ => bytes.push(byte),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).and_then(|value| u8::try_from(value).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_defaults_and_overrides() {
+        assert_eq!(
+            parse_table_query(""),
+            Ok(TableQuery {
+                backend: None,
+                limit: DEFAULT_LIMIT
+            })
+        );
+        assert_eq!(
+            parse_table_query("backend=web%2D1&limit=5&_=123"),
+            Ok(TableQuery {
+                backend: Some("web-1".into()),
+                limit: 5
+            })
+        );
+        assert!(parse_table_query("limit=-1").is_err());
+        assert!(parse_table_query("limit=").is_err());
+        assert!(parse_table_query("backend=%zz").is_err());
+        assert!(parse_table_query("backend=%4").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a+b%20c%41").as_deref(), Some("a b cA"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("%+1"), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! `/metrics`: the Prometheus text exposition format, version 0.0.4. Every family is written
+//! whole (HELP, TYPE, then all its samples), as the format requires.
+
+use std::fmt::{self, Write as _};
+
+use super::view::{BackendCounters, BackendView, ServerView, Snapshot};
+use crate::backend::Decision;
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Gauge => "gauge",
+            Self::Counter => "counter",
+        }
+    }
+}
+
+type ServerValue = fn(&ServerView) -> u64;
+type BackendValue = fn(&BackendView) -> u64;
+
+const SERVER_FAMILIES: [(&str, Kind, &str, ServerValue); 8] = [
+    ("stickylb_server_up", Kind::Gauge, "Whether the server is up (1) or down (0).", |s| {
+        u64::from(s.state == super::view::State::Up)
+    }),
+    ("stickylb_server_in_flight", Kind::Gauge, "Requests in flight on the server.", |s| s.in_flight),
+    (
+        "stickylb_server_sessions_total",
+        Kind::Counter,
+        "Sessions stuck to the server (new cookies, redispatches, learned Set-Cookie).",
+        |s| s.sessions_total,
+    ),
+    ("stickylb_server_requests_total", Kind::Counter, "Requests sent to the server.", |s| s.requests_total),
+    (
+        "stickylb_server_bytes_in_total",
+        Kind::Counter,
+        "Request body bytes forwarded to the server.",
+        |s| s.bytes_in,
+    ),
+    (
+        "stickylb_server_bytes_out_total",
+        Kind::Counter,
+        "Response body bytes received from the server.",
+        |s| s.bytes_out,
+    ),
+    (
+        "stickylb_server_failures_total",
+        Kind::Counter,
+        "Requests to the server that failed without a response.",
+        |s| s.failures,
+    ),
+    (
+        "stickylb_server_check_transitions_total",
+        Kind::Counter,
+        "UP/DOWN transitions of the server decided by health checks.",
+        |s| s.check_transitions,
+    ),
+];
+
+const BACKEND_FAMILIES: [(&str, Kind, &str, BackendValue); 4] = [
+    ("stickylb_backend_table_entries", Kind::Gauge, "Entries in the backend's stick table.", |b| {
+        b.table_size as u64
+    }),
+    (
+        "stickylb_backend_table_capacity",
+        Kind::Gauge,
+        "Capacity of the backend's stick table.",
+        |b| b.table_capacity as u64,
+    ),
+    (
+        "stickylb_backend_no_server_total",
+        Kind::Counter,
+        "Requests answered 503 because no server of the backend was up.",
+        |b| b.stats.no_server,
+    ),
+    (
+        "stickylb_backend_learned_total",
+        Kind::Counter,
+        "Sessions learned from a server's Set-Cookie.",
+        |b| b.stats.learned,
+    ),
+];
+
+fn decisions(c: &BackendCounters) -> [(Decision, u64); 4] {
+    [
+        (Decision::StickyHit, c.sticky_hits),
+        (Decision::NewSession, c.new_sessions),
+        (Decision::Redispatch, c.redispatches),
+        (Decision::NoCookie, c.no_cookie),
+    ]
+}
+
+pub(super) fn render(snapshot: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    // Writing to a String cannot fail.
+    let _ = write_all(&mut out, snapshot);
+    out
+}
+
+fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
+    header(out, "stickylb_build_info", Kind::Gauge, "Always 1; labelled with the version and instance name.")?;
+    writeln!(
+        out,
+        "stickylb_build_info{{version=\"{}\",instance=\"{}\"}} 1",
+        LabelValue(snapshot.version),
+        LabelValue(&snapshot.instance)
+    )?;
+    header(out, "stickylb_uptime_seconds", Kind::Gauge, "Seconds since the daemon started.")?;
+    writeln!(
+        out,
+        "stickylb_uptime_seconds {}.{:03}",
+        snapshot.uptime_ms / 1000,
+        snapshot.uptime_ms % 1000
+    )?;
+
+    for (name, kind, help, value) in SERVER_FAMILIES {
+        header(out, name, kind, help)?;
+        for (backend, server) in servers(snapshot) {
+            writeln!(out, "{name}{{{}}} {}", ServerLabels(backend, server), value(server))?;
+        }
+    }
+    let name = "stickylb_server_responses_total";
+    header(out, name, Kind::Counter, "Responses from the server by status class (other: failed or unusual).")?;
+    for (backend, server) in servers(snapshot) {
+        for (class, count) in server.responses.by_class() {
+            writeln!(out, "{name}{{{},code=\"{class}\"}} {count}", ServerLabels(backend, server))?;
+        }
+    }
+
+    for (name, kind, help, value) in BACKEND_FAMILIES {
+        header(out, name, kind, help)?;
+        for backend in &snapshot.backends {
+            writeln!(out, "{name}{{backend=\"{}\"}} {}", LabelValue(&backend.name), value(backend))?;
+        }
+    }
+    let name = "stickylb_backend_decisions_total";
+    header(out, name, Kind::Counter, "Routing decisions of the backend.")?;
+    for backend in &snapshot.backends {
+        for (decision, count) in decisions(&backend.stats) {
+            writeln!(
+                out,
+                "{name}{{backend=\"{}\",decision=\"{}\"}} {count}",
+                LabelValue(&backend.name),
+                decision.as_str(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn header(out: &mut String, name: &str, kind: Kind, help: &str) -> fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {}", kind.as_str())
+}
+
+fn servers(snapshot: &Snapshot) -> impl Iterator<Item = (&BackendView, &ServerView)> {
+    snapshot
+        .backends
+        .iter()
+        .flat_map(|b| b.servers.iter().map(move |s| (b, s)))
+}
+
+struct ServerLabels<'a>(&'a BackendView, &'a ServerView);
+
+impl fmt::Display for ServerLabels<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backend=\"{}\",server=\"{}\"", LabelValue(&self.0.name), LabelValue(&self.1.name))
+    }
+}
+
+/// A label value escaped for the text format: backslash, double quote and line feed.
+pub(super) struct LabelValue<'a>(pub(super) &'a str);
+
+impl fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! One reading of every counter, taken once per request and shared by the status page, the
+//! metrics and the JSON API, so the three never disagree about what a field means.
+
+use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
+
+use serde::{ser::SerializeMap as _, Serialize, Serializer};
+
+use crate::{
+    backend::{BackendState, ServerState},
+    daemon::Shared,
+};
+
+/// Labels of [`Responses`] in index order: index 0 counts failed and odd statuses.
+pub(super) const RESPONSE_CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub(super) struct Snapshot {
+    pub(super) instance: String,
+    pub(super) version: &'static str,
+    pub(super) uptime_ms: u64,
+    pub(super) frontends: Vec<FrontendView>,
+    pub(super) backends: Vec<BackendView>,
+}
+
+pub(super) struct FrontendView {
+    pub(super) name: String,
+    pub(super) backend: String,
+}
+
+#[derive(Serialize)]
+pub(super) struct BackendView {
+    #[serde(rename = "backend")]
+    pub(super) name: String,
+    pub(super) stick_cookie: String,
+    pub(super) table_size: usize,
+    pub(super) table_capacity: usize,
+    pub(super) stats: BackendCounters,
+    pub(super) servers: Vec<ServerView>,
+}
+
+#[derive(Serialize)]
+pub(super) struct BackendCounters {
+    pub(super) sticky_hits: u64,
+    pub(super) new_sessions: u64,
+    pub(super) redispatches: u64,
+    pub(super) no_cookie: u64,
+    /// Requests answered 503 because no server was up.
+    pub(super) no_server: u64,
+    /// Sessions learned from a server's `Set-Cookie`.
+    pub(super) learned: u64,
+}
+
+#[derive(Serialize)]
+pub(super) struct ServerView {
+    #[serde(rename = "server")]
+    pub(super) name: String,
+    pub(super) addr: SocketAddr,
+    pub(super) state: State,
+    pub(super) in_flight: u64,
+    pub(super) sessions_total: u64,
+    pub(super) requests_total: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) responses: Responses,
+    pub(super) failures: u64,
+    pub(super) check_transitions: u64,
+    pub(super) check: CheckView,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(super) enum State {
+    #[serde(rename = "UP")]
+    Up,
+    #[serde(rename = "DOWN")]
+    Down,
+}
+
+impl State {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "UP",
+            Self::Down => "DOWN",
+        }
+    }
+}
+
+/// Responses by status class, indexed as [`RESPONSE_CLASSES`]; serialized as an object keyed
+/// by class.
+pub(super) struct Responses(pub(super) [u64; 6]);
+
+impl Responses {
+    pub(super) fn by_class(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RESPONSE_CLASSES.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+impl Serialize for Responses {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(RESPONSE_CLASSES.len()))?;
+        for (class, count) in self.by_class() {
+            map.serialize_entry(class, &count)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct CheckView {
+    pub(super) enabled: bool,
+    /// Empty until the first check completed.
+    pub(super) last_result: String,
+    pub(super) consecutive_ok: u32,
+    pub(super) consecutive_failed: u32,
+}
+
+impl Snapshot {
+    pub(super) fn read(shared: &Shared, now_ms: u64) -> Self {
+        Self {
+            instance: shared.instance.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_ms: now_ms.saturating_sub(shared.started_ms),
+            frontends: shared
+                .frontends
+                .iter()
+                .map(|f| FrontendView {
+                    name: f.name.clone(),
+                    backend: f.backend.name.clone(),
+                })
+                .collect(),
+            backends: shared.backends.iter().map(|b| BackendView::read(b)).collect(),
+        }
+    }
+}
+
+impl BackendView {
+    pub(super) fn read(backend: &BackendState) -> Self {
+        let stats = &backend.stats;
+        Self {
+            name: backend.name.clone(),
+            stick_cookie: backend.stick_cookie.clone(),
+            table_size: backend.table.len(),
+            table_capacity: backend.table.capacity(),
+            stats: BackendCounters {
+                sticky_hits: stats.sticky_hits.load(Relaxed),
+                new_sessions: stats.new_sessions.load(Relaxed),
+                redispatches: stats.redispatches.load(Relaxed),
+                no_cookie: stats.no_cookie.load(Relaxed),
+                no_server: stats.no_server.load(Relaxed),
+                learned: stats.learned.load(Relaxed),
+            },
+            servers: backend
+                .servers()
+                .iter()
+                .map(|s| ServerView::read(s, backend.health_check.enabled))
+                .collect(),
+        }
+    }
+
+    pub(super) fn servers_up(&self) -> usize {
+        self.servers.iter().filter(|s| s.state == State::Up).count()
+    }
+}
+
+impl ServerView {
+    fn read(server: &ServerState, checks_enabled: bool) -> Self {
+        let stats = &server.stats;
+        let check = server.check_status();
+        Self {
+            name: server.name.to_string(),
+            addr: server.addr,
+            state: if server.is_up() { State::Up } else { State::Down },
+            in_flight: server.in_flight(),
+            sessions_total: stats.sessions_total.load(Relaxed),
+            requests_total: stats.requests_total.load(Relaxed),
+            bytes_in: stats.bytes_in.load(Relaxed),
+            bytes_out: stats.bytes_out.load(Relaxed),
+            responses: Responses(stats.responses.each_ref().map(|count| count.load(Relaxed))),
+            failures: stats.failures.load(Relaxed),
+            check_transitions: stats.transitions.load(Relaxed),
+            check: CheckView {
+                enabled: checks_enabled,
+                last_result: check.last_result,
+                consecutive_ok: check.consecutive_ok,
+                consecutive_failed: check.consecutive_failed,
+            },
+        }
+    }
+}
