@@ -131,6 +131,7 @@ pub struct Timeouts {
     pub server: Duration,
     /// How long a stopping daemon lets in-flight requests finish. Default 10 s.
     pub drain: Duration,
-    /// Largest request head accepted; larger gets 431. Default 16 KiB.
+    /// Largest request head accepted; larger gets 431. Default 16 KiB, at least 8 KiB (the
+    /// floor of hyper's read buffer).
     pub max_header_bytes: usize,
 }

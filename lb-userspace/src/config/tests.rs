@@ -743,10 +743,10 @@ fn servers_must_not_be_empty() {
 fn timeouts_rules() {
     let with = |t: &str| append(&format!("\n[timeouts]\n{t}\n"));
     assert_problem(
-        &with("max_header_bytes = 1023"),
+        &with("max_header_bytes = 8191"),
         Some(17),
         "timeouts.max_header_bytes",
-        "out of range 1024..=1048576",
+        "out of range 8192..=1048576",
     );
     assert_problem(
         &with("max_header_bytes = 1048577"),
@@ -755,11 +755,11 @@ fn timeouts_rules() {
         "out of range",
     );
     assert_eq!(
-        parse(&with("max_header_bytes = 1024"))
+        parse(&with("max_header_bytes = 8192"))
             .unwrap()
             .timeouts
             .max_header_bytes,
-        1024
+        8192
     );
     assert_eq!(
         parse(&with("max_header_bytes = 1048576"))

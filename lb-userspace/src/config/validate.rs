@@ -412,7 +412,7 @@ impl Checker<'_> {
             t.max_header_bytes.as_ref(),
             "timeouts.max_header_bytes",
             16 * 1024,
-            1024..=1024 * 1024,
+            8192..=1024 * 1024,
         );
         Some(Timeouts {
             connect: connect?,

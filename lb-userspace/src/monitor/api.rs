@@ -57,12 +57,20 @@ pub(super) fn table(shared: &Shared, query: &str) -> Response<MonitorBody> {
 
 /// `/api/servers`: one object per backend with its counters and its servers.
 pub(super) fn servers(shared: &Shared) -> Response<MonitorBody> {
-    let backends: Vec<BackendView> = shared.backends.iter().map(|b| BackendView::read(b)).collect();
+    let backends: Vec<BackendView> = shared
+        .backends
+        .iter()
+        .map(|b| BackendView::read(b))
+        .collect();
     json(StatusCode::OK, &backends)
 }
 
 /// A JSON error body: `{"error": message}`, plus the backend it concerns if any.
-pub(super) fn error(status: StatusCode, message: &str, backend: Option<&str>) -> Response<MonitorBody> {
+pub(super) fn error(
+    status: StatusCode,
+    message: &str,
+    backend: Option<&str>,
+) -> Response<MonitorBody> {
     let body = match backend {
         Some(backend) => serde_json::json!({ "error": message, "backend": backend }),
         None => serde_json::json!({ "error": message }),
@@ -78,7 +86,11 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<MonitorBody> {
         }
         Err(err) => {
             tracing::error!(error = %err, "cannot serialize a monitor response");
-            reply(StatusCode::INTERNAL_SERVER_ERROR, JSON, &b"{\"error\": \"internal error\"}\n"[..])
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                JSON,
+                &b"{\"error\": \"internal error\"}\n"[..],
+            )
         }
     }
 }
@@ -92,8 +104,16 @@ fn parse_table_query(query: &str) -> Result<TableQuery, &'static str> {
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
-            "backend" => parsed.backend = Some(percent_decode(value).ok_or("backend is not valid percent-encoded UTF-8")?),
-            "limit" => parsed.limit = value.parse().map_err(|_| "limit must be a non-negative integer")?,
+            "backend" => {
+                parsed.backend = Some(
+                    percent_decode(value).ok_or("backend is not valid percent-encoded UTF-8")?,
+                )
+            }
+            "limit" => {
+                parsed.limit = value
+                    .parse()
+                    .map_err(|_| "limit must be a non-negative integer")?
+            }
             _ => {}
         }
     }
@@ -121,7 +141,9 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
-    char::from(digit).to_digit(16).and_then(|value| u8::try_from(value).ok())
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|value| u8::try_from(value).ok())
 }
 
 #[cfg(test)]

@@ -25,17 +25,30 @@ type ServerValue = fn(&ServerView) -> u64;
 type BackendValue = fn(&BackendView) -> u64;
 
 const SERVER_FAMILIES: [(&str, Kind, &str, ServerValue); 8] = [
-    ("stickylb_server_up", Kind::Gauge, "Whether the server is up (1) or down (0).", |s| {
-        u64::from(s.state == super::view::State::Up)
-    }),
-    ("stickylb_server_in_flight", Kind::Gauge, "Requests in flight on the server.", |s| s.in_flight),
+    (
+        "stickylb_server_up",
+        Kind::Gauge,
+        "Whether the server is up (1) or down (0).",
+        |s| u64::from(s.state == super::view::State::Up),
+    ),
+    (
+        "stickylb_server_in_flight",
+        Kind::Gauge,
+        "Requests in flight on the server.",
+        |s| s.in_flight,
+    ),
     (
         "stickylb_server_sessions_total",
         Kind::Counter,
         "Sessions stuck to the server (new cookies, redispatches, learned Set-Cookie).",
         |s| s.sessions_total,
     ),
-    ("stickylb_server_requests_total", Kind::Counter, "Requests sent to the server.", |s| s.requests_total),
+    (
+        "stickylb_server_requests_total",
+        Kind::Counter,
+        "Requests sent to the server.",
+        |s| s.requests_total,
+    ),
     (
         "stickylb_server_bytes_in_total",
         Kind::Counter,
@@ -63,9 +76,12 @@ const SERVER_FAMILIES: [(&str, Kind, &str, ServerValue); 8] = [
 ];
 
 const BACKEND_FAMILIES: [(&str, Kind, &str, BackendValue); 4] = [
-    ("stickylb_backend_table_entries", Kind::Gauge, "Entries in the backend's stick table.", |b| {
-        b.table_size as u64
-    }),
+    (
+        "stickylb_backend_table_entries",
+        Kind::Gauge,
+        "Entries in the backend's stick table.",
+        |b| b.table_size as u64,
+    ),
     (
         "stickylb_backend_table_capacity",
         Kind::Gauge,
@@ -103,14 +119,24 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
 }
 
 fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
-    header(out, "stickylb_build_info", Kind::Gauge, "Always 1; labelled with the version and instance name.")?;
+    header(
+        out,
+        "stickylb_build_info",
+        Kind::Gauge,
+        "Always 1; labelled with the version and instance name.",
+    )?;
     writeln!(
         out,
         "stickylb_build_info{{version=\"{}\",instance=\"{}\"}} 1",
         LabelValue(snapshot.version),
         LabelValue(&snapshot.instance)
     )?;
-    header(out, "stickylb_uptime_seconds", Kind::Gauge, "Seconds since the daemon started.")?;
+    header(
+        out,
+        "stickylb_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the daemon started.",
+    )?;
     writeln!(
         out,
         "stickylb_uptime_seconds {}.{:03}",
@@ -121,25 +147,49 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
     for (name, kind, help, value) in SERVER_FAMILIES {
         header(out, name, kind, help)?;
         for (backend, server) in servers(snapshot) {
-            writeln!(out, "{name}{{{}}} {}", ServerLabels(backend, server), value(server))?;
+            writeln!(
+                out,
+                "{name}{{{}}} {}",
+                ServerLabels(backend, server),
+                value(server)
+            )?;
         }
     }
     let name = "stickylb_server_responses_total";
-    header(out, name, Kind::Counter, "Responses from the server by status class (other: failed or unusual).")?;
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "Responses from the server by status class (other: failed or unusual).",
+    )?;
     for (backend, server) in servers(snapshot) {
         for (class, count) in server.responses.by_class() {
-            writeln!(out, "{name}{{{},code=\"{class}\"}} {count}", ServerLabels(backend, server))?;
+            writeln!(
+                out,
+                "{name}{{{},code=\"{class}\"}} {count}",
+                ServerLabels(backend, server)
+            )?;
         }
     }
 
     for (name, kind, help, value) in BACKEND_FAMILIES {
         header(out, name, kind, help)?;
         for backend in &snapshot.backends {
-            writeln!(out, "{name}{{backend=\"{}\"}} {}", LabelValue(&backend.name), value(backend))?;
+            writeln!(
+                out,
+                "{name}{{backend=\"{}\"}} {}",
+                LabelValue(&backend.name),
+                value(backend)
+            )?;
         }
     }
     let name = "stickylb_backend_decisions_total";
-    header(out, name, Kind::Counter, "Routing decisions of the backend.")?;
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "Routing decisions of the backend.",
+    )?;
     for backend in &snapshot.backends {
         for (decision, count) in decisions(&backend.stats) {
             writeln!(
@@ -169,7 +219,12 @@ struct ServerLabels<'a>(&'a BackendView, &'a ServerView);
 
 impl fmt::Display for ServerLabels<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "backend=\"{}\",server=\"{}\"", LabelValue(&self.0.name), LabelValue(&self.1.name))
+        write!(
+            f,
+            "backend=\"{}\",server=\"{}\"",
+            LabelValue(&self.0.name),
+            LabelValue(&self.1.name)
+        )
     }
 }
 

@@ -69,7 +69,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
-    if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+    if let Err(error) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
         tracing::debug!(%peer, %error, "monitor connection ended with an error");
     }
 }
@@ -138,8 +141,16 @@ pub fn route<B>(shared: &Shared, request: &Request<B>) -> Response<MonitorBody> 
                 .insert(header::LOCATION, HeaderValue::from_static("/monitor"));
             response
         }
-        Endpoint::Page => reply(StatusCode::OK, HTML, page::render(&Snapshot::read(shared, now_ms()))),
-        Endpoint::Metrics => reply(StatusCode::OK, PROMETHEUS, metrics::render(&Snapshot::read(shared, now_ms()))),
+        Endpoint::Page => reply(
+            StatusCode::OK,
+            HTML,
+            page::render(&Snapshot::read(shared, now_ms())),
+        ),
+        Endpoint::Metrics => reply(
+            StatusCode::OK,
+            PROMETHEUS,
+            metrics::render(&Snapshot::read(shared, now_ms())),
+        ),
         Endpoint::Table => api::table(shared, query),
         Endpoint::Servers => api::servers(shared),
     }
@@ -149,7 +160,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<MonitorBody> {
     reply(status, TEXT, body)
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<MonitorBody> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<MonitorBody> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();

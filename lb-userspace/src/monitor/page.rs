@@ -179,7 +179,11 @@ fn write_cards(out: &mut String, b: &BackendView) -> fmt::Result {
         ("Learned (Set-Cookie)", stats.learned),
     ];
     for (label, value) in cards {
-        write!(out, "<div class=\"card\"><span>{label}</span><b>{}</b></div>", Count(value))?;
+        write!(
+            out,
+            "<div class=\"card\"><span>{label}</span><b>{}</b></div>",
+            Count(value)
+        )?;
     }
     out.push_str("</div>");
     Ok(())
@@ -237,7 +241,8 @@ fn page_order<T>(by_class: &[T; 6]) -> impl Iterator<Item = &T> {
 }
 
 fn write_totals(out: &mut String, b: &BackendView) -> fmt::Result {
-    let sum = |value: fn(&ServerView) -> u64| b.servers.iter().map(value).fold(0u64, u64::saturating_add);
+    let sum =
+        |value: fn(&ServerView) -> u64| b.servers.iter().map(value).fold(0u64, u64::saturating_add);
     let responses: [u64; 6] = std::array::from_fn(|i| {
         b.servers
             .iter()
@@ -349,7 +354,12 @@ pub(super) struct Uptime(pub(super) u64);
 impl fmt::Display for Uptime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let seconds = self.0 / 1000;
-        let (days, hours, minutes, seconds) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+        let (days, hours, minutes, seconds) = (
+            seconds / 86_400,
+            seconds / 3600 % 24,
+            seconds / 60 % 60,
+            seconds % 60,
+        );
         write!(f, "{days}d {hours:02}h{minutes:02}m{seconds:02}s")
     }
 }

@@ -128,7 +128,11 @@ async fn split(response: Response<MonitorBody>) -> (StatusCode, String, String) 
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
 }
 
 async fn get_json(shared: &Shared, uri: &str) -> (StatusCode, Value) {
@@ -156,15 +160,30 @@ async fn page_shows_every_server_its_state_and_the_backend_counters() {
     assert!(html.contains("lb-test"));
     assert!(html.contains(env!("CARGO_PKG_VERSION")));
     assert!(html.contains("1d 01h01m01s"), "uptime");
-    for name in ["www", "api", "web", "web1", "web2", "api.1", "127.0.0.1:9001", "[::1]:9003"] {
+    for name in [
+        "www",
+        "api",
+        "web",
+        "web1",
+        "web2",
+        "api.1",
+        "127.0.0.1:9001",
+        "[::1]:9003",
+    ] {
         assert!(html.contains(name), "{name} missing");
     }
     assert!(html.contains(r#"<tr class="up"><td class="l"><b>web1</b>"#));
     assert!(html.contains(r#"<tr class="down"><td class="l"><b>web2</b>"#));
     assert!(html.contains(r#"<td class="state">UP</td>"#));
     assert!(html.contains(r#"<td class="state">DOWN</td>"#));
-    assert!(html.contains("<b>3 / 100</b>"), "stick table size / capacity");
-    assert!(html.contains("1.5 KiB") && html.contains("3.0 MiB"), "bytes");
+    assert!(
+        html.contains("<b>3 / 100</b>"),
+        "stick table size / capacity"
+    );
+    assert!(
+        html.contains("1.5 KiB") && html.contains("3.0 MiB"),
+        "bytes"
+    );
     assert!(html.contains("L7OK 200 in 1 ms") && html.contains("checks disabled"));
     assert!(html.contains("Peers") && html.contains("No peers configured"));
     // A check result is data: it is escaped, never markup.
@@ -218,29 +237,47 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').unwrap();
-            assert!(!help.is_empty() && !helped.contains(&name.to_owned()), "{line}");
+            assert!(
+                !help.is_empty() && !helped.contains(&name.to_owned()),
+                "{line}"
+            );
             helped.push(name.to_owned());
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert!(matches!(kind, "gauge" | "counter"), "{line}");
-            assert!(typed.insert(name.to_owned(), kind.to_owned()).is_none(), "{line}");
+            assert!(
+                typed.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "{line}"
+            );
             if let Some(done) = current.replace(name.to_owned()) {
                 finished.push(done);
             }
             continue;
         }
-        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "unexpected line {line:?}"
+        );
         let end = line.find(['{', ' ']).unwrap();
         let name = &line[..end];
         assert!(name.starts_with("stickylb_"), "{line}");
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
-        assert_eq!(current.as_deref(), Some(name), "sample outside its family: {line}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        assert_eq!(
+            current.as_deref(),
+            Some(name),
+            "sample outside its family: {line}"
+        );
         assert!(helped.contains(&name.to_owned()) && !finished.contains(&name.to_owned()));
         let (labels, rest) = parse_labels(&line[end..]);
         let value = rest.strip_prefix(' ').unwrap();
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         assert!(value.is_finite() && value >= 0.0);
         samples.push(Sample {
             name: name.to_owned(),
@@ -286,7 +323,12 @@ fn parse_labels(text: &str) -> (HashMap<String, String>, &str) {
 fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .collect();
     assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
     found[0].value
@@ -304,31 +346,92 @@ async fn metrics_follow_the_text_format_and_report_the_counters() {
     let web2 = [("backend", "web"), ("server", "web2")];
     assert_eq!(value_of(&samples, "stickylb_server_up", &web1), 1.0);
     assert_eq!(value_of(&samples, "stickylb_server_up", &web2), 0.0);
-    assert_eq!(value_of(&samples, "stickylb_server_up", &[("server", "api.1")]), 0.0);
+    assert_eq!(
+        value_of(&samples, "stickylb_server_up", &[("server", "api.1")]),
+        0.0
+    );
     assert_eq!(value_of(&samples, "stickylb_server_in_flight", &web1), 0.0);
-    assert_eq!(value_of(&samples, "stickylb_server_sessions_total", &web1), 3.0);
-    assert_eq!(value_of(&samples, "stickylb_server_requests_total", &web1), 5.0);
-    assert_eq!(value_of(&samples, "stickylb_server_bytes_in_total", &web1), 1536.0);
-    assert_eq!(value_of(&samples, "stickylb_server_bytes_out_total", &web1), f64::from(3 << 20));
-    assert_eq!(value_of(&samples, "stickylb_server_failures_total", &web1), 1.0);
-    assert_eq!(value_of(&samples, "stickylb_server_check_transitions_total", &web2), 1.0);
+    assert_eq!(
+        value_of(&samples, "stickylb_server_sessions_total", &web1),
+        3.0
+    );
+    assert_eq!(
+        value_of(&samples, "stickylb_server_requests_total", &web1),
+        5.0
+    );
+    assert_eq!(
+        value_of(&samples, "stickylb_server_bytes_in_total", &web1),
+        1536.0
+    );
+    assert_eq!(
+        value_of(&samples, "stickylb_server_bytes_out_total", &web1),
+        f64::from(3 << 20)
+    );
+    assert_eq!(
+        value_of(&samples, "stickylb_server_failures_total", &web1),
+        1.0
+    );
+    assert_eq!(
+        value_of(&samples, "stickylb_server_check_transitions_total", &web2),
+        1.0
+    );
     let responses = "stickylb_server_responses_total";
-    assert_eq!(value_of(&samples, responses, &[web1[0], web1[1], ("code", "2xx")]), 4.0);
-    assert_eq!(value_of(&samples, responses, &[web1[0], web1[1], ("code", "other")]), 1.0);
-    assert_eq!(samples.iter().filter(|s| s.name == responses).count(), 3 * 6);
+    assert_eq!(
+        value_of(&samples, responses, &[web1[0], web1[1], ("code", "2xx")]),
+        4.0
+    );
+    assert_eq!(
+        value_of(&samples, responses, &[web1[0], web1[1], ("code", "other")]),
+        1.0
+    );
+    assert_eq!(
+        samples.iter().filter(|s| s.name == responses).count(),
+        3 * 6
+    );
 
     let web = [("backend", "web")];
-    assert_eq!(value_of(&samples, "stickylb_backend_table_entries", &web), 3.0);
-    assert_eq!(value_of(&samples, "stickylb_backend_table_capacity", &web), 100.0);
+    assert_eq!(
+        value_of(&samples, "stickylb_backend_table_entries", &web),
+        3.0
+    );
+    assert_eq!(
+        value_of(&samples, "stickylb_backend_table_capacity", &web),
+        100.0
+    );
     let decisions = "stickylb_backend_decisions_total";
-    assert_eq!(value_of(&samples, decisions, &[web[0], ("decision", "sticky")]), 1.0);
-    assert_eq!(value_of(&samples, decisions, &[web[0], ("decision", "new-session")]), 3.0);
-    assert_eq!(value_of(&samples, decisions, &[web[0], ("decision", "redispatch")]), 0.0);
-    assert_eq!(value_of(&samples, decisions, &[web[0], ("decision", "no-cookie")]), 1.0);
-    assert_eq!(value_of(&samples, "stickylb_backend_no_server_total", &[("backend", "api")]), 1.0);
-    assert_eq!(value_of(&samples, "stickylb_backend_learned_total", &web), 0.0);
+    assert_eq!(
+        value_of(&samples, decisions, &[web[0], ("decision", "sticky")]),
+        1.0
+    );
+    assert_eq!(
+        value_of(&samples, decisions, &[web[0], ("decision", "new-session")]),
+        3.0
+    );
+    assert_eq!(
+        value_of(&samples, decisions, &[web[0], ("decision", "redispatch")]),
+        0.0
+    );
+    assert_eq!(
+        value_of(&samples, decisions, &[web[0], ("decision", "no-cookie")]),
+        1.0
+    );
+    assert_eq!(
+        value_of(
+            &samples,
+            "stickylb_backend_no_server_total",
+            &[("backend", "api")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value_of(&samples, "stickylb_backend_learned_total", &web),
+        0.0
+    );
     assert!(value_of(&samples, "stickylb_uptime_seconds", &[]) >= 90_061.0);
-    assert_eq!(value_of(&samples, "stickylb_build_info", &[("instance", "lb-test")]), 1.0);
+    assert_eq!(
+        value_of(&samples, "stickylb_build_info", &[("instance", "lb-test")]),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -407,17 +510,33 @@ async fn api_servers_reports_state_and_counters() {
 async fn unknown_paths_are_404_and_other_methods_405() {
     let (shared, _rx) = fixture();
     let (status, content_type, _) = get(&shared, "/nope").await;
-    assert_eq!((status, content_type.as_str()), (StatusCode::NOT_FOUND, "text/plain; charset=utf-8"));
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::NOT_FOUND, "text/plain; charset=utf-8")
+    );
     let (status, error) = get_json(&shared, "/api/nope").await;
-    assert_eq!((status, &error["error"]), (StatusCode::NOT_FOUND, &Value::from("no such endpoint")));
-    assert_eq!(route(&shared, &request(Method::POST, "/nope")).status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, &error["error"]),
+        (StatusCode::NOT_FOUND, &Value::from("no such endpoint"))
+    );
+    assert_eq!(
+        route(&shared, &request(Method::POST, "/nope")).status(),
+        StatusCode::NOT_FOUND
+    );
 
-    for (method, uri) in [(Method::POST, "/metrics"), (Method::DELETE, "/api/table"), (Method::PUT, "/")] {
+    for (method, uri) in [
+        (Method::POST, "/metrics"),
+        (Method::DELETE, "/api/table"),
+        (Method::PUT, "/"),
+    ] {
         let response = route(&shared, &request(method, uri));
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{uri}");
         assert_eq!(response.headers()[header::ALLOW], "GET, HEAD");
     }
-    assert_eq!(route(&shared, &request(Method::HEAD, "/monitor")).status(), StatusCode::OK);
+    assert_eq!(
+        route(&shared, &request(Method::HEAD, "/monitor")).status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -446,9 +565,15 @@ async fn serves_metrics_on_a_socket() {
     // The HEAD response is only a head; the GET response follows it directly.
     let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
     let (_, body) = rest.split_once("\r\n\r\n").unwrap();
     let samples = parse_metrics(body);
-    assert_eq!(value_of(&samples, "stickylb_server_up", &[("server", "web1")]), 1.0);
+    assert_eq!(
+        value_of(&samples, "stickylb_server_up", &[("server", "web1")]),
+        1.0
+    );
 }

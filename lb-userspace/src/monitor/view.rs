@@ -126,7 +126,11 @@ impl Snapshot {
                     backend: f.backend.name.clone(),
                 })
                 .collect(),
-            backends: shared.backends.iter().map(|b| BackendView::read(b)).collect(),
+            backends: shared
+                .backends
+                .iter()
+                .map(|b| BackendView::read(b))
+                .collect(),
         }
     }
 }
@@ -167,7 +171,11 @@ impl ServerView {
         Self {
             name: server.name.to_string(),
             addr: server.addr,
-            state: if server.is_up() { State::Up } else { State::Down },
+            state: if server.is_up() {
+                State::Up
+            } else {
+                State::Down
+            },
             in_flight: server.in_flight(),
             sessions_total: stats.sessions_total.load(Relaxed),
             requests_total: stats.requests_total.load(Relaxed),
