@@ -87,7 +87,10 @@ impl ServerState {
     }
 
     pub fn check_status(&self) -> CheckStatus {
-        self.check.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.check
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn update_check(&self, update: impl FnOnce(&mut CheckStatus)) {
@@ -181,29 +184,52 @@ impl BackendState {
     }
 
     pub fn server(&self, name: &str) -> Option<Arc<ServerState>> {
-        self.servers.load().iter().find(|s| &*s.name == name).cloned()
+        self.servers
+            .load()
+            .iter()
+            .find(|s| &*s.name == name)
+            .cloned()
     }
 
     /// Picks the server for a request carrying `cookie` (the stickiness cookie's value, if any).
     /// `None` when no server is up.
-    pub fn route(&self, cookie: Option<&[u8]>, now_ms: u64) -> Option<(Arc<ServerState>, Decision)> {
+    pub fn route(
+        &self,
+        cookie: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Option<(Arc<ServerState>, Decision)> {
         let servers = self.servers.load();
         let routed = match cookie {
-            None => self.selector.select(&servers).map(|s| (s, Decision::NoCookie)),
-            Some(cookie) => self.table.resolve(self.table.key(cookie), now_ms, |current| {
-                let stuck = current.and_then(|name| servers.iter().find(|s| &*s.name == name));
-                match stuck {
-                    Some(server) if server.is_up() => Some(((Arc::clone(server), Decision::StickyHit), None)),
-                    _ => {
-                        let decision = if current.is_some() { Decision::Redispatch } else { Decision::NewSession };
-                        let server = self.selector.select(&servers)?;
-                        let name = Arc::clone(&server.name);
-                        Some(((server, decision), Some(name)))
+            None => self
+                .selector
+                .select(&servers)
+                .map(|s| (s, Decision::NoCookie)),
+            Some(cookie) => self
+                .table
+                .resolve(self.table.key(cookie), now_ms, |current| {
+                    let stuck = current.and_then(|name| servers.iter().find(|s| &*s.name == name));
+                    match stuck {
+                        Some(server) if server.is_up() => {
+                            Some(((Arc::clone(server), Decision::StickyHit), None))
+                        }
+                        _ => {
+                            let decision = if current.is_some() {
+                                Decision::Redispatch
+                            } else {
+                                Decision::NewSession
+                            };
+                            let server = self.selector.select(&servers)?;
+                            let name = Arc::clone(&server.name);
+                            Some(((server, decision), Some(name)))
+                        }
                     }
-                }
-            }),
+                }),
         };
-        self.count(routed.as_ref().map(|(server, decision)| (server.as_ref(), *decision)));
+        self.count(
+            routed
+                .as_ref()
+                .map(|(server, decision)| (server.as_ref(), *decision)),
+        );
         routed
     }
 
@@ -241,4 +267,3 @@ impl BackendState {
         }
     }
 }
-

@@ -94,7 +94,10 @@ mod tests {
     }
 
     fn names(picks: impl IntoIterator<Item = Option<Arc<ServerState>>>) -> Vec<String> {
-        picks.into_iter().map(|s| s.unwrap().name.to_string()).collect()
+        picks
+            .into_iter()
+            .map(|s| s.unwrap().name.to_string())
+            .collect()
     }
 
     #[test]
@@ -131,7 +134,11 @@ mod tests {
     #[test]
     fn least_conn_prefers_the_idlest_server() {
         let servers = servers(3);
-        let _busy = [servers[0].start_request(), servers[0].start_request(), servers[2].start_request()];
+        let _busy = [
+            servers[0].start_request(),
+            servers[0].start_request(),
+            servers[2].start_request(),
+        ];
         let lc = LeastConn::default();
         for _ in 0..5 {
             assert_eq!(lc.select(&servers).unwrap().name.as_ref(), "be2");
@@ -154,6 +161,8 @@ mod tests {
         let picks = names((0..50).map(|_| RandomTwoChoices.select(&servers)));
         assert!(picks.iter().filter(|n| *n == "be2").count() > 25);
         servers[1].set_up(false);
-        assert!(names((0..10).map(|_| RandomTwoChoices.select(&servers))).iter().all(|n| n == "be1"));
+        assert!(names((0..10).map(|_| RandomTwoChoices.select(&servers)))
+            .iter()
+            .all(|n| n == "be1"));
     }
 }

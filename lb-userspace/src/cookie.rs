@@ -41,8 +41,14 @@ fn cookie_pair<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
 
 fn trim(bytes: &[u8]) -> &[u8] {
     let is_space = |b: &u8| b.is_ascii_whitespace();
-    let start = bytes.iter().position(|b| !is_space(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !is_space(b)).map_or(start, |i| i + 1);
+    let start = bytes
+        .iter()
+        .position(|b| !is_space(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
@@ -78,18 +84,27 @@ mod tests {
 
     #[test]
     fn finds_the_cookie_in_any_of_several_headers() {
-        assert_eq!(req(&["c1=1", "JSESSIONID=abc; c2=2", "c3=3"]), Some(b"abc".to_vec()));
+        assert_eq!(
+            req(&["c1=1", "JSESSIONID=abc; c2=2", "c3=3"]),
+            Some(b"abc".to_vec())
+        );
     }
 
     #[test]
     fn tolerates_odd_spacing_and_quotes() {
-        assert_eq!(req(&["c1=1 ;   JSESSIONID =  \"q v\"  ;c2=2"]), Some(b"q v".to_vec()));
+        assert_eq!(
+            req(&["c1=1 ;   JSESSIONID =  \"q v\"  ;c2=2"]),
+            Some(b"q v".to_vec())
+        );
         assert_eq!(req(&[";;JSESSIONID=a;;"]), Some(b"a".to_vec()));
     }
 
     #[test]
     fn last_occurrence_wins_like_haproxy() {
-        assert_eq!(req(&["JSESSIONID=first; JSESSIONID=second"]), Some(b"second".to_vec()));
+        assert_eq!(
+            req(&["JSESSIONID=first; JSESSIONID=second"]),
+            Some(b"second".to_vec())
+        );
     }
 
     #[test]
@@ -110,7 +125,11 @@ mod tests {
     fn reads_the_value_a_response_sets() {
         let h = headers(
             SET_COOKIE,
-            &["other=1; Path=/", "JSESSIONID=srv42; Path=/; HttpOnly", "x=JSESSIONID=no"],
+            &[
+                "other=1; Path=/",
+                "JSESSIONID=srv42; Path=/; HttpOnly",
+                "x=JSESSIONID=no",
+            ],
         );
         assert_eq!(response_cookie(&h, "JSESSIONID"), Some(&b"srv42"[..]));
         let none = headers(SET_COOKIE, &["a=1; JSESSIONID=notthecookie"]);

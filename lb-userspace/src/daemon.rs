@@ -60,12 +60,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut signals = Signals::install().map_err(StartError::Signals)?;
     let pin_root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
     dataplane::prepare_pin_root(&pin_root)?;
-    let total: u64 = config.backends.iter().map(|b| u64::from(b.table_size.get())).sum();
+    let total: u64 = config
+        .backends
+        .iter()
+        .map(|b| u64::from(b.table_size.get()))
+        .sum();
     let capacity = pinned::durable_capacity(total);
     let mut ebpf = dataplane::load(capacity)?;
     let fresh = ebpf
         .take_map(STICK_TABLE_MAP)
-        .ok_or(DurableError::MissingMap { name: STICK_TABLE_MAP })?;
+        .ok_or(DurableError::MissingMap {
+            name: STICK_TABLE_MAP,
+        })?;
     let path = pin_root.join(STICK_TABLE_MAP);
     let (durable, origin) = DurableTable::open(fresh, &path, capacity)?;
     log_origin(origin, &path, capacity);
@@ -157,15 +163,22 @@ async fn drain(graceful: Arc<GracefulShutdown>, limit: Duration) {
         tracing::warn!("listeners still hold connections; not waiting for them");
         return;
     };
-    if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limit, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(?limit, "drain timeout: closing connections still busy");
     }
 }
 
 fn log_origin(origin: Origin, path: &std::path::Path, capacity: u32) {
     match origin {
-        Origin::Created => tracing::info!(path = %path.display(), capacity, "created the durable stick table"),
-        Origin::Adopted => tracing::info!(path = %path.display(), capacity, "adopted the pinned stick table"),
+        Origin::Created => {
+            tracing::info!(path = %path.display(), capacity, "created the durable stick table")
+        }
+        Origin::Adopted => {
+            tracing::info!(path = %path.display(), capacity, "adopted the pinned stick table")
+        }
         Origin::Migrated { from_capacity } => tracing::info!(
             path = %path.display(),
             from_capacity,
@@ -195,7 +208,12 @@ fn adopt_entries(durable: &DurableTable, backends: &[Arc<BackendState>], journal
             journal.send(JournalOp::Delete(key));
         }
     }
-    tracing::info!(adopted, expired, orphaned, "loaded the stick table from the pinned map");
+    tracing::info!(
+        adopted,
+        expired,
+        orphaned,
+        "loaded the stick table from the pinned map"
+    );
 }
 
 async fn sweep_expired(backends: Vec<Arc<BackendState>>) {

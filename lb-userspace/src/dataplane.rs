@@ -10,7 +10,8 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::{PIN_VERSION, STICK_TABLE_MAP};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded so one binary is all a host needs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stickylb.bpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stickylb.bpf.o"));
 
 const BPFFS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -93,7 +94,10 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     }
     // SAFETY: statfs returned 0, so it filled the struct.
     let stat = unsafe { stat.assume_init() };
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between libc targets")]
+    #[expect(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between libc targets"
+    )]
     Ok(stat.f_type as i64 == BPFFS_MAGIC)
 }
 
@@ -119,5 +123,6 @@ fn mount_bpffs(target: &Path) -> io::Result<()> {
 
 fn c_path(path: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt as _;
-    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }

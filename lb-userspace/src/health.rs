@@ -40,29 +40,32 @@ async fn check_forever(backend: Arc<BackendState>, server: Arc<ServerState>) {
     }
 }
 
-fn record(backend: &BackendState, server: &ServerState, outcome: Result<u16, String>, elapsed_ms: u128) {
+fn record(
+    backend: &BackendState,
+    server: &ServerState,
+    outcome: Result<u16, String>,
+    elapsed_ms: u128,
+) {
     let hc = &backend.health_check;
     let mut transition = None;
-    server.update_check(|status| {
-        match &outcome {
-            Ok(code) if (200..400).contains(code) => {
-                status.last_result = format!("L7OK {code} in {elapsed_ms} ms");
-                status.consecutive_ok = status.consecutive_ok.saturating_add(1);
-                status.consecutive_failed = 0;
-                if !server.is_up() && status.consecutive_ok >= hc.rise.get() {
-                    transition = Some(true);
-                }
+    server.update_check(|status| match &outcome {
+        Ok(code) if (200..400).contains(code) => {
+            status.last_result = format!("L7OK {code} in {elapsed_ms} ms");
+            status.consecutive_ok = status.consecutive_ok.saturating_add(1);
+            status.consecutive_failed = 0;
+            if !server.is_up() && status.consecutive_ok >= hc.rise.get() {
+                transition = Some(true);
             }
-            failed => {
-                status.last_result = match failed {
-                    Ok(code) => format!("L7STS {code} in {elapsed_ms} ms"),
-                    Err(reason) => format!("L4/L7 failed: {reason}"),
-                };
-                status.consecutive_failed = status.consecutive_failed.saturating_add(1);
-                status.consecutive_ok = 0;
-                if server.is_up() && status.consecutive_failed >= hc.fall.get() {
-                    transition = Some(false);
-                }
+        }
+        failed => {
+            status.last_result = match failed {
+                Ok(code) => format!("L7STS {code} in {elapsed_ms} ms"),
+                Err(reason) => format!("L4/L7 failed: {reason}"),
+            };
+            status.consecutive_failed = status.consecutive_failed.saturating_add(1);
+            status.consecutive_ok = 0;
+            if server.is_up() && status.consecutive_failed >= hc.fall.get() {
+                transition = Some(false);
             }
         }
     });
@@ -80,16 +83,24 @@ fn record(backend: &BackendState, server: &ServerState, outcome: Result<u16, Str
 
 /// One check: the response's status code, or why there was none.
 async fn probe(server: &ServerState, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(server.addr).await.map_err(|e| format!("connect: {e}"))?;
+    let mut stream = TcpStream::connect(server.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let request = format!(
         "HEAD {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stickylb-check\r\nConnection: close\r\n\r\n",
         server.addr
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let mut head = [0u8; 64];
     let mut len = 0;
     while len < 12 {
-        let n = stream.read(&mut head[len..]).await.map_err(|e| format!("receive: {e}"))?;
+        let n = stream
+            .read(&mut head[len..])
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
         if n == 0 {
             return Err("connection closed before a status line".into());
         }

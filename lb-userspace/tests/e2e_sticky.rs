@@ -2,6 +2,13 @@
 //! robin order, redispatch, the durable table across stop/start and kill -9, bpftool, and the
 //! answers to bad input.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed setup step must fail the test loudly"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -139,6 +139,17 @@ fn check_vagrantfile() -> anyhow::Result<()> {
     run_checked(Command::new("ruby").arg("-c").arg(vagrantfile))
 }
 
+/// `cargo +nightly fmt --check` through the rustup proxy (`$CARGO` is the stable cargo itself,
+/// which does not understand `+toolchain`).
+fn nightly_fmt_check() -> std::process::Command {
+    let mut command = std::process::Command::new("cargo");
+    command
+        .current_dir(crate::workspace::root())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "fmt", "--all", "--", "--check"]);
+    command
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_true;
@@ -152,15 +163,4 @@ mod tests {
             assert!(!is_true(value), "{value:?}");
         }
     }
-}
-
-/// `cargo +nightly fmt --check` through the rustup proxy (`$CARGO` is the stable cargo itself,
-/// which does not understand `+toolchain`).
-fn nightly_fmt_check() -> std::process::Command {
-    let mut command = std::process::Command::new("cargo");
-    command
-        .current_dir(crate::workspace::root())
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .args(["+nightly", "fmt", "--all", "--", "--check"]);
-    command
 }

@@ -38,9 +38,8 @@ pub(super) fn table(shared: &Shared, query: &str) -> Response<MonitorBody> {
         .iter()
         .filter(|b| query.backend.as_ref().is_none_or(|name| *name == b.name))
         .map(|b| {
-            let mut entries = b.table.snapshot();
-            let size = entries.len();
-            entries.truncate(query.limit);
+            let size = b.table.len();
+            let entries = b.table.snapshot_recent(query.limit);
             TableView {
                 backend: b.name.clone(),
                 size,

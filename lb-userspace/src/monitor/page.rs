@@ -31,8 +31,8 @@ section.plain>h2{background:#334155;color:#f8fafc}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{padding:4px 8px;text-align:right;white-space:nowrap;border-bottom:1px solid #e5e7eb}
 th{background:#eef0f3;color:#374151;font-weight:600;font-size:12px}
-thead tr:first-child th{background:#e2e5ea;border-left:1px solid #d1d5db;text-align:center}
-thead tr:first-child th:first-child{border-left:0}
+tr.groups th{background:#e2e5ea;border-left:1px solid #d1d5db;text-align:center}
+tr.groups th:first-child{border-left:0}
 th.g,td.g{border-left:1px solid #e5e7eb}
 .l{text-align:left}
 tbody tr:hover td{filter:brightness(.97)}
@@ -42,7 +42,9 @@ td.state{font-weight:700;text-align:center}
 tr.up td.state{background:#c0ffc0;color:#065f16}
 tr.down td.state{background:#ff9090;color:#7f1010}
 tfoot td{background:#e8e8d0;font-weight:600;border-bottom:0}
-td.check{text-align:left;max-width:320px;overflow:hidden;text-overflow:ellipsis;color:#374151}
+td.check{text-align:left;color:#374151}
+td.check div{max-width:230px;overflow:hidden;text-overflow:ellipsis}
+.scroll{overflow-x:auto}
 .muted{color:#9ca3af}
 .zero{color:#b6bcc6}
 .empty{padding:12px;color:#6b7280;margin:0}
@@ -128,9 +130,9 @@ fn write_backend(out: &mut String, b: &BackendView) -> fmt::Result {
     )?;
     write_cards(out, b)?;
     out.push_str(
-        "<table><thead><tr><th colspan=\"3\">Server</th><th colspan=\"2\">Sessions</th>\
-         <th colspan=\"1\">Requests</th><th colspan=\"2\">Bytes</th><th colspan=\"6\">Responses</th>\
-         <th colspan=\"1\">Errors</th><th colspan=\"4\">Health check</th></tr>\
+        "<div class=\"scroll\"><table><thead><tr class=\"groups\"><th colspan=\"3\">Server</th><th colspan=\"2\">Sessions</th>\
+         <th>Requests</th><th colspan=\"2\">Bytes</th><th colspan=\"6\">Responses</th>\
+         <th>Errors</th><th colspan=\"4\">Health check</th></tr>\
          <tr><th class=\"l\">Name</th><th class=\"l\">Address</th><th>State</th>\
          <th class=\"g\">In flight</th><th>Total</th><th class=\"g\">Total</th>\
          <th class=\"g\">In</th><th>Out</th>",
@@ -148,7 +150,7 @@ fn write_backend(out: &mut String, b: &BackendView) -> fmt::Result {
     }
     out.push_str("</tbody>");
     write_totals(out, b)?;
-    out.push_str("</table></section>\n");
+    out.push_str("</table></div></section>\n");
     Ok(())
 }
 
@@ -216,7 +218,7 @@ fn write_server(out: &mut String, s: &ServerView) -> fmt::Result {
     } else {
         write!(
             out,
-            "<td class=\"g check\" title=\"{}\">{}</td><td>{}</td><td>{}</td>",
+            "<td class=\"g check\" title=\"{}\"><div>{}</div></td><td>{}</td><td>{}</td>",
             Html(&check.last_result),
             Html(&check.last_result),
             Num(u64::from(check.consecutive_ok)),

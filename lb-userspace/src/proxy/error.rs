@@ -45,7 +45,9 @@ impl ProxyError {
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         let body = match &self {
-            Self::NoServer { .. } => "503 Service Unavailable: no server is available to handle this request.\n",
+            Self::NoServer { .. } => {
+                "503 Service Unavailable: no server is available to handle this request.\n"
+            }
             Self::Upstream { .. } | Self::UpstreamTimeout { .. } => {
                 "503 Service Unavailable: the server failed to answer.\n"
             }
@@ -63,11 +65,13 @@ pub fn short_response(status: StatusCode, body: &'static str) -> Response<ProxyB
             .boxed(),
     );
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
     response
 }

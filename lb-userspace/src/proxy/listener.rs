@@ -48,7 +48,11 @@ const REQUEST_TIMEOUT_RESPONSE: &[u8] =
 
 /// Binds a frontend's listening socket.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
@@ -91,13 +95,21 @@ fn serve_connection(
     graceful: &GracefulShutdown,
 ) {
     let _ = stream.set_nodelay(true);
-    let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
+    let spare = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from);
     let progress = Arc::new(Progress::default());
     let io = TokioIo::new(CountingStream {
         inner: stream,
         progress: Arc::clone(&progress),
     });
-    let (frontend, proxy, seen) = (Arc::clone(frontend), Arc::clone(proxy), Arc::clone(&progress));
+    let (frontend, proxy, seen) = (
+        Arc::clone(frontend),
+        Arc::clone(proxy),
+        Arc::clone(&progress),
+    );
     let service = service_fn(move |request| {
         seen.request_started();
         let (frontend, proxy) = (Arc::clone(&frontend), Arc::clone(&proxy));
@@ -137,13 +149,15 @@ struct Progress {
 impl Progress {
     fn request_started(&self) {
         self.requests.fetch_add(1, Relaxed);
-        self.read_at_last_request.store(self.bytes_read.load(Relaxed), Relaxed);
+        self.read_at_last_request
+            .store(self.bytes_read.load(Relaxed), Relaxed);
     }
 
     /// A request was begun but not completed: either nothing was ever served, or bytes arrived
     /// after the last request was dispatched.
     fn request_pending(&self) -> bool {
-        self.requests.load(Relaxed) == 0 || self.bytes_read.load(Relaxed) > self.read_at_last_request.load(Relaxed)
+        self.requests.load(Relaxed) == 0
+            || self.bytes_read.load(Relaxed) > self.read_at_last_request.load(Relaxed)
     }
 }
 
@@ -153,7 +167,11 @@ struct CountingStream {
 }
 
 impl AsyncRead for CountingStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before);
@@ -163,7 +181,11 @@ impl AsyncRead for CountingStream {
 }
 
 impl AsyncWrite for CountingStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

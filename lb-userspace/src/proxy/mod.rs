@@ -56,16 +56,25 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
-        Self { client, server_timeout }
+        Self {
+            client,
+            server_timeout,
+        }
     }
 
     /// Serves one request that arrived on `frontend` from `client`.
-    pub async fn handle(&self, frontend: &Frontend, client: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        frontend: &Frontend,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let backend = &frontend.backend;
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let cookie = cookie::request_cookie(request.headers(), &backend.stick_cookie).map(<[u8]>::to_vec);
+        let cookie =
+            cookie::request_cookie(request.headers(), &backend.stick_cookie).map(<[u8]>::to_vec);
         let routed = backend.route(cookie.as_deref(), now_ms());
         let (server, decision) = match routed {
             Some(routed) => routed,
@@ -98,7 +107,15 @@ impl Proxy {
             Err(error) => {
                 server.stats.failures.fetch_add(1, Relaxed);
                 server.stats.responses[0].fetch_add(1, Relaxed);
-                log_failure(frontend, client, &method, &path, Some((&server, decision)), &error, started);
+                log_failure(
+                    frontend,
+                    client,
+                    &method,
+                    &path,
+                    Some((&server, decision)),
+                    &error,
+                    started,
+                );
                 error.into_response()
             }
         }
@@ -166,7 +183,11 @@ fn with_accounting(response: Response<Incoming>, in_flight: InFlight) -> Respons
     response.map(|body| {
         body.map_frame(move |frame| {
             if let Some(data) = frame.data_ref() {
-                in_flight.server().stats.bytes_out.fetch_add(data.len() as u64, Relaxed);
+                in_flight
+                    .server()
+                    .stats
+                    .bytes_out
+                    .fetch_add(data.len() as u64, Relaxed);
             }
             frame
         })

@@ -24,7 +24,10 @@ pub fn stick_key(backend_id: u32, cookie: &[u8]) -> StickKey {
     } else {
         key.cookie[0] = DIGEST_MARK;
         let digest = Sha256::digest(cookie);
-        write_hex(&digest[..DIGEST_HEX_LEN / 2], &mut key.cookie[1..=DIGEST_HEX_LEN]);
+        write_hex(
+            &digest[..DIGEST_HEX_LEN / 2],
+            &mut key.cookie[1..=DIGEST_HEX_LEN],
+        );
     }
     key
 }

@@ -280,8 +280,15 @@ impl StickTable {
 
     /// Every live entry, most recently used first.
     pub fn snapshot(&self) -> Vec<EntryView> {
+        self.snapshot_recent(usize::MAX)
+    }
+
+    /// The `limit` most recently used entries, most recent first; the lock is held only for
+    /// those.
+    pub fn snapshot_recent(&self, limit: usize) -> Vec<EntryView> {
         self.lock()
             .iter()
+            .take(limit)
             .map(|(key, slot)| EntryView {
                 cookie: field_text(&key.cookie),
                 server: slot.server.to_string(),
@@ -291,7 +298,13 @@ impl StickTable {
     }
 
     /// Returns the key evicted to make room, if any.
-    fn insert(&self, key: StickKey, server: Arc<str>, last_seen_ms: u64, persisted_ms: u64) -> Option<StickKey> {
+    fn insert(
+        &self,
+        key: StickKey,
+        server: Arc<str>,
+        last_seen_ms: u64,
+        persisted_ms: u64,
+    ) -> Option<StickKey> {
         let slot = Slot {
             server,
             last_seen_ms,
@@ -315,7 +328,10 @@ impl StickTable {
 
     fn durable_put(&self, key: &StickKey, server: &str, now_ms: u64) -> Option<JournalOp> {
         let Some(server_field) = to_field::<SERVER_NAME_LEN>(server) else {
-            tracing::warn!(server, "server name does not fit the durable table; entry kept in memory only");
+            tracing::warn!(
+                server,
+                "server name does not fit the durable table; entry kept in memory only"
+            );
             return None;
         };
         Some(JournalOp::Put(
@@ -334,7 +350,9 @@ impl StickTable {
     fn lock(&self) -> MutexGuard<'_, LruCache<StickKey, Slot>> {
         // A panic while holding the lock cannot leave the cache half-updated in a way that
         // matters (every operation is a single LruCache call), so poisoning is ignored.
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -12,6 +12,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError, MapType};
 use lb_common::{StickEntry, StickKey};
+
 use super::{JournalOp, JournalReceiver};
 
 /// Errors opening, adopting or writing the durable table.
@@ -158,7 +159,10 @@ fn check_layout(data: &MapData, path: &Path) -> Result<(), DurableError> {
     let expected_key = size_u32::<StickKey>();
     let expected_value = size_u32::<StickEntry>();
     let map_type = info.map_type().ok();
-    if map_type == Some(MapType::LruHash) && info.key_size() == expected_key && info.value_size() == expected_value {
+    if map_type == Some(MapType::LruHash)
+        && info.key_size() == expected_key
+        && info.value_size() == expected_value
+    {
         return Ok(());
     }
     Err(DurableError::Incompatible {
@@ -186,8 +190,14 @@ fn pin(map: &HashMap<MapData, StickKey, StickEntry>, path: &Path) -> Result<(), 
 
 /// Pins `map` beside `path`, then renames it over `path`, so a crash leaves either the old or
 /// the new table pinned, never none.
-fn replace_pin(map: &HashMap<MapData, StickKey, StickEntry>, path: &Path) -> Result<(), DurableError> {
-    let staging = path.with_extension("migrating");
+fn replace_pin(
+    map: &HashMap<MapData, StickKey, StickEntry>,
+    path: &Path,
+) -> Result<(), DurableError> {
+    // bpffs refuses names with a dot, so the staging name uses a suffix instead of an extension.
+    let mut staging_name = path.file_name().unwrap_or_default().to_owned();
+    staging_name.push("_migrating");
+    let staging = path.with_file_name(staging_name);
     let _ = std::fs::remove_file(&staging);
     pin(map, &staging)?;
     std::fs::rename(&staging, path).map_err(|source| DurableError::Replace {
@@ -199,13 +209,18 @@ fn replace_pin(map: &HashMap<MapData, StickKey, StickEntry>, path: &Path) -> Res
 /// Applies journaled changes to the durable table on a thread of its own, as they arrive (a map
 /// update is a syscall of a few microseconds). Returns when every sender is gone and the
 /// journal is drained, so joining the thread at shutdown loses nothing.
-pub fn spawn_writer(mut table: DurableTable, mut journal: JournalReceiver) -> io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new().name("table-writer".into()).spawn(move || {
-        while let Some(op) = journal.blocking_recv() {
-            if let Err(error) = table.apply(op) {
-                tracing::error!(%error, ?op, "writing the durable stick table failed");
+pub fn spawn_writer(
+    mut table: DurableTable,
+    mut journal: JournalReceiver,
+) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name("table-writer".into())
+        .spawn(move || {
+            while let Some(op) = journal.blocking_recv() {
+                if let Err(error) = table.apply(op) {
+                    tracing::error!(%error, ?op, "writing the durable stick table failed");
+                }
+                journal.applied();
             }
-            journal.applied();
-        }
-    })
+        })
 }

@@ -21,7 +21,9 @@ fn set_then_get_returns_the_server_and_journals_the_entry() {
     table.set(key, "web1".into(), 1_000);
     assert_eq!(table.get(&key, 2_000).as_deref(), Some("web1"));
     let ops = drain(&mut rx);
-    assert!(matches!(ops[0], JournalOp::Put(k, e) if k == key && field_text(&e.server) == "web1" && e.last_seen_ms == 1_000));
+    assert!(
+        matches!(ops[0], JournalOp::Put(k, e) if k == key && field_text(&e.server) == "web1" && e.last_seen_ms == 1_000)
+    );
 }
 
 #[test]
@@ -105,7 +107,10 @@ fn resolve_assigns_once_then_keeps_and_can_replace() {
     assert_eq!(second, Some("hit"));
     table.resolve(key, 20, |_| Some(((), Some(Arc::from("web2")))));
     assert_eq!(table.get(&key, 30).as_deref(), Some("web2"));
-    let puts = drain(&mut rx).into_iter().filter(|op| matches!(op, JournalOp::Put(..))).count();
+    let puts = drain(&mut rx)
+        .into_iter()
+        .filter(|op| matches!(op, JournalOp::Put(..)))
+        .count();
     assert_eq!(puts, 2);
 }
 
@@ -125,7 +130,10 @@ fn resolve_sees_expired_entries_as_absent() {
 fn resolve_with_no_choice_changes_nothing() {
     let (table, mut rx) = table(10, Duration::from_secs(60));
     let key = table.key(b"s");
-    assert_eq!(table.resolve(key, 0, |_| None::<((), Option<Arc<str>>)>), None);
+    assert_eq!(
+        table.resolve(key, 0, |_| None::<((), Option<Arc<str>>)>),
+        None
+    );
     assert!(table.is_empty());
     assert!(drain(&mut rx).is_empty());
 }

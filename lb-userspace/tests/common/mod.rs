@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use netns::{NetNs, Topology};
+pub use netns::Topology;
 
 /// Returns false (after saying why) when privileged tests cannot run here; panics instead when
 /// they are required.
