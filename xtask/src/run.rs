@@ -31,9 +31,8 @@ pub(crate) fn run(release: bool, stickylb_args: &[String]) -> anyhow::Result<Inf
              stickylb on {EXAMPLE_CONFIG}: http://127.0.0.1:8080, monitor http://127.0.0.1:8404/monitor",
             backends.id()
         );
-        // The backends outlive this process image; they exit when stickylb's terminal closes
-        // or with `pkill stickylb-backend`.
-        std::mem::forget(backends);
+        // Not waited for: the backends die with stickylb (PR_SET_PDEATHSIG).
+        drop(backends);
         let config = workspace::root().join(EXAMPLE_CONFIG);
         args = vec![
             "run".into(),
