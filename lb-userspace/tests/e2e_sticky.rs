@@ -105,6 +105,39 @@ fn start_backends(topo: &Topology, servers: &[(&str, u16)]) -> Vec<Proc> {
         .collect()
 }
 
+/// Three hosts (client, lb, backends) with the backends running and the lb's config written;
+/// torn down in field order: backends, then the pin directory, then the namespaces.
+struct Rig {
+    backends: Vec<Proc>,
+    cfg: std::path::PathBuf,
+    pin: PinDir,
+    topo: Topology,
+}
+
+/// `tag` names the namespaces and the instance (`lb-<tag>`); `net` picks the test's subnets.
+fn rig(tag: &str, net: u8, servers: &[(&str, u16)], extra: &str) -> Rig {
+    let topo = Topology::new(tag, net);
+    let pin = PinDir::new(tag);
+    let backends = start_backends(&topo, servers);
+    let instance = format!("lb-{tag}");
+    let cfg = write_temp(
+        &format!("{tag}.toml"),
+        &config(&topo, &pin, &instance, servers, extra),
+    );
+    Rig {
+        backends,
+        cfg,
+        pin,
+        topo,
+    }
+}
+
+impl Rig {
+    fn start(&self) -> Proc {
+        start_daemon(&self.topo.lb.name, &self.cfg)
+    }
+}
+
 /// The seed's access script: `NNNNN - <body>` for each session.
 fn access(topo: &Topology, sessions: impl IntoIterator<Item = u32>) -> Vec<String> {
     let addr = format!("{}:80", topo.lb_addr());
@@ -138,20 +171,17 @@ fn round_robin_and_stickiness_follow_the_seed_transcript() {
     if !privileged() {
         return;
     }
-    let topo = Topology::new("rr", 211);
-    let pin = PinDir::new("rr");
-    let _backends = start_backends(&topo, &seven());
-    let cfg = write_temp("rr.toml", &config(&topo, &pin, "lb-1", &seven(), ""));
-    let daemon = start_daemon(&topo.lb.name, &cfg);
+    let rig = rig("rr", 211, &seven(), "");
+    let (topo, daemon) = (&rig.topo, rig.start());
 
-    assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
+    assert_eq!(access(topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
     assert_eq!(
-        access(&topo, 1..=5),
+        access(topo, 1..=5),
         expect(1..=5, &[1, 2, 3, 4, 5]),
         "sticky on repeat"
     );
-    assert_eq!(access(&topo, 21..=25), expect(21..=25, &[6, 7, 1, 2, 3]));
-    assert_eq!(access(&topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
+    assert_eq!(access(topo, 21..=25), expect(21..=25, &[6, 7, 1, 2, 3]));
+    assert_eq!(access(topo, 1..=5), expect(1..=5, &[1, 2, 3, 4, 5]));
 
     let log = daemon.stop_with(libc::SIGTERM);
     assert!(log.contains("decision=\"new-session\""), "{log}");
@@ -164,35 +194,33 @@ fn table_survives_stop_start_kill9_and_server_reordering() {
     if !privileged() {
         return;
     }
-    let topo = Topology::new("dur", 212);
-    let pin = PinDir::new("dur");
-    let _backends = start_backends(&topo, &seven());
-    let cfg = write_temp("dur.toml", &config(&topo, &pin, "lb-dur", &seven(), ""));
+    let rig = rig("dur", 212, &seven(), "");
+    let (topo, pin) = (&rig.topo, &rig.pin);
     let before = {
-        let _daemon = start_daemon(&topo.lb.name, &cfg);
-        access(&topo, 21..=27)
+        let _daemon = rig.start();
+        access(topo, 21..=27)
     }; // dropped: SIGKILL
     assert_eq!(before, expect(21..=27, &[1, 2, 3, 4, 5, 6, 7]));
 
     // kill -9, then start: the pinned map carries the table.
-    let daemon = start_daemon(&topo.lb.name, &cfg);
+    let daemon = rig.start();
     assert!(daemon.output().contains("adopted=7"), "{}", daemon.output());
-    assert_eq!(access(&topo, 21..=27), before, "after kill -9 and start");
+    assert_eq!(access(topo, 21..=27), before, "after kill -9 and start");
 
     // stop (SIGTERM), then start.
     daemon.stop_with(libc::SIGTERM);
-    let daemon = start_daemon(&topo.lb.name, &cfg);
-    assert_eq!(access(&topo, 21..=27), before, "after stop and start");
+    let daemon = rig.start();
+    assert_eq!(access(topo, 21..=27), before, "after stop and start");
     daemon.stop_with(libc::SIGTERM);
 
     // The servers reordered and one added: sessions follow server names, not positions.
     let mut reordered = seven();
     reordered.reverse();
     reordered.insert(3, ("be8", 8088));
-    let _extra = start_backends(&topo, &[("be8", 8088)]);
-    let cfg = write_temp("dur2.toml", &config(&topo, &pin, "lb-dur", &reordered, ""));
+    let _extra = start_backends(topo, &[("be8", 8088)]);
+    let cfg = write_temp("dur2.toml", &config(topo, pin, "lb-dur", &reordered, ""));
     let _daemon = start_daemon(&topo.lb.name, &cfg);
-    assert_eq!(access(&topo, 21..=27), before, "after reordering servers");
+    assert_eq!(access(topo, 21..=27), before, "after reordering servers");
 }
 
 #[test]
@@ -200,16 +228,11 @@ fn bpftool_and_table_command_show_a_cookie_just_used() {
     if !privileged() {
         return;
     }
-    let topo = Topology::new("bpft", 213);
-    let pin = PinDir::new("bpft");
-    let _backends = start_backends(&topo, &seven()[..2]);
-    let cfg = write_temp(
-        "bpft.toml",
-        &config(&topo, &pin, "lb-bpft", &seven()[..2], ""),
-    );
-    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    let rig = rig("bpft", 213, &seven()[..2], "");
+    let (topo, pin, cfg) = (&rig.topo, &rig.pin, &rig.cfg);
+    let _daemon = rig.start();
     let cookie = seed_cookie(4242);
-    assert_eq!(access(&topo, [4242]), ["04242 - Backend 1"]);
+    assert_eq!(access(topo, [4242]), ["04242 - Backend 1"]);
 
     let map = pin.0.join("lb-bpft/v1/STICK_TABLE");
     let map = map.to_str().unwrap().to_owned();
@@ -247,27 +270,25 @@ fn a_down_server_gets_no_new_sessions_and_its_sessions_are_redispatched() {
     if !privileged() {
         return;
     }
-    let topo = Topology::new("redis", 214);
-    let pin = PinDir::new("redis");
     let servers = &seven()[..3];
-    let mut backends = start_backends(&topo, servers);
-    let cfg = write_temp("redis.toml", &config(&topo, &pin, "lb-redis", servers, ""));
-    let daemon = start_daemon(&topo.lb.name, &cfg);
-    assert_eq!(access(&topo, 1..=3), expect(1..=3, &[1, 2, 3]));
+    let mut rig = rig("redis", 214, servers, "");
+    let daemon = rig.start();
+    let topo = &rig.topo;
+    assert_eq!(access(topo, 1..=3), expect(1..=3, &[1, 2, 3]));
 
-    drop(backends.remove(1)); // be2 dies
+    drop(rig.backends.remove(1)); // be2 dies
     daemon.wait_for_output("server is DOWN", Duration::from_secs(10));
     assert!(daemon.output().contains("server=be2"));
 
     // Session 2 moves to a live server and stays there; new sessions avoid be2.
-    let moved = access(&topo, [2]);
+    let moved = access(topo, [2]);
     assert_ne!(moved, ["00002 - Backend 2"]);
     assert_eq!(
-        access(&topo, [2]),
+        access(topo, [2]),
         moved,
         "the redispatched session is stuck to its new server"
     );
-    let fresh = access(&topo, 30..=33);
+    let fresh = access(topo, 30..=33);
     assert!(
         fresh.iter().all(|line| !line.ends_with("Backend 2")),
         "{fresh:?}"
@@ -275,10 +296,10 @@ fn a_down_server_gets_no_new_sessions_and_its_sessions_are_redispatched() {
     assert!(daemon.output().contains("decision=\"redispatch\""));
 
     // be2 comes back: session 2 stays where it was redispatched to.
-    let _revived = start_backends(&topo, &servers[1..2]);
+    let _revived = start_backends(topo, &servers[1..2]);
     daemon.wait_for_output("server is UP", Duration::from_secs(10));
-    assert_eq!(access(&topo, [2]), moved);
-    assert_eq!(access(&topo, [1, 3]), expect([1, 3], &[1, 3]));
+    assert_eq!(access(topo, [2]), moved);
+    assert_eq!(access(topo, [1, 3]), expect([1, 3], &[1, 3]));
 }
 
 #[test]
@@ -286,16 +307,10 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
     if !privileged() {
         return;
     }
-    let topo = Topology::new("bad", 215);
-    let pin = PinDir::new("bad");
-    let servers = &seven()[..1];
-    let backends = start_backends(&topo, servers);
     let timeouts = "[timeouts]\nclient = \"1s\"\nmax_header_bytes = 8192\n";
-    let cfg = write_temp(
-        "bad.toml",
-        &config(&topo, &pin, "lb-bad", servers, timeouts),
-    );
-    let daemon = start_daemon(&topo.lb.name, &cfg);
+    let mut rig = rig("bad", 215, &seven()[..1], timeouts);
+    let daemon = rig.start();
+    let topo = &rig.topo;
     let addr = format!("{}:80", topo.lb_addr());
 
     let a = addr.clone();
@@ -321,7 +336,7 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
         "{forwarded}"
     );
 
-    drop(backends);
+    rig.backends.clear();
     daemon.wait_for_output("server is DOWN", Duration::from_secs(10));
     let a = addr.clone();
     let unavailable = http::in_netns(&topo.client.name, move || {
@@ -337,12 +352,9 @@ fn a_cookie_set_by_the_server_is_learned() {
     if !privileged() {
         return;
     }
-    let topo = Topology::new("learn", 216);
-    let pin = PinDir::new("learn");
-    let servers = &seven()[..3];
-    let _backends = start_backends(&topo, servers);
-    let cfg = write_temp("learn.toml", &config(&topo, &pin, "lb-learn", servers, ""));
-    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    let rig = rig("learn", 216, &seven()[..3], "");
+    let _daemon = rig.start();
+    let topo = &rig.topo;
     let addr = format!("{}:80", topo.lb_addr());
     let lines = http::in_netns(&topo.client.name, move || {
         // Cookie-less requests rotate; the one the first server answers sets a session cookie.
@@ -366,12 +378,9 @@ fn keep_alive_connection_serves_many_sticky_requests() {
     if !privileged() {
         return;
     }
-    let topo = Topology::new("ka", 217);
-    let pin = PinDir::new("ka");
-    let servers = &seven()[..3];
-    let _backends = start_backends(&topo, servers);
-    let cfg = write_temp("ka.toml", &config(&topo, &pin, "lb-ka", servers, ""));
-    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    let rig = rig("ka", 217, &seven()[..3], "");
+    let _daemon = rig.start();
+    let topo = &rig.topo;
     let addr = format!("{}:80", topo.lb_addr());
     let bodies = http::in_netns(&topo.client.name, move || {
         let mut conn = http::KeepAlive::connect(&addr);
