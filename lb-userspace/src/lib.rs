@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod monitor;
+pub mod peers;
 pub mod proxy;
 pub mod table;

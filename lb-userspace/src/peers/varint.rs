@@ -164,7 +164,11 @@ mod tests {
             assert_eq!(decode(&bytes), Ok((value, bytes.len())), "{value}");
             let mut padded = bytes.clone();
             padded.extend([0xff, 0x01]);
-            assert_eq!(decode(&padded), Ok((value, bytes.len())), "{value} followed by more");
+            assert_eq!(
+                decode(&padded),
+                Ok((value, bytes.len())),
+                "{value} followed by more"
+            );
             for cut in 0..bytes.len() {
                 assert_eq!(
                     decode(&bytes[..cut]),
@@ -180,11 +184,11 @@ mod tests {
         assert_eq!(decode(&[0xff; 10]), Err(VarintError::TooLong));
         assert_eq!(decode(&[0xff; 11]), Err(VarintError::TooLong));
         assert_eq!(decode(&[0xff; 9]), Err(VarintError::Truncated { have: 9 }));
-        // u64::MAX ends in 0x0f; a larger last byte goes past 64 bits.
+        // u64::MAX ends in 0x0e; any larger last byte goes past 64 bits.
         let mut max = enc(u64::MAX);
-        assert_eq!(max.last(), Some(&0x0f));
+        assert_eq!(max.last(), Some(&0x0e));
         if let Some(last) = max.last_mut() {
-            *last = 0x10;
+            *last = 0x0f;
         }
         assert_eq!(decode(&max), Err(VarintError::Overflow));
         let mut big = vec![0xff; 9];
