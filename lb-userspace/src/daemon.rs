@@ -77,25 +77,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     log_origin(origin, &path, capacity);
 
     let (journal, receiver) = table::journal();
-    let backends: Vec<Arc<BackendState>> = config
-        .backends
-        .iter()
-        .map(|b| Arc::new(BackendState::new(b, journal.clone())))
-        .collect();
+    let (backends, frontends) = routing(&config, &journal);
     adopt_entries(&durable, &backends, &journal);
     let writer = pinned::spawn_writer(durable, receiver).map_err(StartError::Writer)?;
 
-    let frontends: Vec<Arc<Frontend>> = config
-        .frontends
-        .iter()
-        .filter_map(|f| {
-            let backend = backends.iter().find(|b| b.name == f.backend)?;
-            Some(Arc::new(Frontend {
-                name: f.name.clone(),
-                backend: Arc::clone(backend),
-            }))
-        })
-        .collect();
     let shared = Arc::new(Shared {
         instance: config.instance.name.clone(),
         backends: backends.clone(),
@@ -156,6 +141,28 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The backends' runtime state (their tables journaling to `journal`) and the frontends that
+/// route to them. Validation guarantees every frontend names a configured backend.
+pub fn routing(config: &Config, journal: &Journal) -> (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>) {
+    let backends: Vec<Arc<BackendState>> = config
+        .backends
+        .iter()
+        .map(|b| Arc::new(BackendState::new(b, journal.clone())))
+        .collect();
+    let frontends = config
+        .frontends
+        .iter()
+        .filter_map(|f| {
+            let backend = backends.iter().find(|b| b.name == f.backend)?;
+            Some(Arc::new(Frontend {
+                name: f.name.clone(),
+                backend: Arc::clone(backend),
+            }))
+        })
+        .collect();
+    (backends, frontends)
 }
 
 async fn drain(graceful: Arc<GracefulShutdown>, limit: Duration) {

@@ -18,10 +18,8 @@ use super::{
     route, serve, MonitorBody,
 };
 use crate::{
-    backend::BackendState,
     config::Config,
     daemon::Shared,
-    proxy::Frontend,
     table::{self, now_ms, JournalReceiver},
 };
 
@@ -58,22 +56,7 @@ servers = [ { name = "api.1", addr = "[::1]:9003" } ]
 fn fixture() -> (Shared, JournalReceiver) {
     let config = Config::from_toml(CONFIG).unwrap();
     let (journal, receiver) = table::journal();
-    let backends: Vec<Arc<BackendState>> = config
-        .backends
-        .iter()
-        .map(|b| Arc::new(BackendState::new(b, journal.clone())))
-        .collect();
-    let frontends = config
-        .frontends
-        .iter()
-        .map(|f| {
-            let backend = backends.iter().find(|b| b.name == f.backend).unwrap();
-            Arc::new(Frontend {
-                name: f.name.clone(),
-                backend: Arc::clone(backend),
-            })
-        })
-        .collect();
+    let (backends, frontends) = crate::daemon::routing(&config, &journal);
 
     let (web, api) = (&backends[0], &backends[1]);
     let (web1, web2) = (web.server("web1").unwrap(), web.server("web2").unwrap());
