@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     dataplane::{self, DataplaneError},
     health, monitor,
+    peers::{self, link::PeerLink},
     proxy::{
         listener::{self, ConnSettings},
         Frontend, Proxy,
@@ -52,6 +53,8 @@ pub struct Shared {
     pub instance: String,
     pub backends: Vec<Arc<BackendState>>,
     pub frontends: Vec<Arc<Frontend>>,
+    /// The other members of the peers section.
+    pub peers: Vec<Arc<PeerLink>>,
     pub started_ms: u64,
 }
 
@@ -81,14 +84,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     adopt_entries(&durable, &backends, &journal);
     let writer = pinned::spawn_writer(durable, receiver).map_err(StartError::Writer)?;
 
+    let mut tasks: Vec<JoinHandle<()>> = backends.iter().flat_map(health::spawn_checks).collect();
+    let peer_links = match &config.peers {
+        Some(peers) => {
+            let running = start_peers(&config, peers, &backends, &journal).await?;
+            tasks.extend(running.tasks);
+            running.links
+        }
+        None => Vec::new(),
+    };
     let shared = Arc::new(Shared {
         instance: config.instance.name.clone(),
         backends: backends.clone(),
         frontends: frontends.clone(),
+        peers: peer_links,
         started_ms: table::now_ms(),
     });
 
-    let mut tasks: Vec<JoinHandle<()>> = backends.iter().flat_map(health::spawn_checks).collect();
     tasks.push(tokio::spawn(sweep_expired(backends.clone())));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -163,6 +175,35 @@ pub fn routing(config: &Config, journal: &Journal) -> (Vec<Arc<BackendState>>, V
         })
         .collect();
     (backends, frontends)
+}
+
+/// Binds the peers port and starts a session task per other member.
+async fn start_peers(
+    config: &Config,
+    peers: &crate::config::Peers,
+    backends: &[Arc<BackendState>],
+    journal: &Journal,
+) -> Result<peers::node::Peers, StartError> {
+    let listener = peers::node::bind(peers.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "the peers port".into(),
+            addr: peers.bind,
+            source,
+        })?;
+    let synced: Vec<(Arc<BackendState>, u8)> = backends
+        .iter()
+        .zip(&config.backends)
+        .map(|(backend, cfg)| (Arc::clone(backend), cfg.peer_key_len))
+        .collect();
+    tracing::info!(addr = %peers.bind, members = peers.members.len(), "peers listening");
+    Ok(peers::node::start(
+        listener,
+        peers,
+        &config.instance.name,
+        &synced,
+        journal,
+    ))
 }
 
 async fn drain(graceful: Arc<GracefulShutdown>, limit: Duration) {

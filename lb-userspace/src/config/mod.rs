@@ -26,6 +26,8 @@ pub struct Config {
     pub backends: Vec<Backend>,
     pub monitor: Option<Monitor>,
     pub timeouts: Timeouts,
+    /// `[peers]`: the load balancers this one mirrors its stick tables with.
+    pub peers: Option<Peers>,
 }
 
 impl Config {
@@ -87,6 +89,11 @@ pub struct Backend {
     pub table_size: NonZeroU32,
     /// Idle time after which an entry is forgotten. Default 30 minutes.
     pub expire: Duration,
+    /// The key length announced to peers, HAProxy's `stick-table type string len N`: peers
+    /// only sync tables whose lengths agree. Cookies longer than this stay local. Default 32
+    /// (the seed's `len 32`); up to 43, which shares every cookie between stickylb nodes (longer
+    /// ones are keyed by a 33-byte digest).
+    pub peer_key_len: u8,
     pub health_check: HealthCheck,
     /// Unique names, non-empty list.
     pub servers: Vec<Server>,
@@ -111,6 +118,22 @@ pub struct HealthCheck {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     /// Stable identity of the server: what stick entries point at. At most 31 bytes.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// `[peers]`. The same section is meant for every node: the member named like the instance is
+/// this node, the others are dialled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// Where peers connect to us.
+    pub bind: SocketAddr,
+    /// Every member, this node included (validated).
+    pub members: Vec<PeerMember>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerMember {
     pub name: String,
     pub addr: SocketAddr,
 }

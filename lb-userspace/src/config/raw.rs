@@ -32,7 +32,6 @@ pub(super) struct RawConfig {
     pub(super) monitor: Option<RawMonitor>,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
-    /// Parsed and checked, not yet part of [`super::Config`]: the peers issue will expose it.
     #[serde(default)]
     pub(super) peers: Option<RawPeers>,
 }
@@ -66,6 +65,8 @@ pub(super) struct RawBackend {
     pub(super) table_size: Option<Spanned<i64>>,
     /// Default `30m`.
     pub(super) expire: Option<Spanned<RawDuration>>,
+    /// Default 32.
+    pub(super) peer_key_len: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) health_check: Option<RawHealthCheck>,
     pub(super) servers: Option<Spanned<Vec<Spanned<RawServer>>>>,

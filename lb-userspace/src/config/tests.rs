@@ -146,6 +146,7 @@ fn full_example_parses_with_every_value() {
                 stick_cookie: "SESSIONID".into(),
                 table_size: nz(4096),
                 expire: Duration::from_secs(600),
+                peer_key_len: 32,
                 health_check: HealthCheck {
                     enabled: true,
                     path: "/health".into(),
@@ -171,6 +172,7 @@ fn full_example_parses_with_every_value() {
                 stick_cookie: "JSESSIONID".into(),
                 table_size: nz(1 << 20),
                 expire: Duration::from_secs(30 * 60),
+                peer_key_len: 32,
                 health_check: HealthCheck {
                     enabled: false,
                     path: "/".into(),
@@ -195,6 +197,19 @@ fn full_example_parses_with_every_value() {
             drain: Duration::ZERO,
             max_header_bytes: 8192,
         },
+        peers: Some(Peers {
+            bind: addr("0.0.0.0:1024"),
+            members: vec![
+                PeerMember {
+                    name: "lb-1".into(),
+                    addr: addr("10.30.0.11:1024"),
+                },
+                PeerMember {
+                    name: "lb-2".into(),
+                    addr: addr("10.30.0.12:1024"),
+                },
+            ],
+        }),
     };
     assert_eq!(config, expected);
 }
@@ -541,6 +556,22 @@ fn colliding_backend_ids_are_refused() {
 }
 
 #[test]
+fn peer_key_len_defaults_to_haproxy_len_32_and_is_bounded_by_the_stick_key() {
+    assert_eq!(parse(BASE).unwrap().backends[0].peer_key_len, 32);
+    let text = replace(10, "name = \"web\"\npeer_key_len = 43");
+    assert_eq!(parse(&text).unwrap().backends[0].peer_key_len, 43);
+    for bad in ["0", "44"] {
+        let text = replace(10, &format!("name = \"web\"\npeer_key_len = {bad}"));
+        assert_problem(
+            &text,
+            Some(11),
+            "backend[0].peer_key_len",
+            "out of range 1..=43",
+        );
+    }
+}
+
+#[test]
 fn table_size_range() {
     for (value, ok) in [
         ("1", true),
@@ -825,9 +856,24 @@ fn monitor_section() {
 }
 
 #[test]
-fn peers_are_checked_but_not_exposed() {
+fn peers_are_checked_and_this_instance_must_be_a_member() {
     let ok = append("\n[peers]\nbind = \"0.0.0.0:1024\"\nmembers = [ { name = \"lb-1\", addr = \"10.30.0.11:1024\" } ]\n");
-    assert_eq!(parse(&ok).unwrap(), parse(BASE).unwrap());
+    let peers = parse(&ok).unwrap().peers.unwrap();
+    assert_eq!(peers.bind, addr("0.0.0.0:1024"));
+    assert_eq!(peers.members[0].name, "lb-1");
+    assert_eq!(parse(BASE).unwrap().peers, None);
+    assert_problem(
+        &ok.replace("name = \"lb-1\", addr", "name = \"lb-9\", addr"),
+        None,
+        "peers.members",
+        "instance name \"lb-1\" is not among the members",
+    );
+    assert_problem(
+        &append("\n[peers]\nbind = \"0.0.0.0:8080\"\nmembers = [ { name = \"lb-1\", addr = \"10.30.0.11:1024\" } ]\n"),
+        Some(17),
+        "peers.bind",
+        "already used",
+    );
     let bad = append(
         "\n[peers]\nbind = \"0.0.0.0\"\nmembers = [\n  { name = \"lb-1\", addr = \"10.30.0.11:1024\" },\n  { name = \"lb-1\", addr = \"nowhere\" },\n  { addr = \"10.30.0.13:1024\" },\n]\n",
     );

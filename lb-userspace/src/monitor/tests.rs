@@ -87,6 +87,7 @@ fn fixture() -> (Shared, JournalReceiver) {
     assert!(api.route(None, now).is_none());
 
     let shared = Shared {
+        peers: Vec::new(),
         instance: "lb-test".into(),
         backends,
         frontends,

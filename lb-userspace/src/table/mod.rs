@@ -6,8 +6,10 @@
 
 pub mod key;
 pub mod pinned;
+mod replica;
 
 use std::{
+    collections::BTreeMap,
     num::NonZeroU32,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -18,9 +20,12 @@ use std::{
 
 use lb_common::{StickEntry, StickKey, SERVER_NAME_LEN};
 use lru::LruCache;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-pub use self::key::{field_text, stick_key, to_field};
+pub use self::{
+    key::{field_text, stick_key, to_field},
+    replica::{rank, Pending, RemoteOutcome, TeachEntry, CONFLICT_WINDOW_MS},
+};
 
 /// A change for the durable copy of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,12 +34,14 @@ pub enum JournalOp {
     Delete(StickKey),
 }
 
-/// Where table changes go to become durable. Cloned into every table; the receiving end is
-/// drained by the durable writer ([`pinned::spawn_writer`]).
+/// Where table changes go: to the durable writer ([`pinned::spawn_writer`]), which drains the
+/// receiving end, and, for local changes, a signal that wakes peer sessions. Cloned into every
+/// table.
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::UnboundedSender<JournalOp>,
     progress: Arc<JournalProgress>,
+    local_changes: Arc<watch::Sender<u64>>,
 }
 
 /// The receiving end of a [`Journal`].
@@ -57,6 +64,7 @@ pub fn journal() -> (Journal, JournalReceiver) {
         Journal {
             tx,
             progress: Arc::clone(&progress),
+            local_changes: Arc::new(watch::Sender::new(0)),
         },
         JournalReceiver { rx, progress },
     )
@@ -69,6 +77,16 @@ impl Journal {
             // The writer is gone (shutdown); nothing will apply this op.
             self.progress.sent.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Wakes when any table logs a local change for peers (see [`StickTable::updates_after`]).
+    pub fn watch_local_changes(&self) -> watch::Receiver<u64> {
+        self.local_changes.subscribe()
+    }
+
+    fn announce_local_change(&self) {
+        self.local_changes
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// Waits until every op sent so far has been applied, for at most `limit`. Returns whether
@@ -103,8 +121,8 @@ impl JournalReceiver {
     }
 }
 
-/// A sticky hit refreshes the durable last-seen time at most this often, so that hot sessions
-/// do not cost a map write per request.
+/// A sticky hit refreshes the durable last-seen time (and tells peers) at most this often, so
+/// that hot sessions do not cost a map write and a peer update per request.
 const TOUCH_PERSIST_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Clone, Debug)]
@@ -112,6 +130,11 @@ struct Slot {
     server: Arc<str>,
     last_seen_ms: u64,
     persisted_ms: u64,
+    /// When the server was last chosen or changed, here or by a peer: the start of the window
+    /// in which a differing choice from a peer is a concurrent decision (see [`replica`]).
+    decided_ms: u64,
+    /// This entry's position in the update log, if it changed locally since the process started.
+    update_seq: Option<u64>,
 }
 
 /// One entry, as shown by the monitor and `stickylb table`.
@@ -122,11 +145,60 @@ pub struct EntryView {
     pub last_seen_ms: u64,
 }
 
+/// The entries, and the log of local changes that peers are sent.
+struct Inner {
+    lru: LruCache<StickKey, Slot>,
+    /// Local changes in the order they happened, one position per key (its latest change), as
+    /// HAProxy's update tree: a lagging peer gets each changed key once, with its latest value.
+    updates: BTreeMap<u64, StickKey>,
+    last_seq: u64,
+}
+
+impl Inner {
+    /// Inserts or replaces `key`; returns the key evicted to make room, if any.
+    fn push(&mut self, key: StickKey, mut slot: Slot) -> Option<StickKey> {
+        if let Some(old) = self.lru.peek(&key) {
+            slot.update_seq = slot.update_seq.or(old.update_seq);
+        }
+        match self.lru.push(key, slot) {
+            Some((old_key, old)) if old_key != key => {
+                self.forget_update(old.update_seq);
+                Some(old_key)
+            }
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, key: &StickKey) {
+        if let Some(slot) = self.lru.pop(key) {
+            self.forget_update(slot.update_seq);
+        }
+    }
+
+    /// Records a local change of `key` in the update log.
+    fn log_update(&mut self, key: &StickKey) -> Option<u64> {
+        let slot = self.lru.peek_mut(key)?;
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        if let Some(old) = slot.update_seq.replace(seq) {
+            self.updates.remove(&old);
+        }
+        self.updates.insert(seq, *key);
+        Some(seq)
+    }
+
+    fn forget_update(&mut self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            self.updates.remove(&seq);
+        }
+    }
+}
+
 /// The stick table of one backend.
 pub struct StickTable {
     backend_id: u32,
     expire_ms: u64,
-    slots: Mutex<LruCache<StickKey, Slot>>,
+    inner: Mutex<Inner>,
     journal: Journal,
 }
 
@@ -139,7 +211,11 @@ impl StickTable {
         Self {
             backend_id,
             expire_ms: duration_ms(expire),
-            slots: Mutex::new(LruCache::new(capacity)),
+            inner: Mutex::new(Inner {
+                lru: LruCache::new(capacity),
+                updates: BTreeMap::new(),
+                last_seq: 0,
+            }),
             journal,
         }
     }
@@ -148,17 +224,21 @@ impl StickTable {
         self.backend_id
     }
 
+    pub fn expire_ms(&self) -> u64 {
+        self.expire_ms
+    }
+
     pub fn key(&self, cookie: &[u8]) -> StickKey {
         stick_key(self.backend_id, cookie)
     }
 
     /// The server `key` is stuck to, refreshing its last-seen time. An expired entry is forgotten.
     pub fn get(&self, key: &StickKey, now_ms: u64) -> Option<Arc<str>> {
-        let mut slots = self.lock();
-        let slot = slots.get_mut(key)?;
+        let mut inner = self.lock();
+        let slot = inner.lru.get_mut(key)?;
         if self.is_expired(slot.last_seen_ms, now_ms) {
-            slots.pop(key);
-            drop(slots);
+            inner.remove(key);
+            drop(inner);
             self.journal(JournalOp::Delete(*key));
             return None;
         }
@@ -168,10 +248,12 @@ impl StickTable {
         if persist {
             slot.persisted_ms = now_ms;
         }
-        drop(slots);
+        let seq = persist.then(|| inner.log_update(key)).flatten();
+        drop(inner);
         if persist {
             self.put_durable(key, &server, now_ms);
         }
+        self.announce(seq);
         Some(server)
     }
 
@@ -185,11 +267,11 @@ impl StickTable {
         now_ms: u64,
         choose: impl FnOnce(Option<&str>) -> Option<(T, Option<Arc<str>>)>,
     ) -> Option<T> {
-        let mut slots = self.lock();
+        let mut inner = self.lock();
         let mut ops = Vec::new();
-        let current = match slots.get(&key) {
+        let current = match inner.lru.get(&key) {
             Some(slot) if self.is_expired(slot.last_seen_ms, now_ms) => {
-                slots.pop(&key);
+                inner.remove(&key);
                 ops.push(JournalOp::Delete(key));
                 None
             }
@@ -197,51 +279,69 @@ impl StickTable {
             None => None,
         };
         let picked = choose(current.as_deref());
+        let mut seq = None;
         match &picked {
             Some((_, Some(server))) => {
                 let slot = Slot {
                     server: Arc::clone(server),
                     last_seen_ms: now_ms,
                     persisted_ms: now_ms,
+                    decided_ms: now_ms,
+                    update_seq: None,
                 };
-                if let Some((evicted, _)) = slots.push(key, slot).filter(|(k, _)| *k != key) {
+                if let Some(evicted) = inner.push(key, slot) {
                     ops.push(JournalOp::Delete(evicted));
                 }
+                seq = inner.log_update(&key);
                 ops.extend(self.durable_put(&key, server, now_ms));
             }
             Some((_, None)) => {
-                if let Some(slot) = slots.get_mut(&key) {
+                let mut touched = None;
+                if let Some(slot) = inner.lru.get_mut(&key) {
                     slot.last_seen_ms = now_ms;
                     if now_ms.saturating_sub(slot.persisted_ms) >= TOUCH_PERSIST_INTERVAL_MS {
                         slot.persisted_ms = now_ms;
-                        let server = Arc::clone(&slot.server);
-                        ops.extend(self.durable_put(&key, &server, now_ms));
+                        touched = Some(Arc::clone(&slot.server));
                     }
+                }
+                if let Some(server) = touched {
+                    seq = inner.log_update(&key);
+                    ops.extend(self.durable_put(&key, &server, now_ms));
                 }
             }
             None => {}
         }
-        drop(slots);
+        drop(inner);
         ops.into_iter().for_each(|op| self.journal(op));
+        self.announce(seq);
         picked.map(|(pick, _)| pick)
     }
 
     /// Sticks `key` to `server`, evicting the least recently used entry when the table is full.
     pub fn set(&self, key: StickKey, server: Arc<str>, now_ms: u64) {
-        let evicted = self.insert(key, Arc::clone(&server), now_ms, now_ms);
+        let (evicted, seq) = {
+            let mut inner = self.lock();
+            let evicted = inner.push(key, Slot::new(Arc::clone(&server), now_ms, now_ms));
+            (evicted, inner.log_update(&key))
+        };
         self.put_durable(&key, &server, now_ms);
         if let Some(evicted) = evicted {
             self.journal(JournalOp::Delete(evicted));
         }
+        self.announce(seq);
     }
 
     /// Loads an entry found in the durable copy at start. Call in ascending `last_seen_ms` order
     /// so the LRU order is rebuilt. Returns false (and loads nothing) for an expired entry.
+    /// Adopted entries are not pushed to peers: those that ask for a resync get them.
     pub fn adopt(&self, key: StickKey, server: Arc<str>, last_seen_ms: u64, now_ms: u64) -> bool {
         if self.is_expired(last_seen_ms, now_ms) {
             return false;
         }
-        if let Some(evicted) = self.insert(key, server, last_seen_ms, last_seen_ms) {
+        let evicted = self
+            .lock()
+            .push(key, Slot::new(server, last_seen_ms, last_seen_ms));
+        if let Some(evicted) = evicted {
             self.journal(JournalOp::Delete(evicted));
         }
         true
@@ -251,13 +351,14 @@ impl StickTable {
     pub fn sweep_expired(&self, now_ms: u64) -> usize {
         let mut expired = Vec::new();
         {
-            let mut slots = self.lock();
-            while let Some((key, slot)) = slots.peek_lru() {
+            let mut inner = self.lock();
+            while let Some((key, slot)) = inner.lru.peek_lru() {
                 if !self.is_expired(slot.last_seen_ms, now_ms) {
                     break;
                 }
-                expired.push(*key);
-                slots.pop_lru();
+                let key = *key;
+                inner.remove(&key);
+                expired.push(key);
             }
         }
         for key in &expired {
@@ -267,7 +368,7 @@ impl StickTable {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().lru.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -275,7 +376,7 @@ impl StickTable {
     }
 
     pub fn capacity(&self) -> usize {
-        self.lock().cap().get()
+        self.lock().lru.cap().get()
     }
 
     /// Every live entry, most recently used first.
@@ -287,6 +388,7 @@ impl StickTable {
     /// those.
     pub fn snapshot_recent(&self, limit: usize) -> Vec<EntryView> {
         self.lock()
+            .lru
             .iter()
             .take(limit)
             .map(|(key, slot)| EntryView {
@@ -295,25 +397,6 @@ impl StickTable {
                 last_seen_ms: slot.last_seen_ms,
             })
             .collect()
-    }
-
-    /// Returns the key evicted to make room, if any.
-    fn insert(
-        &self,
-        key: StickKey,
-        server: Arc<str>,
-        last_seen_ms: u64,
-        persisted_ms: u64,
-    ) -> Option<StickKey> {
-        let slot = Slot {
-            server,
-            last_seen_ms,
-            persisted_ms,
-        };
-        match self.lock().push(key, slot) {
-            Some((old_key, _)) if old_key != key => Some(old_key),
-            _ => None,
-        }
     }
 
     fn is_expired(&self, last_seen_ms: u64, now_ms: u64) -> bool {
@@ -347,12 +430,32 @@ impl StickTable {
         self.journal.send(op);
     }
 
-    fn lock(&self) -> MutexGuard<'_, LruCache<StickKey, Slot>> {
-        // A panic while holding the lock cannot leave the cache half-updated in a way that
-        // matters (every operation is a single LruCache call), so poisoning is ignored.
-        self.slots
+    /// Wakes the peer sessions when a local change was logged.
+    fn announce(&self, seq: Option<u64>) {
+        if seq.is_some() {
+            self.journal.announce_local_change();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the table half-updated in a way that
+        // matters (each step keeps the LRU and the update log consistent), so poisoning is
+        // ignored.
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Slot {
+    fn new(server: Arc<str>, last_seen_ms: u64, decided_ms: u64) -> Self {
+        Self {
+            server,
+            last_seen_ms,
+            persisted_ms: last_seen_ms,
+            decided_ms,
+            update_seq: None,
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use std::{
 use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
-    Backend, Balance, Config, Frontend, HealthCheck, Instance, Monitor, Server, Timeouts,
+    Backend, Balance, Config, Frontend, HealthCheck, Instance, Monitor, PeerMember, Peers, Server,
+    Timeouts,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -19,6 +20,8 @@ const MAX_SERVER_NAME: usize = lb_common::SERVER_NAME_LEN - 1;
 const MAX_BACKEND_NAME: usize = 31;
 /// Instance, frontend and peer names.
 const MAX_NAME: usize = 63;
+/// Longest key announced to peers: the longest cookie a `StickKey` holds verbatim.
+const MAX_PEER_KEY_LEN: u8 = 43;
 const MS: Duration = Duration::from_millis(1);
 mod fields;
 
@@ -141,8 +144,9 @@ impl Checker<'_> {
             Some(Monitor { bind: addr })
         });
         let timeouts = self.timeouts(raw);
-        self.peers(raw);
+        let peers = self.peers(raw, instance.as_ref(), &mut binds);
         Some(Config {
+            peers: peers?,
             instance: instance?,
             frontends: frontends?,
             backends: backends?,
@@ -316,6 +320,12 @@ impl Checker<'_> {
             Duration::from_secs(30 * 60),
             Duration::from_secs(1),
         );
+        let peer_key_len = self.integer(
+            raw.peer_key_len.as_ref(),
+            &format!("{key}.peer_key_len"),
+            32,
+            1..=i64::from(MAX_PEER_KEY_LEN),
+        );
         let health_check = self.health_check(key, raw.health_check.as_ref());
         let servers = self.servers(key, &span, raw);
         Some(Backend {
@@ -324,6 +334,7 @@ impl Checker<'_> {
             stick_cookie: stick_cookie?,
             table_size: NonZeroU32::new(u32::try_from(table_size?).ok()?)?,
             expire: expire?,
+            peer_key_len: u8::try_from(peer_key_len?).ok()?,
             health_check: health_check?,
             servers: servers?,
         })
@@ -419,26 +430,61 @@ impl Checker<'_> {
         })
     }
 
-    /// Checks `[peers]`, which [`Config`] does not carry yet: the peers issue will expose it.
-    fn peers(&mut self, raw: &RawConfig) {
-        let Some(peers) = &raw.peers else { return };
-        if let Some(bind) = self.required(&peers.bind, None, "peers", "bind") {
-            self.addr(bind, "peers.bind");
-        }
+    /// Checks `[peers]`: addresses, unique names, and that this instance is a member, as the
+    /// one-file-for-every-node model requires. `Some(None)` when there is no such section.
+    fn peers(
+        &mut self,
+        raw: &RawConfig,
+        instance: Option<&Instance>,
+        binds: &mut Seen<SocketAddr>,
+    ) -> Option<Option<Peers>> {
+        let Some(peers) = &raw.peers else {
+            return Some(None);
+        };
+        let bind = self
+            .required(&peers.bind, None, "peers", "bind")
+            .and_then(|b| Some((b, self.addr(b, "peers.bind")?)))
+            .map(|(b, addr)| {
+                self.unique(binds, addr, b, "peers.bind", "peers");
+                addr
+            });
         let mut names = Seen::new();
+        let mut members = Vec::new();
+        let mut complete = true;
         for (i, member) in peers.members.iter().enumerate() {
             let key = format!("peers.members[{i}]");
             let span = member.span();
             let member = member.get_ref();
-            if let Some(n) = self.required(&member.name, Some(&span), &key, "name") {
-                let name_key = format!("{key}.name");
-                if let Some(name) = self.name(n, &name_key, MAX_NAME) {
-                    self.unique(&mut names, name, n, &name_key, &key);
-                }
-            }
-            if let Some(addr) = self.required(&member.addr, Some(&span), &key, "addr") {
-                self.addr(addr, &format!("{key}.addr"));
+            let name = self
+                .required(&member.name, Some(&span), &key, "name")
+                .and_then(|n| {
+                    let name_key = format!("{key}.name");
+                    let name = self.name(n, &name_key, MAX_NAME)?;
+                    self.unique(&mut names, name.clone(), n, &name_key, &key);
+                    Some(name)
+                });
+            let addr = self
+                .required(&member.addr, Some(&span), &key, "addr")
+                .and_then(|addr| self.addr(addr, &format!("{key}.addr")));
+            match (name, addr) {
+                (Some(name), Some(addr)) => members.push(PeerMember { name, addr }),
+                _ => complete = false,
             }
         }
+        if let Some(instance) = instance {
+            if complete && !members.iter().any(|m| m.name == instance.name) {
+                let msg = format!(
+                    "instance name {:?} is not among the members: the same [peers] section is \
+                     meant for every node, each finding itself by its instance name",
+                    instance.name
+                );
+                self.report(None, "peers.members", msg);
+                return None;
+            }
+        }
+        Some(Some(Peers {
+            bind: bind?,
+            members: complete.then_some(members)?,
+        }))
     }
 }
