@@ -8,10 +8,6 @@
     reason = "test code: a failed setup step must fail the test loudly"
 )]
 
-#[allow(
-    unused_imports,
-    reason = "common re-exports `Topology` for the single-lb tests; this test does not use it"
-)]
 mod common;
 
 use std::time::Duration;

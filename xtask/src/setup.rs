@@ -27,6 +27,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "curl",
     "iproute2",
+    "iputils-ping",
     "tcpdump",
     "shellcheck",
     "ruby",

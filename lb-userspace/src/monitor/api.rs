@@ -1,10 +1,14 @@
-//! The JSON API: `/api/table` (stick table entries) and `/api/servers` (server state and
-//! counters).
+//! The JSON API: `/api/table` (stick table entries), `/api/servers` (server state and
+//! counters) and `/api/peers` (peer sessions and counters).
 
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-use super::{reply, view::BackendView, MonitorBody, JSON};
+use super::{
+    reply,
+    view::{BackendView, PeerView},
+    MonitorBody, JSON,
+};
 use crate::{daemon::Shared, table::EntryView};
 
 /// Entries listed per backend by `/api/table` when the request sets no `limit`.
@@ -62,6 +66,16 @@ pub(super) fn servers(shared: &Shared) -> Response<MonitorBody> {
         .map(|b| BackendView::read(b))
         .collect();
     json(StatusCode::OK, &backends)
+}
+
+/// `/api/peers`: one object per member of the peers section (an empty array without one).
+pub(super) fn peers(shared: &Shared, now_ms: u64) -> Response<MonitorBody> {
+    let peers: Vec<PeerView> = shared
+        .peers
+        .iter()
+        .map(|p| PeerView::read(p, now_ms))
+        .collect();
+    json(StatusCode::OK, &peers)
 }
 
 /// A JSON error body: `{"error": message}`, plus the backend it concerns if any.

@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use super::view::{BackendCounters, BackendView, ServerView, Snapshot};
+use super::view::{BackendCounters, BackendView, PeerView, ServerView, Snapshot};
 use crate::backend::Decision;
 
 #[derive(Clone, Copy)]
@@ -23,6 +23,7 @@ impl Kind {
 
 type ServerValue = fn(&ServerView) -> u64;
 type BackendValue = fn(&BackendView) -> u64;
+type PeerValue = fn(&PeerView) -> u64;
 
 const SERVER_FAMILIES: [(&str, Kind, &str, ServerValue); 8] = [
     (
@@ -99,6 +100,57 @@ const BACKEND_FAMILIES: [(&str, Kind, &str, BackendValue); 4] = [
         Kind::Counter,
         "Sessions learned from a server's Set-Cookie.",
         |b| b.stats.learned,
+    ),
+];
+
+const PEER_FAMILIES: [(&str, Kind, &str, PeerValue); 8] = [
+    (
+        "stickylb_peer_up",
+        Kind::Gauge,
+        "Whether a session with the peer is established (1) or not (0).",
+        |p| u64::from(p.is_up()),
+    ),
+    (
+        "stickylb_peer_sessions_total",
+        Kind::Counter,
+        "Sessions established with the peer, dialled or accepted.",
+        |p| p.sessions,
+    ),
+    (
+        "stickylb_peer_updates_sent_total",
+        Kind::Counter,
+        "Stick table updates sent to the peer.",
+        |p| p.updates_sent,
+    ),
+    (
+        "stickylb_peer_updates_received_total",
+        Kind::Counter,
+        "Stick table updates received from the peer.",
+        |p| p.updates_received,
+    ),
+    (
+        "stickylb_peer_updates_acked_total",
+        Kind::Counter,
+        "Updates sent to the peer that it acknowledged.",
+        |p| p.updates_acked,
+    ),
+    (
+        "stickylb_peer_unknown_servers_total",
+        Kind::Counter,
+        "Entries received from the peer naming a server this node does not have.",
+        |p| p.unknown_servers,
+    ),
+    (
+        "stickylb_peer_conflicts_total",
+        Kind::Counter,
+        "Entries received from the peer that disagreed with a recent local choice.",
+        |p| p.conflicts,
+    ),
+    (
+        "stickylb_peer_keys_too_long_total",
+        Kind::Counter,
+        "Local entries not sent to the peer because their key is longer than its table's key length.",
+        |p| p.keys_too_long,
     ),
 ];
 
@@ -200,6 +252,53 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
             )?;
         }
     }
+    write_peers(out, &snapshot.peers)
+}
+
+fn write_peers(out: &mut String, peers: &[PeerView]) -> fmt::Result {
+    for (name, kind, help, value) in PEER_FAMILIES {
+        header(out, name, kind, help)?;
+        for peer in peers {
+            writeln!(out, "{name}{{{}}} {}", PeerLabel(peer), value(peer))?;
+        }
+    }
+    let name = "stickylb_peer_last_heard_seconds";
+    header(
+        out,
+        name,
+        Kind::Gauge,
+        "Seconds since the last message from the peer, heartbeats included (absent: never).",
+    )?;
+    for peer in peers {
+        if let Some(ago) = peer.last_heard_ms_ago {
+            writeln!(
+                out,
+                "{name}{{{}}} {}.{:03}",
+                PeerLabel(peer),
+                ago / 1000,
+                ago % 1000
+            )?;
+        }
+    }
+    let name = "stickylb_peer_resyncs_total";
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "Full resyncs with the peer (taught: we taught the peer; learned: the peer taught us).",
+    )?;
+    for peer in peers {
+        for (direction, count) in [
+            ("taught", peer.resyncs_taught),
+            ("learned", peer.resyncs_learned),
+        ] {
+            writeln!(
+                out,
+                "{name}{{{},direction=\"{direction}\"}} {count}",
+                PeerLabel(peer)
+            )?;
+        }
+    }
     Ok(())
 }
 
@@ -225,6 +324,14 @@ impl fmt::Display for ServerLabels<'_> {
             LabelValue(&self.0.name),
             LabelValue(&self.1.name)
         )
+    }
+}
+
+struct PeerLabel<'a>(&'a PeerView);
+
+impl fmt::Display for PeerLabel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer=\"{}\"", LabelValue(&self.0.name))
     }
 }
 

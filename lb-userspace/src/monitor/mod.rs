@@ -3,7 +3,8 @@
 //! - `/monitor`: the status page (HTML, like HAProxy's stats page; `/` redirects to it);
 //! - `/metrics`: Prometheus text exposition format 0.0.4;
 //! - `/api/table`: the stick tables as JSON (`?backend=NAME`, `?limit=N`);
-//! - `/api/servers`: every server's state and counters as JSON.
+//! - `/api/servers`: every server's state and counters as JSON;
+//! - `/api/peers`: every peer's session state and counters as JSON.
 //!
 //! [`route`] is the whole service and needs no socket; [`serve`] runs it on the listener.
 
@@ -99,6 +100,7 @@ enum Endpoint {
     Metrics,
     Table,
     Servers,
+    Peers,
 }
 
 impl Endpoint {
@@ -109,6 +111,7 @@ impl Endpoint {
             "/metrics" => Some(Self::Metrics),
             "/api/table" => Some(Self::Table),
             "/api/servers" => Some(Self::Servers),
+            "/api/peers" => Some(Self::Peers),
             _ => None,
         }
     }
@@ -153,6 +156,7 @@ pub fn route<B>(shared: &Shared, request: &Request<B>) -> Response<MonitorBody> 
         ),
         Endpoint::Table => api::table(shared, query),
         Endpoint::Servers => api::servers(shared),
+        Endpoint::Peers => api::peers(shared, now_ms()),
     }
 }
 

@@ -2,6 +2,8 @@
 //! scripts); it reloads itself every 5 seconds like the seed's `stats refresh 5`. Every string
 //! that comes from the configuration or from data goes through [`Html`].
 
+mod peers;
+
 use std::fmt::{self, Write as _};
 
 use super::view::{BackendView, ServerView, Snapshot, State, RESPONSE_CLASSES};
@@ -41,6 +43,8 @@ tr.down td{background:#fff1f1}
 td.state{font-weight:700;text-align:center}
 tr.up td.state{background:#c0ffc0;color:#065f16}
 tr.down td.state{background:#ff9090;color:#7f1010}
+tr.connecting td{background:#fffbeb}
+tr.connecting td.state{background:#ffd97a;color:#7a4a00}
 tfoot td{background:#e8e8d0;font-weight:600;border-bottom:0}
 td.check{text-align:left;color:#374151}
 td.check div{max-width:230px;overflow:hidden;text-overflow:ellipsis}
@@ -86,14 +90,12 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
     for backend in &s.backends {
         write_backend(out, backend)?;
     }
-    out.push_str(
-        "<section class=\"plain\" id=\"peers\"><h2>Peers</h2>\
-         <p class=\"empty\">No peers configured: this instance does not share its stick table.</p></section>\n",
-    );
+    peers::write_peers(out, &s.peers)?;
     write!(
         out,
         "</main>\n<footer>Refreshed every {REFRESH_SECONDS} s. Also: <a href=\"/metrics\">/metrics</a> \
-         (Prometheus), <a href=\"/api/servers\">/api/servers</a>, <a href=\"/api/table\">/api/table</a> (JSON).\
+         (Prometheus), <a href=\"/api/servers\">/api/servers</a>, <a href=\"/api/table\">/api/table</a>, \
+         <a href=\"/api/peers\">/api/peers</a> (JSON).\
          </footer>\n</body>\n</html>\n"
     )
 }

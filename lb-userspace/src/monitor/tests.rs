@@ -14,12 +14,15 @@ use tokio::{
 
 use super::{
     metrics::LabelValue,
-    page::{ByteSize, Count, Html, Uptime},
-    route, serve, MonitorBody,
+    page::{self, ByteSize, Count, Html, Uptime},
+    route, serve,
+    view::Snapshot,
+    MonitorBody,
 };
 use crate::{
     config::Config,
     daemon::Shared,
+    peers::{link::PeerLink, stats::PeerState},
     table::{self, now_ms, JournalReceiver},
 };
 
@@ -93,6 +96,34 @@ fn fixture() -> (Shared, JournalReceiver) {
         frontends,
         started_ms: now - 90_061_000,
     };
+    (shared, receiver)
+}
+
+/// [`fixture`] plus two peers: `lb2` established, heard from 1.2 s before `heard_at`, with
+/// traffic and an error whose text is markup; `lb3` connecting and never heard from.
+fn fixture_with_peers(heard_at: u64) -> (Shared, JournalReceiver) {
+    let (mut shared, receiver) = fixture();
+    let (lb2, _) = PeerLink::new("lb2".into(), "10.0.0.2:10000".parse().unwrap(), 1);
+    let stats = &lb2.stats;
+    stats.set_state(PeerState::Established);
+    stats.set_last_error("connection reset <script>alert(2)</script>".into());
+    stats.last_received_ms.store(heard_at - 1_200, Relaxed);
+    for (counter, value) in [
+        (&stats.sessions, 2),
+        (&stats.updates_sent, 40),
+        (&stats.updates_received, 30),
+        (&stats.updates_acked, 38),
+        (&stats.resyncs_taught, 1),
+        (&stats.resyncs_learned, 3),
+        (&stats.unknown_servers, 4),
+        (&stats.conflicts, 5),
+        (&stats.keys_too_long, 6),
+    ] {
+        counter.store(value, Relaxed);
+    }
+    let (lb3, _) = PeerLink::new("lb3".into(), "[fd00::3]:10000".parse().unwrap(), 1);
+    lb3.stats.set_state(PeerState::Connecting);
+    shared.peers = vec![lb2, lb3];
     (shared, receiver)
 }
 
@@ -560,4 +591,115 @@ async fn serves_metrics_on_a_socket() {
         value_of(&samples, "stickylb_server_up", &[("server", "web1")]),
         1.0
     );
+}
+
+#[tokio::test]
+async fn metrics_report_each_peer() {
+    let (shared, _rx) = fixture_with_peers(now_ms());
+    let (_, _, text) = get(&shared, "/metrics").await;
+    let samples = parse_metrics(&text);
+    let lb2 = [("peer", "lb2")];
+    let lb3 = [("peer", "lb3")];
+    assert_eq!(value_of(&samples, "stickylb_peer_up", &lb2), 1.0);
+    assert_eq!(value_of(&samples, "stickylb_peer_up", &lb3), 0.0);
+    let heard = value_of(&samples, "stickylb_peer_last_heard_seconds", &lb2);
+    assert!((1.2..60.0).contains(&heard), "{heard}");
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name == "stickylb_peer_last_heard_seconds" && s.labels["peer"] == "lb3"),
+        "never heard from: no sample"
+    );
+    for (name, value) in [
+        ("stickylb_peer_sessions_total", 2.0),
+        ("stickylb_peer_updates_sent_total", 40.0),
+        ("stickylb_peer_updates_received_total", 30.0),
+        ("stickylb_peer_updates_acked_total", 38.0),
+        ("stickylb_peer_unknown_servers_total", 4.0),
+        ("stickylb_peer_conflicts_total", 5.0),
+        ("stickylb_peer_keys_too_long_total", 6.0),
+    ] {
+        assert_eq!(value_of(&samples, name, &lb2), value, "{name}");
+        assert_eq!(value_of(&samples, name, &lb3), 0.0, "{name}");
+    }
+    let resyncs = "stickylb_peer_resyncs_total";
+    assert_eq!(
+        value_of(&samples, resyncs, &[lb2[0], ("direction", "taught")]),
+        1.0
+    );
+    assert_eq!(
+        value_of(&samples, resyncs, &[lb2[0], ("direction", "learned")]),
+        3.0
+    );
+    assert_eq!(samples.iter().filter(|s| s.name == resyncs).count(), 2 * 2);
+
+    // Without peers the families are declared but hold no samples.
+    let (shared, _rx) = fixture();
+    let (_, _, text) = get(&shared, "/metrics").await;
+    assert!(text.contains("# TYPE stickylb_peer_up gauge\n"));
+    assert!(!parse_metrics(&text)
+        .iter()
+        .any(|s| s.name.starts_with("stickylb_peer_")));
+}
+
+#[tokio::test]
+async fn api_peers_reports_state_and_counters() {
+    let (shared, _rx) = fixture_with_peers(now_ms());
+    let (status, peers) = get_json(&shared, "/api/peers").await;
+    assert_eq!(status, StatusCode::OK);
+    let peers = peers.as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    let lb2 = &peers[0];
+    assert_eq!(lb2["peer"], "lb2");
+    assert_eq!(lb2["addr"], "10.0.0.2:10000");
+    assert_eq!(lb2["state"], "established");
+    assert!(lb2["last_received_ms"].as_u64().unwrap() > 0);
+    assert!(lb2["last_heard_ms_ago"].as_u64().unwrap() >= 1_200);
+    for (field, value) in [
+        ("sessions", 2),
+        ("updates_sent", 40),
+        ("updates_received", 30),
+        ("updates_acked", 38),
+        ("resyncs_taught", 1),
+        ("resyncs_learned", 3),
+        ("unknown_servers", 4),
+        ("conflicts", 5),
+        ("keys_too_long", 6),
+    ] {
+        assert_eq!(lb2[field], value, "{field}");
+    }
+    assert_eq!(
+        lb2["last_error"],
+        "connection reset <script>alert(2)</script>"
+    );
+    let lb3 = &peers[1];
+    assert_eq!(
+        (&lb3["peer"], &lb3["addr"], &lb3["state"]),
+        (
+            &Value::from("lb3"),
+            &Value::from("[fd00::3]:10000"),
+            &Value::from("connecting")
+        )
+    );
+    assert_eq!(lb3["last_received_ms"], 0);
+    assert!(lb3["last_heard_ms_ago"].is_null());
+    assert!(lb3["last_error"].is_null());
+
+    let (shared, _rx) = fixture();
+    let (status, peers) = get_json(&shared, "/api/peers").await;
+    assert_eq!((status, peers), (StatusCode::OK, Value::Array(Vec::new())));
+}
+
+#[test]
+fn page_shows_each_peer() {
+    let now = now_ms();
+    let (shared, _rx) = fixture_with_peers(now);
+    let html = page::render(&Snapshot::read(&shared, now + 34));
+    assert!(!html.contains("No peers configured"));
+    assert!(html.contains(r#"<tr class="up"><td class="l"><b>lb2</b></td><td class="l">10.0.0.2:10000</td><td class="state">established</td><td>1.2 s ago</td>"#));
+    assert!(html.contains(r#"<tr class="connecting"><td class="l"><b>lb3</b></td><td class="l">[fd00::3]:10000</td><td class="state">connecting</td><td><span class="muted">never</span></td>"#));
+    // The last error is data: escaped, never markup.
+    assert!(!html.contains("<script>"));
+    assert!(html.contains("connection reset &lt;script&gt;alert(2)&lt;/script&gt;"));
+    assert!(html.contains(r#"href="/api/peers""#));
 }

@@ -8,6 +8,7 @@ use serde::{ser::SerializeMap as _, Serialize, Serializer};
 use crate::{
     backend::{BackendState, ServerState},
     daemon::Shared,
+    peers::{link::PeerLink, stats::PeerState},
 };
 
 /// Labels of [`Responses`] in index order: index 0 counts failed and odd statuses.
@@ -19,6 +20,7 @@ pub(super) struct Snapshot {
     pub(super) uptime_ms: u64,
     pub(super) frontends: Vec<FrontendView>,
     pub(super) backends: Vec<BackendView>,
+    pub(super) peers: Vec<PeerView>,
 }
 
 pub(super) struct FrontendView {
@@ -112,6 +114,42 @@ pub(super) struct CheckView {
     pub(super) consecutive_failed: u32,
 }
 
+/// One member of the peers section and its session with us.
+#[derive(Serialize)]
+pub(super) struct PeerView {
+    #[serde(rename = "peer")]
+    pub(super) name: String,
+    pub(super) addr: SocketAddr,
+    /// `connecting`, `established` or `down`.
+    #[serde(serialize_with = "peer_state")]
+    pub(super) state: PeerState,
+    /// Unix ms of the last message received (heartbeats included); 0 for never.
+    pub(super) last_received_ms: u64,
+    /// Milliseconds since the last message received; `None` (null) for never.
+    pub(super) last_heard_ms_ago: Option<u64>,
+    pub(super) sessions: u64,
+    pub(super) updates_sent: u64,
+    pub(super) updates_received: u64,
+    /// Our updates the peer acknowledged.
+    pub(super) updates_acked: u64,
+    /// Full resyncs we taught the peer.
+    pub(super) resyncs_taught: u64,
+    /// Full resyncs the peer taught us.
+    pub(super) resyncs_learned: u64,
+    /// Received entries naming a server this node does not have.
+    pub(super) unknown_servers: u64,
+    /// Received entries that disagreed with a recent choice of ours.
+    pub(super) conflicts: u64,
+    /// Local entries not sent because their key is too long for the peer table.
+    pub(super) keys_too_long: u64,
+    /// Why the last session or attempt ended, if one did.
+    pub(super) last_error: Option<String>,
+}
+
+fn peer_state<S: Serializer>(state: &PeerState, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(state.as_str())
+}
+
 impl Snapshot {
     pub(super) fn read(shared: &Shared, now_ms: u64) -> Self {
         Self {
@@ -131,7 +169,42 @@ impl Snapshot {
                 .iter()
                 .map(|b| BackendView::read(b))
                 .collect(),
+            peers: shared
+                .peers
+                .iter()
+                .map(|p| PeerView::read(p, now_ms))
+                .collect(),
         }
+    }
+}
+
+impl PeerView {
+    pub(super) fn read(link: &PeerLink, now_ms: u64) -> Self {
+        let stats = &link.stats;
+        let last_received_ms = stats.last_received_ms.load(Relaxed);
+        Self {
+            name: link.name.clone(),
+            addr: link.addr,
+            state: stats.state(),
+            last_received_ms,
+            // A message can land between reading the clock and this load: never negative.
+            last_heard_ms_ago: (last_received_ms != 0)
+                .then(|| now_ms.saturating_sub(last_received_ms)),
+            sessions: stats.sessions.load(Relaxed),
+            updates_sent: stats.updates_sent.load(Relaxed),
+            updates_received: stats.updates_received.load(Relaxed),
+            updates_acked: stats.updates_acked.load(Relaxed),
+            resyncs_taught: stats.resyncs_taught.load(Relaxed),
+            resyncs_learned: stats.resyncs_learned.load(Relaxed),
+            unknown_servers: stats.unknown_servers.load(Relaxed),
+            conflicts: stats.conflicts.load(Relaxed),
+            keys_too_long: stats.keys_too_long.load(Relaxed),
+            last_error: stats.last_error(),
+        }
+    }
+
+    pub(super) fn is_up(&self) -> bool {
+        self.state == PeerState::Established
     }
 }
 

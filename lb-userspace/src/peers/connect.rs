@@ -47,7 +47,7 @@ pub enum ConnectError {
     StatusLine(#[from] StatusLineError),
     #[error("peer refused us with {code}: {meaning}", code = .0.code(), meaning = refusal_meaning(*.0))]
     Refused(Status),
-    #[error("refused {addr}: {source}")]
+    #[error("bad hello from {addr}")]
     BadHello {
         addr: SocketAddr,
         #[source]

@@ -107,8 +107,9 @@ impl PeerLink {
                 let session = Session::new(opened, &tables, &self);
                 tokio::select! {
                     end = session.run(changes.clone()) => {
-                        tracing::warn!(peer = %self.name, "peer session closed: {end}");
-                        self.stats.set_last_error(end.to_string());
+                        let why = error_chain(&end);
+                        tracing::warn!(peer = %self.name, "peer session closed: {why}");
+                        self.stats.set_last_error(why);
                         self.stats.set_state(PeerState::Down);
                         break;
                     }

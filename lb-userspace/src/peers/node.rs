@@ -115,7 +115,7 @@ async fn handshake(
             return;
         }
         Err(error) => {
-            tracing::warn!(%remote, "refused a peers connection: {}", error_chain(&error));
+            tracing::warn!("refused a peers connection: {}", error_chain(&error));
             return;
         }
     };

@@ -44,6 +44,8 @@ const MAX_BUFFERED: usize = super::message::DEFAULT_MAX_LEN + 16;
 pub enum SessionEnd {
     #[error("the peer closed the connection")]
     Closed,
+    #[error("the peer closed the connection in the middle of a message ({bytes} bytes of it received)")]
+    ClosedMidMessage { bytes: usize },
     #[error("no message from the peer for {DEAD_AFTER:?}")]
     Silent,
     #[error("the peer did not take our data for {WRITE_TIMEOUT:?}")]
@@ -150,7 +152,10 @@ impl<'a> Session<'a> {
                 read = self.stream.read(&mut chunk) => {
                     let n = read?;
                     if n == 0 {
-                        return Err(SessionEnd::Closed);
+                        return Err(match self.inbuf.len() {
+                            0 => SessionEnd::Closed,
+                            bytes => SessionEnd::ClosedMidMessage { bytes },
+                        });
                     }
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     self.last_received = Instant::now();

@@ -5,7 +5,7 @@
 //! Without root the tests skip with a message, except under `CI=true` or
 //! `STICKYLB_REQUIRE_PRIVILEGED=1`, where they fail.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod http;
 pub mod netns;

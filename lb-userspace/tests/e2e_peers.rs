@@ -1,0 +1,547 @@
+//! Peers end to end, each load balancer a host of its own on one LAN (namespaces on a bridge):
+//! sessions balanced on one node are served by the same backend through the others; a node
+//! started late or cut off and healed ends with the same table; two nodes choosing for the same
+//! new cookie at once converge; HAProxy 2.6 is a peer in both directions; garbage on the peers
+//! port closes that connection and nothing else.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed setup step must fail the test loudly"
+)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::PathBuf,
+    sync::{Arc, Barrier},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    http::{self, in_netns},
+    netns::{Lan, NetNs},
+    privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc,
+};
+
+const BACKEND: &str = "back-session";
+const PEERS_PORT: u16 = 1024;
+/// How long the tests give the peers to agree; the issue asks for 2 s after a conflict, the
+/// rest is slack for a loaded CI machine (and the resync after a heal, which first needs the
+/// dead session to be noticed: 5 s without a message).
+const SYNC: Duration = Duration::from_secs(15);
+
+/// Backends be1..be7 on one host, `n` stickylb nodes with one shared peers section, plus
+/// optionally extra peer members (e.g. an HAProxy).
+struct Cluster {
+    nodes: Vec<Option<Proc>>,
+    configs: Vec<PathBuf>,
+    _pins: Vec<PinDir>,
+    _backends: Vec<Proc>,
+    lan: Lan,
+}
+
+fn servers() -> Vec<(String, u16)> {
+    (1..=7).map(|n| (format!("be{n}"), 8080 + n)).collect()
+}
+
+impl Cluster {
+    /// `extra_members` are `(name, addr)` added to the peers section after the nodes.
+    fn new(tag: &str, net: u8, n: usize, extra_members: &[(&str, String)]) -> Cluster {
+        let lan = Lan::new(tag, net, n);
+        let backends = start_backends(&lan.backends, &lan.backend_addr());
+        let mut members: Vec<(String, String)> = (0..n)
+            .map(|i| (node_name(i), format!("{}:{PEERS_PORT}", lan.lb_addr(i))))
+            .collect();
+        members.extend(
+            extra_members
+                .iter()
+                .map(|(name, addr)| ((*name).to_owned(), addr.clone())),
+        );
+        let pins: Vec<PinDir> = (0..n).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
+        let configs = (0..n)
+            .map(|i| {
+                write_temp(
+                    &format!("{tag}-{i}.toml"),
+                    &node_config(&lan, i, &pins[i], &members),
+                )
+            })
+            .collect();
+        Cluster {
+            nodes: (0..n).map(|_| None).collect(),
+            configs,
+            _pins: pins,
+            _backends: backends,
+            lan,
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        self.nodes[i] = Some(start_daemon(&self.lan.lbs[i].name, &self.configs[i]));
+    }
+
+    fn start_all(&mut self) {
+        (0..self.nodes.len()).for_each(|i| self.start(i));
+    }
+
+    fn node(&self, i: usize) -> &Proc {
+        self.nodes[i].as_ref().expect("node not started")
+    }
+
+    /// The backend that answers `session` through node `i` ("Backend N").
+    fn served_by(&self, i: usize, session: &str) -> String {
+        let addr = format!("{}:80", self.lan.lb_addr(i));
+        let cookie = format!("JSESSIONID={session}");
+        let response = in_netns(&self.lan.client.name, move || {
+            http::get(&addr, "/", Some(&cookie))
+        });
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text().trim().to_owned()
+    }
+
+    /// Node `i`'s table: cookie -> server.
+    fn table(&self, i: usize) -> BTreeMap<String, String> {
+        table_of(&self.lan.client.name, &self.lan.lb_addr(i))
+    }
+
+    /// Waits until every running node has the same table with at least `min` entries.
+    fn wait_same_tables(&self, min: usize) -> BTreeMap<String, String> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .collect();
+        let mut last = Vec::new();
+        let agreed = wait_until(SYNC, || {
+            last = running.iter().map(|&i| self.table(i)).collect();
+            last[0].len() >= min && last.iter().all(|t| *t == last[0])
+        });
+        if !agreed {
+            for &i in &running {
+                eprintln!("--- node {i} log ---\n{}", self.node(i).output());
+            }
+            panic!("tables did not converge within {SYNC:?}: {last:#?}");
+        }
+        last.swap_remove(0)
+    }
+
+    /// Cuts the peers link between nodes `a` and `b` (both directions); clients and backends
+    /// still reach both.
+    fn cut(&self, a: usize, b: usize) {
+        self.lan.lbs[a].exec(&["ip", "route", "add", "prohibit", &format!("{}/32", self.lan.lb_addr(b))]);
+        self.lan.lbs[b].exec(&["ip", "route", "add", "prohibit", &format!("{}/32", self.lan.lb_addr(a))]);
+    }
+
+    fn mend(&self, a: usize, b: usize) {
+        self.lan.lbs[a].exec(&["ip", "route", "del", "prohibit", &format!("{}/32", self.lan.lb_addr(b))]);
+        self.lan.lbs[b].exec(&["ip", "route", "del", "prohibit", &format!("{}/32", self.lan.lb_addr(a))]);
+    }
+
+    fn metrics(&self, i: usize) -> String {
+        let addr = format!("{}:8404", self.lan.lb_addr(i));
+        in_netns(&self.lan.client.name, move || http::get(&addr, "/metrics", None)).text()
+    }
+}
+
+fn node_name(i: usize) -> String {
+    format!("lb-{}", i + 1)
+}
+
+fn node_config(lan: &Lan, i: usize, pin: &PinDir, members: &[(String, String)]) -> String {
+    let servers: String = servers()
+        .iter()
+        .map(|(name, port)| format!("  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n", lan.backend_addr()))
+        .collect();
+    let members: String = members
+        .iter()
+        .map(|(name, addr)| format!("  {{ name = \"{name}\", addr = \"{addr}\" }},\n"))
+        .collect();
+    format!(
+        r#"
+[instance]
+name = "{name}"
+pin_dir = "{pin}"
+
+[[frontend]]
+name = "www"
+bind = "{lb}:80"
+backend = "{BACKEND}"
+
+[[backend]]
+name = "{BACKEND}"
+expire = "30m"
+health_check = {{ path = "/", interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
+servers = [
+{servers}]
+
+[monitor]
+bind = "{lb}:8404"
+
+[peers]
+bind = "{lb}:{PEERS_PORT}"
+members = [
+{members}]
+"#,
+        name = node_name(i),
+        pin = pin.0.display(),
+        lb = lan.lb_addr(i),
+    )
+}
+
+fn start_backends(ns: &NetNs, addr: &str) -> Vec<Proc> {
+    servers()
+        .iter()
+        .map(|(name, port)| {
+            let listen = format!("{addr}:{port}=Backend {}", &name[2..]);
+            let proc = Proc::spawn(name, &ns.name, &[common::backend_bin(), "--listen", &listen]);
+            proc.wait_for_output("ready", Duration::from_secs(10));
+            proc
+        })
+        .collect()
+}
+
+/// `/api/table` of the monitor at `lb`, as cookie -> server.
+fn table_of(client_ns: &str, lb: &str) -> BTreeMap<String, String> {
+    let addr = format!("{lb}:8404");
+    let body = in_netns(client_ns, move || {
+        http::get(&addr, "/api/table?limit=100000", None)
+    })
+    .text();
+    let tables: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    tables
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["entries"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["cookie"].as_str().unwrap().to_owned(),
+                e["server"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// "Backend 3" -> "be3".
+fn server_of(answer: &str) -> String {
+    format!("be{}", answer.trim_start_matches("Backend "))
+}
+
+#[test]
+fn a_session_balanced_on_one_node_is_served_by_the_same_backend_through_every_other() {
+    if !privileged() {
+        return;
+    }
+    let mut cluster = Cluster::new("pm", 220, 3, &[]);
+    cluster.start_all();
+    // Sessions are created round robin over the three nodes, then asked for through each.
+    let sessions: Vec<String> = (1..=12).map(seed_cookie).collect();
+    let mut first = BTreeMap::new();
+    for (n, session) in sessions.iter().enumerate() {
+        first.insert(session.clone(), cluster.served_by(n % 3, session));
+    }
+    let table = cluster.wait_same_tables(sessions.len());
+    for (session, answer) in &first {
+        assert_eq!(table[session], server_of(answer), "{session}");
+        for node in 0..3 {
+            assert_eq!(&cluster.served_by(node, session), answer, "{session} via node {node}");
+        }
+    }
+    // Two nodes are enough too: node 3 stops, the other two keep agreeing.
+    drop(cluster.nodes[2].take());
+    let late = seed_cookie(99);
+    let answer = cluster.served_by(0, &late);
+    assert!(wait_until(SYNC, || cluster.table(1).get(&late) == Some(&server_of(&answer))));
+    assert_eq!(cluster.served_by(1, &late), answer);
+    let metrics = cluster.metrics(0);
+    assert!(
+        metrics.contains("stickylb_peer_updates_sent_total{peer=\"lb-2\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_late_node_and_a_healed_partition_end_with_the_same_table() {
+    if !privileged() {
+        return;
+    }
+    let mut cluster = Cluster::new("pl", 221, 2, &[]);
+    cluster.start(0);
+    let early: Vec<String> = (1..=5).map(seed_cookie).collect();
+    let answers: Vec<String> = early.iter().map(|s| cluster.served_by(0, s)).collect();
+    // Node 2 starts after the sessions exist: its resync request brings them.
+    cluster.start(1);
+    let table = cluster.wait_same_tables(early.len());
+    for (session, answer) in early.iter().zip(&answers) {
+        assert_eq!(table[session], server_of(answer));
+        assert_eq!(&cluster.served_by(1, session), answer);
+    }
+
+    // Partition: each side creates sessions the other does not see, and both balance one same
+    // new cookie (most likely to different servers).
+    cluster.cut(0, 1);
+    let left: Vec<String> = (10..15).map(seed_cookie).collect();
+    let right: Vec<String> = (20..25).map(seed_cookie).collect();
+    left.iter().for_each(|s| {
+        cluster.served_by(0, s);
+    });
+    right.iter().for_each(|s| {
+        cluster.served_by(1, s);
+    });
+    let both = seed_cookie(30);
+    cluster.served_by(0, &both);
+    cluster.served_by(1, &both);
+    assert!(!cluster.table(0).contains_key(&right[0]));
+    cluster.mend(0, 1);
+    let table = cluster.wait_same_tables(early.len() + left.len() + right.len() + 1);
+    for session in early.iter().chain(&left).chain(&right).chain([&both]) {
+        let expected = server_of(&cluster.served_by(0, session));
+        assert_eq!(table[session], expected, "{session}");
+        assert_eq!(server_of(&cluster.served_by(1, session)), expected, "{session}");
+    }
+}
+
+#[test]
+fn two_nodes_balancing_one_new_cookie_at_once_converge_within_two_seconds() {
+    if !privileged() {
+        return;
+    }
+    let mut cluster = Cluster::new("pc", 222, 2, &[]);
+    cluster.start_all();
+    // Wait for the session between the two to be up: a first session travels.
+    let probe = seed_cookie(1);
+    cluster.served_by(0, &probe);
+    cluster.wait_same_tables(1);
+
+    let sessions: Vec<String> = (100..120).map(seed_cookie).collect();
+    let client = cluster.lan.client.name.clone();
+    let addrs = [
+        format!("{}:80", cluster.lan.lb_addr(0)),
+        format!("{}:80", cluster.lan.lb_addr(1)),
+    ];
+    let mut differed = 0;
+    for session in &sessions {
+        // The same new cookie through both nodes at the same moment.
+        let barrier = Arc::new(Barrier::new(2));
+        let answers: Vec<String> = addrs
+            .iter()
+            .map(|addr| {
+                let (addr, barrier, client) = (addr.clone(), Arc::clone(&barrier), client.clone());
+                let cookie = format!("JSESSIONID={session}");
+                thread::spawn(move || {
+                    in_netns(&client, move || {
+                        let request = format!("GET / HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+                        let mut conn = TcpStream::connect(&addr).unwrap();
+                        barrier.wait();
+                        conn.write_all(request.as_bytes()).unwrap();
+                        let mut out = Vec::new();
+                        conn.read_to_end(&mut out).unwrap();
+                        http::parse(&out).text()
+                    })
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        if answers[0] != answers[1] {
+            differed += 1;
+        }
+    }
+    let decided = Instant::now();
+    let converged = wait_until(Duration::from_secs(2), || {
+        let (a, b) = (cluster.table(0), cluster.table(1));
+        sessions.iter().all(|s| a.get(s).is_some() && a.get(s) == b.get(s))
+    });
+    let took = decided.elapsed();
+    eprintln!("{differed} of {} sessions were first balanced differently; converged after {took:?}", sessions.len());
+    assert!(converged, "not converged 2 s after the last conflict:\n{:#?}\n{:#?}", cluster.table(0), cluster.table(1));
+    for session in &sessions {
+        assert_eq!(cluster.served_by(0, session), cluster.served_by(1, session), "{session}");
+    }
+}
+
+/// HAProxy 2.6 on a host of the LAN, a member of the same peers section as our nodes.
+struct Haproxy {
+    proc: Proc,
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Haproxy {
+    const NAME: &'static str = "hap";
+
+    fn start(ns: &str, addr: &str, lan: &Lan, members: &[(String, String)]) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let peers: String = members
+            .iter()
+            .map(|(name, addr)| format!("    peer {name} {addr}\n"))
+            .collect();
+        let servers: String = servers()
+            .iter()
+            .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
+            .collect();
+        let config = format!(
+            "global\n    stats socket {sock} level admin\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
+             peers mypeers\n{peers}\
+             backend {BACKEND}\n    balance roundrobin\n    stick-table type string len 32 size 1m expire 30m peers mypeers\n    stick on req.cook(JSESSIONID)\n{servers}\
+             frontend fe\n    bind {addr}:80\n    default_backend {BACKEND}\n",
+            sock = dir.path().join("admin.sock").display(),
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let proc = Proc::spawn(
+            "haproxy",
+            ns,
+            &["/usr/sbin/haproxy", "-f", path.to_str().unwrap(), "-L", Self::NAME, "-db"],
+        );
+        let haproxy = Haproxy {
+            proc,
+            dir,
+            addr: addr.to_owned(),
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || haproxy.try_cli("show info").is_some()),
+            "HAProxy did not start:\n{}",
+            haproxy.proc.output()
+        );
+        haproxy
+    }
+
+    fn try_cli(&self, command: &str) -> Option<String> {
+        let mut conn = std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
+        conn.write_all(format!("{command}\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        conn.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// `show table`: key -> server_key.
+    fn table(&self) -> BTreeMap<String, String> {
+        let out = self.try_cli(&format!("show table {BACKEND}")).unwrap_or_default();
+        out.lines()
+            .filter_map(|line| {
+                let key = line.split(" key=").nth(1)?.split(' ').next()?;
+                let server = line.split(" server_key=").nth(1)?.split(' ').next()?;
+                Some((key.to_owned(), server.to_owned()))
+            })
+            .collect()
+    }
+
+    fn served_by(&self, client_ns: &str, session: &str) -> String {
+        let addr = format!("{}:80", self.addr);
+        let cookie = format!("JSESSIONID={session}");
+        let response = in_netns(client_ns, move || http::get(&addr, "/", Some(&cookie)));
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text().trim().to_owned()
+    }
+}
+
+#[test]
+fn haproxy_2_6_is_a_peer_in_both_directions() {
+    if !privileged() {
+        return;
+    }
+    assert!(
+        std::path::Path::new("/usr/sbin/haproxy").exists(),
+        "HAProxy is needed (cargo xtask setup installs it)"
+    );
+    let hap_addr = "10.223.0.21".to_owned();
+    let members = [
+        (node_name(0), format!("10.223.0.11:{PEERS_PORT}")),
+        (Haproxy::NAME.to_owned(), format!("{hap_addr}:{PEERS_PORT}")),
+    ];
+    let mut cluster = Cluster::new("ph", 223, 1, &[(Haproxy::NAME, members[1].1.clone())]);
+    let client = cluster.lan.client.name.clone();
+    let hap_ns = cluster.lan.add_host("phh", 21).name.clone();
+    let haproxy = Haproxy::start(&hap_ns, &hap_addr, &cluster.lan, &members);
+    cluster.start(0);
+
+    // Through HAProxy first: stickylb learns HAProxy's choices and routes by them.
+    let via_haproxy: Vec<String> = (1..=5).map(seed_cookie).collect();
+    let answers: Vec<String> = via_haproxy.iter().map(|s| haproxy.served_by(&client, s)).collect();
+    let learned = wait_until(SYNC, || {
+        let ours = cluster.table(0);
+        via_haproxy.iter().zip(&answers).all(|(s, a)| ours.get(s) == Some(&server_of(a)))
+    });
+    assert!(learned, "stickylb did not learn HAProxy's sessions: {:#?}\n{}", cluster.table(0), cluster.node(0).output());
+    for (session, answer) in via_haproxy.iter().zip(&answers) {
+        assert_eq!(&cluster.served_by(0, session), answer, "{session}");
+    }
+
+    // Through stickylb: HAProxy's `show table` lists our choices by server name, and routes by them.
+    let via_us: Vec<String> = (10..=14).map(seed_cookie).collect();
+    let ours: Vec<String> = via_us.iter().map(|s| cluster.served_by(0, s)).collect();
+    let taught = wait_until(SYNC, || {
+        let theirs = haproxy.table();
+        via_us.iter().zip(&ours).all(|(s, a)| theirs.get(s) == Some(&server_of(a)))
+    });
+    assert!(taught, "HAProxy did not learn our sessions: {:#?}\n{}", haproxy.table(), cluster.node(0).output());
+    for (session, answer) in via_us.iter().zip(&ours) {
+        assert_eq!(&haproxy.served_by(&client, session), answer, "{session}");
+    }
+    let log = cluster.node(0).output();
+    assert!(log.contains("peer session established"), "{log}");
+}
+
+#[test]
+fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
+    if !privileged() {
+        return;
+    }
+    // One node, and a member "lb-ghost" that never runs: the test speaks for it.
+    let mut cluster = Cluster::new("pg", 224, 1, &[("lb-ghost", "10.224.0.99:1024".to_owned())]);
+    cluster.start(0);
+    let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
+    let client = cluster.lan.client.name.clone();
+    let exchange = |bytes: Vec<u8>| {
+        let (addr, client) = (peers_addr.clone(), client.clone());
+        in_netns(&client, move || {
+            // Send, stop sending (as a peer that goes away would), read until the daemon closes.
+            let started = Instant::now();
+            let mut conn = TcpStream::connect(&addr).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn.write_all(&bytes).unwrap();
+            conn.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut out = Vec::new();
+            let _ = conn.read_to_end(&mut out);
+            assert!(started.elapsed() < Duration::from_secs(4), "the daemon kept the connection open");
+            out
+        })
+    };
+    let hello = |name: &str| format!("HAProxyS 2.1\nlb-1\n{name} 1 1\n").into_bytes();
+    let with = |mut head: Vec<u8>, tail: &[u8]| {
+        head.extend_from_slice(tail);
+        head
+    };
+
+    assert_eq!(exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()), b"501\n");
+    assert_eq!(exchange(hello("nobody")), b"504\n");
+    assert_eq!(exchange(b"HAProxyS 2.1\nsomeone-else\nlb-ghost 1 1\n".to_vec()), b"503\n");
+    assert_eq!(exchange(b"HAProxyS 3.0\nlb-1\nlb-ghost 1 1\n".to_vec()), b"502\n");
+    assert_eq!(exchange(vec![b'x'; 4096]), b"501\n");
+    // Past the handshake: a reserved message class, an oversized length, a truncated message.
+    for tail in [&[0xff, 0x00][..], &[0x0a, 0x80, 0xff, 0xff, 0xff, 0xff, 0x0f], &[0x0a, 0x82, 0x20, 0x01]] {
+        let out = exchange(with(hello("lb-ghost"), tail));
+        assert!(out.starts_with(b"200\n"), "{out:?}");
+    }
+    // The daemon is fine: it serves, and it said why it closed each connection.
+    let session = seed_cookie(1);
+    let answer = cluster.served_by(0, &session);
+    assert_eq!(cluster.served_by(0, &session), answer);
+    let log = cluster.node(0).output();
+    for needle in [
+        "refused a peers connection",
+        "not a peers hello",
+        "is not a member of the peers section",
+        "peer session closed: bad message from the peer: message class 255 (reserved)",
+        "bytes exceeds the 16384-byte limit",
+        "peer session closed: the peer closed the connection in the middle of a message (4 bytes of it received)",
+    ] {
+        assert!(log.contains(needle), "no {needle:?} in:\n{log}");
+    }
+}
