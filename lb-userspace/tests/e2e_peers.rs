@@ -131,18 +131,45 @@ impl Cluster {
     /// Cuts the peers link between nodes `a` and `b` (both directions); clients and backends
     /// still reach both.
     fn cut(&self, a: usize, b: usize) {
-        self.lan.lbs[a].exec(&["ip", "route", "add", "prohibit", &format!("{}/32", self.lan.lb_addr(b))]);
-        self.lan.lbs[b].exec(&["ip", "route", "add", "prohibit", &format!("{}/32", self.lan.lb_addr(a))]);
+        self.lan.lbs[a].exec(&[
+            "ip",
+            "route",
+            "add",
+            "prohibit",
+            &format!("{}/32", self.lan.lb_addr(b)),
+        ]);
+        self.lan.lbs[b].exec(&[
+            "ip",
+            "route",
+            "add",
+            "prohibit",
+            &format!("{}/32", self.lan.lb_addr(a)),
+        ]);
     }
 
     fn mend(&self, a: usize, b: usize) {
-        self.lan.lbs[a].exec(&["ip", "route", "del", "prohibit", &format!("{}/32", self.lan.lb_addr(b))]);
-        self.lan.lbs[b].exec(&["ip", "route", "del", "prohibit", &format!("{}/32", self.lan.lb_addr(a))]);
+        self.lan.lbs[a].exec(&[
+            "ip",
+            "route",
+            "del",
+            "prohibit",
+            &format!("{}/32", self.lan.lb_addr(b)),
+        ]);
+        self.lan.lbs[b].exec(&[
+            "ip",
+            "route",
+            "del",
+            "prohibit",
+            &format!("{}/32", self.lan.lb_addr(a)),
+        ]);
     }
 
     fn metrics(&self, i: usize) -> String {
         let addr = format!("{}:8404", self.lan.lb_addr(i));
-        in_netns(&self.lan.client.name, move || http::get(&addr, "/metrics", None)).text()
+        in_netns(&self.lan.client.name, move || {
+            http::get(&addr, "/metrics", None)
+        })
+        .text()
     }
 }
 
@@ -153,7 +180,12 @@ fn node_name(i: usize) -> String {
 fn node_config(lan: &Lan, i: usize, pin: &PinDir, members: &[(String, String)]) -> String {
     let servers: String = servers()
         .iter()
-        .map(|(name, port)| format!("  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n", lan.backend_addr()))
+        .map(|(name, port)| {
+            format!(
+                "  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n",
+                lan.backend_addr()
+            )
+        })
         .collect();
     let members: String = members
         .iter()
@@ -196,7 +228,11 @@ fn start_backends(ns: &NetNs, addr: &str) -> Vec<Proc> {
         .iter()
         .map(|(name, port)| {
             let listen = format!("{addr}:{port}=Backend {}", &name[2..]);
-            let proc = Proc::spawn(name, &ns.name, &[common::backend_bin(), "--listen", &listen]);
+            let proc = Proc::spawn(
+                name,
+                &ns.name,
+                &[common::backend_bin(), "--listen", &listen],
+            );
             proc.wait_for_output("ready", Duration::from_secs(10));
             proc
         })
@@ -210,7 +246,8 @@ fn table_of(client_ns: &str, lb: &str) -> BTreeMap<String, String> {
         http::get(&addr, "/api/table?limit=100000", None)
     })
     .text();
-    let tables: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let tables: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     tables
         .as_array()
         .into_iter()
@@ -247,14 +284,19 @@ fn a_session_balanced_on_one_node_is_served_by_the_same_backend_through_every_ot
     for (session, answer) in &first {
         assert_eq!(table[session], server_of(answer), "{session}");
         for node in 0..3 {
-            assert_eq!(&cluster.served_by(node, session), answer, "{session} via node {node}");
+            assert_eq!(
+                &cluster.served_by(node, session),
+                answer,
+                "{session} via node {node}"
+            );
         }
     }
     // Two nodes are enough too: node 3 stops, the other two keep agreeing.
     drop(cluster.nodes[2].take());
     let late = seed_cookie(99);
     let answer = cluster.served_by(0, &late);
-    assert!(wait_until(SYNC, || cluster.table(1).get(&late) == Some(&server_of(&answer))));
+    assert!(wait_until(SYNC, || cluster.table(1).get(&late)
+        == Some(&server_of(&answer))));
     assert_eq!(cluster.served_by(1, &late), answer);
     let metrics = cluster.metrics(0);
     assert!(
@@ -300,7 +342,11 @@ fn a_late_node_and_a_healed_partition_end_with_the_same_table() {
     for session in early.iter().chain(&left).chain(&right).chain([&both]) {
         let expected = server_of(&cluster.served_by(0, session));
         assert_eq!(table[session], expected, "{session}");
-        assert_eq!(server_of(&cluster.served_by(1, session)), expected, "{session}");
+        assert_eq!(
+            server_of(&cluster.served_by(1, session)),
+            expected,
+            "{session}"
+        );
     }
 }
 
@@ -354,13 +400,27 @@ fn two_nodes_balancing_one_new_cookie_at_once_converge_within_two_seconds() {
     let decided = Instant::now();
     let converged = wait_until(Duration::from_secs(2), || {
         let (a, b) = (cluster.table(0), cluster.table(1));
-        sessions.iter().all(|s| a.get(s).is_some() && a.get(s) == b.get(s))
+        sessions
+            .iter()
+            .all(|s| a.contains_key(s) && a.get(s) == b.get(s))
     });
     let took = decided.elapsed();
-    eprintln!("{differed} of {} sessions were first balanced differently; converged after {took:?}", sessions.len());
-    assert!(converged, "not converged 2 s after the last conflict:\n{:#?}\n{:#?}", cluster.table(0), cluster.table(1));
+    eprintln!(
+        "{differed} of {} sessions were first balanced differently; converged after {took:?}",
+        sessions.len()
+    );
+    assert!(
+        converged,
+        "not converged 2 s after the last conflict:\n{:#?}\n{:#?}",
+        cluster.table(0),
+        cluster.table(1)
+    );
     for session in &sessions {
-        assert_eq!(cluster.served_by(0, session), cluster.served_by(1, session), "{session}");
+        assert_eq!(
+            cluster.served_by(0, session),
+            cluster.served_by(1, session),
+            "{session}"
+        );
     }
 }
 
@@ -397,7 +457,14 @@ impl Haproxy {
         let proc = Proc::spawn(
             "haproxy",
             ns,
-            &["/usr/sbin/haproxy", "-f", path.to_str().unwrap(), "-L", Self::NAME, "-db"],
+            &[
+                "/usr/sbin/haproxy",
+                "-f",
+                path.to_str().unwrap(),
+                "-L",
+                Self::NAME,
+                "-db",
+            ],
         );
         let haproxy = Haproxy {
             proc,
@@ -405,7 +472,9 @@ impl Haproxy {
             addr: addr.to_owned(),
         };
         assert!(
-            wait_until(Duration::from_secs(10), || haproxy.try_cli("show info").is_some()),
+            wait_until(Duration::from_secs(10), || haproxy
+                .try_cli("show info")
+                .is_some()),
             "HAProxy did not start:\n{}",
             haproxy.proc.output()
         );
@@ -413,7 +482,8 @@ impl Haproxy {
     }
 
     fn try_cli(&self, command: &str) -> Option<String> {
-        let mut conn = std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
+        let mut conn =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
         conn.write_all(format!("{command}\n").as_bytes()).ok()?;
         let mut out = String::new();
         conn.read_to_string(&mut out).ok()?;
@@ -422,7 +492,9 @@ impl Haproxy {
 
     /// `show table`: key -> server_key.
     fn table(&self) -> BTreeMap<String, String> {
-        let out = self.try_cli(&format!("show table {BACKEND}")).unwrap_or_default();
+        let out = self
+            .try_cli(&format!("show table {BACKEND}"))
+            .unwrap_or_default();
         out.lines()
             .filter_map(|line| {
                 let key = line.split(" key=").nth(1)?.split(' ').next()?;
@@ -463,12 +535,23 @@ fn haproxy_2_6_is_a_peer_in_both_directions() {
 
     // Through HAProxy first: stickylb learns HAProxy's choices and routes by them.
     let via_haproxy: Vec<String> = (1..=5).map(seed_cookie).collect();
-    let answers: Vec<String> = via_haproxy.iter().map(|s| haproxy.served_by(&client, s)).collect();
+    let answers: Vec<String> = via_haproxy
+        .iter()
+        .map(|s| haproxy.served_by(&client, s))
+        .collect();
     let learned = wait_until(SYNC, || {
         let ours = cluster.table(0);
-        via_haproxy.iter().zip(&answers).all(|(s, a)| ours.get(s) == Some(&server_of(a)))
+        via_haproxy
+            .iter()
+            .zip(&answers)
+            .all(|(s, a)| ours.get(s) == Some(&server_of(a)))
     });
-    assert!(learned, "stickylb did not learn HAProxy's sessions: {:#?}\n{}", cluster.table(0), cluster.node(0).output());
+    assert!(
+        learned,
+        "stickylb did not learn HAProxy's sessions: {:#?}\n{}",
+        cluster.table(0),
+        cluster.node(0).output()
+    );
     for (session, answer) in via_haproxy.iter().zip(&answers) {
         assert_eq!(&cluster.served_by(0, session), answer, "{session}");
     }
@@ -478,14 +561,40 @@ fn haproxy_2_6_is_a_peer_in_both_directions() {
     let ours: Vec<String> = via_us.iter().map(|s| cluster.served_by(0, s)).collect();
     let taught = wait_until(SYNC, || {
         let theirs = haproxy.table();
-        via_us.iter().zip(&ours).all(|(s, a)| theirs.get(s) == Some(&server_of(a)))
+        via_us
+            .iter()
+            .zip(&ours)
+            .all(|(s, a)| theirs.get(s) == Some(&server_of(a)))
     });
-    assert!(taught, "HAProxy did not learn our sessions: {:#?}\n{}", haproxy.table(), cluster.node(0).output());
+    assert!(
+        taught,
+        "HAProxy did not learn our sessions: {:#?}\n{}",
+        haproxy.table(),
+        cluster.node(0).output()
+    );
     for (session, answer) in via_us.iter().zip(&ours) {
         assert_eq!(&haproxy.served_by(&client, session), answer, "{session}");
     }
-    let log = cluster.node(0).output();
-    assert!(log.contains("peer session established"), "{log}");
+    // Idle for longer than the 5 s dead-peer timeout: heartbeats keep the session alive. (At
+    // start both sides dial; HAProxy counts a collision and may replace the session once.)
+    let sessions = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("stickylb_peer_sessions_total{peer=\"hap\"} "))
+            .map(str::to_owned)
+    };
+    // HAProxy's own collision handling redials within 50-2050 ms of a collision.
+    thread::sleep(Duration::from_millis(2500));
+    let before = sessions(&cluster.metrics(0));
+    thread::sleep(Duration::from_secs(7));
+    let metrics = cluster.metrics(0);
+    assert_eq!(sessions(&metrics), before, "{}", cluster.node(0).output());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "stickylb_peer_up{peer=\"hap\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -504,12 +613,16 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
             // Send, stop sending (as a peer that goes away would), read until the daemon closes.
             let started = Instant::now();
             let mut conn = TcpStream::connect(&addr).unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             conn.write_all(&bytes).unwrap();
             conn.shutdown(std::net::Shutdown::Write).unwrap();
             let mut out = Vec::new();
             let _ = conn.read_to_end(&mut out);
-            assert!(started.elapsed() < Duration::from_secs(4), "the daemon kept the connection open");
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "the daemon kept the connection open"
+            );
             out
         })
     };
@@ -519,13 +632,26 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
         head
     };
 
-    assert_eq!(exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()), b"501\n");
+    assert_eq!(
+        exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        b"501\n"
+    );
     assert_eq!(exchange(hello("nobody")), b"504\n");
-    assert_eq!(exchange(b"HAProxyS 2.1\nsomeone-else\nlb-ghost 1 1\n".to_vec()), b"503\n");
-    assert_eq!(exchange(b"HAProxyS 3.0\nlb-1\nlb-ghost 1 1\n".to_vec()), b"502\n");
+    assert_eq!(
+        exchange(b"HAProxyS 2.1\nsomeone-else\nlb-ghost 1 1\n".to_vec()),
+        b"503\n"
+    );
+    assert_eq!(
+        exchange(b"HAProxyS 3.0\nlb-1\nlb-ghost 1 1\n".to_vec()),
+        b"502\n"
+    );
     assert_eq!(exchange(vec![b'x'; 4096]), b"501\n");
     // Past the handshake: a reserved message class, an oversized length, a truncated message.
-    for tail in [&[0xff, 0x00][..], &[0x0a, 0x80, 0xff, 0xff, 0xff, 0xff, 0x0f], &[0x0a, 0x82, 0x20, 0x01]] {
+    for tail in [
+        &[0xff, 0x00][..],
+        &[0x0a, 0x80, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        &[0x0a, 0x82, 0x20, 0x01],
+    ] {
         let out = exchange(with(hello("lb-ghost"), tail));
         assert!(out.starts_with(b"200\n"), "{out:?}");
     }
@@ -544,4 +670,89 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
     ] {
         assert!(log.contains(needle), "no {needle:?} in:\n{log}");
     }
+}
+
+/// A peer session opened by the test itself, as member `lb-ghost`.
+fn ghost_session(client_ns: &str, peers_addr: &str) -> TcpStream {
+    let (ns, addr) = (client_ns.to_owned(), peers_addr.to_owned());
+    in_netns(&ns, move || {
+        let mut conn = TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(b"HAProxyS 2.1\nlb-1\nlb-ghost 1 1\n")
+            .unwrap();
+        let mut status = [0u8; 4];
+        conn.read_exact(&mut status).unwrap();
+        assert_eq!(&status, b"200\n");
+        conn
+    })
+}
+
+#[test]
+fn an_entry_on_a_server_we_lack_is_kept_and_reported_and_a_stuck_peer_slows_nothing() {
+    use stickylb::peers::{Encoder, Message, ServerKey, TableDefinition};
+
+    if !privileged() {
+        return;
+    }
+    let mut cluster = Cluster::new("pu", 225, 1, &[("lb-ghost", "10.225.0.99:1024".to_owned())]);
+    cluster.start(0);
+    let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
+    let client = cluster.lan.client.name.clone();
+
+    // The ghost teaches one session on "be99", which this node does not have.
+    let mut conn = ghost_session(&client, &peers_addr);
+    let mut encoder = Encoder::new();
+    let mut out = Vec::new();
+    let def = TableDefinition::sticky_string(1, BACKEND, 32, 30 * 60 * 1000);
+    encoder
+        .encode(&Message::TableDefinition(def), &mut out)
+        .unwrap();
+    let be99 = ServerKey::new("be99").unwrap();
+    encoder
+        .push(1, b"ghost-session", Some(99), Some(&be99), None, &mut out)
+        .unwrap();
+    conn.write_all(&out).unwrap();
+    assert!(
+        wait_until(SYNC, || cluster
+            .table(0)
+            .get("ghost-session")
+            .map(String::as_str)
+            == Some("be99")),
+        "the entry was not kept: {:#?}\n{}",
+        cluster.table(0),
+        cluster.node(0).output()
+    );
+    assert!(cluster
+        .metrics(0)
+        .contains("stickylb_peer_unknown_servers_total{peer=\"lb-ghost\"} 1"));
+    // Here, a request for it goes to a live server, and sticks there from now on.
+    let answer = cluster.served_by(0, "ghost-session");
+    assert!(answer.starts_with("Backend "), "{answer}");
+    assert_eq!(cluster.table(0)["ghost-session"], server_of(&answer));
+    let log = cluster.node(0).output();
+    assert!(
+        log.contains("peer sent a session on a server this node does not have"),
+        "{log}"
+    );
+
+    // Now the ghost stops reading (and talking). Requests, new sessions included, are served
+    // as before while the daemon's pushes pile up against it, until it is dropped as silent.
+    let started = Instant::now();
+    for n in 0..300 {
+        let session = format!("stuck-{n}");
+        let answer = cluster.served_by(0, &session);
+        assert!(answer.starts_with("Backend "));
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "300 requests took {took:?}");
+    assert!(
+        wait_until(SYNC, || cluster
+            .node(0)
+            .output()
+            .contains("no message from the peer for 5s")),
+        "{}",
+        cluster.node(0).output()
+    );
+    drop(conn);
 }

@@ -12,7 +12,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{netns::Lan, netns::NetNs, privileged, wait_until};
+use common::{
+    netns::{Lan, NetNs},
+    privileged, wait_until,
+};
 
 fn ping(from: &NetNs, to: &str) -> bool {
     from.try_exec(&["ping", "-c1", "-W1", to]).0

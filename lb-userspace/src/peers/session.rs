@@ -44,7 +44,9 @@ const MAX_BUFFERED: usize = super::message::DEFAULT_MAX_LEN + 16;
 pub enum SessionEnd {
     #[error("the peer closed the connection")]
     Closed,
-    #[error("the peer closed the connection in the middle of a message ({bytes} bytes of it received)")]
+    #[error(
+        "the peer closed the connection in the middle of a message ({bytes} bytes of it received)"
+    )]
     ClosedMidMessage { bytes: usize },
     #[error("no message from the peer for {DEAD_AFTER:?}")]
     Silent,

@@ -137,3 +137,129 @@ fn resolve_with_no_choice_changes_nothing() {
     assert!(table.is_empty());
     assert!(drain(&mut rx).is_empty());
 }
+
+/// The servers of the update log entries after `after`, oldest first.
+fn logged(table: &StickTable, after: u64) -> Vec<(String, String)> {
+    table
+        .updates_after(after, usize::MAX)
+        .into_iter()
+        .map(|p| (field_text(&p.key.cookie), p.server.to_string()))
+        .collect()
+}
+
+#[test]
+fn local_changes_are_logged_once_per_key_with_the_latest_server() {
+    let (table, _rx) = table(10, Duration::from_secs(60));
+    let (a, b) = (table.key(b"a"), table.key(b"b"));
+    table.set(a, "s1".into(), 0);
+    table.set(b, "s2".into(), 0);
+    table.set(a, "s3".into(), 0);
+    assert_eq!(
+        logged(&table, 0),
+        [("b".into(), "s2".into()), ("a".into(), "s3".into())]
+    );
+    let seq = table.last_seq();
+    assert!(logged(&table, seq).is_empty());
+    // A hit is pushed again only once per touch interval.
+    assert!(table.get(&b, 500).is_some());
+    assert!(logged(&table, seq).is_empty());
+    assert!(table.get(&b, 1_500).is_some());
+    assert_eq!(logged(&table, seq), [("b".into(), "s2".into())]);
+}
+
+#[test]
+fn entries_from_peers_are_applied_but_not_logged_for_pushing() {
+    let (table, mut rx) = table(10, Duration::from_secs(60));
+    let key = table.key(b"p");
+    assert_eq!(
+        table.apply_remote(key, "s1".into(), None, 10_000),
+        RemoteOutcome::Inserted
+    );
+    assert_eq!(table.get(&key, 10_001).as_deref(), Some("s1"));
+    assert!(logged(&table, 0).is_empty());
+    assert!(drain(&mut rx).iter().any(
+        |op| matches!(op, JournalOp::Put(k, e) if *k == key && field_text(&e.server) == "s1")
+    ));
+    assert_eq!(
+        table.apply_remote(key, "s1".into(), None, 20_000),
+        RemoteOutcome::Refreshed
+    );
+    assert!(logged(&table, 0).is_empty());
+}
+
+#[test]
+fn remaining_lifetime_travels_with_an_entry() {
+    let (table, _rx) = table(10, Duration::from_secs(60));
+    let key = table.key(b"t");
+    // 10 s left of 60: it was last seen 50 s ago and expires 10 s from now.
+    table.apply_remote(key, "s1".into(), Some(10_000), 100_000);
+    let entry = &table.snapshot()[0];
+    assert_eq!(entry.last_seen_ms, 50_000);
+    let (_, taught) = table.teach_snapshot(105_000);
+    assert_eq!(taught[0].remaining_ms, 5_000);
+    assert_eq!(table.sweep_expired(110_001), 1);
+    assert_eq!(
+        table.apply_remote(key, "s1".into(), Some(0), 200_000),
+        RemoteOutcome::Expired
+    );
+    assert!(table.is_empty());
+}
+
+#[test]
+fn concurrent_choices_converge_on_the_lower_rank_on_both_sides() {
+    // Two nodes choose different servers for one new cookie, then receive each other's choice.
+    let (left, _l) = table(10, Duration::from_secs(60));
+    let (right, _r) = table(10, Duration::from_secs(60));
+    let key = left.key(b"new-cookie");
+    let (ours, theirs) = ("s1", "s2");
+    left.set(key, ours.into(), 1_000);
+    right.set(key, theirs.into(), 1_000);
+    let l = left.apply_remote(key, theirs.into(), None, 1_050);
+    let r = right.apply_remote(key, ours.into(), None, 1_050);
+    let winner = if rank(&key, ours) < rank(&key, theirs) {
+        ours
+    } else {
+        theirs
+    };
+    assert_eq!(left.get(&key, 1_100).as_deref(), Some(winner));
+    assert_eq!(right.get(&key, 1_100).as_deref(), Some(winner));
+    // One side kept its choice, the other took the peer's; both push the result again so that
+    // a peer which overwrites blindly (HAProxy) ends on it too.
+    let mut outcomes = [l, r];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, [RemoteOutcome::KeptOurs, RemoteOutcome::Replaced]);
+    assert_eq!(logged(&left, 1), [("new-cookie".into(), winner.into())]);
+    assert_eq!(logged(&right, 1), [("new-cookie".into(), winner.into())]);
+}
+
+#[test]
+fn outside_the_conflict_window_a_live_update_wins_and_a_stale_resync_entry_loses() {
+    let (table, _rx) = table(10, Duration::from_secs(600));
+    let key = table.key(b"old");
+    table.set(key, "s1".into(), 0);
+    let later = CONFLICT_WINDOW_MS + 10;
+    // A resync entry last used 100 s before ours: ours is the current one.
+    assert!(table.get(&key, 200_000).is_some());
+    assert_eq!(
+        table.apply_remote(key, "s2".into(), Some(500_000), 200_000),
+        RemoteOutcome::KeptOurs
+    );
+    assert_eq!(table.get(&key, 200_001).as_deref(), Some("s1"));
+    // A live update (a redispatch on the peer) replaces ours.
+    assert_eq!(
+        table.apply_remote(key, "s2".into(), None, 200_000 + later),
+        RemoteOutcome::Replaced
+    );
+    assert_eq!(table.get(&key, 200_000 + later).as_deref(), Some("s2"));
+}
+
+#[test]
+fn evicted_and_expired_entries_leave_the_update_log() {
+    let (table, _rx) = table(2, Duration::from_secs(1));
+    for (i, cookie) in [b"a", b"b", b"c"].iter().enumerate() {
+        table.set(table.key(*cookie), "s1".into(), i as u64);
+    }
+    assert_eq!(logged(&table, 0).len(), 2);
+    table.sweep_expired(10_000);
+    assert!(logged(&table, 0).is_empty());
+}
