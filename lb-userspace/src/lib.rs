@@ -4,7 +4,8 @@
 //! Layout: [`config`] reads the TOML file; [`proxy`] serves frontends; [`backend`] holds server
 //! state and makes the routing decision with [`balance`] and the stick [`table`]; [`health`]
 //! checks servers; [`dataplane`] loads the eBPF object and owns bpffs; [`monitor`] serves the
-//! status page and metrics; [`daemon`] wires them together.
+//! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`daemon`]
+//! wires them together.
 
 pub mod backend;
 pub mod balance;
@@ -17,3 +18,15 @@ pub mod monitor;
 pub mod peers;
 pub mod proxy;
 pub mod table;
+
+/// An error and its causes on one line, for log lines that must say why.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -131,37 +131,18 @@ impl Cluster {
     /// Cuts the peers link between nodes `a` and `b` (both directions); clients and backends
     /// still reach both.
     fn cut(&self, a: usize, b: usize) {
-        self.lan.lbs[a].exec(&[
-            "ip",
-            "route",
-            "add",
-            "prohibit",
-            &format!("{}/32", self.lan.lb_addr(b)),
-        ]);
-        self.lan.lbs[b].exec(&[
-            "ip",
-            "route",
-            "add",
-            "prohibit",
-            &format!("{}/32", self.lan.lb_addr(a)),
-        ]);
+        self.prohibit_routes("add", a, b);
     }
 
     fn mend(&self, a: usize, b: usize) {
-        self.lan.lbs[a].exec(&[
-            "ip",
-            "route",
-            "del",
-            "prohibit",
-            &format!("{}/32", self.lan.lb_addr(b)),
-        ]);
-        self.lan.lbs[b].exec(&[
-            "ip",
-            "route",
-            "del",
-            "prohibit",
-            &format!("{}/32", self.lan.lb_addr(a)),
-        ]);
+        self.prohibit_routes("del", a, b);
+    }
+
+    fn prohibit_routes(&self, action: &str, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            let to = format!("{}/32", self.lan.lb_addr(to));
+            self.lan.lbs[from].exec(&["ip", "route", action, "prohibit", &to]);
+        }
     }
 
     fn metrics(&self, i: usize) -> String {

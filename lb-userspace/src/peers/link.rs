@@ -20,7 +20,7 @@ use super::{
     stats::{PeerState, PeerStats},
     tables::SyncedTable,
 };
-use crate::table::now_ms;
+use crate::{error_chain, table::now_ms};
 
 /// The first retry after a failed connect; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -147,16 +147,4 @@ impl PeerLink {
 fn jitter(backoff: Duration) -> Duration {
     let quarter = backoff / 4;
     backoff - quarter + quarter.mul_f64(2.0 * rand::thread_rng().gen::<f64>())
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -11,10 +11,10 @@ use tokio::{
 
 use super::{
     connect::{answer, ConnectError},
-    link::{error_chain, PeerLink},
+    link::PeerLink,
     tables::SyncedTable,
 };
-use crate::{backend::BackendState, config, table::Journal};
+use crate::{backend::BackendState, config, error_chain, table::Journal};
 
 /// Handshakes in progress at once on the peers port; more connections wait in the backlog, so
 /// a flood of idle connections cannot pin the daemon's memory.

@@ -25,7 +25,7 @@ use hyper_util::{
 pub use self::error::{short_response, ProxyError};
 use crate::{
     backend::{BackendState, Decision, InFlight, ServerState},
-    cookie,
+    cookie, error_chain,
     table::now_ms,
 };
 
@@ -220,16 +220,4 @@ fn log_failure(
     } else {
         tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server, status, ms, decision, %client, %method, path, error = %cause);
     }
-}
-
-/// The error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
