@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod cookie;
 pub mod daemon;
 pub mod dataplane;

@@ -34,7 +34,7 @@ impl Config {
     /// Parses and validates a configuration file's text. Every semantic problem is reported; of
     /// syntax, unknown-key and type errors only the first (serde stops there).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        validate::from_toml_with(text, validate::host_name)
+        validate::from_toml_with(text, validate::host_name, None)
     }
 
     /// Reads `path` and validates it as [`Config::from_toml`] does.
@@ -44,6 +44,17 @@ impl Config {
             source,
         })?;
         Config::from_toml(&text)
+    }
+
+    /// Reads `path` as [`Config::load`] does, with `name` (when given) as the instance name in
+    /// place of the file's or the host name: how one shared file serves several instances on
+    /// one host, like HAProxy's `-L`.
+    pub fn load_as(path: &Path, name: Option<&str>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        validate::from_toml_with(&text, validate::host_name, name)
     }
 }
 
@@ -61,6 +72,8 @@ pub struct Instance {
     pub name: String,
     /// Pinned maps live under `<pin_dir>/<name>/`. Default `/sys/fs/bpf/stickylb`.
     pub pin_dir: PathBuf,
+    /// Unix socket for `stickylb reload` and upgrades. Default `/run/stickylb/<name>.sock`.
+    pub control_socket: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -43,6 +43,8 @@ pub(super) struct RawInstance {
     pub(super) name: Option<Spanned<String>>,
     /// Default `/sys/fs/bpf/stickylb`.
     pub(super) pin_dir: Option<Spanned<String>>,
+    /// Default `/run/stickylb/<name>.sock`.
+    pub(super) control_socket: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,7 +76,7 @@ servers = [
 "#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    from_toml_with(text, || Ok("testhost".to_owned()))
+    from_toml_with(text, || Ok("testhost".to_owned()), None)
 }
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -126,6 +126,7 @@ fn full_example_parses_with_every_value() {
         instance: Instance {
             name: "lb-1".into(),
             pin_dir: PathBuf::from("/sys/fs/bpf/test"),
+            control_socket: PathBuf::from("/run/stickylb/lb-1.sock"),
         },
         frontends: vec![
             Frontend {
@@ -231,7 +232,8 @@ servers = [ { name = "web1", addr = "10.20.0.2:8001" } ]
         config.instance,
         Instance {
             name: "testhost".into(),
-            pin_dir: PathBuf::from("/sys/fs/bpf/stickylb")
+            pin_dir: PathBuf::from("/sys/fs/bpf/stickylb"),
+            control_socket: PathBuf::from("/run/stickylb/testhost.sock"),
         }
     );
     assert_eq!(config.monitor, None);
@@ -287,7 +289,7 @@ fn instance_name_defaults_to_the_host_name() {
 #[test]
 fn unusable_host_name_is_a_problem_without_a_line() {
     let text = BASE.replace("name = \"lb-1\"\n", "");
-    let found = match from_toml_with(&text, || Ok("bad host".to_owned())) {
+    let found = match from_toml_with(&text, || Ok("bad host".to_owned()), None) {
         Err(ConfigError::Invalid { problems }) => problems,
         other => panic!("{other:?}"),
     };
@@ -302,7 +304,7 @@ fn unusable_host_name_is_a_problem_without_a_line() {
         found[0]
     );
 
-    let found = match from_toml_with(&text, || Err(io::Error::other("no uts"))) {
+    let found = match from_toml_with(&text, || Err(io::Error::other("no uts")), None) {
         Err(ConfigError::Invalid { problems }) => problems,
         other => panic!("{other:?}"),
     };
@@ -1163,4 +1165,26 @@ fn shipped_example_is_valid() {
     let config = Config::from_toml(include_str!("../../../examples/local.toml")).unwrap();
     assert_eq!(config.instance.name, "lb-local");
     assert_eq!(config.backends[0].servers.len(), 7);
+}
+
+#[test]
+fn a_name_given_on_the_command_line_replaces_the_instance_name() {
+    let text = BASE.replace("name = \"lb-1\"\n", "");
+    let config = from_toml_with(&text, || Ok("host".to_owned()), Some("lb-2")).unwrap();
+    assert_eq!(config.instance.name, "lb-2");
+    assert_eq!(config.instance.control_socket, PathBuf::from("/run/stickylb/lb-2.sock"));
+    let config = from_toml_with(BASE, || Ok("host".to_owned()), Some("lb-3")).unwrap();
+    assert_eq!(config.instance.name, "lb-3");
+    let Err(ConfigError::Invalid { problems }) =
+        from_toml_with(BASE, || Ok("host".to_owned()), Some("bad name"))
+    else {
+        panic!("a bad --name must be refused");
+    };
+    assert_eq!(problems[0].key, "instance.name");
+    assert_problem(
+        &BASE.replace("name = \"lb-1\"\n", "name = \"lb-1\"\ncontrol_socket = \"relative.sock\"\n"),
+        Some(3),
+        "instance.control_socket",
+        "must be an absolute path",
+    );
 }

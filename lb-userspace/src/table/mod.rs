@@ -13,7 +13,7 @@ use std::{
     num::NonZeroU32,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -194,12 +194,21 @@ impl Inner {
     }
 }
 
+/// Where a miss is looked up before it counts as a new session: the pinned map, which another
+/// process of ours may have written to during an upgrade (old and new serve side by side for a
+/// moment, and either may create a session the other is asked for next).
+pub trait Fallback: Send + Sync {
+    /// The server and last-seen time (Unix ms) stored for `key`.
+    fn lookup(&self, key: &StickKey) -> Option<(Arc<str>, u64)>;
+}
+
 /// The stick table of one backend.
 pub struct StickTable {
     backend_id: u32,
     expire_ms: u64,
     inner: Mutex<Inner>,
     journal: Journal,
+    fallback: OnceLock<Arc<dyn Fallback>>,
 }
 
 impl StickTable {
@@ -217,7 +226,13 @@ impl StickTable {
                 last_seq: 0,
             }),
             journal,
+            fallback: OnceLock::new(),
         }
+    }
+
+    /// Looks misses up in `fallback` from now on (set once, at start).
+    pub fn set_fallback(&self, fallback: Arc<dyn Fallback>) {
+        let _ = self.fallback.set(fallback);
     }
 
     pub fn backend_id(&self) -> u32 {
@@ -276,7 +291,7 @@ impl StickTable {
                 None
             }
             Some(slot) => Some(Arc::clone(&slot.server)),
-            None => None,
+            None => self.adopt_from_fallback(&mut inner, key, now_ms),
         };
         let picked = choose(current.as_deref());
         let mut seq = None;
@@ -397,6 +412,19 @@ impl StickTable {
                 last_seen_ms: slot.last_seen_ms,
             })
             .collect()
+    }
+
+    /// A miss found in the fallback (written by the other process during an upgrade) is taken
+    /// into memory as it is: not a new decision, nothing to push or persist.
+    fn adopt_from_fallback(&self, inner: &mut Inner, key: StickKey, now_ms: u64) -> Option<Arc<str>> {
+        let (server, last_seen_ms) = self.fallback.get()?.lookup(&key)?;
+        if self.is_expired(last_seen_ms, now_ms) {
+            return None;
+        }
+        if let Some(evicted) = inner.push(key, Slot::new(Arc::clone(&server), last_seen_ms, last_seen_ms)) {
+            self.journal(JournalOp::Delete(evicted));
+        }
+        Some(server)
     }
 
     fn is_expired(&self, last_seen_ms: u64, now_ms: u64) -> bool {

@@ -206,6 +206,30 @@ fn replace_pin(
     })
 }
 
+/// Reads the pinned table from another file descriptor than the writer's, for lookups on a miss
+/// (see [`super::Fallback`]): during an upgrade the old and the new process share the map.
+pub struct DurableReader {
+    map: HashMap<MapData, StickKey, StickEntry>,
+}
+
+impl DurableReader {
+    pub fn open(path: &Path) -> Result<Self, DurableError> {
+        Ok(Self {
+            map: DurableTable::open_existing(path)?.map,
+        })
+    }
+}
+
+impl super::Fallback for DurableReader {
+    fn lookup(&self, key: &StickKey) -> Option<(std::sync::Arc<str>, u64)> {
+        let entry = self.map.get(key, 0).ok()?;
+        Some((
+            std::sync::Arc::from(super::field_text(&entry.server)),
+            entry.last_seen_ms,
+        ))
+    }
+}
+
 /// Applies journaled changes to the durable table on a thread of its own, as they arrive (a map
 /// update is a syscall of a few microseconds). Returns when every sender is gone and the
 /// journal is drained, so joining the thread at shutdown loses nothing.

@@ -263,3 +263,30 @@ fn evicted_and_expired_entries_leave_the_update_log() {
     table.sweep_expired(10_000);
     assert!(logged(&table, 0).is_empty());
 }
+
+struct Shared(Vec<(StickKey, &'static str, u64)>);
+
+impl Fallback for Shared {
+    fn lookup(&self, key: &StickKey) -> Option<(Arc<str>, u64)> {
+        let (_, server, seen) = self.0.iter().find(|(k, _, _)| k == key)?;
+        Some((Arc::from(*server), *seen))
+    }
+}
+
+#[test]
+fn a_miss_is_looked_up_in_the_fallback_before_it_is_a_new_session() {
+    let (table, mut rx) = table(10, Duration::from_secs(60));
+    let (known, stale) = (table.key(b"known"), table.key(b"stale"));
+    table.set_fallback(Arc::new(Shared(vec![(known, "s7", 90_000), (stale, "s7", 1_000)])));
+    table.resolve(known, 90_500, |current| {
+        assert_eq!(current, Some("s7"));
+        Some(((), None))
+    });
+    table.resolve(stale, 90_500, |current| {
+        assert_eq!(current, None, "an expired entry is no entry");
+        Some(((), None))
+    });
+    assert_eq!(table.len(), 1);
+    assert!(logged(&table, 0).is_empty(), "an adopted entry is not a new decision");
+    assert!(drain(&mut rx).is_empty());
+}

@@ -14,6 +14,7 @@ use super::{
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
+const DEFAULT_RUN_DIR: &str = "/run/stickylb";
 /// Server names are stored NUL-terminated in `StickEntry::server`.
 const MAX_SERVER_NAME: usize = lb_common::SERVER_NAME_LEN - 1;
 /// Backend names are held to the same length as server names.
@@ -68,6 +69,7 @@ pub enum ConfigError {
 pub(super) fn from_toml_with(
     text: &str,
     host_name: impl FnOnce() -> io::Result<String>,
+    name_override: Option<&str>,
 ) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span();
@@ -83,7 +85,7 @@ pub(super) fn from_toml_with(
         text,
         problems: Vec::new(),
     };
-    let config = checker.config(&raw, host_name);
+    let config = checker.config(&raw, host_name, name_override);
     match config {
         Some(config) if checker.problems.is_empty() => Ok(config),
         _ => {
@@ -132,8 +134,9 @@ impl Checker<'_> {
         &mut self,
         raw: &RawConfig,
         host_name: impl FnOnce() -> io::Result<String>,
+        name_override: Option<&str>,
     ) -> Option<Config> {
-        let instance = self.instance(&raw.instance, host_name);
+        let instance = self.instance(&raw.instance, host_name, name_override);
         let mut binds = Seen::new();
         let frontends = self.frontends(raw, &mut binds);
         let backends = self.backends(raw);
@@ -257,10 +260,18 @@ impl Checker<'_> {
         &mut self,
         raw: &RawInstance,
         host_name: impl FnOnce() -> io::Result<String>,
+        name_override: Option<&str>,
     ) -> Option<Instance> {
-        let name = match &raw.name {
-            Some(name) => self.name(name, "instance.name", MAX_NAME),
-            None => {
+        let name = match (name_override, &raw.name) {
+            (Some(name), _) => match check_name(name, MAX_NAME) {
+                Ok(()) => Some(name.to_owned()),
+                Err(msg) => {
+                    self.report(None, "instance.name", format!("--name {name:?}: {msg}"));
+                    None
+                }
+            },
+            (None, Some(name)) => self.name(name, "instance.name", MAX_NAME),
+            (None, None) => {
                 let host = host_name()
                     .map_err(|e| format!("not set, and the host name cannot be read: {e}"))
                     .and_then(|host| match check_name(&host, MAX_NAME) {
@@ -281,8 +292,23 @@ impl Checker<'_> {
                 }
             }),
         };
+        let control_socket = match &raw.control_socket {
+            None => Some(None),
+            Some(path) => self
+                .text(path, "instance.control_socket", |path| {
+                    if path.starts_with('/') {
+                        Ok(())
+                    } else {
+                        Err("must be an absolute path".to_owned())
+                    }
+                })
+                .map(Some),
+        };
+        let name = name?;
         Some(Instance {
-            name: name?,
+            control_socket: control_socket?
+                .map_or_else(|| PathBuf::from(format!("{DEFAULT_RUN_DIR}/{name}.sock")), PathBuf::from),
+            name,
             pin_dir: PathBuf::from(pin_dir?),
         })
     }

@@ -1,0 +1,292 @@
+//! The control socket of a running daemon: `stickylb reload` asks it to re-read its
+//! configuration, and an upgrading process (`stickylb run --upgrade`) takes its listening
+//! sockets through it, then tells it to stop.
+//!
+//! Protocol, one text line per request: `reload` -> `ok <summary>` | `error <why>`; `status` ->
+//! `stickylb <version> pid <pid> instance <name>`; `takeover` -> one message carrying the
+//! listening sockets (`SCM_RIGHTS`) and a JSON line describing them; the successor then sends
+//! `ready` once it serves, and we answer `bye` once we stopped accepting and our table writes
+//! are flushed. Then we drain and exit.
+
+pub mod fds;
+pub mod systemd;
+
+use std::{
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::SocketAddr,
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::{fs::FileTypeExt as _, net::UnixStream as StdUnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    net::{UnixListener, UnixStream},
+    sync::{watch, Notify},
+};
+
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a successor may take between `takeover` and `ready` (loading and adopting maps).
+const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reply may take.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request lines are short words.
+const MAX_LINE: usize = 256;
+
+/// A listening socket, as handed to a successor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketRole {
+    /// `frontend:<name>`, `monitor` or `peers`.
+    pub role: String,
+    pub addr: SocketAddr,
+}
+
+/// The listening sockets a daemon can hand to its successor: duplicates of its own.
+#[derive(Default)]
+pub struct Handover {
+    sockets: Vec<(SocketRole, OwnedFd)>,
+}
+
+impl Handover {
+    /// Records `fd` (duplicated) as the socket for `role`.
+    pub fn add(&mut self, role: String, addr: SocketAddr, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        self.sockets.push((SocketRole { role, addr }, fd.try_clone_to_owned()?));
+        Ok(())
+    }
+}
+
+/// What the control server needs from the daemon.
+pub struct Context {
+    pub instance: String,
+    pub handover: Handover,
+    /// Applies the configuration file in place: a summary, or why not.
+    pub reload: Box<dyn Fn() -> Result<String, String> + Send + Sync>,
+    /// Asks the daemon to stop (a successor took over).
+    pub stop: Arc<Notify>,
+    /// Turns true once the daemon stopped accepting and flushed its table writes.
+    pub stopped_accepting: watch::Receiver<bool>,
+}
+
+/// Why the control socket cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another stickylb instance answers on {path}: {status}; stop it, or start with --upgrade to take over from it")]
+    AlreadyRunning { path: PathBuf, status: String },
+    #[error("cannot bind the control socket {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds the control socket at `path`. A stale socket file is replaced; a live daemon is not,
+/// unless `replace` (we are its successor).
+pub fn bind(path: &Path, replace: bool) -> Result<UnixListener, BindError> {
+    let io_error = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !replace {
+            if let Ok(status) = request(path, "status") {
+                return Err(BindError::AlreadyRunning {
+                    path: path.to_owned(),
+                    status,
+                });
+            }
+        }
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(io_error)?;
+        }
+    }
+    UnixListener::bind(path).map_err(io_error)
+}
+
+/// Answers requests until the daemon stops.
+pub async fn serve(listener: UnixListener, context: Arc<Context>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, Arc::clone(&context)));
+            }
+            Err(error) => {
+                tracing::warn!("control socket: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, context: Arc<Context>) {
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await
+    })
+    .await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let mut stream = reader.into_inner();
+    let reply = match line.trim() {
+        "status" => format!(
+            "stickylb {} pid {} instance {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            context.instance
+        ),
+        "reload" => {
+            let context = Arc::clone(&context);
+            match tokio::task::spawn_blocking(move || (context.reload)()).await {
+                Ok(Ok(summary)) => format!("ok {summary}"),
+                Ok(Err(why)) => format!("error {}", why.replace('\n', "; ")),
+                Err(_) => "error the reload task failed".to_owned(),
+            }
+        }
+        "takeover" => return hand_over(stream, &context).await,
+        other => format!("error unknown request {other:?} (status, reload, takeover)"),
+    };
+    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+}
+
+/// Sends our listening sockets, waits for the successor's `ready`, then stops accepting and
+/// answers `bye`.
+async fn hand_over(stream: UnixStream, context: &Arc<Context>) {
+    tracing::info!("a successor asks to take over the listening sockets");
+    let Ok(stream) = stream.into_std() else { return };
+    let sent = {
+        let context = Arc::clone(context);
+        tokio::task::spawn_blocking(move || send_sockets_and_wait_ready(stream, &context)).await
+    };
+    let mut stream = match sent {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::warn!("upgrade abandoned, still serving: {error}");
+            return;
+        }
+        Err(_) => return,
+    };
+    tracing::info!("successor is ready: stopping accepting, then draining");
+    context.stop.notify_one();
+    let mut stopped = context.stopped_accepting.clone();
+    let _ = stopped.wait_for(|stopped| *stopped).await;
+    let _ = tokio::task::spawn_blocking(move || stream.write_all(b"bye\n")).await;
+}
+
+fn send_sockets_and_wait_ready(
+    stream: StdUnixStream,
+    context: &Context,
+) -> io::Result<StdUnixStream> {
+    stream.set_nonblocking(false)?;
+    let roles: Vec<&SocketRole> = context.handover.sockets.iter().map(|(role, _)| role).collect();
+    let mut description = serde_json::to_vec(&roles).map_err(io::Error::other)?;
+    description.push(b'\n');
+    let fds: Vec<_> = context.handover.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
+    fds::send_with_fds(&stream, &description, &fds)?;
+    stream.set_read_timeout(Some(SUCCESSOR_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(&stream).take(MAX_LINE as u64).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("successor said {:?} instead of ready", line.trim()),
+        ));
+    }
+    Ok(stream)
+}
+
+/// Sends one request line to the daemon at `path` and returns its reply line.
+pub fn request(path: &Path, command: &str) -> io::Result<String> {
+    let mut stream = StdUnixStream::connect(path)?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// The sockets taken from a running daemon, and the line to it.
+pub struct Takeover {
+    stream: StdUnixStream,
+    sockets: Vec<(SocketRole, OwnedFd)>,
+}
+
+impl Takeover {
+    /// Asks the daemon at `path` for its listening sockets. `Ok(None)` when no daemon answers
+    /// there (nothing to take over: start fresh).
+    pub fn request(path: &Path) -> io::Result<Option<Takeover>> {
+        let mut stream = match StdUnixStream::connect(path) {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        stream.write_all(b"takeover\n")?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (n, fds) = fds::recv_with_fds(&stream, &mut buf)?;
+        let roles: Vec<SocketRole> = serde_json::from_slice(buf[..n].trim_ascii_end())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if roles.len() != fds.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} sockets described, {} received", roles.len(), fds.len()),
+            ));
+        }
+        Ok(Some(Takeover {
+            stream,
+            sockets: roles.into_iter().zip(fds).collect(),
+        }))
+    }
+
+    /// The socket the old daemon listened on for `role` at `addr`, as a tokio listener; `None`
+    /// when it had none (a new frontend, or a changed address: bind anew).
+    pub fn listener(&mut self, role: &str, addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+        let at = self
+            .sockets
+            .iter()
+            .position(|(r, _)| r.role == role && r.addr == addr)?;
+        let (_, fd) = self.sockets.swap_remove(at);
+        let listener = std::net::TcpListener::from(fd);
+        let usable = listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener));
+        match usable {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(role, %addr, "inherited socket unusable, binding anew: {error}");
+                None
+            }
+        }
+    }
+
+    /// Tells the old daemon we serve, and waits until it stopped accepting.
+    pub fn finish(mut self) -> io::Result<()> {
+        for (role, _) in &self.sockets {
+            tracing::info!(role = %role.role, addr = %role.addr, "not taking over a socket the new configuration does not use");
+        }
+        self.sockets.clear();
+        self.stream.write_all(b"ready\n")?;
+        let mut line = String::new();
+        BufReader::new(&self.stream).read_line(&mut line)?;
+        match line.trim() {
+            "bye" => Ok(()),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("old daemon answered {other:?} instead of bye"),
+            )),
+        }
+    }
+}
