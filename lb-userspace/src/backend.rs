@@ -12,7 +12,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    balance::{selector, Select},
+    balance::{Balancer, Select as _},
     config,
     table::{Journal, StickTable},
 };
@@ -148,14 +148,16 @@ pub struct BackendStats {
     pub learned: AtomicU64,
 }
 
+/// One backend. Its servers, health check settings and balancer sit behind `ArcSwap`s so that a
+/// reload replaces them while requests keep routing, never waiting on a lock.
 pub struct BackendState {
     pub name: String,
     pub id: u32,
     pub stick_cookie: String,
-    pub health_check: config::HealthCheck,
+    health_check: ArcSwap<config::HealthCheck>,
     servers: ArcSwap<Vec<Arc<ServerState>>>,
     pub table: StickTable,
-    selector: Box<dyn Select>,
+    balancer: ArcSwap<Balancer>,
     pub stats: BackendStats,
 }
 
@@ -171,12 +173,65 @@ impl BackendState {
             name: config.name.clone(),
             id,
             stick_cookie: config.stick_cookie.clone(),
-            health_check: config.health_check.clone(),
+            health_check: ArcSwap::from_pointee(config.health_check.clone()),
             servers: ArcSwap::from_pointee(servers),
             table: StickTable::new(id, config.table_size, config.expire, journal),
-            selector: selector(config.balance),
+            balancer: ArcSwap::from_pointee(Balancer::new(config.balance)),
             stats: BackendStats::default(),
         }
+    }
+
+    /// The health check settings in force.
+    pub fn health_check(&self) -> Arc<config::HealthCheck> {
+        self.health_check.load_full()
+    }
+
+    /// Applies `config`'s servers, health check and balance algorithm in place. Its name, cookie
+    /// and table settings are those of this backend (a reload refuses other changes).
+    pub fn reconfigure(&self, config: &config::Backend) {
+        self.set_servers(&config.servers);
+        self.set_health_check(config.health_check.clone());
+        self.set_balance(config.balance);
+    }
+
+    /// Swaps in `servers`. One whose name and address are unchanged keeps its state (up or
+    /// down, counters, requests in flight); a new name or a new address starts afresh. Requests
+    /// already sent to a replaced or removed server finish on it; stick entries naming a removed
+    /// server stay and are redispatched on their next request (see [`Self::route`]).
+    pub fn set_servers(&self, servers: &[config::Server]) {
+        let current = self.servers.load();
+        let next = servers
+            .iter()
+            .map(|wanted| {
+                current
+                    .iter()
+                    .find(|s| *s.name == wanted.name && s.addr == wanted.addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(ServerState::new(&wanted.name, wanted.addr)))
+            })
+            .collect();
+        self.servers.store(Arc::new(next));
+    }
+
+    pub fn set_health_check(&self, health_check: config::HealthCheck) {
+        if !health_check.enabled {
+            // Nothing would ever bring a server marked down back up.
+            for server in self.servers.load().iter() {
+                server.set_up(true);
+            }
+        }
+        self.health_check.store(Arc::new(health_check));
+    }
+
+    /// Replaces the balancer when the algorithm changes; the same algorithm keeps its rotation.
+    pub fn set_balance(&self, balance: config::Balance) {
+        if self.balancer.load().algorithm() != balance {
+            self.balancer.store(Arc::new(Balancer::new(balance)));
+        }
+    }
+
+    pub fn balance(&self) -> config::Balance {
+        self.balancer.load().algorithm()
     }
 
     pub fn servers(&self) -> Arc<Vec<Arc<ServerState>>> {
@@ -199,11 +254,9 @@ impl BackendState {
         now_ms: u64,
     ) -> Option<(Arc<ServerState>, Decision)> {
         let servers = self.servers.load();
+        let balancer = self.balancer.load();
         let routed = match cookie {
-            None => self
-                .selector
-                .select(&servers)
-                .map(|s| (s, Decision::NoCookie)),
+            None => balancer.select(&servers).map(|s| (s, Decision::NoCookie)),
             Some(cookie) => self
                 .table
                 .resolve(self.table.key(cookie), now_ms, |current| {
@@ -218,7 +271,7 @@ impl BackendState {
                             } else {
                                 Decision::NewSession
                             };
-                            let server = self.selector.select(&servers)?;
+                            let server = balancer.select(&servers)?;
                             let name = Arc::clone(&server.name);
                             Some(((server, decision), Some(name)))
                         }

@@ -27,6 +27,41 @@ pub fn selector(balance: Balance) -> Box<dyn Select> {
     }
 }
 
+/// A selector with the algorithm it runs, so that a reload replaces it (and resets its rotation)
+/// only when the algorithm changes.
+pub struct Balancer {
+    algorithm: Balance,
+    select: Box<dyn Select>,
+}
+
+impl Balancer {
+    pub fn new(algorithm: Balance) -> Self {
+        Self {
+            algorithm,
+            select: selector(algorithm),
+        }
+    }
+
+    pub fn algorithm(&self) -> Balance {
+        self.algorithm
+    }
+}
+
+impl Select for Balancer {
+    fn select(&self, servers: &[Arc<ServerState>]) -> Option<Arc<ServerState>> {
+        self.select.select(servers)
+    }
+}
+
+/// The algorithm's name as the configuration spells it.
+pub fn algorithm_name(balance: Balance) -> &'static str {
+    match balance {
+        Balance::RoundRobin => "roundrobin",
+        Balance::LeastConn => "leastconn",
+        Balance::Random => "random",
+    }
+}
+
 /// Servers in configuration order, skipping those that are down.
 #[derive(Default)]
 pub struct RoundRobin {

@@ -1,7 +1,14 @@
 //! `stickylb run`: wires the configuration, the durable table, the backends, the listeners and
-//! the monitor together, and stops them in order.
+//! the monitor together, reloads the configuration in place on SIGHUP, and stops them in order.
 
-use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use hyper_util::server::graceful::GracefulShutdown;
 use lb_common::STICK_TABLE_MAP;
@@ -15,12 +22,10 @@ use crate::{
     backend::BackendState,
     config::Config,
     dataplane::{self, DataplaneError},
-    health, monitor,
+    monitor,
     peers::{self, link::PeerLink},
-    proxy::{
-        listener::{self, ConnSettings},
-        Frontend, Proxy,
-    },
+    proxy::{listener, Frontend},
+    reload::{self, Live},
     table::{
         self, field_text,
         pinned::{self, DurableError, DurableTable, Origin},
@@ -58,8 +63,8 @@ pub struct Shared {
     pub started_ms: u64,
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Runs the daemon until SIGINT or SIGTERM; on SIGHUP, applies `config_path` again in place.
+pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError> {
     let mut signals = Signals::install().map_err(StartError::Signals)?;
     let pin_root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
     dataplane::prepare_pin_root(&pin_root)?;
@@ -84,7 +89,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     adopt_entries(&durable, &backends, &journal);
     let writer = pinned::spawn_writer(durable, receiver).map_err(StartError::Writer)?;
 
-    let mut tasks: Vec<JoinHandle<()>> = backends.iter().flat_map(health::spawn_checks).collect();
+    let live = Live::start(config.clone(), backends.clone());
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let peer_links = match &config.peers {
         Some(peers) => {
             let running = start_peers(&config, peers, &backends, &journal).await?;
@@ -105,28 +111,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
-    let proxy = Arc::new(Proxy::new(config.timeouts.connect, config.timeouts.server));
-    let settings = ConnSettings {
-        client_timeout: config.timeouts.client,
-        max_header_bytes: config.timeouts.max_header_bytes,
-    };
-    let mut servers = Vec::new();
-    for (frontend, cfg) in frontends.iter().zip(&config.frontends) {
-        let socket = listener::bind(cfg.bind).map_err(|source| StartError::Bind {
-            what: format!("frontend {}", cfg.name),
-            addr: cfg.bind,
-            source,
-        })?;
-        tracing::info!(frontend = %frontend.name, addr = %cfg.bind, backend = %frontend.backend.name, "listening");
-        servers.push(tokio::spawn(listener::serve(
-            socket,
-            Arc::clone(frontend),
-            Arc::clone(&proxy),
-            settings,
-            Arc::clone(&graceful),
-            stop_rx.clone(),
-        )));
-    }
+    let servers = listen(&config, &frontends, &live, &graceful, &stop_rx)?;
     if let Some(monitor) = &config.monitor {
         let socket = listener::bind(monitor.bind).map_err(|source| StartError::Bind {
             what: "the monitor".into(),
@@ -138,21 +123,62 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!(instance = %config.instance.name, "stickylb started");
 
-    signals.wait_for_stop().await;
-    tracing::info!(drain = ?config.timeouts.drain, "stopping: no new connections, draining requests in flight");
+    while let Event::Reload = signals.next().await {
+        reload_in_place(&live, &config_path);
+    }
+    // The drain timeout is the one in force, which a reload may have changed.
+    let drain_limit = live.config().timeouts.drain;
+    tracing::info!(drain = ?drain_limit, "stopping: no new connections, draining requests in flight");
     let _ = stop_tx.send(true);
     for server in servers {
         let _ = server.await;
     }
-    drain(graceful, config.timeouts.drain).await;
+    drain(graceful, drain_limit).await;
+    live.stop();
     tasks.iter().for_each(JoinHandle::abort);
     if !journal.flushed(Duration::from_secs(2)).await {
         tracing::warn!("the durable table writer did not catch up within 2 s");
     }
-    drop((journal, shared, frontends, backends, proxy));
+    // Every holder of a journal sender goes before the writer is joined: it stops when they do.
+    drop((journal, shared, frontends, backends, live));
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds every frontend and starts serving it with `live`'s proxy and connection settings.
+fn listen(
+    config: &Config,
+    frontends: &[Arc<Frontend>],
+    live: &Live,
+    graceful: &Arc<GracefulShutdown>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let mut servers = Vec::new();
+    for (frontend, cfg) in frontends.iter().zip(&config.frontends) {
+        let socket = listener::bind(cfg.bind).map_err(|source| StartError::Bind {
+            what: format!("frontend {}", cfg.name),
+            addr: cfg.bind,
+            source,
+        })?;
+        tracing::info!(frontend = %frontend.name, addr = %cfg.bind, backend = %frontend.backend.name, "listening");
+        servers.push(tokio::spawn(listener::serve(
+            socket,
+            Arc::clone(frontend),
+            Arc::clone(live.proxy()),
+            Arc::clone(live.conn_settings()),
+            Arc::clone(graceful),
+            stop.clone(),
+        )));
+    }
+    Ok(servers)
+}
+
+/// SIGHUP: re-reads `path` and applies it in place. An invalid file, or one that needs an
+/// upgrade, is refused with a log line and the running configuration stays.
+fn reload_in_place(live: &Live, path: &Path) {
+    tracing::info!(path = %path.display(), "SIGHUP received: reloading the configuration");
+    reload::log_outcome(&reload::reload_from(live, path));
 }
 
 /// The backends' runtime state (their tables journaling to `journal`) and the frontends that
@@ -281,20 +307,36 @@ async fn sweep_expired(backends: Vec<Arc<BackendState>>) {
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+enum Event {
+    Stop,
+    Reload,
 }
 
 impl Signals {
+    /// Installed first thing, so that a SIGHUP arriving during start is a reload, never the
+    /// default action (exit).
     fn install() -> io::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait_for_stop(&mut self) {
+    async fn next(&mut self) -> Event {
         tokio::select! {
-            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
-            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => {
+                tracing::info!("SIGINT received");
+                Event::Stop
+            }
+            _ = self.terminate.recv() => {
+                tracing::info!("SIGTERM received");
+                Event::Stop
+            }
+            _ = self.hangup.recv() => Event::Reload,
         }
     }
 }

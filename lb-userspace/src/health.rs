@@ -11,22 +11,49 @@ use tokio::{
     time::{timeout, MissedTickBehavior},
 };
 
-use crate::backend::{BackendState, ServerState};
+use crate::{
+    backend::{BackendState, ServerState},
+    config::HealthCheck,
+};
+
+/// The checker tasks of one backend; dropping this stops them.
+pub struct Checks(Vec<JoinHandle<()>>);
+
+impl Checks {
+    /// Starts checking `backend`'s current servers with its current settings; a reload that
+    /// changes either starts a new `Checks` in place of this one.
+    pub fn start(backend: &Arc<BackendState>) -> Checks {
+        Checks(spawn_checks(backend))
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        self.0.iter().for_each(JoinHandle::abort);
+    }
+}
 
 /// Starts one checker task per server of `backend`. Abort the handles to stop them.
 pub fn spawn_checks(backend: &Arc<BackendState>) -> Vec<JoinHandle<()>> {
-    if !backend.health_check.enabled {
+    let hc = backend.health_check();
+    if !hc.enabled {
         return Vec::new();
     }
     backend
         .servers()
         .iter()
-        .map(|server| tokio::spawn(check_forever(Arc::clone(backend), Arc::clone(server))))
+        .map(|server| {
+            tokio::spawn(check_forever(
+                Arc::clone(backend),
+                Arc::clone(server),
+                Arc::clone(&hc),
+            ))
+        })
         .collect()
 }
 
-async fn check_forever(backend: Arc<BackendState>, server: Arc<ServerState>) {
-    let hc = backend.health_check.clone();
+/// Checks `server` with the settings `hc` it was started with (see [`Checks::start`]).
+async fn check_forever(backend: Arc<BackendState>, server: Arc<ServerState>, hc: Arc<HealthCheck>) {
     let mut ticker = tokio::time::interval(hc.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -36,17 +63,23 @@ async fn check_forever(backend: Arc<BackendState>, server: Arc<ServerState>) {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("timeout after {} ms", hc.timeout.as_millis())),
         };
-        record(&backend, &server, outcome, started.elapsed().as_millis());
+        record(
+            &backend,
+            &server,
+            &hc,
+            outcome,
+            started.elapsed().as_millis(),
+        );
     }
 }
 
 fn record(
     backend: &BackendState,
     server: &ServerState,
+    hc: &HealthCheck,
     outcome: Result<u16, String>,
     elapsed_ms: u128,
 ) {
-    let hc = &backend.health_check;
     let mut transition = None;
     server.update_check(|status| match &outcome {
         Ok(code) if (200..400).contains(code) => {

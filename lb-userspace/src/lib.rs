@@ -18,6 +18,7 @@ pub mod health;
 pub mod monitor;
 pub mod peers;
 pub mod proxy;
+pub mod reload;
 pub mod table;
 
 /// An error and its causes on one line, for log lines that must say why.

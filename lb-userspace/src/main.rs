@@ -62,10 +62,10 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = load(&config)?;
+        Command::Run { config: path } => {
+            let config = load(&path)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(stickylb::daemon::run(config))?;
+            runtime.block_on(stickylb::daemon::run(config, path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config: path } => match Config::load(&path) {

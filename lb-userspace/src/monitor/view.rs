@@ -227,7 +227,7 @@ impl BackendView {
             servers: backend
                 .servers()
                 .iter()
-                .map(|s| ServerView::read(s, backend.health_check.enabled))
+                .map(|s| ServerView::read(s, backend.health_check().enabled))
                 .collect(),
         }
     }

@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -31,6 +32,7 @@ use tokio::{
 };
 
 use super::{Frontend, Proxy};
+use crate::config::Timeouts;
 
 /// Per-connection HTTP settings from the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +41,15 @@ pub struct ConnSettings {
     pub client_timeout: Duration,
     /// Largest request head; hyper's buffer has a floor of 8 KiB.
     pub max_header_bytes: usize,
+}
+
+impl ConnSettings {
+    pub fn from_timeouts(timeouts: &Timeouts) -> Self {
+        Self {
+            client_timeout: timeouts.client,
+            max_header_bytes: timeouts.max_header_bytes,
+        }
+    }
 }
 
 const LISTEN_BACKLOG: u32 = 4096;
@@ -59,12 +70,13 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Accepts connections on `listener` until `stop` turns true; connections are registered with
-/// `graceful` so the caller can drain them.
+/// `graceful` so the caller can drain them. Each connection takes the `settings` in force when
+/// it is accepted and keeps them: a reload changes them for the connections that follow.
 pub async fn serve(
     listener: TcpListener,
     frontend: Arc<Frontend>,
     proxy: Arc<Proxy>,
-    settings: ConnSettings,
+    settings: Arc<ArcSwap<ConnSettings>>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -75,6 +87,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let settings = **settings.load();
                 serve_connection(stream, peer, &frontend, &proxy, settings, &graceful);
             }
             Err(error) => {

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _};
 use hyper::{body::Incoming, Request, Response, Uri};
@@ -40,14 +41,22 @@ pub struct Frontend {
     pub backend: Arc<BackendState>,
 }
 
-/// State shared by every connection of every frontend.
+/// State shared by every connection of every frontend. Its timeouts can be changed while it
+/// serves (see [`Proxy::set_timeouts`]).
 pub struct Proxy {
+    upstream: ArcSwap<Upstream>,
+}
+
+/// The client to servers with the timeouts it applies; each request uses the one in force when
+/// it is forwarded.
+struct Upstream {
     client: UpstreamClient,
+    connect_timeout: Duration,
     server_timeout: Duration,
 }
 
-impl Proxy {
-    pub fn new(connect_timeout: Duration, server_timeout: Duration) -> Self {
+impl Upstream {
+    fn new(connect_timeout: Duration, server_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -58,8 +67,41 @@ impl Proxy {
             .build(connector);
         Self {
             client,
+            connect_timeout,
             server_timeout,
         }
+    }
+}
+
+impl Proxy {
+    pub fn new(connect_timeout: Duration, server_timeout: Duration) -> Self {
+        Self {
+            upstream: ArcSwap::from_pointee(Upstream::new(connect_timeout, server_timeout)),
+        }
+    }
+
+    /// The connect and server timeouts in force.
+    pub fn timeouts(&self) -> (Duration, Duration) {
+        let upstream = self.upstream.load();
+        (upstream.connect_timeout, upstream.server_timeout)
+    }
+
+    /// Applies new timeouts to the requests forwarded from now on; those in flight keep theirs.
+    /// A new server timeout keeps the pool of server connections. A new connect timeout needs a
+    /// new pool, because the timeout belongs to the connector the pool was built with; the old
+    /// pool's connections close once their requests are done.
+    pub fn set_timeouts(&self, connect_timeout: Duration, server_timeout: Duration) {
+        let current = self.upstream.load();
+        let next = if current.connect_timeout == connect_timeout {
+            Upstream {
+                client: current.client.clone(),
+                connect_timeout,
+                server_timeout,
+            }
+        } else {
+            Upstream::new(connect_timeout, server_timeout)
+        };
+        self.upstream.store(Arc::new(next));
     }
 
     /// Serves one request that arrived on `frontend` from `client`.
@@ -129,16 +171,18 @@ impl Proxy {
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let server = in_flight.server();
-        let upstream = upstream_request(request, server, client)?;
-        let response = tokio::time::timeout(self.server_timeout, self.client.request(upstream))
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout {
-                server: server.name.to_string(),
-            })?
-            .map_err(|source| ProxyError::Upstream {
-                server: server.name.to_string(),
-                source,
-            })?;
+        let upstream = self.upstream.load_full();
+        let request = upstream_request(request, server, client)?;
+        let response =
+            tokio::time::timeout(upstream.server_timeout, upstream.client.request(request))
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout {
+                    server: server.name.to_string(),
+                })?
+                .map_err(|source| ProxyError::Upstream {
+                    server: server.name.to_string(),
+                    source,
+                })?;
         let (mut parts, body) = response.into_parts();
         if let Some(set) = cookie::response_cookie(&parts.headers, &backend.stick_cookie) {
             backend.learn(set, server, now_ms());

@@ -1,0 +1,656 @@
+//! Applying a configuration in place, on SIGHUP or `stickylb reload`: servers added, removed or
+//! readdressed, health checks, balance algorithms and timeouts change while the listeners, the
+//! open connections and the stick tables stay.
+//!
+//! What cannot change in place (a frontend's address, a table's size, the peers, ...) refuses
+//! the whole reload, naming each difference: those need `stickylb reload --upgrade`, which hands
+//! over to a new process. A reload applies all of a file or none of it.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use arc_swap::ArcSwap;
+use tokio::runtime::Handle;
+
+use crate::{
+    backend::BackendState,
+    balance::algorithm_name,
+    config::{self, Balance, Config, ConfigError, Timeouts},
+    error_chain, health,
+    proxy::{listener::ConnSettings, Proxy},
+};
+
+/// What a running daemon can change in place, and the configuration it last applied.
+pub struct Live {
+    backends: Vec<Arc<BackendState>>,
+    proxy: Arc<Proxy>,
+    settings: Arc<ArcSwap<ConnSettings>>,
+    /// Where health checks run, so that a reload may be called from any thread.
+    runtime: Handle,
+    /// Held for a whole reload, so that two (SIGHUP and the control socket) never interleave.
+    /// Requests never take it.
+    applied: Mutex<Applied>,
+}
+
+struct Applied {
+    config: Config,
+    /// The running health checks by backend name; dropping one stops it.
+    checks: HashMap<String, health::Checks>,
+    stopped: bool,
+}
+
+/// Why a configuration was not applied. Nothing of it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Differences that only a new process can apply, each described on its own
+    /// (`frontend www: bind 0.0.0.0:80 -> 0.0.0.0:81`).
+    #[error("cannot apply in place: {}; use `stickylb reload --upgrade` for these", what.join("; "))]
+    NeedsUpgrade { what: Vec<String> },
+}
+
+/// Why [`reload_from`] applied nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadFailure {
+    /// The file cannot be read or does not validate.
+    #[error("invalid configuration")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+    #[error(transparent)]
+    Refused(#[from] ReloadError),
+}
+
+/// What a reload changed, for one log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// The backends that changed, in the new configuration's order.
+    pub backends: Vec<BackendChanges>,
+    /// Each timeout that changed: `client 50s -> 2s`.
+    pub timeouts: Vec<String>,
+}
+
+/// What a reload changed in one backend.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BackendChanges {
+    pub backend: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Servers whose address changed.
+    pub readdressed: Vec<String>,
+    /// The servers kept are in a new order (round robin follows it).
+    pub reordered: bool,
+    pub health_check: bool,
+    /// The algorithm before and after.
+    pub balance: Option<(Balance, Balance)>,
+}
+
+impl Live {
+    /// Starts the health checks of `backends`, which must be `config`'s (as
+    /// [`crate::daemon::routing`] builds them), and the proxy settings the listeners share.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn start(config: Config, backends: Vec<Arc<BackendState>>) -> Live {
+        let checks = backends
+            .iter()
+            .map(|b| (b.name.clone(), health::Checks::start(b)))
+            .collect();
+        let timeouts = &config.timeouts;
+        Live {
+            proxy: Arc::new(Proxy::new(timeouts.connect, timeouts.server)),
+            settings: Arc::new(ArcSwap::from_pointee(ConnSettings::from_timeouts(timeouts))),
+            runtime: Handle::current(),
+            backends,
+            applied: Mutex::new(Applied {
+                config,
+                checks,
+                stopped: false,
+            }),
+        }
+    }
+
+    /// The proxy every listener serves with.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// The per-connection settings every listener reads when it accepts.
+    pub fn conn_settings(&self) -> &Arc<ArcSwap<ConnSettings>> {
+        &self.settings
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.applied().config.clone()
+    }
+
+    /// Applies `new` in place, or nothing of it when any part needs an upgrade. Health checks
+    /// restart only for the backends whose servers or check settings changed.
+    pub fn reload(&self, new: Config) -> Result<ReloadSummary, ReloadError> {
+        let mut applied = self.applied();
+        let summary = compare(&applied.config, &new)?;
+        // Nothing below can fail: the comparison is the only refusal, so all of `new` applies.
+        let _runtime = self.runtime.enter();
+        for changes in &summary.backends {
+            self.apply_backend(&mut applied, changes, &new);
+        }
+        if !summary.timeouts.is_empty() {
+            self.proxy
+                .set_timeouts(new.timeouts.connect, new.timeouts.server);
+            self.settings
+                .store(Arc::new(ConnSettings::from_timeouts(&new.timeouts)));
+        }
+        applied.config = new;
+        Ok(summary)
+    }
+
+    /// Stops the health checks, for good: a later reload starts none.
+    pub fn stop(&self) {
+        let mut applied = self.applied();
+        applied.stopped = true;
+        applied.checks.clear();
+    }
+
+    fn apply_backend(&self, applied: &mut Applied, changes: &BackendChanges, new: &Config) {
+        // `compare` names only backends both configurations have, and `start` was given the
+        // states of the first, so both lookups succeed.
+        let state = self.backends.iter().find(|b| b.name == changes.backend);
+        let config = new.backends.iter().find(|b| b.name == changes.backend);
+        let (Some(state), Some(config)) = (state, config) else {
+            return;
+        };
+        state.reconfigure(config);
+        if changes.restarts_checks() && !applied.stopped {
+            applied
+                .checks
+                .insert(state.name.clone(), health::Checks::start(state));
+        }
+    }
+
+    fn applied(&self) -> MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reads and validates `path`, then applies it to `live` (see [`Live::reload`]).
+pub fn reload_from(live: &Live, path: &Path) -> Result<ReloadSummary, ReloadFailure> {
+    let config = Config::load(path).map_err(|source| ReloadFailure::Invalid {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(live.reload(config)?)
+}
+
+/// Logs a reload's outcome on one line: what changed (info), or why nothing did (error).
+pub fn log_outcome(outcome: &Result<ReloadSummary, ReloadFailure>) {
+    match outcome {
+        Ok(summary) => tracing::info!("{summary}"),
+        // A configuration's problems are one per line; the log keeps them on one.
+        Err(failure) => tracing::error!(
+            "reload rejected: {}",
+            error_chain(failure).replace('\n', "; ")
+        ),
+    }
+}
+
+impl ReloadSummary {
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty() && self.timeouts.is_empty()
+    }
+}
+
+impl fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("configuration unchanged");
+        }
+        let mut parts: Vec<String> = self.backends.iter().map(ToString::to_string).collect();
+        if !self.timeouts.is_empty() {
+            parts.push(format!("timeouts changed ({})", self.timeouts.join(", ")));
+        }
+        write!(f, "reloaded configuration: {}", parts.join("; "))
+    }
+}
+
+impl BackendChanges {
+    fn is_empty(&self) -> bool {
+        !self.servers_changed() && !self.reordered && !self.health_check && self.balance.is_none()
+    }
+
+    fn servers_changed(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.readdressed.is_empty())
+    }
+
+    /// A checker task belongs to one server and runs with the settings it started with.
+    fn restarts_checks(&self) -> bool {
+        self.servers_changed() || self.health_check
+    }
+}
+
+impl fmt::Display for BackendChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<String> = (self.added.iter().map(|s| format!("+{s}")))
+            .chain(self.removed.iter().map(|s| format!("-{s}")))
+            .chain(self.readdressed.iter().map(|s| format!("~{s}(addr)")))
+            .collect();
+        let mut items = Vec::new();
+        if !servers.is_empty() {
+            items.push(servers.join(" "));
+        }
+        if self.reordered {
+            items.push("servers reordered".to_owned());
+        }
+        if self.health_check {
+            items.push("health check changed".to_owned());
+        }
+        if let Some((before, after)) = self.balance {
+            let (before, after) = (algorithm_name(before), algorithm_name(after));
+            items.push(format!("balance {before} -> {after}"));
+        }
+        write!(f, "{}: {}", self.backend, items.join(", "))
+    }
+}
+
+/// What `new` changes in place relative to `old`, or every difference that needs an upgrade.
+fn compare(old: &Config, new: &Config) -> Result<ReloadSummary, ReloadError> {
+    let what = needs_upgrade(old, new);
+    if !what.is_empty() {
+        return Err(ReloadError::NeedsUpgrade { what });
+    }
+    let backends = new
+        .backends
+        .iter()
+        .filter_map(|after| {
+            let before = old.backends.iter().find(|b| b.name == after.name)?;
+            Some(backend_changes(before, after)).filter(|c| !c.is_empty())
+        })
+        .collect();
+    Ok(ReloadSummary {
+        backends,
+        timeouts: timeout_changes(&old.timeouts, &new.timeouts),
+    })
+}
+
+fn backend_changes(old: &config::Backend, new: &config::Backend) -> BackendChanges {
+    let find = |servers: &'_ [config::Server], name: &str| -> Option<std::net::SocketAddr> {
+        servers.iter().find(|s| s.name == name).map(|s| s.addr)
+    };
+    let names = |servers: &[config::Server], keep: &dyn Fn(&config::Server) -> bool| {
+        servers
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+    };
+    BackendChanges {
+        backend: new.name.clone(),
+        added: names(&new.servers, &|s| find(&old.servers, &s.name).is_none()),
+        removed: names(&old.servers, &|s| find(&new.servers, &s.name).is_none()),
+        readdressed: names(&new.servers, &|s| {
+            find(&old.servers, &s.name).is_some_and(|addr| addr != s.addr)
+        }),
+        reordered: names(&old.servers, &|s| find(&new.servers, &s.name).is_some())
+            != names(&new.servers, &|s| find(&old.servers, &s.name).is_some()),
+        health_check: old.health_check != new.health_check,
+        balance: (old.balance != new.balance).then_some((old.balance, new.balance)),
+    }
+}
+
+fn timeout_changes(old: &Timeouts, new: &Timeouts) -> Vec<String> {
+    let mut changes = Vec::new();
+    differ(&mut changes, "connect", old.connect, new.connect);
+    differ(&mut changes, "client", old.client, new.client);
+    differ(&mut changes, "server", old.server, new.server);
+    differ(&mut changes, "drain", old.drain, new.drain);
+    let (before, after) = (old.max_header_bytes, new.max_header_bytes);
+    differ(&mut changes, "max_header_bytes", before, after);
+    changes
+}
+
+/// Every difference between `old` and `new` that cannot be applied in place.
+fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
+    let mut what = Vec::new();
+    differ(
+        &mut what,
+        "instance: name",
+        &old.instance.name,
+        &new.instance.name,
+    );
+    let (before, after) = (&old.instance.pin_dir, &new.instance.pin_dir);
+    differ(&mut what, "instance: pin_dir", before, after);
+    if what.is_empty() && old.instance != new.instance {
+        what.push(format!(
+            "instance: {:?} -> {:?}",
+            old.instance, new.instance
+        ));
+    }
+    frontend_differences(&old.frontends, &new.frontends, &mut what);
+    backend_differences(&old.backends, &new.backends, &mut what);
+    if old.monitor != new.monitor {
+        let bind =
+            |m: Option<&config::Monitor>| m.map_or("none".to_owned(), |m| m.bind.to_string());
+        let (before, after) = (bind(old.monitor.as_ref()), bind(new.monitor.as_ref()));
+        what.push(format!("monitor: {before} -> {after}"));
+    }
+    peers_differences(old.peers.as_ref(), new.peers.as_ref(), &mut what);
+    // A setting the lists above do not know of yet is refused rather than ignored.
+    if what.is_empty() && fixed_part(old, old) != fixed_part(new, old) {
+        what.push("settings other than servers, health checks, balance and timeouts".to_owned());
+    }
+    what
+}
+
+fn frontend_differences(
+    old: &[config::Frontend],
+    new: &[config::Frontend],
+    what: &mut Vec<String>,
+) {
+    for before in old {
+        let Some(after) = new.iter().find(|f| f.name == before.name) else {
+            what.push(format!("frontend {}: removed", before.name));
+            continue;
+        };
+        let name = &before.name;
+        differ(
+            what,
+            format_args!("frontend {name}: bind"),
+            before.bind,
+            after.bind,
+        );
+        let (from, to) = (&before.backend, &after.backend);
+        differ(what, format_args!("frontend {name}: backend"), from, to);
+    }
+    for after in new.iter().filter(|f| !old.iter().any(|b| b.name == f.name)) {
+        what.push(format!("frontend {}: added", after.name));
+    }
+}
+
+fn backend_differences(old: &[config::Backend], new: &[config::Backend], what: &mut Vec<String>) {
+    for before in old {
+        let Some(after) = new.iter().find(|b| b.name == before.name) else {
+            what.push(format!("backend {}: removed", before.name));
+            continue;
+        };
+        let name = &before.name;
+        let (from, to) = (&before.stick_cookie, &after.stick_cookie);
+        differ(what, format_args!("backend {name}: stick_cookie"), from, to);
+        let (from, to) = (before.table_size, after.table_size);
+        differ(what, format_args!("backend {name}: table_size"), from, to);
+        differ(
+            what,
+            format_args!("backend {name}: expire"),
+            before.expire,
+            after.expire,
+        );
+        let (from, to) = (before.peer_key_len, after.peer_key_len);
+        differ(what, format_args!("backend {name}: peer_key_len"), from, to);
+    }
+    for after in new.iter().filter(|b| !old.iter().any(|o| o.name == b.name)) {
+        what.push(format!("backend {}: added", after.name));
+    }
+}
+
+fn peers_differences(
+    old: Option<&config::Peers>,
+    new: Option<&config::Peers>,
+    what: &mut Vec<String>,
+) {
+    let members = |p: &config::Peers| {
+        let list: Vec<String> = p
+            .members
+            .iter()
+            .map(|m| format!("{} {}", m.name, m.addr))
+            .collect();
+        format!("[{}]", list.join(", "))
+    };
+    match (old, new) {
+        (Some(before), Some(after)) => {
+            differ(what, "peers: bind", before.bind, after.bind);
+            if before.members != after.members {
+                what.push(format!(
+                    "peers: members {} -> {}",
+                    members(before),
+                    members(after)
+                ));
+            }
+        }
+        (None, None) => {}
+        (before, after) => {
+            let bind =
+                |p: Option<&config::Peers>| p.map_or("none".to_owned(), |p| p.bind.to_string());
+            what.push(format!("peers: {} -> {}", bind(before), bind(after)));
+        }
+    }
+}
+
+/// `config` with what a reload changes in place taken from `base`, and frontends and backends
+/// in name order (their order means nothing): equal for two configurations exactly when a
+/// reload from one to the other needs no upgrade.
+fn fixed_part(config: &Config, base: &Config) -> Config {
+    let mut fixed = config.clone();
+    fixed.timeouts = base.timeouts.clone();
+    for backend in &mut fixed.backends {
+        if let Some(from) = base.backends.iter().find(|b| b.name == backend.name) {
+            backend.servers = from.servers.clone();
+            backend.health_check = from.health_check.clone();
+            backend.balance = from.balance;
+        }
+    }
+    fixed.frontends.sort_by(|a, b| a.name.cmp(&b.name));
+    fixed.backends.sort_by(|a, b| a.name.cmp(&b.name));
+    fixed
+}
+
+/// Notes `label before -> after` when the two differ.
+fn differ<T: PartialEq + fmt::Debug>(
+    what: &mut Vec<String>,
+    label: impl fmt::Display,
+    before: T,
+    after: T,
+) {
+    if before != after {
+        what.push(format!("{label} {before:?} -> {after:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{daemon::routing, table};
+
+    /// `servers` and `extra` (appended) vary; the rest is fixed.
+    fn config(servers: &str, backend: &str, extra: &str) -> Config {
+        let text = format!(
+            r#"
+[instance]
+name = "t"
+
+[[frontend]]
+name = "www"
+bind = "127.0.0.1:8080"
+backend = "web"
+
+[[backend]]
+name = "web"
+{backend}
+health_check = {{ interval = "1h", fall = 3 }}
+servers = [{servers}]
+
+[monitor]
+bind = "127.0.0.1:8404"
+{extra}
+"#
+        );
+        Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    const THREE: &str = r#"
+  { name = "be1", addr = "127.0.0.1:1" },
+  { name = "be2", addr = "127.0.0.1:2" },
+  { name = "be3", addr = "127.0.0.1:3" },"#;
+
+    /// be3 removed, be4 added, be2 moved to port 22.
+    const NEXT: &str = r#"
+  { name = "be1", addr = "127.0.0.1:1" },
+  { name = "be2", addr = "127.0.0.1:22" },
+  { name = "be4", addr = "127.0.0.1:4" },"#;
+
+    fn needs_upgrade_list(old: &Config, new: &Config) -> Vec<String> {
+        match compare(old, new) {
+            Err(ReloadError::NeedsUpgrade { what }) => what,
+            Ok(summary) => panic!("applied in place: {summary}"),
+        }
+    }
+
+    #[test]
+    fn the_same_configuration_changes_nothing() {
+        let old = config(THREE, "", "");
+        let summary = compare(&old, &old.clone()).unwrap();
+        assert!(summary.is_empty());
+        assert_eq!(summary.to_string(), "configuration unchanged");
+    }
+
+    #[test]
+    fn servers_health_checks_balance_and_timeouts_change_in_place() {
+        let old = config(THREE, "", "");
+        let new = config(
+            NEXT,
+            r#"balance = "leastconn""#,
+            "[timeouts]\nclient = \"2s\"\n",
+        );
+        let summary = compare(&old, &new).unwrap();
+        assert_eq!(
+            summary.to_string(),
+            "reloaded configuration: web: +be4 -be3 ~be2(addr), balance roundrobin -> leastconn; \
+             timeouts changed (client 50s -> 2s)"
+        );
+        assert!(summary.backends[0].restarts_checks());
+
+        let mut new = old.clone();
+        new.backends[0].health_check.interval = Duration::from_secs(5);
+        new.backends[0].servers.reverse();
+        let summary = compare(&old, &new).unwrap();
+        assert_eq!(
+            summary.to_string(),
+            "reloaded configuration: web: servers reordered, health check changed"
+        );
+        assert!(summary.backends[0].restarts_checks());
+    }
+
+    #[test]
+    fn reordering_servers_alone_keeps_the_checks_running() {
+        let old = config(THREE, "", "");
+        let mut new = old.clone();
+        new.backends[0].servers.swap(0, 2);
+        let summary = compare(&old, &new).unwrap();
+        assert!(summary.backends[0].reordered);
+        assert!(!summary.backends[0].restarts_checks());
+    }
+
+    #[test]
+    fn every_fixed_setting_is_named_and_refused() {
+        let old = config(THREE, "", "");
+        let new = config(
+            NEXT,
+            "table_size = 1000\nstick_cookie = \"SID\"",
+            "[peers]\nbind = \"127.0.0.1:1024\"\nmembers = [{ name = \"t\", addr = \"127.0.0.1:1024\" }]\n",
+        );
+        let mut new = new;
+        new.frontends[0].bind = "127.0.0.1:8081".parse().unwrap();
+        new.monitor = None;
+        new.instance.name = "u".into();
+        let what = needs_upgrade_list(&old, &new);
+        assert_eq!(
+            what,
+            [
+                r#"instance: name "t" -> "u""#,
+                "frontend www: bind 127.0.0.1:8080 -> 127.0.0.1:8081",
+                r#"backend web: stick_cookie "JSESSIONID" -> "SID""#,
+                "backend web: table_size 1048576 -> 1000",
+                "monitor: 127.0.0.1:8404 -> none",
+                "peers: none -> 127.0.0.1:1024",
+            ]
+        );
+        let message = ReloadError::NeedsUpgrade { what }.to_string();
+        assert!(message.contains("stickylb reload --upgrade"), "{message}");
+    }
+
+    #[test]
+    fn frontends_and_backends_added_or_removed_are_refused() {
+        let old = config(THREE, "", "");
+        let mut new = old.clone();
+        new.frontends[0].name = "api".into();
+        new.backends[0].name = "web2".into();
+        new.frontends[0].backend = "web2".into();
+        assert_eq!(
+            needs_upgrade_list(&old, &new),
+            [
+                "frontend www: removed",
+                "frontend api: added",
+                "backend web: removed",
+                "backend web2: added",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_server_state_and_applies_all_or_nothing() {
+        let old = config(THREE, "", "");
+        let (journal, _receiver) = table::journal();
+        let (backends, _frontends) = routing(&old, &journal);
+        let live = Live::start(old.clone(), backends.clone());
+        let web = &backends[0];
+        let before = web.servers();
+        before[0].set_up(false);
+        let _in_flight = before[0].start_request();
+
+        // A server change beside a frontend change: refused, and nothing of it applied.
+        let mut refused = config(NEXT, "", "[timeouts]\nconnect = \"1s\"\n");
+        refused.frontends[0].bind = "127.0.0.1:9999".parse().unwrap();
+        assert!(live.reload(refused).is_err());
+        assert!(Arc::ptr_eq(&web.servers(), &before));
+        assert_eq!(live.config(), old);
+        assert_eq!(live.proxy().timeouts().0, old.timeouts.connect);
+
+        let new = config(
+            NEXT,
+            r#"balance = "random""#,
+            "[timeouts]\nconnect = \"1s\"\nclient = \"3s\"\nmax_header_bytes = 8192\n",
+        );
+        let summary = live.reload(new.clone()).unwrap();
+        assert_eq!(summary.timeouts.len(), 3, "{summary}");
+        let after = web.servers();
+        let names: Vec<&str> = after.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["be1", "be2", "be4"]);
+        assert!(Arc::ptr_eq(&after[0], &before[0]), "be1 kept its state");
+        assert!(!after[0].is_up() && after[0].in_flight() == 1);
+        assert!(
+            !Arc::ptr_eq(&after[1], &before[1]),
+            "be2 moved: fresh state"
+        );
+        assert_eq!(after[1].addr, "127.0.0.1:22".parse().unwrap());
+        assert_eq!(web.balance(), Balance::Random);
+        assert_eq!(live.proxy().timeouts().0, Duration::from_secs(1));
+        let settings = live.conn_settings().load();
+        assert_eq!(settings.client_timeout, Duration::from_secs(3));
+        assert_eq!(settings.max_header_bytes, 8192);
+        assert_eq!(live.config(), new);
+
+        // Without checks nothing would bring be1 back up: turning them off marks servers up.
+        let mut unchecked = new;
+        unchecked.backends[0].health_check.enabled = false;
+        let summary = live.reload(unchecked).unwrap();
+        assert!(summary.backends[0].restarts_checks());
+        assert!(web.servers().iter().all(|s| s.is_up()));
+        live.stop();
+    }
+}
