@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -13,23 +14,25 @@ use std::{
 use hyper_util::server::graceful::GracefulShutdown;
 use lb_common::STICK_TABLE_MAP;
 use tokio::{
+    net::{TcpListener, UnixListener},
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{watch, Notify},
     task::JoinHandle,
 };
 
 use crate::{
     backend::BackendState,
     config::Config,
+    control::{self, systemd, Handover, Takeover},
     dataplane::{self, DataplaneError},
-    monitor,
+    error_chain, monitor,
     peers::{self, link::PeerLink},
     proxy::{listener, Frontend},
     reload::{self, Live},
     table::{
         self, field_text,
-        pinned::{self, DurableError, DurableTable, Origin},
-        Journal, JournalOp,
+        pinned::{self, DurableError, DurableReader, DurableTable, Origin},
+        Fallback, Journal, JournalOp,
     },
 };
 
@@ -47,6 +50,10 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Control(#[from] control::BindError),
+    #[error("upgrade: cannot take over from the running instance")]
+    Upgrade(#[source] io::Error),
     #[error("cannot start the table writer thread")]
     Writer(#[source] io::Error),
     #[error("cannot install the signal handlers")]
@@ -63,37 +70,48 @@ pub struct Shared {
     pub started_ms: u64,
 }
 
-/// Runs the daemon until SIGINT or SIGTERM; on SIGHUP, applies `config_path` again in place.
-pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError> {
+/// How `stickylb run` was asked to start.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Re-read on SIGHUP and `stickylb reload`.
+    pub config_path: PathBuf,
+    /// `--name`: the instance name in place of the file's.
+    pub name: Option<String>,
+    /// `--upgrade`: take the listening sockets of the running instance, then let it go.
+    pub upgrade: bool,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, or until a successor takes over; on SIGHUP,
+/// applies the configuration file again in place.
+pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     let mut signals = Signals::install().map_err(StartError::Signals)?;
+    let control_path = config.instance.control_socket.clone();
+    let mut sockets = Sockets::default();
+    let mut control = None;
+    if options.upgrade {
+        sockets.takeover = take_over(&control_path).await?;
+    } else {
+        control = Some(control::bind(&control_path, false)?);
+    }
     let pin_root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
     dataplane::prepare_pin_root(&pin_root)?;
-    let total: u64 = config
-        .backends
-        .iter()
-        .map(|b| u64::from(b.table_size.get()))
-        .sum();
-    let capacity = pinned::durable_capacity(total);
-    let mut ebpf = dataplane::load(capacity)?;
-    let fresh = ebpf
-        .take_map(STICK_TABLE_MAP)
-        .ok_or(DurableError::MissingMap {
-            name: STICK_TABLE_MAP,
-        })?;
-    let path = pin_root.join(STICK_TABLE_MAP);
-    let (durable, origin) = DurableTable::open(fresh, &path, capacity)?;
-    log_origin(origin, &path, capacity);
+    let (durable, path) = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
 
     let (journal, receiver) = table::journal();
     let (backends, frontends) = routing(&config, &journal);
+    let reader: Arc<dyn Fallback> = Arc::new(DurableReader::open(&path)?);
+    backends
+        .iter()
+        .for_each(|b| b.table.set_fallback(Arc::clone(&reader)));
     adopt_entries(&durable, &backends, &journal);
     let writer = pinned::spawn_writer(durable, receiver).map_err(StartError::Writer)?;
 
-    let live = Live::start(config.clone(), backends.clone());
+    let live = Arc::new(Live::start(config.clone(), backends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let peer_links = match &config.peers {
         Some(peers) => {
-            let running = start_peers(&config, peers, &backends, &journal).await?;
+            let listener = sockets.listen("peers", peers.bind, "the peers port")?;
+            let running = start_peers(&config, peers, listener, &backends, &journal);
             tasks.extend(running.tasks);
             running.links
         }
@@ -111,21 +129,46 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError>
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
-    let servers = listen(&config, &frontends, &live, &graceful, &stop_rx)?;
+    let servers = listen(
+        &config,
+        &frontends,
+        &live,
+        &graceful,
+        &stop_rx,
+        &mut sockets,
+    )?;
     if let Some(monitor) = &config.monitor {
-        let socket = listener::bind(monitor.bind).map_err(|source| StartError::Bind {
-            what: "the monitor".into(),
-            addr: monitor.bind,
-            source,
-        })?;
+        let socket = sockets.listen("monitor", monitor.bind, "the monitor")?;
         tracing::info!(addr = %monitor.bind, "monitor listening");
         tasks.push(tokio::spawn(monitor::serve(socket, Arc::clone(&shared))));
     }
-    tracing::info!(instance = %config.instance.name, "stickylb started");
+    let control = match control {
+        Some(control) => control,
+        None => finish_takeover(sockets.takeover.take(), &control_path).await?,
+    };
+    let successor = Arc::new(Notify::new());
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    let context = control::Context {
+        instance: config.instance.name.clone(),
+        handover: std::mem::take(&mut sockets.handover),
+        reload: reload_command(&live, &options),
+        stop: Arc::clone(&successor),
+        stopped_accepting: stopped_rx,
+    };
+    tasks.push(tokio::spawn(control::serve(control, Arc::new(context))));
+    tracing::info!(instance = %config.instance.name, pid = std::process::id(), "stickylb started");
+    systemd::ready();
 
-    while let Event::Reload = signals.next().await {
-        reload_in_place(&live, &config_path);
+    loop {
+        tokio::select! {
+            event = signals.next() => match event {
+                Event::Reload => reload_in_place(&live, &options),
+                Event::Stop => break,
+            },
+            () = successor.notified() => break,
+        }
     }
+    systemd::stopping();
     // The drain timeout is the one in force, which a reload may have changed.
     let drain_limit = live.config().timeouts.drain;
     tracing::info!(drain = ?drain_limit, "stopping: no new connections, draining requests in flight");
@@ -133,9 +176,15 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError>
     for server in servers {
         let _ = server.await;
     }
+    // Peers, monitor and control go now: a successor has its own, and a stopping node must not
+    // be taught new sessions while it drains.
+    tasks.iter().for_each(JoinHandle::abort);
+    if !journal.flushed(Duration::from_secs(2)).await {
+        tracing::warn!("the durable table writer did not catch up within 2 s");
+    }
+    let _ = stopped_tx.send(true);
     drain(graceful, drain_limit).await;
     live.stop();
-    tasks.iter().for_each(JoinHandle::abort);
     if !journal.flushed(Duration::from_secs(2)).await {
         tracing::warn!("the durable table writer did not catch up within 2 s");
     }
@@ -146,21 +195,145 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError>
     Ok(())
 }
 
-/// Binds every frontend and starts serving it with `live`'s proxy and connection settings.
+/// Where listening sockets come from: the predecessor's when upgrading, else bound here. Every
+/// one is also kept (duplicated) for a successor.
+#[derive(Default)]
+struct Sockets {
+    takeover: Option<Takeover>,
+    handover: Handover,
+}
+
+impl Sockets {
+    fn listen(
+        &mut self,
+        role: &str,
+        addr: SocketAddr,
+        what: &str,
+    ) -> Result<TcpListener, StartError> {
+        let bind_error = |source| StartError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        };
+        let listener = match self.takeover.as_mut().and_then(|t| t.listener(role, addr)) {
+            Some(listener) => {
+                tracing::info!(role, %addr, "took over the listening socket");
+                listener
+            }
+            None => listener::bind(addr).map_err(bind_error)?,
+        };
+        self.handover
+            .add(role.to_owned(), addr, listener.as_fd())
+            .map_err(bind_error)?;
+        Ok(listener)
+    }
+}
+
+/// Asks the running instance for its sockets; `None` (start fresh) when none answers.
+async fn take_over(path: &Path) -> Result<Option<Takeover>, StartError> {
+    let owned = path.to_owned();
+    let takeover = tokio::task::spawn_blocking(move || Takeover::request(&owned))
+        .await
+        .map_err(|e| StartError::Upgrade(io::Error::other(e)))?
+        .map_err(StartError::Upgrade)?;
+    match &takeover {
+        Some(_) => {
+            tracing::info!(control = %path.display(), "upgrading: took the listening sockets of the running instance")
+        }
+        None => {
+            tracing::warn!(control = %path.display(), "--upgrade: no running instance answers; starting fresh")
+        }
+    }
+    Ok(takeover)
+}
+
+/// Tells the predecessor we serve, waits until it stopped accepting, then takes the control
+/// socket's path over.
+async fn finish_takeover(
+    takeover: Option<Takeover>,
+    path: &Path,
+) -> Result<UnixListener, StartError> {
+    if let Some(takeover) = takeover {
+        tokio::task::spawn_blocking(move || takeover.finish())
+            .await
+            .map_err(|e| StartError::Upgrade(io::Error::other(e)))?
+            .map_err(StartError::Upgrade)?;
+        tracing::info!("the previous instance stopped accepting; it drains and exits");
+    }
+    Ok(control::bind(path, true)?)
+}
+
+/// Opens the durable table. An upgrade adopts the pinned map as it is, whatever its capacity:
+/// the running instance keeps writing to it until it exits, so it must not be migrated away.
+fn open_durable(
+    config: &Config,
+    pin_root: &Path,
+    upgrading: bool,
+) -> Result<(DurableTable, PathBuf), StartError> {
+    let total: u64 = config
+        .backends
+        .iter()
+        .map(|b| u64::from(b.table_size.get()))
+        .sum();
+    let capacity = pinned::durable_capacity(total);
+    let path = pin_root.join(STICK_TABLE_MAP);
+    if upgrading && path.exists() {
+        let durable = DurableTable::open_existing(&path)?;
+        let pinned = durable.capacity()?;
+        if pinned != capacity {
+            tracing::warn!(
+                pinned,
+                wanted = capacity,
+                "table_size changed: the pinned table keeps its capacity until the next restart"
+            );
+        }
+        log_origin(Origin::Adopted, &path, pinned);
+        return Ok((durable, path));
+    }
+    let mut ebpf = dataplane::load(capacity)?;
+    let fresh = ebpf
+        .take_map(STICK_TABLE_MAP)
+        .ok_or(DurableError::MissingMap {
+            name: STICK_TABLE_MAP,
+        })?;
+    let (durable, origin) = DurableTable::open(fresh, &path, capacity)?;
+    log_origin(origin, &path, capacity);
+    Ok((durable, path))
+}
+
+/// What the control socket's `reload` does: the same as SIGHUP, answering the outcome.
+fn reload_command(
+    live: &Arc<Live>,
+    options: &RunOptions,
+) -> Box<dyn Fn() -> Result<String, String> + Send + Sync> {
+    let (live, options) = (Arc::clone(live), options.clone());
+    Box::new(move || {
+        tracing::info!(path = %options.config_path.display(), "reload requested on the control socket");
+        let outcome = reload::reload_from(&live, &options.config_path, options.name.as_deref());
+        reload::log_outcome(&outcome);
+        outcome
+            .map(|summary| summary.to_string())
+            .map_err(|failure| error_chain(&failure))
+    })
+}
+
+/// Binds every frontend (or takes its socket over) and starts serving it with `live`'s proxy
+/// and connection settings.
 fn listen(
     config: &Config,
     frontends: &[Arc<Frontend>],
     live: &Live,
     graceful: &Arc<GracefulShutdown>,
     stop: &watch::Receiver<bool>,
+    sockets: &mut Sockets,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
     let mut servers = Vec::new();
     for (frontend, cfg) in frontends.iter().zip(&config.frontends) {
-        let socket = listener::bind(cfg.bind).map_err(|source| StartError::Bind {
-            what: format!("frontend {}", cfg.name),
-            addr: cfg.bind,
-            source,
-        })?;
+        let socket = sockets.listen(
+            &format!("frontend:{}", cfg.name),
+            cfg.bind,
+            &format!("frontend {}", cfg.name),
+        )?;
         tracing::info!(frontend = %frontend.name, addr = %cfg.bind, backend = %frontend.backend.name, "listening");
         servers.push(tokio::spawn(listener::serve(
             socket,
@@ -176,9 +349,13 @@ fn listen(
 
 /// SIGHUP: re-reads `path` and applies it in place. An invalid file, or one that needs an
 /// upgrade, is refused with a log line and the running configuration stays.
-fn reload_in_place(live: &Live, path: &Path) {
-    tracing::info!(path = %path.display(), "SIGHUP received: reloading the configuration");
-    reload::log_outcome(&reload::reload_from(live, path));
+fn reload_in_place(live: &Live, options: &RunOptions) {
+    tracing::info!(path = %options.config_path.display(), "SIGHUP received: reloading the configuration");
+    reload::log_outcome(&reload::reload_from(
+        live,
+        &options.config_path,
+        options.name.as_deref(),
+    ));
 }
 
 /// The backends' runtime state (their tables journaling to `journal`) and the frontends that
@@ -203,41 +380,36 @@ pub fn routing(config: &Config, journal: &Journal) -> (Vec<Arc<BackendState>>, V
     (backends, frontends)
 }
 
-/// Binds the peers port and starts a session task per other member.
-async fn start_peers(
+/// Starts accepting peers on `listener` and a session task per other member.
+fn start_peers(
     config: &Config,
     peers: &crate::config::Peers,
+    listener: TcpListener,
     backends: &[Arc<BackendState>],
     journal: &Journal,
-) -> Result<peers::node::Peers, StartError> {
-    let listener = peers::node::bind(peers.bind)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "the peers port".into(),
-            addr: peers.bind,
-            source,
-        })?;
+) -> peers::node::Peers {
     let synced: Vec<(Arc<BackendState>, u8)> = backends
         .iter()
         .zip(&config.backends)
         .map(|(backend, cfg)| (Arc::clone(backend), cfg.peer_key_len))
         .collect();
     tracing::info!(addr = %peers.bind, members = peers.members.len(), "peers listening");
-    Ok(peers::node::start(
-        listener,
-        peers,
-        &config.instance.name,
-        &synced,
-        journal,
-    ))
+    peers::node::start(listener, peers, &config.instance.name, &synced, journal)
 }
+
+/// Before idle connections are closed, a connection accepted just before we stopped gets this
+/// long to send its first request: a graceful shutdown closes a connection that has not sent
+/// one yet, which its client would see as a failed request.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
 async fn drain(graceful: Arc<GracefulShutdown>, limit: Duration) {
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
         tracing::warn!("listeners still hold connections; not waiting for them");
         return;
     };
-    if tokio::time::timeout(limit, graceful.shutdown())
+    let grace = FIRST_REQUEST_GRACE.min(limit);
+    tokio::time::sleep(grace).await;
+    if tokio::time::timeout(limit - grace, graceful.shutdown())
         .await
         .is_err()
     {

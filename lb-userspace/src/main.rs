@@ -6,10 +6,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use stickylb::{
     config::{backend_id, Config},
+    control,
+    daemon::RunOptions,
     dataplane,
     table::{field_text, now_ms, pinned::DurableTable},
 };
 use tracing_subscriber::EnvFilter;
+
+/// Lives beside the library modules but belongs to this binary only.
+mod upgrade_cli;
 
 #[derive(Parser)]
 #[command(
@@ -30,28 +35,60 @@ struct Cli {
 enum Command {
     /// Run the load balancer (as root: it loads eBPF maps and pins them in bpffs).
     Run {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// Take the listening sockets of the running instance (zero-downtime upgrade), which
+        /// then drains and exits. Without a running instance, start normally.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Reload the running instance: apply the configuration file in place (servers, health
+    /// checks, balance, timeouts), or with --upgrade start a new process that takes over.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+        /// Replace the process (new binary or any configuration change) without dropping a
+        /// connection.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration and print every problem with its line.
     Check {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Print the stick table from the pinned map (works while the daemon runs or is stopped).
     Table {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// Which instance: its configuration file, and optionally its name.
+#[derive(clap::Args, Clone)]
+struct Target {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Instance name, in place of the file's `[instance] name` or the host name (several
+    /// instances can share one file, each finding itself in `[peers]` by name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl Target {
+    fn load(&self) -> anyhow::Result<Config> {
+        Config::load_as(&self.config, self.name.as_deref())
+            .with_context(|| format!("configuration {}", self.config.display()))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    match dispatch(cli.command) {
+    match dispatch(cli.command, &cli.log) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("stickylb: {error:#}");
@@ -60,43 +97,82 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config: path } => {
-            let config = load(&path)?;
+        Command::Run { target, upgrade } => {
+            let config = target.load()?;
+            let options = RunOptions {
+                config_path: target.config,
+                name: target.name,
+                upgrade,
+            };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(stickylb::daemon::run(config, path))?;
+            runtime.block_on(stickylb::daemon::run(config, options))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config: path } => match Config::load(&path) {
-            Ok(config) => {
-                println!(
-                    "{}: OK ({} frontends, {} backends, {} servers)",
-                    path.display(),
-                    config.frontends.len(),
-                    config.backends.len(),
-                    config
-                        .backends
-                        .iter()
-                        .map(|b| b.servers.len())
-                        .sum::<usize>()
-                );
-                Ok(ExitCode::SUCCESS)
+        Command::Reload { target, upgrade } => {
+            let config = target.load()?;
+            if upgrade {
+                upgrade_cli::start_successor(&target.config, target.name.as_deref(), &config, log)
+            } else {
+                reload_in_place(&config)
             }
-            Err(error) => {
-                eprintln!("{}: invalid configuration\n{error}", path.display());
-                Ok(ExitCode::from(2))
+        }
+        Command::Check { target } => {
+            match Config::load_as(&target.config, target.name.as_deref()) {
+                Ok(config) => {
+                    println!(
+                        "{}: OK ({} frontends, {} backends, {} servers)",
+                        target.config.display(),
+                        config.frontends.len(),
+                        config.backends.len(),
+                        config
+                            .backends
+                            .iter()
+                            .map(|b| b.servers.len())
+                            .sum::<usize>()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!(
+                        "{}: invalid configuration\n{error}",
+                        target.config.display()
+                    );
+                    Ok(ExitCode::from(2))
+                }
             }
-        },
-        Command::Table { config, json } => {
-            print_table(&load(&config)?, json)?;
+        }
+        Command::Table { target, json } => {
+            print_table(&target.load()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    Config::load(path).with_context(|| format!("configuration {}", path.display()))
+/// Asks the running instance to apply its configuration file in place.
+fn reload_in_place(config: &Config) -> anyhow::Result<ExitCode> {
+    let path = &config.instance.control_socket;
+    let reply = control::request(path, "reload").with_context(|| {
+        format!(
+            "no running instance {} answers on {}",
+            config.instance.name,
+            path.display()
+        )
+    })?;
+    match reply.strip_prefix("ok ") {
+        Some(summary) => {
+            println!("reloaded: {summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "stickylb: reload rejected: {}",
+                reply.trim_start_matches("error ")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn print_table(config: &Config, json: bool) -> anyhow::Result<()> {

@@ -180,8 +180,12 @@ impl Live {
 }
 
 /// Reads and validates `path`, then applies it to `live` (see [`Live::reload`]).
-pub fn reload_from(live: &Live, path: &Path) -> Result<ReloadSummary, ReloadFailure> {
-    let config = Config::load(path).map_err(|source| ReloadFailure::Invalid {
+pub fn reload_from(
+    live: &Live,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<ReloadSummary, ReloadFailure> {
+    let config = Config::load_as(path, name).map_err(|source| ReloadFailure::Invalid {
         path: path.to_owned(),
         source,
     })?;

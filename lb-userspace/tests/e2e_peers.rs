@@ -177,6 +177,7 @@ fn node_config(lan: &Lan, i: usize, pin: &PinDir, members: &[(String, String)]) 
 [instance]
 name = "{name}"
 pin_dir = "{pin}"
+control_socket = "{control}"
 
 [[frontend]]
 name = "www"
@@ -200,6 +201,7 @@ members = [
 "#,
         name = node_name(i),
         pin = pin.0.display(),
+        control = pin.control_socket().display(),
         lb = lan.lb_addr(i),
     )
 }

@@ -25,19 +25,36 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{http, privileged, seed_cookie, start_daemon, stickylb_bin, wait_until, write_temp, PinDir, Proc, Topology};
+use common::{
+    http, privileged, seed_cookie, start_daemon, stickylb_bin, wait_until, write_temp, PinDir,
+    Proc, Topology,
+};
 
 fn servers() -> Vec<(String, u16)> {
     (1..=7).map(|n| (format!("be{n}"), 8080 + n)).collect()
 }
 
-fn config(topo: &Topology, pin: &PinDir, control: &Path, connect: &str, extra_server: bool) -> String {
+fn config(
+    topo: &Topology,
+    pin: &PinDir,
+    control: &Path,
+    connect: &str,
+    extra_server: bool,
+) -> String {
     let mut servers: String = servers()
         .iter()
-        .map(|(name, port)| format!("  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n", topo.backend_addr()))
+        .map(|(name, port)| {
+            format!(
+                "  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n",
+                topo.backend_addr()
+            )
+        })
         .collect();
     if extra_server {
-        servers.push_str(&format!("  {{ name = \"be8\", addr = \"{}:8088\" }},\n", topo.backend_addr()));
+        servers.push_str(&format!(
+            "  {{ name = \"be8\", addr = \"{}:8088\" }},\n",
+            topo.backend_addr()
+        ));
     }
     format!(
         r#"
@@ -82,11 +99,19 @@ struct Tally {
 
 /// `threads` clients, each sending one request per new connection (as the seed's curl does),
 /// cycling through `sessions`, until `stop`.
-fn load(ns: &str, lb: &str, sessions: Arc<HashMap<String, String>>, threads: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> Vec<thread::JoinHandle<()>> {
+fn load(
+    ns: &str,
+    lb: &str,
+    sessions: Arc<HashMap<String, String>>,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<thread::JoinHandle<()>> {
     (0..threads)
         .map(|t| {
             let (ns, addr) = (ns.to_owned(), format!("{lb}:80"));
-            let (sessions, stop, tally) = (Arc::clone(&sessions), Arc::clone(&stop), Arc::clone(&tally));
+            let (sessions, stop, tally) =
+                (Arc::clone(&sessions), Arc::clone(&stop), Arc::clone(&tally));
             thread::spawn(move || {
                 http::in_netns(&ns, move || {
                     let keys: Vec<&String> = sessions.keys().collect();
@@ -101,7 +126,10 @@ fn load(ns: &str, lb: &str, sessions: Arc<HashMap<String, String>>, threads: usi
                         tally.requests.fetch_add(1, Relaxed);
                         match outcome {
                             Ok(body) if body == sessions[session] => {}
-                            Ok(body) => tally.moved.lock().unwrap().push(format!("{session}: {body} instead of {}", sessions[session])),
+                            Ok(body) => tally.moved.lock().unwrap().push(format!(
+                                "{session}: {body} instead of {}",
+                                sessions[session]
+                            )),
                             Err(error) => tally.failures.lock().unwrap().push(error),
                         }
                     }
@@ -113,11 +141,14 @@ fn load(ns: &str, lb: &str, sessions: Arc<HashMap<String, String>>, threads: usi
 
 fn one_request(addr: &str, session: &str) -> Result<String, String> {
     let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     let request = format!("GET / HTTP/1.1\r\nHost: t\r\nCookie: c1=1; c2=2; JSESSIONID={session}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    conn.write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut out = Vec::new();
-    conn.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+    conn.read_to_end(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
     if !out.starts_with(b"HTTP/1.1 200") {
         return Err(format!("answer: {}", String::from_utf8_lossy(&out)));
     }
@@ -141,25 +172,52 @@ impl Rig {
             .chain([&("be8".to_owned(), 8088)])
             .map(|(name, port)| {
                 let listen = format!("{}:{port}=Backend {}", topo.backend_addr(), &name[2..]);
-                let proc = Proc::spawn(name, &topo.backends.name, &[common::backend_bin(), "--listen", &listen]);
+                let proc = Proc::spawn(
+                    name,
+                    &topo.backends.name,
+                    &[common::backend_bin(), "--listen", &listen],
+                );
                 proc.wait_for_output("ready", Duration::from_secs(10));
                 proc
             })
             .collect();
         backends.shrink_to_fit();
-        let control = PathBuf::from(format!("/run/stickylb-test/{tag}-{}.sock", std::process::id()));
-        let cfg = write_temp(&format!("{tag}.toml"), &config(&topo, &pin, &control, "5s", false));
-        Rig { _backends: backends, cfg, control, pin, topo }
+        let control = PathBuf::from(format!(
+            "/run/stickylb-test/{tag}-{}.sock",
+            std::process::id()
+        ));
+        let cfg = write_temp(
+            &format!("{tag}.toml"),
+            &config(&topo, &pin, &control, "5s", false),
+        );
+        Rig {
+            _backends: backends,
+            cfg,
+            control,
+            pin,
+            topo,
+        }
     }
 
     fn write_config(&self, connect: &str, extra_server: bool) {
-        std::fs::write(&self.cfg, config(&self.topo, &self.pin, &self.control, connect, extra_server)).unwrap();
+        std::fs::write(
+            &self.cfg,
+            config(&self.topo, &self.pin, &self.control, connect, extra_server),
+        )
+        .unwrap();
     }
 
     /// Runs `stickylb reload [args]` in the lb's namespace; returns the process (an upgrade
     /// leaves the new daemon's output on its pipes).
     fn reload(&self, args: &[&str]) -> Proc {
-        let mut argv = vec![stickylb_bin(), "--log", "info", "reload", "--config", self.cfg.to_str().unwrap()];
+        let mut argv = vec![
+            stickylb_bin(),
+            "--log",
+            "info",
+            "reload",
+            "--config",
+            self.cfg.to_str().unwrap(),
+        ];
         argv.extend_from_slice(args);
         Proc::spawn("reload", &self.topo.lb.name, &argv)
     }
@@ -167,12 +225,20 @@ impl Rig {
     /// The pid answering on the control socket.
     fn daemon_pid(&self) -> Option<i32> {
         let status = stickylb::control::request(&self.control, "status").ok()?;
-        status.split(" pid ").nth(1)?.split(' ').next()?.parse().ok()
+        status
+            .split(" pid ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
     }
 }
 
 fn wait_exit(proc: &mut Proc) -> bool {
-    wait_until(Duration::from_secs(60), || matches!(proc.child.try_wait(), Ok(Some(_))))
+    wait_until(Duration::from_secs(60), || {
+        matches!(proc.child.try_wait(), Ok(Some(_)))
+    })
 }
 
 #[test]
@@ -188,20 +254,29 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
         .map(|n| {
             let session = seed_cookie(n);
             let (client, lb, s) = (client.clone(), lb.clone(), session.clone());
-            let body = http::in_netns(&client, move || one_request(&format!("{lb}:80"), &s)).unwrap();
+            let body =
+                http::in_netns(&client, move || one_request(&format!("{lb}:80"), &s)).unwrap();
             (session, body)
         })
         .collect();
     let sessions = Arc::new(sessions);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let clients = load(&client, &lb, Arc::clone(&sessions), 8, Arc::clone(&stop), Arc::clone(&tally));
+    let clients = load(
+        &client,
+        &lb,
+        Arc::clone(&sessions),
+        8,
+        Arc::clone(&stop),
+        Arc::clone(&tally),
+    );
 
     let started = Instant::now();
     let mut upgrades = Vec::new();
     let mut in_place = 0;
+    // Ten steps a second apart: the load runs through 10 s of reloads.
     for round in 0..5 {
-        thread::sleep(Duration::from_millis(500));
+        thread::sleep(Duration::from_secs(1));
         // In place: a server added or removed and a timeout changed; the first by SIGHUP, the
         // others through `stickylb reload`.
         rig.write_config(if round % 2 == 0 { "4s" } else { "5s" }, round % 2 == 0);
@@ -214,13 +289,23 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
             assert!(reload.output().contains("reloaded"), "{}", reload.output());
         }
         in_place += 1;
-        thread::sleep(Duration::from_millis(500));
+        thread::sleep(Duration::from_secs(1));
         // Upgrade: a new process takes the sockets, the old drains and exits.
         let before = rig.daemon_pid().expect("a daemon answers");
         let mut upgrade = rig.reload(&["--upgrade"]);
-        assert!(wait_exit(&mut upgrade), "reload --upgrade did not finish:\n{}", upgrade.output());
-        assert!(upgrade.child.try_wait().unwrap().unwrap().success(), "{}", upgrade.output());
-        let after = rig.daemon_pid().expect("a daemon answers after the upgrade");
+        assert!(
+            wait_exit(&mut upgrade),
+            "reload --upgrade did not finish:\n{}",
+            upgrade.output()
+        );
+        assert!(
+            upgrade.child.try_wait().unwrap().unwrap().success(),
+            "{}",
+            upgrade.output()
+        );
+        let after = rig
+            .daemon_pid()
+            .expect("a daemon answers after the upgrade");
         assert_ne!(before, after, "{}", upgrade.output());
         upgrades.push(upgrade);
     }
@@ -236,20 +321,45 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
     let failures = tally.failures.lock().unwrap().clone();
     let moved = tally.moved.lock().unwrap().clone();
     let logs: String = upgrades.iter().map(Proc::output).collect();
-    assert!(failures.is_empty(), "{} failed requests: {:?}\n{}{}", failures.len(), &failures[..failures.len().min(10)], first.output(), logs);
-    assert!(moved.is_empty(), "{} sessions moved: {:?}", moved.len(), &moved[..moved.len().min(10)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}\n{}{}",
+        failures.len(),
+        &failures[..failures.len().min(10)],
+        first.output(),
+        logs
+    );
+    assert!(
+        moved.is_empty(),
+        "{} sessions moved: {:?}",
+        moved.len(),
+        &moved[..moved.len().min(10)]
+    );
     assert!(requests > 1000, "only {requests} requests");
-    assert!(first.output().contains("successor is ready"), "{}", first.output());
+    assert!(
+        first.output().contains("successor is ready"),
+        "{}",
+        first.output()
+    );
 
     // A crash under load, then a start: requests fail while nobody listens, but afterwards every
     // session is served where it was.
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = load(&client, &lb, Arc::clone(&sessions), 4, Arc::clone(&stop), Arc::clone(&tally));
+    let clients = load(
+        &client,
+        &lb,
+        Arc::clone(&sessions),
+        4,
+        Arc::clone(&stop),
+        Arc::clone(&tally),
+    );
     thread::sleep(Duration::from_millis(300));
     let pid = rig.daemon_pid().unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert!(wait_until(Duration::from_secs(5), || rig.daemon_pid().is_none()));
+    assert!(wait_until(Duration::from_secs(5), || rig
+        .daemon_pid()
+        .is_none()));
     let restarted = start_daemon(&rig.topo.lb.name, &rig.cfg);
     thread::sleep(Duration::from_millis(1000));
     stop.store(true, Relaxed);
@@ -261,6 +371,13 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
         tally.failures.lock().unwrap().len(),
         moved.len()
     );
-    assert!(moved.is_empty(), "sessions moved after the restart: {moved:?}");
-    assert!(restarted.output().contains("adopted"), "{}", restarted.output());
+    assert!(
+        moved.is_empty(),
+        "sessions moved after the restart: {moved:?}"
+    );
+    assert!(
+        restarted.output().contains("adopted"),
+        "{}",
+        restarted.output()
+    );
 }

@@ -51,6 +51,7 @@ fn config(
 [instance]
 name = "lb-{TAG}"
 pin_dir = "{pin}"
+control_socket = "{control}"
 
 [[frontend]]
 name = "www"
@@ -67,6 +68,7 @@ servers = [
 client = "{client}"
 "#,
         pin = pin.0.display(),
+        control = pin.control_socket().display(),
         lb = topo.lb_addr(),
     )
 }

@@ -50,6 +50,7 @@ fn sized_config(
 [instance]
 name = "{instance}"
 pin_dir = "{pin}"
+control_socket = "{control}"
 
 [[frontend]]
 name = "www"
@@ -71,6 +72,7 @@ bind = "{lb}:8404"
 {extra}
 "#,
         pin = pin.0.display(),
+        control = pin.control_socket().display(),
         lb = topo.lb_addr(),
     )
 }

@@ -1172,7 +1172,10 @@ fn a_name_given_on_the_command_line_replaces_the_instance_name() {
     let text = BASE.replace("name = \"lb-1\"\n", "");
     let config = from_toml_with(&text, || Ok("host".to_owned()), Some("lb-2")).unwrap();
     assert_eq!(config.instance.name, "lb-2");
-    assert_eq!(config.instance.control_socket, PathBuf::from("/run/stickylb/lb-2.sock"));
+    assert_eq!(
+        config.instance.control_socket,
+        PathBuf::from("/run/stickylb/lb-2.sock")
+    );
     let config = from_toml_with(BASE, || Ok("host".to_owned()), Some("lb-3")).unwrap();
     assert_eq!(config.instance.name, "lb-3");
     let Err(ConfigError::Invalid { problems }) =
@@ -1182,7 +1185,10 @@ fn a_name_given_on_the_command_line_replaces_the_instance_name() {
     };
     assert_eq!(problems[0].key, "instance.name");
     assert_problem(
-        &BASE.replace("name = \"lb-1\"\n", "name = \"lb-1\"\ncontrol_socket = \"relative.sock\"\n"),
+        &BASE.replace(
+            "name = \"lb-1\"\n",
+            "name = \"lb-1\"\ncontrol_socket = \"relative.sock\"\n",
+        ),
         Some(3),
         "instance.control_socket",
         "must be an absolute path",

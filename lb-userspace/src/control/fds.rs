@@ -3,8 +3,7 @@
 //! one replaces the other.
 
 use std::{
-    io,
-    mem,
+    io, mem,
     os::{
         fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
         unix::net::UnixStream,
@@ -54,7 +53,10 @@ pub fn send_with_fds(socket: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -
         return Err(io::Error::last_os_error());
     }
     if sent as usize != data.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "fd message sent in part"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "fd message sent in part",
+        ));
     }
     Ok(())
 }

@@ -55,8 +55,14 @@ pub struct Handover {
 
 impl Handover {
     /// Records `fd` (duplicated) as the socket for `role`.
-    pub fn add(&mut self, role: String, addr: SocketAddr, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-        self.sockets.push((SocketRole { role, addr }, fd.try_clone_to_owned()?));
+    pub fn add(
+        &mut self,
+        role: String,
+        addr: SocketAddr,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        self.sockets
+            .push((SocketRole { role, addr }, fd.try_clone_to_owned()?));
         Ok(())
     }
 }
@@ -166,7 +172,9 @@ async fn handle(stream: UnixStream, context: Arc<Context>) {
 /// answers `bye`.
 async fn hand_over(stream: UnixStream, context: &Arc<Context>) {
     tracing::info!("a successor asks to take over the listening sockets");
-    let Ok(stream) = stream.into_std() else { return };
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
     let sent = {
         let context = Arc::clone(context);
         tokio::task::spawn_blocking(move || send_sockets_and_wait_ready(stream, &context)).await
@@ -191,14 +199,26 @@ fn send_sockets_and_wait_ready(
     context: &Context,
 ) -> io::Result<StdUnixStream> {
     stream.set_nonblocking(false)?;
-    let roles: Vec<&SocketRole> = context.handover.sockets.iter().map(|(role, _)| role).collect();
+    let roles: Vec<&SocketRole> = context
+        .handover
+        .sockets
+        .iter()
+        .map(|(role, _)| role)
+        .collect();
     let mut description = serde_json::to_vec(&roles).map_err(io::Error::other)?;
     description.push(b'\n');
-    let fds: Vec<_> = context.handover.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
+    let fds: Vec<_> = context
+        .handover
+        .sockets
+        .iter()
+        .map(|(_, fd)| fd.as_fd())
+        .collect();
     fds::send_with_fds(&stream, &description, &fds)?;
     stream.set_read_timeout(Some(SUCCESSOR_TIMEOUT))?;
     let mut line = String::new();
-    BufReader::new(&stream).take(MAX_LINE as u64).read_line(&mut line)?;
+    BufReader::new(&stream)
+        .take(MAX_LINE as u64)
+        .read_line(&mut line)?;
     if line.trim() != "ready" {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -230,7 +250,12 @@ impl Takeover {
     pub fn request(path: &Path) -> io::Result<Option<Takeover>> {
         let mut stream = match StdUnixStream::connect(path) {
             Ok(stream) => stream,
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 return Ok(None)
             }
             Err(e) => return Err(e),
@@ -262,7 +287,9 @@ impl Takeover {
             .position(|(r, _)| r.role == role && r.addr == addr)?;
         let (_, fd) = self.sockets.swap_remove(at);
         let listener = std::net::TcpListener::from(fd);
-        let usable = listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener));
+        let usable = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener));
         match usable {
             Ok(listener) => Some(listener),
             Err(error) => {

@@ -416,12 +416,20 @@ impl StickTable {
 
     /// A miss found in the fallback (written by the other process during an upgrade) is taken
     /// into memory as it is: not a new decision, nothing to push or persist.
-    fn adopt_from_fallback(&self, inner: &mut Inner, key: StickKey, now_ms: u64) -> Option<Arc<str>> {
+    fn adopt_from_fallback(
+        &self,
+        inner: &mut Inner,
+        key: StickKey,
+        now_ms: u64,
+    ) -> Option<Arc<str>> {
         let (server, last_seen_ms) = self.fallback.get()?.lookup(&key)?;
         if self.is_expired(last_seen_ms, now_ms) {
             return None;
         }
-        if let Some(evicted) = inner.push(key, Slot::new(Arc::clone(&server), last_seen_ms, last_seen_ms)) {
+        if let Some(evicted) = inner.push(
+            key,
+            Slot::new(Arc::clone(&server), last_seen_ms, last_seen_ms),
+        ) {
             self.journal(JournalOp::Delete(evicted));
         }
         Some(server)

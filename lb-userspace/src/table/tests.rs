@@ -277,7 +277,10 @@ impl Fallback for Shared {
 fn a_miss_is_looked_up_in_the_fallback_before_it_is_a_new_session() {
     let (table, mut rx) = table(10, Duration::from_secs(60));
     let (known, stale) = (table.key(b"known"), table.key(b"stale"));
-    table.set_fallback(Arc::new(Shared(vec![(known, "s7", 90_000), (stale, "s7", 1_000)])));
+    table.set_fallback(Arc::new(Shared(vec![
+        (known, "s7", 90_000),
+        (stale, "s7", 1_000),
+    ])));
     table.resolve(known, 90_500, |current| {
         assert_eq!(current, Some("s7"));
         Some(((), None))
@@ -287,6 +290,9 @@ fn a_miss_is_looked_up_in_the_fallback_before_it_is_a_new_session() {
         Some(((), None))
     });
     assert_eq!(table.len(), 1);
-    assert!(logged(&table, 0).is_empty(), "an adopted entry is not a new decision");
+    assert!(
+        logged(&table, 0).is_empty(),
+        "an adopted entry is not a new decision"
+    );
     assert!(drain(&mut rx).is_empty());
 }

@@ -166,9 +166,19 @@ impl PinDir {
     }
 }
 
+impl PinDir {
+    /// A control socket path as unique as the pin directory, so that tests running side by side
+    /// never meet on the default `/run/stickylb/<instance>.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        let leaf = self.0.file_name().unwrap_or_default().to_string_lossy();
+        PathBuf::from(format!("/run/stickylb-test/{leaf}.sock"))
+    }
+}
+
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_file(self.control_socket());
     }
 }
 

@@ -306,8 +306,10 @@ impl Checker<'_> {
         };
         let name = name?;
         Some(Instance {
-            control_socket: control_socket?
-                .map_or_else(|| PathBuf::from(format!("{DEFAULT_RUN_DIR}/{name}.sock")), PathBuf::from),
+            control_socket: control_socket?.map_or_else(
+                || PathBuf::from(format!("{DEFAULT_RUN_DIR}/{name}.sock")),
+                PathBuf::from,
+            ),
             name,
             pin_dir: PathBuf::from(pin_dir?),
         })
