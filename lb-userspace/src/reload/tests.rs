@@ -1,0 +1,191 @@
+use std::time::Duration;
+
+use super::*;
+use crate::{daemon::routing, table};
+
+/// `servers` and `extra` (appended) vary; the rest is fixed.
+fn config(servers: &str, backend: &str, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[instance]
+name = "t"
+
+[[frontend]]
+name = "www"
+bind = "127.0.0.1:8080"
+backend = "web"
+
+[[backend]]
+name = "web"
+{backend}
+health_check = {{ interval = "1h", fall = 3 }}
+servers = [{servers}]
+
+[monitor]
+bind = "127.0.0.1:8404"
+{extra}
+"#
+    );
+    Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+const THREE: &str = r#"
+  { name = "be1", addr = "127.0.0.1:1" },
+  { name = "be2", addr = "127.0.0.1:2" },
+  { name = "be3", addr = "127.0.0.1:3" },"#;
+
+/// be3 removed, be4 added, be2 moved to port 22.
+const NEXT: &str = r#"
+  { name = "be1", addr = "127.0.0.1:1" },
+  { name = "be2", addr = "127.0.0.1:22" },
+  { name = "be4", addr = "127.0.0.1:4" },"#;
+
+fn needs_upgrade_list(old: &Config, new: &Config) -> Vec<String> {
+    match compare(old, new) {
+        Err(ReloadError::NeedsUpgrade { what }) => what,
+        Ok(summary) => panic!("applied in place: {summary}"),
+    }
+}
+
+#[test]
+fn the_same_configuration_changes_nothing() {
+    let old = config(THREE, "", "");
+    let summary = compare(&old, &old.clone()).unwrap();
+    assert!(summary.is_empty());
+    assert_eq!(summary.to_string(), "configuration unchanged");
+}
+
+#[test]
+fn servers_health_checks_balance_and_timeouts_change_in_place() {
+    let old = config(THREE, "", "");
+    let new = config(
+        NEXT,
+        r#"balance = "leastconn""#,
+        "[timeouts]\nclient = \"2s\"\n",
+    );
+    let summary = compare(&old, &new).unwrap();
+    assert_eq!(
+        summary.to_string(),
+        "reloaded configuration: web: +be4 -be3 ~be2(addr), balance roundrobin -> leastconn; \
+         timeouts changed (client 50s -> 2s)"
+    );
+    assert!(summary.backends[0].restarts_checks());
+
+    let mut new = old.clone();
+    new.backends[0].health_check.interval = Duration::from_secs(5);
+    new.backends[0].servers.reverse();
+    let summary = compare(&old, &new).unwrap();
+    assert_eq!(
+        summary.to_string(),
+        "reloaded configuration: web: servers reordered, health check changed"
+    );
+    assert!(summary.backends[0].restarts_checks());
+}
+
+#[test]
+fn reordering_servers_alone_keeps_the_checks_running() {
+    let old = config(THREE, "", "");
+    let mut new = old.clone();
+    new.backends[0].servers.swap(0, 2);
+    let summary = compare(&old, &new).unwrap();
+    assert!(summary.backends[0].reordered);
+    assert!(!summary.backends[0].restarts_checks());
+}
+
+#[test]
+fn every_fixed_setting_is_named_and_refused() {
+    let old = config(THREE, "", "");
+    let new = config(
+        NEXT,
+        "table_size = 1000\nstick_cookie = \"SID\"",
+        "[peers]\nbind = \"127.0.0.1:1024\"\nmembers = [{ name = \"t\", addr = \"127.0.0.1:1024\" }]\n",
+    );
+    let mut new = new;
+    new.frontends[0].bind = "127.0.0.1:8081".parse().unwrap();
+    new.monitor = None;
+    new.instance.name = "u".into();
+    let what = needs_upgrade_list(&old, &new);
+    assert_eq!(
+        what,
+        [
+            r#"instance: name "t" -> "u""#,
+            "frontend www: bind 127.0.0.1:8080 -> 127.0.0.1:8081",
+            r#"backend web: stick_cookie "JSESSIONID" -> "SID""#,
+            "backend web: table_size 1048576 -> 1000",
+            "monitor: 127.0.0.1:8404 -> none",
+            "peers: none -> 127.0.0.1:1024",
+        ]
+    );
+    let message = ReloadError::NeedsUpgrade { what }.to_string();
+    assert!(message.contains("stickylb reload --upgrade"), "{message}");
+}
+
+#[test]
+fn frontends_and_backends_added_or_removed_are_refused() {
+    let old = config(THREE, "", "");
+    let mut new = old.clone();
+    new.frontends[0].name = "api".into();
+    new.backends[0].name = "web2".into();
+    new.frontends[0].backend = "web2".into();
+    assert_eq!(
+        needs_upgrade_list(&old, &new),
+        [
+            "frontend www: removed",
+            "frontend api: added",
+            "backend web: removed",
+            "backend web2: added",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_server_state_and_applies_all_or_nothing() {
+    let old = config(THREE, "", "");
+    let (journal, _receiver) = table::journal();
+    let (backends, _frontends) = routing(&old, &journal);
+    let live = Live::start(old.clone(), backends.clone());
+    let web = &backends[0];
+    let before = web.servers();
+    before[0].set_up(false);
+    let _in_flight = before[0].start_request();
+
+    // A server change beside a frontend change: refused, and nothing of it applied.
+    let mut refused = config(NEXT, "", "[timeouts]\nconnect = \"1s\"\n");
+    refused.frontends[0].bind = "127.0.0.1:9999".parse().unwrap();
+    assert!(live.reload(refused).is_err());
+    assert!(Arc::ptr_eq(&web.servers(), &before));
+    assert_eq!(live.config(), old);
+    assert_eq!(live.proxy().timeouts().0, old.timeouts.connect);
+
+    let new = config(
+        NEXT,
+        r#"balance = "random""#,
+        "[timeouts]\nconnect = \"1s\"\nclient = \"3s\"\nmax_header_bytes = 8192\n",
+    );
+    let summary = live.reload(new.clone()).unwrap();
+    assert_eq!(summary.timeouts.len(), 3, "{summary}");
+    let after = web.servers();
+    let names: Vec<&str> = after.iter().map(|s| &*s.name).collect();
+    assert_eq!(names, ["be1", "be2", "be4"]);
+    assert!(Arc::ptr_eq(&after[0], &before[0]), "be1 kept its state");
+    assert!(!after[0].is_up() && after[0].in_flight() == 1);
+    assert!(
+        !Arc::ptr_eq(&after[1], &before[1]),
+        "be2 moved: fresh state"
+    );
+    assert_eq!(after[1].addr, "127.0.0.1:22".parse().unwrap());
+    assert_eq!(web.balance(), Balance::Random);
+    assert_eq!(live.proxy().timeouts().0, Duration::from_secs(1));
+    let settings = live.conn_settings().load();
+    assert_eq!(settings.client_timeout, Duration::from_secs(3));
+    assert_eq!(settings.max_header_bytes, 8192);
+    assert_eq!(live.config(), new);
+
+    // Without checks nothing would bring be1 back up: turning them off marks servers up.
+    let mut unchecked = new;
+    unchecked.backends[0].health_check.enabled = false;
+    let summary = live.reload(unchecked).unwrap();
+    assert!(summary.backends[0].restarts_checks());
+    assert!(web.servers().iter().all(|s| s.is_up()));
+    live.stop();
+}
