@@ -739,3 +739,56 @@ fn an_entry_on_a_server_we_lack_is_kept_and_reported_and_a_stuck_peer_slows_noth
     );
     drop(conn);
 }
+
+#[test]
+fn peers_stay_in_sync_across_an_upgrade_of_one_node() {
+    if !privileged() {
+        return;
+    }
+    let mut cluster = Cluster::new("pr", 228, 2, &[]);
+    cluster.start_all();
+    let before = seed_cookie(1);
+    let answer = cluster.served_by(0, &before);
+    cluster.wait_same_tables(1);
+
+    // Node 1 is replaced by a new process that takes its sockets; the peer session moves to it.
+    let config = cluster.configs[0].to_str().unwrap().to_owned();
+    let mut upgrade = Proc::spawn(
+        "reload",
+        &cluster.lan.lbs[0].name,
+        &[
+            common::stickylb_bin(),
+            "reload",
+            "--upgrade",
+            "--config",
+            &config,
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || matches!(
+            upgrade.child.try_wait(),
+            Ok(Some(_))
+        )),
+        "{}",
+        upgrade.output()
+    );
+    assert!(
+        upgrade.output().contains("upgraded: pid"),
+        "{}",
+        upgrade.output()
+    );
+    assert_eq!(cluster.served_by(0, &before), answer);
+
+    // New sessions travel both ways with the new process.
+    let via_new = seed_cookie(2);
+    let via_other = seed_cookie(3);
+    cluster.served_by(0, &via_new);
+    cluster.served_by(1, &via_other);
+    let table = cluster.wait_same_tables(3);
+    assert!(table.contains_key(&via_new) && table.contains_key(&via_other));
+    assert!(
+        upgrade.output().contains("peer session established"),
+        "{}",
+        upgrade.output()
+    );
+}
