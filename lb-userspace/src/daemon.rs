@@ -163,12 +163,16 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         tokio::select! {
             event = signals.next() => match event {
                 Event::Reload => reload_in_place(&live, &options),
-                Event::Stop => break,
+                Event::Stop => {
+                    systemd::stopping();
+                    break;
+                }
             },
+            // Not "stopping" for systemd: the service goes on in the successor, which has
+            // already told systemd its MAINPID.
             () = successor.notified() => break,
         }
     }
-    systemd::stopping();
     // The drain timeout is the one in force, which a reload may have changed.
     let drain_limit = live.config().timeouts.drain;
     tracing::info!(drain = ?drain_limit, "stopping: no new connections, draining requests in flight");

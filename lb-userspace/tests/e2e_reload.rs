@@ -235,6 +235,17 @@ impl Rig {
     }
 }
 
+/// Every datagram waiting on `socket`.
+fn notifications(socket: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    socket.set_nonblocking(true).unwrap();
+    let mut notes = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = socket.recv(&mut buf) {
+        notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    notes
+}
+
 fn wait_exit(proc: &mut Proc) -> bool {
     wait_until(Duration::from_secs(60), || {
         matches!(proc.child.try_wait(), Ok(Some(_)))
@@ -247,6 +258,12 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
         return;
     }
     let rig = Rig::new("rl", 227);
+    // systemd's side of Type=notify: every daemon of this test reports to this socket.
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    // The only test of this binary: no other test sees this variable. The daemons inherit it.
+    std::env::set_var("NOTIFY_SOCKET", &notify_path);
     let first = start_daemon(&rig.topo.lb.name, &rig.cfg);
     let client = rig.topo.client.name.clone();
     let lb = rig.topo.lb_addr();
@@ -341,6 +358,18 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
         "{}",
         first.output()
     );
+    // systemd heard READY from every process with its own MAINPID, and never STOPPING: the
+    // service went on through every upgrade.
+    let notes = notifications(&notify);
+    let ready: Vec<&String> = notes.iter().filter(|n| n.starts_with("READY=1")).collect();
+    assert_eq!(ready.len(), 6, "{notes:?}");
+    assert!(
+        ready[0].contains(&format!("MAINPID={}", first.child.id())),
+        "{notes:?}"
+    );
+    let last = rig.daemon_pid().unwrap();
+    assert!(ready[5].contains(&format!("MAINPID={last}")), "{notes:?}");
+    assert!(!notes.iter().any(|n| n.contains("STOPPING=1")), "{notes:?}");
 
     // A crash under load, then a start: requests fail while nobody listens, but afterwards every
     // session is served where it was.

@@ -1,4 +1,6 @@
 //! A tiny HTTP backend for the demo and the tests: each `--listen ADDR=NAME` serves `NAME\n`.
+//! Each `--forward LISTEN=TARGET` is a plain TCP port forward instead (the demo's stand-in for
+//! Vagrant's forwarded ports: localhost:8080 -> lb-1:80).
 //!
 //! Paths: `/` (or anything) -> the name; `/headers` -> the request headers; `/bytes/N` -> N bytes;
 //! `/slow/MS` -> the name after MS milliseconds. `?setcookie=V` adds `Set-Cookie: JSESSIONID=V`.
@@ -12,13 +14,17 @@ use clap::Parser;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Parser)]
 struct Args {
-    /// `ADDR=NAME`, repeatable.
-    #[arg(long = "listen", required = true)]
+    /// `ADDR=NAME`, repeatable: an HTTP backend on ADDR answering `NAME\n`.
+    #[arg(long = "listen", required_unless_present = "forward")]
     listen: Vec<String>,
+    /// `LISTEN=TARGET`, repeatable: forwards every TCP connection to LISTEN to TARGET, both
+    /// directions, until either side closes.
+    #[arg(long = "forward")]
+    forward: Vec<String>,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -36,6 +42,21 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         tasks.push(tokio::spawn(serve(listener, Arc::from(name))));
+    }
+    for spec in &args.forward {
+        let (listen, target) = spec
+            .split_once('=')
+            .context("--forward wants LISTEN=TARGET")?;
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("bad address {listen}"))?;
+        let target: SocketAddr = target
+            .parse()
+            .with_context(|| format!("bad address {target}"))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tasks.push(tokio::spawn(forward(listener, listen, target)));
     }
     println!("ready");
     for task in tasks {
@@ -55,6 +76,27 @@ async fn serve(listener: TcpListener, name: Arc<str>) {
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+        });
+    }
+}
+
+/// Accepts on `listener` and copies each connection to and from a new one to `target`. A
+/// failed connect closes the accepted connection (the client sees an empty reply), as a port
+/// forward to a stopped guest does.
+async fn forward(listener: TcpListener, listen: SocketAddr, target: SocketAddr) {
+    loop {
+        let Ok((mut inbound, client)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            match TcpStream::connect(target).await {
+                Ok(mut outbound) => {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                Err(error) => {
+                    eprintln!("forward {listen} -> {target}: client {client}: connect: {error}");
+                }
+            }
         });
     }
 }
