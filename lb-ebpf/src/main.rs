@@ -10,7 +10,10 @@
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add` (no CAS), but BPF has
 // an atomic add, which the intrinsic lowers to.
-#![expect(internal_features, reason = "core_intrinsics for atomic_xadd, see below")]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics for atomic_xadd, see below"
+)]
 #![feature(core_intrinsics)]
 
 mod ingress;

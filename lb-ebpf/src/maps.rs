@@ -12,8 +12,11 @@ use lb_common::{
 /// The durable stick table: cookie -> server. Written by userspace only; the capacity is set by
 /// the daemon at load time from the sum of the backends' `table_size`.
 #[btf_map]
-pub(crate) static STICK_TABLE: LruHashMap<StickKey, StickEntry, { STICK_TABLE_DEFAULT_ENTRIES as usize }> =
-    LruHashMap::new();
+pub(crate) static STICK_TABLE: LruHashMap<
+    StickKey,
+    StickEntry,
+    { STICK_TABLE_DEFAULT_ENTRIES as usize },
+> = LruHashMap::new();
 
 /// Spliced TCP flows, one entry per direction, keyed by the 4-tuple as the packet arrives.
 /// Userspace creates, commits and deletes entries; `splice_ingress` updates the `seen`,
@@ -21,8 +24,11 @@ pub(crate) static STICK_TABLE: LruHashMap<StickKey, StickEntry, { STICK_TABLE_DE
 /// flow, whose next packet would then meet a stack without a socket (RST to the client, the
 /// server side orphaned).
 #[btf_map]
-pub(crate) static SPLICE_FLOWS: HashMap<SpliceKey, SpliceEntry, { SPLICE_FLOWS_DEFAULT_ENTRIES as usize }> =
-    HashMap::new();
+pub(crate) static SPLICE_FLOWS: HashMap<
+    SpliceKey,
+    SpliceEntry,
+    { SPLICE_FLOWS_DEFAULT_ENTRIES as usize },
+> = HashMap::new();
 
 /// Per-CPU counters of `splice_ingress`, indexed by `lb_common::SPLICE_STAT_*`.
 #[btf_map]

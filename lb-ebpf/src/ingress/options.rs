@@ -79,7 +79,8 @@ extern "C" fn option_step(_index: u32, ctx: *mut c_void) -> i64 {
         return 1;
     }
     // SAFETY: kind_len is 2 writable bytes on the stack.
-    let rc = unsafe { bpf_skb_load_bytes(walk.skb.cast(), walk.off, kind_len.as_mut_ptr().cast(), 2) };
+    let rc =
+        unsafe { bpf_skb_load_bytes(walk.skb.cast(), walk.off, kind_len.as_mut_ptr().cast(), 2) };
     if rc != 0 {
         return 1;
     }
