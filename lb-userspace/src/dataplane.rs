@@ -70,6 +70,11 @@ pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
     })
 }
 
+/// The embedded eBPF object (for loaders that need their own options, like the fast path).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.
 pub fn load(stick_capacity: u32) -> Result<Ebpf, DataplaneError> {
     EbpfLoader::new()
