@@ -2,15 +2,22 @@
 //! and pins; a keep-alive connection relayed in userspace is handed to the kernel with the
 //! SPLICE.md protocol and keeps working without the relay.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed setup step must fail the test loudly"
+)]
+
 mod common;
 
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
-    sync::mpsc,
+    sync::{mpsc, mpsc::Receiver},
     thread,
     time::Duration,
 };
@@ -107,4 +114,298 @@ fn splice_program_passes_the_verifier_attaches_and_is_adopted() {
         .client
         .try_exec(&["ping", "-c", "1", "-W", "2", &topo.lb_addr()]);
     assert!(ok, "ping through the attached program: {out}");
+}
+
+const BIG: usize = 100 * 1024 * 1024;
+const SMALL_REQUESTS: usize = 20;
+
+/// Deterministic body bytes: a 1 MiB xorshift block, repeated.
+fn pattern_block() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn expected_sha256(block: &[u8], len: usize) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block.len());
+        hash.update(&block[..n]);
+        left -= n;
+    }
+    hash.finalize().into()
+}
+
+/// Reads up to and including the blank line ending a message head; `buf` keeps what follows.
+fn read_head(stream: &mut impl std::io::Read, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return Some(std::mem::replace(buf, rest));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Backend: `GET /bytes/N` answers N pattern bytes, keep-alive, until the client closes.
+/// Returns the number of requests served.
+fn backend(listener: TcpListener) -> usize {
+    let block = pattern_block();
+    let (mut conn, _) = listener.accept().expect("backend accept");
+    let mut buf = Vec::new();
+    let mut served = 0;
+    while let Some(head) = read_head(&mut conn, &mut buf) {
+        let text = String::from_utf8_lossy(&head);
+        let len: usize = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|path| path.strip_prefix("/bytes/"))
+            .and_then(|n| n.parse().ok())
+            .expect("request path /bytes/N");
+        write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").expect("head");
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(block.len());
+            conn.write_all(&block[..n]).expect("body");
+            left -= n;
+        }
+        served += 1;
+    }
+    served
+}
+
+/// What the relay did.
+struct Relayed {
+    requests: usize,
+    translation: stickylb::fastpath::translate::Translation,
+}
+
+/// The hand-written relay of the test: relays requests and responses in userspace and tries
+/// to splice after each response, as the proxy will.
+fn relay(
+    root: &Path,
+    client_if: &str,
+    server_if: &str,
+    (client_ifindex, server_ifindex): (u32, u32),
+    listener: TcpListener,
+    backend: SocketAddrV4,
+    attempted: mpsc::Sender<bool>,
+) -> Relayed {
+    let mut fastpath = FastPath::load(root).expect("load");
+    fastpath.attach(client_if).expect("attach client side");
+    fastpath.attach(server_if).expect("attach server side");
+    let mut flows = fastpath.flows().expect("flows");
+    let (client, _) = listener.accept().expect("accept");
+    let server = TcpStream::connect(backend).expect("connect backend");
+    let mut observed = Observed::start(&mut flows, client, server).expect("observe");
+    let mut client_buf = Vec::new();
+    let mut requests = 0;
+    loop {
+        let head = read_head(&mut &observed.client, &mut client_buf).expect("request");
+        (&observed.server)
+            .write_all(&head)
+            .expect("forward request");
+        requests += 1;
+        let mut server_buf = Vec::new();
+        let head = read_head(&mut &observed.server, &mut server_buf).expect("response head");
+        let len = content_length(&head);
+        (&observed.client).write_all(&head).expect("forward head");
+        (&observed.client)
+            .write_all(&server_buf)
+            .expect("forward body start");
+        let mut left = len - server_buf.len();
+        let mut chunk = vec![0u8; 256 * 1024];
+        while left > 0 {
+            let n = (&observed.server)
+                .read(&mut chunk[..left.min(256 * 1024)])
+                .expect("body");
+            assert_ne!(n, 0, "backend closed mid-body");
+            (&observed.client)
+                .write_all(&chunk[..n])
+                .expect("forward body");
+            left -= n;
+        }
+        if !client_buf.is_empty() {
+            continue; // a pipelined request is buffered here: not a splice point
+        }
+        match observed
+            .try_splice(
+                &mut flows,
+                client_ifindex,
+                server_ifindex,
+                Duration::from_secs(2),
+            )
+            .expect("splice attempt")
+        {
+            Outcome::Spliced(translation) => {
+                let _ = attempted.send(true);
+                return Relayed {
+                    requests,
+                    translation,
+                };
+            }
+            Outcome::Kept(kept, why) => {
+                eprintln!("not spliced after request {requests}: {why}");
+                let _ = attempted.send(false);
+                observed = kept;
+            }
+        }
+    }
+}
+
+/// Client: one request through the relay, then (once the relay tried to splice) 20 small
+/// requests and a 100 MB download on the same connection, all checked by sha256; then a
+/// clean close. Returns the number of responses verified.
+fn client(lb: SocketAddrV4, attempted: Receiver<bool>) -> usize {
+    let block = pattern_block();
+    let mut conn = TcpStream::connect(lb).expect("connect lb");
+    let mut buf = Vec::new();
+    let get = |conn: &mut TcpStream, buf: &mut Vec<u8>, len: usize| {
+        write!(conn, "GET /bytes/{len} HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+        let head = read_head(conn, buf).expect("response head");
+        assert_eq!(content_length(&head), len);
+        let mut hash = Sha256::new();
+        let mut left = len;
+        let take = buf.len().min(left);
+        hash.update(&buf[..take]);
+        buf.drain(..take);
+        left -= take;
+        let mut chunk = vec![0u8; 256 * 1024];
+        while left > 0 {
+            let n = conn.read(&mut chunk[..left.min(256 * 1024)]).expect("body");
+            assert_ne!(n, 0, "connection closed mid-body with {left} bytes left");
+            hash.update(&chunk[..n]);
+            left -= n;
+        }
+        let got: [u8; 32] = hash.finalize().into();
+        assert_eq!(got, expected_sha256(&block, len), "sha256 of /bytes/{len}");
+    };
+    get(&mut conn, &mut buf, 100);
+    let mut verified = 1;
+    // The relay splices (or gives up and keeps relaying) before we go on.
+    while !attempted
+        .recv_timeout(Duration::from_secs(10))
+        .expect("relay's verdict")
+    {
+        get(&mut conn, &mut buf, 100);
+        verified += 1;
+    }
+    for i in 0..SMALL_REQUESTS {
+        get(&mut conn, &mut buf, 1000 + i);
+        verified += 1;
+    }
+    get(&mut conn, &mut buf, BIG);
+    get(&mut conn, &mut buf, 10);
+    verified += 2;
+    conn.shutdown(std::net::Shutdown::Write).expect("FIN");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("the server's FIN, not an RST");
+    assert!(rest.is_empty() && buf.is_empty());
+    verified
+}
+
+#[test]
+fn keep_alive_connection_is_spliced_and_carries_100_mb() {
+    if !common::privileged() {
+        return;
+    }
+    let pins = PinDir::new("fastpath-splice");
+    let root = pin_root(&pins.0, "fp");
+    let topo = Topology::new("fps", 231);
+    let client_if = interface_with(&topo.lb, "10.231.1.1");
+    let server_if = interface_with(&topo.lb, "10.231.2.1");
+    let ifindexes = (ifindex(&topo.lb, &client_if), ifindex(&topo.lb, &server_if));
+    let backend_addr = SocketAddrV4::new(Ipv4Addr::new(10, 231, 2, 2), 8000);
+    let lb_addr = SocketAddrV4::new(Ipv4Addr::new(10, 231, 1, 1), 8080);
+
+    let backend_listener = in_netns(&topo.backends.name, move || {
+        TcpListener::bind(backend_addr).expect("backend bind")
+    });
+    let backend = spawn_in_netns(&topo.backends.name, move || backend(backend_listener));
+    let lb_listener = in_netns(&topo.lb.name, move || {
+        TcpListener::bind(lb_addr).expect("lb bind")
+    });
+    let (attempted_tx, attempted_rx) = mpsc::channel();
+    let relay_root = root.clone();
+    let relay = spawn_in_netns(&topo.lb.name, move || {
+        relay(
+            &relay_root,
+            &client_if,
+            &server_if,
+            ifindexes,
+            lb_listener,
+            backend_addr,
+            attempted_tx,
+        )
+    });
+    let client = spawn_in_netns(&topo.client.name, move || client(lb_addr, attempted_rx));
+
+    let relayed = relay.join().expect("relay");
+    let verified = client.join().expect("client");
+    let served = backend.join().expect("backend");
+    assert_eq!(
+        relayed.requests, 1,
+        "only the first request went through userspace"
+    );
+    assert_eq!(verified, 1 + SMALL_REQUESTS + 2);
+    assert_eq!(served, verified, "every request reached the backend");
+
+    // The kernel carried everything after the first exchange: the map's counters moved, the
+    // relay process holds no socket (it returned), and both directions saw a FIN, no RST.
+    let flows = open_pinned_flows(&root).expect("pinned flows");
+    let t = relayed.translation;
+    let to_server = flows
+        .get(&t.client_key)
+        .expect("get")
+        .expect("client entry");
+    let to_client = flows
+        .get(&t.server_key)
+        .expect("get")
+        .expect("server entry");
+    eprintln!("client->server {to_server:?}\nserver->client {to_client:?}");
+    for entry in [&to_server, &to_client] {
+        assert_eq!(entry.state, SPLICE_STATE_SPLICE);
+        assert!(entry.packets > 0);
+        assert_eq!(
+            entry.seen & SPLICE_SEEN_FIN,
+            SPLICE_SEEN_FIN,
+            "FIN followed"
+        );
+        assert_eq!(entry.seen & SPLICE_SEEN_RST, 0, "no RST");
+    }
+    assert!(
+        to_client.bytes >= BIG as u64,
+        "the download went through the program"
+    );
+    let sockets = topo
+        .lb
+        .exec(&["ss", "-tanH", "sport", "= :8080", "or", "dport", "= :8000"]);
+    assert!(
+        !sockets.contains("ESTAB"),
+        "the load balancer holds no connection of the flow: {sockets}"
+    );
 }
