@@ -199,20 +199,24 @@ fn backend(listener: TcpListener) -> usize {
 
 /// What the relay did.
 struct Relayed {
+    /// Requests relayed in userspace.
     requests: usize,
-    translation: stickylb::fastpath::translate::Translation,
+    /// The committed entries, if the connection was spliced.
+    translation: Option<stickylb::fastpath::translate::Translation>,
+    /// Why each attempt that did not splice gave up.
+    refusals: Vec<String>,
 }
 
 /// The hand-written relay of the test: relays requests and responses in userspace and tries
-/// to splice after each response, as the proxy will.
+/// to splice after each response, as the proxy will. Returns once spliced, or when the client
+/// closes. Reports the first attempt's verdict on `verdict`.
 fn relay(
     root: &Path,
-    client_if: &str,
-    server_if: &str,
+    (client_if, server_if): (&str, &str),
     (client_ifindex, server_ifindex): (u32, u32),
     listener: TcpListener,
     backend: SocketAddrV4,
-    attempted: mpsc::Sender<bool>,
+    verdict: mpsc::Sender<bool>,
 ) -> Relayed {
     let mut fastpath = FastPath::load(root).expect("load");
     fastpath.attach(client_if).expect("attach client side");
@@ -222,13 +226,16 @@ fn relay(
     let server = TcpStream::connect(backend).expect("connect backend");
     let mut observed = Observed::start(&mut flows, client, server).expect("observe");
     let mut client_buf = Vec::new();
-    let mut requests = 0;
-    loop {
-        let head = read_head(&mut &observed.client, &mut client_buf).expect("request");
+    let mut relayed = Relayed {
+        requests: 0,
+        translation: None,
+        refusals: Vec::new(),
+    };
+    while let Some(head) = read_head(&mut &observed.client, &mut client_buf) {
         (&observed.server)
             .write_all(&head)
             .expect("forward request");
-        requests += 1;
+        relayed.requests += 1;
         let mut server_buf = Vec::new();
         let head = read_head(&mut &observed.server, &mut server_buf).expect("response head");
         let len = content_length(&head);
@@ -249,7 +256,10 @@ fn relay(
             left -= n;
         }
         if !client_buf.is_empty() {
-            continue; // a pipelined request is buffered here: not a splice point
+            relayed
+                .refusals
+                .push("pipelined request buffered".to_owned());
+            continue;
         }
         match observed
             .try_splice(
@@ -261,30 +271,34 @@ fn relay(
             .expect("splice attempt")
         {
             Outcome::Spliced(translation) => {
-                let _ = attempted.send(true);
-                return Relayed {
-                    requests,
-                    translation,
-                };
+                let _ = verdict.send(true);
+                relayed.translation = Some(translation);
+                return relayed;
             }
             Outcome::Kept(kept, why) => {
-                eprintln!("not spliced after request {requests}: {why}");
-                let _ = attempted.send(false);
+                eprintln!("not spliced after request {}: {why}", relayed.requests);
+                relayed.refusals.push(why.to_string());
+                let _ = verdict.send(false);
                 observed = kept;
             }
         }
     }
+    // The client closed: close the server side too, and forget the entries.
+    let (_client, server) = observed.forget(&mut flows).expect("forget");
+    let _ = server.shutdown(std::net::Shutdown::Write);
+    relayed
 }
 
-/// Client: one request through the relay, then (once the relay tried to splice) 20 small
-/// requests and a 100 MB download on the same connection, all checked by sha256; then a
-/// clean close. Returns the number of responses verified.
-fn client(lb: SocketAddrV4, attempted: Receiver<bool>) -> usize {
+/// Client: one request through the relay; then (after the relay's first verdict, when `wait`
+/// is set, else at once) 20 small requests and a 100 MB download on the same connection, all
+/// checked by sha256; then a clean close. Returns the number of responses verified.
+fn client(lb: SocketAddrV4, verdict: Receiver<bool>, wait: bool) -> usize {
     let block = pattern_block();
     let mut conn = TcpStream::connect(lb).expect("connect lb");
     let mut buf = Vec::new();
     let get = |conn: &mut TcpStream, buf: &mut Vec<u8>, len: usize| {
-        write!(conn, "GET /bytes/{len} HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+        let request = format!("GET /bytes/{len} HTTP/1.1\r\nHost: t\r\n\r\n");
+        conn.write_all(request.as_bytes()).expect("request");
         let head = read_head(conn, buf).expect("response head");
         assert_eq!(content_length(&head), len);
         let mut hash = Sha256::new();
@@ -304,43 +318,48 @@ fn client(lb: SocketAddrV4, attempted: Receiver<bool>) -> usize {
         assert_eq!(got, expected_sha256(&block, len), "sha256 of /bytes/{len}");
     };
     get(&mut conn, &mut buf, 100);
-    let mut verified = 1;
-    // The relay splices (or gives up and keeps relaying) before we go on.
-    while !attempted
-        .recv_timeout(Duration::from_secs(10))
-        .expect("relay's verdict")
-    {
-        get(&mut conn, &mut buf, 100);
-        verified += 1;
+    if wait {
+        verdict
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the relay's first verdict");
     }
     for i in 0..SMALL_REQUESTS {
         get(&mut conn, &mut buf, 1000 + i);
-        verified += 1;
     }
     get(&mut conn, &mut buf, BIG);
     get(&mut conn, &mut buf, 10);
-    verified += 2;
     conn.shutdown(std::net::Shutdown::Write).expect("FIN");
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest)
         .expect("the server's FIN, not an RST");
     assert!(rest.is_empty() && buf.is_empty());
-    verified
+    1 + SMALL_REQUESTS + 2
 }
 
-#[test]
-fn keep_alive_connection_is_spliced_and_carries_100_mb() {
-    if !common::privileged() {
-        return;
-    }
-    let pins = PinDir::new("fastpath-splice");
+/// What a scenario saw.
+struct Run {
+    relayed: Relayed,
+    verified: usize,
+    served: usize,
+    topo: Topology,
+    root: std::path::PathBuf,
+    _pins: PinDir,
+}
+
+/// client -> relay on lb -> backend on subnet 10.<net>.x.x; `client_setup` runs in the client
+/// namespace first (e.g. a sysctl).
+fn run_scenario(tag: &str, net: u8, wait_for_verdict: bool, client_setup: &[&str]) -> Run {
+    let pins = PinDir::new(&format!("fastpath-{tag}"));
     let root = pin_root(&pins.0, "fp");
-    let topo = Topology::new("fps", 231);
-    let client_if = interface_with(&topo.lb, "10.231.1.1");
-    let server_if = interface_with(&topo.lb, "10.231.2.1");
+    let topo = Topology::new(tag, net);
+    if !client_setup.is_empty() {
+        topo.client.exec(client_setup);
+    }
+    let client_if = interface_with(&topo.lb, &format!("10.{net}.1.1"));
+    let server_if = interface_with(&topo.lb, &format!("10.{net}.2.1"));
     let ifindexes = (ifindex(&topo.lb, &client_if), ifindex(&topo.lb, &server_if));
-    let backend_addr = SocketAddrV4::new(Ipv4Addr::new(10, 231, 2, 2), 8000);
-    let lb_addr = SocketAddrV4::new(Ipv4Addr::new(10, 231, 1, 1), 8080);
+    let backend_addr = SocketAddrV4::new(Ipv4Addr::new(10, net, 2, 2), 8000);
+    let lb_addr = SocketAddrV4::new(Ipv4Addr::new(10, net, 1, 1), 8080);
 
     let backend_listener = in_netns(&topo.backends.name, move || {
         TcpListener::bind(backend_addr).expect("backend bind")
@@ -349,35 +368,54 @@ fn keep_alive_connection_is_spliced_and_carries_100_mb() {
     let lb_listener = in_netns(&topo.lb.name, move || {
         TcpListener::bind(lb_addr).expect("lb bind")
     });
-    let (attempted_tx, attempted_rx) = mpsc::channel();
+    let (verdict_tx, verdict_rx) = mpsc::channel();
     let relay_root = root.clone();
     let relay = spawn_in_netns(&topo.lb.name, move || {
         relay(
             &relay_root,
-            &client_if,
-            &server_if,
+            (&client_if, &server_if),
             ifindexes,
             lb_listener,
             backend_addr,
-            attempted_tx,
+            verdict_tx,
         )
     });
-    let client = spawn_in_netns(&topo.client.name, move || client(lb_addr, attempted_rx));
-
+    let client = spawn_in_netns(&topo.client.name, move || {
+        client(lb_addr, verdict_rx, wait_for_verdict)
+    });
     let relayed = relay.join().expect("relay");
     let verified = client.join().expect("client");
     let served = backend.join().expect("backend");
+    Run {
+        relayed,
+        verified,
+        served,
+        topo,
+        root,
+        _pins: pins,
+    }
+}
+
+#[test]
+fn keep_alive_connection_is_spliced_and_carries_100_mb() {
+    if !common::privileged() {
+        return;
+    }
+    let run = run_scenario("fps", 231, true, &[]);
     assert_eq!(
-        relayed.requests, 1,
+        run.relayed.requests, 1,
         "only the first request went through userspace"
     );
-    assert_eq!(verified, 1 + SMALL_REQUESTS + 2);
-    assert_eq!(served, verified, "every request reached the backend");
+    assert_eq!(
+        run.served, run.verified,
+        "every request reached the backend"
+    );
 
     // The kernel carried everything after the first exchange: the map's counters moved, the
-    // relay process holds no socket (it returned), and both directions saw a FIN, no RST.
-    let flows = open_pinned_flows(&root).expect("pinned flows");
-    let t = relayed.translation;
+    // relay holds no socket (it returned, and dropped the program's loader too: the pinned link
+    // keeps the program attached), and both directions saw a FIN, no RST.
+    let flows = open_pinned_flows(&run.root).expect("pinned flows");
+    let t = run.relayed.translation.expect("spliced");
     let to_server = flows
         .get(&t.client_key)
         .expect("get")
@@ -401,11 +439,64 @@ fn keep_alive_connection_is_spliced_and_carries_100_mb() {
         to_client.bytes >= BIG as u64,
         "the download went through the program"
     );
-    let sockets = topo
+    let sockets = run
+        .topo
         .lb
         .exec(&["ss", "-tanH", "sport", "= :8080", "or", "dport", "= :8000"]);
     assert!(
         !sockets.contains("ESTAB"),
         "the load balancer holds no connection of the flow: {sockets}"
+    );
+}
+
+#[test]
+fn requests_racing_the_hand_off_are_never_lost() {
+    if !common::privileged() {
+        return;
+    }
+    // The client sends each request as soon as the previous response is in: the relay's
+    // attempts meet unread requests (kept in userspace) or a request lands during the HOLD
+    // (dropped, retransmitted, translated). Every response must still be right.
+    let run = run_scenario("fpr", 232, false, &[]);
+    eprintln!(
+        "relayed {} requests, spliced: {}, refusals: {:?}",
+        run.relayed.requests,
+        run.relayed.translation.is_some(),
+        run.relayed.refusals
+    );
+    assert_eq!(
+        run.served, run.verified,
+        "every request reached the backend once"
+    );
+}
+
+#[test]
+fn legs_with_different_options_stay_in_userspace() {
+    if !common::privileged() {
+        return;
+    }
+    // The client does not do TCP timestamps, the server does: not translatable, so the relay
+    // keeps the connection (and every request still works).
+    let run = run_scenario(
+        "fpm",
+        233,
+        true,
+        &["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"],
+    );
+    assert!(run.relayed.translation.is_none());
+    assert_eq!(
+        run.relayed.requests, run.verified,
+        "all relayed in userspace"
+    );
+    assert_eq!(run.served, run.verified);
+    // Attempts that got as far as comparing the legs refused them; others met the next request
+    // already unread, or the client's FIN.
+    assert!(
+        run.relayed
+            .refusals
+            .iter()
+            .any(|why| why.contains("different options")),
+        "{:?}",
+        run.relayed.refusals
     );
 }
