@@ -25,12 +25,13 @@ use std::{
 use common::{netns::NetNs, PinDir, Topology};
 use lb_common::{
     SPLICE_FLOWS_MAP, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_SPLICE, SPLICE_STATS_MAP,
+    SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED,
 };
 use sha2::{Digest as _, Sha256};
 use stickylb::{
     dataplane::pin_root,
     fastpath::{
-        program::{open_pinned_flows, Attachment},
+        program::{open_pinned_flows, read_pinned_stats, Attachment},
         splice::{Observed, Outcome},
         FastPath,
     },
@@ -439,6 +440,16 @@ fn keep_alive_connection_is_spliced_and_carries_100_mb() {
         to_client.bytes >= BIG as u64,
         "the download went through the program"
     );
+    let stats = read_pinned_stats(&run.root).expect("stats");
+    eprintln!("program counters {stats:?}");
+    assert_eq!(
+        stats[SPLICE_STAT_DROPPED as usize], 0,
+        "no packet failed translation"
+    );
+    assert_eq!(
+        stats[SPLICE_STAT_REDIRECTED as usize],
+        to_server.packets + to_client.packets
+    );
     let sockets = run
         .topo
         .lb
@@ -467,6 +478,10 @@ fn requests_racing_the_hand_off_are_never_lost() {
     assert_eq!(
         run.served, run.verified,
         "every request reached the backend once"
+    );
+    eprintln!(
+        "program counters {:?}",
+        read_pinned_stats(&run.root).expect("stats")
     );
 }
 

@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, MapType},
+    maps::{MapData, MapType, PerCpuArray},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
@@ -15,7 +15,9 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use lb_common::{SpliceEntry, SpliceKey, SPLICE_FLOWS_MAP, SPLICE_PROGRAM, SPLICE_STATS_MAP};
+use lb_common::{
+    SpliceEntry, SpliceKey, SPLICE_FLOWS_MAP, SPLICE_PROGRAM, SPLICE_STATS_LEN, SPLICE_STATS_MAP,
+};
 
 use super::flows::Flows;
 use crate::dataplane::{self, DataplaneError};
@@ -207,6 +209,22 @@ pub fn open_pinned_flows(root: &Path) -> Result<Flows, FastPathError> {
     })?;
     let map = aya::maps::Map::HashMap(data);
     Ok(Flows::new(aya::maps::HashMap::try_from(map)?))
+}
+
+/// The program's counters (indexed by `lb_common::SPLICE_STAT_*`), summed over CPUs, read from
+/// the stats map pinned under `root`.
+pub fn read_pinned_stats(root: &Path) -> Result<[u64; SPLICE_STATS_LEN as usize], FastPathError> {
+    let path = root.join(SPLICE_STATS_MAP);
+    let data = MapData::from_pin(&path).map_err(|source| FastPathError::OpenPinned {
+        path: path.clone(),
+        source,
+    })?;
+    let stats = PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(data))?;
+    let mut sums = [0u64; SPLICE_STATS_LEN as usize];
+    for (index, sum) in (0u32..).zip(sums.iter_mut()) {
+        *sum = stats.get(&index, 0)?.iter().sum();
+    }
+    Ok(sums)
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
