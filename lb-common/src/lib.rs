@@ -55,10 +55,192 @@ pub struct StickEntry {
 const _: () = assert!(size_of::<StickKey>() == 48);
 const _: () = assert!(size_of::<StickEntry>() == 40);
 
+// ---------------------------------------------------------------------------------------------
+// The TCP splice fast path (issue 7). One `SPLICE_FLOWS` entry per direction of a spliced
+// connection, keyed by the 4-tuple as the packet arrives on the load balancer's interface.
+// ---------------------------------------------------------------------------------------------
+
+/// Name of the splice flow map in the eBPF object (and the file name it is pinned under).
+pub const SPLICE_FLOWS_MAP: &str = "SPLICE_FLOWS";
+
+/// Name of the fast path's per-CPU counters map (indices `SPLICE_STAT_*`).
+pub const SPLICE_STATS_MAP: &str = "SPLICE_STATS";
+
+/// Name of the TC program (and of its pinned TCX link, suffixed with the interface name).
+pub const SPLICE_PROGRAM: &str = "splice_ingress";
+
+/// Capacity of [`SPLICE_FLOWS_MAP`] in the eBPF object; two entries per spliced connection.
+/// A plain hash map, never LRU: evicting a live flow resets the client and orphans the server.
+pub const SPLICE_FLOWS_DEFAULT_ENTRIES: u32 = 65536;
+
+/// The TC program passes packets and records the peer's latest TSval ([`SpliceEntry::last_tsval`]).
+pub const SPLICE_STATE_OBSERVE: u32 = 0;
+/// The TC program drops the flow's data, FIN and RST segments (the peer retransmits them) and
+/// passes pure ACKs, while userspace snapshots the sockets.
+pub const SPLICE_STATE_HOLD: u32 = 1;
+/// The TC program translates every packet and redirects it to [`SpliceEntry::out_ifindex`].
+pub const SPLICE_STATE_SPLICE: u32 = 2;
+/// Retired by the collector: the program drops the flow's packets (never hands them to a stack
+/// that has no socket for them) until the entry is deleted.
+pub const SPLICE_STATE_CLOSED: u32 = 3;
+
+/// [`SpliceEntry::flags`]: both legs negotiated TCP timestamps; translate TSval/TSecr.
+pub const SPLICE_F_TIMESTAMPS: u32 = 1 << 0;
+/// [`SpliceEntry::flags`]: both legs negotiated SACK; translate SACK block edges.
+pub const SPLICE_F_SACK: u32 = 1 << 1;
+/// [`SpliceEntry::flags`]: redirect with `bpf_redirect_peer` (veth/netkit only) after writing
+/// [`SpliceEntry::new_smac`]/[`SpliceEntry::new_dmac`], instead of `bpf_redirect_neigh`.
+pub const SPLICE_F_REDIRECT_PEER: u32 = 1 << 2;
+
+/// [`SpliceEntry::seen`] (written by the program): a FIN went through in this direction.
+pub const SPLICE_SEEN_FIN: u32 = 1 << 0;
+/// [`SpliceEntry::seen`]: an RST went through in this direction.
+pub const SPLICE_SEEN_RST: u32 = 1 << 1;
+/// [`SpliceEntry::seen`]: a SYN hit a SPLICE entry (the 4-tuple is being reused); the SYN was
+/// passed to the stack untranslated and the entry should be retired.
+pub const SPLICE_SEEN_SYN: u32 = 1 << 2;
+
+/// [`SPLICE_STATS_MAP`] index: packets that hit a SPLICE entry and were redirected.
+pub const SPLICE_STAT_REDIRECTED: u32 = 0;
+/// [`SPLICE_STATS_MAP`] index: packets passed in OBSERVE (and pure ACKs passed in HOLD).
+pub const SPLICE_STAT_OBSERVED: u32 = 1;
+/// [`SPLICE_STATS_MAP`] index: data/FIN/RST segments dropped in HOLD.
+pub const SPLICE_STAT_HOLD_DROPPED: u32 = 2;
+/// [`SPLICE_STATS_MAP`] index: packets of a SPLICE/CLOSED entry dropped because they could not
+/// be parsed or rewritten, or because the entry was CLOSED.
+pub const SPLICE_STAT_DROPPED: u32 = 3;
+/// [`SPLICE_STATS_MAP`] index: SYNs that hit a SPLICE entry and were passed to the stack.
+pub const SPLICE_STAT_SYN_REUSE: u32 = 4;
+/// [`SPLICE_STATS_MAP`] index: SACK options translated.
+pub const SPLICE_STAT_SACK: u32 = 5;
+/// Number of [`SPLICE_STATS_MAP`] slots.
+pub const SPLICE_STATS_LEN: u32 = 8;
+
+/// Key of the splice flow map: the IPv4/TCP 4-tuple exactly as the packet arrives on the load
+/// balancer's ingress interface. Every field is in network byte order (the bytes as they are in
+/// the packet), so the program copies them without swapping. 12 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpliceKey {
+    /// IPv4 source address, network order.
+    pub saddr: u32,
+    /// IPv4 destination address, network order.
+    pub daddr: u32,
+    /// TCP source port, network order.
+    pub sport: u16,
+    /// TCP destination port, network order.
+    pub dport: u16,
+}
+
+/// Value of the splice flow map: how to translate one direction of a spliced connection, and
+/// what the program saw of it.
+///
+/// Written by userspace: `state`, `flags`, `out_ifindex`, the `new_*` fields, the deltas and the
+/// window shifts. Written by the program: `seen`, `last_tsval`, `packets`, `bytes`,
+/// `last_seen_ns`. Deltas are in host order and added modulo 2^32 to the host-order value of
+/// the field; addresses and ports are in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SpliceEntry {
+    /// `SPLICE_STATE_*`.
+    pub state: u32,
+    /// `SPLICE_F_*`.
+    pub flags: u32,
+    /// Interface the translated packet is redirected to.
+    pub out_ifindex: u32,
+    /// New IPv4 source address, network order.
+    pub new_saddr: u32,
+    /// New IPv4 destination address, network order.
+    pub new_daddr: u32,
+    /// New TCP source port, network order.
+    pub new_sport: u16,
+    /// New TCP destination port, network order.
+    pub new_dport: u16,
+    /// Added to the sequence number.
+    pub seq_delta: u32,
+    /// Added to the acknowledgement number and to every SACK block edge.
+    pub ack_delta: u32,
+    /// Added to TSval (maps the sender's clock onto the far proxy socket's clock).
+    pub tsval_delta: u32,
+    /// Added to a non-zero TSecr (the negation of the other direction's `tsval_delta`).
+    pub tsecr_delta: u32,
+    /// Window scale of the incoming segment's window field (the sender's `snd_wscale` as the
+    /// proxy socket saw it).
+    pub wscale_in: u8,
+    /// Window scale the receiver of the outgoing segment applies (the far proxy socket's
+    /// `rcv_wscale`).
+    pub wscale_out: u8,
+    /// Zero.
+    pub _pad0: [u8; 2],
+    /// `SPLICE_SEEN_*`, set by the program.
+    pub seen: u32,
+    /// Latest TSval the program saw in this direction (OBSERVE and HOLD), host order.
+    pub last_tsval: u32,
+    /// Zero.
+    pub _pad1: u32,
+    /// Packets translated in SPLICE state (a GSO/GRO super-packet counts once).
+    pub packets: u64,
+    /// TCP payload bytes translated in SPLICE state.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen.
+    pub last_seen_ns: u64,
+    /// Source MAC written with [`SPLICE_F_REDIRECT_PEER`].
+    pub new_smac: [u8; 6],
+    /// Destination MAC written with [`SPLICE_F_REDIRECT_PEER`].
+    pub new_dmac: [u8; 6],
+    /// Zero.
+    pub _pad2: [u8; 4],
+}
+
+impl SpliceKey {
+    /// The key of the opposite direction's entry, given this direction's translated header
+    /// (what `entry` rewrites this key's packets into, seen from the other side).
+    pub const fn reverse_of(entry: &SpliceEntry) -> SpliceKey {
+        SpliceKey {
+            saddr: entry.new_daddr,
+            daddr: entry.new_saddr,
+            sport: entry.new_dport,
+            dport: entry.new_sport,
+        }
+    }
+}
+
+const _: () = assert!(size_of::<SpliceKey>() == 12);
+const _: () = assert!(size_of::<SpliceEntry>() == 96);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, wscale_in) == 40);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, seen) == 44);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, packets) == 56);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, new_smac) == 80);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_key_is_the_other_directions_arrival_tuple() {
+        // client 10.0.0.2:40000 -> lb 10.0.0.1:8080 becomes lb 10.0.1.1:50000 -> server 10.0.1.2:80;
+        // the server's answers arrive as 10.0.1.2:80 -> 10.0.1.1:50000.
+        let entry = SpliceEntry {
+            new_saddr: u32::from_ne_bytes([10, 0, 1, 1]),
+            new_daddr: u32::from_ne_bytes([10, 0, 1, 2]),
+            new_sport: 50000u16.to_be(),
+            new_dport: 80u16.to_be(),
+            ..SpliceEntry::default()
+        };
+        let reverse = SpliceKey::reverse_of(&entry);
+        assert_eq!(reverse.saddr.to_ne_bytes(), [10, 0, 1, 2]);
+        assert_eq!(reverse.daddr.to_ne_bytes(), [10, 0, 1, 1]);
+        assert_eq!(u16::from_be(reverse.sport), 80);
+        assert_eq!(u16::from_be(reverse.dport), 50000);
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both types are repr(C), contain only integers and byte arrays, and have no padding
-    // (checked by the size assertions above).
+    // SAFETY: every type is repr(C), contains only integers and byte arrays, and has no implicit
+    // padding (its padding is explicit `_pad` fields; checked by the size assertions above).
     unsafe impl aya::Pod for super::StickKey {}
     unsafe impl aya::Pod for super::StickEntry {}
+    unsafe impl aya::Pod for super::SpliceKey {}
+    unsafe impl aya::Pod for super::SpliceEntry {}
 }

@@ -1,12 +1,51 @@
 //! stickylb's eBPF object.
 //!
-//! Today it carries the durable copy of the stick table: userspace owns every read and write, the
-//! map exists in the kernel so that it outlives the daemon (pinned under
-//! `<pin_dir>/<instance>/v1/STICK_TABLE`) and so that `bpftool map dump` decodes it with BTF.
+//! - `STICK_TABLE`: the durable copy of the stick table. Userspace owns every read and write;
+//!   the map exists in the kernel so that it outlives the daemon (pinned under
+//!   `<pin_dir>/<instance>/v1/STICK_TABLE`) and so that `bpftool map dump` decodes it with BTF.
+//! - `splice_ingress`: the TCP splice fast path (issue 7), a TC classifier on the ingress of the
+//!   load balancer's interfaces, with its maps `SPLICE_FLOWS` and `SPLICE_STATS`
+//!   (see [`ingress`]).
 #![no_std]
 #![no_main]
+// Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add` (no CAS), but BPF has
+// an atomic add, which the intrinsic lowers to.
+#![expect(
+    internal_features,
+    reason = "core_intrinsics for atomic_xadd, see below"
+)]
+#![feature(core_intrinsics)]
 
+mod ingress;
 mod maps;
+
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+
+/// The splice fast path.
+///
+/// - Attach point: TC ingress (TCX or clsact, direct action) of every interface that faces
+///   clients or servers.
+/// - Minimum kernel: 5.17 (`bpf_loop`); 6.6 for TCX links. Tested on 6.18.
+/// - Returns `TC_ACT_OK` for every packet that matches no `SPLICE_FLOWS` entry (untouched), or
+///   an OBSERVE entry, or a SYN on a SPLICE entry; `TC_ACT_SHOT` for data/FIN/RST of a HOLD
+///   entry and for any packet of a SPLICE or CLOSED entry that cannot be translated;
+///   `TC_ACT_REDIRECT` for a translated packet.
+/// - Reads `SPLICE_FLOWS`; writes its `seen`, `last_tsval`, counters and time; writes
+///   `SPLICE_STATS`.
+///
+/// Fail closed once a flow is known: an error after the map lookup drops the packet (the peer
+/// retransmits), because passing a packet of a spliced flow to the stack resets the connection.
+/// Errors before the lookup cannot belong to a known flow and pass the packet.
+#[classifier]
+pub fn splice_ingress(ctx: TcContext) -> i32 {
+    match ingress::tcp::try_splice_ingress(&ctx) {
+        Ok(action) => action,
+        Err(_) => {
+            maps::stat_inc(lb_common::SPLICE_STAT_DROPPED);
+            TC_ACT_SHOT
+        }
+    }
+}
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,10 +1,46 @@
 //! Maps shared with userspace. Layouts live in `lb-common`.
 
-use aya_ebpf::{btf_maps::LruHashMap, macros::btf_map};
-use lb_common::{StickEntry, StickKey, STICK_TABLE_DEFAULT_ENTRIES};
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    SpliceEntry, SpliceKey, StickEntry, StickKey, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
+    STICK_TABLE_DEFAULT_ENTRIES,
+};
 
 /// The durable stick table: cookie -> server. Written by userspace only; the capacity is set by
 /// the daemon at load time from the sum of the backends' `table_size`.
 #[btf_map]
-pub(crate) static STICK_TABLE: LruHashMap<StickKey, StickEntry, { STICK_TABLE_DEFAULT_ENTRIES as usize }> =
-    LruHashMap::new();
+pub(crate) static STICK_TABLE: LruHashMap<
+    StickKey,
+    StickEntry,
+    { STICK_TABLE_DEFAULT_ENTRIES as usize },
+> = LruHashMap::new();
+
+/// Spliced TCP flows, one entry per direction, keyed by the 4-tuple as the packet arrives.
+/// Userspace creates, commits and deletes entries; `splice_ingress` updates the `seen`,
+/// `last_tsval`, counter and time fields. A plain hash map on purpose: an LRU could evict a live
+/// flow, whose next packet would then meet a stack without a socket (RST to the client, the
+/// server side orphaned).
+#[btf_map]
+pub(crate) static SPLICE_FLOWS: HashMap<
+    SpliceKey,
+    SpliceEntry,
+    { SPLICE_FLOWS_DEFAULT_ENTRIES as usize },
+> = HashMap::new();
+
+/// Per-CPU counters of `splice_ingress`, indexed by `lb_common::SPLICE_STAT_*`.
+#[btf_map]
+pub(crate) static SPLICE_STATS: PerCpuArray<u64, { SPLICE_STATS_LEN as usize }> =
+    PerCpuArray::new();
+
+/// Adds one to the `SPLICE_STATS` slot `index`.
+#[inline(always)]
+pub(crate) fn stat_inc(index: u32) {
+    if let Some(counter) = SPLICE_STATS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU array: it is valid,
+        // aligned, and only this CPU's program runs on it (with preemption disabled).
+        unsafe { *counter += 1 };
+    }
+}

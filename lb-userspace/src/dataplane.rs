@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader};
-use lb_common::{PIN_VERSION, STICK_TABLE_MAP};
+use lb_common::{PIN_VERSION, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded so one binary is all a host needs.
 static EBPF_OBJECT: &[u8] =
@@ -70,10 +70,20 @@ pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
     })
 }
 
+/// The embedded eBPF object (for loaders that need their own options, like the fast path).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.
+///
+/// The object also defines the fast path's maps; this loader does not use them, so they are
+/// created with one entry (a hash map preallocates its capacity). The fast path loads the
+/// object on its own (`fastpath::FastPath::load`).
 pub fn load(stick_capacity: u32) -> Result<Ebpf, DataplaneError> {
     EbpfLoader::new()
         .map_max_entries(STICK_TABLE_MAP, stick_capacity)
+        .map_max_entries(SPLICE_FLOWS_MAP, 1)
         .load(EBPF_OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`config`] reads the TOML file; [`proxy`] serves frontends; [`backend`] holds server
 //! state and makes the routing decision with [`balance`] and the stick [`table`]; [`health`]
-//! checks servers; [`dataplane`] loads the eBPF object and owns bpffs; [`monitor`] serves the
+//! checks servers; [`dataplane`] loads the eBPF object and owns bpffs; [`fastpath`] splices
+//! established connections in the kernel; [`monitor`] serves the
 //! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`daemon`]
 //! wires them together.
 
@@ -14,6 +15,7 @@ pub mod control;
 pub mod cookie;
 pub mod daemon;
 pub mod dataplane;
+pub mod fastpath;
 pub mod health;
 pub mod monitor;
 pub mod peers;

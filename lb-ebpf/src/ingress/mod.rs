@@ -1,0 +1,4 @@
+//! Ingress programs, by protocol.
+
+pub(crate) mod options;
+pub(crate) mod tcp;

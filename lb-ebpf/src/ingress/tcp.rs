@@ -1,0 +1,348 @@
+//! IPv4/TCP ingress: look the 4-tuple up in `SPLICE_FLOWS` and observe, hold or translate.
+//!
+//! Every read goes through `bpf_skb_load_bytes` into aligned stack structs and every write
+//! through `bpf_skb_store_bytes` and the checksum helpers, so there are no packet pointers to
+//! revalidate after a write and no offsets the verifier has to bound.
+
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    ptr,
+};
+
+use aya_ebpf::{
+    bindings::{BPF_F_INVALIDATE_HASH, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use lb_common::{
+    SpliceEntry, SpliceKey, SPLICE_F_REDIRECT_PEER, SPLICE_F_SACK, SPLICE_F_TIMESTAMPS,
+    SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_HOLD, SPLICE_STATE_OBSERVE,
+    SPLICE_STATE_SPLICE, SPLICE_STAT_HOLD_DROPPED, SPLICE_STAT_OBSERVED, SPLICE_STAT_REDIRECTED,
+    SPLICE_STAT_SACK, SPLICE_STAT_SYN_REUSE,
+};
+
+use super::options::OptionWalk;
+use crate::maps::{stat_inc, SPLICE_FLOWS};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+const IP_OFF: usize = ETH_HLEN;
+/// Only IPv4 headers without options are translated: L4 starts here.
+const L4_OFF: usize = ETH_HLEN + 20;
+const IP_CSUM_OFF: usize = IP_OFF + 10;
+const IP_SADDR_OFF: usize = IP_OFF + 12;
+const IP_DADDR_OFF: usize = IP_OFF + 16;
+const TCP_SEQ_OFF: usize = L4_OFF + 4;
+const TCP_ACK_OFF: usize = L4_OFF + 8;
+const TCP_WIN_OFF: usize = L4_OFF + 14;
+const TCP_CSUM_OFF: usize = L4_OFF + 16;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// The IPv4 header without options; multi-byte fields in network order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// The fixed TCP header; multi-byte fields in network order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHdr {
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    doff: u8,
+    flags: u8,
+    window: u16,
+    check: u16,
+    urg: u16,
+}
+
+/// Why a packet of a known flow could not be handled (it is dropped).
+pub(crate) struct Drop;
+
+impl From<i64> for Drop {
+    fn from(_: i64) -> Drop {
+        Drop
+    }
+}
+
+pub(crate) fn try_splice_ingress(ctx: &TcContext) -> Result<i32, Drop> {
+    const PASS: Result<i32, Drop> = Ok(TC_ACT_OK);
+    let Ok(proto) = ctx.load::<u16>(12) else {
+        return PASS;
+    };
+    if u16::from_be(proto) != ETH_P_IP {
+        return PASS;
+    }
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
+        return PASS;
+    };
+    // Fragments never belong to a spliced flow (Linux sets DF and the MSS avoids fragments).
+    if ip.protocol != IPPROTO_TCP || u16::from_be(ip.frag_off) & 0x3fff != 0 {
+        return PASS;
+    }
+    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+    let Ok(th) = ctx.load::<TcpHdr>(ETH_HLEN + ihl) else {
+        return PASS;
+    };
+    let key = SpliceKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: th.sport,
+        dport: th.dport,
+    };
+    let Some(entry) = SPLICE_FLOWS.get_ptr_mut(key) else {
+        return PASS;
+    };
+    // From here on the packet belongs to a known flow.
+    // SAFETY: a successful lookup returns a valid, aligned pointer to the value, which stays
+    // valid for this program run (RCU). Other CPUs may write it concurrently: every field is
+    // read once and the program's writes are counters, times and bits.
+    let state = unsafe { (*entry).state };
+    if state == SPLICE_STATE_OBSERVE || state == SPLICE_STATE_HOLD {
+        return observe(ctx, entry, state, ihl, &th);
+    }
+    if state != SPLICE_STATE_SPLICE {
+        // CLOSED (or a state this program does not know): never hand it to the stack.
+        return Err(Drop);
+    }
+    if th.flags & TCP_SYN != 0 {
+        // The 4-tuple is being reused (a new connection): hand the SYN to the stack, let the
+        // collector retire the entry.
+        set_seen(entry, SPLICE_SEEN_SYN);
+        stat_inc(SPLICE_STAT_SYN_REUSE);
+        return PASS;
+    }
+    if ihl != 20 {
+        return Err(Drop);
+    }
+    translate(ctx, entry, &ip, &th)
+}
+
+/// OBSERVE passes the packet, HOLD passes only pure ACKs; both record the sender's TSval.
+#[inline(always)]
+fn observe(
+    ctx: &TcContext,
+    entry: *mut SpliceEntry,
+    state: u32,
+    ihl: usize,
+    th: &TcpHdr,
+) -> Result<i32, Drop> {
+    let l4 = (ETH_HLEN + ihl) as u32;
+    let doff = u32::from(th.doff >> 4) * 4;
+    if doff < 20 {
+        return Err(Drop);
+    }
+    let walk = OptionWalk::run(ctx.skb.skb, l4 + 20, l4 + doff);
+    if walk.ts_off != 0 {
+        if let Ok(tsval) = ctx.load::<u32>(walk.ts_off as usize) {
+            // SAFETY: see try_splice_ingress.
+            unsafe { (*entry).last_tsval = u32::from_be(tsval) };
+        }
+    }
+    touch(entry);
+    if state == SPLICE_STATE_HOLD {
+        let payload = ctx.len().saturating_sub(l4 + doff);
+        if payload != 0 || th.flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 {
+            stat_inc(SPLICE_STAT_HOLD_DROPPED);
+            return Ok(TC_ACT_SHOT);
+        }
+    }
+    stat_inc(SPLICE_STAT_OBSERVED);
+    Ok(TC_ACT_OK)
+}
+
+/// Rewrites a SPLICE flow's packet into the other leg's and redirects it.
+#[inline(always)]
+fn translate(
+    ctx: &TcContext,
+    entry: *mut SpliceEntry,
+    ip: &Ipv4Hdr,
+    th: &TcpHdr,
+) -> Result<i32, Drop> {
+    // SAFETY: see try_splice_ingress; one copy, so every field below is consistent.
+    let e: SpliceEntry = unsafe { ptr::read_volatile(entry) };
+    let doff = u32::from(th.doff >> 4) * 4;
+    if doff < 20 {
+        return Err(Drop);
+    }
+    let hdr_end = L4_OFF as u32 + doff;
+    let payload = ctx.len().saturating_sub(hdr_end);
+
+    // Bookkeeping first: a FIN or RST is recorded even if a rewrite below fails.
+    let mut seen = 0;
+    if th.flags & TCP_FIN != 0 {
+        seen |= SPLICE_SEEN_FIN;
+    }
+    if th.flags & TCP_RST != 0 {
+        seen |= SPLICE_SEEN_RST;
+    }
+    if seen != 0 {
+        set_seen(entry, seen);
+    }
+    // SAFETY: the counters are naturally aligned u64 fields of the map value. The BPF target has
+    // no `AtomicU64::fetch_add`; with its result unused this intrinsic is BPF's atomic add.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*entry).bytes,
+            u64::from(payload),
+        );
+    }
+    touch(entry);
+
+    // Options are read before anything is written.
+    let walk = OptionWalk::run(ctx.skb.skb, L4_OFF as u32 + 20, hdr_end);
+
+    // L3: addresses, in the IP checksum and the TCP pseudo-header.
+    if ip.saddr != e.new_saddr {
+        ctx.l4_csum_replace(
+            TCP_CSUM_OFF,
+            u64::from(ip.saddr),
+            u64::from(e.new_saddr),
+            u64::from(BPF_F_PSEUDO_HDR) | 4,
+        )?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(ip.saddr), u64::from(e.new_saddr), 4)?;
+        ctx.store(IP_SADDR_OFF, &e.new_saddr, 0)?;
+    }
+    if ip.daddr != e.new_daddr {
+        ctx.l4_csum_replace(
+            TCP_CSUM_OFF,
+            u64::from(ip.daddr),
+            u64::from(e.new_daddr),
+            u64::from(BPF_F_PSEUDO_HDR) | 4,
+        )?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(ip.daddr), u64::from(e.new_daddr), 4)?;
+        ctx.store(IP_DADDR_OFF, &e.new_daddr, 0)?;
+    }
+    // L4: both ports as one 32-bit word (memory order: sport, dport).
+    let old_ports = ports_word(th.sport, th.dport);
+    let new_ports = ports_word(e.new_sport, e.new_dport);
+    if old_ports != new_ports {
+        ctx.l4_csum_replace(TCP_CSUM_OFF, u64::from(old_ports), u64::from(new_ports), 4)?;
+        ctx.store(L4_OFF, &new_ports, u64::from(BPF_F_INVALIDATE_HASH))?;
+    }
+    add32(ctx, TCP_SEQ_OFF as u32, u32::from_be(th.seq), e.seq_delta)?;
+    if th.flags & TCP_ACK != 0 {
+        add32(ctx, TCP_ACK_OFF as u32, u32::from_be(th.ack), e.ack_delta)?;
+    }
+    rescale_window(ctx, u16::from_be(th.window), e.wscale_in, e.wscale_out)?;
+
+    if walk.ts_off != 0 && e.flags & SPLICE_F_TIMESTAMPS != 0 {
+        let tsval = u32::from_be(ctx.load::<u32>(walk.ts_off as usize)?);
+        let tsecr = u32::from_be(ctx.load::<u32>(walk.ts_off as usize + 4)?);
+        add32(ctx, walk.ts_off, tsval, e.tsval_delta)?;
+        if tsecr != 0 {
+            add32(ctx, walk.ts_off + 4, tsecr, e.tsecr_delta)?;
+        }
+    }
+    if walk.sack_off != 0 && e.flags & SPLICE_F_SACK != 0 {
+        stat_inc(SPLICE_STAT_SACK);
+        // Unrolled: 4 blocks of 2 edges at most.
+        for edge in 0..8u32 {
+            if edge >= walk.sack_blocks * 2 {
+                break;
+            }
+            let off = walk.sack_off + edge * 4;
+            let value = u32::from_be(ctx.load::<u32>(off as usize)?);
+            add32(ctx, off, value, e.ack_delta)?;
+        }
+    }
+
+    stat_inc(SPLICE_STAT_REDIRECTED);
+    let action = if e.flags & SPLICE_F_REDIRECT_PEER != 0 {
+        ctx.store(0, &e.new_dmac, 0)?;
+        ctx.store(6, &e.new_smac, 0)?;
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect_peer(e.out_ifindex, 0) }
+    } else {
+        // SAFETY: a null params pointer with plen 0 asks the kernel to do the FIB lookup.
+        unsafe { bpf_redirect_neigh(e.out_ifindex, ptr::null_mut(), 0, 0) }
+    };
+    Ok(action as i32)
+}
+
+/// The two 16-bit network-order ports as the 32-bit word they form in memory.
+#[inline(always)]
+fn ports_word(sport: u16, dport: u16) -> u32 {
+    u32::from(sport) | (u32::from(dport) << 16)
+}
+
+/// Adds `delta` to the big-endian 32-bit field at absolute offset `off` whose host-order value
+/// is `old`, and fixes the TCP checksum.
+#[inline(always)]
+fn add32(ctx: &TcContext, off: u32, old: u32, delta: u32) -> Result<(), Drop> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let (old_be, new_be) = (old.to_be(), old.wrapping_add(delta).to_be());
+    // A field at an odd offset from the start of the TCP header contributes to the one's
+    // complement sum with the bytes of each 16-bit lane swapped.
+    let (from, to) = if (off - L4_OFF as u32) & 1 != 0 {
+        (lane_swap(old_be), lane_swap(new_be))
+    } else {
+        (old_be, new_be)
+    };
+    ctx.l4_csum_replace(TCP_CSUM_OFF, u64::from(from), u64::from(to), 4)?;
+    ctx.store(off as usize, &new_be, 0)?;
+    Ok(())
+}
+
+#[inline(always)]
+fn lane_swap(x: u32) -> u32 {
+    ((x & 0x00ff_00ff) << 8) | ((x & 0xff00_ff00) >> 8)
+}
+
+/// `window << wscale_in >> wscale_out`, clamped to 16 bits, at least 1 if it was non-zero.
+#[inline(always)]
+fn rescale_window(ctx: &TcContext, window: u16, wscale_in: u8, wscale_out: u8) -> Result<(), Drop> {
+    if wscale_in == wscale_out {
+        return Ok(());
+    }
+    let real = u64::from(window) << (wscale_in & 15);
+    let scaled = (real >> (wscale_out & 15)).min(0xffff);
+    let scaled = if scaled == 0 && real != 0 { 1 } else { scaled } as u16;
+    let (old_be, new_be) = (window.to_be(), scaled.to_be());
+    if old_be != new_be {
+        ctx.l4_csum_replace(TCP_CSUM_OFF, u64::from(old_be), u64::from(new_be), 2)?;
+        ctx.store(TCP_WIN_OFF, &new_be, 0)?;
+    }
+    Ok(())
+}
+
+/// Sets `bits` in the entry's `seen` field. Not atomic (BPF v1 has no atomic OR): bits are only
+/// ever set, and two CPUs setting different bits of one direction at the same instant would need
+/// a FIN and an RST racing; the next retransmission sets the bit again.
+#[inline(always)]
+fn set_seen(entry: *mut SpliceEntry, bits: u32) {
+    // SAFETY: see try_splice_ingress.
+    unsafe {
+        let seen = ptr::read_volatile(&raw const (*entry).seen);
+        if seen & bits != bits {
+            ptr::write_volatile(&raw mut (*entry).seen, seen | bits);
+        }
+    }
+}
+
+#[inline(always)]
+fn touch(entry: *mut SpliceEntry) {
+    // SAFETY: see try_splice_ingress; bpf_ktime_get_ns has no preconditions.
+    unsafe { ptr::write_volatile(&raw mut (*entry).last_seen_ns, bpf_ktime_get_ns()) };
+}

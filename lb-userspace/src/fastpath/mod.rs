@@ -1,0 +1,21 @@
+//! The kernel fast path (issue 7): TCP connections spliced by a TC program.
+//!
+//! - [`program`] loads `splice_ingress`, attaches it to interfaces with TCX and pins the links
+//!   and the maps under `<pin_dir>/<instance>/v1/`, adopting what a previous process pinned.
+//! - [`flows`] reads and writes the pinned `SPLICE_FLOWS` map.
+//! - [`repair`] reads a socket's exact TCP state with `TCP_REPAIR`.
+//! - [`translate`] turns the two legs' snapshots into the two map entries.
+//!
+//! The splice protocol itself (OBSERVE, quiescence, HOLD, double snapshot, commit or abort,
+//! silent close) is in [`splice`].
+
+pub mod flows;
+pub mod program;
+pub mod repair;
+pub mod splice;
+pub mod translate;
+
+pub use self::{
+    flows::Flows,
+    program::{FastPath, FastPathError},
+};
