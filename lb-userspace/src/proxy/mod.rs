@@ -129,7 +129,13 @@ impl Proxy {
             }
         };
         let in_flight = server.start_request();
-        match self.forward(backend, &in_flight, client, request).await {
+        let forwarded = self.forward(backend, &in_flight, client, request).await;
+        if decision != Decision::StickyHit {
+            // A new, moved or learned session is in the pinned map before the client hears
+            // of it: usually already, the server's round trip being far longer.
+            backend.table.durable().await;
+        }
+        match forwarded {
             Ok(response) => {
                 tracing::info!(
                     target: "access",

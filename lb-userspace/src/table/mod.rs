@@ -54,6 +54,8 @@ pub struct JournalReceiver {
 struct JournalProgress {
     sent: AtomicU64,
     applied: AtomicU64,
+    /// Woken after each applied op, for [`Journal::flushed`].
+    notify: tokio::sync::Notify,
 }
 
 /// A new journal and its receiving end.
@@ -93,14 +95,17 @@ impl Journal {
     /// it got there.
     pub async fn flushed(&self, limit: Duration) -> bool {
         let target = self.progress.sent.load(Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.progress.applied.load(Ordering::Relaxed) < target {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
+        tokio::time::timeout(limit, async {
+            loop {
+                let applied = self.progress.notify.notified();
+                if self.progress.applied.load(Ordering::Relaxed) >= target {
+                    return;
+                }
+                applied.await;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
+        })
+        .await
+        .is_ok()
     }
 }
 
@@ -118,8 +123,12 @@ impl JournalReceiver {
     /// Marks one received op as applied.
     pub fn applied(&self) {
         self.progress.applied.fetch_add(1, Ordering::Relaxed);
+        self.progress.notify.notify_waiters();
     }
 }
+
+/// The longest a response waits for its new session to be durable.
+const DURABLE_WAIT: Duration = Duration::from_millis(100);
 
 /// A sticky hit refreshes the durable last-seen time (and tells peers) at most this often, so
 /// that hot sessions do not cost a map write and a peer update per request.
@@ -227,6 +236,15 @@ impl StickTable {
             }),
             journal,
             fallback: OnceLock::new(),
+        }
+    }
+
+    /// Waits until every change made so far is in the durable copy (bounded: a stuck writer
+    /// costs at most [`DURABLE_WAIT`]). A response waits for its session's entry this way, so
+    /// a crash right after it cannot lose the session it announced.
+    pub async fn durable(&self) {
+        if !self.journal.flushed(DURABLE_WAIT).await {
+            tracing::warn!(limit = ?DURABLE_WAIT, "the durable table writer is behind; answering anyway");
         }
     }
 
