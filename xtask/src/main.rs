@@ -3,8 +3,10 @@
 //! The eBPF crate (`lb-ebpf`) sits outside the workspace and builds with its own nightly
 //! toolchain and `bpf-linker`; these tasks drive it so that a plain `cargo build` never has to.
 
+mod bench;
 mod btf;
 mod build;
+mod demo;
 mod ebpf;
 mod prerequisites;
 mod process;
@@ -37,8 +39,15 @@ enum Task {
     /// Build, then run `stickylb` with the arguments after `--` (as root, through `sudo -E`
     /// when needed); exits with its exit code.
     Run(RunArgs),
-    /// Run the whole check suite as CI does: fmt, clippy, shellcheck, tests.
+    /// Run the whole check suite as CI does: fmt, clippy, shellcheck, tests, `demo --check`.
     Test(TestArgs),
+    /// Benchmark stickylb against HAProxy 2.6 and no load balancer, in network namespaces;
+    /// writes docs/BENCHMARKS.md and docs/benchmarks.json. As root.
+    Bench(bench::BenchArgs),
+    /// Build, then play the seed's peers demo in network namespaces: web (7 backends), lb-1
+    /// and lb-2 on 192.168.33.0/24, localhost:8080/9080 to the lbs and :8404/:9404 to their
+    /// monitors, as the seed's Vagrant ports. As root (through `sudo -E` when needed).
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +76,24 @@ struct TestArgs {
     cargo_test_args: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    profile: ProfileArgs,
+    /// Compare every step with the seed's output; exit non-zero on any difference.
+    #[arg(long)]
+    check: bool,
+    /// Leave the demo running at the end (`cargo xtask demo --down` removes it).
+    #[arg(long)]
+    keep: bool,
+    /// Remove a demo left running (or half built): processes, namespaces, pinned tables.
+    #[arg(long, conflicts_with_all = ["check", "keep", "release"])]
+    down: bool,
+    /// Skip the build: the non-root run that re-runs itself through sudo has built already.
+    #[arg(long, hide = true)]
+    prebuilt: bool,
+}
+
 /// Prints the error chain on one line, without the backtrace anyhow's `Debug` adds under
 /// `RUST_BACKTRACE=1`: xtask errors are messages for people, not bugs.
 fn main() -> ExitCode {
@@ -86,5 +113,13 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Build(args) => build::build_all(args.release),
         Task::Run(args) => match run::run(args.profile.release, &args.stickylb_args)? {},
         Task::Test(args) => test_suite::run(&args.cargo_test_args),
+        Task::Bench(args) => bench::run(&args),
+        Task::Demo(args) => demo::run(demo::Options {
+            release: args.profile.release,
+            check: args.check,
+            keep: args.keep,
+            down: args.down,
+            prebuilt: args.prebuilt,
+        }),
     }
 }

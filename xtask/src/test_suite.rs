@@ -58,6 +58,39 @@ pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             .env(REQUIRE_PRIVILEGED_ENV, "1"),
     )?;
 
+    // The README's first command: CI proves the seed's story plays as documented.
+    stage("demo --check");
+    if is_root() {
+        // Through cargo, as `cargo xtask demo` does: this binary may have been rebuilt since.
+        run_checked(host_cargo().args([
+            "run",
+            "--quiet",
+            "--locked",
+            "--package",
+            "xtask",
+            "--",
+            "demo",
+            "--check",
+        ]))?;
+    } else {
+        println!("skipped: the demo needs root, like the privileged tests");
+    }
+
+    // A benchmark, not a test: no figure is judged, only that it runs and writes its tables.
+    stage("bench --quick");
+    if is_root() {
+        let output = workspace::host_target_dir().join("bench/test-suite-quick");
+        let xtask = env::current_exe().context("finding the xtask binary")?;
+        run_checked(
+            Command::new(xtask)
+                .args(["bench", "--quick", "--output"])
+                .arg(&output),
+        )?;
+        crate::bench::verify(&output)?;
+    } else {
+        println!("skipped: the bench needs root, like the privileged tests");
+    }
+
     println!("\n==> xtask test: all stages passed");
     Ok(())
 }

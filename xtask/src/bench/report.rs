@@ -1,0 +1,461 @@
+//! The results: medians per cell, ratios to HAProxy and to direct, the targets of the issue,
+//! written as `BENCHMARKS.md` (see `markdown`) and `benchmarks.json` (every run's figures).
+
+use std::{fs, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::{
+    contender::Contender,
+    machine::Machine,
+    median,
+    profile::Profile,
+    scale::ScaleResult,
+    workload::{Sample, Workload},
+    Plan,
+};
+
+pub(in crate::bench) mod markdown;
+
+pub(crate) const MARKDOWN_FILE: &str = "BENCHMARKS.md";
+pub(crate) const JSON_FILE: &str = "benchmarks.json";
+
+/// The runs of one workload against one contender.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Cell {
+    pub(super) workload: Workload,
+    pub(super) contender: Contender,
+    pub(super) samples: Vec<Sample>,
+}
+
+impl Cell {
+    pub(super) fn new(workload: Workload, contender: Contender) -> Self {
+        Self {
+            workload,
+            contender,
+            samples: Vec::new(),
+        }
+    }
+
+    fn median_of(&self, figure: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        let values: Vec<f64> = self.samples.iter().filter_map(figure).collect();
+        median(&values)
+    }
+}
+
+/// Medians of a cell's runs, and its ratios.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Summary {
+    pub(super) workload: Workload,
+    pub(super) contender: Contender,
+    pub(super) runs: usize,
+    /// (max - min) / median of the figure of merit over the runs, in percent.
+    pub(super) spread_percent: Option<f64>,
+    pub(super) requests_per_s: Option<f64>,
+    pub(super) p50_ms: Option<f64>,
+    pub(super) p99_ms: Option<f64>,
+    pub(super) megabytes_per_s: Option<f64>,
+    pub(super) lb_cpu_us_per_request: Option<f64>,
+    pub(super) lb_cpu_s_per_gb: Option<f64>,
+    pub(super) lb_peak_rss_mb: Option<f64>,
+    /// Failed requests over all runs.
+    pub(super) errors: u64,
+    /// The cell's figure of merit (req/s; MB/s for downloads) over HAProxy's.
+    pub(super) vs_haproxy: Option<f64>,
+    /// The same over the direct path's.
+    pub(super) vs_direct: Option<f64>,
+}
+
+impl Summary {
+    fn of(cell: &Cell) -> Self {
+        let per_gb = cell.workload.per_gigabyte();
+        let merits: Vec<f64> = cell
+            .samples
+            .iter()
+            .map(|s| {
+                if per_gb {
+                    s.megabytes_per_s()
+                } else {
+                    s.requests_per_s()
+                }
+            })
+            .collect();
+        let spread_percent = median(&merits).filter(|m| *m > 0.0).map(|m| {
+            let max = merits.iter().copied().fold(f64::MIN, f64::max);
+            let min = merits.iter().copied().fold(f64::MAX, f64::min);
+            100.0 * (max - min) / m
+        });
+        Self {
+            workload: cell.workload,
+            contender: cell.contender,
+            runs: cell.samples.len(),
+            spread_percent,
+            requests_per_s: (!per_gb)
+                .then(|| cell.median_of(|s| Some(s.requests_per_s())))
+                .flatten(),
+            p50_ms: cell.median_of(|s| s.p50_ms),
+            p99_ms: cell.median_of(|s| s.p99_ms),
+            megabytes_per_s: cell.median_of(|s| Some(s.megabytes_per_s())),
+            lb_cpu_us_per_request: (!per_gb)
+                .then(|| cell.median_of(|s| Some(s.lb_cpu_s? * 1e6 / s.requests as f64)))
+                .flatten(),
+            lb_cpu_s_per_gb: per_gb
+                .then(|| cell.median_of(|s| Some(s.lb_cpu_s? / (s.bytes as f64 / 1e9))))
+                .flatten(),
+            lb_peak_rss_mb: cell.median_of(|s| Some(s.lb_peak_rss_bytes? as f64 / 1e6)),
+            errors: cell.samples.iter().map(|s| s.errors).sum(),
+            vs_haproxy: None,
+            vs_direct: None,
+        }
+    }
+
+    /// What the ratios compare.
+    pub(super) fn merit(&self) -> Option<f64> {
+        if self.workload.per_gigabyte() {
+            self.megabytes_per_s
+        } else {
+            self.requests_per_s
+        }
+    }
+}
+
+/// stickylb, HAProxy: table memory and restarts.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct ScaleSummary {
+    pub(super) contender: Contender,
+    pub(super) entries: u64,
+    pub(super) fill_seconds: f64,
+    pub(super) fill_entries_per_s: f64,
+    pub(super) rss_mb: f64,
+    pub(super) map_mb: Option<f64>,
+    pub(super) total_mb: f64,
+    pub(super) restart_seconds_median: Option<f64>,
+    pub(super) entries_after_restart: u64,
+    pub(super) rss_after_restart_mb: f64,
+    pub(super) raw: ScaleResult,
+}
+
+impl ScaleSummary {
+    fn of(result: &ScaleResult) -> Self {
+        Self {
+            contender: result.contender,
+            entries: result.entries,
+            fill_seconds: result.fill_seconds,
+            fill_entries_per_s: result.fill_rate(),
+            rss_mb: result.rss_bytes as f64 / 1e6,
+            map_mb: result.map_bytes.map(|bytes| bytes as f64 / 1e6),
+            total_mb: result.total_bytes() as f64 / 1e6,
+            restart_seconds_median: result.restart_median(),
+            entries_after_restart: result.entries_after_restart,
+            rss_after_restart_mb: result.rss_after_restart_bytes as f64 / 1e6,
+            raw: result.clone(),
+        }
+    }
+}
+
+/// One target of the issue, judged from this run's figures.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct TargetCheck {
+    pub(super) target: String,
+    pub(super) stickylb: String,
+    pub(super) reference: String,
+    /// `met`, `missed`, or `not measured`.
+    pub(super) result: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct NotRun {
+    pub(super) contender: Contender,
+    pub(super) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Report {
+    pub(super) machine: Machine,
+    pub(super) plan: Plan,
+    pub(super) duration_s: f64,
+    pub(super) not_run: Vec<NotRun>,
+    pub(super) results: Vec<Summary>,
+    pub(super) table_scale: Vec<ScaleSummary>,
+    pub(super) targets: Vec<TargetCheck>,
+    pub(super) profiles: Vec<Profile>,
+    /// Every run of every cell.
+    pub(super) runs: Vec<Cell>,
+}
+
+impl Report {
+    pub(super) fn new(
+        machine: Machine,
+        plan: Plan,
+        cells: Vec<Cell>,
+        scale: Vec<ScaleResult>,
+        profiles: Vec<Profile>,
+        duration: Duration,
+    ) -> Self {
+        let mut results: Vec<Summary> = cells.iter().map(Summary::of).collect();
+        let merits: Vec<(Workload, Contender, Option<f64>)> = results
+            .iter()
+            .map(|s| (s.workload, s.contender, s.merit()))
+            .collect();
+        let merit_of = |workload: Workload, contender: Contender| {
+            merits
+                .iter()
+                .find(|(w, c, _)| *w == workload && *c == contender)
+                .and_then(|(_, _, merit)| *merit)
+        };
+        for summary in &mut results {
+            let merit = summary.merit();
+            let ratio = |reference: Option<f64>| Some(merit? / reference.filter(|r| *r > 0.0)?);
+            summary.vs_haproxy = ratio(merit_of(summary.workload, Contender::Haproxy));
+            summary.vs_direct = ratio(merit_of(summary.workload, Contender::Direct));
+        }
+        let table_scale: Vec<ScaleSummary> = scale.iter().map(ScaleSummary::of).collect();
+        let targets = targets(&results, &table_scale, &plan);
+        Self {
+            machine,
+            plan,
+            duration_s: duration.as_secs_f64(),
+            not_run: Contender::ALL
+                .into_iter()
+                .filter_map(|contender| {
+                    Some(NotRun {
+                        contender,
+                        reason: contender.unavailable()?,
+                    })
+                })
+                .collect(),
+            results,
+            table_scale,
+            targets,
+            profiles,
+            runs: cells,
+        }
+    }
+}
+
+/// The issue's targets: new connection per request >= 1.0x HAProxy req/s with p99 <= HAProxy;
+/// keep-alive >= 1.0x HAProxy without the fast path; 1M entries in <= 200 MB.
+fn targets(results: &[Summary], scale: &[ScaleSummary], plan: &Plan) -> Vec<TargetCheck> {
+    let find = |workload: Workload, contender: Contender| {
+        results
+            .iter()
+            .find(|s| s.workload == workload && s.contender == contender)
+    };
+    let mut checks = Vec::new();
+    for (workload, what) in [
+        (
+            Workload::NewConnUnique,
+            "new connection per request, unique cookies",
+        ),
+        (
+            Workload::NewConnRepeat,
+            "new connection per request, repeating cookies",
+        ),
+        (Workload::KeepAlive, "keep-alive (no fast path)"),
+    ] {
+        let ours = find(workload, Contender::Stickylb);
+        let theirs = find(workload, Contender::Haproxy);
+        let rps = |s: Option<&Summary>| s.and_then(|s| s.requests_per_s);
+        checks.push(judge(
+            format!("{what}: req/s >= 1.0x HAProxy"),
+            rps(ours),
+            rps(theirs),
+            |a, b| a >= b,
+            |v| format!("{v:.0} req/s"),
+        ));
+        if workload != Workload::KeepAlive {
+            let p99 = |s: Option<&Summary>| s.and_then(|s| s.p99_ms);
+            checks.push(judge(
+                format!("{what}: p99 <= HAProxy"),
+                p99(ours),
+                p99(theirs),
+                |a, b| a <= b,
+                |v| format!("{v:.2} ms"),
+            ));
+        }
+    }
+    let ours = scale.iter().find(|s| s.contender == Contender::Stickylb);
+    let theirs = scale.iter().find(|s| s.contender == Contender::Haproxy);
+    let memory = |s: &ScaleSummary| format!("{:.0} MB ({} entries)", s.total_mb, s.entries);
+    checks.push(TargetCheck {
+        target: "1M sticky entries: RSS + map <= 200 MB".into(),
+        stickylb: ours.map_or("-".into(), |s| {
+            format!(
+                "{} = RSS {:.0} + map {:.0}",
+                memory(s),
+                s.rss_mb,
+                s.map_mb.unwrap_or(0.0)
+            )
+        }),
+        reference: theirs.map_or("-".into(), memory),
+        result: match ours {
+            Some(s) if plan.table_entries >= 1_000_000 => {
+                if s.total_mb <= 200.0 {
+                    "met"
+                } else {
+                    "missed"
+                }
+            }
+            _ => "not measured",
+        },
+    });
+    checks
+}
+
+fn judge(
+    target: String,
+    ours: Option<f64>,
+    theirs: Option<f64>,
+    holds: impl Fn(f64, f64) -> bool,
+    show: impl Fn(f64) -> String,
+) -> TargetCheck {
+    match (ours, theirs) {
+        (Some(a), Some(b)) => TargetCheck {
+            target,
+            stickylb: format!("{} ({:.2}x)", show(a), a / b),
+            reference: show(b),
+            result: if holds(a, b) { "met" } else { "missed" },
+        },
+        _ => TargetCheck {
+            target,
+            stickylb: ours.map_or("-".into(), &show),
+            reference: theirs.map_or("-".into(), &show),
+            result: "not measured",
+        },
+    }
+}
+
+/// Writes `BENCHMARKS.md` and `benchmarks.json` into `dir`.
+pub(super) fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(report).context("serialising the report")?;
+    let json_path = dir.join(JSON_FILE);
+    fs::write(&json_path, json + "\n")
+        .with_context(|| format!("could not write {}", json_path.display()))?;
+    let markdown_path = dir.join(MARKDOWN_FILE);
+    fs::write(&markdown_path, markdown::render(report))
+        .with_context(|| format!("could not write {}", markdown_path.display()))
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::time::Duration;
+
+    use super::{Cell, Report};
+    use crate::bench::{
+        contender::Contender,
+        machine::Machine,
+        scale::ScaleResult,
+        workload::{Sample, Workload},
+        BenchArgs, Plan,
+    };
+
+    /// A report with made-up figures for every cell, as a quick run would produce.
+    pub(in crate::bench) fn sample_report() -> Report {
+        let plan = Plan::new(&BenchArgs {
+            quick: true,
+            output: None,
+            runs: None,
+            perf: false,
+        });
+        let mut cells = Vec::new();
+        for workload in Workload::ALL {
+            for (i, contender) in [Contender::Direct, Contender::Haproxy, Contender::Stickylb]
+                .into_iter()
+                .enumerate()
+            {
+                let mut cell = Cell::new(workload, contender);
+                cell.samples.push(Sample {
+                    requests: 10_000 * (3 - i as u64),
+                    seconds: 2.0,
+                    bytes: 1_000_000_000,
+                    errors: 0,
+                    p50_ms: (workload != Workload::Download).then_some(1.0),
+                    p99_ms: (workload != Workload::Download).then_some(3.0 + i as f64),
+                    lb_cpu_s: (contender != Contender::Direct).then_some(1.5),
+                    lb_peak_rss_bytes: (contender != Contender::Direct).then_some(20_000_000),
+                });
+                cells.push(cell);
+            }
+        }
+        let scale = [Contender::Haproxy, Contender::Stickylb]
+            .into_iter()
+            .map(|contender| ScaleResult {
+                contender,
+                entries: 100_000,
+                fill_seconds: 5.0,
+                rss_bytes: 30_000_000,
+                map_bytes: (contender == Contender::Stickylb).then_some(185_000_000),
+                restart_seconds: vec![0.5],
+                entries_after_restart: if contender == Contender::Stickylb {
+                    100_000
+                } else {
+                    0
+                },
+                rss_after_restart_bytes: 25_000_000,
+            })
+            .collect();
+        let machine = Machine {
+            date: "2026-01-01 00:00 UTC".into(),
+            cpu_model: "Test CPU".into(),
+            cpus: 2,
+            memory_gib: 4.0,
+            kernel: "6.18.0".into(),
+            os: "Debian".into(),
+            stickylb: "stickylb 0.1.0".into(),
+            haproxy: "HAProxy version 2.6.12".into(),
+            wrk: "wrk 4.1.0".into(),
+            curl: "curl 7.88.1".into(),
+            rustc: "rustc 1.95.0".into(),
+            load_average: "0.00 0.00 0.00".into(),
+        };
+        Report::new(
+            machine,
+            plan,
+            cells,
+            scale,
+            Vec::new(),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn ratios_are_against_haproxy_and_direct() {
+        let report = sample_report();
+        let stickylb = report
+            .results
+            .iter()
+            .find(|s| s.workload == Workload::KeepAlive && s.contender == Contender::Stickylb)
+            .unwrap();
+        assert_eq!(stickylb.requests_per_s, Some(5_000.0));
+        assert_eq!(stickylb.vs_haproxy, Some(0.5));
+        assert!((stickylb.vs_direct.unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(stickylb.lb_cpu_us_per_request, Some(150.0));
+        let download = report
+            .results
+            .iter()
+            .find(|s| s.workload == Workload::Download && s.contender == Contender::Haproxy)
+            .unwrap();
+        assert_eq!(download.requests_per_s, None);
+        assert_eq!(download.lb_cpu_s_per_gb, Some(1.5));
+    }
+
+    #[test]
+    fn targets_are_judged_and_quick_memory_is_not_measured() {
+        let report = sample_report();
+        let results: Vec<&str> = report.targets.iter().map(|t| t.result).collect();
+        // stickylb has half HAProxy's rate and a higher p99 in the made-up figures.
+        assert_eq!(
+            results,
+            [
+                "missed",
+                "missed",
+                "missed",
+                "missed",
+                "missed",
+                "not measured"
+            ]
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! `BENCHMARKS.md`: the machine, the setup, the results tables, the targets, the profile, and
+//! how to reproduce. The tables' columns are shared with `check`, which parses them back.
+
+use std::fmt::Write as _;
+
+use super::{Report, Summary};
+use crate::bench::{profile::Profile, workload::Workload, Plan};
+
+/// Heading and columns of the results table.
+pub(in crate::bench) const RESULTS_HEADING: &str = "## Results";
+pub(in crate::bench) const RESULT_COLUMNS: [&str; 14] = [
+    "workload",
+    "contender",
+    "runs",
+    "spread %",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "MB/s",
+    "LB CPU µs/req",
+    "LB CPU s/GB",
+    "LB peak RSS MB",
+    "errors",
+    "vs HAProxy",
+    "vs direct",
+];
+
+/// Heading and columns of the table-scale table.
+pub(in crate::bench) const SCALE_HEADING: &str = "## Table scale";
+pub(in crate::bench) const SCALE_COLUMNS: [&str; 10] = [
+    "contender",
+    "entries",
+    "fill s",
+    "entries/s",
+    "RSS MB",
+    "map MB",
+    "total MB",
+    "restart s",
+    "entries after restart",
+    "RSS after restart MB",
+];
+
+/// What a cell without a figure shows (the direct path has no load balancer to measure).
+pub(in crate::bench) const NONE: &str = "-";
+
+pub(in crate::bench) fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let plan = &report.plan;
+    let mode = if plan.quick {
+        "`--quick` (development figures)"
+    } else {
+        "full"
+    };
+    let _ = writeln!(
+        out,
+        "# Benchmarks\n\n\
+         <!-- Written by `cargo xtask bench`: run it again rather than editing. -->\n\n\
+         stickylb against HAProxy 2.6 with the equivalent sticky configuration, and against no load \
+         balancer at all (\"direct\": the physical limit of this machine), in network namespaces. \
+         Run: {mode}, {}, {} run(s) per cell, {:.0} s in all. Every run's figures are in \
+         [`{}`]({}).\n",
+        report.machine.date,
+        plan.runs,
+        report.duration_s,
+        super::JSON_FILE,
+        super::JSON_FILE,
+    );
+    machine(&mut out, report);
+    setup(&mut out, plan);
+    results(&mut out, report);
+    scale(&mut out, report);
+    targets(&mut out, report);
+    if !report.profiles.is_empty() {
+        profiles(&mut out, &report.profiles);
+    }
+    reproduce(&mut out);
+    out
+}
+
+fn machine(out: &mut String, report: &Report) {
+    let m = &report.machine;
+    let _ = writeln!(
+        out,
+        "## Machine\n\n\
+         | | |\n|---|---|\n\
+         | CPU | {} ({} CPUs) |\n| memory | {:.1} GiB |\n| kernel | Linux {} |\n| OS | {} |\n\
+         | stickylb | {} |\n| HAProxy | {} |\n| wrk | {} |\n| curl | {} |\n| rustc | {} |\n\
+         | load average before the run (1, 5, 15 min) | {} |\n",
+        m.cpu_model,
+        m.cpus,
+        m.memory_gib,
+        m.kernel,
+        m.os,
+        m.stickylb,
+        m.haproxy,
+        m.wrk,
+        m.curl,
+        m.rustc,
+        m.load_average,
+    );
+}
+
+fn setup(out: &mut String, plan: &Plan) {
+    let _ = writeln!(
+        out,
+        "## Setup\n\n\
+         - Three network namespaces joined by veth pairs: client (10.240.1.2), lb (10.240.1.1 and \
+         10.240.2.1, routing between the two) and backends (10.240.2.2: one `stickylb-backend` \
+         process, 4 servers on ports 8081-8084). The load generator, the load balancer and the \
+         backends share this machine's CPUs.\n\
+         - Contenders: **direct** (client to one backend port, through the lb namespace's routing, \
+         no load balancer); **HAProxy 2.6** (Debian's, `balance roundrobin`, `stick-table type \
+         string len 32 size 1048576 expire 30m`, `stick on req.cook(JSESSIONID)`, `stick \
+         store-response res.cook(JSESSIONID)`, `option redispatch`, `option forwardfor`, `http-reuse always` (stickylb also sends any request over any idle pooled server connection; HAProxy's default would open a server connection per client connection), timeouts \
+         connect 5s / client 50s / server 50s, no log, no health checks, default threads: one per \
+         CPU); **stickylb** (release build, the same settings, `--log warn`: no access log, \
+         health checks off, a tokio worker per CPU). Each run starts the load balancer afresh with \
+         an empty table; repetitions alternate the contenders.\n\
+         - Workloads (wrk with `bench.lua`: seed-like `Cookie: c1=1; c2=2; JSESSIONID=<32 chars>`, \
+         {threads} threads; warm-up {warmup} s, then {measure} s measured):\n  \
+         - **new-conn-unique**: a new connection per request (`Connection: close`), {new_conn} \
+         connections, a new cookie on every request (every request creates a session);\n  \
+         - **new-conn-repeat**: the same with cookies cycling through {pool} values (sticky hits);\n  \
+         - **keep-alive**: {keep_alive} keep-alive connections, small responses (`beN\\n`), {pool} \
+         cookies;\n  \
+         - **download**: {downloads} connections at once (curl), each downloading {download_mb} MiB \
+         (`/bytes/N`) once, {total_mb} MiB in all;\n  \
+         - **table scale**: keep-alive requests with cookies cycling through {entries} values until \
+         the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start again).\n\
+         - Figures: req/s and latency percentiles from wrk (its exact histogram; closed loop, so \
+         latency is measured at saturation; time from writing a request to its complete response, \
+         connection setup not included); MB/s of response bytes received; LB CPU = user + system \
+         time of the load balancer process (all threads, `/proc/PID/stat`) during the measurement, \
+         per request or per GB; LB peak RSS = `VmHWM`. Medians over the runs; spread = (max - min) / \
+         median of req/s (MB/s for downloads) over the runs; ratios compare the medians of req/s \
+         (MB/s for downloads) with HAProxy's and with direct's from the same run.\n",
+        threads = plan.wrk_threads,
+        warmup = plan.warmup.as_secs(),
+        measure = plan.measure.as_secs(),
+        new_conn = plan.new_conn_connections,
+        pool = plan.cookie_pool,
+        keep_alive = plan.keep_alive_connections,
+        downloads = plan.download_connections,
+        download_mb = plan.download_bytes >> 20,
+        total_mb = (plan.download_bytes >> 20) * u64::from(plan.download_connections),
+        entries = plan.table_entries,
+        restarts = plan.restarts,
+    );
+}
+
+fn results(out: &mut String, report: &Report) {
+    let _ = writeln!(
+        out,
+        "{RESULTS_HEADING} (median of {} run(s))\n",
+        report.plan.runs
+    );
+    header(out, &RESULT_COLUMNS);
+    for workload in Workload::ALL {
+        for summary in report.results.iter().filter(|s| s.workload == workload) {
+            row(out, &result_row(summary));
+        }
+    }
+    for not_run in &report.not_run {
+        let _ = writeln!(
+            out,
+            "\nNot run: **{}**: {}.",
+            not_run.contender.label(),
+            not_run.reason
+        );
+    }
+    out.push('\n');
+}
+
+fn result_row(s: &Summary) -> Vec<String> {
+    vec![
+        s.workload.id().to_owned(),
+        s.contender.label().to_owned(),
+        s.runs.to_string(),
+        number(s.spread_percent, 1),
+        number(s.requests_per_s, 0),
+        number(s.p50_ms, 2),
+        number(s.p99_ms, 2),
+        number(s.megabytes_per_s, 1),
+        number(s.lb_cpu_us_per_request, 1),
+        number(s.lb_cpu_s_per_gb, 2),
+        number(s.lb_peak_rss_mb, 1),
+        s.errors.to_string(),
+        ratio(s.vs_haproxy),
+        ratio(s.vs_direct),
+    ]
+}
+
+fn scale(out: &mut String, report: &Report) {
+    let _ = writeln!(
+        out,
+        "{SCALE_HEADING}\n\n\
+         Memory with the table full: RSS of the process, plus for stickylb the pinned BPF map \
+         (the kernel's `memlock` for it, from `bpftool map show`; the map is preallocated at its \
+         capacity, {} entries: the table size plus 1/16 and 4096). Restart: from starting the new \
+         process to stickylb's `stickylb started` (logged after it adopted the pinned map), or to \
+         HAProxy's first answer (HAProxy starts with an empty table).\n",
+        crate::bench::contender::TABLE_SIZE + crate::bench::contender::TABLE_SIZE / 16 + 4096
+    );
+    header(out, &SCALE_COLUMNS);
+    for s in &report.table_scale {
+        row(
+            out,
+            &[
+                s.contender.label().to_owned(),
+                s.entries.to_string(),
+                format!("{:.1}", s.fill_seconds),
+                format!("{:.0}", s.fill_entries_per_s),
+                format!("{:.1}", s.rss_mb),
+                number(s.map_mb, 1),
+                format!("{:.1}", s.total_mb),
+                number(s.restart_seconds_median, 3),
+                s.entries_after_restart.to_string(),
+                format!("{:.1}", s.rss_after_restart_mb),
+            ],
+        );
+    }
+    out.push('\n');
+}
+
+fn targets(out: &mut String, report: &Report) {
+    let _ = writeln!(
+        out,
+        "## Targets\n\nJudged from the medians above (same run).\n"
+    );
+    header(out, &["target", "stickylb", "HAProxy", "result"]);
+    for t in &report.targets {
+        row(
+            out,
+            &[
+                t.target.clone(),
+                t.stickylb.clone(),
+                t.reference.clone(),
+                format!("**{}**", t.result),
+            ],
+        );
+    }
+    out.push('\n');
+}
+
+fn profiles(out: &mut String, profiles: &[Profile]) {
+    let _ = writeln!(
+        out,
+        "## Where the CPU time goes\n\n\
+         `cargo xtask bench --perf`: one extra, unmeasured run per load balancer and workload, \
+         sampled by `perf record -e cpu-clock --call-graph dwarf` (on-CPU time of the load \
+         balancer process only). Shares are of all samples, by the innermost frame; kernel time is \
+         attributed to the system call it runs under, or to softirq packet processing. Folded \
+         stacks for flame graphs: `{}`.\n",
+        profiles
+            .first()
+            .and_then(|p| p.folded_stacks.parent())
+            .map_or_else(String::new, |dir| dir.display().to_string()),
+    );
+    for p in profiles {
+        let list = |shares: &[crate::bench::profile::Share]| {
+            shares
+                .iter()
+                .map(|s| format!("{} {:.1}%", s.name, s.percent))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "### {} on {} ({} samples)\n\n\
+             - by binary: {}\n- kernel by entry: {}\n- by crate (in the load balancer's binary): {}\n\
+             - hottest functions:\n",
+            p.contender.label(),
+            p.workload.id(),
+            p.samples,
+            list(&p.by_binary),
+            list(&p.kernel_by_entry),
+            if p.by_crate.is_empty() { NONE.into() } else { list(&p.by_crate) },
+        );
+        for share in &p.top_functions {
+            let _ = writeln!(out, "  - {:.1}% `{}`", share.percent, share.name);
+        }
+        out.push('\n');
+    }
+}
+
+fn reproduce(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "## Reproduce\n\n\
+         As root on Debian 12 with the repository's prerequisites:\n\n\
+         ```sh\n\
+         cargo xtask setup                # haproxy, wrk, curl, bpftool, perf, the eBPF toolchain\n\
+         cargo xtask bench                # release build, then everything: about 10 minutes\n\
+         cargo xtask bench --perf         # the same, plus the profile section\n\
+         cargo xtask bench --quick --output /tmp/bench   # under 2 minutes, for development\n\
+         ```\n\n\
+         It creates its own namespaces (`slbbench-<pid>-*`), pins its table under \
+         `/sys/fs/bpf/stickylb-bench/`, keeps configurations and logs in `target/bench/run-<pid>/`, \
+         and removes namespaces, maps and sockets when it ends, also on Ctrl-C (and at the next \
+         start, those of a run that was killed). Figures from another machine differ: compare \
+         the ratios, which come from one run on one machine."
+    );
+}
+
+fn header(out: &mut String, columns: &[&str]) {
+    let _ = writeln!(out, "| {} |", columns.join(" | "));
+    let _ = writeln!(
+        out,
+        "|{}",
+        columns.iter().map(|_| "---|").collect::<String>()
+    );
+}
+
+fn row(out: &mut String, cells: &[String]) {
+    let _ = writeln!(out, "| {} |", cells.join(" | "));
+}
+
+fn number(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| NONE.into(), |v| format!("{v:.decimals$}"))
+}
+
+fn ratio(value: Option<f64>) -> String {
+    value.map_or_else(|| NONE.into(), |v| format!("{v:.2}x"))
+}

@@ -1,0 +1,278 @@
+//! The request workloads and one measured run ("cell") of a workload against a contender.
+
+use std::{
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+use super::{
+    contender::{Contender, LbProcess},
+    procs,
+    wrk::{self, WrkSpec},
+    Env,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Workload {
+    /// A new connection per request, a new cookie each time: every request a new session.
+    NewConnUnique,
+    /// A new connection per request, cookies from a small pool: sticky hits.
+    NewConnRepeat,
+    /// Keep-alive connections, small responses, cookies from the pool.
+    KeepAlive,
+    /// One large download per connection, several connections at once.
+    Download,
+}
+
+impl Workload {
+    pub(super) const ALL: [Self; 4] = [
+        Self::NewConnUnique,
+        Self::NewConnRepeat,
+        Self::KeepAlive,
+        Self::Download,
+    ];
+
+    /// The name in tables and JSON.
+    pub(super) fn id(self) -> &'static str {
+        match self {
+            Self::NewConnUnique => "new-conn-unique",
+            Self::NewConnRepeat => "new-conn-repeat",
+            Self::KeepAlive => "keep-alive",
+            Self::Download => "download",
+        }
+    }
+
+    pub(super) fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|workload| workload.id() == id)
+    }
+
+    /// What a request of this workload costs is counted per request; a download's per GB.
+    pub(super) fn per_gigabyte(self) -> bool {
+        self == Self::Download
+    }
+}
+
+/// One measured run of a workload against a contender.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Sample {
+    pub(super) requests: u64,
+    pub(super) seconds: f64,
+    /// Bytes received by the client (wrk: headers and bodies; downloads: bodies).
+    pub(super) bytes: u64,
+    /// Failed requests: connection errors, timeouts, non-2xx/3xx answers, short downloads.
+    pub(super) errors: u64,
+    pub(super) p50_ms: Option<f64>,
+    pub(super) p99_ms: Option<f64>,
+    /// CPU seconds (user + system, all threads) of the load balancer during the measurement.
+    pub(super) lb_cpu_s: Option<f64>,
+    /// Peak resident memory of the load balancer at the end of the run.
+    pub(super) lb_peak_rss_bytes: Option<u64>,
+}
+
+impl Sample {
+    pub(super) fn requests_per_s(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    pub(super) fn megabytes_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds
+    }
+}
+
+/// Warms up (not measured), then measures `workload` against the running `lb` (none for the
+/// direct contender). `run` makes the unique cookies of every run different.
+pub(super) fn measure(
+    env: &Env,
+    workload: Workload,
+    contender: Contender,
+    lb: Option<&mut LbProcess>,
+    run: u32,
+) -> anyhow::Result<Sample> {
+    let base = contender.base_url();
+    let (warmup_prefix, measure_prefix) = cookie_prefixes(workload, run);
+    warm_up(env, workload, &base, &warmup_prefix)?;
+    let cpu_before = lb.as_ref().map(|lb| lb.cpu_seconds()).transpose()?;
+    let mut sample = load(env, workload, &base, &measure_prefix, env.plan.measure)?;
+    if let Some(lb) = lb {
+        lb.check_running()?;
+        let cpu_after = lb.cpu_seconds()?;
+        sample.lb_cpu_s = cpu_before.map(|before| cpu_after - before);
+        sample.lb_peak_rss_bytes = Some(lb.peak_rss_bytes()?);
+    }
+    if sample.requests == 0 {
+        bail!(
+            "{} against {}: no request completed",
+            workload.id(),
+            contender.label()
+        );
+    }
+    Ok(sample)
+}
+
+/// The cookie prefixes of a run's warm-up and measurement: pooled cookies are the same in both,
+/// so the measurement is sticky hits; unique ones differ.
+pub(super) fn cookie_prefixes(workload: Workload, run: u32) -> (String, String) {
+    let warmup = cookie_prefix(run, 0);
+    let measurement = if workload == Workload::NewConnUnique {
+        cookie_prefix(run, 1)
+    } else {
+        warmup.clone()
+    };
+    (warmup, measurement)
+}
+
+/// Load that is not measured: a short wrk run, or one small download.
+pub(super) fn warm_up(
+    env: &Env,
+    workload: Workload,
+    base: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    if workload == Workload::Download {
+        download(env, base, prefix, 1, 1 << 20)?;
+    } else {
+        wrk::run(
+            &env.topology.client,
+            &env.script,
+            &wrk_spec(env, workload, base, prefix, env.plan.warmup),
+        )?;
+    }
+    Ok(())
+}
+
+/// The load of a measurement: wrk for `duration`, or the set of downloads (however long).
+pub(super) fn load(
+    env: &Env,
+    workload: Workload,
+    base: &str,
+    prefix: &str,
+    duration: Duration,
+) -> anyhow::Result<Sample> {
+    if workload == Workload::Download {
+        let plan = &env.plan;
+        return download(
+            env,
+            base,
+            prefix,
+            plan.download_connections,
+            plan.download_bytes,
+        );
+    }
+    let spec = wrk_spec(env, workload, base, prefix, duration);
+    let result = wrk::run(&env.topology.client, &env.script, &spec)?;
+    Ok(Sample {
+        requests: result.requests,
+        seconds: result.seconds,
+        bytes: result.bytes,
+        errors: result.errors + result.status_errors,
+        p50_ms: Some(result.p50_us as f64 / 1e3),
+        p99_ms: Some(result.p99_us as f64 / 1e3),
+        lb_cpu_s: None,
+        lb_peak_rss_bytes: None,
+    })
+}
+
+/// 8 characters that start the cookies of a run and phase (0 warm-up, 1 measurement).
+fn cookie_prefix(run: u32, phase: u32) -> String {
+    format!("{:06x}{phase:02x}", run % 0x0100_0000)
+}
+
+fn wrk_spec<'a>(
+    env: &Env,
+    workload: Workload,
+    base: &'a str,
+    prefix: &'a str,
+    duration: Duration,
+) -> WrkSpec<'a> {
+    let plan = &env.plan;
+    let (connections, pool, close) = match workload {
+        Workload::NewConnUnique => (plan.new_conn_connections, 0, true),
+        Workload::NewConnRepeat => (plan.new_conn_connections, plan.cookie_pool, true),
+        Workload::KeepAlive | Workload::Download => {
+            (plan.keep_alive_connections, plan.cookie_pool, false)
+        }
+    };
+    WrkSpec {
+        threads: plan.wrk_threads,
+        connections,
+        duration,
+        url: base,
+        prefix,
+        pool,
+        close,
+    }
+}
+
+/// `connections` curls at once, each downloading `bytes` on its own connection with its own
+/// cookie; throughput is all bytes over the wall time from the first start to the last end.
+fn download(
+    env: &Env,
+    base: &str,
+    prefix: &str,
+    connections: u32,
+    bytes: u64,
+) -> anyhow::Result<Sample> {
+    let url = format!("{base}/bytes/{bytes}");
+    let started = Instant::now();
+    let mut children: Vec<Child> = Vec::new();
+    for i in 0..connections {
+        let mut curl = env.topology.client.command("curl");
+        curl.args(["--silent", "--output", "/dev/null"])
+            .args(["--write-out", "%{http_code} %{size_download}\\n"])
+            .arg("--header")
+            .arg(format!("Cookie: c1=1; c2=2; JSESSIONID={prefix}{i:024}"))
+            .arg(&url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        children.push(procs::spawn(&mut curl)?);
+    }
+    let (mut received, mut errors) = (0u64, 0u64);
+    for mut child in children {
+        procs::wait(&mut child, Duration::from_secs(300), "a download")?;
+        let output = child.wait_with_output().context("reading curl's output")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut fields = text.split_whitespace();
+        let status = fields.next().unwrap_or_default();
+        let size: u64 = fields.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        received += size;
+        if status != "200" || size != bytes {
+            errors += 1;
+        }
+    }
+    Ok(Sample {
+        requests: u64::from(connections),
+        seconds: started.elapsed().as_secs_f64(),
+        bytes: received,
+        errors,
+        p50_ms: None,
+        p99_ms: None,
+        lb_cpu_s: None,
+        lb_peak_rss_bytes: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cookie_prefix, Workload};
+
+    #[test]
+    fn workload_ids_round_trip() {
+        for workload in Workload::ALL {
+            assert_eq!(Workload::from_id(workload.id()), Some(workload));
+        }
+        assert_eq!(Workload::from_id("nope"), None);
+    }
+
+    #[test]
+    fn cookie_prefixes_are_eight_characters_and_differ_by_run_and_phase() {
+        assert_eq!(cookie_prefix(0, 1), "00000001");
+        assert_eq!(cookie_prefix(7, 0).len(), 8);
+        assert_ne!(cookie_prefix(1, 1), cookie_prefix(2, 1));
+        assert_ne!(cookie_prefix(1, 0), cookie_prefix(1, 1));
+    }
+}
