@@ -43,7 +43,7 @@ pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
     prerequisites::check_nightly_clippy()?;
     run_checked(ebpf::ebpf_cargo().args(["clippy", "--release", "--", "-D", "warnings"]))?;
 
-    stage("shellcheck");
+    stage("shellcheck and bash -n");
     check_shell_scripts()?;
 
     stage("ruby -c vagrant/Vagrantfile");
@@ -141,7 +141,15 @@ fn check_shell_scripts() -> anyhow::Result<()> {
     let mut shellcheck = Command::new("shellcheck");
     shellcheck.args(&scripts);
     println!("{}", describe(&shellcheck));
-    run_checked(&mut shellcheck)
+    run_checked(&mut shellcheck)?;
+    // bash's own parser as well: shellcheck reads scripts its own way.
+    for script in &scripts {
+        let mut parse = Command::new("bash");
+        parse.arg("-n").arg(script);
+        println!("{}", describe(&parse));
+        run_checked(&mut parse)?;
+    }
+    Ok(())
 }
 
 /// Appends every `*.sh` under `dir` (recursively) to `scripts`; a missing `dir` holds none.
