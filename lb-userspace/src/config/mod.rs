@@ -82,6 +82,43 @@ pub struct Frontend {
     pub bind: SocketAddr,
     /// Name of a backend that exists in [`Config::backends`] (validated).
     pub backend: String,
+    /// Whether keep-alive connections are handed to the kernel after their first exchange.
+    /// Default [`FastPathMode::DEFAULT`].
+    pub fastpath: FastPathMode,
+    /// Interfaces the splice program is attached to. Empty (the default): the interfaces of the
+    /// routes to the servers, and the one each accepted connection came in on.
+    pub fastpath_interfaces: Vec<String>,
+}
+
+/// `fastpath = "splice" | "off"`: the kernel fast path of a frontend (issue 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastPathMode {
+    /// After the first request/response exchange of a keep-alive HTTP/1.1 connection to a
+    /// sticky server, the connection is spliced by the TC program; later requests skip L7.
+    Splice,
+    /// Every request goes through the userspace proxy.
+    Off,
+}
+
+impl FastPathMode {
+    /// The default while the integration is young: `off` (see docs/FASTPATH-STATUS.md).
+    pub const DEFAULT: FastPathMode = FastPathMode::Off;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FastPathMode::Splice => "splice",
+            FastPathMode::Off => "off",
+        }
+    }
+}
+
+impl Config {
+    /// Whether any frontend splices: the daemon then loads and attaches the fast path.
+    pub fn splices(&self) -> bool {
+        self.frontends
+            .iter()
+            .any(|f| f.fastpath == FastPathMode::Splice)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -53,6 +53,10 @@ pub(super) struct RawFrontend {
     pub(super) name: Option<Spanned<String>>,
     pub(super) bind: Option<Spanned<String>>,
     pub(super) backend: Option<Spanned<String>>,
+    /// `splice` or `off`; default in `validate`.
+    pub(super) fastpath: Option<Spanned<String>>,
+    /// Interface names; default: the routes' interfaces.
+    pub(super) fastpath_interfaces: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,11 +16,14 @@ pin_dir = "/sys/fs/bpf/test"
 name = "www"
 bind = "0.0.0.0:8080"
 backend = "web"
+fastpath = "splice"
+fastpath_interfaces = ["eth0", "eth1"]
 
 [[frontend]]
 name = "api"
 bind = "[::1]:8081"
 backend = "api"
+fastpath = "off"
 
 [[backend]]
 name = "web"
@@ -133,11 +136,15 @@ fn full_example_parses_with_every_value() {
                 name: "www".into(),
                 bind: addr("0.0.0.0:8080"),
                 backend: "web".into(),
+                fastpath: FastPathMode::Splice,
+                fastpath_interfaces: vec!["eth0".into(), "eth1".into()],
             },
             Frontend {
                 name: "api".into(),
                 bind: addr("[::1]:8081"),
                 backend: "api".into(),
+                fastpath: FastPathMode::Off,
+                fastpath_interfaces: Vec::new(),
             },
         ],
         backends: vec![
@@ -1192,5 +1199,94 @@ fn a_name_given_on_the_command_line_replaces_the_instance_name() {
         Some(3),
         "instance.control_socket",
         "must be an absolute path",
+    );
+}
+
+const FASTPATH_BASE: &str = r#"[[frontend]]
+name = "www"
+bind = "10.0.0.1:8080"
+backend = "web"
+FASTPATH
+
+[[backend]]
+name = "web"
+servers = [ { name = "web1", addr = "10.20.0.2:8001" } ]
+"#;
+
+fn fastpath_text(lines: &str) -> String {
+    FASTPATH_BASE.replace("FASTPATH", lines)
+}
+
+#[test]
+fn fastpath_defaults_and_values() {
+    let config = parse(&fastpath_text("")).unwrap();
+    let frontend = &config.frontends[0];
+    assert_eq!(frontend.fastpath, FastPathMode::DEFAULT);
+    assert!(frontend.fastpath_interfaces.is_empty());
+    assert_eq!(
+        config.splices(),
+        FastPathMode::DEFAULT == FastPathMode::Splice
+    );
+
+    let config = parse(&fastpath_text("fastpath = \"splice\"")).unwrap();
+    assert_eq!(config.frontends[0].fastpath, FastPathMode::Splice);
+    assert!(config.splices());
+
+    let config = parse(&fastpath_text("fastpath = \"off\"")).unwrap();
+    assert_eq!(config.frontends[0].fastpath, FastPathMode::Off);
+    assert!(!config.splices());
+
+    let text = fastpath_text("fastpath = \"splice\"\nfastpath_interfaces = [\"veth-c\", \"eth1\"]");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.frontends[0].fastpath_interfaces, ["veth-c", "eth1"]);
+}
+
+#[test]
+fn fastpath_rules() {
+    assert_problem(
+        &fastpath_text("fastpath = \"kernel\""),
+        Some(5),
+        "frontend[0].fastpath",
+        "unknown fastpath \"kernel\" (valid: splice, off)",
+    );
+    let v6 = fastpath_text("fastpath = \"splice\"").replace("10.0.0.1:8080", "[::1]:8080");
+    assert_problem(
+        &v6,
+        Some(5),
+        "frontend[0].fastpath",
+        "IPv4 connections only",
+    );
+    // An IPv6 frontend is fine while the default is off, and with an explicit off.
+    let v6_off = fastpath_text("fastpath = \"off\"").replace("10.0.0.1:8080", "[::1]:8080");
+    assert!(parse(&v6_off).is_ok());
+    assert_problem(
+        &fastpath_text("fastpath = \"off\"\nfastpath_interfaces = [\"eth0\"]"),
+        Some(6),
+        "frontend[0].fastpath_interfaces",
+        "no effect with fastpath = \"off\"",
+    );
+    assert_problem(
+        &fastpath_text("fastpath = \"splice\"\nfastpath_interfaces = []"),
+        Some(6),
+        "frontend[0].fastpath_interfaces",
+        "must not be empty",
+    );
+    for bad in ["", "a-name-far-too-long", "a/b", "eth0:1", "a b", ".."] {
+        let text = fastpath_text(&format!(
+            "fastpath = \"splice\"\nfastpath_interfaces = [\"eth0\", {bad:?}]"
+        ));
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.key == "frontend[0].fastpath_interfaces[1]" && p.line == Some(6)),
+            "{bad:?}: {found:?}"
+        );
+    }
+    assert_problem(
+        &fastpath_text("fastpath = \"splice\"\nfastpath_interfaces = [\"eth0\", \"eth0\"]"),
+        Some(6),
+        "frontend[0].fastpath_interfaces[1]",
+        "already used by frontend[0].fastpath_interfaces[0]",
     );
 }

@@ -370,6 +370,15 @@ fn frontend_differences(
         );
         let (from, to) = (&before.backend, &after.backend);
         differ(what, format_args!("frontend {name}: backend"), from, to);
+        let (from, to) = (before.fastpath.as_str(), after.fastpath.as_str());
+        differ(what, format_args!("frontend {name}: fastpath"), from, to);
+        let (from, to) = (&before.fastpath_interfaces, &after.fastpath_interfaces);
+        differ(
+            what,
+            format_args!("frontend {name}: fastpath_interfaces"),
+            from,
+            to,
+        );
     }
     for after in new.iter().filter(|f| !old.iter().any(|b| b.name == f.name)) {
         what.push(format!("frontend {}: added", after.name));

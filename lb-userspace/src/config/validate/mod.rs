@@ -9,8 +9,8 @@ use std::{
 use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
-    Backend, Balance, Config, Frontend, HealthCheck, Instance, Monitor, PeerMember, Peers, Server,
-    Timeouts,
+    Backend, Balance, Config, FastPathMode, Frontend, HealthCheck, Instance, Monitor, PeerMember,
+    Peers, Server, Timeouts,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -24,6 +24,7 @@ const MAX_NAME: usize = 63;
 /// Longest key announced to peers: the longest cookie a `StickKey` holds verbatim.
 const MAX_PEER_KEY_LEN: u8 = 43;
 const MS: Duration = Duration::from_millis(1);
+mod fastpath;
 mod fields;
 
 use self::fields::{check_cookie_name, check_name, check_path};
@@ -204,10 +205,13 @@ impl Checker<'_> {
                     self.report(Some(b.span()), &format!("{key}.backend"), msg);
                     None
                 });
+                let (fastpath, fastpath_interfaces) = self.fastpath(&key, fe, bind);
                 Some(Frontend {
                     name: name?,
                     bind: bind?,
                     backend: backend?,
+                    fastpath: fastpath?,
+                    fastpath_interfaces: fastpath_interfaces?,
                 })
             })
             .collect();
