@@ -22,10 +22,12 @@ use tokio::{
 
 use crate::{
     backend::BackendState,
-    config::Config,
+    config::{Config, FastPathMode},
     control::{self, systemd, Handover, Takeover},
     dataplane::{self, DataplaneError},
-    error_chain, monitor,
+    error_chain,
+    fastpath::{self, FastPathError},
+    monitor,
     peers::{self, link::PeerLink},
     proxy::{listener, Frontend},
     reload::{self, Live},
@@ -58,6 +60,8 @@ pub enum StartError {
     Writer(#[source] io::Error),
     #[error("cannot install the signal handlers")]
     Signals(#[source] io::Error),
+    #[error("cannot start the kernel fast path (set fastpath = \"off\" to run without it)")]
+    FastPath(#[source] FastPathError),
 }
 
 /// Everything the monitor shows.
@@ -68,6 +72,8 @@ pub struct Shared {
     /// The other members of the peers section.
     pub peers: Vec<Arc<PeerLink>>,
     pub started_ms: u64,
+    /// The kernel fast path, when a frontend splices.
+    pub fastpath: Option<Arc<fastpath::Runtime>>,
 }
 
 /// How `stickylb run` was asked to start.
@@ -108,6 +114,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
 
     let live = Arc::new(Live::start(config.clone(), backends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let fastpath = start_fastpath(&config, &frontends)?;
+    if let Some(runtime) = &fastpath {
+        tasks.push(tokio::spawn(fastpath::runtime::collect_forever(
+            Arc::clone(runtime),
+        )));
+    }
     let peer_links = match &config.peers {
         Some(peers) => {
             let listener = sockets.listen("peers", peers.bind, "the peers port")?;
@@ -123,6 +135,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         frontends: frontends.clone(),
         peers: peer_links,
         started_ms: table::now_ms(),
+        fastpath,
     });
 
     tasks.push(tokio::spawn(sweep_expired(backends.clone())));
@@ -375,13 +388,68 @@ pub fn routing(config: &Config, journal: &Journal) -> (Vec<Arc<BackendState>>, V
         .iter()
         .filter_map(|f| {
             let backend = backends.iter().find(|b| b.name == f.backend)?;
-            Some(Arc::new(Frontend {
-                name: f.name.clone(),
-                backend: Arc::clone(backend),
-            }))
+            let mut frontend = Frontend::new(f.name.clone(), Arc::clone(backend));
+            frontend.fastpath_interfaces = f.fastpath_interfaces.clone();
+            Some(Arc::new(frontend))
         })
         .collect();
     (backends, frontends)
+}
+
+/// Loads and attaches the kernel fast path when a frontend has `fastpath = "splice"`, and
+/// gives it to those frontends. The pinned maps and links of a previous process are adopted.
+fn start_fastpath(
+    config: &Config,
+    frontends: &[Arc<Frontend>],
+) -> Result<Option<Arc<fastpath::Runtime>>, StartError> {
+    if !config.splices() {
+        return Ok(None);
+    }
+    raise_fd_limit();
+    let splicing: Vec<&crate::config::Frontend> = config
+        .frontends
+        .iter()
+        .filter(|f| f.fastpath == FastPathMode::Splice)
+        .collect();
+    let mut interfaces: Vec<String> = Vec::new();
+    for name in splicing.iter().flat_map(|f| &f.fastpath_interfaces) {
+        if !interfaces.contains(name) {
+            interfaces.push(name.clone());
+        }
+    }
+    let servers: Vec<SocketAddr> = config
+        .backends
+        .iter()
+        .filter(|b| splicing.iter().any(|f| f.backend == b.name))
+        .flat_map(|b| b.servers.iter().map(|s| s.addr))
+        .collect();
+    let root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
+    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers)
+        .map(Arc::new)
+        .map_err(StartError::FastPath)?;
+    for (frontend, cfg) in frontends.iter().zip(&config.frontends) {
+        if cfg.fastpath == FastPathMode::Splice {
+            let _ = frontend.fastpath.set(Arc::clone(&runtime));
+        }
+    }
+    Ok(Some(runtime))
+}
+
+/// Each relayed connection holds four descriptors (two sockets and their duplicates for the
+/// hand-off): raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill, then to set.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Starts accepting peers on `listener` and a session task per other member.

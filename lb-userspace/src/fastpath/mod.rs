@@ -9,13 +9,17 @@
 //! The splice protocol itself (OBSERVE, quiescence, HOLD, double snapshot, commit or abort,
 //! silent close) is in [`splice`].
 
+pub mod collector;
 pub mod flows;
+pub mod interfaces;
 pub mod program;
 pub mod repair;
+pub mod runtime;
 pub mod splice;
 pub mod translate;
 
 pub use self::{
     flows::Flows,
     program::{FastPath, FastPathError},
+    runtime::Runtime,
 };

@@ -96,6 +96,11 @@ impl Observed {
         })
     }
 
+    /// The keys of the two entries: (client -> proxy, server -> proxy).
+    pub fn keys(&self) -> (SpliceKey, SpliceKey) {
+        (self.client_key, self.server_key)
+    }
+
     /// Hands the connection to the kernel if it is quiescent and both legs are compatible.
     ///
     /// Call it at a message boundary with nothing buffered in userspace. `client_ifindex` and

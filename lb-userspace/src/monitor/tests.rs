@@ -95,6 +95,7 @@ fn fixture() -> (Shared, JournalReceiver) {
         backends,
         frontends,
         started_ms: now - 90_061_000,
+        fastpath: None,
     };
     (shared, receiver)
 }

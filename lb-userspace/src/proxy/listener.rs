@@ -20,6 +20,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -31,7 +32,10 @@ use tokio::{
     sync::watch,
 };
 
-use super::{Frontend, Proxy};
+use super::{
+    relay::{self, Release},
+    Frontend, Proxy,
+};
 use crate::config::Timeouts;
 
 /// Per-connection HTTP settings from the configuration.
@@ -88,7 +92,42 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let settings = **settings.load();
-                serve_connection(stream, peer, &frontend, &proxy, settings, &graceful);
+                match (frontend.fastpath.get(), peer) {
+                    (Some(fastpath), SocketAddr::V4(_)) => {
+                        let (frontend, proxy, graceful) = (
+                            Arc::clone(&frontend),
+                            Arc::clone(&proxy),
+                            Arc::clone(&graceful),
+                        );
+                        let fastpath = Arc::clone(fastpath);
+                        tokio::spawn(async move {
+                            let _ = stream.set_nodelay(true);
+                            let released =
+                                relay::serve(stream, peer, &frontend, &proxy, settings, &fastpath)
+                                    .await;
+                            if let Release::ToHyper(stream, read) = released {
+                                serve_connection(
+                                    stream,
+                                    read.freeze(),
+                                    peer,
+                                    &frontend,
+                                    &proxy,
+                                    settings,
+                                    &graceful,
+                                );
+                            }
+                        });
+                    }
+                    _ => serve_connection(
+                        stream,
+                        Bytes::new(),
+                        peer,
+                        &frontend,
+                        &proxy,
+                        settings,
+                        &graceful,
+                    ),
+                }
             }
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -101,6 +140,7 @@ pub async fn serve(
 
 fn serve_connection(
     stream: TcpStream,
+    read: Bytes,
     peer: SocketAddr,
     frontend: &Arc<Frontend>,
     proxy: &Arc<Proxy>,
@@ -116,6 +156,7 @@ fn serve_connection(
     let progress = Arc::new(Progress::default());
     let io = TokioIo::new(CountingStream {
         inner: stream,
+        read,
         progress: Arc::clone(&progress),
     });
     let (frontend, proxy, seen) = (
@@ -176,6 +217,8 @@ impl Progress {
 
 struct CountingStream {
     inner: TcpStream,
+    /// Bytes read before hyper took the connection (the splicing relay's), served first.
+    read: Bytes,
     progress: Arc<Progress>,
 }
 
@@ -185,6 +228,13 @@ impl AsyncRead for CountingStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let head = self.read.split_to(n);
+            buf.put_slice(&head);
+            self.progress.bytes_read.fetch_add(n as u64, Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before);

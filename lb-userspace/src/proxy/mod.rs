@@ -7,10 +7,11 @@
 mod error;
 mod headers;
 pub mod listener;
+mod relay;
 
 use std::{
     net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{atomic::Ordering::Relaxed, Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -27,6 +28,7 @@ pub use self::error::{short_response, ProxyError};
 use crate::{
     backend::{BackendState, Decision, InFlight, ServerState},
     cookie, error_chain,
+    fastpath::Runtime,
     table::now_ms,
 };
 
@@ -39,6 +41,21 @@ type UpstreamClient = Client<HttpConnector, ProxyBody>;
 pub struct Frontend {
     pub name: String,
     pub backend: Arc<BackendState>,
+    /// Set when the frontend has `fastpath = "splice"` and the daemon loaded the fast path.
+    pub fastpath: OnceLock<Arc<Runtime>>,
+    /// `fastpath_interfaces`: empty for any.
+    pub fastpath_interfaces: Vec<String>,
+}
+
+impl Frontend {
+    pub fn new(name: String, backend: Arc<BackendState>) -> Frontend {
+        Frontend {
+            name,
+            backend,
+            fastpath: OnceLock::new(),
+            fastpath_interfaces: Vec::new(),
+        }
+    }
 }
 
 /// State shared by every connection of every frontend. Its timeouts can be changed while it

@@ -1,0 +1,501 @@
+//! The first exchange of a connection on a frontend with `fastpath = "splice"`: a small
+//! HTTP/1.1 relay over two plain sockets this process controls, the client's and a dedicated
+//! (never pooled) connection to the chosen server, so that the connection can be handed to the
+//! kernel once the exchange is complete.
+//!
+//! - A request it cannot relay simply (HTTP/1.0, a chunked or `Expect` body, an upgrade,
+//!   `Connection: close`, a non-IPv4 server) goes to the hyper proxy with the bytes already
+//!   read, as do connections whose first exchange made no sticky session.
+//! - After each complete exchange it tries the hand-off. A connection that is not spliced yet
+//!   (a request raced it, the peers had not acknowledged) stays on its server and tries again
+//!   after the next exchange; one whose legs cannot be translated stays in userspace for good.
+//!   Either way it keeps going to the same server: the semantics of a spliced connection.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::{Buf as _, BytesMut};
+use hyper::{
+    header::{HeaderName, HeaderValue},
+    HeaderMap,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::{count_status, headers, listener::ConnSettings, Frontend, Proxy};
+use crate::{
+    backend::{Decision, ServerState},
+    cookie,
+    fastpath::runtime::{Attempt, Runtime},
+    table::now_ms,
+};
+
+const MAX_HEADERS: usize = 100;
+const CHUNK: usize = 256 * 1024;
+
+/// What the caller does with the client connection when the relay lets go of it.
+pub(super) enum Release {
+    /// Serve it with hyper, these bytes first.
+    ToHyper(TcpStream, BytesMut),
+    /// Done (spliced, closed, or tunnelled to its end).
+    Done,
+}
+
+/// A parsed request head.
+struct RequestHead {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    body: u64,
+}
+
+/// A parsed response head.
+struct ResponseHead {
+    status: u16,
+    headers: HeaderMap,
+    /// `None`: not framed by Content-Length (chunked or until close).
+    body: Option<u64>,
+    close: bool,
+}
+
+/// Serves `client` on a splicing frontend; see the module documentation.
+pub(super) async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    frontend: &Frontend,
+    proxy: &Proxy,
+    settings: ConnSettings,
+    fastpath: &Arc<Runtime>,
+) -> Release {
+    let mut buf = BytesMut::with_capacity(8192);
+    let max = settings.max_header_bytes;
+    let head = match tokio::time::timeout(
+        settings.client_timeout,
+        read_head(&mut client, &mut buf, max),
+    )
+    .await
+    {
+        Ok(Ok(Some(len))) => len,
+        // Timeouts, errors and oversized heads: hyper answers them as it always does.
+        _ => return Release::ToHyper(client, buf),
+    };
+    let Some(request) = parse_request(&buf[..head]) else {
+        return Release::ToHyper(client, buf);
+    };
+    let backend = &frontend.backend;
+    let cookie =
+        cookie::request_cookie(&request.headers, &backend.stick_cookie).map(<[u8]>::to_vec);
+    let Some((server, decision)) = backend.route(cookie.as_deref(), now_ms()) else {
+        return Release::ToHyper(client, buf);
+    };
+    let SocketAddr::V4(server_addr) = server.addr else {
+        return Release::ToHyper(client, buf);
+    };
+    let (connect_timeout, server_timeout) = proxy.timeouts();
+    let mut upstream = match fastpath.connect(server_addr, connect_timeout).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::debug!(%error, server = %server.name, "fast path connect failed; hyper takes the request");
+            return Release::ToHyper(client, buf);
+        }
+    };
+    let mut handoff = match fastpath.observe(&client, &upstream, &frontend.fastpath_interfaces) {
+        Ok(handoff) => handoff,
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "fast path: cannot observe the connection");
+            None
+        }
+    };
+    let mut sticky = decision != Decision::NoCookie;
+    let mut first = Some(decision);
+    let mut request = request;
+    let mut head = head;
+    loop {
+        let started = Instant::now();
+        let in_flight = server.start_request();
+        let exchanged = exchange(
+            (&mut client, &mut upstream, &mut buf),
+            (head, &request),
+            peer,
+            &server,
+            server_timeout,
+        )
+        .await;
+        let response = match exchanged {
+            Ok(response) => response,
+            Err(error) => {
+                server
+                    .stats
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(target: "access", frontend = %frontend.name, backend = %backend.name, server = %server.name, %peer, method = %request.method, path = %request.path, error = %error, "relayed exchange failed; closing");
+                break;
+            }
+        };
+        drop(in_flight);
+        if let Some(set) = cookie::response_cookie(&response.headers, &backend.stick_cookie) {
+            backend.learn(set, &server, now_ms());
+            sticky = true;
+        }
+        let decision = first.take().unwrap_or(Decision::StickyHit);
+        tracing::info!(
+            target: "access",
+            frontend = %frontend.name,
+            backend = %backend.name,
+            server = %server.name,
+            status = response.status,
+            ms = started.elapsed().as_millis() as u64,
+            decision = decision.as_str(),
+            client = %peer,
+            method = %request.method,
+            path = request.path,
+            relay = "fastpath",
+        );
+        count_status(&server, response.status);
+        if response.close || request_wants_close(&request.headers) {
+            break;
+        }
+        if response.body.is_none() {
+            // Forwarded until the server closes (or chunked): tunnel the rest as bytes.
+            fastpath
+                .stats
+                .unframed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(h) = handoff.take() {
+                fastpath.forget(h);
+            }
+            tunnel(&mut client, &mut upstream, &buf).await;
+            return Release::Done;
+        }
+        if !sticky {
+            fastpath
+                .stats
+                .not_sticky
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(h) = handoff.take() {
+                fastpath.forget(h);
+            }
+            let _ = upstream.shutdown().await;
+            return Release::ToHyper(client, buf);
+        }
+        if buf.is_empty() {
+            if let Some(h) = handoff.take() {
+                match fastpath.try_splice(h).await {
+                    Attempt::Spliced => {
+                        tracing::debug!(client = %peer, server = %server.name, "spliced");
+                        // Both sockets are in repair mode: dropping them sends nothing.
+                        return Release::Done;
+                    }
+                    Attempt::Again(h) => handoff = Some(h),
+                    Attempt::Never => {}
+                }
+            }
+        }
+        // The next request, on the same server.
+        head = match tokio::time::timeout(
+            settings.client_timeout,
+            read_head(&mut client, &mut buf, settings.max_header_bytes),
+        )
+        .await
+        {
+            Ok(Ok(Some(len))) => len,
+            _ => break,
+        };
+        match parse_request(&buf[..head]) {
+            Some(next) => request = next,
+            None => {
+                // Not simple (e.g. a chunked body): the rest goes through as bytes.
+                if let Some(h) = handoff.take() {
+                    fastpath.forget(h);
+                }
+                tunnel(&mut client, &mut upstream, &buf).await;
+                return Release::Done;
+            }
+        }
+    }
+    if let Some(h) = handoff.take() {
+        fastpath.forget(h);
+    }
+    let _ = upstream.shutdown().await;
+    let _ = client.shutdown().await;
+    Release::Done
+}
+
+/// Forwards one request (head rewritten, body by Content-Length) and its response.
+async fn exchange(
+    (client, upstream, buf): (&mut TcpStream, &mut TcpStream, &mut BytesMut),
+    (head, request): (usize, &RequestHead),
+    peer: SocketAddr,
+    server: &ServerState,
+    server_timeout: std::time::Duration,
+) -> std::io::Result<ResponseHead> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let out_head = request_head(request, peer);
+    buf.advance(head);
+    upstream.write_all(&out_head).await?;
+    copy_body(buf, client, upstream, request.body).await?;
+    server.stats.bytes_in.fetch_add(request.body, Relaxed);
+    let mut response_buf = BytesMut::with_capacity(8192);
+    let len = tokio::time::timeout(
+        server_timeout,
+        read_head(upstream, &mut response_buf, 64 * 1024),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "server timeout"))??
+    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response head"))?;
+    let response = parse_response(&response_buf[..len], request.method == "HEAD")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad response head"))?;
+    client.write_all(&response_buf[..len]).await?;
+    response_buf.advance(len);
+    if let Some(body) = response.body {
+        copy_body(&mut response_buf, upstream, client, body).await?;
+        server.stats.bytes_out.fetch_add(body, Relaxed);
+        if !response_buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the server sent more than its response",
+            ));
+        }
+    } else {
+        client.write_all(&response_buf).await?;
+    }
+    Ok(response)
+}
+
+/// Copies `len` body bytes: first from `buf`, then from `from`.
+async fn copy_body(
+    buf: &mut BytesMut,
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    len: u64,
+) -> std::io::Result<()> {
+    let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
+    to.write_all(&buf[..buffered]).await?;
+    buf.advance(buffered);
+    let mut left = len - buffered as u64;
+    let mut chunk = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        let n = from.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed in the middle of a body",
+            ));
+        }
+        to.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Relays bytes both ways until both sides closed; `pending` goes to the server first.
+async fn tunnel(client: &mut TcpStream, upstream: &mut TcpStream, pending: &[u8]) {
+    if upstream.write_all(pending).await.is_ok() {
+        let _ = tokio::io::copy_bidirectional(client, upstream).await;
+    }
+}
+
+/// Reads until `buf` holds a complete message head; its length, `None` on EOF first.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> std::io::Result<Option<usize>> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(Some(i + 4));
+        }
+        if buf.len() > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "head too large",
+            ));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// A request the relay forwards itself: HTTP/1.1, keep-alive, a body framed by Content-Length
+/// (or none), no upgrade, no `Expect`.
+fn parse_request(bytes: &[u8]) -> Option<RequestHead> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    if !parsed.parse(bytes).ok()?.is_complete() || parsed.version != Some(1) {
+        return None;
+    }
+    let headers = header_map(parsed.headers)?;
+    let body = content_length(&headers)?;
+    let refused = [
+        hyper::header::TRANSFER_ENCODING,
+        hyper::header::UPGRADE,
+        hyper::header::EXPECT,
+    ];
+    if refused.iter().any(|h| headers.contains_key(h)) || request_wants_close(&headers) {
+        return None;
+    }
+    Some(RequestHead {
+        method: parsed.method?.to_owned(),
+        path: parsed.path?.to_owned(),
+        headers,
+        body: body.unwrap_or(0),
+    })
+}
+
+fn parse_response(bytes: &[u8], head_request: bool) -> Option<ResponseHead> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    if !parsed.parse(bytes).ok()?.is_complete() {
+        return None;
+    }
+    let status = parsed.code?;
+    let headers = header_map(parsed.headers)?;
+    let close = parsed.version != Some(1) || request_wants_close(&headers);
+    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        // 1xx (e.g. 101) has no body but what follows is not HTTP: not framed.
+        (status >= 200).then_some(0)
+    } else if headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+        None
+    } else {
+        content_length(&headers)?
+    };
+    Some(ResponseHead {
+        status,
+        headers,
+        body,
+        close,
+    })
+}
+
+fn header_map(parsed: &[httparse::Header<'_>]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
+/// `Some(None)` without Content-Length, `None` when it is invalid or repeated differently.
+fn content_length(headers: &HeaderMap) -> Option<Option<u64>> {
+    let mut values = headers.get_all(hyper::header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Some(None);
+    };
+    let len: u64 = first.to_str().ok()?.trim().parse().ok()?;
+    if values.any(|v| v != first) {
+        return None;
+    }
+    Some(Some(len))
+}
+
+fn request_wants_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// The request head as it goes to the server: hop-by-hop headers dropped, the client appended
+/// to `X-Forwarded-For`.
+fn request_head(request: &RequestHead, client: SocketAddr) -> Vec<u8> {
+    let mut headers = request.headers.clone();
+    headers::remove_hop_by_hop(&mut headers);
+    headers::append_forwarded_for(&mut headers, client.ip());
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(request.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(request.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_requests_are_relayed_others_go_to_hyper() {
+        let get = parse_request(b"GET /a?b HTTP/1.1\r\nHost: x\r\nCookie: S=1\r\n\r\n").unwrap();
+        assert_eq!(
+            (get.method.as_str(), get.path.as_str(), get.body),
+            ("GET", "/a?b", 0)
+        );
+        let post = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(post.body, 5);
+        for refused in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        ] {
+            assert!(
+                parse_request(refused).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+    }
+
+    #[test]
+    fn response_framing() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false).unwrap();
+        assert_eq!((r.status, r.body, r.close), (200, Some(3), false));
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap();
+        assert_eq!(r.body, Some(0));
+        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
+        assert_eq!(r.body, Some(0));
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.body, None);
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert_eq!(r.body, None, "until close");
+        let r = parse_response(b"HTTP/1.1 101 Switching\r\nUpgrade: ws\r\n\r\n", false).unwrap();
+        assert_eq!(r.body, None);
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(r.close);
+        assert!(
+            parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false)
+                .unwrap()
+                .close
+        );
+    }
+
+    #[test]
+    fn request_head_is_rewritten() {
+        let request = parse_request(
+            b"GET /x HTTP/1.1\r\nHost: h\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+        )
+        .unwrap();
+        let head = request_head(&request, "10.0.0.9:5000".parse().unwrap());
+        let text = String::from_utf8(head).unwrap();
+        assert!(text.starts_with("GET /x HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("host: h\r\n"));
+        assert!(text.contains("x-forwarded-for: 1.2.3.4, 10.0.0.9\r\n"));
+        assert!(!text.contains("keep-alive"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}
