@@ -424,7 +424,12 @@ fn start_fastpath(
         .flat_map(|b| b.servers.iter().map(|s| s.addr))
         .collect();
     let root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
-    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers)
+    let rules = fastpath::collector::Rules {
+        fin_grace: config.timeouts.splice_fin_grace,
+        idle: config.timeouts.splice_idle,
+        ..fastpath::collector::Rules::default()
+    };
+    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, rules)
         .map(Arc::new)
         .map_err(StartError::FastPath)?;
     for (frontend, cfg) in frontends.iter().zip(&config.frontends) {

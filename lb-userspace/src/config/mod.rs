@@ -207,4 +207,11 @@ pub struct Timeouts {
     /// Largest request head accepted; larger gets 431. Default 16 KiB, at least 8 KiB (the
     /// floor of hyper's read buffer).
     pub max_header_bytes: usize,
+    /// How long the fast path keeps translating a spliced connection after FIN in both
+    /// directions (retransmitted FINs and last ACKs). Default 60 s, TIME_WAIT's length; less
+    /// risks an RST to a peer that retransmits its last ACK.
+    pub splice_fin_grace: Duration,
+    /// A spliced connection that carried nothing for this long is forgotten (its next packet
+    /// meets the stack, which resets it). Default 2 h.
+    pub splice_idle: Duration,
 }

@@ -121,6 +121,10 @@ pub(super) struct RawTimeouts {
     pub(super) drain: Option<Spanned<RawDuration>>,
     /// Default 16384.
     pub(super) max_header_bytes: Option<Spanned<i64>>,
+    /// Default `60s`.
+    pub(super) splice_fin_grace: Option<Spanned<RawDuration>>,
+    /// Default `2h`.
+    pub(super) splice_idle: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,6 +52,8 @@ client = "1m"
 server = 40000
 drain = "0s"
 max_header_bytes = 8192
+splice_fin_grace = "90s"
+splice_idle = "1h"
 
 [peers]
 bind = "0.0.0.0:1024"
@@ -204,6 +206,8 @@ fn full_example_parses_with_every_value() {
             server: Duration::from_secs(40),
             drain: Duration::ZERO,
             max_header_bytes: 8192,
+            splice_fin_grace: Duration::from_secs(90),
+            splice_idle: Duration::from_secs(3600),
         },
         peers: Some(Peers {
             bind: addr("0.0.0.0:1024"),
@@ -252,6 +256,8 @@ servers = [ { name = "web1", addr = "10.20.0.2:8001" } ]
             server: Duration::from_secs(50),
             drain: Duration::from_secs(10),
             max_header_bytes: 16384,
+            splice_fin_grace: Duration::from_secs(60),
+            splice_idle: Duration::from_secs(7200),
         }
     );
     let backend = &config.backends[0];

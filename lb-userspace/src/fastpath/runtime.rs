@@ -107,6 +107,7 @@ impl Runtime {
         root: &Path,
         interfaces: &[String],
         servers: &[SocketAddr],
+        rules: Rules,
     ) -> Result<Runtime, FastPathError> {
         let mut program = FastPath::load(root)?;
         let flows = program.flows()?;
@@ -120,7 +121,7 @@ impl Runtime {
             next_port: AtomicU32::new(0),
             sources: Mutex::new(HashMap::new()),
             memory: Mutex::new(Memory::default()),
-            rules: Rules::default(),
+            rules,
             stats: Stats::default(),
         };
         for name in interfaces {

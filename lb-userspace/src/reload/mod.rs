@@ -336,6 +336,19 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         ));
     }
     frontend_differences(&old.frontends, &new.frontends, &mut what);
+    let (t, u) = (&old.timeouts, &new.timeouts);
+    differ(
+        &mut what,
+        "timeouts: splice_fin_grace",
+        t.splice_fin_grace,
+        u.splice_fin_grace,
+    );
+    differ(
+        &mut what,
+        "timeouts: splice_idle",
+        t.splice_idle,
+        u.splice_idle,
+    );
     backend_differences(&old.backends, &new.backends, &mut what);
     if old.monitor != new.monitor {
         let bind =

@@ -453,7 +453,21 @@ impl Checker<'_> {
             16 * 1024,
             8192..=1024 * 1024,
         );
+        let splice_fin_grace = self.duration(
+            t.splice_fin_grace.as_ref(),
+            "timeouts.splice_fin_grace",
+            secs(60),
+            secs(1),
+        );
+        let splice_idle = self.duration(
+            t.splice_idle.as_ref(),
+            "timeouts.splice_idle",
+            secs(2 * 3600),
+            secs(60),
+        );
         Some(Timeouts {
+            splice_fin_grace: splice_fin_grace?,
+            splice_idle: splice_idle?,
             connect: connect?,
             client: client?,
             server: server?,

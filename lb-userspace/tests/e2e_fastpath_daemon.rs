@@ -1,0 +1,404 @@
+//! The kernel fast path inside the real daemon (issue 7): namespaces client, lb (two
+//! interfaces) and backends; `stickylb run` with `fastpath = "splice"`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed setup step must fail the test loudly"
+)]
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use common::{netns::NetNs, wait_until, PinDir, Proc, Topology};
+use lb_common::{
+    SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_SPLICE,
+    SPLICE_STAT_DROPPED,
+};
+use sha2::{Digest as _, Sha256};
+use stickylb::{
+    dataplane::pin_root,
+    fastpath::program::{open_pinned_flows, read_pinned_stats},
+};
+
+const BIG: u64 = 100 * 1024 * 1024;
+
+/// The backend's `/bytes/N` body: 64 KiB frames of `i % 251`.
+fn expected_sha256(len: u64) -> [u8; 32] {
+    let block: Vec<u8> = (0..65536).map(|i| (i % 251) as u8).collect();
+    let mut hash = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(65536) as usize;
+        hash.update(&block[..n]);
+        left -= n as u64;
+    }
+    hash.finalize().into()
+}
+
+struct Setup {
+    topo: Topology,
+    pins: PinDir,
+    config: PathBuf,
+    root: PathBuf,
+    _backend: Proc,
+}
+
+impl Setup {
+    fn new(tag: &str, net: u8, fin_grace: &str) -> Setup {
+        let topo = Topology::new(tag, net);
+        let pins = PinDir::new(&format!("fastpath-daemon-{tag}"));
+        let b = topo.backend_addr();
+        let backend = Proc::spawn(
+            "backend",
+            &topo.backends.name,
+            &[
+                common::backend_bin(),
+                "--listen",
+                &format!("{b}:8001=s1"),
+                "--listen",
+                &format!("{b}:8002=s2"),
+            ],
+        );
+        backend.wait_for_output("ready", Duration::from_secs(10));
+        let lb = topo.lb_addr();
+        let text = format!(
+            r#"[instance]
+name = "fpd"
+pin_dir = "{pin}"
+control_socket = "{control}"
+
+[[frontend]]
+name = "www"
+bind = "{lb}:8080"
+backend = "web"
+fastpath = "splice"
+
+[[backend]]
+name = "web"
+health_check = {{ interval = "200ms" }}
+servers = [ {{ name = "s1", addr = "{b}:8001" }}, {{ name = "s2", addr = "{b}:8002" }} ]
+
+[monitor]
+bind = "{lb}:8404"
+
+[timeouts]
+splice_fin_grace = "{fin_grace}"
+"#,
+            pin = pins.0.display(),
+            control = pins.control_socket().display(),
+        );
+        let config = common::write_temp(&format!("{tag}.toml"), &text);
+        let root = pin_root(&pins.0, "fpd");
+        Setup {
+            topo,
+            pins,
+            config,
+            root,
+            _backend: backend,
+        }
+    }
+
+    fn start(&self) -> Proc {
+        let proc = common::start_daemon(&self.topo.lb.name, &self.config);
+        // Health checks bring both servers up.
+        let lb = self.topo.lb_addr();
+        let up = wait_until(Duration::from_secs(10), || {
+            let metrics = metrics(&self.topo.client, &lb);
+            metrics.matches("stickylb_server_up{").count() == 2
+                && !metrics.contains("stickylb_server_up{backend=\"web\",server=\"s1\"} 0")
+                && !metrics.contains("stickylb_server_up{backend=\"web\",server=\"s2\"} 0")
+        });
+        assert!(up, "servers up: {}", metrics(&self.topo.client, &lb));
+        proc
+    }
+
+    fn spliced(&self) -> Vec<(SpliceKey, SpliceEntry)> {
+        open_pinned_flows(&self.root)
+            .expect("pinned flows")
+            .entries()
+            .into_iter()
+            .filter(|(_, e)| e.state == SPLICE_STATE_SPLICE)
+            .collect()
+    }
+}
+
+fn metrics(ns: &NetNs, lb: &str) -> String {
+    ns.try_exec(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        &format!("http://{lb}:8404/metrics"),
+    ])
+    .1
+}
+
+fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads a response head; `buf` keeps what follows.
+fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
+            buf.drain(..i + 4);
+            return head;
+        }
+        let mut chunk = [0u8; 16384];
+        let n = conn.read(&mut chunk).expect("read head");
+        assert!(n > 0, "closed before a response head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// GET `path` on `conn`; checks the body's sha256 against the backend's pattern when
+/// `/bytes/N`; returns (server, body length). `pause`: called once after `pause.0` body bytes.
+fn get(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    path: &str,
+    cookie: Option<&str>,
+    mut pause: Option<(u64, &mut dyn FnMut())>,
+) -> (String, u64) {
+    let cookie = cookie
+        .map(|c| format!("Cookie: JSESSIONID={c}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{cookie}\r\n");
+    conn.write_all(request.as_bytes()).expect("request");
+    let head = read_head(conn, buf);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let len: u64 = header(&head, "content-length").unwrap().parse().unwrap();
+    let server = header(&head, "x-served-by").unwrap_or_default();
+    let mut hash = Sha256::new();
+    let take = (buf.len() as u64).min(len) as usize;
+    hash.update(&buf[..take]);
+    let mut body_start = buf[..take].to_vec();
+    buf.drain(..take);
+    let mut got = take as u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while got < len {
+        if let Some((at, f)) = pause.as_mut() {
+            if got >= *at {
+                f();
+                pause = None;
+            }
+        }
+        let want = ((len - got) as usize).min(chunk.len());
+        let n = conn.read(&mut chunk[..want]).expect("body");
+        assert_ne!(n, 0, "closed mid-body at {got} of {len}");
+        hash.update(&chunk[..n]);
+        if body_start.len() < 64 {
+            body_start.extend_from_slice(&chunk[..n.min(64)]);
+        }
+        got += n as u64;
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap();
+        let digest: [u8; 32] = hash.finalize().into();
+        assert_eq!(digest, expected_sha256(n), "sha256 of {path}");
+    } else {
+        assert_eq!(String::from_utf8_lossy(&body_start).trim(), server);
+    }
+    (server, len)
+}
+
+/// FIN from the client, then the server's FIN: a clean EOF, not an RST.
+fn close_cleanly(mut conn: TcpStream, buf: &[u8]) {
+    conn.shutdown(std::net::Shutdown::Write).expect("FIN");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("the server's FIN, not an RST");
+    assert!(rest.is_empty() && buf.is_empty());
+}
+
+/// tcpdump in the lb namespace counting RSTs the load balancer sends on either interface.
+fn capture_rsts(ns: &NetNs, file: &Path) -> Proc {
+    let file = file.to_str().unwrap();
+    let proc = Proc::spawn(
+        "tcpdump",
+        &ns.name,
+        &[
+            "tcpdump",
+            "-i",
+            "any",
+            "-U",
+            "-n",
+            "-w",
+            file,
+            // The spliced flows' ports (the health checks close their own connections with RST).
+            "tcp[tcpflags] & tcp-rst != 0 and (port 8080 or portrange 61000-64999)",
+        ],
+    );
+    proc.wait_for_output("listening on", Duration::from_secs(10));
+    proc
+}
+
+fn rsts_in(ns: &NetNs, file: &Path) -> String {
+    ns.try_exec(&["tcpdump", "-n", "-r", file.to_str().unwrap()])
+        .1
+}
+
+#[test]
+fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
+    if !common::privileged() {
+        return;
+    }
+    let setup = Setup::new("fpk", 234, "3s");
+    let lb = setup.topo.lb_addr();
+    let capture_file = std::env::temp_dir().join(format!("fpk-{}.pcap", std::process::id()));
+    let capture = capture_rsts(&setup.topo.lb, &capture_file);
+    let daemon = setup.start();
+    let before = metrics(&setup.topo.client, &lb);
+
+    // The client: request 1 through the proxy (it sets the session), then, once spliced, 20
+    // small requests and a 100 MB download on the same connection.
+    let (to_main, from_client) = mpsc::channel::<&'static str>();
+    let (to_client, from_main) = mpsc::channel::<()>();
+    let addr = format!("{lb}:8080");
+    let client = thread::spawn({
+        let ns = setup.topo.client.name.clone();
+        move || {
+            common::http::in_netns(&ns, move || {
+                let mut conn = TcpStream::connect(&addr).expect("connect");
+                conn.set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpk1", None, None);
+                to_main.send("first").unwrap();
+                from_main.recv().unwrap();
+                for i in 0..19 {
+                    let (server, _) = get(
+                        &mut conn,
+                        &mut buf,
+                        &format!("/bytes/{}", 1000 + i),
+                        Some("fpk1"),
+                        None,
+                    );
+                    assert_eq!(server, first, "request {i} on the sticky server");
+                }
+                let mut pause = || {
+                    to_main.send("mid-download").unwrap();
+                    from_main.recv().unwrap();
+                };
+                get(
+                    &mut conn,
+                    &mut buf,
+                    &format!("/bytes/{BIG}"),
+                    Some("fpk1"),
+                    Some((BIG / 10, &mut pause)),
+                );
+                let (again, _) = get(&mut conn, &mut buf, "/", Some("fpk1"), None);
+                assert_eq!(again, first, "the sticky server answers after the splice");
+                to_main.send("done").unwrap();
+                from_main.recv().unwrap();
+                close_cleanly(conn, &buf);
+                first
+            })
+        }
+    });
+    assert_eq!(
+        from_client.recv_timeout(Duration::from_secs(20)).unwrap(),
+        "first"
+    );
+    let spliced = wait_until(Duration::from_secs(10), || setup.spliced().len() == 2);
+    assert!(
+        spliced,
+        "two SPLICE entries; map: {:?}",
+        open_pinned_flows(&setup.root).unwrap().entries()
+    );
+    let at_splice = metrics(&setup.topo.client, &lb);
+    to_client.send(()).unwrap();
+    assert_eq!(
+        from_client.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "mid-download"
+    );
+    // 20 requests later the proxy's counters have not moved.
+    let mid = metrics(&setup.topo.client, &lb);
+    // kill -9 in the middle of the download: the kernel carries on alone.
+    let output = daemon.stop_with(libc::SIGKILL);
+    to_client.send(()).unwrap();
+    assert_eq!(
+        from_client.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "done",
+        "{output}"
+    );
+    // A new daemon adopts the entries.
+    let daemon = setup.start();
+    daemon.wait_for_output("fast path loaded", Duration::from_secs(5));
+    assert!(daemon.output().contains("adopted=2"), "{}", daemon.output());
+    let after = metrics(&setup.topo.client, &lb);
+    to_client.send(()).unwrap();
+    let server = client.join().expect("client");
+    eprintln!("sticky server {server}");
+
+    let entries = setup.spliced();
+    assert_eq!(entries.len(), 2);
+    let total_bytes: u64 = entries.iter().map(|(_, e)| e.bytes).sum();
+    assert!(
+        total_bytes >= BIG,
+        "the download went through the program: {entries:?}"
+    );
+    // The proxy's counters did not move after the splice (the restarted daemon starts at 0).
+    let requests = |m: &str| {
+        metric(
+            m,
+            &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{server}\"}}"),
+        )
+    };
+    eprintln!(
+        "requests before {} at splice {} after restart {}",
+        requests(&before),
+        requests(&at_splice),
+        requests(&after)
+    );
+    assert_eq!(requests(&after), 0);
+    assert_eq!(
+        requests(&at_splice),
+        1,
+        "the first request went through the proxy"
+    );
+    assert_eq!(requests(&mid), requests(&at_splice), "later ones did not");
+    // FIN both ways, no RST, then the collector removes the pair after the grace.
+    let closed = wait_until(Duration::from_secs(5), || {
+        let e = setup.spliced();
+        e.len() == 2 && e.iter().all(|(_, e)| e.seen & SPLICE_SEEN_FIN != 0)
+    });
+    assert!(closed, "FIN both ways: {:?}", setup.spliced());
+    assert!(setup
+        .spliced()
+        .iter()
+        .all(|(_, e)| e.seen & SPLICE_SEEN_RST == 0));
+    let collected = wait_until(Duration::from_secs(15), || setup.spliced().is_empty());
+    assert!(collected, "entries collected: {:?}", setup.spliced());
+    let stats = read_pinned_stats(&setup.root).unwrap();
+    assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+    drop(capture);
+    let rsts = rsts_in(&setup.topo.lb, &capture_file);
+    let lines: Vec<&str> = rsts.lines().filter(|l| l.contains(" IP ")).collect();
+    assert!(lines.is_empty(), "RSTs seen on lb: {rsts}");
+    let _ = std::fs::remove_file(&capture_file);
+    drop(daemon);
+    drop(setup.pins);
+}
