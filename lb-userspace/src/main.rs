@@ -65,6 +65,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the connections the kernel fast path splices, from the pinned flow map (works
+    /// while the daemon runs or is stopped).
+    Fastpath {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which instance: its configuration file, and optionally its name.
@@ -147,6 +156,10 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             print_table(&target.load()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fastpath { target, json } => {
+            print_fastpath(&target.load()?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -173,6 +186,50 @@ fn reload_in_place(config: &Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn print_fastpath(config: &Config, json: bool) -> anyhow::Result<()> {
+    use stickylb::fastpath::{program, report};
+    let root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
+    let flows = program::open_pinned_flows(&root)
+        .with_context(|| format!("no usable splice flow map under {}", root.display()))?;
+    let entries = flows.entries();
+    let summary = report::summary(&entries);
+    let list = report::flows(&entries);
+    let stats = program::read_pinned_stats(&root).ok();
+    if json {
+        let out = serde_json::json!({ "summary": summary, "program": stats, "flows": list });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "# {} ({} spliced, {} observed, {} held, {} closed entries; {} packets, {} bytes)",
+        root.display(),
+        summary.spliced,
+        summary.observe_entries,
+        summary.hold_entries,
+        summary.closed_entries,
+        summary.packets,
+        summary.bytes
+    );
+    println!(
+        "{:<21} {:<21} {:<21} {:<21} {:<7} {:>12} {:>12} {:<9}",
+        "CLIENT", "FRONTEND", "PROXY SOURCE", "SERVER", "STATE", "BYTES UP", "BYTES DOWN", "SEEN"
+    );
+    for f in &list {
+        println!(
+            "{:<21} {:<21} {:<21} {:<21} {:<7} {:>12} {:>12} {:<9}",
+            f.client,
+            f.frontend,
+            f.proxy_source,
+            f.server,
+            f.state,
+            f.bytes_to_server,
+            f.bytes_to_client,
+            f.seen
+        );
+    }
+    Ok(())
 }
 
 fn print_table(config: &Config, json: bool) -> anyhow::Result<()> {

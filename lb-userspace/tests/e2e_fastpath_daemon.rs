@@ -329,6 +329,29 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
         open_pinned_flows(&setup.root).unwrap().entries()
     );
     let at_splice = metrics(&setup.topo.client, &lb);
+    assert_eq!(
+        metric(&at_splice, "stickylb_fastpath_spliced_flows "),
+        1,
+        "{at_splice}"
+    );
+    assert_eq!(
+        metric(
+            &at_splice,
+            "stickylb_fastpath_handoffs_total{outcome=\"spliced\"}"
+        ),
+        1
+    );
+    let listed = std::process::Command::new(common::stickylb_bin())
+        .args(["fastpath", "--config", setup.config.to_str().unwrap()])
+        .output()
+        .expect("stickylb fastpath");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("1 spliced")
+            && listed.contains(&format!("{}:8080", lb))
+            && listed.contains("splice"),
+        "{listed}"
+    );
     to_client.send(()).unwrap();
     assert_eq!(
         from_client.recv_timeout(Duration::from_secs(60)).unwrap(),

@@ -14,6 +14,7 @@ pub mod flows;
 pub mod interfaces;
 pub mod program;
 pub mod repair;
+pub mod report;
 pub mod runtime;
 pub mod splice;
 pub mod translate;

@@ -65,6 +65,23 @@ pub struct Stats {
     pub collected: AtomicU64,
 }
 
+impl Stats {
+    /// Every hand-off outcome counter with its label for `/metrics`.
+    pub fn outcomes(&self) -> [(&'static str, u64); 9] {
+        [
+            ("spliced", self.spliced.load(Relaxed)),
+            ("kept_unread", self.kept_unread.load(Relaxed)),
+            ("kept_unacked", self.kept_unacked.load(Relaxed)),
+            ("kept_moved", self.kept_moved.load(Relaxed)),
+            ("refused_options", self.refused_options.load(Relaxed)),
+            ("not_sticky", self.not_sticky.load(Relaxed)),
+            ("other_interface", self.other_interface.load(Relaxed)),
+            ("unframed", self.unframed.load(Relaxed)),
+            ("error", self.errors.load(Relaxed)),
+        ]
+    }
+}
+
 /// A connection being relayed with its OBSERVE entries in place.
 pub struct Handoff {
     observed: Observed,

@@ -3,7 +3,9 @@
 
 use std::fmt::{self, Write as _};
 
-use super::view::{BackendCounters, BackendView, PeerView, ServerView, Snapshot};
+use super::view::{
+    BackendCounters, BackendView, FastPathView, PeerView, ServerView, Snapshot, PROGRAM_COUNTERS,
+};
 use crate::backend::Decision;
 
 #[derive(Clone, Copy)]
@@ -252,7 +254,90 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
             )?;
         }
     }
-    write_peers(out, &snapshot.peers)
+    write_peers(out, &snapshot.peers)?;
+    if let Some(fastpath) = &snapshot.fastpath {
+        write_fastpath(out, fastpath)?;
+    }
+    Ok(())
+}
+
+fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
+    let s = &f.summary;
+    let gauges = [
+        (
+            "stickylb_fastpath_spliced_flows",
+            "Connections spliced by the kernel now (pairs of SPLICE entries).",
+            s.spliced,
+        ),
+        (
+            "stickylb_fastpath_flow_packets",
+            "Packets the program translated for the spliced flows in the map now.",
+            s.packets,
+        ),
+        (
+            "stickylb_fastpath_flow_bytes",
+            "Bytes the program translated for the spliced flows in the map now.",
+            s.bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        header(out, name, Kind::Gauge, help)?;
+        writeln!(out, "{name} {value}")?;
+    }
+    let name = "stickylb_fastpath_entries";
+    header(out, name, Kind::Gauge, "Flow map entries by state.")?;
+    for (state, count) in [
+        ("observe", s.observe_entries),
+        ("hold", s.hold_entries),
+        ("splice", s.splice_entries),
+        ("closed", s.closed_entries),
+    ] {
+        writeln!(out, "{name}{{state=\"{state}\"}} {count}")?;
+    }
+    if let Some(program) = &f.program {
+        let name = "stickylb_fastpath_program_packets_total";
+        header(
+            out,
+            name,
+            Kind::Counter,
+            "The TC program's packet counters (all processes, since the maps were created).",
+        )?;
+        for (label, value) in PROGRAM_COUNTERS.iter().zip(program) {
+            writeln!(out, "{name}{{counter=\"{label}\"}} {value}")?;
+        }
+    }
+    let name = "stickylb_fastpath_handoffs_total";
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "Hand-off attempts and connections kept in userspace, by outcome.",
+    )?;
+    for (outcome, value) in f.outcomes {
+        writeln!(out, "{name}{{outcome=\"{outcome}\"}} {value}")?;
+    }
+    let counters = [
+        (
+            "stickylb_fastpath_candidates_total",
+            "Connections served by the splicing relay.",
+            f.candidates,
+        ),
+        (
+            "stickylb_fastpath_attempts_total",
+            "Hand-offs attempted.",
+            f.attempts,
+        ),
+        (
+            "stickylb_fastpath_collected_total",
+            "Flow map entries removed by the collector.",
+            f.collected,
+        ),
+    ];
+    for (name, help, value) in counters {
+        header(out, name, Kind::Counter, help)?;
+        writeln!(out, "{name} {value}")?;
+    }
+    Ok(())
 }
 
 fn write_peers(out: &mut String, peers: &[PeerView]) -> fmt::Result {

@@ -6,7 +6,7 @@ mod peers;
 
 use std::fmt::{self, Write as _};
 
-use super::view::{BackendView, ServerView, Snapshot, State, RESPONSE_CLASSES};
+use super::view::{BackendView, FastPathView, ServerView, Snapshot, State, RESPONSE_CLASSES};
 
 const REFRESH_SECONDS: u32 = 5;
 
@@ -91,12 +91,40 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
         write_backend(out, backend)?;
     }
     peers::write_peers(out, &s.peers)?;
+    if let Some(fastpath) = &s.fastpath {
+        write_fastpath(out, fastpath)?;
+    }
     write!(
         out,
         "</main>\n<footer>Refreshed every {REFRESH_SECONDS} s. Also: <a href=\"/metrics\">/metrics</a> \
          (Prometheus), <a href=\"/api/servers\">/api/servers</a>, <a href=\"/api/table\">/api/table</a>, \
          <a href=\"/api/peers\">/api/peers</a> (JSON).\
          </footer>\n</body>\n</html>\n"
+    )
+}
+
+fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
+    let s = &f.summary;
+    let interfaces: Vec<String> = f.interfaces.iter().map(|(n, _)| n.clone()).collect();
+    writeln!(
+        out,
+        "<section class=\"plain\" id=\"fastpath\"><h2>Kernel fast path</h2>\
+         <p>Spliced connections skip L7 processing: their later requests are not logged or \
+         rewritten, and these counters come from the flow map.</p>\
+         <table><thead><tr><th class=\"l\">Interfaces</th><th>Spliced flows</th><th>Packets</th>\
+         <th>Bytes</th><th>Observed</th><th>Candidates</th><th>Spliced (total)</th>\
+         <th>Kept in userspace</th><th>Collected</th></tr></thead><tbody>\
+         <tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+         <td>{}</td><td>{}</td><td>{}</td></tr></tbody></table></section>",
+        Html(&interfaces.join(", ")),
+        s.spliced,
+        s.packets,
+        s.bytes,
+        s.observe_entries / 2,
+        f.candidates,
+        f.outcomes[0].1,
+        f.outcomes[1..].iter().map(|(_, v)| v).sum::<u64>(),
+        f.collected,
     )
 }
 

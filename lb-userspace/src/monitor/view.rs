@@ -3,11 +3,13 @@
 
 use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 
+use lb_common::SPLICE_STATS_LEN;
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
 use crate::{
     backend::{BackendState, ServerState},
     daemon::Shared,
+    fastpath::{program::read_pinned_stats, report, Runtime},
     peers::{link::PeerLink, stats::PeerState},
 };
 
@@ -21,7 +23,45 @@ pub(super) struct Snapshot {
     pub(super) frontends: Vec<FrontendView>,
     pub(super) backends: Vec<BackendView>,
     pub(super) peers: Vec<PeerView>,
+    pub(super) fastpath: Option<FastPathView>,
 }
+
+/// The kernel fast path: the flow map's totals, the program's counters, the hand-offs.
+pub(super) struct FastPathView {
+    pub(super) interfaces: Vec<(String, u32)>,
+    pub(super) summary: report::Summary,
+    /// `SPLICE_STAT_*` order; `None` when the stats map cannot be read.
+    pub(super) program: Option<[u64; SPLICE_STATS_LEN as usize]>,
+    pub(super) candidates: u64,
+    pub(super) attempts: u64,
+    pub(super) outcomes: [(&'static str, u64); 9],
+    pub(super) collected: u64,
+}
+
+impl FastPathView {
+    fn read(runtime: &Runtime) -> Self {
+        let stats = &runtime.stats;
+        Self {
+            interfaces: runtime.attached(),
+            summary: report::summary(&runtime.entries()),
+            program: read_pinned_stats(runtime.root()).ok(),
+            candidates: stats.candidates.load(Relaxed),
+            attempts: stats.attempts.load(Relaxed),
+            outcomes: stats.outcomes(),
+            collected: stats.collected.load(Relaxed),
+        }
+    }
+}
+
+/// Labels of the program's counters, in `SPLICE_STAT_*` order.
+pub(super) const PROGRAM_COUNTERS: [&str; 6] = [
+    "redirected",
+    "observed",
+    "hold_dropped",
+    "dropped",
+    "syn_reuse",
+    "sack",
+];
 
 pub(super) struct FrontendView {
     pub(super) name: String,
@@ -174,6 +214,7 @@ impl Snapshot {
                 .iter()
                 .map(|p| PeerView::read(p, now_ms))
                 .collect(),
+            fastpath: shared.fastpath.as_deref().map(FastPathView::read),
         }
     }
 }
