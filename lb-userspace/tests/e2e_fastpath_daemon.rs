@@ -425,3 +425,205 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
     drop(daemon);
     drop(setup.pins);
 }
+
+/// Raises this process's descriptor limit (1000 connections and their threads' files).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+#[test]
+fn a_thousand_concurrent_keep_alive_connections_are_spliced_each_on_its_sticky_server() {
+    if !common::privileged() {
+        return;
+    }
+    raise_fd_limit();
+    const CONNECTIONS: usize = 1000;
+    const THREADS: usize = 10;
+    let setup = Setup::new("fpt", 235, "60s");
+    let lb = setup.topo.lb_addr();
+    let _daemon = setup.start();
+    let addr = format!("{lb}:8080");
+    let (to_main, from_clients) = mpsc::channel::<()>();
+    let mut go = Vec::new();
+    let mut clients = Vec::new();
+    for t in 0..THREADS {
+        let (tx, rx) = mpsc::channel::<()>();
+        go.push(tx);
+        let (ns, addr, to_main) = (
+            setup.topo.client.name.clone(),
+            addr.clone(),
+            to_main.clone(),
+        );
+        clients.push(thread::spawn(move || {
+            common::http::in_netns(&ns, move || {
+                let mut conns = Vec::new();
+                for i in 0..CONNECTIONS / THREADS {
+                    let cookie = format!("c{t}x{i}");
+                    let mut conn = TcpStream::connect(&addr).expect("connect");
+                    conn.set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    let mut buf = Vec::new();
+                    let (server, _) = get(
+                        &mut conn,
+                        &mut buf,
+                        &format!("/?setcookie={cookie}"),
+                        None,
+                        None,
+                    );
+                    conns.push((conn, buf, cookie, server));
+                }
+                to_main.send(()).unwrap();
+                rx.recv().unwrap();
+                let mut per_server = std::collections::HashMap::new();
+                for round in 0..3 {
+                    for (conn, buf, cookie, server) in &mut conns {
+                        let path = if round == 1 {
+                            "/bytes/20000".to_owned()
+                        } else {
+                            "/".to_owned()
+                        };
+                        let (answered, _) = get(conn, buf, &path, Some(cookie), None);
+                        assert_eq!(&answered, server, "{cookie} on its sticky server");
+                    }
+                }
+                for (conn, buf, _, server) in conns {
+                    *per_server.entry(server).or_insert(0usize) += 1;
+                    close_cleanly(conn, &buf);
+                }
+                per_server
+            })
+        }));
+    }
+    for _ in 0..THREADS {
+        from_clients
+            .recv_timeout(Duration::from_secs(120))
+            .expect("first requests");
+    }
+    let all_spliced = wait_until(Duration::from_secs(60), || {
+        setup.spliced().len() == 2 * CONNECTIONS
+    });
+    let m = metrics(&setup.topo.client, &lb);
+    assert!(
+        all_spliced,
+        "{} SPLICE entries; {}",
+        setup.spliced().len(),
+        m.lines()
+            .filter(|l| l.starts_with("stickylb_fastpath"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for tx in &go {
+        tx.send(()).unwrap();
+    }
+    let mut per_server = std::collections::HashMap::new();
+    for client in clients {
+        for (server, n) in client.join().expect("client thread") {
+            *per_server.entry(server).or_insert(0) += n;
+        }
+    }
+    eprintln!("connections per server: {per_server:?}");
+    assert_eq!(per_server.values().sum::<usize>(), CONNECTIONS);
+    assert_eq!(per_server.len(), 2, "round robin used both servers");
+    // Only the first request of each connection went through the proxy.
+    let m = metrics(&setup.topo.client, &lb);
+    let requests: u64 = ["s1", "s2"]
+        .iter()
+        .map(|s| {
+            metric(
+                &m,
+                &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{s}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(requests, CONNECTIONS as u64, "proxy requests");
+    let entries = setup.spliced();
+    let packets: u64 = entries.iter().map(|(_, e)| e.packets).sum();
+    assert!(
+        packets >= (CONNECTIONS * 6) as u64,
+        "{packets} packets through the program"
+    );
+    let fin = wait_until(Duration::from_secs(10), || {
+        setup
+            .spliced()
+            .iter()
+            .all(|(_, e)| e.seen & SPLICE_SEEN_FIN != 0)
+    });
+    assert!(fin, "FIN both ways on every connection");
+    assert!(setup
+        .spliced()
+        .iter()
+        .all(|(_, e)| e.seen & SPLICE_SEEN_RST == 0));
+    let stats = read_pinned_stats(&setup.root).unwrap();
+    assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+}
+
+#[test]
+fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
+    if !common::privileged() {
+        return;
+    }
+    let setup = Setup::new("fpo", 236, "60s");
+    setup
+        .topo
+        .client
+        .exec(&["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"]);
+    let lb = setup.topo.lb_addr();
+    let _daemon = setup.start();
+    let addr = format!("{lb}:8080");
+    let requests = 6;
+    let server = common::http::in_netns(&setup.topo.client.name.clone(), move || {
+        let mut conn = TcpStream::connect(&addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpo1", None, None);
+        for i in 1..requests {
+            // Give the proxy time to try (and refuse) the hand-off.
+            thread::sleep(Duration::from_millis(100));
+            let path = if i == 2 {
+                "/bytes/3000000".to_owned()
+            } else {
+                "/".to_owned()
+            };
+            let (server, _) = get(&mut conn, &mut buf, &path, Some("fpo1"), None);
+            assert_eq!(server, first);
+        }
+        close_cleanly(conn, &buf);
+        first
+    });
+    let m = metrics(&setup.topo.client, &lb);
+    let fast: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("stickylb_fastpath"))
+        .collect();
+    eprintln!("{}", fast.join("\n"));
+    assert_eq!(
+        metric(
+            &m,
+            "stickylb_fastpath_handoffs_total{outcome=\"refused_options\"}"
+        ),
+        1,
+        "counted once"
+    );
+    assert_eq!(
+        metric(&m, "stickylb_fastpath_handoffs_total{outcome=\"spliced\"}"),
+        0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{server}\"}}")
+        ),
+        requests as u64,
+        "every request went through the proxy"
+    );
+    assert!(setup.spliced().is_empty());
+}
