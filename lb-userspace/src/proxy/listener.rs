@@ -30,6 +30,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
+    task::JoinSet,
 };
 
 use super::{
@@ -45,6 +46,8 @@ pub struct ConnSettings {
     pub client_timeout: Duration,
     /// Largest request head; hyper's buffer has a floor of 8 KiB.
     pub max_header_bytes: usize,
+    /// How long a stopping listener waits for its relayed (fast path) connections.
+    pub drain: Duration,
 }
 
 impl ConnSettings {
@@ -52,6 +55,7 @@ impl ConnSettings {
         Self {
             client_timeout: timeouts.client,
             max_header_bytes: timeouts.max_header_bytes,
+            drain: timeouts.drain,
         }
     }
 }
@@ -84,10 +88,22 @@ pub async fn serve(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Connections served by the splicing relay: hyper's graceful shutdown does not see them, so
+    // a stopping listener waits for them itself (each closes at its next message boundary).
+    let mut relayed = JoinSet::new();
     loop {
+        while relayed.try_join_next().is_some() {}
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => Some(accepted),
+            _ = stop.wait_for(|stop| *stop) => None,
+        };
+        let Some(accepted) = accepted else {
+            let limit = settings.load().drain;
+            let all = async { while relayed.join_next().await.is_some() {} };
+            if tokio::time::timeout(limit, all).await.is_err() {
+                tracing::warn!(frontend = %frontend.name, left = relayed.len(), "drain timeout: closing relayed connections still busy");
+            }
+            return;
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -100,11 +116,13 @@ pub async fn serve(
                             Arc::clone(&graceful),
                         );
                         let fastpath = Arc::clone(fastpath);
-                        tokio::spawn(async move {
+                        let stop = stop.clone();
+                        relayed.spawn(async move {
                             let _ = stream.set_nodelay(true);
-                            let released =
-                                relay::serve(stream, peer, &frontend, &proxy, settings, &fastpath)
-                                    .await;
+                            let released = relay::serve(
+                                stream, peer, &frontend, &proxy, settings, &fastpath, stop,
+                            )
+                            .await;
                             if let Release::ToHyper(stream, read) = released {
                                 serve_connection(
                                     stream,

@@ -21,6 +21,7 @@ use hyper::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    sync::watch,
 };
 
 use super::{count_status, headers, listener::ConnSettings, Frontend, Proxy};
@@ -67,6 +68,7 @@ pub(super) async fn serve(
     proxy: &Proxy,
     settings: ConnSettings,
     fastpath: &Arc<Runtime>,
+    mut stop: watch::Receiver<bool>,
 ) -> Release {
     let mut buf = BytesMut::with_capacity(8192);
     let max = settings.max_header_bytes;
@@ -192,15 +194,19 @@ pub(super) async fn serve(
                 }
             }
         }
-        // The next request, on the same server.
-        head = match tokio::time::timeout(
+        // The next request, on the same server; a stopping daemon closes an idle connection
+        // (as hyper's graceful shutdown does), not one whose next request has begun.
+        let idle = buf.is_empty();
+        let next = tokio::time::timeout(
             settings.client_timeout,
             read_head(&mut client, &mut buf, settings.max_header_bytes),
-        )
-        .await
-        {
-            Ok(Ok(Some(len))) => len,
-            _ => break,
+        );
+        head = tokio::select! {
+            read = next => match read {
+                Ok(Ok(Some(len))) => len,
+                _ => break,
+            },
+            _ = stop.wait_for(|stop| *stop), if idle => break,
         };
         match parse_request(&buf[..head]) {
             Some(next) => request = next,
