@@ -26,7 +26,7 @@ use tokio::{
 
 use super::{count_status, headers, listener::ConnSettings, Frontend, Proxy};
 use crate::{
-    backend::{Decision, ServerState},
+    backend::{BackendState, Decision, ServerState},
     cookie,
     fastpath::runtime::{Attempt, Runtime},
     table::now_ms,
@@ -116,16 +116,20 @@ pub(super) async fn serve(
     loop {
         let started = Instant::now();
         let in_flight = server.start_request();
+        let decision = first.take().unwrap_or(Decision::StickyHit);
         let exchanged = exchange(
             (&mut client, &mut upstream, &mut buf),
             (head, &request),
             peer,
-            &server,
+            (backend, &server, decision),
             server_timeout,
         )
         .await;
         let response = match exchanged {
-            Ok(response) => response,
+            Ok((response, learned)) => {
+                sticky |= learned;
+                response
+            }
             Err(error) => {
                 server
                     .stats
@@ -136,11 +140,6 @@ pub(super) async fn serve(
             }
         };
         drop(in_flight);
-        if let Some(set) = cookie::response_cookie(&response.headers, &backend.stick_cookie) {
-            backend.learn(set, &server, now_ms());
-            sticky = true;
-        }
-        let decision = first.take().unwrap_or(Decision::StickyHit);
         tracing::info!(
             target: "access",
             frontend = %frontend.name,
@@ -228,14 +227,16 @@ pub(super) async fn serve(
     Release::Done
 }
 
-/// Forwards one request (head rewritten, body by Content-Length) and its response.
+/// Forwards one request (head rewritten, body by Content-Length) and its response, learning
+/// the response's stickiness cookie. As in the hyper path, a new, moved or learned session is
+/// in the pinned map before the client hears of it. Also answers whether a cookie was learned.
 async fn exchange(
     (client, upstream, buf): (&mut TcpStream, &mut TcpStream, &mut BytesMut),
     (head, request): (usize, &RequestHead),
     peer: SocketAddr,
-    server: &ServerState,
+    (backend, server, decision): (&BackendState, &ServerState, Decision),
     server_timeout: std::time::Duration,
-) -> std::io::Result<ResponseHead> {
+) -> std::io::Result<(ResponseHead, bool)> {
     use std::sync::atomic::Ordering::Relaxed;
     let out_head = request_head(request, peer);
     buf.advance(head);
@@ -252,6 +253,16 @@ async fn exchange(
     .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response head"))?;
     let response = parse_response(&response_buf[..len], request.method == "HEAD")
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad response head"))?;
+    let learned = match cookie::response_cookie(&response.headers, &backend.stick_cookie) {
+        Some(set) => {
+            backend.learn(set, server, now_ms());
+            true
+        }
+        None => false,
+    };
+    if learned || decision != Decision::StickyHit {
+        backend.table.durable().await;
+    }
     client.write_all(&response_buf[..len]).await?;
     response_buf.advance(len);
     if let Some(body) = response.body {
@@ -266,7 +277,7 @@ async fn exchange(
     } else {
         client.write_all(&response_buf).await?;
     }
-    Ok(response)
+    Ok((response, learned))
 }
 
 /// Copies `len` body bytes: first from `buf`, then from `from`.
