@@ -627,3 +627,142 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
     );
     assert!(setup.spliced().is_empty());
 }
+
+#[test]
+fn upgrade_and_stop_never_interrupt_spliced_connections() {
+    if !common::privileged() {
+        return;
+    }
+    let setup = Setup::new("fpu", 237, "60s");
+    let lb = setup.topo.lb_addr();
+    let capture_file = std::env::temp_dir().join(format!("fpu-{}.pcap", std::process::id()));
+    let capture = capture_rsts(&setup.topo.lb, &capture_file);
+    let mut old = setup.start();
+    let addr = format!("{lb}:8080");
+
+    // Each client connection: the first request through the proxy, then `step` more requests
+    // (and a 10 MB download) each time the main thread says so, on its sticky server.
+    let connection = |cookie: &'static str| {
+        let (to_main, from_client) = mpsc::channel::<String>();
+        let (to_client, from_main) = mpsc::channel::<bool>();
+        let (ns, addr) = (setup.topo.client.name.clone(), addr.clone());
+        let handle = thread::spawn(move || {
+            common::http::in_netns(&ns, move || {
+                let mut conn = TcpStream::connect(&addr).expect("connect");
+                conn.set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                let (first, _) = get(
+                    &mut conn,
+                    &mut buf,
+                    &format!("/?setcookie={cookie}"),
+                    None,
+                    None,
+                );
+                to_main.send(first.clone()).unwrap();
+                while from_main.recv().unwrap() {
+                    for path in ["/", "/bytes/10000000", "/"] {
+                        let (server, _) = get(&mut conn, &mut buf, path, Some(cookie), None);
+                        assert_eq!(server, first, "{cookie}: {path} on its sticky server");
+                    }
+                    to_main.send(first.clone()).unwrap();
+                }
+                close_cleanly(conn, &buf);
+            })
+        });
+        (handle, to_client, from_client)
+    };
+    let (a, to_a, from_a) = connection("fpuA");
+    from_a.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || setup
+        .spliced()
+        .len()
+        == 2));
+
+    // Upgrade: a new process takes the sockets and adopts the pins; the old one exits.
+    let mut upgrade = Proc::spawn(
+        "reload --upgrade",
+        &setup.topo.lb.name,
+        &[
+            common::stickylb_bin(),
+            "--log",
+            "info",
+            "reload",
+            "--upgrade",
+            "--config",
+            setup.config.to_str().unwrap(),
+        ],
+    );
+    let upgraded = wait_until(Duration::from_secs(60), || {
+        matches!(upgrade.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(upgraded, "{}", upgrade.output());
+    assert!(
+        upgrade.child.try_wait().unwrap().unwrap().success(),
+        "{}",
+        upgrade.output()
+    );
+    let old_exited = wait_until(Duration::from_secs(30), || {
+        matches!(old.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(old_exited, "the old daemon exits: {}", old.output());
+    upgrade.wait_for_output("fast path loaded", Duration::from_secs(5));
+    assert!(
+        upgrade.output().contains("adopted=2"),
+        "{}",
+        upgrade.output()
+    );
+
+    // The spliced connection goes on; a new one is spliced by the new daemon.
+    to_a.send(true).unwrap();
+    from_a
+        .recv_timeout(Duration::from_secs(60))
+        .expect("A after the upgrade");
+    let (b, to_b, from_b) = connection("fpuB");
+    from_b.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || setup.spliced().len() == 4),
+        "{}",
+        upgrade.output()
+    );
+    let m = metrics(&setup.topo.client, &lb);
+    let requests: u64 = ["s1", "s2"]
+        .iter()
+        .map(|s| {
+            metric(
+                &m,
+                &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{s}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(requests, 1, "the new daemon proxied B's first request only");
+
+    // SIGTERM: the daemon drains and exits; both spliced connections go on without it.
+    let output = upgrade.stop_with(libc::SIGTERM);
+    assert!(output.contains("stopped"), "{output}");
+    to_a.send(true).unwrap();
+    to_b.send(true).unwrap();
+    from_a
+        .recv_timeout(Duration::from_secs(60))
+        .expect("A after the stop");
+    from_b
+        .recv_timeout(Duration::from_secs(60))
+        .expect("B after the stop");
+    to_a.send(false).unwrap();
+    to_b.send(false).unwrap();
+    a.join().expect("client A");
+    b.join().expect("client B");
+    let fin = wait_until(Duration::from_secs(10), || {
+        let e = setup.spliced();
+        e.len() == 4 && e.iter().all(|(_, e)| e.seen & SPLICE_SEEN_FIN != 0)
+    });
+    assert!(fin, "FIN both ways on both: {:?}", setup.spliced());
+    let stats = read_pinned_stats(&setup.root).unwrap();
+    assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+    drop(capture);
+    let rsts = rsts_in(&setup.topo.lb, &capture_file);
+    let lines: Vec<&str> = rsts.lines().filter(|l| l.contains(" IP ")).collect();
+    assert!(lines.is_empty(), "RSTs seen on lb: {rsts}");
+    let _ = std::fs::remove_file(&capture_file);
+    drop(old);
+}
