@@ -189,8 +189,16 @@ fn get(
     conn.write_all(request.as_bytes()).expect("request");
     let head = read_head(conn, buf);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let len: u64 = header(&head, "content-length").unwrap().parse().unwrap();
     let server = header(&head, "x-served-by").unwrap_or_default();
+    if header(&head, "transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        let body = read_chunked(conn, buf);
+        let n: u64 = path.strip_prefix("/chunked/").unwrap().parse().unwrap();
+        assert_eq!(body.len() as u64, n);
+        let digest: [u8; 32] = Sha256::digest(&body).into();
+        assert_eq!(digest, expected_sha256(n), "sha256 of {path}");
+        return (server, n);
+    }
+    let len: u64 = header(&head, "content-length").unwrap().parse().unwrap();
     let mut hash = Sha256::new();
     let take = (buf.len() as u64).min(len) as usize;
     hash.update(&buf[..take]);
@@ -222,6 +230,40 @@ fn get(
         assert_eq!(String::from_utf8_lossy(&body_start).trim(), server);
     }
     (server, len)
+}
+
+/// Decodes a chunked body from `buf`, then `conn`; `buf` keeps what follows it.
+fn read_chunked(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    let mut fill = |buf: &mut Vec<u8>, want: usize| {
+        while buf.len() < want {
+            let mut chunk = [0u8; 65536];
+            let n = conn.read(&mut chunk).expect("read chunked");
+            assert!(n > 0, "closed in a chunked body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let line = |buf: &mut Vec<u8>, fill: &mut dyn FnMut(&mut Vec<u8>, usize)| loop {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.drain(..i + 2);
+            return line;
+        }
+        let have = buf.len();
+        fill(buf, have + 1);
+    };
+    let mut body = Vec::new();
+    loop {
+        let size = line(buf, &mut fill);
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            while !line(buf, &mut fill).is_empty() {}
+            return body;
+        }
+        fill(buf, size + 2);
+        body.extend_from_slice(&buf[..size]);
+        assert_eq!(&buf[size..size + 2], b"\r\n");
+        buf.drain(..size + 2);
+    }
 }
 
 /// FIN from the client, then the server's FIN: a clean EOF, not an RST.

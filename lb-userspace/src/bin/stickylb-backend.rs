@@ -3,6 +3,7 @@
 //! Vagrant's forwarded ports: localhost:8080 -> lb-1:80).
 //!
 //! Paths: `/` (or anything) -> the name; `/headers` -> the request headers; `/bytes/N` -> N bytes;
+//! `/chunked/N` -> the same N bytes, chunked;
 //! `/slow/MS` -> the name after MS milliseconds. `?setcookie=V` adds `Set-Cookie: JSESSIONID=V`.
 //! Every response carries `X-Served-By: NAME`.
 
@@ -122,7 +123,12 @@ async fn respond(
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<u64>().ok())
     {
-        pattern_body(n)
+        pattern_body(n, true)
+    } else if let Some(n) = path
+        .strip_prefix("/chunked/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        pattern_body(n, false)
     } else {
         if let Some(ms) = path
             .strip_prefix("/slow/")
@@ -148,10 +154,12 @@ fn full(text: String) -> Body {
     Full::new(Bytes::from(text)).boxed()
 }
 
-/// `len` bytes of a repeating pattern, produced in 64 KiB frames.
-fn pattern_body(len: u64) -> Body {
+/// `len` bytes of a repeating pattern, produced in 64 KiB frames; without `exact` its size is
+/// not announced, so hyper sends it chunked.
+fn pattern_body(len: u64, exact: bool) -> Body {
     PatternBody {
         left: len,
+        exact,
         block: (0..CHUNK)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<_>>()
@@ -164,6 +172,7 @@ const CHUNK: usize = 64 * 1024;
 
 struct PatternBody {
     left: u64,
+    exact: bool,
     block: Bytes,
 }
 
@@ -184,6 +193,10 @@ impl hyper::body::Body for PatternBody {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.left)
+        if self.exact {
+            hyper::body::SizeHint::with_exact(self.left)
+        } else {
+            hyper::body::SizeHint::default()
+        }
     }
 }

@@ -19,7 +19,7 @@ use hyper::{
     HeaderMap,
 };
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     sync::watch,
 };
@@ -51,12 +51,20 @@ struct RequestHead {
     body: u64,
 }
 
+/// How a response body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the server closes, or what follows a 1xx: not HTTP messages the relay can follow.
+    Unframed,
+}
+
 /// A parsed response head.
 struct ResponseHead {
     status: u16,
     headers: HeaderMap,
-    /// `None`: not framed by Content-Length (chunked or until close).
-    body: Option<u64>,
+    body: Framing,
     close: bool,
 }
 
@@ -157,8 +165,8 @@ pub(super) async fn serve(
         if response.close || request_wants_close(&request.headers) {
             break;
         }
-        if response.body.is_none() {
-            // Forwarded until the server closes (or chunked): tunnel the rest as bytes.
+        if response.body == Framing::Unframed {
+            // Forwarded until the server closes, or an upgrade: tunnel the rest as bytes.
             fastpath
                 .stats
                 .unframed
@@ -265,28 +273,105 @@ async fn exchange(
     }
     client.write_all(&response_buf[..len]).await?;
     response_buf.advance(len);
-    if let Some(body) = response.body {
-        copy_body(&mut response_buf, upstream, client, body).await?;
-        server.stats.bytes_out.fetch_add(body, Relaxed);
-        if !response_buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the server sent more than its response",
-            ));
+    let framed = match response.body {
+        Framing::Length(body) => {
+            copy_body(&mut response_buf, upstream, client, body).await?;
+            server.stats.bytes_out.fetch_add(body, Relaxed);
+            true
         }
-    } else {
-        client.write_all(&response_buf).await?;
+        Framing::Chunked => {
+            let body = copy_chunked(&mut response_buf, upstream, client).await?;
+            server.stats.bytes_out.fetch_add(body, Relaxed);
+            true
+        }
+        Framing::Unframed => {
+            client.write_all(&response_buf).await?;
+            false
+        }
+    };
+    if framed && !response_buf.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the server sent more than its response",
+        ));
     }
     Ok((response, learned))
 }
 
-/// Copies `len` body bytes: first from `buf`, then from `from`.
-async fn copy_body(
+/// Copies a chunked body (its chunks, the last chunk and the trailers) as it is, reading
+/// `buf` first, then `from`; returns the payload size. Leaves in `buf` what follows it.
+async fn copy_chunked<R, W>(buf: &mut BytesMut, from: &mut R, to: &mut W) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut payload = 0u64;
+    loop {
+        let line = read_line(buf, from).await?;
+        let text = std::str::from_utf8(&buf[..line]).map_err(|_| bad_chunk())?;
+        let size = text.trim_end().split(';').next().unwrap_or("").trim();
+        let size = u64::from_str_radix(size, 16).map_err(|_| bad_chunk())?;
+        to.write_all(&buf[..line]).await?;
+        buf.advance(line);
+        if size == 0 {
+            // Trailers, then the empty line.
+            loop {
+                let line = read_line(buf, from).await?;
+                let empty = line == 2;
+                to.write_all(&buf[..line]).await?;
+                buf.advance(line);
+                if empty {
+                    return Ok(payload);
+                }
+            }
+        }
+        copy_body(buf, from, to, size).await?;
+        let crlf = read_line(buf, from).await?;
+        if crlf != 2 {
+            return Err(bad_chunk());
+        }
+        to.write_all(&buf[..2]).await?;
+        buf.advance(2);
+        payload += size;
+    }
+}
+
+fn bad_chunk() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunked encoding")
+}
+
+/// Reads until `buf` starts with a CRLF-terminated line (at most 4 KiB); its length.
+async fn read_line<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
-    from: &mut TcpStream,
-    to: &mut TcpStream,
+    from: &mut R,
+) -> std::io::Result<usize> {
+    loop {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            return Ok(i + 2);
+        }
+        if buf.len() > 4096 {
+            return Err(bad_chunk());
+        }
+        if from.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed in the middle of a chunked body",
+            ));
+        }
+    }
+}
+
+/// Copies `len` body bytes: first from `buf`, then from `from`.
+async fn copy_body<R, W>(
+    buf: &mut BytesMut,
+    from: &mut R,
+    to: &mut W,
     len: u64,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
     to.write_all(&buf[..buffered]).await?;
     buf.advance(buffered);
@@ -371,13 +456,32 @@ fn parse_response(bytes: &[u8], head_request: bool) -> Option<ResponseHead> {
     let status = parsed.code?;
     let headers = header_map(parsed.headers)?;
     let close = parsed.version != Some(1) || request_wants_close(&headers);
-    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        // 1xx (e.g. 101) has no body but what follows is not HTTP: not framed.
-        (status >= 200).then_some(0)
-    } else if headers.contains_key(hyper::header::TRANSFER_ENCODING) {
-        None
+    let body = if (100..200).contains(&status) {
+        // 1xx (e.g. 101) has no body, but what follows is not HTTP.
+        Framing::Unframed
+    } else if head_request || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else if let Some(codings) = headers.get(hyper::header::TRANSFER_ENCODING) {
+        let last = codings
+            .to_str()
+            .ok()?
+            .rsplit(',')
+            .next()?
+            .trim()
+            .to_ascii_lowercase();
+        if last == "chunked"
+            && headers
+                .get_all(hyper::header::TRANSFER_ENCODING)
+                .iter()
+                .count()
+                == 1
+        {
+            Framing::Chunked
+        } else {
+            Framing::Unframed
+        }
     } else {
-        content_length(&headers)?
+        content_length(&headers)?.map_or(Framing::Unframed, Framing::Length)
     };
     Some(ResponseHead {
         status,
@@ -473,21 +577,36 @@ mod tests {
     #[test]
     fn response_framing() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false).unwrap();
-        assert_eq!((r.status, r.body, r.close), (200, Some(3), false));
+        assert_eq!(
+            (r.status, r.body, r.close),
+            (200, Framing::Length(3), false)
+        );
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap();
-        assert_eq!(r.body, Some(0));
+        assert_eq!(r.body, Framing::Length(0));
         let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
-        assert_eq!(r.body, Some(0));
+        assert_eq!(r.body, Framing::Length(0));
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             false,
         )
         .unwrap();
-        assert_eq!(r.body, None);
+        assert_eq!(r.body, Framing::Chunked);
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.body, Framing::Chunked);
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.body, Framing::Unframed);
         let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
-        assert_eq!(r.body, None, "until close");
+        assert_eq!(r.body, Framing::Unframed, "until close");
         let r = parse_response(b"HTTP/1.1 101 Switching\r\nUpgrade: ws\r\n\r\n", false).unwrap();
-        assert_eq!(r.body, None);
+        assert_eq!(r.body, Framing::Unframed);
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
             false,
@@ -514,5 +633,27 @@ mod tests {
         assert!(text.contains("x-forwarded-for: 1.2.3.4, 10.0.0.9\r\n"));
         assert!(!text.contains("keep-alive"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_copied_to_their_end() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        for split in [0, 3, 12, 30, body.len()] {
+            let mut buf = BytesMut::from(&body[..split]);
+            let mut rest = &body[split..];
+            let mut out = Vec::new();
+            let payload = copy_chunked(&mut buf, &mut rest, &mut out).await.unwrap();
+            assert_eq!(payload, 11);
+            let mut leftover = buf.to_vec();
+            leftover.extend_from_slice(rest);
+            assert_eq!(leftover, b"NEXT", "split {split}");
+            assert_eq!(out, &body[..body.len() - 4]);
+        }
+        let mut buf = BytesMut::from(&b"zz\r\n"[..]);
+        let err = copy_chunked(&mut buf, &mut &b""[..], &mut Vec::new()).await;
+        assert!(err.is_err());
+        let mut buf = BytesMut::from(&b"5\r\nhel"[..]);
+        let err = copy_chunked(&mut buf, &mut &b""[..], &mut Vec::new()).await;
+        assert!(err.is_err(), "closed mid-chunk");
     }
 }
