@@ -660,6 +660,11 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
         0
     );
     assert_eq!(
+        metric(&m, "stickylb_fastpath_handoffs_total{outcome=\"unframed\"}"),
+        0,
+        "the chunked response was followed, not tunnelled"
+    );
+    assert_eq!(
         metric(
             &m,
             &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{server}\"}}")
