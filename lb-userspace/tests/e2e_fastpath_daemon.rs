@@ -618,7 +618,7 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
         .client
         .exec(&["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"]);
     let lb = setup.topo.lb_addr();
-    let _daemon = setup.start();
+    let daemon = setup.start();
     let addr = format!("{lb}:8080");
     let requests = 6;
     let server = common::http::in_netns(&setup.topo.client.name.clone(), move || {
@@ -630,17 +630,18 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
         for i in 1..requests {
             // Give the proxy time to try (and refuse) the hand-off.
             thread::sleep(Duration::from_millis(100));
-            let path = if i == 2 {
-                "/bytes/3000000".to_owned()
-            } else {
-                "/".to_owned()
+            let path = match i {
+                2 => "/bytes/3000000",
+                3 => "/chunked/2000000",
+                _ => "/",
             };
-            let (server, _) = get(&mut conn, &mut buf, &path, Some("fpo1"), None);
+            let (server, _) = get(&mut conn, &mut buf, path, Some("fpo1"), None);
             assert_eq!(server, first);
         }
-        close_cleanly(conn, &buf);
-        first
+        (first, conn, buf)
     });
+    let (server, mut conn, buf) = server;
+    assert!(buf.is_empty());
     let m = metrics(&setup.topo.client, &lb);
     let fast: Vec<&str> = m
         .lines()
@@ -673,6 +674,18 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
         "every request went through the proxy"
     );
     assert!(setup.spliced().is_empty());
+    // SIGTERM: the daemon closes the idle relayed connection cleanly (a FIN, not an RST) and
+    // exits within the drain timeout.
+    let output = daemon.stop_with(libc::SIGTERM);
+    assert!(output.contains("stopped"), "{output}");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("a clean close of the relayed connection");
+    assert!(rest.is_empty());
+    assert!(
+        !output.contains("drain timeout"),
+        "the relayed connection did not hold the drain: {output}"
+    );
 }
 
 #[test]
