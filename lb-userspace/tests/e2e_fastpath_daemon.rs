@@ -355,6 +355,9 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
                 assert_eq!(again, first, "the sticky server answers after the splice");
                 to_main.send("done").unwrap();
                 from_main.recv().unwrap();
+                // After an idle stretch under the new daemon's collector: still spliced.
+                let (last, _) = get(&mut conn, &mut buf, "/", Some("fpk1"), None);
+                assert_eq!(last, first, "after the idle stretch");
                 close_cleanly(conn, &buf);
                 first
             })
@@ -414,6 +417,15 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
     daemon.wait_for_output("fast path loaded", Duration::from_secs(5));
     assert!(daemon.output().contains("adopted=2"), "{}", daemon.output());
     let after = metrics(&setup.topo.client, &lb);
+    // Idle longer than the RST grace (5 s), a stale HOLD (1 s) and the configured FIN grace
+    // (3 s): the collector of the new daemon must leave a live flow alone, so no packet of it
+    // ever meets the stack, which has no socket for it (the capture below sees no RST).
+    thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        setup.spliced().len(),
+        2,
+        "the live idle flow is still in the map"
+    );
     to_client.send(()).unwrap();
     let server = client.join().expect("client");
     eprintln!("sticky server {server}");
