@@ -154,6 +154,7 @@ impl Runtime {
                     continue;
                 };
                 match interfaces::toward(*server) {
+                    Ok(Some(interface)) if server.ip().is_loopback() || interface.name == "lo" => {}
                     Ok(Some(interface)) => runtime.ensure_attached(&interface)?,
                     Ok(None) | Err(_) => {
                         tracing::warn!(%server, "no interface found toward the server yet; attaching when a connection uses it")
@@ -255,7 +256,9 @@ impl Runtime {
                 self.stats.other_interface.fetch_add(1, Relaxed);
                 return Ok(None);
             };
-            if !allowed.is_empty() && !allowed.contains(&interface.name) {
+            // Loopback connections are not spliced: there is no neighbour to redirect to.
+            let outside = !allowed.is_empty() && !allowed.contains(&interface.name);
+            if outside || local.ip().is_loopback() {
                 self.stats.other_interface.fetch_add(1, Relaxed);
                 return Ok(None);
             }
