@@ -566,9 +566,19 @@ fn haproxy_2_6_is_a_peer_in_both_directions() {
             .find_map(|l| l.strip_prefix("stickylb_peer_sessions_total{peer=\"hap\"} "))
             .map(str::to_owned)
     };
-    // HAProxy's own collision handling redials within 50-2050 ms of a collision.
-    thread::sleep(Duration::from_millis(2500));
-    let before = sessions(&cluster.metrics(0));
+    // HAProxy's own collision handling redials within 50-2050 ms of a collision (later on a
+    // loaded machine): wait until the session count has held for 3 s.
+    let mut before = sessions(&cluster.metrics(0));
+    let mut held_since = Instant::now();
+    let settled = wait_until(Duration::from_secs(30), || {
+        let now = sessions(&cluster.metrics(0));
+        if now != before {
+            before = now;
+            held_since = Instant::now();
+        }
+        held_since.elapsed() >= Duration::from_secs(3)
+    });
+    assert!(settled, "{}", cluster.node(0).output());
     thread::sleep(Duration::from_secs(7));
     let metrics = cluster.metrics(0);
     assert_eq!(sessions(&metrics), before, "{}", cluster.node(0).output());
