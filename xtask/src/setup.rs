@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Debian packages for building bpf-linker (LLVM 22 and what it links) and for the tests
-/// (bpftool, load generators, packet tools, script checkers).
+/// (bpftool, load generators, packet tools, script checkers) and for `bench --perf` (perf).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +32,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "shellcheck",
     "ruby",
     "python3",
+    "linux-perf",
 ];
 
 /// Components needed on nightly: rust-src for lb-ebpf's build-std, clippy and rustfmt for

@@ -3,7 +3,7 @@
 //! per-request log, no health checks), and the process each runs as.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -11,6 +11,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
+    bpfstats,
     logtail::LogTail,
     netns::{BACKENDS_ADDR, LB_ADDR},
     procs,
@@ -35,9 +36,8 @@ pub(super) enum Contender {
     Haproxy,
     /// stickylb as it is: the userspace proxy.
     Stickylb,
-    /// stickylb with the kernel fast path on. Not yet: that issue has not landed. When it
-    /// does, drop its `unavailable` entry and turn the fast path on where `Env::start` writes
-    /// its configuration; rows, ratios and targets already treat it as a contender.
+    /// stickylb with the kernel fast path on (`fastpath = "splice"`): keep-alive connections
+    /// are handed to its TC program after their first exchange.
     StickylbFastPath,
 }
 
@@ -59,12 +59,23 @@ impl Contender {
         }
     }
 
-    /// Why this contender cannot run yet, if it cannot.
+    /// Why this contender cannot run on this machine, if it cannot.
     pub(super) fn unavailable(self) -> Option<&'static str> {
         match self {
-            Self::StickylbFastPath => Some("the kernel fast path has not landed yet"),
-            Self::Direct | Self::Haproxy | Self::Stickylb => None,
+            // The fast path attaches its program with TCX (Linux 6.6).
+            Self::StickylbFastPath if !kernel_at_least(&kernel_release(), (6, 6)) => {
+                Some("the kernel fast path attaches with TCX, which needs Linux 6.6 or later")
+            }
+            Self::Direct | Self::Haproxy | Self::Stickylb | Self::StickylbFastPath => None,
         }
+    }
+
+    /// The contenders that can run here, in [`Self::ALL`]'s order.
+    pub(super) fn available() -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|contender| contender.unavailable().is_none())
+            .collect()
     }
 
     pub(super) fn is_stickylb(self) -> bool {
@@ -80,6 +91,22 @@ impl Contender {
     }
 }
 
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
+}
+
+/// Whether `release` (`6.18.44-foo`) is at least `major.minor`; an unreadable one is not.
+fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= wanted,
+        _ => false,
+    }
+}
+
 /// stickylb's monitor, as the client reaches it.
 pub(super) fn monitor_url() -> String {
     format!("http://{LB_ADDR}:{MONITOR_PORT}")
@@ -87,7 +114,13 @@ pub(super) fn monitor_url() -> String {
 
 /// stickylb's configuration for the bench. `control_socket` and `pin_dir` are the bench's own,
 /// so a stickylb running on the host is never touched.
-pub(super) fn stickylb_config(instance: &str, pin_dir: &str, control_socket: &str) -> String {
+pub(super) fn stickylb_config(
+    instance: &str,
+    pin_dir: &str,
+    control_socket: &str,
+    fastpath: bool,
+) -> String {
+    let fastpath = if fastpath { "splice" } else { "off" };
     let servers: String = BACKEND_PORTS
         .iter()
         .enumerate()
@@ -101,7 +134,7 @@ pub(super) fn stickylb_config(instance: &str, pin_dir: &str, control_socket: &st
     format!(
         "# Written by `cargo xtask bench`.\n\
          [instance]\nname = \"{instance}\"\npin_dir = \"{pin_dir}\"\ncontrol_socket = \"{control_socket}\"\n\n\
-         [[frontend]]\nname = \"www\"\nbind = \"{LB_ADDR}:{FRONTEND_PORT}\"\nbackend = \"{BACKEND_NAME}\"\n\n\
+         [[frontend]]\nname = \"www\"\nbind = \"{LB_ADDR}:{FRONTEND_PORT}\"\nbackend = \"{BACKEND_NAME}\"\nfastpath = \"{fastpath}\"\n\n\
          [[backend]]\nname = \"{BACKEND_NAME}\"\nbalance = \"roundrobin\"\nstick_cookie = \"JSESSIONID\"\n\
          table_size = {TABLE_SIZE}\nexpire = \"30m\"\nhealth_check = {{ enabled = false }}\n\
          servers = [\n{servers}]\n\n\
@@ -140,6 +173,8 @@ pub(super) struct LbProcess {
     pub(super) contender: Contender,
     child: Child,
     pub(super) log: LogTail,
+    /// Where the fast path pins its program's links, whose run time counts as the daemon's.
+    fastpath_links: Option<PathBuf>,
 }
 
 impl LbProcess {
@@ -158,6 +193,7 @@ impl LbProcess {
                 contender,
                 child,
                 log,
+                fastpath_links: None,
             }),
             Err(error) => {
                 procs::kill(&mut child);
@@ -170,8 +206,19 @@ impl LbProcess {
         self.child.id()
     }
 
+    /// Counts the run time of the fast path's program pinned under `dir` as this process's.
+    pub(super) fn with_fastpath_links(mut self, dir: PathBuf) -> Self {
+        self.fastpath_links = Some(dir);
+        self
+    }
+
+    /// CPU time so far: the process's, plus its fast path program's (see `bpfstats`).
     pub(super) fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        procs::cpu_seconds(self.pid())
+        let program = match &self.fastpath_links {
+            Some(dir) => bpfstats::fastpath_program_seconds(dir)?,
+            None => 0.0,
+        };
+        Ok(procs::cpu_seconds(self.pid())? + program)
     }
 
     /// Resident memory now.
@@ -218,11 +265,11 @@ pub(super) fn lb_stdio(command: &mut Command) -> &mut Command {
 
 #[cfg(test)]
 mod tests {
-    use super::{haproxy_config, stickylb_config};
+    use super::{haproxy_config, kernel_at_least, stickylb_config};
 
     #[test]
     fn both_configurations_name_the_same_servers_and_table() {
-        let stickylb = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock");
+        let stickylb = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", false);
         let haproxy = haproxy_config("/run/h.sock");
         for server in ["be1", "be4"] {
             assert!(stickylb.contains(&format!("name = \"{server}\"")));
@@ -233,5 +280,16 @@ mod tests {
         assert!(haproxy.contains("stick on req.cook(JSESSIONID)"));
         assert!(haproxy.contains("    timeout connect 5s\n"));
         assert!(stickylb.contains("health_check = { enabled = false }"));
+        assert!(stickylb.contains("fastpath = \"off\""));
+        let fastpath = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", true);
+        assert!(fastpath.contains("fastpath = \"splice\""));
+    }
+
+    #[test]
+    fn reads_kernel_releases() {
+        assert!(kernel_at_least("6.18.44-fc-v669\n", (6, 6)));
+        assert!(kernel_at_least("7.0.1", (6, 6)));
+        assert!(!kernel_at_least("6.1.0-21-amd64", (6, 6)));
+        assert!(!kernel_at_least("", (6, 6)));
     }
 }

@@ -4,7 +4,7 @@ use std::{fs, process::Command};
 
 use serde::Serialize;
 
-use super::HAPROXY;
+use super::env::HAPROXY;
 use crate::{process::probe_stdout, workspace};
 
 #[derive(Clone, Debug, Serialize)]

@@ -6,11 +6,14 @@
 //! warms up, then measures; repetitions alternate the contenders. A benchmark, not a test:
 //! nothing here asserts a speed. `xtask test` runs `--quick` and checks the table's shape.
 
+mod bpfstats;
 mod check;
 mod contender;
+mod env;
 mod logtail;
 mod machine;
 mod netns;
+mod others;
 mod procs;
 mod profile;
 mod report;
@@ -19,10 +22,7 @@ mod workload;
 mod wrk;
 
 use std::{
-    fs,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -31,8 +31,8 @@ use serde::Serialize;
 
 pub(crate) use self::check::verify;
 use self::{
-    contender::{Contender, LbProcess},
-    netns::Topology,
+    contender::Contender,
+    env::{remove_stale, Env, HAPROXY},
     procs::SignalGuard,
     report::{Cell, Report},
     workload::Workload,
@@ -75,6 +75,11 @@ pub(crate) struct Plan {
     pub(crate) download_bytes: u64,
     pub(crate) table_entries: u64,
     pub(crate) restarts: u32,
+    /// Tries per run when other processes disturb it (see `run_cell`).
+    pub(crate) attempts: u32,
+    /// Time the whole run may spend waiting for other processes and repeating disturbed runs.
+    #[serde(rename = "patience_s", serialize_with = "as_seconds")]
+    pub(crate) patience: Duration,
     #[serde(rename = "fill_limit_s", serialize_with = "as_seconds")]
     pub(crate) fill_limit: Duration,
 }
@@ -95,6 +100,8 @@ impl Plan {
             download_bytes: if quick { 64 << 20 } else { 512 << 20 },
             table_entries: if quick { 100_000 } else { 1_000_000 },
             restarts: if quick { 1 } else { 3 },
+            attempts: if quick { 1 } else { 3 },
+            patience: Duration::from_secs(if quick { 0 } else { 240 }),
             fill_limit: Duration::from_secs(if quick { 60 } else { 300 }),
         }
     }
@@ -103,15 +110,6 @@ impl Plan {
 fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(duration.as_secs_f64())
 }
-
-/// Root of the bench's pinned maps; each run pins under `<this>/bench-<pid>/`.
-const PIN_DIR: &str = "/sys/fs/bpf/stickylb-bench";
-/// Root of the bench's sockets (stickylb's control socket, HAProxy's stats socket).
-const RUN_DIR: &str = "/run/stickylb-bench";
-/// No per-request log (HAProxy logs nothing either); the daemon's few start-up lines stay, as
-/// the bench waits for `stickylb started`.
-const STICKYLB_LOG: &str = "warn,stickylb::daemon=info";
-const HAPROXY: &str = "/usr/sbin/haproxy";
 
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !is_root() {
@@ -133,6 +131,10 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let _signals = SignalGuard::install();
     remove_stale();
+    // The fast path's program runs outside the daemon's process: its time is counted apart.
+    let bpf_stats = bpfstats::RunTimeStats::enable()
+        .inspect_err(|error| println!("bench: no BPF run-time statistics ({error:#}): the fast path's program time is not counted"))
+        .ok();
     let env = Env::create(plan)?;
     let cells = run_matrix(&env)?;
     let mut scale = Vec::new();
@@ -144,7 +146,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let report = Report::new(
+    let mut report = Report::new(
         machine,
         env.plan.clone(),
         cells,
@@ -152,7 +154,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         profiles,
         started.elapsed(),
     );
-    drop(env);
+    report.fastpath_program_time_counted = bpf_stats.is_some();
+    drop((env, bpf_stats));
     report::write(&report, &output)?;
     println!(
         "bench: done in {:.0} s; wrote {} and {}",
@@ -165,10 +168,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Every workload against every contender that can run, `runs` times, contenders alternating.
 fn run_matrix(env: &Env) -> anyhow::Result<Vec<Cell>> {
-    let contenders: Vec<Contender> = Contender::ALL
-        .into_iter()
-        .filter(|contender| contender.unavailable().is_none())
-        .collect();
+    let contenders = Contender::available();
     let mut cells: Vec<Cell> = Vec::new();
     for workload in Workload::ALL {
         let mut row: Vec<Cell> = contenders
@@ -201,22 +201,64 @@ fn progress(workload: Workload, sample: &workload::Sample) -> String {
     let cpu = sample
         .lb_cpu_s
         .map_or(String::new(), |s| format!(", LB CPU {s:.2} s"));
+    let spliced = sample
+        .fastpath_spliced
+        .map_or(String::new(), |n| format!(", {n} connections spliced"));
     let errors = match sample.errors {
         0 => String::new(),
         n => format!(", {n} errors"),
     };
     if workload.per_gigabyte() {
-        format!("{:.0} MB/s{cpu}{errors}", sample.megabytes_per_s())
+        format!("{:.0} MB/s{cpu}{spliced}{errors}", sample.megabytes_per_s())
     } else {
         format!(
-            "{:.0} req/s, p99 {:.2} ms{cpu}{errors}",
+            "{:.0} req/s, p99 {:.2} ms{cpu}{spliced}{errors}",
             sample.requests_per_s(),
             sample.p99_ms.unwrap_or(0.0)
         )
     }
 }
 
+/// A run disturbed by other processes (more than this share of the CPUs) is repeated.
+const OTHERS_LIMIT_PERCENT: f64 = 5.0;
+
+/// One run of a cell. Waits for other processes to quiet down first, and repeats a run they
+/// disturbed anyway, within the plan's attempts and the run's budget for such waits.
 fn run_cell(
+    env: &Env,
+    workload: Workload,
+    contender: Contender,
+    run: u32,
+) -> anyhow::Result<workload::Sample> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let mut attempt = 1;
+    loop {
+        let waited = others::wait_until_quiet(OTHERS_LIMIT_PERCENT, env.patience_left())?;
+        env.spend_patience(waited);
+        let (others_before, started) = (others::cpu_seconds(), Instant::now());
+        let mut sample = run_cell_once(env, workload, contender, run)?;
+        let elapsed = started.elapsed();
+        let percent =
+            100.0 * (others::cpu_seconds() - others_before) / (elapsed.as_secs_f64() * cpus);
+        sample.others_cpu_percent = Some(percent);
+        sample.attempts = attempt;
+        if percent <= OTHERS_LIMIT_PERCENT
+            || attempt >= env.plan.attempts
+            || env.patience_left().is_zero()
+        {
+            return Ok(sample);
+        }
+        println!(
+            "bench: {} {}: other processes used {percent:.0}% of the CPUs meanwhile: again",
+            workload.id(),
+            contender.label()
+        );
+        env.spend_patience(elapsed);
+        attempt += 1;
+    }
+}
+
+fn run_cell_once(
     env: &Env,
     workload: Workload,
     contender: Contender,
@@ -228,9 +270,14 @@ fn run_cell(
     }
     env.reset_table()?;
     let (mut lb, _) = env.start(contender)?;
-    let sample = workload::measure(env, workload, contender, Some(&mut lb), run)?;
+    let mut sample = workload::measure(env, workload, contender, Some(&mut lb), run);
+    if let (Ok(sample), Contender::StickylbFastPath) = (&mut sample, contender) {
+        sample.fastpath_spliced = env.spliced_connections().ok();
+    }
     lb.stop()?;
-    Ok(sample)
+    // Unpins the table and the fast path's links, which detaches its program.
+    env.reset_table()?;
+    sample
 }
 
 /// The median of `values` (the mean of the middle two for an even count); None when empty.
@@ -267,239 +314,6 @@ pub(crate) fn find_in_path(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
-}
-
-/// Pinned maps and sockets of bench runs whose process is gone, and their namespaces.
-fn remove_stale() {
-    netns::remove_stale();
-    for root in [PIN_DIR, RUN_DIR] {
-        let Ok(entries) = fs::read_dir(root) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix("bench-")
-                .and_then(|pid| pid.parse::<u32>().ok());
-            if pid.is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()) {
-                println!(
-                    "bench: removing {} left by a killed run",
-                    entry.path().display()
-                );
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-/// Everything a run shares: the namespaces, the backends, the paths and binaries.
-pub(crate) struct Env {
-    plan: Plan,
-    topology: Topology,
-    /// Configurations, logs and the wrk script: `target/bench/run-<pid>/`.
-    work_dir: PathBuf,
-    /// `<RUN_DIR>/bench-<pid>`: sockets.
-    run_dir: PathBuf,
-    /// `<PIN_DIR>/bench-<pid>`: stickylb's pin root (instance `bench-<pid>`).
-    pin_root: PathBuf,
-    instance: String,
-    stickylb: PathBuf,
-    script: PathBuf,
-    backends: Child,
-}
-
-impl Env {
-    fn create(plan: Plan) -> anyhow::Result<Self> {
-        let instance = format!("bench-{}", std::process::id());
-        let work_dir = workspace::host_target_dir()
-            .join("bench")
-            .join(format!("run-{}", std::process::id()));
-        let run_dir = Path::new(RUN_DIR).join(&instance);
-        for dir in [&work_dir, &run_dir] {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("could not create {}", dir.display()))?;
-        }
-        let script = work_dir.join("bench.lua");
-        fs::write(&script, wrk::SCRIPT)
-            .with_context(|| format!("could not write {}", script.display()))?;
-        let stickylb = workspace::stickylb_binary(true);
-        let topology = Topology::create()?;
-        let backends = start_backends(
-            &topology,
-            &stickylb.with_file_name("stickylb-backend"),
-            &work_dir,
-        )?;
-        println!(
-            "bench: namespaces {}, {}, {}; work directory {}",
-            topology.client.name(),
-            topology.lb.name(),
-            topology.backends.name(),
-            work_dir.display()
-        );
-        Ok(Self {
-            pin_root: Path::new(PIN_DIR).join(&instance),
-            plan,
-            topology,
-            work_dir,
-            run_dir,
-            instance,
-            stickylb,
-            script,
-            backends,
-        })
-    }
-
-    /// Starts `contender`'s load balancer and waits until it serves; returns it and how long
-    /// that took from the start of the process.
-    fn start(&self, contender: Contender) -> anyhow::Result<(LbProcess, Duration)> {
-        let lb = &self.topology.lb;
-        let started = Instant::now();
-        match contender {
-            Contender::Direct => bail!("the direct contender has no load balancer"),
-            Contender::Haproxy => {
-                let config = self.work_dir.join("haproxy.cfg");
-                let socket = self.haproxy_socket();
-                write(
-                    &config,
-                    &contender::haproxy_config(&socket.display().to_string()),
-                )?;
-                let mut command = lb.command(HAPROXY);
-                command.arg("-f").arg(&config).arg("-db");
-                let child = procs::spawn(contender::lb_stdio(&mut command))?;
-                let process = LbProcess::new(contender, child, &self.work_dir.join("haproxy.log"))?;
-                self.wait_answering(&contender.base_url(), &process)?;
-                Ok((process, started.elapsed()))
-            }
-            Contender::Stickylb | Contender::StickylbFastPath => {
-                if let Some(why) = contender.unavailable() {
-                    bail!("{}: {why}", contender.label());
-                }
-                // The fast path contender turns the fast path on here, in its own configuration,
-                // once that exists.
-                let config = self.work_dir.join("stickylb.toml");
-                write(
-                    &config,
-                    &contender::stickylb_config(
-                        &self.instance,
-                        PIN_DIR,
-                        &self.run_dir.join("control.sock").display().to_string(),
-                    ),
-                )?;
-                let mut command = lb.command(&self.stickylb.display().to_string());
-                command
-                    .args(["--log", STICKYLB_LOG, "run", "--config"])
-                    .arg(&config);
-                let child = procs::spawn(contender::lb_stdio(&mut command))?;
-                let process =
-                    LbProcess::new(contender, child, &self.work_dir.join("stickylb.log"))?;
-                process
-                    .log
-                    .wait_for("stickylb started", Duration::from_secs(120))?;
-                Ok((process, started.elapsed()))
-            }
-        }
-    }
-
-    /// Polls `base_url` from the client until it answers 200.
-    fn wait_answering(&self, base_url: &str, process: &LbProcess) -> anyhow::Result<()> {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            procs::check_interrupted()?;
-            if self.client_get(&format!("{base_url}/")).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= end {
-                bail!(
-                    "{} did not answer within 30 s:\n{}",
-                    process.contender.label(),
-                    process.log.tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// GET `url` from the client namespace; the body of a 200 answer.
-    fn client_get(&self, url: &str) -> anyhow::Result<String> {
-        let output = self
-            .topology
-            .client
-            .command("curl")
-            .args(["--silent", "--fail", "--max-time", "5", url])
-            .stdin(Stdio::null())
-            .output()
-            .context("could not run curl")?;
-        if !output.status.success() {
-            bail!("GET {url} failed ({})", output.status);
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    fn haproxy_socket(&self) -> PathBuf {
-        self.run_dir.join("haproxy.sock")
-    }
-
-    /// Forgets stickylb's pinned table, so the next start begins empty.
-    fn reset_table(&self) -> anyhow::Result<()> {
-        match fs::remove_dir_all(&self.pin_root) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => {
-                Err(error).with_context(|| format!("could not remove {}", self.pin_root.display()))
-            }
-        }
-    }
-
-    /// The memory the kernel accounts to the pinned stick table.
-    fn map_memlock_bytes(&self) -> anyhow::Result<u64> {
-        let path = self.pin_root.join("v1/STICK_TABLE");
-        scale::memlock_from_bpftool(&scale::bpftool_map_show(&path)?)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        procs::kill(&mut self.backends);
-        let _ = self.reset_table();
-        let _ = fs::remove_dir(PIN_DIR);
-        let _ = fs::remove_dir_all(&self.run_dir);
-        let _ = fs::remove_dir(RUN_DIR);
-        // The namespaces go with `topology`; the work directory stays for its logs.
-    }
-}
-
-/// One `stickylb-backend` with a listener per backend port; waits for its `ready`.
-fn start_backends(topology: &Topology, binary: &Path, work_dir: &Path) -> anyhow::Result<Child> {
-    let mut command = topology.backends.command(&binary.display().to_string());
-    for (i, port) in contender::BACKEND_PORTS.iter().enumerate() {
-        command
-            .arg("--listen")
-            .arg(format!("{}:{port}=be{}", netns::BACKENDS_ADDR, i + 1));
-    }
-    let log = work_dir.join("backends.log");
-    let stderr =
-        fs::File::create(&log).with_context(|| format!("could not create {}", log.display()))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    let mut child = procs::spawn(&mut command)?;
-    let mut first_line = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        let _ = BufReader::new(stdout).read_line(&mut first_line);
-    }
-    if first_line.trim() != "ready" {
-        procs::kill(&mut child);
-        bail!(
-            "the backends did not start:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    Ok(child)
-}
-
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    fs::write(path, text).with_context(|| format!("could not write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! sampled with `perf record -e cpu-clock --call-graph dwarf` (a software clock: it works in
 //! VMs without hardware counters), then summarised from `perf script`: by binary, by Rust crate,
 //! by syscall, and the hottest functions. Folded stacks for flamegraph tools are written beside
-//! the perf data (`flamegraph.pl x.folded > x.svg`, or `inferno-flamegraph`).
+//! the perf data in `target/bench/profiles/` (`flamegraph.pl x.folded > x.svg`, or
+//! `inferno-flamegraph`).
 
 use std::{
     collections::HashMap,
@@ -18,7 +19,7 @@ use serde::Serialize;
 
 use super::{
     contender::{Contender, LbProcess},
-    procs, workload,
+    env, procs, workload,
     workload::Workload,
     Env,
 };
@@ -52,7 +53,9 @@ pub(super) struct Share {
 
 /// Profiles every load balancer on every workload.
 pub(super) fn run(env: &Env) -> anyhow::Result<Vec<Profile>> {
-    let dir = env.work_dir.join("profiles");
+    // The latest profiles only: each is tens of megabytes.
+    let dir = env::work_root().join("profiles");
+    let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
     let mut profiles = Vec::new();
     for workload in Workload::ALL {
@@ -89,6 +92,7 @@ fn profile_cell(
     let (mut lb, _) = env.start(contender)?;
     let recorded = record(env, workload, &mut lb, &data);
     lb.stop()?;
+    env.reset_table()?;
     recorded?;
     let script = perf_script(&data)?;
     let folded_stacks = dir.join(format!("{name}.folded"));

@@ -13,10 +13,11 @@ use super::{
     profile::Profile,
     scale::ScaleResult,
     workload::{Sample, Workload},
-    Plan,
+    Plan, OTHERS_LIMIT_PERCENT,
 };
 
 pub(in crate::bench) mod markdown;
+mod targets;
 
 pub(crate) const MARKDOWN_FILE: &str = "BENCHMARKS.md";
 pub(crate) const JSON_FILE: &str = "benchmarks.json";
@@ -38,10 +39,28 @@ impl Cell {
         }
     }
 
-    fn median_of(&self, figure: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
-        let values: Vec<f64> = self.samples.iter().filter_map(figure).collect();
-        median(&values)
+    /// The runs the medians are taken over: those other processes did not disturb (they used
+    /// at most `OTHERS_LIMIT_PERCENT` of the CPUs), or all of them when every one was.
+    fn counted(&self) -> Vec<&Sample> {
+        let undisturbed: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| {
+                s.others_cpu_percent
+                    .is_none_or(|p| p <= OTHERS_LIMIT_PERCENT)
+            })
+            .collect();
+        if undisturbed.is_empty() {
+            self.samples.iter().collect()
+        } else {
+            undisturbed
+        }
     }
+}
+
+fn median_of(samples: &[&Sample], figure: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = samples.iter().copied().filter_map(figure).collect();
+    median(&values)
 }
 
 /// Medians of a cell's runs, and its ratios.
@@ -49,7 +68,10 @@ impl Cell {
 pub(super) struct Summary {
     pub(super) workload: Workload,
     pub(super) contender: Contender,
+    /// Runs the medians are taken over (see [`Cell::counted`]).
     pub(super) runs: usize,
+    /// Runs left out because other processes disturbed them.
+    pub(super) disturbed_runs_left_out: usize,
     /// (max - min) / median of the figure of merit over the runs, in percent.
     pub(super) spread_percent: Option<f64>,
     pub(super) requests_per_s: Option<f64>,
@@ -59,7 +81,7 @@ pub(super) struct Summary {
     pub(super) lb_cpu_us_per_request: Option<f64>,
     pub(super) lb_cpu_s_per_gb: Option<f64>,
     pub(super) lb_peak_rss_mb: Option<f64>,
-    /// Failed requests over all runs.
+    /// Failed requests over the counted runs.
     pub(super) errors: u64,
     /// The cell's figure of merit (req/s; MB/s for downloads) over HAProxy's.
     pub(super) vs_haproxy: Option<f64>,
@@ -70,8 +92,8 @@ pub(super) struct Summary {
 impl Summary {
     fn of(cell: &Cell) -> Self {
         let per_gb = cell.workload.per_gigabyte();
-        let merits: Vec<f64> = cell
-            .samples
+        let counted = cell.counted();
+        let merits: Vec<f64> = counted
             .iter()
             .map(|s| {
                 if per_gb {
@@ -89,22 +111,23 @@ impl Summary {
         Self {
             workload: cell.workload,
             contender: cell.contender,
-            runs: cell.samples.len(),
+            runs: counted.len(),
+            disturbed_runs_left_out: cell.samples.len() - counted.len(),
             spread_percent,
             requests_per_s: (!per_gb)
-                .then(|| cell.median_of(|s| Some(s.requests_per_s())))
+                .then(|| median_of(&counted, |s| Some(s.requests_per_s())))
                 .flatten(),
-            p50_ms: cell.median_of(|s| s.p50_ms),
-            p99_ms: cell.median_of(|s| s.p99_ms),
-            megabytes_per_s: cell.median_of(|s| Some(s.megabytes_per_s())),
+            p50_ms: median_of(&counted, |s| s.p50_ms),
+            p99_ms: median_of(&counted, |s| s.p99_ms),
+            megabytes_per_s: median_of(&counted, |s| Some(s.megabytes_per_s())),
             lb_cpu_us_per_request: (!per_gb)
-                .then(|| cell.median_of(|s| Some(s.lb_cpu_s? * 1e6 / s.requests as f64)))
+                .then(|| median_of(&counted, |s| Some(s.lb_cpu_s? * 1e6 / s.requests as f64)))
                 .flatten(),
             lb_cpu_s_per_gb: per_gb
-                .then(|| cell.median_of(|s| Some(s.lb_cpu_s? / (s.bytes as f64 / 1e9))))
+                .then(|| median_of(&counted, |s| Some(s.lb_cpu_s? / (s.bytes as f64 / 1e9))))
                 .flatten(),
-            lb_peak_rss_mb: cell.median_of(|s| Some(s.lb_peak_rss_bytes? as f64 / 1e6)),
-            errors: cell.samples.iter().map(|s| s.errors).sum(),
+            lb_peak_rss_mb: median_of(&counted, |s| Some(s.lb_peak_rss_bytes? as f64 / 1e6)),
+            errors: counted.iter().map(|s| s.errors).sum(),
             vs_haproxy: None,
             vs_direct: None,
         }
@@ -154,16 +177,6 @@ impl ScaleSummary {
     }
 }
 
-/// One target of the issue, judged from this run's figures.
-#[derive(Clone, Debug, Serialize)]
-pub(super) struct TargetCheck {
-    pub(super) target: String,
-    pub(super) stickylb: String,
-    pub(super) reference: String,
-    /// `met`, `missed`, or `not measured`.
-    pub(super) result: &'static str,
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct NotRun {
     pub(super) contender: Contender,
@@ -178,8 +191,10 @@ pub(super) struct Report {
     pub(super) not_run: Vec<NotRun>,
     pub(super) results: Vec<Summary>,
     pub(super) table_scale: Vec<ScaleSummary>,
-    pub(super) targets: Vec<TargetCheck>,
+    pub(super) targets: Vec<targets::TargetCheck>,
     pub(super) profiles: Vec<Profile>,
+    /// Whether the fast path's LB CPU includes its TC program's run time (BPF statistics).
+    pub(super) fastpath_program_time_counted: bool,
     /// Every run of every cell.
     pub(super) runs: Vec<Cell>,
 }
@@ -211,7 +226,7 @@ impl Report {
             summary.vs_direct = ratio(merit_of(summary.workload, Contender::Direct));
         }
         let table_scale: Vec<ScaleSummary> = scale.iter().map(ScaleSummary::of).collect();
-        let targets = targets(&results, &table_scale, &plan);
+        let targets = targets::judge_all(&results, &table_scale, &plan);
         Self {
             machine,
             plan,
@@ -229,100 +244,9 @@ impl Report {
             table_scale,
             targets,
             profiles,
+            fastpath_program_time_counted: false,
             runs: cells,
         }
-    }
-}
-
-/// The issue's targets: new connection per request >= 1.0x HAProxy req/s with p99 <= HAProxy;
-/// keep-alive >= 1.0x HAProxy without the fast path; 1M entries in <= 200 MB.
-fn targets(results: &[Summary], scale: &[ScaleSummary], plan: &Plan) -> Vec<TargetCheck> {
-    let find = |workload: Workload, contender: Contender| {
-        results
-            .iter()
-            .find(|s| s.workload == workload && s.contender == contender)
-    };
-    let mut checks = Vec::new();
-    for (workload, what) in [
-        (
-            Workload::NewConnUnique,
-            "new connection per request, unique cookies",
-        ),
-        (
-            Workload::NewConnRepeat,
-            "new connection per request, repeating cookies",
-        ),
-        (Workload::KeepAlive, "keep-alive (no fast path)"),
-    ] {
-        let ours = find(workload, Contender::Stickylb);
-        let theirs = find(workload, Contender::Haproxy);
-        let rps = |s: Option<&Summary>| s.and_then(|s| s.requests_per_s);
-        checks.push(judge(
-            format!("{what}: req/s >= 1.0x HAProxy"),
-            rps(ours),
-            rps(theirs),
-            |a, b| a >= b,
-            |v| format!("{v:.0} req/s"),
-        ));
-        if workload != Workload::KeepAlive {
-            let p99 = |s: Option<&Summary>| s.and_then(|s| s.p99_ms);
-            checks.push(judge(
-                format!("{what}: p99 <= HAProxy"),
-                p99(ours),
-                p99(theirs),
-                |a, b| a <= b,
-                |v| format!("{v:.2} ms"),
-            ));
-        }
-    }
-    let ours = scale.iter().find(|s| s.contender == Contender::Stickylb);
-    let theirs = scale.iter().find(|s| s.contender == Contender::Haproxy);
-    let memory = |s: &ScaleSummary| format!("{:.0} MB ({} entries)", s.total_mb, s.entries);
-    checks.push(TargetCheck {
-        target: "1M sticky entries: RSS + map <= 200 MB".into(),
-        stickylb: ours.map_or("-".into(), |s| {
-            format!(
-                "{} = RSS {:.0} + map {:.0}",
-                memory(s),
-                s.rss_mb,
-                s.map_mb.unwrap_or(0.0)
-            )
-        }),
-        reference: theirs.map_or("-".into(), memory),
-        result: match ours {
-            Some(s) if plan.table_entries >= 1_000_000 => {
-                if s.total_mb <= 200.0 {
-                    "met"
-                } else {
-                    "missed"
-                }
-            }
-            _ => "not measured",
-        },
-    });
-    checks
-}
-
-fn judge(
-    target: String,
-    ours: Option<f64>,
-    theirs: Option<f64>,
-    holds: impl Fn(f64, f64) -> bool,
-    show: impl Fn(f64) -> String,
-) -> TargetCheck {
-    match (ours, theirs) {
-        (Some(a), Some(b)) => TargetCheck {
-            target,
-            stickylb: format!("{} ({:.2}x)", show(a), a / b),
-            reference: show(b),
-            result: if holds(a, b) { "met" } else { "missed" },
-        },
-        _ => TargetCheck {
-            target,
-            stickylb: ours.map_or("-".into(), &show),
-            reference: theirs.map_or("-".into(), &show),
-            result: "not measured",
-        },
     }
 }
 
@@ -342,7 +266,7 @@ pub(super) fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
 pub(super) mod tests {
     use std::time::Duration;
 
-    use super::{Cell, Report};
+    use super::{Cell, Report, Summary};
     use crate::bench::{
         contender::Contender,
         machine::Machine,
@@ -361,13 +285,10 @@ pub(super) mod tests {
         });
         let mut cells = Vec::new();
         for workload in Workload::ALL {
-            for (i, contender) in [Contender::Direct, Contender::Haproxy, Contender::Stickylb]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, contender) in Contender::available().into_iter().enumerate() {
                 let mut cell = Cell::new(workload, contender);
                 cell.samples.push(Sample {
-                    requests: 10_000 * (3 - i as u64),
+                    requests: 10_000 * (4 - i as u64),
                     seconds: 2.0,
                     bytes: 1_000_000_000,
                     errors: 0,
@@ -375,6 +296,9 @@ pub(super) mod tests {
                     p99_ms: (workload != Workload::Download).then_some(3.0 + i as f64),
                     lb_cpu_s: (contender != Contender::Direct).then_some(1.5),
                     lb_peak_rss_bytes: (contender != Contender::Direct).then_some(20_000_000),
+                    others_cpu_percent: Some(0.5),
+                    attempts: 1,
+                    fastpath_spliced: None,
                 });
                 cells.push(cell);
             }
@@ -428,10 +352,10 @@ pub(super) mod tests {
             .iter()
             .find(|s| s.workload == Workload::KeepAlive && s.contender == Contender::Stickylb)
             .unwrap();
-        assert_eq!(stickylb.requests_per_s, Some(5_000.0));
-        assert_eq!(stickylb.vs_haproxy, Some(0.5));
-        assert!((stickylb.vs_direct.unwrap() - 1.0 / 3.0).abs() < 1e-9);
-        assert_eq!(stickylb.lb_cpu_us_per_request, Some(150.0));
+        assert_eq!(stickylb.requests_per_s, Some(10_000.0));
+        assert!((stickylb.vs_haproxy.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(stickylb.vs_direct, Some(0.5));
+        assert_eq!(stickylb.lb_cpu_us_per_request, Some(75.0));
         let download = report
             .results
             .iter()
@@ -439,6 +363,20 @@ pub(super) mod tests {
             .unwrap();
         assert_eq!(download.requests_per_s, None);
         assert_eq!(download.lb_cpu_s_per_gb, Some(1.5));
+    }
+
+    #[test]
+    fn medians_leave_out_disturbed_runs_unless_all_were() {
+        let report = sample_report();
+        let mut cell = report.runs[0].clone();
+        let mut disturbed = cell.samples[0].clone();
+        disturbed.requests *= 10;
+        disturbed.others_cpu_percent = Some(40.0);
+        cell.samples.push(disturbed.clone());
+        assert_eq!(cell.counted().len(), 1);
+        assert_eq!(Summary::of(&cell).disturbed_runs_left_out, 1);
+        cell.samples = vec![disturbed.clone(), disturbed];
+        assert_eq!(Summary::of(&cell).runs, 2);
     }
 
     #[test]

@@ -181,8 +181,9 @@ fn haproxy_command(env: &Env, command: &str) -> anyhow::Result<String> {
     Ok(answer)
 }
 
-/// The value of the first sample of `name` in Prometheus text format.
-fn metric_value(metrics: &str, name: &str) -> Option<u64> {
+/// The value of the first sample of `name` (labels may follow, or be part of `name`) in
+/// Prometheus text format.
+pub(super) fn metric_value(metrics: &str, name: &str) -> Option<u64> {
     metrics.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         if !(rest.starts_with('{') || rest.starts_with(' ')) {

@@ -71,6 +71,12 @@ pub(super) struct Sample {
     pub(super) lb_cpu_s: Option<f64>,
     /// Peak resident memory of the load balancer at the end of the run.
     pub(super) lb_peak_rss_bytes: Option<u64>,
+    /// CPU time of other processes on the machine during the run, in percent of all CPUs.
+    pub(super) others_cpu_percent: Option<f64>,
+    /// Runs made to get this one: more than one when others disturbed the earlier ones.
+    pub(super) attempts: u32,
+    /// Connections the fast path took over during the run (warm-up included).
+    pub(super) fastpath_spliced: Option<u64>,
 }
 
 impl Sample {
@@ -173,6 +179,9 @@ pub(super) fn load(
         p99_ms: Some(result.p99_us as f64 / 1e3),
         lb_cpu_s: None,
         lb_peak_rss_bytes: None,
+        others_cpu_percent: None,
+        attempts: 1,
+        fastpath_spliced: None,
     })
 }
 
@@ -192,9 +201,13 @@ fn wrk_spec<'a>(
     let (connections, pool, close) = match workload {
         Workload::NewConnUnique => (plan.new_conn_connections, 0, true),
         Workload::NewConnRepeat => (plan.new_conn_connections, plan.cookie_pool, true),
-        Workload::KeepAlive | Workload::Download => {
-            (plan.keep_alive_connections, plan.cookie_pool, false)
-        }
+        // A pool of one cookie per wrk thread: every connection keeps its session's cookie on
+        // all its requests, as a browser does (wrk's scripts cannot tell connections apart).
+        Workload::KeepAlive | Workload::Download => (
+            plan.keep_alive_connections,
+            u64::from(plan.wrk_threads),
+            false,
+        ),
     };
     WrkSpec {
         threads: plan.wrk_threads,
@@ -253,6 +266,9 @@ fn download(
         p99_ms: None,
         lb_cpu_s: None,
         lb_peak_rss_bytes: None,
+        others_cpu_percent: None,
+        attempts: 1,
+        fastpath_spliced: None,
     })
 }
 

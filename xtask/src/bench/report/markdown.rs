@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{Report, Summary};
-use crate::bench::{profile::Profile, workload::Workload, Plan};
+use crate::bench::{profile::Profile, workload::Workload};
 
 /// Heading and columns of the results table.
 pub(in crate::bench) const RESULTS_HEADING: &str = "## Results";
@@ -66,7 +66,7 @@ pub(in crate::bench) fn render(report: &Report) -> String {
         super::JSON_FILE,
     );
     machine(&mut out, report);
-    setup(&mut out, plan);
+    setup(&mut out, report);
     results(&mut out, report);
     scale(&mut out, report);
     targets(&mut out, report);
@@ -100,7 +100,14 @@ fn machine(out: &mut String, report: &Report) {
     );
 }
 
-fn setup(out: &mut String, plan: &Plan) {
+fn setup(out: &mut String, report: &Report) {
+    let plan = &report.plan;
+    let program_time = if report.fastpath_program_time_counted {
+        "plus, for the fast path, the run time of its TC program (BPF run-time statistics), \
+         which runs on the packet path outside the process"
+    } else {
+        "(the fast path's TC program is not included: BPF run-time statistics were unavailable)"
+    };
     let _ = writeln!(
         out,
         "## Setup\n\n\
@@ -111,18 +118,25 @@ fn setup(out: &mut String, plan: &Plan) {
          - Contenders: **direct** (client to one backend port, through the lb namespace's routing, \
          no load balancer); **HAProxy 2.6** (Debian's, `balance roundrobin`, `stick-table type \
          string len 32 size 1048576 expire 30m`, `stick on req.cook(JSESSIONID)`, `stick \
-         store-response res.cook(JSESSIONID)`, `option redispatch`, `option forwardfor`, `http-reuse always` (stickylb also sends any request over any idle pooled server connection; HAProxy's default would open a server connection per client connection), timeouts \
-         connect 5s / client 50s / server 50s, no log, no health checks, default threads: one per \
-         CPU); **stickylb** (release build, the same settings, `--log warn`: no access log, \
-         health checks off, a tokio worker per CPU). Each run starts the load balancer afresh with \
-         an empty table; repetitions alternate the contenders.\n\
+         store-response res.cook(JSESSIONID)`, `option redispatch`, `option forwardfor`, \
+         `http-reuse always` (stickylb also sends any request over any idle pooled server \
+         connection; HAProxy's default would open a server connection per client connection), \
+         timeouts connect 5s / client 50s / server 50s, no log, no health checks, default \
+         threads: one per CPU); **stickylb** (release build, the same settings, `--log warn`: no \
+         access log, health checks off, a tokio worker per CPU, `fastpath = \"off\"`); \
+         **stickylb + fast path** (the same with `fastpath = \"splice\"`: a keep-alive \
+         connection with a sticky server is handed to the TC program after its first exchange, \
+         and later requests on it skip the proxy; `Connection: close` requests stay in the \
+         proxy). Each run starts the load balancer afresh with an empty table; repetitions \
+         alternate the contenders.\n\
          - Workloads (wrk with `bench.lua`: seed-like `Cookie: c1=1; c2=2; JSESSIONID=<32 chars>`, \
          {threads} threads; warm-up {warmup} s, then {measure} s measured):\n  \
          - **new-conn-unique**: a new connection per request (`Connection: close`), {new_conn} \
          connections, a new cookie on every request (every request creates a session);\n  \
          - **new-conn-repeat**: the same with cookies cycling through {pool} values (sticky hits);\n  \
-         - **keep-alive**: {keep_alive} keep-alive connections, small responses (`beN\\n`), {pool} \
-         cookies;\n  \
+         - **keep-alive**: {keep_alive} keep-alive connections, small responses (`beN\\n`); each \
+         connection keeps one session cookie on all its requests, as a browser does (one cookie \
+         per wrk thread: its scripts cannot tell connections apart);\n  \
          - **download**: {downloads} connections at once (curl), each downloading {download_mb} MiB \
          (`/bytes/N`) once, {total_mb} MiB in all;\n  \
          - **table scale**: keep-alive requests with cookies cycling through {entries} values until \
@@ -130,10 +144,12 @@ fn setup(out: &mut String, plan: &Plan) {
          - Figures: req/s and latency percentiles from wrk (its exact histogram; closed loop, so \
          latency is measured at saturation; time from writing a request to its complete response, \
          connection setup not included); MB/s of response bytes received; LB CPU = user + system \
-         time of the load balancer process (all threads, `/proc/PID/stat`) during the measurement, \
-         per request or per GB; LB peak RSS = `VmHWM`. Medians over the runs; spread = (max - min) / \
-         median of req/s (MB/s for downloads) over the runs; ratios compare the medians of req/s \
-         (MB/s for downloads) with HAProxy's and with direct's from the same run.\n",
+         time of the load balancer process (all threads, `/proc/PID/stat`) during the \
+         measurement, {program_time}, per request or per GB. On veth the kernel work of \
+         delivering a packet runs in the sender's context, so each process's CPU includes some of \
+         its peers' receive path. LB peak RSS = `VmHWM`. Medians over the runs; spread = (max - \
+         min) / median of req/s (MB/s for downloads) over the runs; ratios compare the medians of \
+         req/s (MB/s for downloads) with HAProxy's and with direct's from the same run.\n",
         threads = plan.wrk_threads,
         warmup = plan.warmup.as_secs(),
         measure = plan.measure.as_secs(),
@@ -159,6 +175,47 @@ fn results(out: &mut String, report: &Report) {
         for summary in report.results.iter().filter(|s| s.workload == workload) {
             row(out, &result_row(summary));
         }
+    }
+    let samples = || report.runs.iter().flat_map(|cell| &cell.samples);
+    let others_max = samples()
+        .filter_map(|s| s.others_cpu_percent)
+        .fold(0.0, f64::max);
+    let repeated: u32 = samples().map(|s| s.attempts.saturating_sub(1)).sum();
+    let left_out: usize = report
+        .results
+        .iter()
+        .map(|s| s.disturbed_runs_left_out)
+        .sum();
+    let _ = writeln!(
+        out,
+        "\nOther processes on the machine used at most {others_max:.1}% of its CPUs during a \
+         counted run. Before each run the bench waits for them to use no more than {limit}%, and \
+         repeats a run during which they used more (at most {} tries, the last one counts; \
+         {:.0} s in all for waiting and repeating): {repeated} run(s) were repeated. The medians \
+         leave out runs still disturbed when a cell has undisturbed ones ({left_out} left out; \
+         `runs` counts those kept; every run is in the JSON).",
+        report.plan.attempts,
+        report.plan.patience.as_secs_f64(),
+        limit = crate::bench::OTHERS_LIMIT_PERCENT,
+    );
+    let spliced: Vec<String> = report
+        .runs
+        .iter()
+        .filter_map(|cell| {
+            let counts: Vec<String> = cell
+                .samples
+                .iter()
+                .filter_map(|s| Some(s.fastpath_spliced?.to_string()))
+                .collect();
+            (!counts.is_empty()).then(|| format!("{} {}", cell.workload.id(), counts.join("/")))
+        })
+        .collect();
+    if !spliced.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nConnections the fast path took over, per run (warm-up included): {}.",
+            spliced.join(", ")
+        );
     }
     for not_run in &report.not_run {
         let _ = writeln!(
@@ -250,10 +307,12 @@ fn profiles(out: &mut String, profiles: &[Profile]) {
          sampled by `perf record -e cpu-clock --call-graph dwarf` (on-CPU time of the load \
          balancer process only). Shares are of all samples, by the innermost frame; kernel time is \
          attributed to the system call it runs under, or to softirq packet processing. Folded \
-         stacks for flame graphs: `{}`.\n",
+         stacks for flame graphs (`flamegraph.pl X.folded > X.svg`) and the perf data are in `{}/` \
+         until the next `--perf` run.\n",
         profiles
             .first()
             .and_then(|p| p.folded_stacks.parent())
+            .map(|dir| dir.strip_prefix(crate::workspace::root()).unwrap_or(dir))
             .map_or_else(String::new, |dir| dir.display().to_string()),
     );
     for p in profiles {
@@ -266,16 +325,17 @@ fn profiles(out: &mut String, profiles: &[Profile]) {
         };
         let _ = writeln!(
             out,
-            "### {} on {} ({} samples)\n\n\
-             - by binary: {}\n- kernel by entry: {}\n- by crate (in the load balancer's binary): {}\n\
-             - hottest functions:\n",
+            "### {} on {} ({} samples)\n\n- by binary: {}\n- kernel by entry: {}",
             p.contender.label(),
             p.workload.id(),
             p.samples,
             list(&p.by_binary),
             list(&p.kernel_by_entry),
-            if p.by_crate.is_empty() { NONE.into() } else { list(&p.by_crate) },
         );
+        if !p.by_crate.is_empty() {
+            let _ = writeln!(out, "- by Rust crate: {}", list(&p.by_crate));
+        }
+        let _ = writeln!(out, "- hottest functions:");
         for share in &p.top_functions {
             let _ = writeln!(out, "  - {:.1}% `{}`", share.percent, share.name);
         }
@@ -290,13 +350,14 @@ fn reproduce(out: &mut String) {
          As root on Debian 12 with the repository's prerequisites:\n\n\
          ```sh\n\
          cargo xtask setup                # haproxy, wrk, curl, bpftool, perf, the eBPF toolchain\n\
-         cargo xtask bench                # release build, then everything: about 10 minutes\n\
-         cargo xtask bench --perf         # the same, plus the profile section\n\
+         cargo xtask bench                # release build, then everything: about 8 minutes\n\
+         cargo xtask bench --perf         # the same plus the profile section: about 10 minutes\n\
          cargo xtask bench --quick --output /tmp/bench   # under 2 minutes, for development\n\
          ```\n\n\
          It creates its own namespaces (`slbbench-<pid>-*`), pins its table under \
-         `/sys/fs/bpf/stickylb-bench/`, keeps configurations and logs in `target/bench/run-<pid>/`, \
-         and removes namespaces, maps and sockets when it ends, also on Ctrl-C (and at the next \
+         `/sys/fs/bpf/stickylb-bench/`, keeps the latest run's configurations and logs in \
+         `target/bench/run-<pid>/` (and `--perf`'s profiles in `target/bench/profiles/`), and \
+         removes namespaces, maps and sockets when it ends, also on Ctrl-C (and at the next \
          start, those of a run that was killed). Figures from another machine differ: compare \
          the ratios, which come from one run on one machine."
     );

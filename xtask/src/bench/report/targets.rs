@@ -1,0 +1,112 @@
+//! The issue's targets, judged from one run's medians: new connection per request >= 1.0x
+//! HAProxy's req/s with p99 <= HAProxy's; keep-alive >= 1.0x HAProxy without the fast path;
+//! 1M entries in <= 200 MB.
+
+use serde::Serialize;
+
+use super::{ScaleSummary, Summary};
+use crate::bench::{contender::Contender, workload::Workload, Plan};
+
+/// One target of the issue, judged from this run's figures.
+#[derive(Clone, Debug, Serialize)]
+pub(in crate::bench) struct TargetCheck {
+    pub(in crate::bench) target: String,
+    pub(in crate::bench) stickylb: String,
+    pub(in crate::bench) reference: String,
+    /// `met`, `missed`, or `not measured`.
+    pub(in crate::bench) result: &'static str,
+}
+
+pub(super) fn judge_all(
+    results: &[Summary],
+    scale: &[ScaleSummary],
+    plan: &Plan,
+) -> Vec<TargetCheck> {
+    let find = |workload: Workload, contender: Contender| {
+        results
+            .iter()
+            .find(|s| s.workload == workload && s.contender == contender)
+    };
+    let mut checks = Vec::new();
+    for (workload, what) in [
+        (
+            Workload::NewConnUnique,
+            "new connection per request, unique cookies",
+        ),
+        (
+            Workload::NewConnRepeat,
+            "new connection per request, repeating cookies",
+        ),
+        (Workload::KeepAlive, "keep-alive (no fast path)"),
+    ] {
+        let ours = find(workload, Contender::Stickylb);
+        let theirs = find(workload, Contender::Haproxy);
+        let rps = |s: Option<&Summary>| s.and_then(|s| s.requests_per_s);
+        checks.push(judge(
+            format!("{what}: req/s >= 1.0x HAProxy"),
+            rps(ours),
+            rps(theirs),
+            |a, b| a >= b,
+            |v| format!("{v:.0} req/s"),
+        ));
+        if workload != Workload::KeepAlive {
+            let p99 = |s: Option<&Summary>| s.and_then(|s| s.p99_ms);
+            checks.push(judge(
+                format!("{what}: p99 <= HAProxy"),
+                p99(ours),
+                p99(theirs),
+                |a, b| a <= b,
+                |v| format!("{v:.2} ms"),
+            ));
+        }
+    }
+    let ours = scale.iter().find(|s| s.contender == Contender::Stickylb);
+    let theirs = scale.iter().find(|s| s.contender == Contender::Haproxy);
+    let memory = |s: &ScaleSummary| format!("{:.0} MB ({} entries)", s.total_mb, s.entries);
+    checks.push(TargetCheck {
+        target: "1M sticky entries: RSS + map <= 200 MB".into(),
+        stickylb: ours.map_or("-".into(), |s| {
+            format!(
+                "{} = RSS {:.0} + map {:.0}",
+                memory(s),
+                s.rss_mb,
+                s.map_mb.unwrap_or(0.0)
+            )
+        }),
+        reference: theirs.map_or("-".into(), memory),
+        result: match ours {
+            Some(s) if plan.table_entries >= 1_000_000 => {
+                if s.total_mb <= 200.0 {
+                    "met"
+                } else {
+                    "missed"
+                }
+            }
+            _ => "not measured",
+        },
+    });
+    checks
+}
+
+fn judge(
+    target: String,
+    ours: Option<f64>,
+    theirs: Option<f64>,
+    holds: impl Fn(f64, f64) -> bool,
+    show: impl Fn(f64) -> String,
+) -> TargetCheck {
+    match (ours, theirs) {
+        (Some(a), Some(b)) => TargetCheck {
+            target,
+            stickylb: format!("{} ({:.2}x)", show(a), a / b),
+            reference: show(b),
+            result: if holds(a, b) { "met" } else { "missed" },
+        },
+        _ => TargetCheck {
+            target,
+            stickylb: ours.map_or("-".into(), &show),
+            reference: theirs.map_or("-".into(), &show),
+            result: "not measured",
+        },
+    }
+}
