@@ -609,7 +609,8 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
             conn.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             conn.write_all(&bytes).unwrap();
-            conn.shutdown(std::net::Shutdown::Write).unwrap();
+            // The daemon may already have answered and closed: then there is nothing to stop.
+            let _ = conn.shutdown(std::net::Shutdown::Write);
             let mut out = Vec::new();
             let _ = conn.read_to_end(&mut out);
             assert!(
@@ -638,7 +639,9 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
         exchange(b"HAProxyS 3.0\nlb-1\nlb-ghost 1 1\n".to_vec()),
         b"502\n"
     );
-    assert_eq!(exchange(vec![b'x'; 4096]), b"501\n");
+    // A line longer than any hello (256 bytes), all of it read by the daemon before it answers, so
+    // that its close is a FIN and not a reset that could overtake the answer.
+    assert_eq!(exchange(vec![b'x'; 300]), b"501\n");
     // Past the handshake: a reserved message class, an oversized length, a truncated message.
     for tail in [
         &[0xff, 0x00][..],
