@@ -136,3 +136,72 @@ fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
+
+/// What a pinned map must be for us to adopt it. aya adopts a pinned map by name without
+/// checking it, and a map of another type or layout would be misread.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapLayout {
+    pub map_type: aya::maps::MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+impl MapLayout {
+    /// A map of `map_type` with keys `K` and values `V`.
+    pub fn of<K, V>(map_type: aya::maps::MapType) -> Self {
+        Self {
+            map_type,
+            key_size: size_u32::<K>(),
+            value_size: size_u32::<V>(),
+        }
+    }
+}
+
+/// A pinned map that is not the map of this version.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the pinned map {path} is not {what} of this version (type {found_type:?}, key {found_key} \
+     bytes, value {found_value} bytes; expected {:?}, {}, {}); move it away or remove it",
+    expected.map_type,
+    expected.key_size,
+    expected.value_size
+)]
+pub struct LayoutMismatch {
+    pub path: PathBuf,
+    /// What the map should be, e.g. "a stick table".
+    pub what: &'static str,
+    pub found_type: Option<aya::maps::MapType>,
+    pub found_key: u32,
+    pub found_value: u32,
+    pub expected: MapLayout,
+}
+
+/// Checks the pinned map `data` (at `path`) against `expected`: `Ok(Err(..))` when it is
+/// another map.
+pub fn check_layout(
+    data: &aya::maps::MapData,
+    path: &Path,
+    what: &'static str,
+    expected: MapLayout,
+) -> Result<Result<(), LayoutMismatch>, aya::maps::MapError> {
+    let info = data.info()?;
+    let found_type = info.map_type().ok();
+    if found_type == Some(expected.map_type)
+        && info.key_size() == expected.key_size
+        && info.value_size() == expected.value_size
+    {
+        return Ok(Ok(()));
+    }
+    Ok(Err(LayoutMismatch {
+        path: path.to_owned(),
+        what,
+        found_type,
+        found_key: info.key_size(),
+        found_value: info.value_size(),
+        expected,
+    }))
+}
+
+fn size_u32<T>() -> u32 {
+    u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX)
+}

@@ -20,26 +20,15 @@ use lb_common::{
 };
 
 use super::flows::Flows;
-use crate::dataplane::{self, DataplaneError};
+use crate::dataplane::{self, DataplaneError, LayoutMismatch, MapLayout};
 
 /// Errors loading, attaching or adopting the fast path.
 #[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
     #[error("preparing the pin directory")]
     PinRoot(#[source] DataplaneError),
-    #[error(
-        "the pinned map {path} is not a splice flow map of this version (type {found_type:?}, key \
-         {found_key} bytes, value {found_value} bytes; expected Hash, {expected_key}, \
-         {expected_value}); move it away or remove it"
-    )]
-    Incompatible {
-        path: PathBuf,
-        found_type: Option<MapType>,
-        found_key: u32,
-        found_value: u32,
-        expected_key: u32,
-        expected_value: u32,
-    },
+    #[error(transparent)]
+    Incompatible(#[from] LayoutMismatch),
     #[error("opening the pinned map {path}")]
     OpenPinned {
         path: PathBuf,
@@ -244,26 +233,11 @@ fn check_flows_layout(path: &Path) -> Result<(), FastPathError> {
         path: path.to_owned(),
         source,
     })?;
-    let info = data.info()?;
-    let expected_key = size_u32::<SpliceKey>();
-    let expected_value = size_u32::<SpliceEntry>();
-    let found_type = info.map_type().ok();
-    if found_type == Some(MapType::Hash)
-        && info.key_size() == expected_key
-        && info.value_size() == expected_value
-    {
-        return Ok(());
-    }
-    Err(FastPathError::Incompatible {
-        path: path.to_owned(),
-        found_type,
-        found_key: info.key_size(),
-        found_value: info.value_size(),
-        expected_key,
-        expected_value,
-    })
-}
-
-fn size_u32<T>() -> u32 {
-    u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX)
+    let expected = MapLayout::of::<SpliceKey, SpliceEntry>(MapType::Hash);
+    Ok(dataplane::check_layout(
+        &data,
+        path,
+        "a splice flow map",
+        expected,
+    )??)
 }

@@ -14,6 +14,7 @@ use aya::maps::{HashMap, Map, MapData, MapError, MapType};
 use lb_common::{StickEntry, StickKey};
 
 use super::{JournalOp, JournalReceiver};
+use crate::dataplane::{self, LayoutMismatch, MapLayout};
 
 /// Errors opening, adopting or writing the durable table.
 #[derive(Debug, thiserror::Error)]
@@ -26,18 +27,8 @@ pub enum DurableError {
         #[source]
         source: MapError,
     },
-    #[error(
-        "the pinned map {path} is not a stick table of this version (type {found_type:?}, key {found_key} bytes, \
-         value {found_value} bytes; expected LruHash, {expected_key}, {expected_value}); move it away or remove it"
-    )]
-    Incompatible {
-        path: PathBuf,
-        found_type: Option<MapType>,
-        found_key: u32,
-        found_value: u32,
-        expected_key: u32,
-        expected_value: u32,
-    },
+    #[error(transparent)]
+    Incompatible(#[from] LayoutMismatch),
     #[error("pinning the table at {path}")]
     Pin {
         path: PathBuf,
@@ -155,28 +146,13 @@ impl DurableTable {
 }
 
 fn check_layout(data: &MapData, path: &Path) -> Result<(), DurableError> {
-    let info = data.info()?;
-    let expected_key = size_u32::<StickKey>();
-    let expected_value = size_u32::<StickEntry>();
-    let map_type = info.map_type().ok();
-    if map_type == Some(MapType::LruHash)
-        && info.key_size() == expected_key
-        && info.value_size() == expected_value
-    {
-        return Ok(());
-    }
-    Err(DurableError::Incompatible {
-        path: path.to_owned(),
-        found_type: map_type,
-        found_key: info.key_size(),
-        found_value: info.value_size(),
-        expected_key,
-        expected_value,
-    })
-}
-
-fn size_u32<T>() -> u32 {
-    u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX)
+    let expected = MapLayout::of::<StickKey, StickEntry>(MapType::LruHash);
+    Ok(dataplane::check_layout(
+        data,
+        path,
+        "a stick table",
+        expected,
+    )??)
 }
 
 fn pin(map: &HashMap<MapData, StickKey, StickEntry>, path: &Path) -> Result<(), DurableError> {
