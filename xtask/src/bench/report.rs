@@ -39,22 +39,27 @@ impl Cell {
         }
     }
 
-    /// The runs the medians are taken over: those other processes did not disturb (they used
-    /// at most `OTHERS_LIMIT_PERCENT` of the CPUs), or all of them when every one was.
-    fn counted(&self) -> Vec<&Sample> {
-        let undisturbed: Vec<&Sample> = self
-            .samples
-            .iter()
-            .filter(|s| {
-                s.others_cpu_percent
-                    .is_none_or(|p| p <= OTHERS_LIMIT_PERCENT)
-            })
-            .collect();
-        if undisturbed.is_empty() {
-            self.samples.iter().collect()
-        } else {
-            undisturbed
-        }
+    fn undisturbed(&self, run: usize) -> bool {
+        self.samples.get(run).is_some_and(|s| {
+            s.others_cpu_percent
+                .is_none_or(|p| p <= OTHERS_LIMIT_PERCENT)
+        })
+    }
+}
+
+/// The repetitions the medians of `workload` are taken over: those in which other processes
+/// disturbed no contender's run, or all of them when there is none. Whole repetitions, so that
+/// every contender's median comes from the same moments as the others'.
+fn counted_runs(cells: &[Cell], workload: Workload) -> Vec<usize> {
+    let row: Vec<&Cell> = cells.iter().filter(|c| c.workload == workload).collect();
+    let runs = row.iter().map(|c| c.samples.len()).min().unwrap_or(0);
+    let undisturbed: Vec<usize> = (0..runs)
+        .filter(|&run| row.iter().all(|c| c.undisturbed(run)))
+        .collect();
+    if undisturbed.is_empty() {
+        (0..runs).collect()
+    } else {
+        undisturbed
     }
 }
 
@@ -68,7 +73,7 @@ fn median_of(samples: &[&Sample], figure: impl Fn(&Sample) -> Option<f64>) -> Op
 pub(super) struct Summary {
     pub(super) workload: Workload,
     pub(super) contender: Contender,
-    /// Runs the medians are taken over (see [`Cell::counted`]).
+    /// Runs the medians are taken over (see [`counted_runs`]).
     pub(super) runs: usize,
     /// Runs left out because other processes disturbed them.
     pub(super) disturbed_runs_left_out: usize,
@@ -90,9 +95,12 @@ pub(super) struct Summary {
 }
 
 impl Summary {
-    fn of(cell: &Cell) -> Self {
+    fn of(cell: &Cell, runs: &[usize]) -> Self {
         let per_gb = cell.workload.per_gigabyte();
-        let counted = cell.counted();
+        let counted: Vec<&Sample> = runs
+            .iter()
+            .filter_map(|&run| cell.samples.get(run))
+            .collect();
         let merits: Vec<f64> = counted
             .iter()
             .map(|s| {
@@ -208,7 +216,10 @@ impl Report {
         profiles: Vec<Profile>,
         duration: Duration,
     ) -> Self {
-        let mut results: Vec<Summary> = cells.iter().map(Summary::of).collect();
+        let mut results: Vec<Summary> = cells
+            .iter()
+            .map(|cell| Summary::of(cell, &counted_runs(&cells, cell.workload)))
+            .collect();
         let merits: Vec<(Workload, Contender, Option<f64>)> = results
             .iter()
             .map(|s| (s.workload, s.contender, s.merit()))
@@ -266,7 +277,7 @@ pub(super) fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
 pub(super) mod tests {
     use std::time::Duration;
 
-    use super::{Cell, Report, Summary};
+    use super::{counted_runs, Cell, Report, Summary};
     use crate::bench::{
         contender::Contender,
         machine::Machine,
@@ -366,17 +377,36 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn medians_leave_out_disturbed_runs_unless_all_were() {
-        let report = sample_report();
-        let mut cell = report.runs[0].clone();
-        let mut disturbed = cell.samples[0].clone();
-        disturbed.requests *= 10;
-        disturbed.others_cpu_percent = Some(40.0);
-        cell.samples.push(disturbed.clone());
-        assert_eq!(cell.counted().len(), 1);
-        assert_eq!(Summary::of(&cell).disturbed_runs_left_out, 1);
-        cell.samples = vec![disturbed.clone(), disturbed];
-        assert_eq!(Summary::of(&cell).runs, 2);
+    fn medians_leave_out_repetitions_disturbed_for_any_contender() {
+        let mut report = sample_report();
+        for cell in report
+            .runs
+            .iter_mut()
+            .filter(|c| c.workload == Workload::KeepAlive)
+        {
+            let second = cell.samples[0].clone();
+            cell.samples.push(second);
+        }
+        let disturb = |cells: &mut Vec<Cell>, contender: Contender, run: usize| {
+            let cell = cells
+                .iter_mut()
+                .find(|c| c.workload == Workload::KeepAlive && c.contender == contender)
+                .unwrap();
+            cell.samples[run].others_cpu_percent = Some(40.0);
+        };
+        // Run 0 is disturbed for HAProxy only: it is left out for every contender.
+        disturb(&mut report.runs, Contender::Haproxy, 0);
+        assert_eq!(counted_runs(&report.runs, Workload::KeepAlive), [1]);
+        let stickylb = report
+            .runs
+            .iter()
+            .find(|c| c.workload == Workload::KeepAlive && c.contender == Contender::Stickylb)
+            .unwrap();
+        let summary = Summary::of(stickylb, &[1]);
+        assert_eq!((summary.runs, summary.disturbed_runs_left_out), (1, 1));
+        // Every run disturbed somewhere: all are counted.
+        disturb(&mut report.runs, Contender::Direct, 1);
+        assert_eq!(counted_runs(&report.runs, Workload::KeepAlive), [0, 1]);
     }
 
     #[test]

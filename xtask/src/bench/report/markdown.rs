@@ -192,8 +192,9 @@ fn results(out: &mut String, report: &Report) {
          counted run. Before each run the bench waits for them to use no more than {limit}%, and \
          repeats a run during which they used more (at most {} tries, the last one counts; \
          {:.0} s in all for waiting and repeating): {repeated} run(s) were repeated. The medians \
-         leave out runs still disturbed when a cell has undisturbed ones ({left_out} left out; \
-         `runs` counts those kept; every run is in the JSON).",
+         leave out the repetitions in which any contender's run was still disturbed, when a \
+         workload has undisturbed ones ({left_out} runs left out; `runs` counts those kept; \
+         every run is in the JSON).",
         report.plan.attempts,
         report.plan.patience.as_secs_f64(),
         limit = crate::bench::OTHERS_LIMIT_PERCENT,
