@@ -290,7 +290,11 @@ impl Runtime {
     /// then runs the HOLD/snapshot/commit in a blocking task. On [`Attempt::Spliced`] the
     /// caller drops its own handles of both sockets: they are in repair mode, closing them
     /// sends nothing.
-    pub async fn try_splice(self: &Arc<Self>, handoff: Handoff) -> Attempt {
+    pub async fn try_splice(
+        self: &Arc<Self>,
+        handoff: Handoff,
+        client_socket: &TcpStream,
+    ) -> Attempt {
         self.stats.attempts.fetch_add(1, Relaxed);
         let deadline = Instant::now() + ACK_WAIT;
         loop {
@@ -317,7 +321,14 @@ impl Runtime {
                 self.stats.kept_unacked.fetch_add(1, Relaxed);
                 return Attempt::Again(handoff);
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // The next request ends the wait at once: it is relayed, not delayed.
+            tokio::select! {
+                _ = client_socket.readable() => {
+                    self.stats.kept_unread.fetch_add(1, Relaxed);
+                    return Attempt::Again(handoff);
+                }
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
         }
         let this = Arc::clone(self);
         let keys = handoff.observed.keys();

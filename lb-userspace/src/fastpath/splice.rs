@@ -21,8 +21,11 @@ use super::{
 };
 
 /// Time between the two snapshots, for packets that passed the program just before the HOLD
-/// to reach the sockets (the second snapshot then differs and the splice is aborted).
-const SETTLE: Duration = Duration::from_micros(500);
+/// to reach the sockets (the second snapshot then differs and the splice is aborted). Past the
+/// program, a packet reaches its socket within the same softirq run, microseconds later. The
+/// wait is spun, not slept: a request arriving while the connection is held is dropped and
+/// costs its client a retransmission (200 ms or more), so the hold is kept as short as it can.
+const SETTLE: Duration = Duration::from_micros(30);
 
 /// A connection the proxy relays, with its OBSERVE entries in place.
 pub struct Observed {
@@ -133,8 +136,17 @@ impl Observed {
             thread::sleep(Duration::from_micros(200));
         }
         // 2. Freeze: the program drops data, FIN and RST of both flows; the peers retransmit.
-        flows.set_state(&self.client_key, SPLICE_STATE_HOLD)?;
-        flows.set_state(&self.server_key, SPLICE_STATE_HOLD)?;
+        // The entries are read first, so the hold starts with two writes.
+        let held = |key| -> Result<SpliceEntry, SpliceError> {
+            let entry = flows.get(key)?.unwrap_or_default();
+            Ok(SpliceEntry {
+                state: SPLICE_STATE_HOLD,
+                ..entry
+            })
+        };
+        let (server_held, client_held) = (held(&self.server_key)?, held(&self.client_key)?);
+        flows.insert(&self.server_key, &server_held)?;
+        flows.insert(&self.client_key, &client_held)?;
         match self.snapshot_and_commit(flows, client_ifindex, server_ifindex) {
             Ok(Ok(translation)) => {
                 // 4. Close both sockets still in repair mode: nothing is sent.
@@ -163,7 +175,10 @@ impl Observed {
         repair::set_repair(&self.client, true)?;
         repair::set_repair(&self.server, true)?;
         let first = self.snapshots()?;
-        thread::sleep(SETTLE);
+        let settled = Instant::now() + SETTLE;
+        while Instant::now() < settled {
+            std::hint::spin_loop();
+        }
         let second = self.snapshots()?;
         if !same_position(&first.0, &second.0) || !same_position(&first.1, &second.1) {
             return Ok(Err(NotSpliced::Moved));

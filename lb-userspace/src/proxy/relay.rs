@@ -190,7 +190,7 @@ pub(super) async fn serve(
         }
         if buf.is_empty() {
             if let Some(h) = handoff.take() {
-                match fastpath.try_splice(h).await {
+                match fastpath.try_splice(h, &client).await {
                     Attempt::Spliced => {
                         tracing::debug!(client = %peer, server = %server.name, "spliced");
                         // Both sockets are in repair mode: dropping them sends nothing.

@@ -59,6 +59,20 @@ impl Contender {
         }
     }
 
+    /// The name on the command line and in JSON.
+    pub(super) fn id(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Haproxy => "haproxy",
+            Self::Stickylb => "stickylb",
+            Self::StickylbFastPath => "stickylb-fast-path",
+        }
+    }
+
+    pub(super) fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|contender| contender.id() == id)
+    }
+
     /// Why this contender cannot run on this machine, if it cannot.
     pub(super) fn unavailable(self) -> Option<&'static str> {
         match self {

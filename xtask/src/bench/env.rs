@@ -248,6 +248,12 @@ impl Env {
         scale::metric_value(&metrics, SPLICED).with_context(|| format!("no {SPLICED} in /metrics"))
     }
 
+    pub(super) fn hold_dropped_packets(&self) -> anyhow::Result<u64> {
+        const DROPPED: &str = "stickylb_fastpath_program_packets_total{counter=\"hold_dropped\"}";
+        let metrics = self.client_get(&format!("{}/metrics", contender::monitor_url()))?;
+        scale::metric_value(&metrics, DROPPED).with_context(|| format!("no {DROPPED} in /metrics"))
+    }
+
     /// The memory the kernel accounts to the pinned stick table.
     pub(super) fn map_memlock_bytes(&self) -> anyhow::Result<u64> {
         let path = self.pin_root.join("v1/STICK_TABLE");

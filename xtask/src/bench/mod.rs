@@ -54,6 +54,50 @@ pub(crate) struct BenchArgs {
     /// add where the CPU time goes to the report; perf data under target/bench/.
     #[arg(long)]
     pub(crate) perf: bool,
+    /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, table-scale);
+    /// a partial run writes to target/bench/partial/ unless --output says otherwise.
+    #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
+    workloads: Vec<String>,
+    /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path); see --workload.
+    #[arg(long = "contender", value_name = "ID", value_parser = parse_contender)]
+    contenders: Vec<Contender>,
+}
+
+/// The table-scale measurement is not a request workload, but it can be chosen like one.
+const TABLE_SCALE: &str = "table-scale";
+
+fn parse_workload_filter(id: &str) -> Result<String, String> {
+    if id == TABLE_SCALE || Workload::from_id(id).is_some() {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}",
+            Workload::ALL.map(Workload::id).join(", ")
+        ))
+    }
+}
+
+fn parse_contender(id: &str) -> Result<Contender, String> {
+    Contender::from_id(id).ok_or_else(|| {
+        format!(
+            "unknown contender {id:?}; one of: {}",
+            Contender::ALL.map(Contender::id).join(", ")
+        )
+    })
+}
+
+impl BenchArgs {
+    fn partial(&self) -> bool {
+        !self.workloads.is_empty() || !self.contenders.is_empty()
+    }
+
+    fn wants_workload(&self, id: &str) -> bool {
+        self.workloads.is_empty() || self.workloads.iter().any(|w| w == id)
+    }
+
+    fn wants_contender(&self, contender: Contender) -> bool {
+        self.contenders.is_empty() || self.contenders.contains(&contender)
+    }
 }
 
 /// How long and how hard: the full bench, or `--quick`.
@@ -124,10 +168,13 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     build::build_all(true)?;
     let machine = machine::describe(load_before);
     let plan = Plan::new(args);
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| workspace::root().join("docs"));
+    let output = args.output.clone().unwrap_or_else(|| {
+        if args.partial() {
+            workspace::root().join("target/bench/partial")
+        } else {
+            workspace::root().join("docs")
+        }
+    });
     let started = Instant::now();
     let _signals = SignalGuard::install();
     remove_stale();
@@ -136,10 +183,12 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .inspect_err(|error| println!("bench: no BPF run-time statistics ({error:#}): the fast path's program time is not counted"))
         .ok();
     let env = Env::create(plan)?;
-    let cells = run_matrix(&env)?;
+    let cells = run_matrix(&env, args)?;
     let mut scale = Vec::new();
     for contender in [Contender::Haproxy, Contender::Stickylb] {
-        scale.push(scale::measure(&env, contender)?);
+        if args.wants_workload(TABLE_SCALE) && args.wants_contender(contender) {
+            scale.push(scale::measure(&env, contender)?);
+        }
     }
     let profiles = if args.perf {
         profile::run(&env)?
@@ -167,10 +216,16 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Every workload against every contender that can run, `runs` times, contenders alternating.
-fn run_matrix(env: &Env) -> anyhow::Result<Vec<Cell>> {
-    let contenders = Contender::available();
+fn run_matrix(env: &Env, args: &BenchArgs) -> anyhow::Result<Vec<Cell>> {
+    let contenders: Vec<Contender> = Contender::available()
+        .into_iter()
+        .filter(|&contender| args.wants_contender(contender))
+        .collect();
     let mut cells: Vec<Cell> = Vec::new();
-    for workload in Workload::ALL {
+    for workload in Workload::ALL
+        .into_iter()
+        .filter(|workload| args.wants_workload(workload.id()))
+    {
         let mut row: Vec<Cell> = contenders
             .iter()
             .map(|&contender| Cell::new(workload, contender))
@@ -204,6 +259,10 @@ fn progress(workload: Workload, sample: &workload::Sample) -> String {
     let spliced = sample
         .fastpath_spliced
         .map_or(String::new(), |n| format!(", {n} connections spliced"));
+    let spliced = match sample.fastpath_hold_dropped {
+        Some(n) if n > 0 => format!("{spliced} ({n} packets dropped in hand-offs)"),
+        _ => spliced,
+    };
     let errors = match sample.errors {
         0 => String::new(),
         n => format!(", {n} errors"),
@@ -273,6 +332,7 @@ fn run_cell_once(
     let mut sample = workload::measure(env, workload, contender, Some(&mut lb), run);
     if let (Ok(sample), Contender::StickylbFastPath) = (&mut sample, contender) {
         sample.fastpath_spliced = env.spliced_connections().ok();
+        sample.fastpath_hold_dropped = env.hold_dropped_packets().ok();
     }
     lb.stop()?;
     // Unpins the table and the fast path's links, which detaches its program.

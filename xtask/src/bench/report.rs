@@ -293,6 +293,8 @@ pub(super) mod tests {
             output: None,
             runs: None,
             perf: false,
+            workloads: Vec::new(),
+            contenders: Vec::new(),
         });
         let mut cells = Vec::new();
         for workload in Workload::ALL {
@@ -310,6 +312,7 @@ pub(super) mod tests {
                     others_cpu_percent: Some(0.5),
                     attempts: 1,
                     fastpath_spliced: None,
+                    fastpath_hold_dropped: None,
                 });
                 cells.push(cell);
             }

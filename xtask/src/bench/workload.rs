@@ -77,6 +77,10 @@ pub(super) struct Sample {
     pub(super) attempts: u32,
     /// Connections the fast path took over during the run (warm-up included).
     pub(super) fastpath_spliced: Option<u64>,
+    /// Packets the fast path's program dropped while a connection was frozen for its hand-off
+    /// (the sender retransmits them), warm-up included.
+    #[serde(default)]
+    pub(super) fastpath_hold_dropped: Option<u64>,
 }
 
 impl Sample {
@@ -182,6 +186,7 @@ pub(super) fn load(
         others_cpu_percent: None,
         attempts: 1,
         fastpath_spliced: None,
+        fastpath_hold_dropped: None,
     })
 }
 
@@ -269,6 +274,7 @@ fn download(
         others_cpu_percent: None,
         attempts: 1,
         fastpath_spliced: None,
+        fastpath_hold_dropped: None,
     })
 }
 

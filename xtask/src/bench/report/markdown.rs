@@ -206,7 +206,13 @@ fn results(out: &mut String, report: &Report) {
             let counts: Vec<String> = cell
                 .samples
                 .iter()
-                .filter_map(|s| Some(s.fastpath_spliced?.to_string()))
+                .filter_map(|s| {
+                    let spliced = s.fastpath_spliced?;
+                    Some(match s.fastpath_hold_dropped {
+                        Some(dropped) => format!("{spliced} ({dropped} dropped)"),
+                        None => spliced.to_string(),
+                    })
+                })
                 .collect();
             (!counts.is_empty()).then(|| format!("{} {}", cell.workload.id(), counts.join("/")))
         })
@@ -214,7 +220,7 @@ fn results(out: &mut String, report: &Report) {
     if !spliced.is_empty() {
         let _ = writeln!(
             out,
-            "\nConnections the fast path took over, per run (warm-up included): {}.",
+            "\nConnections the fast path took over, per run (warm-up included), and in brackets the packets its program dropped while a connection was frozen for the hand-off (their senders retransmit them): {}.",
             spliced.join(", ")
         );
     }
