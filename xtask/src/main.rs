@@ -48,6 +48,10 @@ enum Task {
     /// and lb-2 on 192.168.33.0/24, localhost:8080/9080 to the lbs and :8404/:9404 to their
     /// monitors, as the seed's Vagrant ports. As root (through `sudo -E` when needed).
     Demo(DemoArgs),
+    /// The bench's bulk-transfer client (run by `cargo xtask bench` inside its client
+    /// namespace).
+    #[command(hide = true)]
+    BenchClient(bench::ClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +118,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Run(args) => match run::run(args.profile.release, &args.stickylb_args)? {},
         Task::Test(args) => test_suite::run(&args.cargo_test_args),
         Task::Bench(args) => bench::run(&args),
+        Task::BenchClient(args) => bench::client::run(&args),
         Task::Demo(args) => demo::run(demo::Options {
             release: args.profile.release,
             check: args.check,

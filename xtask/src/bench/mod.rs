@@ -8,6 +8,7 @@
 
 mod bpfstats;
 mod check;
+pub(crate) mod client;
 mod contender;
 mod env;
 mod logtail;
@@ -29,7 +30,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
-pub(crate) use self::check::verify;
+pub(crate) use self::{check::verify, client::ClientArgs};
 use self::{
     contender::Contender,
     env::{remove_stale, Env, HAPROXY},

@@ -2,13 +2,14 @@
 
 use std::{
     process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use super::{
+    client,
     contender::{Contender, LbProcess},
     procs,
     wrk::{self, WrkSpec},
@@ -225,8 +226,10 @@ fn wrk_spec<'a>(
     }
 }
 
-/// `connections` curls at once, each downloading `bytes` on its own connection with its own
-/// cookie; throughput is all bytes over the wall time from the first start to the last end.
+/// `connections` bulk clients at once (see [`super::client`]), each on its own keep-alive
+/// connection with its own cookie: a small request, a pause, then a download of `bytes`.
+/// Throughput is all downloaded bytes over the time from the first download's start to the last
+/// one's end.
 fn download(
     env: &Env,
     base: &str,
@@ -234,37 +237,56 @@ fn download(
     connections: u32,
     bytes: u64,
 ) -> anyhow::Result<Sample> {
-    let url = format!("{base}/bytes/{bytes}");
-    let started = Instant::now();
+    let addr = base.trim_start_matches("http://");
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
     let mut children: Vec<Child> = Vec::new();
     for i in 0..connections {
-        let mut curl = env.topology.client.command("curl");
-        curl.args(["--silent", "--output", "/dev/null"])
-            .args(["--write-out", "%{http_code} %{size_download}\\n"])
-            .arg("--header")
-            .arg(format!("Cookie: c1=1; c2=2; JSESSIONID={prefix}{i:024}"))
-            .arg(&url)
+        let mut client = env.topology.client.command(&xtask.display().to_string());
+        client
+            .args([
+                "bench-client",
+                "--addr",
+                addr,
+                "--bytes",
+                &bytes.to_string(),
+            ])
+            .arg("--session")
+            .arg(format!("{prefix}{i:024}"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        children.push(procs::spawn(&mut curl)?);
+            .stderr(Stdio::piped());
+        children.push(procs::spawn(&mut client)?);
     }
     let (mut received, mut errors) = (0u64, 0u64);
+    let (mut first_start, mut last_end) = (u64::MAX, 0u64);
     for mut child in children {
         procs::wait(&mut child, Duration::from_secs(300), "a download")?;
-        let output = child.wait_with_output().context("reading curl's output")?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let mut fields = text.split_whitespace();
-        let status = fields.next().unwrap_or_default();
-        let size: u64 = fields.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        received += size;
-        if status != "200" || size != bytes {
-            errors += 1;
+        let output = child
+            .wait_with_output()
+            .context("reading the bulk client's output")?;
+        match client::parse_line(&String::from_utf8_lossy(&output.stdout)) {
+            Some(bulk) if bulk.status == 200 && bulk.bytes == bytes => {
+                received += bulk.bytes;
+                first_start = first_start.min(bulk.start_ns);
+                last_end = last_end.max(bulk.end_ns);
+            }
+            _ => {
+                errors += 1;
+                println!(
+                    "bench: a bulk client failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
         }
     }
+    let seconds = if last_end > first_start {
+        (last_end - first_start) as f64 / 1e9
+    } else {
+        f64::NAN
+    };
     Ok(Sample {
         requests: u64::from(connections),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
         bytes: received,
         errors,
         p50_ms: None,

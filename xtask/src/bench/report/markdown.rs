@@ -137,13 +137,18 @@ fn setup(out: &mut String, report: &Report) {
          - **keep-alive**: {keep_alive} keep-alive connections, small responses (`beN\\n`); each \
          connection keeps one session cookie on all its requests, as a browser does (one cookie \
          per wrk thread: its scripts cannot tell connections apart);\n  \
-         - **download**: {downloads} connections at once (curl), each downloading {download_mb} MiB \
-         (`/bytes/N`) once, {total_mb} MiB in all;\n  \
+         - **download**: {downloads} keep-alive connections at once (`xtask bench-client`), each \
+         with its own session: a small request, a 100 ms pause (a person between a page and a \
+         download link), then one download of {download_mb} MiB (`/bytes/N`), {total_mb} MiB in all; \
+         MB/s over the downloads only (first start to last end); with the fast path on, the pause \
+         is when the connection is handed to the kernel;\n  \
          - **table scale**: keep-alive requests with cookies cycling through {entries} values until \
          the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start again).\n\
          - Figures: req/s and latency percentiles from wrk (its exact histogram; closed loop, so \
          latency is measured at saturation; time from writing a request to its complete response, \
-         connection setup not included); MB/s of response bytes received; LB CPU = user + system \
+         connection setup not included; wrk corrects for coordinated omission, so one request \
+         delayed by 200 ms adds samples from 200 ms down to the mean interval); MB/s of response \
+         bytes received; LB CPU = user + system \
          time of the load balancer process (all threads, `/proc/PID/stat`) during the \
          measurement, {program_time}, per request or per GB. On veth the kernel work of \
          delivering a packet runs in the sender's context, so each process's CPU includes some of \

@@ -1,6 +1,7 @@
-//! The issue's targets, judged from one run's medians: new connection per request >= 1.0x
+//! The issues' targets, judged from one run's medians: new connection per request >= 1.0x
 //! HAProxy's req/s with p99 <= HAProxy's; keep-alive >= 1.0x HAProxy without the fast path;
-//! 1M entries in <= 200 MB.
+//! 1M entries in <= 200 MB. With the fast path: keep-alive >= 1.5x HAProxy; bulk >= 0.9x direct
+//! with the load balancer's CPU per GB <= 0.25x HAProxy's.
 
 use serde::Serialize;
 
@@ -60,6 +61,7 @@ pub(super) fn judge_all(
             ));
         }
     }
+    checks.extend(judge_fast_path(&find));
     let ours = scale.iter().find(|s| s.contender == Contender::Stickylb);
     let theirs = scale.iter().find(|s| s.contender == Contender::Haproxy);
     let memory = |s: &ScaleSummary| format!("{:.0} MB ({} entries)", s.total_mb, s.entries);
@@ -86,6 +88,40 @@ pub(super) fn judge_all(
         },
     });
     checks
+}
+
+/// The fast path's goals (issue 7).
+fn judge_fast_path<'a>(
+    find: &impl Fn(Workload, Contender) -> Option<&'a Summary>,
+) -> Vec<TargetCheck> {
+    let fast = |workload| find(workload, Contender::StickylbFastPath);
+    let haproxy = |workload| find(workload, Contender::Haproxy);
+    let rps = |s: Option<&Summary>| s.and_then(|s| s.requests_per_s);
+    let mbps = |s: Option<&Summary>| s.and_then(|s| s.megabytes_per_s);
+    let cpu = |s: Option<&Summary>| s.and_then(|s| s.lb_cpu_s_per_gb);
+    vec![
+        judge(
+            "keep-alive with the fast path: req/s >= 1.5x HAProxy".into(),
+            rps(fast(Workload::KeepAlive)),
+            rps(haproxy(Workload::KeepAlive)),
+            |a, b| a >= 1.5 * b,
+            |v| format!("{v:.0} req/s"),
+        ),
+        judge(
+            "download with the fast path: MB/s >= 0.9x direct".into(),
+            mbps(fast(Workload::Download)),
+            mbps(find(Workload::Download, Contender::Direct)),
+            |a, b| a >= 0.9 * b,
+            |v| format!("{v:.0} MB/s"),
+        ),
+        judge(
+            "download with the fast path: LB CPU per GB <= 0.25x HAProxy's".into(),
+            cpu(fast(Workload::Download)),
+            cpu(haproxy(Workload::Download)),
+            |a, b| a <= 0.25 * b,
+            |v| format!("{v:.2} s/GB"),
+        ),
+    ]
 }
 
 fn judge(
