@@ -838,3 +838,141 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
     let _ = std::fs::remove_file(&capture_file);
     drop(old);
 }
+
+/// The request head of a tunnel, its answer's head, and the server's greeting (`NAME\n`).
+fn open_tunnel(conn: &mut TcpStream, request: &str, status: &str) -> String {
+    conn.write_all(request.as_bytes()).expect("tunnel request");
+    let mut buf = Vec::new();
+    let head = read_head(conn, &mut buf);
+    assert!(head.starts_with(status), "{head}");
+    let server = header(&head, "x-served-by").expect("x-served-by");
+    while !buf.contains(&b'\n') {
+        let mut chunk = [0u8; 256];
+        let n = conn.read(&mut chunk).expect("greeting");
+        assert!(n > 0, "closed before the greeting");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        buf,
+        format!("{server}\n").as_bytes(),
+        "greeting, nothing more"
+    );
+    server
+}
+
+/// Sends `len` bytes of the backend's pattern through an echoing tunnel while reading them
+/// back; the echo's sha256 must match.
+fn echo_through(conn: &TcpStream, len: u64) {
+    let mut writer = conn.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let block: Vec<u8> = (0..65536).map(|i| (i % 251) as u8).collect();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(65536) as usize;
+            writer.write_all(&block[..n]).expect("tunnel write");
+            left -= n as u64;
+        }
+    });
+    let mut reader = conn.try_clone().unwrap();
+    let (mut hash, mut got, mut chunk) = (Sha256::new(), 0u64, vec![0u8; 65536]);
+    while got < len {
+        let want = ((len - got) as usize).min(chunk.len());
+        let n = reader.read(&mut chunk[..want]).expect("tunnel read");
+        assert_ne!(n, 0, "tunnel closed at {got} of {len}");
+        hash.update(&chunk[..n]);
+        got += n as u64;
+    }
+    sender.join().unwrap();
+    let digest: [u8; 32] = hash.finalize().into();
+    assert_eq!(digest, expected_sha256(len), "echo of {len} bytes");
+}
+
+#[test]
+fn websocket_and_connect_tunnels_are_spliced_right_after_the_response_head() {
+    if !common::privileged() {
+        return;
+    }
+    let setup = Setup::new("fpw", 238, "2s");
+    let lb = setup.topo.lb_addr();
+    let _daemon = setup.start();
+    let addr = format!("{lb}:8080");
+    let ns = setup.topo.client.name.clone();
+    let (conns, servers) = common::http::in_netns(&ns, move || {
+        let mut ws = TcpStream::connect(&addr).expect("connect");
+        ws.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let ws_server = open_tunnel(
+            &mut ws,
+            "GET /chat HTTP/1.1\r\nHost: t\r\nCookie: JSESSIONID=fpwA\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "HTTP/1.1 101",
+        );
+        let mut connect = TcpStream::connect(&addr).expect("connect");
+        connect
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let connect_server = open_tunnel(
+            &mut connect,
+            "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\nCookie: JSESSIONID=fpwB\r\n\r\n",
+            "HTTP/1.1 200",
+        );
+        ((ws, connect), (ws_server, connect_server))
+    });
+    // Both tunnels are in the kernel before anything went through them.
+    assert!(
+        wait_until(Duration::from_secs(10), || setup.spliced().len() == 4),
+        "spliced entries: {:?}",
+        setup.spliced().len()
+    );
+    let before = metrics(&setup.topo.client, &lb);
+    assert_eq!(
+        metric(
+            &before,
+            "stickylb_fastpath_handoffs_total{outcome=\"spliced\"}"
+        ),
+        2,
+        "{before}"
+    );
+    let (ws, connect) = conns;
+    echo_through(&ws, 20_000_000);
+    echo_through(&connect, 1_000_000);
+    let after = metrics(&setup.topo.client, &lb);
+    let requests = |text: &str| -> u64 {
+        ["s1", "s2"]
+            .iter()
+            .map(|s| {
+                metric(
+                    text,
+                    &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{s}\"}}"),
+                )
+            })
+            .sum()
+    };
+    assert_eq!(
+        requests(&after),
+        2,
+        "the proxy saw the two tunnel requests only"
+    );
+    let bytes: u64 = setup.spliced().iter().map(|(_, e)| e.bytes).sum();
+    assert!(
+        bytes >= 2 * 21_000_000,
+        "the map carried both directions of both echoes: {bytes} bytes"
+    );
+    println!(
+        "tunnels on {} (WebSocket) and {} (CONNECT): {bytes} bytes through the kernel",
+        servers.0, servers.1
+    );
+    for conn in [ws, connect] {
+        close_cleanly(conn, &[]);
+    }
+    let closed = wait_until(Duration::from_secs(10), || {
+        let flows = open_pinned_flows(&setup.root).expect("flows").entries();
+        flows.is_empty()
+            || flows
+                .iter()
+                .all(|(_, e)| e.seen & SPLICE_SEEN_FIN != 0 && e.seen & SPLICE_SEEN_RST == 0)
+    });
+    assert!(closed, "FIN both ways, no RST, on both tunnels");
+    assert_eq!(
+        read_pinned_stats(&setup.root).unwrap()[SPLICE_STAT_DROPPED as usize],
+        0
+    );
+}

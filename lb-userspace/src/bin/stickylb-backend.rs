@@ -6,6 +6,10 @@
 //! `/chunked/N` -> the same N bytes, chunked;
 //! `/slow/MS` -> the name after MS milliseconds. `?setcookie=V` adds `Set-Cookie: JSESSIONID=V`.
 //! Every response carries `X-Served-By: NAME`.
+//!
+//! A request with `Upgrade: X` (any X) is answered `101 Switching Protocols`, and `CONNECT` is
+//! answered `200`; the connection then becomes a tunnel whose server side says `NAME\n` and
+//! echoes every byte it receives, until the client closes.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -76,6 +80,7 @@ async fn serve(listener: TcpListener, name: Arc<str>) {
             let service = service_fn(move |request| respond(Arc::clone(&name), request));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
@@ -104,8 +109,27 @@ async fn forward(listener: TcpListener, listen: SocketAddr, target: SocketAddr) 
 
 async fn respond(
     name: Arc<str>,
-    request: Request<hyper::body::Incoming>,
+    mut request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let upgrade = request.headers().get(hyper::header::UPGRADE).cloned();
+    if upgrade.is_some() || request.method() == hyper::Method::CONNECT {
+        let upgraded = hyper::upgrade::on(&mut request);
+        tokio::spawn(echo(upgraded, Arc::clone(&name)));
+        let mut response = Response::new(full(String::new()));
+        if let Some(protocol) = upgrade {
+            *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(hyper::header::UPGRADE, protocol);
+            headers.insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("upgrade"),
+            );
+        }
+        if let Ok(value) = name.parse() {
+            response.headers_mut().insert("x-served-by", value);
+        }
+        return Ok(response);
+    }
     let path = request.uri().path().to_owned();
     let set_cookie = request
         .uri()
@@ -148,6 +172,21 @@ async fn respond(
             .insert(hyper::header::SET_COOKIE, value);
     }
     Ok(response)
+}
+
+/// The server side of a tunnel: says its name, then echoes.
+async fn echo(upgraded: hyper::upgrade::OnUpgrade, name: Arc<str>) {
+    use tokio::io::AsyncWriteExt as _;
+    let Ok(upgraded) = upgraded.await else {
+        return;
+    };
+    let mut io = TokioIo::new(upgraded);
+    if io.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+        return;
+    }
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+    let _ = writer.shutdown().await;
 }
 
 fn full(text: String) -> Body {

@@ -3,9 +3,13 @@
 //! (never pooled) connection to the chosen server, so that the connection can be handed to the
 //! kernel once the exchange is complete.
 //!
-//! - A request it cannot relay simply (HTTP/1.0, a chunked or `Expect` body, an upgrade,
+//! - A request it cannot relay simply (HTTP/1.0, a chunked or `Expect` body,
 //!   `Connection: close`, a non-IPv4 server) goes to the hyper proxy with the bytes already
 //!   read, as do connections whose first exchange made no sticky session.
+//! - An upgrade (`Upgrade` + `Connection: upgrade`, e.g. WebSocket) answered `101`, or a
+//!   `CONNECT` answered `2xx`, makes the connection a tunnel to that server: it is handed to the
+//!   kernel right after the response head, or as soon as the tunnel is quiet, and relayed as
+//!   bytes until then (or for good, when its legs cannot be translated).
 //! - After each complete exchange it tries the hand-off. A connection that is not spliced yet
 //!   (a request raced it, the peers had not acknowledged) stays on its server and tries again
 //!   after the next exchange; one whose legs cannot be translated stays in userspace for good.
@@ -49,6 +53,21 @@ struct RequestHead {
     path: String,
     headers: HeaderMap,
     body: u64,
+    /// The protocol of an upgrade request (`Upgrade` with `Connection: upgrade`).
+    upgrade: Option<HeaderValue>,
+}
+
+impl RequestHead {
+    fn is_connect(&self) -> bool {
+        self.method == "CONNECT"
+    }
+
+    /// Whether `status` turns the connection into a tunnel: `101` to an upgrade, `2xx` to
+    /// `CONNECT`.
+    fn tunnels_on(&self, status: u16) -> bool {
+        (self.upgrade.is_some() && status == 101)
+            || (self.is_connect() && (200..300).contains(&status))
+    }
 }
 
 /// How a response body ends.
@@ -58,6 +77,8 @@ enum Framing {
     Chunked,
     /// Until the server closes, or what follows a 1xx: not HTTP messages the relay can follow.
     Unframed,
+    /// The connection is now a tunnel (an accepted upgrade or CONNECT).
+    Tunnel,
 }
 
 /// A parsed response head.
@@ -162,6 +183,9 @@ pub(super) async fn serve(
             relay = "fastpath",
         );
         count_status(&server, response.status);
+        if response.body == Framing::Tunnel {
+            return splice_tunnel(client, upstream, buf, handoff, fastpath).await;
+        }
         if response.close || request_wants_close(&request.headers) {
             break;
         }
@@ -259,8 +283,11 @@ async fn exchange(
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "server timeout"))??
     .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response head"))?;
-    let response = parse_response(&response_buf[..len], request.method == "HEAD")
+    let mut response = parse_response(&response_buf[..len], request.method == "HEAD")
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad response head"))?;
+    if request.tunnels_on(response.status) {
+        response.body = Framing::Tunnel;
+    }
     let learned = match cookie::response_cookie(&response.headers, &backend.stick_cookie) {
         Some(set) => {
             backend.learn(set, server, now_ms());
@@ -284,8 +311,10 @@ async fn exchange(
             server.stats.bytes_out.fetch_add(body, Relaxed);
             true
         }
-        Framing::Unframed => {
+        Framing::Unframed | Framing::Tunnel => {
+            // What the server sent after the head: the start of the body, or of the tunnel.
             client.write_all(&response_buf).await?;
+            response_buf.clear();
             false
         }
     };
@@ -392,6 +421,73 @@ where
     Ok(())
 }
 
+/// The connection is a tunnel to its server: hands it to the kernel as soon as both legs are
+/// quiet, relaying what either side sends meanwhile; then, or when it cannot be spliced, relays
+/// bytes both ways until both sides closed. `pending`: client bytes read after the request head.
+async fn splice_tunnel(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    pending: BytesMut,
+    mut handoff: Option<crate::fastpath::runtime::Handoff>,
+    fastpath: &Arc<Runtime>,
+) -> Release {
+    if !pending.is_empty() && upstream.write_all(&pending).await.is_err() {
+        if let Some(h) = handoff {
+            fastpath.forget(h);
+        }
+        return Release::Done;
+    }
+    let mut chunk = vec![0u8; CHUNK];
+    while let Some(h) = handoff.take() {
+        match fastpath.try_splice(h, &client).await {
+            Attempt::Spliced => {
+                tracing::debug!("tunnel spliced");
+                return Release::Done;
+            }
+            Attempt::Again(h) => handoff = Some(h),
+            Attempt::Never => break,
+        }
+        if !matches!(
+            relay_ready(&mut client, &mut upstream, &mut chunk).await,
+            Ok(true)
+        ) {
+            // A side closed (or failed): the rest is relayed here, half-closes included.
+            if let Some(h) = handoff.take() {
+                fastpath.forget(h);
+            }
+        }
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    Release::Done
+}
+
+/// Waits until either side of a tunnel has something, and passes on what is there. `false`
+/// when that side has closed.
+async fn relay_ready(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    chunk: &mut [u8],
+) -> std::io::Result<bool> {
+    let client_first = tokio::select! {
+        ready = client.readable() => { ready?; true }
+        ready = upstream.readable() => { ready?; false }
+    };
+    let (from, to) = if client_first {
+        (client, upstream)
+    } else {
+        (upstream, client)
+    };
+    match from.try_read(chunk) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            to.write_all(&chunk[..n]).await?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// Relays bytes both ways until both sides closed; `pending` goes to the server first.
 async fn tunnel(client: &mut TcpStream, upstream: &mut TcpStream, pending: &[u8]) {
     if upstream.write_all(pending).await.is_ok() {
@@ -430,20 +526,29 @@ fn parse_request(bytes: &[u8]) -> Option<RequestHead> {
         return None;
     }
     let headers = header_map(parsed.headers)?;
-    let body = content_length(&headers)?;
-    let refused = [
-        hyper::header::TRANSFER_ENCODING,
-        hyper::header::UPGRADE,
-        hyper::header::EXPECT,
-    ];
+    let body = content_length(&headers)?.unwrap_or(0);
+    let refused = [hyper::header::TRANSFER_ENCODING, hyper::header::EXPECT];
     if refused.iter().any(|h| headers.contains_key(h)) || request_wants_close(&headers) {
         return None;
     }
+    let upgrade = match headers.get(hyper::header::UPGRADE) {
+        // An upgrade request carries no body, and names itself in Connection.
+        Some(protocol) if connection_has(&headers, "upgrade") && body == 0 => {
+            Some(protocol.clone())
+        }
+        Some(_) => return None,
+        None => None,
+    };
+    let method = parsed.method?.to_owned();
+    if method == "CONNECT" && body != 0 {
+        return None;
+    }
     Some(RequestHead {
-        method: parsed.method?.to_owned(),
+        method,
         path: parsed.path?.to_owned(),
         headers,
-        body: body.unwrap_or(0),
+        body,
+        upgrade,
     })
 }
 
@@ -515,12 +620,17 @@ fn content_length(headers: &HeaderMap) -> Option<Option<u64>> {
 }
 
 fn request_wants_close(headers: &HeaderMap) -> bool {
+    connection_has(headers, "close")
+}
+
+/// Whether a `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(hyper::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The request head as it goes to the server: hop-by-hop headers dropped, the client appended
@@ -528,6 +638,14 @@ fn request_wants_close(headers: &HeaderMap) -> bool {
 fn request_head(request: &RequestHead, client: SocketAddr) -> Vec<u8> {
     let mut headers = request.headers.clone();
     headers::remove_hop_by_hop(&mut headers);
+    if let Some(protocol) = &request.upgrade {
+        // Hop-by-hop, but the upgrade is asked of the server: it goes on.
+        headers.insert(hyper::header::UPGRADE, protocol.clone());
+        headers.insert(
+            hyper::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+    }
     headers::append_forwarded_for(&mut headers, client.ip());
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(request.method.as_bytes());
@@ -561,7 +679,9 @@ mod tests {
             &b"GET / HTTP/1.0\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\nContent-Length: 3\r\n\r\n",
+            b"CONNECT h:1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
             b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
@@ -572,6 +692,28 @@ mod tests {
                 String::from_utf8_lossy(refused)
             );
         }
+    }
+
+    #[test]
+    fn upgrades_and_connect_are_relayed_and_tunnel_on_their_answer() {
+        let ws = parse_request(
+            b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        assert!(ws.tunnels_on(101));
+        assert!(
+            !ws.tunnels_on(200),
+            "a declined upgrade is a plain response"
+        );
+        let head = String::from_utf8(request_head(&ws, "10.0.0.9:5000".parse().unwrap())).unwrap();
+        assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+        assert!(head.contains("connection: upgrade\r\n"), "{head}");
+        assert!(!head.contains("keep-alive"), "{head}");
+        let connect = parse_request(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n").unwrap();
+        assert!(connect.tunnels_on(200));
+        assert!(!connect.tunnels_on(101) && !connect.tunnels_on(407));
+        let get = parse_request(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert!(!get.tunnels_on(101) && !get.tunnels_on(200));
     }
 
     #[test]
