@@ -55,6 +55,11 @@ struct Setup {
 
 impl Setup {
     fn new(tag: &str, net: u8, fin_grace: &str) -> Setup {
+        Setup::with_health(tag, net, fin_grace, r#"{ interval = "200ms" }"#)
+    }
+
+    /// `health`: the backend's `health_check` table.
+    fn with_health(tag: &str, net: u8, fin_grace: &str, health: &str) -> Setup {
         let topo = Topology::new(tag, net);
         let pins = PinDir::new(&format!("fastpath-daemon-{tag}"));
         let b = topo.backend_addr();
@@ -85,7 +90,7 @@ fastpath = "splice"
 
 [[backend]]
 name = "web"
-health_check = {{ interval = "200ms" }}
+health_check = {health}
 servers = [ {{ name = "s1", addr = "{b}:8001" }}, {{ name = "s2", addr = "{b}:8002" }} ]
 
 [monitor]
@@ -975,4 +980,101 @@ fn websocket_and_connect_tunnels_are_spliced_right_after_the_response_head() {
         read_pinned_stats(&setup.root).unwrap()[SPLICE_STAT_DROPPED as usize],
         0
     );
+}
+
+/// (segments received, RSTs sent) by the TCP stack of `ns` (`/proc/net/snmp`).
+fn stack_counters(ns: &NetNs) -> (u64, u64) {
+    let text = ns.try_exec(&["cat", "/proc/net/snmp"]).1;
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let names: Vec<&str> = tcp.next().expect("Tcp names").split_whitespace().collect();
+    let values: Vec<&str> = tcp.next().expect("Tcp values").split_whitespace().collect();
+    let value = |name: &str| -> u64 {
+        let i = names.iter().position(|n| *n == name).expect(name);
+        values[i].parse().expect(name)
+    };
+    (value("InSegs"), value("OutRsts"))
+}
+
+#[test]
+fn no_packet_of_a_live_spliced_flow_reaches_the_load_balancers_stack() {
+    if !common::privileged() {
+        return;
+    }
+    // No health checks and no monitor scrapes while counting: the flow is the only TCP traffic
+    // toward the lb namespace, so its stack must receive no segment at all.
+    let setup = Setup::with_health("fpm", 239, "2s", "{ enabled = false }");
+    let lb = setup.topo.lb_addr();
+    let daemon = setup.start();
+    let (to_main, from_client) = mpsc::channel::<String>();
+    let (to_client, from_main) = mpsc::channel::<()>();
+    let addr = format!("{lb}:8080");
+    let client = thread::spawn({
+        let ns = setup.topo.client.name.clone();
+        move || {
+            common::http::in_netns(&ns, move || {
+                let mut conn = TcpStream::connect(&addr).expect("connect");
+                conn.set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpm1", None, None);
+                to_main.send(first.clone()).unwrap();
+                let mut phase = |requests: usize, download: bool, done: &str| {
+                    from_main.recv().unwrap();
+                    for _ in 0..requests {
+                        let (server, _) = get(&mut conn, &mut buf, "/", Some("fpm1"), None);
+                        assert_eq!(server, first);
+                    }
+                    if download {
+                        get(&mut conn, &mut buf, "/bytes/20000000", Some("fpm1"), None);
+                    }
+                    to_main.send(done.to_owned()).unwrap();
+                };
+                phase(30, true, "with the daemon");
+                phase(10, false, "without a daemon");
+                phase(10, false, "with a new daemon");
+                close_cleanly(conn, &buf);
+                to_main.send("closed".to_owned()).unwrap();
+            })
+        }
+    });
+    let wait = || from_client.recv_timeout(Duration::from_secs(60)).unwrap();
+    wait();
+    assert!(wait_until(Duration::from_secs(10), || setup
+        .spliced()
+        .len()
+        == 2));
+    let base = stack_counters(&setup.topo.lb);
+    to_client.send(()).unwrap();
+    assert_eq!(wait(), "with the daemon");
+    let output = daemon.stop_with(libc::SIGKILL);
+    // No process holds a socket for the flow now: a segment reaching the stack would be
+    // answered with an RST.
+    to_client.send(()).unwrap();
+    assert_eq!(wait(), "without a daemon", "{output}");
+    let alone = stack_counters(&setup.topo.lb);
+    assert_eq!(
+        alone, base,
+        "(segments in, RSTs out) of the lb's stack: 30 requests, 20 MB and 10 requests without a daemon"
+    );
+    let daemon = setup.start();
+    let base = stack_counters(&setup.topo.lb);
+    to_client.send(()).unwrap();
+    assert_eq!(wait(), "with a new daemon");
+    assert_eq!(wait(), "closed");
+    // FIN both ways, then the collector removes the pair after the 2 s grace.
+    let collected = wait_until(Duration::from_secs(15), || {
+        open_pinned_flows(&setup.root)
+            .expect("flows")
+            .entries()
+            .is_empty()
+    });
+    assert!(collected, "{}", daemon.output());
+    thread::sleep(Duration::from_millis(500));
+    let end = stack_counters(&setup.topo.lb);
+    assert_eq!(
+        end, base,
+        "(segments in, RSTs out): 10 requests, FIN both ways and the collection"
+    );
+    client.join().unwrap();
+    println!("lb stack counters unchanged while the flow lived: {end:?}");
 }

@@ -57,6 +57,9 @@ control_socket = "{control}"
 name = "www"
 bind = "{lb}:{port}"
 backend = "back-session"
+# The keep-alive connection `kept` asks for other sessions after its first request: that is L7
+# routing per request, which a spliced connection does not do.
+fastpath = "off"
 
 [[backend]]
 name = "back-session"

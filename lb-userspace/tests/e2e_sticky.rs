@@ -381,6 +381,14 @@ fn keep_alive_connection_serves_many_sticky_requests() {
         return;
     }
     let rig = rig("ka", 217, &seven()[..3], "");
+    // This connection changes sessions midway, which needs L7 routing of every request: a
+    // spliced connection stays on its first server (e2e_fastpath_daemon tests that).
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    let text = text.replace(
+        "backend = \"back-session\"\n",
+        "backend = \"back-session\"\nfastpath = \"off\"\n",
+    );
+    std::fs::write(&rig.cfg, text).unwrap();
     let _daemon = rig.start();
     let topo = &rig.topo;
     let addr = format!("{}:80", topo.lb_addr());

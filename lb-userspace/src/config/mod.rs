@@ -83,7 +83,7 @@ pub struct Frontend {
     /// Name of a backend that exists in [`Config::backends`] (validated).
     pub backend: String,
     /// Whether keep-alive connections are handed to the kernel after their first exchange.
-    /// Default [`FastPathMode::DEFAULT`].
+    /// Default [`FastPathMode::DEFAULT`] on an IPv4 bind, `off` on an IPv6 one.
     pub fastpath: FastPathMode,
     /// Interfaces the splice program is attached to. Empty (the default): the interfaces of the
     /// routes to the servers, and the one each accepted connection came in on.
@@ -101,8 +101,9 @@ pub enum FastPathMode {
 }
 
 impl FastPathMode {
-    /// The default while the integration is young: `off` (see docs/FASTPATH-STATUS.md).
-    pub const DEFAULT: FastPathMode = FastPathMode::Off;
+    /// The default of a frontend bound to an IPv4 address (an IPv6 one defaults to `off`: the
+    /// program splices IPv4 only).
+    pub const DEFAULT: FastPathMode = FastPathMode::Splice;
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1227,12 +1227,17 @@ fn fastpath_text(lines: &str) -> String {
 fn fastpath_defaults_and_values() {
     let config = parse(&fastpath_text("")).unwrap();
     let frontend = &config.frontends[0];
-    assert_eq!(frontend.fastpath, FastPathMode::DEFAULT);
-    assert!(frontend.fastpath_interfaces.is_empty());
     assert_eq!(
-        config.splices(),
-        FastPathMode::DEFAULT == FastPathMode::Splice
+        frontend.fastpath,
+        FastPathMode::Splice,
+        "the issue's default"
     );
+    assert!(frontend.fastpath_interfaces.is_empty());
+    assert!(config.splices());
+    // The program splices IPv4 only: an IPv6 frontend without the key is not spliced.
+    let v6 = parse(&fastpath_text("").replace("10.0.0.1:8080", "[::1]:8080")).unwrap();
+    assert_eq!(v6.frontends[0].fastpath, FastPathMode::Off);
+    assert!(!v6.splices());
 
     let config = parse(&fastpath_text("fastpath = \"splice\"")).unwrap();
     assert_eq!(config.frontends[0].fastpath, FastPathMode::Splice);
@@ -1262,7 +1267,7 @@ fn fastpath_rules() {
         "frontend[0].fastpath",
         "IPv4 connections only",
     );
-    // An IPv6 frontend is fine while the default is off, and with an explicit off.
+    // An IPv6 frontend is fine with an explicit off (and without the key, above).
     let v6_off = fastpath_text("fastpath = \"off\"").replace("10.0.0.1:8080", "[::1]:8080");
     assert!(parse(&v6_off).is_ok());
     assert_problem(

@@ -109,7 +109,8 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let settings = **settings.load();
                 match (frontend.fastpath.get(), peer) {
-                    (Some(fastpath), SocketAddr::V4(_)) => {
+                    // A loopback client's leg has no neighbour to redirect to: hyper serves it.
+                    (Some(fastpath), SocketAddr::V4(v4)) if !v4.ip().is_loopback() => {
                         let (frontend, proxy, graceful) = (
                             Arc::clone(&frontend),
                             Arc::clone(&proxy),

@@ -17,6 +17,7 @@ impl Checker<'_> {
         bind: Option<SocketAddr>,
     ) -> (Option<FastPathMode>, Option<Vec<String>>) {
         let mode = match &raw.fastpath {
+            None if matches!(bind, Some(SocketAddr::V6(_))) => Some(FastPathMode::Off),
             None => Some(FastPathMode::DEFAULT),
             Some(mode) => match mode.get_ref().as_str() {
                 "splice" => Some(FastPathMode::Splice),
