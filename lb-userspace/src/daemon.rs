@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::server::graceful::GracefulShutdown;
 use lb_common::STICK_TABLE_MAP;
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -29,7 +28,7 @@ use crate::{
     fastpath::{self, FastPathError},
     monitor,
     peers::{self, link::PeerLink},
-    proxy::{listener, Frontend},
+    proxy::{drain::Drain, listener, Frontend},
     reload::{self, Live},
     table::{
         self, field_text,
@@ -141,7 +140,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     tasks.push(tokio::spawn(sweep_expired(backends.clone())));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = Arc::new(Drain::new());
     let servers = listen(
         &config,
         &frontends,
@@ -340,7 +339,7 @@ fn listen(
     config: &Config,
     frontends: &[Arc<Frontend>],
     live: &Live,
-    graceful: &Arc<GracefulShutdown>,
+    graceful: &Arc<Drain>,
     stop: &watch::Receiver<bool>,
     sockets: &mut Sockets,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
@@ -479,7 +478,7 @@ fn start_peers(
 /// one yet, which its client would see as a failed request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
-async fn drain(graceful: Arc<GracefulShutdown>, limit: Duration) {
+async fn drain(graceful: Arc<Drain>, limit: Duration) {
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
         tracing::warn!("listeners still hold connections; not waiting for them");
         return;

@@ -449,3 +449,83 @@ fn a_new_table_size_migrates_the_pinned_table_and_long_cookies_stay_sticky() {
     assert_eq!(access(&topo, 1..=3), before);
     assert_eq!(http::in_netns(&topo.client.name, get_long()), long_before);
 }
+
+/// Opens an upgrade on a new connection to `addr` with session `cookie`; checks the `101`, the
+/// server's greeting and an echo, then closes. Returns the server's name.
+fn upgrade_and_echo(addr: &str, cookie: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: t\r\nCookie: JSESSIONID={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    assert_eq!(header("upgrade").as_deref(), Some("websocket"), "{head}");
+    let server = header("x-served-by").unwrap();
+    let mut tunnel = got[head_end..].to_vec();
+    conn.write_all(b"ping through the tunnel").unwrap();
+    let expected = format!("{server}\nping through the tunnel");
+    while tunnel.len() < expected.len() {
+        let mut chunk = [0u8; 1024];
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "tunnel closed early: {:?}",
+            String::from_utf8_lossy(&tunnel)
+        );
+        tunnel.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&tunnel), expected);
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    server
+}
+
+#[test]
+fn an_upgrade_becomes_a_tunnel_to_the_sticky_server_without_the_fast_path() {
+    if !privileged() {
+        return;
+    }
+    let rig = rig("up", 241, &seven()[..3], "");
+    // The userspace proxy's own upgrade path (the fast path's is in e2e_fastpath_daemon).
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    let text = text.replace(
+        "backend = \"back-session\"\n",
+        "backend = \"back-session\"\nfastpath = \"off\"\n",
+    );
+    std::fs::write(&rig.cfg, text).unwrap();
+    let _daemon = rig.start();
+    let addr = format!("{}:80", rig.topo.lb_addr());
+    let servers = http::in_netns(&rig.topo.client.name, move || {
+        let first = upgrade_and_echo(&addr, "up1");
+        let again = upgrade_and_echo(&addr, "up1");
+        let other = upgrade_and_echo(&addr, "up2");
+        let plain = http::get(&addr, "/", Some("JSESSIONID=up1")).text();
+        (first, again, other, plain)
+    });
+    let (first, again, other, plain) = servers;
+    assert_eq!(first, again, "the session's tunnels go to its server");
+    assert_ne!(first, other, "a new session is balanced to the next server");
+    assert_eq!(plain.trim_end(), first, "plain requests of the session too");
+}

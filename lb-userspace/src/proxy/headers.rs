@@ -32,6 +32,29 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a `Connection` header lists `token`.
+pub(super) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The protocol an upgrade request asks for: `Upgrade`, named in `Connection`.
+pub(super) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let protocol = headers.get(header::UPGRADE)?;
+    connection_has(headers, "upgrade").then(|| protocol.clone())
+}
+
+/// Puts an upgrade back after [`remove_hop_by_hop`]: it is asked of (or granted by) the next
+/// hop, so it goes on.
+pub(super) fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 /// Appends `client` to `X-Forwarded-For`, keeping what earlier proxies wrote.
 pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let client = client.to_string();

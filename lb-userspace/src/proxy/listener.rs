@@ -22,10 +22,7 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
@@ -34,6 +31,7 @@ use tokio::{
 };
 
 use super::{
+    drain::Drain,
     relay::{self, Release},
     Frontend, Proxy,
 };
@@ -85,7 +83,7 @@ pub async fn serve(
     frontend: Arc<Frontend>,
     proxy: Arc<Proxy>,
     settings: Arc<ArcSwap<ConnSettings>>,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Connections served by the splicing relay: hyper's graceful shutdown does not see them, so
@@ -164,7 +162,7 @@ fn serve_connection(
     frontend: &Arc<Frontend>,
     proxy: &Arc<Proxy>,
     settings: ConnSettings,
-    graceful: &GracefulShutdown,
+    graceful: &Drain,
 ) {
     let _ = stream.set_nodelay(true);
     let spare = stream
@@ -194,7 +192,10 @@ fn serve_connection(
         .keep_alive(true)
         .header_read_timeout(settings.client_timeout)
         .max_buf_size(settings.max_header_bytes.max(HYPER_MIN_BUF));
-    let connection = graceful.watch(builder.serve_connection(io, service));
+    let connection = graceful.watch(
+        builder.serve_connection(io, service).with_upgrades(),
+        |connection| connection.graceful_shutdown(),
+    );
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             if error.is_timeout() && progress.request_pending() {

@@ -1,9 +1,12 @@
 //! The L7 proxy: for each request, find the server (sticky lookup first, then selection),
 //! forward the request over a pooled keep-alive connection, learn `Set-Cookie`, log one line.
+//! An upgrade the server accepts (`101`, e.g. WebSocket) becomes a tunnel of bytes between the
+//! client's connection and a connection to that server.
 //!
 //! [`Proxy::handle`] is the whole service and needs no listening socket; [`listener`] serves it
 //! on the frontends' sockets.
 
+pub mod drain;
 mod error;
 mod headers;
 pub mod listener;
@@ -126,9 +129,11 @@ impl Proxy {
         &self,
         frontend: &Frontend,
         client: SocketAddr,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        let upgrade = headers::upgrade_protocol(request.headers());
+        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let backend = &frontend.backend;
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -146,14 +151,16 @@ impl Proxy {
             }
         };
         let in_flight = server.start_request();
-        let forwarded = self.forward(backend, &in_flight, client, request).await;
+        let forwarded = self
+            .forward(backend, &in_flight, client, request, upgrade)
+            .await;
         if decision != Decision::StickyHit {
             // A new, moved or learned session is in the pinned map before the client hears
             // of it: usually already, the server's round trip being far longer.
             backend.table.durable().await;
         }
         match forwarded {
-            Ok(response) => {
+            Ok((response, server_side)) => {
                 tracing::info!(
                     target: "access",
                     frontend = %frontend.name,
@@ -167,7 +174,13 @@ impl Proxy {
                     path,
                 );
                 count_status(&server, response.status().as_u16());
-                with_accounting(response, in_flight)
+                match (client_side, server_side) {
+                    (Some(client_side), Some(server_side)) => {
+                        tokio::spawn(tunnel(client_side, server_side, in_flight));
+                        response.map(|body| body.boxed())
+                    }
+                    _ => with_accounting(response, in_flight),
+                }
             }
             Err(error) => {
                 server.stats.failures.fetch_add(1, Relaxed);
@@ -192,10 +205,11 @@ impl Proxy {
         in_flight: &InFlight,
         client: SocketAddr,
         request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+        upgrade: Option<hyper::header::HeaderValue>,
+    ) -> Result<(Response<Incoming>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         let server = in_flight.server();
         let upstream = self.upstream.load_full();
-        let request = upstream_request(request, server, client)?;
+        let request = upstream_request(request, server, client, upgrade.clone())?;
         let response =
             tokio::time::timeout(upstream.server_timeout, upstream.client.request(request))
                 .await
@@ -206,12 +220,50 @@ impl Proxy {
                     server: server.name.to_string(),
                     source,
                 })?;
+        let mut response = response;
+        let accepted = match upgrade {
+            Some(protocol) if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS => {
+                let granted = headers::upgrade_protocol(response.headers()).unwrap_or(protocol);
+                Some((hyper::upgrade::on(&mut response), granted))
+            }
+            _ => None,
+        };
         let (mut parts, body) = response.into_parts();
         if let Some(set) = cookie::response_cookie(&parts.headers, &backend.stick_cookie) {
             backend.learn(set, server, now_ms());
         }
         headers::remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body))
+        let server_side = accepted.map(|(server_side, protocol)| {
+            headers::keep_upgrade(&mut parts.headers, protocol);
+            server_side
+        });
+        Ok((Response::from_parts(parts, body), server_side))
+    }
+}
+
+/// Relays an accepted upgrade's bytes both ways until both sides closed; the request stays in
+/// flight meanwhile (for `leastconn`).
+async fn tunnel(
+    client_side: hyper::upgrade::OnUpgrade,
+    server_side: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
+    let (client_io, server_io) = match tokio::try_join!(client_side, server_side) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade: a side did not switch");
+            return;
+        }
+    };
+    let mut client_io = hyper_util::rt::TokioIo::new(client_io);
+    let mut server_io = hyper_util::rt::TokioIo::new(server_io);
+    match tokio::io::copy_bidirectional(&mut client_io, &mut server_io).await {
+        Ok((up, down)) => {
+            let stats = &in_flight.server().stats;
+            stats.bytes_in.fetch_add(up, Relaxed);
+            stats.bytes_out.fetch_add(down, Relaxed);
+        }
+        Err(error) => tracing::debug!(%error, "upgrade: tunnel ended with an error"),
     }
 }
 
@@ -221,6 +273,7 @@ fn upstream_request(
     request: Request<Incoming>,
     server: &Arc<ServerState>,
     client: SocketAddr,
+    upgrade: Option<hyper::header::HeaderValue>,
 ) -> Result<Request<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -231,6 +284,9 @@ fn upstream_request(
         .build()
         .map_err(ProxyError::BadRequest)?;
     headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = upgrade {
+        headers::keep_upgrade(&mut parts.headers, protocol);
+    }
     headers::append_forwarded_for(&mut parts.headers, client.ip());
     let counted = Arc::clone(server);
     let body = body

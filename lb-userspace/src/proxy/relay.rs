@@ -531,14 +531,11 @@ fn parse_request(bytes: &[u8]) -> Option<RequestHead> {
     if refused.iter().any(|h| headers.contains_key(h)) || request_wants_close(&headers) {
         return None;
     }
-    let upgrade = match headers.get(hyper::header::UPGRADE) {
-        // An upgrade request carries no body, and names itself in Connection.
-        Some(protocol) if connection_has(&headers, "upgrade") && body == 0 => {
-            Some(protocol.clone())
-        }
-        Some(_) => return None,
-        None => None,
-    };
+    // An upgrade request carries no body, and names itself in Connection.
+    let upgrade = headers::upgrade_protocol(&headers);
+    if headers.contains_key(hyper::header::UPGRADE) && (upgrade.is_none() || body != 0) {
+        return None;
+    }
     let method = parsed.method?.to_owned();
     if method == "CONNECT" && body != 0 {
         return None;
@@ -620,17 +617,7 @@ fn content_length(headers: &HeaderMap) -> Option<Option<u64>> {
 }
 
 fn request_wants_close(headers: &HeaderMap) -> bool {
-    connection_has(headers, "close")
-}
-
-/// Whether a `Connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers::connection_has(headers, "close")
 }
 
 /// The request head as it goes to the server: hop-by-hop headers dropped, the client appended
@@ -639,12 +626,7 @@ fn request_head(request: &RequestHead, client: SocketAddr) -> Vec<u8> {
     let mut headers = request.headers.clone();
     headers::remove_hop_by_hop(&mut headers);
     if let Some(protocol) = &request.upgrade {
-        // Hop-by-hop, but the upgrade is asked of the server: it goes on.
-        headers.insert(hyper::header::UPGRADE, protocol.clone());
-        headers.insert(
-            hyper::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
+        headers::keep_upgrade(&mut headers, protocol.clone());
     }
     headers::append_forwarded_for(&mut headers, client.ip());
     let mut out = Vec::with_capacity(512);
