@@ -32,7 +32,7 @@ use crate::{
     reload::{self, Live},
     table::{
         self, field_text,
-        pinned::{self, DurableError, DurableReader, DurableTable, Origin},
+        pinned::{self, DurableError, DurableReader, DurableTable, Origin, SharedTableReader},
         Fallback, Journal, JournalOp,
     },
 };
@@ -55,8 +55,6 @@ pub enum StartError {
     Control(#[from] control::BindError),
     #[error("upgrade: cannot take over from the running instance")]
     Upgrade(#[source] io::Error),
-    #[error("cannot start the table writer thread")]
-    Writer(#[source] io::Error),
     #[error("cannot install the signal handlers")]
     Signals(#[source] io::Error),
     #[error("cannot start the kernel fast path (set fastpath = \"off\" to run without it)")]
@@ -102,14 +100,19 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     dataplane::prepare_pin_root(&pin_root)?;
     let (durable, path) = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
 
-    let (journal, receiver) = table::journal();
+    let entries = durable.entries();
+    let journal = Journal::direct(durable);
     let (backends, frontends) = routing(&config, &journal);
-    let reader: Arc<dyn Fallback> = Arc::new(DurableReader::open(&path)?);
-    backends
-        .iter()
-        .for_each(|b| b.table.set_fallback(Arc::clone(&reader)));
-    adopt_entries(&durable, &backends, &journal);
-    let writer = pinned::spawn_writer(durable, receiver).map_err(StartError::Writer)?;
+    // A successor shares the map with its predecessor until that one has drained.
+    let reader = Arc::new(SharedTableReader::new(
+        DurableReader::open(&path)?,
+        options.upgrade,
+    ));
+    backends.iter().for_each(|b| {
+        b.table
+            .set_fallback(Arc::clone(&reader) as Arc<dyn Fallback>)
+    });
+    adopt_entries(entries, &backends, &journal);
 
     let live = Arc::new(Live::start(config.clone(), backends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -156,7 +159,17 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     }
     let control = match control {
         Some(control) => control,
-        None => finish_takeover(sockets.takeover.take(), &control_path).await?,
+        None => {
+            let control = finish_takeover(sockets.takeover.take(), &control_path).await?;
+            // The predecessor drains for at most its drain timeout (ours, if unchanged).
+            let reader = Arc::clone(&reader);
+            let overlap = config.timeouts.drain + FIRST_REQUEST_GRACE + Duration::from_secs(1);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(overlap).await;
+                reader.set_sharing(false);
+            }));
+            control
+        }
     };
     let successor = Arc::new(Notify::new());
     let (stopped_tx, stopped_rx) = watch::channel(false);
@@ -166,6 +179,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         reload: reload_command(&live, &options),
         stop: Arc::clone(&successor),
         stopped_accepting: stopped_rx,
+        sharing_table: Box::new({
+            let reader = Arc::clone(&reader);
+            move || reader.set_sharing(true)
+        }),
     };
     tasks.push(tokio::spawn(control::serve(control, Arc::new(context))));
     tracing::info!(instance = %config.instance.name, pid = std::process::id(), "stickylb started");
@@ -195,18 +212,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     // Peers, monitor and control go now: a successor has its own, and a stopping node must not
     // be taught new sessions while it drains.
     tasks.iter().for_each(JoinHandle::abort);
-    if !journal.flushed(Duration::from_secs(2)).await {
-        tracing::warn!("the durable table writer did not catch up within 2 s");
-    }
+    // Every table change is in the pinned map already: the journal writes as it goes.
     let _ = stopped_tx.send(true);
     drain(graceful, drain_limit).await;
     live.stop();
-    if !journal.flushed(Duration::from_secs(2)).await {
-        tracing::warn!("the durable table writer did not catch up within 2 s");
-    }
-    // Every holder of a journal sender goes before the writer is joined: it stops when they do.
     drop((journal, shared, frontends, backends, live));
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -512,11 +522,15 @@ fn log_origin(origin: Origin, path: &std::path::Path, capacity: u32) {
 
 /// Loads the durable entries into the backends' in-memory tables, oldest first, and forgets
 /// the ones that expired meanwhile or whose backend is gone from the configuration.
-fn adopt_entries(durable: &DurableTable, backends: &[Arc<BackendState>], journal: &Journal) {
+fn adopt_entries(
+    entries: Vec<(lb_common::StickKey, lb_common::StickEntry)>,
+    backends: &[Arc<BackendState>],
+    journal: &Journal,
+) {
     let by_id: HashMap<u32, &Arc<BackendState>> = backends.iter().map(|b| (b.id, b)).collect();
     let now = table::now_ms();
     let (mut adopted, mut expired, mut orphaned) = (0usize, 0usize, 0usize);
-    for (key, entry) in durable.entries() {
+    for (key, entry) in entries {
         let Some(backend) = by_id.get(&key.backend_id) else {
             orphaned += 1;
             journal.send(JournalOp::Delete(key));

@@ -34,14 +34,21 @@ pub enum JournalOp {
     Delete(StickKey),
 }
 
-/// Where table changes go: to the durable writer ([`pinned::spawn_writer`]), which drains the
-/// receiving end, and, for local changes, a signal that wakes peer sessions. Cloned into every
-/// table.
+/// Where table changes go: straight into the durable table ([`Journal::direct`], the daemon's:
+/// a map update is one syscall of a microsecond or two, cheaper than waking a writer thread and
+/// being woken back), or into a channel whose receiving end inspects them (tests); and, for
+/// local changes, a signal that wakes peer sessions. Cloned into every table.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::UnboundedSender<JournalOp>,
+    sink: Arc<Sink>,
     progress: Arc<JournalProgress>,
     local_changes: Arc<watch::Sender<u64>>,
+}
+
+enum Sink {
+    Channel(mpsc::UnboundedSender<JournalOp>),
+    /// Applied by the sender, in the order senders take the lock.
+    Direct(Mutex<pinned::DurableTable>),
 }
 
 /// The receiving end of a [`Journal`].
@@ -64,7 +71,7 @@ pub fn journal() -> (Journal, JournalReceiver) {
     let progress = Arc::new(JournalProgress::default());
     (
         Journal {
-            tx,
+            sink: Arc::new(Sink::Channel(tx)),
             progress: Arc::clone(&progress),
             local_changes: Arc::new(watch::Sender::new(0)),
         },
@@ -73,11 +80,34 @@ pub fn journal() -> (Journal, JournalReceiver) {
 }
 
 impl Journal {
+    /// A journal that writes each change to `table` as it is sent: [`Journal::flushed`] is
+    /// then always true.
+    pub fn direct(table: pinned::DurableTable) -> Journal {
+        Journal {
+            sink: Arc::new(Sink::Direct(Mutex::new(table))),
+            progress: Arc::default(),
+            local_changes: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
     pub fn send(&self, op: JournalOp) {
-        self.progress.sent.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(op).is_err() {
-            // The writer is gone (shutdown); nothing will apply this op.
-            self.progress.sent.fetch_sub(1, Ordering::Relaxed);
+        match &*self.sink {
+            Sink::Direct(table) => {
+                let result = table
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .apply(op);
+                if let Err(error) = result {
+                    tracing::error!(%error, ?op, "writing the durable stick table failed");
+                }
+            }
+            Sink::Channel(tx) => {
+                self.progress.sent.fetch_add(1, Ordering::Relaxed);
+                if tx.send(op).is_err() {
+                    // The writer is gone (shutdown); nothing will apply this op.
+                    self.progress.sent.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -110,11 +140,6 @@ impl Journal {
 }
 
 impl JournalReceiver {
-    /// The next op, blocking the calling (non-async) thread; `None` once every sender is gone.
-    pub fn blocking_recv(&mut self) -> Option<JournalOp> {
-        self.rx.blocking_recv()
-    }
-
     /// The next op if one is waiting.
     pub fn try_recv(&mut self) -> Option<JournalOp> {
         self.rx.try_recv().ok()

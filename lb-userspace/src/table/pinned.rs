@@ -7,13 +7,12 @@
 use std::{
     io,
     path::{Path, PathBuf},
-    thread,
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError, MapType};
 use lb_common::{StickEntry, StickKey};
 
-use super::{JournalOp, JournalReceiver};
+use super::JournalOp;
 use crate::dataplane::{self, LayoutMismatch, MapLayout};
 
 /// Errors opening, adopting or writing the durable table.
@@ -196,6 +195,38 @@ impl DurableReader {
     }
 }
 
+/// A [`DurableReader`] consulted only while another process of ours writes the same map
+/// (an upgrade's overlap): otherwise every miss would cost a syscall for nothing, since the
+/// in-memory table holds everything this process wrote or adopted.
+pub struct SharedTableReader {
+    reader: DurableReader,
+    sharing: std::sync::atomic::AtomicBool,
+}
+
+impl SharedTableReader {
+    pub fn new(reader: DurableReader, sharing: bool) -> Self {
+        Self {
+            reader,
+            sharing: std::sync::atomic::AtomicBool::new(sharing),
+        }
+    }
+
+    /// Whether another process writes the map from now on.
+    pub fn set_sharing(&self, sharing: bool) {
+        self.sharing
+            .store(sharing, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl super::Fallback for SharedTableReader {
+    fn lookup(&self, key: &StickKey) -> Option<(std::sync::Arc<str>, u64)> {
+        if !self.sharing.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        super::Fallback::lookup(&self.reader, key)
+    }
+}
+
 impl super::Fallback for DurableReader {
     fn lookup(&self, key: &StickKey) -> Option<(std::sync::Arc<str>, u64)> {
         let entry = self.map.get(key, 0).ok()?;
@@ -204,23 +235,4 @@ impl super::Fallback for DurableReader {
             entry.last_seen_ms,
         ))
     }
-}
-
-/// Applies journaled changes to the durable table on a thread of its own, as they arrive (a map
-/// update is a syscall of a few microseconds). Returns when every sender is gone and the
-/// journal is drained, so joining the thread at shutdown loses nothing.
-pub fn spawn_writer(
-    mut table: DurableTable,
-    mut journal: JournalReceiver,
-) -> io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new()
-        .name("table-writer".into())
-        .spawn(move || {
-            while let Some(op) = journal.blocking_recv() {
-                if let Err(error) = table.apply(op) {
-                    tracing::error!(%error, ?op, "writing the durable stick table failed");
-                }
-                journal.applied();
-            }
-        })
 }
