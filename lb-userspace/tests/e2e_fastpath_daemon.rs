@@ -1078,3 +1078,71 @@ fn no_packet_of_a_live_spliced_flow_reaches_the_load_balancers_stack() {
     client.join().unwrap();
     println!("lb stack counters unchanged while the flow lived: {end:?}");
 }
+
+/// The interface of `ns` that holds `addr`.
+fn device_with(ns: &NetNs, addr: &str) -> String {
+    let (_, text) = ns.try_exec(&["ip", "-o", "-4", "addr", "show"]);
+    text.lines()
+        .find(|l| l.contains(&format!(" {addr}/")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no interface with {addr}: {text}"))
+        .to_owned()
+}
+
+#[test]
+fn a_client_behind_a_smaller_mtu_stays_in_the_proxy_and_is_counted() {
+    if !common::privileged() {
+        return;
+    }
+    let setup = Setup::new("fpz", 242, "60s");
+    let topo = &setup.topo;
+    // The client's link has an MTU of 1400, the servers' 1500: spliced, the server's 1448-byte
+    // segments would not fit the client's link.
+    for (ns, addr) in [
+        (&topo.client, topo.client_addr()),
+        (&topo.lb, topo.lb_addr()),
+    ] {
+        let device = device_with(ns, &addr);
+        ns.exec(&["ip", "link", "set", "dev", &device, "mtu", "1400"]);
+    }
+    let lb = topo.lb_addr();
+    let daemon = setup.start();
+    let addr = format!("{lb}:8080");
+    let server = common::http::in_netns(&topo.client.name.clone(), move || {
+        let mut conn = TcpStream::connect(&addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpz1", None, None);
+        for path in ["/bytes/3000000", "/", "/"] {
+            // Time for the proxy to try (and refuse) the hand-off.
+            thread::sleep(Duration::from_millis(100));
+            let (server, _) = get(&mut conn, &mut buf, path, Some("fpz1"), None);
+            assert_eq!(server, first);
+        }
+        close_cleanly(conn, &buf);
+        first
+    });
+    let m = metrics(&topo.client, &lb);
+    let outcome = |o: &str| {
+        metric(
+            &m,
+            &format!("stickylb_fastpath_handoffs_total{{outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!(
+        (outcome("refused_options"), outcome("spliced")),
+        (1, 0),
+        "{m}"
+    );
+    let requests = metric(
+        &m,
+        &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{server}\"}}"),
+    );
+    assert_eq!(requests, 4, "every request went through the proxy");
+    let output = daemon.stop_with(libc::SIGTERM);
+    assert!(
+        output.contains("would exceed the client's MSS"),
+        "the refusal says why: {output}"
+    );
+}

@@ -46,8 +46,12 @@ pub struct Snapshot {
     pub snd_wscale: u8,
     /// Scale this socket applies to the windows it sends (`tcpi_rcv_wscale`).
     pub rcv_wscale: u8,
+    /// Largest payload this socket sends (`tcpi_snd_mss`: the peer's MSS and the path, less
+    /// the TCP options in use).
     pub snd_mss: u32,
     pub rcv_mss: u32,
+    /// The MSS this socket advertised to its peer (`tcpi_advmss`, options not deducted).
+    pub adv_mss: u32,
     /// Unread bytes (`SIOCINQ`).
     pub inq: u32,
     /// Unacknowledged or unsent bytes (`SIOCOUTQ`).
@@ -103,6 +107,7 @@ pub fn snapshot(socket: impl AsFd) -> Result<Snapshot, RepairError> {
         rcv_wscale: info.tcpi_snd_rcv_wscale >> 4,
         snd_mss: info.tcpi_snd_mss,
         rcv_mss: info.tcpi_rcv_mss,
+        adv_mss: info.tcpi_advmss,
         inq,
         outq,
     })

@@ -40,6 +40,30 @@ impl Leg {
     }
 }
 
+/// TCP option bytes of every segment when timestamps are on (TSopt, 10 bytes, padded to 12).
+const TIMESTAMP_OPTION_LEN: u32 = 12;
+
+/// The MSS rule: once spliced, each peer's segments (sized for the proxy socket it talks to)
+/// go on unchanged to the other peer, so each peer's largest segment must fit the MSS of the
+/// other leg. A peer's largest payload is what that leg's proxy socket advertised, less the
+/// options; the other peer accepts what the proxy socket facing it sends (`snd_mss`). With the
+/// same MTU on both sides, both hold with equality.
+fn check_mss(a: &Snapshot, b: &Snapshot, timestamps: bool) -> Result<(), Refusal> {
+    let options = if timestamps { TIMESTAMP_OPTION_LEN } else { 0 };
+    for (from, to, sender, receiver) in [("client", "server", a, b), ("server", "client", b, a)] {
+        let sent = sender.adv_mss.saturating_sub(options);
+        if sent > receiver.snd_mss {
+            return Err(Refusal::MssTooLarge {
+                from,
+                to,
+                sent,
+                allowed: receiver.snd_mss,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The key of packets from `src` to `dst`.
 pub fn tuple_key(src: SocketAddrV4, dst: SocketAddrV4) -> SpliceKey {
     SpliceKey {
@@ -63,6 +87,15 @@ pub enum Refusal {
     OptionMismatch { a: u8, b: u8 },
     #[error("timestamps are on but no TSval was observed from the {peer}")]
     NoTsval { peer: &'static str },
+    #[error(
+        "segments of up to {sent} bytes from the {from} would exceed the {to}'s MSS of {allowed}"
+    )]
+    MssTooLarge {
+        from: &'static str,
+        to: &'static str,
+        sent: u32,
+        allowed: u32,
+    },
 }
 
 /// The two entries to commit.
@@ -106,6 +139,7 @@ pub fn translate(a: &Leg, b: &Leg) -> Result<Translation, Refusal> {
         });
     }
     let timestamps = a_opts & TCPI_OPT_TIMESTAMPS != 0;
+    check_mss(&a.snapshot, &b.snapshot, timestamps)?;
     if timestamps {
         if a.peer_last_tsval == 0 {
             return Err(Refusal::NoTsval { peer: "client" });
@@ -192,6 +226,7 @@ mod tests {
             rcv_wscale: rcv_ws,
             snd_mss: 1448,
             rcv_mss: 1448,
+            adv_mss: 1460,
             inq: 0,
             outq: 0,
         }
@@ -288,5 +323,32 @@ mod tests {
         let (a, mut b) = legs();
         b.peer_last_tsval = 0;
         assert_eq!(translate(&a, &b), Err(Refusal::NoTsval { peer: "server" }));
+    }
+
+    #[test]
+    fn segments_must_fit_the_other_legs_mss() {
+        // A client behind a smaller MTU (1400): the server's 1448-byte segments would not fit.
+        let (mut a, b) = legs();
+        a.snapshot.snd_mss = 1348;
+        assert_eq!(
+            translate(&a, &b),
+            Err(Refusal::MssTooLarge {
+                from: "server",
+                to: "client",
+                sent: 1448,
+                allowed: 1348
+            })
+        );
+        // The proxy advertised more to the client than the server accepts.
+        let (mut a, b) = legs();
+        a.snapshot.adv_mss = 9000;
+        assert!(matches!(
+            translate(&a, &b),
+            Err(Refusal::MssTooLarge { from: "client", .. })
+        ));
+        // A server that accepts more than the client sends is fine.
+        let (a, mut b) = legs();
+        b.snapshot.snd_mss = 8948;
+        assert!(translate(&a, &b).is_ok());
     }
 }
