@@ -156,6 +156,14 @@ fn metric(text: &str, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A connection with a 20 s read timeout.
+fn connect(addr: &str) -> TcpStream {
+    let conn = TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    conn
+}
+
 /// Reads a response head; `buf` keeps what follows.
 fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> String {
     loop {
@@ -328,9 +336,7 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
         let ns = setup.topo.client.name.clone();
         move || {
             common::http::in_netns(&ns, move || {
-                let mut conn = TcpStream::connect(&addr).expect("connect");
-                conn.set_read_timeout(Some(Duration::from_secs(20)))
-                    .unwrap();
+                let mut conn = connect(&addr);
                 let mut buf = Vec::new();
                 let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpk1", None, None);
                 to_main.send("first").unwrap();
@@ -639,9 +645,7 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
     let addr = format!("{lb}:8080");
     let requests = 6;
     let server = common::http::in_netns(&setup.topo.client.name.clone(), move || {
-        let mut conn = TcpStream::connect(&addr).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        let mut conn = connect(&addr);
         let mut buf = Vec::new();
         let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpo1", None, None);
         for i in 1..requests {
@@ -725,9 +729,7 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
         let (ns, addr) = (setup.topo.client.name.clone(), addr.clone());
         let handle = thread::spawn(move || {
             common::http::in_netns(&ns, move || {
-                let mut conn = TcpStream::connect(&addr).expect("connect");
-                conn.set_read_timeout(Some(Duration::from_secs(20)))
-                    .unwrap();
+                let mut conn = connect(&addr);
                 let mut buf = Vec::new();
                 let (first, _) = get(
                     &mut conn,
@@ -903,23 +905,19 @@ fn websocket_and_connect_tunnels_are_spliced_right_after_the_response_head() {
     let addr = format!("{lb}:8080");
     let ns = setup.topo.client.name.clone();
     let (conns, servers) = common::http::in_netns(&ns, move || {
-        let mut ws = TcpStream::connect(&addr).expect("connect");
-        ws.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut ws = connect(&addr);
         let ws_server = open_tunnel(
             &mut ws,
             "GET /chat HTTP/1.1\r\nHost: t\r\nCookie: JSESSIONID=fpwA\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             "HTTP/1.1 101",
         );
-        let mut connect = TcpStream::connect(&addr).expect("connect");
-        connect
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        let mut tunnel = connect(&addr);
         let connect_server = open_tunnel(
-            &mut connect,
+            &mut tunnel,
             "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\nCookie: JSESSIONID=fpwB\r\n\r\n",
             "HTTP/1.1 200",
         );
-        ((ws, connect), (ws_server, connect_server))
+        ((ws, tunnel), (ws_server, connect_server))
     });
     // Both tunnels are in the kernel before anything went through them.
     assert!(
@@ -1012,9 +1010,7 @@ fn no_packet_of_a_live_spliced_flow_reaches_the_load_balancers_stack() {
         let ns = setup.topo.client.name.clone();
         move || {
             common::http::in_netns(&ns, move || {
-                let mut conn = TcpStream::connect(&addr).expect("connect");
-                conn.set_read_timeout(Some(Duration::from_secs(20)))
-                    .unwrap();
+                let mut conn = connect(&addr);
                 let mut buf = Vec::new();
                 let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpm1", None, None);
                 to_main.send(first.clone()).unwrap();
@@ -1109,9 +1105,7 @@ fn a_client_behind_a_smaller_mtu_stays_in_the_proxy_and_is_counted() {
     let daemon = setup.start();
     let addr = format!("{lb}:8080");
     let server = common::http::in_netns(&topo.client.name.clone(), move || {
-        let mut conn = TcpStream::connect(&addr).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        let mut conn = connect(&addr);
         let mut buf = Vec::new();
         let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpz1", None, None);
         for path in ["/bytes/3000000", "/", "/"] {

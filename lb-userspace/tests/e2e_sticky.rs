@@ -138,6 +138,16 @@ impl Rig {
     fn start(&self) -> Proc {
         start_daemon(&self.topo.lb.name, &self.cfg)
     }
+
+    /// Sets `fastpath = "off"` on the frontend: every request through the userspace proxy.
+    fn without_fast_path(&self) {
+        let text = std::fs::read_to_string(&self.cfg).unwrap();
+        let text = text.replace(
+            "backend = \"back-session\"\n",
+            "backend = \"back-session\"\nfastpath = \"off\"\n",
+        );
+        std::fs::write(&self.cfg, text).unwrap();
+    }
 }
 
 /// The seed's access script: `NNNNN - <body>` for each session.
@@ -383,12 +393,7 @@ fn keep_alive_connection_serves_many_sticky_requests() {
     let rig = rig("ka", 217, &seven()[..3], "");
     // This connection changes sessions midway, which needs L7 routing of every request: a
     // spliced connection stays on its first server (e2e_fastpath_daemon tests that).
-    let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    let text = text.replace(
-        "backend = \"back-session\"\n",
-        "backend = \"back-session\"\nfastpath = \"off\"\n",
-    );
-    std::fs::write(&rig.cfg, text).unwrap();
+    rig.without_fast_path();
     let _daemon = rig.start();
     let topo = &rig.topo;
     let addr = format!("{}:80", topo.lb_addr());
@@ -509,12 +514,7 @@ fn an_upgrade_becomes_a_tunnel_to_the_sticky_server_without_the_fast_path() {
     }
     let rig = rig("up", 241, &seven()[..3], "");
     // The userspace proxy's own upgrade path (the fast path's is in e2e_fastpath_daemon).
-    let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    let text = text.replace(
-        "backend = \"back-session\"\n",
-        "backend = \"back-session\"\nfastpath = \"off\"\n",
-    );
-    std::fs::write(&rig.cfg, text).unwrap();
+    rig.without_fast_path();
     let _daemon = rig.start();
     let addr = format!("{}:80", rig.topo.lb_addr());
     let servers = http::in_netns(&rig.topo.client.name, move || {
