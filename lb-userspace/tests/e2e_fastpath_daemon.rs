@@ -934,6 +934,26 @@ fn websocket_and_connect_tunnels_are_spliced_right_after_the_response_head() {
         2,
         "{before}"
     );
+    // bpftool decodes the pinned flow map from its BTF: field names and values.
+    let flows = setup.root.join(lb_common::SPLICE_FLOWS_MAP);
+    // From the host: `ip netns exec` would mount another /sys, without our bpffs.
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(&flows)
+        .output()
+        .expect("bpftool");
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bpftool map dump: {dump}");
+    let spliced_state = format!("\"state\": {SPLICE_STATE_SPLICE},");
+    assert_eq!(dump.matches(&spliced_state).count(), 4, "{dump}");
+    for field in [
+        "\"new_saddr\"",
+        "\"seq_delta\"",
+        "\"out_ifindex\"",
+        "\"sport\"",
+    ] {
+        assert!(dump.contains(field), "{field} in {dump}");
+    }
     let (ws, connect) = conns;
     echo_through(&ws, 20_000_000);
     echo_through(&connect, 1_000_000);
