@@ -101,7 +101,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let (durable, path) = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
 
     let entries = durable.entries();
-    let journal = Journal::direct(durable);
+    let journal = Journal::direct(durable, config.peers.is_some());
     let (backends, frontends) = routing(&config, &journal);
     // A successor shares the map with its predecessor until that one has drained.
     let reader = Arc::new(SharedTableReader::new(

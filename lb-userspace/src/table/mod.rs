@@ -43,6 +43,8 @@ pub struct Journal {
     sink: Arc<Sink>,
     progress: Arc<JournalProgress>,
     local_changes: Arc<watch::Sender<u64>>,
+    /// Whether peers are sent local changes: only then do tables keep an update log.
+    replicated: bool,
 }
 
 enum Sink {
@@ -74,6 +76,7 @@ pub fn journal() -> (Journal, JournalReceiver) {
             sink: Arc::new(Sink::Channel(tx)),
             progress: Arc::clone(&progress),
             local_changes: Arc::new(watch::Sender::new(0)),
+            replicated: true,
         },
         JournalReceiver { rx, progress },
     )
@@ -81,12 +84,14 @@ pub fn journal() -> (Journal, JournalReceiver) {
 
 impl Journal {
     /// A journal that writes each change to `table` as it is sent: [`Journal::flushed`] is
-    /// then always true.
-    pub fn direct(table: pinned::DurableTable) -> Journal {
+    /// then always true. `replicated`: peers are sent local changes, so the tables keep an
+    /// update log (a position per changed key, about 80 bytes an entry, only worth it then).
+    pub fn direct(table: pinned::DurableTable, replicated: bool) -> Journal {
         Journal {
             sink: Arc::new(Sink::Direct(Mutex::new(table))),
             progress: Arc::default(),
             local_changes: Arc::new(watch::Sender::new(0)),
+            replicated,
         }
     }
 
@@ -186,6 +191,8 @@ struct Inner {
     /// HAProxy's update tree: a lagging peer gets each changed key once, with its latest value.
     updates: BTreeMap<u64, StickKey>,
     last_seq: u64,
+    /// Whether local changes are logged at all (see [`Journal::direct`]).
+    logging: bool,
 }
 
 impl Inner {
@@ -211,6 +218,9 @@ impl Inner {
 
     /// Records a local change of `key` in the update log.
     fn log_update(&mut self, key: &StickKey) -> Option<u64> {
+        if !self.logging {
+            return None;
+        }
         let slot = self.lru.peek_mut(key)?;
         self.last_seq += 1;
         let seq = self.last_seq;
@@ -258,6 +268,7 @@ impl StickTable {
                 lru: LruCache::new(capacity),
                 updates: BTreeMap::new(),
                 last_seq: 0,
+                logging: journal.replicated,
             }),
             journal,
             fallback: OnceLock::new(),

@@ -6,6 +6,7 @@
 
 use std::{
     io,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -108,9 +109,17 @@ impl DurableTable {
         Ok(self.map_data_info()?.max_entries())
     }
 
-    /// Every entry, oldest first. Entries that vanish while iterating are skipped.
+    /// Every entry, oldest first. Read in batches (one syscall per few thousand entries: a
+    /// restart adopts a million in well under a second); entry by entry on a kernel without
+    /// batch lookups. Entries that vanish while iterating are skipped.
     pub fn entries(&self) -> Vec<(StickKey, StickEntry)> {
-        let mut entries: Vec<_> = self.map.iter().filter_map(Result::ok).collect();
+        let mut entries = match batch::read_all(self.map_data().fd().as_fd()) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::debug!(%error, "batch lookup unavailable; reading entry by entry");
+                self.map.iter().filter_map(Result::ok).collect()
+            }
+        };
         entries.sort_by_key(|(_, entry)| entry.last_seen_ms);
         entries
     }
@@ -234,5 +243,81 @@ impl super::Fallback for DurableReader {
             std::sync::Arc::from(super::field_text(&entry.server)),
             entry.last_seen_ms,
         ))
+    }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` over the whole map (aya 0.14 has no batch operations).
+mod batch {
+    use std::{
+        io,
+        mem::{size_of, MaybeUninit},
+        os::fd::{AsRawFd as _, BorrowedFd},
+    };
+
+    use lb_common::{StickEntry, StickKey};
+
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BATCH: usize = 4096;
+
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    pub(super) fn read_all(map: BorrowedFd<'_>) -> io::Result<Vec<(StickKey, StickEntry)>> {
+        let fd = u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("bad map fd"))?;
+        let mut keys = vec![MaybeUninit::<StickKey>::uninit(); BATCH];
+        let mut values = vec![MaybeUninit::<StickEntry>::uninit(); BATCH];
+        // Hash maps use a bucket index as the position token; a key-sized buffer is ample.
+        let (mut position, mut next) = ([0u8; size_of::<StickKey>()], [0u8; size_of::<StickKey>()]);
+        let mut out = Vec::new();
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { position.as_ptr() as u64 },
+                out_batch: next.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: BATCH as u32,
+                map_fd: fd,
+                ..BatchAttr::default()
+            };
+            // SAFETY: attr points to a valid bpf_attr prefix for this command; keys and values
+            // have room for `count` elements of the map's key and value sizes (the layout
+            // check made sure they are StickKey and StickEntry); the kernel writes at most that.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    size_of::<BatchAttr>(),
+                )
+            };
+            let error = (rc < 0).then(io::Error::last_os_error);
+            let done = match &error {
+                None => false,
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Some(e) => return Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            let count = (attr.count as usize).min(BATCH);
+            for i in 0..count {
+                // SAFETY: the kernel wrote `count` keys and values (plain old data).
+                out.push(unsafe { (keys[i].assume_init(), values[i].assume_init()) });
+            }
+            if done {
+                return Ok(out);
+            }
+            position = next;
+            first = false;
+        }
     }
 }
