@@ -298,9 +298,23 @@ async fn exchange(
     if learned || decision != Decision::StickyHit {
         backend.table.durable().await;
     }
-    client.write_all(&response_buf[..len]).await?;
-    response_buf.advance(len);
+    // A response that came whole with its head (the usual small answer) goes in one write.
+    let whole = match response.body {
+        Framing::Length(body) => usize::try_from(body)
+            .ok()
+            .and_then(|body| body.checked_add(len))
+            .filter(|&end| end <= response_buf.len()),
+        _ => None,
+    };
+    client
+        .write_all(&response_buf[..whole.unwrap_or(len)])
+        .await?;
+    response_buf.advance(whole.unwrap_or(len));
     let framed = match response.body {
+        Framing::Length(body) if whole.is_some() => {
+            server.stats.bytes_out.fetch_add(body, Relaxed);
+            true
+        }
         Framing::Length(body) => {
             copy_body(&mut response_buf, upstream, client, body).await?;
             server.stats.bytes_out.fetch_add(body, Relaxed);
@@ -402,12 +416,18 @@ where
     W: AsyncWrite + Unpin,
 {
     let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
-    to.write_all(&buf[..buffered]).await?;
-    buf.advance(buffered);
+    if buffered > 0 {
+        to.write_all(&buf[..buffered]).await?;
+        buf.advance(buffered);
+    }
     let mut left = len - buffered as u64;
-    let mut chunk = vec![0u8; CHUNK];
+    if left == 0 {
+        return Ok(());
+    }
+    // Only bodies larger than what came with the head get here: small answers allocate nothing.
+    let mut chunk = vec![0u8; usize::try_from(left).unwrap_or(CHUNK).min(CHUNK)];
     while left > 0 {
-        let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        let want = usize::try_from(left).unwrap_or(CHUNK).min(chunk.len());
         let n = from.read(&mut chunk[..want]).await?;
         if n == 0 {
             return Err(std::io::Error::new(
@@ -757,6 +777,24 @@ mod tests {
         assert!(text.contains("x-forwarded-for: 1.2.3.4, 10.0.0.9\r\n"));
         assert!(!text.contains("keep-alive"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn bodies_are_copied_from_the_buffer_then_the_stream() {
+        let body = b"0123456789NEXT";
+        for split in [0, 4, 10, 14] {
+            let mut buf = BytesMut::from(&body[..split]);
+            let mut rest = &body[split..];
+            let mut out = Vec::new();
+            copy_body(&mut buf, &mut rest, &mut out, 10).await.unwrap();
+            assert_eq!(out, b"0123456789", "split {split}");
+            let mut leftover = buf.to_vec();
+            leftover.extend_from_slice(rest);
+            assert_eq!(leftover, b"NEXT", "split {split}");
+        }
+        let mut buf = BytesMut::from(&b"01"[..]);
+        let err = copy_body(&mut buf, &mut &b"234"[..], &mut Vec::new(), 10).await;
+        assert!(err.is_err(), "closed mid-body");
     }
 
     #[tokio::test]
