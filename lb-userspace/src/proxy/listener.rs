@@ -135,15 +135,18 @@ pub async fn serve(
                             }
                         });
                     }
-                    _ => serve_connection(
-                        stream,
-                        Bytes::new(),
-                        peer,
-                        &frontend,
-                        &proxy,
-                        settings,
-                        &graceful,
-                    ),
+                    _ => {
+                        let _ = stream.set_nodelay(true);
+                        serve_connection(
+                            stream,
+                            Bytes::new(),
+                            peer,
+                            &frontend,
+                            &proxy,
+                            settings,
+                            &graceful,
+                        );
+                    }
                 }
             }
             Err(error) => {
@@ -155,6 +158,7 @@ pub async fn serve(
     }
 }
 
+/// Serves `stream` (with `TCP_NODELAY` set by the caller) with hyper, `read` first.
 fn serve_connection(
     stream: TcpStream,
     read: Bytes,
@@ -164,7 +168,6 @@ fn serve_connection(
     settings: ConnSettings,
     graceful: &Drain,
 ) {
-    let _ = stream.set_nodelay(true);
     let spare = stream
         .as_fd()
         .try_clone_to_owned()
