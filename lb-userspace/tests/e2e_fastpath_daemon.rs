@@ -156,6 +156,28 @@ fn metric(text: &str, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `script` on a thread in the client namespace, on a new connection to the frontend
+/// (20 s read timeout). It reports to the test on its `Sender` and waits for the test's go on
+/// its `Receiver`. Returns the thread and the test's ends of both channels.
+fn scripted_client<T, G, R>(
+    setup: &Setup,
+    script: impl FnOnce(TcpStream, mpsc::Sender<T>, mpsc::Receiver<G>) -> R + Send + 'static,
+) -> (thread::JoinHandle<R>, mpsc::Sender<G>, mpsc::Receiver<T>)
+where
+    T: Send + 'static,
+    G: Send + 'static,
+    R: Send + 'static,
+{
+    let (to_main, from_client) = mpsc::channel();
+    let (to_client, from_main) = mpsc::channel();
+    let ns = setup.topo.client.name.clone();
+    let addr = format!("{}:8080", setup.topo.lb_addr());
+    let client = thread::spawn(move || {
+        common::http::in_netns(&ns, move || script(connect(&addr), to_main, from_main))
+    });
+    (client, to_client, from_client)
+}
+
 /// A connection with a 20 s read timeout.
 fn connect(addr: &str) -> TcpStream {
     let conn = TcpStream::connect(addr).expect("connect");
@@ -329,51 +351,45 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
 
     // The client: request 1 through the proxy (it sets the session), then, once spliced, 20
     // small requests and a 100 MB download on the same connection.
-    let (to_main, from_client) = mpsc::channel::<&'static str>();
-    let (to_client, from_main) = mpsc::channel::<()>();
-    let addr = format!("{lb}:8080");
-    let client = thread::spawn({
-        let ns = setup.topo.client.name.clone();
-        move || {
-            common::http::in_netns(&ns, move || {
-                let mut conn = connect(&addr);
-                let mut buf = Vec::new();
-                let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpk1", None, None);
-                to_main.send("first").unwrap();
-                from_main.recv().unwrap();
-                for i in 0..19 {
-                    let (server, _) = get(
-                        &mut conn,
-                        &mut buf,
-                        &format!("/bytes/{}", 1000 + i),
-                        Some("fpk1"),
-                        None,
-                    );
-                    assert_eq!(server, first, "request {i} on the sticky server");
-                }
-                let mut pause = || {
-                    to_main.send("mid-download").unwrap();
-                    from_main.recv().unwrap();
-                };
-                get(
+    let (client, to_client, from_client) = scripted_client(
+        &setup,
+        move |mut conn, to_main: mpsc::Sender<&'static str>, from_main: mpsc::Receiver<()>| {
+            let mut buf = Vec::new();
+            let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpk1", None, None);
+            to_main.send("first").unwrap();
+            from_main.recv().unwrap();
+            for i in 0..19 {
+                let (server, _) = get(
                     &mut conn,
                     &mut buf,
-                    &format!("/bytes/{BIG}"),
+                    &format!("/bytes/{}", 1000 + i),
                     Some("fpk1"),
-                    Some((BIG / 10, &mut pause)),
+                    None,
                 );
-                let (again, _) = get(&mut conn, &mut buf, "/", Some("fpk1"), None);
-                assert_eq!(again, first, "the sticky server answers after the splice");
-                to_main.send("done").unwrap();
+                assert_eq!(server, first, "request {i} on the sticky server");
+            }
+            let mut pause = || {
+                to_main.send("mid-download").unwrap();
                 from_main.recv().unwrap();
-                // After an idle stretch under the new daemon's collector: still spliced.
-                let (last, _) = get(&mut conn, &mut buf, "/", Some("fpk1"), None);
-                assert_eq!(last, first, "after the idle stretch");
-                close_cleanly(conn, &buf);
-                first
-            })
-        }
-    });
+            };
+            get(
+                &mut conn,
+                &mut buf,
+                &format!("/bytes/{BIG}"),
+                Some("fpk1"),
+                Some((BIG / 10, &mut pause)),
+            );
+            let (again, _) = get(&mut conn, &mut buf, "/", Some("fpk1"), None);
+            assert_eq!(again, first, "the sticky server answers after the splice");
+            to_main.send("done").unwrap();
+            from_main.recv().unwrap();
+            // After an idle stretch under the new daemon's collector: still spliced.
+            let (last, _) = get(&mut conn, &mut buf, "/", Some("fpk1"), None);
+            assert_eq!(last, first, "after the idle stretch");
+            close_cleanly(conn, &buf);
+            first
+        },
+    );
     assert_eq!(
         from_client.recv_timeout(Duration::from_secs(20)).unwrap(),
         "first"
@@ -719,17 +735,13 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
     let capture_file = std::env::temp_dir().join(format!("fpu-{}.pcap", std::process::id()));
     let capture = capture_rsts(&setup.topo.lb, &capture_file);
     let mut old = setup.start();
-    let addr = format!("{lb}:8080");
 
     // Each client connection: the first request through the proxy, then `step` more requests
     // (and a 10 MB download) each time the main thread says so, on its sticky server.
     let connection = |cookie: &'static str| {
-        let (to_main, from_client) = mpsc::channel::<String>();
-        let (to_client, from_main) = mpsc::channel::<bool>();
-        let (ns, addr) = (setup.topo.client.name.clone(), addr.clone());
-        let handle = thread::spawn(move || {
-            common::http::in_netns(&ns, move || {
-                let mut conn = connect(&addr);
+        scripted_client(
+            &setup,
+            move |mut conn, to_main: mpsc::Sender<String>, from_main: mpsc::Receiver<bool>| {
                 let mut buf = Vec::new();
                 let (first, _) = get(
                     &mut conn,
@@ -747,9 +759,8 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
                     to_main.send(first.clone()).unwrap();
                 }
                 close_cleanly(conn, &buf);
-            })
-        });
-        (handle, to_client, from_client)
+            },
+        )
     };
     let (a, to_a, from_a) = connection("fpuA");
     from_a.recv_timeout(Duration::from_secs(20)).unwrap();
@@ -1021,38 +1032,31 @@ fn no_packet_of_a_live_spliced_flow_reaches_the_load_balancers_stack() {
     // No health checks and no monitor scrapes while counting: the flow is the only TCP traffic
     // toward the lb namespace, so its stack must receive no segment at all.
     let setup = Setup::with_health("fpm", 239, "2s", "{ enabled = false }");
-    let lb = setup.topo.lb_addr();
     let daemon = setup.start();
-    let (to_main, from_client) = mpsc::channel::<String>();
-    let (to_client, from_main) = mpsc::channel::<()>();
-    let addr = format!("{lb}:8080");
-    let client = thread::spawn({
-        let ns = setup.topo.client.name.clone();
-        move || {
-            common::http::in_netns(&ns, move || {
-                let mut conn = connect(&addr);
-                let mut buf = Vec::new();
-                let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpm1", None, None);
-                to_main.send(first.clone()).unwrap();
-                let mut phase = |requests: usize, download: bool, done: &str| {
-                    from_main.recv().unwrap();
-                    for _ in 0..requests {
-                        let (server, _) = get(&mut conn, &mut buf, "/", Some("fpm1"), None);
-                        assert_eq!(server, first);
-                    }
-                    if download {
-                        get(&mut conn, &mut buf, "/bytes/20000000", Some("fpm1"), None);
-                    }
-                    to_main.send(done.to_owned()).unwrap();
-                };
-                phase(30, true, "with the daemon");
-                phase(10, false, "without a daemon");
-                phase(10, false, "with a new daemon");
-                close_cleanly(conn, &buf);
-                to_main.send("closed".to_owned()).unwrap();
-            })
-        }
-    });
+    let (client, to_client, from_client) = scripted_client(
+        &setup,
+        move |mut conn, to_main: mpsc::Sender<String>, from_main: mpsc::Receiver<()>| {
+            let mut buf = Vec::new();
+            let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpm1", None, None);
+            to_main.send(first.clone()).unwrap();
+            let mut phase = |requests: usize, download: bool, done: &str| {
+                from_main.recv().unwrap();
+                for _ in 0..requests {
+                    let (server, _) = get(&mut conn, &mut buf, "/", Some("fpm1"), None);
+                    assert_eq!(server, first);
+                }
+                if download {
+                    get(&mut conn, &mut buf, "/bytes/20000000", Some("fpm1"), None);
+                }
+                to_main.send(done.to_owned()).unwrap();
+            };
+            phase(30, true, "with the daemon");
+            phase(10, false, "without a daemon");
+            phase(10, false, "with a new daemon");
+            close_cleanly(conn, &buf);
+            to_main.send("closed".to_owned()).unwrap();
+        },
+    );
     let wait = || from_client.recv_timeout(Duration::from_secs(60)).unwrap();
     wait();
     assert!(wait_until(Duration::from_secs(10), || setup
