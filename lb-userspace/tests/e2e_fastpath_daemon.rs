@@ -186,6 +186,19 @@ fn connect(addr: &str) -> TcpStream {
     conn
 }
 
+/// Requests the proxy forwarded to `servers` (of backend `web`), from `/metrics` text.
+fn proxied(metrics: &str, servers: &[&str]) -> u64 {
+    servers
+        .iter()
+        .map(|s| {
+            metric(
+                metrics,
+                &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{s}\"}}"),
+            )
+        })
+        .sum()
+}
+
 /// Reads a response head; `buf` keeps what follows.
 fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> String {
     loop {
@@ -465,12 +478,7 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
         "the download went through the program: {entries:?}"
     );
     // The proxy's counters did not move after the splice (the restarted daemon starts at 0).
-    let requests = |m: &str| {
-        metric(
-            m,
-            &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{server}\"}}"),
-        )
-    };
+    let requests = |m: &str| proxied(m, &[&server]);
     eprintln!(
         "requests before {} at splice {} after restart {}",
         requests(&before),
@@ -615,15 +623,7 @@ fn a_thousand_concurrent_keep_alive_connections_are_spliced_each_on_its_sticky_s
     assert_eq!(per_server.len(), 2, "round robin used both servers");
     // Only the first request of each connection went through the proxy.
     let m = metrics(&setup.topo.client, &lb);
-    let requests: u64 = ["s1", "s2"]
-        .iter()
-        .map(|s| {
-            metric(
-                &m,
-                &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{s}\"}}"),
-            )
-        })
-        .sum();
+    let requests = proxied(&m, &["s1", "s2"]);
     assert_eq!(requests, CONNECTIONS as u64, "proxy requests");
     let entries = setup.spliced();
     let packets: u64 = entries.iter().map(|(_, e)| e.packets).sum();
@@ -703,10 +703,7 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
         "the chunked response was followed, not tunnelled"
     );
     assert_eq!(
-        metric(
-            &m,
-            &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{server}\"}}")
-        ),
+        proxied(&m, &[&server]),
         requests as u64,
         "every request went through the proxy"
     );
@@ -816,15 +813,7 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
         upgrade.output()
     );
     let m = metrics(&setup.topo.client, &lb);
-    let requests: u64 = ["s1", "s2"]
-        .iter()
-        .map(|s| {
-            metric(
-                &m,
-                &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{s}\"}}"),
-            )
-        })
-        .sum();
+    let requests = proxied(&m, &["s1", "s2"]);
     assert_eq!(requests, 1, "the new daemon proxied B's first request only");
 
     // SIGTERM: the daemon drains and exits; both spliced connections go on without it.
@@ -969,19 +958,8 @@ fn websocket_and_connect_tunnels_are_spliced_right_after_the_response_head() {
     echo_through(&ws, 20_000_000);
     echo_through(&connect, 1_000_000);
     let after = metrics(&setup.topo.client, &lb);
-    let requests = |text: &str| -> u64 {
-        ["s1", "s2"]
-            .iter()
-            .map(|s| {
-                metric(
-                    text,
-                    &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{s}\"}}"),
-                )
-            })
-            .sum()
-    };
     assert_eq!(
-        requests(&after),
+        proxied(&after, &["s1", "s2"]),
         2,
         "the proxy saw the two tunnel requests only"
     );
@@ -1153,10 +1131,7 @@ fn a_client_behind_a_smaller_mtu_stays_in_the_proxy_and_is_counted() {
         (1, 0),
         "{m}"
     );
-    let requests = metric(
-        &m,
-        &format!("stickylb_server_requests_total{{backend=\"web\",server=\"{server}\"}}"),
-    );
+    let requests = proxied(&m, &[&server]);
     assert_eq!(requests, 4, "every request went through the proxy");
     let output = daemon.stop_with(libc::SIGTERM);
     assert!(

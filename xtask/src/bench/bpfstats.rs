@@ -8,10 +8,11 @@ use std::{
     fs,
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
-    process::{Command, Stdio},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
+
+use super::bpftool::{bpftool, number};
 
 /// `BPF_ENABLE_STATS` of `enum bpf_cmd`, and `BPF_STATS_RUN_TIME` of `enum bpf_stats_type`.
 const BPF_ENABLE_STATS: libc::c_long = 32;
@@ -71,44 +72,4 @@ pub(super) fn fastpath_program_seconds(dir: &Path) -> anyhow::Result<f64> {
         nanoseconds += number(&program, "run_time_ns").unwrap_or(0);
     }
     Ok(nanoseconds as f64 / 1e9)
-}
-
-fn bpftool(args: &[&str], last: &Path) -> anyhow::Result<serde_json::Value> {
-    let output = Command::new("bpftool")
-        .args(args)
-        .arg(last)
-        .arg("--json")
-        .stdin(Stdio::null())
-        .output()
-        .context("could not run bpftool")?;
-    if !output.status.success() {
-        bail!(
-            "bpftool {} {} failed: {}",
-            args.join(" "),
-            last.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&output.stdout).context("bpftool's JSON")
-}
-
-fn number(value: &serde_json::Value, key: &str) -> anyhow::Result<u64> {
-    value
-        .get(key)
-        .and_then(serde_json::Value::as_u64)
-        .with_context(|| format!("no {key} in {value}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::number;
-
-    #[test]
-    fn reads_numbers_from_bpftool_json() {
-        let program: serde_json::Value =
-            serde_json::from_str(r#"{"id":7,"type":"sched_cls","run_time_ns":1500,"run_cnt":3}"#)
-                .unwrap();
-        assert_eq!(number(&program, "run_time_ns").unwrap(), 1500);
-        assert!(number(&program, "prog_id").is_err());
-    }
 }

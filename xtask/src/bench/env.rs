@@ -257,7 +257,9 @@ impl Env {
     /// The memory the kernel accounts to the pinned stick table.
     pub(super) fn map_memlock_bytes(&self) -> anyhow::Result<u64> {
         let path = self.pin_root.join("v1/STICK_TABLE");
-        scale::memlock_from_bpftool(&scale::bpftool_map_show(&path)?)
+        let map = super::bpftool::bpftool(&["map", "show", "pinned"], &path)?;
+        // The kernel's account of the map's memory.
+        super::bpftool::number(&map, "bytes_memlock")
     }
 }
 

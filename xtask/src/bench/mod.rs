@@ -7,6 +7,7 @@
 //! nothing here asserts a speed. `xtask test` runs `--quick` and checks the table's shape.
 
 mod bpfstats;
+mod bpftool;
 mod check;
 pub(crate) mod client;
 mod contender;

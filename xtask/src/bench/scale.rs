@@ -10,11 +10,10 @@
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
@@ -206,40 +205,9 @@ fn haproxy_table_used(answer: &str, table: &str) -> Option<u64> {
         .ok()
 }
 
-/// `memlock` of `bpftool map show pinned PATH --json`: the kernel's account of the map's memory.
-pub(super) fn memlock_from_bpftool(json: &str) -> anyhow::Result<u64> {
-    let value: serde_json::Value = serde_json::from_str(json).context("bpftool's JSON")?;
-    match value
-        .get("bytes_memlock")
-        .and_then(serde_json::Value::as_u64)
-    {
-        Some(bytes) => Ok(bytes),
-        None => bail!("no bytes_memlock in bpftool's answer: {json}"),
-    }
-}
-
-/// `bpftool map show pinned PATH --json`.
-pub(super) fn bpftool_map_show(path: &std::path::Path) -> anyhow::Result<String> {
-    let output = std::process::Command::new("bpftool")
-        .args(["map", "show", "pinned"])
-        .arg(path)
-        .arg("--json")
-        .stdin(Stdio::null())
-        .output()
-        .context("could not run bpftool")?;
-    if !output.status.success() {
-        bail!(
-            "bpftool map show pinned {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{haproxy_table_used, memlock_from_bpftool, metric_value};
+    use super::{haproxy_table_used, metric_value};
 
     #[test]
     fn reads_the_table_size_metric() {
@@ -260,12 +228,5 @@ mod tests {
             # table: web, type: string, size:1048576, used:123456\n";
         assert_eq!(haproxy_table_used(answer, "web"), Some(123_456));
         assert_eq!(haproxy_table_used("Unknown command\n", "web"), None);
-    }
-
-    #[test]
-    fn reads_memlock_from_bpftool() {
-        let json = r#"{"id":12,"type":"lru_hash","bytes_key":48,"bytes_memlock":171966464}"#;
-        assert_eq!(memlock_from_bpftool(json).unwrap(), 171_966_464);
-        assert!(memlock_from_bpftool(r#"{"id":12}"#).is_err());
     }
 }

@@ -85,6 +85,24 @@ pub(super) struct Sample {
 }
 
 impl Sample {
+    /// What the load generator measured; the rest is filled in by the caller.
+    fn measured(requests: u64, seconds: f64, bytes: u64, errors: u64) -> Self {
+        Self {
+            requests,
+            seconds,
+            bytes,
+            errors,
+            p50_ms: None,
+            p99_ms: None,
+            lb_cpu_s: None,
+            lb_peak_rss_bytes: None,
+            others_cpu_percent: None,
+            attempts: 1,
+            fastpath_spliced: None,
+            fastpath_hold_dropped: None,
+        }
+    }
+
     pub(super) fn requests_per_s(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
@@ -176,18 +194,14 @@ pub(super) fn load(
     let spec = wrk_spec(env, workload, base, prefix, duration);
     let result = wrk::run(&env.topology.client, &env.script, &spec)?;
     Ok(Sample {
-        requests: result.requests,
-        seconds: result.seconds,
-        bytes: result.bytes,
-        errors: result.errors + result.status_errors,
         p50_ms: Some(result.p50_us as f64 / 1e3),
         p99_ms: Some(result.p99_us as f64 / 1e3),
-        lb_cpu_s: None,
-        lb_peak_rss_bytes: None,
-        others_cpu_percent: None,
-        attempts: 1,
-        fastpath_spliced: None,
-        fastpath_hold_dropped: None,
+        ..Sample::measured(
+            result.requests,
+            result.seconds,
+            result.bytes,
+            result.errors + result.status_errors,
+        )
     })
 }
 
@@ -284,20 +298,12 @@ fn download(
     } else {
         f64::NAN
     };
-    Ok(Sample {
-        requests: u64::from(connections),
+    Ok(Sample::measured(
+        u64::from(connections),
         seconds,
-        bytes: received,
+        received,
         errors,
-        p50_ms: None,
-        p99_ms: None,
-        lb_cpu_s: None,
-        lb_peak_rss_bytes: None,
-        others_cpu_percent: None,
-        attempts: 1,
-        fastpath_spliced: None,
-        fastpath_hold_dropped: None,
-    })
+    ))
 }
 
 #[cfg(test)]
