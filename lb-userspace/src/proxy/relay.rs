@@ -464,7 +464,8 @@ async fn splice_tunnel(
         }
         return Release::Done;
     }
-    let mut chunk = vec![0u8; CHUNK];
+    // What arrives before the hand-off is passed on as it comes, not gathered.
+    let mut chunk = vec![0u8; 16 * 1024];
     while let Some(h) = handoff.take() {
         match fastpath.try_splice(h, &client).await {
             Attempt::Spliced => {
@@ -484,7 +485,7 @@ async fn splice_tunnel(
             }
         }
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    tunnel(&mut client, &mut upstream, &[]).await;
     Release::Done
 }
 
