@@ -302,11 +302,11 @@ mod batch {
                     size_of::<BatchAttr>(),
                 )
             };
-            let error = (rc < 0).then(io::Error::last_os_error);
-            let done = match &error {
+            // ENOENT: this batch holds the last entries.
+            let done = match (rc < 0).then(io::Error::last_os_error) {
                 None => false,
                 Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Some(e) => return Err(io::Error::new(e.kind(), e.to_string())),
+                Some(e) => return Err(e),
             };
             let count = (attr.count as usize).min(BATCH);
             for i in 0..count {
