@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use crate::{
     balance::{Balancer, Select as _},
     config,
-    table::{Journal, StickTable},
+    table::{StickTable, Store},
 };
 
 /// One server of a backend, as the proxy, the health checker and the monitor see it.
@@ -162,7 +162,7 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    pub fn new(config: &config::Backend, journal: Journal) -> Self {
+    pub fn new(config: &config::Backend, store: Store) -> Self {
         let id = config::backend_id(&config.name);
         let servers = config
             .servers
@@ -175,7 +175,7 @@ impl BackendState {
             stick_cookie: config.stick_cookie.clone(),
             health_check: ArcSwap::from_pointee(config.health_check.clone()),
             servers: ArcSwap::from_pointee(servers),
-            table: StickTable::new(id, config.table_size, config.expire, journal),
+            table: StickTable::new(id, config.table_size, config.expire, store),
             balancer: ArcSwap::from_pointee(Balancer::new(config.balance)),
             stats: BackendStats::default(),
         }

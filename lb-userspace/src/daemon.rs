@@ -2,7 +2,6 @@
 //! the monitor together, reloads the configuration in place on SIGHUP, and stops them in order.
 
 use std::{
-    collections::HashMap,
     io,
     net::SocketAddr,
     os::fd::AsFd as _,
@@ -31,9 +30,9 @@ use crate::{
     proxy::{drain::Drain, listener, Frontend},
     reload::{self, Live},
     table::{
-        self, field_text,
-        pinned::{self, DurableError, DurableReader, DurableTable, Origin, SharedTableReader},
-        Fallback, Journal, JournalOp,
+        self,
+        pinned::{self, DurableError, DurableTable, Origin},
+        ScanMode, Store,
     },
 };
 
@@ -98,21 +97,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     }
     let pin_root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
     dataplane::prepare_pin_root(&pin_root)?;
-    let (durable, path) = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
-
-    let entries = durable.entries();
-    let journal = Journal::direct(durable, config.peers.is_some());
-    let (backends, frontends) = routing(&config, &journal);
-    // A successor shares the map with its predecessor until that one has drained.
-    let reader = Arc::new(SharedTableReader::new(
-        DurableReader::open(&path)?,
-        options.upgrade,
-    ));
-    backends.iter().for_each(|b| {
-        b.table
-            .set_fallback(Arc::clone(&reader) as Arc<dyn Fallback>)
-    });
-    adopt_entries(entries, &backends, &journal);
+    let durable = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
+    let map_capacity = durable.capacity()?;
+    let store = Store::new(Arc::new(durable), config.peers.is_some());
+    let (backends, frontends) = routing(&config, &store);
+    adopt_table(&store, &backends)?;
 
     let live = Arc::new(Live::start(config.clone(), backends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -125,7 +114,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let peer_links = match &config.peers {
         Some(peers) => {
             let listener = sockets.listen("peers", peers.bind, "the peers port")?;
-            let running = start_peers(&config, peers, listener, &backends, &journal);
+            let running = start_peers(&config, peers, listener, &backends, &store);
             tasks.extend(running.tasks);
             running.links
         }
@@ -140,7 +129,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         fastpath,
     });
 
-    tasks.push(tokio::spawn(sweep_expired(backends.clone())));
+    tasks.push(tokio::spawn(sweep_expired(
+        store.clone(),
+        backends.clone(),
+        map_capacity,
+    )));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(Drain::new());
@@ -159,17 +152,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     }
     let control = match control {
         Some(control) => control,
-        None => {
-            let control = finish_takeover(sockets.takeover.take(), &control_path).await?;
-            // The predecessor drains for at most its drain timeout (ours, if unchanged).
-            let reader = Arc::clone(&reader);
-            let overlap = config.timeouts.drain + FIRST_REQUEST_GRACE + Duration::from_secs(1);
-            tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(overlap).await;
-                reader.set_sharing(false);
-            }));
-            control
-        }
+        None => finish_takeover(sockets.takeover.take(), &control_path).await?,
     };
     let successor = Arc::new(Notify::new());
     let (stopped_tx, stopped_rx) = watch::channel(false);
@@ -179,10 +162,6 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         reload: reload_command(&live, &options),
         stop: Arc::clone(&successor),
         stopped_accepting: stopped_rx,
-        sharing_table: Box::new({
-            let reader = Arc::clone(&reader);
-            move || reader.set_sharing(true)
-        }),
     };
     tasks.push(tokio::spawn(control::serve(control, Arc::new(context))));
     tracing::info!(instance = %config.instance.name, pid = std::process::id(), "stickylb started");
@@ -212,11 +191,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     // Peers, monitor and control go now: a successor has its own, and a stopping node must not
     // be taught new sessions while it drains.
     tasks.iter().for_each(JoinHandle::abort);
-    // Every table change is in the pinned map already: the journal writes as it goes.
+    // Every table change is in the pinned map already: tables write as they decide.
     let _ = stopped_tx.send(true);
     drain(graceful, drain_limit).await;
     live.stop();
-    drop((journal, shared, frontends, backends, live));
+    drop((store, shared, frontends, backends, live));
     tracing::info!("stopped");
     Ok(())
 }
@@ -295,7 +274,7 @@ fn open_durable(
     config: &Config,
     pin_root: &Path,
     upgrading: bool,
-) -> Result<(DurableTable, PathBuf), StartError> {
+) -> Result<DurableTable, StartError> {
     let total: u64 = config
         .backends
         .iter()
@@ -314,7 +293,7 @@ fn open_durable(
             );
         }
         log_origin(Origin::Adopted, &path, pinned);
-        return Ok((durable, path));
+        return Ok(durable);
     }
     let mut ebpf = dataplane::load(capacity)?;
     let fresh = ebpf
@@ -324,7 +303,7 @@ fn open_durable(
         })?;
     let (durable, origin) = DurableTable::open(fresh, &path, capacity)?;
     log_origin(origin, &path, capacity);
-    Ok((durable, path))
+    Ok(durable)
 }
 
 /// What the control socket's `reload` does: the same as SIGHUP, answering the outcome.
@@ -384,13 +363,13 @@ fn reload_in_place(live: &Live, options: &RunOptions) {
     ));
 }
 
-/// The backends' runtime state (their tables journaling to `journal`) and the frontends that
-/// route to them. Validation guarantees every frontend names a configured backend.
-pub fn routing(config: &Config, journal: &Journal) -> (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>) {
+/// The backends' runtime state (their tables in `store`) and the frontends that route to
+/// them. Validation guarantees every frontend names a configured backend.
+pub fn routing(config: &Config, store: &Store) -> (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>) {
     let backends: Vec<Arc<BackendState>> = config
         .backends
         .iter()
-        .map(|b| Arc::new(BackendState::new(b, journal.clone())))
+        .map(|b| Arc::new(BackendState::new(b, store.clone())))
         .collect();
     let frontends = config
         .frontends
@@ -472,7 +451,7 @@ fn start_peers(
     peers: &crate::config::Peers,
     listener: TcpListener,
     backends: &[Arc<BackendState>],
-    journal: &Journal,
+    store: &Store,
 ) -> peers::node::Peers {
     let synced: Vec<(Arc<BackendState>, u8)> = backends
         .iter()
@@ -480,13 +459,17 @@ fn start_peers(
         .map(|(backend, cfg)| (Arc::clone(backend), cfg.peer_key_len))
         .collect();
     tracing::info!(addr = %peers.bind, members = peers.members.len(), "peers listening");
-    peers::node::start(listener, peers, &config.instance.name, &synced, journal)
+    peers::node::start(listener, peers, &config.instance.name, &synced, store)
 }
 
 /// Before idle connections are closed, a connection accepted just before we stopped gets this
 /// long to send its first request: a graceful shutdown closes a connection that has not sent
 /// one yet, which its client would see as a failed request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
+
+/// How often the whole pinned map is read for expired entries (lookups never return one, so
+/// this only frees their room; a million entries take a few hundred milliseconds of one CPU).
+const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 
 async fn drain(graceful: Arc<Drain>, limit: Duration) {
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
@@ -520,40 +503,27 @@ fn log_origin(origin: Origin, path: &std::path::Path, capacity: u32) {
     }
 }
 
-/// Loads the durable entries into the backends' in-memory tables, oldest first, and forgets
-/// the ones that expired meanwhile or whose backend is gone from the configuration.
-fn adopt_entries(
-    entries: Vec<(lb_common::StickKey, lb_common::StickEntry)>,
-    backends: &[Arc<BackendState>],
-    journal: &Journal,
-) {
-    let by_id: HashMap<u32, &Arc<BackendState>> = backends.iter().map(|b| (b.id, b)).collect();
-    let now = table::now_ms();
-    let (mut adopted, mut expired, mut orphaned) = (0usize, 0usize, 0usize);
-    for (key, entry) in entries {
-        let Some(backend) = by_id.get(&key.backend_id) else {
-            orphaned += 1;
-            journal.send(JournalOp::Delete(key));
-            continue;
-        };
-        let server: Arc<str> = Arc::from(field_text(&entry.server));
-        if backend.table.adopt(key, server, entry.last_seen_ms, now) {
-            adopted += 1;
-        } else {
-            expired += 1;
-            journal.send(JournalOp::Delete(key));
-        }
-    }
+/// Takes the pinned table as it is: counts each backend's entries, forgets the ones that
+/// expired meanwhile or whose backend is gone from the configuration, and brings each
+/// backend's most recently used entries into memory.
+fn adopt_table(store: &Store, backends: &[Arc<BackendState>]) -> Result<(), StartError> {
+    let tables: Vec<&table::StickTable> = backends.iter().map(|b| &b.table).collect();
+    let report = table::scan(store, &tables, table::now_ms(), ScanMode::Start)
+        .map_err(DurableError::Read)?;
     tracing::info!(
-        adopted,
-        expired,
-        orphaned,
-        "loaded the stick table from the pinned map"
+        adopted = report.live,
+        expired = report.expired,
+        orphaned = report.orphaned,
+        "adopted the stick table in the pinned map"
     );
+    Ok(())
 }
 
-async fn sweep_expired(backends: Vec<Arc<BackendState>>) {
+/// Every second, forgets the recent entries that expired; every [`SCAN_INTERVAL`], the stored
+/// ones (a read of the whole map, off the runtime's threads).
+async fn sweep_expired(store: Store, backends: Vec<Arc<BackendState>>, map_capacity: u32) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last_scan = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
         let now = table::now_ms();
@@ -562,6 +532,27 @@ async fn sweep_expired(backends: Vec<Arc<BackendState>>) {
             if expired > 0 {
                 tracing::debug!(backend = %backend.name, expired, "expired idle sessions");
             }
+        }
+        if last_scan.elapsed() < SCAN_INTERVAL {
+            continue;
+        }
+        last_scan = tokio::time::Instant::now();
+        let (store, backends) = (store.clone(), backends.clone());
+        let scanned = tokio::task::spawn_blocking(move || {
+            let tables: Vec<&table::StickTable> = backends.iter().map(|b| &b.table).collect();
+            let mode = ScanMode::Periodic {
+                capacity: map_capacity,
+            };
+            table::scan(&store, &tables, table::now_ms(), mode)
+        })
+        .await;
+        match scanned {
+            Ok(Ok(report)) if report.expired + report.orphaned > 0 => {
+                tracing::debug!(?report, "expired idle sessions in the pinned map")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "reading the stick table failed"),
+            Err(error) => tracing::error!(%error, "the stick table scan panicked"),
         }
     }
 }

@@ -237,7 +237,7 @@ fn print_table(config: &Config, json: bool) -> anyhow::Result<()> {
     let table = DurableTable::open_existing(&path)
         .with_context(|| format!("no usable stick table at {}", path.display()))?;
     let now = now_ms();
-    let mut entries = table.entries();
+    let mut entries = table.entries()?;
     entries.reverse();
     let rows: Vec<_> = entries
         .iter()

@@ -77,8 +77,6 @@ pub struct Context {
     pub stop: Arc<Notify>,
     /// Turns true once the daemon stopped accepting and flushed its table writes.
     pub stopped_accepting: watch::Receiver<bool>,
-    /// Called when a successor asks to take over: from then on two processes write the table.
-    pub sharing_table: Box<dyn Fn() + Send + Sync>,
 }
 
 /// Why the control socket cannot be bound.
@@ -174,7 +172,6 @@ async fn handle(stream: UnixStream, context: Arc<Context>) {
 /// answers `bye`.
 async fn hand_over(stream: UnixStream, context: &Arc<Context>) {
     tracing::info!("a successor asks to take over the listening sockets");
-    (context.sharing_table)();
     let Ok(stream) = stream.into_std() else {
         return;
     };

@@ -23,7 +23,7 @@ use crate::{
     config::Config,
     daemon::Shared,
     peers::{link::PeerLink, stats::PeerState},
-    table::{self, now_ms, JournalReceiver},
+    table::{self, now_ms},
 };
 
 const CONFIG: &str = r#"
@@ -56,10 +56,10 @@ servers = [ { name = "api.1", addr = "[::1]:9003" } ]
 
 /// Two backends: `web` (web1 up with traffic and three sessions s1 (most recent), s3, s2;
 /// web2 down) and `api` (its only server down, one request refused).
-fn fixture() -> (Shared, JournalReceiver) {
+fn fixture() -> Shared {
     let config = Config::from_toml(CONFIG).unwrap();
-    let (journal, receiver) = table::journal();
-    let (backends, frontends) = crate::daemon::routing(&config, &journal);
+    let store = table::memory::store(1024);
+    let (backends, frontends) = crate::daemon::routing(&config, &store);
 
     let (web, api) = (&backends[0], &backends[1]);
     let (web1, web2) = (web.server("web1").unwrap(), web.server("web2").unwrap());
@@ -89,21 +89,20 @@ fn fixture() -> (Shared, JournalReceiver) {
     api.server("api.1").unwrap().set_up(false);
     assert!(api.route(None, now).is_none());
 
-    let shared = Shared {
+    Shared {
         peers: Vec::new(),
         instance: "lb-test".into(),
         backends,
         frontends,
         started_ms: now - 90_061_000,
         fastpath: None,
-    };
-    (shared, receiver)
+    }
 }
 
 /// [`fixture`] plus two peers: `lb2` established, heard from 1.2 s before `heard_at`, with
 /// traffic and an error whose text is markup; `lb3` connecting and never heard from.
-fn fixture_with_peers(heard_at: u64) -> (Shared, JournalReceiver) {
-    let (mut shared, receiver) = fixture();
+fn fixture_with_peers(heard_at: u64) -> Shared {
+    let mut shared = fixture();
     let (lb2, _) = PeerLink::new("lb2".into(), "10.0.0.2:10000".parse().unwrap(), 1);
     let stats = &lb2.stats;
     stats.set_state(PeerState::Established);
@@ -125,7 +124,7 @@ fn fixture_with_peers(heard_at: u64) -> (Shared, JournalReceiver) {
     let (lb3, _) = PeerLink::new("lb3".into(), "[fd00::3]:10000".parse().unwrap(), 1);
     lb3.stats.set_state(PeerState::Connecting);
     shared.peers = vec![lb2, lb3];
-    (shared, receiver)
+    shared
 }
 
 fn request(method: Method, uri: &str) -> Request<()> {
@@ -159,7 +158,7 @@ async fn get_json(shared: &Shared, uri: &str) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn root_redirects_to_the_page() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let response = route(&shared, &request(Method::GET, "/"));
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(response.headers()[header::LOCATION], "/monitor");
@@ -167,7 +166,7 @@ async fn root_redirects_to_the_page() {
 
 #[tokio::test]
 async fn page_shows_every_server_its_state_and_the_backend_counters() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (status, content_type, html) = get(&shared, "/monitor").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(content_type, "text/html; charset=utf-8");
@@ -352,7 +351,7 @@ fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn metrics_follow_the_text_format_and_report_the_counters() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (status, content_type, text) = get(&shared, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(content_type.starts_with("text/plain; version=0.0.4"));
@@ -452,7 +451,7 @@ async fn metrics_follow_the_text_format_and_report_the_counters() {
 
 #[tokio::test]
 async fn api_table_lists_entries_most_recent_first() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (status, tables) = get_json(&shared, "/api/table").await;
     assert_eq!(status, StatusCode::OK);
     let tables = tables.as_array().unwrap();
@@ -475,7 +474,7 @@ async fn api_table_lists_entries_most_recent_first() {
 
 #[tokio::test]
 async fn api_table_filters_by_backend_and_limits_entries() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (status, tables) = get_json(&shared, "/api/table?backend=web&limit=1").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(tables.as_array().unwrap().len(), 1);
@@ -500,7 +499,7 @@ async fn api_table_filters_by_backend_and_limits_entries() {
 
 #[tokio::test]
 async fn api_servers_reports_state_and_counters() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (status, backends) = get_json(&shared, "/api/servers").await;
     assert_eq!(status, StatusCode::OK);
     let web = &backends[0];
@@ -524,7 +523,7 @@ async fn api_servers_reports_state_and_counters() {
 
 #[tokio::test]
 async fn unknown_paths_are_404_and_other_methods_405() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (status, content_type, _) = get(&shared, "/nope").await;
     assert_eq!(
         (status, content_type.as_str()),
@@ -557,7 +556,7 @@ async fn unknown_paths_are_404_and_other_methods_405() {
 
 #[tokio::test]
 async fn serves_metrics_on_a_socket() {
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve(listener, Arc::new(shared)));
@@ -596,7 +595,7 @@ async fn serves_metrics_on_a_socket() {
 
 #[tokio::test]
 async fn metrics_report_each_peer() {
-    let (shared, _rx) = fixture_with_peers(now_ms());
+    let shared = fixture_with_peers(now_ms());
     let (_, _, text) = get(&shared, "/metrics").await;
     let samples = parse_metrics(&text);
     let lb2 = [("peer", "lb2")];
@@ -635,7 +634,7 @@ async fn metrics_report_each_peer() {
     assert_eq!(samples.iter().filter(|s| s.name == resyncs).count(), 2 * 2);
 
     // Without peers the families are declared but hold no samples.
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (_, _, text) = get(&shared, "/metrics").await;
     assert!(text.contains("# TYPE stickylb_peer_up gauge\n"));
     assert!(!parse_metrics(&text)
@@ -645,7 +644,7 @@ async fn metrics_report_each_peer() {
 
 #[tokio::test]
 async fn api_peers_reports_state_and_counters() {
-    let (shared, _rx) = fixture_with_peers(now_ms());
+    let shared = fixture_with_peers(now_ms());
     let (status, peers) = get_json(&shared, "/api/peers").await;
     assert_eq!(status, StatusCode::OK);
     let peers = peers.as_array().unwrap();
@@ -686,7 +685,7 @@ async fn api_peers_reports_state_and_counters() {
     assert!(lb3["last_heard_ms_ago"].is_null());
     assert!(lb3["last_error"].is_null());
 
-    let (shared, _rx) = fixture();
+    let shared = fixture();
     let (status, peers) = get_json(&shared, "/api/peers").await;
     assert_eq!((status, peers), (StatusCode::OK, Value::Array(Vec::new())));
 }
@@ -694,7 +693,7 @@ async fn api_peers_reports_state_and_counters() {
 #[test]
 fn page_shows_each_peer() {
     let now = now_ms();
-    let (shared, _rx) = fixture_with_peers(now);
+    let shared = fixture_with_peers(now);
     let html = page::render(&Snapshot::read(&shared, now + 34));
     assert!(!html.contains("No peers configured"));
     assert!(html.contains(r#"<tr class="up"><td class="l"><b>lb2</b></td><td class="l">10.0.0.2:10000</td><td class="state">established</td><td>1.2 s ago</td>"#));

@@ -14,7 +14,7 @@ use super::{
     link::PeerLink,
     tables::SyncedTable,
 };
-use crate::{backend::BackendState, config, error_chain, table::Journal};
+use crate::{backend::BackendState, config, error_chain, table::Store};
 
 /// Handshakes in progress at once on the peers port; more connections wait in the backlog, so
 /// a flood of idle connections cannot pin the daemon's memory.
@@ -38,7 +38,7 @@ pub fn start(
     peers: &config::Peers,
     local_name: &str,
     backends: &[(Arc<BackendState>, u8)],
-    journal: &Journal,
+    store: &Store,
 ) -> Peers {
     let tables: Arc<[SyncedTable]> = backends
         .iter()
@@ -57,7 +57,7 @@ pub fn start(
             incoming,
             local_name.to_owned(),
             Arc::clone(&tables),
-            journal.watch_local_changes(),
+            store.watch_local_changes(),
         )));
         links.push(link);
     }

@@ -154,11 +154,6 @@ impl Proxy {
         let forwarded = self
             .forward(backend, &in_flight, client, request, upgrade)
             .await;
-        if decision != Decision::StickyHit {
-            // A new, moved or learned session is in the pinned map before the client hears
-            // of it: usually already, the server's round trip being far longer.
-            backend.table.durable().await;
-        }
         match forwarded {
             Ok((response, server_side)) => {
                 tracing::info!(

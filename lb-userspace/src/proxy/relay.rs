@@ -150,7 +150,7 @@ pub(super) async fn serve(
             (&mut client, &mut upstream, &mut buf),
             (head, &request),
             peer,
-            (backend, &server, decision),
+            (backend, &server),
             (server_timeout, handoff.is_none()),
         )
         .await;
@@ -260,14 +260,15 @@ pub(super) async fn serve(
 }
 
 /// Forwards one request (head rewritten, body by Content-Length) and its response, learning
-/// the response's stickiness cookie. As in the hyper path, a new, moved or learned session is
-/// in the pinned map before the client hears of it. Also answers whether a cookie was learned.
+/// the response's stickiness cookie (a new, moved or learned session is in the pinned map
+/// before the client hears of it: tables write as they decide). Also answers whether a cookie
+/// was learned.
 /// `coalesce`: a response that came whole with its head goes out in one write.
 async fn exchange(
     (client, upstream, buf): (&mut TcpStream, &mut TcpStream, &mut BytesMut),
     (head, request): (usize, &RequestHead),
     peer: SocketAddr,
-    (backend, server, decision): (&BackendState, &ServerState, Decision),
+    (backend, server): (&BackendState, &ServerState),
     (server_timeout, coalesce): (std::time::Duration, bool),
 ) -> std::io::Result<(ResponseHead, bool)> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -296,9 +297,6 @@ async fn exchange(
         }
         None => false,
     };
-    if learned || decision != Decision::StickyHit {
-        backend.table.durable().await;
-    }
     // A response that came whole with its head (the usual small answer) goes out in one write
     // when the connection stays in userspace anyway. Before a hand-off it goes as the head, then
     // the body. Measured on this VM (64 wrk connections sending each request the moment the

@@ -141,8 +141,8 @@ fn frontends_and_backends_added_or_removed_are_refused() {
 #[tokio::test]
 async fn a_reload_keeps_server_state_and_applies_all_or_nothing() {
     let old = config(THREE, "", "");
-    let (journal, _receiver) = table::journal();
-    let (backends, _frontends) = routing(&old, &journal);
+    let store = table::memory::store(1024);
+    let (backends, _frontends) = routing(&old, &store);
     let live = Live::start(old.clone(), backends.clone());
     let web = &backends[0];
     let before = web.servers();

@@ -1,8 +1,7 @@
-//! The durable copy of the stick table: a BTF-described LRU hash map pinned in bpffs.
+//! The stick table's store: a BTF-described LRU hash map pinned in bpffs.
 //!
-//! One map holds the entries of every backend (keys carry the backend id). The in-memory tables
-//! enforce each backend's exact bound; the map is sized with slack (see [`durable_capacity`]) so
-//! the kernel's approximate LRU never evicts an entry the in-memory table still holds.
+//! One map holds the entries of every backend (keys carry the backend id), as many as their
+//! `table_size`s add up to (see [`durable_capacity`]).
 
 use std::{
     io,
@@ -13,7 +12,7 @@ use std::{
 use aya::maps::{HashMap, Map, MapData, MapError, MapType};
 use lb_common::{StickEntry, StickKey};
 
-use super::JournalOp;
+use super::store::{Storage, Stored};
 use crate::dataplane::{self, LayoutMismatch, MapLayout};
 
 /// Errors opening, adopting or writing the durable table.
@@ -43,6 +42,8 @@ pub enum DurableError {
     },
     #[error("stick table map operation")]
     Map(#[from] MapError),
+    #[error("reading the stick table")]
+    Read(#[source] io::Error),
 }
 
 /// What opening the durable table found.
@@ -56,13 +57,11 @@ pub enum Origin {
     Migrated { from_capacity: u32 },
 }
 
-/// Capacity of the durable map for tables whose sizes add up to `total`.
-///
-/// The kernel's LRU keeps free nodes in per-CPU lists and may evict before the map is full;
-/// a sixteenth more plus a fixed margin keeps that from ever touching a live entry.
+/// Capacity of the durable map for tables whose sizes add up to `total`: exactly that. The
+/// map is the table, and its LRU the bound. (The kernel keeps some free slots in per-CPU lists
+/// and may evict a few hundred entries before the map is completely full.)
 pub fn durable_capacity(total: u64) -> u32 {
-    let with_slack = total.saturating_add(total / 16).saturating_add(4096);
-    u32::try_from(with_slack).unwrap_or(u32::MAX)
+    u32::try_from(total).unwrap_or(u32::MAX)
 }
 
 pub struct DurableTable {
@@ -109,33 +108,17 @@ impl DurableTable {
         Ok(self.map_data_info()?.max_entries())
     }
 
-    /// Every entry, oldest first. Read in batches (one syscall per few thousand entries: a
-    /// restart adopts a million in well under a second); entry by entry on a kernel without
-    /// batch lookups. Entries that vanish while iterating are skipped.
-    pub fn entries(&self) -> Vec<(StickKey, StickEntry)> {
-        let mut entries = match batch::read_all(self.map_data().fd().as_fd()) {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::debug!(%error, "batch lookup unavailable; reading entry by entry");
-                self.map.iter().filter_map(Result::ok).collect()
-            }
-        };
+    /// Every entry, oldest first (see [`Storage::scan`]).
+    pub fn entries(&self) -> Result<Vec<(StickKey, StickEntry)>, DurableError> {
+        let mut entries = Vec::new();
+        self.scan(&mut |batch| entries.extend_from_slice(batch))
+            .map_err(DurableError::Read)?;
         entries.sort_by_key(|(_, entry)| entry.last_seen_ms);
-        entries
+        Ok(entries)
     }
 
-    pub fn apply(&mut self, op: JournalOp) -> Result<(), MapError> {
-        match op {
-            JournalOp::Put(key, entry) => self.map.insert(key, entry, 0),
-            JournalOp::Delete(key) => match self.map.remove(&key) {
-                Err(MapError::KeyNotFound) => Ok(()),
-                other => other,
-            },
-        }
-    }
-
-    fn copy_newest_from(&mut self, old: &Self, capacity: u32) -> Result<(), MapError> {
-        let entries = old.entries();
+    fn copy_newest_from(&mut self, old: &Self, capacity: u32) -> Result<(), DurableError> {
+        let entries = old.entries()?;
         let keep = usize::try_from(capacity).unwrap_or(usize::MAX);
         let skip = entries.len().saturating_sub(keep);
         for (key, entry) in entries.into_iter().skip(skip) {
@@ -190,64 +173,39 @@ fn replace_pin(
     })
 }
 
-/// Reads the pinned table from another file descriptor than the writer's, for lookups on a miss
-/// (see [`super::Fallback`]): during an upgrade the old and the new process share the map.
-pub struct DurableReader {
-    map: HashMap<MapData, StickKey, StickEntry>,
-}
-
-impl DurableReader {
-    pub fn open(path: &Path) -> Result<Self, DurableError> {
-        Ok(Self {
-            map: DurableTable::open_existing(path)?.map,
-        })
+impl Storage for DurableTable {
+    fn get(&self, key: &StickKey) -> io::Result<Option<StickEntry>> {
+        sys::lookup(self.map_data().fd().as_fd(), key)
     }
-}
 
-/// A [`DurableReader`] consulted only while another process of ours writes the same map
-/// (an upgrade's overlap): otherwise every miss would cost a syscall for nothing, since the
-/// in-memory table holds everything this process wrote or adopted.
-pub struct SharedTableReader {
-    reader: DurableReader,
-    sharing: std::sync::atomic::AtomicBool,
-}
+    fn put(&self, key: &StickKey, entry: &StickEntry) -> io::Result<()> {
+        sys::update(self.map_data().fd().as_fd(), key, entry)
+    }
 
-impl SharedTableReader {
-    pub fn new(reader: DurableReader, sharing: bool) -> Self {
-        Self {
-            reader,
-            sharing: std::sync::atomic::AtomicBool::new(sharing),
+    fn delete(&self, key: &StickKey) -> io::Result<()> {
+        sys::delete(self.map_data().fd().as_fd(), key)
+    }
+
+    /// In batches of a few thousand entries, one syscall each; entry by entry on a kernel
+    /// without batch lookups. Entries that vanish while iterating are skipped.
+    fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()> {
+        match sys::lookup_batches(self.map_data().fd().as_fd(), visit) {
+            // No batch lookups on this kernel.
+            Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                tracing::debug!(%error, "batch lookup unavailable; reading entry by entry");
+                for entry in self.map.iter().filter_map(Result::ok) {
+                    visit(&[entry]);
+                }
+                Ok(())
+            }
+            other => other,
         }
     }
-
-    /// Whether another process writes the map from now on.
-    pub fn set_sharing(&self, sharing: bool) {
-        self.sharing
-            .store(sharing, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
-impl super::Fallback for SharedTableReader {
-    fn lookup(&self, key: &StickKey) -> Option<(std::sync::Arc<str>, u64)> {
-        if !self.sharing.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
-        }
-        super::Fallback::lookup(&self.reader, key)
-    }
-}
-
-impl super::Fallback for DurableReader {
-    fn lookup(&self, key: &StickKey) -> Option<(std::sync::Arc<str>, u64)> {
-        let entry = self.map.get(key, 0).ok()?;
-        Some((
-            std::sync::Arc::from(super::field_text(&entry.server)),
-            entry.last_seen_ms,
-        ))
-    }
-}
-
-/// `BPF_MAP_LOOKUP_BATCH` over the whole map (aya 0.14 has no batch operations).
-mod batch {
+/// The map syscalls the table makes, on `&self` (aya 0.14's writes take `&mut`, which would
+/// serialise every request of a backend on one lock), and batch lookups (which aya 0.14 lacks).
+mod sys {
     use std::{
         io,
         mem::{size_of, MaybeUninit},
@@ -256,8 +214,26 @@ mod batch {
 
     use lb_common::{StickEntry, StickKey};
 
+    use super::Stored;
+
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    /// `BPF_ANY`: create or replace.
+    const ANY: u64 = 0;
     const BATCH: usize = 4096;
+
+    /// The element-command member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
 
     /// The `batch` member of `union bpf_attr`.
     #[repr(C)]
@@ -273,13 +249,64 @@ mod batch {
         flags: u64,
     }
 
-    pub(super) fn read_all(map: BorrowedFd<'_>) -> io::Result<Vec<(StickKey, StickEntry)>> {
-        let fd = u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("bad map fd"))?;
+    pub(super) fn lookup(map: BorrowedFd<'_>, key: &StickKey) -> io::Result<Option<StickEntry>> {
+        let mut value = MaybeUninit::<StickEntry>::uninit();
+        let mut attr = ElemAttr {
+            map_fd: fd(map)?,
+            key: key as *const StickKey as u64,
+            value: value.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: an element attr; key and value are a StickKey and a StickEntry, the map's
+        // (the layout check made sure).
+        match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+            // SAFETY: the kernel wrote a whole value (plain old data).
+            Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn update(
+        map: BorrowedFd<'_>,
+        key: &StickKey,
+        value: &StickEntry,
+    ) -> io::Result<()> {
+        let mut attr = ElemAttr {
+            map_fd: fd(map)?,
+            key: key as *const StickKey as u64,
+            value: value as *const StickEntry as u64,
+            flags: ANY,
+            ..ElemAttr::default()
+        };
+        // SAFETY: as in `lookup`.
+        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+    }
+
+    pub(super) fn delete(map: BorrowedFd<'_>, key: &StickKey) -> io::Result<()> {
+        let mut attr = ElemAttr {
+            map_fd: fd(map)?,
+            key: key as *const StickKey as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: as in `lookup`, with no value.
+        match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Visits the whole map, [`BATCH`] entries per syscall.
+    pub(super) fn lookup_batches(
+        map: BorrowedFd<'_>,
+        visit: &mut dyn FnMut(&[Stored]),
+    ) -> io::Result<()> {
+        let fd = fd(map)?;
         let mut keys = vec![MaybeUninit::<StickKey>::uninit(); BATCH];
         let mut values = vec![MaybeUninit::<StickEntry>::uninit(); BATCH];
         // Hash maps use a bucket index as the position token; a key-sized buffer is ample.
         let (mut position, mut next) = ([0u8; size_of::<StickKey>()], [0u8; size_of::<StickKey>()]);
-        let mut out = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH);
         let mut first = true;
         loop {
             let mut attr = BatchAttr {
@@ -291,33 +318,45 @@ mod batch {
                 map_fd: fd,
                 ..BatchAttr::default()
             };
-            // SAFETY: attr points to a valid bpf_attr prefix for this command; keys and values
-            // have room for `count` elements of the map's key and value sizes (the layout
-            // check made sure they are StickKey and StickEntry); the kernel writes at most that.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    size_of::<BatchAttr>(),
-                )
-            };
             // ENOENT: this batch holds the last entries.
-            let done = match (rc < 0).then(io::Error::last_os_error) {
-                None => false,
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Some(e) => return Err(e),
+            // SAFETY: a batch attr; keys and values have room for `count` StickKeys and
+            // StickEntries, the map's (the layout check made sure).
+            let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+                Ok(()) => false,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Err(e) => return Err(e),
             };
             let count = (attr.count as usize).min(BATCH);
-            for i in 0..count {
-                // SAFETY: the kernel wrote `count` keys and values (plain old data).
-                out.push(unsafe { (keys[i].assume_init(), values[i].assume_init()) });
-            }
+            batch.clear();
+            // SAFETY: the kernel wrote `count` keys and values (plain old data; the layout
+            // check made sure they are StickKey and StickEntry).
+            batch.extend(
+                (0..count).map(|i| unsafe { (keys[i].assume_init(), values[i].assume_init()) }),
+            );
+            visit(&batch);
             if done {
-                return Ok(out);
+                return Ok(());
             }
             position = next;
             first = false;
+        }
+    }
+
+    fn fd(map: BorrowedFd<'_>) -> io::Result<u32> {
+        u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("bad map fd"))
+    }
+
+    /// # Safety
+    ///
+    /// `attr` is the `bpf_attr` member `command` reads, and its pointers point to buffers the
+    /// size of the map's keys and values (`count` of them for batches).
+    unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
+        // SAFETY: see the function's contract.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut A, size_of::<A>()) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
         }
     }
 }

@@ -12,11 +12,14 @@
 //! peer. HAProxy overwrites blindly with whatever it receives last, so this re-push is what
 //! brings an HAProxy peer to the same answer; between stickylb nodes it is a no-op.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{atomic::Ordering, Arc},
+};
 
 use lb_common::StickKey;
 
-use super::{JournalOp, Slot, StickTable};
+use super::{field_text, Slot, StickTable};
 
 /// Two decisions for one key closer than this are concurrent.
 pub const CONFLICT_WINDOW_MS: u64 = 2_000;
@@ -56,50 +59,119 @@ pub enum RemoteOutcome {
     Expired,
 }
 
+/// Local changes in the order they happened, one position per key (its latest change), as
+/// HAProxy's update tree: a lagging peer gets each changed key once, with its current value.
+/// Kept only when there are peers; bounded by the table's size (a peer further behind than
+/// that has missed changes, as it would with HAProxy, until its next resync).
+pub(super) struct UpdateLog {
+    enabled: bool,
+    bound: usize,
+    order: BTreeMap<u64, StickKey>,
+    position: HashMap<StickKey, u64>,
+    last_seq: u64,
+}
+
+impl UpdateLog {
+    pub(super) fn new(enabled: bool, bound: usize) -> Self {
+        Self {
+            enabled,
+            bound: bound.max(1),
+            order: BTreeMap::new(),
+            position: HashMap::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// Moves `key` to the end of the log. Returns its new position (None when not logging).
+    pub(super) fn record(&mut self, key: StickKey) -> Option<u64> {
+        if !self.enabled {
+            return None;
+        }
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        if let Some(old) = self.position.insert(key, seq) {
+            self.order.remove(&old);
+        }
+        self.order.insert(seq, key);
+        if self.order.len() > self.bound {
+            if let Some((_, oldest)) = self.order.pop_first() {
+                self.position.remove(&oldest);
+            }
+        }
+        Some(seq)
+    }
+
+    pub(super) fn forget(&mut self, key: &StickKey) {
+        if let Some(seq) = self.position.remove(key) {
+            self.order.remove(&seq);
+        }
+    }
+}
+
 impl StickTable {
     /// The last update log position.
     pub fn last_seq(&self) -> u64 {
-        self.lock().last_seq
+        self.lock().log.last_seq
     }
 
     /// Up to `limit` local changes after log position `after`, oldest first, each with the
-    /// key's current server.
+    /// key's current server. Keys no longer in the table are left out.
     pub fn updates_after(&self, after: u64, limit: usize) -> Vec<Pending> {
-        let inner = self.lock();
-        inner
-            .updates
-            .range(after.saturating_add(1)..)
-            .take(limit)
-            .filter_map(|(&seq, key)| {
-                let slot = inner.lru.peek(key)?;
-                Some(Pending {
-                    seq,
-                    key: *key,
-                    server: Arc::clone(&slot.server),
+        let logged: Vec<(u64, StickKey, Option<Arc<str>>)> = {
+            let inner = self.lock();
+            inner
+                .log
+                .order
+                .range(after.saturating_add(1)..)
+                .take(limit)
+                .map(|(&seq, key)| {
+                    let server = inner.recent.peek(key).map(|s| Arc::clone(&s.server));
+                    (seq, *key, server)
                 })
+                .collect()
+        };
+        logged
+            .into_iter()
+            .filter_map(|(seq, key, server)| {
+                let server = server.or_else(|| {
+                    let entry = self.store.get(&key)?;
+                    Some(Arc::from(field_text(&entry.server)))
+                })?;
+                Some(Pending { seq, key, server })
             })
             .collect()
     }
 
-    /// Every live entry with its remaining lifetime, and the update log position it reflects:
-    /// after teaching these, a session pushes the changes after that position.
+    /// Every live entry with its remaining lifetime, oldest first, and the update log position
+    /// it reflects: after teaching these, a session pushes the changes after that position.
     pub fn teach_snapshot(&self, now_ms: u64) -> (u64, Vec<TeachEntry>) {
-        let inner = self.lock();
-        let entries = inner
-            .lru
-            .iter()
-            .rev()
-            .filter_map(|(key, slot)| {
-                let idle = now_ms.saturating_sub(slot.last_seen_ms);
-                let remaining_ms = self.expire_ms.checked_sub(idle).filter(|&r| r > 0)?;
-                Some(TeachEntry {
-                    key: *key,
-                    server: Arc::clone(&slot.server),
-                    remaining_ms,
+        let seq = self.last_seq();
+        let mut stored = Vec::new();
+        if let Err(error) = self.scan_own(&mut |key, entry| stored.push((*key, *entry))) {
+            tracing::error!(%error, "reading the stick table for a resync failed");
+        }
+        let mut entries: Vec<(u64, TeachEntry)> = {
+            let inner = self.lock();
+            stored
+                .into_iter()
+                .filter_map(|(key, entry)| {
+                    let (server, last_seen_ms) = match inner.recent.peek(&key) {
+                        Some(slot) => (Arc::clone(&slot.server), slot.last_seen_ms),
+                        None => (Arc::from(field_text(&entry.server)), entry.last_seen_ms),
+                    };
+                    let idle = now_ms.saturating_sub(last_seen_ms);
+                    let remaining_ms = self.expire_ms.checked_sub(idle).filter(|&r| r > 0)?;
+                    let teach = TeachEntry {
+                        key,
+                        server,
+                        remaining_ms,
+                    };
+                    Some((last_seen_ms, teach))
                 })
-            })
-            .collect();
-        (inner.last_seq, entries)
+                .collect()
+        };
+        entries.sort_by_key(|(last_seen_ms, _)| *last_seen_ms);
+        (seq, entries.into_iter().map(|(_, teach)| teach).collect())
     }
 
     /// Applies an entry pushed by a peer: `key` stuck to `server`, with `remaining_ms` of its
@@ -119,35 +191,23 @@ impl StickTable {
         if remaining_ms == Some(0) || self.is_expired(last_seen, now_ms) {
             return RemoteOutcome::Expired;
         }
-        let mut inner = self.lock();
-        let mut ops = Vec::new();
-        if let Some(slot) = inner.lru.peek(&key) {
-            if self.is_expired(slot.last_seen_ms, now_ms) {
-                inner.remove(&key);
-                ops.push(JournalOp::Delete(key));
-            }
-        }
-        let (outcome, seq) = match inner.lru.peek_mut(&key) {
+        let mut guard = self.recall(&key);
+        let inner = &mut *guard;
+        let (outcome, log) = match self.live(inner, &key, now_ms) {
             None => {
-                if let Some(evicted) =
-                    inner.push(key, Slot::new(Arc::clone(&server), last_seen, now_ms))
-                {
-                    ops.push(JournalOp::Delete(evicted));
+                if self.store.put(&key, &server, last_seen) {
+                    self.stored.fetch_add(1, Ordering::Relaxed);
                 }
-                ops.extend(self.durable_put(&key, &server, last_seen));
-                (RemoteOutcome::Inserted, None)
+                inner
+                    .recent
+                    .push(key, Slot::decided(server, last_seen, now_ms));
+                (RemoteOutcome::Inserted, false)
             }
             Some(slot) if slot.server == server => {
                 if last_seen > slot.last_seen_ms {
-                    slot.last_seen_ms = last_seen;
-                    if last_seen.saturating_sub(slot.persisted_ms)
-                        >= super::TOUCH_PERSIST_INTERVAL_MS
-                    {
-                        slot.persisted_ms = last_seen;
-                        ops.extend(self.durable_put(&key, &server, last_seen));
-                    }
+                    self.touch(&key, slot, last_seen);
                 }
-                (RemoteOutcome::Refreshed, None)
+                (RemoteOutcome::Refreshed, false)
             }
             Some(slot) => {
                 let concurrent = now_ms.saturating_sub(slot.decided_ms) < CONFLICT_WINDOW_MS;
@@ -158,20 +218,19 @@ impl StickTable {
                         && last_seen.saturating_add(STALE_SLACK_MS) < slot.last_seen_ms
                 };
                 if keep_ours {
-                    (RemoteOutcome::KeptOurs, inner.log_update(&key))
+                    (RemoteOutcome::KeptOurs, true)
                 } else {
-                    slot.server = Arc::clone(&server);
                     slot.last_seen_ms = slot.last_seen_ms.max(last_seen);
                     slot.persisted_ms = slot.last_seen_ms;
                     slot.decided_ms = now_ms;
-                    let last_seen = slot.last_seen_ms;
-                    ops.extend(self.durable_put(&key, &server, last_seen));
-                    (RemoteOutcome::Replaced, inner.log_update(&key))
+                    self.store.put(&key, &server, slot.last_seen_ms);
+                    slot.server = server;
+                    (RemoteOutcome::Replaced, true)
                 }
             }
         };
-        drop(inner);
-        ops.into_iter().for_each(|op| self.journal(op));
+        let seq = if log { inner.log.record(key) } else { None };
+        drop(guard);
         self.announce(seq);
         outcome
     }

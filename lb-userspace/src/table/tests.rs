@@ -1,99 +1,213 @@
-use super::*;
+use std::sync::Arc;
 
-fn table(capacity: u32, expire: Duration) -> (StickTable, JournalReceiver) {
-    let (tx, rx) = journal();
-    let table = StickTable::new(1, NonZeroU32::new(capacity).unwrap(), expire, tx);
-    (table, rx)
+use super::{memory::MemoryStorage, *};
+
+/// A table of backend 1 on a store of its own, and that store.
+fn table(capacity: u32, expire: Duration) -> (StickTable, Arc<MemoryStorage>) {
+    let storage = Arc::new(MemoryStorage::new(capacity as usize));
+    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
+    (on(&store, capacity, expire), storage)
 }
 
-fn drain(rx: &mut JournalReceiver) -> Vec<JournalOp> {
-    let mut ops = Vec::new();
-    while let Some(op) = rx.try_recv() {
-        ops.push(op);
-    }
-    ops
+fn on(store: &Store, capacity: u32, expire: Duration) -> StickTable {
+    StickTable::new(1, NonZeroU32::new(capacity).unwrap(), expire, store.clone())
+}
+
+/// Sticks `key` to `server`, whatever it was stuck to.
+fn set(table: &StickTable, key: StickKey, server: &str, now_ms: u64) {
+    table.resolve(key, now_ms, |_| Some(((), Some(Arc::from(server)))));
+}
+
+/// The server `key` is stuck to, as a request would find it (a hit, refreshing it).
+fn get(table: &StickTable, key: &StickKey, now_ms: u64) -> Option<String> {
+    table.resolve(*key, now_ms, |current| {
+        current.map(|s| (s.to_owned(), None))
+    })
+}
+
+/// What the store holds for `key`: server and last-seen time.
+fn stored(storage: &MemoryStorage, key: &StickKey) -> Option<(String, u64)> {
+    let entry = storage.get(key).unwrap()?;
+    Some((field_text(&entry.server), entry.last_seen_ms))
 }
 
 #[test]
-fn set_then_get_returns_the_server_and_journals_the_entry() {
-    let (table, mut rx) = table(10, Duration::from_secs(60));
+fn a_decision_is_in_the_store_when_resolve_returns() {
+    let (table, storage) = table(10, Duration::from_secs(60));
     let key = table.key(b"abc");
-    table.set(key, "web1".into(), 1_000);
-    assert_eq!(table.get(&key, 2_000).as_deref(), Some("web1"));
-    let ops = drain(&mut rx);
-    assert!(
-        matches!(ops[0], JournalOp::Put(k, e) if k == key && field_text(&e.server) == "web1" && e.last_seen_ms == 1_000)
-    );
+    set(&table, key, "web1", 1_000);
+    assert_eq!(stored(&storage, &key), Some(("web1".into(), 1_000)));
+    assert_eq!(get(&table, &key, 2_000).as_deref(), Some("web1"));
+    assert_eq!(table.len(), 1);
 }
 
 #[test]
-fn least_recently_used_entry_is_evicted_beyond_capacity_and_deleted_durably() {
-    let (table, mut rx) = table(2, Duration::from_secs(60));
+fn the_store_is_the_table_and_memory_holds_its_most_recent_entries() {
+    let count = RECENT_ENTRIES as u32 + 1_000;
+    let (table, storage) = table(count, Duration::from_secs(600));
+    for i in 0..count {
+        set(
+            &table,
+            table.key(format!("c{i}").as_bytes()),
+            "s1",
+            u64::from(i),
+        );
+    }
+    assert_eq!(storage.len(), count as usize);
+    assert_eq!(table.len(), count as usize);
+    assert_eq!(table.lock().recent.len(), RECENT_ENTRIES);
+    // The oldest left memory but not the table: a request finds it in the store.
+    let oldest = table.key(b"c0");
+    assert!(!table.lock().recent.contains(&oldest));
+    assert_eq!(get(&table, &oldest, 500_000).as_deref(), Some("s1"));
+    // More entries than memory holds are listed from the store, newest first.
+    let listed = table.snapshot_recent(RECENT_ENTRIES + 10);
+    assert_eq!(listed.len(), RECENT_ENTRIES + 10);
+    assert_eq!(listed[0].cookie, "c0", "just used");
+    assert_eq!(listed[1].cookie, format!("c{}", count - 1));
+    assert!(listed
+        .windows(2)
+        .skip(1)
+        .all(|w| w[0].last_seen_ms >= w[1].last_seen_ms));
+}
+
+#[test]
+fn beyond_its_capacity_the_store_evicts_the_least_recently_written_entry() {
+    let (table, _storage) = table(2, Duration::from_secs(60));
     let (a, b, c) = (table.key(b"a"), table.key(b"b"), table.key(b"c"));
-    table.set(a, "s1".into(), 1);
-    table.set(b, "s2".into(), 2);
-    assert!(table.get(&a, 3).is_some()); // a is now more recent than b
-    table.set(c, "s3".into(), 4);
+    set(&table, a, "s1", 1);
+    set(&table, b, "s2", 2);
+    set(&table, c, "s3", 4);
     assert_eq!(table.len(), 2);
-    assert!(table.get(&b, 5).is_none());
-    assert!(table.get(&a, 5).is_some());
-    assert!(drain(&mut rx).contains(&JournalOp::Delete(b)));
+    assert!(get(&table, &a, 5).is_none());
+    assert!(get(&table, &b, 5).is_some());
 }
 
 #[test]
 fn idle_entries_expire_on_lookup_and_on_sweep() {
-    let (table, mut rx) = table(10, Duration::from_secs(1));
+    let (table, storage) = table(10, Duration::from_secs(1));
     let (a, b) = (table.key(b"a"), table.key(b"b"));
-    table.set(a, "s1".into(), 0);
-    table.set(b, "s1".into(), 500);
-    assert!(table.get(&a, 1_001).is_none());
+    set(&table, a, "s1", 0);
+    set(&table, b, "s1", 500);
+    assert!(get(&table, &a, 1_001).is_none());
+    assert!(stored(&storage, &a).is_none());
     assert_eq!(table.sweep_expired(1_400), 0);
     assert_eq!(table.sweep_expired(1_501), 1);
     assert!(table.is_empty());
-    let ops = drain(&mut rx);
-    assert!(ops.contains(&JournalOp::Delete(a)));
-    assert!(ops.contains(&JournalOp::Delete(b)));
+    assert_eq!(storage.len(), 0);
 }
 
 #[test]
 fn a_hit_refreshes_expiry() {
-    let (table, _rx) = table(10, Duration::from_secs(1));
+    let (table, _storage) = table(10, Duration::from_secs(1));
     let a = table.key(b"a");
-    table.set(a, "s1".into(), 0);
-    assert!(table.get(&a, 900).is_some());
-    assert!(table.get(&a, 1_800).is_some());
+    set(&table, a, "s1", 0);
+    assert!(get(&table, &a, 900).is_some());
+    assert!(get(&table, &a, 1_800).is_some());
     assert_eq!(table.sweep_expired(2_000), 0);
 }
 
 #[test]
-fn hot_hits_are_persisted_at_most_once_a_second() {
-    let (table, mut rx) = table(10, Duration::from_secs(60));
+fn hot_hits_are_written_back_at_most_once_a_second() {
+    let (table, storage) = table(10, Duration::from_secs(60));
     let a = table.key(b"a");
-    table.set(a, "s1".into(), 0);
+    set(&table, a, "s1", 0);
     for t in 1..100 {
-        table.get(&a, t * 10);
+        get(&table, &a, t * 10);
     }
-    assert_eq!(drain(&mut rx).len(), 1);
-    table.get(&a, 1_000);
-    assert_eq!(drain(&mut rx).len(), 1);
+    assert_eq!(stored(&storage, &a), Some(("s1".into(), 0)));
+    get(&table, &a, 1_000);
+    assert_eq!(stored(&storage, &a), Some(("s1".into(), 1_000)));
+}
+
+/// Writes an entry straight into the store, as a previous process left it.
+fn left_behind(storage: &MemoryStorage, backend_id: u32, cookie: &[u8], server: &str, seen: u64) {
+    let entry = StickEntry {
+        server: to_field(server).unwrap(),
+        last_seen_ms: seen,
+    };
+    storage.put(&stick_key(backend_id, cookie), &entry).unwrap();
 }
 
 #[test]
-fn adopt_skips_expired_entries_and_keeps_lru_order() {
-    let (table, _rx) = table(2, Duration::from_secs(10));
-    let (a, b, c) = (table.key(b"a"), table.key(b"b"), table.key(b"c"));
-    assert!(!table.adopt(a, "s1".into(), 0, 20_000));
-    assert!(table.adopt(b, "s1".into(), 15_000, 20_000));
-    assert!(table.adopt(c, "s2".into(), 16_000, 20_000));
+fn the_start_scan_counts_forgets_expired_and_orphaned_entries_and_remembers_the_newest() {
+    let (table, storage) = table(10, Duration::from_secs(10));
+    left_behind(&storage, 1, b"a", "s1", 0);
+    left_behind(&storage, 1, b"b", "s1", 15_000);
+    left_behind(&storage, 1, b"c", "s2", 16_000);
+    left_behind(&storage, 9, b"gone", "s1", 16_000);
+    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, false);
+    let report = scan(&store, &[&table], 20_000, ScanMode::Start).unwrap();
+    assert_eq!(
+        report,
+        ScanReport {
+            live: 2,
+            expired: 1,
+            orphaned: 1
+        }
+    );
     assert_eq!(table.len(), 2);
-    let views = table.snapshot();
+    assert_eq!(storage.len(), 2);
+    let views = table.snapshot_recent(10);
     assert_eq!(views[0].cookie, "c");
     assert_eq!(views[1].cookie, "b");
+    assert!(
+        logged(&table, 0).is_empty(),
+        "adopted entries are not new decisions"
+    );
+}
+
+#[test]
+fn a_periodic_scan_deletes_what_expired_unless_memory_knows_a_later_use() {
+    let (table, storage) = table(100, Duration::from_secs(10));
+    let (kept, idle) = (table.key(b"kept"), table.key(b"idle"));
+    set(&table, kept, "s1", 0);
+    set(&table, idle, "s1", 0);
+    // A hit at 0.9 s, not yet written back: only memory knows it.
+    get(&table, &kept, 900);
+    assert_eq!(stored(&storage, &kept), Some(("s1".into(), 0)));
+    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, false);
+    let report = scan(
+        &store,
+        &[&table],
+        10_500,
+        ScanMode::Periodic { capacity: 100_000 },
+    )
+    .unwrap();
+    assert_eq!((report.live, report.expired), (1, 1));
+    assert!(stored(&storage, &idle).is_none());
+    assert_eq!(get(&table, &kept, 10_500).as_deref(), Some("s1"));
+    assert_eq!(table.len(), 1);
+}
+
+#[test]
+fn a_periodic_scan_recounts_only_a_nearly_full_map() {
+    let (table, storage) = table(100, Duration::from_secs(600));
+    set(&table, table.key(b"mine"), "s1", 0);
+    // Written by another process (an upgrade's overlap): not counted here.
+    left_behind(&storage, 1, b"theirs", "s1", 0);
+    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, false);
+    scan(
+        &store,
+        &[&table],
+        1_000,
+        ScanMode::Periodic { capacity: 100_000 },
+    )
+    .unwrap();
+    assert_eq!(table.len(), 1);
+    scan(
+        &store,
+        &[&table],
+        1_000,
+        ScanMode::Periodic { capacity: 1_000 },
+    )
+    .unwrap();
+    assert_eq!(table.len(), 2);
 }
 
 #[test]
 fn resolve_assigns_once_then_keeps_and_can_replace() {
-    let (table, mut rx) = table(10, Duration::from_secs(60));
+    let (table, storage) = table(10, Duration::from_secs(60));
     let key = table.key(b"s");
     let first = table.resolve(key, 0, |current| {
         assert!(current.is_none());
@@ -106,36 +220,60 @@ fn resolve_assigns_once_then_keeps_and_can_replace() {
     });
     assert_eq!(second, Some("hit"));
     table.resolve(key, 20, |_| Some(((), Some(Arc::from("web2")))));
-    assert_eq!(table.get(&key, 30).as_deref(), Some("web2"));
-    let puts = drain(&mut rx)
-        .into_iter()
-        .filter(|op| matches!(op, JournalOp::Put(..)))
-        .count();
-    assert_eq!(puts, 2);
+    assert_eq!(get(&table, &key, 30).as_deref(), Some("web2"));
+    assert_eq!(stored(&storage, &key), Some(("web2".into(), 20)));
+    assert_eq!(table.len(), 1);
 }
 
 #[test]
 fn resolve_sees_expired_entries_as_absent() {
-    let (table, _rx) = table(10, Duration::from_secs(1));
+    let (table, _storage) = table(10, Duration::from_secs(1));
     let key = table.key(b"s");
-    table.set(key, "web1".into(), 0);
+    set(&table, key, "web1", 0);
     table.resolve(key, 5_000, |current| {
         assert!(current.is_none());
         Some(((), Some(Arc::from("web2"))))
     });
-    assert_eq!(table.get(&key, 5_001).as_deref(), Some("web2"));
+    assert_eq!(get(&table, &key, 5_001).as_deref(), Some("web2"));
 }
 
 #[test]
 fn resolve_with_no_choice_changes_nothing() {
-    let (table, mut rx) = table(10, Duration::from_secs(60));
+    let (table, storage) = table(10, Duration::from_secs(60));
     let key = table.key(b"s");
     assert_eq!(
         table.resolve(key, 0, |_| None::<((), Option<Arc<str>>)>),
         None
     );
     assert!(table.is_empty());
-    assert!(drain(&mut rx).is_empty());
+    assert_eq!(storage.len(), 0);
+}
+
+#[test]
+fn a_miss_is_read_from_the_store_another_process_writes() {
+    // During an upgrade the old and the new process share the map.
+    let storage = Arc::new(MemoryStorage::new(10));
+    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
+    let (old, new) = (
+        on(&store, 10, Duration::from_secs(60)),
+        on(&store, 10, Duration::from_secs(60)),
+    );
+    let (known, stale) = (old.key(b"known"), old.key(b"stale"));
+    set(&old, known, "s7", 90_000);
+    set(&old, stale, "s7", 1_000);
+    new.resolve(known, 90_500, |current| {
+        assert_eq!(current, Some("s7"));
+        Some(((), None))
+    });
+    new.resolve(stale, 90_500, |current| {
+        assert_eq!(current, None, "an expired entry is no entry");
+        Some(((), None))
+    });
+    assert!(stored(&storage, &stale).is_none());
+    assert!(
+        logged(&new, 0).is_empty(),
+        "an entry read back is not a new decision"
+    );
 }
 
 /// The servers of the update log entries after `after`, oldest first.
@@ -149,11 +287,11 @@ fn logged(table: &StickTable, after: u64) -> Vec<(String, String)> {
 
 #[test]
 fn local_changes_are_logged_once_per_key_with_the_latest_server() {
-    let (table, _rx) = table(10, Duration::from_secs(60));
+    let (table, _storage) = table(10, Duration::from_secs(60));
     let (a, b) = (table.key(b"a"), table.key(b"b"));
-    table.set(a, "s1".into(), 0);
-    table.set(b, "s2".into(), 0);
-    table.set(a, "s3".into(), 0);
+    set(&table, a, "s1", 0);
+    set(&table, b, "s2", 0);
+    set(&table, a, "s3", 0);
     assert_eq!(
         logged(&table, 0),
         [("b".into(), "s2".into()), ("a".into(), "s3".into())]
@@ -161,39 +299,56 @@ fn local_changes_are_logged_once_per_key_with_the_latest_server() {
     let seq = table.last_seq();
     assert!(logged(&table, seq).is_empty());
     // A hit is pushed again only once per touch interval.
-    assert!(table.get(&b, 500).is_some());
+    assert!(get(&table, &b, 500).is_some());
     assert!(logged(&table, seq).is_empty());
-    assert!(table.get(&b, 1_500).is_some());
+    assert!(get(&table, &b, 1_500).is_some());
     assert_eq!(logged(&table, seq), [("b".into(), "s2".into())]);
 }
 
 #[test]
+fn a_logged_key_that_left_memory_is_pushed_with_its_stored_server() {
+    let count = RECENT_ENTRIES as u32 + 10;
+    let (table, _storage) = table(count, Duration::from_secs(600));
+    for i in 0..count {
+        set(
+            &table,
+            table.key(format!("c{i}").as_bytes()),
+            "s1",
+            u64::from(i),
+        );
+    }
+    let first = &table.updates_after(0, 1)[0];
+    assert_eq!(field_text(&first.key.cookie), "c0");
+    assert!(!table.lock().recent.contains(&first.key));
+    assert_eq!(&*first.server, "s1");
+}
+
+#[test]
 fn entries_from_peers_are_applied_but_not_logged_for_pushing() {
-    let (table, mut rx) = table(10, Duration::from_secs(60));
+    let (table, storage) = table(10, Duration::from_secs(60));
     let key = table.key(b"p");
     assert_eq!(
         table.apply_remote(key, "s1".into(), None, 10_000),
         RemoteOutcome::Inserted
     );
-    assert_eq!(table.get(&key, 10_001).as_deref(), Some("s1"));
+    assert_eq!(get(&table, &key, 10_001).as_deref(), Some("s1"));
     assert!(logged(&table, 0).is_empty());
-    assert!(drain(&mut rx).iter().any(
-        |op| matches!(op, JournalOp::Put(k, e) if *k == key && field_text(&e.server) == "s1")
-    ));
+    assert_eq!(stored(&storage, &key), Some(("s1".into(), 10_000)));
     assert_eq!(
         table.apply_remote(key, "s1".into(), None, 20_000),
         RemoteOutcome::Refreshed
     );
     assert!(logged(&table, 0).is_empty());
+    assert_eq!(stored(&storage, &key), Some(("s1".into(), 20_000)));
 }
 
 #[test]
 fn remaining_lifetime_travels_with_an_entry() {
-    let (table, _rx) = table(10, Duration::from_secs(60));
+    let (table, _storage) = table(10, Duration::from_secs(60));
     let key = table.key(b"t");
     // 10 s left of 60: it was last seen 50 s ago and expires 10 s from now.
     table.apply_remote(key, "s1".into(), Some(10_000), 100_000);
-    let entry = &table.snapshot()[0];
+    let entry = &table.snapshot_recent(10)[0];
     assert_eq!(entry.last_seen_ms, 50_000);
     let (_, taught) = table.teach_snapshot(105_000);
     assert_eq!(taught[0].remaining_ms, 5_000);
@@ -206,14 +361,43 @@ fn remaining_lifetime_travels_with_an_entry() {
 }
 
 #[test]
+fn a_resync_teaches_every_stored_entry_oldest_first_with_what_memory_knows() {
+    let (table, storage) = table(10, Duration::from_secs(60));
+    left_behind(&storage, 1, b"old", "s2", 1_000);
+    set(&table, table.key(b"new"), "s1", 2_000);
+    // A hit not yet written back: the lifetime counts from it.
+    get(&table, &table.key(b"new"), 2_500);
+    left_behind(&storage, 2, b"other-backend", "s1", 2_000);
+    let (seq, taught) = table.teach_snapshot(3_000);
+    assert_eq!(seq, table.last_seq());
+    let taught: Vec<_> = taught
+        .iter()
+        .map(|t| {
+            (
+                field_text(&t.key.cookie),
+                t.server.to_string(),
+                t.remaining_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        taught,
+        [
+            ("old".into(), "s2".into(), 58_000),
+            ("new".into(), "s1".into(), 59_500)
+        ]
+    );
+}
+
+#[test]
 fn concurrent_choices_converge_on_the_lower_rank_on_both_sides() {
     // Two nodes choose different servers for one new cookie, then receive each other's choice.
     let (left, _l) = table(10, Duration::from_secs(60));
     let (right, _r) = table(10, Duration::from_secs(60));
     let key = left.key(b"new-cookie");
     let (ours, theirs) = ("s1", "s2");
-    left.set(key, ours.into(), 1_000);
-    right.set(key, theirs.into(), 1_000);
+    set(&left, key, ours, 1_000);
+    set(&right, key, theirs, 1_000);
     let l = left.apply_remote(key, theirs.into(), None, 1_050);
     let r = right.apply_remote(key, ours.into(), None, 1_050);
     let winner = if rank(&key, ours) < rank(&key, theirs) {
@@ -221,8 +405,8 @@ fn concurrent_choices_converge_on_the_lower_rank_on_both_sides() {
     } else {
         theirs
     };
-    assert_eq!(left.get(&key, 1_100).as_deref(), Some(winner));
-    assert_eq!(right.get(&key, 1_100).as_deref(), Some(winner));
+    assert_eq!(get(&left, &key, 1_100).as_deref(), Some(winner));
+    assert_eq!(get(&right, &key, 1_100).as_deref(), Some(winner));
     // One side kept its choice, the other took the peer's; both push the result again so that
     // a peer which overwrites blindly (HAProxy) ends on it too.
     let mut outcomes = [l, r];
@@ -234,65 +418,36 @@ fn concurrent_choices_converge_on_the_lower_rank_on_both_sides() {
 
 #[test]
 fn outside_the_conflict_window_a_live_update_wins_and_a_stale_resync_entry_loses() {
-    let (table, _rx) = table(10, Duration::from_secs(600));
+    let (table, storage) = table(10, Duration::from_secs(600));
     let key = table.key(b"old");
-    table.set(key, "s1".into(), 0);
+    set(&table, key, "s1", 0);
     let later = CONFLICT_WINDOW_MS + 10;
     // A resync entry last used 100 s before ours: ours is the current one.
-    assert!(table.get(&key, 200_000).is_some());
+    assert!(get(&table, &key, 200_000).is_some());
     assert_eq!(
         table.apply_remote(key, "s2".into(), Some(500_000), 200_000),
         RemoteOutcome::KeptOurs
     );
-    assert_eq!(table.get(&key, 200_001).as_deref(), Some("s1"));
+    assert_eq!(get(&table, &key, 200_001).as_deref(), Some("s1"));
     // A live update (a redispatch on the peer) replaces ours.
     assert_eq!(
         table.apply_remote(key, "s2".into(), None, 200_000 + later),
         RemoteOutcome::Replaced
     );
-    assert_eq!(table.get(&key, 200_000 + later).as_deref(), Some("s2"));
+    assert_eq!(get(&table, &key, 200_000 + later).as_deref(), Some("s2"));
+    assert_eq!(
+        stored(&storage, &key).map(|(s, _)| s).as_deref(),
+        Some("s2")
+    );
 }
 
 #[test]
-fn evicted_and_expired_entries_leave_the_update_log() {
-    let (table, _rx) = table(2, Duration::from_secs(1));
+fn the_update_log_is_bounded_and_expired_entries_leave_it() {
+    let (table, _storage) = table(2, Duration::from_secs(1));
     for (i, cookie) in [b"a", b"b", b"c"].iter().enumerate() {
-        table.set(table.key(*cookie), "s1".into(), i as u64);
+        set(&table, table.key(*cookie), "s1", i as u64);
     }
     assert_eq!(logged(&table, 0).len(), 2);
     table.sweep_expired(10_000);
     assert!(logged(&table, 0).is_empty());
-}
-
-struct Shared(Vec<(StickKey, &'static str, u64)>);
-
-impl Fallback for Shared {
-    fn lookup(&self, key: &StickKey) -> Option<(Arc<str>, u64)> {
-        let (_, server, seen) = self.0.iter().find(|(k, _, _)| k == key)?;
-        Some((Arc::from(*server), *seen))
-    }
-}
-
-#[test]
-fn a_miss_is_looked_up_in_the_fallback_before_it_is_a_new_session() {
-    let (table, mut rx) = table(10, Duration::from_secs(60));
-    let (known, stale) = (table.key(b"known"), table.key(b"stale"));
-    table.set_fallback(Arc::new(Shared(vec![
-        (known, "s7", 90_000),
-        (stale, "s7", 1_000),
-    ])));
-    table.resolve(known, 90_500, |current| {
-        assert_eq!(current, Some("s7"));
-        Some(((), None))
-    });
-    table.resolve(stale, 90_500, |current| {
-        assert_eq!(current, None, "an expired entry is no entry");
-        Some(((), None))
-    });
-    assert_eq!(table.len(), 1);
-    assert!(
-        logged(&table, 0).is_empty(),
-        "an adopted entry is not a new decision"
-    );
-    assert!(drain(&mut rx).is_empty());
 }

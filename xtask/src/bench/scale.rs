@@ -58,8 +58,8 @@ pub(super) fn measure(env: &Env, contender: Contender) -> anyhow::Result<ScaleRe
     env.reset_table()?;
     let (mut lb, _) = env.start(contender)?;
     let fill_seconds = fill(env, &mut lb, plan.table_entries)?;
-    // Let requests in flight end and the table writer drain its journal into the map; then
-    // count again (HAProxy counts entries of requests in flight too).
+    // Let requests in flight end, then count again (HAProxy counts entries of requests in
+    // flight too).
     procs::sleep(Duration::from_secs(1))?;
     let entries = table_entries(env, &lb)?;
     let rss_bytes = lb.rss_bytes()?;

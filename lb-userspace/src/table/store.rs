@@ -1,0 +1,104 @@
+//! Where the entries live: one store for every backend's table (keys carry the backend id).
+//!
+//! The daemon's store is the pinned BPF map ([`super::pinned::DurableTable`]): the map is the
+//! table, and a [`super::StickTable`] keeps in memory only its most recently used entries. One
+//! copy of each entry means a table of a million sessions costs the map's memory and little
+//! more, and a restart has nothing to load.
+
+use std::{io, sync::Arc};
+
+use lb_common::{StickEntry, StickKey, SERVER_NAME_LEN};
+use tokio::sync::watch;
+
+use super::key::to_field;
+
+/// A stored entry: its key and its value.
+pub type Stored = (StickKey, StickEntry);
+
+/// Reads and writes entries. Errors are the store's own (the kernel's, for the pinned map).
+pub trait Storage: Send + Sync {
+    fn get(&self, key: &StickKey) -> io::Result<Option<StickEntry>>;
+    fn put(&self, key: &StickKey, entry: &StickEntry) -> io::Result<()>;
+    /// Deleting an absent key is not an error.
+    fn delete(&self, key: &StickKey) -> io::Result<()>;
+    /// Every entry, a batch at a time, in no particular order. Entries written meanwhile may or
+    /// may not be seen.
+    fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()>;
+}
+
+/// The store shared by every table, and the signal that wakes peer sessions when a table
+/// logs a local change. Cloned into every table.
+#[derive(Clone)]
+pub struct Store {
+    storage: Arc<dyn Storage>,
+    local_changes: Arc<watch::Sender<u64>>,
+    /// Whether peers are sent local changes: only then do tables keep an update log.
+    replicated: bool,
+}
+
+impl Store {
+    pub fn new(storage: Arc<dyn Storage>, replicated: bool) -> Self {
+        Self {
+            storage,
+            local_changes: Arc::new(watch::Sender::new(0)),
+            replicated,
+        }
+    }
+
+    pub(super) fn replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// Wakes when any table logs a local change for peers (see
+    /// [`super::StickTable::updates_after`]).
+    pub fn watch_local_changes(&self) -> watch::Receiver<u64> {
+        self.local_changes.subscribe()
+    }
+
+    pub(super) fn announce_local_change(&self) {
+        self.local_changes
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// The stored entry of `key`. A failing store is logged and reads as a miss: the request
+    /// is then balanced as a new session rather than refused.
+    pub(super) fn get(&self, key: &StickKey) -> Option<StickEntry> {
+        self.storage.get(key).unwrap_or_else(|error| {
+            tracing::error!(%error, "reading the stick table failed");
+            None
+        })
+    }
+
+    /// Stores `key` stuck to `server`. Returns false when it could not be stored (logged).
+    pub(super) fn put(&self, key: &StickKey, server: &str, last_seen_ms: u64) -> bool {
+        let Some(server_field) = to_field::<SERVER_NAME_LEN>(server) else {
+            tracing::warn!(
+                server,
+                "server name does not fit the stick table; not stored"
+            );
+            return false;
+        };
+        let entry = StickEntry {
+            server: server_field,
+            last_seen_ms,
+        };
+        match self.storage.put(key, &entry) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, server, "writing the stick table failed");
+                false
+            }
+        }
+    }
+
+    pub(super) fn delete(&self, key: &StickKey) {
+        if let Err(error) = self.storage.delete(key) {
+            tracing::error!(%error, "deleting from the stick table failed");
+        }
+    }
+
+    /// Every stored entry, a batch at a time (see [`Storage::scan`]).
+    pub fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()> {
+        self.storage.scan(visit)
+    }
+}
