@@ -26,6 +26,8 @@ pub struct ServerState {
     in_flight: AtomicU64,
     pub stats: ServerStats,
     check: Mutex<CheckStatus>,
+    /// Idle connections to the server, for the relay.
+    pub idle: crate::proxy::pool::Pool,
 }
 
 /// Monotonic counters of one server.
@@ -59,6 +61,7 @@ impl ServerState {
             in_flight: AtomicU64::new(0),
             stats: ServerStats::default(),
             check: Mutex::new(CheckStatus::default()),
+            idle: crate::proxy::pool::Pool::default(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Serving a frontend: accept connections, speak HTTP/1.1 with keep-alive, hand each request to
-//! [`Proxy::handle`], and stop gracefully.
+//! Serving a frontend: accept connections, give each to the relay (see [`relay`]), and to
+//! hyper ([`Proxy::handle`]) what the relay does not serve itself; stop gracefully.
 //!
 //! hyper answers malformed requests with 400 and oversized heads with 431 itself. A client too
 //! slow to send its request head makes hyper give up silently, so the listener keeps a duplicate
@@ -86,8 +86,8 @@ pub async fn serve(
     graceful: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Connections served by the splicing relay: hyper's graceful shutdown does not see them, so
-    // a stopping listener waits for them itself (each closes at its next message boundary).
+    // Connections served by the relay: hyper's graceful shutdown does not see them, so a
+    // stopping listener waits for them itself (each closes at its next message boundary).
     let mut relayed = JoinSet::new();
     loop {
         while relayed.try_join_next().is_some() {}
@@ -106,40 +106,35 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let settings = **settings.load();
-                match (frontend.fastpath.get(), peer) {
-                    // A loopback client's leg has no neighbour to redirect to: hyper serves it.
+                let (frontend, proxy, graceful) = (
+                    Arc::clone(&frontend),
+                    Arc::clone(&proxy),
+                    Arc::clone(&graceful),
+                );
+                // A loopback client's leg has no neighbour to redirect to: it is not spliced.
+                let fastpath = match (frontend.fastpath.get(), peer) {
                     (Some(fastpath), SocketAddr::V4(v4)) if !v4.ip().is_loopback() => {
-                        let (frontend, proxy, graceful) = (
-                            Arc::clone(&frontend),
-                            Arc::clone(&proxy),
-                            Arc::clone(&graceful),
-                        );
-                        let fastpath = Arc::clone(fastpath);
-                        let stop = stop.clone();
-                        relayed.spawn(async move {
-                            let _ = stream.set_nodelay(true);
-                            let released = relay::serve(
-                                stream, peer, &frontend, &proxy, settings, &fastpath, stop,
-                            )
-                            .await;
-                            if let Release::ToHyper(stream, read) = released {
-                                serve_connection(
-                                    stream,
-                                    read.freeze(),
-                                    peer,
-                                    &frontend,
-                                    &proxy,
-                                    settings,
-                                    &graceful,
-                                );
-                            }
-                        });
+                        Some(Arc::clone(fastpath))
                     }
-                    _ => {
-                        let _ = stream.set_nodelay(true);
+                    _ => None,
+                };
+                let stop = stop.clone();
+                relayed.spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let released = relay::serve(
+                        stream,
+                        peer,
+                        &frontend,
+                        &proxy,
+                        settings,
+                        fastpath.as_ref(),
+                        stop,
+                    )
+                    .await;
+                    if let Release::ToHyper(stream, read) = released {
                         serve_connection(
                             stream,
-                            Bytes::new(),
+                            read.freeze(),
                             peer,
                             &frontend,
                             &proxy,
@@ -147,7 +142,7 @@ pub async fn serve(
                             &graceful,
                         );
                     }
-                }
+                });
             }
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.

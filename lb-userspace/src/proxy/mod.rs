@@ -10,6 +10,7 @@ pub mod drain;
 mod error;
 mod headers;
 pub mod listener;
+pub mod pool;
 mod relay;
 
 use std::{

@@ -1,21 +1,32 @@
-//! The first exchange of a connection on a frontend with `fastpath = "splice"`: a small
-//! HTTP/1.1 relay over two plain sockets this process controls, the client's and a dedicated
-//! (never pooled) connection to the chosen server, so that the connection can be handed to the
-//! kernel once the exchange is complete.
+//! The relay: how every simple HTTP/1.1 request is served. A small relay over plain sockets,
+//! the client's and a server connection, that parses each message head once and copies bodies
+//! as they are (hyper is the fallback for everything else).
 //!
-//! - A request it cannot relay simply (HTTP/1.0, a chunked or `Expect` body,
-//!   `Connection: close`, a non-IPv4 server) goes to the hyper proxy with the bytes already
-//!   read, as do connections whose first exchange made no sticky session.
+//! - On a frontend with `fastpath = "splice"` the server connection is dedicated (never
+//!   pooled) and observed, so that the connection can be handed to the kernel once an exchange
+//!   is complete; every request of the connection then goes to that server, the semantics of a
+//!   spliced connection. After each complete exchange it tries the hand-off. A connection that
+//!   is not spliced yet (a request raced it, the peers had not acknowledged) tries again after
+//!   the next exchange; one whose legs cannot be translated stays in userspace for good.
+//!   Connections whose first exchange made no sticky session go to hyper.
+//! - Otherwise (`fastpath = "off"`, a request that closes the connection, an IPv6 server) each
+//!   request is routed by its own cookie over a pooled keep-alive connection to its server
+//!   ([`super::pool`]), and a server connection that fails before answering a request that can
+//!   be repeated is retried once on a new connection.
+//! - A request it cannot relay simply (HTTP/1.0, a chunked or `Expect` body) goes to the hyper
+//!   proxy with the bytes already read, as do heads that are malformed, too large or too slow
+//!   (hyper answers them 400, 431 and 408).
 //! - An upgrade (`Upgrade` + `Connection: upgrade`, e.g. WebSocket) answered `101`, or a
-//!   `CONNECT` answered `2xx`, makes the connection a tunnel to that server: it is handed to the
-//!   kernel right after the response head, or as soon as the tunnel is quiet, and relayed as
-//!   bytes until then (or for good, when its legs cannot be translated).
-//! - After each complete exchange it tries the hand-off. A connection that is not spliced yet
-//!   (a request raced it, the peers had not acknowledged) stays on its server and tries again
-//!   after the next exchange; one whose legs cannot be translated stays in userspace for good.
-//!   Either way it keeps going to the same server: the semantics of a spliced connection.
+//!   `CONNECT` answered `2xx`, makes the connection a tunnel to that server; when splicing, it
+//!   is handed to the kernel right after the response head, or as soon as the tunnel is quiet,
+//!   and relayed as bytes until then (or for good, when its legs cannot be translated).
+//! - A server that fails before the client heard anything is answered `503`, as hyper does.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
 
 use bytes::{Buf as _, BytesMut};
 use hyper::{
@@ -55,6 +66,8 @@ struct RequestHead {
     body: u64,
     /// The protocol of an upgrade request (`Upgrade` with `Connection: upgrade`).
     upgrade: Option<HeaderValue>,
+    /// The client closes after this request (`Connection: close`).
+    close: bool,
 }
 
 impl RequestHead {
@@ -89,14 +102,60 @@ struct ResponseHead {
     close: bool,
 }
 
-/// Serves `client` on a splicing frontend; see the module documentation.
+/// How the relay reaches servers.
+#[derive(Clone, Copy)]
+enum Reach<'a> {
+    /// A dedicated connection from the fast path's port range, observed so that it can be
+    /// handed to the kernel: every request of the client connection goes to that server.
+    Splice(&'a Arc<Runtime>),
+    /// Pooled connections: each request goes where its own cookie says.
+    Pooled,
+}
+
+/// The server side of a relayed connection.
+struct Leg {
+    server: Arc<ServerState>,
+    stream: TcpStream,
+    /// It served an exchange before (or came from the pool): the server may have closed it
+    /// meanwhile, so a failure before any answer is worth one retry on a new connection.
+    reused: bool,
+}
+
+impl Leg {
+    /// An idle pooled connection to `server`, or a new one.
+    async fn open(server: Arc<ServerState>, timeout: Duration) -> std::io::Result<Leg> {
+        if let Some(stream) = server.idle.take() {
+            return Ok(Leg {
+                server,
+                stream,
+                reused: true,
+            });
+        }
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        stream.set_nodelay(true)?;
+        Ok(Leg {
+            server,
+            stream,
+            reused: false,
+        })
+    }
+
+    /// Gives the connection back to its server's pool.
+    fn park(self) {
+        self.server.idle.put(self.stream);
+    }
+}
+
+/// Serves `client`; see the module documentation. `fastpath`: the frontend splices.
 pub(super) async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
     frontend: &Frontend,
     proxy: &Proxy,
     settings: ConnSettings,
-    fastpath: &Arc<Runtime>,
+    fastpath: Option<&Arc<Runtime>>,
     mut stop: watch::Receiver<bool>,
 ) -> Release {
     let mut buf = BytesMut::with_capacity(8192);
@@ -115,118 +174,186 @@ pub(super) async fn serve(
         return Release::ToHyper(client, buf);
     };
     let backend = &frontend.backend;
-    let cookie =
-        cookie::request_cookie(&request.headers, &backend.stick_cookie).map(<[u8]>::to_vec);
-    let Some((server, decision)) = backend.route(cookie.as_deref(), now_ms()) else {
-        return Release::ToHyper(client, buf);
-    };
-    let SocketAddr::V4(server_addr) = server.addr else {
+    let Some((server, decision)) = route(backend, &request) else {
         return Release::ToHyper(client, buf);
     };
     let (connect_timeout, server_timeout) = proxy.timeouts();
-    let mut upstream = match fastpath.connect(server_addr, connect_timeout).await {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::debug!(%error, server = %server.name, "fast path connect failed; hyper takes the request");
-            return Release::ToHyper(client, buf);
-        }
+    // A connection that closes after this request has nothing to splice.
+    let reach = match (fastpath, server.addr) {
+        (Some(fastpath), SocketAddr::V4(_)) if !request.close => Reach::Splice(fastpath),
+        _ => Reach::Pooled,
     };
-    let mut handoff = match fastpath.observe(&client, &upstream, &frontend.fastpath_interfaces) {
-        Ok(handoff) => handoff,
-        Err(error) => {
-            tracing::warn!(error = %crate::error_chain(&error), "fast path: cannot observe the connection");
-            None
+    let (mut leg, mut handoff) = match reach {
+        Reach::Splice(fastpath) => {
+            let SocketAddr::V4(addr) = server.addr else {
+                return Release::ToHyper(client, buf);
+            };
+            let stream = match fastpath.connect(addr, connect_timeout).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, server = %server.name, "fast path connect failed; hyper takes the request");
+                    return Release::ToHyper(client, buf);
+                }
+            };
+            let handoff = match fastpath.observe(&client, &stream, &frontend.fastpath_interfaces) {
+                Ok(handoff) => handoff,
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "fast path: cannot observe the connection");
+                    None
+                }
+            };
+            let leg = Leg {
+                server,
+                stream,
+                reused: false,
+            };
+            (leg, handoff)
         }
+        Reach::Pooled => match Leg::open(Arc::clone(&server), connect_timeout).await {
+            Ok(leg) => (leg, None),
+            Err(error) => {
+                let failed = Failed::connect(&server, error);
+                failed
+                    .answer(&mut client, frontend, peer, &request, decision)
+                    .await;
+                return Release::Done;
+            }
+        },
     };
     let mut sticky = decision != Decision::NoCookie;
-    let mut first = Some(decision);
+    let mut decision = decision;
     let mut request = request;
     let mut head = head;
+    // Whether `leg` may serve another exchange.
+    let mut reusable: bool;
     loop {
         let started = Instant::now();
-        let in_flight = server.start_request();
-        let decision = first.take().unwrap_or(Decision::StickyHit);
-        let exchanged = exchange(
-            (&mut client, &mut upstream, &mut buf),
-            (head, &request),
-            peer,
-            (backend, &server),
-            (server_timeout, handoff.is_none()),
+        let out_head = request_head(&request, peer);
+        buf.advance(head);
+        let in_flight = leg.server.start_request();
+        let forwarded = match forward(
+            &mut client,
+            &mut leg,
+            &mut buf,
+            &out_head,
+            &request,
+            server_timeout,
         )
-        .await;
-        let response = match exchanged {
-            Ok((response, learned)) => {
-                sticky |= learned;
-                response
+        .await
+        {
+            Err(error) if retry_on_a_new_connection(&leg, &request, reach) => {
+                tracing::debug!(%error, server = %leg.server.name, "a reused server connection failed before answering; retrying once on a new one");
+                match Leg::open_new(Arc::clone(&leg.server), connect_timeout).await {
+                    Ok(fresh) => {
+                        leg = fresh;
+                        forward(
+                            &mut client,
+                            &mut leg,
+                            &mut buf,
+                            &out_head,
+                            &request,
+                            server_timeout,
+                        )
+                        .await
+                    }
+                    Err(error) => Err(error),
+                }
             }
-            Err(error) => {
-                server
-                    .stats
-                    .failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(target: "access", frontend = %frontend.name, backend = %backend.name, server = %server.name, %peer, method = %request.method, path = %request.path, error = %error, "relayed exchange failed; closing");
+            other => other,
+        };
+        let delivered = match forwarded {
+            Ok((response, response_buf, len)) => {
+                let coalesce = handoff.is_none();
+                deliver(
+                    &mut client,
+                    &mut leg,
+                    (response, response_buf, len),
+                    backend,
+                    &request,
+                    coalesce,
+                )
+                .await
+                .map_err(|error| Failed::midway(&leg.server, error))
+            }
+            Err(error) => Err(Failed::before_answer(&leg.server, error)),
+        };
+        let (response, learned) = match delivered {
+            Ok(delivered) => delivered,
+            Err(failed) => {
+                drop(in_flight);
+                failed
+                    .answer(&mut client, frontend, peer, &request, decision)
+                    .await;
+                reusable = false;
                 break;
             }
         };
+        sticky |= learned;
+        leg.reused = true;
         drop(in_flight);
         tracing::info!(
             target: "access",
             frontend = %frontend.name,
             backend = %backend.name,
-            server = %server.name,
+            server = %leg.server.name,
             status = response.status,
             ms = started.elapsed().as_millis() as u64,
             decision = decision.as_str(),
             client = %peer,
             method = %request.method,
             path = request.path,
-            relay = "fastpath",
+            relay = if handoff.is_some() { "fastpath" } else { "pooled" },
         );
-        count_status(&server, response.status);
+        count_status(&leg.server, response.status);
         if response.body == Framing::Tunnel {
-            return splice_tunnel(client, upstream, buf, handoff, fastpath).await;
+            return match reach {
+                Reach::Splice(fastpath) => {
+                    splice_tunnel(client, leg.stream, buf, handoff, fastpath).await
+                }
+                Reach::Pooled => {
+                    tunnel(&mut client, &mut leg.stream, &buf).await;
+                    Release::Done
+                }
+            };
         }
-        if response.close || request_wants_close(&request.headers) {
+        reusable = !response.close && response.body != Framing::Unframed;
+        if response.close || request.close {
             break;
         }
         if response.body == Framing::Unframed {
-            // Forwarded until the server closes, or an upgrade: tunnel the rest as bytes.
-            fastpath
-                .stats
-                .unframed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(h) = handoff.take() {
+            // Forwarded until the server closes: tunnel the rest as bytes.
+            if let (Reach::Splice(fastpath), Some(h)) = (reach, handoff.take()) {
+                fastpath.stats.unframed.fetch_add(1, Relaxed);
                 fastpath.forget(h);
             }
-            tunnel(&mut client, &mut upstream, &buf).await;
+            tunnel(&mut client, &mut leg.stream, &buf).await;
             return Release::Done;
         }
-        if !sticky {
-            fastpath
-                .stats
-                .not_sticky
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(h) = handoff.take() {
-                fastpath.forget(h);
+        if let Reach::Splice(fastpath) = reach {
+            if !sticky {
+                fastpath.stats.not_sticky.fetch_add(1, Relaxed);
+                if let Some(h) = handoff.take() {
+                    fastpath.forget(h);
+                }
+                let _ = leg.stream.shutdown().await;
+                return Release::ToHyper(client, buf);
             }
-            let _ = upstream.shutdown().await;
-            return Release::ToHyper(client, buf);
-        }
-        if buf.is_empty() {
-            if let Some(h) = handoff.take() {
-                match fastpath.try_splice(h, &client).await {
-                    Attempt::Spliced => {
-                        tracing::debug!(client = %peer, server = %server.name, "spliced");
-                        // Both sockets are in repair mode: dropping them sends nothing.
-                        return Release::Done;
+            if buf.is_empty() {
+                if let Some(h) = handoff.take() {
+                    match fastpath.try_splice(h, &client).await {
+                        Attempt::Spliced => {
+                            tracing::debug!(client = %peer, server = %leg.server.name, "spliced");
+                            // Both sockets are in repair mode: dropping them sends nothing.
+                            return Release::Done;
+                        }
+                        Attempt::Again(h) => handoff = Some(h),
+                        Attempt::Never => {}
                     }
-                    Attempt::Again(h) => handoff = Some(h),
-                    Attempt::Never => {}
                 }
             }
         }
-        // The next request, on the same server; a stopping daemon closes an idle connection
-        // (as hyper's graceful shutdown does), not one whose next request has begun.
+        // The next request; a stopping daemon closes an idle connection (as hyper's graceful
+        // shutdown does), not one whose next request has begun.
         let idle = buf.is_empty();
         let next = tokio::time::timeout(
             settings.client_timeout,
@@ -239,44 +366,156 @@ pub(super) async fn serve(
             },
             _ = stop.wait_for(|stop| *stop), if idle => break,
         };
-        match parse_request(&buf[..head]) {
-            Some(next) => request = next,
-            None => {
-                // Not simple (e.g. a chunked body): the rest goes through as bytes.
-                if let Some(h) = handoff.take() {
-                    fastpath.forget(h);
+        let Some(next) = parse_request(&buf[..head]) else {
+            // Not simple (e.g. a chunked body).
+            return match reach {
+                Reach::Splice(fastpath) => {
+                    // Spliced semantics: the rest goes to the same server, as bytes.
+                    if let Some(h) = handoff.take() {
+                        fastpath.forget(h);
+                    }
+                    tunnel(&mut client, &mut leg.stream, &buf).await;
+                    Release::Done
                 }
-                tunnel(&mut client, &mut upstream, &buf).await;
-                return Release::Done;
+                Reach::Pooled => {
+                    leg.park();
+                    Release::ToHyper(client, buf)
+                }
+            };
+        };
+        request = next;
+        decision = Decision::StickyHit;
+        if let Reach::Pooled = reach {
+            let Some((server, routed)) = route(backend, &request) else {
+                leg.park();
+                return Release::ToHyper(client, buf);
+            };
+            decision = routed;
+            if !Arc::ptr_eq(&server, &leg.server) {
+                match Leg::open(Arc::clone(&server), connect_timeout).await {
+                    Ok(next_leg) => std::mem::replace(&mut leg, next_leg).park(),
+                    Err(error) => {
+                        let failed = Failed::connect(&server, error);
+                        failed
+                            .answer(&mut client, frontend, peer, &request, decision)
+                            .await;
+                        reusable = true;
+                        break;
+                    }
+                }
             }
         }
     }
-    if let Some(h) = handoff.take() {
-        fastpath.forget(h);
+    match reach {
+        Reach::Splice(fastpath) => {
+            if let Some(h) = handoff.take() {
+                fastpath.forget(h);
+            }
+            let _ = leg.stream.shutdown().await;
+        }
+        Reach::Pooled if reusable => leg.park(),
+        Reach::Pooled => {}
     }
-    let _ = upstream.shutdown().await;
     let _ = client.shutdown().await;
     Release::Done
 }
 
-/// Forwards one request (head rewritten, body by Content-Length) and its response, learning
-/// the response's stickiness cookie (a new, moved or learned session is in the pinned map
-/// before the client hears of it: tables write as they decide). Also answers whether a cookie
-/// was learned.
-/// `coalesce`: a response that came whole with its head goes out in one write.
-async fn exchange(
-    (client, upstream, buf): (&mut TcpStream, &mut TcpStream, &mut BytesMut),
-    (head, request): (usize, &RequestHead),
-    peer: SocketAddr,
-    (backend, server): (&BackendState, &ServerState),
-    (server_timeout, coalesce): (std::time::Duration, bool),
-) -> std::io::Result<(ResponseHead, bool)> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let out_head = request_head(request, peer);
-    buf.advance(head);
-    upstream.write_all(&out_head).await?;
+/// The server for `request`, by its stickiness cookie.
+fn route(backend: &BackendState, request: &RequestHead) -> Option<(Arc<ServerState>, Decision)> {
+    let cookie = cookie::request_cookie(&request.headers, &backend.stick_cookie);
+    backend.route(cookie, now_ms())
+}
+
+/// Whether a failure before any answer deserves a second try: the connection was reused (the
+/// server may have closed it while it was idle), and the request can be sent again as it is
+/// (idempotent, no body) to a server of our choosing.
+fn retry_on_a_new_connection(leg: &Leg, request: &RequestHead, reach: Reach<'_>) -> bool {
+    matches!(reach, Reach::Pooled)
+        && leg.reused
+        && request.body == 0
+        && matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS")
+}
+
+/// An exchange that failed, and whether the client has heard anything of it yet.
+struct Failed<'a> {
+    server: &'a ServerState,
+    error: std::io::Error,
+    answered: bool,
+}
+
+impl<'a> Failed<'a> {
+    fn connect(server: &'a ServerState, error: std::io::Error) -> Self {
+        Self::before_answer(server, error)
+    }
+
+    fn before_answer(server: &'a ServerState, error: std::io::Error) -> Self {
+        Self {
+            server,
+            error,
+            answered: false,
+        }
+    }
+
+    fn midway(server: &'a ServerState, error: std::io::Error) -> Self {
+        Self {
+            server,
+            error,
+            answered: true,
+        }
+    }
+
+    /// Counts and logs the failure and, when the client has heard nothing yet, answers 503 as
+    /// the hyper path does (and HAProxy). The connection is closed afterwards either way.
+    async fn answer(
+        self,
+        client: &mut TcpStream,
+        frontend: &Frontend,
+        peer: SocketAddr,
+        request: &RequestHead,
+        decision: Decision,
+    ) {
+        self.server.stats.failures.fetch_add(1, Relaxed);
+        self.server.stats.responses[0].fetch_add(1, Relaxed);
+        let status = if self.answered { "-" } else { "503" };
+        tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server = %self.server.name, status, decision = decision.as_str(), client = %peer, method = %request.method, path = request.path, error = %self.error, "relayed exchange failed; closing");
+        if !self.answered {
+            let _ = client.write_all(SERVICE_UNAVAILABLE).await;
+        }
+    }
+}
+
+impl Leg {
+    /// A new connection to `server`, never a pooled one.
+    async fn open_new(server: Arc<ServerState>, timeout: Duration) -> std::io::Result<Leg> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        stream.set_nodelay(true)?;
+        Ok(Leg {
+            server,
+            stream,
+            reused: false,
+        })
+    }
+}
+
+const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncache-control: no-cache\r\ncontent-length: 54\r\nconnection: close\r\n\r\n503 Service Unavailable: the server failed to answer.\n";
+
+/// Sends the request (head already rewritten, body by Content-Length from `buf` then the
+/// client) and reads the response head. Nothing reaches the client: a failure here can still
+/// be answered. Returns the parsed head, what was read with it, and the head's length.
+async fn forward(
+    client: &mut TcpStream,
+    leg: &mut Leg,
+    buf: &mut BytesMut,
+    out_head: &[u8],
+    request: &RequestHead,
+    server_timeout: Duration,
+) -> std::io::Result<(ResponseHead, BytesMut, usize)> {
+    let upstream = &mut leg.stream;
+    upstream.write_all(out_head).await?;
     copy_body(buf, client, upstream, request.body).await?;
-    server.stats.bytes_in.fetch_add(request.body, Relaxed);
+    leg.server.stats.bytes_in.fetch_add(request.body, Relaxed);
     let mut response_buf = BytesMut::with_capacity(8192);
     let len = tokio::time::timeout(
         server_timeout,
@@ -290,6 +529,22 @@ async fn exchange(
     if request.tunnels_on(response.status) {
         response.body = Framing::Tunnel;
     }
+    Ok((response, response_buf, len))
+}
+
+/// Learns the response's stickiness cookie (a new, moved or learned session is in the pinned
+/// map before the client hears of it: tables write as they decide), then passes the response
+/// on. Answers the head and whether a cookie was learned.
+/// `coalesce`: a response that came whole with its head goes out in one write.
+async fn deliver(
+    client: &mut TcpStream,
+    leg: &mut Leg,
+    (response, mut response_buf, len): (ResponseHead, BytesMut, usize),
+    backend: &BackendState,
+    request: &RequestHead,
+    coalesce: bool,
+) -> std::io::Result<(ResponseHead, bool)> {
+    let (server, upstream) = (&*leg.server, &mut leg.stream);
     let learned = match cookie::response_cookie(&response.headers, &backend.stick_cookie) {
         Some(set) => {
             backend.learn(set, server, now_ms());
@@ -311,10 +566,18 @@ async fn exchange(
             .filter(|&end| end <= response_buf.len()),
         _ => None,
     };
-    client
-        .write_all(&response_buf[..whole.unwrap_or(len)])
-        .await?;
-    response_buf.advance(whole.unwrap_or(len));
+    let sent = whole.unwrap_or(len);
+    if request.close && !response.close {
+        // The client asked to close after this answer: say so, as the last header.
+        let mut out = Vec::with_capacity(sent + CLOSE_HEADER.len());
+        out.extend_from_slice(&response_buf[..len - 2]);
+        out.extend_from_slice(CLOSE_HEADER);
+        out.extend_from_slice(&response_buf[len..sent]);
+        client.write_all(&out).await?;
+    } else {
+        client.write_all(&response_buf[..sent]).await?;
+    }
+    response_buf.advance(sent);
     let framed = match response.body {
         Framing::Length(body) if whole.is_some() => {
             server.stats.bytes_out.fetch_add(body, Relaxed);
@@ -345,6 +608,9 @@ async fn exchange(
     }
     Ok((response, learned))
 }
+
+/// Ends a response head whose client asked to close (replacing its final empty line).
+const CLOSE_HEADER: &[u8] = b"connection: close\r\n\r\n";
 
 /// Copies a chunked body (its chunks, the last chunk and the trailers) as it is, reading
 /// `buf` first, then `from`; returns the payload size. Leaves in `buf` what follows it.
@@ -554,9 +820,10 @@ fn parse_request(bytes: &[u8]) -> Option<RequestHead> {
     let headers = header_map(parsed.headers)?;
     let body = content_length(&headers)?.unwrap_or(0);
     let refused = [hyper::header::TRANSFER_ENCODING, hyper::header::EXPECT];
-    if refused.iter().any(|h| headers.contains_key(h)) || request_wants_close(&headers) {
+    if refused.iter().any(|h| headers.contains_key(h)) {
         return None;
     }
+    let close = request_wants_close(&headers);
     // An upgrade request carries no body, and names itself in Connection.
     let upgrade = headers::upgrade_protocol(&headers);
     if headers.contains_key(hyper::header::UPGRADE) && (upgrade.is_none() || body != 0) {
@@ -572,6 +839,7 @@ fn parse_request(bytes: &[u8]) -> Option<RequestHead> {
         headers,
         body,
         upgrade,
+        close,
     })
 }
 
@@ -682,11 +950,12 @@ mod tests {
             ("GET", "/a?b", 0)
         );
         let post = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
-        assert_eq!(post.body, 5);
+        assert_eq!((post.body, post.close), (5, false));
+        let last = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(last.close);
         for refused in [
             &b"GET / HTTP/1.0\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
             b"POST / HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\nContent-Length: 3\r\n\r\n",
             b"CONNECT h:1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
