@@ -3,8 +3,10 @@
 //! An upgrade the server accepts (`101`, e.g. WebSocket) becomes a tunnel of bytes between the
 //! client's connection and a connection to that server.
 //!
-//! [`Proxy::handle`] is the whole service and needs no listening socket; [`listener`] serves it
-//! on the frontends' sockets.
+//! Two implementations share the routing, counters and log lines: [`relay`] serves every
+//! simple HTTP/1.1 request (and hands connections to the kernel fast path), and
+//! [`Proxy::handle`], on hyper, serves the rest. [`listener`] gives connections to the first,
+//! which passes what it does not serve to the second.
 
 pub mod drain;
 mod error;

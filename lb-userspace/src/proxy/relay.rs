@@ -302,7 +302,10 @@ pub(super) async fn serve(
             client = %peer,
             method = %request.method,
             path = request.path,
-            relay = if handoff.is_some() { "fastpath" } else { "pooled" },
+            relay = match reach {
+                Reach::Splice(_) => "fastpath",
+                Reach::Pooled => "pooled",
+            },
         );
         count_status(&leg.server, response.status);
         if response.body == Framing::Tunnel {
