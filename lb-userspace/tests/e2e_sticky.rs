@@ -529,3 +529,102 @@ fn an_upgrade_becomes_a_tunnel_to_the_sticky_server_without_the_fast_path() {
     assert_ne!(first, other, "a new session is balanced to the next server");
     assert_eq!(plain.trim_end(), first, "plain requests of the session too");
 }
+
+/// A server on `addr` in namespace `ns`, on a thread of this process: answers every request
+/// `200 ok`, keeps connections alive, closes one idle for `idle`, and counts the connections
+/// it accepted.
+fn counting_server(
+    ns: &str,
+    addr: String,
+    idle: Duration,
+) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+    use std::{
+        io::{Read as _, Write as _},
+        sync::{atomic::Ordering::Relaxed, Arc},
+    };
+    let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let listener = http::in_netns(ns, move || std::net::TcpListener::bind(addr).unwrap());
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Relaxed);
+            std::thread::spawn(move || {
+                stream.set_read_timeout(Some(idle)).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Until the peer closes, or stays idle for `idle`: then this server closes.
+                while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    accepted
+}
+
+#[test]
+fn server_connections_are_shared_by_clients_and_one_the_server_closed_is_replaced() {
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(privileged(), "needs root (network namespaces)");
+    let rig = rig("pool", 243, &[], "");
+    let server = format!("{}:8090", rig.topo.backend_addr());
+    let accepted = counting_server(
+        &rig.topo.backends.name,
+        server.clone(),
+        Duration::from_millis(300),
+    );
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    let text = text
+        .replace(
+            "servers = [\n]",
+            &format!("servers = [ {{ name = \"s1\", addr = \"{server}\" }} ]"),
+        )
+        .replace("health_check = {", "health_check = { enabled = false,");
+    std::fs::write(&rig.cfg, text).unwrap();
+    rig.without_fast_path();
+    let lb = rig.start();
+    let addr = format!("{}:80", rig.topo.lb_addr());
+    // A new client connection per request, as the seed's curl: each answer says it closes.
+    let one_by_one = |count: usize| {
+        let addr = addr.clone();
+        http::in_netns(&rig.topo.client.name, move || {
+            (0..count)
+                .map(|i| {
+                    let request = format!(
+                        "GET /{i} HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=p{i}\r\nConnection: close\r\n\r\n"
+                    );
+                    http::parse(&http::raw_exchange(&addr, request.as_bytes(), Duration::from_secs(5)))
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    for response in one_by_one(20) {
+        assert_eq!((response.status, response.text().as_str()), (200, "ok\n"));
+        assert_eq!(response.header("connection").as_deref(), Some("close"));
+    }
+    let shared = accepted.load(Relaxed);
+    assert!(
+        shared <= 2,
+        "20 client connections took {shared} server connections"
+    );
+    // The server closes the idle pooled connection; the next clients are served all the same.
+    std::thread::sleep(Duration::from_millis(600));
+    for response in one_by_one(5) {
+        assert_eq!((response.status, response.text().as_str()), (200, "ok\n"));
+    }
+    assert!(
+        accepted.load(Relaxed) > shared,
+        "a new server connection replaced the closed one"
+    );
+    let log = lb.stop_with(libc::SIGTERM);
+    assert_eq!(log.matches("relay=\"pooled\"").count(), 25, "{log}");
+    assert!(!log.contains("relayed exchange failed"), "{log}");
+}
