@@ -8,21 +8,36 @@ use hyper::header::{HeaderMap, COOKIE, SET_COOKIE};
 
 /// The value of cookie `name` in the request headers, if any.
 pub fn request_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+    request_cookie_in(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), name)
+}
+
+/// [`request_cookie`] over the values of the `Cookie` headers, in order.
+pub fn request_cookie_in<'h>(
+    values: impl DoubleEndedIterator<Item = &'h [u8]>,
+    name: &str,
+) -> Option<&'h [u8]> {
+    values
+        .flat_map(|value| value.split(|&b| b == b';'))
         .filter_map(|pair| cookie_pair(pair, name))
         .next_back()
 }
 
 /// The value the response sets for cookie `name`, if any.
 pub fn response_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers
-        .get_all(SET_COOKIE)
-        .iter()
+    response_cookie_in(
+        headers.get_all(SET_COOKIE).iter().map(|v| v.as_bytes()),
+        name,
+    )
+}
+
+/// [`response_cookie`] over the values of the `Set-Cookie` headers, in order.
+pub fn response_cookie_in<'h>(
+    values: impl DoubleEndedIterator<Item = &'h [u8]>,
+    name: &str,
+) -> Option<&'h [u8]> {
+    values
         .filter_map(|value| {
-            let first = value.as_bytes().split(|&b| b == b';').next()?;
+            let first = value.split(|&b| b == b';').next()?;
             cookie_pair(first, name)
         })
         .next_back()

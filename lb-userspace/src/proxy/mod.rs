@@ -12,6 +12,7 @@ pub mod drain;
 mod error;
 mod headers;
 pub mod listener;
+mod message;
 pub mod pool;
 mod relay;
 

@@ -29,25 +29,24 @@ use std::{
 };
 
 use bytes::{Buf as _, BytesMut};
-use hyper::{
-    header::{HeaderName, HeaderValue},
-    HeaderMap,
-};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     sync::watch,
 };
 
-use super::{count_status, headers, listener::ConnSettings, Frontend, Proxy};
+use super::{
+    count_status,
+    listener::ConnSettings,
+    message::{Framing, RequestHead, ResponseHead},
+    Frontend, Proxy,
+};
 use crate::{
     backend::{BackendState, Decision, ServerState},
-    cookie,
     fastpath::runtime::{Attempt, Runtime},
     table::now_ms,
 };
 
-const MAX_HEADERS: usize = 100;
 const CHUNK: usize = 256 * 1024;
 
 /// What the caller does with the client connection when the relay lets go of it.
@@ -56,50 +55,6 @@ pub(super) enum Release {
     ToHyper(TcpStream, BytesMut),
     /// Done (spliced, closed, or tunnelled to its end).
     Done,
-}
-
-/// A parsed request head.
-struct RequestHead {
-    method: String,
-    path: String,
-    headers: HeaderMap,
-    body: u64,
-    /// The protocol of an upgrade request (`Upgrade` with `Connection: upgrade`).
-    upgrade: Option<HeaderValue>,
-    /// The client closes after this request (`Connection: close`).
-    close: bool,
-}
-
-impl RequestHead {
-    fn is_connect(&self) -> bool {
-        self.method == "CONNECT"
-    }
-
-    /// Whether `status` turns the connection into a tunnel: `101` to an upgrade, `2xx` to
-    /// `CONNECT`.
-    fn tunnels_on(&self, status: u16) -> bool {
-        (self.upgrade.is_some() && status == 101)
-            || (self.is_connect() && (200..300).contains(&status))
-    }
-}
-
-/// How a response body ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked,
-    /// Until the server closes, or what follows a 1xx: not HTTP messages the relay can follow.
-    Unframed,
-    /// The connection is now a tunnel (an accepted upgrade or CONNECT).
-    Tunnel,
-}
-
-/// A parsed response head.
-struct ResponseHead {
-    status: u16,
-    headers: HeaderMap,
-    body: Framing,
-    close: bool,
 }
 
 /// How the relay reaches servers.
@@ -170,7 +125,7 @@ pub(super) async fn serve(
         // Timeouts, errors and oversized heads: hyper answers them as it always does.
         _ => return Release::ToHyper(client, buf),
     };
-    let Some(request) = parse_request(&buf[..head]) else {
+    let Some(request) = RequestHead::parse(&buf[..head]) else {
         return Release::ToHyper(client, buf);
     };
     let backend = &frontend.backend;
@@ -228,7 +183,7 @@ pub(super) async fn serve(
     let mut reusable: bool;
     loop {
         let started = Instant::now();
-        let out_head = request_head(&request, peer);
+        let out_head = request.forwarded(peer.ip());
         buf.advance(head);
         let in_flight = leg.server.start_request();
         let forwarded = match forward(
@@ -236,7 +191,7 @@ pub(super) async fn serve(
             &mut leg,
             &mut buf,
             &out_head,
-            &request,
+            (&request, &backend.stick_cookie),
             server_timeout,
         )
         .await
@@ -251,7 +206,7 @@ pub(super) async fn serve(
                             &mut leg,
                             &mut buf,
                             &out_head,
-                            &request,
+                            (&request, &backend.stick_cookie),
                             server_timeout,
                         )
                         .await
@@ -300,8 +255,8 @@ pub(super) async fn serve(
             ms = started.elapsed().as_millis() as u64,
             decision = decision.as_str(),
             client = %peer,
-            method = %request.method,
-            path = request.path,
+            method = %request.method(),
+            path = request.path(),
             relay = match reach {
                 Reach::Splice(_) => "fastpath",
                 Reach::Pooled => "pooled",
@@ -369,7 +324,7 @@ pub(super) async fn serve(
             },
             _ = stop.wait_for(|stop| *stop), if idle => break,
         };
-        let Some(next) = parse_request(&buf[..head]) else {
+        let Some(next) = RequestHead::parse(&buf[..head]) else {
             // Not simple (e.g. a chunked body).
             return match reach {
                 Reach::Splice(fastpath) => {
@@ -425,8 +380,7 @@ pub(super) async fn serve(
 
 /// The server for `request`, by its stickiness cookie.
 fn route(backend: &BackendState, request: &RequestHead) -> Option<(Arc<ServerState>, Decision)> {
-    let cookie = cookie::request_cookie(&request.headers, &backend.stick_cookie);
-    backend.route(cookie, now_ms())
+    backend.route(request.cookie(&backend.stick_cookie), now_ms())
 }
 
 /// Whether a failure before any answer deserves a second try: the connection was reused (the
@@ -436,7 +390,7 @@ fn retry_on_a_new_connection(leg: &Leg, request: &RequestHead, reach: Reach<'_>)
     matches!(reach, Reach::Pooled)
         && leg.reused
         && request.body == 0
-        && matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS")
+        && matches!(request.method(), "GET" | "HEAD" | "OPTIONS")
 }
 
 /// An exchange that failed, and whether the client has heard anything of it yet.
@@ -480,7 +434,7 @@ impl<'a> Failed<'a> {
         self.server.stats.failures.fetch_add(1, Relaxed);
         self.server.stats.responses[0].fetch_add(1, Relaxed);
         let status = if self.answered { "-" } else { "503" };
-        tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server = %self.server.name, status, decision = decision.as_str(), client = %peer, method = %request.method, path = request.path, error = %self.error, "relayed exchange failed; closing");
+        tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server = %self.server.name, status, decision = decision.as_str(), client = %peer, method = %request.method(), path = request.path(), error = %self.error, "relayed exchange failed; closing");
         if !self.answered {
             let _ = client.write_all(SERVICE_UNAVAILABLE).await;
         }
@@ -512,7 +466,7 @@ async fn forward(
     leg: &mut Leg,
     buf: &mut BytesMut,
     out_head: &[u8],
-    request: &RequestHead,
+    (request, cookie): (&RequestHead, &str),
     server_timeout: Duration,
 ) -> std::io::Result<(ResponseHead, BytesMut, usize)> {
     let upstream = &mut leg.stream;
@@ -527,7 +481,8 @@ async fn forward(
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "server timeout"))??
     .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response head"))?;
-    let mut response = parse_response(&response_buf[..len], request.method == "HEAD")
+    let head_request = request.method() == "HEAD";
+    let mut response = ResponseHead::parse(&response_buf[..len], head_request, cookie)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad response head"))?;
     if request.tunnels_on(response.status) {
         response.body = Framing::Tunnel;
@@ -548,7 +503,7 @@ async fn deliver(
     coalesce: bool,
 ) -> std::io::Result<(ResponseHead, bool)> {
     let (server, upstream) = (&*leg.server, &mut leg.stream);
-    let learned = match cookie::response_cookie(&response.headers, &backend.stick_cookie) {
+    let learned = match &response.sets_cookie {
         Some(set) => {
             backend.learn(set, server, now_ms());
             true
@@ -812,250 +767,9 @@ async fn read_head(
     }
 }
 
-/// A request the relay forwards itself: HTTP/1.1, keep-alive, a body framed by Content-Length
-/// (or none), no upgrade, no `Expect`.
-fn parse_request(bytes: &[u8]) -> Option<RequestHead> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    if !parsed.parse(bytes).ok()?.is_complete() || parsed.version != Some(1) {
-        return None;
-    }
-    let headers = header_map(parsed.headers)?;
-    let body = content_length(&headers)?.unwrap_or(0);
-    let refused = [hyper::header::TRANSFER_ENCODING, hyper::header::EXPECT];
-    if refused.iter().any(|h| headers.contains_key(h)) {
-        return None;
-    }
-    let close = request_wants_close(&headers);
-    // An upgrade request carries no body, and names itself in Connection.
-    let upgrade = headers::upgrade_protocol(&headers);
-    if headers.contains_key(hyper::header::UPGRADE) && (upgrade.is_none() || body != 0) {
-        return None;
-    }
-    let method = parsed.method?.to_owned();
-    if method == "CONNECT" && body != 0 {
-        return None;
-    }
-    Some(RequestHead {
-        method,
-        path: parsed.path?.to_owned(),
-        headers,
-        body,
-        upgrade,
-        close,
-    })
-}
-
-fn parse_response(bytes: &[u8], head_request: bool) -> Option<ResponseHead> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    if !parsed.parse(bytes).ok()?.is_complete() {
-        return None;
-    }
-    let status = parsed.code?;
-    let headers = header_map(parsed.headers)?;
-    let close = parsed.version != Some(1) || request_wants_close(&headers);
-    let body = if (100..200).contains(&status) {
-        // 1xx (e.g. 101) has no body, but what follows is not HTTP.
-        Framing::Unframed
-    } else if head_request || status == 204 || status == 304 {
-        Framing::Length(0)
-    } else if let Some(codings) = headers.get(hyper::header::TRANSFER_ENCODING) {
-        let last = codings
-            .to_str()
-            .ok()?
-            .rsplit(',')
-            .next()?
-            .trim()
-            .to_ascii_lowercase();
-        if last == "chunked"
-            && headers
-                .get_all(hyper::header::TRANSFER_ENCODING)
-                .iter()
-                .count()
-                == 1
-        {
-            Framing::Chunked
-        } else {
-            Framing::Unframed
-        }
-    } else {
-        content_length(&headers)?.map_or(Framing::Unframed, Framing::Length)
-    };
-    Some(ResponseHead {
-        status,
-        headers,
-        body,
-        close,
-    })
-}
-
-fn header_map(parsed: &[httparse::Header<'_>]) -> Option<HeaderMap> {
-    let mut map = HeaderMap::with_capacity(parsed.len());
-    for h in parsed {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        map.append(name, value);
-    }
-    Some(map)
-}
-
-/// `Some(None)` without Content-Length, `None` when it is invalid or repeated differently.
-fn content_length(headers: &HeaderMap) -> Option<Option<u64>> {
-    let mut values = headers.get_all(hyper::header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else {
-        return Some(None);
-    };
-    let len: u64 = first.to_str().ok()?.trim().parse().ok()?;
-    if values.any(|v| v != first) {
-        return None;
-    }
-    Some(Some(len))
-}
-
-fn request_wants_close(headers: &HeaderMap) -> bool {
-    headers::connection_has(headers, "close")
-}
-
-/// The request head as it goes to the server: hop-by-hop headers dropped, the client appended
-/// to `X-Forwarded-For`.
-fn request_head(request: &RequestHead, client: SocketAddr) -> Vec<u8> {
-    let mut headers = request.headers.clone();
-    headers::remove_hop_by_hop(&mut headers);
-    if let Some(protocol) = &request.upgrade {
-        headers::keep_upgrade(&mut headers, protocol.clone());
-    }
-    headers::append_forwarded_for(&mut headers, client.ip());
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(request.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(request.path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn simple_requests_are_relayed_others_go_to_hyper() {
-        let get = parse_request(b"GET /a?b HTTP/1.1\r\nHost: x\r\nCookie: S=1\r\n\r\n").unwrap();
-        assert_eq!(
-            (get.method.as_str(), get.path.as_str(), get.body),
-            ("GET", "/a?b", 0)
-        );
-        let post = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
-        assert_eq!((post.body, post.close), (5, false));
-        let last = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-        assert!(last.close);
-        for refused in [
-            &b"GET / HTTP/1.0\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-            b"POST / HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\nContent-Length: 3\r\n\r\n",
-            b"CONNECT h:1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-        ] {
-            assert!(
-                parse_request(refused).is_none(),
-                "{:?}",
-                String::from_utf8_lossy(refused)
-            );
-        }
-    }
-
-    #[test]
-    fn upgrades_and_connect_are_relayed_and_tunnel_on_their_answer() {
-        let ws = parse_request(
-            b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n",
-        )
-        .unwrap();
-        assert!(ws.tunnels_on(101));
-        assert!(
-            !ws.tunnels_on(200),
-            "a declined upgrade is a plain response"
-        );
-        let head = String::from_utf8(request_head(&ws, "10.0.0.9:5000".parse().unwrap())).unwrap();
-        assert!(head.contains("upgrade: websocket\r\n"), "{head}");
-        assert!(head.contains("connection: upgrade\r\n"), "{head}");
-        assert!(!head.contains("keep-alive"), "{head}");
-        let connect = parse_request(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n").unwrap();
-        assert!(connect.tunnels_on(200));
-        assert!(!connect.tunnels_on(101) && !connect.tunnels_on(407));
-        let get = parse_request(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        assert!(!get.tunnels_on(101) && !get.tunnels_on(200));
-    }
-
-    #[test]
-    fn response_framing() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false).unwrap();
-        assert_eq!(
-            (r.status, r.body, r.close),
-            (200, Framing::Length(3), false)
-        );
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap();
-        assert_eq!(r.body, Framing::Length(0));
-        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
-        assert_eq!(r.body, Framing::Length(0));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-            false,
-        )
-        .unwrap();
-        assert_eq!(r.body, Framing::Chunked);
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            false,
-        )
-        .unwrap();
-        assert_eq!(r.body, Framing::Chunked);
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            false,
-        )
-        .unwrap();
-        assert_eq!(r.body, Framing::Unframed);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
-        assert_eq!(r.body, Framing::Unframed, "until close");
-        let r = parse_response(b"HTTP/1.1 101 Switching\r\nUpgrade: ws\r\n\r\n", false).unwrap();
-        assert_eq!(r.body, Framing::Unframed);
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            false,
-        )
-        .unwrap();
-        assert!(r.close);
-        assert!(
-            parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false)
-                .unwrap()
-                .close
-        );
-    }
-
-    #[test]
-    fn request_head_is_rewritten() {
-        let request = parse_request(
-            b"GET /x HTTP/1.1\r\nHost: h\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
-        )
-        .unwrap();
-        let head = request_head(&request, "10.0.0.9:5000".parse().unwrap());
-        let text = String::from_utf8(head).unwrap();
-        assert!(text.starts_with("GET /x HTTP/1.1\r\n"), "{text}");
-        assert!(text.contains("host: h\r\n"));
-        assert!(text.contains("x-forwarded-for: 1.2.3.4, 10.0.0.9\r\n"));
-        assert!(!text.contains("keep-alive"));
-        assert!(text.ends_with("\r\n\r\n"));
-    }
 
     #[tokio::test]
     async fn bodies_are_copied_from_the_buffer_then_the_stream() {
