@@ -51,6 +51,15 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> io::Result<bool> {
+        let mut entries = self.lock();
+        if entries.contains(key) {
+            return Ok(false);
+        }
+        entries.put(*key, *entry);
+        Ok(true)
+    }
+
     fn delete(&self, key: &StickKey) -> io::Result<()> {
         self.lock().pop(key);
         Ok(())

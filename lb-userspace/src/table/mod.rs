@@ -59,6 +59,14 @@ struct Slot {
     decided_ms: u64,
 }
 
+/// What [`StickTable::decide_cold`] did.
+enum Cold<T> {
+    /// Decided and stored as a new session: the pick.
+    Decided(T),
+    /// Left to the caller, with the stored entry (if any) among the recent ones.
+    Stored,
+}
+
 /// One entry, as shown by the monitor and `stickylb table`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EntryView {
@@ -115,18 +123,29 @@ impl StickTable {
         stick_key(self.backend_id, cookie)
     }
 
-    /// Looks `key` up and lets `choose` decide, under the table's lock, what serves it: `choose`
-    /// gets the server currently stuck (None when absent or expired) and returns its pick plus
-    /// the server name to stick from now on (None keeps the entry as it is). Doing both under one
-    /// lock makes two concurrent first requests of a session agree on one server. A new or
-    /// changed entry is in the store when this returns.
+    /// Looks `key` up and lets `choose` decide what serves it: `choose` gets the server
+    /// currently stuck (None when absent or expired) and returns its pick plus the server name
+    /// to stick from now on (None keeps the entry as it is). A new or changed entry is in the
+    /// store when this returns.
+    ///
+    /// Two concurrent first requests of a session agree on one server, also across processes
+    /// sharing the store: a key that is not a recent entry (most often a new session) is
+    /// decided as new and inserted only if the store has no entry for it (one syscall); when
+    /// it has one, `choose` is asked again with it (so `choose` may be called twice, the first
+    /// time with None; a round-robin balancer then advanced once for nothing). A recent key is
+    /// decided under the table's lock.
     pub fn resolve<T>(
         &self,
         key: StickKey,
         now_ms: u64,
-        choose: impl FnOnce(Option<&str>) -> Option<(T, Option<Arc<str>>)>,
+        mut choose: impl FnMut(Option<&str>) -> Option<(T, Option<Arc<str>>)>,
     ) -> Option<T> {
-        let mut guard = self.recall(&key);
+        if !self.lock().recent.contains(&key) {
+            if let Cold::Decided(pick) = self.decide_cold(key, now_ms, &mut choose) {
+                return Some(pick);
+            }
+        }
+        let mut guard = self.lock();
         let inner = &mut *guard;
         let current = self
             .live(inner, &key, now_ms)
@@ -152,6 +171,37 @@ impl StickTable {
         drop(guard);
         self.announce(seq);
         Some(pick)
+    }
+
+    /// [`StickTable::resolve`] for a key that is not a recent entry: decides it as new and
+    /// inserts it unless the store has an entry. Otherwise (the store has one, or `choose`
+    /// stuck nothing) the stored entry, if any, becomes a recent one for the caller to decide
+    /// with.
+    fn decide_cold<T>(
+        &self,
+        key: StickKey,
+        now_ms: u64,
+        choose: &mut impl FnMut(Option<&str>) -> Option<(T, Option<Arc<str>>)>,
+    ) -> Cold<T> {
+        if let Some((pick, Some(server))) = choose(None) {
+            let inserted = self.store.insert_new(&key, &server, now_ms);
+            if inserted != Some(false) {
+                if inserted == Some(true) {
+                    self.stored.fetch_add(1, Ordering::Relaxed);
+                }
+                let seq = {
+                    let mut inner = self.lock();
+                    inner
+                        .recent
+                        .push(key, Slot::decided(server, now_ms, now_ms));
+                    inner.log.record(key)
+                };
+                self.announce(seq);
+                return Cold::Decided(pick);
+            }
+        }
+        drop(self.recall(&key));
+        Cold::Stored
     }
 
     /// Forgets every recent entry idle for longer than the backend's `expire`, here and in the

@@ -179,7 +179,15 @@ impl Storage for DurableTable {
     }
 
     fn put(&self, key: &StickKey, entry: &StickEntry) -> io::Result<()> {
-        sys::update(self.map_data().fd().as_fd(), key, entry)
+        sys::update(self.map_data().fd().as_fd(), key, entry, sys::ANY)
+    }
+
+    fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> io::Result<bool> {
+        match sys::update(self.map_data().fd().as_fd(), key, entry, sys::NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn delete(&self, key: &StickKey) -> io::Result<()> {
@@ -221,7 +229,9 @@ mod sys {
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     /// `BPF_ANY`: create or replace.
-    const ANY: u64 = 0;
+    pub(super) const ANY: u64 = 0;
+    /// `BPF_NOEXIST`: create only.
+    pub(super) const NOEXIST: u64 = 1;
     const BATCH: usize = 4096;
 
     /// The element-command member of `union bpf_attr`.
@@ -271,12 +281,13 @@ mod sys {
         map: BorrowedFd<'_>,
         key: &StickKey,
         value: &StickEntry,
+        flags: u64,
     ) -> io::Result<()> {
         let mut attr = ElemAttr {
             map_fd: fd(map)?,
             key: key as *const StickKey as u64,
             value: value as *const StickEntry as u64,
-            flags: ANY,
+            flags,
             ..ElemAttr::default()
         };
         // SAFETY: as in `lookup`.

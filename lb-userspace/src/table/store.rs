@@ -19,6 +19,9 @@ pub type Stored = (StickKey, StickEntry);
 pub trait Storage: Send + Sync {
     fn get(&self, key: &StickKey) -> io::Result<Option<StickEntry>>;
     fn put(&self, key: &StickKey, entry: &StickEntry) -> io::Result<()>;
+    /// Stores `entry` only if `key` has none: `Ok(false)` when it has one (atomically, also
+    /// against other processes writing the store).
+    fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> io::Result<bool>;
     /// Deleting an absent key is not an error.
     fn delete(&self, key: &StickKey) -> io::Result<()>;
     /// Every entry, a batch at a time, in no particular order. Entries written meanwhile may or
@@ -71,16 +74,8 @@ impl Store {
 
     /// Stores `key` stuck to `server`. Returns false when it could not be stored (logged).
     pub(super) fn put(&self, key: &StickKey, server: &str, last_seen_ms: u64) -> bool {
-        let Some(server_field) = to_field::<SERVER_NAME_LEN>(server) else {
-            tracing::warn!(
-                server,
-                "server name does not fit the stick table; not stored"
-            );
+        let Some(entry) = entry(server, last_seen_ms) else {
             return false;
-        };
-        let entry = StickEntry {
-            server: server_field,
-            last_seen_ms,
         };
         match self.storage.put(key, &entry) {
             Ok(()) => true,
@@ -89,6 +84,21 @@ impl Store {
                 false
             }
         }
+    }
+
+    /// Stores `key` stuck to `server` if it has no entry yet: `Some(false)` when it has one,
+    /// `None` when it could not be stored (logged).
+    pub(super) fn insert_new(
+        &self,
+        key: &StickKey,
+        server: &str,
+        last_seen_ms: u64,
+    ) -> Option<bool> {
+        let entry = entry(server, last_seen_ms)?;
+        self.storage
+            .insert_new(key, &entry)
+            .map_err(|error| tracing::error!(%error, server, "writing the stick table failed"))
+            .ok()
     }
 
     pub(super) fn delete(&self, key: &StickKey) {
@@ -101,4 +111,18 @@ impl Store {
     pub fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()> {
         self.storage.scan(visit)
     }
+}
+
+fn entry(server: &str, last_seen_ms: u64) -> Option<StickEntry> {
+    let Some(server_field) = to_field::<SERVER_NAME_LEN>(server) else {
+        tracing::warn!(
+            server,
+            "server name does not fit the stick table; not stored"
+        );
+        return None;
+    };
+    Some(StickEntry {
+        server: server_field,
+        last_seen_ms,
+    })
 }
