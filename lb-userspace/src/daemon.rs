@@ -27,7 +27,7 @@ use crate::{
     fastpath::{self, FastPathError},
     monitor,
     peers::{self, link::PeerLink},
-    proxy::{drain::Drain, listener, Frontend},
+    proxy::{drain::Drain, listener, workers::Workers, Frontend},
     reload::{self, Live},
     table::{
         self,
@@ -54,6 +54,8 @@ pub enum StartError {
     Control(#[from] control::BindError),
     #[error("upgrade: cannot take over from the running instance")]
     Upgrade(#[source] io::Error),
+    #[error("cannot start the data plane's threads")]
+    Workers(#[source] io::Error),
     #[error("cannot install the signal handlers")]
     Signals(#[source] io::Error),
     #[error("cannot start the kernel fast path (set fastpath = \"off\" to run without it)")]
@@ -137,10 +139,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(Drain::new());
+    let workers = Arc::new(Workers::start().map_err(StartError::Workers)?);
     let servers = listen(
         &config,
         &frontends,
-        &live,
+        (&live, &workers),
         &graceful,
         &stop_rx,
         &mut sockets,
@@ -194,6 +197,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     // Every table change is in the pinned map already: tables write as they decide.
     let _ = stopped_tx.send(true);
     drain(graceful, drain_limit).await;
+    workers.stop();
     live.stop();
     drop((store, shared, frontends, backends, live));
     tracing::info!("stopped");
@@ -327,7 +331,7 @@ fn reload_command(
 fn listen(
     config: &Config,
     frontends: &[Arc<Frontend>],
-    live: &Live,
+    (live, workers): (&Live, &Arc<Workers>),
     graceful: &Arc<Drain>,
     stop: &watch::Receiver<bool>,
     sockets: &mut Sockets,
@@ -340,14 +344,21 @@ fn listen(
             &format!("frontend {}", cfg.name),
         )?;
         tracing::info!(frontend = %frontend.name, addr = %cfg.bind, backend = %frontend.backend.name, "listening");
-        servers.push(tokio::spawn(listener::serve(
+        // The accept loop runs on a worker, whose event loop the listener joins there.
+        let socket = socket.into_std().map_err(|source| StartError::Bind {
+            what: format!("frontend {}", cfg.name),
+            addr: cfg.bind,
+            source,
+        })?;
+        let serve = listener::serve_std(
             socket,
             Arc::clone(frontend),
             Arc::clone(live.proxy()),
-            Arc::clone(live.conn_settings()),
+            (Arc::clone(live.conn_settings()), Arc::clone(workers)),
             Arc::clone(graceful),
             stop.clone(),
-        )));
+        );
+        servers.push(workers.first().spawn(serve));
     }
     Ok(servers)
 }

@@ -33,6 +33,7 @@ use tokio::{
 use super::{
     drain::Drain,
     relay::{self, Release},
+    workers::Workers,
     Frontend, Proxy,
 };
 use crate::config::Timeouts;
@@ -78,11 +79,29 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepts connections on `listener` until `stop` turns true; connections are registered with
 /// `graceful` so the caller can drain them. Each connection takes the `settings` in force when
 /// it is accepted and keeps them: a reload changes them for the connections that follow.
+/// [`serve`] for a listener that joins the calling runtime's event loop first.
+pub async fn serve_std(
+    listener: std::net::TcpListener,
+    frontend: Arc<Frontend>,
+    proxy: Arc<Proxy>,
+    settings: (Arc<ArcSwap<ConnSettings>>, Arc<Workers>),
+    graceful: Arc<Drain>,
+    stop: watch::Receiver<bool>,
+) {
+    match TcpListener::from_std(listener) {
+        Ok(listener) => serve(listener, frontend, proxy, settings, graceful, stop).await,
+        Err(error) => {
+            tracing::error!(frontend = %frontend.name, %error, "cannot serve the listening socket")
+        }
+    }
+}
+
+/// Accepts on `listener` and serves each connection on the next of `workers`.
 pub async fn serve(
     listener: TcpListener,
     frontend: Arc<Frontend>,
     proxy: Arc<Proxy>,
-    settings: Arc<ArcSwap<ConnSettings>>,
+    (settings, workers): (Arc<ArcSwap<ConnSettings>>, Arc<Workers>),
     graceful: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -119,30 +138,33 @@ pub async fn serve(
                     _ => None,
                 };
                 let stop = stop.clone();
-                relayed.spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    let released = relay::serve(
-                        stream,
-                        peer,
-                        &frontend,
-                        &proxy,
-                        settings,
-                        fastpath.as_ref(),
-                        stop,
-                    )
-                    .await;
-                    if let Release::ToHyper(stream, read) = released {
-                        serve_connection(
+                relayed.spawn_on(
+                    async move {
+                        let _ = stream.set_nodelay(true);
+                        let released = relay::serve(
                             stream,
-                            read.freeze(),
                             peer,
                             &frontend,
                             &proxy,
                             settings,
-                            &graceful,
-                        );
-                    }
-                });
+                            fastpath.as_ref(),
+                            stop,
+                        )
+                        .await;
+                        if let Release::ToHyper(stream, read) = released {
+                            serve_connection(
+                                stream,
+                                read.freeze(),
+                                peer,
+                                &frontend,
+                                &proxy,
+                                settings,
+                                &graceful,
+                            );
+                        }
+                    },
+                    workers.next(),
+                );
             }
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.

@@ -15,6 +15,7 @@ pub mod listener;
 mod message;
 pub mod pool;
 mod relay;
+pub mod workers;
 
 use std::{
     net::SocketAddr,

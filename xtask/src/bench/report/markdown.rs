@@ -265,10 +265,11 @@ fn scale(out: &mut String, report: &Report) {
         "{SCALE_HEADING}\n\n\
          Memory with the table full: RSS of the process, plus for stickylb the pinned BPF map \
          (the kernel's `memlock` for it, from `bpftool map show`; the map is preallocated at its \
-         capacity, {} entries: the table size plus 1/16 and 4096). Restart: from starting the new \
-         process to stickylb's `stickylb started` (logged after it adopted the pinned map), or to \
+         capacity, {} entries: the table size). The map is stickylb's table; the process keeps \
+         only each backend's most recently used entries. Restart: from starting the new process \
+         to stickylb's `stickylb started` (logged after it read the pinned map once), or to \
          HAProxy's first answer (HAProxy starts with an empty table).\n",
-        crate::bench::contender::TABLE_SIZE + crate::bench::contender::TABLE_SIZE / 16 + 4096
+        crate::bench::contender::TABLE_SIZE
     );
     header(out, &SCALE_COLUMNS);
     for s in &report.table_scale {
