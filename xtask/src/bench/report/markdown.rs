@@ -123,7 +123,7 @@ fn setup(out: &mut String, report: &Report) {
          connection; HAProxy's default would open a server connection per client connection), \
          timeouts connect 5s / client 50s / server 50s, no log, no health checks, default \
          threads: one per CPU); **stickylb** (release build, the same settings, `--log warn`: no \
-         access log, health checks off, a tokio worker per CPU, `fastpath = \"off\"`); \
+         access log, health checks off, a single-threaded runtime per CPU, `fastpath = \"off\"`); \
          **stickylb + fast path** (the same with `fastpath = \"splice\"`: a keep-alive \
          connection with a sticky server is handed to the TC program after its first exchange, \
          and later requests on it skip the proxy; `Connection: close` requests stay in the \

@@ -29,12 +29,13 @@ use std::{
 };
 
 use bytes::{Buf as _, BytesMut};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
-    sync::watch,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::watch};
 
+use self::{
+    io::{copy_body, copy_chunked, read_head},
+    leg::{Failed, Leg},
+    tunnel::{splice_tunnel, tunnel},
+};
 use super::{
     count_status,
     listener::ConnSettings,
@@ -47,7 +48,9 @@ use crate::{
     table::now_ms,
 };
 
-const CHUNK: usize = 256 * 1024;
+mod io;
+mod leg;
+mod tunnel;
 
 /// What the caller does with the client connection when the relay lets go of it.
 pub(super) enum Release {
@@ -65,42 +68,6 @@ enum Reach<'a> {
     Splice(&'a Arc<Runtime>),
     /// Pooled connections: each request goes where its own cookie says.
     Pooled,
-}
-
-/// The server side of a relayed connection.
-struct Leg {
-    server: Arc<ServerState>,
-    stream: TcpStream,
-    /// It served an exchange before (or came from the pool): the server may have closed it
-    /// meanwhile, so a failure before any answer is worth one retry on a new connection.
-    reused: bool,
-}
-
-impl Leg {
-    /// An idle pooled connection to `server`, or a new one.
-    async fn open(server: Arc<ServerState>, timeout: Duration) -> std::io::Result<Leg> {
-        if let Some(stream) = server.idle.take() {
-            return Ok(Leg {
-                server,
-                stream,
-                reused: true,
-            });
-        }
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-        stream.set_nodelay(true)?;
-        Ok(Leg {
-            server,
-            stream,
-            reused: false,
-        })
-    }
-
-    /// Gives the connection back to its server's pool.
-    fn park(self) {
-        self.server.idle.put(self.stream);
-    }
 }
 
 /// Serves `client`; see the module documentation. `fastpath`: the frontend splices.
@@ -393,71 +360,6 @@ fn retry_on_a_new_connection(leg: &Leg, request: &RequestHead, reach: Reach<'_>)
         && matches!(request.method(), "GET" | "HEAD" | "OPTIONS")
 }
 
-/// An exchange that failed, and whether the client has heard anything of it yet.
-struct Failed<'a> {
-    server: &'a ServerState,
-    error: std::io::Error,
-    answered: bool,
-}
-
-impl<'a> Failed<'a> {
-    fn connect(server: &'a ServerState, error: std::io::Error) -> Self {
-        Self::before_answer(server, error)
-    }
-
-    fn before_answer(server: &'a ServerState, error: std::io::Error) -> Self {
-        Self {
-            server,
-            error,
-            answered: false,
-        }
-    }
-
-    fn midway(server: &'a ServerState, error: std::io::Error) -> Self {
-        Self {
-            server,
-            error,
-            answered: true,
-        }
-    }
-
-    /// Counts and logs the failure and, when the client has heard nothing yet, answers 503 as
-    /// the hyper path does (and HAProxy). The connection is closed afterwards either way.
-    async fn answer(
-        self,
-        client: &mut TcpStream,
-        frontend: &Frontend,
-        peer: SocketAddr,
-        request: &RequestHead,
-        decision: Decision,
-    ) {
-        self.server.stats.failures.fetch_add(1, Relaxed);
-        self.server.stats.responses[0].fetch_add(1, Relaxed);
-        let status = if self.answered { "-" } else { "503" };
-        tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server = %self.server.name, status, decision = decision.as_str(), client = %peer, method = %request.method(), path = request.path(), error = %self.error, "relayed exchange failed; closing");
-        if !self.answered {
-            let _ = client.write_all(SERVICE_UNAVAILABLE).await;
-        }
-    }
-}
-
-impl Leg {
-    /// A new connection to `server`, never a pooled one.
-    async fn open_new(server: Arc<ServerState>, timeout: Duration) -> std::io::Result<Leg> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-        stream.set_nodelay(true)?;
-        Ok(Leg {
-            server,
-            stream,
-            reused: false,
-        })
-    }
-}
-
-const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncache-control: no-cache\r\ncontent-length: 54\r\nconnection: close\r\n\r\n503 Service Unavailable: the server failed to answer.\n";
-
 /// Sends the request (head already rewritten, body by Content-Length from `buf` then the
 /// client) and reads the response head. Nothing reaches the client: a failure here can still
 /// be answered. Returns the parsed head, what was read with it, and the head's length.
@@ -569,245 +471,3 @@ async fn deliver(
 
 /// Ends a response head whose client asked to close (replacing its final empty line).
 const CLOSE_HEADER: &[u8] = b"connection: close\r\n\r\n";
-
-/// Copies a chunked body (its chunks, the last chunk and the trailers) as it is, reading
-/// `buf` first, then `from`; returns the payload size. Leaves in `buf` what follows it.
-async fn copy_chunked<R, W>(buf: &mut BytesMut, from: &mut R, to: &mut W) -> std::io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut payload = 0u64;
-    loop {
-        let line = read_line(buf, from).await?;
-        let text = std::str::from_utf8(&buf[..line]).map_err(|_| bad_chunk())?;
-        let size = text.trim_end().split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(size, 16).map_err(|_| bad_chunk())?;
-        to.write_all(&buf[..line]).await?;
-        buf.advance(line);
-        if size == 0 {
-            // Trailers, then the empty line.
-            loop {
-                let line = read_line(buf, from).await?;
-                let empty = line == 2;
-                to.write_all(&buf[..line]).await?;
-                buf.advance(line);
-                if empty {
-                    return Ok(payload);
-                }
-            }
-        }
-        copy_body(buf, from, to, size).await?;
-        let crlf = read_line(buf, from).await?;
-        if crlf != 2 {
-            return Err(bad_chunk());
-        }
-        to.write_all(&buf[..2]).await?;
-        buf.advance(2);
-        payload += size;
-    }
-}
-
-fn bad_chunk() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunked encoding")
-}
-
-/// Reads until `buf` starts with a CRLF-terminated line (at most 4 KiB); its length.
-async fn read_line<R: AsyncRead + Unpin>(
-    buf: &mut BytesMut,
-    from: &mut R,
-) -> std::io::Result<usize> {
-    loop {
-        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-            return Ok(i + 2);
-        }
-        if buf.len() > 4096 {
-            return Err(bad_chunk());
-        }
-        if from.read_buf(buf).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed in the middle of a chunked body",
-            ));
-        }
-    }
-}
-
-/// Copies `len` body bytes: first from `buf`, then from `from`.
-async fn copy_body<R, W>(
-    buf: &mut BytesMut,
-    from: &mut R,
-    to: &mut W,
-    len: u64,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
-    if buffered > 0 {
-        to.write_all(&buf[..buffered]).await?;
-        buf.advance(buffered);
-    }
-    let mut left = len - buffered as u64;
-    if left == 0 {
-        return Ok(());
-    }
-    // Only bodies larger than what came with the head get here: small answers allocate nothing.
-    let mut chunk = vec![0u8; usize::try_from(left).unwrap_or(CHUNK).min(CHUNK)];
-    while left > 0 {
-        let want = usize::try_from(left).unwrap_or(CHUNK).min(chunk.len());
-        let n = from.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed in the middle of a body",
-            ));
-        }
-        to.write_all(&chunk[..n]).await?;
-        left -= n as u64;
-    }
-    Ok(())
-}
-
-/// The connection is a tunnel to its server: hands it to the kernel as soon as both legs are
-/// quiet, relaying what either side sends meanwhile; then, or when it cannot be spliced, relays
-/// bytes both ways until both sides closed. `pending`: client bytes read after the request head.
-async fn splice_tunnel(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    pending: BytesMut,
-    mut handoff: Option<crate::fastpath::runtime::Handoff>,
-    fastpath: &Arc<Runtime>,
-) -> Release {
-    if !pending.is_empty() && upstream.write_all(&pending).await.is_err() {
-        if let Some(h) = handoff {
-            fastpath.forget(h);
-        }
-        return Release::Done;
-    }
-    // What arrives before the hand-off is passed on as it comes, not gathered.
-    let mut chunk = vec![0u8; 16 * 1024];
-    while let Some(h) = handoff.take() {
-        match fastpath.try_splice(h, &client).await {
-            Attempt::Spliced => {
-                tracing::debug!("tunnel spliced");
-                return Release::Done;
-            }
-            Attempt::Again(h) => handoff = Some(h),
-            Attempt::Never => break,
-        }
-        if !matches!(
-            relay_ready(&mut client, &mut upstream, &mut chunk).await,
-            Ok(true)
-        ) {
-            // A side closed (or failed): the rest is relayed here, half-closes included.
-            if let Some(h) = handoff.take() {
-                fastpath.forget(h);
-            }
-        }
-    }
-    tunnel(&mut client, &mut upstream, &[]).await;
-    Release::Done
-}
-
-/// Waits until either side of a tunnel has something, and passes on what is there. `false`
-/// when that side has closed.
-async fn relay_ready(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    chunk: &mut [u8],
-) -> std::io::Result<bool> {
-    let client_first = tokio::select! {
-        ready = client.readable() => { ready?; true }
-        ready = upstream.readable() => { ready?; false }
-    };
-    let (from, to) = if client_first {
-        (client, upstream)
-    } else {
-        (upstream, client)
-    };
-    match from.try_read(chunk) {
-        Ok(0) => Ok(false),
-        Ok(n) => {
-            to.write_all(&chunk[..n]).await?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
-        Err(e) => Err(e),
-    }
-}
-
-/// Relays bytes both ways until both sides closed; `pending` goes to the server first.
-async fn tunnel(client: &mut TcpStream, upstream: &mut TcpStream, pending: &[u8]) {
-    if upstream.write_all(pending).await.is_ok() {
-        let _ = tokio::io::copy_bidirectional(client, upstream).await;
-    }
-}
-
-/// Reads until `buf` holds a complete message head; its length, `None` on EOF first.
-async fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    max: usize,
-) -> std::io::Result<Option<usize>> {
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(Some(i + 4));
-        }
-        if buf.len() > max {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "head too large",
-            ));
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn bodies_are_copied_from_the_buffer_then_the_stream() {
-        let body = b"0123456789NEXT";
-        for split in [0, 4, 10, 14] {
-            let mut buf = BytesMut::from(&body[..split]);
-            let mut rest = &body[split..];
-            let mut out = Vec::new();
-            copy_body(&mut buf, &mut rest, &mut out, 10).await.unwrap();
-            assert_eq!(out, b"0123456789", "split {split}");
-            let mut leftover = buf.to_vec();
-            leftover.extend_from_slice(rest);
-            assert_eq!(leftover, b"NEXT", "split {split}");
-        }
-        let mut buf = BytesMut::from(&b"01"[..]);
-        let err = copy_body(&mut buf, &mut &b"234"[..], &mut Vec::new(), 10).await;
-        assert!(err.is_err(), "closed mid-body");
-    }
-
-    #[tokio::test]
-    async fn chunked_bodies_are_copied_to_their_end() {
-        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
-        for split in [0, 3, 12, 30, body.len()] {
-            let mut buf = BytesMut::from(&body[..split]);
-            let mut rest = &body[split..];
-            let mut out = Vec::new();
-            let payload = copy_chunked(&mut buf, &mut rest, &mut out).await.unwrap();
-            assert_eq!(payload, 11);
-            let mut leftover = buf.to_vec();
-            leftover.extend_from_slice(rest);
-            assert_eq!(leftover, b"NEXT", "split {split}");
-            assert_eq!(out, &body[..body.len() - 4]);
-        }
-        let mut buf = BytesMut::from(&b"zz\r\n"[..]);
-        let err = copy_chunked(&mut buf, &mut &b""[..], &mut Vec::new()).await;
-        assert!(err.is_err());
-        let mut buf = BytesMut::from(&b"5\r\nhel"[..]);
-        let err = copy_chunked(&mut buf, &mut &b""[..], &mut Vec::new()).await;
-        assert!(err.is_err(), "closed mid-chunk");
-    }
-}

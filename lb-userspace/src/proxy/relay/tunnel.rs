@@ -1,0 +1,85 @@
+//! A relayed connection that became a tunnel (an accepted upgrade or CONNECT, or a response
+//! framed by the server's close): handed to the kernel when it can be, else bytes both ways.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+use super::Release;
+use crate::fastpath::runtime::{Attempt, Runtime};
+
+/// The connection is a tunnel to its server: hands it to the kernel as soon as both legs are
+/// quiet, relaying what either side sends meanwhile; then, or when it cannot be spliced, relays
+/// bytes both ways until both sides closed. `pending`: client bytes read after the request head.
+pub(super) async fn splice_tunnel(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    pending: BytesMut,
+    mut handoff: Option<crate::fastpath::runtime::Handoff>,
+    fastpath: &Arc<Runtime>,
+) -> Release {
+    if !pending.is_empty() && upstream.write_all(&pending).await.is_err() {
+        if let Some(h) = handoff {
+            fastpath.forget(h);
+        }
+        return Release::Done;
+    }
+    // What arrives before the hand-off is passed on as it comes, not gathered.
+    let mut chunk = vec![0u8; 16 * 1024];
+    while let Some(h) = handoff.take() {
+        match fastpath.try_splice(h, &client).await {
+            Attempt::Spliced => {
+                tracing::debug!("tunnel spliced");
+                return Release::Done;
+            }
+            Attempt::Again(h) => handoff = Some(h),
+            Attempt::Never => break,
+        }
+        if !matches!(
+            relay_ready(&mut client, &mut upstream, &mut chunk).await,
+            Ok(true)
+        ) {
+            // A side closed (or failed): the rest is relayed here, half-closes included.
+            if let Some(h) = handoff.take() {
+                fastpath.forget(h);
+            }
+        }
+    }
+    tunnel(&mut client, &mut upstream, &[]).await;
+    Release::Done
+}
+
+/// Waits until either side of a tunnel has something, and passes on what is there. `false`
+/// when that side has closed.
+async fn relay_ready(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    chunk: &mut [u8],
+) -> std::io::Result<bool> {
+    let client_first = tokio::select! {
+        ready = client.readable() => { ready?; true }
+        ready = upstream.readable() => { ready?; false }
+    };
+    let (from, to) = if client_first {
+        (client, upstream)
+    } else {
+        (upstream, client)
+    };
+    match from.try_read(chunk) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            to.write_all(&chunk[..n]).await?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Relays bytes both ways until both sides closed; `pending` goes to the server first.
+pub(super) async fn tunnel(client: &mut TcpStream, upstream: &mut TcpStream, pending: &[u8]) {
+    if upstream.write_all(pending).await.is_ok() {
+        let _ = tokio::io::copy_bidirectional(client, upstream).await;
+    }
+}
