@@ -350,7 +350,7 @@ fn listen(
             addr: cfg.bind,
             source,
         })?;
-        let serve = listener::serve_std(
+        let serve = listener::serve(
             socket,
             Arc::clone(frontend),
             Arc::clone(live.proxy()),

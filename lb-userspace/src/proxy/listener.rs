@@ -24,7 +24,7 @@ use bytes::Bytes;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{unix::AsyncFd, AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
     task::JoinSet,
@@ -76,42 +76,38 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accepts connections on `listener` until `stop` turns true; connections are registered with
-/// `graceful` so the caller can drain them. Each connection takes the `settings` in force when
-/// it is accepted and keeps them: a reload changes them for the connections that follow.
-/// [`serve`] for a listener that joins the calling runtime's event loop first.
-pub async fn serve_std(
-    listener: std::net::TcpListener,
-    frontend: Arc<Frontend>,
-    proxy: Arc<Proxy>,
-    settings: (Arc<ArcSwap<ConnSettings>>, Arc<Workers>),
-    graceful: Arc<Drain>,
-    stop: watch::Receiver<bool>,
-) {
-    match TcpListener::from_std(listener) {
-        Ok(listener) => serve(listener, frontend, proxy, settings, graceful, stop).await,
-        Err(error) => {
-            tracing::error!(frontend = %frontend.name, %error, "cannot serve the listening socket")
-        }
-    }
-}
-
-/// Accepts on `listener` and serves each connection on the next of `workers`.
+/// Accepts connections on `listener` until `stop` turns true, and serves each on the next of
+/// `workers`; connections are registered with `graceful` so the caller can drain them. Each
+/// connection takes the `settings` in force when it is accepted and keeps them: a reload
+/// changes them for the connections that follow.
+///
+/// A connection is accepted without joining this thread's event loop: it joins its worker's,
+/// so its readiness never has to cross threads.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     frontend: Arc<Frontend>,
     proxy: Arc<Proxy>,
     (settings, workers): (Arc<ArcSwap<ConnSettings>>, Arc<Workers>),
     graceful: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // SAFETY: the AsyncFd owns the listener, whose descriptor stays open and the same until
+    // the AsyncFd is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) };
+    let listener = match registered {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(frontend = %frontend.name, %error, "cannot serve the listening socket");
+            return;
+        }
+    };
     // Connections served by the relay: hyper's graceful shutdown does not see them, so a
     // stopping listener waits for them itself (each closes at its next message boundary).
     let mut relayed = JoinSet::new();
     loop {
         while relayed.try_join_next().is_some() {}
         let accepted = tokio::select! {
-            accepted = listener.accept() => Some(accepted),
+            accepted = accept(&listener) => Some(accepted),
             _ = stop.wait_for(|stop| *stop) => None,
         };
         let Some(accepted) = accepted else {
@@ -140,6 +136,13 @@ pub async fn serve(
                 let stop = stop.clone();
                 relayed.spawn_on(
                     async move {
+                        let stream = match TcpStream::from_std(stream) {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::warn!(%peer, %error, "cannot serve an accepted connection");
+                                return;
+                            }
+                        };
                         let _ = stream.set_nodelay(true);
                         let released = relay::serve(
                             stream,
@@ -176,6 +179,20 @@ pub async fn serve(
 }
 
 /// Serves `stream` (with `TCP_NODELAY` set by the caller) with hyper, `read` first.
+/// The next connection, non-blocking and in no event loop yet.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|listener| listener.get_ref().accept()) {
+            let (stream, peer) = accepted?;
+            stream.set_nonblocking(true)?;
+            return Ok((stream, peer));
+        }
+    }
+}
+
 fn serve_connection(
     stream: TcpStream,
     read: Bytes,
