@@ -9,7 +9,10 @@ use std::{
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{Frontend, RequestHead};
-use crate::backend::{Decision, ServerState};
+use crate::{
+    backend::{Decision, ServerState},
+    fastpath::runtime::{Handoff, Runtime},
+};
 
 /// The server side of a relayed connection.
 pub(super) struct Leg {
@@ -31,6 +34,41 @@ impl Leg {
             }),
             None => Self::open_new(server, timeout).await,
         }
+    }
+
+    /// A dedicated connection to `server` from the fast path's port range, observed so that
+    /// the client connection can be handed to the kernel. `None` when there is none to be had
+    /// (an IPv6 server, a failed connect): hyper takes the request.
+    pub(super) async fn spliced(
+        fastpath: &Runtime,
+        server: Arc<ServerState>,
+        client: &TcpStream,
+        interfaces: &[String],
+        timeout: Duration,
+    ) -> Option<(Leg, Option<Handoff>)> {
+        let SocketAddr::V4(addr) = server.addr else {
+            return None;
+        };
+        let stream = match fastpath.connect(addr, timeout).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, server = %server.name, "fast path connect failed; hyper takes the request");
+                return None;
+            }
+        };
+        let handoff = match fastpath.observe(client, &stream, interfaces) {
+            Ok(handoff) => handoff,
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "fast path: cannot observe the connection");
+                None
+            }
+        };
+        let leg = Leg {
+            server,
+            stream,
+            reused: false,
+        };
+        Some((leg, handoff))
     }
 
     /// Gives the connection back to its server's pool.

@@ -107,29 +107,12 @@ pub(super) async fn serve(
     };
     let (mut leg, mut handoff) = match reach {
         Reach::Splice(fastpath) => {
-            let SocketAddr::V4(addr) = server.addr else {
-                return Release::ToHyper(client, buf);
-            };
-            let stream = match fastpath.connect(addr, connect_timeout).await {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::debug!(%error, server = %server.name, "fast path connect failed; hyper takes the request");
-                    return Release::ToHyper(client, buf);
-                }
-            };
-            let handoff = match fastpath.observe(&client, &stream, &frontend.fastpath_interfaces) {
-                Ok(handoff) => handoff,
-                Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "fast path: cannot observe the connection");
-                    None
-                }
-            };
-            let leg = Leg {
-                server,
-                stream,
-                reused: false,
-            };
-            (leg, handoff)
+            let interfaces = &frontend.fastpath_interfaces;
+            let spliced = Leg::spliced(fastpath, server, &client, interfaces, connect_timeout);
+            match spliced.await {
+                Some(opened) => opened,
+                None => return Release::ToHyper(client, buf),
+            }
         }
         Reach::Pooled => match Leg::open(Arc::clone(&server), connect_timeout).await {
             Ok(leg) => (leg, None),
