@@ -140,12 +140,14 @@ impl StickTable {
         now_ms: u64,
         mut choose: impl FnMut(Option<&str>) -> Option<(T, Option<Arc<str>>)>,
     ) -> Option<T> {
-        if !self.lock().recent.contains(&key) {
+        let mut guard = self.lock();
+        if !guard.recent.contains(&key) {
+            drop(guard);
             if let Cold::Decided(pick) = self.decide_cold(key, now_ms, &mut choose) {
                 return Some(pick);
             }
+            guard = self.lock();
         }
-        let mut guard = self.lock();
         let inner = &mut *guard;
         let current = self
             .live(inner, &key, now_ms)
