@@ -7,21 +7,10 @@ use std::{net::IpAddr, ops::Range};
 
 use bytes::Bytes;
 
+use super::headers::HOP_BY_HOP;
 use crate::cookie;
 
 const MAX_HEADERS: usize = 100;
-
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), as
-/// `super::headers` drops them on the hyper path.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -155,7 +144,7 @@ impl RequestHead {
     fn hop_by_hop(&self, name: &[u8]) -> bool {
         HOP_BY_HOP
             .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
             || self
                 .values("connection")
                 .flat_map(tokens)

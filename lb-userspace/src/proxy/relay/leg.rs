@@ -85,10 +85,6 @@ pub(super) struct Failed<'a> {
 }
 
 impl<'a> Failed<'a> {
-    pub(super) fn connect(server: &'a ServerState, error: std::io::Error) -> Self {
-        Self::before_answer(server, error)
-    }
-
     pub(super) fn before_answer(server: &'a ServerState, error: std::io::Error) -> Self {
         Self {
             server,

@@ -117,7 +117,7 @@ pub(super) async fn serve(
         Reach::Pooled => match Leg::open(Arc::clone(&server), connect_timeout).await {
             Ok(leg) => (leg, None),
             Err(error) => {
-                let failed = Failed::connect(&server, error);
+                let failed = Failed::before_answer(&server, error);
                 failed
                     .answer(&mut client, frontend, peer, &request, decision)
                     .await;
@@ -136,35 +136,29 @@ pub(super) async fn serve(
         let out_head = request.forwarded(peer.ip());
         buf.advance(head);
         let in_flight = leg.server.start_request();
-        let forwarded = match forward(
-            &mut client,
-            &mut leg,
-            &mut buf,
-            &out_head,
-            (&request, &backend.stick_cookie),
-            server_timeout,
-        )
-        .await
-        {
-            Err(error) if retry_on_a_new_connection(&leg, &request, reach) => {
-                tracing::debug!(%error, server = %leg.server.name, "a reused server connection failed before answering; retrying once on a new one");
-                match Leg::open_new(Arc::clone(&leg.server), connect_timeout).await {
-                    Ok(fresh) => {
-                        leg = fresh;
-                        forward(
-                            &mut client,
-                            &mut leg,
-                            &mut buf,
-                            &out_head,
-                            (&request, &backend.stick_cookie),
-                            server_timeout,
-                        )
-                        .await
+        // One retry, on a new connection, when a reused one failed before answering.
+        let mut retried = false;
+        let forwarded = loop {
+            let forwarded = forward(
+                &mut client,
+                &mut leg,
+                &mut buf,
+                &out_head,
+                (&request, &backend.stick_cookie),
+                server_timeout,
+            )
+            .await;
+            match forwarded {
+                Err(error) if !retried && retry_on_a_new_connection(&leg, &request, reach) => {
+                    tracing::debug!(%error, server = %leg.server.name, "a reused server connection failed before answering; retrying once on a new one");
+                    retried = true;
+                    match Leg::open_new(Arc::clone(&leg.server), connect_timeout).await {
+                        Ok(fresh) => leg = fresh,
+                        Err(error) => break Err(error),
                     }
-                    Err(error) => Err(error),
                 }
+                other => break other,
             }
-            other => other,
         };
         let delivered = match forwarded {
             Ok((response, response_buf, len)) => {
@@ -303,7 +297,7 @@ pub(super) async fn serve(
                 match Leg::open(Arc::clone(&server), connect_timeout).await {
                     Ok(next_leg) => std::mem::replace(&mut leg, next_leg).park(),
                     Err(error) => {
-                        let failed = Failed::connect(&server, error);
+                        let failed = Failed::before_answer(&server, error);
                         failed
                             .answer(&mut client, frontend, peer, &request, decision)
                             .await;
