@@ -5,8 +5,13 @@ use super::{memory::MemoryStorage, *};
 /// A table of backend 1 on a store of its own, and that store.
 fn table(capacity: u32, expire: Duration) -> (StickTable, Arc<MemoryStorage>) {
     let storage = Arc::new(MemoryStorage::new(capacity as usize));
-    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
+    let store = store_on(&storage);
     (on(&store, capacity, expire), storage)
+}
+
+/// A store (replicated: tables on it keep an update log) over `storage`.
+fn store_on(storage: &Arc<MemoryStorage>) -> Store {
+    Store::new(Arc::clone(storage) as Arc<dyn Storage>, true)
 }
 
 fn on(store: &Store, capacity: u32, expire: Duration) -> StickTable {
@@ -16,6 +21,18 @@ fn on(store: &Store, capacity: u32, expire: Duration) -> StickTable {
 /// Sticks `key` to `server`, whatever it was stuck to.
 fn set(table: &StickTable, key: StickKey, server: &str, now_ms: u64) {
     table.resolve(key, now_ms, |_| Some(((), Some(Arc::from(server)))));
+}
+
+/// Sticks `c0`..`c<count - 1>` to `s1`, `ci` last seen at `i` ms.
+fn fill(table: &StickTable, count: u32) {
+    for i in 0..count {
+        set(
+            table,
+            table.key(format!("c{i}").as_bytes()),
+            "s1",
+            u64::from(i),
+        );
+    }
 }
 
 /// The server `key` is stuck to, as a request would find it (a hit, refreshing it).
@@ -45,14 +62,7 @@ fn a_decision_is_in_the_store_when_resolve_returns() {
 fn the_store_is_the_table_and_memory_holds_its_most_recent_entries() {
     let count = RECENT_ENTRIES as u32 + 1_000;
     let (table, storage) = table(count, Duration::from_secs(600));
-    for i in 0..count {
-        set(
-            &table,
-            table.key(format!("c{i}").as_bytes()),
-            "s1",
-            u64::from(i),
-        );
-    }
+    fill(&table, count);
     assert_eq!(storage.len(), count as usize);
     assert_eq!(table.len(), count as usize);
     assert_eq!(table.lock().recent.len(), RECENT_ENTRIES);
@@ -136,7 +146,7 @@ fn the_start_scan_counts_forgets_expired_and_orphaned_entries_and_remembers_the_
     left_behind(&storage, 1, b"b", "s1", 15_000);
     left_behind(&storage, 1, b"c", "s2", 16_000);
     left_behind(&storage, 9, b"gone", "s1", 16_000);
-    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, false);
+    let store = store_on(&storage);
     let report = scan(&store, &[&table], 20_000, ScanMode::Start).unwrap();
     assert_eq!(
         report,
@@ -166,7 +176,7 @@ fn a_periodic_scan_deletes_what_expired_unless_memory_knows_a_later_use() {
     // A hit at 0.9 s, not yet written back: only memory knows it.
     get(&table, &kept, 900);
     assert_eq!(stored(&storage, &kept), Some(("s1".into(), 0)));
-    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, false);
+    let store = store_on(&storage);
     let report = scan(
         &store,
         &[&table],
@@ -186,7 +196,7 @@ fn a_periodic_scan_recounts_only_a_nearly_full_map() {
     set(&table, table.key(b"mine"), "s1", 0);
     // Written by another process (an upgrade's overlap): not counted here.
     left_behind(&storage, 1, b"theirs", "s1", 0);
-    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, false);
+    let store = store_on(&storage);
     scan(
         &store,
         &[&table],
@@ -253,7 +263,7 @@ fn resolve_with_no_choice_changes_nothing() {
 fn a_miss_is_read_from_the_store_another_process_writes() {
     // During an upgrade the old and the new process share the map.
     let storage = Arc::new(MemoryStorage::new(10));
-    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
+    let store = store_on(&storage);
     let (old, new) = (
         on(&store, 10, Duration::from_secs(60)),
         on(&store, 10, Duration::from_secs(60)),
@@ -284,7 +294,7 @@ fn a_miss_is_read_from_the_store_another_process_writes() {
 #[test]
 fn two_processes_deciding_one_new_session_agree_on_the_first_stored_choice() {
     let storage = Arc::new(MemoryStorage::new(10));
-    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
+    let store = store_on(&storage);
     let (left, right) = (
         on(&store, 10, Duration::from_secs(60)),
         on(&store, 10, Duration::from_secs(60)),
@@ -341,14 +351,7 @@ fn local_changes_are_logged_once_per_key_with_the_latest_server() {
 fn a_logged_key_that_left_memory_is_pushed_with_its_stored_server() {
     let count = RECENT_ENTRIES as u32 + 10;
     let (table, _storage) = table(count, Duration::from_secs(600));
-    for i in 0..count {
-        set(
-            &table,
-            table.key(format!("c{i}").as_bytes()),
-            "s1",
-            u64::from(i),
-        );
-    }
+    fill(&table, count);
     let first = &table.updates_after(0, 1)[0];
     assert_eq!(field_text(&first.key.cookie), "c0");
     assert!(!table.lock().recent.contains(&first.key));
