@@ -75,14 +75,22 @@ pub const SPLICE_FLOWS_DEFAULT_ENTRIES: u32 = 65536;
 
 /// The TC program passes packets and records the peer's latest TSval ([`SpliceEntry::last_tsval`]).
 pub const SPLICE_STATE_OBSERVE: u32 = 0;
-/// The TC program drops the flow's data, FIN and RST segments (the peer retransmits them) and
-/// passes pure ACKs, while userspace snapshots the sockets.
-pub const SPLICE_STATE_HOLD: u32 = 1;
+/// Not written any more (an earlier hand-off froze flows in it); the program drops the packets
+/// of an entry in a state it does not know, and the collector removes such entries.
+pub const SPLICE_STATE_RETIRED_HOLD: u32 = 1;
 /// The TC program translates every packet and redirects it to [`SpliceEntry::out_ifindex`].
 pub const SPLICE_STATE_SPLICE: u32 = 2;
 /// Retired by the collector: the program drops the flow's packets (never hands them to a stack
 /// that has no socket for them) until the entry is deleted.
 pub const SPLICE_STATE_CLOSED: u32 = 3;
+/// The client direction of a hand-off in progress: the translation is written, and the program
+/// switches the entry to SPLICE itself on the first packet from the client that acknowledges
+/// everything the proxy socket sent ([`SpliceEntry::armed_ack`]) and starts no later than where
+/// the proxy socket's receive stream ends ([`SpliceEntry::armed_seq`]): from that packet on,
+/// nothing of the client's needs the proxy socket. Any other packet goes to the proxy socket
+/// (which the proxy then finds readable, and gives the hand-off up), or is dropped once the
+/// proxy has closed its sockets ([`SPLICE_F_ORPHAN`]).
+pub const SPLICE_STATE_ARMED: u32 = 4;
 
 /// [`SpliceEntry::flags`]: both legs negotiated TCP timestamps; translate TSval/TSecr.
 pub const SPLICE_F_TIMESTAMPS: u32 = 1 << 0;
@@ -91,28 +99,38 @@ pub const SPLICE_F_SACK: u32 = 1 << 1;
 /// [`SpliceEntry::flags`]: redirect with `bpf_redirect_peer` (veth/netkit only) after writing
 /// [`SpliceEntry::new_smac`]/[`SpliceEntry::new_dmac`], instead of `bpf_redirect_neigh`.
 pub const SPLICE_F_REDIRECT_PEER: u32 = 1 << 2;
+/// [`SpliceEntry::flags`] of an ARMED entry: the proxy's sockets are closed. A packet that does
+/// not complete the hand-off is dropped rather than given to a stack without a socket for it
+/// (which would answer with an RST).
+pub const SPLICE_F_ORPHAN: u32 = 1 << 3;
 
 /// [`SpliceEntry::seen`] (written by the program): a FIN went through in this direction.
 pub const SPLICE_SEEN_FIN: u32 = 1 << 0;
 /// [`SpliceEntry::seen`]: an RST went through in this direction.
 pub const SPLICE_SEEN_RST: u32 = 1 << 1;
-/// [`SpliceEntry::seen`]: a SYN hit a SPLICE entry (the 4-tuple is being reused); the SYN was
-/// passed to the stack untranslated and the entry should be retired.
+/// [`SpliceEntry::seen`]: a SYN hit a SPLICE or CLOSED entry (the 4-tuple is being reused).
+/// The program passed the SYN to the stack untranslated and deleted both entries of the flow;
+/// the bit is only seen by a reader that copied the entry in that instant.
 pub const SPLICE_SEEN_SYN: u32 = 1 << 2;
 
 /// [`SPLICE_STATS_MAP`] index: packets that hit a SPLICE entry and were redirected.
 pub const SPLICE_STAT_REDIRECTED: u32 = 0;
-/// [`SPLICE_STATS_MAP`] index: packets passed in OBSERVE (and pure ACKs passed in HOLD).
+/// [`SPLICE_STATS_MAP`] index: packets passed in OBSERVE, and in ARMED before the hand-off
+/// completes.
 pub const SPLICE_STAT_OBSERVED: u32 = 1;
-/// [`SPLICE_STATS_MAP`] index: data/FIN/RST segments dropped in HOLD.
-pub const SPLICE_STAT_HOLD_DROPPED: u32 = 2;
+/// [`SPLICE_STATS_MAP`] index: packets of an orphaned ARMED entry that did not complete the
+/// hand-off (old duplicates, out-of-order segments: their senders retransmit what matters).
+pub const SPLICE_STAT_ARMED_DROPPED: u32 = 2;
 /// [`SPLICE_STATS_MAP`] index: packets of a SPLICE/CLOSED entry dropped because they could not
 /// be parsed or rewritten, or because the entry was CLOSED.
 pub const SPLICE_STAT_DROPPED: u32 = 3;
-/// [`SPLICE_STATS_MAP`] index: SYNs that hit a SPLICE entry and were passed to the stack.
+/// [`SPLICE_STATS_MAP`] index: SYNs that hit a SPLICE or CLOSED entry: passed to the stack, the
+/// flow's two entries deleted.
 pub const SPLICE_STAT_SYN_REUSE: u32 = 4;
 /// [`SPLICE_STATS_MAP`] index: SACK options translated.
 pub const SPLICE_STAT_SACK: u32 = 5;
+/// [`SPLICE_STATS_MAP`] index: hand-offs the program completed (ARMED -> SPLICE).
+pub const SPLICE_STAT_COMPLETED: u32 = 6;
 /// Number of [`SPLICE_STATS_MAP`] slots.
 pub const SPLICE_STATS_LEN: u32 = 8;
 
@@ -135,9 +153,9 @@ pub struct SpliceKey {
 /// Value of the splice flow map: how to translate one direction of a spliced connection, and
 /// what the program saw of it.
 ///
-/// Written by userspace: `state`, `flags`, `out_ifindex`, the `new_*` fields, the deltas and the
-/// window shifts. Written by the program: `seen`, `last_tsval`, `packets`, `bytes`,
-/// `last_seen_ns`. Deltas are in host order and added modulo 2^32 to the host-order value of
+/// Written by userspace: `state`, `flags`, `out_ifindex`, the `new_*` fields, the deltas, the
+/// window shifts and the `armed_*` fields. Written by the program: `seen`, `last_tsval`,
+/// `packets`, `bytes`, `last_seen_ns`, and `state` when it completes an ARMED hand-off. Deltas are in host order and added modulo 2^32 to the host-order value of
 /// the field; addresses and ports are in network order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -174,10 +192,10 @@ pub struct SpliceEntry {
     pub _pad0: [u8; 2],
     /// `SPLICE_SEEN_*`, set by the program.
     pub seen: u32,
-    /// Latest TSval the program saw in this direction (OBSERVE and HOLD), host order.
+    /// Latest TSval the program saw in this direction (OBSERVE, ARMED), host order.
     pub last_tsval: u32,
-    /// Zero.
-    pub _pad1: u32,
+    /// ARMED: the hand-off completes on a packet acknowledging at least this (host order).
+    pub armed_ack: u32,
     /// Packets translated in SPLICE state (a GSO/GRO super-packet counts once).
     pub packets: u64,
     /// TCP payload bytes translated in SPLICE state.
@@ -188,8 +206,9 @@ pub struct SpliceEntry {
     pub new_smac: [u8; 6],
     /// Destination MAC written with [`SPLICE_F_REDIRECT_PEER`].
     pub new_dmac: [u8; 6],
-    /// Zero.
-    pub _pad2: [u8; 4],
+    /// ARMED: where the proxy socket's receive stream ends (`rcv_nxt`, host order); the packet
+    /// that completes the hand-off starts there (or one before: a keepalive probe).
+    pub armed_seq: u32,
 }
 
 impl SpliceKey {
@@ -211,6 +230,8 @@ const _: () = assert!(core::mem::offset_of!(SpliceEntry, wscale_in) == 40);
 const _: () = assert!(core::mem::offset_of!(SpliceEntry, seen) == 44);
 const _: () = assert!(core::mem::offset_of!(SpliceEntry, packets) == 56);
 const _: () = assert!(core::mem::offset_of!(SpliceEntry, new_smac) == 80);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, armed_ack) == 52);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, armed_seq) == 92);
 
 #[cfg(test)]
 mod tests {

@@ -26,12 +26,14 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 /// - Attach point: TC ingress (TCX or clsact, direct action) of every interface that faces
 ///   clients or servers.
 /// - Minimum kernel: 5.17 (`bpf_loop`); 6.6 for TCX links. Tested on 6.18.
-/// - Returns `TC_ACT_OK` for every packet that matches no `SPLICE_FLOWS` entry (untouched), or
-///   an OBSERVE entry, or a SYN on a SPLICE entry; `TC_ACT_SHOT` for data/FIN/RST of a HOLD
-///   entry and for any packet of a SPLICE or CLOSED entry that cannot be translated;
-///   `TC_ACT_REDIRECT` for a translated packet.
-/// - Reads `SPLICE_FLOWS`; writes its `seen`, `last_tsval`, counters and time; writes
-///   `SPLICE_STATS`.
+/// - Returns `TC_ACT_OK` for every packet that matches no `SPLICE_FLOWS` entry (untouched), an
+///   OBSERVE entry, an ARMED entry whose proxy socket takes it, or that is a SYN (or SYN-ACK)
+///   on any other entry; `TC_ACT_SHOT` for any packet of a SPLICE or CLOSED entry that cannot
+///   be translated and for a packet of an orphaned ARMED entry that does not complete its
+///   hand-off; `TC_ACT_REDIRECT` for a translated packet.
+/// - Reads `SPLICE_FLOWS`; writes its `seen`, `last_tsval`, counters and time, and the state of
+///   an ARMED entry whose hand-off a packet completes; deletes both entries of a translated
+///   flow whose 4-tuple a SYN reuses; writes `SPLICE_STATS`.
 ///
 /// Fail closed once a flow is known: an error after the map lookup drops the packet (the peer
 /// retransmits), because passing a packet of a spliced flow to the stack resets the connection.

@@ -426,9 +426,14 @@ fn start_fastpath(
     let rules = fastpath::collector::Rules {
         fin_grace: config.timeouts.splice_fin_grace,
         idle: config.timeouts.splice_idle,
+        port_reuse: config.fastpath.port_reuse,
         ..fastpath::collector::Rules::default()
     };
-    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, rules)
+    let policy = fastpath::policy::Policy {
+        exchanges: config.fastpath.after_requests,
+        idle: config.fastpath.after_pause,
+    };
+    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, rules, policy)
         .map(Arc::new)
         .map_err(StartError::FastPath)?;
     for (frontend, cfg) in frontends.iter().zip(&config.frontends) {

@@ -21,6 +21,7 @@ pub mod monitor;
 pub mod peers;
 pub mod proxy;
 pub mod reload;
+pub mod sys;
 pub mod table;
 
 /// An error and its causes on one line, for log lines that must say why.

@@ -193,7 +193,9 @@ fn print_fastpath(config: &Config, json: bool) -> anyhow::Result<()> {
     let root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
     let flows = program::open_pinned_flows(&root)
         .with_context(|| format!("no usable splice flow map under {}", root.display()))?;
-    let entries = flows.entries();
+    let entries = flows
+        .entries()
+        .with_context(|| format!("reading the splice flow map under {}", root.display()))?;
     let summary = report::summary(&entries);
     let list = report::flows(&entries);
     let stats = program::read_pinned_stats(&root).ok();
@@ -207,7 +209,7 @@ fn print_fastpath(config: &Config, json: bool) -> anyhow::Result<()> {
         root.display(),
         summary.spliced,
         summary.observe_entries,
-        summary.hold_entries,
+        summary.armed_entries,
         summary.closed_entries,
         summary.packets,
         summary.bytes

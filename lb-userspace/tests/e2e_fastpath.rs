@@ -32,7 +32,8 @@ use stickylb::{
     dataplane::pin_root,
     fastpath::{
         program::{open_pinned_flows, read_pinned_stats, Attachment},
-        splice::{Observed, Outcome},
+        repair,
+        splice::{Observed, Progress},
         FastPath,
     },
 };
@@ -208,9 +209,11 @@ struct Relayed {
     refusals: Vec<String>,
 }
 
-/// The hand-written relay of the test: relays requests and responses in userspace and tries
-/// to splice after each response, as the proxy will. Returns once spliced, or when the client
-/// closes. Reports the first attempt's verdict on `verdict`.
+/// The hand-written relay of the test: relays requests and responses in userspace and, with
+/// each small response, tries the hand-off as the proxy does: arm, write the response, wait
+/// until the client acknowledged it (the program completes the hand-off), close both sockets
+/// silently. Returns once spliced, or when the client closes. Reports each attempt's verdict on
+/// `verdict`.
 fn relay(
     root: &Path,
     (client_if, server_if): (&str, &str),
@@ -222,10 +225,20 @@ fn relay(
     let mut fastpath = FastPath::load(root).expect("load");
     fastpath.attach(client_if).expect("attach client side");
     fastpath.attach(server_if).expect("attach server side");
-    let mut flows = fastpath.flows().expect("flows");
+    let flows = fastpath.flows().expect("flows");
     let (client, _) = listener.accept().expect("accept");
     let server = TcpStream::connect(backend).expect("connect backend");
-    let mut observed = Observed::start(&mut flows, client, server).expect("observe");
+    let observed = Observed::start(&flows, client, server).expect("observe");
+    // The client's first packets may have passed before its entry was there: make it
+    // acknowledge once more (a window probe), as the proxy does, so its timestamp is seen.
+    repair::probe(&observed.client).expect("window probe");
+    let (client_key, _) = observed.keys();
+    let seen = common::wait_until(
+        Duration::from_secs(2),
+        || matches!(flows.get(&client_key), Ok(Some(entry)) if entry.last_tsval != 0),
+    );
+    // Without timestamps (a test's client has them off) there is nothing to see.
+    eprintln!("client timestamp seen: {seen}");
     let mut client_buf = Vec::new();
     let mut relayed = Relayed {
         requests: 0,
@@ -237,55 +250,55 @@ fn relay(
             .write_all(&head)
             .expect("forward request");
         relayed.requests += 1;
-        let mut server_buf = Vec::new();
-        let head = read_head(&mut &observed.server, &mut server_buf).expect("response head");
+        let mut response = Vec::new();
+        let head = read_head(&mut &observed.server, &mut response).expect("response head");
         let len = content_length(&head);
-        (&observed.client).write_all(&head).expect("forward head");
-        (&observed.client)
-            .write_all(&server_buf)
-            .expect("forward body start");
-        let mut left = len - server_buf.len();
         let mut chunk = vec![0u8; 256 * 1024];
-        while left > 0 {
-            let n = (&observed.server)
-                .read(&mut chunk[..left.min(256 * 1024)])
-                .expect("body");
+        while response.len() < len {
+            let n = (&observed.server).read(&mut chunk).expect("body");
             assert_ne!(n, 0, "backend closed mid-body");
-            (&observed.client)
-                .write_all(&chunk[..n])
-                .expect("forward body");
-            left -= n;
+            response.extend_from_slice(&chunk[..n]);
         }
-        if !client_buf.is_empty() {
-            relayed
-                .refusals
-                .push("pipelined request buffered".to_owned());
+        let answer = [head, response].concat();
+        if !client_buf.is_empty() || answer.len() > 16 * 1024 {
+            relayed.refusals.push("pipelined or large".to_owned());
+            (&observed.client).write_all(&answer).expect("forward");
             continue;
         }
-        match observed
-            .try_splice(
-                &mut flows,
-                client_ifindex,
-                server_ifindex,
-                Duration::from_secs(2),
-            )
-            .expect("splice attempt")
-        {
-            Outcome::Spliced(translation) => {
-                let _ = verdict.send(true);
-                relayed.translation = Some(translation);
-                return relayed;
-            }
-            Outcome::Kept(kept, why) => {
-                eprintln!("not spliced after request {}: {why}", relayed.requests);
+        let pending = u32::try_from(answer.len()).expect("small");
+        let armed = observed
+            .arm(&flows, client_ifindex, server_ifindex, pending)
+            .expect("arm");
+        (&observed.client).write_all(&answer).expect("forward");
+        let translation = match armed {
+            Ok(translation) => translation,
+            Err(why) => {
+                eprintln!("not armed after request {}: {why}", relayed.requests);
                 relayed.refusals.push(why.to_string());
                 let _ = verdict.send(false);
-                observed = kept;
+                continue;
             }
+        };
+        let progress = loop {
+            thread::sleep(Duration::from_millis(1));
+            match observed.progress(&flows).expect("progress") {
+                Progress::Waiting => continue,
+                other => break other,
+            }
+        };
+        if progress == Progress::Broken {
+            relayed.refusals.push("broken".to_owned());
+            observed.disarm(&flows).expect("disarm");
+            let _ = verdict.send(false);
+            continue;
         }
+        observed.close_silently().expect("close");
+        let _ = verdict.send(true);
+        relayed.translation = Some(translation);
+        return relayed;
     }
     // The client closed: close the server side too, and forget the entries.
-    let (_client, server) = observed.forget(&mut flows).expect("forget");
+    let (_client, server) = observed.forget(&flows).expect("forget");
     let _ = server.shutdown(std::net::Shutdown::Write);
     relayed
 }
@@ -465,9 +478,9 @@ fn requests_racing_the_hand_off_are_never_lost() {
     if !common::privileged() {
         return;
     }
-    // The client sends each request as soon as the previous response is in: the relay's
-    // attempts meet unread requests (kept in userspace) or a request lands during the HOLD
-    // (dropped, retransmitted, translated). Every response must still be right.
+    // The client sends each request as soon as the previous response is in: the hand-off is
+    // armed before the response is written, so the next request completes it (and is
+    // translated) instead of racing it. Every response must still be right.
     let run = run_scenario("fpr", 232, false, &[]);
     eprintln!(
         "relayed {} requests, spliced: {}, refusals: {:?}",

@@ -131,6 +131,7 @@ splice_fin_grace = "{fin_grace}"
         open_pinned_flows(&self.root)
             .expect("pinned flows")
             .entries()
+            .expect("entries")
             .into_iter()
             .filter(|(_, e)| e.state == SPLICE_STATE_SPLICE)
             .collect()
@@ -411,7 +412,7 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
     assert!(
         spliced,
         "two SPLICE entries; map: {:?}",
-        open_pinned_flows(&setup.root).unwrap().entries()
+        open_pinned_flows(&setup.root).unwrap().entries().unwrap()
     );
     let at_splice = metrics(&setup.topo.client, &lb);
     assert_eq!(
@@ -976,7 +977,10 @@ fn websocket_and_connect_tunnels_are_spliced_right_after_the_response_head() {
         close_cleanly(conn, &[]);
     }
     let closed = wait_until(Duration::from_secs(10), || {
-        let flows = open_pinned_flows(&setup.root).expect("flows").entries();
+        let flows = open_pinned_flows(&setup.root)
+            .expect("flows")
+            .entries()
+            .expect("entries");
         flows.is_empty()
             || flows
                 .iter()
@@ -1064,6 +1068,7 @@ fn no_packet_of_a_live_spliced_flow_reaches_the_load_balancers_stack() {
         open_pinned_flows(&setup.root)
             .expect("flows")
             .entries()
+            .expect("entries")
             .is_empty()
     });
     assert!(collected, "{}", daemon.output());

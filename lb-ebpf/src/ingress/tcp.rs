@@ -15,10 +15,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    SpliceEntry, SpliceKey, SPLICE_F_REDIRECT_PEER, SPLICE_F_SACK, SPLICE_F_TIMESTAMPS,
-    SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_HOLD, SPLICE_STATE_OBSERVE,
-    SPLICE_STATE_SPLICE, SPLICE_STAT_HOLD_DROPPED, SPLICE_STAT_OBSERVED, SPLICE_STAT_REDIRECTED,
-    SPLICE_STAT_SACK, SPLICE_STAT_SYN_REUSE,
+    SpliceEntry, SpliceKey, SPLICE_F_ORPHAN, SPLICE_F_REDIRECT_PEER, SPLICE_F_SACK,
+    SPLICE_F_TIMESTAMPS, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_ARMED,
+    SPLICE_STATE_OBSERVE, SPLICE_STATE_SPLICE, SPLICE_STAT_ARMED_DROPPED, SPLICE_STAT_COMPLETED,
+    SPLICE_STAT_OBSERVED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_SACK, SPLICE_STAT_SYN_REUSE,
 };
 
 use super::options::OptionWalk;
@@ -116,19 +116,31 @@ pub(crate) fn try_splice_ingress(ctx: &TcContext) -> Result<i32, Drop> {
     // valid for this program run (RCU). Other CPUs may write it concurrently: every field is
     // read once and the program's writes are counters, times and bits.
     let state = unsafe { (*entry).state };
-    if state == SPLICE_STATE_OBSERVE || state == SPLICE_STATE_HOLD {
-        return observe(ctx, entry, state, ihl, &th);
-    }
-    if state != SPLICE_STATE_SPLICE {
-        // CLOSED (or a state this program does not know): never hand it to the stack.
-        return Err(Drop);
+    if state == SPLICE_STATE_OBSERVE {
+        return observe(ctx, entry, ihl, &th);
     }
     if th.flags & TCP_SYN != 0 {
-        // The 4-tuple is being reused (a new connection): hand the SYN to the stack, let the
-        // collector retire the entry.
-        set_seen(entry, SPLICE_SEEN_SYN);
+        // The 4-tuple is being reused by a new connection (a client's SYN, or a server's
+        // SYN-ACK to a new connection of ours from a port an old flow used): the old flow ends
+        // here, for both directions, so that the handshake's ACK and everything after it reach
+        // the stack untranslated. Waiting for the collector would translate them to the old
+        // peer (the new connection would be reset).
+        retire(entry, &key);
         stat_inc(SPLICE_STAT_SYN_REUSE);
         return PASS;
+    }
+    if state == SPLICE_STATE_ARMED {
+        match armed(ctx, entry, ihl, &th) {
+            Armed::Complete => {}
+            Armed::ToSocket => return observe(ctx, entry, ihl, &th),
+            Armed::Drop => {
+                stat_inc(SPLICE_STAT_ARMED_DROPPED);
+                return Ok(TC_ACT_SHOT);
+            }
+        }
+    } else if state != SPLICE_STATE_SPLICE {
+        // CLOSED (or a state this program does not know): never hand it to the stack.
+        return Err(Drop);
     }
     if ihl != 20 {
         return Err(Drop);
@@ -136,15 +148,51 @@ pub(crate) fn try_splice_ingress(ctx: &TcContext) -> Result<i32, Drop> {
     translate(ctx, entry, &ip, &th)
 }
 
-/// OBSERVE passes the packet, HOLD passes only pure ACKs; both record the sender's TSval.
+/// What to do with a client's packet while its hand-off is ARMED.
+enum Armed {
+    /// The hand-off completed: translate the packet.
+    Complete,
+    /// Not yet: the proxy socket is still there and takes it.
+    ToSocket,
+    /// Not yet, and the proxy's sockets are gone.
+    Drop,
+}
+
+/// Completes the hand-off on a packet that acknowledges everything the proxy socket sent and
+/// does not start beyond its receive stream (see `SPLICE_STATE_ARMED`). A pure acknowledgement
+/// that completes it still goes to the proxy socket while there is one (it learns that what it
+/// sent arrived, and goes quiet); the next packet is translated.
 #[inline(always)]
-fn observe(
-    ctx: &TcContext,
-    entry: *mut SpliceEntry,
-    state: u32,
-    ihl: usize,
-    th: &TcpHdr,
-) -> Result<i32, Drop> {
+fn armed(ctx: &TcContext, entry: *mut SpliceEntry, ihl: usize, th: &TcpHdr) -> Armed {
+    // SAFETY: see try_splice_ingress.
+    let (armed_seq, armed_ack, flags) =
+        unsafe { ((*entry).armed_seq, (*entry).armed_ack, (*entry).flags) };
+    let orphan = flags & SPLICE_F_ORPHAN != 0;
+    let (seq, ack) = (u32::from_be(th.seq), u32::from_be(th.ack));
+    // seq is armed_seq, or armed_seq - 1 (a keepalive probe); ack is at least armed_ack.
+    let completes = th.flags & TCP_ACK != 0
+        && armed_seq.wrapping_sub(seq) <= 1
+        && ack.wrapping_sub(armed_ack) as i32 >= 0;
+    if !completes {
+        return if orphan { Armed::Drop } else { Armed::ToSocket };
+    }
+    // SAFETY: see try_splice_ingress; a single aligned u32 store.
+    unsafe { ptr::write_volatile(&raw mut (*entry).state, SPLICE_STATE_SPLICE) };
+    stat_inc(SPLICE_STAT_COMPLETED);
+    let doff = u32::from(th.doff >> 4) * 4;
+    let payload = ctx.len().saturating_sub((ETH_HLEN + ihl) as u32 + doff);
+    let pure_ack = payload == 0 && th.flags & (TCP_FIN | TCP_RST) == 0;
+    if pure_ack && !orphan {
+        Armed::ToSocket
+    } else {
+        Armed::Complete
+    }
+}
+
+/// OBSERVE (and ARMED, for a packet the proxy socket takes) passes the packet and records the
+/// sender's TSval.
+#[inline(always)]
+fn observe(ctx: &TcContext, entry: *mut SpliceEntry, ihl: usize, th: &TcpHdr) -> Result<i32, Drop> {
     let l4 = (ETH_HLEN + ihl) as u32;
     let doff = u32::from(th.doff >> 4) * 4;
     if doff < 20 {
@@ -158,13 +206,6 @@ fn observe(
         }
     }
     touch(entry);
-    if state == SPLICE_STATE_HOLD {
-        let payload = ctx.len().saturating_sub(l4 + doff);
-        if payload != 0 || th.flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 {
-            stat_inc(SPLICE_STAT_HOLD_DROPPED);
-            return Ok(TC_ACT_SHOT);
-        }
-    }
     stat_inc(SPLICE_STAT_OBSERVED);
     Ok(TC_ACT_OK)
 }
@@ -325,6 +366,18 @@ fn rescale_window(ctx: &TcContext, window: u16, wscale_in: u8, wscale_out: u8) -
         ctx.store(TCP_WIN_OFF, &new_be, 0)?;
     }
     Ok(())
+}
+
+/// Deletes a translated flow's entry and its partner (the other direction's, which this one's
+/// rewrite names). Either may be gone already (another CPU, the collector): not an error.
+#[inline(always)]
+fn retire(entry: *mut SpliceEntry, key: &SpliceKey) {
+    // SAFETY: see try_splice_ingress; the value stays readable for this run (RCU) even once
+    // deleted.
+    let partner = SpliceKey::reverse_of(unsafe { &*entry });
+    set_seen(entry, SPLICE_SEEN_SYN);
+    let _ = SPLICE_FLOWS.remove(&partner);
+    let _ = SPLICE_FLOWS.remove(key);
 }
 
 /// Sets `bits` in the entry's `seen` field. Not atomic (BPF v1 has no atomic OR): bits are only

@@ -28,6 +28,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// `[peers]`: the load balancers this one mirrors its stick tables with.
     pub peers: Option<Peers>,
+    /// `[fastpath]`: when a connection is handed to the kernel (frontends that splice).
+    pub fastpath: FastPathPolicy,
 }
 
 impl Config {
@@ -187,6 +189,31 @@ pub struct Peers {
 pub struct PeerMember {
     pub name: String,
     pub addr: SocketAddr,
+}
+
+/// `[fastpath]`: the hand-off policy (see `fastpath::policy`). Changing it needs an upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastPathPolicy {
+    /// A connection that has carried this many requests is handed over with its next answer.
+    /// Default 8.
+    pub after_requests: u32,
+    /// A client that sends nothing for this long after an answer has its connection handed
+    /// over. Default 50 ms.
+    pub after_pause: Duration,
+    /// How long the source port of a spliced connection that ended (with TCP timestamps) rests
+    /// before a new connection to the same server may use it. Default 1 s, Linux's own
+    /// `tcp_tw_reuse` rule.
+    pub port_reuse: Duration,
+}
+
+impl Default for FastPathPolicy {
+    fn default() -> Self {
+        Self {
+            after_requests: 8,
+            after_pause: Duration::from_millis(50),
+            port_reuse: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

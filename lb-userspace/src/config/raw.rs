@@ -34,6 +34,8 @@ pub(super) struct RawConfig {
     pub(super) timeouts: RawTimeouts,
     #[serde(default)]
     pub(super) peers: Option<RawPeers>,
+    #[serde(default)]
+    pub(super) fastpath: RawFastPath,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +127,18 @@ pub(super) struct RawTimeouts {
     pub(super) splice_fin_grace: Option<Spanned<RawDuration>>,
     /// Default `2h`.
     pub(super) splice_idle: Option<Spanned<RawDuration>>,
+}
+
+/// `[fastpath]`: the hand-off policy of the frontends with `fastpath = "splice"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFastPath {
+    /// Default 8.
+    pub(super) after_requests: Option<Spanned<i64>>,
+    /// Default `50ms`.
+    pub(super) after_pause: Option<Spanned<RawDuration>>,
+    /// Default `1s`.
+    pub(super) port_reuse: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

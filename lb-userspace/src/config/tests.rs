@@ -55,6 +55,11 @@ max_header_bytes = 8192
 splice_fin_grace = "90s"
 splice_idle = "1h"
 
+[fastpath]
+after_requests = 3
+after_pause = "200ms"
+port_reuse = "2s"
+
 [peers]
 bind = "0.0.0.0:1024"
 members = [
@@ -222,6 +227,11 @@ fn full_example_parses_with_every_value() {
                 },
             ],
         }),
+        fastpath: FastPathPolicy {
+            after_requests: 3,
+            after_pause: Duration::from_millis(200),
+            port_reuse: Duration::from_secs(2),
+        },
     };
     assert_eq!(config, expected);
 }
@@ -248,6 +258,7 @@ servers = [ { name = "web1", addr = "10.20.0.2:8001" } ]
         }
     );
     assert_eq!(config.monitor, None);
+    assert_eq!(config.fastpath, FastPathPolicy::default());
     assert_eq!(
         config.timeouts,
         Timeouts {
@@ -1250,6 +1261,24 @@ fn fastpath_defaults_and_values() {
     let text = fastpath_text("fastpath = \"splice\"\nfastpath_interfaces = [\"veth-c\", \"eth1\"]");
     let config = parse(&text).unwrap();
     assert_eq!(config.frontends[0].fastpath_interfaces, ["veth-c", "eth1"]);
+}
+
+#[test]
+fn fastpath_policy_bounds() {
+    let text = |lines: &str| format!("{BASE}\n[fastpath]\n{lines}\n");
+    let config = parse(&text("after_requests = 1\nafter_pause = 1")).unwrap();
+    assert_eq!(config.fastpath.after_requests, 1);
+    assert_eq!(config.fastpath.after_pause, Duration::from_millis(1));
+    for (line, key) in [
+        ("after_requests = 0", "fastpath.after_requests"),
+        ("after_pause = \"0s\"", "fastpath.after_pause"),
+        ("port_reuse = \"10ms\"", "fastpath.port_reuse"),
+    ] {
+        let error = parse(&text(line)).unwrap_err().to_string();
+        assert!(error.contains(key), "{line}: {error}");
+    }
+    let unknown = parse(&text("after = 3")).unwrap_err().to_string();
+    assert!(unknown.contains("after"), "{unknown}");
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::{
 };
 
 use lb_common::{
-    SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_CLOSED,
-    SPLICE_STATE_HOLD, SPLICE_STATE_OBSERVE, SPLICE_STATE_SPLICE,
+    SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_ARMED,
+    SPLICE_STATE_CLOSED, SPLICE_STATE_OBSERVE, SPLICE_STATE_RETIRED_HOLD, SPLICE_STATE_SPLICE,
 };
 
 /// The collector's rules.
@@ -28,6 +28,9 @@ pub struct Rules {
     pub orphan_observe: Duration,
     /// A spliced flow that carried nothing for this long.
     pub idle: Duration,
+    /// How long the source port of a flow that ended (FIN both ways or RST, with timestamps)
+    /// rests before a new connection may use it (see `fastpath::ports`).
+    pub port_reuse: Duration,
 }
 
 impl Default for Rules {
@@ -38,6 +41,7 @@ impl Default for Rules {
             stale_hold: Duration::from_secs(1),
             orphan_observe: Duration::from_secs(120),
             idle: Duration::from_secs(2 * 3600),
+            port_reuse: Duration::from_secs(1),
         }
     }
 }
@@ -86,6 +90,15 @@ pub fn partner(entry: &SpliceEntry) -> SpliceKey {
     }
 }
 
+/// An entry of a spliced flow (ARMED: the client's direction of a hand-off that its next packet
+/// completes).
+fn is_translated(entry: &SpliceEntry) -> bool {
+    matches!(
+        entry.state,
+        SPLICE_STATE_SPLICE | SPLICE_STATE_CLOSED | SPLICE_STATE_ARMED
+    )
+}
+
 /// The keys to remove at `now_ns` (CLOCK_MONOTONIC, the program's `bpf_ktime_get_ns`), with
 /// why. `owned`: OBSERVE/HOLD entries of this process's live connections.
 pub fn sweep(
@@ -121,9 +134,13 @@ pub fn sweep(
             continue;
         }
         let reason = match entry.state {
-            SPLICE_STATE_SPLICE | SPLICE_STATE_CLOSED => {
+            SPLICE_STATE_SPLICE | SPLICE_STATE_CLOSED | SPLICE_STATE_ARMED => {
                 let other_key = partner(entry);
-                let other = by_key.get(&other_key);
+                // The partner only if it is this flow's other direction: a reused port's new
+                // connection may have an OBSERVE entry under that key by now.
+                let other = by_key
+                    .get(&other_key)
+                    .filter(|o| is_translated(o) && partner(o) == *key);
                 let seen = entry.seen | other.map_or(0, |o| o.seen);
                 let fin_both = entry.seen & SPLICE_SEEN_FIN != 0
                     && other.is_some_and(|o| o.seen & SPLICE_SEEN_FIN != 0);
@@ -147,13 +164,13 @@ pub fn sweep(
                 }
                 reason
             }
-            SPLICE_STATE_HOLD if !owned.contains(key) && age(key) >= rules.stale_hold => {
+            SPLICE_STATE_RETIRED_HOLD if !owned.contains(key) && age(key) >= rules.stale_hold => {
                 Some(Reason::StaleHold)
             }
             SPLICE_STATE_OBSERVE if !owned.contains(key) && age(key) >= rules.orphan_observe => {
                 Some(Reason::OrphanObserve)
             }
-            SPLICE_STATE_HOLD | SPLICE_STATE_OBSERVE => None,
+            SPLICE_STATE_RETIRED_HOLD | SPLICE_STATE_OBSERVE => None,
             // An unknown state: left alone (a newer program's?), but idle ones go.
             _ if age(key) >= rules.idle => Some(Reason::Idle),
             _ => None,
@@ -251,6 +268,22 @@ mod tests {
     }
 
     #[test]
+    fn an_observed_entry_under_the_partners_key_is_not_the_partner() {
+        // The server side's port was reused: its key now holds a new connection's OBSERVE.
+        let mut entries = pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, 100 * S);
+        entries[1].1 = SpliceEntry {
+            state: SPLICE_STATE_OBSERVE,
+            ..SpliceEntry::default()
+        };
+        let owned: HashSet<_> = [entries[1].0].into();
+        let mut memory = Memory::default();
+        let rules = Rules::default();
+        sweep(&entries, &owned, &mut memory, &rules, 0);
+        let removed = sweep(&entries, &owned, &mut memory, &rules, 7300 * S);
+        assert_eq!(removed, [(entries[0].0, Reason::Idle)]);
+    }
+
+    #[test]
     fn hold_and_observe_age_unless_owned() {
         let key = SpliceKey {
             saddr: 9,
@@ -261,7 +294,7 @@ mod tests {
         let hold = vec![(
             key,
             SpliceEntry {
-                state: SPLICE_STATE_HOLD,
+                state: SPLICE_STATE_RETIRED_HOLD,
                 ..SpliceEntry::default()
             },
         )];

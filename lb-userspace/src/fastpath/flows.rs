@@ -1,36 +1,44 @@
 //! The pinned `SPLICE_FLOWS` map, seen from userspace.
+//!
+//! Every operation takes `&self`: the kernel serialises concurrent writers per element, so no
+//! lock of ours ever sits between a worker's request path and the map (the hand-off, the
+//! collector and the monitor all use it at once).
 
-use aya::maps::{HashMap, MapData, MapError};
+use std::{io, os::fd::AsFd as _};
+
+use aya::maps::MapData;
 use lb_common::{SpliceEntry, SpliceKey};
+
+use crate::sys::bpf;
 
 /// One entry per direction of every observed, held or spliced connection.
 pub struct Flows {
-    map: HashMap<MapData, SpliceKey, SpliceEntry>,
+    map: MapData,
 }
 
+// SAFETY (every `bpf::` call below): the map's key and value are a SpliceKey and a SpliceEntry;
+// `Flows` is only made from our own object's map or a pinned one whose layout was checked
+// (`program::check_flows_layout`).
 impl Flows {
-    pub(super) fn new(map: HashMap<MapData, SpliceKey, SpliceEntry>) -> Flows {
+    /// `map` must be a splice flow map (see above).
+    pub(super) fn new(map: MapData) -> Flows {
         Flows { map }
     }
 
-    pub fn get(&self, key: &SpliceKey) -> Result<Option<SpliceEntry>, MapError> {
-        match self.map.get(key, 0) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+    pub fn get(&self, key: &SpliceKey) -> io::Result<Option<SpliceEntry>> {
+        // SAFETY: see above.
+        unsafe { bpf::lookup(self.map.fd().as_fd(), key) }
     }
 
-    pub fn insert(&mut self, key: &SpliceKey, entry: &SpliceEntry) -> Result<(), MapError> {
-        self.map.insert(key, entry, 0)
+    pub fn insert(&self, key: &SpliceKey, entry: &SpliceEntry) -> io::Result<()> {
+        // SAFETY: see above.
+        unsafe { bpf::update(self.map.fd().as_fd(), key, entry, bpf::ANY) }
     }
 
     /// Removes `key`; a missing key is not an error.
-    pub fn remove(&mut self, key: &SpliceKey) -> Result<(), MapError> {
-        match self.map.remove(key) {
-            Err(MapError::KeyNotFound) => Ok(()),
-            other => other,
-        }
+    pub fn remove(&self, key: &SpliceKey) -> io::Result<()> {
+        // SAFETY: see above.
+        unsafe { bpf::delete(self.map.fd().as_fd(), key) }.map(drop)
     }
 
     /// Sets the state of an existing entry, keeping what the program recorded in it.
@@ -38,14 +46,21 @@ impl Flows {
     /// Read-modify-write: a packet processed between the read and the write loses its update of
     /// the entry's TSval/time fields, which only matters for the next snapshot's TSval, and
     /// [`super::splice`] reads that after the HOLD is in place.
-    pub fn set_state(&mut self, key: &SpliceKey, state: u32) -> Result<(), MapError> {
+    pub fn set_state(&self, key: &SpliceKey, state: u32) -> io::Result<()> {
         let mut entry = self.get(key)?.unwrap_or_default();
         entry.state = state;
         self.insert(key, &entry)
     }
 
-    /// Every entry. Entries that vanish while iterating are skipped.
-    pub fn entries(&self) -> Vec<(SpliceKey, SpliceEntry)> {
-        self.map.iter().filter_map(Result::ok).collect()
+    /// Every entry, read in batches (a few syscalls for the whole map).
+    pub fn entries(&self) -> io::Result<Vec<(SpliceKey, SpliceEntry)>> {
+        let mut entries = Vec::new();
+        // SAFETY: see above.
+        unsafe {
+            bpf::lookup_batches(self.map.fd().as_fd(), &mut |batch| {
+                entries.extend_from_slice(batch);
+            })
+        }?;
+        Ok(entries)
     }
 }

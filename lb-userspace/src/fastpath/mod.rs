@@ -11,7 +11,10 @@
 
 pub mod collector;
 pub mod flows;
+pub mod handoff;
 pub mod interfaces;
+pub mod policy;
+pub mod ports;
 pub mod program;
 pub mod repair;
 pub mod report;

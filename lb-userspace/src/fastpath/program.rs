@@ -70,6 +70,8 @@ pub enum FastPathError {
     },
     #[error("splice flow map operation")]
     Map(#[from] aya::maps::MapError),
+    #[error("reading the splice flow map")]
+    Read(#[source] io::Error),
 }
 
 /// How an interface's attachment came about.
@@ -171,14 +173,15 @@ impl FastPath {
 
     /// The flow map (the pinned one: entries written here are seen by every process).
     pub fn flows(&mut self) -> Result<Flows, FastPathError> {
-        let map = self
-            .ebpf
-            .take_map(SPLICE_FLOWS_MAP)
-            .ok_or(FastPathError::Missing {
-                what: "map",
-                name: SPLICE_FLOWS_MAP,
-            })?;
-        Ok(Flows::new(aya::maps::HashMap::try_from(map)?))
+        let missing = FastPathError::Missing {
+            what: "map",
+            name: SPLICE_FLOWS_MAP,
+        };
+        match self.ebpf.take_map(SPLICE_FLOWS_MAP) {
+            // Our own object's map: its layout is the one Flows reads.
+            Some(aya::maps::Map::HashMap(data)) => Ok(Flows::new(data)),
+            _ => Err(missing),
+        }
     }
 
     fn link_path(&self, interface: &str) -> PathBuf {
@@ -196,8 +199,7 @@ pub fn open_pinned_flows(root: &Path) -> Result<Flows, FastPathError> {
         path: path.clone(),
         source,
     })?;
-    let map = aya::maps::Map::HashMap(data);
-    Ok(Flows::new(aya::maps::HashMap::try_from(map)?))
+    Ok(Flows::new(data))
 }
 
 /// The program's counters (indexed by `lb_common::SPLICE_STAT_*`), summed over CPUs, read from

@@ -66,15 +66,78 @@ pub fn queues(socket: BorrowedFd<'_>) -> Result<(u32, u32), RepairError> {
     ))
 }
 
-/// Turns repair mode on or off. Closing a socket in repair mode sends nothing (no FIN, no RST)
-/// and leaves no TIME_WAIT.
-pub fn set_repair(socket: impl AsFd, on: bool) -> Result<(), RepairError> {
+/// Turns repair mode on. Closing a socket in repair mode sends nothing (no FIN, no RST) and
+/// leaves no TIME_WAIT.
+pub fn enter(socket: impl AsFd) -> Result<(), RepairError> {
     setsockopt_int(
         socket.as_fd(),
+        libc::IPPROTO_TCP,
         libc::TCP_REPAIR,
-        i32::from(on),
+        1,
         "TCP_REPAIR",
     )
+}
+
+/// `TCP_REPAIR` off and send the peer a window probe (an old sequence number, which the peer
+/// answers with an acknowledgement), as after a restore.
+const TCP_REPAIR_OFF: libc::c_int = 0;
+/// `TCP_REPAIR` off, sending nothing.
+const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+
+/// Turns repair mode off, sending nothing.
+///
+/// Leaving repair mode also clears `SO_REUSEADDR` (the kernel sets `sk_reuse` to "no reuse"):
+/// a client socket that later ends in TIME_WAIT would then keep a new listener from binding its
+/// port (restart right after traffic failed with "Address already in use"). It is set again
+/// here: every socket we repair is either accepted from a listener that has it or a server
+/// connection of ours that we bind with it.
+pub fn leave(socket: impl AsFd) -> Result<(), RepairError> {
+    leave_with(socket.as_fd(), TCP_REPAIR_OFF_NO_WP)
+}
+
+fn leave_with(fd: BorrowedFd<'_>, how: libc::c_int) -> Result<(), RepairError> {
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, how, "TCP_REPAIR")?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "SO_REUSEADDR")
+}
+
+/// Makes the peer acknowledge at once (repair mode on, then off with a window probe), so that
+/// the program records a fresh TSval of a peer that has been quiet.
+pub fn probe(socket: impl AsFd) -> Result<(), RepairError> {
+    let fd = socket.as_fd();
+    enter(fd)?;
+    leave_with(fd, TCP_REPAIR_OFF)
+}
+
+/// Bytes written to the socket that it has not sent yet (`SIOCOUTQNSD`).
+pub fn unsent(socket: BorrowedFd<'_>) -> Result<u32, RepairError> {
+    /// `SIOCOUTQNSD` (linux/sockios.h).
+    const SIOCOUTQNSD: libc::Ioctl = 0x894B;
+    ioctl_int(socket, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")
+}
+
+/// `tcpi_state` (`TCP_ESTABLISHED`, ...).
+pub fn state(socket: BorrowedFd<'_>) -> Result<u8, RepairError> {
+    Ok(tcp_info(socket)?.tcpi_state)
+}
+
+/// Makes the socket's close an RST (`SO_LINGER` 0): no TIME_WAIT is left on the load balancer,
+/// so a reserved source port is free again at once.
+pub fn reset_on_close(socket: impl AsFd) -> Result<(), RepairError> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: linger is a struct linger on the stack and the length says so.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            socklen::<libc::linger>(),
+        )
+    };
+    check(rc, "SO_LINGER")
 }
 
 /// Reads the snapshot; the socket must be in repair mode.
@@ -82,6 +145,7 @@ pub fn snapshot(socket: impl AsFd) -> Result<Snapshot, RepairError> {
     let fd = socket.as_fd();
     setsockopt_int(
         fd,
+        libc::IPPROTO_TCP,
         libc::TCP_REPAIR_QUEUE,
         TCP_SEND_QUEUE,
         "TCP_REPAIR_QUEUE",
@@ -89,6 +153,7 @@ pub fn snapshot(socket: impl AsFd) -> Result<Snapshot, RepairError> {
     let snd_nxt = getsockopt_u32(fd, libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(send)")?;
     setsockopt_int(
         fd,
+        libc::IPPROTO_TCP,
         libc::TCP_REPAIR_QUEUE,
         TCP_RECV_QUEUE,
         "TCP_REPAIR_QUEUE",
@@ -133,6 +198,7 @@ fn tcp_info(fd: BorrowedFd<'_>) -> Result<libc::tcp_info, RepairError> {
 
 fn setsockopt_int(
     fd: BorrowedFd<'_>,
+    level: libc::c_int,
     option: libc::c_int,
     value: libc::c_int,
     call: &'static str,
@@ -141,7 +207,7 @@ fn setsockopt_int(
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
+            level,
             option,
             (&raw const value).cast(),
             socklen::<libc::c_int>(),

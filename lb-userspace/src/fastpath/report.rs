@@ -4,8 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
-    SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_CLOSED,
-    SPLICE_STATE_HOLD, SPLICE_STATE_OBSERVE, SPLICE_STATE_SPLICE,
+    SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_ARMED,
+    SPLICE_STATE_CLOSED, SPLICE_STATE_OBSERVE, SPLICE_STATE_SPLICE,
 };
 use serde::Serialize;
 
@@ -14,10 +14,11 @@ use super::collector::partner;
 /// Totals over the map's entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
-    /// Spliced connections (pairs of SPLICE entries).
+    /// Spliced connections (pairs of SPLICE entries, or a SPLICE and an ARMED one: a hand-off
+    /// the client's next packet completes).
     pub spliced: u64,
     pub observe_entries: u64,
-    pub hold_entries: u64,
+    pub armed_entries: u64,
     pub splice_entries: u64,
     pub closed_entries: u64,
     /// Packets and bytes the program translated for the entries in the map now.
@@ -30,17 +31,20 @@ pub fn summary(entries: &[(SpliceKey, SpliceEntry)]) -> Summary {
     for (_, e) in entries {
         match e.state {
             SPLICE_STATE_OBSERVE => s.observe_entries += 1,
-            SPLICE_STATE_HOLD => s.hold_entries += 1,
+            SPLICE_STATE_ARMED => s.armed_entries += 1,
             SPLICE_STATE_SPLICE => s.splice_entries += 1,
             SPLICE_STATE_CLOSED => s.closed_entries += 1,
             _ => {}
         }
-        if e.state == SPLICE_STATE_SPLICE || e.state == SPLICE_STATE_CLOSED {
+        if matches!(
+            e.state,
+            SPLICE_STATE_SPLICE | SPLICE_STATE_CLOSED | SPLICE_STATE_ARMED
+        ) {
             s.packets += e.packets;
             s.bytes += e.bytes;
         }
     }
-    s.spliced = s.splice_entries / 2;
+    s.spliced = (s.splice_entries + s.armed_entries) / 2;
     s
 }
 
@@ -64,7 +68,7 @@ pub struct Flow {
 pub fn state_name(state: u32) -> &'static str {
     match state {
         SPLICE_STATE_OBSERVE => "observe",
-        SPLICE_STATE_HOLD => "hold",
+        SPLICE_STATE_ARMED => "armed",
         SPLICE_STATE_SPLICE => "splice",
         SPLICE_STATE_CLOSED => "closed",
         _ => "unknown",
@@ -94,7 +98,7 @@ fn seen(bits: u32) -> String {
 }
 
 /// The spliced connections. The client's direction is the entry whose translated source port
-/// is one of the daemon's ([`super::runtime::SOURCE_PORTS`]).
+/// is one of the daemon's ([`super::ports::SOURCE_PORTS`]).
 pub fn flows(entries: &[(SpliceKey, SpliceEntry)]) -> Vec<Flow> {
     let by_key: std::collections::HashMap<SpliceKey, &SpliceEntry> =
         entries.iter().map(|(k, e)| (*k, e)).collect();
@@ -103,7 +107,7 @@ pub fn flows(entries: &[(SpliceKey, SpliceEntry)]) -> Vec<Flow> {
         if to_server.state != SPLICE_STATE_SPLICE && to_server.state != SPLICE_STATE_CLOSED {
             continue;
         }
-        if !super::runtime::SOURCE_PORTS.contains(&u16::from_be(to_server.new_sport)) {
+        if !super::ports::SOURCE_PORTS.contains(&u16::from_be(to_server.new_sport)) {
             continue;
         }
         let to_client = by_key.get(&partner(to_server)).copied();

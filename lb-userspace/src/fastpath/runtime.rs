@@ -1,144 +1,141 @@
 //! The fast path inside the daemon: the loaded program, the interfaces it is attached to, the
-//! flow map, the backend source ports, the hand-off of a proxied connection, the collector and
-//! the counters the monitor shows.
+//! flow map, the servers' source ports, the collector and the counters the monitor shows. The
+//! hand-off of one connection is in [`super::handoff`].
+//!
+//! No lock here is ever held across a syscall that waits, a sleep or a map walk: the flow map
+//! needs none (see [`Flows`]), and the in-memory state (ports, owned keys, attached interfaces)
+//! is locked for a few instructions at a time. Worker event loops call into this on their
+//! request paths.
 
 use std::{
     collections::{HashMap, HashSet},
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    ops::RangeInclusive,
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, Ordering::Relaxed},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     time::{Duration, Instant},
 };
 
-use lb_common::SpliceKey;
-use tokio::net::{TcpSocket, TcpStream};
+use lb_common::{
+    SpliceEntry, SpliceKey, SPLICE_F_TIMESTAMPS, SPLICE_SEEN_FIN, SPLICE_SEEN_RST,
+    SPLICE_STATE_CLOSED, SPLICE_STATE_SPLICE,
+};
 
 use super::{
-    collector::{self, Memory, Reason, Rules},
+    collector::{self, partner, Memory, Reason, Rules},
     interfaces::{self, Interface},
-    repair,
-    splice::{NotSpliced, Observed, Outcome, SpliceError},
-    translate::{tuple_key, Refusal},
+    policy::Policy,
+    ports::{Port, Ports, SOURCE_PORTS},
     FastPath, FastPathError, Flows,
 };
 
-/// Backend source ports the daemon allocates itself, outside Linux's default ephemeral range
-/// (32768-60999) and reserved with `ip_local_reserved_ports` in case that range was widened.
-pub const SOURCE_PORTS: RangeInclusive<u16> = 61000..=64999;
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-/// How long the proxy waits for the peers to acknowledge everything before a hand-off.
-const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Counters of the hand-offs, for the monitor and `/metrics`.
 #[derive(Default)]
 pub struct Stats {
-    /// Connections served by the splicing relay.
+    /// Connections the policy chose: given a leg that can be spliced, and observed.
     pub candidates: AtomicU64,
-    /// Hand-offs attempted (HOLD reached or not).
+    /// Hand-offs attempted.
     pub attempts: AtomicU64,
     /// Connections handed to the kernel.
     pub spliced: AtomicU64,
-    /// Attempts that met unread bytes (a request racing the hand-off).
+    /// Attempts that found a leg not quiet (a request already there, an answer not yet
+    /// acknowledged by the server): nothing was done.
     pub kept_unread: AtomicU64,
-    /// Attempts whose peers did not acknowledge everything in time.
+    /// Armed hand-offs given up because the client did not acknowledge everything in time.
     pub kept_unacked: AtomicU64,
-    /// Attempts where a leg moved between the two snapshots.
+    /// Armed hand-offs given up because something reached a proxy socket after its snapshot
+    /// (a request sent in that very instant, a close).
     pub kept_moved: AtomicU64,
+    /// Attempts before the program had seen a timestamp of both peers.
+    pub kept_no_tsval: AtomicU64,
     /// Connections whose legs cannot be translated (e.g. timestamps on one leg only): they stay
     /// in userspace for good.
     pub refused_options: AtomicU64,
-    /// Connections not spliced because their first exchange made no sticky session.
-    pub not_sticky: AtomicU64,
-    /// Connections not spliced because an interface is not one the program may use.
+    /// Candidates left in userspace because every source port toward their server was taken.
+    pub no_port: AtomicU64,
+    /// Candidates left in userspace because an interface is not one the program may use.
     pub other_interface: AtomicU64,
-    /// Exchanges the relay could not frame (chunked, close-delimited): the rest is tunnelled.
+    /// Exchanges the relay could not frame (close-delimited): the rest is tunnelled.
     pub unframed: AtomicU64,
-    /// Hand-offs that failed with an error (the connection was kept or closed).
+    /// Hand-offs or preparations that failed with an error (the connection was kept or closed).
     pub errors: AtomicU64,
     /// Entries removed by the collector.
     pub collected: AtomicU64,
 }
 
 impl Stats {
-    /// Every hand-off outcome counter with its label for `/metrics`.
-    pub fn outcomes(&self) -> [(&'static str, u64); 9] {
+    /// Every hand-off outcome counter with its label for `/metrics`; `spliced` first.
+    pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
         [
-            ("spliced", self.spliced.load(Relaxed)),
-            ("kept_unread", self.kept_unread.load(Relaxed)),
-            ("kept_unacked", self.kept_unacked.load(Relaxed)),
-            ("kept_moved", self.kept_moved.load(Relaxed)),
-            ("refused_options", self.refused_options.load(Relaxed)),
-            ("not_sticky", self.not_sticky.load(Relaxed)),
-            ("other_interface", self.other_interface.load(Relaxed)),
-            ("unframed", self.unframed.load(Relaxed)),
-            ("error", self.errors.load(Relaxed)),
+            ("spliced", &self.spliced),
+            ("kept_unread", &self.kept_unread),
+            ("kept_unacked", &self.kept_unacked),
+            ("kept_moved", &self.kept_moved),
+            ("kept_no_tsval", &self.kept_no_tsval),
+            ("refused_options", &self.refused_options),
+            ("no_port", &self.no_port),
+            ("other_interface", &self.other_interface),
+            ("unframed", &self.unframed),
+            ("error", &self.errors),
         ]
+        .into_iter()
+        .map(|(label, counter)| (label, counter.load(Relaxed)))
+        .collect()
     }
-}
-
-/// A connection being relayed with its OBSERVE entries in place.
-pub struct Handoff {
-    observed: Observed,
-    client_ifindex: u32,
-    server_ifindex: u32,
-}
-
-/// What became of a hand-off attempt.
-pub enum Attempt {
-    Spliced,
-    /// Try again after the next exchange.
-    Again(Handoff),
-    /// Never again on this connection (its legs cannot be translated).
-    Never,
 }
 
 pub struct Runtime {
     root: PathBuf,
     program: Mutex<FastPath>,
-    flows: Mutex<Flows>,
+    pub(super) flows: Flows,
     attached: Mutex<HashMap<String, u32>>,
     /// Keys of this process's OBSERVE/HOLD entries (the collector leaves them alone).
     owned: Mutex<HashSet<SpliceKey>>,
-    next_port: AtomicU32,
+    pub(super) ports: Mutex<Ports>,
     sources: Mutex<HashMap<SocketAddrV4, Ipv4Addr>>,
     memory: Mutex<Memory>,
     rules: Rules,
+    pub(super) policy: Policy,
     pub stats: Stats,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Runtime {
     /// Loads the program (adopting the maps and links pinned under `root`), attaches it to
     /// `interfaces` and to the interfaces of the routes to `servers`, and reserves the source
-    /// ports. Entries a previous process left are adopted: the collector ages them.
+    /// ports. Entries a previous process left are adopted: the collector ages them, and the
+    /// ports of their open flows stay taken.
     pub fn start(
         root: &Path,
         interfaces: &[String],
         servers: &[SocketAddr],
         rules: Rules,
+        policy: Policy,
     ) -> Result<Runtime, FastPathError> {
         let mut program = FastPath::load(root)?;
         let flows = program.flows()?;
-        let adopted = flows.entries().len();
+        let entries = flows.entries().map_err(FastPathError::Read)?;
+        let mut ports = Ports::new(SOURCE_PORTS, rules.port_reuse);
+        ports.adopt(&open_ports(&entries), Instant::now());
         let runtime = Runtime {
             root: root.to_owned(),
             program: Mutex::new(program),
-            flows: Mutex::new(flows),
+            flows,
             attached: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
-            next_port: AtomicU32::new(0),
+            ports: Mutex::new(ports),
             sources: Mutex::new(HashMap::new()),
             memory: Mutex::new(Memory::default()),
             rules,
+            policy,
             stats: Stats::default(),
         };
         for name in interfaces {
@@ -163,7 +160,7 @@ impl Runtime {
             }
         }
         reserve_ports();
-        tracing::info!(root = %root.display(), adopted, "fast path loaded");
+        tracing::info!(root = %root.display(), adopted = entries.len(), "fast path loaded");
         Ok(runtime)
     }
 
@@ -171,15 +168,20 @@ impl Runtime {
         &self.root
     }
 
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
     /// Attaches the program to `interface` unless this process already did.
-    fn ensure_attached(&self, interface: &Interface) -> Result<(), FastPathError> {
-        let mut attached = lock(&self.attached);
-        if attached.contains_key(&interface.name) {
+    pub(super) fn ensure_attached(&self, interface: &Interface) -> Result<(), FastPathError> {
+        if lock(&self.attached).contains_key(&interface.name) {
             return Ok(());
         }
+        // Attaching takes a few syscalls, once per interface and process; the `attached` lock
+        // is not held meanwhile (a second caller attaches again: an atomic replacement).
         let how = lock(&self.program).attach(&interface.name)?;
         tracing::info!(interface = %interface.name, ?how, "fast path attached");
-        attached.insert(interface.name.clone(), interface.index);
+        lock(&self.attached).insert(interface.name.clone(), interface.index);
         Ok(())
     }
 
@@ -193,38 +195,8 @@ impl Runtime {
         list
     }
 
-    /// Connects to `server` from a source port of [`SOURCE_PORTS`] that no live flow uses.
-    pub async fn connect(&self, server: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
-        let source = self.source_for(server)?;
-        let span = u32::from(SOURCE_PORTS.end() - SOURCE_PORTS.start()) + 1;
-        for _ in 0..span {
-            let offset = self.next_port.fetch_add(1, Relaxed) % span;
-            let Ok(port) = u16::try_from(u32::from(*SOURCE_PORTS.start()) + offset) else {
-                continue;
-            };
-            let local = SocketAddrV4::new(source, port);
-            if self.port_is_live(local, server) {
-                continue;
-            }
-            let socket = TcpSocket::new_v4()?;
-            match socket.bind(local.into()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-                Err(e) => return Err(e),
-            }
-            socket.set_nodelay(true)?;
-            return match tokio::time::timeout(timeout, socket.connect(server.into())).await {
-                Ok(connected) => connected,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
-            };
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            "every fast path source port is in use",
-        ))
-    }
-
-    fn source_for(&self, server: SocketAddrV4) -> io::Result<Ipv4Addr> {
+    /// The local address the kernel uses toward `server` (cached).
+    pub(super) fn source_for(&self, server: SocketAddrV4) -> io::Result<Ipv4Addr> {
         if let Some(source) = lock(&self.sources).get(&server) {
             return Ok(*source);
         }
@@ -233,204 +205,27 @@ impl Runtime {
         Ok(source)
     }
 
-    /// Whether a flow entry (spliced or not) uses `local` toward `server`.
-    fn port_is_live(&self, local: SocketAddrV4, server: SocketAddrV4) -> bool {
-        let key = tuple_key(server, local);
-        !matches!(lock(&self.flows).get(&key), Ok(None))
+    pub(super) fn own(&self, keys: [SpliceKey; 2]) {
+        lock(&self.owned).extend(keys);
     }
 
-    /// Puts a relayed connection under observation, if both legs use interfaces the program may
-    /// use (`allowed`, or any when empty). `None`: not a candidate (counted).
-    pub fn observe(
-        &self,
-        client: &TcpStream,
-        server: &TcpStream,
-        allowed: &[String],
-    ) -> Result<Option<Handoff>, ObserveError> {
-        let mut ifindexes = [0u32; 2];
-        for (socket, ifindex) in [client, server].into_iter().zip(&mut ifindexes) {
-            let SocketAddr::V4(local) = socket.local_addr().map_err(ObserveError::Io)? else {
-                return Ok(None);
-            };
-            let Some(interface) = interfaces::owning(*local.ip()).map_err(ObserveError::Io)? else {
-                self.stats.other_interface.fetch_add(1, Relaxed);
-                return Ok(None);
-            };
-            // Loopback connections are not spliced: there is no neighbour to redirect to.
-            let outside = !allowed.is_empty() && !allowed.contains(&interface.name);
-            if outside || local.ip().is_loopback() {
-                self.stats.other_interface.fetch_add(1, Relaxed);
-                return Ok(None);
-            }
-            self.ensure_attached(&interface)
-                .map_err(ObserveError::Attach)?;
-            *ifindex = interface.index;
-        }
-        let dup = |socket: &TcpStream| -> Result<std::net::TcpStream, ObserveError> {
-            let fd = socket
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(ObserveError::Io)?;
-            Ok(std::net::TcpStream::from(fd))
-        };
-        let observed = Observed::start(&mut lock(&self.flows), dup(client)?, dup(server)?)
-            .map_err(ObserveError::Splice)?;
-        let (a, b) = observed.keys();
-        lock(&self.owned).extend([a, b]);
-        self.stats.candidates.fetch_add(1, Relaxed);
-        Ok(Some(Handoff {
-            observed,
-            client_ifindex: ifindexes[0],
-            server_ifindex: ifindexes[1],
-        }))
-    }
-
-    /// Tries to hand the connection to the kernel. Call it at a message boundary with nothing
-    /// buffered in userspace. Waits (asynchronously) until the peers acknowledged everything,
-    /// then runs the HOLD/snapshot/commit in a blocking task. On [`Attempt::Spliced`] the
-    /// caller drops its own handles of both sockets: they are in repair mode, closing them
-    /// sends nothing.
-    pub async fn try_splice(
-        self: &Arc<Self>,
-        handoff: Handoff,
-        client_socket: &TcpStream,
-    ) -> Attempt {
-        self.stats.attempts.fetch_add(1, Relaxed);
-        let deadline = Instant::now() + ACK_WAIT;
-        loop {
-            let queues = |s: &std::net::TcpStream| repair::queues(s.as_fd());
-            let (client, server) = match (
-                queues(&handoff.observed.client),
-                queues(&handoff.observed.server),
-            ) {
-                (Ok(c), Ok(s)) => (c, s),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!(error = %crate::error_chain(&e), "fast path: queues");
-                    self.stats.errors.fetch_add(1, Relaxed);
-                    return Attempt::Again(handoff);
-                }
-            };
-            if client.0 != 0 || server.0 != 0 {
-                self.stats.kept_unread.fetch_add(1, Relaxed);
-                return Attempt::Again(handoff);
-            }
-            if client.1 == 0 && server.1 == 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                self.stats.kept_unacked.fetch_add(1, Relaxed);
-                return Attempt::Again(handoff);
-            }
-            // The next request ends the wait at once: it is relayed, not delayed.
-            tokio::select! {
-                _ = client_socket.readable() => {
-                    self.stats.kept_unread.fetch_add(1, Relaxed);
-                    return Attempt::Again(handoff);
-                }
-                () = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
-        }
-        let this = Arc::clone(self);
-        let keys = handoff.observed.keys();
-        let joined = tokio::task::spawn_blocking(move || {
-            let Handoff {
-                observed,
-                client_ifindex,
-                server_ifindex,
-            } = handoff;
-            let mut flows = lock(&this.flows);
-            let outcome = observed.try_splice(
-                &mut flows,
-                client_ifindex,
-                server_ifindex,
-                Duration::from_millis(5),
-            );
-            (outcome, client_ifindex, server_ifindex)
-        })
-        .await;
-        let (outcome, client_ifindex, server_ifindex) = match joined {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::warn!(error = %e, "fast path: the hand-off task failed");
-                self.stats.errors.fetch_add(1, Relaxed);
-                self.disown(keys);
-                return Attempt::Never;
-            }
-        };
-        let handoff = |observed| Handoff {
-            observed,
-            client_ifindex,
-            server_ifindex,
-        };
-        match outcome {
-            Ok(Outcome::Spliced(_)) => {
-                self.disown(keys);
-                self.stats.spliced.fetch_add(1, Relaxed);
-                Attempt::Spliced
-            }
-            Ok(Outcome::Kept(observed, why)) => match why {
-                NotSpliced::Unread { .. } => {
-                    self.stats.kept_unread.fetch_add(1, Relaxed);
-                    Attempt::Again(handoff(observed))
-                }
-                NotSpliced::Unacked(_) => {
-                    self.stats.kept_unacked.fetch_add(1, Relaxed);
-                    Attempt::Again(handoff(observed))
-                }
-                NotSpliced::Moved => {
-                    self.stats.kept_moved.fetch_add(1, Relaxed);
-                    Attempt::Again(handoff(observed))
-                }
-                NotSpliced::Refused(Refusal::Queued { .. } | Refusal::NotEstablished { .. }) => {
-                    self.stats.kept_unread.fetch_add(1, Relaxed);
-                    Attempt::Again(handoff(observed))
-                }
-                NotSpliced::Refused(refusal) => {
-                    tracing::info!(reason = %refusal, "fast path: connection stays in userspace");
-                    self.stats.refused_options.fetch_add(1, Relaxed);
-                    self.forget(handoff(observed));
-                    Attempt::Never
-                }
-            },
-            Err(error) => {
-                // try_splice aborted to OBSERVE and took the repair mode off as best it could;
-                // the sockets are gone with the Observed, the caller's handles keep working or
-                // fail visibly.
-                tracing::warn!(error = %crate::error_chain(&error), "fast path: hand-off failed");
-                self.stats.errors.fetch_add(1, Relaxed);
-                if let Err(e) = self.remove_keys(keys) {
-                    tracing::warn!(error = %crate::error_chain(&e), "fast path: removing entries");
-                }
-                self.disown(keys);
-                Attempt::Never
-            }
-        }
-    }
-
-    /// Removes the entries of a connection that ends (or stays) in userspace.
-    pub fn forget(&self, handoff: Handoff) {
-        let keys = handoff.observed.keys();
-        if let Err(e) = handoff.observed.forget(&mut lock(&self.flows)) {
-            tracing::warn!(error = %crate::error_chain(&e), "fast path: removing entries");
-        }
-        self.disown(keys);
-    }
-
-    fn remove_keys(&self, (a, b): (SpliceKey, SpliceKey)) -> Result<(), aya::maps::MapError> {
-        let mut flows = lock(&self.flows);
-        flows.remove(&a)?;
-        flows.remove(&b)
-    }
-
-    fn disown(&self, (a, b): (SpliceKey, SpliceKey)) {
+    pub(super) fn disown(&self, keys: [SpliceKey; 2]) {
         let mut owned = lock(&self.owned);
-        owned.remove(&a);
-        owned.remove(&b);
+        for key in keys {
+            owned.remove(&key);
+        }
     }
 
-    /// One sweep of the collector (blocking: it walks the whole map).
+    /// One sweep of the collector: walks the map (without any lock), removes what the rules
+    /// say, and frees the source ports of flows that ended. Blocking: run it off the workers.
     pub fn collect(&self) -> Vec<(SpliceKey, Reason)> {
-        let entries = lock(&self.flows).entries();
+        let entries = match self.flows.entries() {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(%error, "fast path: reading the flow map");
+                return Vec::new();
+            }
+        };
         let owned = lock(&self.owned).clone();
         let removed = collector::sweep(
             &entries,
@@ -439,23 +234,66 @@ impl Runtime {
             &self.rules,
             monotonic_ns(),
         );
-        let mut flows = lock(&self.flows);
         for (key, reason) in &removed {
-            match flows.remove(key) {
+            match self.flows.remove(key) {
                 Ok(()) => {
                     self.stats.collected.fetch_add(1, Relaxed);
                     tracing::debug!(?key, reason = reason.as_str(), "fast path: entry collected");
                 }
-                Err(e) => tracing::warn!(error = %crate::error_chain(&e), "fast path: collecting"),
+                Err(error) => tracing::warn!(%error, "fast path: collecting"),
             }
         }
+        let gone: HashSet<SpliceKey> = removed.iter().map(|(key, _)| *key).collect();
+        let remaining: Vec<(SpliceKey, SpliceEntry)> = entries
+            .into_iter()
+            .filter(|(key, _)| !gone.contains(key))
+            .collect();
+        lock(&self.ports).sync(&open_ports(&remaining), Instant::now());
         removed
     }
 
-    /// Every entry of the flow map.
-    pub fn entries(&self) -> Vec<(SpliceKey, lb_common::SpliceEntry)> {
-        lock(&self.flows).entries()
+    /// Every entry of the flow map (empty if it cannot be read).
+    pub fn entries(&self) -> Vec<(SpliceKey, SpliceEntry)> {
+        self.flows.entries().unwrap_or_default()
     }
+
+    /// Source ports held now: (by relayed connections, by spliced flows).
+    pub fn ports_held(&self) -> (usize, usize) {
+        lock(&self.ports).held()
+    }
+}
+
+/// The source ports of the spliced flows in `entries` that are still open, or closed without
+/// timestamps (no PAWS to protect a reused port: they keep it until collected). A flow is
+/// found by its server-side entry: the one that arrives on one of our source ports.
+fn open_ports(entries: &[(SpliceKey, SpliceEntry)]) -> HashSet<Port> {
+    let by_key: HashMap<SpliceKey, &SpliceEntry> = entries.iter().map(|(k, e)| (*k, e)).collect();
+    let mut open = HashSet::new();
+    for (key, entry) in entries {
+        let port = u16::from_be(key.dport);
+        if !SOURCE_PORTS.contains(&port)
+            || !matches!(entry.state, SPLICE_STATE_SPLICE | SPLICE_STATE_CLOSED)
+        {
+            continue;
+        }
+        let other = by_key.get(&partner(entry)).copied();
+        let seen = entry.seen | other.map_or(0, |o| o.seen);
+        let fin_both = entry.seen & SPLICE_SEEN_FIN != 0
+            && other.is_some_and(|o| o.seen & SPLICE_SEEN_FIN != 0);
+        let ended = seen & SPLICE_SEEN_RST != 0 || fin_both;
+        if ended && entry.flags & SPLICE_F_TIMESTAMPS != 0 {
+            continue;
+        }
+        open.insert(Port {
+            source: Ipv4Addr::from(key.daddr.to_ne_bytes()),
+            server: SocketAddrV4::new(
+                Ipv4Addr::from(key.saddr.to_ne_bytes()),
+                u16::from_be(key.sport),
+            ),
+            port,
+        });
+    }
+    open
 }
 
 /// Runs the collector every second.
@@ -466,7 +304,10 @@ pub async fn collect_forever(runtime: Arc<Runtime>) {
         let r = Arc::clone(&runtime);
         match tokio::task::spawn_blocking(move || r.collect()).await {
             Ok(removed) if !removed.is_empty() => {
-                let reasons: Vec<&str> = removed.iter().map(|(_, r)| r.as_str()).collect();
+                let mut reasons: HashMap<&str, usize> = HashMap::new();
+                for (_, reason) in &removed {
+                    *reasons.entry(reason.as_str()).or_default() += 1;
+                }
                 tracing::info!(
                     removed = removed.len(),
                     ?reasons,
@@ -477,16 +318,6 @@ pub async fn collect_forever(runtime: Arc<Runtime>) {
             Err(e) => tracing::warn!(error = %e, "fast path collector task failed"),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ObserveError {
-    #[error("socket")]
-    Io(#[source] io::Error),
-    #[error(transparent)]
-    Attach(FastPathError),
-    #[error(transparent)]
-    Splice(SpliceError),
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
@@ -530,5 +361,72 @@ fn reserve_ports() {
     };
     if let Err(error) = std::fs::write(RESERVED_PORTS, &wanted) {
         tracing::warn!(%error, ports = %wanted, "cannot reserve the fast path source ports");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::SPLICE_STATE_OBSERVE;
+
+    use super::*;
+    use crate::fastpath::translate::tuple_key;
+
+    /// A spliced pair: client 10.0.0.9:40000 -> lb 10.0.0.1:80, lb 10.0.1.1:61005 -> server
+    /// 10.0.1.2:8080; (client entry, server entry) with their `seen` bits.
+    fn pair(seen_client: u32, seen_server: u32, flags: u32) -> Vec<(SpliceKey, SpliceEntry)> {
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 40000);
+        let front = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
+        let local = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 1), 61005);
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 2), 8080);
+        let rewrite = |from: SocketAddrV4, to: SocketAddrV4, seen| SpliceEntry {
+            state: SPLICE_STATE_SPLICE,
+            flags,
+            new_saddr: u32::from_ne_bytes(from.ip().octets()),
+            new_daddr: u32::from_ne_bytes(to.ip().octets()),
+            new_sport: from.port().to_be(),
+            new_dport: to.port().to_be(),
+            seen,
+            ..SpliceEntry::default()
+        };
+        vec![
+            (
+                tuple_key(client, front),
+                rewrite(local, server, seen_client),
+            ),
+            (
+                tuple_key(server, local),
+                rewrite(front, client, seen_server),
+            ),
+        ]
+    }
+
+    fn port() -> Port {
+        Port {
+            source: Ipv4Addr::new(10, 0, 1, 1),
+            server: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 2), 8080),
+            port: 61005,
+        }
+    }
+
+    #[test]
+    fn an_open_flow_holds_its_source_port_until_it_ends() {
+        let ts = SPLICE_F_TIMESTAMPS;
+        assert_eq!(open_ports(&pair(0, 0, ts)), [port()].into());
+        // Half closed: still open.
+        assert_eq!(open_ports(&pair(SPLICE_SEEN_FIN, 0, ts)), [port()].into());
+        // FIN both ways, or an RST: ended (the port rests for the reuse delay).
+        assert!(open_ports(&pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, ts)).is_empty());
+        assert!(open_ports(&pair(0, SPLICE_SEEN_RST, ts)).is_empty());
+        // Without timestamps nothing guards a reused port: held until collected.
+        assert_eq!(
+            open_ports(&pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, 0)),
+            [port()].into()
+        );
+        // OBSERVE entries belong to relayed connections, whose ports the relay holds.
+        let mut observed = pair(0, 0, ts);
+        for (_, entry) in &mut observed {
+            entry.state = SPLICE_STATE_OBSERVE;
+        }
+        assert!(open_ports(&observed).is_empty());
     }
 }

@@ -1,31 +1,39 @@
-//! The hand-off protocol of SPLICE.md: OBSERVE, quiescence, HOLD, double snapshot, commit or
-//! abort, silent close.
+//! The hand-off protocol: OBSERVE, then ARMED, then the program completes it.
 //!
-//! Blocking (it polls socket queues for at most a few milliseconds); an async caller runs it in
-//! `spawn_blocking`.
+//! 1. OBSERVE: both legs have entries in which the program records each peer's latest TSval
+//!    (Linux has no getsockopt for the peer's timestamp).
+//! 2. Arm, at a message boundary where both legs are quiet: nothing unread on either socket,
+//!    nothing unacknowledged toward the server, nothing unsent toward the client. The sockets'
+//!    exact state is read in repair mode, the translation computed (`translate`), and written:
+//!    the server's direction in SPLICE at once (the server has nothing to send), the client's
+//!    ARMED. Bytes the proxy writes to the client right after arming (an answer held back for
+//!    this) are counted in. From here on the client's packets never reach the proxy socket: the
+//!    program completes the hand-off on the first one that acknowledges everything the proxy
+//!    socket sent and starts where its receive stream ends, and drops the others (old
+//!    duplicates, partial acknowledgements: what they carry comes again).
+//! 3. Complete: once the program has completed it (or, with nothing left for the client, after
+//!    a short settle), both sockets are closed in repair mode: no FIN, no RST, no TIME_WAIT.
+//!
+//! Nothing is ever frozen, so a request that arrives in the middle is never dropped: it either
+//! reached the socket before the client's entry was armed (the hand-off is given up, found by
+//! the socket having something to read), or it completes the hand-off and is translated.
+//!
+//! Every call here is a handful of non-blocking syscalls; waiting is the caller's (async).
 
 use std::{
     net::{SocketAddr, SocketAddrV4, TcpStream},
     os::fd::AsFd,
-    thread,
-    time::{Duration, Instant},
 };
 
-use aya::maps::MapError;
-use lb_common::{SpliceEntry, SpliceKey, SPLICE_STATE_HOLD, SPLICE_STATE_OBSERVE};
+use lb_common::{
+    SpliceEntry, SpliceKey, SPLICE_STATE_ARMED, SPLICE_STATE_OBSERVE, SPLICE_STATE_SPLICE,
+};
 
 use super::{
     flows::Flows,
-    repair::{self, RepairError, Snapshot},
+    repair::{self, RepairError, TCP_ESTABLISHED},
     translate::{self, tuple_key, Leg, Refusal, Translation},
 };
-
-/// Time between the two snapshots, for packets that passed the program just before the HOLD
-/// to reach the sockets (the second snapshot then differs and the splice is aborted). Past the
-/// program, a packet reaches its socket within the same softirq run, microseconds later. The
-/// wait is spun, not slept: a request arriving while the connection is held is dropped and
-/// costs its client a retransmission (200 ms or more), so the hold is kept as short as it can.
-const SETTLE: Duration = Duration::from_micros(30);
 
 /// A connection the proxy relays, with its OBSERVE entries in place.
 pub struct Observed {
@@ -37,16 +45,15 @@ pub struct Observed {
     server_addrs: (SocketAddrV4, SocketAddrV4),
 }
 
-/// Why a splice attempt did not happen; the connection stays in userspace, OBSERVE entries in
-/// place, both sockets out of repair mode.
+/// Why a connection could not be armed; it stays in userspace, OBSERVE entries in place.
 #[derive(Debug, thiserror::Error)]
 pub enum NotSpliced {
-    #[error("not quiescent: unread bytes (client leg {client_inq}, server leg {server_inq})")]
+    #[error("not quiet: unread bytes (client leg {client_inq}, server leg {server_inq})")]
     Unread { client_inq: u32, server_inq: u32 },
-    #[error("peers did not acknowledge everything within {0:?}")]
-    Unacked(Duration),
-    #[error("a leg moved between the two snapshots")]
-    Moved,
+    #[error("not quiet: {unacked} bytes not yet acknowledged by the server")]
+    ServerUnacked { unacked: u32 },
+    #[error("not quiet: {unsent} bytes not yet sent to the client")]
+    ClientUnsent { unsent: u32 },
     #[error(transparent)]
     Refused(#[from] Refusal),
 }
@@ -60,43 +67,47 @@ pub enum SpliceError {
     #[error(transparent)]
     Repair(#[from] RepairError),
     #[error("splice flow map")]
-    Map(#[from] MapError),
+    Map(#[from] std::io::Error),
 }
 
-/// The outcome of [`Observed::try_splice`].
-pub enum Outcome {
-    /// Both entries are in SPLICE state and both sockets were closed silently.
-    Spliced(Translation),
-    /// Still proxied.
-    Kept(Observed, NotSpliced),
+/// Where an armed hand-off stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The client has everything the proxy sent: the sockets can go.
+    Complete,
+    /// The client has not acknowledged everything yet.
+    Waiting,
+    /// Something reached a proxy socket after its snapshot (a request sent at that very instant,
+    /// a close): the translation is wrong; give the hand-off up.
+    Broken,
 }
 
 impl Observed {
-    /// Inserts OBSERVE entries for both legs, so the program records each peer's TSval. Call it
-    /// right after connecting to the server, before relaying anything.
-    pub fn start(
-        flows: &mut Flows,
-        client: TcpStream,
-        server: TcpStream,
-    ) -> Result<Observed, SpliceError> {
+    /// A relayed connection's two sockets, with no entries yet (see [`observe`]).
+    pub fn new(client: TcpStream, server: TcpStream) -> Result<Observed, SpliceError> {
         let client_addrs = addrs(&client)?;
         let server_addrs = addrs(&server)?;
-        let client_key = tuple_key(client_addrs.1, client_addrs.0);
-        let server_key = tuple_key(server_addrs.1, server_addrs.0);
-        let observe = SpliceEntry {
-            state: SPLICE_STATE_OBSERVE,
-            ..SpliceEntry::default()
-        };
-        flows.insert(&client_key, &observe)?;
-        flows.insert(&server_key, &observe)?;
         Ok(Observed {
+            client_key: tuple_key(client_addrs.1, client_addrs.0),
+            server_key: tuple_key(server_addrs.1, server_addrs.0),
             client,
             server,
-            client_key,
-            server_key,
             client_addrs,
             server_addrs,
         })
+    }
+
+    /// Inserts OBSERVE entries for both legs, so the program records each peer's TSval. Call it
+    /// right after connecting to the server, before relaying anything.
+    pub fn start(
+        flows: &Flows,
+        client: TcpStream,
+        server: TcpStream,
+    ) -> Result<Observed, SpliceError> {
+        let observed = Observed::new(client, server)?;
+        observe(flows, &observed.client_key)?;
+        observe(flows, &observed.server_key)?;
+        Ok(observed)
     }
 
     /// The keys of the two entries: (client -> proxy, server -> proxy).
@@ -104,86 +115,34 @@ impl Observed {
         (self.client_key, self.server_key)
     }
 
-    /// Hands the connection to the kernel if it is quiescent and both legs are compatible.
-    ///
-    /// Call it at a message boundary with nothing buffered in userspace. `client_ifindex` and
-    /// `server_ifindex` are the interfaces toward the client and the server.
-    pub fn try_splice(
-        self,
-        flows: &mut Flows,
-        client_ifindex: u32,
-        server_ifindex: u32,
-        ack_timeout: Duration,
-    ) -> Result<Outcome, SpliceError> {
-        // 1. Quiescence: nothing unread, everything acknowledged.
-        let deadline = Instant::now() + ack_timeout;
-        loop {
-            let (client_inq, client_outq) = repair::queues(self.client.as_fd())?;
-            let (server_inq, server_outq) = repair::queues(self.server.as_fd())?;
-            if client_inq != 0 || server_inq != 0 {
-                let why = NotSpliced::Unread {
-                    client_inq,
-                    server_inq,
-                };
-                return Ok(Outcome::Kept(self, why));
-            }
-            if client_outq == 0 && server_outq == 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Ok(Outcome::Kept(self, NotSpliced::Unacked(ack_timeout)));
-            }
-            thread::sleep(Duration::from_micros(200));
-        }
-        // 2. Freeze: the program drops data, FIN and RST of both flows; the peers retransmit.
-        // The entries are read first, so the hold starts with two writes.
-        let held = |key| -> Result<SpliceEntry, SpliceError> {
-            let entry = flows.get(key)?.unwrap_or_default();
-            Ok(SpliceEntry {
-                state: SPLICE_STATE_HOLD,
-                ..entry
-            })
-        };
-        let (server_held, client_held) = (held(&self.server_key)?, held(&self.client_key)?);
-        flows.insert(&self.server_key, &server_held)?;
-        flows.insert(&self.client_key, &client_held)?;
-        match self.snapshot_and_commit(flows, client_ifindex, server_ifindex) {
-            Ok(Ok(translation)) => {
-                // 4. Close both sockets still in repair mode: nothing is sent.
-                drop(self);
-                Ok(Outcome::Spliced(translation))
-            }
-            Ok(Err(why)) => {
-                self.abort(flows)?;
-                Ok(Outcome::Kept(self, why))
-            }
-            Err(e) => {
-                // Best effort: leave the connection usable in userspace.
-                let _ = self.abort(flows);
-                Err(e)
-            }
-        }
-    }
-
-    /// 3. Snapshot twice in repair mode; commit both SPLICE entries if nothing moved.
-    fn snapshot_and_commit(
+    /// Arms the hand-off (step 2 of the module documentation) if both legs are quiet and can be
+    /// translated. `pending`: bytes the caller writes to the client right after. The interfaces
+    /// are those toward the client and the server.
+    pub fn arm(
         &self,
-        flows: &mut Flows,
+        flows: &Flows,
         client_ifindex: u32,
         server_ifindex: u32,
+        pending: u32,
     ) -> Result<Result<Translation, NotSpliced>, SpliceError> {
-        repair::set_repair(&self.client, true)?;
-        repair::set_repair(&self.server, true)?;
-        let first = self.snapshots()?;
-        let settled = Instant::now() + SETTLE;
-        while Instant::now() < settled {
-            std::hint::spin_loop();
+        if let Err(why) = self.quiet()? {
+            return Ok(Err(why));
         }
-        let second = self.snapshots()?;
-        if !same_position(&first.0, &second.0) || !same_position(&first.1, &second.1) {
-            return Ok(Err(NotSpliced::Moved));
-        }
-        let (a, b) = second;
+        repair::enter(&self.client)?;
+        let snapshots = repair::enter(&self.server).and_then(|()| {
+            Ok((
+                repair::snapshot(&self.client)?,
+                repair::snapshot(&self.server)?,
+            ))
+        });
+        // Out of repair mode whatever happened: the sockets go on relaying until completion.
+        let left = repair::leave(&self.client).and(repair::leave(&self.server));
+        let (mut a, b) = snapshots?;
+        left?;
+        // The proxy socket will have sent `pending` more when the client's entry matters.
+        let received = a.rcv_nxt;
+        a.snd_nxt = a.snd_nxt.wrapping_add(pending);
+        a.outq = 0;
         let tsval = |key| -> Result<u32, SpliceError> {
             Ok(flows.get(key)?.map_or(0, |entry| entry.last_tsval))
         };
@@ -205,40 +164,96 @@ impl Observed {
             Ok(t) => t,
             Err(refusal) => return Ok(Err(refusal.into())),
         };
-        // The server's direction first: once the client's entry is live, the server's answers
-        // must already be translated.
+        let armed = SpliceEntry {
+            state: SPLICE_STATE_ARMED,
+            armed_seq: received,
+            armed_ack: a.snd_nxt,
+            ..translation.client_entry
+        };
+        // The server's direction first: once the client's packets are translated, the server's
+        // answers must be too.
         flows.insert(&translation.server_key, &translation.server_entry)?;
-        flows.insert(&translation.client_key, &translation.client_entry)?;
+        flows.insert(&translation.client_key, &armed)?;
         Ok(Ok(translation))
     }
 
-    fn snapshots(&self) -> Result<(Snapshot, Snapshot), RepairError> {
-        Ok((
-            repair::snapshot(&self.client)?,
-            repair::snapshot(&self.server)?,
-        ))
+    /// Nothing unread on either leg, nothing unacknowledged toward the server, nothing unsent
+    /// toward the client (what is sent but unacknowledged is covered by the armed entry, and
+    /// stays the proxy socket's to retransmit until the client acknowledges it).
+    fn quiet(&self) -> Result<Result<(), NotSpliced>, SpliceError> {
+        let (client_inq, _) = repair::queues(self.client.as_fd())?;
+        let (server_inq, server_outq) = repair::queues(self.server.as_fd())?;
+        if client_inq != 0 || server_inq != 0 {
+            return Ok(Err(NotSpliced::Unread {
+                client_inq,
+                server_inq,
+            }));
+        }
+        if server_outq != 0 {
+            return Ok(Err(NotSpliced::ServerUnacked {
+                unacked: server_outq,
+            }));
+        }
+        let unsent = repair::unsent(self.client.as_fd())?;
+        if unsent != 0 {
+            return Ok(Err(NotSpliced::ClientUnsent { unsent }));
+        }
+        Ok(Ok(()))
     }
 
-    fn abort(&self, flows: &mut Flows) -> Result<(), SpliceError> {
-        repair::set_repair(&self.client, false)?;
-        repair::set_repair(&self.server, false)?;
-        flows.set_state(&self.client_key, SPLICE_STATE_OBSERVE)?;
-        flows.set_state(&self.server_key, SPLICE_STATE_OBSERVE)?;
+    /// Where the armed hand-off stands (see [`Progress`]). Call it once the bytes the proxy
+    /// wrote after arming had time to reach the client, or, if there were none, a little after
+    /// arming (a packet that passed the program just before the entry was armed reaches the
+    /// socket within microseconds).
+    pub fn progress(&self, flows: &Flows) -> Result<Progress, SpliceError> {
+        let (client_inq, client_outq) = repair::queues(self.client.as_fd())?;
+        let (server_inq, _) = repair::queues(self.server.as_fd())?;
+        let established = repair::state(self.client.as_fd())? == TCP_ESTABLISHED
+            && repair::state(self.server.as_fd())? == TCP_ESTABLISHED;
+        if client_inq != 0 || server_inq != 0 || !established {
+            return Ok(Progress::Broken);
+        }
+        let completed = flows
+            .get(&self.client_key)?
+            .is_some_and(|entry| entry.state == SPLICE_STATE_SPLICE);
+        Ok(if completed || client_outq == 0 {
+            Progress::Complete
+        } else {
+            Progress::Waiting
+        })
+    }
+
+    /// Gives an armed hand-off up: both entries back to OBSERVE (the program hands the
+    /// connection's packets to the sockets again).
+    pub fn disarm(&self, flows: &Flows) -> Result<(), SpliceError> {
+        observe(flows, &self.client_key)?;
+        observe(flows, &self.server_key)?;
+        Ok(())
+    }
+
+    /// Closes both sockets in repair mode: nothing is sent, nothing is left in TIME_WAIT.
+    pub fn close_silently(self) -> Result<(), SpliceError> {
+        repair::enter(&self.client)?;
+        repair::enter(&self.server)?;
         Ok(())
     }
 
     /// Removes both entries (the connection ends in userspace).
-    pub fn forget(self, flows: &mut Flows) -> Result<(TcpStream, TcpStream), MapError> {
+    pub fn forget(self, flows: &Flows) -> Result<(TcpStream, TcpStream), std::io::Error> {
         flows.remove(&self.client_key)?;
         flows.remove(&self.server_key)?;
         Ok((self.client, self.server))
     }
 }
 
-/// Whether nothing moved between two snapshots of one socket (its timestamp clock runs on).
-fn same_position(first: &Snapshot, second: &Snapshot) -> bool {
-    let position = |s: &Snapshot| (s.snd_nxt, s.rcv_nxt, s.inq, s.outq, s.state);
-    position(first) == position(second)
+/// Inserts an OBSERVE entry under `key` (replacing whatever was there).
+pub fn observe(flows: &Flows, key: &SpliceKey) -> Result<(), SpliceError> {
+    let observe = SpliceEntry {
+        state: SPLICE_STATE_OBSERVE,
+        ..SpliceEntry::default()
+    };
+    flows.insert(key, &observe)?;
+    Ok(())
 }
 
 /// (local, peer) of an IPv4 socket.

@@ -288,7 +288,7 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
     header(out, name, Kind::Gauge, "Flow map entries by state.")?;
     for (state, count) in [
         ("observe", s.observe_entries),
-        ("hold", s.hold_entries),
+        ("armed", s.armed_entries),
         ("splice", s.splice_entries),
         ("closed", s.closed_entries),
     ] {
@@ -313,7 +313,7 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
         Kind::Counter,
         "Hand-off attempts and connections kept in userspace, by outcome.",
     )?;
-    for (outcome, value) in f.outcomes {
+    for (outcome, value) in &f.outcomes {
         writeln!(out, "{name}{{outcome=\"{outcome}\"}} {value}")?;
     }
     let counters = [

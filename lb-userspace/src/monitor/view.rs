@@ -34,7 +34,7 @@ pub(super) struct FastPathView {
     pub(super) program: Option<[u64; SPLICE_STATS_LEN as usize]>,
     pub(super) candidates: u64,
     pub(super) attempts: u64,
-    pub(super) outcomes: [(&'static str, u64); 9],
+    pub(super) outcomes: Vec<(&'static str, u64)>,
     pub(super) collected: u64,
 }
 

@@ -88,6 +88,11 @@ impl RequestHead {
         cookie::request_cookie_in(self.values("cookie"), name)
     }
 
+    /// Whether the request asks for a tunnel (an upgrade or `CONNECT`).
+    pub(super) fn asks_tunnel(&self) -> bool {
+        self.upgrade.is_some() || self.method() == "CONNECT"
+    }
+
     /// Whether `status` turns the connection into a tunnel: `101` to an upgrade, `2xx` to
     /// `CONNECT`.
     pub(super) fn tunnels_on(&self, status: u16) -> bool {

@@ -349,6 +349,7 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         t.splice_idle,
         u.splice_idle,
     );
+    differ(&mut what, "fastpath:", old.fastpath, new.fastpath);
     backend_differences(&old.backends, &new.backends, &mut what);
     if old.monitor != new.monitor {
         let bind =

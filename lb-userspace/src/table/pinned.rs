@@ -13,7 +13,10 @@ use aya::maps::{HashMap, Map, MapData, MapError, MapType};
 use lb_common::{StickEntry, StickKey};
 
 use super::store::{Storage, Stored};
-use crate::dataplane::{self, LayoutMismatch, MapLayout};
+use crate::{
+    dataplane::{self, LayoutMismatch, MapLayout},
+    sys::bpf,
+};
 
 /// Errors opening, adopting or writing the durable table.
 #[derive(Debug, thiserror::Error)]
@@ -173,17 +176,22 @@ fn replace_pin(
     })
 }
 
+// SAFETY (every `bpf::` call below): the map's key and value are a StickKey and a StickEntry;
+// `open` and `open_existing` checked its layout, and a fresh map comes from our own object.
 impl Storage for DurableTable {
     fn get(&self, key: &StickKey) -> io::Result<Option<StickEntry>> {
-        sys::lookup(self.map_data().fd().as_fd(), key)
+        // SAFETY: see above.
+        unsafe { bpf::lookup(self.map_data().fd().as_fd(), key) }
     }
 
     fn put(&self, key: &StickKey, entry: &StickEntry) -> io::Result<()> {
-        sys::update(self.map_data().fd().as_fd(), key, entry, sys::ANY)
+        // SAFETY: see above.
+        unsafe { bpf::update(self.map_data().fd().as_fd(), key, entry, bpf::ANY) }
     }
 
     fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> io::Result<bool> {
-        match sys::update(self.map_data().fd().as_fd(), key, entry, sys::NOEXIST) {
+        // SAFETY: see above.
+        match unsafe { bpf::update(self.map_data().fd().as_fd(), key, entry, bpf::NOEXIST) } {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(e),
@@ -191,13 +199,15 @@ impl Storage for DurableTable {
     }
 
     fn delete(&self, key: &StickKey) -> io::Result<()> {
-        sys::delete(self.map_data().fd().as_fd(), key)
+        // SAFETY: see above.
+        unsafe { bpf::delete(self.map_data().fd().as_fd(), key) }.map(drop)
     }
 
     /// In batches of a few thousand entries, one syscall each; entry by entry on a kernel
     /// without batch lookups. Entries that vanish while iterating are skipped.
     fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()> {
-        match sys::lookup_batches(self.map_data().fd().as_fd(), visit) {
+        // SAFETY: see above.
+        match unsafe { bpf::lookup_batches(self.map_data().fd().as_fd(), visit) } {
             // No batch lookups on this kernel.
             Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
                 tracing::debug!(%error, "batch lookup unavailable; reading entry by entry");
@@ -207,167 +217,6 @@ impl Storage for DurableTable {
                 Ok(())
             }
             other => other,
-        }
-    }
-}
-
-/// The map syscalls the table makes, on `&self` (aya 0.14's writes take `&mut`, which would
-/// serialise every request of a backend on one lock), and batch lookups (which aya 0.14 lacks).
-mod sys {
-    use std::{
-        io,
-        mem::{size_of, MaybeUninit},
-        os::fd::{AsRawFd as _, BorrowedFd},
-    };
-
-    use lb_common::{StickEntry, StickKey};
-
-    use super::Stored;
-
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    /// `BPF_ANY`: create or replace.
-    pub(super) const ANY: u64 = 0;
-    /// `BPF_NOEXIST`: create only.
-    pub(super) const NOEXIST: u64 = 1;
-    const BATCH: usize = 4096;
-
-    /// The element-command member of `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-
-    pub(super) fn lookup(map: BorrowedFd<'_>, key: &StickKey) -> io::Result<Option<StickEntry>> {
-        let mut value = MaybeUninit::<StickEntry>::uninit();
-        let mut attr = ElemAttr {
-            map_fd: fd(map)?,
-            key: key as *const StickKey as u64,
-            value: value.as_mut_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        // SAFETY: an element attr; key and value are a StickKey and a StickEntry, the map's
-        // (the layout check made sure).
-        match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
-            // SAFETY: the kernel wrote a whole value (plain old data).
-            Ok(()) => Ok(Some(unsafe { value.assume_init() })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub(super) fn update(
-        map: BorrowedFd<'_>,
-        key: &StickKey,
-        value: &StickEntry,
-        flags: u64,
-    ) -> io::Result<()> {
-        let mut attr = ElemAttr {
-            map_fd: fd(map)?,
-            key: key as *const StickKey as u64,
-            value: value as *const StickEntry as u64,
-            flags,
-            ..ElemAttr::default()
-        };
-        // SAFETY: as in `lookup`.
-        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
-    }
-
-    pub(super) fn delete(map: BorrowedFd<'_>, key: &StickKey) -> io::Result<()> {
-        let mut attr = ElemAttr {
-            map_fd: fd(map)?,
-            key: key as *const StickKey as u64,
-            ..ElemAttr::default()
-        };
-        // SAFETY: as in `lookup`, with no value.
-        match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Visits the whole map, [`BATCH`] entries per syscall.
-    pub(super) fn lookup_batches(
-        map: BorrowedFd<'_>,
-        visit: &mut dyn FnMut(&[Stored]),
-    ) -> io::Result<()> {
-        let fd = fd(map)?;
-        let mut keys = vec![MaybeUninit::<StickKey>::uninit(); BATCH];
-        let mut values = vec![MaybeUninit::<StickEntry>::uninit(); BATCH];
-        // Hash maps use a bucket index as the position token; a key-sized buffer is ample.
-        let (mut position, mut next) = ([0u8; size_of::<StickKey>()], [0u8; size_of::<StickKey>()]);
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { position.as_ptr() as u64 },
-                out_batch: next.as_mut_ptr() as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH as u32,
-                map_fd: fd,
-                ..BatchAttr::default()
-            };
-            // ENOENT: this batch holds the last entries.
-            // SAFETY: a batch attr; keys and values have room for `count` StickKeys and
-            // StickEntries, the map's (the layout check made sure).
-            let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-                Ok(()) => false,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Err(e) => return Err(e),
-            };
-            let count = (attr.count as usize).min(BATCH);
-            batch.clear();
-            // SAFETY: the kernel wrote `count` keys and values (plain old data; the layout
-            // check made sure they are StickKey and StickEntry).
-            batch.extend(
-                (0..count).map(|i| unsafe { (keys[i].assume_init(), values[i].assume_init()) }),
-            );
-            visit(&batch);
-            if done {
-                return Ok(());
-            }
-            position = next;
-            first = false;
-        }
-    }
-
-    fn fd(map: BorrowedFd<'_>) -> io::Result<u32> {
-        u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("bad map fd"))
-    }
-
-    /// # Safety
-    ///
-    /// `attr` is the `bpf_attr` member `command` reads, and its pointers point to buffers the
-    /// size of the map's keys and values (`count` of them for batches).
-    unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
-        // SAFETY: see the function's contract.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut A, size_of::<A>()) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
         }
     }
 }

@@ -9,8 +9,8 @@ use std::{
 use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
-    Backend, Balance, Config, FastPathMode, Frontend, HealthCheck, Instance, Monitor, PeerMember,
-    Peers, Server, Timeouts,
+    Backend, Balance, Config, FastPathMode, FastPathPolicy, Frontend, HealthCheck, Instance,
+    Monitor, PeerMember, Peers, Server, Timeouts,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -149,7 +149,9 @@ impl Checker<'_> {
         });
         let timeouts = self.timeouts(raw);
         let peers = self.peers(raw, instance.as_ref(), &mut binds);
+        let fastpath = self.fastpath_policy(raw);
         Some(Config {
+            fastpath: fastpath?,
             peers: peers?,
             instance: instance?,
             frontends: frontends?,
@@ -473,6 +475,35 @@ impl Checker<'_> {
             server: server?,
             drain: drain?,
             max_header_bytes: usize::try_from(max_header_bytes?).ok()?,
+        })
+    }
+
+    /// `[fastpath]`, each key with its default.
+    fn fastpath_policy(&mut self, raw: &RawConfig) -> Option<FastPathPolicy> {
+        let f = &raw.fastpath;
+        let default = FastPathPolicy::default();
+        let after_requests = self.integer(
+            f.after_requests.as_ref(),
+            "fastpath.after_requests",
+            i64::from(default.after_requests),
+            1..=1_000_000,
+        );
+        let after_pause = self.duration(
+            f.after_pause.as_ref(),
+            "fastpath.after_pause",
+            default.after_pause,
+            MS,
+        );
+        let port_reuse = self.duration(
+            f.port_reuse.as_ref(),
+            "fastpath.port_reuse",
+            default.port_reuse,
+            Duration::from_millis(100),
+        );
+        Some(FastPathPolicy {
+            after_requests: u32::try_from(after_requests?).ok()?,
+            after_pause: after_pause?,
+            port_reuse: port_reuse?,
         })
     }
 

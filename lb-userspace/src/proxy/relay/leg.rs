@@ -11,7 +11,10 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use super::{Frontend, RequestHead};
 use crate::{
     backend::{Decision, ServerState},
-    fastpath::runtime::{Handoff, Runtime},
+    fastpath::{
+        handoff::{Attempt, Handoff, Reserved},
+        Runtime,
+    },
 };
 
 /// The server side of a relayed connection.
@@ -21,6 +24,38 @@ pub(super) struct Leg {
     /// It served an exchange before (or came from the pool): the server may have closed it
     /// meanwhile, so a failure before any answer is worth one retry on a new connection.
     pub(super) reused: bool,
+    /// Set on a connection that can be handed to the kernel (a candidate's, see
+    /// `fastpath::policy`); never pooled.
+    pub(super) splice: Option<SpliceLeg>,
+}
+
+/// What became of a hand-off attempt, for the relay.
+pub(super) enum Tried {
+    /// Both sockets are in repair mode: drop them, which sends nothing.
+    Spliced,
+    /// Still relayed: a request was already there; the next message boundary may do.
+    Raced,
+    /// Still relayed; a later attempt may succeed.
+    Again,
+    /// Still relayed, for good.
+    Never,
+}
+
+/// What a leg that can be spliced carries: its reserved source port and, until an attempt
+/// splices it or finds that it never can be, the observation of both legs.
+pub(super) struct SpliceLeg {
+    pub(super) runtime: Arc<Runtime>,
+    /// Dropped with the leg: the socket closes with an RST, the port goes back.
+    _reserved: Reserved,
+    pub(super) handoff: Option<Handoff>,
+}
+
+impl Drop for SpliceLeg {
+    fn drop(&mut self) {
+        if let Some(handoff) = self.handoff.take() {
+            self.runtime.forget(handoff);
+        }
+    }
 }
 
 impl Leg {
@@ -31,49 +66,124 @@ impl Leg {
                 server,
                 stream,
                 reused: true,
+                splice: None,
             }),
             None => Self::open_new(server, timeout).await,
         }
     }
 
-    /// A dedicated connection to `server` from the fast path's port range, observed so that
-    /// the client connection can be handed to the kernel. `None` when there is none to be had
-    /// (an IPv6 server, a failed connect): hyper takes the request.
-    pub(super) async fn spliced(
-        fastpath: &Runtime,
+    /// A new connection to `server`, never a pooled one.
+    pub(super) async fn open_new(
+        server: Arc<ServerState>,
+        timeout: Duration,
+    ) -> std::io::Result<Leg> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        stream.set_nodelay(true)?;
+        Ok(Leg {
+            server,
+            stream,
+            reused: false,
+            splice: None,
+        })
+    }
+
+    /// A connection to `server` that can be handed to the kernel with `client`'s (from a
+    /// reserved port, both legs observed). `None` when there is none to be had (an interface
+    /// the fast path may not use, no free port, a failed connect: counted by the fast path).
+    /// `probe`: the client has been quiet (see `Runtime::prepare`).
+    pub(super) async fn spliceable(
+        runtime: &Arc<Runtime>,
         server: Arc<ServerState>,
         client: &TcpStream,
         interfaces: &[String],
         timeout: Duration,
-    ) -> Option<(Leg, Option<Handoff>)> {
-        let SocketAddr::V4(addr) = server.addr else {
-            return None;
-        };
-        let stream = match fastpath.connect(addr, timeout).await {
-            Ok(stream) => stream,
+        probe: bool,
+    ) -> Option<Leg> {
+        let prepared = runtime
+            .prepare(client, server.addr, interfaces, timeout, probe)
+            .await;
+        match prepared {
+            Ok(prepared) => Some(Leg {
+                server,
+                stream: prepared.stream,
+                reused: false,
+                splice: Some(SpliceLeg {
+                    runtime: Arc::clone(runtime),
+                    _reserved: prepared.reserved,
+                    handoff: Some(prepared.handoff),
+                }),
+            }),
             Err(error) => {
-                tracing::debug!(%error, server = %server.name, "fast path connect failed; hyper takes the request");
-                return None;
-            }
-        };
-        let handoff = match fastpath.observe(client, &stream, interfaces) {
-            Ok(handoff) => handoff,
-            Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "fast path: cannot observe the connection");
+                tracing::debug!(error = %crate::error_chain(&error), server = %server.name, "not a fast path candidate; relayed as it is");
                 None
             }
-        };
-        let leg = Leg {
-            server,
-            stream,
-            reused: false,
-        };
-        Some((leg, handoff))
+        }
     }
 
-    /// Gives the connection back to its server's pool.
-    pub(super) fn park(self) {
-        self.server.idle.put(self.stream);
+    /// Whether the leg can still be spliced.
+    pub(super) fn can_splice(&self) -> bool {
+        self.splice.as_ref().is_some_and(|s| s.handoff.is_some())
+    }
+
+    /// Tries to hand the connection to the kernel at a message boundary, nothing buffered;
+    /// `pending` (an answer held back for this, or nothing) is written to the client whatever
+    /// happens. `None` when the leg cannot be spliced (and nothing was written).
+    pub(super) async fn try_splice(
+        &mut self,
+        client: &mut TcpStream,
+        pending: &[u8],
+        limit: Duration,
+    ) -> Option<std::io::Result<Tried>> {
+        let splice = self.splice.as_mut()?;
+        let handoff = splice.handoff.take()?;
+        let attempt = splice
+            .runtime
+            .try_splice(handoff, client, pending, limit)
+            .await;
+        Some(match attempt {
+            Attempt::Spliced => Ok(Tried::Spliced),
+            Attempt::Raced(handoff) => {
+                splice.handoff = Some(handoff);
+                Ok(Tried::Raced)
+            }
+            Attempt::Again(handoff) => {
+                splice.handoff = Some(handoff);
+                Ok(Tried::Again)
+            }
+            Attempt::Never => Ok(Tried::Never),
+            Attempt::Failed(error) => Err(error),
+        })
+    }
+
+    /// Whether the program has seen both peers' timestamps (see `Runtime::wait_tsvals`).
+    pub(super) async fn timestamps_seen(&self) -> bool {
+        match &self.splice {
+            Some(SpliceLeg {
+                runtime,
+                handoff: Some(handoff),
+                ..
+            }) => runtime.wait_tsvals(handoff).await,
+            _ => false,
+        }
+    }
+
+    /// Stops observing: the connection stays in userspace.
+    pub(super) fn stop_observing(&mut self) {
+        if let Some(splice) = self.splice.as_mut() {
+            if let Some(handoff) = splice.handoff.take() {
+                splice.runtime.forget(handoff);
+            }
+        }
+    }
+
+    /// Lets go of the leg after a complete exchange: a pooled connection goes back to its
+    /// server's pool when `reusable`, any other is closed (a reserved one with an RST).
+    pub(super) fn finish(self, reusable: bool) {
+        if reusable && self.splice.is_none() {
+            self.server.idle.put(self.stream);
+        }
     }
 }
 
@@ -118,24 +228,6 @@ impl<'a> Failed<'a> {
         if !self.answered {
             let _ = client.write_all(SERVICE_UNAVAILABLE).await;
         }
-    }
-}
-
-impl Leg {
-    /// A new connection to `server`, never a pooled one.
-    pub(super) async fn open_new(
-        server: Arc<ServerState>,
-        timeout: Duration,
-    ) -> std::io::Result<Leg> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-        stream.set_nodelay(true)?;
-        Ok(Leg {
-            server,
-            stream,
-            reused: false,
-        })
     }
 }
 

@@ -1,52 +1,50 @@
 //! A relayed connection that became a tunnel (an accepted upgrade or CONNECT, or a response
 //! framed by the server's close): handed to the kernel when it can be, else bytes both ways.
 
-use std::sync::Arc;
-
 use bytes::BytesMut;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
-use super::Release;
-use crate::fastpath::runtime::{Attempt, Runtime};
+use super::{
+    leg::{Leg, Tried},
+    Release,
+};
 
-/// The connection is a tunnel to its server: hands it to the kernel as soon as both legs are
-/// quiet, relaying what either side sends meanwhile; then, or when it cannot be spliced, relays
-/// bytes both ways until both sides closed. `pending`: client bytes read after the request head.
-pub(super) async fn splice_tunnel(
+/// The connection is a tunnel to its server. A leg that can be spliced is handed to the kernel
+/// as soon as both sides are quiet, relaying what either sends meanwhile; then, or when it
+/// cannot be spliced, bytes are relayed both ways until both sides closed. `pending`: client
+/// bytes read after the request head.
+pub(super) async fn tunnel_leg(
     mut client: TcpStream,
-    mut upstream: TcpStream,
+    mut leg: Leg,
     pending: BytesMut,
-    mut handoff: Option<crate::fastpath::runtime::Handoff>,
-    fastpath: &Arc<Runtime>,
+    limit: std::time::Duration,
 ) -> Release {
-    if !pending.is_empty() && upstream.write_all(&pending).await.is_err() {
-        if let Some(h) = handoff {
-            fastpath.forget(h);
-        }
+    if !pending.is_empty() && leg.stream.write_all(&pending).await.is_err() {
         return Release::Done;
     }
     // What arrives before the hand-off is passed on as it comes, not gathered.
     let mut chunk = vec![0u8; 16 * 1024];
-    while let Some(h) = handoff.take() {
-        match fastpath.try_splice(h, &client).await {
-            Attempt::Spliced => {
+    while let Some(tried) = leg.try_splice(&mut client, &[], limit).await {
+        let Ok(tried) = tried else {
+            return Release::Done;
+        };
+        match tried {
+            Tried::Spliced => {
                 tracing::debug!("tunnel spliced");
                 return Release::Done;
             }
-            Attempt::Again(h) => handoff = Some(h),
-            Attempt::Never => break,
+            Tried::Raced | Tried::Again => {}
+            Tried::Never => break,
         }
         if !matches!(
-            relay_ready(&mut client, &mut upstream, &mut chunk).await,
+            relay_ready(&mut client, &mut leg.stream, &mut chunk).await,
             Ok(true)
         ) {
             // A side closed (or failed): the rest is relayed here, half-closes included.
-            if let Some(h) = handoff.take() {
-                fastpath.forget(h);
-            }
+            leg.stop_observing();
         }
     }
-    tunnel(&mut client, &mut upstream, &[]).await;
+    tunnel(&mut client, &mut leg.stream, &[]).await;
     Release::Done
 }
 

@@ -1,0 +1,202 @@
+//! Map commands of `bpf(2)`: lookup, update, delete and batch lookup of one element type.
+//!
+//! aya 0.14 has the first three but takes `&mut` for writes, which would serialise every user
+//! of a map on one lock (request paths included), and it lacks batch lookups. The kernel needs
+//! no such lock: every command here is safe to call from any number of threads at once.
+//!
+//! Each function is `unsafe` for one reason: the kernel copies as many bytes as the map's key
+//! and value sizes say, from and into the `K` and `V` given. Callers check the map's layout
+//! once when they open it (`dataplane::check_layout`) and then call these with its types.
+
+use std::{
+    io,
+    mem::{size_of, MaybeUninit},
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `BPF_ANY`: create or replace.
+pub const ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only.
+pub const NOEXIST: u64 = 1;
+/// `BPF_EXIST`: replace only.
+pub const EXIST: u64 = 2;
+
+/// Entries per batch lookup.
+const BATCH: usize = 4096;
+
+/// The element-command member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// The value stored under `key`, if any.
+///
+/// # Safety
+///
+/// `K` and `V` are plain old data of exactly the map's key and value sizes.
+pub unsafe fn lookup<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
+    let mut value = MaybeUninit::<V>::uninit();
+    let mut attr = ElemAttr {
+        map_fd: fd(map)?,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    // SAFETY: an element attr whose key and value point to a K and a V, the map's types (the
+    // caller's contract).
+    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+        // SAFETY: the kernel wrote a whole value of plain old data.
+        Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` under `key`; `flags` is [`ANY`], [`NOEXIST`] or [`EXIST`].
+///
+/// # Safety
+///
+/// As [`lookup`].
+pub unsafe fn update<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    key: &K,
+    value: &V,
+    flags: u64,
+) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd(map)?,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags,
+        ..ElemAttr::default()
+    };
+    // SAFETY: as in `lookup`; the kernel only reads the value.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+}
+
+/// Removes `key`; `false` when it was not there.
+///
+/// # Safety
+///
+/// `K` is plain old data of exactly the map's key size.
+pub unsafe fn delete<K: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: fd(map)?,
+        key: std::ptr::from_ref(key) as u64,
+        ..ElemAttr::default()
+    };
+    // SAFETY: as in `lookup`, with no value.
+    match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`lookup_batches`] calls with each batch of entries.
+pub type Visit<'a, K, V> = dyn FnMut(&[(K, V)]) + 'a;
+
+/// Visits the whole map, a few thousand entries per syscall. A hash map's entries that change
+/// while it is read may be seen twice or not at all, as with any iteration of a live map.
+/// `EINVAL`/`EOPNOTSUPP` means this kernel or map type has no batch lookups.
+///
+/// # Safety
+///
+/// As [`lookup`].
+pub unsafe fn lookup_batches<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    visit: &mut Visit<'_, K, V>,
+) -> io::Result<()> {
+    let fd = fd(map)?;
+    let mut keys = vec![MaybeUninit::<K>::uninit(); BATCH];
+    let mut values = vec![MaybeUninit::<V>::uninit(); BATCH];
+    // Hash maps use a bucket index (a u32) as the position token; 8 bytes are ample.
+    let (mut position, mut next) = (0u64, 0u64);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&position) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // ENOENT: this batch holds the last entries.
+        // SAFETY: a batch attr; keys and values have room for `count` Ks and Vs, the map's
+        // types (the caller's contract).
+        let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        let count = (attr.count as usize).min(BATCH);
+        batch.clear();
+        // SAFETY: the kernel wrote `count` keys and values of plain old data.
+        batch.extend(
+            (0..count).map(|i| unsafe { (keys[i].assume_init(), values[i].assume_init()) }),
+        );
+        visit(&batch);
+        if done {
+            return Ok(());
+        }
+        position = next;
+        first = false;
+    }
+}
+
+fn fd(map: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("bad map fd"))
+}
+
+/// # Safety
+///
+/// `attr` is the `bpf_attr` member `command` reads, and its pointers point to buffers the size
+/// of the map's keys and values (`count` of them for batches).
+unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: see the function's contract.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_mut(attr),
+            size_of::<A>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
