@@ -205,7 +205,7 @@ fn print_fastpath(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "# {} ({} spliced, {} observed, {} held, {} closed entries; {} packets, {} bytes)",
+        "# {} ({} spliced, {} observed, {} armed, {} closed entries; {} packets, {} bytes)",
         root.display(),
         summary.spliced,
         summary.observe_entries,

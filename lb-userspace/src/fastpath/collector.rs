@@ -100,14 +100,23 @@ fn is_translated(entry: &SpliceEntry) -> bool {
 }
 
 /// The keys to remove at `now_ns` (CLOCK_MONOTONIC, the program's `bpf_ktime_get_ns`), with
-/// why. `owned`: OBSERVE/HOLD entries of this process's live connections.
+/// why. `owned`: OBSERVE entries of this process's live connections. `crowded`: the map is
+/// filling up; flows that ended keep their entries only for the port's reuse delay instead of
+/// the whole FIN grace (a late retransmitted FIN then meets the stack, which resets the peer
+/// that sent it: a peer that had closed anyway), so that new flows always find room.
 pub fn sweep(
     entries: &[(SpliceKey, SpliceEntry)],
     owned: &HashSet<SpliceKey>,
     memory: &mut Memory,
     rules: &Rules,
     now_ns: u64,
+    crowded: bool,
 ) -> Vec<(SpliceKey, Reason)> {
+    let fin_grace = if crowded {
+        rules.fin_grace.min(rules.port_reuse)
+    } else {
+        rules.fin_grace
+    };
     let by_key: HashMap<SpliceKey, &SpliceEntry> = entries.iter().map(|(k, e)| (*k, e)).collect();
     // Last activity: the program's time, or when the collector first saw the current count.
     let mut active = HashMap::new();
@@ -149,7 +158,7 @@ pub fn sweep(
                     Some(Reason::SynReuse)
                 } else if seen & SPLICE_SEEN_RST != 0 && idle >= rules.rst_grace {
                     Some(Reason::Rst)
-                } else if fin_both && idle >= rules.fin_grace {
+                } else if fin_both && idle >= fin_grace {
                     Some(Reason::Fin)
                 } else if idle >= rules.idle {
                     Some(Reason::Idle)
@@ -229,20 +238,19 @@ mod tests {
         vec![(a_key, a), (b_key, b)]
     }
 
-    fn reasons(entries: &[(SpliceKey, SpliceEntry)], now: u64) -> Vec<Reason> {
+    fn reasons_when(entries: &[(SpliceKey, SpliceEntry)], now: u64, crowded: bool) -> Vec<Reason> {
         let mut memory = Memory::default();
+        let (rules, none) = (Rules::default(), HashSet::new());
         // The collector first saw the entries when the program last did.
-        sweep(entries, &HashSet::new(), &mut memory, &Rules::default(), 0);
-        sweep(
-            entries,
-            &HashSet::new(),
-            &mut memory,
-            &Rules::default(),
-            now,
-        )
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect()
+        sweep(entries, &none, &mut memory, &rules, 0, crowded);
+        sweep(entries, &none, &mut memory, &rules, now, crowded)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    fn reasons(entries: &[(SpliceKey, SpliceEntry)], now: u64) -> Vec<Reason> {
+        reasons_when(entries, now, false)
     }
 
     #[test]
@@ -250,6 +258,11 @@ mod tests {
         let fin = pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, 100 * S);
         assert!(reasons(&fin, 159 * S).is_empty());
         assert_eq!(reasons(&fin, 160 * S), [Reason::Fin, Reason::Fin]);
+        // A crowded map keeps them only as long as their port rests.
+        assert_eq!(
+            reasons_when(&fin, 101 * S, true),
+            [Reason::Fin, Reason::Fin]
+        );
         // FIN one way only: a half-closed flow lives on.
         let half = pair(SPLICE_SEEN_FIN, 0, 100 * S);
         assert!(reasons(&half, 1000 * S).is_empty());
@@ -278,8 +291,8 @@ mod tests {
         let owned: HashSet<_> = [entries[1].0].into();
         let mut memory = Memory::default();
         let rules = Rules::default();
-        sweep(&entries, &owned, &mut memory, &rules, 0);
-        let removed = sweep(&entries, &owned, &mut memory, &rules, 7300 * S);
+        sweep(&entries, &owned, &mut memory, &rules, 0, false);
+        let removed = sweep(&entries, &owned, &mut memory, &rules, 7300 * S, false);
         assert_eq!(removed, [(entries[0].0, Reason::Idle)]);
     }
 
@@ -301,19 +314,19 @@ mod tests {
         let mut memory = Memory::default();
         let rules = Rules::default();
         let none = HashSet::new();
-        assert!(sweep(&hold, &none, &mut memory, &rules, 10 * S).is_empty());
+        assert!(sweep(&hold, &none, &mut memory, &rules, 10 * S, false).is_empty());
         let owned: HashSet<_> = [key].into();
-        assert!(sweep(&hold, &owned, &mut memory, &rules, 12 * S).is_empty());
+        assert!(sweep(&hold, &owned, &mut memory, &rules, 12 * S, false).is_empty());
         assert_eq!(
-            sweep(&hold, &none, &mut memory, &rules, 12 * S),
+            sweep(&hold, &none, &mut memory, &rules, 12 * S, false),
             [(key, Reason::StaleHold)]
         );
         let observe = vec![(key, SpliceEntry::default())];
         let mut memory = Memory::default();
-        assert!(sweep(&observe, &none, &mut memory, &rules, 10 * S).is_empty());
-        assert!(sweep(&observe, &none, &mut memory, &rules, 100 * S).is_empty());
+        assert!(sweep(&observe, &none, &mut memory, &rules, 10 * S, false).is_empty());
+        assert!(sweep(&observe, &none, &mut memory, &rules, 100 * S, false).is_empty());
         assert_eq!(
-            sweep(&observe, &none, &mut memory, &rules, 130 * S),
+            sweep(&observe, &none, &mut memory, &rules, 130 * S, false),
             [(key, Reason::OrphanObserve)]
         );
     }

@@ -104,7 +104,10 @@ pub fn flows(entries: &[(SpliceKey, SpliceEntry)]) -> Vec<Flow> {
         entries.iter().map(|(k, e)| (*k, e)).collect();
     let mut flows = Vec::new();
     for (key, to_server) in entries {
-        if to_server.state != SPLICE_STATE_SPLICE && to_server.state != SPLICE_STATE_CLOSED {
+        if !matches!(
+            to_server.state,
+            SPLICE_STATE_SPLICE | SPLICE_STATE_CLOSED | SPLICE_STATE_ARMED
+        ) {
             continue;
         }
         if !super::ports::SOURCE_PORTS.contains(&u16::from_be(to_server.new_sport)) {

@@ -20,8 +20,8 @@ use std::{
 };
 
 use lb_common::{
-    SpliceEntry, SpliceKey, SPLICE_F_TIMESTAMPS, SPLICE_SEEN_FIN, SPLICE_SEEN_RST,
-    SPLICE_STATE_CLOSED, SPLICE_STATE_SPLICE,
+    SpliceEntry, SpliceKey, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_F_TIMESTAMPS, SPLICE_SEEN_FIN,
+    SPLICE_SEEN_RST, SPLICE_STATE_CLOSED, SPLICE_STATE_SPLICE,
 };
 
 use super::{
@@ -227,12 +227,15 @@ impl Runtime {
             }
         };
         let owned = lock(&self.owned).clone();
+        // Half full: the flows that ended make room sooner (see `collector::sweep`).
+        let crowded = entries.len() * 2 >= SPLICE_FLOWS_DEFAULT_ENTRIES as usize;
         let removed = collector::sweep(
             &entries,
             &owned,
             &mut lock(&self.memory),
             &self.rules,
             monotonic_ns(),
+            crowded,
         );
         for (key, reason) in &removed {
             match self.flows.remove(key) {
