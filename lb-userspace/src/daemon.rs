@@ -433,7 +433,12 @@ fn start_fastpath(
         exchanges: config.fastpath.after_requests,
         idle: config.fastpath.after_pause,
     };
-    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, rules, policy)
+    let options = fastpath::runtime::Options {
+        rules,
+        policy,
+        source_ports: config.fastpath.source_ports.range(),
+    };
+    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, options)
         .map(Arc::new)
         .map_err(StartError::FastPath)?;
     for (frontend, cfg) in frontends.iter().zip(&config.frontends) {

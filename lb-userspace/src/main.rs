@@ -197,7 +197,7 @@ fn print_fastpath(config: &Config, json: bool) -> anyhow::Result<()> {
         .entries()
         .with_context(|| format!("reading the splice flow map under {}", root.display()))?;
     let summary = report::summary(&entries);
-    let list = report::flows(&entries);
+    let list = report::flows(&entries, &config.fastpath.source_ports.range());
     let stats = program::read_pinned_stats(&root).ok();
     if json {
         let out = serde_json::json!({ "summary": summary, "program": stats, "flows": list });

@@ -204,6 +204,10 @@ pub struct FastPathPolicy {
     /// before a new connection to the same server may use it. Default 1 s, Linux's own
     /// `tcp_tw_reuse` rule.
     pub port_reuse: Duration,
+    /// The source ports of server connections that may be spliced, allocated by the daemon and
+    /// reserved with `ip_local_reserved_ports`. Default 61000-64999 (above Linux's default
+    /// ephemeral range).
+    pub source_ports: PortRange,
 }
 
 impl Default for FastPathPolicy {
@@ -212,7 +216,30 @@ impl Default for FastPathPolicy {
             after_requests: 8,
             after_pause: Duration::from_millis(50),
             port_reuse: Duration::from_secs(1),
+            source_ports: PortRange {
+                first: 61000,
+                last: 64999,
+            },
         }
+    }
+}
+
+/// An inclusive range of TCP ports, `first-last` in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn range(self) -> std::ops::RangeInclusive<u16> {
+        self.first..=self.last
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
     }
 }
 

@@ -139,6 +139,8 @@ pub(super) struct RawFastPath {
     pub(super) after_pause: Option<Spanned<RawDuration>>,
     /// Default `1s`.
     pub(super) port_reuse: Option<Spanned<RawDuration>>,
+    /// Default `61000-64999`.
+    pub(super) source_ports: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,6 +59,7 @@ splice_idle = "1h"
 after_requests = 3
 after_pause = "200ms"
 port_reuse = "2s"
+source_ports = "50000-50999"
 
 [peers]
 bind = "0.0.0.0:1024"
@@ -231,6 +232,10 @@ fn full_example_parses_with_every_value() {
             after_requests: 3,
             after_pause: Duration::from_millis(200),
             port_reuse: Duration::from_secs(2),
+            source_ports: PortRange {
+                first: 50000,
+                last: 50999,
+            },
         },
     };
     assert_eq!(config, expected);
@@ -1273,6 +1278,10 @@ fn fastpath_policy_bounds() {
         ("after_requests = 0", "fastpath.after_requests"),
         ("after_pause = \"0s\"", "fastpath.after_pause"),
         ("port_reuse = \"10ms\"", "fastpath.port_reuse"),
+        ("source_ports = \"61000\"", "fastpath.source_ports"),
+        ("source_ports = \"80-2000\"", "fastpath.source_ports"),
+        ("source_ports = \"61000-61010\"", "fastpath.source_ports"),
+        ("source_ports = \"64999-61000\"", "fastpath.source_ports"),
     ] {
         let error = parse(&text(line)).unwrap_err().to_string();
         assert!(error.contains(key), "{line}: {error}");

@@ -1,6 +1,6 @@
 //! The source ports of the connections to servers that may be spliced, allocated by the daemon
-//! itself from a range the kernel never hands out ([`SOURCE_PORTS`], reserved with
-//! `ip_local_reserved_ports`).
+//! itself from a range the kernel never hands out (`[fastpath] source_ports`, 61000-64999 by
+//! default, reserved with `ip_local_reserved_ports`).
 //!
 //! Why the daemon allocates them: once a connection is spliced, its proxy socket is gone and the
 //! kernel considers the port free, while the program still translates the flow on that 4-tuple.
@@ -25,10 +25,6 @@ use std::{
     ops::RangeInclusive,
     time::{Duration, Instant},
 };
-
-/// Backend source ports the daemon allocates itself, outside Linux's default ephemeral range
-/// (32768-60999) and reserved with `ip_local_reserved_ports` in case that range was widened.
-pub const SOURCE_PORTS: RangeInclusive<u16> = 61000..=64999;
 
 /// A source port toward one server from one source address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -98,8 +98,11 @@ fn seen(bits: u32) -> String {
 }
 
 /// The spliced connections. The client's direction is the entry whose translated source port
-/// is one of the daemon's ([`super::ports::SOURCE_PORTS`]).
-pub fn flows(entries: &[(SpliceKey, SpliceEntry)]) -> Vec<Flow> {
+/// is one of the daemon's (`source_ports`).
+pub fn flows(
+    entries: &[(SpliceKey, SpliceEntry)],
+    source_ports: &std::ops::RangeInclusive<u16>,
+) -> Vec<Flow> {
     let by_key: std::collections::HashMap<SpliceKey, &SpliceEntry> =
         entries.iter().map(|(k, e)| (*k, e)).collect();
     let mut flows = Vec::new();
@@ -110,7 +113,7 @@ pub fn flows(entries: &[(SpliceKey, SpliceEntry)]) -> Vec<Flow> {
         ) {
             continue;
         }
-        if !super::ports::SOURCE_PORTS.contains(&u16::from_be(to_server.new_sport)) {
+        if !source_ports.contains(&u16::from_be(to_server.new_sport)) {
             continue;
         }
         let to_client = by_key.get(&partner(to_server)).copied();

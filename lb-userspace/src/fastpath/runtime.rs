@@ -11,6 +11,7 @@ use std::{
     collections::{HashMap, HashSet},
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -28,7 +29,7 @@ use super::{
     collector::{self, partner, Memory, Reason, Rules},
     interfaces::{self, Interface},
     policy::Policy,
-    ports::{Port, Ports, SOURCE_PORTS},
+    ports::{Port, Ports},
     FastPath, FastPathError, Flows,
 };
 
@@ -101,7 +102,17 @@ pub struct Runtime {
     memory: Mutex<Memory>,
     rules: Rules,
     pub(super) policy: Policy,
+    source_ports: RangeInclusive<u16>,
     pub stats: Stats,
+}
+
+/// How a [`Runtime`] behaves (the configuration's `[fastpath]` and splice timeouts).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub rules: Rules,
+    pub policy: Policy,
+    /// Source ports of the server connections that may be spliced.
+    pub source_ports: RangeInclusive<u16>,
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,14 +128,18 @@ impl Runtime {
         root: &Path,
         interfaces: &[String],
         servers: &[SocketAddr],
-        rules: Rules,
-        policy: Policy,
+        options: Options,
     ) -> Result<Runtime, FastPathError> {
+        let Options {
+            rules,
+            policy,
+            source_ports,
+        } = options;
         let mut program = FastPath::load(root)?;
         let flows = program.flows()?;
         let entries = flows.entries().map_err(FastPathError::Read)?;
-        let mut ports = Ports::new(SOURCE_PORTS, rules.port_reuse);
-        ports.adopt(&open_ports(&entries), Instant::now());
+        let mut ports = Ports::new(source_ports.clone(), rules.port_reuse);
+        ports.adopt(&open_ports(&entries, &source_ports), Instant::now());
         let runtime = Runtime {
             root: root.to_owned(),
             program: Mutex::new(program),
@@ -136,6 +151,7 @@ impl Runtime {
             memory: Mutex::new(Memory::default()),
             rules,
             policy,
+            source_ports: source_ports.clone(),
             stats: Stats::default(),
         };
         for name in interfaces {
@@ -159,7 +175,7 @@ impl Runtime {
                 }
             }
         }
-        reserve_ports();
+        reserve_ports(&source_ports);
         tracing::info!(root = %root.display(), adopted = entries.len(), "fast path loaded");
         Ok(runtime)
     }
@@ -251,13 +267,19 @@ impl Runtime {
             .into_iter()
             .filter(|(key, _)| !gone.contains(key))
             .collect();
-        lock(&self.ports).sync(&open_ports(&remaining), Instant::now());
+        let open = open_ports(&remaining, &self.source_ports);
+        lock(&self.ports).sync(&open, Instant::now());
         removed
     }
 
     /// Every entry of the flow map (empty if it cannot be read).
     pub fn entries(&self) -> Vec<(SpliceKey, SpliceEntry)> {
         self.flows.entries().unwrap_or_default()
+    }
+
+    /// The source ports of server connections that may be spliced.
+    pub fn source_ports(&self) -> RangeInclusive<u16> {
+        self.source_ports.clone()
     }
 
     /// Source ports held now: (by relayed connections, by spliced flows).
@@ -269,12 +291,12 @@ impl Runtime {
 /// The source ports of the spliced flows in `entries` that are still open, or closed without
 /// timestamps (no PAWS to protect a reused port: they keep it until collected). A flow is
 /// found by its server-side entry: the one that arrives on one of our source ports.
-fn open_ports(entries: &[(SpliceKey, SpliceEntry)]) -> HashSet<Port> {
+fn open_ports(entries: &[(SpliceKey, SpliceEntry)], range: &RangeInclusive<u16>) -> HashSet<Port> {
     let by_key: HashMap<SpliceKey, &SpliceEntry> = entries.iter().map(|(k, e)| (*k, e)).collect();
     let mut open = HashSet::new();
     for (key, entry) in entries {
         let port = u16::from_be(key.dport);
-        if !SOURCE_PORTS.contains(&port)
+        if !range.contains(&port)
             || !matches!(entry.state, SPLICE_STATE_SPLICE | SPLICE_STATE_CLOSED)
         {
             continue;
@@ -348,10 +370,11 @@ fn interface_index(name: &str) -> Result<u32, FastPathError> {
     Ok(index)
 }
 
-/// Adds [`SOURCE_PORTS`] to `ip_local_reserved_ports` (of this network namespace), keeping
-/// what is there. Best effort: the range is outside the default ephemeral range anyway.
-fn reserve_ports() {
-    let range = format!("{}-{}", SOURCE_PORTS.start(), SOURCE_PORTS.end());
+/// Adds `range` to `ip_local_reserved_ports` (of this network namespace), keeping what is
+/// there: the kernel then never picks one of them for a connection of its own. Best effort
+/// (the default range is outside the default ephemeral range anyway).
+fn reserve_ports(range: &RangeInclusive<u16>) {
+    let range = format!("{}-{}", range.start(), range.end());
     let current = std::fs::read_to_string(RESERVED_PORTS).unwrap_or_default();
     let current = current.trim();
     if current.split(',').any(|r| r == range) {
@@ -403,6 +426,8 @@ mod tests {
         ]
     }
 
+    const RANGE: RangeInclusive<u16> = 61000..=64999;
+
     fn port() -> Port {
         Port {
             source: Ipv4Addr::new(10, 0, 1, 1),
@@ -414,15 +439,18 @@ mod tests {
     #[test]
     fn an_open_flow_holds_its_source_port_until_it_ends() {
         let ts = SPLICE_F_TIMESTAMPS;
-        assert_eq!(open_ports(&pair(0, 0, ts)), [port()].into());
+        assert_eq!(open_ports(&pair(0, 0, ts), &RANGE), [port()].into());
         // Half closed: still open.
-        assert_eq!(open_ports(&pair(SPLICE_SEEN_FIN, 0, ts)), [port()].into());
+        assert_eq!(
+            open_ports(&pair(SPLICE_SEEN_FIN, 0, ts), &RANGE),
+            [port()].into()
+        );
         // FIN both ways, or an RST: ended (the port rests for the reuse delay).
-        assert!(open_ports(&pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, ts)).is_empty());
-        assert!(open_ports(&pair(0, SPLICE_SEEN_RST, ts)).is_empty());
+        assert!(open_ports(&pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, ts), &RANGE).is_empty());
+        assert!(open_ports(&pair(0, SPLICE_SEEN_RST, ts), &RANGE).is_empty());
         // Without timestamps nothing guards a reused port: held until collected.
         assert_eq!(
-            open_ports(&pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, 0)),
+            open_ports(&pair(SPLICE_SEEN_FIN, SPLICE_SEEN_FIN, 0), &RANGE),
             [port()].into()
         );
         // OBSERVE entries belong to relayed connections, whose ports the relay holds.
@@ -430,6 +458,6 @@ mod tests {
         for (_, entry) in &mut observed {
             entry.state = SPLICE_STATE_OBSERVE;
         }
-        assert!(open_ports(&observed).is_empty());
+        assert!(open_ports(&observed, &RANGE).is_empty());
     }
 }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod fastpath;
 pub mod http;
 pub mod netns;
 

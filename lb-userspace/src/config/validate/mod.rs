@@ -10,7 +10,7 @@ use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
     Backend, Balance, Config, FastPathMode, FastPathPolicy, Frontend, HealthCheck, Instance,
-    Monitor, PeerMember, Peers, Server, Timeouts,
+    Monitor, PeerMember, Peers, PortRange, Server, Timeouts,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -500,10 +500,21 @@ impl Checker<'_> {
             default.port_reuse,
             Duration::from_millis(100),
         );
+        let source_ports = match &f.source_ports {
+            None => Some(default.source_ports),
+            Some(text) => match parse_port_range(text.get_ref()) {
+                Ok(range) => Some(range),
+                Err(msg) => {
+                    self.report(Some(text.span()), "fastpath.source_ports", msg);
+                    None
+                }
+            },
+        };
         Some(FastPathPolicy {
             after_requests: u32::try_from(after_requests?).ok()?,
             after_pause: after_pause?,
             port_reuse: port_reuse?,
+            source_ports: source_ports?,
         })
     }
 
@@ -564,4 +575,23 @@ impl Checker<'_> {
             members: complete.then_some(members)?,
         }))
     }
+}
+
+/// `first-last`: at least 16 ports, none below 1024 (they belong to services).
+fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let bad = || format!("{text:?} is not a port range like \"61000-64999\"");
+    let (first, last) = text.split_once('-').ok_or_else(bad)?;
+    let (first, last): (u16, u16) = (
+        first.trim().parse().map_err(|_| bad())?,
+        last.trim().parse().map_err(|_| bad())?,
+    );
+    if first < 1024 || last < first {
+        return Err(format!(
+            "{text:?}: the range must start at 1024 or above and not end before it starts"
+        ));
+    }
+    if last - first < 15 {
+        return Err(format!("{text:?}: at least 16 ports"));
+    }
+    Ok(PortRange { first, last })
 }
