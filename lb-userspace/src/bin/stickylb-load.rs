@@ -9,6 +9,12 @@
 //! carries that connection's session cookie, drawn from a pool of `--pool` sessions (0: a new
 //! session per connection).
 //!
+//! With `--rate`, requests are paced instead (an open loop, as users send them): each
+//! connection sends at its share of the rate, and a request's latency is measured from when it
+//! was due, so a stall delays the requests behind it (no coordinated omission). With `--tunnel`,
+//! each connection is a WebSocket-like tunnel instead: an upgrade request, the `101`, a few
+//! bytes echoed, and a close (the rate is then in connections per second).
+//!
 //! It prints one line: `LOAD-RESULT key=value ...` (requests, bytes, errors by kind, latency
 //! percentiles in microseconds, the run's duration).
 
@@ -63,6 +69,16 @@ struct Args {
     /// Time allowed for connecting and for each response, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Requests (with `--tunnel`: connections) per second, all connections together; 0: each
+    /// connection sends its next request as soon as it has the answer.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Each connection is a tunnel: upgrade, `101`, echo `--tunnel-bytes`, close.
+    #[arg(long)]
+    tunnel: bool,
+    /// Bytes echoed through each tunnel.
+    #[arg(long, default_value_t = 64)]
+    tunnel_bytes: usize,
 }
 
 /// Counters shared by every connection.
@@ -157,13 +173,46 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One closed-loop client: connections one after another until the deadline. Returns the
-/// latency of each answered request, in microseconds.
+/// When a paced client's next request is due: its share of `--rate`, starting at a random-ish
+/// offset so that the clients do not all send at once.
+struct Pacer {
+    interval: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(args: &Args, index: u32) -> Self {
+        let interval = (args.rate > 0.0)
+            .then(|| Duration::from_secs_f64(f64::from(args.connections) / args.rate));
+        let offset = interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(f64::from(index) / f64::from(args.connections))
+        });
+        Self {
+            interval,
+            next: Instant::now() + offset,
+        }
+    }
+
+    /// Waits until the next request is due and returns when it was due (now, unpaced).
+    async fn due(&mut self) -> Instant {
+        let Some(interval) = self.interval else {
+            return Instant::now();
+        };
+        let due = self.next;
+        self.next += interval;
+        tokio::time::sleep_until(due.into()).await;
+        due
+    }
+}
+
+/// One client: connections one after another until the deadline. Returns the latency of each
+/// answered request, in microseconds.
 async fn client(args: Arc<Args>, totals: Arc<Totals>, index: u32, deadline: Instant) -> Vec<u32> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut latencies = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut round = 0u64;
+    let mut pacer = Pacer::new(&args, index);
     while Instant::now() < deadline {
         let source = (!args.sources.is_empty()).then(|| {
             let i = (u64::from(index) + round * u64::from(args.connections))
@@ -178,6 +227,14 @@ async fn client(args: Arc<Args>, totals: Arc<Totals>, index: u32, deadline: Inst
             session % args.pool
         };
         let cookie = format!("{}{session:024}", args.prefix);
+        let tunnel_due = if args.tunnel {
+            Some(pacer.due().await)
+        } else {
+            None
+        };
+        if Instant::now() >= deadline {
+            break;
+        }
         let stream = match tokio::time::timeout(timeout, connect(args.target, source)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(_)) => {
@@ -191,16 +248,18 @@ async fn client(args: Arc<Args>, totals: Arc<Totals>, index: u32, deadline: Inst
             }
         };
         totals.connections.fetch_add(1, Relaxed);
-        let outcome = connection(
-            stream,
-            &args,
-            &totals,
-            &cookie,
-            deadline,
-            &mut buf,
-            &mut latencies,
-        )
-        .await;
+        let outcome = match tunnel_due {
+            Some(due) => tunnel(stream, &args, &totals, &cookie, due, &mut latencies).await,
+            None => {
+                let session = Session {
+                    args: &args,
+                    totals: &totals,
+                    cookie: &cookie,
+                    deadline,
+                };
+                connection(stream, &session, &mut pacer, &mut buf, &mut latencies).await
+            }
+        };
         match outcome {
             Ok(()) => {}
             Err(Failure::Io) => {
@@ -246,27 +305,35 @@ enum Failure {
     ClosedEarly,
 }
 
+/// What the requests of one connection share.
+struct Session<'a> {
+    args: &'a Args,
+    totals: &'a Totals,
+    cookie: &'a str,
+    deadline: Instant,
+}
+
 /// The requests of one connection.
 async fn connection(
     mut stream: TcpStream,
-    args: &Args,
-    totals: &Totals,
-    cookie: &str,
-    deadline: Instant,
+    session: &Session<'_>,
+    pacer: &mut Pacer,
     buf: &mut [u8],
     latencies: &mut Vec<u32>,
 ) -> Result<(), Failure> {
+    let (args, totals) = (session.args, session.totals);
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut sent = 0u32;
     loop {
         sent += 1;
         let last = args.per_connection != 0 && sent >= args.per_connection;
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: load\r\nCookie: c1=1; c2=2; JSESSIONID={cookie}\r\n{}\r\n",
+            "GET {} HTTP/1.1\r\nHost: load\r\nCookie: c1=1; c2=2; JSESSIONID={}\r\n{}\r\n",
             args.path,
+            session.cookie,
             if last { "Connection: close\r\n" } else { "" }
         );
-        let started = Instant::now();
+        let started = pacer.due().await;
         let exchange = async {
             stream
                 .write_all(request.as_bytes())
@@ -285,7 +352,7 @@ async fn connection(
         if !(200..400).contains(&response.status) {
             totals.status_errors.fetch_add(1, Relaxed);
         }
-        if last || Instant::now() >= deadline {
+        if last || Instant::now() >= session.deadline {
             return Ok(());
         }
         if response.close {
@@ -296,6 +363,76 @@ async fn connection(
             tokio::time::sleep(Duration::from_millis(args.think_ms)).await;
         }
     }
+}
+
+/// One tunnel: an upgrade request, its `101` head, the server's greeting line, then
+/// `--tunnel-bytes` echoed, then a close (the client's FIN first; the server's FIN waited for).
+/// Its latency, from when it was due, covers all of that.
+async fn tunnel(
+    mut stream: TcpStream,
+    args: &Args,
+    totals: &Totals,
+    cookie: &str,
+    due: Instant,
+    latencies: &mut Vec<u32>,
+) -> Result<(), Failure> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let exchange = async {
+        let request = format!(
+            "GET /tunnel HTTP/1.1\r\nHost: load\r\nCookie: JSESSIONID={cookie}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|_| Failure::Io)?;
+        // The head and the greeting ("NAME\n") may come in one read or several.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let greeted = |got: &[u8]| {
+            let head = got.windows(4).position(|w| w == b"\r\n\r\n")?;
+            got[head + 4..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|_| head)
+        };
+        let head = loop {
+            if let Some(head) = greeted(&got) {
+                break head;
+            }
+            let n = stream.read(&mut chunk).await.map_err(|_| Failure::Io)?;
+            if n == 0 {
+                return Err(Failure::ClosedEarly);
+            }
+            got.extend_from_slice(&chunk[..n]);
+        };
+        if !got.starts_with(b"HTTP/1.1 101") {
+            totals.status_errors.fetch_add(1, Relaxed);
+            return Ok(0);
+        }
+        let greeting = got.len() - head - 4;
+        let payload = vec![b'x'; args.tunnel_bytes];
+        stream.write_all(&payload).await.map_err(|_| Failure::Io)?;
+        let mut echoed = 0usize;
+        while echoed < payload.len() {
+            let n = stream.read(&mut chunk).await.map_err(|_| Failure::Io)?;
+            if n == 0 {
+                return Err(Failure::ClosedEarly);
+            }
+            echoed += n;
+        }
+        stream.shutdown().await.map_err(|_| Failure::Io)?;
+        while stream.read(&mut chunk).await.map_err(|_| Failure::Io)? != 0 {}
+        Ok((greeting + echoed) as u64)
+    };
+    let bytes = match tokio::time::timeout(timeout, exchange).await {
+        Ok(bytes) => bytes?,
+        Err(_) => return Err(Failure::Timeout),
+    };
+    latencies.push(u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX));
+    totals.requests.fetch_add(1, Relaxed);
+    totals.bytes.fetch_add(bytes, Relaxed);
+    Ok(())
 }
 
 struct Response {

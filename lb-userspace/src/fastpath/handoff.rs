@@ -299,16 +299,21 @@ impl Runtime {
     /// the window probe may still be on its way. `false` if it has not.
     pub async fn wait_tsvals(&self, handoff: &Handoff) -> bool {
         let deadline = Instant::now() + TSVAL_WAIT;
-        let (client, server) = handoff.observed.keys();
         loop {
-            let seen = [client, server]
-                .iter()
-                .all(|key| matches!(self.flows.get(key), Ok(Some(entry)) if entry.last_tsval != 0));
+            let seen = self.tsvals_seen(handoff);
             if seen || Instant::now() >= deadline {
                 return seen;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Whether the program has seen a timestamp from both peers (two map lookups).
+    fn tsvals_seen(&self, handoff: &Handoff) -> bool {
+        let (client, server) = handoff.observed.keys();
+        [client, server]
+            .iter()
+            .all(|key| matches!(self.flows.get(key), Ok(Some(entry)) if entry.last_tsval != 0))
     }
 
     /// Tries to hand the connection to the kernel at a message boundary with nothing buffered
@@ -325,6 +330,11 @@ impl Runtime {
     ) -> Attempt {
         self.stats.attempts.fetch_add(1, Relaxed);
         let keys = handoff.keys();
+        if !self.tsvals_seen(&handoff) {
+            // The client's answer to the window probe (or the server's to the SYN) may be
+            // arriving this instant: let the worker serve others once, then look again.
+            tokio::task::yield_now().await;
+        }
         let length = u32::try_from(pending.len()).unwrap_or(u32::MAX);
         let armed = handoff.observed.arm(
             &self.flows,

@@ -284,6 +284,25 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
         header(out, name, Kind::Gauge, help)?;
         writeln!(out, "{name} {value}")?;
     }
+    let name = "stickylb_fastpath_source_ports";
+    header(
+        out,
+        name,
+        Kind::Gauge,
+        "Source ports of server connections that may be spliced, held now: by connections the \
+         proxy relays, by spliced flows (open, or resting after they ended); per server and \
+         source address there are stickylb_fastpath_source_ports_per_server.",
+    )?;
+    writeln!(out, "{name}{{holder=\"relayed\"}} {}", f.ports_relayed)?;
+    writeln!(out, "{name}{{holder=\"spliced\"}} {}", f.ports_spliced)?;
+    let name = "stickylb_fastpath_source_ports_per_server";
+    header(
+        out,
+        name,
+        Kind::Gauge,
+        "Size of [fastpath] source_ports: the ports toward each server from each source address.",
+    )?;
+    writeln!(out, "{name} {}", f.ports_per_server)?;
     let name = "stickylb_fastpath_entries";
     header(out, name, Kind::Gauge, "Flow map entries by state.")?;
     for (state, count) in [

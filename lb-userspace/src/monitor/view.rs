@@ -36,6 +36,11 @@ pub(super) struct FastPathView {
     pub(super) attempts: u64,
     pub(super) outcomes: Vec<(&'static str, u64)>,
     pub(super) collected: u64,
+    /// Source ports of server connections that may be spliced: held by relayed connections,
+    /// by spliced flows (open, or resting after they ended), and how many there are.
+    pub(super) ports_relayed: usize,
+    pub(super) ports_spliced: usize,
+    pub(super) ports_per_server: usize,
 }
 
 impl FastPathView {
@@ -49,18 +54,22 @@ impl FastPathView {
             attempts: stats.attempts.load(Relaxed),
             outcomes: stats.outcomes(),
             collected: stats.collected.load(Relaxed),
+            ports_relayed: runtime.ports_held().0,
+            ports_spliced: runtime.ports_held().1,
+            ports_per_server: runtime.source_ports().len(),
         }
     }
 }
 
 /// Labels of the program's counters, in `SPLICE_STAT_*` order.
-pub(super) const PROGRAM_COUNTERS: [&str; 6] = [
+pub(super) const PROGRAM_COUNTERS: [&str; 7] = [
     "redirected",
     "observed",
-    "hold_dropped",
+    "armed_dropped",
     "dropped",
     "syn_reuse",
     "sack",
+    "completed",
 ];
 
 pub(super) struct FrontendView {

@@ -11,7 +11,7 @@ use super::{
     contender::Contender,
     report::{
         markdown::{NONE, RESULTS_HEADING, RESULT_COLUMNS, SCALE_COLUMNS, SCALE_HEADING},
-        JSON_FILE, MARKDOWN_FILE,
+        JSON_FILE, MARKDOWN_FILE, SVG_FILE,
     },
     workload::Workload,
 };
@@ -27,11 +27,32 @@ pub(crate) fn verify(dir: &Path) -> anyhow::Result<()> {
     let json = fs::read_to_string(&json_path)
         .with_context(|| format!("could not read {}", json_path.display()))?;
     verify_json(&json).with_context(|| format!("{} is malformed", json_path.display()))?;
+    let svg_path = dir.join(SVG_FILE);
+    let svg = fs::read_to_string(&svg_path)
+        .with_context(|| format!("could not read {}", svg_path.display()))?;
+    verify_svg(&svg).with_context(|| format!("{} is malformed", svg_path.display()))?;
     println!(
-        "bench: {} and {} are well-formed",
+        "bench: {}, {} and {} are well-formed",
         markdown_path.display(),
-        json_path.display()
+        json_path.display(),
+        svg_path.display()
     );
+    Ok(())
+}
+
+/// An SVG document with a row label for every workload.
+fn verify_svg(svg: &str) -> anyhow::Result<()> {
+    ensure!(
+        svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"),
+        "not an SVG document"
+    );
+    for workload in Workload::ALL {
+        ensure!(
+            svg.contains(&format!(">{}</text>", workload.id())),
+            "no row for {}",
+            workload.id()
+        );
+    }
     Ok(())
 }
 

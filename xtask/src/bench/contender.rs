@@ -10,12 +10,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
-    bpfstats,
-    logtail::LogTail,
-    netns::{BACKENDS_ADDR, LB_ADDR},
-    procs,
-};
+use super::{bpfstats, logtail::LogTail, netns::Addrs, procs};
 
 /// Backend servers: one `stickylb-backend` process listening on these ports.
 pub(super) const BACKEND_PORTS: [u16; 4] = [8081, 8082, 8083, 8084];
@@ -96,11 +91,11 @@ impl Contender {
         matches!(self, Self::Stickylb | Self::StickylbFastPath)
     }
 
-    /// Where the client sends its requests.
-    pub(super) fn base_url(self) -> String {
+    /// Where the client sends its requests, in the layout at `addrs`.
+    pub(super) fn base_url(self, addrs: &Addrs) -> String {
         match self {
-            Self::Direct => format!("http://{BACKENDS_ADDR}:{}", BACKEND_PORTS[0]),
-            _ => format!("http://{LB_ADDR}:{FRONTEND_PORT}"),
+            Self::Direct => format!("http://{}:{}", addrs.backends, BACKEND_PORTS[0]),
+            _ => format!("http://{}:{FRONTEND_PORT}", addrs.lb),
         }
     }
 }
@@ -122,8 +117,8 @@ fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
 }
 
 /// stickylb's monitor, as the client reaches it.
-pub(super) fn monitor_url() -> String {
-    format!("http://{LB_ADDR}:{MONITOR_PORT}")
+pub(super) fn monitor_url(addrs: &Addrs) -> String {
+    format!("http://{}:{MONITOR_PORT}", addrs.lb)
 }
 
 /// stickylb's configuration for the bench. `control_socket` and `pin_dir` are the bench's own,
@@ -133,14 +128,16 @@ pub(super) fn stickylb_config(
     pin_dir: &str,
     control_socket: &str,
     fastpath: bool,
+    addrs: &Addrs,
 ) -> String {
+    let (lb, backends) = (addrs.lb, addrs.backends);
     let fastpath = if fastpath { "splice" } else { "off" };
     let servers: String = BACKEND_PORTS
         .iter()
         .enumerate()
         .map(|(i, port)| {
             format!(
-                "  {{ name = \"be{}\", addr = \"{BACKENDS_ADDR}:{port}\" }},\n",
+                "  {{ name = \"be{}\", addr = \"{backends}:{port}\" }},\n",
                 i + 1
             )
         })
@@ -148,11 +145,11 @@ pub(super) fn stickylb_config(
     format!(
         "# Written by `cargo xtask bench`.\n\
          [instance]\nname = \"{instance}\"\npin_dir = \"{pin_dir}\"\ncontrol_socket = \"{control_socket}\"\n\n\
-         [[frontend]]\nname = \"www\"\nbind = \"{LB_ADDR}:{FRONTEND_PORT}\"\nbackend = \"{BACKEND_NAME}\"\nfastpath = \"{fastpath}\"\n\n\
+         [[frontend]]\nname = \"www\"\nbind = \"{lb}:{FRONTEND_PORT}\"\nbackend = \"{BACKEND_NAME}\"\nfastpath = \"{fastpath}\"\n\n\
          [[backend]]\nname = \"{BACKEND_NAME}\"\nbalance = \"roundrobin\"\nstick_cookie = \"JSESSIONID\"\n\
          table_size = {TABLE_SIZE}\nexpire = \"30m\"\nhealth_check = {{ enabled = false }}\n\
          servers = [\n{servers}]\n\n\
-         [monitor]\nbind = \"{LB_ADDR}:{MONITOR_PORT}\"\n\n\
+         [monitor]\nbind = \"{lb}:{MONITOR_PORT}\"\n\n\
          [timeouts]\nconnect = \"5s\"\nclient = \"50s\"\nserver = \"50s\"\ndrain = \"1s\"\n"
     )
 }
@@ -163,18 +160,19 @@ pub(super) fn stickylb_config(
 /// new server connection for the first request of every client connection: with a new
 /// connection per request, for every request). Threads: HAProxy's default, one per CPU, as
 /// stickylb's runtime has one worker per CPU.
-pub(super) fn haproxy_config(stats_socket: &str) -> String {
+pub(super) fn haproxy_config(stats_socket: &str, addrs: &Addrs) -> String {
+    let (lb, backends) = (addrs.lb, addrs.backends);
     let servers: String = BACKEND_PORTS
         .iter()
         .enumerate()
-        .map(|(i, port)| format!("    server be{} {BACKENDS_ADDR}:{port}\n", i + 1))
+        .map(|(i, port)| format!("    server be{} {backends}:{port}\n", i + 1))
         .collect();
     format!(
         "# Written by `cargo xtask bench`.\n\
          global\n    maxconn 8192\n    stats socket {stats_socket} level admin\n\n\
          defaults\n    mode http\n    option redispatch\n    option forwardfor\n    http-reuse always\n\
          \x20   timeout connect 5s\n    timeout client 50s\n    timeout server 50s\n\n\
-         frontend www\n    bind {LB_ADDR}:{FRONTEND_PORT}\n    default_backend {BACKEND_NAME}\n\n\
+         frontend www\n    bind {lb}:{FRONTEND_PORT}\n    default_backend {BACKEND_NAME}\n\n\
          backend {BACKEND_NAME}\n    balance roundrobin\n\
          \x20   stick-table type string len 32 size {TABLE_SIZE} expire 30m\n\
          \x20   stick on req.cook(JSESSIONID)\n    stick store-response res.cook(JSESSIONID)\n\
@@ -283,8 +281,9 @@ mod tests {
 
     #[test]
     fn both_configurations_name_the_same_servers_and_table() {
-        let stickylb = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", false);
-        let haproxy = haproxy_config("/run/h.sock");
+        let addrs = crate::bench::netns::ROUTED;
+        let stickylb = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", false, &addrs);
+        let haproxy = haproxy_config("/run/h.sock", &addrs);
         for server in ["be1", "be4"] {
             assert!(stickylb.contains(&format!("name = \"{server}\"")));
             assert!(haproxy.contains(&format!("server {server} ")));
@@ -295,7 +294,7 @@ mod tests {
         assert!(haproxy.contains("    timeout connect 5s\n"));
         assert!(stickylb.contains("health_check = { enabled = false }"));
         assert!(stickylb.contains("fastpath = \"off\""));
-        let fastpath = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", true);
+        let fastpath = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", true, &addrs);
         assert!(fastpath.contains("fastpath = \"splice\""));
     }
 

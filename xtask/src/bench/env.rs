@@ -64,10 +64,19 @@ pub(super) fn work_root() -> PathBuf {
     workspace::host_target_dir().join("bench")
 }
 
+/// Which hosts a workload runs on (see [`netns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Layout {
+    Routed,
+    OneArmed,
+}
+
 /// Everything a run shares: the namespaces, the backends, the paths and binaries.
 pub(crate) struct Env {
     pub(super) plan: Plan,
-    pub(super) topology: Topology,
+    routed: Topology,
+    one_armed: Topology,
     /// Configurations, logs and the wrk script: `target/bench/run-<pid>/`.
     pub(super) work_dir: PathBuf,
     /// `<RUN_DIR>/bench-<pid>`: sockets.
@@ -76,8 +85,10 @@ pub(crate) struct Env {
     pin_root: PathBuf,
     instance: String,
     stickylb: PathBuf,
+    /// lb-userspace's load generator, `stickylb-load`.
+    pub(super) load: PathBuf,
     pub(super) script: PathBuf,
-    backends: Child,
+    backends: Vec<Child>,
     /// What is left of `plan.patience`.
     patience: Cell<Duration>,
 }
@@ -96,31 +107,44 @@ impl Env {
         fs::write(&script, wrk::SCRIPT)
             .with_context(|| format!("could not write {}", script.display()))?;
         let stickylb = workspace::stickylb_binary(true);
-        let topology = Topology::create()?;
-        let backends = start_backends(
-            &topology,
-            &stickylb.with_file_name("stickylb-backend"),
-            &work_dir,
-        )?;
-        println!(
-            "bench: namespaces {}, {}, {}; work directory {}",
-            topology.client.name(),
-            topology.lb.name(),
-            topology.backends.name(),
-            work_dir.display()
-        );
+        let routed = Topology::routed()?;
+        let one_armed = Topology::one_armed()?;
+        let backend = stickylb.with_file_name("stickylb-backend");
+        let mut backends = Vec::new();
+        for (topology, log) in [
+            (&routed, "backends.log"),
+            (&one_armed, "backends-one-armed.log"),
+        ] {
+            backends.push(start_backends(topology, &backend, &work_dir.join(log))?);
+            println!(
+                "bench: namespaces {}, {}, {}",
+                topology.client.name(),
+                topology.lb.name(),
+                topology.backends.name(),
+            );
+        }
+        println!("bench: work directory {}", work_dir.display());
         Ok(Self {
             pin_root: Path::new(PIN_DIR).join(&instance),
             plan,
-            topology,
+            routed,
+            one_armed,
             work_dir,
             run_dir,
             instance,
+            load: stickylb.with_file_name("stickylb-load"),
             stickylb,
             script,
             backends,
             patience: Cell::new(plan_patience),
         })
+    }
+
+    pub(super) fn topology(&self, layout: Layout) -> &Topology {
+        match layout {
+            Layout::Routed => &self.routed,
+            Layout::OneArmed => &self.one_armed,
+        }
     }
 
     /// What is left of the time for waiting on other processes and repeating runs.
@@ -132,10 +156,15 @@ impl Env {
         self.patience.set(self.patience.get().saturating_sub(spent));
     }
 
-    /// Starts `contender`'s load balancer and waits until it serves; returns it and how long
-    /// that took from the start of the process.
-    pub(super) fn start(&self, contender: Contender) -> anyhow::Result<(LbProcess, Duration)> {
-        let lb = &self.topology.lb;
+    /// Starts `contender`'s load balancer in `layout` and waits until it serves; returns it and
+    /// how long that took from the start of the process.
+    pub(super) fn start(
+        &self,
+        contender: Contender,
+        layout: Layout,
+    ) -> anyhow::Result<(LbProcess, Duration)> {
+        let topology = self.topology(layout);
+        let (lb, addrs) = (&topology.lb, &topology.addrs);
         let started = Instant::now();
         match contender {
             Contender::Direct => bail!("the direct contender has no load balancer"),
@@ -144,13 +173,13 @@ impl Env {
                 let socket = self.haproxy_socket();
                 write(
                     &config,
-                    &contender::haproxy_config(&socket.display().to_string()),
+                    &contender::haproxy_config(&socket.display().to_string(), addrs),
                 )?;
                 let mut command = lb.command(HAPROXY);
                 command.arg("-f").arg(&config).arg("-db");
                 let child = procs::spawn(contender::lb_stdio(&mut command))?;
                 let process = LbProcess::new(contender, child, &self.work_dir.join("haproxy.log"))?;
-                self.wait_answering(&contender.base_url(), &process)?;
+                self.wait_answering(&contender.base_url(addrs), &process, layout)?;
                 Ok((process, started.elapsed()))
             }
             Contender::Stickylb | Contender::StickylbFastPath => {
@@ -171,6 +200,7 @@ impl Env {
                         PIN_DIR,
                         &self.run_dir.join("control.sock").display().to_string(),
                         fastpath,
+                        addrs,
                     ),
                 )?;
                 let mut command = lb.command(&self.stickylb.display().to_string());
@@ -192,11 +222,16 @@ impl Env {
     }
 
     /// Polls `base_url` from the client until it answers 200.
-    fn wait_answering(&self, base_url: &str, process: &LbProcess) -> anyhow::Result<()> {
+    fn wait_answering(
+        &self,
+        base_url: &str,
+        process: &LbProcess,
+        layout: Layout,
+    ) -> anyhow::Result<()> {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             procs::check_interrupted()?;
-            if self.client_get(&format!("{base_url}/")).is_ok() {
+            if self.client_get(&format!("{base_url}/"), layout).is_ok() {
                 return Ok(());
             }
             if Instant::now() >= end {
@@ -210,10 +245,10 @@ impl Env {
         }
     }
 
-    /// GET `url` from the client namespace; the body of a 200 answer.
-    pub(super) fn client_get(&self, url: &str) -> anyhow::Result<String> {
+    /// GET `url` from the client namespace of `layout`; the body of a 200 answer.
+    pub(super) fn client_get(&self, url: &str, layout: Layout) -> anyhow::Result<String> {
         let output = self
-            .topology
+            .topology(layout)
             .client
             .command("curl")
             .args(["--silent", "--fail", "--max-time", "5", url])
@@ -241,17 +276,15 @@ impl Env {
         }
     }
 
-    /// Connections the running fast path took over, from the monitor's metrics.
-    pub(super) fn spliced_connections(&self) -> anyhow::Result<u64> {
-        const SPLICED: &str = "stickylb_fastpath_handoffs_total{outcome=\"spliced\"}";
-        let metrics = self.client_get(&format!("{}/metrics", contender::monitor_url()))?;
-        scale::metric_value(&metrics, SPLICED).with_context(|| format!("no {SPLICED} in /metrics"))
-    }
-
-    pub(super) fn hold_dropped_packets(&self) -> anyhow::Result<u64> {
-        const DROPPED: &str = "stickylb_fastpath_program_packets_total{counter=\"hold_dropped\"}";
-        let metrics = self.client_get(&format!("{}/metrics", contender::monitor_url()))?;
-        scale::metric_value(&metrics, DROPPED).with_context(|| format!("no {DROPPED} in /metrics"))
+    /// The running fast path's hand-off counters and its program's, from the monitor's
+    /// metrics in `layout`.
+    pub(super) fn fastpath_counters(&self, layout: Layout) -> anyhow::Result<FastPathCounters> {
+        let addrs = &self.topology(layout).addrs;
+        let metrics = self.client_get(
+            &format!("{}/metrics", contender::monitor_url(addrs)),
+            layout,
+        )?;
+        Ok(FastPathCounters::parse(&metrics))
     }
 
     /// The memory the kernel accounts to the pinned stick table.
@@ -265,7 +298,9 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        procs::kill(&mut self.backends);
+        for backends in &mut self.backends {
+            procs::kill(backends);
+        }
         let _ = self.reset_table();
         let _ = fs::remove_dir(PIN_DIR);
         let _ = fs::remove_dir_all(&self.run_dir);
@@ -275,16 +310,15 @@ impl Drop for Env {
 }
 
 /// One `stickylb-backend` with a listener per backend port; waits for its `ready`.
-fn start_backends(topology: &Topology, binary: &Path, work_dir: &Path) -> anyhow::Result<Child> {
+fn start_backends(topology: &Topology, binary: &Path, log: &Path) -> anyhow::Result<Child> {
     let mut command = topology.backends.command(&binary.display().to_string());
     for (i, port) in contender::BACKEND_PORTS.iter().enumerate() {
         command
             .arg("--listen")
-            .arg(format!("{}:{port}=be{}", netns::BACKENDS_ADDR, i + 1));
+            .arg(format!("{}:{port}=be{}", topology.addrs.backends, i + 1));
     }
-    let log = work_dir.join("backends.log");
     let stderr =
-        fs::File::create(&log).with_context(|| format!("could not create {}", log.display()))?;
+        fs::File::create(log).with_context(|| format!("could not create {}", log.display()))?;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -298,10 +332,59 @@ fn start_backends(topology: &Topology, binary: &Path, work_dir: &Path) -> anyhow
         procs::kill(&mut child);
         bail!(
             "the backends did not start:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
+            fs::read_to_string(log).unwrap_or_default()
         );
     }
     Ok(child)
+}
+
+/// What the fast path did during a run (warm-up included): its hand-off outcomes and its
+/// program's counters, from `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(super) struct FastPathCounters {
+    pub(super) attempts: u64,
+    pub(super) candidates: u64,
+    /// `stickylb_fastpath_handoffs_total` by outcome, in the daemon's order.
+    pub(super) outcomes: Vec<(String, u64)>,
+    /// `stickylb_fastpath_program_packets_total` by counter.
+    pub(super) program: Vec<(String, u64)>,
+}
+
+impl FastPathCounters {
+    fn parse(metrics: &str) -> Self {
+        let labelled = |family: &str, label: &str| -> Vec<(String, u64)> {
+            let start = format!("{family}{{{label}=\"");
+            metrics
+                .lines()
+                .filter_map(|line| {
+                    let rest = line.strip_prefix(&start)?;
+                    let (name, value) = rest.split_once("\"} ")?;
+                    Some((name.to_owned(), value.trim().parse().ok()?))
+                })
+                .collect()
+        };
+        let plain = |name: &str| scale::metric_value(metrics, name).unwrap_or(0);
+        Self {
+            attempts: plain("stickylb_fastpath_attempts_total"),
+            candidates: plain("stickylb_fastpath_candidates_total"),
+            outcomes: labelled("stickylb_fastpath_handoffs_total", "outcome"),
+            program: labelled("stickylb_fastpath_program_packets_total", "counter"),
+        }
+    }
+
+    pub(super) fn outcome(&self, name: &str) -> u64 {
+        self.outcomes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    pub(super) fn program(&self, name: &str) -> u64 {
+        self.program
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

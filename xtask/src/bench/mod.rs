@@ -12,6 +12,7 @@ mod check;
 pub(crate) mod client;
 mod contender;
 mod env;
+mod load;
 mod logtail;
 mod machine;
 mod netns;
@@ -20,6 +21,7 @@ mod procs;
 mod profile;
 mod report;
 mod scale;
+mod splice_rate;
 mod workload;
 mod wrk;
 
@@ -56,8 +58,10 @@ pub(crate) struct BenchArgs {
     /// add where the CPU time goes to the report; perf data under target/bench/.
     #[arg(long)]
     pub(crate) perf: bool,
-    /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, table-scale);
-    /// a partial run writes to target/bench/partial/ unless --output says otherwise.
+    /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
+    /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
+    /// table-scale, splice-rate); a partial run writes to target/bench/partial/ unless --output
+    /// says otherwise.
     #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
     workloads: Vec<String>,
     /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path); see --workload.
@@ -65,15 +69,17 @@ pub(crate) struct BenchArgs {
     contenders: Vec<Contender>,
 }
 
-/// The table-scale measurement is not a request workload, but it can be chosen like one.
+/// The table-scale and splice-rate measurements are not request workloads, but they can be
+/// chosen like one.
 const TABLE_SCALE: &str = "table-scale";
+const SPLICE_RATE: &str = "splice-rate";
 
 fn parse_workload_filter(id: &str) -> Result<String, String> {
-    if id == TABLE_SCALE || Workload::from_id(id).is_some() {
+    if id == TABLE_SCALE || id == SPLICE_RATE || Workload::from_id(id).is_some() {
         Ok(id.to_owned())
     } else {
         Err(format!(
-            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}",
+            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}",
             Workload::ALL.map(Workload::id).join(", ")
         ))
     }
@@ -121,6 +127,17 @@ pub(crate) struct Plan {
     pub(crate) download_bytes: u64,
     pub(crate) table_entries: u64,
     pub(crate) restarts: u32,
+    /// Requests per connection of the browser-like workloads (the last one closes).
+    pub(crate) churn_requests: u32,
+    /// Requests per second of the paced workload, all connections together.
+    pub(crate) paced_rate: f64,
+    /// The unmeasured keep-alive prelude of the port-reuse workload.
+    #[serde(rename = "port_reuse_prelude_s", serialize_with = "as_seconds")]
+    pub(crate) port_reuse_prelude: Duration,
+    /// New spliced connections per second offered to one server (the source-port budget).
+    pub(crate) splice_rate: f64,
+    #[serde(rename = "splice_rate_duration_s", serialize_with = "as_seconds")]
+    pub(crate) splice_rate_duration: Duration,
     /// Tries per run when other processes disturb it (see `run_cell`).
     pub(crate) attempts: u32,
     /// Time the whole run may spend waiting for other processes and repeating disturbed runs.
@@ -146,6 +163,11 @@ impl Plan {
             download_bytes: if quick { 64 << 20 } else { 512 << 20 },
             table_entries: if quick { 100_000 } else { 1_000_000 },
             restarts: if quick { 1 } else { 3 },
+            churn_requests: 5,
+            paced_rate: 20_000.0,
+            port_reuse_prelude: Duration::from_secs(if quick { 1 } else { 3 }),
+            splice_rate: if quick { 1000.0 } else { 2000.0 },
+            splice_rate_duration: Duration::from_secs(if quick { 3 } else { 120 }),
             attempts: if quick { 1 } else { 3 },
             patience: Duration::from_secs(if quick { 0 } else { 240 }),
             fill_limit: Duration::from_secs(if quick { 60 } else { 300 }),
@@ -192,6 +214,14 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             scale.push(scale::measure(&env, contender)?);
         }
     }
+    let splice_rate = if args.wants_workload(SPLICE_RATE)
+        && args.wants_contender(Contender::StickylbFastPath)
+        && Contender::StickylbFastPath.unavailable().is_none()
+    {
+        Some(splice_rate::measure(&env)?)
+    } else {
+        None
+    };
     let profiles = if args.perf {
         profile::run(&env)?
     } else {
@@ -201,7 +231,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         machine,
         env.plan.clone(),
         cells,
-        scale,
+        (scale, splice_rate),
         profiles,
         started.elapsed(),
     );
@@ -258,13 +288,13 @@ fn progress(workload: Workload, sample: &workload::Sample) -> String {
     let cpu = sample
         .lb_cpu_s
         .map_or(String::new(), |s| format!(", LB CPU {s:.2} s"));
-    let spliced = sample
-        .fastpath_spliced
-        .map_or(String::new(), |n| format!(", {n} connections spliced"));
-    let spliced = match sample.fastpath_hold_dropped {
-        Some(n) if n > 0 => format!("{spliced} ({n} packets dropped in hand-offs)"),
-        _ => spliced,
-    };
+    let spliced = sample.fastpath.as_ref().map_or(String::new(), |f| {
+        format!(
+            ", {} connections spliced in {} attempts",
+            f.outcome("spliced"),
+            f.attempts
+        )
+    });
     let errors = match sample.errors {
         0 => String::new(),
         n => format!(", {n} errors"),
@@ -330,11 +360,10 @@ fn run_cell_once(
         return workload::measure(env, workload, contender, None, run);
     }
     env.reset_table()?;
-    let (mut lb, _) = env.start(contender)?;
+    let (mut lb, _) = env.start(contender, workload.layout())?;
     let mut sample = workload::measure(env, workload, contender, Some(&mut lb), run);
     if let (Ok(sample), Contender::StickylbFastPath) = (&mut sample, contender) {
-        sample.fastpath_spliced = env.spliced_connections().ok();
-        sample.fastpath_hold_dropped = env.hold_dropped_packets().ok();
+        sample.fastpath = env.fastpath_counters(workload.layout()).ok();
     }
     lb.stop()?;
     // Unpins the table and the fast path's links, which detaches its program.

@@ -1,8 +1,13 @@
-//! The bench's three hosts: client, load balancer and backends, each a network namespace,
-//! joined by veth pairs: client 10.240.1.2 <-> 10.240.1.1 lb 10.240.2.1 <-> 10.240.2.2 backends.
+//! The bench's hosts: client, load balancer and backends, each a network namespace, in two
+//! layouts:
 //!
-//! The lb namespace also routes between its two links, so the direct contender (client to
-//! backends, no load balancer) crosses the same two veth pairs as the others.
+//! - routed: client 10.240.1.2 <-> 10.240.1.1 lb 10.240.2.1 <-> 10.240.2.2 backends, two veth
+//!   pairs; the lb namespace also routes between its two links, so the direct contender
+//!   (client to backends, no load balancer) crosses the same two veth pairs as the others. The
+//!   client also has 10.240.1.101-116, for the workloads from many client addresses.
+//! - one-armed: client 10.241.0.100, lb 10.241.0.10 and backends 10.241.0.2 on one bridge (in a
+//!   fourth, "switch" namespace), as in the seed's Vagrant network: both legs of every
+//!   connection cross the load balancer's one interface.
 //!
 //! Processes join only the network namespace (`nsenter --net`), not the mount namespace that
 //! `ip netns exec` would give them, so stickylb sees the host's bpffs. Names carry our pid:
@@ -24,10 +29,44 @@ const PREFIX: &str = "slbbench-";
 /// Where `ip netns add` creates the namespace handles that `nsenter --net=` takes.
 const NETNS_DIR: &str = "/var/run/netns";
 
-pub(super) const CLIENT_ADDR: &str = "10.240.1.2";
-pub(super) const LB_ADDR: &str = "10.240.1.1";
-const LB_BACKEND_SIDE_ADDR: &str = "10.240.2.1";
-pub(super) const BACKENDS_ADDR: &str = "10.240.2.2";
+/// Where the hosts of a layout are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Addrs {
+    pub(super) client: &'static str,
+    pub(super) lb: &'static str,
+    pub(super) backends: &'static str,
+    /// More client addresses (`<prefix><n>`, n = 101..=116), routed layout only.
+    pub(super) more_clients: Option<&'static str>,
+}
+
+pub(super) const ROUTED: Addrs = Addrs {
+    client: "10.240.1.2",
+    lb: "10.240.1.1",
+    backends: "10.240.2.2",
+    more_clients: Some("10.240.1."),
+};
+const ROUTED_LB_BACKEND_SIDE: &str = "10.240.2.1";
+
+pub(super) const ONE_ARMED: Addrs = Addrs {
+    client: "10.241.0.100",
+    lb: "10.241.0.10",
+    backends: "10.241.0.2",
+    more_clients: None,
+};
+
+/// How many more client addresses the routed client has.
+pub(super) const MORE_CLIENTS: u8 = 16;
+
+impl Addrs {
+    /// The client's extra addresses (empty in a layout without them).
+    pub(super) fn more_clients(&self) -> Vec<String> {
+        self.more_clients.map_or_else(Vec::new, |prefix| {
+            (101..101 + MORE_CLIENTS)
+                .map(|n| format!("{prefix}{n}"))
+                .collect()
+        })
+    }
+}
 
 /// A network namespace, deleted on drop together with every process still in it.
 pub(super) struct Netns {
@@ -90,36 +129,124 @@ fn delete(name: &str) {
         .status();
 }
 
-/// The client, load balancer and backends namespaces, linked and addressed.
+/// The client, load balancer and backends namespaces of one layout, linked and addressed.
 pub(super) struct Topology {
     pub(super) client: Netns,
     pub(super) lb: Netns,
     pub(super) backends: Netns,
+    /// The one-armed layout's bridge.
+    _switch: Option<Netns>,
+    pub(super) addrs: Addrs,
 }
 
 impl Topology {
-    pub(super) fn create() -> anyhow::Result<Self> {
+    pub(super) fn routed() -> anyhow::Result<Self> {
         // Each namespace is owned as soon as it exists, so a failed step deletes those made.
         let client = Netns::create("client")?;
         let lb = Netns::create("lb")?;
         let backends = Netns::create("backends")?;
-        link(&client, CLIENT_ADDR, &lb, LB_ADDR, 'c')?;
-        link(&lb, LB_BACKEND_SIDE_ADDR, &backends, BACKENDS_ADDR, 'b')?;
-        client.run(&["ip", "route", "add", "default", "via", LB_ADDR])?;
-        backends.run(&["ip", "route", "add", "default", "via", LB_BACKEND_SIDE_ADDR])?;
+        let a = ROUTED;
+        link(&client, a.client, &lb, a.lb, 'c')?;
+        link(&lb, ROUTED_LB_BACKEND_SIDE, &backends, a.backends, 'b')?;
+        client.run(&["ip", "route", "add", "default", "via", a.lb])?;
+        backends.run(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            ROUTED_LB_BACKEND_SIDE,
+        ])?;
         lb.sysctl("net.ipv4.ip_forward", "1")?;
-        // A new connection per request at tens of thousands a second: let the client reuse
-        // ports in TIME_WAIT and use the whole port range, whichever side closes first.
-        for netns in [&client, &lb, &backends] {
-            netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-            netns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        let interface = format!("sb{}c0", std::process::id());
+        for extra in a.more_clients() {
+            client.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{extra}/24"),
+                "dev",
+                &interface,
+            ])?;
         }
-        Ok(Self {
+        let topology = Self {
             client,
             lb,
             backends,
-        })
+            _switch: None,
+            addrs: a,
+        };
+        topology.tune()?;
+        Ok(topology)
     }
+
+    pub(super) fn one_armed() -> anyhow::Result<Self> {
+        let switch = Netns::create("switch1")?;
+        switch.run(&[
+            "ip",
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "stp_state",
+            "0",
+        ])?;
+        switch.run(&["ip", "link", "set", "br0", "up"])?;
+        let a = ONE_ARMED;
+        let client = Netns::create("client1")?;
+        attach(&switch, &client, a.client, '1')?;
+        let lb = Netns::create("lb1")?;
+        attach(&switch, &lb, a.lb, '2')?;
+        let backends = Netns::create("backends1")?;
+        attach(&switch, &backends, a.backends, '3')?;
+        let topology = Self {
+            client,
+            lb,
+            backends,
+            _switch: Some(switch),
+            addrs: a,
+        };
+        topology.tune()?;
+        Ok(topology)
+    }
+
+    /// A new connection per request at tens of thousands a second: let the client reuse ports
+    /// in TIME_WAIT and use the whole port range, whichever side closes first.
+    fn tune(&self) -> anyhow::Result<()> {
+        for netns in [&self.client, &self.lb, &self.backends] {
+            netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+            netns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects `host` to the bridge `br0` of `switch` with a veth pair, `addr`/24 on the host end.
+fn attach(switch: &Netns, host: &Netns, addr: &str, tag: char) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let (switch_if, host_if) = (format!("sb{pid}s{tag}"), format!("sb{pid}h{tag}"));
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        &switch_if,
+        "netns",
+        &switch.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &host_if,
+        "netns",
+        &host.name,
+    ]))?;
+    switch.run(&["ip", "link", "set", &switch_if, "master", "br0"])?;
+    switch.run(&["ip", "link", "set", &switch_if, "up"])?;
+    host.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", &host_if])?;
+    host.run(&["ip", "link", "set", &host_if, "up"])?;
+    Ok(())
 }
 
 /// A veth pair from `a` to `b`, `/24` addresses on both ends. Interface names carry the pid

@@ -18,7 +18,10 @@ use serde::Serialize;
 
 use super::{
     contender::{self, Contender, LbProcess, BACKEND_NAME},
-    median, procs,
+    env::Layout,
+    median,
+    netns::ROUTED,
+    procs,
     wrk::{self, WrkSpec},
     Env,
 };
@@ -56,7 +59,7 @@ impl ScaleResult {
 pub(super) fn measure(env: &Env, contender: Contender) -> anyhow::Result<ScaleResult> {
     let plan = &env.plan;
     env.reset_table()?;
-    let (mut lb, _) = env.start(contender)?;
+    let (mut lb, _) = env.start(contender, Layout::Routed)?;
     let fill_seconds = fill(env, &mut lb, plan.table_entries)?;
     // Let requests in flight end, then count again (HAProxy counts entries of requests in
     // flight too).
@@ -78,7 +81,7 @@ pub(super) fn measure(env: &Env, contender: Contender) -> anyhow::Result<ScaleRe
     let (mut entries_after_restart, mut rss_after_restart_bytes) = (0, 0);
     for _ in 0..plan.restarts {
         lb.stop()?;
-        let (restarted, ready_after) = env.start(contender)?;
+        let (restarted, ready_after) = env.start(contender, Layout::Routed)?;
         lb = restarted;
         restart_seconds.push(ready_after.as_secs_f64());
         entries_after_restart = table_entries(env, &lb)?;
@@ -107,7 +110,7 @@ pub(super) fn measure(env: &Env, contender: Contender) -> anyhow::Result<ScaleRe
 fn fill(env: &Env, lb: &mut LbProcess, target: u64) -> anyhow::Result<f64> {
     let plan = &env.plan;
     let limit = plan.fill_limit;
-    let url = lb.contender.base_url();
+    let url = lb.contender.base_url(&ROUTED);
     let spec = WrkSpec {
         threads: plan.wrk_threads,
         connections: plan.keep_alive_connections,
@@ -118,7 +121,7 @@ fn fill(env: &Env, lb: &mut LbProcess, target: u64) -> anyhow::Result<f64> {
         close: false,
     };
     let started = Instant::now();
-    let mut load = wrk::start(&env.topology.client, &env.script, &spec)?;
+    let mut load = wrk::start(&env.topology(Layout::Routed).client, &env.script, &spec)?;
     let filled = loop {
         let entries = table_entries(env, lb);
         let entries = match entries {
@@ -156,7 +159,10 @@ fn fill(env: &Env, lb: &mut LbProcess, target: u64) -> anyhow::Result<f64> {
 /// HAProxy's from `show table` on its stats socket.
 fn table_entries(env: &Env, lb: &LbProcess) -> anyhow::Result<u64> {
     if lb.contender.is_stickylb() {
-        let metrics = env.client_get(&format!("{}/metrics", contender::monitor_url()))?;
+        let metrics = env.client_get(
+            &format!("{}/metrics", contender::monitor_url(&ROUTED)),
+            Layout::Routed,
+        )?;
         metric_value(&metrics, "stickylb_backend_table_entries")
             .context("no stickylb_backend_table_entries in the monitor's /metrics")
     } else {

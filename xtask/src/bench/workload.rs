@@ -11,6 +11,8 @@ use serde::Serialize;
 use super::{
     client,
     contender::{Contender, LbProcess},
+    env::{FastPathCounters, Layout},
+    load::{self, LoadSpec},
     procs,
     wrk::{self, WrkSpec},
     Env,
@@ -27,14 +29,33 @@ pub(super) enum Workload {
     KeepAlive,
     /// One large download per connection, several connections at once.
     Download,
+    /// Browser-like connections: a few requests each, the last closing, many sessions.
+    Churn,
+    /// The same from many client addresses.
+    ChurnManyClients,
+    /// A new connection per request right after keep-alive connections that the fast path
+    /// took over: the client's ports come round to those of spliced flows.
+    PortReuse,
+    /// Keep-alive connections at a fixed rate every contender sustains: latency at equal load.
+    PacedKeepAlive,
+    /// Keep-alive through a one-armed load balancer (client and servers on one interface).
+    OneArmedKeepAlive,
+    /// Browser-like connections through a one-armed load balancer.
+    OneArmedChurn,
 }
 
 impl Workload {
-    pub(super) const ALL: [Self; 4] = [
+    pub(super) const ALL: [Self; 10] = [
         Self::NewConnUnique,
         Self::NewConnRepeat,
         Self::KeepAlive,
         Self::Download,
+        Self::Churn,
+        Self::ChurnManyClients,
+        Self::PortReuse,
+        Self::PacedKeepAlive,
+        Self::OneArmedKeepAlive,
+        Self::OneArmedChurn,
     ];
 
     /// The name in tables and JSON.
@@ -44,6 +65,12 @@ impl Workload {
             Self::NewConnRepeat => "new-conn-repeat",
             Self::KeepAlive => "keep-alive",
             Self::Download => "download",
+            Self::Churn => "churn",
+            Self::ChurnManyClients => "churn-16-clients",
+            Self::PortReuse => "port-reuse",
+            Self::PacedKeepAlive => "paced-keep-alive",
+            Self::OneArmedKeepAlive => "one-armed-keep-alive",
+            Self::OneArmedChurn => "one-armed-churn",
         }
     }
 
@@ -54,6 +81,14 @@ impl Workload {
     /// What a request of this workload costs is counted per request; a download's per GB.
     pub(super) fn per_gigabyte(self) -> bool {
         self == Self::Download
+    }
+
+    /// The hosts it runs on.
+    pub(super) fn layout(self) -> Layout {
+        match self {
+            Self::OneArmedKeepAlive | Self::OneArmedChurn => Layout::OneArmed,
+            _ => Layout::Routed,
+        }
     }
 }
 
@@ -76,12 +111,8 @@ pub(super) struct Sample {
     pub(super) others_cpu_percent: Option<f64>,
     /// Runs made to get this one: more than one when others disturbed the earlier ones.
     pub(super) attempts: u32,
-    /// Connections the fast path took over during the run (warm-up included).
-    pub(super) fastpath_spliced: Option<u64>,
-    /// Packets the fast path's program dropped while a connection was frozen for its hand-off
-    /// (the sender retransmits them), warm-up included.
-    #[serde(default)]
-    pub(super) fastpath_hold_dropped: Option<u64>,
+    /// What the fast path did during the run (warm-up included).
+    pub(super) fastpath: Option<FastPathCounters>,
 }
 
 impl Sample {
@@ -98,8 +129,7 @@ impl Sample {
             lb_peak_rss_bytes: None,
             others_cpu_percent: None,
             attempts: 1,
-            fastpath_spliced: None,
-            fastpath_hold_dropped: None,
+            fastpath: None,
         }
     }
 
@@ -121,7 +151,7 @@ pub(super) fn measure(
     lb: Option<&mut LbProcess>,
     run: u32,
 ) -> anyhow::Result<Sample> {
-    let base = contender.base_url();
+    let base = contender.base_url(&env.topology(workload.layout()).addrs);
     let (warmup_prefix, measure_prefix) = cookie_prefixes(workload, run);
     warm_up(env, workload, &base, &warmup_prefix)?;
     let cpu_before = lb.as_ref().map(|lb| lb.cpu_seconds()).transpose()?;
@@ -154,26 +184,21 @@ pub(super) fn cookie_prefixes(workload: Workload, run: u32) -> (String, String) 
     (warmup, measurement)
 }
 
-/// Load that is not measured: a short wrk run, or one small download.
+/// Load that is not measured: a short run of the workload, or one small download.
 pub(super) fn warm_up(
     env: &Env,
     workload: Workload,
     base: &str,
     prefix: &str,
 ) -> anyhow::Result<()> {
-    if workload == Workload::Download {
-        download(env, base, prefix, 1, 1 << 20)?;
-    } else {
-        wrk::run(
-            &env.topology.client,
-            &env.script,
-            &wrk_spec(env, workload, base, prefix, env.plan.warmup),
-        )?;
+    match workload {
+        Workload::Download => download(env, base, prefix, 1, 1 << 20).map(drop),
+        _ => load(env, workload, base, prefix, env.plan.warmup).map(drop),
     }
-    Ok(())
 }
 
-/// The load of a measurement: wrk for `duration`, or the set of downloads (however long).
+/// The load of a measurement: wrk, the load generator or the downloads, for `duration` (the
+/// downloads take however long they take).
 pub(super) fn load(
     env: &Env,
     workload: Workload,
@@ -181,18 +206,67 @@ pub(super) fn load(
     prefix: &str,
     duration: Duration,
 ) -> anyhow::Result<Sample> {
-    if workload == Workload::Download {
-        let plan = &env.plan;
-        return download(
-            env,
-            base,
-            prefix,
-            plan.download_connections,
-            plan.download_bytes,
-        );
-    }
-    let spec = wrk_spec(env, workload, base, prefix, duration);
-    let result = wrk::run(&env.topology.client, &env.script, &spec)?;
+    let client = &env.topology(workload.layout()).client;
+    let target = base.trim_start_matches("http://");
+    let plan = &env.plan;
+    let spec = |connections| LoadSpec::new(target, connections, duration, prefix);
+    let churn = || LoadSpec {
+        per_connection: plan.churn_requests,
+        ..spec(plan.keep_alive_connections)
+    };
+    let sources = env.topology(Layout::Routed).addrs.more_clients();
+    let generated = match workload {
+        Workload::NewConnUnique
+        | Workload::NewConnRepeat
+        | Workload::KeepAlive
+        | Workload::OneArmedKeepAlive => {
+            let spec = wrk_spec(env, workload, base, prefix, duration);
+            let result = wrk::run(client, &env.script, &spec)?;
+            return Ok(Sample {
+                p50_ms: Some(result.p50_us as f64 / 1e3),
+                p99_ms: Some(result.p99_us as f64 / 1e3),
+                ..Sample::measured(
+                    result.requests,
+                    result.seconds,
+                    result.bytes,
+                    result.errors + result.status_errors,
+                )
+            });
+        }
+        Workload::Download => {
+            return download(
+                env,
+                base,
+                prefix,
+                plan.download_connections,
+                plan.download_bytes,
+            )
+        }
+        Workload::Churn | Workload::OneArmedChurn => churn(),
+        Workload::ChurnManyClients => LoadSpec {
+            sources: &sources,
+            ..churn()
+        },
+        Workload::PortReuse => {
+            // Not measured: keep-alive connections, each with its session, long enough for the
+            // fast path to take them over; they close at its end.
+            let prelude = LoadSpec {
+                pool: u64::from(plan.keep_alive_connections),
+                duration: plan.port_reuse_prelude,
+                ..spec(plan.keep_alive_connections)
+            };
+            load::run(client, &env.load, &prelude)?;
+            LoadSpec {
+                per_connection: 1,
+                ..spec(plan.new_conn_connections)
+            }
+        }
+        Workload::PacedKeepAlive => LoadSpec {
+            rate: plan.paced_rate,
+            ..spec(plan.keep_alive_connections)
+        },
+    };
+    let result = load::run(client, &env.load, &generated)?;
     Ok(Sample {
         p50_ms: Some(result.p50_us as f64 / 1e3),
         p99_ms: Some(result.p99_us as f64 / 1e3),
@@ -223,7 +297,7 @@ fn wrk_spec<'a>(
         Workload::NewConnRepeat => (plan.new_conn_connections, plan.cookie_pool, true),
         // A pool of one cookie per wrk thread: every connection keeps its session's cookie on
         // all its requests, as a browser does (wrk's scripts cannot tell connections apart).
-        Workload::KeepAlive | Workload::Download => (
+        _ => (
             plan.keep_alive_connections,
             u64::from(plan.wrk_threads),
             false,
@@ -255,7 +329,10 @@ fn download(
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
     let mut children: Vec<Child> = Vec::new();
     for i in 0..connections {
-        let mut client = env.topology.client.command(&xtask.display().to_string());
+        let mut client = env
+            .topology(Workload::Download.layout())
+            .client
+            .command(&xtask.display().to_string());
         client
             .args([
                 "bench-client",

@@ -179,9 +179,12 @@ pub(super) async fn serve(
         let delivered = match forwarded {
             Ok(answer) => {
                 // A candidate exchange of a sticky session is handed over as it is delivered.
+                // A tunnel belongs to its server whatever the cookie.
                 let hand_off = candidate
                     && leg.can_splice()
-                    && (decision != Decision::NoCookie || answer.0.sets_cookie.is_some())
+                    && (decision != Decision::NoCookie
+                        || answer.0.sets_cookie.is_some()
+                        || answer.0.body == Framing::Tunnel)
                     && buf.is_empty();
                 let limit = hand_off.then_some(settings.client_timeout);
                 deliver(&mut client, &mut leg, answer, backend, &request, limit)
@@ -500,13 +503,15 @@ async fn deliver(
         }
         None => false,
     };
-    // A response that came whole with its head (the usual small answer) goes out in one write.
+    // A response that came whole with its head (the usual small answer) goes out in one write;
+    // so does a tunnel's head with what the server sent after it.
     let whole = match response.body {
         Framing::Length(body) => usize::try_from(body)
             .ok()
             .and_then(|body| body.checked_add(len))
             .filter(|&end| end <= response_buf.len()),
-        _ => None,
+        Framing::Tunnel => Some(response_buf.len()),
+        Framing::Chunked | Framing::Unframed => None,
     };
     let sent = whole.unwrap_or(len);
     let mut out = Vec::new();
@@ -536,6 +541,7 @@ async fn deliver(
             Some(body)
         }
         Framing::Chunked => Some(copy_chunked(&mut response_buf, upstream, client).await?),
+        Framing::Tunnel if whole.is_some() => None,
         Framing::Unframed | Framing::Tunnel => {
             // What the server sent after the head: the start of the body, or of the tunnel.
             client.write_all(&response_buf).await?;

@@ -68,7 +68,9 @@ pub(in crate::bench) fn render(report: &Report) -> String {
     machine(&mut out, report);
     setup(&mut out, report);
     results(&mut out, report);
+    handoffs(&mut out, report);
     scale(&mut out, report);
+    splice_rate(&mut out, report);
     targets(&mut out, report);
     if !report.profiles.is_empty() {
         profiles(&mut out, &report.profiles);
@@ -111,44 +113,70 @@ fn setup(out: &mut String, report: &Report) {
     let _ = writeln!(
         out,
         "## Setup\n\n\
-         - Three network namespaces joined by veth pairs: client (10.240.1.2), lb (10.240.1.1 and \
-         10.240.2.1, routing between the two) and backends (10.240.2.2: one `stickylb-backend` \
-         process, 4 servers on ports 8081-8084). The load generator, the load balancer and the \
-         backends share this machine's CPUs.\n\
-         - Contenders: **direct** (client to one backend port, through the lb namespace's routing, \
-         no load balancer); **HAProxy 2.6** (Debian's, `balance roundrobin`, `stick-table type \
-         string len 32 size 1048576 expire 30m`, `stick on req.cook(JSESSIONID)`, `stick \
-         store-response res.cook(JSESSIONID)`, `option redispatch`, `option forwardfor`, \
-         `http-reuse always` (stickylb also sends any request over any idle pooled server \
-         connection; HAProxy's default would open a server connection per client connection), \
-         timeouts connect 5s / client 50s / server 50s, no log, no health checks, default \
-         threads: one per CPU); **stickylb** (release build, the same settings, `--log warn`: no \
-         access log, health checks off, a single-threaded runtime per CPU, `fastpath = \"off\"`); \
-         **stickylb + fast path** (the same with `fastpath = \"splice\"`: a keep-alive \
-         connection with a sticky server is handed to the TC program after its first exchange, \
-         and later requests on it skip the proxy; `Connection: close` requests stay in the \
-         proxy). Each run starts the load balancer afresh with an empty table; repetitions \
-         alternate the contenders.\n\
-         - Workloads (wrk with `bench.lua`: seed-like `Cookie: c1=1; c2=2; JSESSIONID=<32 chars>`, \
-         {threads} threads; warm-up {warmup} s, then {measure} s measured):\n  \
-         - **new-conn-unique**: a new connection per request (`Connection: close`), {new_conn} \
-         connections, a new cookie on every request (every request creates a session);\n  \
-         - **new-conn-repeat**: the same with cookies cycling through {pool} values (sticky hits);\n  \
-         - **keep-alive**: {keep_alive} keep-alive connections, small responses (`beN\\n`); each \
-         connection keeps one session cookie on all its requests, as a browser does (one cookie \
-         per wrk thread: its scripts cannot tell connections apart);\n  \
+         - Hosts, each a network namespace, in two layouts. **Routed** (every workload but the \
+         one-armed ones): client (10.240.1.2, and 10.240.1.101-116 for the workload from many \
+         addresses), lb (10.240.1.1 and 10.240.2.1, routing between the two) and backends \
+         (10.240.2.2), joined by veth pairs. **One-armed** (as in the seed's Vagrant network): \
+         client (10.241.0.100), lb (10.241.0.10) and backends (10.241.0.2) on one bridge, so both \
+         legs of every connection cross the load balancer's one interface. The backends are one \
+         `stickylb-backend` process per layout, 4 servers on ports 8081-8084. The load \
+         generators, the load balancer and the backends share this machine's CPUs.\n\
+         - Contenders: **direct** (client to one backend port, through the lb namespace's routing \
+         (or the bridge), no load balancer); **HAProxy 2.6** (Debian's, `balance roundrobin`, \
+         `stick-table type string len 32 size 1048576 expire 30m`, `stick on \
+         req.cook(JSESSIONID)`, `stick store-response res.cook(JSESSIONID)`, `option redispatch`, \
+         `option forwardfor`, `http-reuse always` (stickylb also sends any request over any idle \
+         pooled server connection; HAProxy's default would open a server connection per client \
+         connection), timeouts connect 5s / client 50s / server 50s, no log, no health checks, \
+         default threads: one per CPU); **stickylb** (release build, the same settings, `--log \
+         warn`: no access log, health checks off, a single-threaded runtime per CPU, `fastpath = \
+         \"off\"`); **stickylb + fast path** (the same with the default `fastpath = \"splice\"` \
+         and the default hand-off policy: a connection is handed to the TC program with its 8th \
+         answer, after its client paused 50 ms, after a 1 MiB body, or with the `101` of an \
+         upgrade; until then it is served exactly as with the fast path off). Each run starts \
+         the load balancer afresh with an empty table; repetitions alternate the contenders.\n\
+         - Workloads (warm-up {warmup} s, then {measure} s measured; seed-like `Cookie: c1=1; \
+         c2=2; JSESSIONID=<32 chars>`; wrk with `bench.lua` and {threads} threads, or \
+         `stickylb-load`, lb-userspace's load generator, with 2 threads):\n  \
+         - **new-conn-unique** (wrk): a new connection per request (`Connection: close`), \
+         {new_conn} connections, a new cookie on every request (every request creates a \
+         session);\n  \
+         - **new-conn-repeat** (wrk): the same with cookies cycling through {pool} values (sticky \
+         hits);\n  \
+         - **keep-alive** (wrk): {keep_alive} keep-alive connections, small responses \
+         (`beN\\n`), each sending its next request the moment it has the answer; each \
+         connection keeps one session cookie on all its requests (one cookie per wrk thread: its \
+         scripts cannot tell connections apart);\n  \
          - **download**: {downloads} keep-alive connections at once (`xtask bench-client`), each \
          with its own session: a small request, a 100 ms pause (a person between a page and a \
-         download link), then one download of {download_mb} MiB (`/bytes/N`), {total_mb} MiB in all; \
-         MB/s over the downloads only (first start to last end); with the fast path on, the pause \
-         is when the connection is handed to the kernel;\n  \
-         - **table scale**: keep-alive requests with cookies cycling through {entries} values until \
-         the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start again).\n\
-         - Figures: req/s and latency percentiles from wrk (its exact histogram; closed loop, so \
-         latency is measured at saturation; time from writing a request to its complete response, \
-         connection setup not included; wrk corrects for coordinated omission, so one request \
-         delayed by 200 ms adds samples from 200 ms down to the mean interval); MB/s of response \
-         bytes received; LB CPU = user + system \
+         download link), then one download of {download_mb} MiB (`/bytes/N`), {total_mb} MiB in \
+         all; MB/s over the downloads only (first start to last end);\n  \
+         - **churn** (stickylb-load): browser-like connections, {keep_alive} at a time: each \
+         carries {churn} requests, the last with `Connection: close`, one session per connection \
+         drawn from {pool}, back to back;\n  \
+         - **churn-16-clients**: the same from 16 client addresses in turn;\n  \
+         - **port-reuse**: first (not measured) {keep_alive} keep-alive connections, each with its \
+         own session, for {prelude} s, then closed; then a new connection per request, \
+         {new_conn} at a time, measured: the client's ports soon come round to those of the \
+         first connections, which the fast path had taken over (their flows linger in its map \
+         after their FINs);\n  \
+         - **paced-keep-alive**: {keep_alive} keep-alive connections sending {paced:.0} requests \
+         per second in all (every contender sustains this): latency at equal load, measured from \
+         when each request was due;\n  \
+         - **one-armed-keep-alive** and **one-armed-churn**: keep-alive and churn through the \
+         one-armed layout;\n  \
+         - **table scale**: keep-alive requests with cookies cycling through {entries} values \
+         until the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start \
+         again);\n  \
+         - **splice rate**: tunnels (an upgrade, its `101`, {tunnel_bytes} bytes echoed, a close) \
+         all with one session's cookie, so all to one server, {splice_rate:.0} new connections \
+         per second for {splice_s} s, against stickylb with the fast path only.\n\
+         - Figures: req/s and latency percentiles from wrk or stickylb-load (exact histograms; \
+         closed loops but for paced-keep-alive, so latency is mostly measured at saturation; \
+         time from writing a request (or, paced, from when it was due) to its complete \
+         response, connection setup not included; wrk corrects for coordinated omission, so one \
+         request delayed by 200 ms adds samples from 200 ms down to the mean interval); MB/s of \
+         response bytes received; LB CPU = user + system \
          time of the load balancer process (all threads, `/proc/PID/stat`) during the \
          measurement, {program_time}, per request or per GB. On veth the kernel work of \
          delivering a packet runs in the sender's context, so each process's CPU includes some of \
@@ -156,6 +184,12 @@ fn setup(out: &mut String, report: &Report) {
          min) / median of req/s (MB/s for downloads) over the runs; ratios compare the medians of \
          req/s (MB/s for downloads) with HAProxy's and with direct's from the same run.\n",
         threads = plan.wrk_threads,
+        churn = plan.churn_requests,
+        prelude = plan.port_reuse_prelude.as_secs(),
+        paced = plan.paced_rate,
+        tunnel_bytes = 64,
+        splice_rate = plan.splice_rate,
+        splice_s = plan.splice_rate_duration.as_secs(),
         warmup = plan.warmup.as_secs(),
         measure = plan.measure.as_secs(),
         new_conn = plan.new_conn_connections,
@@ -204,31 +238,11 @@ fn results(out: &mut String, report: &Report) {
         report.plan.patience.as_secs_f64(),
         limit = crate::bench::OTHERS_LIMIT_PERCENT,
     );
-    let spliced: Vec<String> = report
-        .runs
-        .iter()
-        .filter_map(|cell| {
-            let counts: Vec<String> = cell
-                .samples
-                .iter()
-                .filter_map(|s| {
-                    let spliced = s.fastpath_spliced?;
-                    Some(match s.fastpath_hold_dropped {
-                        Some(dropped) => format!("{spliced} ({dropped} dropped)"),
-                        None => spliced.to_string(),
-                    })
-                })
-                .collect();
-            (!counts.is_empty()).then(|| format!("{} {}", cell.workload.id(), counts.join("/")))
-        })
-        .collect();
-    if !spliced.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nConnections the fast path took over, per run (warm-up included), and in brackets the packets its program dropped while a connection was frozen for the hand-off (their senders retransmit them): {}.",
-            spliced.join(", ")
-        );
-    }
+    let _ = writeln!(
+        out,
+        "\n![stickylb with the fast path off and on, as ratios to HAProxy and to direct]({})",
+        super::SVG_FILE
+    );
     for not_run in &report.not_run {
         let _ = writeln!(
             out,
@@ -238,6 +252,106 @@ fn results(out: &mut String, report: &Report) {
         );
     }
     out.push('\n');
+}
+
+/// Heading and columns of the hand-offs table.
+pub(in crate::bench) const HANDOFFS_HEADING: &str = "## Hand-offs";
+const HANDOFF_COLUMNS: [&str; 9] = [
+    "workload",
+    "runs",
+    "candidates",
+    "attempts",
+    "spliced",
+    "kept in userspace",
+    "no free port",
+    "completed by the program",
+    "dropped by the program",
+];
+
+/// What the fast path did in each workload, summed over its runs (warm-ups included).
+fn handoffs(out: &mut String, report: &Report) {
+    let _ = writeln!(
+        out,
+        "{HANDOFFS_HEADING}\n\n\
+         stickylb + fast path, summed over each workload's runs (warm-ups included): connections \
+         the policy picked (candidates), hand-off attempts, connections spliced, attempts that \
+         left the connection in userspace (a request already there, legs that cannot be \
+         translated), candidates left in userspace for want of a free source port, hand-offs \
+         the program completed on the client's next packet, and packets the program dropped \
+         (a packet of a translated flow it could not rewrite, or a stray packet of an orphaned \
+         hand-off).\n"
+    );
+    header(out, &HANDOFF_COLUMNS);
+    for cell in report
+        .runs
+        .iter()
+        .filter(|c| c.contender == crate::bench::contender::Contender::StickylbFastPath)
+    {
+        let counters: Vec<_> = cell
+            .samples
+            .iter()
+            .filter_map(|s| s.fastpath.as_ref())
+            .collect();
+        let sum = |f: &dyn Fn(&crate::bench::env::FastPathCounters) -> u64| {
+            counters.iter().map(|c| f(c)).sum::<u64>().to_string()
+        };
+        let kept = |c: &crate::bench::env::FastPathCounters| {
+            c.outcomes
+                .iter()
+                .filter(|(name, _)| name.starts_with("kept_") || name == "refused_options")
+                .map(|(_, v)| v)
+                .sum::<u64>()
+        };
+        row(
+            out,
+            &[
+                cell.workload.id().to_owned(),
+                counters.len().to_string(),
+                sum(&|c| c.candidates),
+                sum(&|c| c.attempts),
+                sum(&|c| c.outcome("spliced")),
+                sum(&kept),
+                sum(&|c| c.outcome("no_port")),
+                sum(&|c| c.program("completed")),
+                sum(&|c| c.program("dropped") + c.program("armed_dropped")),
+            ],
+        );
+    }
+    out.push('\n');
+}
+
+/// The source-port budget (see `bench::splice_rate`).
+fn splice_rate(out: &mut String, report: &Report) {
+    let Some(m) = &report.splice_rate else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## Spliced connections per second\n\n\
+         Tunnels to one server at {:.0} new connections per second for {:.0} s (stickylb with \
+         the fast path): {} completed ({:.0}/s), {:.0}/s spliced, {} left in userspace for want \
+         of a free source port, {} errors, p99 {:.1} ms. At most {} of the {} source ports \
+         toward the server were held by spliced flows at once (sampled every second), so a \
+         spliced connection held its port about {:.2} s: its life, the port's rest after the \
+         flow ended (1 s, `[fastpath] port_reuse`) and up to a collector period (250 ms). What \
+         bounds the rate is that: {} ports / {:.2} s = about {:.0} new spliced connections per \
+         second to one server from one source address; more ports (`[fastpath] source_ports`) \
+         or a shorter rest raise it.\n",
+        m.offered_per_s,
+        m.seconds,
+        m.completed,
+        m.completed as f64 / m.seconds,
+        m.spliced_per_s(),
+        m.fastpath.outcome("no_port"),
+        m.errors,
+        m.p99_ms,
+        m.max_ports_spliced,
+        m.ports_per_server,
+        m.hold_seconds(),
+        m.ports_per_server,
+        m.hold_seconds(),
+        m.bound_per_s(),
+    );
 }
 
 fn result_row(s: &Summary) -> Vec<String> {
@@ -363,9 +477,10 @@ fn reproduce(out: &mut String) {
          As root on Debian 12 with the repository's prerequisites:\n\n\
          ```sh\n\
          cargo xtask setup                # haproxy, wrk, curl, bpftool, perf, the eBPF toolchain\n\
-         cargo xtask bench                # release build, then everything: about 8 minutes\n\
-         cargo xtask bench --perf         # the same plus the profile section: about 10 minutes\n\
-         cargo xtask bench --quick --output /tmp/bench   # under 2 minutes, for development\n\
+         cargo xtask bench                # release build, then everything: about 40 minutes\n\
+         cargo xtask bench --perf         # the same plus the profile section: about 45 minutes\n\
+         cargo xtask bench --quick --output /tmp/bench   # about 4 minutes, for development\n\
+         cargo xtask bench --workload churn --contender stickylb-fast-path   # a part of it\n\
          ```\n\n\
          It creates its own namespaces (`slbbench-<pid>-*`), pins its table under \
          `/sys/fs/bpf/stickylb-bench/`, keeps the latest run's configurations and logs in \

@@ -1,12 +1,14 @@
 //! The issues' targets, judged from one run's medians: new connection per request >= 1.0x
 //! HAProxy's req/s with p99 <= HAProxy's; keep-alive >= 1.0x HAProxy without the fast path;
-//! 1M entries in <= 200 MB. With the fast path: keep-alive >= 1.5x HAProxy; bulk >= 0.9x direct
-//! with the load balancer's CPU per GB <= 0.25x HAProxy's.
+//! 1M entries in <= 200 MB. With the fast path: on every workload >= 0.95x the fast path off in
+//! req/s (MB/s) with p99 <= 1.1x and no error; keep-alive >= 1.5x HAProxy; bulk >= 0.9x direct
+//! with the load balancer's CPU per GB <= 0.25x HAProxy's; >= 2000 new spliced connections per
+//! second to one server for 2 minutes, none left without a source port.
 
 use serde::Serialize;
 
 use super::{ScaleSummary, Summary};
-use crate::bench::{contender::Contender, workload::Workload, Plan};
+use crate::bench::{contender::Contender, splice_rate::SpliceRate, workload::Workload, Plan};
 
 /// One target of the issue, judged from this run's figures.
 #[derive(Clone, Debug, Serialize)]
@@ -21,6 +23,7 @@ pub(in crate::bench) struct TargetCheck {
 pub(super) fn judge_all(
     results: &[Summary],
     scale: &[ScaleSummary],
+    splice_rate: Option<&SpliceRate>,
     plan: &Plan,
 ) -> Vec<TargetCheck> {
     let find = |workload: Workload, contender: Contender| {
@@ -62,6 +65,14 @@ pub(super) fn judge_all(
         }
     }
     checks.extend(judge_fast_path(&find));
+    for workload in Workload::ALL {
+        checks.push(judge_never_worse(
+            workload,
+            find(workload, Contender::StickylbFastPath),
+            find(workload, Contender::Stickylb),
+        ));
+    }
+    checks.push(judge_splice_rate(splice_rate, plan));
     let ours = scale.iter().find(|s| s.contender == Contender::Stickylb);
     let theirs = scale.iter().find(|s| s.contender == Contender::Haproxy);
     let memory = |s: &ScaleSummary| format!("{:.0} MB ({} entries)", s.total_mb, s.entries);
@@ -122,6 +133,102 @@ fn judge_fast_path<'a>(
             |v| format!("{v:.2} s/GB"),
         ),
     ]
+}
+
+/// The fast path's default must never be worse than turning it off: on `workload`, req/s
+/// (MB/s) >= 0.95x, p99 <= 1.1x, and no error.
+fn judge_never_worse(
+    workload: Workload,
+    on: Option<&Summary>,
+    off: Option<&Summary>,
+) -> TargetCheck {
+    let target = format!(
+        "{}: fast path on >= 0.95x off, p99 <= 1.1x, 0 errors",
+        workload.id()
+    );
+    let (Some(on), Some(off)) = (on, off) else {
+        return TargetCheck {
+            target,
+            stickylb: "-".into(),
+            reference: "-".into(),
+            result: "not measured",
+        };
+    };
+    let unit = if workload.per_gigabyte() {
+        "MB/s"
+    } else {
+        "req/s"
+    };
+    let show = |s: &Summary| {
+        let p99 = s
+            .p99_ms
+            .map_or(String::new(), |p| format!(", p99 {p:.2} ms"));
+        format!(
+            "{:.0} {unit}{p99}, {} errors",
+            s.merit().unwrap_or(0.0),
+            s.errors
+        )
+    };
+    let ratio = match (on.merit(), off.merit()) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let p99_ratio = match (on.p99_ms, off.p99_ms) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let met =
+        ratio.is_some_and(|r| r >= 0.95) && p99_ratio.is_none_or(|r| r <= 1.1) && on.errors == 0;
+    TargetCheck {
+        target,
+        stickylb: format!(
+            "{} ({}{})",
+            show(on),
+            ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            p99_ratio.map_or(String::new(), |r| format!(", p99 {r:.2}x")),
+        ),
+        reference: format!("fast path off: {}", show(off)),
+        result: if met { "met" } else { "missed" },
+    }
+}
+
+/// At least 2000 new spliced connections per second to one server for 2 minutes, none left
+/// without a free source port (only a full run measures it).
+fn judge_splice_rate(measured: Option<&SpliceRate>, plan: &Plan) -> TargetCheck {
+    let target = "new spliced connections to one server: >= 2000/s for 2 minutes, none without \
+                  a free source port"
+        .to_owned();
+    let full = plan.splice_rate >= 2000.0 && plan.splice_rate_duration.as_secs() >= 120;
+    let Some(m) = measured else {
+        return TargetCheck {
+            target,
+            stickylb: "-".into(),
+            reference: "-".into(),
+            result: "not measured",
+        };
+    };
+    let no_port = m.fastpath.outcome("no_port");
+    let stickylb = format!(
+        "{:.0}/s spliced of {:.0}/s offered for {:.0} s, {no_port} without a port, {} errors",
+        m.spliced_per_s(),
+        m.offered_per_s,
+        m.seconds,
+        m.errors
+    );
+    let met = m.spliced_per_s() >= 0.98 * 2000.0 && no_port == 0 && m.errors == 0;
+    TargetCheck {
+        target,
+        stickylb,
+        reference: format!(
+            "at most {} of {} ports held",
+            m.max_ports_spliced, m.ports_per_server
+        ),
+        result: match (full, met) {
+            (false, _) => "not measured",
+            (true, true) => "met",
+            (true, false) => "missed",
+        },
+    }
 }
 
 fn judge(
