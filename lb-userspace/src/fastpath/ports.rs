@@ -204,19 +204,33 @@ impl Ports {
         freed
     }
 
-    /// Ports held now (relayed, spliced), for the monitor.
-    pub fn held(&self) -> (usize, usize) {
-        let mut counts = (0, 0);
+    /// Ports not free at `now`, for the monitor: held by relayed connections, by open spliced
+    /// flows, and resting after their flow ended.
+    pub fn held(&self, now: Instant) -> Held {
+        let mut held = Held::default();
         for destination in self.destinations.values() {
             for (holder, _) in destination.held.values() {
                 match holder {
-                    Holder::Relayed => counts.0 += 1,
-                    Holder::Spliced => counts.1 += 1,
+                    Holder::Relayed => held.relayed += 1,
+                    Holder::Spliced => held.spliced += 1,
                 }
             }
+            held.resting += destination
+                .free
+                .iter()
+                .filter(|(_, usable)| *usable > now)
+                .count();
         }
-        counts
+        held
     }
+}
+
+/// What [`Ports::held`] counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub relayed: usize,
+    pub spliced: usize,
+    pub resting: usize,
 }
 
 #[cfg(test)]
@@ -258,9 +272,11 @@ mod tests {
         ports.release(lease, Duration::ZERO, now);
         let open: HashSet<Port> = [lease.port].into();
         assert_eq!(ports.sync(&open, now), 0);
-        assert_eq!(ports.held(), (0, 1));
+        let held = ports.held(now);
+        assert_eq!((held.relayed, held.spliced, held.resting), (0, 1, 0));
         // The flow ended: free after the delay, not before.
         assert_eq!(ports.sync(&HashSet::new(), now), 1);
+        assert_eq!(ports.held(now).resting, 1);
         assert_eq!(
             ports.take(SOURCE, server(), now + Duration::from_millis(999)),
             None
@@ -272,9 +288,9 @@ mod tests {
         // A relayed port is never freed by a sync, nor by an old lease of the same port.
         assert_eq!(ports.sync(&HashSet::new(), now), 0);
         ports.release(lease, Duration::ZERO, now);
-        assert_eq!(ports.held(), (1, 0));
+        assert_eq!(ports.held(now).relayed, 1);
         ports.release(again, Duration::ZERO, now);
-        assert_eq!(ports.held(), (0, 0));
+        assert_eq!(ports.held(now), Held::default());
     }
 
     #[test]

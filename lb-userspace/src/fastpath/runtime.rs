@@ -29,7 +29,7 @@ use super::{
     collector::{self, partner, Memory, Reason, Rules},
     interfaces::{self, Interface},
     policy::Policy,
-    ports::{Port, Ports},
+    ports::{Held, Port, Ports},
     FastPath, FastPathError, Flows,
 };
 
@@ -282,9 +282,9 @@ impl Runtime {
         self.source_ports.clone()
     }
 
-    /// Source ports held now: (by relayed connections, by spliced flows).
-    pub fn ports_held(&self) -> (usize, usize) {
-        lock(&self.ports).held()
+    /// Source ports not free now (see [`Ports::held`]).
+    pub fn ports_held(&self) -> Held {
+        lock(&self.ports).held(Instant::now())
     }
 }
 

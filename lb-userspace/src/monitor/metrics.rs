@@ -289,12 +289,17 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
         out,
         name,
         Kind::Gauge,
-        "Source ports of server connections that may be spliced, held now: by connections the \
-         proxy relays, by spliced flows (open, or resting after they ended); per server and \
-         source address there are stickylb_fastpath_source_ports_per_server.",
+        "Source ports of server connections that may be spliced, not free now: held by \
+         connections the proxy relays, by open spliced flows, resting after their flow ended; per \
+         server and source address there are stickylb_fastpath_source_ports_per_server.",
     )?;
-    writeln!(out, "{name}{{holder=\"relayed\"}} {}", f.ports_relayed)?;
-    writeln!(out, "{name}{{holder=\"spliced\"}} {}", f.ports_spliced)?;
+    for (holder, count) in [
+        ("relayed", f.ports.relayed),
+        ("spliced", f.ports.spliced),
+        ("resting", f.ports.resting),
+    ] {
+        writeln!(out, "{name}{{holder=\"{holder}\"}} {count}")?;
+    }
     let name = "stickylb_fastpath_source_ports_per_server";
     header(
         out,

@@ -113,18 +113,23 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
          rewritten, and these counters come from the flow map.</p>\
          <table><thead><tr><th class=\"l\">Interfaces</th><th>Spliced flows</th><th>Packets</th>\
          <th>Bytes</th><th>Observed</th><th>Candidates</th><th>Spliced (total)</th>\
-         <th>Kept in userspace</th><th>Collected</th></tr></thead><tbody>\
+         <th>Kept in userspace</th><th>Collected</th><th>Source ports in use</th></tr></thead><tbody>\
          <tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-         <td>{}</td><td>{}</td><td>{}</td></tr></tbody></table></section>",
+         <td>{}</td><td>{}</td><td>{}</td><td title=\"relayed + spliced + resting, of {} per \
+         server\">{} + {} + {}</td></tr></tbody></table></section>",
         Html(&interfaces.join(", ")),
         s.spliced,
         s.packets,
         s.bytes,
         s.observe_entries / 2,
         f.candidates,
-        f.outcomes[0].1,
-        f.outcomes[1..].iter().map(|(_, v)| v).sum::<u64>(),
+        f.outcomes.first().map_or(0, |(_, v)| *v),
+        f.outcomes.iter().skip(1).map(|(_, v)| v).sum::<u64>(),
         f.collected,
+        f.ports_per_server,
+        f.ports.relayed,
+        f.ports.spliced,
+        f.ports.resting,
     )
 }
 

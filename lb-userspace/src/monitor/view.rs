@@ -9,7 +9,7 @@ use serde::{ser::SerializeMap as _, Serialize, Serializer};
 use crate::{
     backend::{BackendState, ServerState},
     daemon::Shared,
-    fastpath::{program::read_pinned_stats, report, Runtime},
+    fastpath::{ports::Held, program::read_pinned_stats, report, Runtime},
     peers::{link::PeerLink, stats::PeerState},
 };
 
@@ -36,10 +36,9 @@ pub(super) struct FastPathView {
     pub(super) attempts: u64,
     pub(super) outcomes: Vec<(&'static str, u64)>,
     pub(super) collected: u64,
-    /// Source ports of server connections that may be spliced: held by relayed connections,
-    /// by spliced flows (open, or resting after they ended), and how many there are.
-    pub(super) ports_relayed: usize,
-    pub(super) ports_spliced: usize,
+    /// Source ports of server connections that may be spliced, not free now, and how many
+    /// there are per server.
+    pub(super) ports: Held,
     pub(super) ports_per_server: usize,
 }
 
@@ -54,8 +53,7 @@ impl FastPathView {
             attempts: stats.attempts.load(Relaxed),
             outcomes: stats.outcomes(),
             collected: stats.collected.load(Relaxed),
-            ports_relayed: runtime.ports_held().0,
-            ports_spliced: runtime.ports_held().1,
+            ports: runtime.ports_held(),
             ports_per_server: runtime.source_ports().len(),
         }
     }

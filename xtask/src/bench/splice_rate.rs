@@ -32,7 +32,8 @@ pub(super) struct SpliceRate {
     pub(super) errors: u64,
     pub(super) p99_ms: f64,
     pub(super) fastpath: FastPathCounters,
-    /// The most source ports held by spliced flows at a sample.
+    /// The most source ports held by spliced flows (open, or resting after they ended) at a
+    /// sample.
     pub(super) max_ports_spliced: u64,
     pub(super) ports_per_server: u64,
 }
@@ -79,11 +80,11 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<SpliceRate> {
     while started.elapsed() < plan.splice_rate_duration {
         procs::sleep(Duration::from_secs(1))?;
         if let Ok(metrics) = env.client_get(&metrics_url, Layout::Routed) {
-            let held = scale::metric_value(
-                &metrics,
-                "stickylb_fastpath_source_ports{holder=\"spliced\"}",
-            );
-            max_ports_spliced = max_ports_spliced.max(held.unwrap_or(0));
+            let held = |holder: &str| {
+                let name = format!("stickylb_fastpath_source_ports{{holder=\"{holder}\"}}");
+                scale::metric_value(&metrics, &name).unwrap_or(0)
+            };
+            max_ports_spliced = max_ports_spliced.max(held("spliced") + held("resting"));
         }
     }
     let result = load::finish(child, plan.splice_rate_duration)?;
