@@ -86,10 +86,11 @@ pub const SPLICE_STATE_CLOSED: u32 = 3;
 /// The client direction of a hand-off in progress: the translation is written, and the program
 /// switches the entry to SPLICE itself on the first packet from the client that acknowledges
 /// everything the proxy socket sent ([`SpliceEntry::armed_ack`]) and starts no later than where
-/// the proxy socket's receive stream ends ([`SpliceEntry::armed_seq`]): from that packet on,
-/// nothing of the client's needs the proxy socket. Any other packet goes to the proxy socket
-/// (which the proxy then finds readable, and gives the hand-off up), or is dropped once the
-/// proxy has closed its sockets ([`SPLICE_F_ORPHAN`]).
+/// the proxy socket's receive stream ends ([`SpliceEntry::armed_seq`]): that packet and every
+/// later one are translated. The client's other packets are dropped (old duplicates, partial
+/// acknowledgements: their sender sends what matters again): from the moment the entry is
+/// armed, nothing of the client's reaches the proxy socket, whose state the translation froze
+/// and which the proxy may close before the client's next packet.
 pub const SPLICE_STATE_ARMED: u32 = 4;
 
 /// [`SpliceEntry::flags`]: both legs negotiated TCP timestamps; translate TSval/TSecr.
@@ -99,10 +100,6 @@ pub const SPLICE_F_SACK: u32 = 1 << 1;
 /// [`SpliceEntry::flags`]: redirect with `bpf_redirect_peer` (veth/netkit only) after writing
 /// [`SpliceEntry::new_smac`]/[`SpliceEntry::new_dmac`], instead of `bpf_redirect_neigh`.
 pub const SPLICE_F_REDIRECT_PEER: u32 = 1 << 2;
-/// [`SpliceEntry::flags`] of an ARMED entry: the proxy's sockets are closed. A packet that does
-/// not complete the hand-off is dropped rather than given to a stack without a socket for it
-/// (which would answer with an RST).
-pub const SPLICE_F_ORPHAN: u32 = 1 << 3;
 
 /// [`SpliceEntry::seen`] (written by the program): a FIN went through in this direction.
 pub const SPLICE_SEEN_FIN: u32 = 1 << 0;
@@ -115,11 +112,10 @@ pub const SPLICE_SEEN_SYN: u32 = 1 << 2;
 
 /// [`SPLICE_STATS_MAP`] index: packets that hit a SPLICE entry and were redirected.
 pub const SPLICE_STAT_REDIRECTED: u32 = 0;
-/// [`SPLICE_STATS_MAP`] index: packets passed in OBSERVE, and in ARMED before the hand-off
-/// completes.
+/// [`SPLICE_STATS_MAP`] index: packets passed in OBSERVE.
 pub const SPLICE_STAT_OBSERVED: u32 = 1;
-/// [`SPLICE_STATS_MAP`] index: packets of an orphaned ARMED entry that did not complete the
-/// hand-off (old duplicates, out-of-order segments: their senders retransmit what matters).
+/// [`SPLICE_STATS_MAP`] index: packets of an ARMED entry that did not complete the hand-off
+/// (old duplicates, partial acknowledgements: their senders send what matters again).
 pub const SPLICE_STAT_ARMED_DROPPED: u32 = 2;
 /// [`SPLICE_STATS_MAP`] index: packets of a SPLICE/CLOSED entry dropped because they could not
 /// be parsed or rewritten, or because the entry was CLOSED.

@@ -27,10 +27,9 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 ///   clients or servers.
 /// - Minimum kernel: 5.17 (`bpf_loop`); 6.6 for TCX links. Tested on 6.18.
 /// - Returns `TC_ACT_OK` for every packet that matches no `SPLICE_FLOWS` entry (untouched), an
-///   OBSERVE entry, an ARMED entry whose proxy socket takes it, or that is a SYN (or SYN-ACK)
-///   on any other entry; `TC_ACT_SHOT` for any packet of a SPLICE or CLOSED entry that cannot
-///   be translated and for a packet of an orphaned ARMED entry that does not complete its
-///   hand-off; `TC_ACT_REDIRECT` for a translated packet.
+///   OBSERVE entry, or that is a SYN (or SYN-ACK) on any other entry; `TC_ACT_SHOT` for any
+///   packet of a SPLICE or CLOSED entry that cannot be translated and for a packet of an ARMED
+///   entry that does not complete its hand-off; `TC_ACT_REDIRECT` for a translated packet.
 /// - Reads `SPLICE_FLOWS`; writes its `seen`, `last_tsval`, counters and time, and the state of
 ///   an ARMED entry whose hand-off a packet completes; deletes both entries of a translated
 ///   flow whose 4-tuple a SYN reuses; writes `SPLICE_STATS`.

@@ -281,7 +281,7 @@ fn relay(
         };
         let progress = loop {
             thread::sleep(Duration::from_millis(1));
-            match observed.progress(&flows).expect("progress") {
+            match observed.progress(&flows, true).expect("progress") {
                 Progress::Waiting => continue,
                 other => break other,
             }

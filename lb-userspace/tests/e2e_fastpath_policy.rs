@@ -27,26 +27,48 @@ use common::{
 use lb_common::{SPLICE_STAT_ARMED_DROPPED, SPLICE_STAT_DROPPED, SPLICE_STAT_SYN_REUSE};
 use stickylb::fastpath::program::read_pinned_stats;
 
-/// `TcpExt: TCPSynRetrans` of a namespace: SYNs and SYN-ACKs its stack sent again (a
-/// handshake whose last packet never reached it).
-fn syn_retransmits(ns: &common::netns::NetNs) -> u64 {
-    let text = ns.try_exec(&["cat", "/proc/net/netstat"]).1;
-    let mut ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let names: Vec<&str> = ext
-        .next()
-        .expect("TcpExt names")
-        .split_whitespace()
-        .collect();
-    let values: Vec<&str> = ext
-        .next()
-        .expect("TcpExt values")
-        .split_whitespace()
-        .collect();
-    let at = names
-        .iter()
-        .position(|n| *n == "TCPSynRetrans")
-        .expect("TCPSynRetrans");
+/// A TCP counter of a namespace's stack (`/proc/net/snmp` or `/proc/net/netstat`, by the line
+/// prefix: `Tcp:` or `TcpExt:`).
+fn tcp_counter(ns: &common::netns::NetNs, prefix: &str, name: &str) -> u64 {
+    let file = if prefix == "Tcp:" {
+        "/proc/net/snmp"
+    } else {
+        "/proc/net/netstat"
+    };
+    let text = ns.try_exec(&["cat", file]).1;
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let names: Vec<&str> = lines.next().expect("names").split_whitespace().collect();
+    let values: Vec<&str> = lines.next().expect("values").split_whitespace().collect();
+    let at = names.iter().position(|n| *n == name).expect(name);
     values[at].parse().expect("a number")
+}
+
+/// `TcpExt: TCPSynRetrans`: SYNs and SYN-ACKs the stack sent again (a handshake whose last
+/// packet never reached it).
+fn syn_retransmits(ns: &common::netns::NetNs) -> u64 {
+    tcp_counter(ns, "TcpExt:", "TCPSynRetrans")
+}
+
+/// TCP keepalive probes every second after a second of silence.
+fn keepalive_every_second(conn: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    for (level, option) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    ] {
+        let one: libc::c_int = 1;
+        let rc = unsafe {
+            libc::setsockopt(
+                conn.as_raw_fd(),
+                level,
+                option,
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt {option}");
+    }
 }
 
 /// Sockets of the lb bound to a port of the default source range (61000-64999).
@@ -107,17 +129,26 @@ fn short_connections_take_the_pooled_path_and_long_ones_are_spliced() {
     assert_eq!(proxied(&after_long) - proxied(&after_churn), 8);
     assert_eq!(outcome(&after_long, "spliced"), 1, "{after_long}");
 
-    // A connection whose client pauses after its first answer is handed over in the pause.
+    // A connection whose client pauses after its first answer is handed over in the pause. The
+    // proxy closes its sockets at once: the client's next packet completes the hand-off. Here
+    // that is a TCP keepalive probe (an old sequence number, no data), a second later.
     let paused = addr.clone();
+    let resets_before = tcp_counter(rig.lb(), "Tcp:", "OutRsts");
     in_netns(&rig.client().name, move || {
         let mut client = Client::connect(&paused, "paused").unwrap();
+        keepalive_every_second(&client.conn);
         let first = client.get("/", false).unwrap();
-        thread::sleep(Duration::from_millis(300));
+        thread::sleep(Duration::from_millis(2500));
         for _ in 0..5 {
             assert_eq!(client.get("/", false).unwrap(), first);
         }
         client.close().unwrap();
     });
+    assert_eq!(
+        tcp_counter(rig.lb(), "Tcp:", "OutRsts"),
+        resets_before,
+        "the load balancer's stack reset nothing"
+    );
     let after_pause = rig.metrics();
     assert_eq!(proxied(&after_pause) - proxied(&after_long), 1);
     assert_eq!(outcome(&after_pause, "spliced"), 2, "{after_pause}");

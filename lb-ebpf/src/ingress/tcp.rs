@@ -15,10 +15,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    SpliceEntry, SpliceKey, SPLICE_F_ORPHAN, SPLICE_F_REDIRECT_PEER, SPLICE_F_SACK,
-    SPLICE_F_TIMESTAMPS, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_ARMED,
-    SPLICE_STATE_OBSERVE, SPLICE_STATE_SPLICE, SPLICE_STAT_ARMED_DROPPED, SPLICE_STAT_COMPLETED,
-    SPLICE_STAT_OBSERVED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_SACK, SPLICE_STAT_SYN_REUSE,
+    SpliceEntry, SpliceKey, SPLICE_F_REDIRECT_PEER, SPLICE_F_SACK, SPLICE_F_TIMESTAMPS,
+    SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_SEEN_SYN, SPLICE_STATE_ARMED, SPLICE_STATE_OBSERVE,
+    SPLICE_STATE_SPLICE, SPLICE_STAT_ARMED_DROPPED, SPLICE_STAT_COMPLETED, SPLICE_STAT_OBSERVED,
+    SPLICE_STAT_REDIRECTED, SPLICE_STAT_SACK, SPLICE_STAT_SYN_REUSE,
 };
 
 use super::options::OptionWalk;
@@ -130,13 +130,13 @@ pub(crate) fn try_splice_ingress(ctx: &TcContext) -> Result<i32, Drop> {
         return PASS;
     }
     if state == SPLICE_STATE_ARMED {
-        match armed(ctx, entry, ihl, &th) {
-            Armed::Complete => {}
-            Armed::ToSocket => return observe(ctx, entry, ihl, &th),
-            Armed::Drop => {
-                stat_inc(SPLICE_STAT_ARMED_DROPPED);
-                return Ok(TC_ACT_SHOT);
-            }
+        if !completes_hand_off(entry, &th) {
+            // Not the packet that completes the hand-off: an old duplicate, a partial
+            // acknowledgement, or a segment that overtook the one that completes it. Its sender
+            // sends what matters again; the proxy socket must not see it (its snapshot is
+            // taken), and may already be closed.
+            stat_inc(SPLICE_STAT_ARMED_DROPPED);
+            return Ok(TC_ACT_SHOT);
         }
     } else if state != SPLICE_STATE_SPLICE {
         // CLOSED (or a state this program does not know): never hand it to the stack.
@@ -148,49 +148,27 @@ pub(crate) fn try_splice_ingress(ctx: &TcContext) -> Result<i32, Drop> {
     translate(ctx, entry, &ip, &th)
 }
 
-/// What to do with a client's packet while its hand-off is ARMED.
-enum Armed {
-    /// The hand-off completed: translate the packet.
-    Complete,
-    /// Not yet: the proxy socket is still there and takes it.
-    ToSocket,
-    /// Not yet, and the proxy's sockets are gone.
-    Drop,
-}
-
-/// Completes the hand-off on a packet that acknowledges everything the proxy socket sent and
-/// does not start beyond its receive stream (see `SPLICE_STATE_ARMED`). A pure acknowledgement
-/// that completes it still goes to the proxy socket while there is one (it learns that what it
-/// sent arrived, and goes quiet); the next packet is translated.
+/// Whether the packet completes an ARMED hand-off: it acknowledges everything the proxy socket
+/// sent and does not start beyond its receive stream (see `SPLICE_STATE_ARMED`). If so, the
+/// entry is SPLICE from now on, and this packet is the first one translated.
 #[inline(always)]
-fn armed(ctx: &TcContext, entry: *mut SpliceEntry, ihl: usize, th: &TcpHdr) -> Armed {
+fn completes_hand_off(entry: *mut SpliceEntry, th: &TcpHdr) -> bool {
     // SAFETY: see try_splice_ingress.
-    let (armed_seq, armed_ack, flags) =
-        unsafe { ((*entry).armed_seq, (*entry).armed_ack, (*entry).flags) };
-    let orphan = flags & SPLICE_F_ORPHAN != 0;
+    let (armed_seq, armed_ack) = unsafe { ((*entry).armed_seq, (*entry).armed_ack) };
     let (seq, ack) = (u32::from_be(th.seq), u32::from_be(th.ack));
     // seq is armed_seq, or armed_seq - 1 (a keepalive probe); ack is at least armed_ack.
     let completes = th.flags & TCP_ACK != 0
         && armed_seq.wrapping_sub(seq) <= 1
         && ack.wrapping_sub(armed_ack) as i32 >= 0;
-    if !completes {
-        return if orphan { Armed::Drop } else { Armed::ToSocket };
+    if completes {
+        // SAFETY: see try_splice_ingress; a single aligned u32 store.
+        unsafe { ptr::write_volatile(&raw mut (*entry).state, SPLICE_STATE_SPLICE) };
+        stat_inc(SPLICE_STAT_COMPLETED);
     }
-    // SAFETY: see try_splice_ingress; a single aligned u32 store.
-    unsafe { ptr::write_volatile(&raw mut (*entry).state, SPLICE_STATE_SPLICE) };
-    stat_inc(SPLICE_STAT_COMPLETED);
-    let doff = u32::from(th.doff >> 4) * 4;
-    let payload = ctx.len().saturating_sub((ETH_HLEN + ihl) as u32 + doff);
-    let pure_ack = payload == 0 && th.flags & (TCP_FIN | TCP_RST) == 0;
-    if pure_ack && !orphan {
-        Armed::ToSocket
-    } else {
-        Armed::Complete
-    }
+    completes
 }
 
-/// OBSERVE (and ARMED, for a packet the proxy socket takes) passes the packet and records the
-/// sender's TSval.
+/// OBSERVE passes the packet and records the sender's TSval.
 #[inline(always)]
 fn observe(ctx: &TcContext, entry: *mut SpliceEntry, ihl: usize, th: &TcpHdr) -> Result<i32, Drop> {
     let l4 = (ETH_HLEN + ihl) as u32;
@@ -376,7 +354,7 @@ fn retire(entry: *mut SpliceEntry, key: &SpliceKey) {
     // deleted.
     let partner = SpliceKey::reverse_of(unsafe { &*entry });
     set_seen(entry, SPLICE_SEEN_SYN);
-    let _ = SPLICE_FLOWS.remove(&partner);
+    let _ = SPLICE_FLOWS.remove(partner);
     let _ = SPLICE_FLOWS.remove(key);
 }
 

@@ -416,7 +416,7 @@ impl Runtime {
         let mut pause = if sent { COMPLETE_FIRST } else { SETTLE };
         loop {
             tokio::time::sleep(pause).await;
-            let progress = handoff.observed.progress(&self.flows)?;
+            let progress = handoff.observed.progress(&self.flows, sent)?;
             if progress != Progress::Waiting || Instant::now() >= deadline {
                 return Ok(progress);
             }

@@ -10,9 +10,11 @@
 //!    this) are counted in. From here on the client's packets never reach the proxy socket: the
 //!    program completes the hand-off on the first one that acknowledges everything the proxy
 //!    socket sent and starts where its receive stream ends, and drops the others (old
-//!    duplicates, partial acknowledgements: what they carry comes again).
-//! 3. Complete: once the program has completed it (or, with nothing left for the client, after
-//!    a short settle), both sockets are closed in repair mode: no FIN, no RST, no TIME_WAIT.
+//!    duplicates, partial acknowledgements: what they carry comes again). The proxy socket stays
+//!    open until then for what it still has to retransmit.
+//! 3. Complete: once the program has completed it (or, when nothing was left unacknowledged,
+//!    after a short settle), both sockets are closed in repair mode: no FIN, no RST, no
+//!    TIME_WAIT.
 //!
 //! Nothing is ever frozen, so a request that arrives in the middle is never dropped: it either
 //! reached the socket before the client's entry was armed (the hand-off is given up, found by
@@ -201,11 +203,13 @@ impl Observed {
         Ok(Ok(()))
     }
 
-    /// Where the armed hand-off stands (see [`Progress`]). Call it once the bytes the proxy
-    /// wrote after arming had time to reach the client, or, if there were none, a little after
-    /// arming (a packet that passed the program just before the entry was armed reaches the
-    /// socket within microseconds).
-    pub fn progress(&self, flows: &Flows) -> Result<Progress, SpliceError> {
+    /// Where the armed hand-off stands (see [`Progress`]). Call it a little after arming: a
+    /// packet that passed the program just before the entry was armed reaches its socket
+    /// within microseconds, and shows here. `sent`: the proxy wrote to the client after
+    /// arming; the hand-off is complete when the program has seen the client acknowledge it.
+    /// Without it, the client already has everything (nothing unacknowledged): the program
+    /// completes the hand-off on the client's next packet, the sockets are no longer needed.
+    pub fn progress(&self, flows: &Flows, sent: bool) -> Result<Progress, SpliceError> {
         let (client_inq, client_outq) = repair::queues(self.client.as_fd())?;
         let (server_inq, _) = repair::queues(self.server.as_fd())?;
         let established = repair::state(self.client.as_fd())? == TCP_ESTABLISHED
@@ -216,7 +220,7 @@ impl Observed {
         let completed = flows
             .get(&self.client_key)?
             .is_some_and(|entry| entry.state == SPLICE_STATE_SPLICE);
-        Ok(if completed || client_outq == 0 {
+        Ok(if completed || (!sent && client_outq == 0) {
             Progress::Complete
         } else {
             Progress::Waiting
