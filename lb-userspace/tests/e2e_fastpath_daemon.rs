@@ -63,18 +63,7 @@ impl Setup {
         let topo = Topology::new(tag, net);
         let pins = PinDir::new(&format!("fastpath-daemon-{tag}"));
         let b = topo.backend_addr();
-        let backend = Proc::spawn(
-            "backend",
-            &topo.backends.name,
-            &[
-                common::backend_bin(),
-                "--listen",
-                &format!("{b}:8001=s1"),
-                "--listen",
-                &format!("{b}:8002=s2"),
-            ],
-        );
-        backend.wait_for_output("ready", Duration::from_secs(10));
+        let backend = common::fastpath::spawn_servers(&topo.backends, &b);
         let lb = topo.lb_addr();
         let text = format!(
             r#"[instance]

@@ -119,19 +119,17 @@ pub enum Unprepared {
 
 impl Runtime {
     /// Opens a connection to `server` from a reserved source port and puts it and `client`
-    /// under observation. `allowed`: the interfaces the program may use (any when empty).
-    /// `probe`: make the client acknowledge at once (it has been quiet: its timestamp is old).
+    /// under observation; the client is made to acknowledge at once (a window probe), since its
+    /// last packet came before its entry was there. `allowed`: the interfaces the program may
+    /// use (any when empty).
     pub async fn prepare(
         self: &Arc<Self>,
         client: &TcpStream,
         server: SocketAddr,
         allowed: &[String],
         timeout: Duration,
-        probe: bool,
     ) -> Result<Prepared, Unprepared> {
-        let prepared = self
-            .try_prepare(client, server, allowed, timeout, probe)
-            .await;
+        let prepared = self.try_prepare(client, server, allowed, timeout).await;
         match &prepared {
             Ok(_) => self.stats.candidates.fetch_add(1, Relaxed),
             Err(Unprepared::OtherInterface | Unprepared::NotIpv4) => {
@@ -149,7 +147,6 @@ impl Runtime {
         server: SocketAddr,
         allowed: &[String],
         timeout: Duration,
-        probe: bool,
     ) -> Result<Prepared, Unprepared> {
         let (SocketAddr::V4(server), SocketAddr::V4(front), SocketAddr::V4(peer)) = (
             server,
@@ -159,26 +156,33 @@ impl Runtime {
             return Err(Unprepared::NotIpv4);
         };
         let source = self.source_for(server).map_err(Unprepared::Io)?;
-        let client_ifindex = self.usable_interface(*front.ip(), allowed)?;
-        let server_ifindex = self.usable_interface(source, allowed)?;
-        // The client's entry first: with `probe`, its acknowledgement arrives while the server
-        // connection is made.
+        let ifindexes = (
+            self.usable_interface(*front.ip(), allowed)?,
+            self.usable_interface(source, allowed)?,
+        );
+        // The client's entry first, then the window probe: the client's acknowledgement (and
+        // its timestamp) arrives while the server connection is made.
         let client_key = tuple_key(peer, front);
         splice::observe(&self.flows, &client_key)?;
-        if probe {
-            if let Err(error) = repair::probe(client) {
-                let _ = self.flows.remove(&client_key);
-                return Err(Unprepared::Splice(error.into()));
-            }
+        let prepared = self
+            .probe_and_connect(client, (source, server), ifindexes, timeout)
+            .await;
+        if prepared.is_err() {
+            let _ = self.flows.remove(&client_key);
         }
-        let connected = self.connect(source, server, timeout).await;
-        let (stream, reserved) = match connected {
-            Ok(connected) => connected,
-            Err(error) => {
-                let _ = self.flows.remove(&client_key);
-                return Err(error);
-            }
-        };
+        prepared
+    }
+
+    /// The rest of [`Runtime::prepare`], once the client's entry is in place.
+    async fn probe_and_connect(
+        self: &Arc<Self>,
+        client: &TcpStream,
+        (source, server): (std::net::Ipv4Addr, SocketAddrV4),
+        (client_ifindex, server_ifindex): (u32, u32),
+        timeout: Duration,
+    ) -> Result<Prepared, Unprepared> {
+        repair::probe(client).map_err(|e| Unprepared::Splice(e.into()))?;
+        let (stream, reserved) = self.connect(source, server, timeout).await?;
         let dup = |socket: &TcpStream| -> Result<std::net::TcpStream, Unprepared> {
             let fd = socket
                 .as_fd()
@@ -186,17 +190,13 @@ impl Runtime {
                 .map_err(Unprepared::Io)?;
             Ok(std::net::TcpStream::from(fd))
         };
-        let observed = Observed::new(dup(client)?, dup(&stream)?);
-        let observed = match observed {
-            Ok(observed) => observed,
-            Err(error) => {
-                let _ = self.flows.remove(&client_key);
+        let observed = dup(client)
+            .and_then(|client| Ok(Observed::new(client, dup(&stream)?)?))
+            .inspect_err(|_| {
                 let _ = self
                     .flows
                     .remove(&tuple_key(server, reserved.lease.port.local()));
-                return Err(error.into());
-            }
-        };
+            })?;
         let handoff = Handoff {
             observed,
             client_ifindex,

@@ -51,18 +51,7 @@ impl Rig {
             Hosts::Routed(t) => (&t.backends, t.lb_addr(), t.backend_addr()),
             Hosts::OneArmed(l) => (&l.backends, l.lb_addr(0), l.backend_addr()),
         };
-        let backend = Proc::spawn(
-            "backend",
-            &backends.name,
-            &[
-                super::backend_bin(),
-                "--listen",
-                &format!("{b}:8001=s1"),
-                "--listen",
-                &format!("{b}:8002=s2"),
-            ],
-        );
-        backend.wait_for_output("ready", Duration::from_secs(10));
+        let backend = spawn_servers(backends, &b);
         let text = format!(
             r#"[instance]
 name = "rig"
@@ -168,6 +157,23 @@ drain = "1s"
         argv.extend_from_slice(filter);
         self.lb().try_exec(&argv).1
     }
+}
+
+/// The test backend in `ns` with servers `s1` on `addr:8001` and `s2` on `addr:8002`, ready.
+pub fn spawn_servers(ns: &NetNs, addr: &str) -> Proc {
+    let backend = Proc::spawn(
+        "backend",
+        &ns.name,
+        &[
+            super::backend_bin(),
+            "--listen",
+            &format!("{addr}:8001=s1"),
+            "--listen",
+            &format!("{addr}:8002=s2"),
+        ],
+    );
+    backend.wait_for_output("ready", Duration::from_secs(10));
+    backend
 }
 
 /// The value of the first `/metrics` line that starts with `line_start` (0 if none).

@@ -55,19 +55,8 @@ impl<'a> LoadSpec<'a> {
     }
 }
 
-/// What the load generator measured.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct LoadResult {
-    pub(super) requests: u64,
-    pub(super) seconds: f64,
-    pub(super) bytes: u64,
-    /// Connect, read and write errors, timeouts, connections closed early.
-    pub(super) errors: u64,
-    /// Answers other than 2xx and 3xx (`101` for tunnels).
-    pub(super) status_errors: u64,
-    pub(super) p50_us: u64,
-    pub(super) p99_us: u64,
-}
+/// What the load generator measured (the same figures as wrk's).
+pub(super) type LoadResult = super::wrk::WrkResult;
 
 /// Runs `binary` (stickylb-load) in `netns` to completion.
 pub(super) fn run(netns: &Netns, binary: &Path, spec: &LoadSpec<'_>) -> anyhow::Result<LoadResult> {
@@ -123,24 +112,7 @@ pub(super) fn finish(mut child: Child, duration: Duration) -> anyhow::Result<Loa
 
 /// The `LOAD-RESULT key=value ...` line.
 fn parse(stdout: &str) -> Option<LoadResult> {
-    let line = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("LOAD-RESULT "))?;
-    let field = |name: &str| -> Option<u64> {
-        line.split_whitespace()
-            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?
-            .parse()
-            .ok()
-    };
-    Some(LoadResult {
-        requests: field("requests")?,
-        seconds: field("duration_us")? as f64 / 1e6,
-        bytes: field("bytes")?,
-        errors: field("errors")?,
-        status_errors: field("status_errors")?,
-        p50_us: field("p50_us")?,
-        p99_us: field("p99_us")?,
-    })
+    super::wrk::parse_line(stdout, "LOAD-RESULT")
 }
 
 #[cfg(test)]

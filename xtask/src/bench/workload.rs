@@ -133,6 +133,15 @@ impl Sample {
         }
     }
 
+    /// The same with the load generator's latency percentiles (microseconds).
+    fn with_latency(self, p50_us: u64, p99_us: u64) -> Self {
+        Self {
+            p50_ms: Some(p50_us as f64 / 1e3),
+            p99_ms: Some(p99_us as f64 / 1e3),
+            ..self
+        }
+    }
+
     pub(super) fn requests_per_s(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
@@ -221,17 +230,10 @@ pub(super) fn load(
         | Workload::KeepAlive
         | Workload::OneArmedKeepAlive => {
             let spec = wrk_spec(env, workload, base, prefix, duration);
-            let result = wrk::run(client, &env.script, &spec)?;
-            return Ok(Sample {
-                p50_ms: Some(result.p50_us as f64 / 1e3),
-                p99_ms: Some(result.p99_us as f64 / 1e3),
-                ..Sample::measured(
-                    result.requests,
-                    result.seconds,
-                    result.bytes,
-                    result.errors + result.status_errors,
-                )
-            });
+            let r = wrk::run(client, &env.script, &spec)?;
+            let errors = r.errors + r.status_errors;
+            let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
+            return Ok(sample.with_latency(r.p50_us, r.p99_us));
         }
         Workload::Download => {
             return download(
@@ -266,17 +268,10 @@ pub(super) fn load(
             ..spec(plan.keep_alive_connections)
         },
     };
-    let result = load::run(client, &env.load, &generated)?;
-    Ok(Sample {
-        p50_ms: Some(result.p50_us as f64 / 1e3),
-        p99_ms: Some(result.p99_us as f64 / 1e3),
-        ..Sample::measured(
-            result.requests,
-            result.seconds,
-            result.bytes,
-            result.errors + result.status_errors,
-        )
-    })
+    let r = load::run(client, &env.load, &generated)?;
+    let errors = r.errors + r.status_errors;
+    let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
+    Ok(sample.with_latency(r.p50_us, r.p99_us))
 }
 
 /// 8 characters that start the cookies of a run and phase (0 warm-up, 1 measurement).

@@ -27,7 +27,7 @@ pub(super) struct WrkSpec<'a> {
     pub(super) close: bool,
 }
 
-/// What wrk measured.
+/// What wrk (or stickylb-load) measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct WrkResult {
     pub(super) requests: u64,
@@ -86,17 +86,29 @@ pub(super) fn run(netns: &Netns, script: &Path, spec: &WrkSpec<'_>) -> anyhow::R
     finish(child, spec.duration + Duration::from_secs(30))
 }
 
-/// The `BENCH-RESULT key=value ...` line of `wrk.lua`'s `done`.
-fn parse(stdout: &str) -> Option<WrkResult> {
+/// The numbers of the first line of `stdout` that starts with `prefix` (`PREFIX key=value
+/// ...`), by key.
+fn result_fields<'a>(stdout: &'a str, prefix: &str) -> Option<impl Fn(&str) -> Option<u64> + 'a> {
     let line = stdout
         .lines()
-        .find_map(|line| line.strip_prefix("BENCH-RESULT "))?;
-    let field = |name: &str| -> Option<u64> {
+        .find_map(|line| line.strip_prefix(prefix)?.strip_prefix(' '))?;
+    Some(move |name: &str| -> Option<u64> {
         line.split_whitespace()
             .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?
             .parse()
             .ok()
-    };
+    })
+}
+
+/// The `BENCH-RESULT key=value ...` line of `wrk.lua`'s `done`.
+fn parse(stdout: &str) -> Option<WrkResult> {
+    parse_line(stdout, "BENCH-RESULT")
+}
+
+/// The figures of a `PREFIX key=value ...` line, which wrk's script and stickylb-load both
+/// print.
+pub(super) fn parse_line(stdout: &str, prefix: &str) -> Option<WrkResult> {
+    let field = result_fields(stdout, prefix)?;
     Some(WrkResult {
         requests: field("requests")?,
         seconds: field("duration_us")? as f64 / 1e6,

@@ -90,19 +90,18 @@ impl Leg {
     }
 
     /// A connection to `server` that can be handed to the kernel with `client`'s (from a
-    /// reserved port, both legs observed). `None` when there is none to be had (an interface
-    /// the fast path may not use, no free port, a failed connect: counted by the fast path).
-    /// `probe`: the client has been quiet (see `Runtime::prepare`).
+    /// reserved port, both legs observed; see `Runtime::prepare`). `None` when there is none to
+    /// be had (an interface the fast path may not use, no free port, a failed connect: counted
+    /// by the fast path).
     pub(super) async fn spliceable(
         runtime: &Arc<Runtime>,
         server: Arc<ServerState>,
         client: &TcpStream,
         interfaces: &[String],
         timeout: Duration,
-        probe: bool,
     ) -> Option<Leg> {
         let prepared = runtime
-            .prepare(client, server.addr, interfaces, timeout, probe)
+            .prepare(client, server.addr, interfaces, timeout)
             .await;
         match prepared {
             Ok(prepared) => Some(Leg {

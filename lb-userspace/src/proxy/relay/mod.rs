@@ -336,7 +336,7 @@ impl Splicing<'_> {
         if leg.splice.is_none() {
             let server = Arc::clone(&leg.server);
             let spliceable =
-                Leg::spliceable(self.runtime, server, client, self.interfaces, connect, true).await;
+                Leg::spliceable(self.runtime, server, client, self.interfaces, connect).await;
             match spliceable {
                 Some(fresh) => std::mem::replace(leg, fresh).finish(true),
                 None => {
@@ -382,8 +382,6 @@ async fn choose_leg(
             client,
             splicing.interfaces,
             connect_timeout,
-            // The client's timestamp: its last packet came before its entry was there.
-            true,
         )
         .await;
         if let Some(leg) = prepared {

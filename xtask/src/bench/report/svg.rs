@@ -12,7 +12,7 @@ const WIDTH: f64 = 980.0;
 const LABEL: f64 = 190.0;
 const PANEL: f64 = 330.0;
 const GAP: f64 = 60.0;
-const TOP: f64 = 78.0;
+const TOP: f64 = 96.0;
 const ROW: f64 = 34.0;
 const BAR: f64 = 12.0;
 const OFF_COLOUR: &str = "#8395a7";
@@ -33,8 +33,9 @@ pub(super) fn render(report: &Report) -> String {
          <text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">stickylb, fast path off \
          and on: req/s (MB/s for downloads) as a ratio</text>\n\
          <text x=\"10\" y=\"40\" fill=\"#555\">Written by cargo xtask bench ({}, {} run(s) per \
-         cell, medians). paced-keep-alive offers a fixed rate: its ratios are ~1 by design \
-         (see its p99 in BENCHMARKS.md).</text>",
+         cell, medians).</text>\n\
+         <text x=\"10\" y=\"56\" fill=\"#555\">paced-keep-alive offers a fixed rate: its ratios \
+         are ~1 by design (its p99 is in BENCHMARKS.md).</text>",
         escape(&report.machine.date),
         report.plan.runs,
     );
@@ -68,8 +69,8 @@ fn legend(out: &mut String) {
         let x = WIDTH - 260.0 + 130.0 * i as f64;
         let _ = writeln!(
             out,
-            "<rect x=\"{x}\" y=\"48\" width=\"14\" height=\"10\" fill=\"{colour}\"/>\
-             <text x=\"{}\" y=\"57\">{name}</text>",
+            "<rect x=\"{x}\" y=\"14\" width=\"14\" height=\"10\" fill=\"{colour}\"/>\
+             <text x=\"{}\" y=\"23\">{name}</text>",
             x + 18.0
         );
     }
