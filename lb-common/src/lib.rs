@@ -56,7 +56,7 @@ const _: () = assert!(size_of::<StickKey>() == 48);
 const _: () = assert!(size_of::<StickEntry>() == 40);
 
 // ---------------------------------------------------------------------------------------------
-// The TCP splice fast path (issue 7). One `SPLICE_FLOWS` entry per direction of a spliced
+// The TCP splice fast path (docs/FASTPATH.md). One `SPLICE_FLOWS` entry per direction of a spliced
 // connection, keyed by the 4-tuple as the packet arrives on the load balancer's interface.
 // ---------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-//! The kernel fast path (issue 7): the splice program passes the verifier, attaches with TCX
+//! The kernel fast path (`docs/FASTPATH.md`): the splice program passes the verifier, attaches with TCX
 //! and pins; a keep-alive connection relayed in userspace is handed to the kernel with the
-//! SPLICE.md protocol and keeps working without the relay.
+//! armed hand-off and keeps working without the relay.
 
 #![allow(
     clippy::unwrap_used,

@@ -1,4 +1,4 @@
-//! The kernel fast path inside the real daemon (issue 7): namespaces client, lb (two
+//! The kernel fast path inside the real daemon: namespaces client, lb (two
 //! interfaces) and backends; `stickylb run` with `fastpath = "splice"`.
 
 #![allow(

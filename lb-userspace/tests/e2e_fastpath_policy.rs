@@ -1,4 +1,4 @@
-//! The kernel fast path on ordinary traffic (issue 13): which connections the hand-off policy
+//! The kernel fast path on ordinary traffic: which connections the hand-off policy
 //! picks and what the others cost, port reuse by clients after spliced flows, a restart right
 //! after traffic, the recycling of the servers' source ports, and a one-armed load balancer.
 //! The real daemon, in namespaces (`common::fastpath::Rig`).
@@ -349,7 +349,7 @@ fn a_one_armed_load_balancer_splices_through_its_one_interface() {
     if !common::privileged() {
         return;
     }
-    // Client, load balancer and servers on one LAN, as in the seed's Vagrant network: both
+    // Client, load balancer and servers on one LAN, as in `vagrant/`'s network: both
     // legs of every connection cross the same interface.
     let rig = Rig::one_armed("fpo", 253, "");
     let _daemon = rig.start();

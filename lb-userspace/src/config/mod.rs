@@ -92,7 +92,7 @@ pub struct Frontend {
     pub fastpath_interfaces: Vec<String>,
 }
 
-/// `fastpath = "splice" | "off"`: the kernel fast path of a frontend (issue 7).
+/// `fastpath = "splice" | "off"`: the kernel fast path of a frontend (`docs/FASTPATH.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastPathMode {
     /// After the first request/response exchange of a keep-alive HTTP/1.1 connection to a

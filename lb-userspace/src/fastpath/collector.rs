@@ -1,4 +1,4 @@
-//! Expiry of flow map entries (SPLICE.md, "Expiry"): a pair goes after FIN in both directions
+//! Expiry of flow map entries (`docs/FASTPATH.md`, "The flow map's life cycle"): a pair goes after FIN in both directions
 //! plus a TIME_WAIT-like grace, a few seconds after an RST, at once after a SYN reused its
 //! 4-tuple, after a long idle time; a HOLD older than about a second (a proxy died in the middle
 //! of a hand-off) and an OBSERVE entry no live connection of this process owns, idle for a

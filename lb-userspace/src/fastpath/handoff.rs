@@ -1,5 +1,5 @@
 //! Handing one relayed connection to the kernel: the dedicated server leg it needs, observing
-//! both legs, and the attempt itself (SPLICE.md's protocol, in [`super::splice`]).
+//! both legs, and the attempt itself (the protocol is in [`super::splice`]).
 //!
 //! The relay calls [`Runtime::prepare`] when the policy ([`super::policy`]) says a connection
 //! is a candidate, relays over the leg it gets, and calls [`Runtime::try_splice`] at message
@@ -63,17 +63,18 @@ impl Handoff {
     }
 }
 
-/// What became of a hand-off attempt. In every case but [`Attempt::Failed`] the bytes the
-/// caller gave to write have been written.
+/// What became of a hand-off attempt. The bytes the caller gave to write have been written
+/// when the hand-off was armed ([`Attempt::Spliced`], [`Attempt::Again`]), not otherwise.
 pub enum Attempt {
     /// Both sockets are closed (silently): the kernel carries the connection.
     Spliced,
     /// The legs were not quiet (a request was already there): the attempt cost a few `ioctl`s;
-    /// the next message boundary may do.
+    /// the next message boundary may do. Nothing was written.
     Raced(Handoff),
-    /// The attempt went further and was given up: try again later.
+    /// The attempt was armed, then given up: try again later.
     Again(Handoff),
     /// Never again on this connection (its legs cannot be translated); the entries are gone.
+    /// Nothing was written.
     Never,
     /// Writing to the client failed.
     Failed(io::Error),
@@ -318,8 +319,9 @@ impl Runtime {
 
     /// Tries to hand the connection to the kernel at a message boundary with nothing buffered
     /// in userspace: arms it, writes `pending` to the client (an answer held back for this, or
-    /// nothing), and waits (asynchronously, at most `limit`) until the client has everything,
-    /// then closes both sockets silently. Arming is a few dozen non-blocking syscalls; nothing
+    /// nothing; when the hand-off could not be armed, the caller writes it), and waits
+    /// (asynchronously, at most `limit`) until the client has everything, then closes both
+    /// sockets silently. Arming is a few dozen non-blocking syscalls; nothing
     /// here blocks the worker or holds a lock.
     pub async fn try_splice(
         self: &Arc<Self>,
@@ -352,16 +354,12 @@ impl Runtime {
             }
         };
         if let Some(why) = why {
-            let attempt = match why {
+            return match why {
                 Some(why) => self.kept(handoff, &why),
                 None => {
                     self.remove_entries(keys);
                     Attempt::Never
                 }
-            };
-            return match client.write_all(pending).await {
-                Ok(()) => attempt,
-                Err(error) => Attempt::Failed(error),
             };
         }
         if let Err(error) = client.write_all(pending).await {
@@ -431,11 +429,12 @@ impl Runtime {
             | NotSpliced::ServerUnacked { .. }
             | NotSpliced::ClientUnsent { .. }
             | NotSpliced::Refused(Refusal::Queued { .. } | Refusal::NotEstablished { .. }) => {
+                tracing::trace!(reason = %why, "fast path: not yet");
                 self.stats.kept_unread.fetch_add(1, Relaxed);
                 Attempt::Raced(handoff)
             }
             NotSpliced::Refused(Refusal::NoTsval { .. }) => {
-                tracing::debug!(reason = %why, "fast path: not yet");
+                tracing::trace!(reason = %why, "fast path: not yet");
                 self.stats.kept_no_tsval.fetch_add(1, Relaxed);
                 Attempt::Raced(handoff)
             }

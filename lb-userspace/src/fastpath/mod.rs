@@ -1,4 +1,4 @@
-//! The kernel fast path (issue 7): TCP connections spliced by a TC program.
+//! The kernel fast path: TCP connections spliced by a TC program (design: `docs/FASTPATH.md`).
 //!
 //! - [`program`] loads `splice_ingress`, attaches it to interfaces with TCX and pins the links
 //!   and the maps under `<pin_dir>/<instance>/v1/`, adopting what a previous process pinned.

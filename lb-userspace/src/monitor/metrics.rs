@@ -343,7 +343,7 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
     let counters = [
         (
             "stickylb_fastpath_candidates_total",
-            "Connections served by the splicing relay.",
+            "Connections the hand-off policy picked: given a server leg that can be spliced, and observed.",
             f.candidates,
         ),
         (

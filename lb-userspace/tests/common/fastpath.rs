@@ -1,7 +1,7 @@
 //! A rig for the daemon with the kernel fast path: a client, the load balancer and the backends
 //! (servers `s1` and `s2`) as separate hosts, either routed (client and servers on two
-//! interfaces of the load balancer) or one-armed (all three on one LAN, as in the seed's
-//! Vagrant network); the daemon's metrics and pinned flow map; a small HTTP client.
+//! interfaces of the load balancer) or one-armed (all three on one LAN, as in `vagrant/`'s
+//! network); the daemon's metrics and pinned flow map; a small HTTP client.
 
 use std::{
     io::{Read as _, Write as _},

@@ -6,7 +6,7 @@
 //!   (client to backends, no load balancer) crosses the same two veth pairs as the others. The
 //!   client also has 10.240.1.101-116, for the workloads from many client addresses.
 //! - one-armed: client 10.241.0.100, lb 10.241.0.10 and backends 10.241.0.2 on one bridge (in a
-//!   fourth, "switch" namespace), as in the seed's Vagrant network: both legs of every
+//!   fourth, "switch" namespace), as in `vagrant/`'s network: both legs of every
 //!   connection cross the load balancer's one interface.
 //!
 //! Processes join only the network namespace (`nsenter --net`), not the mount namespace that

@@ -30,15 +30,24 @@ pub(super) struct Leg {
 }
 
 /// What became of a hand-off attempt, for the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Tried {
     /// Both sockets are in repair mode: drop them, which sends nothing.
     Spliced,
-    /// Still relayed: a request was already there; the next message boundary may do.
+    /// Still relayed: a leg was not quiet (a request already there, the server still
+    /// talking); the next message boundary may do. What was to be written was not.
     Raced,
     /// Still relayed; a later attempt may succeed.
     Again,
-    /// Still relayed, for good.
+    /// Still relayed, for good. What was to be written was not.
     Never,
+}
+
+impl Tried {
+    /// Whether the bytes given to the attempt were written.
+    pub(super) fn wrote(self) -> bool {
+        matches!(self, Self::Spliced | Self::Again)
+    }
 }
 
 /// What a leg that can be spliced carries: its reserved source port and, until an attempt
@@ -127,8 +136,8 @@ impl Leg {
     }
 
     /// Tries to hand the connection to the kernel at a message boundary, nothing buffered;
-    /// `pending` (an answer held back for this, or nothing) is written to the client whatever
-    /// happens. `None` when the leg cannot be spliced (and nothing was written).
+    /// `pending` (an answer held back for this, or nothing) is written to the client if the
+    /// hand-off was armed ([`Tried::wrote`]). `None` when the leg cannot be spliced.
     pub(super) async fn try_splice(
         &mut self,
         client: &mut TcpStream,

@@ -501,15 +501,29 @@ async fn deliver(
         }
         None => false,
     };
-    // A response that came whole with its head (the usual small answer) goes out in one write;
-    // so does a tunnel's head with what the server sent after it.
+    if response.body == Framing::Tunnel {
+        // The head and what the server sent after it, the start of the tunnel.
+        let mut tried = None;
+        if let Some(limit) = hand_off {
+            tried = hand_over_tunnel(client, leg, &mut response_buf, limit).await?;
+        }
+        if !tried.is_some_and(Tried::wrote) {
+            client.write_all(&response_buf).await?;
+        }
+        return Ok(Delivered {
+            response,
+            learned,
+            body: 0,
+            tried,
+        });
+    }
+    // A response that came whole with its head (the usual small answer) goes out in one write.
     let whole = match response.body {
         Framing::Length(body) => usize::try_from(body)
             .ok()
             .and_then(|body| body.checked_add(len))
             .filter(|&end| end <= response_buf.len()),
-        Framing::Tunnel => Some(response_buf.len()),
-        Framing::Chunked | Framing::Unframed => None,
+        Framing::Chunked | Framing::Unframed | Framing::Tunnel => None,
     };
     let sent = whole.unwrap_or(len);
     let mut out = Vec::new();
@@ -525,9 +539,11 @@ async fn deliver(
     };
     let held = hand_off.filter(|_| whole.is_some() && answer.len() <= HELD_ANSWER);
     let mut tried = None;
-    match held {
-        Some(limit) => tried = leg.try_splice(client, answer, limit).await.transpose()?,
-        None => client.write_all(answer).await?,
+    if let Some(limit) = held {
+        tried = leg.try_splice(client, answer, limit).await.transpose()?;
+    }
+    if !tried.is_some_and(Tried::wrote) {
+        client.write_all(answer).await?;
     }
     response_buf.advance(sent);
     // The body's size, for a framed body.
@@ -539,7 +555,6 @@ async fn deliver(
             Some(body)
         }
         Framing::Chunked => Some(copy_chunked(&mut response_buf, upstream, client).await?),
-        Framing::Tunnel if whole.is_some() => None,
         Framing::Unframed | Framing::Tunnel => {
             // What the server sent after the head: the start of the body, or of the tunnel.
             client.write_all(&response_buf).await?;
@@ -566,6 +581,39 @@ async fn deliver(
         body: framed.unwrap_or(0),
         tried,
     })
+}
+
+/// Hands a tunnel over with its response head and whatever the server sent after it (`head`):
+/// the client sends nothing before it has them. A server that speaks first (a greeting) may
+/// still be sending when the hand-off looks at its leg: what arrived is added and the hand-off
+/// tried again, a few times. Returns how the last attempt went (`None`: the leg cannot be
+/// spliced); the caller writes `head` when the attempts did not.
+async fn hand_over_tunnel(
+    client: &mut TcpStream,
+    leg: &mut Leg,
+    head: &mut BytesMut,
+    limit: Duration,
+) -> std::io::Result<Option<Tried>> {
+    const TRIES: usize = 3;
+    let mut tried = None;
+    for _ in 0..TRIES {
+        tried = leg.try_splice(client, head, limit).await.transpose()?;
+        if tried != Some(Tried::Raced) {
+            break;
+        }
+        let before = head.len();
+        while head.len() <= HELD_ANSWER {
+            match leg.stream.try_read_buf(head) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        if head.len() == before {
+            // Not the server: the client (or a full buffer); the tunnel relays it.
+            break;
+        }
+    }
+    Ok(tried)
 }
 
 /// Ends a response head whose client asked to close (replacing its final empty line).

@@ -116,7 +116,7 @@ fn setup(out: &mut String, report: &Report) {
          - Hosts, each a network namespace, in two layouts. **Routed** (every workload but the \
          one-armed ones): client (10.240.1.2, and 10.240.1.101-116 for the workload from many \
          addresses), lb (10.240.1.1 and 10.240.2.1, routing between the two) and backends \
-         (10.240.2.2), joined by veth pairs. **One-armed** (as in the seed's Vagrant network): \
+         (10.240.2.2), joined by veth pairs. **One-armed** (as in `vagrant/`'s network): \
          client (10.241.0.100), lb (10.241.0.10) and backends (10.241.0.2) on one bridge, so both \
          legs of every connection cross the load balancer's one interface. The backends are one \
          `stickylb-backend` process per layout, 4 servers on ports 8081-8084. The load \

@@ -101,7 +101,7 @@ pub(super) fn judge_all(
     checks
 }
 
-/// The fast path's goals (issue 7).
+/// The fast path's goals: keep-alive, downloads, CPU per GB.
 fn judge_fast_path<'a>(
     find: &impl Fn(Workload, Contender) -> Option<&'a Summary>,
 ) -> Vec<TargetCheck> {
