@@ -12,7 +12,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    balance::{Balancer, Select as _},
+    balance::{Balancer, Candidate, Select as _},
     config,
     table::{StickTable, Store},
 };
@@ -26,8 +26,6 @@ pub struct ServerState {
     in_flight: AtomicU64,
     pub stats: ServerStats,
     check: Mutex<CheckStatus>,
-    /// Idle connections to the server, for the relay.
-    pub idle: crate::proxy::pool::Pool,
 }
 
 /// Monotonic counters of one server.
@@ -61,7 +59,6 @@ impl ServerState {
             in_flight: AtomicU64::new(0),
             stats: ServerStats::default(),
             check: Mutex::new(CheckStatus::default()),
-            idle: crate::proxy::pool::Pool::default(),
         }
     }
 
@@ -98,6 +95,16 @@ impl ServerState {
 
     pub fn update_check(&self, update: impl FnOnce(&mut CheckStatus)) {
         update(&mut self.check.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+impl Candidate for ServerState {
+    fn is_up(&self) -> bool {
+        ServerState::is_up(self)
+    }
+
+    fn in_flight(&self) -> u64 {
+        ServerState::in_flight(self)
     }
 }
 
@@ -160,7 +167,7 @@ pub struct BackendState {
     health_check: ArcSwap<config::HealthCheck>,
     servers: ArcSwap<Vec<Arc<ServerState>>>,
     pub table: StickTable,
-    balancer: ArcSwap<Balancer>,
+    balancer: ArcSwap<Balancer<ServerState>>,
     pub stats: BackendStats,
 }
 

@@ -11,15 +11,23 @@ use std::sync::{
 
 use rand::Rng as _;
 
-use crate::{backend::ServerState, config::Balance};
+use crate::config::Balance;
 
-/// A load-balancing algorithm.
-pub trait Select: Send + Sync {
-    /// Picks one of `servers` that is up, or `None` when none is.
-    fn select(&self, servers: &[Arc<ServerState>]) -> Option<Arc<ServerState>>;
+/// What selection knows of a server (the backend's server state implements it): selection
+/// depends on this, not on the backend.
+pub trait Candidate {
+    fn is_up(&self) -> bool;
+    /// Requests in flight.
+    fn in_flight(&self) -> u64;
 }
 
-pub fn selector(balance: Balance) -> Box<dyn Select> {
+/// A load-balancing algorithm.
+pub trait Select<S>: Send + Sync {
+    /// Picks one of `servers` that is up, or `None` when none is.
+    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>>;
+}
+
+pub fn selector<S: Candidate>(balance: Balance) -> Box<dyn Select<S>> {
     match balance {
         Balance::RoundRobin => Box::new(RoundRobin::default()),
         Balance::LeastConn => Box::new(LeastConn::default()),
@@ -29,12 +37,12 @@ pub fn selector(balance: Balance) -> Box<dyn Select> {
 
 /// A selector with the algorithm it runs, so that a reload replaces it (and resets its rotation)
 /// only when the algorithm changes.
-pub struct Balancer {
+pub struct Balancer<S> {
     algorithm: Balance,
-    select: Box<dyn Select>,
+    select: Box<dyn Select<S>>,
 }
 
-impl Balancer {
+impl<S: Candidate> Balancer<S> {
     pub fn new(algorithm: Balance) -> Self {
         Self {
             algorithm,
@@ -47,8 +55,8 @@ impl Balancer {
     }
 }
 
-impl Select for Balancer {
-    fn select(&self, servers: &[Arc<ServerState>]) -> Option<Arc<ServerState>> {
+impl<S> Select<S> for Balancer<S> {
+    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
         self.select.select(servers)
     }
 }
@@ -68,8 +76,8 @@ pub struct RoundRobin {
     next: Mutex<usize>,
 }
 
-impl Select for RoundRobin {
-    fn select(&self, servers: &[Arc<ServerState>]) -> Option<Arc<ServerState>> {
+impl<S: Candidate> Select<S> for RoundRobin {
+    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
         let count = servers.len();
         let start = *next % count.max(1);
@@ -87,8 +95,8 @@ pub struct LeastConn {
     rotation: AtomicUsize,
 }
 
-impl Select for LeastConn {
-    fn select(&self, servers: &[Arc<ServerState>]) -> Option<Arc<ServerState>> {
+impl<S: Candidate> Select<S> for LeastConn {
+    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
         let count = servers.len();
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % count.max(1);
         (0..count)
@@ -102,9 +110,9 @@ impl Select for LeastConn {
 /// Two servers drawn at random; the one with fewer requests in flight wins.
 pub struct RandomTwoChoices;
 
-impl Select for RandomTwoChoices {
-    fn select(&self, servers: &[Arc<ServerState>]) -> Option<Arc<ServerState>> {
-        let up: Vec<&Arc<ServerState>> = servers.iter().filter(|s| s.is_up()).collect();
+impl<S: Candidate> Select<S> for RandomTwoChoices {
+    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
+        let up: Vec<&Arc<S>> = servers.iter().filter(|s| s.is_up()).collect();
         let mut rng = rand::thread_rng();
         let a = up.get(rng.gen_range(0..up.len().max(1)))?;
         let b = up.get(rng.gen_range(0..up.len()))?;
@@ -116,6 +124,7 @@ impl Select for RandomTwoChoices {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::ServerState;
 
     fn servers(n: usize) -> Vec<Arc<ServerState>> {
         (1..=n)
@@ -163,7 +172,8 @@ mod tests {
         assert!(RoundRobin::default().select(&servers).is_none());
         assert!(LeastConn::default().select(&servers).is_none());
         assert!(RandomTwoChoices.select(&servers).is_none());
-        assert!(RoundRobin::default().select(&[]).is_none());
+        let none: &[Arc<ServerState>] = &[];
+        assert!(RoundRobin::default().select(none).is_none());
     }
 
     #[test]

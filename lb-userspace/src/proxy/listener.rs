@@ -30,34 +30,13 @@ use tokio::{
     task::JoinSet,
 };
 
+pub use super::ConnSettings;
 use super::{
     drain::Drain,
     relay::{self, Release},
     workers::Workers,
     Frontend, Proxy,
 };
-use crate::config::Timeouts;
-
-/// Per-connection HTTP settings from the configuration.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnSettings {
-    /// Time allowed for a request head, and for an idle keep-alive connection.
-    pub client_timeout: Duration,
-    /// Largest request head; hyper's buffer has a floor of 8 KiB.
-    pub max_header_bytes: usize,
-    /// How long a stopping listener waits for its relayed (fast path) connections.
-    pub drain: Duration,
-}
-
-impl ConnSettings {
-    pub fn from_timeouts(timeouts: &Timeouts) -> Self {
-        Self {
-            client_timeout: timeouts.client,
-            max_header_bytes: timeouts.max_header_bytes,
-            drain: timeouts.drain,
-        }
-    }
-}
 
 const LISTEN_BACKLOG: u32 = 4096;
 const HYPER_MIN_BUF: usize = 8192;

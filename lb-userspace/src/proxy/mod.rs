@@ -35,6 +35,7 @@ use hyper_util::{
 pub use self::error::{short_response, ProxyError};
 use crate::{
     backend::{BackendState, Decision, InFlight, ServerState},
+    config::Timeouts,
     cookie, error_chain,
     fastpath::Runtime,
     table::now_ms,
@@ -66,10 +67,33 @@ impl Frontend {
     }
 }
 
+/// Per-connection HTTP settings from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnSettings {
+    /// Time allowed for a request head, and for an idle keep-alive connection.
+    pub client_timeout: Duration,
+    /// Largest request head; hyper's buffer has a floor of 8 KiB.
+    pub max_header_bytes: usize,
+    /// How long a stopping listener waits for its relayed (fast path) connections.
+    pub drain: Duration,
+}
+
+impl ConnSettings {
+    pub fn from_timeouts(timeouts: &Timeouts) -> Self {
+        Self {
+            client_timeout: timeouts.client,
+            max_header_bytes: timeouts.max_header_bytes,
+            drain: timeouts.drain,
+        }
+    }
+}
+
 /// State shared by every connection of every frontend. Its timeouts can be changed while it
 /// serves (see [`Proxy::set_timeouts`]).
 pub struct Proxy {
     upstream: ArcSwap<Upstream>,
+    /// The relay's idle connections to each server.
+    pools: pool::Pools,
 }
 
 /// The client to servers with the timeouts it applies; each request uses the one in force when
@@ -102,6 +126,7 @@ impl Proxy {
     pub fn new(connect_timeout: Duration, server_timeout: Duration) -> Self {
         Self {
             upstream: ArcSwap::from_pointee(Upstream::new(connect_timeout, server_timeout)),
+            pools: pool::Pools::default(),
         }
     }
 

@@ -1,17 +1,20 @@
 //! Idle keep-alive connections to one server, reused by the relay across client connections
 //! (HAProxy's `http-reuse always`): a client that opens a connection per request costs no
-//! connection to the server.
+//! connection to the server. The proxy keeps one pool per server ([`Pools`]); the backend's
+//! server state knows nothing of connections.
 
 use std::{
     io,
-    sync::Mutex,
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
 use super::workers;
+use crate::backend::ServerState;
 
 /// Idle connections kept per server; more are closed.
 const MAX_IDLE: usize = 256;
@@ -19,6 +22,50 @@ const MAX_IDLE: usize = 256;
 /// An idle connection older than this is closed rather than reused: servers close theirs
 /// after a keep-alive timeout of their own, often tens of seconds.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pool of each server the relay has connected to, found by the server's identity (its
+/// state's allocation: a server a reload replaces, even at the same address, gets a new one).
+/// Looked up when a relayed connection needs a new server connection, lock-free; a server seen
+/// for the first time adds its pool, and drops those of servers that are gone.
+#[derive(Default)]
+pub struct Pools {
+    pools: ArcSwap<Vec<(Weak<ServerState>, Arc<Pool>)>>,
+}
+
+impl Pools {
+    /// `server`'s pool.
+    pub fn of(&self, server: &Arc<ServerState>) -> Arc<Pool> {
+        if let Some(pool) = find(&self.pools.load(), server) {
+            return pool;
+        }
+        let mut found = None;
+        self.pools.rcu(|current| {
+            if let Some(pool) = find(current, server) {
+                found = Some(pool);
+                return Arc::clone(current);
+            }
+            let pool = Arc::new(Pool::default());
+            found = Some(Arc::clone(&pool));
+            let mut next: Vec<_> = current
+                .iter()
+                .filter(|(server, _)| server.strong_count() > 0)
+                .cloned()
+                .collect();
+            next.push((Arc::downgrade(server), pool));
+            Arc::new(next)
+        });
+        found.unwrap_or_default()
+    }
+}
+
+/// The pool of `server` in `pools`. A `Weak` keeps its server's allocation, so no other server
+/// can have the same address while the entry exists.
+fn find(pools: &[(Weak<ServerState>, Arc<Pool>)], server: &Arc<ServerState>) -> Option<Arc<Pool>> {
+    pools
+        .iter()
+        .find(|(known, _)| std::ptr::eq(known.as_ptr(), Arc::as_ptr(server)))
+        .map(|(_, pool)| Arc::clone(pool))
+}
 
 /// Idle connections, each with the worker whose event loop it is registered with (see
 /// [`super::workers`]): a connection is only reused on its own worker.
@@ -85,8 +132,6 @@ fn looks_open(stream: &TcpStream) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::proxy::workers::Workers;
 
@@ -143,5 +188,24 @@ mod tests {
             closed.take().is_none()
         }));
         workers.stop();
+    }
+
+    #[test]
+    fn each_server_has_its_own_pool_and_a_gone_server_loses_its_pool() {
+        let pools = Pools::default();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let (a, b) = (
+            Arc::new(ServerState::new("a", addr)),
+            Arc::new(ServerState::new("a", addr)),
+        );
+        assert!(Arc::ptr_eq(&pools.of(&a), &pools.of(&a)));
+        assert!(
+            !Arc::ptr_eq(&pools.of(&a), &pools.of(&b)),
+            "a replaced server starts afresh"
+        );
+        drop(a);
+        let c = Arc::new(ServerState::new("c", addr));
+        pools.of(&c);
+        assert_eq!(pools.pools.load().len(), 2, "b and c");
     }
 }

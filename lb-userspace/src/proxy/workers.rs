@@ -92,7 +92,7 @@ impl Drop for Workers {
 }
 
 /// The worker the calling thread is, if it is one: connections registered with a worker's
-/// event loop are only reused on that worker (see [`super::pool`]).
+/// event loop are only reused on that worker (the relay's server connection pool asks).
 pub fn current() -> Option<usize> {
     let index = INDEX.with(Cell::get);
     (index != usize::MAX).then_some(index)

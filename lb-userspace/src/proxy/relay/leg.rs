@@ -15,6 +15,7 @@ use crate::{
         handoff::{Attempt, Handoff, Reserved},
         Runtime,
     },
+    proxy::pool::{Pool, Pools},
 };
 
 /// The server side of a relayed connection.
@@ -27,6 +28,8 @@ pub(super) struct Leg {
     /// Set on a connection that can be handed to the kernel (a candidate's, see
     /// `fastpath::policy`); never pooled.
     pub(super) splice: Option<SpliceLeg>,
+    /// The server's pool, for a pooled connection (none for one that can be spliced).
+    pool: Option<Arc<Pool>>,
 }
 
 /// What became of a hand-off attempt, for the relay.
@@ -69,21 +72,28 @@ impl Drop for SpliceLeg {
 
 impl Leg {
     /// An idle pooled connection to `server`, or a new one.
-    pub(super) async fn open(server: Arc<ServerState>, timeout: Duration) -> std::io::Result<Leg> {
-        match server.idle.take() {
+    pub(super) async fn open(
+        server: Arc<ServerState>,
+        pools: &Pools,
+        timeout: Duration,
+    ) -> std::io::Result<Leg> {
+        let pool = pools.of(&server);
+        match pool.take() {
             Some(stream) => Ok(Leg {
                 server,
                 stream,
                 reused: true,
                 splice: None,
+                pool: Some(pool),
             }),
-            None => Self::open_new(server, timeout).await,
+            None => Self::open_new(server, Some(pool), timeout).await,
         }
     }
 
-    /// A new connection to `server`, never a pooled one.
+    /// A new connection to `server`, never a pooled one; it goes back to `pool` when done.
     pub(super) async fn open_new(
         server: Arc<ServerState>,
+        pool: Option<Arc<Pool>>,
         timeout: Duration,
     ) -> std::io::Result<Leg> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr))
@@ -95,6 +105,7 @@ impl Leg {
             stream,
             reused: false,
             splice: None,
+            pool,
         })
     }
 
@@ -122,6 +133,7 @@ impl Leg {
                     _reserved: prepared.reserved,
                     handoff: Some(prepared.handoff),
                 }),
+                pool: None,
             }),
             Err(error) => {
                 tracing::debug!(error = %crate::error_chain(&error), server = %server.name, "not a fast path candidate; relayed as it is");
@@ -186,11 +198,16 @@ impl Leg {
         }
     }
 
+    /// A new connection to the same server, in place of this pooled one that failed.
+    pub(super) async fn reopen(&self, timeout: Duration) -> std::io::Result<Leg> {
+        Self::open_new(Arc::clone(&self.server), self.pool.clone(), timeout).await
+    }
+
     /// Lets go of the leg after a complete exchange: a pooled connection goes back to its
     /// server's pool when `reusable`, any other is closed (a reserved one with an RST).
     pub(super) fn finish(self, reusable: bool) {
-        if reusable && self.splice.is_none() {
-            self.server.idle.put(self.stream);
+        if let Some(pool) = self.pool.filter(|_| reusable && self.splice.is_none()) {
+            pool.put(self.stream);
         }
     }
 }

@@ -37,9 +37,8 @@ use self::{
 };
 use super::{
     count_status,
-    listener::ConnSettings,
     message::{Framing, RequestHead, ResponseHead},
-    Frontend, Proxy,
+    ConnSettings, Frontend, Proxy,
 };
 use crate::{
     backend::{BackendState, Decision, ServerState},
@@ -128,7 +127,7 @@ pub(super) async fn serve(
             &server,
             candidate.then_some(()).and(splicing.as_ref()),
             &client,
-            connect_timeout,
+            (&proxy.pools, connect_timeout),
         )
         .await;
         let mut leg = match opened {
@@ -168,7 +167,7 @@ pub(super) async fn serve(
                 Err(error) if !retried && retry_on_a_new_connection(&leg, &request) => {
                     tracing::debug!(%error, server = %leg.server.name, "a reused server connection failed before answering; retrying once on a new one");
                     retried = true;
-                    match Leg::open_new(Arc::clone(&leg.server), connect_timeout).await {
+                    match leg.reopen(connect_timeout).await {
                         Ok(fresh) => leg = fresh,
                         Err(error) => break Err(error),
                     }
@@ -367,7 +366,7 @@ async fn choose_leg(
     server: &Arc<ServerState>,
     spliceable: Option<&Splicing<'_>>,
     client: &TcpStream,
-    connect_timeout: Duration,
+    (pools, connect_timeout): (&super::pool::Pools, Duration),
 ) -> std::io::Result<Leg> {
     if let Some(leg) = held {
         if Arc::ptr_eq(&leg.server, server) && (leg.splice.is_some() || spliceable.is_none()) {
@@ -388,7 +387,7 @@ async fn choose_leg(
             return Ok(leg);
         }
     }
-    Leg::open(Arc::clone(server), connect_timeout).await
+    Leg::open(Arc::clone(server), pools, connect_timeout).await
 }
 
 /// Waits for the next request head. With `pause`, gives up waiting after that long if nothing
