@@ -360,6 +360,27 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
 }
 
 #[test]
+fn a_bad_chunked_request_body_gets_400_and_is_not_charged_to_the_server() {
+    if !privileged() {
+        return;
+    }
+    let rig = rig("chunk", 219, &seven()[..1], "");
+    let daemon = rig.start();
+    let topo = &rig.topo;
+    let addr = format!("{}:80", topo.lb_addr());
+    // The server answers after 2 s: the body fails first.
+    let answer = http::in_netns(&topo.client.name, move || {
+        let bad =
+            b"POST /slow/2000 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        http::raw_exchange(&addr, bad, Duration::from_secs(5))
+    });
+    assert_eq!(http::parse(&answer).status, 400);
+    let log = daemon.output();
+    assert!(log.contains("status=400"), "{log}");
+    assert!(!log.contains("status=503"), "{log}");
+}
+
+#[test]
 fn a_cookie_set_by_the_server_is_learned() {
     if !privileged() {
         return;

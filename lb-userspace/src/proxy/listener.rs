@@ -3,7 +3,8 @@
 //!
 //! hyper answers malformed requests with 400 and oversized heads with 431 itself. A client too
 //! slow to send its request head makes hyper give up silently, so the listener keeps a duplicate
-//! of the socket to say `408 Request Timeout` before closing.
+//! of the socket to say `408 Request Timeout` (the pipeline's answer and access record, see
+//! docs/PIPELINE.md) before closing.
 
 use std::{
     convert::Infallible,
@@ -16,7 +17,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -33,15 +34,14 @@ use tokio::{
 pub use super::ConnSettings;
 use super::{
     drain::Drain,
+    exchange::{Access, Via},
     relay::{self, Release},
     workers::Workers,
-    Frontend, Proxy,
+    Frontend, Proxy, ProxyError,
 };
 
 const LISTEN_BACKLOG: u32 = 4096;
 const HYPER_MIN_BUF: usize = 8192;
-const REQUEST_TIMEOUT_RESPONSE: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\n408 Request Timeout\r\n";
 
 /// Binds a frontend's listening socket.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -126,8 +126,7 @@ pub async fn serve(
                         let released = relay::serve(
                             stream,
                             peer,
-                            &frontend,
-                            &proxy,
+                            (&frontend, &proxy),
                             settings,
                             fastpath.as_ref(),
                             stop,
@@ -242,6 +241,8 @@ fn serve_connection(
         read,
         progress: Arc::clone(&progress),
     });
+    let started = Instant::now();
+    let logged = Arc::clone(frontend);
     let (frontend, proxy, seen) = (
         Arc::clone(frontend),
         Arc::clone(proxy),
@@ -265,12 +266,22 @@ fn serve_connection(
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             if error.is_timeout() && progress.request_pending() {
+                let timeout = ProxyError::ClientTimeout;
                 if let Some(mut spare) = spare {
                     use std::io::Write as _;
                     // Best effort: the socket buffer is empty at this point, so this never blocks.
-                    let _ = spare.write_all(REQUEST_TIMEOUT_RESPONSE);
+                    let _ = spare.write_all(timeout.answer().raw);
                 }
-                tracing::info!(target: "access", %peer, status = 408, "client too slow to send its request");
+                let access = Access {
+                    frontend: &logged,
+                    client: peer,
+                    method: "-",
+                    path: "-",
+                    routed: None,
+                    via: Via::Hyper,
+                    started,
+                };
+                access.failed(&timeout);
             } else {
                 tracing::debug!(%peer, %error, "client connection ended with an error");
             }

@@ -3,13 +3,16 @@
 //! An upgrade the server accepts (`101`, e.g. WebSocket) becomes a tunnel of bytes between the
 //! client's connection and a connection to that server.
 //!
-//! Two implementations share the routing, counters and log lines: [`relay`] serves every
-//! simple HTTP/1.1 request (and hands connections to the kernel fast path), and
-//! [`Proxy::handle`], on hyper, serves the rest. [`listener`] gives connections to the first,
-//! which passes what it does not serve to the second.
+//! Two transports carry exchanges: [`relay`] serves every simple HTTP/1.1 request (and hands
+//! connections to the kernel fast path), and [`Proxy::handle`], on hyper, serves the rest.
+//! [`listener`] gives connections to the first, which passes what it does not serve to the
+//! second. Both go through the same pipeline: [`exchange`] routes, learns cookies, counts and
+//! writes the one access record; [`error`] classifies failures by side and is the one
+//! responder. See docs/PIPELINE.md.
 
 pub mod drain;
 mod error;
+mod exchange;
 mod headers;
 pub mod listener;
 mod message;
@@ -32,19 +35,26 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-pub use self::error::{short_response, ProxyError};
+pub use self::error::{short_response, ProxyError, Side};
+use self::{
+    error::ClientBodyFailed,
+    exchange::{Access, Via},
+};
 use crate::{
-    backend::{BackendState, Decision, InFlight, ServerState},
+    backend::{BackendState, InFlight, ServerState},
     config::Timeouts,
-    cookie, error_chain,
+    cookie,
     fastpath::Runtime,
-    table::now_ms,
 };
 
 /// Body of every response the proxy sends.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// Body of a request forwarded by hyper's client: a failure to read it from the client says so
+/// (see [`ProxyError::upstream`]).
+type RequestBody = BoxBody<Bytes, ClientBodyFailed>;
+
+type UpstreamClient = Client<HttpConnector, RequestBody>;
 
 /// One frontend: where its requests go.
 pub struct Frontend {
@@ -154,7 +164,8 @@ impl Proxy {
         self.upstream.store(Arc::new(next));
     }
 
-    /// Serves one request that arrived on `frontend` from `client`.
+    /// Serves one request that arrived on `frontend` from `client` (the hyper transport: see
+    /// [`exchange`] for the phases it shares with the relay).
     pub async fn handle(
         &self,
         frontend: &Frontend,
@@ -169,36 +180,30 @@ impl Proxy {
         let path = request.uri().path().to_owned();
         let cookie =
             cookie::request_cookie(request.headers(), &backend.stick_cookie).map(<[u8]>::to_vec);
-        let routed = backend.route(cookie.as_deref(), now_ms());
-        let (server, decision) = match routed {
-            Some(routed) => routed,
-            None => {
-                let error = ProxyError::NoServer {
-                    backend: backend.name.clone(),
-                };
-                log_failure(frontend, client, &method, &path, None, &error, started);
+        let mut access = Access {
+            frontend,
+            client,
+            method: method.as_str(),
+            path: &path,
+            routed: None,
+            via: Via::Hyper,
+            started,
+        };
+        let (server, decision) = match exchange::route(backend, cookie.as_deref()) {
+            Ok(routed) => routed,
+            Err(error) => {
+                access.failed(&error);
                 return error.into_response();
             }
         };
+        access.routed = Some((&server, decision));
         let in_flight = server.start_request();
         let forwarded = self
             .forward(backend, &in_flight, client, request, upgrade)
             .await;
         match forwarded {
             Ok((response, server_side)) => {
-                tracing::info!(
-                    target: "access",
-                    frontend = %frontend.name,
-                    backend = %backend.name,
-                    server = %server.name,
-                    status = response.status().as_u16(),
-                    ms = started.elapsed().as_millis() as u64,
-                    decision = decision.as_str(),
-                    %client,
-                    %method,
-                    path,
-                );
-                count_status(&server, response.status().as_u16());
+                access.served(response.status().as_u16());
                 match (client_side, server_side) {
                     (Some(client_side), Some(server_side)) => {
                         tokio::spawn(tunnel(client_side, server_side, in_flight));
@@ -208,17 +213,7 @@ impl Proxy {
                 }
             }
             Err(error) => {
-                server.stats.failures.fetch_add(1, Relaxed);
-                server.stats.responses[0].fetch_add(1, Relaxed);
-                log_failure(
-                    frontend,
-                    client,
-                    &method,
-                    &path,
-                    Some((&server, decision)),
-                    &error,
-                    started,
-                );
+                access.failed(&error);
                 error.into_response()
             }
         }
@@ -239,12 +234,9 @@ impl Proxy {
             tokio::time::timeout(upstream.server_timeout, upstream.client.request(request))
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout {
-                    server: server.name.to_string(),
+                    server: Arc::clone(&server.name),
                 })?
-                .map_err(|source| ProxyError::Upstream {
-                    server: server.name.to_string(),
-                    source,
-                })?;
+                .map_err(|source| ProxyError::upstream(&server.name, source))?;
         let mut response = response;
         let accepted = match upgrade {
             Some(protocol) if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS => {
@@ -255,7 +247,7 @@ impl Proxy {
         };
         let (mut parts, body) = response.into_parts();
         if let Some(set) = cookie::response_cookie(&parts.headers, &backend.stick_cookie) {
-            backend.learn(set, server, now_ms());
+            exchange::learn(backend, set, server);
         }
         headers::remove_hop_by_hop(&mut parts.headers);
         let server_side = accepted.map(|(server_side, protocol)| {
@@ -299,7 +291,7 @@ fn upstream_request(
     server: &Arc<ServerState>,
     client: SocketAddr,
     upgrade: Option<hyper::header::HeaderValue>,
-) -> Result<Request<ProxyBody>, ProxyError> {
+) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = Uri::builder()
@@ -321,6 +313,7 @@ fn upstream_request(
             }
             frame
         })
+        .map_err(ClientBodyFailed)
         .boxed();
     Ok(Request::from_parts(parts, body))
 }
@@ -343,29 +336,59 @@ fn with_accounting(response: Response<Incoming>, in_flight: InFlight) -> Respons
     })
 }
 
-fn count_status(server: &ServerState, status: u16) {
-    let class = usize::from(status / 100);
-    let index = if (1..=5).contains(&class) { class } else { 0 };
-    server.stats.responses[index].fetch_add(1, Relaxed);
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
 
-fn log_failure(
-    frontend: &Frontend,
-    client: SocketAddr,
-    method: &hyper::Method,
-    path: &str,
-    routed: Option<(&ServerState, Decision)>,
-    error: &ProxyError,
-    started: Instant,
-) {
-    let server = routed.map_or("-", |(s, _)| &*s.name);
-    let decision = routed.map_or("-", |(_, d)| d.as_str());
-    let status = error.status().as_u16();
-    let ms = started.elapsed().as_millis() as u64;
-    let cause = error_chain(error);
-    if error.is_client_fault() {
-        tracing::info!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server, status, ms, decision, %client, %method, path, error = %cause);
-    } else {
-        tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server, status, ms, decision, %client, %method, path, error = %cause);
+    use hyper::{server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::{config::Config, table};
+
+    /// A bad chunk size in a request body hyper serves is the client's fault: 400, and the
+    /// server it was forwarded to is not charged with it.
+    #[tokio::test]
+    async fn a_bad_chunked_body_is_answered_400_and_not_charged_to_the_server() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        // Reads what it is sent and never answers: the failure can only be the body's.
+        tokio::spawn(async move {
+            let (mut conn, _) = server.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = conn.read_to_end(&mut sink).await;
+        });
+        let config = Config::from_toml(&format!(
+            "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
+             [[backend]]\nname = \"web\"\nhealth_check = {{ enabled = false }}\nservers = [ {{ name = \"s1\", addr = \"{addr}\" }} ]\n"
+        ))
+        .unwrap();
+        let backend = BackendState::new(&config.backends[0], table::memory::store(64));
+        let frontend = Arc::new(Frontend::new("www".into(), Arc::new(backend)));
+        let proxy = Arc::new(Proxy::new(Duration::from_secs(1), Duration::from_secs(5)));
+        let (ours, mut client) = tokio::io::duplex(64 * 1024);
+        let (served, handler) = (Arc::clone(&frontend), Arc::clone(&proxy));
+        let service = service_fn(move |request| {
+            let (frontend, proxy) = (Arc::clone(&served), Arc::clone(&handler));
+            let peer = "10.0.0.9:40000".parse().unwrap();
+            async move {
+                Ok::<_, std::convert::Infallible>(proxy.handle(&frontend, peer, request).await)
+            }
+        });
+        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(ours), service));
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "no answer in time: {answer}");
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        let s1 = frontend.backend.server("s1").unwrap();
+        assert_eq!(s1.stats.failures.load(Relaxed), 0);
+        assert_eq!(s1.stats.responses[0].load(Relaxed), 0);
     }
 }

@@ -2,17 +2,22 @@
 //! chunk by chunk with their trailers).
 
 use bytes::{Buf as _, BytesMut};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// The largest read of a body copied through userspace.
 const CHUNK: usize = 256 * 1024;
 
+/// Which end of a copy failed: the side it was reading from (which includes malformed input,
+/// e.g. a bad chunk size) or the side it was writing to.
+#[derive(Debug)]
+pub(super) enum Broken {
+    Reading(std::io::Error),
+    Writing(std::io::Error),
+}
+
 /// Reads until `buf` holds a complete message head; its length, `None` on EOF first.
-pub(super) async fn read_head(
-    stream: &mut TcpStream,
+pub(super) async fn read_head<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     max: usize,
 ) -> std::io::Result<Option<usize>> {
@@ -38,25 +43,25 @@ pub(super) async fn copy_chunked<R, W>(
     buf: &mut BytesMut,
     from: &mut R,
     to: &mut W,
-) -> std::io::Result<u64>
+) -> Result<u64, Broken>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut payload = 0u64;
     loop {
-        let line = read_line(buf, from).await?;
-        let text = std::str::from_utf8(&buf[..line]).map_err(|_| bad_chunk())?;
+        let line = read_line(buf, from).await.map_err(Broken::Reading)?;
+        let text = std::str::from_utf8(&buf[..line]).map_err(|_| Broken::Reading(bad_chunk()))?;
         let size = text.trim_end().split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(size, 16).map_err(|_| bad_chunk())?;
-        to.write_all(&buf[..line]).await?;
+        let size = u64::from_str_radix(size, 16).map_err(|_| Broken::Reading(bad_chunk()))?;
+        to.write_all(&buf[..line]).await.map_err(Broken::Writing)?;
         buf.advance(line);
         if size == 0 {
             // Trailers, then the empty line.
             loop {
-                let line = read_line(buf, from).await?;
+                let line = read_line(buf, from).await.map_err(Broken::Reading)?;
                 let empty = line == 2;
-                to.write_all(&buf[..line]).await?;
+                to.write_all(&buf[..line]).await.map_err(Broken::Writing)?;
                 buf.advance(line);
                 if empty {
                     return Ok(payload);
@@ -64,11 +69,11 @@ where
             }
         }
         copy_body(buf, from, to, size).await?;
-        let crlf = read_line(buf, from).await?;
+        let crlf = read_line(buf, from).await.map_err(Broken::Reading)?;
         if crlf != 2 {
-            return Err(bad_chunk());
+            return Err(Broken::Reading(bad_chunk()));
         }
-        to.write_all(&buf[..2]).await?;
+        to.write_all(&buf[..2]).await.map_err(Broken::Writing)?;
         buf.advance(2);
         payload += size;
     }
@@ -105,14 +110,16 @@ pub(super) async fn copy_body<R, W>(
     from: &mut R,
     to: &mut W,
     len: u64,
-) -> std::io::Result<()>
+) -> Result<(), Broken>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
     if buffered > 0 {
-        to.write_all(&buf[..buffered]).await?;
+        to.write_all(&buf[..buffered])
+            .await
+            .map_err(Broken::Writing)?;
         buf.advance(buffered);
     }
     let mut left = len - buffered as u64;
@@ -123,14 +130,17 @@ where
     let mut chunk = vec![0u8; usize::try_from(left).unwrap_or(CHUNK).min(CHUNK)];
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(CHUNK).min(chunk.len());
-        let n = from.read(&mut chunk[..want]).await?;
+        let n = from
+            .read(&mut chunk[..want])
+            .await
+            .map_err(Broken::Reading)?;
         if n == 0 {
-            return Err(std::io::Error::new(
+            return Err(Broken::Reading(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "closed in the middle of a body",
-            ));
+            )));
         }
-        to.write_all(&chunk[..n]).await?;
+        to.write_all(&chunk[..n]).await.map_err(Broken::Writing)?;
         left -= n as u64;
     }
     Ok(())
@@ -174,7 +184,10 @@ mod tests {
         }
         let mut buf = BytesMut::from(&b"zz\r\n"[..]);
         let err = copy_chunked(&mut buf, &mut &b""[..], &mut Vec::new()).await;
-        assert!(err.is_err());
+        assert!(
+            matches!(err, Err(Broken::Reading(_))),
+            "a bad chunk size is the reader's"
+        );
         let mut buf = BytesMut::from(&b"5\r\nhel"[..]);
         let err = copy_chunked(&mut buf, &mut &b""[..], &mut Vec::new()).await;
         assert!(err.is_err(), "closed mid-chunk");

@@ -1,16 +1,12 @@
-//! The server side of a relayed connection, and what the client is told when it fails.
+//! The server side of a relayed connection.
 
-use std::{
-    net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::net::TcpStream;
 
-use super::{Frontend, RequestHead};
+use super::ClientIo;
 use crate::{
-    backend::{Decision, ServerState},
+    backend::ServerState,
     fastpath::{
         handoff::{Attempt, Handoff, Reserved},
         Runtime,
@@ -150,13 +146,14 @@ impl Leg {
     /// Tries to hand the connection to the kernel at a message boundary, nothing buffered;
     /// `pending` (an answer held back for this, or nothing) is written to the client if the
     /// hand-off was armed ([`Tried::wrote`]). `None` when the leg cannot be spliced.
-    pub(super) async fn try_splice(
+    pub(super) async fn try_splice<C: ClientIo>(
         &mut self,
-        client: &mut TcpStream,
+        client: &mut C,
         pending: &[u8],
         limit: Duration,
     ) -> Option<std::io::Result<Tried>> {
         let splice = self.splice.as_mut()?;
+        let client = client.socket()?;
         let handoff = splice.handoff.take()?;
         let attempt = splice
             .runtime
@@ -211,49 +208,3 @@ impl Leg {
         }
     }
 }
-
-/// An exchange that failed, and whether the client has heard anything of it yet.
-pub(super) struct Failed<'a> {
-    server: &'a ServerState,
-    error: std::io::Error,
-    answered: bool,
-}
-
-impl<'a> Failed<'a> {
-    pub(super) fn before_answer(server: &'a ServerState, error: std::io::Error) -> Self {
-        Self {
-            server,
-            error,
-            answered: false,
-        }
-    }
-
-    pub(super) fn midway(server: &'a ServerState, error: std::io::Error) -> Self {
-        Self {
-            server,
-            error,
-            answered: true,
-        }
-    }
-
-    /// Counts and logs the failure and, when the client has heard nothing yet, answers 503 as
-    /// the hyper path does (and HAProxy). The connection is closed afterwards either way.
-    pub(super) async fn answer(
-        self,
-        client: &mut TcpStream,
-        frontend: &Frontend,
-        peer: SocketAddr,
-        request: &RequestHead,
-        decision: Decision,
-    ) {
-        self.server.stats.failures.fetch_add(1, Relaxed);
-        self.server.stats.responses[0].fetch_add(1, Relaxed);
-        let status = if self.answered { "-" } else { "503" };
-        tracing::warn!(target: "access", frontend = %frontend.name, backend = %frontend.backend.name, server = %self.server.name, status, decision = decision.as_str(), client = %peer, method = %request.method(), path = request.path(), error = %self.error, "relayed exchange failed; closing");
-        if !self.answered {
-            let _ = client.write_all(SERVICE_UNAVAILABLE).await;
-        }
-    }
-}
-
-const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncache-control: no-cache\r\ncontent-length: 54\r\nconnection: close\r\n\r\n503 Service Unavailable: the server failed to answer.\n";

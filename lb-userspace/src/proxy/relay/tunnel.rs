@@ -2,50 +2,54 @@
 //! framed by the server's close): handed to the kernel when it can be, else bytes both ways.
 
 use bytes::BytesMut;
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 use super::{
     leg::{Leg, Tried},
-    Release,
+    ClientIo,
 };
 
 /// The connection is a tunnel to its server. A leg that can be spliced is handed to the kernel
 /// as soon as both sides are quiet, relaying what either sends meanwhile; then, or when it
 /// cannot be spliced, bytes are relayed both ways until both sides closed. `pending`: client
 /// bytes read after the request head.
-pub(super) async fn tunnel_leg(
-    mut client: TcpStream,
+pub(super) async fn tunnel_leg<C: ClientIo>(
+    client: &mut C,
     mut leg: Leg,
     pending: BytesMut,
     limit: std::time::Duration,
-) -> Release {
+) {
     if !pending.is_empty() && leg.stream.write_all(&pending).await.is_err() {
-        return Release::Done;
+        return;
     }
     // What arrives before the hand-off is passed on as it comes, not gathered.
     let mut chunk = vec![0u8; 16 * 1024];
-    while let Some(tried) = leg.try_splice(&mut client, &[], limit).await {
+    while let Some(tried) = leg.try_splice(client, &[], limit).await {
         let Ok(tried) = tried else {
-            return Release::Done;
+            return;
         };
         match tried {
             Tried::Spliced => {
                 tracing::debug!("tunnel spliced");
-                return Release::Done;
+                return;
             }
             Tried::Raced | Tried::Again => {}
             Tried::Never => break,
         }
+        // A leg that can be spliced has a client socket (see `ClientIo`).
+        let Some(socket) = client.socket() else { break };
         if !matches!(
-            relay_ready(&mut client, &mut leg.stream, &mut chunk).await,
+            relay_ready(socket, &mut leg.stream, &mut chunk).await,
             Ok(true)
         ) {
             // A side closed (or failed): the rest is relayed here, half-closes included.
             leg.stop_observing();
         }
     }
-    tunnel(&mut client, &mut leg.stream, &[]).await;
-    Release::Done
+    tunnel(client, &mut leg.stream, &[]).await;
 }
 
 /// Waits until either side of a tunnel has something, and passes on what is there. `false`
@@ -76,7 +80,10 @@ async fn relay_ready(
 }
 
 /// Relays bytes both ways until both sides closed; `pending` goes to the server first.
-pub(super) async fn tunnel(client: &mut TcpStream, upstream: &mut TcpStream, pending: &[u8]) {
+pub(super) async fn tunnel<C>(client: &mut C, upstream: &mut TcpStream, pending: &[u8])
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     if upstream.write_all(pending).await.is_ok() {
         let _ = tokio::io::copy_bidirectional(client, upstream).await;
     }

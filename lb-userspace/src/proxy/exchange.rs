@@ -1,0 +1,170 @@
+//! The phases every exchange goes through whichever transport carries it (the relay or hyper):
+//! route (sticky lookup, then balance), learn the response's stickiness cookie, and end with
+//! one [`Access`] record that counts the outcome against the server and writes the access-log
+//! line, or answers a failure. Transports only move bytes. See docs/PIPELINE.md.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Instant,
+};
+
+use super::{error::ProxyError, Frontend};
+use crate::{
+    backend::{BackendState, Decision, ServerState},
+    error_chain,
+    table::now_ms,
+};
+
+/// The server for a request carrying `cookie` (the stickiness cookie's value, if any).
+pub(super) fn route(
+    backend: &BackendState,
+    cookie: Option<&[u8]>,
+) -> Result<(Arc<ServerState>, Decision), ProxyError> {
+    backend
+        .route(cookie, now_ms())
+        .ok_or_else(|| ProxyError::NoServer {
+            backend: backend.name.clone(),
+        })
+}
+
+/// Records the session a response set (`Set-Cookie` of the stickiness cookie) for `server`:
+/// done before the client hears of it, so the session is in the table (and the pinned map)
+/// by the time the client's next request can arrive.
+pub(super) fn learn(backend: &BackendState, cookie: &[u8], server: &ServerState) {
+    backend.learn(cookie, server, now_ms());
+}
+
+/// Which transport carried an exchange, as the access log names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Via {
+    /// The relay, over a pooled server connection.
+    Pooled,
+    /// The relay, over a server connection that can be handed to the kernel fast path.
+    Fastpath,
+    /// hyper (HTTP/1.0, chunked or `Expect` request bodies, malformed heads).
+    Hyper,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pooled => "pooled",
+            Self::Fastpath => "fastpath",
+            Self::Hyper => "hyper",
+        }
+    }
+
+    /// The access line's message for a failure: the relay closes the connection after one.
+    fn failed(self) -> &'static str {
+        match self {
+            Self::Pooled | Self::Fastpath => "relayed exchange failed; closing",
+            Self::Hyper => "exchange failed",
+        }
+    }
+}
+
+/// One exchange, as the access log records it: the one place its line is written and its
+/// outcome counted against its server.
+pub(super) struct Access<'a> {
+    pub(super) frontend: &'a Frontend,
+    pub(super) client: SocketAddr,
+    pub(super) method: &'a str,
+    pub(super) path: &'a str,
+    /// The server and how it was chosen; `None` when there was none.
+    pub(super) routed: Option<(&'a ServerState, Decision)>,
+    pub(super) via: Via,
+    pub(super) started: Instant,
+}
+
+impl Access<'_> {
+    /// The server answered with `status`: counted and logged.
+    pub(super) fn served(&self, status: u16) {
+        if let Some((server, _)) = self.routed {
+            count_status(server, status);
+        }
+        let (server, decision) = self.names();
+        tracing::info!(
+            target: "access",
+            frontend = %self.frontend.name,
+            backend = %self.frontend.backend.name,
+            server = %server,
+            status,
+            ms = self.ms(),
+            decision,
+            client = %self.client,
+            method = %self.method,
+            path = self.path,
+            relay = self.via.as_str(),
+        );
+    }
+
+    /// The exchange failed with `error`: charged to its server when the server is at fault,
+    /// logged (quietly when the client is at fault). Returns the status the client gets, none
+    /// when it had already heard part of the answer.
+    pub(super) fn failed(&self, error: &ProxyError) -> Option<u16> {
+        if let Some((server, _)) = self.routed.filter(|_| error.charges_server()) {
+            server.stats.failures.fetch_add(1, Relaxed);
+            server.stats.responses[0].fetch_add(1, Relaxed);
+        }
+        let status = error.answers_client().then(|| error.status().as_u16());
+        let (server, decision) = self.names();
+        let cause = error_chain(error);
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "access",
+                    frontend = %self.frontend.name,
+                    backend = %self.frontend.backend.name,
+                    server = %server,
+                    status = %Dash(status),
+                    ms = self.ms(),
+                    decision,
+                    client = %self.client,
+                    method = %self.method,
+                    path = self.path,
+                    relay = self.via.as_str(),
+                    error = %cause,
+                    "{}",
+                    self.via.failed(),
+                )
+            };
+        }
+        if error.is_client_fault() {
+            line!(info);
+        } else {
+            line!(warn);
+        }
+        status
+    }
+
+    fn names(&self) -> (&str, &'static str) {
+        self.routed.map_or(("-", "-"), |(server, decision)| {
+            (&*server.name, decision.as_str())
+        })
+    }
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Counts a response against its server by status class.
+fn count_status(server: &ServerState, status: u16) {
+    let class = usize::from(status / 100);
+    let index = if (1..=5).contains(&class) { class } else { 0 };
+    server.stats.responses[index].fetch_add(1, Relaxed);
+}
+
+/// A value, or `-` without one.
+struct Dash<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Dash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
