@@ -2,7 +2,8 @@
 //!
 //! Selection only ever sees the servers that are up. Round robin advances only when it is asked
 //! to choose, which happens for new sessions, redispatches and cookie-less requests, never for
-//! a sticky hit: that is what makes the seed's sessions 21-25 land on 6, 7, 1, 2, 3.
+//! a sticky hit: that is what makes sessions 21-25 of the demo (README.md, step 4) land on 6,
+//! 7, 1, 2, 3.
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
