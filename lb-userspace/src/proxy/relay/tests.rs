@@ -255,3 +255,28 @@ async fn a_request_with_no_server_up_is_answered_503_and_no_server_is_charged() 
     assert_eq!(answer, crate::proxy::error::NO_SERVER.raw);
     assert_eq!(s1.stats.failures.load(Relaxed), 0);
 }
+
+#[tokio::test]
+async fn a_body_the_client_cuts_short_is_its_fault_answered_400_and_not_charged() {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (frontend, proxy) = frontend(server.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut conn, _) = server.accept().await.unwrap();
+        let mut sink = Vec::new();
+        let _ = conn.read_to_end(&mut sink).await;
+    });
+    let (released, answer) = relay(&frontend, &proxy, |mut client| async move {
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        read_to_end(&mut client).await
+    })
+    .await;
+    assert!(matches!(released, Release::Done));
+    assert_eq!(answer, crate::proxy::error::BAD_REQUEST.raw);
+    let s1 = frontend.backend.server("s1").unwrap();
+    assert_eq!(s1.stats.failures.load(Relaxed), 0);
+    assert_eq!(s1.stats.responses[0].load(Relaxed), 0);
+}
