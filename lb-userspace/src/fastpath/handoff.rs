@@ -363,7 +363,10 @@ impl Runtime {
             };
         }
         if let Err(error) = client.write_all(pending).await {
+            // The client is gone: the entries go too (they are owned, so the collector would
+            // never remove them).
             let _ = handoff.observed.disarm(&self.flows);
+            self.remove_entries(keys);
             return Attempt::Failed(error);
         }
         match self.complete(&handoff, !pending.is_empty(), limit).await {
