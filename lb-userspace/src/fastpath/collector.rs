@@ -1,9 +1,9 @@
-//! Expiry of flow map entries (`docs/SPLICE.md`, "After the hand-off"): a pair goes after FIN in both
-//! directions plus a TIME_WAIT-like grace, a few seconds after an RST, at once after a SYN reused
-//! its 4-tuple, after a long idle time; an OBSERVE entry no live connection of this process owns,
-//! idle for a while, goes too, and so does an entry in the retired HOLD state (only an earlier
-//! build wrote it) once it is about a second old. Entries a previous process left are adopted:
-//! they are collected by the same rules.
+//! Expiry of flow map entries (`docs/SPLICE.md`, "After the hand-off"): a pair goes after FIN
+//! in both directions plus a TIME_WAIT-like grace, a few seconds after an RST, at once after a
+//! SYN reused its 4-tuple, after a long idle time; an OBSERVE entry no live connection of this
+//! process owns, idle for a while, goes too, and so does an entry in the retired HOLD state
+//! (only an earlier build wrote it) once it is about a second old. Entries a previous process
+//! left are adopted: they are collected by the same rules.
 
 use std::{
     collections::{HashMap, HashSet},
