@@ -2,7 +2,8 @@
 //!
 //! Pinned maps outlive the daemon, so these layouts are an on-disk format. Changing a size or a
 //! field's meaning requires a new [`PIN_VERSION`]; the daemon refuses to adopt a pinned map whose
-//! type, key size, value size or capacity does not match what it expects.
+//! type, key size or value size does not match what it expects. (A pinned stick table of another
+//! capacity is migrated at a start, kept as it is by an upgrade: `docs/TABLE.md`.)
 //!
 //! All multi-byte integers are in host byte order unless a field says otherwise. Text fields are
 //! NUL-padded byte arrays: `bpftool map dump` prints them as strings because the build marks the
@@ -27,7 +28,7 @@ pub const SERVER_NAME_LEN: usize = 32;
 /// the configuration before loading.
 pub const STICK_TABLE_DEFAULT_ENTRIES: u32 = 1024;
 
-/// Key of the durable stick table.
+/// Key of the durable stick table (format and lifecycle: `docs/TABLE.md`).
 ///
 /// `cookie` holds the cookie value verbatim when it is at most `COOKIE_LEN - 1` bytes long.
 /// A longer value is stored as `~` followed by 32 lowercase hex digits of a 128-bit digest of

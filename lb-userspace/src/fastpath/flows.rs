@@ -41,17 +41,6 @@ impl Flows {
         unsafe { bpf::delete(self.map.fd().as_fd(), key) }.map(drop)
     }
 
-    /// Sets the state of an existing entry, keeping what the program recorded in it.
-    ///
-    /// Read-modify-write: a packet processed between the read and the write loses its update of
-    /// the entry's TSval/time fields, which only matters for the next snapshot's TSval, and
-    /// [`super::splice`] reads that after the HOLD is in place.
-    pub fn set_state(&self, key: &SpliceKey, state: u32) -> io::Result<()> {
-        let mut entry = self.get(key)?.unwrap_or_default();
-        entry.state = state;
-        self.insert(key, &entry)
-    }
-
     /// Every entry, read in batches (a few syscalls for the whole map).
     pub fn entries(&self) -> io::Result<Vec<(SpliceKey, SpliceEntry)>> {
         let mut entries = Vec::new();

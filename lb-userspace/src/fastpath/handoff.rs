@@ -24,11 +24,11 @@ use tokio::{
 use super::{
     interfaces,
     ports::Lease,
+    program::FastPathError,
     repair,
     runtime::{lock, Runtime},
     splice::{self, NotSpliced, Observed, Progress, SpliceError},
     translate::{tuple_key, Refusal},
-    FastPathError,
 };
 
 /// Before a completed hand-off's sockets are closed with nothing sent after arming: a packet

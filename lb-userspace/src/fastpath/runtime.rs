@@ -1,6 +1,7 @@
 //! The fast path inside the daemon: the loaded program, the interfaces it is attached to, the
 //! flow map, the servers' source ports, the collector and the counters the monitor shows. The
-//! hand-off of one connection is in [`super::handoff`].
+//! hand-off of one connection ([`Runtime::prepare`], [`Runtime::try_splice`]) is written in the
+//! `handoff` module, which builds on this one.
 //!
 //! No lock here is ever held across a syscall that waits, a sleep or a map walk: the flow map
 //! needs none (see [`Flows`]), and the in-memory state (ports, owned keys, attached interfaces)
@@ -27,10 +28,11 @@ use lb_common::{
 
 use super::{
     collector::{self, partner, Memory, Reason, Rules},
+    flows::Flows,
     interfaces::{self, Interface},
     policy::Policy,
     ports::{Held, Port, Ports},
-    FastPath, FastPathError, Flows,
+    program::{FastPath, FastPathError},
 };
 
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
@@ -95,7 +97,7 @@ pub struct Runtime {
     program: Mutex<FastPath>,
     pub(super) flows: Flows,
     attached: Mutex<HashMap<String, u32>>,
-    /// Keys of this process's OBSERVE/HOLD entries (the collector leaves them alone).
+    /// Keys of this process's hand-offs in progress (the collector leaves them alone).
     owned: Mutex<HashSet<SpliceKey>>,
     pub(super) ports: Mutex<Ports>,
     sources: Mutex<HashMap<SocketAddrV4, Ipv4Addr>>,

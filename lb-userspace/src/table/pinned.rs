@@ -1,7 +1,8 @@
 //! The stick table's store: a BTF-described LRU hash map pinned in bpffs.
 //!
 //! One map holds the entries of every backend (keys carry the backend id), as many as their
-//! `table_size`s add up to (see [`durable_capacity`]).
+//! `table_size`s add up to (see [`durable_capacity`]). Its layout, and when it is created,
+//! adopted or migrated, are described in `docs/TABLE.md`.
 
 use std::{
     io,
