@@ -28,6 +28,8 @@ pub mod opening;
 pub mod session;
 pub mod stats;
 pub mod tables;
+#[cfg(test)]
+mod transcript;
 pub mod varint;
 
 pub use self::{

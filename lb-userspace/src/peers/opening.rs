@@ -140,3 +140,51 @@ fn refuse(why: Refusal) -> Answered {
     why.status().encode(&mut reply);
     Answered::Refused { reply, why }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        super::transcript::{Side, Transcript},
+        *,
+    };
+
+    fn members() -> [String; 2] {
+        ["hap", "us"].map(String::from)
+    }
+
+    #[test]
+    fn a_hello_is_answered_in_pieces_and_refused_for_our_own_name_or_another_callee() {
+        let members = members();
+        let hello = Transcript::load("haproxy-dials-us").next(Side::Haproxy);
+        let mut answer = Answer::new("us", &members);
+        let (head, tail) = hello.split_at(5);
+        assert_eq!(answer.received(head), None);
+        assert!(matches!(
+            answer.received(&[tail, b"\x00\x00"].concat()),
+            Some(Answered::Accepted { open, .. }) if open.leftover == [0, 0]
+        ));
+        let Some(Answered::Refused { reply, why }) = Answer::new("hap", &members).received(&hello)
+        else {
+            panic!("a hello for \"us\" accepted by \"hap\"");
+        };
+        assert!(matches!(why, Refusal::BadHello(_)), "{why:?}");
+        assert_eq!(reply, b"503\n");
+        let ourselves = b"HAProxyS 2.1\nus\nus 1 1\n";
+        let Some(Answered::Refused { reply, why }) =
+            Answer::new("us", &members).received(ourselves)
+        else {
+            panic!("our own name accepted");
+        };
+        assert_eq!(
+            (why, reply.as_slice()),
+            (Refusal::OurOwnName, &b"300\n"[..])
+        );
+    }
+
+    #[test]
+    fn a_refusal_ends_a_dial() {
+        let (mut dial, _) = Dial::start("hap", "us", 1).unwrap();
+        assert_eq!(dial.received(b"50"), Ok(None));
+        assert!(matches!(dial.received(b"4\n"), Err(DialError::Refused(_))));
+    }
+}
