@@ -1,6 +1,6 @@
 //! One configured peer and the task that keeps a session with it: dial when there is none,
 //! take over a session the peer opened to us (the newest wins, as in HAProxy), and back off
-//! between failed attempts.
+//! between failed attempts (docs/PEERS.md, "Reconnection").
 
 use std::{
     net::SocketAddr,

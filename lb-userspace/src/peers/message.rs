@@ -1,4 +1,5 @@
-//! Binary messages exchanged after the handshake, and their framing.
+//! Binary messages exchanged after the handshake, and their framing (docs/PEERS.md, "Messages
+//! and encodings").
 //!
 //! Every message starts with a class byte and a type byte. When bit 7 of the type is set (all
 //! stick-table messages), a varint payload length and the payload follow; otherwise the message

@@ -1,5 +1,5 @@
 //! The values carried by stick-table messages, and what HAProxy's data types look like on the
-//! wire (`stktable_data_types[]` in `src/stick_table.c`).
+//! wire (HAProxy's `stktable_data_types[]`; docs/PEERS.md, "Messages and encodings").
 
 use std::fmt;
 

@@ -1,5 +1,5 @@
 //! What the session sends of our tables: live pushes and lessons (docs/PEERS.md, "What we
-//! send").
+//! send, on which event").
 
 use super::{
     super::message::{Message, ServerKey},
