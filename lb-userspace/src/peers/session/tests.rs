@@ -2,11 +2,14 @@
 //! what HAProxy sent is fed in, and what the session answers is compared with what HAProxy
 //! accepted in the recording, byte for byte where our side was ours to choose.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{
     super::{
-        message::Encoder,
+        message::{Encoder, ServerKey},
         opening::{Answer, Answered, Dial},
         transcript::{Side, Transcript},
         Version,
