@@ -31,7 +31,7 @@ use common::{
 
 const BACKEND: &str = "back-session";
 const PEERS_PORT: u16 = 1024;
-/// How long the tests give the peers to agree; the issue asks for 2 s after a conflict, the
+/// How long the tests give the peers to agree; the target is 2 s after a conflict, the
 /// rest is slack for a loaded CI machine (and the resync after a heal, which first needs the
 /// dead session to be noticed: 5 s without a message).
 const SYNC: Duration = Duration::from_secs(15);
