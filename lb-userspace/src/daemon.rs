@@ -452,17 +452,8 @@ fn start_fastpath(
 /// Each relayed connection holds four descriptors (two sockets and their duplicates for the
 /// hand-off): raise the soft limit to the hard one.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to fill, then to set.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    if let Err(error) = crate::sys::process::raise_nofile_limit() {
+        tracing::debug!(%error, "could not raise the open file limit");
     }
 }
 

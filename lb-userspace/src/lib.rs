@@ -6,7 +6,10 @@
 //! checks servers; [`dataplane`] loads the eBPF object and owns bpffs; [`fastpath`] splices
 //! established connections in the kernel; [`monitor`] serves the
 //! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`daemon`]
-//! wires them together.
+//! wires them together. Every system call the crate makes itself is in [`sys`], the only
+//! module allowed `unsafe`.
+
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod balance;
@@ -21,6 +24,10 @@ pub mod monitor;
 pub mod peers;
 pub mod proxy;
 pub mod reload;
+#[expect(
+    unsafe_code,
+    reason = "the raw system calls live here, each with its contract"
+)]
 pub mod sys;
 pub mod table;
 
