@@ -88,6 +88,9 @@ pub struct RunOptions {
 /// Runs the daemon until SIGINT or SIGTERM, or until a successor takes over; on SIGHUP,
 /// applies the configuration file again in place.
 pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
+    // A fresh table's map and the fast path come from the eBPF object: a build without it
+    // says so before it binds or mounts anything.
+    dataplane::ebpf_object().map_err(DataplaneError::from)?;
     let mut signals = Signals::install().map_err(StartError::Signals)?;
     let control_path = config.instance.control_socket.clone();
     let mut sockets = Sockets::default();

@@ -11,9 +11,14 @@ use lb_common::{PIN_VERSION, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
 use crate::sys::bpffs;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded so one binary is all a host needs.
-/// Empty when the build had none (`build.rs`): see [`ebpf_object`].
-static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stickylb.bpf.o"));
+#[cfg(not(stickylb_no_ebpf))]
+static EBPF_OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/stickylb.bpf.o"
+)));
+/// `build.rs` found no object (a fresh clone, plain `cargo build`): see [`ebpf_object`].
+#[cfg(stickylb_no_ebpf)]
+static EBPF_OBJECT: Option<&[u8]> = None;
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
@@ -21,8 +26,8 @@ const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 /// `cargo xtask build-ebpf`): whatever needs the program or its maps cannot start.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "this build has no eBPF object: build with `cargo xtask build` \
-     (or run `cargo xtask build-ebpf` before `cargo build`)"
+    "this build has no eBPF object: run `cargo xtask build-ebpf`, then build again \
+     (or build with `cargo xtask build`)"
 )]
 pub struct NoEbpfObject;
 
@@ -85,11 +90,7 @@ pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
 /// The embedded eBPF object (for loaders that need their own options, like the fast path), or
 /// [`NoEbpfObject`] when this build has none.
 pub fn ebpf_object() -> Result<&'static [u8], NoEbpfObject> {
-    if EBPF_OBJECT.is_empty() {
-        Err(NoEbpfObject)
-    } else {
-        Ok(EBPF_OBJECT)
-    }
+    EBPF_OBJECT.ok_or(NoEbpfObject)
 }
 
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.
