@@ -30,7 +30,8 @@ use crate::{
     backend::BackendState,
     config::{Config, FastPathMode},
     control::{self, systemd},
-    dataplane, error_chain, fastpath,
+    dataplane::{self, DataplaneError},
+    error_chain, fastpath,
     monitor::{self, Shared},
     peers,
     proxy::{drain::Drain, listener, workers::Workers, Frontend},
@@ -53,6 +54,9 @@ pub struct RunOptions {
 /// Runs the daemon until SIGINT or SIGTERM, or until a successor takes over; on SIGHUP,
 /// applies the configuration file again in place.
 pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
+    // A fresh table's map and the fast path come from the eBPF object: a build without it
+    // says so before it binds or mounts anything.
+    dataplane::ebpf_object().map_err(DataplaneError::from)?;
     let mut signals = Signals::install().map_err(StartError::Signals)?;
     let control_path = config.instance.control_socket.clone();
     let mut sockets = Sockets::default();
@@ -290,17 +294,8 @@ fn start_fastpath(
 /// Each relayed connection holds four descriptors (two sockets and their duplicates for the
 /// hand-off): raise the soft limit to the hard one.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to fill, then to set.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    if let Err(error) = crate::sys::process::raise_nofile_limit() {
+        tracing::debug!(%error, "could not raise the open file limit");
     }
 }
 

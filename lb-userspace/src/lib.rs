@@ -8,7 +8,10 @@
 //! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`reload`]
 //! applies a configuration in place; [`control`] answers `stickylb reload` and hands sockets to
 //! a successor; [`routing`] builds the backends and frontends from a configuration; [`daemon`]
-//! wires them together (nothing depends on it).
+//! wires them together (nothing depends on it). Every system call the crate makes itself is in
+//! [`sys`], the only module allowed `unsafe`.
+
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod balance;
@@ -24,6 +27,10 @@ pub mod peers;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+#[expect(
+    unsafe_code,
+    reason = "the raw system calls live here, each with its contract"
+)]
 pub mod sys;
 pub mod table;
 

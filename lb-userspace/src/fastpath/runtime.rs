@@ -356,13 +356,7 @@ pub async fn collect_forever(runtime: Arc<Runtime>) {
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    crate::sys::process::monotonic_ns()
 }
 
 fn interface_index(name: &str) -> Result<u32, FastPathError> {
@@ -370,13 +364,7 @@ fn interface_index(name: &str) -> Result<u32, FastPathError> {
         interface: name.to_owned(),
         source: aya::programs::ProgramError::UnexpectedProgramType,
     };
-    let c = std::ffi::CString::new(name).map_err(|_| missing())?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return Err(missing());
-    }
-    Ok(index)
+    crate::sys::net::interface_index(name).map_err(|_| missing())
 }
 
 /// Adds `range` to `ip_local_reserved_ports` (of this network namespace), keeping what is
