@@ -116,7 +116,7 @@ impl LanAddrs {
     }
 
     /// Load balancer `i` (from 0).
-    pub fn lb(self, i: usize) -> Ipv4Addr {
+    pub const fn lb(self, i: usize) -> Ipv4Addr {
         self.host(self.lb_host(i))
     }
 
@@ -124,11 +124,15 @@ impl LanAddrs {
         Ipv4Addr::new(10, self.net, 0, host)
     }
 
-    fn lb_host(self, i: usize) -> u8 {
-        u8::try_from(i)
-            .ok()
-            .and_then(|i| self.first_lb.checked_add(i))
-            .unwrap_or(u8::MAX)
+    /// Saturates at .255, which [`Lan::create`] never hands out.
+    const fn lb_host(self, i: usize) -> u8 {
+        if i > u8::MAX as usize {
+            return u8::MAX;
+        }
+        match self.first_lb.checked_add(i as u8) {
+            Some(host) => host,
+            None => u8::MAX,
+        }
     }
 }
 

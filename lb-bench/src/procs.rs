@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::process::describe;
+use crate::host::describe;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
