@@ -1,9 +1,6 @@
-//! This machine: privilege, and command lines for messages.
+//! This machine: privilege, and probing what is installed.
 
-use std::{
-    ffi::OsStr,
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 /// Whether we run as root.
 pub(crate) fn is_root() -> bool {
@@ -23,13 +20,4 @@ pub(crate) fn probe_stdout(command: &mut Command) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// The command line, for messages.
-pub(crate) fn describe(command: &Command) -> String {
-    std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
