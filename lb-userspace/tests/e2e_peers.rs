@@ -25,7 +25,7 @@ use std::{
 
 use common::{
     http::{self, in_netns},
-    netns::{Lan, NetNs},
+    netns::{Exec as _, Lan, NetNs},
     privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc,
 };
 
@@ -82,7 +82,7 @@ impl Cluster {
     }
 
     fn start(&mut self, i: usize) {
-        self.nodes[i] = Some(start_daemon(&self.lan.lbs[i].name, &self.configs[i]));
+        self.nodes[i] = Some(start_daemon(self.lan.lbs[i].name(), &self.configs[i]));
     }
 
     fn start_all(&mut self) {
@@ -97,7 +97,7 @@ impl Cluster {
     fn served_by(&self, i: usize, session: &str) -> String {
         let addr = format!("{}:80", self.lan.lb_addr(i));
         let cookie = format!("JSESSIONID={session}");
-        let response = in_netns(&self.lan.client.name, move || {
+        let response = in_netns(self.lan.client.name(), move || {
             http::get(&addr, "/", Some(&cookie))
         });
         assert_eq!(response.status, 200, "{}", response.text());
@@ -106,7 +106,7 @@ impl Cluster {
 
     /// Node `i`'s table: cookie -> server.
     fn table(&self, i: usize) -> BTreeMap<String, String> {
-        table_of(&self.lan.client.name, &self.lan.lb_addr(i))
+        table_of(self.lan.client.name(), &self.lan.lb_addr(i))
     }
 
     /// Waits until every running node has the same table with at least `min` entries.
@@ -147,7 +147,7 @@ impl Cluster {
 
     fn metrics(&self, i: usize) -> String {
         let addr = format!("{}:8404", self.lan.lb_addr(i));
-        in_netns(&self.lan.client.name, move || {
+        in_netns(self.lan.client.name(), move || {
             http::get(&addr, "/metrics", None)
         })
         .text()
@@ -213,7 +213,7 @@ fn start_backends(ns: &NetNs, addr: &str) -> Vec<Proc> {
             let listen = format!("{addr}:{port}=Backend {}", &name[2..]);
             let proc = Proc::spawn(
                 name,
-                &ns.name,
+                ns.name(),
                 &[common::backend_bin(), "--listen", &listen],
             );
             proc.wait_for_output("ready", Duration::from_secs(10));
@@ -346,7 +346,7 @@ fn two_nodes_balancing_one_new_cookie_at_once_converge_within_two_seconds() {
     cluster.wait_same_tables(1);
 
     let sessions: Vec<String> = (100..120).map(seed_cookie).collect();
-    let client = cluster.lan.client.name.clone();
+    let client = cluster.lan.client.name().to_owned();
     let addrs = [
         format!("{}:80", cluster.lan.lb_addr(0)),
         format!("{}:80", cluster.lan.lb_addr(1)),
@@ -511,8 +511,8 @@ fn haproxy_2_6_is_a_peer_in_both_directions() {
         (Haproxy::NAME.to_owned(), format!("{hap_addr}:{PEERS_PORT}")),
     ];
     let mut cluster = Cluster::new("ph", 223, 1, &[(Haproxy::NAME, members[1].1.clone())]);
-    let client = cluster.lan.client.name.clone();
-    let hap_ns = cluster.lan.add_host("phh", 21).name.clone();
+    let client = cluster.lan.client.name().to_owned();
+    let hap_ns = cluster.lan.add_host("phh", 21).name().to_owned();
     let haproxy = Haproxy::start(&hap_ns, &hap_addr, &cluster.lan, &members);
     cluster.start(0);
 
@@ -599,7 +599,7 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
     let mut cluster = Cluster::new("pg", 224, 1, &[("lb-ghost", "10.224.0.99:1024".to_owned())]);
     cluster.start(0);
     let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
-    let client = cluster.lan.client.name.clone();
+    let client = cluster.lan.client.name().to_owned();
     let exchange = |bytes: Vec<u8>| {
         let (addr, client) = (peers_addr.clone(), client.clone());
         in_netns(&client, move || {
@@ -694,7 +694,7 @@ fn an_entry_on_a_server_we_lack_is_kept_and_reported_and_a_stuck_peer_slows_noth
     let mut cluster = Cluster::new("pu", 225, 1, &[("lb-ghost", "10.225.0.99:1024".to_owned())]);
     cluster.start(0);
     let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
-    let client = cluster.lan.client.name.clone();
+    let client = cluster.lan.client.name().to_owned();
 
     // The ghost teaches one session on "be99", which this node does not have.
     let mut conn = ghost_session(&client, &peers_addr);
@@ -768,7 +768,7 @@ fn peers_stay_in_sync_across_an_upgrade_of_one_node() {
     let config = cluster.configs[0].to_str().unwrap().to_owned();
     let mut upgrade = Proc::spawn(
         "reload",
-        &cluster.lan.lbs[0].name,
+        cluster.lan.lbs[0].name(),
         &[
             common::stickylb_bin(),
             "reload",

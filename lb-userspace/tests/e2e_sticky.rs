@@ -98,7 +98,7 @@ fn start_backends(topo: &Topology, servers: &[(&str, u16)]) -> Vec<Proc> {
             let listen = format!("{}:{port}=Backend {n}", topo.backend_addr());
             let proc = Proc::spawn(
                 name,
-                &topo.backends.name,
+                topo.backends.name(),
                 &[common::backend_bin(), "--listen", &listen],
             );
             proc.wait_for_output("ready", Duration::from_secs(10));
@@ -136,7 +136,7 @@ fn rig(tag: &str, net: u8, servers: &[(&str, u16)], extra: &str) -> Rig {
 
 impl Rig {
     fn start(&self) -> Proc {
-        start_daemon(&self.topo.lb.name, &self.cfg)
+        start_daemon(self.topo.lb.name(), &self.cfg)
     }
 
     /// Sets `fastpath = "off"` on the frontend: every request through the userspace proxy.
@@ -155,7 +155,7 @@ fn access(topo: &Topology, sessions: impl IntoIterator<Item = u32>) -> Vec<Strin
     let addr = format!("{}:80", topo.lb_addr());
     let sessions: Vec<u32> = sessions.into_iter().collect();
     let cookies: Vec<(u32, String)> = sessions.iter().map(|&n| (n, seed_cookie(n))).collect();
-    http::in_netns(&topo.client.name, move || {
+    http::in_netns(topo.client.name(), move || {
         cookies
             .iter()
             .map(|(n, cookie)| {
@@ -231,7 +231,7 @@ fn table_survives_stop_start_kill9_and_server_reordering() {
     reordered.insert(3, ("be8", 8088));
     let _extra = start_backends(topo, &[("be8", 8088)]);
     let cfg = write_temp("dur2.toml", &config(topo, pin, "lb-dur", &reordered, ""));
-    let _daemon = start_daemon(&topo.lb.name, &cfg);
+    let _daemon = start_daemon(topo.lb.name(), &cfg);
     assert_eq!(access(topo, 21..=27), before, "after reordering servers");
 }
 
@@ -326,7 +326,7 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
     let addr = format!("{}:80", topo.lb_addr());
 
     let a = addr.clone();
-    let (garbage, huge, slow, xff) = http::in_netns(&topo.client.name, move || {
+    let (garbage, huge, slow, xff) = http::in_netns(topo.client.name(), move || {
         let limit = Duration::from_secs(5);
         let garbage = http::raw_exchange(&a, b"NOT HTTP AT ALL\r\n\r\n", limit);
         let big = format!(
@@ -351,7 +351,7 @@ fn bad_input_gets_400_431_408_and_no_server_gets_503() {
     rig.backends.clear();
     daemon.wait_for_output("server is DOWN", Duration::from_secs(10));
     let a = addr.clone();
-    let unavailable = http::in_netns(&topo.client.name, move || {
+    let unavailable = http::in_netns(topo.client.name(), move || {
         http::get(&a, "/", Some("JSESSIONID=zz"))
     });
     assert_eq!(unavailable.status, 503);
@@ -368,7 +368,7 @@ fn a_cookie_set_by_the_server_is_learned() {
     let _daemon = rig.start();
     let topo = &rig.topo;
     let addr = format!("{}:80", topo.lb_addr());
-    let lines = http::in_netns(&topo.client.name, move || {
+    let lines = http::in_netns(topo.client.name(), move || {
         // Cookie-less requests rotate; the one the first server answers sets a session cookie.
         let login = http::get(&addr, "/login?setcookie=learned42", None);
         let set = login.header("set-cookie").unwrap();
@@ -397,7 +397,7 @@ fn keep_alive_connection_serves_many_sticky_requests() {
     let _daemon = rig.start();
     let topo = &rig.topo;
     let addr = format!("{}:80", topo.lb_addr());
-    let bodies = http::in_netns(&topo.client.name, move || {
+    let bodies = http::in_netns(topo.client.name(), move || {
         let mut conn = http::KeepAlive::connect(&addr);
         let mut bodies: Vec<String> = (0..20)
             .map(|_| conn.get("/", Some("JSESSIONID=ka1")).text())
@@ -430,11 +430,11 @@ fn a_new_table_size_migrates_the_pinned_table_and_long_cookies_stay_sticky() {
         move || http::get(&addr, "/", Some(&cookie)).text()
     };
     let (before, long_before) = {
-        let _daemon = start_daemon(&topo.lb.name, &cfg);
+        let _daemon = start_daemon(topo.lb.name(), &cfg);
         let before = access(&topo, 1..=3);
-        let long = http::in_netns(&topo.client.name, get_long());
+        let long = http::in_netns(topo.client.name(), get_long());
         assert_eq!(
-            http::in_netns(&topo.client.name, get_long()),
+            http::in_netns(topo.client.name(), get_long()),
             long,
             "a long cookie is sticky"
         );
@@ -444,7 +444,7 @@ fn a_new_table_size_migrates_the_pinned_table_and_long_cookies_stay_sticky() {
         "mig2.toml",
         &sized_config(&topo, &pin, "lb-mig", servers, "", 5000),
     );
-    let daemon = start_daemon(&topo.lb.name, &cfg);
+    let daemon = start_daemon(topo.lb.name(), &cfg);
     assert!(
         daemon.output().contains("migrated the pinned stick table"),
         "{}",
@@ -452,7 +452,7 @@ fn a_new_table_size_migrates_the_pinned_table_and_long_cookies_stay_sticky() {
     );
     assert!(daemon.output().contains("adopted=4"), "{}", daemon.output());
     assert_eq!(access(&topo, 1..=3), before);
-    assert_eq!(http::in_netns(&topo.client.name, get_long()), long_before);
+    assert_eq!(http::in_netns(topo.client.name(), get_long()), long_before);
 }
 
 /// Opens an upgrade on a new connection to `addr` with session `cookie`; checks the `101`, the
@@ -517,7 +517,7 @@ fn an_upgrade_becomes_a_tunnel_to_the_sticky_server_without_the_fast_path() {
     rig.without_fast_path();
     let _daemon = rig.start();
     let addr = format!("{}:80", rig.topo.lb_addr());
-    let servers = http::in_netns(&rig.topo.client.name, move || {
+    let servers = http::in_netns(rig.topo.client.name(), move || {
         let first = upgrade_and_echo(&addr, "up1");
         let again = upgrade_and_echo(&addr, "up1");
         let other = upgrade_and_echo(&addr, "up2");
@@ -579,7 +579,7 @@ fn server_connections_are_shared_by_clients_and_one_the_server_closed_is_replace
     let rig = rig("pool", 243, &[], "");
     let server = format!("{}:8090", rig.topo.backend_addr());
     let accepted = counting_server(
-        &rig.topo.backends.name,
+        rig.topo.backends.name(),
         server.clone(),
         Duration::from_millis(300),
     );
@@ -597,7 +597,7 @@ fn server_connections_are_shared_by_clients_and_one_the_server_closed_is_replace
     // A new client connection per request, as the seed's curl: each answer says it closes.
     let one_by_one = |count: usize| {
         let addr = addr.clone();
-        http::in_netns(&rig.topo.client.name, move || {
+        http::in_netns(rig.topo.client.name(), move || {
             (0..count)
                 .map(|i| {
                     let request = format!(

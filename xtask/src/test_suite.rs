@@ -9,6 +9,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
+    bench,
     build::EBPF_OBJECT_ENV,
     ebpf, prerequisites,
     process::{describe, host_cargo, is_root, run_checked},
@@ -86,7 +87,7 @@ pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
                 .args(["bench", "--quick", "--output"])
                 .arg(&output),
         )?;
-        crate::bench::verify(&output)?;
+        bench::verify(&output)?;
     } else {
         println!("skipped: the bench needs root, like the privileged tests");
     }

@@ -63,14 +63,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `argv` inside network namespace `ns`, capturing stdout and stderr.
     ///
-    /// `nsenter --net` joins only the network namespace. `ip netns exec` would also give the
-    /// process a private mount namespace with a fresh /sys, hiding the host's bpffs: pins made
-    /// there would vanish with the process.
+    /// It joins only the network namespace (netns-kit's `command_in`), so it sees the host's
+    /// bpffs: pins it makes outlive it.
     pub fn spawn(name: &str, ns: &str, argv: &[&str]) -> Proc {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{ns}"))
-            .arg("--")
-            .args(argv)
+        let (program, args) = argv.split_first().expect("a command");
+        let mut child = netns_kit::command_in(ns, program)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,4 +1,4 @@
-//! The bulk-transfer client of `cargo xtask bench` (`xtask bench-client`, run inside the client
+//! The bulk-transfer client of `cargo xtask bench` (`lb-bench client`, run inside the client
 //! namespace): on one keep-alive connection, a small request that makes the session, a pause
 //! (a person between loading a page and clicking a download), then one large download. The
 //! fast path can take the connection over in that pause, as it would for a browser; a client

@@ -18,12 +18,12 @@ use serde::Serialize;
 
 use super::{
     contender::{self, Contender, LbProcess, BACKEND_NAME},
-    env::Layout,
-    median,
-    netns::ROUTED,
+    env::{Env, Layout},
+    hosts::ROUTED,
+    metrics::metric_value,
     procs,
+    stats::median,
     wrk::{self, WrkSpec},
-    Env,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -186,18 +186,6 @@ fn haproxy_command(env: &Env, command: &str) -> anyhow::Result<String> {
     Ok(answer)
 }
 
-/// The value of the first sample of `name` (labels may follow, or be part of `name`) in
-/// Prometheus text format.
-pub(super) fn metric_value(metrics: &str, name: &str) -> Option<u64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            return None;
-        }
-        rest.split_whitespace().last()?.parse().ok()
-    })
-}
-
 /// `used:N` of `# table: web, type: string, size:1048576, used:N`.
 fn haproxy_table_used(answer: &str, table: &str) -> Option<u64> {
     let header = answer
@@ -213,20 +201,7 @@ fn haproxy_table_used(answer: &str, table: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{haproxy_table_used, metric_value};
-
-    #[test]
-    fn reads_the_table_size_metric() {
-        let metrics = "# HELP stickylb_backend_table_entries Entries.\n\
-            # TYPE stickylb_backend_table_entries gauge\n\
-            stickylb_backend_table_entries_other 5\n\
-            stickylb_backend_table_entries{backend=\"web\"} 100000\n";
-        assert_eq!(
-            metric_value(metrics, "stickylb_backend_table_entries"),
-            Some(100_000)
-        );
-        assert_eq!(metric_value(metrics, "stickylb_nothing"), None);
-    }
+    use super::haproxy_table_used;
 
     #[test]
     fn reads_haproxy_table_usage() {

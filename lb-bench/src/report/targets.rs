@@ -8,16 +8,16 @@
 use serde::Serialize;
 
 use super::{ScaleSummary, Summary};
-use crate::bench::{contender::Contender, splice_rate::SpliceRate, workload::Workload, Plan};
+use crate::{contender::Contender, plan::Plan, splice_rate::SpliceRate, workload::Workload};
 
 /// One target of the issue, judged from this run's figures.
 #[derive(Clone, Debug, Serialize)]
-pub(in crate::bench) struct TargetCheck {
-    pub(in crate::bench) target: String,
-    pub(in crate::bench) stickylb: String,
-    pub(in crate::bench) reference: String,
+pub(crate) struct TargetCheck {
+    pub(crate) target: String,
+    pub(crate) stickylb: String,
+    pub(crate) reference: String,
     /// `met`, `missed`, or `not measured`.
-    pub(in crate::bench) result: &'static str,
+    pub(crate) result: &'static str,
 }
 
 pub(super) fn judge_all(

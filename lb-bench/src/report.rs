@@ -9,15 +9,16 @@ use serde::Serialize;
 use super::{
     contender::Contender,
     machine::Machine,
-    median,
+    others::LIMIT_PERCENT as OTHERS_LIMIT_PERCENT,
+    plan::Plan,
     profile::Profile,
     scale::ScaleResult,
     splice_rate::SpliceRate,
+    stats::median,
     workload::{Sample, Workload},
-    Plan, OTHERS_LIMIT_PERCENT,
 };
 
-pub(in crate::bench) mod markdown;
+pub(crate) mod markdown;
 mod svg;
 mod targets;
 
@@ -287,24 +288,17 @@ pub(super) mod tests {
     use std::time::Duration;
 
     use super::{counted_runs, Cell, Report, Summary};
-    use crate::bench::{
+    use crate::{
         contender::Contender,
         machine::Machine,
+        plan::Plan,
         scale::ScaleResult,
         workload::{Sample, Workload},
-        BenchArgs, Plan,
     };
 
     /// A report with made-up figures for every cell, as a quick run would produce.
-    pub(in crate::bench) fn sample_report() -> Report {
-        let plan = Plan::new(&BenchArgs {
-            quick: true,
-            output: None,
-            runs: None,
-            perf: false,
-            workloads: Vec::new(),
-            contenders: Vec::new(),
-        });
+    pub(crate) fn sample_report() -> Report {
+        let plan = Plan::new(true, None);
         let mut cells = Vec::new();
         for workload in Workload::ALL {
             for (i, contender) in Contender::available().into_iter().enumerate() {

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{bpfstats, logtail::LogTail, netns::Addrs, procs};
+use super::{bpfstats, hosts::Addrs, logtail::LogTail, procs};
 
 /// Backend servers: one `stickylb-backend` process listening on these ports.
 pub(super) const BACKEND_PORTS: [u16; 4] = [8081, 8082, 8083, 8084];
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn both_configurations_name_the_same_servers_and_table() {
-        let addrs = crate::bench::netns::ROUTED;
+        let addrs = crate::hosts::ROUTED;
         let stickylb = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", false, &addrs);
         let haproxy = haproxy_config("/run/h.sock", &addrs);
         for server in ["be1", "be4"] {

@@ -7,7 +7,7 @@
 --   POOL     0: every request has a new cookie; N: cookies cycle through N values (all threads
 --            together cover the N values, so a table fills to exactly N)
 --   close    "Connection: close": wrk opens a new connection for every request
--- `done` prints one BENCH-RESULT line that xtask parses.
+-- `done` prints one BENCH-RESULT line that lb-bench parses.
 
 local next_thread = 0
 

@@ -19,9 +19,9 @@ use serde::Serialize;
 
 use super::{
     contender::{Contender, LbProcess},
-    env, procs, workload,
-    workload::Workload,
-    Env,
+    env::{self, Env},
+    procs,
+    workload::{self, Workload},
 };
 
 /// Sampling rate: ~200 samples per busy CPU per second, enough for shares of a few percent

@@ -9,8 +9,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use netns_kit::NetNs;
 
-use super::{netns::Netns, procs};
+use super::procs;
 
 /// One run of the load generator.
 #[derive(Clone, Debug)]
@@ -26,7 +27,7 @@ pub(super) struct LoadSpec<'a> {
     /// Characters that start every cookie of the run.
     pub(super) prefix: &'a str,
     /// Client addresses the connections take in turn (none: the namespace's own).
-    pub(super) sources: &'a [String],
+    pub(super) sources: &'a [std::net::Ipv4Addr],
     /// Requests (tunnels) per second; 0: closed loop.
     pub(super) rate: f64,
     /// Each connection is a tunnel (upgrade, `101`, a few bytes echoed, close).
@@ -59,14 +60,14 @@ impl<'a> LoadSpec<'a> {
 pub(super) type LoadResult = super::wrk::WrkResult;
 
 /// Runs `binary` (stickylb-load) in `netns` to completion.
-pub(super) fn run(netns: &Netns, binary: &Path, spec: &LoadSpec<'_>) -> anyhow::Result<LoadResult> {
+pub(super) fn run(netns: &NetNs, binary: &Path, spec: &LoadSpec<'_>) -> anyhow::Result<LoadResult> {
     let child = start(netns, binary, spec)?;
     finish(child, spec.duration)
 }
 
 /// Starts `binary` (stickylb-load) in `netns`; read its result with [`finish`].
-pub(super) fn start(netns: &Netns, binary: &Path, spec: &LoadSpec<'_>) -> anyhow::Result<Child> {
-    let mut command = netns.command(&binary.display().to_string());
+pub(super) fn start(netns: &NetNs, binary: &Path, spec: &LoadSpec<'_>) -> anyhow::Result<Child> {
+    let mut command = netns.command(binary);
     command
         .args(["--target", spec.target])
         .arg(format!("--connections={}", spec.connections))

@@ -14,9 +14,10 @@ use serde::Serialize;
 
 use super::{
     contender::{self, Contender},
-    env::{FastPathCounters, Layout},
+    env::{Env, FastPathCounters, Layout},
     load::{self, LoadSpec},
-    procs, scale, Env,
+    metrics::metric_value,
+    procs,
 };
 
 /// The default `[fastpath] source_ports` (61000-64999), which the bench's stickylb uses.
@@ -82,7 +83,7 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<SpliceRate> {
         if let Ok(metrics) = env.client_get(&metrics_url, Layout::Routed) {
             let held = |holder: &str| {
                 let name = format!("stickylb_fastpath_source_ports{{holder=\"{holder}\"}}");
-                scale::metric_value(&metrics, &name).unwrap_or(0)
+                metric_value(&metrics, &name).unwrap_or(0)
             };
             max_ports_spliced = max_ports_spliced.max(held("spliced") + held("resting"));
         }

@@ -4,11 +4,11 @@
 use std::fmt::Write as _;
 
 use super::{Report, Summary};
-use crate::bench::{profile::Profile, workload::Workload};
+use crate::{profile::Profile, workload::Workload};
 
 /// Heading and columns of the results table.
-pub(in crate::bench) const RESULTS_HEADING: &str = "## Results";
-pub(in crate::bench) const RESULT_COLUMNS: [&str; 14] = [
+pub(crate) const RESULTS_HEADING: &str = "## Results";
+pub(crate) const RESULT_COLUMNS: [&str; 14] = [
     "workload",
     "contender",
     "runs",
@@ -26,8 +26,8 @@ pub(in crate::bench) const RESULT_COLUMNS: [&str; 14] = [
 ];
 
 /// Heading and columns of the table-scale table.
-pub(in crate::bench) const SCALE_HEADING: &str = "## Table scale";
-pub(in crate::bench) const SCALE_COLUMNS: [&str; 10] = [
+pub(crate) const SCALE_HEADING: &str = "## Table scale";
+pub(crate) const SCALE_COLUMNS: [&str; 10] = [
     "contender",
     "entries",
     "fill s",
@@ -41,9 +41,9 @@ pub(in crate::bench) const SCALE_COLUMNS: [&str; 10] = [
 ];
 
 /// What a cell without a figure shows (the direct path has no load balancer to measure).
-pub(in crate::bench) const NONE: &str = "-";
+pub(crate) const NONE: &str = "-";
 
-pub(in crate::bench) fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let mut out = String::new();
     let plan = &report.plan;
     let mode = if plan.quick {
@@ -147,7 +147,7 @@ fn setup(out: &mut String, report: &Report) {
          (`beN\\n`), each sending its next request the moment it has the answer; each \
          connection keeps one session cookie on all its requests (one cookie per wrk thread: its \
          scripts cannot tell connections apart);\n  \
-         - **download**: {downloads} keep-alive connections at once (`xtask bench-client`), each \
+         - **download**: {downloads} keep-alive connections at once (`lb-bench client`), each \
          with its own session: a small request, a 100 ms pause (a person between a page and a \
          download link), then one download of {download_mb} MiB (`/bytes/N`), {total_mb} MiB in \
          all; MB/s over the downloads only (first start to last end);\n  \
@@ -236,7 +236,7 @@ fn results(out: &mut String, report: &Report) {
          every run is in the JSON).",
         report.plan.attempts,
         report.plan.patience.as_secs_f64(),
-        limit = crate::bench::OTHERS_LIMIT_PERCENT,
+        limit = crate::others::LIMIT_PERCENT,
     );
     let _ = writeln!(
         out,
@@ -255,7 +255,7 @@ fn results(out: &mut String, report: &Report) {
 }
 
 /// Heading and columns of the hand-offs table.
-pub(in crate::bench) const HANDOFFS_HEADING: &str = "## Hand-offs";
+pub(crate) const HANDOFFS_HEADING: &str = "## Hand-offs";
 const HANDOFF_COLUMNS: [&str; 9] = [
     "workload",
     "runs",
@@ -285,17 +285,17 @@ fn handoffs(out: &mut String, report: &Report) {
     for cell in report
         .runs
         .iter()
-        .filter(|c| c.contender == crate::bench::contender::Contender::StickylbFastPath)
+        .filter(|c| c.contender == crate::contender::Contender::StickylbFastPath)
     {
         let counters: Vec<_> = cell
             .samples
             .iter()
             .filter_map(|s| s.fastpath.as_ref())
             .collect();
-        let sum = |f: &dyn Fn(&crate::bench::env::FastPathCounters) -> u64| {
+        let sum = |f: &dyn Fn(&crate::env::FastPathCounters) -> u64| {
             counters.iter().map(|c| f(c)).sum::<u64>().to_string()
         };
-        let kept = |c: &crate::bench::env::FastPathCounters| {
+        let kept = |c: &crate::env::FastPathCounters| {
             c.outcomes
                 .iter()
                 .filter(|(name, _)| name.starts_with("kept_") || name == "refused_options")
@@ -383,7 +383,7 @@ fn scale(out: &mut String, report: &Report) {
          only each backend's most recently used entries. Restart: from starting the new process \
          to stickylb's `stickylb started` (logged after it read the pinned map once), or to \
          HAProxy's first answer (HAProxy starts with an empty table).\n",
-        crate::bench::contender::TABLE_SIZE
+        crate::contender::TABLE_SIZE
     );
     header(out, &SCALE_COLUMNS);
     for s in &report.table_scale {
@@ -443,7 +443,7 @@ fn profiles(out: &mut String, profiles: &[Profile]) {
             .map_or_else(String::new, |dir| dir.display().to_string()),
     );
     for p in profiles {
-        let list = |shares: &[crate::bench::profile::Share]| {
+        let list = |shares: &[crate::profile::Share]| {
             shares
                 .iter()
                 .map(|s| format!("{} {:.1}%", s.name, s.percent))

@@ -11,8 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-
-use crate::process::describe;
+use netns_kit::describe;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

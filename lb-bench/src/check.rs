@@ -1,7 +1,7 @@
 //! Checks that a bench run produced a well-formed report: `BENCHMARKS.md` has the results table
 //! with the expected columns, one row per workload and contender that ran, figures that parse,
-//! the table-scale table, and a `benchmarks.json` that parses. Shape only, never speed: `xtask
-//! test` runs `bench --quick` and then this.
+//! the table-scale table, and a `benchmarks.json` that parses. Shape only, never speed: `cargo xtask
+//! test` runs `bench --quick` and then this (`lb-bench verify`).
 
 use std::{collections::HashSet, fs, path::Path};
 
@@ -228,7 +228,7 @@ fn figure(value: &str) -> anyhow::Result<Option<f64>> {
 #[cfg(test)]
 mod tests {
     use super::{figure, verify_json, verify_markdown};
-    use crate::bench::report::{markdown::render, tests::sample_report};
+    use crate::report::{markdown::render, tests::sample_report};
 
     #[test]
     fn a_rendered_report_is_well_formed() {

@@ -7,8 +7,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use netns_kit::NetNs;
 
-use super::{netns::Netns, procs};
+use super::procs;
 
 /// The script (`wrk.lua`) that every wrk run uses; written into the work directory.
 pub(super) const SCRIPT: &str = include_str!("wrk.lua");
@@ -42,7 +43,7 @@ pub(super) struct WrkResult {
 }
 
 /// Starts wrk in `netns` with `script`; read its result with [`finish`].
-pub(super) fn start(netns: &Netns, script: &Path, spec: &WrkSpec<'_>) -> anyhow::Result<Child> {
+pub(super) fn start(netns: &NetNs, script: &Path, spec: &WrkSpec<'_>) -> anyhow::Result<Child> {
     let mut command = netns.command("wrk");
     command
         .arg(format!("--threads={}", spec.threads))
@@ -81,7 +82,7 @@ pub(super) fn finish(mut child: Child, limit: Duration) -> anyhow::Result<WrkRes
 }
 
 /// Runs wrk to completion.
-pub(super) fn run(netns: &Netns, script: &Path, spec: &WrkSpec<'_>) -> anyhow::Result<WrkResult> {
+pub(super) fn run(netns: &NetNs, script: &Path, spec: &WrkSpec<'_>) -> anyhow::Result<WrkResult> {
     let child = start(netns, script, spec)?;
     finish(child, spec.duration + Duration::from_secs(30))
 }

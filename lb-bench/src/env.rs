@@ -14,8 +14,10 @@ use anyhow::{bail, Context as _};
 
 use super::{
     contender::{self, Contender, LbProcess},
-    netns::{self, Topology},
-    procs, scale, wrk, Plan,
+    hosts::{self, Topology},
+    metrics::metric_value,
+    plan::Plan,
+    procs, wrk,
 };
 use crate::workspace;
 
@@ -29,7 +31,7 @@ const STICKYLB_LOG: &str = "warn,stickylb::daemon=info";
 pub(super) const HAPROXY: &str = "/usr/sbin/haproxy";
 /// Pinned maps and sockets of bench runs whose process is gone, and their namespaces.
 pub(super) fn remove_stale() {
-    netns::remove_stale();
+    hosts::remove_stale();
     for root in [PIN_DIR, RUN_DIR] {
         for (path, pid) in runs_in(Path::new(root), "bench-") {
             println!("bench: removing {} left by process {pid}", path.display());
@@ -64,7 +66,7 @@ pub(super) fn work_root() -> PathBuf {
     workspace::host_target_dir().join("bench")
 }
 
-/// Which hosts a workload runs on (see [`netns`]).
+/// Which hosts a workload runs on (see [`hosts`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(super) enum Layout {
@@ -203,7 +205,7 @@ impl Env {
                         addrs,
                     ),
                 )?;
-                let mut command = lb.command(&self.stickylb.display().to_string());
+                let mut command = lb.command(&self.stickylb);
                 command
                     .args(["--log", STICKYLB_LOG, "run", "--config"])
                     .arg(&config);
@@ -311,7 +313,7 @@ impl Drop for Env {
 
 /// One `stickylb-backend` with a listener per backend port; waits for its `ready`.
 fn start_backends(topology: &Topology, binary: &Path, log: &Path) -> anyhow::Result<Child> {
-    let mut command = topology.backends.command(&binary.display().to_string());
+    let mut command = topology.backends.command(binary);
     for (i, port) in contender::BACKEND_PORTS.iter().enumerate() {
         command
             .arg("--listen")
@@ -363,7 +365,7 @@ impl FastPathCounters {
                 })
                 .collect()
         };
-        let plain = |name: &str| scale::metric_value(metrics, name).unwrap_or(0);
+        let plain = |name: &str| metric_value(metrics, name).unwrap_or(0);
         Self {
             attempts: plain("stickylb_fastpath_attempts_total"),
             candidates: plain("stickylb_fastpath_candidates_total"),

@@ -11,11 +11,10 @@ use serde::Serialize;
 use super::{
     client,
     contender::{Contender, LbProcess},
-    env::{FastPathCounters, Layout},
+    env::{Env, FastPathCounters, Layout},
     load::{self, LoadSpec},
     procs,
     wrk::{self, WrkSpec},
-    Env,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -321,21 +320,16 @@ fn download(
     bytes: u64,
 ) -> anyhow::Result<Sample> {
     let addr = base.trim_start_matches("http://");
-    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    // This binary, as `lb-bench client`.
+    let bench = std::env::current_exe().context("locating the lb-bench binary")?;
     let mut children: Vec<Child> = Vec::new();
     for i in 0..connections {
         let mut client = env
             .topology(Workload::Download.layout())
             .client
-            .command(&xtask.display().to_string());
+            .command(&bench);
         client
-            .args([
-                "bench-client",
-                "--addr",
-                addr,
-                "--bytes",
-                &bytes.to_string(),
-            ])
+            .args(["client", "--addr", addr, "--bytes", &bytes.to_string()])
             .arg("--session")
             .arg(format!("{prefix}{i:024}"))
             .stdin(Stdio::null())

@@ -14,6 +14,9 @@ use std::{
 
 use super::procs;
 
+/// A run disturbed by other processes (more than this share of the CPUs) is repeated.
+pub(crate) const LIMIT_PERCENT: f64 = 5.0;
+
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::{Report, Summary};
-use crate::bench::{contender::Contender, workload::Workload};
+use crate::{contender::Contender, workload::Workload};
 
 const WIDTH: f64 = 980.0;
 const LABEL: f64 = 190.0;
@@ -177,7 +177,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::render;
-    use crate::bench::{report::tests::sample_report, workload::Workload};
+    use crate::{report::tests::sample_report, workload::Workload};
 
     #[test]
     fn every_workload_has_a_row_and_bars_in_both_panels() {

@@ -5,7 +5,7 @@ use std::{fs, process::Command};
 use serde::Serialize;
 
 use super::env::HAPROXY;
-use crate::{process::probe_stdout, workspace};
+use crate::{host::probe_stdout, workspace};
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Machine {
