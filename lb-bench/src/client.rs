@@ -2,7 +2,7 @@
 //! namespace): on one keep-alive connection, a small request that makes the session, a pause
 //! (a person between loading a page and clicking a download), then one large download. The
 //! fast path can take the connection over in that pause, as it would for a browser; a client
-//! that sends its next request at once races the hand-off instead (see SPLICE.md).
+//! that sends its next request at once races the hand-off instead (see docs/SPLICE.md).
 //!
 //! It prints one line: `BULK <status> <bytes> <start_ns> <end_ns>`, the times on
 //! CLOCK_MONOTONIC (shared by every namespace), around the download only.

@@ -154,7 +154,7 @@ pub(super) fn stickylb_config(
     )
 }
 
-/// HAProxy's equivalent of [`stickylb_config`]: the seed's sticky setup, no logging, no checks,
+/// HAProxy's equivalent of [`stickylb_config`]: the original demo's sticky setup, no logging, no checks,
 /// `option forwardfor` as stickylb appends X-Forwarded-For, and `http-reuse always` as stickylb
 /// sends any request over any idle pooled server connection (HAProxy's default, `safe`, opens a
 /// new server connection for the first request of every client connection: with a new

@@ -1,4 +1,4 @@
-//! The results: medians per cell, ratios to HAProxy and to direct, the targets of the issue,
+//! The results: medians per cell, ratios to HAProxy and to direct, the targets,
 //! written as `BENCHMARKS.md` (see `markdown`) and `benchmarks.json` (every run's figures).
 
 use std::{fs, path::Path, time::Duration};

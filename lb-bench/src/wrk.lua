@@ -1,4 +1,4 @@
--- The wrk script of `cargo xtask bench`: seed-like cookies ("c1=1; c2=2; JSESSIONID=<32 chars>"),
+-- The wrk script of `cargo xtask bench`: demo-like cookies ("c1=1; c2=2; JSESSIONID=<32 chars>"),
 -- unique per request or drawn from a fixed pool, on a new connection per request or keep-alive.
 --
 -- Arguments (after the URL): PREFIX THREADS POOL close|keep [PATH]

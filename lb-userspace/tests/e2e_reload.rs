@@ -26,7 +26,7 @@ use std::{
 };
 
 use common::{
-    http, privileged, seed_cookie, start_daemon, stickylb_bin, wait_until, write_temp, PinDir,
+    demo_cookie, http, privileged, start_daemon, stickylb_bin, wait_until, write_temp, PinDir,
     Proc, Topology,
 };
 
@@ -97,7 +97,7 @@ struct Tally {
     longest_us: AtomicU64,
 }
 
-/// `threads` clients, each sending one request per new connection (as the seed's curl does),
+/// `threads` clients, each sending one request per new connection (as the original demo's curl does),
 /// cycling through `sessions`, until `stop`.
 fn load(
     ns: &str,
@@ -269,7 +269,7 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
     let lb = rig.topo.lb_addr();
     let sessions: HashMap<String, String> = (1..=100)
         .map(|n| {
-            let session = seed_cookie(n);
+            let session = demo_cookie(n);
             let (client, lb, s) = (client.clone(), lb.clone(), session.clone());
             let body =
                 http::in_netns(&client, move || one_request(&format!("{lb}:80"), &s)).unwrap();

@@ -16,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    http, privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
+    demo_cookie, http, privileged, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
 };
 
 const TAG: &str = "rip";
@@ -90,7 +90,7 @@ fn start_backends(topo: &Topology, servers: &[(String, u16)]) -> Vec<Proc> {
 }
 
 fn cookie(session: u32) -> String {
-    format!("JSESSIONID={}", seed_cookie(session))
+    format!("JSESSIONID={}", demo_cookie(session))
 }
 
 /// The server (`Backend N`) that answers each session, one connection per request.

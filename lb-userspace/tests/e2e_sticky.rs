@@ -1,4 +1,4 @@
-//! End to end, in network namespaces (client, lb, backends): the seed's stickiness and round
+//! End to end, in network namespaces (client, lb, backends): the original demo's stickiness and round
 //! robin order, redispatch, the durable table across stop/start and kill -9, bpftool, and the
 //! answers to bad input.
 
@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    http, privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
+    demo_cookie, http, privileged, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
 };
 
 /// Seven servers `be1..be7` on ports 8081-8087 of the backends host, in this order.
@@ -150,11 +150,11 @@ impl Rig {
     }
 }
 
-/// The seed's access script: `NNNNN - <body>` for each session.
+/// The original demo's access script: `NNNNN - <body>` for each session.
 fn access(topo: &Topology, sessions: impl IntoIterator<Item = u32>) -> Vec<String> {
     let addr = format!("{}:80", topo.lb_addr());
     let sessions: Vec<u32> = sessions.into_iter().collect();
-    let cookies: Vec<(u32, String)> = sessions.iter().map(|&n| (n, seed_cookie(n))).collect();
+    let cookies: Vec<(u32, String)> = sessions.iter().map(|&n| (n, demo_cookie(n))).collect();
     http::in_netns(topo.client.name(), move || {
         cookies
             .iter()
@@ -179,7 +179,7 @@ fn expect(sessions: impl IntoIterator<Item = u32>, backends: &[u32]) -> Vec<Stri
 }
 
 #[test]
-fn round_robin_and_stickiness_follow_the_seed_transcript() {
+fn round_robin_and_stickiness_follow_the_original_demo_transcript() {
     if !privileged() {
         return;
     }
@@ -243,7 +243,7 @@ fn bpftool_and_table_command_show_a_cookie_just_used() {
     let rig = rig("bpft", 213, &seven()[..2], "");
     let (topo, pin, cfg) = (&rig.topo, &rig.pin, &rig.cfg);
     let _daemon = rig.start();
-    let cookie = seed_cookie(4242);
+    let cookie = demo_cookie(4242);
     assert_eq!(access(topo, [4242]), ["04242 - Backend 1"]);
 
     let map = pin.0.join("lb-bpft/v1/STICK_TABLE");
@@ -594,7 +594,7 @@ fn server_connections_are_shared_by_clients_and_one_the_server_closed_is_replace
     rig.without_fast_path();
     let lb = rig.start();
     let addr = format!("{}:80", rig.topo.lb_addr());
-    // A new client connection per request, as the seed's curl: each answer says it closes.
+    // A new client connection per request, as the original demo's curl: each answer says it closes.
     let one_by_one = |count: usize| {
         let addr = addr.clone();
         http::in_netns(rig.topo.client.name(), move || {

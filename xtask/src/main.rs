@@ -46,9 +46,9 @@ enum Task {
     /// Builds stickylb (release), then runs the lb-bench crate with the arguments given
     /// (`cargo xtask bench --help` lists them).
     Bench(BenchArgs),
-    /// Build, then play the seed's peers demo in network namespaces: web (7 backends), lb-1
+    /// Build, then play the original demo's peers demo in network namespaces: web (7 backends), lb-1
     /// and lb-2 on 192.168.33.0/24, localhost:8080/9080 to the lbs and :8404/:9404 to their
-    /// monitors, as the seed's Vagrant ports. As root (through `sudo -E` when needed).
+    /// monitors, as the original demo's Vagrant ports. As root (through `sudo -E` when needed).
     Demo(DemoArgs),
 }
 
@@ -91,7 +91,7 @@ struct BenchArgs {
 struct DemoArgs {
     #[command(flatten)]
     profile: ProfileArgs,
-    /// Compare every step with the seed's output; exit non-zero on any difference.
+    /// Compare every step with the original demo's output; exit non-zero on any difference.
     #[arg(long)]
     check: bool,
     /// Leave the demo running at the end (`cargo xtask demo --down` removes it).

@@ -59,7 +59,7 @@ pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             .env(REQUIRE_PRIVILEGED_ENV, "1"),
     )?;
 
-    // The README's first command: CI proves the seed's story plays as documented.
+    // The README's first command: CI proves the original demo's story plays as documented.
     stage("demo --check");
     if is_root() {
         // Through cargo, as `cargo xtask demo` does: this binary may have been rebuilt since.

@@ -135,7 +135,7 @@ fn setup(out: &mut String, report: &Report) {
          answer, after its client paused 50 ms, after a 1 MiB body, or with the `101` of an \
          upgrade; until then it is served exactly as with the fast path off). Each run starts \
          the load balancer afresh with an empty table; repetitions alternate the contenders.\n\
-         - Workloads (warm-up {warmup} s, then {measure} s measured; seed-like `Cookie: c1=1; \
+         - Workloads (warm-up {warmup} s, then {measure} s measured; demo-like `Cookie: c1=1; \
          c2=2; JSESSIONID=<32 chars>`; wrk with `bench.lua` and {threads} threads, or \
          `stickylb-load`, lb-userspace's load generator, with 2 threads):\n  \
          - **new-conn-unique** (wrk): a new connection per request (`Connection: close`), \

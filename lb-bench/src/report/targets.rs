@@ -1,4 +1,4 @@
-//! The issues' targets, judged from one run's medians: new connection per request >= 1.0x
+//! The project's targets, judged from one run's medians: new connection per request >= 1.0x
 //! HAProxy's req/s with p99 <= HAProxy's; keep-alive >= 1.0x HAProxy without the fast path;
 //! 1M entries in <= 200 MB. With the fast path: on every workload >= 0.95x the fast path off in
 //! req/s (MB/s) with p99 <= 1.1x and no error; keep-alive >= 1.5x HAProxy; bulk >= 0.9x direct
@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{ScaleSummary, Summary};
 use crate::{contender::Contender, plan::Plan, splice_rate::SpliceRate, workload::Workload};
 
-/// One target of the issue, judged from this run's figures.
+/// One target, judged from this run's figures.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct TargetCheck {
     pub(crate) target: String,

@@ -231,7 +231,7 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
     program.try_into().map_err(|_| missing)
 }
 
-/// aya adopts a pinned map by name without checking it: do it here (STYLE.md 5).
+/// aya adopts a pinned map by name without checking it: do it here.
 fn check_flows_layout(path: &Path) -> Result<(), FastPathError> {
     let data = MapData::from_pin(path).map_err(|source| FastPathError::OpenPinned {
         path: path.to_owned(),

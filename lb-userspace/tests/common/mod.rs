@@ -194,8 +194,8 @@ pub fn write_temp(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// The seed's session cookie for session `n`: md5 of `_n` in hex.
-pub fn seed_cookie(n: u32) -> String {
+/// The original demo's session cookie for session `n`: md5 of `_n` in hex.
+pub fn demo_cookie(n: u32) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("printf _%s {n} | md5sum"))

@@ -1,4 +1,4 @@
-//! The demo's LAN: the seed's private network 192.168.33.0/24 as a bridge in a switch
+//! The demo's LAN: the original demo's private network 192.168.33.0/24 as a bridge in a switch
 //! namespace, one namespace per machine, and this host on it through `slbdemo0`; built with
 //! `netns-kit`, like the end-to-end tests' and the bench's networks.
 //!
@@ -34,7 +34,7 @@ const SUBNET: &str = "192.168.33.0/24";
 /// Each machine's interface on the LAN.
 const MACHINE_IF: &str = "eth0";
 
-/// Fails, naming the conflict, when a forwarded port or the seed's subnet is already in use
+/// Fails, naming the conflict, when a forwarded port or the original demo's subnet is already in use
 /// on this host. Run after the leftovers of an earlier demo are removed.
 pub(super) fn check_free() -> anyhow::Result<()> {
     for lb in Lb::ALL {
@@ -46,7 +46,7 @@ pub(super) fn check_free() -> anyhow::Result<()> {
     let routes = ip(&["-o", "-4", "route", "show", "root", SUBNET])?;
     if !routes.trim().is_empty() {
         bail!(
-            "this host already routes {SUBNET}, the seed's private network the demo recreates \
+            "this host already routes {SUBNET}, the original demo's private network the demo recreates \
              (a Vagrant host-only network?):\n{}\nremove it or stop what uses it first",
             routes.trim_end()
         );
@@ -70,7 +70,7 @@ fn check_port_free(port: u16) -> anyhow::Result<()> {
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::AddrInUse => bail!(
                 "port {port} is taken on this host ({addr}): the demo forwards localhost:{port} \
-                 like the seed's Vagrant ports. `ss -ltnp 'sport = :{port}'` shows who has it; \
+                 like the original demo's Vagrant ports. `ss -ltnp 'sport = :{port}'` shows who has it; \
                  stop it and run the demo again"
             ),
             Err(error) => {
