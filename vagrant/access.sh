@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# access.sh URL FROM TO: one request per session FROM..TO to URL, as the seed's access scripts
+# access.sh URL FROM TO: one request per session FROM..TO to URL, as the original demo's access scripts
 # do, printing "NNNNN - " and the response body ("Backend N"). The session cookie is the MD5
 # of "_N" in hex, next to two unrelated cookies:
 #   Cookie: c1=1; c2=2; JSESSIONID=<md5 hex of _N>
@@ -15,7 +15,7 @@ usage() {
 readonly url="$1" from="$2" to="$3"
 [[ "$from" =~ ^[0-9]+$ && "$to" =~ ^[0-9]+$ ]] || usage
 
-# md5sum on Linux (and with GNU coreutils on macOS), `md5 -q -s` on macOS as in the seed.
+# md5sum on Linux (and with GNU coreutils on macOS), `md5 -q -s` on macOS as in the original demo.
 if command -v md5sum >/dev/null; then
     session_id() { printf '_%s' "$1" | md5sum | cut -d' ' -f1; }
 elif command -v md5 >/dev/null; then

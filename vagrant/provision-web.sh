@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provisions the `web` VM: Apache with 7 virtual hosts on ports 8081..8087, each answering
 # GET and HEAD / with the body "Backend N" and a newline, and setting no cookie, as in the
-# seed. Idempotent: run it again (`vagrant provision web`) and it changes nothing.
+# original demo. Idempotent: run it again (`vagrant provision web`) and it changes nothing.
 #
 # ROOT=DIR writes the files under DIR instead of / and skips what acts on the running system
 # (apt-get, systemctl, the final probe): a dry install into a tree, for tests.

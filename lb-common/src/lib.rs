@@ -2,7 +2,8 @@
 //!
 //! Pinned maps outlive the daemon, so these layouts are an on-disk format. Changing a size or a
 //! field's meaning requires a new [`PIN_VERSION`]; the daemon refuses to adopt a pinned map whose
-//! type, key size, value size or capacity does not match what it expects.
+//! type, key size or value size does not match what it expects. (A pinned stick table of another
+//! capacity is migrated at a start, kept as it is by an upgrade: `docs/TABLE.md`.)
 //!
 //! All multi-byte integers are in host byte order unless a field says otherwise. Text fields are
 //! NUL-padded byte arrays: `bpftool map dump` prints them as strings because the build marks the
@@ -27,7 +28,7 @@ pub const SERVER_NAME_LEN: usize = 32;
 /// the configuration before loading.
 pub const STICK_TABLE_DEFAULT_ENTRIES: u32 = 1024;
 
-/// Key of the durable stick table.
+/// Key of the durable stick table (format and lifecycle: `docs/TABLE.md`).
 ///
 /// `cookie` holds the cookie value verbatim when it is at most `COOKIE_LEN - 1` bytes long.
 /// A longer value is stored as `~` followed by 32 lowercase hex digits of a 128-bit digest of
@@ -56,8 +57,9 @@ const _: () = assert!(size_of::<StickKey>() == 48);
 const _: () = assert!(size_of::<StickEntry>() == 40);
 
 // ---------------------------------------------------------------------------------------------
-// The TCP splice fast path (docs/FASTPATH.md). One `SPLICE_FLOWS` entry per direction of a spliced
-// connection, keyed by the 4-tuple as the packet arrives on the load balancer's interface.
+// The TCP splice fast path (docs/SPLICE.md). One `SPLICE_FLOWS` entry per direction of an
+// observed or spliced connection, keyed by the 4-tuple as the packet arrives on the load
+// balancer's interface.
 // ---------------------------------------------------------------------------------------------
 
 /// Name of the splice flow map in the eBPF object (and the file name it is pinned under).
@@ -75,13 +77,16 @@ pub const SPLICE_FLOWS_DEFAULT_ENTRIES: u32 = 65536;
 
 /// The TC program passes packets and records the peer's latest TSval ([`SpliceEntry::last_tsval`]).
 pub const SPLICE_STATE_OBSERVE: u32 = 0;
-/// Not written any more (an earlier hand-off froze flows in it); the program drops the packets
-/// of an entry in a state it does not know, and the collector removes such entries.
+/// Not written any more (an earlier hand-off froze flows in it). The program treats it as a
+/// state it does not know (drops the packets, a SYN retires the pair); the collector removes
+/// such an entry when no live connection owns it.
 pub const SPLICE_STATE_RETIRED_HOLD: u32 = 1;
 /// The TC program translates every packet and redirects it to [`SpliceEntry::out_ifindex`].
 pub const SPLICE_STATE_SPLICE: u32 = 2;
-/// Retired by the collector: the program drops the flow's packets (never hands them to a stack
-/// that has no socket for them) until the entry is deleted.
+/// The program drops the flow's packets (never hands them to a stack that has no socket for
+/// them) until the entry is deleted; the collector removes the pair after 5 s without activity
+/// (its RST grace). Nothing in the daemon writes this state: the collector deletes entries
+/// instead.
 pub const SPLICE_STATE_CLOSED: u32 = 3;
 /// The client direction of a hand-off in progress: the translation is written, and the program
 /// switches the entry to SPLICE itself on the first packet from the client that acknowledges
@@ -98,36 +103,39 @@ pub const SPLICE_F_TIMESTAMPS: u32 = 1 << 0;
 /// [`SpliceEntry::flags`]: both legs negotiated SACK; translate SACK block edges.
 pub const SPLICE_F_SACK: u32 = 1 << 1;
 /// [`SpliceEntry::flags`]: redirect with `bpf_redirect_peer` (veth/netkit only) after writing
-/// [`SpliceEntry::new_smac`]/[`SpliceEntry::new_dmac`], instead of `bpf_redirect_neigh`.
+/// [`SpliceEntry::new_smac`]/[`SpliceEntry::new_dmac`], instead of `bpf_redirect_neigh`. The
+/// program supports it; the daemon does not set it.
 pub const SPLICE_F_REDIRECT_PEER: u32 = 1 << 2;
 
 /// [`SpliceEntry::seen`] (written by the program): a FIN went through in this direction.
 pub const SPLICE_SEEN_FIN: u32 = 1 << 0;
 /// [`SpliceEntry::seen`]: an RST went through in this direction.
 pub const SPLICE_SEEN_RST: u32 = 1 << 1;
-/// [`SpliceEntry::seen`]: a SYN hit a SPLICE or CLOSED entry (the 4-tuple is being reused).
-/// The program passed the SYN to the stack untranslated and deleted both entries of the flow;
-/// the bit is only seen by a reader that copied the entry in that instant.
+/// [`SpliceEntry::seen`]: a SYN hit an entry in any state but OBSERVE (the 4-tuple is being
+/// reused). The program passed the SYN to the stack untranslated and deleted both entries of
+/// the flow; the bit is only seen by a reader that copied the entry in that instant.
 pub const SPLICE_SEEN_SYN: u32 = 1 << 2;
 
-/// [`SPLICE_STATS_MAP`] index: packets that hit a SPLICE entry and were redirected.
+/// [`SPLICE_STATS_MAP`] index: packets translated and redirected (of a SPLICE entry, or the
+/// packet that completed an ARMED one).
 pub const SPLICE_STAT_REDIRECTED: u32 = 0;
 /// [`SPLICE_STATS_MAP`] index: packets passed in OBSERVE.
 pub const SPLICE_STAT_OBSERVED: u32 = 1;
 /// [`SPLICE_STATS_MAP`] index: packets of an ARMED entry that did not complete the hand-off
 /// (old duplicates, partial acknowledgements: their senders send what matters again).
 pub const SPLICE_STAT_ARMED_DROPPED: u32 = 2;
-/// [`SPLICE_STATS_MAP`] index: packets of a SPLICE/CLOSED entry dropped because they could not
-/// be parsed or rewritten, or because the entry was CLOSED.
+/// [`SPLICE_STATS_MAP`] index: packets of a known flow dropped because they could not be
+/// parsed or rewritten (IP options, a bad data offset, a failed helper), or because the entry
+/// was CLOSED or in a state the program does not know.
 pub const SPLICE_STAT_DROPPED: u32 = 3;
-/// [`SPLICE_STATS_MAP`] index: SYNs that hit a SPLICE or CLOSED entry: passed to the stack, the
-/// flow's two entries deleted.
+/// [`SPLICE_STATS_MAP`] index: SYNs (or SYN-ACKs) that hit an entry in any state but OBSERVE:
+/// passed to the stack, the flow's two entries deleted.
 pub const SPLICE_STAT_SYN_REUSE: u32 = 4;
 /// [`SPLICE_STATS_MAP`] index: SACK options translated.
 pub const SPLICE_STAT_SACK: u32 = 5;
 /// [`SPLICE_STATS_MAP`] index: hand-offs the program completed (ARMED -> SPLICE).
 pub const SPLICE_STAT_COMPLETED: u32 = 6;
-/// Number of [`SPLICE_STATS_MAP`] slots.
+/// Number of [`SPLICE_STATS_MAP`] slots (the last one is unused).
 pub const SPLICE_STATS_LEN: u32 = 8;
 
 /// Key of the splice flow map: the IPv4/TCP 4-tuple exactly as the packet arrives on the load
@@ -151,8 +159,10 @@ pub struct SpliceKey {
 ///
 /// Written by userspace: `state`, `flags`, `out_ifindex`, the `new_*` fields, the deltas, the
 /// window shifts and the `armed_*` fields. Written by the program: `seen`, `last_tsval`,
-/// `packets`, `bytes`, `last_seen_ns`, and `state` when it completes an ARMED hand-off. Deltas are in host order and added modulo 2^32 to the host-order value of
-/// the field; addresses and ports are in network order.
+/// `packets`, `bytes`, `last_seen_ns`, and `state` when it completes an ARMED hand-off; it also
+/// deletes both entries of a flow whose 4-tuple a SYN reuses. Deltas are in host order and added
+/// modulo 2^32 to the host-order value of the field; addresses and ports are in network order.
+/// The layout, field by field, is in docs/SPLICE.md.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SpliceEntry {
@@ -188,7 +198,8 @@ pub struct SpliceEntry {
     pub _pad0: [u8; 2],
     /// `SPLICE_SEEN_*`, set by the program.
     pub seen: u32,
-    /// Latest TSval the program saw in this direction (OBSERVE, ARMED), host order.
+    /// Latest TSval the program saw in this direction while OBSERVE, host order (the
+    /// translation copies the observed value into the SPLICE and ARMED entries).
     pub last_tsval: u32,
     /// ARMED: the hand-off completes on a packet acknowledging at least this (host order).
     pub armed_ack: u32,

@@ -3,9 +3,9 @@
 //! - `STICK_TABLE`: the durable copy of the stick table. Userspace owns every read and write;
 //!   the map exists in the kernel so that it outlives the daemon (pinned under
 //!   `<pin_dir>/<instance>/v1/STICK_TABLE`) and so that `bpftool map dump` decodes it with BTF.
-//! - `splice_ingress`: the TCP splice fast path (`docs/FASTPATH.md`), a TC classifier on the ingress of the
-//!   load balancer's interfaces, with its maps `SPLICE_FLOWS` and `SPLICE_STATS`
-//!   (see [`ingress`]).
+//! - `splice_ingress`: the TCP splice fast path (`docs/SPLICE.md`), a TC classifier on the
+//!   ingress of the load balancer's interfaces, with its maps `SPLICE_FLOWS` and
+//!   `SPLICE_STATS` (see [`ingress`]).
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add` (no CAS), but BPF has
@@ -27,8 +27,9 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 ///   clients or servers.
 /// - Minimum kernel: 5.17 (`bpf_loop`); 6.6 for TCX links. Tested on 6.18.
 /// - Returns `TC_ACT_OK` for every packet that matches no `SPLICE_FLOWS` entry (untouched), an
-///   OBSERVE entry, or that is a SYN (or SYN-ACK) on any other entry; `TC_ACT_SHOT` for any
-///   packet of a SPLICE or CLOSED entry that cannot be translated and for a packet of an ARMED
+///   OBSERVE entry, or that is a SYN (or SYN-ACK) on any other entry; `TC_ACT_SHOT` for every
+///   packet of a CLOSED entry (or of a state it does not know), a packet of a SPLICE entry (or
+///   the one completing an ARMED entry) that cannot be translated, and a packet of an ARMED
 ///   entry that does not complete its hand-off; `TC_ACT_REDIRECT` for a translated packet.
 /// - Reads `SPLICE_FLOWS`; writes its `seen`, `last_tsval`, counters and time, and the state of
 ///   an ARMED entry whose hand-off a packet completes; deletes both entries of a translated

@@ -18,9 +18,11 @@ pub(crate) static STICK_TABLE: LruHashMap<
     { STICK_TABLE_DEFAULT_ENTRIES as usize },
 > = LruHashMap::new();
 
-/// Spliced TCP flows, one entry per direction, keyed by the 4-tuple as the packet arrives.
-/// Userspace creates, commits and deletes entries; `splice_ingress` updates the `seen`,
-/// `last_tsval`, counter and time fields. A plain hash map on purpose: an LRU could evict a live
+/// Observed and spliced TCP flows, one entry per direction, keyed by the 4-tuple as the packet
+/// arrives (layout and states: docs/SPLICE.md). Userspace creates, arms, disarms and deletes
+/// entries; `splice_ingress` updates the `seen`, `last_tsval`, counter and time fields, switches
+/// an ARMED entry to SPLICE when a packet completes its hand-off, and deletes a flow's two
+/// entries when a SYN reuses its 4-tuple. A plain hash map on purpose: an LRU could evict a live
 /// flow, whose next packet would then meet a stack without a socket (RST to the client, the
 /// server side orphaned).
 #[btf_map]

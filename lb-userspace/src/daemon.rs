@@ -1,78 +1,44 @@
 //! `stickylb run`: wires the configuration, the durable table, the backends, the listeners and
 //! the monitor together, reloads the configuration in place on SIGHUP, and stops them in order.
+//!
+//! This is the wiring: it depends on every other module, and none depends on it (what the
+//! monitor shows is the monitor's [`Shared`]; what routes where is [`crate::routing`]). Its
+//! parts: `durable` opens the pinned table and sweeps it, `sockets` binds the listening
+//! sockets or takes them over, `signals` turns signals into events, `error` says why a start
+//! failed.
 
-use std::{
-    io,
-    net::SocketAddr,
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+mod durable;
+mod error;
+mod signals;
+mod sockets;
 
-use lb_common::STICK_TABLE_MAP;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
 use tokio::{
-    net::{TcpListener, UnixListener},
-    signal::unix::{signal, SignalKind},
+    net::TcpListener,
     sync::{watch, Notify},
     task::JoinHandle,
 };
 
+pub use self::error::StartError;
+use self::{
+    durable::{adopt_table, open_durable, sweep_expired},
+    signals::{Event, Signals},
+    sockets::{finish_takeover, take_over, Sockets},
+};
 use crate::{
     backend::BackendState,
     config::{Config, FastPathMode},
-    control::{self, systemd, Handover, Takeover},
+    control::{self, systemd},
     dataplane::{self, DataplaneError},
-    error_chain,
-    fastpath::{self, FastPathError},
-    monitor,
-    peers::{self, link::PeerLink},
+    error_chain, fastpath,
+    monitor::{self, Shared},
+    peers,
     proxy::{drain::Drain, listener, workers::Workers, Frontend},
     reload::{self, Live},
-    table::{
-        self,
-        pinned::{self, DurableError, DurableTable, Origin},
-        ScanMode, Store,
-    },
+    routing,
+    table::{self, Store},
 };
-
-/// Why the daemon could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
-    #[error(transparent)]
-    Durable(#[from] DurableError),
-    #[error("cannot listen on {addr} for {what}")]
-    Bind {
-        what: String,
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Control(#[from] control::BindError),
-    #[error("upgrade: cannot take over from the running instance")]
-    Upgrade(#[source] io::Error),
-    #[error("cannot start the data plane's threads")]
-    Workers(#[source] io::Error),
-    #[error("cannot install the signal handlers")]
-    Signals(#[source] io::Error),
-    #[error("cannot start the kernel fast path (set fastpath = \"off\" to run without it)")]
-    FastPath(#[source] FastPathError),
-}
-
-/// Everything the monitor shows.
-pub struct Shared {
-    pub instance: String,
-    pub backends: Vec<Arc<BackendState>>,
-    pub frontends: Vec<Arc<Frontend>>,
-    /// The other members of the peers section.
-    pub peers: Vec<Arc<PeerLink>>,
-    pub started_ms: u64,
-    /// The kernel fast path, when a frontend splices.
-    pub fastpath: Option<Arc<fastpath::Runtime>>,
-}
 
 /// How `stickylb run` was asked to start.
 #[derive(Clone, Debug)]
@@ -88,6 +54,9 @@ pub struct RunOptions {
 /// Runs the daemon until SIGINT or SIGTERM, or until a successor takes over; on SIGHUP,
 /// applies the configuration file again in place.
 pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
+    // A fresh table's map and the fast path come from the eBPF object: a build without it
+    // says so before it binds or mounts anything.
+    dataplane::ebpf_object().map_err(DataplaneError::from)?;
     let mut signals = Signals::install().map_err(StartError::Signals)?;
     let control_path = config.instance.control_socket.clone();
     let mut sockets = Sockets::default();
@@ -102,7 +71,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let durable = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
     let map_capacity = durable.capacity()?;
     let store = Store::new(Arc::new(durable), config.peers.is_some());
-    let (backends, frontends) = routing(&config, &store);
+    let (backends, frontends) = routing::build(&config, &store);
     adopt_table(&store, &backends)?;
 
     let live = Arc::new(Live::start(config.clone(), backends.clone()));
@@ -204,112 +173,6 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     Ok(())
 }
 
-/// Where listening sockets come from: the predecessor's when upgrading, else bound here. Every
-/// one is also kept (duplicated) for a successor.
-#[derive(Default)]
-struct Sockets {
-    takeover: Option<Takeover>,
-    handover: Handover,
-}
-
-impl Sockets {
-    fn listen(
-        &mut self,
-        role: &str,
-        addr: SocketAddr,
-        what: &str,
-    ) -> Result<TcpListener, StartError> {
-        let bind_error = |source| StartError::Bind {
-            what: what.to_owned(),
-            addr,
-            source,
-        };
-        let listener = match self.takeover.as_mut().and_then(|t| t.listener(role, addr)) {
-            Some(listener) => {
-                tracing::info!(role, %addr, "took over the listening socket");
-                listener
-            }
-            None => listener::bind(addr).map_err(bind_error)?,
-        };
-        self.handover
-            .add(role.to_owned(), addr, listener.as_fd())
-            .map_err(bind_error)?;
-        Ok(listener)
-    }
-}
-
-/// Asks the running instance for its sockets; `None` (start fresh) when none answers.
-async fn take_over(path: &Path) -> Result<Option<Takeover>, StartError> {
-    let owned = path.to_owned();
-    let takeover = tokio::task::spawn_blocking(move || Takeover::request(&owned))
-        .await
-        .map_err(|e| StartError::Upgrade(io::Error::other(e)))?
-        .map_err(StartError::Upgrade)?;
-    match &takeover {
-        Some(_) => {
-            tracing::info!(control = %path.display(), "upgrading: took the listening sockets of the running instance")
-        }
-        None => {
-            tracing::warn!(control = %path.display(), "--upgrade: no running instance answers; starting fresh")
-        }
-    }
-    Ok(takeover)
-}
-
-/// Tells the predecessor we serve, waits until it stopped accepting, then takes the control
-/// socket's path over.
-async fn finish_takeover(
-    takeover: Option<Takeover>,
-    path: &Path,
-) -> Result<UnixListener, StartError> {
-    if let Some(takeover) = takeover {
-        tokio::task::spawn_blocking(move || takeover.finish())
-            .await
-            .map_err(|e| StartError::Upgrade(io::Error::other(e)))?
-            .map_err(StartError::Upgrade)?;
-        tracing::info!("the previous instance stopped accepting; it drains and exits");
-    }
-    Ok(control::bind(path, true)?)
-}
-
-/// Opens the durable table. An upgrade adopts the pinned map as it is, whatever its capacity:
-/// the running instance keeps writing to it until it exits, so it must not be migrated away.
-fn open_durable(
-    config: &Config,
-    pin_root: &Path,
-    upgrading: bool,
-) -> Result<DurableTable, StartError> {
-    let total: u64 = config
-        .backends
-        .iter()
-        .map(|b| u64::from(b.table_size.get()))
-        .sum();
-    let capacity = pinned::durable_capacity(total);
-    let path = pin_root.join(STICK_TABLE_MAP);
-    if upgrading && path.exists() {
-        let durable = DurableTable::open_existing(&path)?;
-        let pinned = durable.capacity()?;
-        if pinned != capacity {
-            tracing::warn!(
-                pinned,
-                wanted = capacity,
-                "table_size changed: the pinned table keeps its capacity until the next restart"
-            );
-        }
-        log_origin(Origin::Adopted, &path, pinned);
-        return Ok(durable);
-    }
-    let mut ebpf = dataplane::load(capacity)?;
-    let fresh = ebpf
-        .take_map(STICK_TABLE_MAP)
-        .ok_or(DurableError::MissingMap {
-            name: STICK_TABLE_MAP,
-        })?;
-    let (durable, origin) = DurableTable::open(fresh, &path, capacity)?;
-    log_origin(origin, &path, capacity);
-    Ok(durable)
-}
-
 /// What the control socket's `reload` does: the same as SIGHUP, answering the outcome.
 fn reload_command(
     live: &Arc<Live>,
@@ -374,27 +237,6 @@ fn reload_in_place(live: &Live, options: &RunOptions) {
     ));
 }
 
-/// The backends' runtime state (their tables in `store`) and the frontends that route to
-/// them. Validation guarantees every frontend names a configured backend.
-pub fn routing(config: &Config, store: &Store) -> (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>) {
-    let backends: Vec<Arc<BackendState>> = config
-        .backends
-        .iter()
-        .map(|b| Arc::new(BackendState::new(b, store.clone())))
-        .collect();
-    let frontends = config
-        .frontends
-        .iter()
-        .filter_map(|f| {
-            let backend = backends.iter().find(|b| b.name == f.backend)?;
-            let mut frontend = Frontend::new(f.name.clone(), Arc::clone(backend));
-            frontend.fastpath_interfaces = f.fastpath_interfaces.clone();
-            Some(Arc::new(frontend))
-        })
-        .collect();
-    (backends, frontends)
-}
-
 /// Loads and attaches the kernel fast path when a frontend has `fastpath = "splice"`, and
 /// gives it to those frontends. The pinned maps and links of a previous process are adopted.
 fn start_fastpath(
@@ -452,17 +294,8 @@ fn start_fastpath(
 /// Each relayed connection holds four descriptors (two sockets and their duplicates for the
 /// hand-off): raise the soft limit to the hard one.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to fill, then to set.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    if let Err(error) = crate::sys::process::raise_nofile_limit() {
+        tracing::debug!(%error, "could not raise the open file limit");
     }
 }
 
@@ -488,10 +321,6 @@ fn start_peers(
 /// one yet, which its client would see as a failed request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
-/// How often the whole pinned map is read for expired entries (lookups never return one, so
-/// this only frees their room; a million entries take a few hundred milliseconds of one CPU).
-const SCAN_INTERVAL: Duration = Duration::from_secs(60);
-
 async fn drain(graceful: Arc<Drain>, limit: Duration) {
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
         tracing::warn!("listeners still hold connections; not waiting for them");
@@ -504,113 +333,5 @@ async fn drain(graceful: Arc<Drain>, limit: Duration) {
         .is_err()
     {
         tracing::warn!(?limit, "drain timeout: closing connections still busy");
-    }
-}
-
-fn log_origin(origin: Origin, path: &std::path::Path, capacity: u32) {
-    match origin {
-        Origin::Created => {
-            tracing::info!(path = %path.display(), capacity, "created the durable stick table")
-        }
-        Origin::Adopted => {
-            tracing::info!(path = %path.display(), capacity, "adopted the pinned stick table")
-        }
-        Origin::Migrated { from_capacity } => tracing::info!(
-            path = %path.display(),
-            from_capacity,
-            capacity,
-            "migrated the pinned stick table to a new capacity"
-        ),
-    }
-}
-
-/// Takes the pinned table as it is: counts each backend's entries, forgets the ones that
-/// expired meanwhile or whose backend is gone from the configuration, and brings each
-/// backend's most recently used entries into memory.
-fn adopt_table(store: &Store, backends: &[Arc<BackendState>]) -> Result<(), StartError> {
-    let tables: Vec<&table::StickTable> = backends.iter().map(|b| &b.table).collect();
-    let report = table::scan(store, &tables, table::now_ms(), ScanMode::Start)
-        .map_err(DurableError::Read)?;
-    tracing::info!(
-        adopted = report.live,
-        expired = report.expired,
-        orphaned = report.orphaned,
-        "adopted the stick table in the pinned map"
-    );
-    Ok(())
-}
-
-/// Every second, forgets the recent entries that expired; every [`SCAN_INTERVAL`], the stored
-/// ones (a read of the whole map, off the runtime's threads).
-async fn sweep_expired(store: Store, backends: Vec<Arc<BackendState>>, map_capacity: u32) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut last_scan = tokio::time::Instant::now();
-    loop {
-        ticker.tick().await;
-        let now = table::now_ms();
-        for backend in &backends {
-            let expired = backend.table.sweep_expired(now);
-            if expired > 0 {
-                tracing::debug!(backend = %backend.name, expired, "expired idle sessions");
-            }
-        }
-        if last_scan.elapsed() < SCAN_INTERVAL {
-            continue;
-        }
-        last_scan = tokio::time::Instant::now();
-        let (store, backends) = (store.clone(), backends.clone());
-        let scanned = tokio::task::spawn_blocking(move || {
-            let tables: Vec<&table::StickTable> = backends.iter().map(|b| &b.table).collect();
-            let mode = ScanMode::Periodic {
-                capacity: map_capacity,
-            };
-            table::scan(&store, &tables, table::now_ms(), mode)
-        })
-        .await;
-        match scanned {
-            Ok(Ok(report)) if report.expired + report.orphaned > 0 => {
-                tracing::debug!(?report, "expired idle sessions in the pinned map")
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "reading the stick table failed"),
-            Err(error) => tracing::error!(%error, "the stick table scan panicked"),
-        }
-    }
-}
-
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-enum Event {
-    Stop,
-    Reload,
-}
-
-impl Signals {
-    /// Installed first thing, so that a SIGHUP arriving during start is a reload, never the
-    /// default action (exit).
-    fn install() -> io::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn next(&mut self) -> Event {
-        tokio::select! {
-            _ = self.interrupt.recv() => {
-                tracing::info!("SIGINT received");
-                Event::Stop
-            }
-            _ = self.terminate.recv() => {
-                tracing::info!("SIGTERM received");
-                Event::Stop
-            }
-            _ = self.hangup.recv() => Event::Reload,
-        }
     }
 }

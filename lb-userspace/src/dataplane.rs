@@ -1,7 +1,6 @@
 //! The kernel side of the daemon: the embedded eBPF object, bpffs and the pin directory.
 
 use std::{
-    ffi::CString,
     io,
     path::{Path, PathBuf},
 };
@@ -9,12 +8,28 @@ use std::{
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{PIN_VERSION, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
 
-/// The eBPF object built by `cargo xtask build-ebpf`, embedded so one binary is all a host needs.
-static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stickylb.bpf.o"));
+use crate::sys::bpffs;
 
-const BPFFS_MAGIC: i64 = 0xcafe_4a11;
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded so one binary is all a host needs.
+#[cfg(not(stickylb_no_ebpf))]
+static EBPF_OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/stickylb.bpf.o"
+)));
+/// `build.rs` found no object (a fresh clone, plain `cargo build`): see [`ebpf_object`].
+#[cfg(stickylb_no_ebpf)]
+static EBPF_OBJECT: Option<&[u8]> = None;
+
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+/// This binary was built without the eBPF object (plain `cargo build` or `cargo test` before
+/// `cargo xtask build-ebpf`): whatever needs the program or its maps cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this build has no eBPF object: run `cargo xtask build-ebpf`, then build again \
+     (or build with `cargo xtask build`)"
+)]
+pub struct NoEbpfObject;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -37,6 +52,8 @@ pub enum DataplaneError {
     },
     #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error(transparent)]
+    NoEbpfObject(#[from] NoEbpfObject),
 }
 
 /// Where this instance's pinned objects live: `<pin_dir>/<instance>/<version>/`.
@@ -70,9 +87,10 @@ pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
     })
 }
 
-/// The embedded eBPF object (for loaders that need their own options, like the fast path).
-pub fn ebpf_object() -> &'static [u8] {
-    EBPF_OBJECT
+/// The embedded eBPF object (for loaders that need their own options, like the fast path), or
+/// [`NoEbpfObject`] when this build has none.
+pub fn ebpf_object() -> Result<&'static [u8], NoEbpfObject> {
+    EBPF_OBJECT.ok_or(NoEbpfObject)
 }
 
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.
@@ -84,57 +102,19 @@ pub fn load(stick_capacity: u32) -> Result<Ebpf, DataplaneError> {
     EbpfLoader::new()
         .map_max_entries(STICK_TABLE_MAP, stick_capacity)
         .map_max_entries(SPLICE_FLOWS_MAP, 1)
-        .load(EBPF_OBJECT)
+        .load(ebpf_object()?)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }
 
 fn nearest_existing_is_bpffs(path: &Path) -> bool {
     path.ancestors()
         .find(|p| p.exists())
-        .is_some_and(|p| is_bpffs(p).unwrap_or(false))
-}
-
-fn is_bpffs(path: &Path) -> io::Result<bool> {
-    let c_path = c_path(path)?;
-    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: c_path is NUL-terminated and stat points to writable memory of the right size.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statfs returned 0, so it filled the struct.
-    let stat = unsafe { stat.assume_init() };
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type's width differs between libc targets"
-    )]
-    Ok(stat.f_type as i64 == BPFFS_MAGIC)
+        .is_some_and(|p| bpffs::is_bpffs(p).unwrap_or(false))
 }
 
 fn mount_bpffs(target: &Path) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
-    let target = c_path(target)?;
-    let fstype = c"bpf";
-    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    use std::os::unix::ffi::OsStrExt as _;
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    bpffs::mount_bpffs(target)
 }
 
 /// What a pinned map must be for us to adopt it. aya adopts a pinned map by name without

@@ -5,8 +5,13 @@
 //! state and makes the routing decision with [`balance`] and the stick [`table`]; [`health`]
 //! checks servers; [`dataplane`] loads the eBPF object and owns bpffs; [`fastpath`] splices
 //! established connections in the kernel; [`monitor`] serves the
-//! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`daemon`]
-//! wires them together.
+//! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`reload`]
+//! applies a configuration in place; [`control`] answers `stickylb reload` and hands sockets to
+//! a successor; [`routing`] builds the backends and frontends from a configuration; [`daemon`]
+//! wires them together (nothing depends on it). Every system call the crate makes itself is in
+//! [`sys`], the only module allowed `unsafe`.
+
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod balance;
@@ -21,6 +26,11 @@ pub mod monitor;
 pub mod peers;
 pub mod proxy;
 pub mod reload;
+pub mod routing;
+#[expect(
+    unsafe_code,
+    reason = "the raw system calls live here, each with its contract"
+)]
 pub mod sys;
 pub mod table;
 

@@ -22,7 +22,10 @@ use std::{
     time::Duration,
 };
 
-use common::{netns::NetNs, PinDir, Topology};
+use common::{
+    netns::{Exec as _, NetNs},
+    PinDir, Topology,
+};
 use lb_common::{
     SPLICE_FLOWS_MAP, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_SPLICE, SPLICE_STATS_MAP,
     SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED,
@@ -77,9 +80,16 @@ fn interface_with(ns: &NetNs, addr: &str) -> String {
         .to_owned()
 }
 
+/// From `ip link` (`<ifindex>: <name>...`): commands join only the network namespace, so
+/// /sys/class/net would list the host's interfaces, not the namespace's.
 fn ifindex(ns: &NetNs, name: &str) -> u32 {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{name}/ifindex")]);
-    out.trim().parse().expect("ifindex")
+    let out = ns.exec(&["ip", "-o", "link", "show", "dev", name]);
+    out.split(':')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .expect("ifindex")
 }
 
 #[test]
@@ -92,7 +102,7 @@ fn splice_program_passes_the_verifier_attaches_and_is_adopted() {
     let topo = Topology::new("fpv", 230);
     let lb_if = interface_with(&topo.lb, "10.230.1.1");
     let (r, i) = (root.clone(), lb_if.clone());
-    let first = in_netns(&topo.lb.name, move || {
+    let first = in_netns(topo.lb.name(), move || {
         let mut fastpath = FastPath::load(&r).expect("load (verifier)");
         fastpath.attach(&i).expect("attach")
     });
@@ -106,7 +116,7 @@ fn splice_program_passes_the_verifier_attaches_and_is_adopted() {
     }
     // A second process (here: a second load) adopts the pinned link and replaces the program.
     let (r, i) = (root.clone(), lb_if.clone());
-    let second = in_netns(&topo.lb.name, move || {
+    let second = in_netns(topo.lb.name(), move || {
         let mut fastpath = FastPath::load(&r).expect("load again");
         fastpath.attach(&i).expect("attach again")
     });
@@ -375,16 +385,16 @@ fn run_scenario(tag: &str, net: u8, wait_for_verdict: bool, client_setup: &[&str
     let backend_addr = SocketAddrV4::new(Ipv4Addr::new(10, net, 2, 2), 8000);
     let lb_addr = SocketAddrV4::new(Ipv4Addr::new(10, net, 1, 1), 8080);
 
-    let backend_listener = in_netns(&topo.backends.name, move || {
+    let backend_listener = in_netns(topo.backends.name(), move || {
         TcpListener::bind(backend_addr).expect("backend bind")
     });
-    let backend = spawn_in_netns(&topo.backends.name, move || backend(backend_listener));
-    let lb_listener = in_netns(&topo.lb.name, move || {
+    let backend = spawn_in_netns(topo.backends.name(), move || backend(backend_listener));
+    let lb_listener = in_netns(topo.lb.name(), move || {
         TcpListener::bind(lb_addr).expect("lb bind")
     });
     let (verdict_tx, verdict_rx) = mpsc::channel();
     let relay_root = root.clone();
-    let relay = spawn_in_netns(&topo.lb.name, move || {
+    let relay = spawn_in_netns(topo.lb.name(), move || {
         relay(
             &relay_root,
             (&client_if, &server_if),
@@ -394,7 +404,7 @@ fn run_scenario(tag: &str, net: u8, wait_for_verdict: bool, client_setup: &[&str
             verdict_tx,
         )
     });
-    let client = spawn_in_netns(&topo.client.name, move || {
+    let client = spawn_in_netns(topo.client.name(), move || {
         client(lb_addr, verdict_rx, wait_for_verdict)
     });
     let relayed = relay.join().expect("relay");

@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use common::{netns::NetNs, wait_until, PinDir, Proc, Topology};
+use common::{
+    netns::{Exec as _, NetNs},
+    wait_until, PinDir, Proc, Topology,
+};
 use lb_common::{
     SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_ARMED,
     SPLICE_STATE_SPLICE, SPLICE_STAT_DROPPED,
@@ -108,7 +111,7 @@ after_requests = 1
     }
 
     fn start(&self) -> Proc {
-        let proc = common::start_daemon(&self.topo.lb.name, &self.config);
+        let proc = common::start_daemon(self.topo.lb.name(), &self.config);
         // Health checks bring both servers up.
         let lb = self.topo.lb_addr();
         let up = wait_until(Duration::from_secs(10), || {
@@ -166,7 +169,7 @@ where
 {
     let (to_main, from_client) = mpsc::channel();
     let (to_client, from_main) = mpsc::channel();
-    let ns = setup.topo.client.name.clone();
+    let ns = setup.topo.client.name().to_owned();
     let addr = format!("{}:8080", setup.topo.lb_addr());
     let client = thread::spawn(move || {
         common::http::in_netns(&ns, move || script(connect(&addr), to_main, from_main))
@@ -324,7 +327,7 @@ fn capture_rsts(ns: &NetNs, file: &Path) -> Proc {
     let file = file.to_str().unwrap();
     let proc = Proc::spawn(
         "tcpdump",
-        &ns.name,
+        ns.name(),
         &[
             "tcpdump",
             "-i",
@@ -543,7 +546,7 @@ fn a_thousand_concurrent_keep_alive_connections_are_spliced_each_on_its_sticky_s
         let (tx, rx) = mpsc::channel::<()>();
         go.push(tx);
         let (ns, addr, to_main) = (
-            setup.topo.client.name.clone(),
+            setup.topo.client.name().to_owned(),
             addr.clone(),
             to_main.clone(),
         );
@@ -656,7 +659,7 @@ fn legs_with_different_options_stay_in_the_proxy_and_are_counted() {
     let daemon = setup.start();
     let addr = format!("{lb}:8080");
     let requests = 6;
-    let server = common::http::in_netns(&setup.topo.client.name.clone(), move || {
+    let server = common::http::in_netns(setup.topo.client.name(), move || {
         let mut conn = connect(&addr);
         let mut buf = Vec::new();
         let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpo1", None, None);
@@ -765,7 +768,7 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
     // Upgrade: a new process takes the sockets and adopts the pins; the old one exits.
     let mut upgrade = Proc::spawn(
         "reload --upgrade",
-        &setup.topo.lb.name,
+        setup.topo.lb.name(),
         &[
             common::stickylb_bin(),
             "--log",
@@ -899,7 +902,7 @@ fn websocket_and_connect_tunnels_are_spliced_right_after_the_response_head() {
     let lb = setup.topo.lb_addr();
     let _daemon = setup.start();
     let addr = format!("{lb}:8080");
-    let ns = setup.topo.client.name.clone();
+    let ns = setup.topo.client.name().to_owned();
     let (conns, servers) = common::http::in_netns(&ns, move || {
         let mut ws = connect(&addr);
         let ws_server = open_tunnel(
@@ -1122,7 +1125,7 @@ fn a_client_behind_a_smaller_mtu_stays_in_the_proxy_and_is_counted() {
     let lb = topo.lb_addr();
     let daemon = setup.start();
     let addr = format!("{lb}:8080");
-    let server = common::http::in_netns(&topo.client.name.clone(), move || {
+    let server = common::http::in_netns(topo.client.name(), move || {
         let mut conn = connect(&addr);
         let mut buf = Vec::new();
         let (first, _) = get(&mut conn, &mut buf, "/?setcookie=fpz1", None, None);

@@ -22,6 +22,7 @@ use std::{
 use common::{
     fastpath::{metric, outcome, proxied, Client, Rig},
     http::in_netns,
+    netns::Exec as _,
     wait_until,
 };
 use lb_common::{SPLICE_STAT_ARMED_DROPPED, SPLICE_STAT_DROPPED, SPLICE_STAT_SYN_REUSE};
@@ -90,7 +91,7 @@ fn short_connections_take_the_pooled_path_and_long_ones_are_spliced() {
     let addr = rig.frontend();
     // Browser-like churn: 200 connections of 5 requests, the 5th closing, back to back.
     let churn = addr.clone();
-    let answered = in_netns(&rig.client().name, move || {
+    let answered = in_netns(rig.client().name(), move || {
         let mut answered = 0;
         for i in 0..200 {
             let mut client = Client::connect(&churn, &format!("churn{}", i % 20)).unwrap();
@@ -118,7 +119,7 @@ fn short_connections_take_the_pooled_path_and_long_ones_are_spliced() {
     // A long connection: its 8th request goes over a leg that can be spliced and is handed
     // over with its answer; the proxy sees none of the 12 after it.
     let long = addr.clone();
-    let servers = in_netns(&rig.client().name, move || {
+    let servers = in_netns(rig.client().name(), move || {
         let mut client = Client::connect(&long, "long").unwrap();
         let servers: Vec<String> = (0..20).map(|_| client.get("/", false).unwrap()).collect();
         client.close().unwrap();
@@ -134,7 +135,7 @@ fn short_connections_take_the_pooled_path_and_long_ones_are_spliced() {
     // that is a TCP keepalive probe (an old sequence number, no data), a second later.
     let paused = addr.clone();
     let resets_before = tcp_counter(rig.lb(), "Tcp:", "OutRsts");
-    in_netns(&rig.client().name, move || {
+    in_netns(rig.client().name(), move || {
         let mut client = Client::connect(&paused, "paused").unwrap();
         keepalive_every_second(&client.conn);
         let first = client.get("/", false).unwrap();
@@ -181,7 +182,7 @@ fn a_client_reusing_the_ports_of_spliced_flows_opens_new_connections() {
     // 64 connections at once, each spliced with its first answer, a second request through the
     // kernel, then one that the server closes (so the client leaves no TIME_WAIT behind).
     let (ns, spliced_addr, record) = (
-        rig.client().name.clone(),
+        rig.client().name().to_owned(),
         addr.clone(),
         Arc::clone(&sessions),
     );
@@ -212,7 +213,7 @@ fn a_client_reusing_the_ports_of_spliced_flows_opens_new_connections() {
     let sessions = sessions.lock().unwrap().clone();
     let retransmits_before = syn_retransmits(rig.lb());
     let started = Instant::now();
-    let failures = in_netns(&rig.client().name, move || {
+    let failures = in_netns(rig.client().name(), move || {
         let mut failures = Vec::new();
         for n in 0..2000 {
             let session = format!("reuse{}", n % 64);
@@ -262,7 +263,7 @@ fn a_restart_right_after_traffic_listens_at_once() {
     let daemon = rig.start();
     let addr = rig.frontend();
     let churn = addr.clone();
-    in_netns(&rig.client().name, move || {
+    in_netns(rig.client().name(), move || {
         for i in 0..200 {
             let mut client = Client::connect(&churn, &format!("restart{i}")).unwrap();
             for n in 0..3 {
@@ -286,7 +287,7 @@ fn a_restart_right_after_traffic_listens_at_once() {
     let started = Instant::now();
     let daemon = rig.start();
     let frontend = addr.clone();
-    let listening = in_netns(&rig.client().name, move || {
+    let listening = in_netns(rig.client().name(), move || {
         wait_until(Duration::from_secs(5), || {
             std::net::TcpStream::connect(&frontend).is_ok()
         })
@@ -314,7 +315,7 @@ fn source_ports_rest_after_their_flow_and_are_used_again() {
     let _daemon = rig.start();
     let addr = rig.frontend();
     let started = Instant::now();
-    let answered = in_netns(&rig.client().name, move || {
+    let answered = in_netns(rig.client().name(), move || {
         let mut answered = 0;
         for i in 0..80 {
             // Two connections to each server (round robin), one after another.
@@ -354,7 +355,7 @@ fn a_one_armed_load_balancer_splices_through_its_one_interface() {
     let rig = Rig::one_armed("fpo", 253, "");
     let _daemon = rig.start();
     let addr = rig.frontend();
-    let servers = in_netns(&rig.client().name, move || {
+    let servers = in_netns(rig.client().name(), move || {
         let threads: Vec<_> = (0..16)
             .map(|i| {
                 let addr = addr.clone();

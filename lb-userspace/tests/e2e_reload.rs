@@ -26,7 +26,7 @@ use std::{
 };
 
 use common::{
-    http, privileged, seed_cookie, start_daemon, stickylb_bin, wait_until, write_temp, PinDir,
+    demo_cookie, http, privileged, start_daemon, stickylb_bin, wait_until, write_temp, PinDir,
     Proc, Topology,
 };
 
@@ -97,7 +97,7 @@ struct Tally {
     longest_us: AtomicU64,
 }
 
-/// `threads` clients, each sending one request per new connection (as the seed's curl does),
+/// `threads` clients, each sending one request per new connection (as the original demo's curl does),
 /// cycling through `sessions`, until `stop`.
 fn load(
     ns: &str,
@@ -174,7 +174,7 @@ impl Rig {
                 let listen = format!("{}:{port}=Backend {}", topo.backend_addr(), &name[2..]);
                 let proc = Proc::spawn(
                     name,
-                    &topo.backends.name,
+                    topo.backends.name(),
                     &[common::backend_bin(), "--listen", &listen],
                 );
                 proc.wait_for_output("ready", Duration::from_secs(10));
@@ -219,7 +219,7 @@ impl Rig {
             self.cfg.to_str().unwrap(),
         ];
         argv.extend_from_slice(args);
-        Proc::spawn("reload", &self.topo.lb.name, &argv)
+        Proc::spawn("reload", self.topo.lb.name(), &argv)
     }
 
     /// The pid answering on the control socket.
@@ -264,12 +264,12 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     // The only test of this binary: no other test sees this variable. The daemons inherit it.
     std::env::set_var("NOTIFY_SOCKET", &notify_path);
-    let first = start_daemon(&rig.topo.lb.name, &rig.cfg);
-    let client = rig.topo.client.name.clone();
+    let first = start_daemon(rig.topo.lb.name(), &rig.cfg);
+    let client = rig.topo.client.name().to_owned();
     let lb = rig.topo.lb_addr();
     let sessions: HashMap<String, String> = (1..=100)
         .map(|n| {
-            let session = seed_cookie(n);
+            let session = demo_cookie(n);
             let (client, lb, s) = (client.clone(), lb.clone(), session.clone());
             let body =
                 http::in_netns(&client, move || one_request(&format!("{lb}:80"), &s)).unwrap();
@@ -390,7 +390,7 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
     assert!(wait_until(Duration::from_secs(5), || rig
         .daemon_pid()
         .is_none()));
-    let restarted = start_daemon(&rig.topo.lb.name, &rig.cfg);
+    let restarted = start_daemon(rig.topo.lb.name(), &rig.cfg);
     thread::sleep(Duration::from_millis(1000));
     stop.store(true, Relaxed);
     clients.into_iter().for_each(|c| c.join().unwrap());

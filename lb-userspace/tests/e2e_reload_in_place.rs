@@ -16,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    http, privileged, seed_cookie, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
+    demo_cookie, http, privileged, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
 };
 
 const TAG: &str = "rip";
@@ -82,7 +82,7 @@ fn start_backends(topo: &Topology, servers: &[(String, u16)]) -> Vec<Proc> {
         .map(|(name, port)| {
             let listen = format!("{}:{port}=Backend {}", topo.backend_addr(), &name[2..]);
             let argv = [common::backend_bin(), "--listen", &listen];
-            let proc = Proc::spawn(name, &topo.backends.name, &argv);
+            let proc = Proc::spawn(name, topo.backends.name(), &argv);
             proc.wait_for_output("ready", Duration::from_secs(10));
             proc
         })
@@ -90,14 +90,14 @@ fn start_backends(topo: &Topology, servers: &[(String, u16)]) -> Vec<Proc> {
 }
 
 fn cookie(session: u32) -> String {
-    format!("JSESSIONID={}", seed_cookie(session))
+    format!("JSESSIONID={}", demo_cookie(session))
 }
 
 /// The server (`Backend N`) that answers each session, one connection per request.
 fn served(topo: &Topology, sessions: &[u32]) -> Vec<String> {
     let addr = format!("{}:80", topo.lb_addr());
     let cookies: Vec<String> = sessions.iter().map(|&n| cookie(n)).collect();
-    http::in_netns(&topo.client.name, move || {
+    http::in_netns(topo.client.name(), move || {
         cookies
             .iter()
             .map(|c| http::get(&addr, "/", Some(c)).text().trim_end().to_owned())
@@ -132,12 +132,12 @@ fn sighup_applies_servers_and_timeouts_in_place_and_refuses_the_rest() {
     let _backends = start_backends(&topo, &servers(&[1, 2, 3, 4]));
     let write = |text: String| write_temp(&format!("{TAG}.toml"), &text);
     let cfg = write(config(&topo, &pin, &servers(&[1, 2, 3]), 80, "50s"));
-    let daemon = start_daemon(&topo.lb.name, &cfg);
+    let daemon = start_daemon(topo.lb.name(), &cfg);
     let addr = format!("{}:80", topo.lb_addr());
 
     assert_eq!(served(&topo, &[1, 2, 3]), backends(&[1, 2, 3]));
     let a = addr.clone();
-    let mut kept = http::in_netns(&topo.client.name, move || http::KeepAlive::connect(&a));
+    let mut kept = http::in_netns(topo.client.name(), move || http::KeepAlive::connect(&a));
     assert_eq!(kept.get("/", Some(&cookie(1))).text(), "Backend 1\n");
 
     // be4 added, be3 removed, a shorter client timeout.
@@ -165,7 +165,7 @@ fn sighup_applies_servers_and_timeouts_in_place_and_refuses_the_rest() {
     // A new connection gets the new client timeout; the one opened before keeps its own and
     // serves on after being idle longer than the new timeout.
     let a = addr.clone();
-    let slow = http::in_netns(&topo.client.name, move || {
+    let slow = http::in_netns(topo.client.name(), move || {
         http::raw_exchange(&a, b"GET / HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(5))
     });
     assert_eq!(http::parse(&slow).status, 408);
@@ -198,7 +198,7 @@ fn sighup_applies_servers_and_timeouts_in_place_and_refuses_the_rest() {
         served(&topo, &[1, 2, 3]),
         [&backends(&[1, 2])[..], &moved].concat()
     );
-    let refused = http::in_netns(&topo.client.name, move || {
+    let refused = http::in_netns(topo.client.name(), move || {
         std::net::TcpStream::connect(format!("{lb}:81")).is_err()
     });
     assert!(refused, "nothing listens on the refused address");

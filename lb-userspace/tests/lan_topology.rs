@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    netns::{Lan, NetNs},
+    netns::{Exec as _, Lan, NetNs},
     privileged, wait_until,
 };
 

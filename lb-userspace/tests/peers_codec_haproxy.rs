@@ -5,6 +5,10 @@
 //! and stats socket in a fresh temporary directory, so tests run in parallel. Without an
 //! HAProxy binary the tests skip with a message, except under `CI` or
 //! `STICKYLB_REQUIRE_PRIVILEGED`, where they fail. `STICKYLB_HAPROXY` overrides the binary.
+//!
+//! With `STICKYLB_RECORD_PEERS=<dir>`, the sessions of the first test write their transcripts
+//! (every message each way, as bytes) to `<dir>`: that is how the fixtures the session's unit
+//! tests replay, `tests/fixtures/peers/`, were recorded.
 
 #![allow(
     clippy::unwrap_used,
@@ -254,6 +258,49 @@ struct Session {
     decoder: Decoder,
     encoder: Encoder,
     last_sent: Instant,
+    transcript: Transcript,
+}
+
+/// The messages of a session, each way, for `STICKYLB_RECORD_PEERS`; written on drop.
+#[derive(Default)]
+struct Transcript {
+    path: Option<PathBuf>,
+    lines: Vec<String>,
+}
+
+impl Transcript {
+    /// A transcript to `$STICKYLB_RECORD_PEERS/<name>.txt`, or one that records nothing.
+    fn new(name: &str) -> Self {
+        let path = std::env::var_os("STICKYLB_RECORD_PEERS")
+            .map(|dir| Path::new(&dir).join(format!("{name}.txt")));
+        Self {
+            path,
+            lines: Vec::new(),
+        }
+    }
+
+    /// `from_haproxy` says which way `bytes` went; `what` is a readable comment.
+    fn add(&mut self, from_haproxy: bool, bytes: &[u8], what: &str) {
+        if self.path.is_some() {
+            let way = if from_haproxy { '<' } else { '>' };
+            self.lines.push(format!("{way} {}  # {what}", hex(bytes)));
+        }
+    }
+}
+
+impl Drop for Transcript {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let head = "# One peers session with HAProxy 2.6, recorded by tests/peers_codec_haproxy.rs\n\
+                        # (STICKYLB_RECORD_PEERS). `<` HAProxy sent, `>` we sent; one message a line.\n";
+            let _ = fs::write(path, format!("{head}{}\n", self.lines.join("\n")));
+        }
+    }
+}
+
+/// Handshake text, readable in a one-line comment.
+fn text(bytes: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(bytes))
 }
 
 /// Reads from `conn` into `buf` until `parse` finds something, sending nothing meanwhile
@@ -277,7 +324,9 @@ fn read_until<T>(
 
 impl Session {
     /// We accept HAProxy's connection: check its hello with our code and answer 200.
-    fn accept(mut conn: TcpStream) -> Self {
+    /// `name` names the transcript (`STICKYLB_RECORD_PEERS`).
+    fn accept(mut conn: TcpStream, name: &str) -> Self {
+        let mut transcript = Transcript::new(name);
         let mut buf = Vec::new();
         let (hello, used) = read_until(&mut conn, &mut buf, |buf| {
             accept_hello(buf, US, &MEMBERS).expect("HAProxy's hello refused")
@@ -293,11 +342,14 @@ impl Session {
         let mut status = Vec::new();
         Status::Success.encode(&mut status);
         conn.write_all(&status).unwrap();
-        Self::new(conn, buf.split_off(used))
+        transcript.add(true, &buf[..used], &format!("hello {}", text(&buf[..used])));
+        transcript.add(false, &status, &format!("status {}", text(&status)));
+        Self::new(conn, buf.split_off(used), transcript)
     }
 
     /// We dial HAProxy as "us" with our hello and read its status.
-    fn connect(addr: SocketAddr) -> Self {
+    fn connect(addr: SocketAddr, name: &str) -> Self {
+        let mut transcript = Transcript::new(name);
         let mut conn = TcpStream::connect(addr).unwrap();
         let mut hello = Vec::new();
         Hello::new(HAP, US, std::process::id())
@@ -307,10 +359,16 @@ impl Session {
         let mut buf = Vec::new();
         let (status, used) = read_until(&mut conn, &mut buf, |buf| decode_status(buf).unwrap());
         assert_eq!(status, Status::Success);
-        Self::new(conn, buf.split_off(used))
+        transcript.add(false, &hello, &format!("hello {}", text(&hello)));
+        transcript.add(
+            true,
+            &buf[..used],
+            &format!("status {}", text(&buf[..used])),
+        );
+        Self::new(conn, buf.split_off(used), transcript)
     }
 
-    fn new(conn: TcpStream, inbuf: Vec<u8>) -> Self {
+    fn new(conn: TcpStream, inbuf: Vec<u8>, transcript: Transcript) -> Self {
         conn.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         Self {
@@ -319,12 +377,14 @@ impl Session {
             decoder: Decoder::new(),
             encoder: Encoder::new(),
             last_sent: Instant::now(),
+            transcript,
         }
     }
 
     fn send(&mut self, message: &Message) {
         let mut out = Vec::new();
         self.encoder.encode(message, &mut out).unwrap();
+        self.transcript.add(false, &out, &format!("{message:?}"));
         self.write(&out);
     }
 
@@ -344,6 +404,8 @@ impl Session {
             )
             .unwrap();
         eprintln!("we push {key}: {}", hex(&out));
+        let what = format!("update {id} of {key:?} to {server:?}, expire {expire_ms:?}");
+        self.transcript.add(false, &out, &what);
         self.write(&out);
         (id, out)
     }
@@ -360,6 +422,7 @@ impl Session {
         loop {
             if let Some((message, used)) = self.decoder.decode(&self.inbuf).unwrap() {
                 let raw: Vec<u8> = self.inbuf.drain(..used).collect();
+                self.transcript.add(true, &raw, &format!("{message:?}"));
                 assert!(
                     !matches!(message, Message::ProtocolError | Message::SizeLimit),
                     "HAProxy reported an error: {message:?}"
@@ -437,7 +500,7 @@ fn peers_haproxy_learns_from_us_teaches_us_and_resyncs() {
     let mut haproxy = Haproxy::start(&binary);
 
     // (1) HAProxy dials "us"; our acceptor checks its hello.
-    let mut session = Session::accept(haproxy.accept_peer());
+    let mut session = Session::accept(haproxy.accept_peer(), "haproxy-dials-us");
 
     // (2) A fresh HAProxy asks its peer for a full resync first, and pushes nothing until
     // that lesson is over. We teach with a definition and a timed update, then "finished".
@@ -549,7 +612,7 @@ fn peers_haproxy_learns_from_us_teaches_us_and_resyncs() {
 
     // (5) We dial HAProxy and ask for a full resync: it teaches every entry, ours included,
     // with timed updates, then says finished.
-    let mut session = Session::connect(haproxy.peer_addr);
+    let mut session = Session::connect(haproxy.peer_addr, "we-dial-haproxy");
     session.send(&Message::ResyncRequest);
     let lesson =
         session.recv_until(|m| matches!(m, Message::ResyncFinished | Message::ResyncPartial));
@@ -597,6 +660,26 @@ fn peers_haproxy_learns_from_us_teaches_us_and_resyncs() {
         ours.contains(" proto_err=0 "),
         "HAProxy counted protocol errors:\n{peers}"
     );
+}
+
+#[test]
+fn peers_haproxy_sends_heartbeats_on_an_idle_session() {
+    let Some(binary) = haproxy_binary() else {
+        return;
+    };
+    let mut haproxy = Haproxy::start(&binary);
+    let mut session = Session::accept(haproxy.accept_peer(), "haproxy-heartbeat");
+    // Answer its resync request with an empty lesson, then stay idle: HAProxy has nothing to
+    // push and keeps the session up with heartbeats (we send ours every second meanwhile).
+    session.recv_until(|m| *m == Message::ResyncRequest);
+    session.send(&Message::ResyncFinished);
+    let idle = Instant::now();
+    while session.recv().0 != Message::Heartbeat {
+        assert!(
+            idle.elapsed() < STEP,
+            "no heartbeat from HAProxy in {STEP:?}"
+        );
+    }
 }
 
 #[test]

@@ -42,16 +42,14 @@ enum Task {
     /// Run the whole check suite as CI does: fmt, clippy, shellcheck, tests, `demo --check`.
     Test(TestArgs),
     /// Benchmark stickylb against HAProxy 2.6 and no load balancer, in network namespaces;
-    /// writes docs/BENCHMARKS.md and docs/benchmarks.json. As root.
-    Bench(bench::BenchArgs),
-    /// Build, then play the seed's peers demo in network namespaces: web (7 backends), lb-1
+    /// writes docs/BENCHMARKS.md, docs/benchmarks.json and docs/benchmarks.svg. As root.
+    /// Builds stickylb (release), then runs the lb-bench crate with the arguments given
+    /// (`cargo xtask bench --help` lists them).
+    Bench(BenchArgs),
+    /// Build, then play the original demo's peers demo in network namespaces: web (7 backends), lb-1
     /// and lb-2 on 192.168.33.0/24, localhost:8080/9080 to the lbs and :8404/:9404 to their
-    /// monitors, as the seed's Vagrant ports. As root (through `sudo -E` when needed).
+    /// monitors, as the original demo's Vagrant ports. As root (through `sudo -E` when needed).
     Demo(DemoArgs),
-    /// The bench's bulk-transfer client (run by `cargo xtask bench` inside its client
-    /// namespace).
-    #[command(hide = true)]
-    BenchClient(bench::ClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,10 +79,19 @@ struct TestArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+struct BenchArgs {
+    /// Arguments for lb-bench (`--quick`, `--output DIR`, `--runs N`, `--perf`,
+    /// `--workload ID`, `--contender ID`, `--help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    lb_bench_args: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
 struct DemoArgs {
     #[command(flatten)]
     profile: ProfileArgs,
-    /// Compare every step with the seed's output; exit non-zero on any difference.
+    /// Compare every step with the original demo's output; exit non-zero on any difference.
     #[arg(long)]
     check: bool,
     /// Leave the demo running at the end (`cargo xtask demo --down` removes it).
@@ -117,8 +124,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Build(args) => build::build_all(args.release),
         Task::Run(args) => match run::run(args.profile.release, &args.stickylb_args)? {},
         Task::Test(args) => test_suite::run(&args.cargo_test_args),
-        Task::Bench(args) => bench::run(&args),
-        Task::BenchClient(args) => bench::client::run(&args),
+        Task::Bench(args) => bench::run(&args.lb_bench_args),
         Task::Demo(args) => demo::run(demo::Options {
             release: args.profile.release,
             check: args.check,

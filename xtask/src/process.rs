@@ -16,6 +16,18 @@ pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether `pid` is a live (not zombie) process, from /proc.
+pub(crate) fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}
+
 /// A command that runs `program` as root: directly when we are root, through `sudo` otherwise.
 pub(crate) fn as_root(program: &str) -> Command {
     if is_root() {
@@ -74,4 +86,16 @@ pub(crate) fn describe(command: &Command) -> String {
         .map(OsStr::to_string_lossy)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alive;
+
+    #[test]
+    fn tells_live_processes_from_gone_ones() {
+        assert!(alive(std::process::id()));
+        // Above the kernel's pid_max limit (4194304): never a process.
+        assert!(!alive(u32::MAX));
+    }
 }

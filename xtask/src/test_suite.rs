@@ -9,6 +9,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
+    bench,
     build::EBPF_OBJECT_ENV,
     ebpf, prerequisites,
     process::{describe, host_cargo, is_root, run_checked},
@@ -58,7 +59,7 @@ pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             .env(REQUIRE_PRIVILEGED_ENV, "1"),
     )?;
 
-    // The README's first command: CI proves the seed's story plays as documented.
+    // The README's first command: CI proves the original demo's story plays as documented.
     stage("demo --check");
     if is_root() {
         // Through cargo, as `cargo xtask demo` does: this binary may have been rebuilt since.
@@ -86,7 +87,7 @@ pub(crate) fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
                 .args(["bench", "--quick", "--output"])
                 .arg(&output),
         )?;
-        crate::bench::verify(&output)?;
+        bench::verify(&output)?;
     } else {
         println!("skipped: the bench needs root, like the privileged tests");
     }

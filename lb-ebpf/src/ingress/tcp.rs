@@ -1,4 +1,6 @@
-//! IPv4/TCP ingress: look the 4-tuple up in `SPLICE_FLOWS` and observe, hold or translate.
+//! IPv4/TCP ingress: look the 4-tuple up in `SPLICE_FLOWS` and observe, complete an armed
+//! hand-off, translate, or retire a flow whose 4-tuple a SYN reuses (docs/SPLICE.md, "The
+//! program").
 //!
 //! Every read goes through `bpf_skb_load_bytes` into aligned stack structs and every write
 //! through `bpf_skb_store_bytes` and the checksum helpers, so there are no packet pointers to

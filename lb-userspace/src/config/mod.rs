@@ -84,7 +84,8 @@ pub struct Frontend {
     pub bind: SocketAddr,
     /// Name of a backend that exists in [`Config::backends`] (validated).
     pub backend: String,
-    /// Whether keep-alive connections are handed to the kernel after their first exchange.
+    /// Whether keep-alive connections that show they live long are handed to the kernel
+    /// ([`FastPathPolicy`]).
     /// Default [`FastPathMode::DEFAULT`] on an IPv4 bind, `off` on an IPv6 one.
     pub fastpath: FastPathMode,
     /// Interfaces the splice program is attached to. Empty (the default): the interfaces of the
@@ -95,8 +96,9 @@ pub struct Frontend {
 /// `fastpath = "splice" | "off"`: the kernel fast path of a frontend (`docs/FASTPATH.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastPathMode {
-    /// After the first request/response exchange of a keep-alive HTTP/1.1 connection to a
-    /// sticky server, the connection is spliced by the TC program; later requests skip L7.
+    /// A keep-alive HTTP/1.1 connection to a sticky server is spliced by the TC program once
+    /// it shows it lives long ([`FastPathPolicy`]: its 8th request, a pause, a large body or a
+    /// tunnel); later requests skip L7.
     Splice,
     /// Every request goes through the userspace proxy.
     Off,
@@ -144,7 +146,7 @@ pub struct Backend {
     pub expire: Duration,
     /// The key length announced to peers, HAProxy's `stick-table type string len N`: peers
     /// only sync tables whose lengths agree. Cookies longer than this stay local. Default 32
-    /// (the seed's `len 32`); up to 43, which shares every cookie between stickylb nodes (longer
+    /// (HAProxy's `len 32` in the original demo); up to 43, which shares every cookie between stickylb nodes (longer
     /// ones are keyed by a 33-byte digest).
     pub peer_key_len: u8,
     pub health_check: HealthCheck,
@@ -194,8 +196,7 @@ pub struct PeerMember {
 /// `[fastpath]`: the hand-off policy (see `fastpath::policy`). Changing it needs an upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastPathPolicy {
-    /// A connection that has carried this many requests is handed over with its next answer.
-    /// Default 8.
+    /// The request (counting from 1) with whose answer a connection is handed over. Default 8.
     pub after_requests: u32,
     /// A client that sends nothing for this long after an answer has its connection handed
     /// over. Default 50 ms.
@@ -253,7 +254,7 @@ pub struct Timeouts {
     /// Connecting to a server. Default 5 s.
     pub connect: Duration,
     /// Waiting for a client's request headers, and idle keep-alive client connections;
-    /// a client slower than this gets 408. Default 50 s (HAProxy's `timeout client` in the seed).
+    /// a client slower than this gets 408. Default 50 s (HAProxy's `timeout client` in the original demo).
     pub client: Duration,
     /// Waiting for a server's response headers. Default 50 s.
     pub server: Duration,

@@ -1246,7 +1246,7 @@ fn fastpath_defaults_and_values() {
     assert_eq!(
         frontend.fastpath,
         FastPathMode::Splice,
-        "the issue's default"
+        "the default on an IPv4 frontend"
     );
     assert!(frontend.fastpath_interfaces.is_empty());
     assert!(config.splices());

@@ -8,7 +8,6 @@
 //! `ready` once it serves, and we answer `bye` once we stopped accepting and our table writes
 //! are flushed. Then we drain and exit.
 
-pub mod fds;
 pub mod systemd;
 
 use std::{
@@ -29,6 +28,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::{watch, Notify},
 };
+
+use crate::sys::fds;
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

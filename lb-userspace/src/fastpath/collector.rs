@@ -1,9 +1,9 @@
-//! Expiry of flow map entries (`docs/FASTPATH.md`, "The flow map's life cycle"): a pair goes after FIN in both directions
-//! plus a TIME_WAIT-like grace, a few seconds after an RST, at once after a SYN reused its
-//! 4-tuple, after a long idle time; a HOLD older than about a second (a proxy died in the middle
-//! of a hand-off) and an OBSERVE entry no live connection of this process owns, idle for a
-//! while, go too. Entries a previous process left are adopted: they are collected by the same
-//! rules.
+//! Expiry of flow map entries (`docs/SPLICE.md`, "After the hand-off"): a pair goes after FIN
+//! in both directions plus a TIME_WAIT-like grace, a few seconds after an RST, at once after a
+//! SYN reused its 4-tuple, after a long idle time; an OBSERVE entry no live connection of this
+//! process owns, idle for a while, goes too, and so does an entry in the retired HOLD state
+//! (only an earlier build wrote it) once it is about a second old. Entries a previous process
+//! left are adopted: they are collected by the same rules.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,7 +22,8 @@ pub struct Rules {
     pub fin_grace: Duration,
     /// After an RST.
     pub rst_grace: Duration,
-    /// A HOLD lasts about a millisecond; older is a dead hand-off.
+    /// An entry in the retired HOLD state (an earlier build's hand-off, which lasted about a
+    /// millisecond) older than this is a dead hand-off.
     pub stale_hold: Duration,
     /// An OBSERVE entry no live connection owns (a previous process's).
     pub orphan_observe: Duration,

@@ -4,63 +4,45 @@
 //! lock of ours ever sits between a worker's request path and the map (the hand-off, the
 //! collector and the monitor all use it at once).
 
-use std::{io, os::fd::AsFd as _};
+use std::io;
 
-use aya::maps::MapData;
+use aya::maps::{HashMap, Map, MapData, MapError};
 use lb_common::{SpliceEntry, SpliceKey};
 
 use crate::sys::bpf;
 
 /// One entry per direction of every observed, held or spliced connection.
 pub struct Flows {
-    map: MapData,
+    map: HashMap<MapData, SpliceKey, SpliceEntry>,
 }
 
-// SAFETY (every `bpf::` call below): the map's key and value are a SpliceKey and a SpliceEntry;
-// `Flows` is only made from our own object's map or a pinned one whose layout was checked
-// (`program::check_flows_layout`).
 impl Flows {
-    /// `map` must be a splice flow map (see above).
-    pub(super) fn new(map: MapData) -> Flows {
-        Flows { map }
+    /// `map` is our own object's flow map or a pinned one whose layout was checked
+    /// (`program::check_flows_layout`); aya checks its key and value sizes again here.
+    pub(super) fn new(map: MapData) -> Result<Flows, MapError> {
+        let map = HashMap::try_from(Map::HashMap(map))?;
+        Ok(Flows { map })
     }
 
     pub fn get(&self, key: &SpliceKey) -> io::Result<Option<SpliceEntry>> {
-        // SAFETY: see above.
-        unsafe { bpf::lookup(self.map.fd().as_fd(), key) }
+        bpf::lookup(&self.map, key)
     }
 
     pub fn insert(&self, key: &SpliceKey, entry: &SpliceEntry) -> io::Result<()> {
-        // SAFETY: see above.
-        unsafe { bpf::update(self.map.fd().as_fd(), key, entry, bpf::ANY) }
+        bpf::update(&self.map, key, entry, bpf::ANY)
     }
 
     /// Removes `key`; a missing key is not an error.
     pub fn remove(&self, key: &SpliceKey) -> io::Result<()> {
-        // SAFETY: see above.
-        unsafe { bpf::delete(self.map.fd().as_fd(), key) }.map(drop)
-    }
-
-    /// Sets the state of an existing entry, keeping what the program recorded in it.
-    ///
-    /// Read-modify-write: a packet processed between the read and the write loses its update of
-    /// the entry's TSval/time fields, which only matters for the next snapshot's TSval, and
-    /// [`super::splice`] reads that after the HOLD is in place.
-    pub fn set_state(&self, key: &SpliceKey, state: u32) -> io::Result<()> {
-        let mut entry = self.get(key)?.unwrap_or_default();
-        entry.state = state;
-        self.insert(key, &entry)
+        bpf::delete(&self.map, key).map(drop)
     }
 
     /// Every entry, read in batches (a few syscalls for the whole map).
     pub fn entries(&self) -> io::Result<Vec<(SpliceKey, SpliceEntry)>> {
         let mut entries = Vec::new();
-        // SAFETY: see above.
-        unsafe {
-            bpf::lookup_batches(self.map.fd().as_fd(), &mut |batch| {
-                entries.extend_from_slice(batch);
-            })
-        }?;
+        bpf::lookup_batches(&self.map, &mut |batch| {
+            entries.extend_from_slice(batch);
+        })?;
         Ok(entries)
     }
 }

@@ -24,11 +24,11 @@ use tokio::{
 use super::{
     interfaces,
     ports::Lease,
+    program::FastPathError,
     repair,
     runtime::{lock, Runtime},
     splice::{self, NotSpliced, Observed, Progress, SpliceError},
     translate::{tuple_key, Refusal},
-    FastPathError,
 };
 
 /// Before a completed hand-off's sockets are closed with nothing sent after arming: a packet
@@ -363,7 +363,10 @@ impl Runtime {
             };
         }
         if let Err(error) = client.write_all(pending).await {
+            // The client is gone: the entries go too (they are owned, so the collector would
+            // never remove them).
             let _ = handoff.observed.disarm(&self.flows);
+            self.remove_entries(keys);
             return Attempt::Failed(error);
         }
         match self.complete(&handoff, !pending.is_empty(), limit).await {

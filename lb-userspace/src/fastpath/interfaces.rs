@@ -2,10 +2,11 @@
 //! one its packets leave by (source address selection picks the outgoing interface's address).
 
 use std::{
-    ffi::CStr,
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
 };
+
+use crate::sys;
 
 /// An interface with an IPv4 address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,45 +17,8 @@ pub struct Interface {
 
 /// The interface that has `addr` as one of its IPv4 addresses (getifaddrs).
 pub fn owning(addr: Ipv4Addr) -> io::Result<Option<Interface>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut found = None;
-    let mut cursor = list;
-    while !cursor.is_null() {
-        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
-        let entry = unsafe { &*cursor };
-        cursor = entry.ifa_next;
-        if entry.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr points at a sockaddr whose family says its type.
-        let family = unsafe { (*entry.ifa_addr).sa_family };
-        if i32::from(family) != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: an AF_INET sockaddr is a sockaddr_in.
-        let sin = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
-        if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) != addr {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(entry.ifa_name) };
-        // SAFETY: as above.
-        let index = unsafe { libc::if_nametoindex(entry.ifa_name) };
-        if index != 0 {
-            found = Some(Interface {
-                name: name.to_string_lossy().into_owned(),
-                index,
-            });
-            break;
-        }
-    }
-    // SAFETY: the list getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(found)
+    let found = sys::net::interface_with_ipv4(addr)?;
+    Ok(found.map(|(name, index)| Interface { name, index }))
 }
 
 /// The local address the kernel picks to reach `peer` (a connected UDP socket sends nothing).

@@ -7,8 +7,8 @@
 //! server connections, each request routed by its own cookie) until it has shown that it lives
 //! long, by any of:
 //!
-//! - **exchanges**: it has carried [`Policy::exchanges`] requests (a connection's expected
-//!   remaining life grows with its age);
+//! - **exchanges**: it reached its [`Policy::exchanges`]-th request (the hand-off goes with that
+//!   request's answer; a connection's expected remaining life grows with its age);
 //! - **a pause**: its client sent nothing for [`Policy::idle`] after a complete exchange (a
 //!   person reading a page; a closed-loop benchmark never pauses);
 //! - **a large body**: a response of [`LARGE_BODY`] bytes or more (bulk transfers come in
@@ -34,7 +34,8 @@ const MAX_IDLE: Duration = Duration::from_secs(10);
 /// The thresholds (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
-    /// Requests a connection carries before its next one goes over a leg that can be spliced.
+    /// The request (counting from 1) whose answer hands the connection over: it goes over a leg
+    /// that can be spliced, and the attempt follows its answer.
     pub exchanges: u32,
     /// A pause of the client this long after an exchange triggers a hand-off.
     pub idle: Duration,
@@ -93,7 +94,7 @@ impl Tracker {
         (!self.never).then_some(self.idle)
     }
 
-    /// An attempt found a request already there before it froze anything (it cost a few
+    /// An attempt found a request already there before it armed anything (it cost a few
     /// syscalls): the next exchange is tried again, but a connection that keeps racing (a
     /// closed-loop client) backs off every [`RACES_PER_BACKOFF`] races.
     pub fn raced(&mut self) {

@@ -110,15 +110,20 @@ impl Ports {
         self.next_id
     }
 
-    /// The free port that rested longest, if it has rested enough.
+    /// The free port that rested longest among those that have rested enough.
+    ///
+    /// The queue is in the order ports were freed, and nearly always in the order they become
+    /// usable too: the first usable port is at the front. A port that must rest longer (one
+    /// that could not be bound rests a minute) breaks that order, so the search goes past it
+    /// rather than stopping at it, which would leave every port behind it unused meanwhile.
     pub fn take(&mut self, source: Ipv4Addr, server: SocketAddrV4, now: Instant) -> Option<Lease> {
         let id = self.next_id();
         let destination = self.destination(source, server, now);
-        let &(port, usable) = destination.free.front()?;
-        if usable > now {
-            return None;
-        }
-        destination.free.pop_front();
+        let at = destination
+            .free
+            .iter()
+            .position(|&(_, usable)| usable <= now)?;
+        let (port, _) = destination.free.remove(at)?;
         destination.held.insert(port, (Holder::Relayed, id));
         Some(Lease {
             port: Port {
@@ -291,6 +296,25 @@ mod tests {
         assert_eq!(ports.held(now).relayed, 1);
         ports.release(again, Duration::ZERO, now);
         assert_eq!(ports.held(now), Held::default());
+    }
+
+    #[test]
+    fn a_port_resting_long_does_not_hold_up_the_ports_behind_it() {
+        let now = Instant::now();
+        let mut ports = Ports::new(100..=101, Duration::from_secs(1));
+        let a = ports.take(SOURCE, server(), now).unwrap();
+        let b = ports.take(SOURCE, server(), now).unwrap();
+        // 100 could not be bound: it rests a minute; 101 closed normally after it.
+        ports.release(a, Duration::from_secs(60), now);
+        ports.release(b, Duration::ZERO, now);
+        let taken = ports.take(SOURCE, server(), now).map(|l| l.port.port);
+        assert_eq!(taken, Some(101));
+        assert_eq!(ports.take(SOURCE, server(), now), None);
+        let later = now + Duration::from_secs(60);
+        assert_eq!(
+            ports.take(SOURCE, server(), later).map(|l| l.port.port),
+            Some(100)
+        );
     }
 
     #[test]

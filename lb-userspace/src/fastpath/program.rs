@@ -37,6 +37,8 @@ pub enum FastPathError {
     },
     #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error(transparent)]
+    NoEbpfObject(#[from] dataplane::NoEbpfObject),
     #[error("the eBPF object has no {what} {name}")]
     Missing {
         what: &'static str,
@@ -102,7 +104,7 @@ impl FastPath {
         let mut ebpf = EbpfLoader::new()
             .map_pin_path(SPLICE_FLOWS_MAP, flows_path)
             .map_pin_path(SPLICE_STATS_MAP, stats_path)
-            .load(dataplane::ebpf_object())
+            .load(dataplane::ebpf_object()?)
             .map_err(|e| FastPathError::Load(Box::new(e)))?;
         program_mut(&mut ebpf)?
             .load()
@@ -179,7 +181,7 @@ impl FastPath {
         };
         match self.ebpf.take_map(SPLICE_FLOWS_MAP) {
             // Our own object's map: its layout is the one Flows reads.
-            Some(aya::maps::Map::HashMap(data)) => Ok(Flows::new(data)),
+            Some(aya::maps::Map::HashMap(data)) => Ok(Flows::new(data)?),
             _ => Err(missing),
         }
     }
@@ -199,7 +201,7 @@ pub fn open_pinned_flows(root: &Path) -> Result<Flows, FastPathError> {
         path: path.clone(),
         source,
     })?;
-    Ok(Flows::new(data))
+    Ok(Flows::new(data)?)
 }
 
 /// The program's counters (indexed by `lb_common::SPLICE_STAT_*`), summed over CPUs, read from
@@ -229,7 +231,7 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
     program.try_into().map_err(|_| missing)
 }
 
-/// aya adopts a pinned map by name without checking it: do it here (STYLE.md 5).
+/// aya adopts a pinned map by name without checking it: do it here.
 fn check_flows_layout(path: &Path) -> Result<(), FastPathError> {
     let data = MapData::from_pin(path).map_err(|source| FastPathError::OpenPinned {
         path: path.to_owned(),

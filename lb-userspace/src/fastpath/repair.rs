@@ -1,14 +1,15 @@
-//! A socket's exact TCP state, read with `TCP_REPAIR` (needs CAP_NET_ADMIN).
+//! A socket's exact TCP state, read with `TCP_REPAIR` (needs CAP_NET_ADMIN): what the
+//! hand-off reads and how, each failure named. The system calls are in [`crate::sys`].
 
 use std::{
     io,
-    mem::{size_of, MaybeUninit},
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd},
 };
 
-/// `TCP_REPAIR_QUEUE` values (linux/tcp.h).
-const TCP_RECV_QUEUE: libc::c_int = 1;
-const TCP_SEND_QUEUE: libc::c_int = 2;
+use crate::sys::{
+    socket,
+    tcp_repair::{self, Queue, Repair},
+};
 
 /// `tcpi_options` bits (linux/tcp.h).
 pub const TCPI_OPT_TIMESTAMPS: u8 = 1;
@@ -61,28 +62,16 @@ pub struct Snapshot {
 /// (`SIOCINQ`, `SIOCOUTQ`) of a TCP socket.
 pub fn queues(socket: BorrowedFd<'_>) -> Result<(u32, u32), RepairError> {
     Ok((
-        ioctl_int(socket, libc::FIONREAD, "ioctl(SIOCINQ)")?,
-        ioctl_int(socket, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")?,
+        tcp_repair::inq(socket).map_err(named("ioctl(SIOCINQ)"))?,
+        tcp_repair::outq(socket).map_err(named("ioctl(SIOCOUTQ)"))?,
     ))
 }
 
 /// Turns repair mode on. Closing a socket in repair mode sends nothing (no FIN, no RST) and
 /// leaves no TIME_WAIT.
 pub fn enter(socket: impl AsFd) -> Result<(), RepairError> {
-    setsockopt_int(
-        socket.as_fd(),
-        libc::IPPROTO_TCP,
-        libc::TCP_REPAIR,
-        1,
-        "TCP_REPAIR",
-    )
+    tcp_repair::set_repair(socket.as_fd(), Repair::On).map_err(named("TCP_REPAIR"))
 }
-
-/// `TCP_REPAIR` off and send the peer a window probe (an old sequence number, which the peer
-/// answers with an acknowledgement), as after a restore.
-const TCP_REPAIR_OFF: libc::c_int = 0;
-/// `TCP_REPAIR` off, sending nothing.
-const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
 
 /// Turns repair mode off, sending nothing.
 ///
@@ -92,12 +81,12 @@ const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
 /// here: every socket we repair is either accepted from a listener that has it or a server
 /// connection of ours that we bind with it.
 pub fn leave(socket: impl AsFd) -> Result<(), RepairError> {
-    leave_with(socket.as_fd(), TCP_REPAIR_OFF_NO_WP)
+    leave_with(socket.as_fd(), Repair::Off)
 }
 
-fn leave_with(fd: BorrowedFd<'_>, how: libc::c_int) -> Result<(), RepairError> {
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, how, "TCP_REPAIR")?;
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "SO_REUSEADDR")
+fn leave_with(fd: BorrowedFd<'_>, how: Repair) -> Result<(), RepairError> {
+    tcp_repair::set_repair(fd, how).map_err(named("TCP_REPAIR"))?;
+    socket::set_reuseaddr(fd).map_err(named("SO_REUSEADDR"))
 }
 
 /// Makes the peer acknowledge at once (repair mode on, then off with a window probe), so that
@@ -105,161 +94,56 @@ fn leave_with(fd: BorrowedFd<'_>, how: libc::c_int) -> Result<(), RepairError> {
 pub fn probe(socket: impl AsFd) -> Result<(), RepairError> {
     let fd = socket.as_fd();
     enter(fd)?;
-    leave_with(fd, TCP_REPAIR_OFF)
+    leave_with(fd, Repair::OffWithProbe)
 }
 
 /// Bytes written to the socket that it has not sent yet (`SIOCOUTQNSD`).
 pub fn unsent(socket: BorrowedFd<'_>) -> Result<u32, RepairError> {
-    /// `SIOCOUTQNSD` (linux/sockios.h).
-    const SIOCOUTQNSD: libc::Ioctl = 0x894B;
-    ioctl_int(socket, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")
+    tcp_repair::unsent(socket).map_err(named("ioctl(SIOCOUTQNSD)"))
 }
 
 /// `tcpi_state` (`TCP_ESTABLISHED`, ...).
 pub fn state(socket: BorrowedFd<'_>) -> Result<u8, RepairError> {
-    Ok(tcp_info(socket)?.tcpi_state)
+    Ok(tcp_info(socket)?.state)
 }
 
 /// Makes the socket's close an RST (`SO_LINGER` 0): no TIME_WAIT is left on the load balancer,
 /// so a reserved source port is free again at once.
 pub fn reset_on_close(socket: impl AsFd) -> Result<(), RepairError> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: linger is a struct linger on the stack and the length says so.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            socklen::<libc::linger>(),
-        )
-    };
-    check(rc, "SO_LINGER")
+    socket::set_reset_on_close(socket.as_fd()).map_err(named("SO_LINGER"))
 }
 
 /// Reads the snapshot; the socket must be in repair mode.
 pub fn snapshot(socket: impl AsFd) -> Result<Snapshot, RepairError> {
     let fd = socket.as_fd();
-    setsockopt_int(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_REPAIR_QUEUE,
-        TCP_SEND_QUEUE,
-        "TCP_REPAIR_QUEUE",
-    )?;
-    let snd_nxt = getsockopt_u32(fd, libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(send)")?;
-    setsockopt_int(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_REPAIR_QUEUE,
-        TCP_RECV_QUEUE,
-        "TCP_REPAIR_QUEUE",
-    )?;
-    let rcv_nxt = getsockopt_u32(fd, libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(recv)")?;
-    let ts_clock = getsockopt_u32(fd, libc::TCP_TIMESTAMP, "TCP_TIMESTAMP")?;
+    tcp_repair::select_queue(fd, Queue::Send).map_err(named("TCP_REPAIR_QUEUE"))?;
+    let snd_nxt = tcp_repair::queue_seq(fd).map_err(named("TCP_QUEUE_SEQ(send)"))?;
+    tcp_repair::select_queue(fd, Queue::Recv).map_err(named("TCP_REPAIR_QUEUE"))?;
+    let rcv_nxt = tcp_repair::queue_seq(fd).map_err(named("TCP_QUEUE_SEQ(recv)"))?;
+    let ts_clock = tcp_repair::timestamp(fd).map_err(named("TCP_TIMESTAMP"))?;
     let info = tcp_info(fd)?;
     let (inq, outq) = queues(fd)?;
     Ok(Snapshot {
         snd_nxt,
         rcv_nxt,
         ts_clock,
-        state: info.tcpi_state,
-        options: info.tcpi_options,
-        snd_wscale: info.tcpi_snd_rcv_wscale & 0x0f,
-        rcv_wscale: info.tcpi_snd_rcv_wscale >> 4,
-        snd_mss: info.tcpi_snd_mss,
-        rcv_mss: info.tcpi_rcv_mss,
-        adv_mss: info.tcpi_advmss,
+        state: info.state,
+        options: info.options,
+        snd_wscale: info.snd_wscale,
+        rcv_wscale: info.rcv_wscale,
+        snd_mss: info.snd_mss,
+        rcv_mss: info.rcv_mss,
+        adv_mss: info.adv_mss,
         inq,
         outq,
     })
 }
 
-fn tcp_info(fd: BorrowedFd<'_>) -> Result<libc::tcp_info, RepairError> {
-    let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = socklen::<libc::tcp_info>();
-    // SAFETY: info points to writable memory of len bytes; the kernel writes at most len.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    check(rc, "TCP_INFO")?;
-    // SAFETY: zero-initialised plain integers, partly overwritten by the kernel.
-    Ok(unsafe { info.assume_init() })
+fn tcp_info(fd: BorrowedFd<'_>) -> Result<tcp_repair::TcpInfo, RepairError> {
+    tcp_repair::tcp_info(fd).map_err(named("TCP_INFO"))
 }
 
-fn setsockopt_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: libc::c_int,
-    call: &'static str,
-) -> Result<(), RepairError> {
-    // SAFETY: value is a c_int on the stack and the length says so.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&raw const value).cast(),
-            socklen::<libc::c_int>(),
-        )
-    };
-    check(rc, call)
-}
-
-fn getsockopt_u32(
-    fd: BorrowedFd<'_>,
-    option: libc::c_int,
-    call: &'static str,
-) -> Result<u32, RepairError> {
-    let mut value: u32 = 0;
-    let mut len = socklen::<u32>();
-    // SAFETY: value is 4 writable bytes and len says so.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            option,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
-    check(rc, call)?;
-    Ok(value)
-}
-
-fn ioctl_int(
-    fd: BorrowedFd<'_>,
-    request: libc::Ioctl,
-    call: &'static str,
-) -> Result<u32, RepairError> {
-    let mut value: libc::c_int = 0;
-    // SAFETY: both requests write one int through the pointer.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &raw mut value) };
-    check(rc, call)?;
-    Ok(u32::try_from(value).unwrap_or(0))
-}
-
-fn check(rc: libc::c_int, call: &'static str) -> Result<(), RepairError> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(RepairError {
-            call,
-            source: io::Error::last_os_error(),
-        })
-    }
-}
-
-fn socklen<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
+/// Names the call that failed.
+fn named(call: &'static str) -> impl FnOnce(io::Error) -> RepairError {
+    move |source| RepairError { call, source }
 }

@@ -1,6 +1,7 @@
 //! The fast path inside the daemon: the loaded program, the interfaces it is attached to, the
 //! flow map, the servers' source ports, the collector and the counters the monitor shows. The
-//! hand-off of one connection is in [`super::handoff`].
+//! hand-off of one connection ([`Runtime::prepare`], [`Runtime::try_splice`]) is written in the
+//! `handoff` module, which builds on this one.
 //!
 //! No lock here is ever held across a syscall that waits, a sleep or a map walk: the flow map
 //! needs none (see [`Flows`]), and the in-memory state (ports, owned keys, attached interfaces)
@@ -27,10 +28,11 @@ use lb_common::{
 
 use super::{
     collector::{self, partner, Memory, Reason, Rules},
+    flows::Flows,
     interfaces::{self, Interface},
     policy::Policy,
     ports::{Held, Port, Ports},
-    FastPath, FastPathError, Flows,
+    program::{FastPath, FastPathError},
 };
 
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
@@ -95,7 +97,7 @@ pub struct Runtime {
     program: Mutex<FastPath>,
     pub(super) flows: Flows,
     attached: Mutex<HashMap<String, u32>>,
-    /// Keys of this process's OBSERVE/HOLD entries (the collector leaves them alone).
+    /// Keys of this process's hand-offs in progress (the collector leaves them alone).
     owned: Mutex<HashSet<SpliceKey>>,
     pub(super) ports: Mutex<Ports>,
     sources: Mutex<HashMap<SocketAddrV4, Ipv4Addr>>,
@@ -354,13 +356,7 @@ pub async fn collect_forever(runtime: Arc<Runtime>) {
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    crate::sys::process::monotonic_ns()
 }
 
 fn interface_index(name: &str) -> Result<u32, FastPathError> {
@@ -368,13 +364,7 @@ fn interface_index(name: &str) -> Result<u32, FastPathError> {
         interface: name.to_owned(),
         source: aya::programs::ProgramError::UnexpectedProgramType,
     };
-    let c = std::ffi::CString::new(name).map_err(|_| missing())?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return Err(missing());
-    }
-    Ok(index)
+    crate::sys::net::interface_index(name).map_err(|_| missing())
 }
 
 /// Adds `range` to `ip_local_reserved_ports` (of this network namespace), keeping what is

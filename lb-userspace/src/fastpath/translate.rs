@@ -1,4 +1,5 @@
-//! From the two legs' snapshots to the two `SPLICE_FLOWS` entries (SPLICE.md, "Translation").
+//! From the two legs' snapshots to the two `SPLICE_FLOWS` entries (`docs/SPLICE.md`,
+//! "Translation").
 //!
 //! A is the client leg (client <-> proxy), B the server leg (proxy <-> server). Sequence
 //! numbers: what the client sends continues the proxy's stream to the server, so

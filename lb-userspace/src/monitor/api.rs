@@ -7,9 +7,9 @@ use serde::Serialize;
 use super::{
     reply,
     view::{BackendView, PeerView},
-    MonitorBody, JSON,
+    MonitorBody, Shared, JSON,
 };
-use crate::{daemon::Shared, table::EntryView};
+use crate::table::EntryView;
 
 /// Entries listed per backend by `/api/table` when the request sets no `limit`.
 const DEFAULT_LIMIT: usize = 1000;

@@ -6,7 +6,9 @@
 //! - `/api/servers`: every server's state and counters as JSON;
 //! - `/api/peers`: every peer's session state and counters as JSON.
 //!
-//! [`route`] is the whole service and needs no socket; [`serve`] runs it on the listener.
+//! [`route`] is the whole service and needs no socket; [`serve`] runs it on the listener. Both
+//! read a [`Shared`], which the daemon fills with its backends, frontends, peer links and fast
+//! path: the monitor reads their counters and tables and changes nothing.
 
 mod api;
 mod metrics;
@@ -30,7 +32,21 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use self::view::Snapshot;
-use crate::{daemon::Shared, table::now_ms};
+use crate::{
+    backend::BackendState, fastpath, peers::link::PeerLink, proxy::Frontend, table::now_ms,
+};
+
+/// Everything the monitor shows, handed to [`serve`] by the daemon; the monitor only reads it.
+pub struct Shared {
+    pub instance: String,
+    pub backends: Vec<Arc<BackendState>>,
+    pub frontends: Vec<Arc<Frontend>>,
+    /// The other members of the peers section.
+    pub peers: Vec<Arc<PeerLink>>,
+    pub started_ms: u64,
+    /// The kernel fast path, when a frontend splices.
+    pub fastpath: Option<Arc<fastpath::Runtime>>,
+}
 
 /// Body of every monitor response.
 pub type MonitorBody = Full<Bytes>;

@@ -1,5 +1,5 @@
 //! `/monitor`: the status page, after HAProxy's stats page. Self-contained (inline CSS, no
-//! scripts); it reloads itself every 5 seconds like the seed's `stats refresh 5`. Every string
+//! scripts); it reloads itself every 5 seconds like HAProxy's `stats refresh 5`. Every string
 //! that comes from the configuration or from data goes through [`Html`].
 
 mod peers;

@@ -17,11 +17,10 @@ use super::{
     page::{self, ByteSize, Count, Html, Uptime},
     route, serve,
     view::Snapshot,
-    MonitorBody,
+    MonitorBody, Shared,
 };
 use crate::{
     config::Config,
-    daemon::Shared,
     peers::{link::PeerLink, stats::PeerState},
     table::{self, now_ms},
 };
@@ -59,7 +58,7 @@ servers = [ { name = "api.1", addr = "[::1]:9003" } ]
 fn fixture() -> Shared {
     let config = Config::from_toml(CONFIG).unwrap();
     let store = table::memory::store(1024);
-    let (backends, frontends) = crate::daemon::routing(&config, &store);
+    let (backends, frontends) = crate::routing::build(&config, &store);
 
     let (web, api) = (&backends[0], &backends[1]);
     let (web1, web2) = (web.server("web1").unwrap(), web.server("web2").unwrap());

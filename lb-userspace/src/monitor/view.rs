@@ -6,9 +6,9 @@ use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 use lb_common::SPLICE_STATS_LEN;
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
+use super::Shared;
 use crate::{
     backend::{BackendState, ServerState},
-    daemon::Shared,
     fastpath::{ports::Held, program::read_pinned_stats, report, Runtime},
     peers::{link::PeerLink, stats::PeerState},
 };

@@ -1,5 +1,7 @@
-//! Opening a session: dialling a peer and sending our hello, or answering a peer's hello on
-//! the peers port. Both end with an [`Opened`] connection ready for messages.
+//! Opening a session over TCP: dialling a peer, or answering a peer that dialled us on the
+//! peers port. Only moves bytes and enforces [`HANDSHAKE_TIMEOUT`]; what to send and what the
+//! answer means is [`super::opening`]'s. Both end with an [`Opened`] connection ready for
+//! messages.
 
 use std::{io, net::SocketAddr, time::Duration};
 
@@ -9,8 +11,9 @@ use tokio::{
     time::timeout,
 };
 
-use super::handshake::{
-    accept_hello, decode_status, Hello, HelloError, Status, StatusLineError, Version, MAX_LINE_LEN,
+use super::{
+    handshake::{HelloError, Status, StatusLineError, Version},
+    opening::{Answer, Answered, Dial, DialError, Open, Refusal},
 };
 
 /// Connecting, and each side of the handshake, must finish within this.
@@ -24,6 +27,17 @@ pub struct Opened {
     /// What the peer speaks: whether it takes timed updates.
     pub version: Version,
     pub remote: SocketAddr,
+}
+
+impl Opened {
+    fn new(stream: TcpStream, open: Open, remote: SocketAddr) -> Self {
+        Self {
+            stream,
+            leftover: open.leftover,
+            version: open.version,
+            remote,
+        }
+    }
 }
 
 /// Why a session could not be opened.
@@ -57,38 +71,27 @@ pub enum ConnectError {
 
 /// Dials `addr`, which should be peer `callee`, introducing ourselves as `caller`.
 pub async fn dial(addr: SocketAddr, callee: &str, caller: &str) -> Result<Opened, ConnectError> {
-    let stream = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+    let mut stream = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout {
             during: "connecting",
         })?
         .map_err(|source| ConnectError::Connect { addr, source })?;
     stream.set_nodelay(true)?;
-    let mut stream = stream;
-    let mut hello = Vec::new();
-    Hello::new(callee, caller, std::process::id())
-        .encode(&mut hello)
-        .map_err(ConnectError::Hello)?;
-    let (status, leftover) = timeout(HANDSHAKE_TIMEOUT, async {
-        stream
-            .write_all(&hello)
-            .await
-            .map_err(|e| ReadError::Io(e.into()))?;
-        read_until(&mut stream, decode_status).await
+    let (mut dial, hello) =
+        Dial::start(callee, caller, std::process::id()).map_err(ConnectError::Hello)?;
+    let open = timeout(HANDSHAKE_TIMEOUT, async {
+        stream.write_all(&hello).await?;
+        read_until(&mut stream, |bytes| {
+            dial.received(bytes).map_err(Into::into)
+        })
+        .await
     })
     .await
     .map_err(|_| ConnectError::Timeout {
         during: "waiting for the peer's answer",
     })??;
-    match status {
-        Status::Success => Ok(Opened {
-            stream,
-            leftover,
-            version: Version::V2_1,
-            remote: addr,
-        }),
-        refused => Err(ConnectError::Refused(refused)),
-    }
+    Ok(Opened::new(stream, open, addr))
 }
 
 /// Reads a hello on an accepted connection and answers it. `members` are every configured
@@ -101,98 +104,63 @@ pub async fn answer(
     members: &[String],
 ) -> Result<(String, Opened), ConnectError> {
     stream.set_nodelay(true)?;
-    let read = timeout(
+    let mut answer = Answer::new(local_name, members);
+    let answered = timeout(
         HANDSHAKE_TIMEOUT,
-        read_until(&mut stream, |buf| accept_hello(buf, local_name, members)),
+        read_until(&mut stream, |bytes| Ok(answer.received(bytes))),
     )
     .await
     .map_err(|_| ConnectError::Timeout {
         during: "waiting for a hello",
-    })?;
-    let (hello, leftover) = match read {
-        Ok(read) => read,
-        Err(ReadError::Parse(source)) => {
-            send_status(&mut stream, source.status()).await;
-            return Err(ConnectError::BadHello {
-                addr: remote,
-                source,
-            });
+    })??;
+    match answered {
+        Answered::Accepted { reply, hello, open } => {
+            send_status(&mut stream, &reply).await;
+            Ok((hello.caller, Opened::new(stream, open, remote)))
         }
-        Err(ReadError::Io(e)) => return Err(e),
-    };
-    // Our own name calling is an older process of ours (a reload): HAProxy's answer to that
-    // is "try again later".
-    let status = if hello.caller == local_name {
-        Status::TryAgain
-    } else {
-        Status::Success
-    };
-    send_status(&mut stream, status).await;
-    if status != Status::Success {
-        return Err(ConnectError::Refused(status));
+        Answered::Refused { reply, why } => {
+            send_status(&mut stream, &reply).await;
+            Err(match why {
+                Refusal::BadHello(source) => ConnectError::BadHello {
+                    addr: remote,
+                    source,
+                },
+                Refusal::OurOwnName => ConnectError::Refused(Status::TryAgain),
+            })
+        }
     }
-    Ok((
-        hello.caller,
-        Opened {
-            stream,
-            leftover,
-            version: hello.version,
-            remote,
-        },
-    ))
 }
 
-async fn send_status(stream: &mut TcpStream, status: Status) {
-    let mut line = Vec::new();
-    status.encode(&mut line);
+async fn send_status(stream: &mut TcpStream, line: &[u8]) {
     // The connection is being refused or is about to be used: a failed write shows up soon
     // enough as a closed session.
-    let _ = stream.write_all(&line).await;
+    let _ = stream.write_all(line).await;
 }
 
-/// A handshake read failure: the parse error decides the refusal to send.
-enum ReadError<E> {
-    Parse(E),
-    Io(ConnectError),
-}
-
-impl<E> From<ReadError<E>> for ConnectError
-where
-    ConnectError: From<E>,
-{
-    fn from(error: ReadError<E>) -> Self {
-        match error {
-            ReadError::Parse(e) => e.into(),
-            ReadError::Io(e) => e,
+/// Feeds what arrives to `step` until it has an outcome. The machines behind `step` refuse
+/// an overlong line as soon as it is seen, so what a peer can make us hold is bounded.
+async fn read_until<T>(
+    stream: &mut TcpStream,
+    mut step: impl FnMut(&[u8]) -> Result<Option<T>, ConnectError>,
+) -> Result<T, ConnectError> {
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ConnectError::Closed);
+        }
+        if let Some(outcome) = step(&chunk[..n])? {
+            return Ok(outcome);
         }
     }
 }
 
-/// Reads until `parse` finds a complete handshake part; returns it and the bytes after it.
-/// Reads at most a few lines' worth, so a peer cannot make us buffer more.
-async fn read_until<T, E>(
-    stream: &mut TcpStream,
-    parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, E>,
-) -> Result<(T, Vec<u8>), ReadError<E>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    loop {
-        if let Some((value, used)) = parse(&buf).map_err(ReadError::Parse)? {
-            return Ok((value, buf.split_off(used)));
+impl From<DialError> for ConnectError {
+    fn from(error: DialError) -> Self {
+        match error {
+            DialError::StatusLine(source) => Self::StatusLine(source),
+            DialError::Refused(status) => Self::Refused(status),
         }
-        if buf.len() > 4 * MAX_LINE_LEN {
-            // `parse` refuses an overlong line itself; this only bounds what a peer that
-            // keeps sending short garbage can make us hold.
-            return Err(ReadError::Io(ConnectError::Closed));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| ReadError::Io(e.into()))?;
-        if n == 0 {
-            return Err(ReadError::Io(ConnectError::Closed));
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -9,9 +9,9 @@
 //! ```
 //!
 //! and the accepting side answers one status line such as `200`. The accepting side checks
-//! the lines in the order HAProxy does (`peer_getline_version`, `_host`, `_last` in
-//! `src/peers.c`) and answers the first failure, as soon as the line that fails has arrived.
-//! Lines end in `\n`, optionally preceded by `\r`.
+//! the lines in the order HAProxy does (its `peer_getline_version`, `_host`, `_last`) and
+//! answers the first failure, as soon as the line that fails has arrived (docs/PEERS.md,
+//! "Handshake"). Lines end in `\n`, optionally preceded by `\r`.
 
 use std::fmt;
 

@@ -1,13 +1,10 @@
 //! One configured peer and the task that keeps a session with it: dial when there is none,
 //! take over a session the peer opened to us (the newest wins, as in HAProxy), and back off
-//! between failed attempts.
+//! between failed attempts (docs/PEERS.md, "Reconnection").
 
 use std::{
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
 };
 
@@ -16,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     connect::{dial, ConnectError, Opened},
-    session::Session,
+    driver::{self, Peer, Resume},
     stats::{PeerState, PeerStats},
     tables::SyncedTable,
 };
@@ -33,7 +30,7 @@ pub struct PeerLink {
     pub addr: SocketAddr,
     pub stats: PeerStats,
     /// Per table: the update log position the peer acknowledged, where a new session resumes.
-    acked: Vec<AtomicU64>,
+    resume: Resume,
     /// Sessions the peer opened to us, handed to the link's task.
     incoming: mpsc::Sender<Opened>,
 }
@@ -50,21 +47,11 @@ impl PeerLink {
             name,
             addr,
             stats: PeerStats::default(),
-            acked: (0..tables).map(|_| AtomicU64::new(0)).collect(),
+            resume: Resume::new(tables),
             incoming,
         };
         link.stats.set_state(PeerState::Down);
         (Arc::new(link), rx)
-    }
-
-    pub fn acked_seq(&self, table: usize) -> u64 {
-        self.acked.get(table).map_or(0, |a| a.load(Relaxed))
-    }
-
-    pub fn set_acked_seq(&self, table: usize, seq: u64) {
-        if let Some(acked) = self.acked.get(table) {
-            acked.fetch_max(seq, Relaxed);
-        }
     }
 
     /// Hands a session the peer opened to the link's task. Returns false when the task is
@@ -104,9 +91,13 @@ impl PeerLink {
             // A session ends by itself, or is replaced by a newer one the peer opened.
             loop {
                 self.established(&opened);
-                let session = Session::new(opened, &tables, &self);
+                let peer = Peer {
+                    name: &self.name,
+                    stats: &self.stats,
+                    resume: &self.resume,
+                };
                 tokio::select! {
-                    end = session.run(changes.clone()) => {
+                    end = driver::run(opened, &tables, peer, changes.clone()) => {
                         let why = error_chain(&end);
                         tracing::warn!(peer = %self.name, "peer session closed: {why}");
                         self.stats.set_last_error(why);

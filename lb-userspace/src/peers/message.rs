@@ -1,4 +1,5 @@
-//! Binary messages exchanged after the handshake, and their framing.
+//! Binary messages exchanged after the handshake, and their framing (docs/PEERS.md, "Messages
+//! and encodings").
 //!
 //! Every message starts with a class byte and a type byte. When bit 7 of the type is set (all
 //! stick-table messages), a varint payload length and the payload follow; otherwise the message
@@ -10,15 +11,17 @@ mod decoder;
 mod definition;
 mod dict;
 mod encoder;
+mod error;
 mod reader;
 #[cfg(test)]
 mod tests;
 mod types;
 
 pub use self::{
-    decoder::{DecodeError, Decoder},
+    decoder::Decoder,
     dict::DICTIONARY_ENTRIES,
     encoder::{EncodeError, Encoder},
+    error::DecodeError,
     types::{
         DataTypes, KeyType, ServerKey, ServerKeyError, TableDefinition, TypeParam, Update,
         UpdateKind, MAX_SERVER_KEY_LEN,
@@ -29,6 +32,10 @@ use super::varint::{self, VarintError};
 /// The largest payload accepted by default: HAProxy's buffer size (`tune.bufsize`, 16 KiB),
 /// beyond which HAProxy answers a size-limit error and closes.
 pub const DEFAULT_MAX_LEN: usize = 16384;
+
+/// Tables one side may define in a session, whether we send or receive them. A peers section
+/// syncs a handful; the bound keeps a misbehaving peer from growing our state without end.
+const MAX_TABLES: usize = 1024;
 
 /// Message classes (first byte).
 const CLASS_CONTROL: u8 = 0;

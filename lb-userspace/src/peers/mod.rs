@@ -1,25 +1,35 @@
-//! HAProxy's peers protocol, version 2.1: the wire codec (no I/O of its own) and the sessions
-//! that mirror our stick tables with the other members of the peers section.
+//! HAProxy's peers protocol, version 2.1, as docs/PEERS.md describes it: the wire codec and
+//! the session state machines (no I/O of their own), and the tasks that run them over TCP to
+//! mirror our stick tables with the other members of the peers section.
 //!
 //! A session is a TCP connection between two members of a peers section. The connecting side
 //! sends a text [`handshake::Hello`], the accepting side answers a status line, then both
 //! exchange binary [`message::Message`]s: table definitions, entry updates and their acks,
-//! resync control and heartbeats. Facts come from HAProxy's `src/peers.c` (2.6) and were
-//! checked against a running HAProxy 2.6.12 (see `tests/peers_codec_haproxy.rs`).
+//! resync control and heartbeats.
 //!
-//! On top of the codec: [`node`] listens on the peers port and runs one [`link`] per other
-//! member, which keeps one [`session`] open with it; [`tables`] says how our backends' tables
-//! look on the wire and [`stats`] what the monitor shows. How concurrent choices converge is
-//! in [`crate::table`]'s `replica` module.
+//! Without I/O: [`varint`], [`message`] and [`handshake`] are the codec; [`opening`] is the
+//! handshake and [`session`] the rest of a session, both as state machines fed with bytes and
+//! time. Tests replay bytes recorded from HAProxy 2.6 into them
+//! (`tests/fixtures/peers/README.md`).
+//!
+//! With I/O: [`node`] listens on the peers port and runs one [`link`] per other member, which
+//! keeps a session open with it ([`connect`] opens it, [`driver`] runs it); [`tables`] turns
+//! our backends' tables into the session's inputs and its learned entries into table changes;
+//! [`stats`] is what the monitor shows. How concurrent choices converge is in
+//! [`crate::table`]'s `replica` module.
 
 pub mod connect;
+pub mod driver;
 pub mod handshake;
 pub mod link;
 pub mod message;
 pub mod node;
+pub mod opening;
 pub mod session;
 pub mod stats;
 pub mod tables;
+#[cfg(test)]
+mod transcript;
 pub mod varint;
 
 pub use self::{

@@ -1,11 +1,16 @@
-//! Our backends' stick tables as peers see them: one wire table per backend, named like it.
+//! Our backends' stick tables as peers see them: one wire table per backend, named like it
+//! (docs/PEERS.md, "The stick table"). Turns table contents into the session's inputs and its
+//! learned entries into table changes.
 
 use std::sync::Arc;
 
 use lb_common::StickKey;
 
-use super::message::{DataTypes, KeyType, TableDefinition};
-use crate::backend::BackendState;
+use super::{
+    message::TableDefinition,
+    session::{Change, Learned, Lesson, LocalEntry},
+};
+use crate::{backend::BackendState, table::RemoteOutcome};
 
 /// A backend's table, shared with peers under the backend's name.
 pub struct SyncedTable {
@@ -16,15 +21,13 @@ pub struct SyncedTable {
     pub key_len: u8,
 }
 
-/// Why a peer's table definition does not match ours, so its updates are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Mismatch {
-    #[error("its key type is {found:?}, ours is a string")]
-    KeyType { found: KeyType },
-    #[error("its key length is {found} (HAProxy `len {len}`), ours is {ours}: set peer_key_len = {len} or change the peer's table", len = found.saturating_sub(1))]
-    KeyLength { found: u64, ours: u64 },
-    #[error("it stores neither server_key nor server_id")]
-    NoServer,
+/// What applying a learned entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: RemoteOutcome,
+    /// Whether this node has the server the entry names. The entry is kept either way: a
+    /// request for it here is redispatched as for a server that is down.
+    pub known_server: bool,
 }
 
 impl SyncedTable {
@@ -38,35 +41,62 @@ impl SyncedTable {
         )
     }
 
-    /// Whether a peer's table of the same name can be synced with ours: HAProxy ignores a
-    /// definition whose key type or length differ, and so do we.
-    pub fn check(&self, def: &TableDefinition) -> Result<(), Mismatch> {
-        if def.key_type != KeyType::String {
-            return Err(Mismatch::KeyType {
-                found: def.key_type,
-            });
-        }
-        let ours = u64::from(self.key_len) + 1;
-        if def.key_len != ours {
-            return Err(Mismatch::KeyLength {
-                found: def.key_len,
-                ours,
-            });
-        }
-        if !def.data_types.contains(DataTypes::SERVER_KEY) {
-            return Err(Mismatch::NoServer);
-        }
-        Ok(())
+    /// Up to `limit` local changes after update log position `seq`.
+    pub fn changes_after(&self, seq: u64, limit: usize) -> Vec<Change> {
+        self.backend
+            .table
+            .updates_after(seq, limit)
+            .into_iter()
+            .map(|pending| Change {
+                seq: pending.seq,
+                entry: self.entry(&pending.key, pending.server),
+            })
+            .collect()
     }
 
-    /// The key as sent: the stored cookie bytes, or `None` when longer than `key_len`.
-    pub fn wire_key<'k>(&self, key: &'k StickKey) -> Option<&'k [u8]> {
+    /// Every live entry, oldest first, to teach as table number `table` of a session.
+    pub fn lesson(&self, table: usize, now_ms: u64) -> Lesson {
+        let (seq, entries) = self.backend.table.teach_snapshot(now_ms);
+        Lesson {
+            table,
+            seq,
+            entries: entries
+                .into_iter()
+                .map(|teach| (self.entry(&teach.key, teach.server), teach.remaining_ms))
+                .collect(),
+        }
+    }
+
+    /// Applies an entry a peer pushed, by the convergence rule of `crate::table`'s `replica`.
+    pub fn apply(&self, learned: &Learned, now_ms: u64) -> Applied {
+        let server = learned.server.as_str();
+        let known_server = self.backend.server(server).is_some();
+        let key = self.backend.table.key(&learned.key);
+        let outcome = self.backend.table.apply_remote(
+            key,
+            Arc::from(server),
+            learned.expire_ms.map(u64::from),
+            now_ms,
+        );
+        Applied {
+            outcome,
+            known_server,
+        }
+    }
+
+    /// An entry as the session sends it. The key is the stored cookie up to its first NUL;
+    /// the session skips keys longer than [`SyncedTable::key_len`].
+    fn entry(&self, key: &StickKey, server: Arc<str>) -> LocalEntry {
         let end = key
             .cookie
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(key.cookie.len());
-        (end <= usize::from(self.key_len)).then(|| &key.cookie[..end])
+        LocalEntry {
+            key: key.cookie[..end].to_vec(),
+            server_id: self.server_id(&server),
+            server,
+        }
     }
 
     /// HAProxy's default numeric id of a server: its position in the backend, from 1. Sent

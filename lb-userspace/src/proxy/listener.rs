@@ -25,7 +25,7 @@ use bytes::Bytes;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{unix::AsyncFd, AsyncRead, AsyncWrite, Interest, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
     task::JoinSet,
@@ -39,6 +39,7 @@ use super::{
     workers::Workers,
     Frontend, Proxy, ProxyError,
 };
+use crate::sys::socket::Acceptor;
 
 const LISTEN_BACKLOG: u32 = 4096;
 const HYPER_MIN_BUF: usize = 8192;
@@ -70,10 +71,7 @@ pub async fn serve(
     graceful: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // SAFETY: the AsyncFd owns the listener, whose descriptor stays open and the same until
-    // the AsyncFd is dropped.
-    let registered = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) };
-    let listener = match registered {
+    let listener = match Acceptor::register(listener) {
         Ok(listener) => listener,
         Err(error) => {
             tracing::error!(frontend = %frontend.name, %error, "cannot serve the listening socket");
@@ -86,7 +84,7 @@ pub async fn serve(
     loop {
         while relayed.try_join_next().is_some() {}
         let accepted = tokio::select! {
-            accepted = accept(&listener) => Some(accepted),
+            accepted = listener.accept() => Some(accepted),
             _ = stop.wait_for(|stop| *stop) => None,
         };
         let Some(accepted) = accepted else {
@@ -157,70 +155,6 @@ pub async fn serve(
 }
 
 /// Serves `stream` (with `TCP_NODELAY` set by the caller) with hyper, `read` first.
-/// The next connection, non-blocking and in no event loop yet.
-async fn accept(
-    listener: &AsyncFd<std::net::TcpListener>,
-) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    loop {
-        let mut ready = listener.readable().await?;
-        if let Ok(accepted) = ready.try_io(|listener| accept_nonblocking(listener.get_ref())) {
-            return accepted;
-        }
-    }
-}
-
-/// `accept4` with `SOCK_NONBLOCK`: std's accept would need another syscall to make the
-/// socket non-blocking.
-fn accept_nonblocking(
-    listener: &std::net::TcpListener,
-) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len describe a writable buffer of the size accept4 is told.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            (&raw mut storage).cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let stream = std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let peer =
-        socket_addr(&storage).ok_or_else(|| io::Error::other("unexpected peer address family"))?;
-    Ok((stream, peer))
-}
-
-/// The address in a `sockaddr_storage` the kernel filled for a TCP socket.
-fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in, which it can hold.
-            let v4: &libc::sockaddr_in = unsafe { &*std::ptr::from_ref(storage).cast() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
-            Some(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6, which it can hold.
-            let v6: &libc::sockaddr_in6 = unsafe { &*std::ptr::from_ref(storage).cast() };
-            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                ip,
-                u16::from_be(v6.sin6_port),
-                v6.sin6_flowinfo,
-                v6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
 fn serve_connection(
     stream: TcpStream,
     read: Bytes,
@@ -367,27 +301,5 @@ impl AsyncWrite for CountingStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepted_sockets_are_non_blocking_and_know_their_peer() {
-        for bind in ["127.0.0.1:0", "[::1]:0"] {
-            let listener = std::net::TcpListener::bind(bind).unwrap();
-            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (accepted, peer) = accept_nonblocking(&listener).unwrap();
-            assert_eq!(peer, client.local_addr().unwrap());
-            let mut byte = [0u8; 1];
-            let read = std::io::Read::read(&mut &accepted, &mut byte);
-            assert_eq!(read.unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let none = accept_nonblocking(&listener).unwrap_err();
-        assert_eq!(none.kind(), io::ErrorKind::WouldBlock);
     }
 }

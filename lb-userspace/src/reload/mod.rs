@@ -92,7 +92,7 @@ pub struct BackendChanges {
 
 impl Live {
     /// Starts the health checks of `backends`, which must be `config`'s (as
-    /// [`crate::daemon::routing`] builds them), and the proxy settings the listeners share.
+    /// [`crate::routing::build`] builds them), and the proxy settings the listeners share.
     ///
     /// # Panics
     ///

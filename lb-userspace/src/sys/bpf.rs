@@ -1,17 +1,24 @@
-//! Map commands of `bpf(2)`: lookup, update, delete and batch lookup of one element type.
+//! Map commands of `bpf(2)`: lookup, update, delete and batch lookup on a typed hash map.
 //!
 //! aya 0.14 has the first three but takes `&mut` for writes, which would serialise every user
 //! of a map on one lock (request paths included), and it lacks batch lookups. The kernel needs
 //! no such lock: every command here is safe to call from any number of threads at once.
 //!
-//! Each function is `unsafe` for one reason: the kernel copies as many bytes as the map's key
-//! and value sizes say, from and into the `K` and `V` given. Callers check the map's layout
-//! once when they open it (`dataplane::check_layout`) and then call these with its types.
+//! The functions are safe because of their argument's type: an aya `HashMap<_, K, V>` exists
+//! only after aya checked that the map's key and value sizes are those of `K` and `V`
+//! (`HashMap::try_from`), and `K` and `V` are [`Pod`], so any bytes the kernel writes into them
+//! are valid values. The kernel copies exactly the map's key and value sizes, from and into them.
 
 use std::{
+    borrow::Borrow,
     io,
     mem::{size_of, MaybeUninit},
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{
+    maps::{HashMap, IterableMap as _, MapData},
+    Pod,
 };
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -55,11 +62,10 @@ struct BatchAttr {
 }
 
 /// The value stored under `key`, if any.
-///
-/// # Safety
-///
-/// `K` and `V` are plain old data of exactly the map's key and value sizes.
-pub unsafe fn lookup<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
+pub fn lookup<T: Borrow<MapData>, K: Pod, V: Pod>(
+    map: &HashMap<T, K, V>,
+    key: &K,
+) -> io::Result<Option<V>> {
     let mut value = MaybeUninit::<V>::uninit();
     let mut attr = ElemAttr {
         map_fd: fd(map)?,
@@ -67,8 +73,8 @@ pub unsafe fn lookup<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Resu
         value: value.as_mut_ptr() as u64,
         ..ElemAttr::default()
     };
-    // SAFETY: an element attr whose key and value point to a K and a V, the map's types (the
-    // caller's contract).
+    // SAFETY: an element attr whose key and value point to a K and a V, the map's types (see
+    // the module's comment).
     match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
         // SAFETY: the kernel wrote a whole value of plain old data.
         Ok(()) => Ok(Some(unsafe { value.assume_init() })),
@@ -78,12 +84,8 @@ pub unsafe fn lookup<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Resu
 }
 
 /// Writes `value` under `key`; `flags` is [`ANY`], [`NOEXIST`] or [`EXIST`].
-///
-/// # Safety
-///
-/// As [`lookup`].
-pub unsafe fn update<K: Copy, V: Copy>(
-    map: BorrowedFd<'_>,
+pub fn update<T: Borrow<MapData>, K: Pod, V: Pod>(
+    map: &HashMap<T, K, V>,
     key: &K,
     value: &V,
     flags: u64,
@@ -99,12 +101,24 @@ pub unsafe fn update<K: Copy, V: Copy>(
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
 }
 
+/// Writes `value` under `key` unless the key is there already: `false` then.
+pub fn insert_new<T: Borrow<MapData>, K: Pod, V: Pod>(
+    map: &HashMap<T, K, V>,
+    key: &K,
+    value: &V,
+) -> io::Result<bool> {
+    match update(map, key, value, NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes `key`; `false` when it was not there.
-///
-/// # Safety
-///
-/// `K` is plain old data of exactly the map's key size.
-pub unsafe fn delete<K: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Result<bool> {
+pub fn delete<T: Borrow<MapData>, K: Pod, V: Pod>(
+    map: &HashMap<T, K, V>,
+    key: &K,
+) -> io::Result<bool> {
     let mut attr = ElemAttr {
         map_fd: fd(map)?,
         key: std::ptr::from_ref(key) as u64,
@@ -123,13 +137,10 @@ pub type Visit<'a, K, V> = dyn FnMut(&[(K, V)]) + 'a;
 
 /// Visits the whole map, a few thousand entries per syscall. A hash map's entries that change
 /// while it is read may be seen twice or not at all, as with any iteration of a live map.
-/// `EINVAL`/`EOPNOTSUPP` means this kernel or map type has no batch lookups.
-///
-/// # Safety
-///
-/// As [`lookup`].
-pub unsafe fn lookup_batches<K: Copy, V: Copy>(
-    map: BorrowedFd<'_>,
+/// An error for which [`batches_unsupported`] is true means this kernel or map type has no
+/// batch lookups.
+pub fn lookup_batches<T: Borrow<MapData>, K: Pod, V: Pod>(
+    map: &HashMap<T, K, V>,
     visit: &mut Visit<'_, K, V>,
 ) -> io::Result<()> {
     let fd = fd(map)?;
@@ -155,7 +166,7 @@ pub unsafe fn lookup_batches<K: Copy, V: Copy>(
         };
         // ENOENT: this batch holds the last entries.
         // SAFETY: a batch attr; keys and values have room for `count` Ks and Vs, the map's
-        // types (the caller's contract).
+        // types (see the module's comment).
         let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
@@ -176,8 +187,15 @@ pub unsafe fn lookup_batches<K: Copy, V: Copy>(
     }
 }
 
-fn fd(map: BorrowedFd<'_>) -> io::Result<u32> {
-    u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("bad map fd"))
+/// The error of a [`lookup_batches`] on a kernel or map type without batch lookups
+/// (`EINVAL`, `EOPNOTSUPP`).
+pub fn batches_unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
+}
+
+fn fd<T: Borrow<MapData>, K: Pod, V: Pod>(map: &HashMap<T, K, V>) -> io::Result<u32> {
+    let raw = map.map().fd().as_fd().as_raw_fd();
+    u32::try_from(raw).map_err(|_| io::Error::other("bad map fd"))
 }
 
 /// # Safety

@@ -1,7 +1,21 @@
-//! The raw system calls the daemon makes where no safe wrapper fits, in one place (as aya's
-//! `sys/`): every `unsafe` block that talks to the kernel directly lives under here, with the
-//! contract it relies on written beside it.
+//! The system calls the daemon makes itself, in one place (as aya's `sys/`): the rest of the
+//! crate calls the safe functions here and gets `io::Error`s back. rustix makes the calls it
+//! wraps; the others are raw `libc` calls, and every `unsafe` block of the crate is under
+//! here, with the contract it relies on written beside it (the crate root denies `unsafe_code`
+//! everywhere else).
 //!
 //! - [`bpf`]: map element and batch commands of `bpf(2)` on `&self`.
+//! - [`bpffs`]: whether a path is on a bpf filesystem; mounting one.
+//! - [`fds`]: passing descriptors over a unix socket (`SCM_RIGHTS`).
+//! - [`net`]: interface indexes and which interface has an address.
+//! - [`process`]: the descriptor limit, the host name, the monotonic clock.
+//! - [`socket`]: accepting outside an event loop (`accept4`); `SO_LINGER`, `SO_REUSEADDR`.
+//! - [`tcp_repair`]: `TCP_REPAIR`, `TCP_INFO` and the queue-length ioctls.
 
 pub mod bpf;
+pub mod bpffs;
+pub mod fds;
+pub mod net;
+pub mod process;
+pub mod socket;
+pub mod tcp_repair;

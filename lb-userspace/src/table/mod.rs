@@ -10,6 +10,12 @@
 //! evicts the entry least recently written, whichever backend it belongs to. Idle entries are
 //! forgotten on lookup, swept from the recent ones every second, and from the map by a
 //! periodic [`scan`].
+//!
+//! Parts: [`key`] turns a cookie into a map key; [`store`] is what a store must do and the
+//! handle every table shares; [`pinned`] is that store as a pinned BPF map (opened, adopted or
+//! migrated); [`scan`] reads the whole store; `replica` is what peers need from a table. The
+//! map's format and the table's lifecycle across reloads, restarts and crashes are in
+//! `docs/TABLE.md`.
 
 pub mod key;
 #[cfg(test)]

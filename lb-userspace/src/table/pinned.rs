@@ -1,11 +1,11 @@
 //! The stick table's store: a BTF-described LRU hash map pinned in bpffs.
 //!
 //! One map holds the entries of every backend (keys carry the backend id), as many as their
-//! `table_size`s add up to (see [`durable_capacity`]).
+//! `table_size`s add up to (see [`durable_capacity`]). Its layout, and when it is created,
+//! adopted or migrated, are described in `docs/TABLE.md`.
 
 use std::{
     io,
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -176,40 +176,29 @@ fn replace_pin(
     })
 }
 
-// SAFETY (every `bpf::` call below): the map's key and value are a StickKey and a StickEntry;
-// `open` and `open_existing` checked its layout, and a fresh map comes from our own object.
 impl Storage for DurableTable {
     fn get(&self, key: &StickKey) -> io::Result<Option<StickEntry>> {
-        // SAFETY: see above.
-        unsafe { bpf::lookup(self.map_data().fd().as_fd(), key) }
+        bpf::lookup(&self.map, key)
     }
 
     fn put(&self, key: &StickKey, entry: &StickEntry) -> io::Result<()> {
-        // SAFETY: see above.
-        unsafe { bpf::update(self.map_data().fd().as_fd(), key, entry, bpf::ANY) }
+        bpf::update(&self.map, key, entry, bpf::ANY)
     }
 
     fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> io::Result<bool> {
-        // SAFETY: see above.
-        match unsafe { bpf::update(self.map_data().fd().as_fd(), key, entry, bpf::NOEXIST) } {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-            Err(e) => Err(e),
-        }
+        bpf::insert_new(&self.map, key, entry)
     }
 
     fn delete(&self, key: &StickKey) -> io::Result<()> {
-        // SAFETY: see above.
-        unsafe { bpf::delete(self.map_data().fd().as_fd(), key) }.map(drop)
+        bpf::delete(&self.map, key).map(drop)
     }
 
     /// In batches of a few thousand entries, one syscall each; entry by entry on a kernel
     /// without batch lookups. Entries that vanish while iterating are skipped.
     fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()> {
-        // SAFETY: see above.
-        match unsafe { bpf::lookup_batches(self.map_data().fd().as_fd(), visit) } {
+        match bpf::lookup_batches(&self.map, visit) {
             // No batch lookups on this kernel.
-            Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+            Err(error) if bpf::batches_unsupported(&error) => {
                 tracing::debug!(%error, "batch lookup unavailable; reading entry by entry");
                 for entry in self.map.iter().filter_map(Result::ok) {
                     visit(&[entry]);

@@ -1,9 +1,10 @@
 //! Where the entries live: one store for every backend's table (keys carry the backend id).
 //!
-//! The daemon's store is the pinned BPF map ([`super::pinned::DurableTable`]): the map is the
-//! table, and a [`super::StickTable`] keeps in memory only its most recently used entries. One
-//! copy of each entry means a table of a million sessions costs the map's memory and little
-//! more, and a restart has nothing to load.
+//! [`Storage`] is what a store must do; the pinned BPF map implements it for the daemon and an
+//! LRU in memory for unit tests. The map is the table, and a [`super::StickTable`] keeps in
+//! memory only its most recently used entries. One copy of each entry means a table of a
+//! million sessions costs the map's memory and little more, and a restart has nothing to load
+//! (`docs/TABLE.md`).
 
 use std::{io, sync::Arc};
 

@@ -14,7 +14,7 @@ use lb_common::{SpliceEntry, SpliceKey, SPLICE_STATE_ARMED, SPLICE_STATE_SPLICE}
 use stickylb::{dataplane::pin_root, fastpath::program::open_pinned_flows};
 
 use super::{
-    netns::{Lan, NetNs, Topology},
+    netns::{Exec as _, Lan, NetNs, Topology},
     wait_until, PinDir, Proc,
 };
 
@@ -118,7 +118,7 @@ drain = "1s"
 
     /// Starts the daemon and waits until it serves.
     pub fn start(&self) -> Proc {
-        super::start_daemon(&self.lb().name, &self.config)
+        super::start_daemon(self.lb().name(), &self.config)
     }
 
     /// The daemon's `/metrics`, fetched from the client.
@@ -163,7 +163,7 @@ drain = "1s"
 pub fn spawn_servers(ns: &NetNs, addr: &str) -> Proc {
     let backend = Proc::spawn(
         "backend",
-        &ns.name,
+        ns.name(),
         &[
             super::backend_bin(),
             "--listen",

@@ -2,21 +2,17 @@
 //! so tests see exactly what a client host sees, byte for byte.
 
 use std::{
-    fs::File,
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::fd::AsRawFd as _,
     thread,
     time::Duration,
 };
 
 /// Runs `f` on a thread that has joined network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
+    let ns = ns.to_owned();
     thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        netns_kit::enter(&ns).unwrap_or_else(|e| panic!("{e:?}"));
         f()
     })
     .join()

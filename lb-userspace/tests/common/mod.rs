@@ -27,17 +27,21 @@ pub use netns::Topology;
 /// they are required.
 pub fn privileged() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
-    if root {
+    // lb-userspace/build.rs sets this cfg when it found no eBPF object to embed.
+    let has_object = !cfg!(stickylb_no_ebpf);
+    if root && has_object {
         return true;
     }
     let required = ["CI", "STICKYLB_REQUIRE_PRIVILEGED"]
         .iter()
         .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"));
-    assert!(
-        !required,
-        "this test needs root (network namespaces, bpffs, BPF maps) and CI requires it"
-    );
-    eprintln!("skipping: not root (set CI=true to make this a failure)");
+    let missing = if root {
+        "the eBPF object (run `cargo xtask build-ebpf`)"
+    } else {
+        "root (network namespaces, bpffs, BPF maps)"
+    };
+    assert!(!required, "this test needs {missing} and CI requires it");
+    eprintln!("skipping: this test needs {missing} (set CI=true to make this a failure)");
     false
 }
 
@@ -59,14 +63,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `argv` inside network namespace `ns`, capturing stdout and stderr.
     ///
-    /// `nsenter --net` joins only the network namespace. `ip netns exec` would also give the
-    /// process a private mount namespace with a fresh /sys, hiding the host's bpffs: pins made
-    /// there would vanish with the process.
+    /// It joins only the network namespace (netns-kit's `command_in`), so it sees the host's
+    /// bpffs: pins it makes outlive it.
     pub fn spawn(name: &str, ns: &str, argv: &[&str]) -> Proc {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{ns}"))
-            .arg("--")
-            .args(argv)
+        let (program, args) = argv.split_first().expect("a command");
+        let mut child = netns_kit::command_in(ns, program)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -192,8 +194,8 @@ pub fn write_temp(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// The seed's session cookie for session `n`: md5 of `_n` in hex.
-pub fn seed_cookie(n: u32) -> String {
+/// The original demo's session cookie for session `n`: md5 of `_n` in hex.
+pub fn demo_cookie(n: u32) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("printf _%s {n} | md5sum"))

@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use super::{lifecycle::alive, Lb};
-use crate::workspace;
+use super::Lb;
+use crate::{process::alive, workspace};
 
 pub(super) const FORWARDER: &str = "forward";
 pub(super) const WEB: &str = "web";

@@ -23,6 +23,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 
 use super::{files::Paths, topology, Lb};
+use crate::process::alive;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -100,6 +101,12 @@ pub(super) fn settle_if_interrupted() {
 /// a build or a script on Ctrl-C, whatever the mask of the thread that starts them.
 pub(super) fn command(program: impl AsRef<OsStr>) -> Command {
     let mut command = Command::new(program);
+    unblock_signals(&mut command);
+    command
+}
+
+/// Makes `command`'s process start with no signal blocked (see [`command`]).
+pub(super) fn unblock_signals(command: &mut Command) {
     // SAFETY: the hook runs between fork and exec and only calls sigemptyset and
     // pthread_sigmask, which are async-signal-safe, on a set on its own stack.
     unsafe {
@@ -112,7 +119,6 @@ pub(super) fn command(program: impl AsRef<OsStr>) -> Command {
             }
         });
     }
-    command
 }
 
 fn refuse_if_interrupted() -> anyhow::Result<()> {
@@ -167,18 +173,6 @@ fn poll_exit(children: &mut Vec<Child>, pid: u32) -> Option<Option<ExitStatus>> 
     };
     children.retain(|child| child.id() != pid);
     Some(ended)
-}
-
-/// Whether `pid` is a live (not zombie) process, from /proc.
-pub(super) fn alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses and may hold anything.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, None | Some('Z' | 'X'))
 }
 
 pub(super) fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
@@ -300,17 +294,5 @@ impl Drop for Teardown {
                 eprintln!("error: could not take the demo down: {error:#}");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::alive;
-
-    #[test]
-    fn tells_live_processes_from_gone_ones() {
-        assert!(alive(std::process::id()));
-        // Above the kernel's pid_max limit (4194304): never a process.
-        assert!(!alive(u32::MAX));
     }
 }

@@ -1,7 +1,7 @@
-//! `cargo xtask demo`: the seed's Vagrant demo (dschneller/haproxy-peers-demo) in network
+//! `cargo xtask demo`: the original demo's Vagrant demo (dschneller/haproxy-peers-demo) in network
 //! namespaces on this machine, played step by step.
 //!
-//! The seed's three VMs become namespaces on one bridged LAN, 192.168.33.0/24: `slbdemo-web`
+//! The original demo's three VMs become namespaces on one bridged LAN, 192.168.33.0/24: `slbdemo-web`
 //! (.10, seven backends on :8081-8087), `slbdemo-lb1` (.11) and `slbdemo-lb2` (.12), both running
 //! `demo/stickylb.toml`, the file the Vagrant VMs run. The host joins the LAN (.1 on `slbdemo0`)
 //! and forwards Vagrant's ports: localhost:8080 and :9080 to the lbs' port 80, :8404 and :9404
@@ -27,7 +27,7 @@ use crate::{build, process::is_root, setup, workspace};
 /// The one configuration both load balancers run (shared with the Vagrant provisioning).
 const CONFIG: &str = "demo/stickylb.toml";
 
-/// The load balancers of the seed: haproxy-1 and haproxy-2, here lb-1 and lb-2.
+/// The load balancers of the original demo: haproxy-1 and haproxy-2, here lb-1 and lb-2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lb {
     One,
@@ -52,7 +52,7 @@ impl Lb {
         }
     }
 
-    /// The seed's access script for this load balancer, in vagrant/.
+    /// The original demo's access script for this load balancer, in vagrant/.
     pub(crate) fn access_script(self) -> &'static str {
         match self {
             Lb::One => "access-1.sh",

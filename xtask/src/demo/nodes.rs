@@ -15,11 +15,9 @@ use anyhow::{bail, Context as _};
 
 use super::{
     files::{log_len, log_message, read_from, wait_for, Paths, FORWARDER, WEB},
-    lifecycle::{self, alive},
-    topology::{self, netns_path},
-    Lb, CONFIG,
+    lifecycle, topology, Lb, CONFIG,
 };
-use crate::workspace;
+use crate::{process::alive, workspace};
 
 /// How long a daemon or backend may take to start serving.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -97,12 +95,9 @@ impl Nodes {
 
     /// `nsenter --net=<ns> -- program`, from the repository root.
     fn in_namespace(&self, ns: &str, program: &Path) -> Command {
-        let mut command = lifecycle::command("nsenter");
-        command
-            .arg(format!("--net={}", netns_path(ns)))
-            .arg("--")
-            .arg(shown_path(program))
-            .current_dir(workspace::root());
+        let mut command = netns_kit::command_in(ns, shown_path(program));
+        lifecycle::unblock_signals(&mut command);
+        command.current_dir(workspace::root());
         command
     }
 
@@ -300,7 +295,7 @@ impl Nodes {
         println!("  bpftool map dump pinned /sys/fs/bpf/stickylb/lb-1/v1/STICK_TABLE");
         println!(
             "  nsenter --net={} -- {stickylb} reload --upgrade --config {CONFIG} --name lb-1",
-            netns_path(Lb::One.namespace())
+            netns_kit::path(Lb::One.namespace()).display()
         );
         println!(
             "  logs: {}/{{lb-1,lb-2,web,forward}}.log",

@@ -1,5 +1,5 @@
 //! Plays the story: prints each step's header, the commands as a user types them and what they
-//! print; under `--check`, compares every access with the seed's output.
+//! print; under `--check`, compares every access with the original demo's output.
 
 use std::ops::RangeInclusive;
 
@@ -15,7 +15,7 @@ use crate::workspace;
 
 pub(super) fn play(nodes: &mut Nodes, check: bool) -> anyhow::Result<Outcome> {
     println!(
-        "\nThe seed's story (access scripts run in vagrant/, other commands in the repository \
+        "\nThe original demo's story (access scripts run in vagrant/, other commands in the repository \
          root, as root)"
     );
     let mut outcome = Outcome::default();
@@ -31,7 +31,7 @@ pub(super) fn play(nodes: &mut Nodes, check: bool) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// Does `action`; returns whether it went as in the seed (always true for what `--check` does
+/// Does `action`; returns whether it went as in the original demo (always true for what `--check` does
 /// not compare). Fails only when the demo cannot go on.
 fn perform(nodes: &mut Nodes, action: Action, check: bool) -> anyhow::Result<bool> {
     lifecycle::settle_if_interrupted();
@@ -57,7 +57,7 @@ fn perform(nodes: &mut Nodes, action: Action, check: bool) -> anyhow::Result<boo
     }
 }
 
-/// Runs the seed's access script for `lb` with bash, from vagrant/, and prints its output
+/// Runs the original demo's access script for `lb` with bash, from vagrant/, and prints its output
 /// (curl's errors included, in order).
 fn access(lb: Lb, from: u32, backends: &[u32], check: bool) -> anyhow::Result<bool> {
     let script = lb.access_script();

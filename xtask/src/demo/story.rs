@@ -1,4 +1,4 @@
-//! The seed's story as data, what the seed printed at each step, and the comparison `--check`
+//! The original demo's story as data, what the original demo printed at each step, and the comparison `--check`
 //! makes. No I/O here: `play` performs the steps.
 
 use anyhow::bail;
@@ -8,7 +8,7 @@ use super::Lb;
 /// One thing a step does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Action {
-    /// `./access-N.sh FROM TO` with TO = FROM + backends.len() - 1; the seed's answer for
+    /// `./access-N.sh FROM TO` with TO = FROM + backends.len() - 1; the original demo's answer for
     /// session FROM + i is `Backend backends[i]`.
     Access {
         lb: Lb,
@@ -39,7 +39,7 @@ const FIRST_FIVE: &[u32] = &[1, 2, 3, 4, 5];
 /// The next five on a balancer that already placed five.
 const NEXT_FIVE: &[u32] = &[6, 7, 1, 2, 3];
 
-/// The seed's README, step by step, then what HAProxy cannot do.
+/// The original demo's README, step by step, then what HAProxy cannot do.
 pub(crate) fn story() -> Vec<Step> {
     use Action::{Access, AwaitResync, AwaitTable, Kill, Reload, Start, Stop};
     let access = |lb, from, backends| Access { lb, from, backends };
@@ -87,7 +87,7 @@ pub(crate) fn story() -> Vec<Step> {
             ],
         },
         Step {
-            title: "beyond the seed: restart lb-1 (HAProxy loses the table here), kill -9 it, \
+            title: "beyond the original demo: restart lb-1 (HAProxy loses the table here), kill -9 it, \
                     start lb-2 again",
             actions: vec![
                 Stop(Lb::One),
@@ -110,7 +110,7 @@ pub(crate) fn last_session(from: u32, backends: &[u32]) -> u32 {
     from.saturating_add(count.saturating_sub(1))
 }
 
-/// What the seed's access script printed: `NNNNN - Backend N` per session.
+/// What the original demo's access script printed: `NNNNN - Backend N` per session.
 pub(crate) fn expected_output(from: u32, backends: &[u32]) -> Vec<String> {
     (from..)
         .zip(backends)
@@ -138,7 +138,7 @@ pub(crate) fn diff(expected: &[String], actual: &str) -> Option<Vec<String>> {
     Some(lines)
 }
 
-/// Which steps matched what the seed printed.
+/// Which steps matched what the original demo printed.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
     steps: usize,

@@ -2,8 +2,8 @@
 //! key (`backend[0].servers[1].addr`) and the line it concerns, before any is returned.
 
 use std::{
-    collections::HashMap, ffi::CStr, fmt, io, net::SocketAddr, num::NonZeroU32, ops::Range,
-    path::PathBuf, time::Duration,
+    collections::HashMap, fmt, io, net::SocketAddr, num::NonZeroU32, ops::Range, path::PathBuf,
+    time::Duration,
 };
 
 use super::{
@@ -108,18 +108,12 @@ pub(super) fn from_toml_with(
     }
 }
 
-/// The host name, for the default instance name: from procfs, or gethostname(2) without it.
+/// The host name, for the default instance name: from procfs, or uname(2) without it.
 pub(super) fn host_name() -> io::Result<String> {
     if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         return Ok(name.trim_end().to_owned());
     }
-    let mut buf = [0u8; 256];
-    // SAFETY: the pointer and length describe `buf`, which outlives the call.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let name = CStr::from_bytes_until_nul(&buf).map_err(io::Error::other)?;
-    name.to_str().map(str::to_owned).map_err(io::Error::other)
+    crate::sys::process::host_name()
 }
 
 struct Checker<'t> {

@@ -1,10 +1,10 @@
 //! Reading a table definition (`0a 82`), as HAProxy's `peer_treat_definemsg` does.
 
 use super::{
-    decoder::MAX_ARRAY_LEN,
+    error::DecodeError,
     reader::Reader,
-    types::{type_info, Layout},
-    DataTypes, DecodeError, KeyType, TableDefinition, TypeParam,
+    types::{type_info, Layout, MAX_ARRAY_LEN},
+    DataTypes, KeyType, TableDefinition, TypeParam,
 };
 
 /// Table id, name, key type and length, data types bitfield, then (from senders recent enough

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::{DecodeError, ServerKey};
+use super::{error::DecodeError, ServerKey};
 
 /// Slots per session and direction (HAProxy's `PEER_STKT_CACHE_MAX_ENTRIES`).
 pub const DICTIONARY_ENTRIES: usize = 128;

@@ -10,11 +10,8 @@ use super::{
     write_frame, DataTypes, KeyType, Message, ServerKey, TableDefinition, Update, UpdateKind,
     CLASS_CONTROL, CLASS_ERROR, CLASS_TABLE, CTRL_HEARTBEAT, CTRL_RESYNC_CONFIRM,
     CTRL_RESYNC_FINISHED, CTRL_RESYNC_PARTIAL, CTRL_RESYNC_REQUEST, DEFAULT_MAX_LEN, ERR_PROTOCOL,
-    ERR_SIZE_LIMIT, TABLE_ACK, TABLE_DEFINE, TABLE_SWITCH,
+    ERR_SIZE_LIMIT, MAX_TABLES, TABLE_ACK, TABLE_DEFINE, TABLE_SWITCH,
 };
-
-/// Tables we may define in one session (see the decoder's bound).
-const MAX_TABLES: usize = 1024;
 
 /// Why a message cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,7 +2,7 @@
 
 use super::{
     super::varint::{self, VarintError},
-    DecodeError,
+    error::DecodeError,
 };
 
 /// Reads fields front to back; every read names the field so a failure says what was cut.

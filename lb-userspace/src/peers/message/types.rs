@@ -1,5 +1,5 @@
 //! The values carried by stick-table messages, and what HAProxy's data types look like on the
-//! wire (`stktable_data_types[]` in `src/stick_table.c`).
+//! wire (HAProxy's `stktable_data_types[]`; docs/PEERS.md, "Messages and encodings").
 
 use std::fmt;
 
@@ -8,6 +8,9 @@ use super::{TABLE_INC_UPDATE, TABLE_TIMED_INC_UPDATE, TABLE_TIMED_UPDATE, TABLE_
 /// The longest server key (server name) accepted. HAProxy only bounds it by its buffer; 1 KiB
 /// bounds the dictionary cache at 128 KiB while no real server name comes close.
 pub const MAX_SERVER_KEY_LEN: usize = 1024;
+
+/// Elements of an array data type (HAProxy's `STKTABLE_MAX_DT_ARRAY_SIZE`).
+pub(super) const MAX_ARRAY_LEN: u64 = 100;
 
 /// A table's key type, as numbered on the wire (HAProxy's `PEER_KT_*`, not its sample types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

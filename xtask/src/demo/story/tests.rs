@@ -5,7 +5,7 @@ fn lines(text: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn expected_output_is_the_seeds() {
+fn expected_output_is_the_original_demos() {
     assert_eq!(
         expected_output(21, NEXT_FIVE),
         lines(&[

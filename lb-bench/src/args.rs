@@ -1,0 +1,70 @@
+//! The bench's command line: how long, where to write, and which part of the matrix.
+
+use std::path::PathBuf;
+
+use crate::{contender::Contender, workload::Workload};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Short runs, one repetition, 100k table entries: under two minutes, for development.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Directory for BENCHMARKS.md and benchmarks.json [default: docs/].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output: Option<PathBuf>,
+    /// Repetitions of each cell [default: 3; --quick: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: Option<u32>,
+    /// Also profile each workload with perf (one extra, unmeasured run per load balancer) and
+    /// add where the CPU time goes to the report; perf data under target/bench/.
+    #[arg(long)]
+    pub(crate) perf: bool,
+    /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
+    /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
+    /// table-scale, splice-rate); a partial run writes to target/bench/partial/ unless --output
+    /// says otherwise.
+    #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
+    pub(crate) workloads: Vec<String>,
+    /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path); see --workload.
+    #[arg(long = "contender", value_name = "ID", value_parser = parse_contender)]
+    pub(crate) contenders: Vec<Contender>,
+}
+
+/// The table-scale and splice-rate measurements are not request workloads, but they can be
+/// chosen like one.
+pub(crate) const TABLE_SCALE: &str = "table-scale";
+pub(crate) const SPLICE_RATE: &str = "splice-rate";
+
+fn parse_workload_filter(id: &str) -> Result<String, String> {
+    if id == TABLE_SCALE || id == SPLICE_RATE || Workload::from_id(id).is_some() {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}",
+            Workload::ALL.map(Workload::id).join(", ")
+        ))
+    }
+}
+
+fn parse_contender(id: &str) -> Result<Contender, String> {
+    Contender::from_id(id).ok_or_else(|| {
+        format!(
+            "unknown contender {id:?}; one of: {}",
+            Contender::ALL.map(Contender::id).join(", ")
+        )
+    })
+}
+
+impl BenchArgs {
+    pub(crate) fn partial(&self) -> bool {
+        !self.workloads.is_empty() || !self.contenders.is_empty()
+    }
+
+    pub(crate) fn wants_workload(&self, id: &str) -> bool {
+        self.workloads.is_empty() || self.workloads.iter().any(|w| w == id)
+    }
+
+    pub(crate) fn wants_contender(&self, contender: Contender) -> bool {
+        self.contenders.is_empty() || self.contenders.contains(&contender)
+    }
+}

@@ -1,0 +1,308 @@
+//! What is measured: the direct path (no load balancer), HAProxy 2.6 and stickylb, each with
+//! the same sticky configuration (round robin, stick table on JSESSIONID, same timeouts, no
+//! per-request log, no health checks), and the process each runs as.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use super::{bpfstats, hosts::Addrs, logtail::LogTail, procs};
+
+/// Backend servers: one `stickylb-backend` process listening on these ports.
+pub(super) const BACKEND_PORTS: [u16; 4] = [8081, 8082, 8083, 8084];
+/// The load balancers' frontend port (only one load balancer runs at a time).
+pub(super) const FRONTEND_PORT: u16 = 80;
+/// stickylb's monitor, where the bench reads the table size.
+pub(super) const MONITOR_PORT: u16 = 8404;
+/// Entries of the stick table in both load balancers (HAProxy's `size 1m`).
+pub(super) const TABLE_SIZE: u64 = 1 << 20;
+/// The HAProxy backend (and stickylb backend) name.
+pub(super) const BACKEND_NAME: &str = "web";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Contender {
+    /// Client straight to a backend through the lb namespace's routing: the physical limit.
+    Direct,
+    Haproxy,
+    /// stickylb as it is: the userspace proxy.
+    Stickylb,
+    /// stickylb with the kernel fast path on (`fastpath = "splice"`): keep-alive connections
+    /// are handed to its TC program after their first exchange.
+    StickylbFastPath,
+}
+
+impl Contender {
+    /// In the order each workload runs them (alternating within every repetition).
+    pub(super) const ALL: [Self; 4] = [
+        Self::Direct,
+        Self::Haproxy,
+        Self::Stickylb,
+        Self::StickylbFastPath,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct (no LB)",
+            Self::Haproxy => "HAProxy 2.6",
+            Self::Stickylb => "stickylb",
+            Self::StickylbFastPath => "stickylb + fast path",
+        }
+    }
+
+    /// The name on the command line and in JSON.
+    pub(super) fn id(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Haproxy => "haproxy",
+            Self::Stickylb => "stickylb",
+            Self::StickylbFastPath => "stickylb-fast-path",
+        }
+    }
+
+    pub(super) fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|contender| contender.id() == id)
+    }
+
+    /// Why this contender cannot run on this machine, if it cannot.
+    pub(super) fn unavailable(self) -> Option<&'static str> {
+        match self {
+            // The fast path attaches its program with TCX (Linux 6.6).
+            Self::StickylbFastPath if !kernel_at_least(&kernel_release(), (6, 6)) => {
+                Some("the kernel fast path attaches with TCX, which needs Linux 6.6 or later")
+            }
+            Self::Direct | Self::Haproxy | Self::Stickylb | Self::StickylbFastPath => None,
+        }
+    }
+
+    /// The contenders that can run here, in [`Self::ALL`]'s order.
+    pub(super) fn available() -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|contender| contender.unavailable().is_none())
+            .collect()
+    }
+
+    pub(super) fn is_stickylb(self) -> bool {
+        matches!(self, Self::Stickylb | Self::StickylbFastPath)
+    }
+
+    /// Where the client sends its requests, in the layout at `addrs`.
+    pub(super) fn base_url(self, addrs: &Addrs) -> String {
+        match self {
+            Self::Direct => format!("http://{}:{}", addrs.backends, BACKEND_PORTS[0]),
+            _ => format!("http://{}:{FRONTEND_PORT}", addrs.lb),
+        }
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
+}
+
+/// Whether `release` (`6.18.44-foo`) is at least `major.minor`; an unreadable one is not.
+fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= wanted,
+        _ => false,
+    }
+}
+
+/// stickylb's monitor, as the client reaches it.
+pub(super) fn monitor_url(addrs: &Addrs) -> String {
+    format!("http://{}:{MONITOR_PORT}", addrs.lb)
+}
+
+/// stickylb's configuration for the bench. `control_socket` and `pin_dir` are the bench's own,
+/// so a stickylb running on the host is never touched.
+pub(super) fn stickylb_config(
+    instance: &str,
+    pin_dir: &str,
+    control_socket: &str,
+    fastpath: bool,
+    addrs: &Addrs,
+) -> String {
+    let (lb, backends) = (addrs.lb, addrs.backends);
+    let fastpath = if fastpath { "splice" } else { "off" };
+    let servers: String = BACKEND_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            format!(
+                "  {{ name = \"be{}\", addr = \"{backends}:{port}\" }},\n",
+                i + 1
+            )
+        })
+        .collect();
+    format!(
+        "# Written by `cargo xtask bench`.\n\
+         [instance]\nname = \"{instance}\"\npin_dir = \"{pin_dir}\"\ncontrol_socket = \"{control_socket}\"\n\n\
+         [[frontend]]\nname = \"www\"\nbind = \"{lb}:{FRONTEND_PORT}\"\nbackend = \"{BACKEND_NAME}\"\nfastpath = \"{fastpath}\"\n\n\
+         [[backend]]\nname = \"{BACKEND_NAME}\"\nbalance = \"roundrobin\"\nstick_cookie = \"JSESSIONID\"\n\
+         table_size = {TABLE_SIZE}\nexpire = \"30m\"\nhealth_check = {{ enabled = false }}\n\
+         servers = [\n{servers}]\n\n\
+         [monitor]\nbind = \"{lb}:{MONITOR_PORT}\"\n\n\
+         [timeouts]\nconnect = \"5s\"\nclient = \"50s\"\nserver = \"50s\"\ndrain = \"1s\"\n"
+    )
+}
+
+/// HAProxy's equivalent of [`stickylb_config`]: the original demo's sticky setup, no logging, no checks,
+/// `option forwardfor` as stickylb appends X-Forwarded-For, and `http-reuse always` as stickylb
+/// sends any request over any idle pooled server connection (HAProxy's default, `safe`, opens a
+/// new server connection for the first request of every client connection: with a new
+/// connection per request, for every request). Threads: HAProxy's default, one per CPU, as
+/// stickylb's runtime has one worker per CPU.
+pub(super) fn haproxy_config(stats_socket: &str, addrs: &Addrs) -> String {
+    let (lb, backends) = (addrs.lb, addrs.backends);
+    let servers: String = BACKEND_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("    server be{} {backends}:{port}\n", i + 1))
+        .collect();
+    format!(
+        "# Written by `cargo xtask bench`.\n\
+         global\n    maxconn 8192\n    stats socket {stats_socket} level admin\n\n\
+         defaults\n    mode http\n    option redispatch\n    option forwardfor\n    http-reuse always\n\
+         \x20   timeout connect 5s\n    timeout client 50s\n    timeout server 50s\n\n\
+         frontend www\n    bind {lb}:{FRONTEND_PORT}\n    default_backend {BACKEND_NAME}\n\n\
+         backend {BACKEND_NAME}\n    balance roundrobin\n\
+         \x20   stick-table type string len 32 size {TABLE_SIZE} expire 30m\n\
+         \x20   stick on req.cook(JSESSIONID)\n    stick store-response res.cook(JSESSIONID)\n\
+         {servers}"
+    )
+}
+
+/// A running load balancer process.
+pub(super) struct LbProcess {
+    pub(super) contender: Contender,
+    child: Child,
+    pub(super) log: LogTail,
+    /// Where the fast path pins its program's links, whose run time counts as the daemon's.
+    fastpath_links: Option<PathBuf>,
+}
+
+impl LbProcess {
+    pub(super) fn new(
+        contender: Contender,
+        mut child: Child,
+        log_path: &Path,
+    ) -> anyhow::Result<Self> {
+        let stderr = child.stderr.take();
+        let log = match stderr {
+            Some(stderr) => LogTail::follow(stderr, log_path),
+            None => LogTail::follow(std::io::empty(), log_path),
+        };
+        match log {
+            Ok(log) => Ok(Self {
+                contender,
+                child,
+                log,
+                fastpath_links: None,
+            }),
+            Err(error) => {
+                procs::kill(&mut child);
+                Err(error)
+            }
+        }
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Counts the run time of the fast path's program pinned under `dir` as this process's.
+    pub(super) fn with_fastpath_links(mut self, dir: PathBuf) -> Self {
+        self.fastpath_links = Some(dir);
+        self
+    }
+
+    /// CPU time so far: the process's, plus its fast path program's (see `bpfstats`).
+    pub(super) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let program = match &self.fastpath_links {
+            Some(dir) => bpfstats::fastpath_program_seconds(dir)?,
+            None => 0.0,
+        };
+        Ok(procs::cpu_seconds(self.pid())? + program)
+    }
+
+    /// Resident memory now.
+    pub(super) fn rss_bytes(&self) -> anyhow::Result<u64> {
+        procs::status_bytes(self.pid(), "VmRSS")
+    }
+
+    /// Peak resident memory since start.
+    pub(super) fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        procs::status_bytes(self.pid(), "VmHWM")
+    }
+
+    /// Whether it is still running (a crash shows up here, not as slow numbers).
+    pub(super) fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            anyhow::bail!(
+                "{} exited ({status}):\n{}",
+                self.contender.label(),
+                self.log.tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the exit; returns how long stopping took.
+    pub(super) fn stop(mut self) -> anyhow::Result<Duration> {
+        procs::terminate(&mut self.child, Duration::from_secs(15))
+    }
+}
+
+impl Drop for LbProcess {
+    fn drop(&mut self) {
+        procs::kill(&mut self.child);
+    }
+}
+
+/// stderr piped (for the log), nothing on stdin, stdout discarded.
+pub(super) fn lb_stdio(command: &mut Command) -> &mut Command {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{haproxy_config, kernel_at_least, stickylb_config};
+
+    #[test]
+    fn both_configurations_name_the_same_servers_and_table() {
+        let addrs = crate::hosts::ROUTED;
+        let stickylb = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", false, &addrs);
+        let haproxy = haproxy_config("/run/h.sock", &addrs);
+        for server in ["be1", "be4"] {
+            assert!(stickylb.contains(&format!("name = \"{server}\"")));
+            assert!(haproxy.contains(&format!("server {server} ")));
+        }
+        assert!(stickylb.contains("table_size = 1048576"));
+        assert!(haproxy.contains("size 1048576 expire 30m"));
+        assert!(haproxy.contains("stick on req.cook(JSESSIONID)"));
+        assert!(haproxy.contains("    timeout connect 5s\n"));
+        assert!(stickylb.contains("health_check = { enabled = false }"));
+        assert!(stickylb.contains("fastpath = \"off\""));
+        let fastpath = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", true, &addrs);
+        assert!(fastpath.contains("fastpath = \"splice\""));
+    }
+
+    #[test]
+    fn reads_kernel_releases() {
+        assert!(kernel_at_least("6.18.44-fc-v669\n", (6, 6)));
+        assert!(kernel_at_least("7.0.1", (6, 6)));
+        assert!(!kernel_at_least("6.1.0-21-amd64", (6, 6)));
+        assert!(!kernel_at_least("", (6, 6)));
+    }
+}

@@ -1,0 +1,394 @@
+//! The request workloads and one measured run ("cell") of a workload against a contender.
+
+use std::{
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+use super::{
+    client,
+    contender::{Contender, LbProcess},
+    env::{Env, FastPathCounters, Layout},
+    load::{self, LoadSpec},
+    procs,
+    wrk::{self, WrkSpec},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Workload {
+    /// A new connection per request, a new cookie each time: every request a new session.
+    NewConnUnique,
+    /// A new connection per request, cookies from a small pool: sticky hits.
+    NewConnRepeat,
+    /// Keep-alive connections, small responses, cookies from the pool.
+    KeepAlive,
+    /// One large download per connection, several connections at once.
+    Download,
+    /// Browser-like connections: a few requests each, the last closing, many sessions.
+    Churn,
+    /// The same from many client addresses.
+    ChurnManyClients,
+    /// A new connection per request right after keep-alive connections that the fast path
+    /// took over: the client's ports come round to those of spliced flows.
+    PortReuse,
+    /// Keep-alive connections at a fixed rate every contender sustains: latency at equal load.
+    PacedKeepAlive,
+    /// Keep-alive through a one-armed load balancer (client and servers on one interface).
+    OneArmedKeepAlive,
+    /// Browser-like connections through a one-armed load balancer.
+    OneArmedChurn,
+}
+
+impl Workload {
+    pub(super) const ALL: [Self; 10] = [
+        Self::NewConnUnique,
+        Self::NewConnRepeat,
+        Self::KeepAlive,
+        Self::Download,
+        Self::Churn,
+        Self::ChurnManyClients,
+        Self::PortReuse,
+        Self::PacedKeepAlive,
+        Self::OneArmedKeepAlive,
+        Self::OneArmedChurn,
+    ];
+
+    /// The name in tables and JSON.
+    pub(super) fn id(self) -> &'static str {
+        match self {
+            Self::NewConnUnique => "new-conn-unique",
+            Self::NewConnRepeat => "new-conn-repeat",
+            Self::KeepAlive => "keep-alive",
+            Self::Download => "download",
+            Self::Churn => "churn",
+            Self::ChurnManyClients => "churn-16-clients",
+            Self::PortReuse => "port-reuse",
+            Self::PacedKeepAlive => "paced-keep-alive",
+            Self::OneArmedKeepAlive => "one-armed-keep-alive",
+            Self::OneArmedChurn => "one-armed-churn",
+        }
+    }
+
+    pub(super) fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|workload| workload.id() == id)
+    }
+
+    /// What a request of this workload costs is counted per request; a download's per GB.
+    pub(super) fn per_gigabyte(self) -> bool {
+        self == Self::Download
+    }
+
+    /// The hosts it runs on.
+    pub(super) fn layout(self) -> Layout {
+        match self {
+            Self::OneArmedKeepAlive | Self::OneArmedChurn => Layout::OneArmed,
+            _ => Layout::Routed,
+        }
+    }
+}
+
+/// One measured run of a workload against a contender.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Sample {
+    pub(super) requests: u64,
+    pub(super) seconds: f64,
+    /// Bytes received by the client (wrk: headers and bodies; downloads: bodies).
+    pub(super) bytes: u64,
+    /// Failed requests: connection errors, timeouts, non-2xx/3xx answers, short downloads.
+    pub(super) errors: u64,
+    pub(super) p50_ms: Option<f64>,
+    pub(super) p99_ms: Option<f64>,
+    /// CPU seconds (user + system, all threads) of the load balancer during the measurement.
+    pub(super) lb_cpu_s: Option<f64>,
+    /// Peak resident memory of the load balancer at the end of the run.
+    pub(super) lb_peak_rss_bytes: Option<u64>,
+    /// CPU time of other processes on the machine during the run, in percent of all CPUs.
+    pub(super) others_cpu_percent: Option<f64>,
+    /// Runs made to get this one: more than one when others disturbed the earlier ones.
+    pub(super) attempts: u32,
+    /// What the fast path did during the run (warm-up included).
+    pub(super) fastpath: Option<FastPathCounters>,
+}
+
+impl Sample {
+    /// What the load generator measured; the rest is filled in by the caller.
+    fn measured(requests: u64, seconds: f64, bytes: u64, errors: u64) -> Self {
+        Self {
+            requests,
+            seconds,
+            bytes,
+            errors,
+            p50_ms: None,
+            p99_ms: None,
+            lb_cpu_s: None,
+            lb_peak_rss_bytes: None,
+            others_cpu_percent: None,
+            attempts: 1,
+            fastpath: None,
+        }
+    }
+
+    /// The same with the load generator's latency percentiles (microseconds).
+    fn with_latency(self, p50_us: u64, p99_us: u64) -> Self {
+        Self {
+            p50_ms: Some(p50_us as f64 / 1e3),
+            p99_ms: Some(p99_us as f64 / 1e3),
+            ..self
+        }
+    }
+
+    pub(super) fn requests_per_s(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    pub(super) fn megabytes_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds
+    }
+}
+
+/// Warms up (not measured), then measures `workload` against the running `lb` (none for the
+/// direct contender). `run` makes the unique cookies of every run different.
+pub(super) fn measure(
+    env: &Env,
+    workload: Workload,
+    contender: Contender,
+    lb: Option<&mut LbProcess>,
+    run: u32,
+) -> anyhow::Result<Sample> {
+    let base = contender.base_url(&env.topology(workload.layout()).addrs);
+    let (warmup_prefix, measure_prefix) = cookie_prefixes(workload, run);
+    warm_up(env, workload, &base, &warmup_prefix)?;
+    let cpu_before = lb.as_ref().map(|lb| lb.cpu_seconds()).transpose()?;
+    let mut sample = load(env, workload, &base, &measure_prefix, env.plan.measure)?;
+    if let Some(lb) = lb {
+        lb.check_running()?;
+        let cpu_after = lb.cpu_seconds()?;
+        sample.lb_cpu_s = cpu_before.map(|before| cpu_after - before);
+        sample.lb_peak_rss_bytes = Some(lb.peak_rss_bytes()?);
+    }
+    if sample.requests == 0 {
+        bail!(
+            "{} against {}: no request completed",
+            workload.id(),
+            contender.label()
+        );
+    }
+    Ok(sample)
+}
+
+/// The cookie prefixes of a run's warm-up and measurement: pooled cookies are the same in both,
+/// so the measurement is sticky hits; unique ones differ.
+pub(super) fn cookie_prefixes(workload: Workload, run: u32) -> (String, String) {
+    let warmup = cookie_prefix(run, 0);
+    let measurement = if workload == Workload::NewConnUnique {
+        cookie_prefix(run, 1)
+    } else {
+        warmup.clone()
+    };
+    (warmup, measurement)
+}
+
+/// Load that is not measured: a short run of the workload, or one small download.
+pub(super) fn warm_up(
+    env: &Env,
+    workload: Workload,
+    base: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    match workload {
+        Workload::Download => download(env, base, prefix, 1, 1 << 20).map(drop),
+        _ => load(env, workload, base, prefix, env.plan.warmup).map(drop),
+    }
+}
+
+/// The load of a measurement: wrk, the load generator or the downloads, for `duration` (the
+/// downloads take however long they take).
+pub(super) fn load(
+    env: &Env,
+    workload: Workload,
+    base: &str,
+    prefix: &str,
+    duration: Duration,
+) -> anyhow::Result<Sample> {
+    let client = &env.topology(workload.layout()).client;
+    let target = base.trim_start_matches("http://");
+    let plan = &env.plan;
+    let spec = |connections| LoadSpec::new(target, connections, duration, prefix);
+    let churn = || LoadSpec {
+        per_connection: plan.churn_requests,
+        ..spec(plan.keep_alive_connections)
+    };
+    let sources = env.topology(Layout::Routed).addrs.more_clients();
+    let generated = match workload {
+        Workload::NewConnUnique
+        | Workload::NewConnRepeat
+        | Workload::KeepAlive
+        | Workload::OneArmedKeepAlive => {
+            let spec = wrk_spec(env, workload, base, prefix, duration);
+            let r = wrk::run(client, &env.script, &spec)?;
+            let errors = r.errors + r.status_errors;
+            let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
+            return Ok(sample.with_latency(r.p50_us, r.p99_us));
+        }
+        Workload::Download => {
+            return download(
+                env,
+                base,
+                prefix,
+                plan.download_connections,
+                plan.download_bytes,
+            )
+        }
+        Workload::Churn | Workload::OneArmedChurn => churn(),
+        Workload::ChurnManyClients => LoadSpec {
+            sources: &sources,
+            ..churn()
+        },
+        Workload::PortReuse => {
+            // Not measured: keep-alive connections, each with its session, long enough for the
+            // fast path to take them over; they close at its end.
+            let prelude = LoadSpec {
+                pool: u64::from(plan.keep_alive_connections),
+                duration: plan.port_reuse_prelude,
+                ..spec(plan.keep_alive_connections)
+            };
+            load::run(client, &env.load, &prelude)?;
+            LoadSpec {
+                per_connection: 1,
+                ..spec(plan.new_conn_connections)
+            }
+        }
+        Workload::PacedKeepAlive => LoadSpec {
+            rate: plan.paced_rate,
+            ..spec(plan.keep_alive_connections)
+        },
+    };
+    let r = load::run(client, &env.load, &generated)?;
+    let errors = r.errors + r.status_errors;
+    let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
+    Ok(sample.with_latency(r.p50_us, r.p99_us))
+}
+
+/// 8 characters that start the cookies of a run and phase (0 warm-up, 1 measurement).
+fn cookie_prefix(run: u32, phase: u32) -> String {
+    format!("{:06x}{phase:02x}", run % 0x0100_0000)
+}
+
+fn wrk_spec<'a>(
+    env: &Env,
+    workload: Workload,
+    base: &'a str,
+    prefix: &'a str,
+    duration: Duration,
+) -> WrkSpec<'a> {
+    let plan = &env.plan;
+    let (connections, pool, close) = match workload {
+        Workload::NewConnUnique => (plan.new_conn_connections, 0, true),
+        Workload::NewConnRepeat => (plan.new_conn_connections, plan.cookie_pool, true),
+        // A pool of one cookie per wrk thread: every connection keeps its session's cookie on
+        // all its requests, as a browser does (wrk's scripts cannot tell connections apart).
+        _ => (
+            plan.keep_alive_connections,
+            u64::from(plan.wrk_threads),
+            false,
+        ),
+    };
+    WrkSpec {
+        threads: plan.wrk_threads,
+        connections,
+        duration,
+        url: base,
+        prefix,
+        pool,
+        close,
+    }
+}
+
+/// `connections` bulk clients at once (see [`super::client`]), each on its own keep-alive
+/// connection with its own cookie: a small request, a pause, then a download of `bytes`.
+/// Throughput is all downloaded bytes over the time from the first download's start to the last
+/// one's end.
+fn download(
+    env: &Env,
+    base: &str,
+    prefix: &str,
+    connections: u32,
+    bytes: u64,
+) -> anyhow::Result<Sample> {
+    let addr = base.trim_start_matches("http://");
+    // This binary, as `lb-bench client`.
+    let bench = std::env::current_exe().context("locating the lb-bench binary")?;
+    let mut children: Vec<Child> = Vec::new();
+    for i in 0..connections {
+        let mut client = env
+            .topology(Workload::Download.layout())
+            .client
+            .command(&bench);
+        client
+            .args(["client", "--addr", addr, "--bytes", &bytes.to_string()])
+            .arg("--session")
+            .arg(format!("{prefix}{i:024}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        children.push(procs::spawn(&mut client)?);
+    }
+    let (mut received, mut errors) = (0u64, 0u64);
+    let (mut first_start, mut last_end) = (u64::MAX, 0u64);
+    for mut child in children {
+        procs::wait(&mut child, Duration::from_secs(300), "a download")?;
+        let output = child
+            .wait_with_output()
+            .context("reading the bulk client's output")?;
+        match client::parse_line(&String::from_utf8_lossy(&output.stdout)) {
+            Some(bulk) if bulk.status == 200 && bulk.bytes == bytes => {
+                received += bulk.bytes;
+                first_start = first_start.min(bulk.start_ns);
+                last_end = last_end.max(bulk.end_ns);
+            }
+            _ => {
+                errors += 1;
+                println!(
+                    "bench: a bulk client failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+        }
+    }
+    let seconds = if last_end > first_start {
+        (last_end - first_start) as f64 / 1e9
+    } else {
+        f64::NAN
+    };
+    Ok(Sample::measured(
+        u64::from(connections),
+        seconds,
+        received,
+        errors,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cookie_prefix, Workload};
+
+    #[test]
+    fn workload_ids_round_trip() {
+        for workload in Workload::ALL {
+            assert_eq!(Workload::from_id(workload.id()), Some(workload));
+        }
+        assert_eq!(Workload::from_id("nope"), None);
+    }
+
+    #[test]
+    fn cookie_prefixes_are_eight_characters_and_differ_by_run_and_phase() {
+        assert_eq!(cookie_prefix(0, 1), "00000001");
+        assert_eq!(cookie_prefix(7, 0).len(), 8);
+        assert_ne!(cookie_prefix(1, 1), cookie_prefix(2, 1));
+        assert_ne!(cookie_prefix(1, 0), cookie_prefix(1, 1));
+    }
+}

@@ -1,0 +1,292 @@
+//! Runs one [`Session`] over its TCP connection: moves bytes between the socket and the
+//! session, gives it the time, our tables' changes and, when asked, their contents, and
+//! carries out what it decides (apply a learned entry, remember an acknowledged position,
+//! count, log). The protocol itself is the session's (docs/PEERS.md, "The session").
+
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::watch,
+    time::timeout,
+};
+
+use super::{
+    connect::Opened,
+    session::{self, Event, NotSynced, Session, Setup, Tally, PUSH_BATCH},
+    stats::PeerStats,
+    tables::SyncedTable,
+};
+use crate::table::{now_ms, RemoteOutcome};
+
+/// A peer that does not take our bytes within this is stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the session is given the time, for its heartbeat and silence timers.
+const TICK: Duration = Duration::from_millis(500);
+/// Bytes read from the socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error(transparent)]
+    Protocol(#[from] session::End),
+    #[error("the peer did not take our data for {WRITE_TIMEOUT:?}")]
+    WriteStuck,
+    #[error("connection error")]
+    Io(#[from] std::io::Error),
+}
+
+/// Per table: the update log position a peer acknowledged, where its next session resumes.
+/// Outlives sessions.
+pub struct Resume(Vec<AtomicU64>);
+
+impl Resume {
+    pub fn new(tables: usize) -> Self {
+        Self((0..tables).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    pub fn get(&self, table: usize) -> u64 {
+        self.0.get(table).map_or(0, |a| a.load(Relaxed))
+    }
+
+    /// Moves `table`'s position forward to `seq` (never back).
+    pub fn advance(&self, table: usize, seq: u64) {
+        if let Some(acked) = self.0.get(table) {
+            acked.fetch_max(seq, Relaxed);
+        }
+    }
+}
+
+/// The peer a session is with: what outlives the session.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+    pub name: &'a str,
+    pub stats: &'a PeerStats,
+    pub resume: &'a Resume,
+}
+
+/// Runs a session until it ends, returning why.
+pub async fn run(
+    opened: Opened,
+    tables: &[SyncedTable],
+    peer: Peer<'_>,
+    mut changes: watch::Receiver<u64>,
+) -> SessionEnd {
+    let setup = Setup {
+        tables: tables.iter().map(SyncedTable::definition).collect(),
+        timed: opened.version.has_timed_updates(),
+        resume: (0..tables.len()).map(|i| peer.resume.get(i)).collect(),
+    };
+    let session = match Session::new(setup, Instant::now()) {
+        Ok(session) => session,
+        Err(end) => return end.into(),
+    };
+    let mut driver = Driver {
+        stream: opened.stream,
+        session,
+        tables,
+        peer,
+        unknown_reported: HashSet::new(),
+    };
+    match driver.serve(&opened.leftover, &mut changes).await {
+        Ok(never) => match never {},
+        Err(end) => end,
+    }
+}
+
+struct Driver<'a> {
+    stream: TcpStream,
+    session: Session,
+    tables: &'a [SyncedTable],
+    peer: Peer<'a>,
+    /// `backend/server` names already warned about in this session.
+    unknown_reported: HashSet<String>,
+}
+
+impl Driver<'_> {
+    async fn serve(
+        &mut self,
+        leftover: &[u8],
+        changes: &mut watch::Receiver<u64>,
+    ) -> Result<std::convert::Infallible, SessionEnd> {
+        if !leftover.is_empty() {
+            self.received(leftover)?;
+        }
+        self.teach_if_asked().await?;
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            changes.borrow_and_update();
+            self.push_changes().await?;
+            self.flush().await?;
+            tokio::select! {
+                read = self.stream.read(&mut chunk) => {
+                    let n = read?;
+                    let Some(bytes) = chunk.get(..n).filter(|bytes| !bytes.is_empty()) else {
+                        return Err(self.session.closed_by_peer().into());
+                    };
+                    self.peer.stats.last_received_ms.store(now_ms(), Relaxed);
+                    self.received(bytes)?;
+                    self.teach_if_asked().await?;
+                }
+                _ = tick.tick() => {
+                    let ticked = self.session.tick(Instant::now());
+                    self.absorb();
+                    ticked?;
+                }
+                _ = changes.changed() => {}
+            }
+        }
+    }
+
+    /// Feeds received bytes; what the messages before a bad one did is still carried out.
+    fn received(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
+        let result = self.session.received(bytes, Instant::now());
+        self.absorb();
+        Ok(result?)
+    }
+
+    /// Gives the session each table's changes since what it pushed, in batches.
+    async fn push_changes(&mut self) -> Result<(), SessionEnd> {
+        for (index, table) in self.tables.iter().enumerate() {
+            loop {
+                let from = self.session.pushed_seq(index);
+                let changes = table.changes_after(from, PUSH_BATCH);
+                if changes.is_empty() {
+                    break;
+                }
+                self.session.push(index, &changes)?;
+                self.flush().await?;
+                if changes.len() < PUSH_BATCH || self.session.pushed_seq(index) == from {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a resync request with every table's live entries; the lesson is written by
+    /// the flush, batch by batch.
+    async fn teach_if_asked(&mut self) -> Result<(), SessionEnd> {
+        if !self.session.wants_lesson() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let lessons = self
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(index, table)| table.lesson(index, now))
+            .collect();
+        self.session.teach(lessons);
+        self.flush().await
+    }
+
+    /// Writes everything the session has to send.
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        while let Some(bytes) = self.session.poll_transmit(Instant::now())? {
+            self.absorb();
+            timeout(WRITE_TIMEOUT, self.stream.write_all(&bytes))
+                .await
+                .map_err(|_| SessionEnd::WriteStuck)??;
+        }
+        self.absorb();
+        Ok(())
+    }
+
+    /// Carries out the session's events and adds its counters to the peer's.
+    fn absorb(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            self.on_event(event);
+        }
+        let Tally {
+            updates_sent,
+            updates_received,
+            updates_acked,
+            keys_too_long,
+        } = self.session.take_tally();
+        let stats = self.peer.stats;
+        for (counter, n) in [
+            (&stats.updates_sent, updates_sent),
+            (&stats.updates_received, updates_received),
+            (&stats.updates_acked, updates_acked),
+            (&stats.keys_too_long, keys_too_long),
+        ] {
+            if n > 0 {
+                PeerStats::add(counter, n);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let peer = self.peer.name;
+        let stats = self.peer.stats;
+        match event {
+            Event::Learned(learned) => {
+                let Some(table) = self.tables.get(learned.table) else {
+                    return;
+                };
+                let applied = table.apply(&learned, now_ms());
+                if !applied.known_server {
+                    self.report_unknown(learned.table, learned.server.as_str());
+                }
+                if matches!(
+                    applied.outcome,
+                    RemoteOutcome::KeptOurs | RemoteOutcome::Replaced
+                ) {
+                    PeerStats::add(&stats.conflicts, 1);
+                }
+            }
+            Event::Nameless { table, server_id } => {
+                // Without a name the numeric id would have to be trusted to mean the same
+                // server here, which is how HAProxy ends up routing to wrong servers.
+                self.report_unknown(table, &format!("id {}", server_id.unwrap_or(0)));
+            }
+            Event::Acked { table, seq } => self.peer.resume.advance(table, seq),
+            Event::LessonLearned { partial } => {
+                PeerStats::add(&stats.resyncs_learned, 1);
+                tracing::info!(peer = %peer, partial, "full resync from peer done");
+            }
+            Event::LessonTaught { entries } => {
+                PeerStats::add(&stats.resyncs_taught, 1);
+                tracing::info!(peer = %peer, entries, "taught the peer a full resync");
+            }
+            Event::NotSynced {
+                name,
+                why: NotSynced::NoSuchTable,
+            } => {
+                tracing::debug!(peer = %peer, table = %name, "peer shares a table we have no backend for");
+            }
+            Event::NotSynced {
+                name,
+                why: NotSynced::Mismatch(mismatch),
+            } => {
+                tracing::warn!(peer = %peer, table = %name, "not syncing this table with the peer: {mismatch}");
+            }
+        }
+    }
+
+    /// Counts a received entry naming a server we don't have, and warns once per server and
+    /// session. The entry is kept when it has a name: a request for it here is redispatched
+    /// as for a server that is down.
+    fn report_unknown(&mut self, table: usize, server: &str) {
+        PeerStats::add(&self.peer.stats.unknown_servers, 1);
+        let Some(backend) = self.tables.get(table).map(|t| &t.backend.name) else {
+            return;
+        };
+        if self.unknown_reported.insert(format!("{backend}/{server}")) {
+            tracing::warn!(
+                peer = %self.peer.name,
+                backend = %backend,
+                server,
+                "peer sent a session on a server this node does not have: kept, but requests for it here go to a live server"
+            );
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! What routes where, built from a configuration: a [`BackendState`] per backend (its stick
+//! table in the shared [`Store`]) and a [`Frontend`] per frontend, pointing at its backend's.
+//!
+//! The daemon builds this set once at start; a reload reconfigures the backends in it and
+//! never changes the set (adding or removing a frontend or a backend needs an upgrade). Unit
+//! tests build it without sockets or the kernel.
+
+use std::sync::Arc;
+
+use crate::{backend::BackendState, config::Config, proxy::Frontend, table::Store};
+
+/// The backends' runtime state (their tables in `store`) and the frontends that route to
+/// them. Validation guarantees every frontend names a configured backend.
+pub fn build(config: &Config, store: &Store) -> (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>) {
+    let backends: Vec<Arc<BackendState>> = config
+        .backends
+        .iter()
+        .map(|b| Arc::new(BackendState::new(b, store.clone())))
+        .collect();
+    let frontends = config
+        .frontends
+        .iter()
+        .filter_map(|f| {
+            let backend = backends.iter().find(|b| b.name == f.backend)?;
+            let mut frontend = Frontend::new(f.name.clone(), Arc::clone(backend));
+            frontend.fastpath_interfaces = f.fastpath_interfaces.clone();
+            Some(Arc::new(frontend))
+        })
+        .collect();
+    (backends, frontends)
+}

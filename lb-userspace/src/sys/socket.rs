@@ -1,0 +1,87 @@
+//! Socket calls std and tokio do not make the way the daemon needs: accepting without joining
+//! an event loop (`accept4` with `SOCK_NONBLOCK`), and the socket options the fast path sets.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::BorrowedFd,
+    time::Duration,
+};
+
+use rustix::net::{sockopt, SocketFlags};
+use tokio::io::{unix::AsyncFd, Interest};
+
+/// A listening socket watched for readability by the tokio reactor of the thread that
+/// registered it, whose connections come out non-blocking and in no event loop yet: each then
+/// joins the event loop of the worker that serves it, so its readiness never has to cross
+/// threads.
+pub struct Acceptor {
+    listener: AsyncFd<TcpListener>,
+}
+
+impl Acceptor {
+    /// Registers `listener` with the current tokio runtime's reactor.
+    pub fn register(listener: TcpListener) -> io::Result<Acceptor> {
+        // SAFETY: the AsyncFd owns the listener, whose descriptor stays open and the same until
+        // the AsyncFd is dropped: this type never hands the listener out, so nothing can swap
+        // it for another.
+        let registered = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) };
+        Ok(Acceptor {
+            listener: registered?,
+        })
+    }
+
+    /// The next connection, non-blocking and in no event loop yet.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            let mut ready = self.listener.readable().await?;
+            if let Ok(accepted) = ready.try_io(|listener| accept_nonblocking(listener.get_ref())) {
+                return accepted;
+            }
+        }
+    }
+}
+
+/// `accept4` with `SOCK_NONBLOCK`: std's accept would need another syscall to make the
+/// socket non-blocking.
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (fd, peer) =
+        rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let stream = TcpStream::from(fd);
+    let peer = peer
+        .and_then(|peer| SocketAddr::try_from(peer).ok())
+        .ok_or_else(|| io::Error::other("unexpected peer address family"))?;
+    Ok((stream, peer))
+}
+
+/// `SO_LINGER` 0: the socket's close sends an RST and leaves no TIME_WAIT.
+pub fn set_reset_on_close(socket: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(sockopt::set_socket_linger(socket, Some(Duration::ZERO))?)
+}
+
+/// `SO_REUSEADDR` on.
+pub fn set_reuseaddr(socket: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(sockopt::set_socket_reuseaddr(socket, true)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_are_non_blocking_and_know_their_peer() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = std::net::TcpListener::bind(bind).unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, peer) = accept_nonblocking(&listener).unwrap();
+            assert_eq!(peer, client.local_addr().unwrap());
+            let mut byte = [0u8; 1];
+            let read = std::io::Read::read(&mut &accepted, &mut byte);
+            assert_eq!(read.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let none = accept_nonblocking(&listener).unwrap_err();
+        assert_eq!(none.kind(), io::ErrorKind::WouldBlock);
+    }
+}
