@@ -64,7 +64,8 @@ impl Handoff {
 }
 
 /// What became of a hand-off attempt. The bytes the caller gave to write have been written
-/// when the hand-off was armed ([`Attempt::Spliced`], [`Attempt::Again`]), not otherwise.
+/// when the hand-off was armed ([`Attempt::Spliced`], [`Attempt::Again`],
+/// [`Attempt::Abandoned`]), not otherwise.
 pub enum Attempt {
     /// Both sockets are closed (silently): the kernel carries the connection.
     Spliced,
@@ -76,6 +77,9 @@ pub enum Attempt {
     /// Never again on this connection (its legs cannot be translated); the entries are gone.
     /// Nothing was written.
     Never,
+    /// Never again on this connection: the attempt was armed and the bytes were written, then
+    /// completing it failed; the entries are gone. The caller must not write the bytes again.
+    Abandoned,
     /// Writing to the client failed.
     Failed(io::Error),
 }
@@ -387,7 +391,7 @@ impl Runtime {
                 self.stats.errors.fetch_add(1, Relaxed);
                 let _ = handoff.observed.disarm(&self.flows);
                 self.remove_entries(keys);
-                return Attempt::Never;
+                return Attempt::Abandoned;
             }
         }
         let Handoff {

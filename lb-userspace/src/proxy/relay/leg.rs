@@ -40,12 +40,14 @@ pub(super) enum Tried {
     Again,
     /// Still relayed, for good. What was to be written was not.
     Never,
+    /// Still relayed, for good; what was to be written was (the attempt failed after that).
+    Abandoned,
 }
 
 impl Tried {
     /// Whether the bytes given to the attempt were written.
     pub(super) fn wrote(self) -> bool {
-        matches!(self, Self::Spliced | Self::Again)
+        matches!(self, Self::Spliced | Self::Again | Self::Abandoned)
     }
 }
 
@@ -170,6 +172,7 @@ impl Leg {
                 Ok(Tried::Again)
             }
             Attempt::Never => Ok(Tried::Never),
+            Attempt::Abandoned => Ok(Tried::Abandoned),
             Attempt::Failed(error) => Err(error),
         })
     }

@@ -49,7 +49,7 @@ impl Splicing<'_> {
                 self.tracker.failed();
                 false
             }
-            Some(Tried::Never) => {
+            Some(Tried::Never | Tried::Abandoned) => {
                 self.tracker.never();
                 false
             }

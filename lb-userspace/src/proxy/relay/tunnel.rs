@@ -37,7 +37,7 @@ pub(super) async fn tunnel_leg<C: ClientIo>(
                 return;
             }
             Tried::Raced | Tried::Again => {}
-            Tried::Never => break,
+            Tried::Never | Tried::Abandoned => break,
         }
         // A leg that can be spliced has a client socket (see `ClientIo`).
         let Some(socket) = client.socket() else { break };
