@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The header a proxy appends the client's address to.
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
@@ -55,14 +56,22 @@ pub(super) fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
+/// The `X-Forwarded-For` value that goes to the server, written to `out`: what earlier proxies
+/// wrote (`earlier`, the first such header), then `client`. The one rule both transports use.
+pub(super) fn forwarded_for(earlier: Option<&[u8]>, client: IpAddr, out: &mut Vec<u8>) {
+    if let Some(earlier) = earlier.filter(|v| !v.trim_ascii().is_empty()) {
+        out.extend_from_slice(earlier);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.to_string().as_bytes());
+}
+
 /// Appends `client` to `X-Forwarded-For`, keeping what earlier proxies wrote.
 pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let client = client.to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {client}"),
-        _ => client,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    let mut value = Vec::new();
+    let earlier = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
+    forwarded_for(earlier, client, &mut value);
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }

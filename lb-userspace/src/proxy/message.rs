@@ -7,12 +7,10 @@ use std::{net::IpAddr, ops::Range};
 
 use bytes::Bytes;
 
-use super::headers::HOP_BY_HOP;
+use super::headers::{self, HOP_BY_HOP, X_FORWARDED_FOR};
 use crate::cookie;
 
 const MAX_HEADERS: usize = 100;
-
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// A request the relay forwards itself: HTTP/1.1, a body framed by Content-Length (or none),
 /// no `Expect`; an upgrade only without a body.
@@ -110,7 +108,7 @@ impl RequestHead {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut forwarded_for = None;
         for (name, value) in self.pairs() {
-            if name.eq_ignore_ascii_case(X_FORWARDED_FOR.as_bytes()) {
+            if name.eq_ignore_ascii_case(X_FORWARDED_FOR.as_str().as_bytes()) {
                 forwarded_for = forwarded_for.or(Some(value));
                 continue;
             }
@@ -123,13 +121,9 @@ impl RequestHead {
             push_header(&mut out, b"upgrade", &self.raw[protocol.clone()]);
             push_header(&mut out, b"connection", b"upgrade");
         }
-        out.extend_from_slice(X_FORWARDED_FOR.as_bytes());
+        out.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        if let Some(earlier) = forwarded_for.filter(|v| !v.trim_ascii().is_empty()) {
-            out.extend_from_slice(earlier);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(client.to_string().as_bytes());
+        headers::forwarded_for(forwarded_for, client, &mut out);
         out.extend_from_slice(b"\r\n\r\n");
         out
     }
