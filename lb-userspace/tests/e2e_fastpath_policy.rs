@@ -59,6 +59,7 @@ fn keepalive_every_second(conn: &std::net::TcpStream) {
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
     ] {
         let one: libc::c_int = 1;
+        // SAFETY: a live socket, and a pointer to an int with its size.
         let rc = unsafe {
             libc::setsockopt(
                 conn.as_raw_fd(),

@@ -386,6 +386,7 @@ fn reloads_and_upgrades_under_load_fail_no_request_and_move_no_session() {
     );
     thread::sleep(Duration::from_millis(300));
     let pid = rig.daemon_pid().unwrap();
+    // SAFETY: kill(2) takes plain integers; the pid is the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(wait_until(Duration::from_secs(5), || rig
         .daemon_pid()

@@ -26,6 +26,7 @@ pub use netns::Topology;
 /// Returns false (after saying why) when privileged tests cannot run here; panics instead when
 /// they are required.
 pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     // lb-userspace/build.rs sets this cfg when it found no eBPF object to embed.
     let has_object = !cfg!(stickylb_no_ebpf);
@@ -120,6 +121,7 @@ impl Proc {
     }
 
     pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) takes plain integers; the pid is this process's own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
