@@ -2,10 +2,11 @@
 
 use std::{fs, process::Command};
 
+use netns_kit::probe_stdout;
 use serde::Serialize;
 
 use super::env::HAPROXY;
-use crate::{host::probe_stdout, workspace};
+use crate::workspace;
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Machine {

@@ -14,7 +14,6 @@ mod check;
 mod client;
 mod contender;
 mod env;
-mod host;
 mod hosts;
 mod load;
 mod logtail;

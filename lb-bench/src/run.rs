@@ -16,7 +16,7 @@ use crate::{
     bpfstats,
     contender::Contender,
     env::{remove_stale, Env, HAPROXY},
-    host, machine, others,
+    machine, others,
     plan::Plan,
     procs::{self, SignalGuard},
     profile,
@@ -27,7 +27,7 @@ use crate::{
 };
 
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    if !host::is_root() {
+    if !netns_kit::is_root() {
         bail!(
             "the bench needs root (network namespaces, BPF maps): run `cargo xtask bench` as \
              root or with `sudo -E env PATH=$PATH cargo xtask bench`"

@@ -23,13 +23,29 @@ pub struct ServerState {
     pub name: Arc<str>,
     pub addr: SocketAddr,
     up: AtomicBool,
-    in_flight: AtomicU64,
+    in_flight: OwnLine<AtomicU64>,
     pub stats: ServerStats,
     check: Mutex<CheckStatus>,
 }
 
-/// Monotonic counters of one server.
+/// A value on a cache line of its own. The counters every request writes, from every worker,
+/// are kept off the line of the fields every routing decision reads (name, address, up):
+/// sharing one, each write would take that line from the other CPUs' caches.
 #[derive(Default)]
+#[repr(align(64))]
+struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Monotonic counters of one server, on cache lines of their own (see [`OwnLine`]).
+#[derive(Default)]
+#[repr(align(64))]
 pub struct ServerStats {
     /// Sessions newly stuck to this server (new cookies, redispatches, Set-Cookie learned).
     pub sessions_total: AtomicU64,
@@ -56,7 +72,7 @@ impl ServerState {
             name: Arc::from(name),
             addr,
             up: AtomicBool::new(true),
-            in_flight: AtomicU64::new(0),
+            in_flight: OwnLine(AtomicU64::new(0)),
             stats: ServerStats::default(),
             check: Mutex::new(CheckStatus::default()),
         }

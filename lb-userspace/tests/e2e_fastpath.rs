@@ -12,10 +12,8 @@
 mod common;
 
 use std::{
-    fs::File,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     path::Path,
     sync::{mpsc, mpsc::Receiver},
     thread,
@@ -43,31 +41,18 @@ use stickylb::{
 
 /// Runs `f` on a thread that joined network namespace `ns` (network namespaces are per thread).
 fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    thread::spawn(move || {
-        join_netns(&path);
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
+    spawn_in_netns(ns, f).join().expect("netns thread panicked")
 }
 
 fn spawn_in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
+    let ns = ns.to_owned();
     thread::spawn(move || {
-        join_netns(&path);
+        netns_kit::enter(&ns).unwrap_or_else(|e| panic!("{ns}: {e}"));
         f()
     })
-}
-
-fn join_netns(path: &str) {
-    let file = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // SAFETY: a valid namespace fd; only this thread changes namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// The interface of namespace `ns` that carries `addr`.

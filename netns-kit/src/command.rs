@@ -27,6 +27,21 @@ pub fn run(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs `command` quietly and returns its stdout if it could start and exited successfully.
+/// For probes ("which version?", "is it installed?"), where failing to run is an answer rather
+/// than an error.
+pub fn probe_stdout(command: &mut Command) -> Option<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// The command line, for messages.
 pub fn describe(command: &Command) -> String {
     std::iter::once(command.get_program())

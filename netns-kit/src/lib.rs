@@ -25,12 +25,13 @@ mod netns;
 mod sys;
 
 pub use self::{
-    command::{describe, run},
+    command::{describe, probe_stdout, run},
     error::Error,
     layout::{Lan, LanAddrs, Routed, RoutedAddrs},
     link::{veth, Switch},
     names::{Names, Stale},
     netns::{command_in, enter, exists, path, pids, remove, NetNs, NETNS_DIR},
+    sys::is_root,
 };
 
 /// What this crate's functions return.

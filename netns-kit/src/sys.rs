@@ -1,4 +1,4 @@
-//! The two system calls the kit makes itself; everything else is iproute2's.
+//! The system calls the kit makes itself; everything else is iproute2's.
 
 use std::{fs::File, io, os::fd::AsRawFd as _};
 
@@ -21,4 +21,10 @@ pub(crate) fn join_net(file: &File) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Whether this process runs as root (the kit needs it; its users ask before they start).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }

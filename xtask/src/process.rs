@@ -3,18 +3,14 @@
 use std::{
     env,
     ffi::OsStr,
-    process::{Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus},
 };
 
 use anyhow::{bail, Context as _};
+/// Whether we already run as root, so privileged commands need no `sudo`.
+pub(crate) use netns_kit::is_root;
 
 use crate::workspace;
-
-/// Whether we already run as root, so privileged commands need no `sudo`.
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// Whether `pid` is a live (not zombie) process, from /proc.
 pub(crate) fn alive(pid: u32) -> bool {
@@ -63,19 +59,7 @@ pub(crate) fn run_status(command: &mut Command) -> anyhow::Result<ExitStatus> {
         .with_context(|| format!("could not start `{}`", describe(command)))
 }
 
-/// Runs `command` quietly and returns its stdout if it could start and exited successfully.
-/// For probes ("is X installed?"), where failing to run is an answer rather than an error.
-pub(crate) fn probe_stdout(command: &mut Command) -> Option<String> {
-    let output = command
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
+pub(crate) use netns_kit::probe_stdout;
 
 /// The command line, for messages.
 pub(crate) fn describe(command: &Command) -> String {

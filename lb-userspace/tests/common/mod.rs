@@ -26,8 +26,7 @@ pub use netns::Topology;
 /// Returns false (after saying why) when privileged tests cannot run here; panics instead when
 /// they are required.
 pub fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = netns_kit::is_root();
     // lb-userspace/build.rs sets this cfg when it found no eBPF object to embed.
     let has_object = !cfg!(stickylb_no_ebpf);
     if root && has_object {
