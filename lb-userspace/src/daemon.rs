@@ -33,6 +33,7 @@ use crate::{
     dataplane::{self, DataplaneError},
     error_chain, fastpath,
     monitor::{self, Shared},
+    operate::Operator,
     peers,
     proxy::{drain::Drain, listener, workers::Workers, Frontend},
     reload::{self, Live},
@@ -132,6 +133,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         instance: config.instance.name.clone(),
         handover: std::mem::take(&mut sockets.handover),
         reload: reload_command(&live, &options),
+        operate: {
+            let operator = Operator::new(backends.clone());
+            Box::new(move |operation| operator.apply(operation))
+        },
         stop: Arc::clone(&successor),
         stopped_accepting: stopped_rx,
     };

@@ -7,7 +7,8 @@
 //! established connections in the kernel; [`monitor`] serves the
 //! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`reload`]
 //! applies a configuration in place; [`control`] answers `stickylb reload` and hands sockets to
-//! a successor; [`routing`] builds the backends and frontends from a configuration; [`daemon`]
+//! a successor, and [`operate`] carries out the operator's requests on it; [`routing`] builds
+//! the backends and frontends from a configuration; [`daemon`]
 //! wires them together (nothing depends on it). Every system call the crate makes itself is in
 //! [`sys`], the only module allowed `unsafe`.
 
@@ -23,6 +24,7 @@ pub mod dataplane;
 pub mod fastpath;
 pub mod health;
 pub mod monitor;
+pub mod operate;
 pub mod peers;
 pub mod proxy;
 pub mod reload;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use stickylb::{
     config::{backend_id, Config},
-    control,
+    control::{self, command::Operation},
     daemon::RunOptions,
     dataplane,
     table::{field_text, now_ms, pinned::DurableTable},
@@ -64,6 +64,18 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a server of the running instance: `ready`, `drain` (its sessions stay, no new
+    /// ones), `maint` (no traffic; its sessions go elsewhere) or `weight N` (0..=256). Kept
+    /// across reloads, upgrades and restarts.
+    Server {
+        #[command(flatten)]
+        target: Target,
+        /// BACKEND/SERVER.
+        server: String,
+        /// ready | drain | maint | weight N
+        #[arg(num_args = 1..=2, required = true)]
+        action: Vec<String>,
     },
     /// Print the connections the kernel fast path splices, from the pinned flow map (works
     /// while the daemon runs or is stopped).
@@ -156,6 +168,24 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             print_table(&target.load()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Server {
+            target,
+            server,
+            action,
+        } => {
+            let config = target.load()?;
+            let line = format!("server {server} {}", action.join(" "));
+            let parsed = Operation::parse(&line)
+                .and_then(|operation| operation.ok_or_else(|| format!("{line:?} is no request")));
+            let operation = match parsed {
+                Ok(operation) => operation,
+                Err(why) => {
+                    eprintln!("stickylb: {why}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            operate(&config, &operation)
+        }
         Command::Fastpath { target, json } => {
             print_fastpath(&target.load()?, json)?;
             Ok(ExitCode::SUCCESS)
@@ -183,6 +213,28 @@ fn reload_in_place(config: &Config) -> anyhow::Result<ExitCode> {
                 "stickylb: reload rejected: {}",
                 reply.trim_start_matches("error ")
             );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Sends `operation` to the running instance and prints its answer.
+fn operate(config: &Config, operation: &Operation) -> anyhow::Result<ExitCode> {
+    let path = &config.instance.control_socket;
+    let reply = control::send_operation(path, operation).with_context(|| {
+        format!(
+            "no running instance {} answers on {}",
+            config.instance.name,
+            path.display()
+        )
+    })?;
+    match reply {
+        Ok(done) => {
+            println!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("stickylb: {why}");
             Ok(ExitCode::FAILURE)
         }
     }

@@ -6,8 +6,10 @@
 //! `stickylb <version> pid <pid> instance <name>`; `takeover` -> one message carrying the
 //! listening sockets (`SCM_RIGHTS`) and a JSON line describing them; the successor then sends
 //! `ready` once it serves, and we answer `bye` once we stopped accepting and our table writes
-//! are flushed. Then we drain and exit.
+//! are flushed. Then we drain and exit. The operator's requests (`server ...`, `table ...`,
+//! see [`command`]) -> `ok <what changed>` | `error <why>`.
 
+pub mod command;
 pub mod systemd;
 
 use std::{
@@ -29,6 +31,7 @@ use tokio::{
     sync::{watch, Notify},
 };
 
+use self::command::Operation;
 use crate::sys::fds;
 
 /// How long a client may take to send its request line.
@@ -37,8 +40,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Request lines are short words.
-const MAX_LINE: usize = 256;
+/// Request lines are a few words (a cookie value is the longest).
+const MAX_LINE: usize = 1024;
 
 /// A listening socket, as handed to a successor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +77,8 @@ pub struct Context {
     pub handover: Handover,
     /// Applies the configuration file in place: a summary, or why not.
     pub reload: Box<dyn Fn() -> Result<String, String> + Send + Sync>,
+    /// Carries out an operator's request: what changed, or why not.
+    pub operate: Box<dyn Fn(Operation) -> Result<String, String> + Send + Sync>,
     /// Asks the daemon to stop (a successor took over).
     pub stop: Arc<Notify>,
     /// Turns true once the daemon stopped accepting and flushed its table writes.
@@ -164,9 +169,33 @@ async fn handle(stream: UnixStream, context: Arc<Context>) {
             }
         }
         "takeover" => return hand_over(stream, &context).await,
-        other => format!("error unknown request {other:?} (status, reload, takeover)"),
+        other => match Operation::parse(other) {
+            Ok(Some(operation)) => operate(&context, operation).await,
+            Ok(None) => {
+                format!("error unknown request {other:?} (status, reload, takeover, server, table)")
+            }
+            Err(why) => format!("error {why}"),
+        },
     };
     let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+}
+
+/// Runs an operator's request off the async workers (it may write to the pinned maps).
+async fn operate(context: &Arc<Context>, operation: Operation) -> String {
+    // The request line is not logged: it may carry a session cookie. The handler's answer
+    // says what changed without one.
+    let context = Arc::clone(context);
+    match tokio::task::spawn_blocking(move || (context.operate)(operation)).await {
+        Ok(Ok(done)) => {
+            tracing::info!("control socket: {done}");
+            format!("ok {done}")
+        }
+        Ok(Err(why)) => {
+            tracing::warn!("control socket: refused: {why}");
+            format!("error {}", why.replace('\n', "; "))
+        }
+        Err(_) => "error the request's task failed".to_owned(),
+    }
 }
 
 /// Sends our listening sockets, waits for the successor's `ready`, then stops accepting and
@@ -237,6 +266,15 @@ pub fn request(path: &Path, command: &str) -> io::Result<String> {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     Ok(line.trim_end().to_owned())
+}
+
+/// Sends `operation` to the daemon at `path`: what it changed, or why it refused.
+pub fn send_operation(path: &Path, operation: &Operation) -> io::Result<Result<String, String>> {
+    let reply = request(path, &operation.to_string())?;
+    Ok(match reply.strip_prefix("ok ") {
+        Some(done) => Ok(done.to_owned()),
+        None => Err(reply.strip_prefix("error ").unwrap_or(&reply).to_owned()),
+    })
 }
 
 /// The sockets taken from a running daemon, and the line to it.
