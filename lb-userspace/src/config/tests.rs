@@ -171,14 +171,20 @@ fn full_example_parses_with_every_value() {
                     rise: nz(4),
                     fall: nz(5),
                 },
+                slowstart: Duration::ZERO,
+                queue_timeout: Duration::from_secs(5),
                 servers: vec![
                     Server {
                         name: "web1".into(),
                         addr: addr("10.20.0.2:8001"),
+                        weight: 1,
+                        maxconn: 0,
                     },
                     Server {
                         name: "web2".into(),
                         addr: addr("10.20.0.2:8002"),
+                        weight: 1,
+                        maxconn: 0,
                     },
                 ],
             },
@@ -197,9 +203,13 @@ fn full_example_parses_with_every_value() {
                     rise: nz(2),
                     fall: nz(3),
                 },
+                slowstart: Duration::ZERO,
+                queue_timeout: Duration::from_secs(5),
                 servers: vec![Server {
                     name: "api1".into(),
                     addr: addr("[fd00::1]:9000"),
+                    weight: 1,
+                    maxconn: 0,
                 }],
             },
         ],
@@ -958,13 +968,13 @@ fn unknown_keys_name_the_key_and_line() {
     );
     let server = replace(
         13,
-        r#"  { name = "web2", addr = "10.20.0.2:8002", weight = 3 },"#,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", wieght = 3 },"#,
     );
     assert_problem(
         &server,
         Some(13),
-        "backend[0].servers[1].weight",
-        "unknown field `weight`, expected `name` or `addr`",
+        "backend[0].servers[1].wieght",
+        "unknown field `wieght`, expected one of `name`, `addr`, `weight`, `maxconn`",
     );
     let second_frontend = append(
         "\n[[frontend]]\nname = \"b\"\nbind = \"0.0.0.0:1\"\nbackend = \"web\"\nmode = \"http\"\n",
@@ -1019,7 +1029,9 @@ fn dotted_keys_and_header_sub_tables_work() {
         config.backends[0].servers,
         [Server {
             name: "web1".into(),
-            addr: addr("10.20.0.2:8001")
+            addr: addr("10.20.0.2:8001"),
+            weight: 1,
+            maxconn: 0,
         }]
     );
     let port = header.replace(

@@ -20,6 +20,7 @@ use super::{
     MonitorBody, Shared,
 };
 use crate::{
+    backend::{admin::MemorySettings, Route},
     config::Config,
     peers::{link::PeerLink, stats::PeerState},
     table::{self, now_ms},
@@ -58,7 +59,7 @@ servers = [ { name = "api.1", addr = "[::1]:9003" } ]
 fn fixture() -> Shared {
     let config = Config::from_toml(CONFIG).unwrap();
     let store = table::memory::store(1024);
-    let (backends, frontends) = crate::routing::build(&config, &store);
+    let (backends, frontends) = crate::routing::build(&config, &store, &MemorySettings::shared());
 
     let (web, api) = (&backends[0], &backends[1]);
     let (web1, web2) = (web.server("web1").unwrap(), web.server("web2").unwrap());
@@ -77,16 +78,14 @@ fn fixture() -> Shared {
     }
     web.route(Some(b"s1".as_slice()), now);
     web.route(None, now);
-    for _ in 0..5 {
-        drop(web1.start_request());
-    }
+    // The five requests routed above all went to web1 (web2 is down).
     web1.stats.bytes_in.fetch_add(1536, Relaxed);
     web1.stats.bytes_out.fetch_add(3 << 20, Relaxed);
     web1.stats.responses[2].fetch_add(4, Relaxed);
     web1.stats.responses[0].fetch_add(1, Relaxed);
     web1.stats.failures.fetch_add(1, Relaxed);
     api.server("api.1").unwrap().set_up(false);
-    assert!(api.route(None, now).is_none());
+    assert!(matches!(api.route(None, now), Route::NoServer));
 
     Shared {
         peers: Vec::new(),
