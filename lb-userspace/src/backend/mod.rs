@@ -667,3 +667,6 @@ impl BackendState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

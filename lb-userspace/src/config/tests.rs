@@ -1351,3 +1351,40 @@ fn fastpath_rules() {
         "already used by frontend[0].fastpath_interfaces[0]",
     );
 }
+
+#[test]
+fn weights_limits_and_slowstart_are_read_and_checked() {
+    let tuned = replace(
+        13,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", weight = 3, maxconn = 20 },"#,
+    )
+    .replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nslowstart = \"30s\"\nqueue_timeout = \"2s\"\n",
+    );
+    let config = parse(&tuned).unwrap();
+    let web = &config.backends[0];
+    assert_eq!(web.slowstart, Duration::from_secs(30));
+    assert_eq!(web.queue_timeout, Duration::from_secs(2));
+    assert_eq!((web.servers[0].weight, web.servers[0].maxconn), (1, 0));
+    assert_eq!((web.servers[1].weight, web.servers[1].maxconn), (3, 20));
+    let defaults = parse(BASE).unwrap();
+    assert_eq!(defaults.backends[0].slowstart, Duration::ZERO);
+    assert_eq!(defaults.backends[0].queue_timeout, Duration::from_secs(5));
+
+    let heavy = replace(
+        13,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", weight = 257 },"#,
+    );
+    assert_problem(&heavy, Some(13), "backend[0].servers[1].weight", "0..=256");
+    let negative = replace(
+        13,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", maxconn = -1 },"#,
+    );
+    assert_problem(&negative, Some(13), "backend[0].servers[1].maxconn", "");
+    let queue = append("").replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nqueue_timeout = \"0s\"\n",
+    );
+    assert_problem(&queue, Some(11), "backend[0].queue_timeout", "more than 0");
+}
