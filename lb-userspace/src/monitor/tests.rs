@@ -701,3 +701,41 @@ fn page_shows_each_peer() {
     assert!(html.contains("connection reset &lt;script&gt;alert(2)&lt;/script&gt;"));
     assert!(html.contains(r#"href="/api/peers""#));
 }
+
+#[tokio::test]
+async fn the_operators_server_settings_show_on_the_page_the_api_and_the_metrics() {
+    let shared = fixture();
+    let web = &shared.backends[0];
+    web.set_admin("web1", crate::backend::Admin::Drain).unwrap();
+    web.set_weight("web1", 3).unwrap();
+    web.server("web2").unwrap().set_up(true);
+    web.set_admin("web2", crate::backend::Admin::Maint).unwrap();
+
+    let (_, backends) = get_json(&shared, "/api/servers").await;
+    let servers = &backends[0]["servers"];
+    assert_eq!(servers[0]["admin"], "drain");
+    assert_eq!(servers[0]["weight"], 3);
+    assert_eq!(servers[0]["effective_weight"], 0);
+    assert_eq!(servers[1]["admin"], "maint");
+
+    let (_, _, page) = get(&shared, "/monitor").await;
+    assert!(page.contains("<tr class=\"drain\"><td class=\"l\"><b>web1</b>"));
+    assert!(page.contains(">DRAIN</td>"));
+    assert!(page.contains("<tr class=\"maint\"><td class=\"l\"><b>web2</b>"));
+    assert!(page.contains(">MAINT</td>"));
+
+    let (_, _, text) = get(&shared, "/metrics").await;
+    let samples = parse_metrics(&text);
+    let web1 = [("backend", "web"), ("server", "web1")];
+    assert_eq!(value_of(&samples, "stickylb_server_weight", &web1), 3.0);
+    let drain = [("backend", "web"), ("server", "web1"), ("state", "drain")];
+    assert_eq!(
+        value_of(&samples, "stickylb_server_admin_state", &drain),
+        1.0
+    );
+    let ready = [("backend", "web"), ("server", "web1"), ("state", "ready")];
+    assert_eq!(
+        value_of(&samples, "stickylb_server_admin_state", &ready),
+        0.0
+    );
+}
