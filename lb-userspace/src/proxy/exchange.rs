@@ -21,10 +21,14 @@ pub(super) async fn route(
 ) -> Result<(InFlight, Decision), ProxyError> {
     let mut queued: Option<(Instant, QueuedGuard<'_>)> = None;
     loop {
-        // Listen before asking, so that a place freed in between is not missed.
+        // Once queued, listen before asking again, so that a place freed in between is not
+        // missed. (Not before: listening takes the backend's lock, which every request would
+        // then contend for.)
         let freed = backend.freed().notified();
         tokio::pin!(freed);
-        freed.as_mut().enable();
+        if queued.is_some() {
+            freed.as_mut().enable();
+        }
         match backend.route(cookie, now_ms()) {
             Route::Admitted(admitted, decision) => return Ok((admitted, decision)),
             Route::NoServer => {
@@ -34,7 +38,10 @@ pub(super) async fn route(
             }
             Route::Queued => {}
         }
-        let (since, _) = queued.get_or_insert_with(|| (Instant::now(), QueuedGuard::new(backend)));
+        let Some((since, _)) = &queued else {
+            queued = Some((Instant::now(), QueuedGuard::new(backend)));
+            continue;
+        };
         let deadline = *since + backend.queue_timeout();
         if tokio::time::timeout_at(deadline.into(), freed)
             .await
