@@ -8,7 +8,7 @@ use stickylb::{
     config::{backend_id, Config},
     control::{
         self,
-        command::{self, Operation, TableOperation},
+        command::{word, Operation, TableOperation},
     },
     daemon::RunOptions,
     dataplane,
@@ -128,8 +128,9 @@ enum TableChange {
 }
 
 impl TableChange {
-    /// The request to send, and the instance to send it to.
-    fn into_request(self) -> anyhow::Result<(Target, Operation)> {
+    /// The request to send, and the instance to send it to; why not, for a word that cannot be
+    /// sent.
+    fn into_request(self) -> Result<(Target, Operation), String> {
         let (target, operation) = match self {
             Self::Del {
                 backend,
@@ -169,11 +170,6 @@ impl TableChange {
         };
         Ok((target, Operation::Table(operation)))
     }
-}
-
-/// One word of a request (see `control::command::word`).
-fn word(text: &str) -> anyhow::Result<String> {
-    command::word(text).map_err(anyhow::Error::msg)
 }
 
 /// Which instance: its configuration file, and optionally its name.
@@ -257,10 +253,13 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             json,
             change,
         } => match (change, target) {
-            (Some(change), _) => {
-                let (target, operation) = change.into_request()?;
-                operate(&target.load()?, &operation)
-            }
+            (Some(change), _) => match change.into_request() {
+                Ok((target, operation)) => operate(&target.load()?, &operation),
+                Err(why) => {
+                    eprintln!("stickylb: {why}");
+                    Ok(ExitCode::from(2))
+                }
+            },
             (None, Some(target)) => {
                 print_table(&target.load()?, json)?;
                 Ok(ExitCode::SUCCESS)
