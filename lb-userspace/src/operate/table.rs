@@ -129,7 +129,7 @@ mod tests {
              servers = [ { name = \"s1\", addr = \"127.0.0.1:2\" }, { name = \"s2\", addr = \"127.0.0.1:3\" } ]\n",
         )
         .unwrap();
-        Operator::new(vec![Arc::new(BackendState::new(
+        Operator::new(vec![Arc::new(BackendState::in_memory(
             &config.backends[0],
             store,
         ))])
