@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+pub use crate::config::MAX_WEIGHT;
+
 /// A request that changes what the running daemon does, answered by its operator handler.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -48,8 +50,6 @@ pub enum TableOperation {
         server: Option<String>,
     },
 }
-
-pub use crate::config::MAX_WEIGHT;
 
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
