@@ -22,7 +22,7 @@ use tokio::{
 
 pub use self::error::StartError;
 use self::{
-    durable::{adopt_table, open_durable, open_settings, sweep_expired},
+    durable::{adopt_table, forget_orphaned_settings, open_durable, open_settings, sweep_expired},
     signals::{Event, Signals},
     sockets::{finish_takeover, take_over, Sockets},
 };
@@ -74,6 +74,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let store = Store::new(Arc::new(durable), config.peers.is_some());
     let settings = open_settings(&pin_root)?;
     let (backends, frontends) = routing::build(&config, &store, &settings);
+    forget_orphaned_settings(&settings, &backends);
     adopt_table(&store, &backends)?;
 
     let live = Arc::new(Live::start(config.clone(), backends.clone()));

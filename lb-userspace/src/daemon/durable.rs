@@ -83,6 +83,17 @@ pub(super) fn open_settings(pin_root: &Path) -> Result<SharedSettings, StartErro
     Ok(Arc::new(settings))
 }
 
+/// Forgets the settings of servers whose backend is gone from the configuration (each backend
+/// forgets those of its own servers that are gone when it builds them).
+pub(super) fn forget_orphaned_settings(settings: &SharedSettings, backends: &[Arc<BackendState>]) {
+    for (backend_id, server) in settings.servers() {
+        if !backends.iter().any(|b| b.id == backend_id) {
+            tracing::info!(backend_id = format_args!("{backend_id:08x}"), %server, "backend removed from the configuration: forgetting its server's admin state and weight");
+            settings.forget(backend_id, &server);
+        }
+    }
+}
+
 fn log_origin(origin: Origin, path: &std::path::Path, capacity: u32) {
     match origin {
         Origin::Created => {
