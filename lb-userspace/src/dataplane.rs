@@ -87,6 +87,77 @@ pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
     })
 }
 
+/// The root of PID 1's view of the file system: where the host's mounts are seen from a
+/// private mount namespace.
+const INIT_ROOT: &str = "/proc/1/root";
+
+/// Whether what is pinned under a pin root outlives this process.
+#[derive(Debug)]
+pub enum Durability {
+    /// The pin root's bpffs is the one PID 1 sees: pins stay until they are removed.
+    Durable,
+    /// The pin root's bpffs is not PID 1's: it goes with this process's mount namespace, and
+    /// the next start begins with an empty table.
+    Private(PrivateBpffs),
+}
+
+/// Why a pin root's bpffs is taken to be private to this process's mount namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateBpffs {
+    #[error("PID 1 does not see {path} (no {init_view})")]
+    NotSeenByInit { path: PathBuf, init_view: PathBuf },
+    #[error(
+        "{path} is on another bpf filesystem than PID 1 sees there (device {ours:#x} here, \
+         {theirs:#x} in {init_view})"
+    )]
+    OtherDevice {
+        path: PathBuf,
+        init_view: PathBuf,
+        ours: u64,
+        theirs: u64,
+    },
+    #[error(
+        "cannot tell whether PID 1 sees the bpf filesystem of {path} (comparing with {init_view})"
+    )]
+    Unknown {
+        path: PathBuf,
+        init_view: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether `pin_root` (which exists) is on a bpffs that outlives this process: the one PID 1's
+/// mount namespace has at the same path. Under `ip netns exec` (which gives the command a
+/// fresh /sys, so [`prepare_pin_root`] mounts a bpffs of its own) or in a container without
+/// the host's bpffs it is not. Inside a container PID 1 is the container's init, so a bpffs
+/// mounted in the container's own mount namespace counts as durable here although it ends
+/// with the container.
+pub fn pin_root_durability(pin_root: &Path) -> Durability {
+    let path = std::fs::canonicalize(pin_root).unwrap_or_else(|_| pin_root.to_owned());
+    let init_view = Path::new(INIT_ROOT).join(path.strip_prefix("/").unwrap_or(&path));
+    let devices = bpffs::device_of(&path).and_then(|ours| match bpffs::device_of(&init_view) {
+        Ok(theirs) => Ok(Some((ours, theirs))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    });
+    match devices {
+        Ok(Some((ours, theirs))) if ours == theirs => Durability::Durable,
+        Ok(Some((ours, theirs))) => Durability::Private(PrivateBpffs::OtherDevice {
+            path,
+            init_view,
+            ours,
+            theirs,
+        }),
+        Ok(None) => Durability::Private(PrivateBpffs::NotSeenByInit { path, init_view }),
+        Err(source) => Durability::Private(PrivateBpffs::Unknown {
+            path,
+            init_view,
+            source,
+        }),
+    }
+}
+
 /// The embedded eBPF object (for loaders that need their own options, like the fast path), or
 /// [`NoEbpfObject`] when this build has none.
 pub fn ebpf_object() -> Result<&'static [u8], NoEbpfObject> {
