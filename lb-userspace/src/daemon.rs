@@ -68,8 +68,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         control = Some(control::bind(&control_path, false)?);
     }
     let pin_root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
-    dataplane::prepare_pin_root(&pin_root)?;
-    let table_durable = check_durability(&pin_root);
+    let origin = dataplane::prepare_pin_root(&pin_root)?;
+    let table_durable = check_durability(&pin_root, origin);
     let durable = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
     let map_capacity = durable.capacity()?;
     let store = Store::new(Arc::new(durable), config.peers.is_some());

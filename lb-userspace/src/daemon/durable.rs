@@ -11,7 +11,7 @@ use super::error::StartError;
 use crate::{
     backend::BackendState,
     config::Config,
-    dataplane::{self, Durability},
+    dataplane::{self, BpffsOrigin, Durability},
     table::{
         self,
         pinned::{self, DurableError, DurableTable, Origin},
@@ -26,10 +26,19 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 /// Whether the table pinned under `pin_root` outlives this process. When it does not, says so
 /// at ERROR level with the ways out, and the daemon runs on: the table works, it is only lost
 /// with the process (the monitor shows "durable: no").
-pub(super) fn check_durability(pin_root: &Path) -> bool {
-    match dataplane::pin_root_durability(pin_root) {
+pub(super) fn check_durability(pin_root: &Path, origin: BpffsOrigin) -> bool {
+    match dataplane::pin_root_durability(pin_root, origin) {
         Durability::Durable => {
             tracing::info!(path = %pin_root.display(), "the pin directory is on the host's bpffs: the stick table outlives restarts");
+            true
+        }
+        Durability::Unverified { init_view, source } => {
+            tracing::warn!(
+                path = %pin_root.display(),
+                "cannot tell whether the stick table outlives restarts: reading {} failed ({source}); \
+                 the bpffs was mounted before this process started, so it is taken as the host's",
+                init_view.display()
+            );
             true
         }
         Durability::Private(why) => {
