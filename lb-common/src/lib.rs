@@ -57,6 +57,55 @@ const _: () = assert!(size_of::<StickKey>() == 48);
 const _: () = assert!(size_of::<StickEntry>() == 40);
 
 // ---------------------------------------------------------------------------------------------
+// The operator's server settings (docs/OPERATIONS.md): admin state and runtime weight of each
+// server, kept beside the stick table so that reloads, upgrades, restarts and crashes keep them.
+// ---------------------------------------------------------------------------------------------
+
+/// Name of the server settings map in the eBPF object (and the file name it is pinned under).
+pub const SERVER_ADMIN_MAP: &str = "SERVER_ADMIN";
+
+/// Capacity of [`SERVER_ADMIN_MAP`]: servers across every backend. A plain hash map: an entry
+/// is an operator's decision and must never be evicted.
+pub const SERVER_ADMIN_ENTRIES: u32 = 4096;
+
+/// [`ServerAdminEntry::admin`]: serves as usual.
+pub const SERVER_ADMIN_READY: u32 = 0;
+/// Keeps its sessions, takes no new ones.
+pub const SERVER_ADMIN_DRAIN: u32 = 1;
+/// Takes no traffic; its sessions are redispatched.
+pub const SERVER_ADMIN_MAINT: u32 = 2;
+
+/// Key of [`SERVER_ADMIN_MAP`]: a server by backend and name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServerAdminKey {
+    /// As in [`StickKey::backend_id`].
+    pub backend_id: u32,
+    /// NUL-padded server name.
+    pub server: [u8; SERVER_NAME_LEN],
+}
+
+/// Value of [`SERVER_ADMIN_MAP`]: what the operator set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerAdminEntry {
+    /// `SERVER_ADMIN_READY`, `SERVER_ADMIN_DRAIN` or `SERVER_ADMIN_MAINT`.
+    pub admin: u32,
+    /// The weight set at run time (0..=256).
+    pub weight: u32,
+    /// The configuration's weight when `weight` was set: a configuration that changed the
+    /// server's weight since wins over the runtime one.
+    pub config_weight: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+    /// When the operator last changed it, in milliseconds since the Unix epoch.
+    pub changed_ms: u64,
+}
+
+const _: () = assert!(size_of::<ServerAdminKey>() == 36);
+const _: () = assert!(size_of::<ServerAdminEntry>() == 24);
+
+// ---------------------------------------------------------------------------------------------
 // The TCP splice fast path (docs/SPLICE.md). One `SPLICE_FLOWS` entry per direction of an
 // observed or spliced connection, keyed by the 4-tuple as the packet arrives on the load
 // balancer's interface.
@@ -271,4 +320,6 @@ mod pod {
     unsafe impl aya::Pod for super::StickEntry {}
     unsafe impl aya::Pod for super::SpliceKey {}
     unsafe impl aya::Pod for super::SpliceEntry {}
+    unsafe impl aya::Pod for super::ServerAdminKey {}
+    unsafe impl aya::Pod for super::ServerAdminEntry {}
 }

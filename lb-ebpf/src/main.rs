@@ -3,6 +3,8 @@
 //! - `STICK_TABLE`: the durable copy of the stick table. Userspace owns every read and write;
 //!   the map exists in the kernel so that it outlives the daemon (pinned under
 //!   `<pin_dir>/<instance>/v1/STICK_TABLE`) and so that `bpftool map dump` decodes it with BTF.
+//! - `SERVER_ADMIN`: the operator's server settings (admin state, runtime weight), pinned
+//!   beside the table for the same reasons; userspace only.
 //! - `splice_ingress`: the TCP splice fast path (`docs/SPLICE.md`), a TC classifier on the
 //!   ingress of the load balancer's interfaces, with its maps `SPLICE_FLOWS` and
 //!   `SPLICE_STATS` (see [`ingress`]).

@@ -5,7 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    SpliceEntry, SpliceKey, StickEntry, StickKey, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
+    ServerAdminEntry, ServerAdminKey, SpliceEntry, SpliceKey, StickEntry, StickKey,
+    SERVER_ADMIN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
     STICK_TABLE_DEFAULT_ENTRIES,
 };
 
@@ -17,6 +18,15 @@ pub(crate) static STICK_TABLE: LruHashMap<
     StickEntry,
     { STICK_TABLE_DEFAULT_ENTRIES as usize },
 > = LruHashMap::new();
+
+/// The operator's server settings (admin state, runtime weight). Written by userspace only;
+/// defined here so that it is created, pinned and described (BTF) like the stick table.
+#[btf_map]
+pub(crate) static SERVER_ADMIN: HashMap<
+    ServerAdminKey,
+    ServerAdminEntry,
+    { SERVER_ADMIN_ENTRIES as usize },
+> = HashMap::new();
 
 /// Observed and spliced TCP flows, one entry per direction, keyed by the 4-tuple as the packet
 /// arrives (layout and states: docs/SPLICE.md). Userspace creates, arms, disarms and deletes

@@ -1,9 +1,12 @@
 //! Choosing a server for a request that is not (or no longer) stuck to one.
 //!
-//! Selection only ever sees the servers that are up. Round robin advances only when it is asked
+//! Selection only ever sees the servers that take new sessions (a weight above zero: up, ready,
+//! not drained) and have room below their `maxconn`. Round robin advances only when it is asked
 //! to choose, which happens for new sessions, redispatches and cookie-less requests, never for
 //! a sticky hit: that is what makes sessions 21-25 of the demo (README.md, step 4) land on 6,
-//! 7, 1, 2, 3.
+//! 7, 1, 2, 3. With weights that differ it is a smooth weighted round robin (each server's
+//! share in proportion to its weight, interleaved); with equal weights it is the plain rotation
+//! in configuration order, whatever the weight.
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -17,9 +20,31 @@ use crate::config::Balance;
 /// What selection knows of a server (the backend's server state implements it): selection
 /// depends on this, not on the backend.
 pub trait Candidate {
-    fn is_up(&self) -> bool;
+    /// Its share of new sessions in [`WEIGHT_SCALE`] units; 0: it takes none.
+    fn weight(&self) -> u32;
+    /// Whether it can take one more request now (below its `maxconn`).
+    fn has_room(&self) -> bool;
     /// Requests in flight.
     fn in_flight(&self) -> u64;
+}
+
+/// Weights are kept in these units internally, so that a server ramping up from weight 1
+/// (`slowstart`) still has steps between nothing and all.
+pub const WEIGHT_SCALE: u32 = 16;
+
+/// The weight `server` is chosen with now: 0 when it takes no new session or has no room.
+fn usable<S: Candidate>(server: &S) -> u32 {
+    match server.weight() {
+        0 => 0,
+        weight if server.has_room() => weight,
+        _ => 0,
+    }
+}
+
+/// Requests in flight per unit of weight, to compare servers of different weights: with equal
+/// weights, the order of requests in flight.
+fn load<S: Candidate>(server: &S, weight: u32) -> u64 {
+    ((server.in_flight() + 1) << 16) / u64::from(weight.max(1))
 }
 
 /// A load-balancing algorithm.
@@ -71,26 +96,79 @@ pub fn algorithm_name(balance: Balance) -> &'static str {
     }
 }
 
-/// Servers in configuration order, skipping those that are down.
+/// Servers in configuration order, skipping those that take no new session; in proportion to
+/// their weights when these differ.
 #[derive(Default)]
 pub struct RoundRobin {
-    next: Mutex<usize>,
+    state: Mutex<Rotation>,
+}
+
+#[derive(Default)]
+struct Rotation {
+    /// Where the plain rotation goes on.
+    next: usize,
+    /// The smooth weighted round robin's running credit of each server, by position.
+    credit: Vec<i64>,
 }
 
 impl<S: Candidate> Select<S> for RoundRobin {
     fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
-        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = servers.len();
-        let start = *next % count.max(1);
-        let (index, server) = (0..count)
-            .map(|offset| (start + offset) % count)
-            .find_map(|i| servers.get(i).filter(|s| s.is_up()).map(|s| (i, s)))?;
-        *next = index + 1;
-        Some(Arc::clone(server))
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut lowest, mut highest) = (u32::MAX, 0);
+        for weight in servers.iter().map(|s| usable(&**s)).filter(|w| *w > 0) {
+            lowest = lowest.min(weight);
+            highest = highest.max(weight);
+        }
+        if highest == 0 {
+            return None;
+        }
+        let index = if lowest == highest {
+            state.rotate(servers)?
+        } else {
+            state.weighted(servers)?
+        };
+        servers.get(index).cloned()
     }
 }
 
-/// The server with the fewest requests in flight; ties are broken in rotation.
+impl Rotation {
+    /// The next usable server at or after `next`, in configuration order.
+    fn rotate<S: Candidate>(&mut self, servers: &[Arc<S>]) -> Option<usize> {
+        let count = servers.len();
+        let start = self.next % count.max(1);
+        let index = (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|i| servers.get(*i).is_some_and(|s| usable(&**s) > 0))?;
+        self.next = index + 1;
+        Some(index)
+    }
+
+    /// Smooth weighted round robin: every usable server earns its weight; the richest (the
+    /// first among equals) is chosen and pays the total.
+    fn weighted<S: Candidate>(&mut self, servers: &[Arc<S>]) -> Option<usize> {
+        self.credit.resize(servers.len(), 0);
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, server) in servers.iter().enumerate() {
+            let weight = i64::from(usable(&**server));
+            if weight == 0 {
+                continue;
+            }
+            self.credit[i] += weight;
+            total += weight;
+            if best.is_none_or(|b| self.credit[i] > self.credit[b]) {
+                best = Some(i);
+            }
+        }
+        let chosen = best?;
+        self.credit[chosen] -= total;
+        self.next = chosen + 1;
+        Some(chosen)
+    }
+}
+
+/// The server with the fewest requests in flight per unit of weight; ties are broken in
+/// rotation.
 #[derive(Default)]
 pub struct LeastConn {
     rotation: AtomicUsize,
@@ -102,22 +180,52 @@ impl<S: Candidate> Select<S> for LeastConn {
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % count.max(1);
         (0..count)
             .filter_map(|offset| servers.get((start + offset) % count))
-            .filter(|s| s.is_up())
-            .min_by_key(|s| s.in_flight())
-            .cloned()
+            .map(|s| (s, usable(&**s)))
+            .filter(|(_, weight)| *weight > 0)
+            .min_by_key(|(s, weight)| load(&***s, *weight))
+            .map(|(s, _)| Arc::clone(s))
     }
 }
 
-/// Two servers drawn at random; the one with fewer requests in flight wins.
+/// Two servers drawn at random in proportion to their weights; the one with fewer requests in
+/// flight per unit of weight wins.
 pub struct RandomTwoChoices;
 
 impl<S: Candidate> Select<S> for RandomTwoChoices {
     fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
-        let up: Vec<&Arc<S>> = servers.iter().filter(|s| s.is_up()).collect();
+        let weights: Vec<(usize, u32)> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, usable(&**s)))
+            .filter(|(_, w)| *w > 0)
+            .collect();
+        let total: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
+        if total == 0 {
+            return None;
+        }
         let mut rng = rand::thread_rng();
-        let a = up.get(rng.gen_range(0..up.len().max(1)))?;
-        let b = up.get(rng.gen_range(0..up.len()))?;
-        let winner = if b.in_flight() < a.in_flight() { b } else { a };
+        let mut draw = || {
+            let mut point = rng.gen_range(0..total);
+            weights.iter().find_map(|&(i, w)| {
+                let w = u64::from(w);
+                if point < w {
+                    Some((i, w))
+                } else {
+                    point -= w;
+                    None
+                }
+            })
+        };
+        let (a, wa) = draw()?;
+        let (b, wb) = draw()?;
+        let (sa, sb) = (servers.get(a)?, servers.get(b)?);
+        let wa = u32::try_from(wa).unwrap_or(u32::MAX);
+        let wb = u32::try_from(wb).unwrap_or(u32::MAX);
+        let winner = if load(&**sb, wb) < load(&**sa, wa) {
+            sb
+        } else {
+            sa
+        };
         Some(Arc::clone(winner))
     }
 }

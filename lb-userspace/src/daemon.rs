@@ -22,7 +22,7 @@ use tokio::{
 
 pub use self::error::StartError;
 use self::{
-    durable::{adopt_table, check_durability, open_durable, sweep_expired},
+    durable::{adopt_table, check_durability, open_durable, open_settings, sweep_expired},
     signals::{Event, Signals},
     sockets::{finish_takeover, take_over, Sockets},
 };
@@ -73,7 +73,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let durable = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
     let map_capacity = durable.capacity()?;
     let store = Store::new(Arc::new(durable), config.peers.is_some());
-    let (backends, frontends) = routing::build(&config, &store);
+    let settings = open_settings(&pin_root)?;
+    let (backends, frontends) = routing::build(&config, &store, &settings);
     adopt_table(&store, &backends)?;
 
     let live = Arc::new(Live::start(config.clone(), backends.clone()));

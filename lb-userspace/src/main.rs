@@ -6,7 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use stickylb::{
     config::{backend_id, Config},
-    control::{self, command::Operation},
+    control::{
+        self,
+        command::{word, Operation, TableOperation},
+    },
     daemon::RunOptions,
     dataplane,
     table::{field_text, now_ms, pinned::DurableTable},
@@ -57,13 +60,17 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Print the stick table from the pinned map (works while the daemon runs or is stopped).
+    /// Print the stick table from the pinned map (works while the daemon runs or is stopped),
+    /// or change it in the running instance (`del`, `set`, `clear`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Table {
         #[command(flatten)]
-        target: Target,
+        target: Option<Target>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        change: Option<TableChange>,
     },
     /// Change a server of the running instance: `ready`, `drain` (its sessions stay, no new
     /// ones), `maint` (no traffic; its sessions go elsewhere) or `weight N` (0..=256). Kept
@@ -86,6 +93,83 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A change to the running instance's stick table. Answers name the backend and server, never
+/// the cookie. A delete is local: peers keep their entries (`docs/PEERS.md`).
+#[derive(Subcommand)]
+enum TableChange {
+    /// Forget one session: its next request is balanced anew.
+    Del {
+        backend: String,
+        /// The session cookie's value.
+        cookie: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stick one session to a server of the backend (peers are told).
+    Set {
+        backend: String,
+        /// The session cookie's value.
+        cookie: String,
+        server: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forget every session of the backend, or only those stuck to one server.
+    Clear {
+        backend: String,
+        /// Only the sessions stuck to this server.
+        #[arg(long)]
+        server: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+impl TableChange {
+    /// The request to send, and the instance to send it to; why not, for a word that cannot be
+    /// sent.
+    fn into_request(self) -> Result<(Target, Operation), String> {
+        let (target, operation) = match self {
+            Self::Del {
+                backend,
+                cookie,
+                target,
+            } => (
+                target,
+                TableOperation::Del {
+                    backend: word(&backend)?,
+                    cookie: word(&cookie)?,
+                },
+            ),
+            Self::Set {
+                backend,
+                cookie,
+                server,
+                target,
+            } => (
+                target,
+                TableOperation::Set {
+                    backend: word(&backend)?,
+                    cookie: word(&cookie)?,
+                    server: word(&server)?,
+                },
+            ),
+            Self::Clear {
+                backend,
+                server,
+                target,
+            } => (
+                target,
+                TableOperation::Clear {
+                    backend: word(&backend)?,
+                    server: server.as_deref().map(word).transpose()?,
+                },
+            ),
+        };
+        Ok((target, Operation::Table(operation)))
+    }
 }
 
 /// Which instance: its configuration file, and optionally its name.
@@ -164,10 +248,24 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Table { target, json } => {
-            print_table(&target.load()?, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Table {
+            target,
+            json,
+            change,
+        } => match (change, target) {
+            (Some(change), _) => match change.into_request() {
+                Ok((target, operation)) => operate(&target.load()?, &operation),
+                Err(why) => {
+                    eprintln!("stickylb: {why}");
+                    Ok(ExitCode::from(2))
+                }
+            },
+            (None, Some(target)) => {
+                print_table(&target.load()?, json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            (None, None) => anyhow::bail!("stickylb table needs --config FILE"),
+        },
         Command::Server {
             target,
             server,

@@ -7,15 +7,24 @@
 
 use std::sync::Arc;
 
-use crate::{backend::BackendState, config::Config, proxy::Frontend, table::Store};
+use crate::{
+    backend::{BackendState, SharedSettings},
+    config::Config,
+    proxy::Frontend,
+    table::Store,
+};
 
-/// The backends' runtime state (their tables in `store`) and the frontends that route to
-/// them. Validation guarantees every frontend names a configured backend.
-pub fn build(config: &Config, store: &Store) -> (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>) {
+/// The backends' runtime state (their tables in `store`, their servers' operator settings in
+/// `settings`) and the frontends that route to them. Validation guarantees every frontend names a configured backend.
+pub fn build(
+    config: &Config,
+    store: &Store,
+    settings: &SharedSettings,
+) -> (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>) {
     let backends: Vec<Arc<BackendState>> = config
         .backends
         .iter()
-        .map(|b| Arc::new(BackendState::new(b, store.clone())))
+        .map(|b| Arc::new(BackendState::new(b, store.clone(), Arc::clone(settings))))
         .collect();
     let frontends = config
         .frontends

@@ -5,13 +5,22 @@
 //! Paths: `/` (or anything) -> the name; `/headers` -> the request headers; `/bytes/N` -> N bytes;
 //! `/chunked/N` -> the same N bytes, chunked;
 //! `/slow/MS` -> the name after MS milliseconds. `?setcookie=V` adds `Set-Cookie: JSESSIONID=V`.
-//! Every response carries `X-Served-By: NAME`.
+//! Every response carries `X-Served-By: NAME` and `X-In-Flight: N`, the requests this listener
+//! was handling when it received this one, itself included (tests check a `maxconn` with it).
 //!
 //! A request with `Upgrade: X` (any X) is answered `101 Switching Protocols`, and `CONNECT` is
 //! answered `200`; the connection then becomes a tunnel whose server side says `NAME\n` and
 //! echoes every byte it receives, until the client closes.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -71,13 +80,26 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(listener: TcpListener, name: Arc<str>) {
+    let in_flight = Arc::new(AtomicU64::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let name = Arc::clone(&name);
+        let in_flight = Arc::clone(&in_flight);
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(Arc::clone(&name), request));
+            let service = service_fn(move |request| {
+                let (name, in_flight) = (Arc::clone(&name), Arc::clone(&in_flight));
+                async move {
+                    let now = in_flight.fetch_add(1, Relaxed) + 1;
+                    let response = respond(name, request).await;
+                    in_flight.fetch_sub(1, Relaxed);
+                    response.map(|mut response| {
+                        response.headers_mut().insert("x-in-flight", now.into());
+                        response
+                    })
+                }
+            });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()

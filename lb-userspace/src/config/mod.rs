@@ -134,6 +134,9 @@ pub enum Balance {
     Random,
 }
 
+/// The highest weight a server may have (HAProxy's bound too).
+pub const MAX_WEIGHT: u16 = 256;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backend {
     pub name: String,
@@ -150,6 +153,12 @@ pub struct Backend {
     /// ones are keyed by a 33-byte digest).
     pub peer_key_len: u8,
     pub health_check: HealthCheck,
+    /// How long a server that comes back (health check, or `stickylb server ... ready`) takes
+    /// to reach its full weight. Zero (the default) is off.
+    pub slowstart: Duration,
+    /// How long a request waits for a server below its `maxconn` before it is answered 503.
+    /// Default 5 s.
+    pub queue_timeout: Duration,
     /// Unique names, non-empty list.
     pub servers: Vec<Server>,
 }
@@ -175,6 +184,11 @@ pub struct Server {
     /// Stable identity of the server: what stick entries point at. At most 31 bytes.
     pub name: String,
     pub addr: SocketAddr,
+    /// Share of new sessions relative to the other servers, 0..=256 (0: none). Default 1.
+    pub weight: u16,
+    /// Requests in flight at most; the others wait in the backend's queue. 0 (the default):
+    /// no limit.
+    pub maxconn: u32,
 }
 
 /// `[peers]`. The same section is meant for every node: the member named like the instance is

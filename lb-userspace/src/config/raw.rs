@@ -77,6 +77,10 @@ pub(super) struct RawBackend {
     pub(super) peer_key_len: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) health_check: Option<RawHealthCheck>,
+    /// Default off (`0s`).
+    pub(super) slowstart: Option<Spanned<RawDuration>>,
+    /// Default `5s`.
+    pub(super) queue_timeout: Option<Spanned<RawDuration>>,
     pub(super) servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
 }
 
@@ -102,6 +106,10 @@ pub(super) struct RawHealthCheck {
 pub(super) struct RawServer {
     pub(super) name: Option<Spanned<String>>,
     pub(super) addr: Option<Spanned<String>>,
+    /// Default 1.
+    pub(super) weight: Option<Spanned<i64>>,
+    /// Default 0: no limit.
+    pub(super) maxconn: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -171,14 +171,20 @@ fn full_example_parses_with_every_value() {
                     rise: nz(4),
                     fall: nz(5),
                 },
+                slowstart: Duration::ZERO,
+                queue_timeout: Duration::from_secs(5),
                 servers: vec![
                     Server {
                         name: "web1".into(),
                         addr: addr("10.20.0.2:8001"),
+                        weight: 1,
+                        maxconn: 0,
                     },
                     Server {
                         name: "web2".into(),
                         addr: addr("10.20.0.2:8002"),
+                        weight: 1,
+                        maxconn: 0,
                     },
                 ],
             },
@@ -197,9 +203,13 @@ fn full_example_parses_with_every_value() {
                     rise: nz(2),
                     fall: nz(3),
                 },
+                slowstart: Duration::ZERO,
+                queue_timeout: Duration::from_secs(5),
                 servers: vec![Server {
                     name: "api1".into(),
                     addr: addr("[fd00::1]:9000"),
+                    weight: 1,
+                    maxconn: 0,
                 }],
             },
         ],
@@ -1058,13 +1068,13 @@ fn unknown_keys_name_the_key_and_line() {
     );
     let server = replace(
         13,
-        r#"  { name = "web2", addr = "10.20.0.2:8002", weight = 3 },"#,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", wieght = 3 },"#,
     );
     assert_problem(
         &server,
         Some(13),
-        "backend[0].servers[1].weight",
-        "unknown field `weight`, expected `name` or `addr`",
+        "backend[0].servers[1].wieght",
+        "unknown field `wieght`, expected one of `name`, `addr`, `weight`, `maxconn`",
     );
     let second_frontend = append(
         "\n[[frontend]]\nname = \"b\"\nbind = \"0.0.0.0:1\"\nbackend = \"web\"\nmode = \"http\"\n",
@@ -1120,7 +1130,9 @@ fn dotted_keys_and_header_sub_tables_work() {
         config.backends[0].servers,
         [Server {
             name: "web1".into(),
-            addr: addr("10.20.0.2:8001")
+            addr: addr("10.20.0.2:8001"),
+            weight: 1,
+            maxconn: 0,
         }]
     );
     let port = header.replace(
@@ -1439,4 +1451,41 @@ fn fastpath_rules() {
         "frontend[0].fastpath_interfaces[1]",
         "already used by frontend[0].fastpath_interfaces[0]",
     );
+}
+
+#[test]
+fn weights_limits_and_slowstart_are_read_and_checked() {
+    let tuned = replace(
+        13,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", weight = 3, maxconn = 20 },"#,
+    )
+    .replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nslowstart = \"30s\"\nqueue_timeout = \"2s\"\n",
+    );
+    let config = parse(&tuned).unwrap();
+    let web = &config.backends[0];
+    assert_eq!(web.slowstart, Duration::from_secs(30));
+    assert_eq!(web.queue_timeout, Duration::from_secs(2));
+    assert_eq!((web.servers[0].weight, web.servers[0].maxconn), (1, 0));
+    assert_eq!((web.servers[1].weight, web.servers[1].maxconn), (3, 20));
+    let defaults = parse(BASE).unwrap();
+    assert_eq!(defaults.backends[0].slowstart, Duration::ZERO);
+    assert_eq!(defaults.backends[0].queue_timeout, Duration::from_secs(5));
+
+    let heavy = replace(
+        13,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", weight = 257 },"#,
+    );
+    assert_problem(&heavy, Some(13), "backend[0].servers[1].weight", "0..=256");
+    let negative = replace(
+        13,
+        r#"  { name = "web2", addr = "10.20.0.2:8002", maxconn = -1 },"#,
+    );
+    assert_problem(&negative, Some(13), "backend[0].servers[1].maxconn", "");
+    let queue = append("").replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nqueue_timeout = \"0s\"\n",
+    );
+    assert_problem(&queue, Some(11), "backend[0].queue_timeout", "more than 0");
 }

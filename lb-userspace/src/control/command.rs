@@ -49,8 +49,7 @@ pub enum TableOperation {
     },
 }
 
-/// The highest weight a server may have.
-pub const MAX_WEIGHT: u16 = 256;
+pub use crate::config::MAX_WEIGHT;
 
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,11 +5,14 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use lb_common::STICK_TABLE_MAP;
+use lb_common::{SERVER_ADMIN_MAP, STICK_TABLE_MAP};
 
 use super::error::StartError;
 use crate::{
-    backend::BackendState,
+    backend::{
+        pinned::{PinnedSettings, SettingsError},
+        BackendState, SharedSettings,
+    },
     config::Config,
     dataplane::{self, BpffsOrigin, Durability},
     table::{
@@ -95,6 +98,26 @@ pub(super) fn open_durable(
     let (durable, origin) = DurableTable::open(fresh, &path, capacity)?;
     log_origin(origin, &path, capacity);
     Ok(durable)
+}
+
+/// Opens the servers' operator settings pinned beside the table, or creates and pins them.
+pub(super) fn open_settings(pin_root: &Path) -> Result<SharedSettings, StartError> {
+    let path = pin_root.join(SERVER_ADMIN_MAP);
+    if path.exists() {
+        let settings = PinnedSettings::open_existing(&path)?;
+        tracing::info!(path = %path.display(), "adopted the pinned server settings");
+        return Ok(Arc::new(settings));
+    }
+    // The object's stick table is made with one entry: only the settings map is taken.
+    let mut ebpf = dataplane::load(1)?;
+    let fresh = ebpf
+        .take_map(SERVER_ADMIN_MAP)
+        .ok_or(SettingsError::MissingMap {
+            name: SERVER_ADMIN_MAP,
+        })?;
+    let settings = PinnedSettings::open(fresh, &path)?;
+    tracing::info!(path = %path.display(), "created the pinned server settings");
+    Ok(Arc::new(settings))
 }
 
 fn log_origin(origin: Origin, path: &std::path::Path, capacity: u32) {

@@ -3,7 +3,8 @@
 use std::{io, net::SocketAddr};
 
 use crate::{
-    control, dataplane::DataplaneError, fastpath::FastPathError, table::pinned::DurableError,
+    backend::pinned::SettingsError, control, dataplane::DataplaneError, fastpath::FastPathError,
+    table::pinned::DurableError,
 };
 
 /// Why the daemon could not start.
@@ -13,6 +14,8 @@ pub enum StartError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Durable(#[from] DurableError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("cannot listen on {addr} for {what}")]
     Bind {
         what: String,

@@ -27,12 +27,30 @@ type ServerValue = fn(&ServerView) -> u64;
 type BackendValue = fn(&BackendView) -> u64;
 type PeerValue = fn(&PeerView) -> u64;
 
-const SERVER_FAMILIES: [(&str, Kind, &str, ServerValue); 8] = [
+const SERVER_FAMILIES: [(&str, Kind, &str, ServerValue); 11] = [
     (
         "stickylb_server_up",
         Kind::Gauge,
         "Whether the server is up (1) or down (0).",
         |s| u64::from(s.state == super::view::State::Up),
+    ),
+    (
+        "stickylb_server_weight",
+        Kind::Gauge,
+        "The server's weight in force (configured, or set with `stickylb server ... weight`).",
+        |s| u64::from(s.weight),
+    ),
+    (
+        "stickylb_server_effective_weight",
+        Kind::Gauge,
+        "The weight balancing uses now, in 1/16: 0 when the server takes no new sessions, lower while it ramps up (slowstart).",
+        |s| u64::from(s.effective_weight),
+    ),
+    (
+        "stickylb_server_maxconn",
+        Kind::Gauge,
+        "Requests in flight the server takes at most (0: no limit).",
+        |s| u64::from(s.maxconn),
     ),
     (
         "stickylb_server_in_flight",
@@ -78,7 +96,7 @@ const SERVER_FAMILIES: [(&str, Kind, &str, ServerValue); 8] = [
     ),
 ];
 
-const BACKEND_FAMILIES: [(&str, Kind, &str, BackendValue); 4] = [
+const BACKEND_FAMILIES: [(&str, Kind, &str, BackendValue); 7] = [
     (
         "stickylb_backend_table_entries",
         Kind::Gauge,
@@ -102,6 +120,24 @@ const BACKEND_FAMILIES: [(&str, Kind, &str, BackendValue); 4] = [
         Kind::Counter,
         "Sessions learned from a server's Set-Cookie.",
         |b| b.stats.learned,
+    ),
+    (
+        "stickylb_backend_queued",
+        Kind::Gauge,
+        "Requests waiting for a server below its maxconn.",
+        |b| b.stats.queued,
+    ),
+    (
+        "stickylb_backend_queued_total",
+        Kind::Counter,
+        "Requests that waited for a server below its maxconn.",
+        |b| b.stats.queued_total,
+    ),
+    (
+        "stickylb_backend_queue_timeouts_total",
+        Kind::Counter,
+        "Queued requests answered 503 after the backend's queue_timeout.",
+        |b| b.stats.queue_timeouts,
     ),
 ];
 
@@ -217,6 +253,23 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
                 "{name}{{{}}} {}",
                 ServerLabels(backend, server),
                 value(server)
+            )?;
+        }
+    }
+    let name = "stickylb_server_admin_state";
+    header(
+        out,
+        name,
+        Kind::Gauge,
+        "The operator's admin state of the server: 1 for the state it is in (ready, drain, maint).",
+    )?;
+    for (backend, server) in servers(snapshot) {
+        for state in ["ready", "drain", "maint"] {
+            writeln!(
+                out,
+                "{name}{{{},state=\"{state}\"}} {}",
+                ServerLabels(backend, server),
+                u64::from(server.admin == state)
             )?;
         }
     }

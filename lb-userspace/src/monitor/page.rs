@@ -44,6 +44,10 @@ tr.down td{background:#fff1f1}
 td.state{font-weight:700;text-align:center}
 tr.up td.state{background:#c0ffc0;color:#065f16}
 tr.down td.state{background:#ff9090;color:#7f1010}
+tr.drain td{background:#eef6ff}
+tr.drain td.state{background:#9fd0ff;color:#0b3a66}
+tr.maint td{background:#f6efe6}
+tr.maint td.state{background:#d6b48c;color:#5a3411}
 tr.connecting td{background:#fffbeb}
 tr.connecting td.state{background:#ffd97a;color:#7a4a00}
 tfoot td{background:#e8e8d0;font-weight:600;border-bottom:0}
@@ -168,10 +172,11 @@ fn write_backend(out: &mut String, b: &BackendView) -> fmt::Result {
     )?;
     write_cards(out, b)?;
     out.push_str(
-        "<div class=\"scroll\"><table><thead><tr class=\"groups\"><th colspan=\"3\">Server</th><th colspan=\"2\">Sessions</th>\
+        "<div class=\"scroll\"><table><thead><tr class=\"groups\"><th colspan=\"5\">Server</th><th colspan=\"2\">Sessions</th>\
          <th>Requests</th><th colspan=\"2\">Bytes</th><th colspan=\"6\">Responses</th>\
          <th>Errors</th><th colspan=\"4\">Health check</th></tr>\
          <tr><th class=\"l\">Name</th><th class=\"l\">Address</th><th>State</th>\
+         <th title=\"weight in force (ramping: during slowstart)\">Weight</th><th title=\"requests in flight at most\">Max</th>\
          <th class=\"g\">In flight</th><th>Total</th><th class=\"g\">Total</th>\
          <th class=\"g\">In</th><th>Out</th>",
     );
@@ -217,6 +222,8 @@ fn write_cards(out: &mut String, b: &BackendView) -> fmt::Result {
         ("No cookie", stats.no_cookie),
         ("No server (503)", stats.no_server),
         ("Learned (Set-Cookie)", stats.learned),
+        ("Queued now", stats.queued),
+        ("Queue timeouts (503)", stats.queue_timeouts),
     ];
     for (label, value) in cards {
         write!(
@@ -230,16 +237,26 @@ fn write_cards(out: &mut String, b: &BackendView) -> fmt::Result {
 }
 
 fn write_server(out: &mut String, s: &ServerView) -> fmt::Result {
-    let (row, state) = match s.state {
-        State::Up => ("up", State::Up.as_str()),
-        State::Down => ("down", State::Down.as_str()),
+    // As HAProxy's page: maintenance shows over everything, a drain over UP.
+    let (row, state) = match (s.admin, s.state) {
+        ("maint", _) => ("maint", "MAINT"),
+        (_, State::Down) => ("down", State::Down.as_str()),
+        ("drain", State::Up) => ("drain", "DRAIN"),
+        (_, State::Up) => ("up", State::Up.as_str()),
+    };
+    let ramping = if s.slowstart { " (ramping)" } else { "" };
+    let maxconn = if s.maxconn == 0 {
+        "-".to_owned()
+    } else {
+        s.maxconn.to_string()
     };
     write!(
         out,
         "<tr class=\"{row}\"><td class=\"l\"><b>{}</b></td><td class=\"l\">{}</td><td class=\"state\">{state}</td>\
-         <td class=\"g\">{}</td><td>{}</td><td class=\"g\">{}</td><td class=\"g\">{}</td><td>{}</td>",
+         <td>{}{ramping}</td><td>{maxconn}</td><td class=\"g\">{}</td><td>{}</td><td class=\"g\">{}</td><td class=\"g\">{}</td><td>{}</td>",
         Html(&s.name),
         s.addr,
+        s.weight,
         Num(s.in_flight),
         Num(s.sessions_total),
         Num(s.requests_total),
@@ -292,7 +309,7 @@ fn write_totals(out: &mut String, b: &BackendView) -> fmt::Result {
     write!(
         out,
         "<tfoot><tr><td class=\"l\" colspan=\"2\">Backend total</td><td class=\"state\">{} / {} up</td>\
-         <td class=\"g\">{}</td><td>{}</td><td class=\"g\">{}</td><td class=\"g\">{}</td><td>{}</td>",
+         <td colspan=\"2\"></td><td class=\"g\">{}</td><td>{}</td><td class=\"g\">{}</td><td class=\"g\">{}</td><td>{}</td>",
         b.servers_up(),
         b.servers.len(),
         Num(sum(|s| s.in_flight)),

@@ -20,6 +20,7 @@ use super::{
     CookieMask, MonitorBody, Shared,
 };
 use crate::{
+    backend::{admin::MemorySettings, Route},
     config::Config,
     peers::{link::PeerLink, stats::PeerState},
     table::{self, now_ms},
@@ -61,7 +62,7 @@ pub(super) const MASK_KEY: [u8; 32] = [1; 32];
 pub(super) fn fixture() -> Shared {
     let config = Config::from_toml(CONFIG).unwrap();
     let store = table::memory::store(1024);
-    let (backends, frontends) = crate::routing::build(&config, &store);
+    let (backends, frontends) = crate::routing::build(&config, &store, &MemorySettings::shared());
 
     let (web, api) = (&backends[0], &backends[1]);
     let (web1, web2) = (web.server("web1").unwrap(), web.server("web2").unwrap());
@@ -80,16 +81,14 @@ pub(super) fn fixture() -> Shared {
     }
     web.route(Some(b"s1".as_slice()), now);
     web.route(None, now);
-    for _ in 0..5 {
-        drop(web1.start_request());
-    }
+    // The five requests routed above all went to web1 (web2 is down).
     web1.stats.bytes_in.fetch_add(1536, Relaxed);
     web1.stats.bytes_out.fetch_add(3 << 20, Relaxed);
     web1.stats.responses[2].fetch_add(4, Relaxed);
     web1.stats.responses[0].fetch_add(1, Relaxed);
     web1.stats.failures.fetch_add(1, Relaxed);
     api.server("api.1").unwrap().set_up(false);
-    assert!(api.route(None, now).is_none());
+    assert!(matches!(api.route(None, now), Route::NoServer));
 
     Shared {
         peers: Vec::new(),
@@ -712,4 +711,42 @@ fn page_shows_each_peer() {
     assert!(!html.contains("<script>"));
     assert!(html.contains("connection reset &lt;script&gt;alert(2)&lt;/script&gt;"));
     assert!(html.contains(r#"href="/api/peers""#));
+}
+
+#[tokio::test]
+async fn the_operators_server_settings_show_on_the_page_the_api_and_the_metrics() {
+    let shared = fixture();
+    let web = &shared.backends[0];
+    web.set_admin("web1", crate::backend::Admin::Drain).unwrap();
+    web.set_weight("web1", 3).unwrap();
+    web.server("web2").unwrap().set_up(true);
+    web.set_admin("web2", crate::backend::Admin::Maint).unwrap();
+
+    let (_, backends) = get_json(&shared, "/api/servers").await;
+    let servers = &backends[0]["servers"];
+    assert_eq!(servers[0]["admin"], "drain");
+    assert_eq!(servers[0]["weight"], 3);
+    assert_eq!(servers[0]["effective_weight"], 0);
+    assert_eq!(servers[1]["admin"], "maint");
+
+    let (_, _, page) = get(&shared, "/monitor").await;
+    assert!(page.contains("<tr class=\"drain\"><td class=\"l\"><b>web1</b>"));
+    assert!(page.contains(">DRAIN</td>"));
+    assert!(page.contains("<tr class=\"maint\"><td class=\"l\"><b>web2</b>"));
+    assert!(page.contains(">MAINT</td>"));
+
+    let (_, _, text) = get(&shared, "/metrics").await;
+    let samples = parse_metrics(&text);
+    let web1 = [("backend", "web"), ("server", "web1")];
+    assert_eq!(value_of(&samples, "stickylb_server_weight", &web1), 3.0);
+    let drain = [("backend", "web"), ("server", "web1"), ("state", "drain")];
+    assert_eq!(
+        value_of(&samples, "stickylb_server_admin_state", &drain),
+        1.0
+    );
+    let ready = [("backend", "web"), ("server", "web1"), ("state", "ready")];
+    assert_eq!(
+        value_of(&samples, "stickylb_server_admin_state", &ready),
+        0.0
+    );
 }

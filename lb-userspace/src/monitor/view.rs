@@ -98,6 +98,11 @@ pub(super) struct BackendCounters {
     pub(super) no_server: u64,
     /// Sessions learned from a server's `Set-Cookie`.
     pub(super) learned: u64,
+    /// Requests waiting for a server below its `maxconn` now.
+    pub(super) queued: u64,
+    pub(super) queued_total: u64,
+    /// Queued requests answered 503 after `queue_timeout`.
+    pub(super) queue_timeouts: u64,
 }
 
 #[derive(Serialize)]
@@ -106,6 +111,16 @@ pub(super) struct ServerView {
     pub(super) name: String,
     pub(super) addr: SocketAddr,
     pub(super) state: State,
+    /// The operator's admin state: `ready`, `drain` or `maint`.
+    pub(super) admin: &'static str,
+    /// The weight in force (configured or set at run time), and the share balancing uses now
+    /// (0 when the server takes no new sessions; lower while it ramps up after `slowstart`),
+    /// in units of 1/16.
+    pub(super) weight: u16,
+    pub(super) effective_weight: u32,
+    pub(super) slowstart: bool,
+    /// 0: no limit.
+    pub(super) maxconn: u32,
     pub(super) in_flight: u64,
     pub(super) sessions_total: u64,
     pub(super) requests_total: u64,
@@ -274,6 +289,9 @@ impl BackendView {
                 no_cookie: stats.no_cookie.load(Relaxed),
                 no_server: stats.no_server.load(Relaxed),
                 learned: stats.learned.load(Relaxed),
+                queued: stats.queued.load(Relaxed),
+                queued_total: stats.queued_total.load(Relaxed),
+                queue_timeouts: stats.queue_timeouts.load(Relaxed),
             },
             servers: backend
                 .servers()
@@ -300,6 +318,11 @@ impl ServerView {
             } else {
                 State::Down
             },
+            admin: server.admin().as_str(),
+            weight: server.weight(),
+            effective_weight: server.effective_weight(),
+            slowstart: server.ramping(),
+            maxconn: server.maxconn(),
             in_flight: server.in_flight(),
             sessions_total: stats.sessions_total.load(Relaxed),
             requests_total: stats.requests_total.load(Relaxed),

@@ -29,6 +29,10 @@ pub enum ProxyError {
     /// Every server of the backend is down.
     #[error("no server is up in backend {backend}")]
     NoServer { backend: String },
+    /// Every server that could take the request stayed at its `maxconn` for the backend's
+    /// `queue_timeout`.
+    #[error("queued for {waited_ms} ms in backend {backend}: every server that could take the request stayed at its maxconn")]
+    QueueTimeout { backend: String, waited_ms: u64 },
     /// The chosen server could not be reached or failed mid-exchange (hyper's client).
     #[error("server {server} failed")]
     Upstream {
@@ -82,6 +86,8 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::NoServer { .. } => Side::Config,
+            // The servers are busy, not failing: the limit is the configuration's.
+            Self::QueueTimeout { .. } => Side::Config,
             Self::Upstream { .. } | Self::UpstreamTimeout { .. } | Self::ServerIo { .. } => {
                 Side::Server
             }
@@ -131,6 +137,7 @@ impl ProxyError {
     pub fn answer(&self) -> &'static Answer {
         match self {
             Self::NoServer { .. } => &NO_SERVER,
+            Self::QueueTimeout { .. } => &QUEUE_TIMEOUT,
             Self::Upstream { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ServerIo { .. }
@@ -220,6 +227,13 @@ pub(super) static SERVER_FAILED: Answer = answer!(
     54,
     "503 Service Unavailable: the server failed to answer.\n"
 );
+pub(super) static QUEUE_TIMEOUT: Answer = answer!(
+    SERVICE_UNAVAILABLE,
+    503,
+    "Service Unavailable",
+    76,
+    "503 Service Unavailable: every server is busy; the request waited too long.\n"
+);
 pub(super) static BAD_REQUEST: Answer =
     answer!(BAD_REQUEST, 400, "Bad Request", 16, "400 Bad Request\n");
 pub(super) static REQUEST_TIMEOUT: Answer = answer!(
@@ -255,7 +269,13 @@ mod tests {
 
     #[test]
     fn raw_answers_say_their_length_and_match_the_hyper_ones() {
-        for answer in [&NO_SERVER, &SERVER_FAILED, &BAD_REQUEST, &REQUEST_TIMEOUT] {
+        for answer in [
+            &NO_SERVER,
+            &SERVER_FAILED,
+            &QUEUE_TIMEOUT,
+            &BAD_REQUEST,
+            &REQUEST_TIMEOUT,
+        ] {
             let raw = std::str::from_utf8(answer.raw).unwrap();
             let (head, body) = raw.split_once("\r\n\r\n").unwrap();
             assert_eq!(body, answer.body);

@@ -3,30 +3,74 @@
 //! one [`Access`] record that counts the outcome against the server and writes the access-log
 //! line, or answers a failure. Transports only move bytes. See docs/PIPELINE.md.
 
-use std::{
-    fmt,
-    net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::Instant,
-};
+use std::{fmt, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Instant};
 
 use super::{error::ProxyError, Frontend};
 use crate::{
-    backend::{BackendState, Decision, ServerState},
+    backend::{BackendState, Decision, InFlight, Route, ServerState},
     error_chain,
     table::now_ms,
 };
 
-/// The server for a request carrying `cookie` (the stickiness cookie's value, if any).
-pub(super) fn route(
+/// The server for a request carrying `cookie` (the stickiness cookie's value, if any), with
+/// the request's place there. When every server that could take it is at its `maxconn`, the
+/// request waits in the backend's queue, at most `queue_timeout`.
+pub(super) async fn route(
     backend: &BackendState,
     cookie: Option<&[u8]>,
-) -> Result<(Arc<ServerState>, Decision), ProxyError> {
-    backend
-        .route(cookie, now_ms())
-        .ok_or_else(|| ProxyError::NoServer {
-            backend: backend.name.clone(),
-        })
+) -> Result<(InFlight, Decision), ProxyError> {
+    let mut queued: Option<(Instant, QueuedGuard<'_>)> = None;
+    loop {
+        // Once queued, listen before asking again, so that a place freed in between is not
+        // missed. (Not before: listening takes the backend's lock, which every request would
+        // then contend for.)
+        let freed = backend.freed().notified();
+        tokio::pin!(freed);
+        if queued.is_some() {
+            freed.as_mut().enable();
+        }
+        match backend.route(cookie, now_ms()) {
+            Route::Admitted(admitted, decision) => return Ok((admitted, decision)),
+            Route::NoServer => {
+                return Err(ProxyError::NoServer {
+                    backend: backend.name.clone(),
+                })
+            }
+            Route::Queued => {}
+        }
+        let Some((since, _)) = &queued else {
+            queued = Some((Instant::now(), QueuedGuard::new(backend)));
+            continue;
+        };
+        let deadline = *since + backend.queue_timeout();
+        if tokio::time::timeout_at(deadline.into(), freed)
+            .await
+            .is_err()
+        {
+            backend.stats.queue_timeouts.fetch_add(1, Relaxed);
+            return Err(ProxyError::QueueTimeout {
+                backend: backend.name.clone(),
+                waited_ms: u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+    }
+}
+
+/// Counts a request in the backend's queue while it waits.
+struct QueuedGuard<'a>(&'a BackendState);
+
+impl<'a> QueuedGuard<'a> {
+    fn new(backend: &'a BackendState) -> Self {
+        backend.stats.queued_total.fetch_add(1, Relaxed);
+        backend.stats.queued.fetch_add(1, Relaxed);
+        Self(backend)
+    }
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stats.queued.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Records the session a response set (`Set-Cookie` of the stickiness cookie) for `server`:

@@ -189,15 +189,15 @@ impl Proxy {
             via: Via::Hyper,
             started,
         };
-        let (server, decision) = match exchange::route(backend, cookie.as_deref()) {
+        let (in_flight, decision) = match exchange::route(backend, cookie.as_deref()).await {
             Ok(routed) => routed,
             Err(error) => {
                 access.failed(&error);
                 return error.into_response();
             }
         };
+        let server = Arc::clone(in_flight.server());
         access.routed = Some((&server, decision));
-        let in_flight = server.start_request();
         let forwarded = self
             .forward(backend, &in_flight, client, request, upgrade)
             .await;
@@ -364,7 +364,7 @@ mod tests {
              [[backend]]\nname = \"web\"\nhealth_check = {{ enabled = false }}\nservers = [ {{ name = \"s1\", addr = \"{addr}\" }} ]\n"
         ))
         .unwrap();
-        let backend = BackendState::new(&config.backends[0], table::memory::store(64));
+        let backend = BackendState::in_memory(&config.backends[0], table::memory::store(64));
         let frontend = Arc::new(Frontend::new("www".into(), Arc::new(backend)));
         let proxy = Arc::new(Proxy::new(Duration::from_secs(1), Duration::from_secs(5)));
         let (ours, mut client) = tokio::io::duplex(64 * 1024);

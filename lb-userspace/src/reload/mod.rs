@@ -88,6 +88,8 @@ pub struct BackendChanges {
     pub health_check: bool,
     /// The algorithm before and after.
     pub balance: Option<(Balance, Balance)>,
+    /// Weights and limits that changed: `be1 weight 1 -> 3`, `queue_timeout 5s -> 1s`.
+    pub tuned: Vec<String>,
 }
 
 impl Live {
@@ -225,7 +227,11 @@ impl fmt::Display for ReloadSummary {
 
 impl BackendChanges {
     fn is_empty(&self) -> bool {
-        !self.servers_changed() && !self.reordered && !self.health_check && self.balance.is_none()
+        !self.servers_changed()
+            && !self.reordered
+            && !self.health_check
+            && self.balance.is_none()
+            && self.tuned.is_empty()
     }
 
     fn servers_changed(&self) -> bool {
@@ -258,6 +264,7 @@ impl fmt::Display for BackendChanges {
             let (before, after) = (algorithm_name(before), algorithm_name(after));
             items.push(format!("balance {before} -> {after}"));
         }
+        items.extend(self.tuned.iter().cloned());
         write!(f, "{}: {}", self.backend, items.join(", "))
     }
 }
@@ -304,6 +311,7 @@ fn backend_changes(old: &config::Backend, new: &config::Backend) -> BackendChang
             != names(&new.servers, &|s| find(&old.servers, &s.name).is_some()),
         health_check: old.health_check != new.health_check,
         balance: (old.balance != new.balance).then_some((old.balance, new.balance)),
+        tuned: tuning_changes(old, new),
     }
 }
 
@@ -429,6 +437,42 @@ fn backend_differences(old: &[config::Backend], new: &[config::Backend], what: &
     }
 }
 
+/// The weights, `maxconn`s, `slowstart` and `queue_timeout` that differ, applied in place.
+fn tuning_changes(old: &config::Backend, new: &config::Backend) -> Vec<String> {
+    let mut tuned = Vec::new();
+    for after in &new.servers {
+        let Some(before) = old.servers.iter().find(|s| s.name == after.name) else {
+            continue;
+        };
+        let name = &after.name;
+        if before.weight != after.weight {
+            tuned.push(format!(
+                "{name} weight {} -> {}",
+                before.weight, after.weight
+            ));
+        }
+        if before.maxconn != after.maxconn {
+            tuned.push(format!(
+                "{name} maxconn {} -> {}",
+                before.maxconn, after.maxconn
+            ));
+        }
+    }
+    if old.slowstart != new.slowstart {
+        tuned.push(format!(
+            "slowstart {:?} -> {:?}",
+            old.slowstart, new.slowstart
+        ));
+    }
+    if old.queue_timeout != new.queue_timeout {
+        tuned.push(format!(
+            "queue_timeout {:?} -> {:?}",
+            old.queue_timeout, new.queue_timeout
+        ));
+    }
+    tuned
+}
+
 fn peers_differences(
     old: Option<&config::Peers>,
     new: Option<&config::Peers>,
@@ -473,6 +517,8 @@ fn fixed_part(config: &Config, base: &Config) -> Config {
             backend.servers = from.servers.clone();
             backend.health_check = from.health_check.clone();
             backend.balance = from.balance;
+            backend.slowstart = from.slowstart;
+            backend.queue_timeout = from.queue_timeout;
         }
     }
     fixed.frontends.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::{routing, table};
+use crate::{backend::admin::MemorySettings, routing, table};
 
 /// `servers` and `extra` (appended) vary; the rest is fixed.
 fn config(servers: &str, backend: &str, extra: &str) -> Config {
@@ -142,7 +142,7 @@ fn frontends_and_backends_added_or_removed_are_refused() {
 async fn a_reload_keeps_server_state_and_applies_all_or_nothing() {
     let old = config(THREE, "", "");
     let store = table::memory::store(1024);
-    let (backends, _frontends) = routing::build(&old, &store);
+    let (backends, _frontends) = routing::build(&old, &store, &MemorySettings::shared());
     let live = Live::start(old.clone(), backends.clone());
     let web = &backends[0];
     let before = web.servers();

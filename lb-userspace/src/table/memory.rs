@@ -60,9 +60,8 @@ impl Storage for MemoryStorage {
         Ok(true)
     }
 
-    fn delete(&self, key: &StickKey) -> io::Result<()> {
-        self.lock().pop(key);
-        Ok(())
+    fn delete(&self, key: &StickKey) -> io::Result<bool> {
+        Ok(self.lock().pop(key).is_some())
     }
 
     fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()> {

@@ -11,12 +11,13 @@
 //! forgotten on lookup, swept from the recent ones every second, and from the map by a
 //! periodic [`scan`].
 //!
-//! Parts: [`key`] turns a cookie into a map key; [`store`] is what a store must do and the
+//! Parts: `edit` is what an operator changes by hand; [`key`] turns a cookie into a map key; [`store`] is what a store must do and the
 //! handle every table shares; [`pinned`] is that store as a pinned BPF map (opened, adopted or
 //! migrated); [`scan`] reads the whole store; `replica` is what peers need from a table. The
 //! map's format and the table's lifecycle across reloads, restarts and crashes are in
 //! `docs/TABLE.md`.
 
+mod edit;
 pub mod key;
 #[cfg(test)]
 pub mod memory;
@@ -39,6 +40,7 @@ use lru::LruCache;
 
 use self::replica::UpdateLog;
 pub use self::{
+    edit::Cleared,
     key::{field_text, stick_key, to_field},
     replica::{rank, Pending, RemoteOutcome, TeachEntry, CONFLICT_WINDOW_MS},
     scan::{scan, ScanMode, ScanReport},

@@ -189,8 +189,8 @@ impl Storage for DurableTable {
         bpf::insert_new(&self.map, key, entry)
     }
 
-    fn delete(&self, key: &StickKey) -> io::Result<()> {
-        bpf::delete(&self.map, key).map(drop)
+    fn delete(&self, key: &StickKey) -> io::Result<bool> {
+        bpf::delete(&self.map, key)
     }
 
     /// In batches of a few thousand entries, one syscall each; entry by entry on a kernel

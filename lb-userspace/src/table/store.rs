@@ -23,8 +23,8 @@ pub trait Storage: Send + Sync {
     /// Stores `entry` only if `key` has none: `Ok(false)` when it has one (atomically, also
     /// against other processes writing the store).
     fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> io::Result<bool>;
-    /// Deleting an absent key is not an error.
-    fn delete(&self, key: &StickKey) -> io::Result<()>;
+    /// Deleting an absent key is not an error: `Ok(false)`.
+    fn delete(&self, key: &StickKey) -> io::Result<bool>;
     /// Every entry, a batch at a time, in no particular order. Entries written meanwhile may or
     /// may not be seen.
     fn scan(&self, visit: &mut dyn FnMut(&[Stored])) -> io::Result<()>;
@@ -102,10 +102,13 @@ impl Store {
             .ok()
     }
 
-    pub(super) fn delete(&self, key: &StickKey) {
-        if let Err(error) = self.storage.delete(key) {
+    /// Deletes `key`'s entry. Returns whether the store held one (false also when the delete
+    /// failed, logged).
+    pub(super) fn delete(&self, key: &StickKey) -> bool {
+        self.storage.delete(key).unwrap_or_else(|error| {
             tracing::error!(%error, "deleting from the stick table failed");
-        }
+            false
+        })
     }
 
     /// Every stored entry, a batch at a time (see [`Storage::scan`]).

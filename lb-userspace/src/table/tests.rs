@@ -3,28 +3,28 @@ use std::sync::Arc;
 use super::{memory::MemoryStorage, *};
 
 /// A table of backend 1 on a store of its own, and that store.
-fn table(capacity: u32, expire: Duration) -> (StickTable, Arc<MemoryStorage>) {
+pub(super) fn table(capacity: u32, expire: Duration) -> (StickTable, Arc<MemoryStorage>) {
     let storage = Arc::new(MemoryStorage::new(capacity as usize));
     let store = store_on(&storage);
     (on(&store, capacity, expire), storage)
 }
 
 /// A store (replicated: tables on it keep an update log) over `storage`.
-fn store_on(storage: &Arc<MemoryStorage>) -> Store {
+pub(super) fn store_on(storage: &Arc<MemoryStorage>) -> Store {
     Store::new(Arc::clone(storage) as Arc<dyn Storage>, true)
 }
 
-fn on(store: &Store, capacity: u32, expire: Duration) -> StickTable {
+pub(super) fn on(store: &Store, capacity: u32, expire: Duration) -> StickTable {
     StickTable::new(1, NonZeroU32::new(capacity).unwrap(), expire, store.clone())
 }
 
 /// Sticks `key` to `server`, whatever it was stuck to.
-fn set(table: &StickTable, key: StickKey, server: &str, now_ms: u64) {
+pub(super) fn set(table: &StickTable, key: StickKey, server: &str, now_ms: u64) {
     table.resolve(key, now_ms, |_| Some(((), Some(Arc::from(server)))));
 }
 
 /// Sticks `c0`..`c<count - 1>` to `s1`, `ci` last seen at `i` ms.
-fn fill(table: &StickTable, count: u32) {
+pub(super) fn fill(table: &StickTable, count: u32) {
     for i in 0..count {
         set(
             table,
@@ -36,14 +36,14 @@ fn fill(table: &StickTable, count: u32) {
 }
 
 /// The server `key` is stuck to, as a request would find it (a hit, refreshing it).
-fn get(table: &StickTable, key: &StickKey, now_ms: u64) -> Option<String> {
+pub(super) fn get(table: &StickTable, key: &StickKey, now_ms: u64) -> Option<String> {
     table.resolve(*key, now_ms, |current| {
         current.map(|s| (s.to_owned(), None))
     })
 }
 
 /// What the store holds for `key`: server and last-seen time.
-fn stored(storage: &MemoryStorage, key: &StickKey) -> Option<(String, u64)> {
+pub(super) fn stored(storage: &MemoryStorage, key: &StickKey) -> Option<(String, u64)> {
     let entry = storage.get(key).unwrap()?;
     Some((field_text(&entry.server), entry.last_seen_ms))
 }
@@ -131,7 +131,13 @@ fn hot_hits_are_written_back_at_most_once_a_second() {
 }
 
 /// Writes an entry straight into the store, as a previous process left it.
-fn left_behind(storage: &MemoryStorage, backend_id: u32, cookie: &[u8], server: &str, seen: u64) {
+pub(super) fn left_behind(
+    storage: &MemoryStorage,
+    backend_id: u32,
+    cookie: &[u8],
+    server: &str,
+    seen: u64,
+) {
     let entry = StickEntry {
         server: to_field(server).unwrap(),
         last_seen_ms: seen,
@@ -319,7 +325,7 @@ fn two_processes_deciding_one_new_session_agree_on_the_first_stored_choice() {
 }
 
 /// The servers of the update log entries after `after`, oldest first.
-fn logged(table: &StickTable, after: u64) -> Vec<(String, String)> {
+pub(super) fn logged(table: &StickTable, after: u64) -> Vec<(String, String)> {
     table
         .updates_after(after, usize::MAX)
         .into_iter()

@@ -10,7 +10,7 @@ use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
     Backend, Balance, Config, FastPathMode, FastPathPolicy, Frontend, HealthCheck, Instance,
-    PeerMember, Peers, PortRange, Server, Timeouts,
+    PeerMember, Peers, PortRange, Server, Timeouts, MAX_WEIGHT,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -351,6 +351,18 @@ impl Checker<'_> {
             1..=i64::from(MAX_PEER_KEY_LEN),
         );
         let health_check = self.health_check(key, raw.health_check.as_ref());
+        let slowstart = self.duration(
+            raw.slowstart.as_ref(),
+            &format!("{key}.slowstart"),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        let queue_timeout = self.duration(
+            raw.queue_timeout.as_ref(),
+            &format!("{key}.queue_timeout"),
+            Duration::from_secs(5),
+            MS,
+        );
         let servers = self.servers(key, &span, raw);
         Some(Backend {
             name: name?,
@@ -360,6 +372,8 @@ impl Checker<'_> {
             expire: expire?,
             peer_key_len: u8::try_from(peer_key_len?).ok()?,
             health_check: health_check?,
+            slowstart: slowstart?,
+            queue_timeout: queue_timeout?,
             servers: servers?,
         })
     }
@@ -423,9 +437,23 @@ impl Checker<'_> {
                 }
                 let addr = self.required(&server.addr, Some(&span), &key, "addr");
                 let addr = addr.and_then(|a| self.addr(a, &format!("{key}.addr")));
+                let weight = self.integer(
+                    server.weight.as_ref(),
+                    &format!("{key}.weight"),
+                    1,
+                    0..=i64::from(MAX_WEIGHT),
+                );
+                let maxconn = self.integer(
+                    server.maxconn.as_ref(),
+                    &format!("{key}.maxconn"),
+                    0,
+                    0..=1_000_000,
+                );
                 Some(Server {
                     name: name?,
                     addr: addr?,
+                    weight: u16::try_from(weight?).ok()?,
+                    maxconn: u32::try_from(maxconn?).ok()?,
                 })
             })
             .collect();

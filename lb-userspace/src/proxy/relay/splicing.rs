@@ -9,7 +9,7 @@ use super::{
     ClientIo,
 };
 use crate::{
-    backend::{Decision, ServerState},
+    backend::{Admin, Decision, ServerState},
     fastpath::{policy::Tracker, Runtime},
     proxy::{message::RequestHead, pool::Pools},
 };
@@ -25,7 +25,9 @@ impl Splicing<'_> {
     /// Whether the exchange of `request` (routed to `server` by `decision`) should go over a
     /// leg that can be spliced: a tunnel request, or a sticky session's request when the
     /// policy says the connection has lived long enough. Never a request that closes the
-    /// connection (nothing would be left to splice), nor an IPv6 server.
+    /// connection (nothing would be left to splice), nor an IPv6 server. Nor a server with a
+    /// `maxconn` (the kernel would carry requests the limit cannot count) or one the operator
+    /// drains (it is on its way to maintenance, which a spliced connection would not heed).
     pub(super) fn wants(
         &self,
         request: &RequestHead,
@@ -33,6 +35,8 @@ impl Splicing<'_> {
         decision: Decision,
     ) -> bool {
         server.addr.is_ipv4()
+            && server.maxconn() == 0
+            && server.admin() == Admin::Ready
             && !request.close
             && (request.asks_tunnel() || (decision != Decision::NoCookie && self.tracker.due()))
     }

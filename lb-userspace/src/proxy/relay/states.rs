@@ -51,8 +51,8 @@ impl<'a, C: ClientIo> Conn<'a, C> {
             return State::ToHyper;
         };
         let backend = &self.frontend.backend;
-        let (server, decision) =
-            match exchange::route(backend, request.cookie(&backend.stick_cookie)) {
+        let (admitted, decision) =
+            match exchange::route(backend, request.cookie(&backend.stick_cookie)).await {
                 Ok(routed) => routed,
                 Err(error) => {
                     if let Some(leg) = held {
@@ -63,6 +63,7 @@ impl<'a, C: ClientIo> Conn<'a, C> {
                     return State::Closing;
                 }
             };
+        let server = Arc::clone(admitted.server());
         // A candidate exchange goes over a leg that can be spliced and is followed by an
         // attempt; the others are relayed as with the fast path off.
         let candidate = self
@@ -100,7 +101,7 @@ impl<'a, C: ClientIo> Conn<'a, C> {
             decision,
             candidate,
             started: Instant::now(),
-            in_flight: leg.server.start_request(),
+            in_flight: admitted,
             leg,
         })
     }

@@ -27,7 +27,7 @@ fn frontend(server: SocketAddr) -> (Frontend, Proxy) {
          [[backend]]\nname = \"web\"\nhealth_check = {{ enabled = false }}\nservers = [ {{ name = \"s1\", addr = \"{server}\" }} ]\n"
     ))
     .unwrap();
-    let backend = BackendState::new(&config.backends[0], table::memory::store(64));
+    let backend = BackendState::in_memory(&config.backends[0], table::memory::store(64));
     let frontend = Frontend::new("www".into(), Arc::new(backend));
     let proxy = Proxy::new(Duration::from_secs(1), Duration::from_secs(2));
     (frontend, proxy)
