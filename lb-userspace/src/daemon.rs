@@ -22,7 +22,10 @@ use tokio::{
 
 pub use self::error::StartError;
 use self::{
-    durable::{adopt_table, forget_orphaned_settings, open_durable, open_settings, sweep_expired},
+    durable::{
+        adopt_table, check_durability, forget_orphaned_settings, open_durable, open_settings,
+        sweep_expired,
+    },
     signals::{Event, Signals},
     sockets::{finish_takeover, take_over, Sockets},
 };
@@ -68,7 +71,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         control = Some(control::bind(&control_path, false)?);
     }
     let pin_root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
-    dataplane::prepare_pin_root(&pin_root)?;
+    let origin = dataplane::prepare_pin_root(&pin_root)?;
+    let table_durable = check_durability(&pin_root, origin);
     let durable = open_durable(&config, &pin_root, sockets.takeover.is_some())?;
     let map_capacity = durable.capacity()?;
     let store = Store::new(Arc::new(durable), config.peers.is_some());
@@ -101,6 +105,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         peers: peer_links,
         started_ms: table::now_ms(),
         fastpath,
+        cookie_mask: monitor::CookieMask::random(),
+        auth: monitor_auth(&config),
+        table_durable,
     });
 
     tasks.push(tokio::spawn(sweep_expired(
@@ -178,6 +185,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     drop((store, shared, frontends, backends, live));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `[monitor] auth`, as the monitor checks it.
+fn monitor_auth(config: &Config) -> Option<monitor::BasicAuth> {
+    let auth = config.monitor.as_ref()?.auth.as_ref()?;
+    Some(monitor::BasicAuth::new(&auth.user, auth.password.reveal()))
 }
 
 /// What the control socket's `reload` does: the same as SIGHUP, answering the outcome.

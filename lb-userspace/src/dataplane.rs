@@ -67,8 +67,9 @@ pub fn stick_table_path(pin_dir: &Path, instance: &str) -> PathBuf {
 }
 
 /// Makes sure `pin_root` exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf when the
-/// host has not (Debian does not by default).
-pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
+/// host has not (Debian does not by default); says which it was.
+pub fn prepare_pin_root(pin_root: &Path) -> Result<BpffsOrigin, DataplaneError> {
+    let mut origin = BpffsOrigin::Found;
     if !nearest_existing_is_bpffs(pin_root) {
         if !pin_root.starts_with(DEFAULT_BPFFS) {
             return Err(DataplaneError::PinDirOutsideBpffs {
@@ -80,11 +81,105 @@ pub fn prepare_pin_root(pin_root: &Path) -> Result<(), DataplaneError> {
             source,
         })?;
         tracing::info!(path = DEFAULT_BPFFS, "mounted bpffs");
+        origin = BpffsOrigin::MountedHere;
     }
     std::fs::create_dir_all(pin_root).map_err(|source| DataplaneError::CreatePinDir {
         path: pin_root.to_owned(),
         source,
-    })
+    })?;
+    Ok(origin)
+}
+
+/// The root of PID 1's view of the file system: where the host's mounts are seen from a
+/// private mount namespace.
+const INIT_ROOT: &str = "/proc/1/root";
+
+/// How a pin root came to be on a bpf filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpffsOrigin {
+    /// It already was.
+    Found,
+    /// [`prepare_pin_root`] mounted a bpffs at /sys/fs/bpf, which had none.
+    MountedHere,
+}
+
+/// Whether what is pinned under a pin root outlives this process.
+#[derive(Debug)]
+pub enum Durability {
+    /// The pin root's bpffs is the one PID 1 sees: pins stay until they are removed.
+    Durable,
+    /// PID 1's view cannot be read (it takes ptrace access to PID 1, which some sandboxes
+    /// deny), and the bpffs was there before this process: taken as durable.
+    Unverified {
+        init_view: PathBuf,
+        source: io::Error,
+    },
+    /// The pin root's bpffs goes with this process's mount namespace, and the next start
+    /// begins with an empty table.
+    Private(PrivateBpffs),
+}
+
+/// Why a pin root's bpffs is taken to be private to this process's mount namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateBpffs {
+    #[error("PID 1 does not see {path} (no {init_view})")]
+    NotSeenByInit { path: PathBuf, init_view: PathBuf },
+    #[error(
+        "{path} is on another bpf filesystem than PID 1 sees there (device {ours:#x} here, \
+         {theirs:#x} in {init_view})"
+    )]
+    OtherDevice {
+        path: PathBuf,
+        init_view: PathBuf,
+        ours: u64,
+        theirs: u64,
+    },
+    #[error(
+        "this process found no bpffs at {DEFAULT_BPFFS} and mounted one, and cannot read PID \
+         1's view ({init_view}) to see whether PID 1 shares it"
+    )]
+    MountedHere {
+        init_view: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether `pin_root` (which exists, on a bpffs that came as `origin` says) outlives this
+/// process: whether its bpffs is the one PID 1's mount namespace has at the same path. Under
+/// `ip netns exec` (which gives the command a fresh /sys, so [`prepare_pin_root`] mounts a
+/// bpffs of its own) or in a container without the host's bpffs it is not.
+///
+/// Inside a container PID 1 is the container's init, so a bpffs mounted in the container's
+/// own mount namespace counts as durable here although it ends with the container.
+pub fn pin_root_durability(pin_root: &Path, origin: BpffsOrigin) -> Durability {
+    let path = std::fs::canonicalize(pin_root).unwrap_or_else(|_| pin_root.to_owned());
+    let init_view = Path::new(INIT_ROOT).join(path.strip_prefix("/").unwrap_or(&path));
+    let theirs = match bpffs::device_of(&init_view) {
+        Ok(theirs) => theirs,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Durability::Private(PrivateBpffs::NotSeenByInit { path, init_view });
+        }
+        Err(source) => {
+            return match origin {
+                BpffsOrigin::Found => Durability::Unverified { init_view, source },
+                BpffsOrigin::MountedHere => {
+                    Durability::Private(PrivateBpffs::MountedHere { init_view, source })
+                }
+            };
+        }
+    };
+    match bpffs::device_of(&path) {
+        Ok(ours) if ours == theirs => Durability::Durable,
+        Ok(ours) => Durability::Private(PrivateBpffs::OtherDevice {
+            path,
+            init_view,
+            ours,
+            theirs,
+        }),
+        // Statted a moment ago by the caller: only a concurrent removal gets here.
+        Err(source) => Durability::Unverified { init_view, source },
+    }
 }
 
 /// The embedded eBPF object (for loaders that need their own options, like the fast path), or

@@ -107,7 +107,7 @@ impl Cluster {
 
     /// Node `i`'s table: cookie -> server.
     fn table(&self, i: usize) -> BTreeMap<String, String> {
-        table_of(self.lan.client.name(), &self.lan.lb_addr(i))
+        table_of(&self.configs[i])
     }
 
     /// Waits until every running node has the same table with at least `min` entries.
@@ -223,20 +223,27 @@ fn start_backends(ns: &NetNs, addr: &str) -> Vec<Proc> {
         .collect()
 }
 
-/// `/api/table` of the monitor at `lb`, as cookie -> server.
-fn table_of(client_ns: &str, lb: &str) -> BTreeMap<String, String> {
-    let addr = format!("{lb}:8404");
-    let body = in_netns(client_ns, move || {
-        http::get(&addr, "/api/table?limit=100000", None)
-    })
-    .text();
-    let tables: serde_json::Value =
+/// The pinned table of the node configured by `config` (`stickylb table --json`, which shows
+/// whole cookies; the monitor's `/api/table` masks them), as cookie -> server.
+fn table_of(config: &std::path::Path) -> BTreeMap<String, String> {
+    let out = std::process::Command::new(common::stickylb_bin())
+        .args(["table", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stickylb table: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: serde_json::Value =
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    tables
+    entries
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|t| t["entries"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["backend"] == BACKEND)
         .map(|e| {
             (
                 e["cookie"].as_str().unwrap().to_owned(),

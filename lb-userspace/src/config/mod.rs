@@ -261,6 +261,41 @@ impl std::fmt::Display for PortRange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Monitor {
     pub bind: SocketAddr,
+    /// `auth`: HTTP basic credentials every route asks for. Default none.
+    pub auth: Option<MonitorAuth>,
+}
+
+/// `[monitor] auth`: the user and the password read from `password_file` when the
+/// configuration is loaded (at start and on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorAuth {
+    /// Not empty, no `:` (RFC 7617), no control characters.
+    pub user: String,
+    /// Absolute.
+    pub password_file: PathBuf,
+    /// The file's first line, without its line ending; not empty.
+    pub password: Password,
+}
+
+/// A password: compared and cloned like a string, never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: String) -> Self {
+        Self(password)
+    }
+
+    /// The password itself, for the one place that checks credentials.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -116,6 +116,18 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMonitor {
     pub(super) bind: Option<Spanned<String>>,
+    /// HTTP basic credentials for every route. Default: none (no authentication).
+    #[serde(default)]
+    pub(super) auth: Option<RawMonitorAuth>,
+}
+
+/// `[monitor] auth = { user = "...", password_file = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMonitorAuth {
+    pub(super) user: Option<Spanned<String>>,
+    /// An absolute path; the password is the file's first line.
+    pub(super) password_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

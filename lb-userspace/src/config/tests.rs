@@ -215,6 +215,7 @@ fn full_example_parses_with_every_value() {
         ],
         monitor: Some(Monitor {
             bind: addr("127.0.0.1:8404"),
+            auth: None,
         }),
         timeouts: Timeouts {
             connect: Duration::from_secs(3),
@@ -879,7 +880,8 @@ fn monitor_section() {
     assert_eq!(
         m,
         Some(Monitor {
-            bind: addr("0.0.0.0:8404")
+            bind: addr("0.0.0.0:8404"),
+            auth: None,
         })
     );
     assert_problem(
@@ -893,6 +895,104 @@ fn monitor_section() {
         Some(17),
         "monitor.bind",
         "invalid socket address",
+    );
+}
+
+/// The 1-based line of the first line of `text` that contains `needle`.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn monitor_auth_reads_the_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("monitor.pass");
+    std::fs::write(&file, "s3cr3t: with spaces\nsecond line ignored\n").unwrap();
+    let auth = |user: &str, file: &Path| {
+        append(&format!(
+            "\n[monitor]\nbind = \"127.0.0.1:8404\"\nauth = {{ user = \"{user}\", password_file = \"{}\" }}\n",
+            file.display()
+        ))
+    };
+    let m = parse(&auth("admin", &file)).unwrap().monitor.unwrap();
+    let a = m.auth.unwrap();
+    assert_eq!(a.user, "admin");
+    assert_eq!(a.password_file, file);
+    assert_eq!(a.password.reveal(), "s3cr3t: with spaces");
+    assert_eq!(format!("{:?}", a.password), "Password(..)");
+
+    // Windows line ending, no final newline; a header sub-table works too.
+    std::fs::write(&file, "pw\r\n").unwrap();
+    let text = append(&format!(
+        "\n[monitor]\nbind = \"127.0.0.1:8404\"\n\n[monitor.auth]\nuser = \"ops\"\npassword_file = \"{}\"\n",
+        file.display()
+    ));
+    let a = parse(&text).unwrap().monitor.unwrap().auth.unwrap();
+    assert_eq!((a.user.as_str(), a.password.reveal()), ("ops", "pw"));
+
+    let text = auth("admin", &dir.path().join("missing"));
+    assert_problem(
+        &text,
+        Some(line_with(&text, "auth =")),
+        "monitor.auth.password_file",
+        "cannot read",
+    );
+    for empty in ["", "\n", "\nsecond\n"] {
+        std::fs::write(&file, empty).unwrap();
+        let text = auth("admin", &file);
+        assert_problem(
+            &text,
+            Some(line_with(&text, "auth =")),
+            "monitor.auth.password_file",
+            "is empty",
+        );
+    }
+    std::fs::write(&file, "pw\n").unwrap();
+    let text = auth("ad:min", &file);
+    assert_problem(
+        &text,
+        Some(line_with(&text, "auth =")),
+        "monitor.auth.user",
+        "contains ':'",
+    );
+    let text = auth("", &file);
+    assert_problem(
+        &text,
+        Some(line_with(&text, "auth =")),
+        "monitor.auth.user",
+        "must not be empty",
+    );
+    assert_problem(
+        &auth("admin", Path::new("monitor.pass")),
+        Some(line_with(&auth("admin", &file), "auth =")),
+        "monitor.auth.password_file",
+        "must be an absolute path",
+    );
+
+    let text = append(&format!(
+        "\n[monitor]\nbind = \"127.0.0.1:8404\"\nauth = {{ password_file = \"{}\" }}\n",
+        file.display()
+    ));
+    assert_problem(
+        &text,
+        Some(line_with(&text, "auth =")),
+        "monitor.auth.user",
+        "missing required key",
+    );
+    let text = append("\n[monitor]\nbind = \"127.0.0.1:8404\"\nauth = { user = \"admin\" }\n");
+    assert_problem(
+        &text,
+        Some(line_with(&text, "auth =")),
+        "monitor.auth.password_file",
+        "missing required key",
+    );
+    let text =
+        append("\n[monitor]\nbind = \"127.0.0.1:8404\"\nauth = { user = \"a\", pass = \"x\" }\n");
+    assert_problem(
+        &text,
+        Some(line_with(&text, "auth =")),
+        "monitor.auth.pass",
+        "unknown field `pass`",
     );
 }
 
@@ -1000,7 +1100,8 @@ fn dotted_keys_and_header_sub_tables_work() {
     assert_eq!(
         config.monitor,
         Some(Monitor {
-            bind: addr("0.0.0.0:8404")
+            bind: addr("0.0.0.0:8404"),
+            auth: None,
         })
     );
     assert_eq!(config.timeouts.connect, Duration::from_secs(1));

@@ -1,5 +1,6 @@
-//! The stick table's life in the daemon: at start, open the pinned map (adopt, create or
-//! migrate it) and take in what it holds; then sweep expired entries. The table itself is
+//! The stick table's life in the daemon: at start, check that the pin root outlives the
+//! process, open the pinned map (adopt, create or migrate it) and take in what it holds; then
+//! sweep expired entries. The table itself is
 //! [`crate::table`]; its format and lifecycle are described in `docs/TABLE.md`.
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -13,7 +14,7 @@ use crate::{
         BackendState, SharedSettings,
     },
     config::Config,
-    dataplane,
+    dataplane::{self, BpffsOrigin, Durability},
     table::{
         self,
         pinned::{self, DurableError, DurableTable, Origin},
@@ -24,6 +25,42 @@ use crate::{
 /// How often the whole pinned map is read for expired entries (lookups never return one, so
 /// this only frees their room; a million entries take a few hundred milliseconds of one CPU).
 const SCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Whether the table pinned under `pin_root` outlives this process. When it does not, says so
+/// at ERROR level with the ways out, and the daemon runs on: the table works, it is only lost
+/// with the process (the monitor shows "durable: no").
+pub(super) fn check_durability(pin_root: &Path, origin: BpffsOrigin) -> bool {
+    match dataplane::pin_root_durability(pin_root, origin) {
+        Durability::Durable => {
+            tracing::info!(path = %pin_root.display(), "the pin directory is on the host's bpffs: the stick table outlives restarts");
+            true
+        }
+        Durability::Unverified { init_view, source } => {
+            tracing::warn!(
+                path = %pin_root.display(),
+                "cannot tell whether the stick table outlives restarts: reading {} failed ({source}); \
+                 the bpffs was mounted before this process started, so it is taken as the host's",
+                init_view.display()
+            );
+            true
+        }
+        Durability::Private(why) => {
+            tracing::error!(
+                path = %pin_root.display(),
+                "THE STICK TABLE IS NOT DURABLE: {}. This process pins its maps on a bpf \
+                 filesystem that only its own mount namespace sees (as under `ip netns exec`, \
+                 which gives the command a fresh /sys, or in a container without the host's \
+                 bpffs): the table goes with the process, and a restart or upgrade starts with \
+                 an empty one. To fix it, start the daemon with `nsenter --net=/run/netns/NAME` \
+                 instead of `ip netns exec NAME` (it joins the network namespace only), or \
+                 bind-mount the host's /sys/fs/bpf into the container, or set [instance] pin_dir \
+                 to a directory on a bpffs the host shares",
+                crate::error_chain(&why)
+            );
+            false
+        }
+    }
+}
 
 /// Opens the durable table. An upgrade adopts the pinned map as it is, whatever its capacity:
 /// the running instance keeps writing to it until it exits, so it must not be migrated away.

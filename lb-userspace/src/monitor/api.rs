@@ -1,10 +1,12 @@
-//! The JSON API: `/api/table` (stick table entries), `/api/servers` (server state and
-//! counters) and `/api/peers` (peer sessions and counters).
+//! The JSON API: `/api/table` (stick table entries, cookies masked), `/api/servers` (server
+//! state and counters), `/api/peers` (peer sessions and counters) and `/api/status` (the
+//! instance).
 
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
 use super::{
+    mask::CookieMask,
     reply,
     view::{BackendView, PeerView},
     MonitorBody, Shared, JSON,
@@ -21,7 +23,25 @@ struct TableView {
     size: usize,
     capacity: usize,
     /// Most recently used first.
-    entries: Vec<EntryView>,
+    entries: Vec<MaskedEntry>,
+}
+
+/// A table entry with its cookie masked ([`CookieMask`]): the monitor never shows a whole one.
+#[derive(Serialize)]
+struct MaskedEntry {
+    cookie: String,
+    server: String,
+    last_seen_ms: u64,
+}
+
+impl MaskedEntry {
+    fn new(entry: EntryView, mask: &CookieMask) -> Self {
+        Self {
+            cookie: mask.mask(&entry.cookie),
+            server: entry.server,
+            last_seen_ms: entry.last_seen_ms,
+        }
+    }
 }
 
 /// What `/api/table` was asked for.
@@ -43,7 +63,12 @@ pub(super) fn table(shared: &Shared, query: &str) -> Response<MonitorBody> {
         .filter(|b| query.backend.as_ref().is_none_or(|name| *name == b.name))
         .map(|b| {
             let size = b.table.len();
-            let entries = b.table.snapshot_recent(query.limit);
+            let entries = b
+                .table
+                .snapshot_recent(query.limit)
+                .into_iter()
+                .map(|entry| MaskedEntry::new(entry, &shared.cookie_mask))
+                .collect();
             TableView {
                 backend: b.name.clone(),
                 size,
@@ -76,6 +101,29 @@ pub(super) fn peers(shared: &Shared, now_ms: u64) -> Response<MonitorBody> {
         .map(|p| PeerView::read(p, now_ms))
         .collect();
     json(StatusCode::OK, &peers)
+}
+
+/// What `/api/status` says of the instance.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    instance: &'a str,
+    version: &'static str,
+    uptime_ms: u64,
+    /// Whether the pinned stick table outlives this process (see [`Shared::table_durable`]).
+    table_durable: bool,
+}
+
+/// `/api/status`: the instance, its version and uptime, and whether its table is durable.
+pub(super) fn status(shared: &Shared, now_ms: u64) -> Response<MonitorBody> {
+    json(
+        StatusCode::OK,
+        &StatusView {
+            instance: &shared.instance,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_ms: now_ms.saturating_sub(shared.started_ms),
+            table_durable: shared.table_durable,
+        },
+    )
 }
 
 /// A JSON error body: `{"error": message}`, plus the backend it concerns if any.

@@ -233,6 +233,17 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
         snapshot.uptime_ms / 1000,
         snapshot.uptime_ms % 1000
     )?;
+    header(
+        out,
+        "stickylb_table_durable",
+        Kind::Gauge,
+        "1 when the pinned stick table outlives the process (its bpffs is the host's), 0 when a restart would start with an empty table.",
+    )?;
+    writeln!(
+        out,
+        "stickylb_table_durable {}",
+        u8::from(snapshot.table_durable)
+    )?;
 
     for (name, kind, help, value) in SERVER_FAMILIES {
         header(out, name, kind, help)?;

@@ -4,17 +4,25 @@
 //! - `/metrics`: Prometheus text exposition format 0.0.4;
 //! - `/api/table`: the stick tables as JSON (`?backend=NAME`, `?limit=N`);
 //! - `/api/servers`: every server's state and counters as JSON;
-//! - `/api/peers`: every peer's session state and counters as JSON.
+//! - `/api/peers`: every peer's session state and counters as JSON;
+//! - `/api/status`: the instance, its uptime and whether its table is durable, as JSON.
+//!
+//! No route shows a whole session cookie: `/api/table` masks them ([`mask`]). With
+//! `[monitor] auth` set, every route asks for HTTP basic credentials ([`auth`]).
 //!
 //! [`route`] is the whole service and needs no socket; [`serve`] runs it on the listener. Both
 //! read a [`Shared`], which the daemon fills with its backends, frontends, peer links and fast
 //! path: the monitor reads their counters and tables and changes nothing.
 
 mod api;
+mod auth;
+mod mask;
 mod metrics;
 mod page;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_security;
 mod view;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -32,6 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use self::view::Snapshot;
+pub use self::{auth::BasicAuth, mask::CookieMask};
 use crate::{
     backend::BackendState, fastpath, peers::link::PeerLink, proxy::Frontend, table::now_ms,
 };
@@ -46,6 +55,13 @@ pub struct Shared {
     pub started_ms: u64,
     /// The kernel fast path, when a frontend splices.
     pub fastpath: Option<Arc<fastpath::Runtime>>,
+    /// Masks every cookie the monitor shows, with a key made at start.
+    pub cookie_mask: CookieMask,
+    /// `[monitor] auth`: the credentials every request must carry.
+    pub auth: Option<BasicAuth>,
+    /// Whether the pinned stick table outlives this process: false when its bpffs is one only
+    /// this process's mount namespace sees (`dataplane::pin_root_durability`).
+    pub table_durable: bool,
 }
 
 /// Body of every monitor response.
@@ -117,6 +133,7 @@ enum Endpoint {
     Table,
     Servers,
     Peers,
+    Status,
 }
 
 impl Endpoint {
@@ -128,6 +145,7 @@ impl Endpoint {
             "/api/table" => Some(Self::Table),
             "/api/servers" => Some(Self::Servers),
             "/api/peers" => Some(Self::Peers),
+            "/api/status" => Some(Self::Status),
             _ => None,
         }
     }
@@ -136,6 +154,11 @@ impl Endpoint {
 /// Answers one request from its head (the monitor takes no request bodies). Responses to
 /// `HEAD` carry the `GET` body; hyper sends only the head.
 pub fn route<B>(shared: &Shared, request: &Request<B>) -> Response<MonitorBody> {
+    if let Some(auth) = &shared.auth {
+        if !auth.allows(request.headers().get(header::AUTHORIZATION)) {
+            return unauthorized();
+        }
+    }
     let uri = request.uri();
     let Some(endpoint) = Endpoint::from_path(uri.path()) else {
         return if uri.path().starts_with("/api/") {
@@ -173,7 +196,18 @@ pub fn route<B>(shared: &Shared, request: &Request<B>) -> Response<MonitorBody> 
         Endpoint::Table => api::table(shared, query),
         Endpoint::Servers => api::servers(shared),
         Endpoint::Peers => api::peers(shared, now_ms()),
+        Endpoint::Status => api::status(shared, now_ms()),
     }
+}
+
+/// 401 with the challenge that makes a browser ask for the credentials.
+fn unauthorized() -> Response<MonitorBody> {
+    let mut response = text(StatusCode::UNAUTHORIZED, "authentication required\n");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(auth::CHALLENGE),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<MonitorBody> {

@@ -19,6 +19,7 @@ body{margin:0;background:#f3f4f6;color:#1f2937;font:13px/1.45 system-ui,-apple-s
 .top dl{display:flex;flex-wrap:wrap;gap:4px 24px;margin:0}
 .top dt{color:#94a3b8;display:inline}
 .top dd{display:inline;margin:0 0 0 6px;font-weight:600}
+.top dd.bad{background:#ff9090;color:#7f1010;padding:0 6px;border-radius:3px}
 main{padding:18px 24px 8px}
 section{background:#fff;border:1px solid #d1d5db;border-radius:6px;margin:0 0 18px;overflow:hidden}
 section>h2{margin:0;padding:7px 12px;font-size:14px;background:#b00040;color:#ffff40;display:flex;gap:16px;align-items:baseline}
@@ -85,10 +86,12 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
          <div><dt>Uptime</dt><dd>{}</dd></div>\
          <div><dt>Version</dt><dd>{}</dd></div>\
          <div><dt>Servers up</dt><dd>{live} / {total}</dd></div>\
+         {durable}\
          </dl></header>\n<main>\n",
         Html(&s.instance),
         Uptime(s.uptime_ms),
         Html(s.version),
+        durable = Durable(s.table_durable),
     )?;
     write_frontends(out, s)?;
     for backend in &s.backends {
@@ -102,7 +105,7 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
         out,
         "</main>\n<footer>Refreshed every {REFRESH_SECONDS} s. Also: <a href=\"/metrics\">/metrics</a> \
          (Prometheus), <a href=\"/api/servers\">/api/servers</a>, <a href=\"/api/table\">/api/table</a>, \
-         <a href=\"/api/peers\">/api/peers</a> (JSON).\
+         <a href=\"/api/peers\">/api/peers</a>, <a href=\"/api/status\">/api/status</a> (JSON).\
          </footer>\n</body>\n</html>\n"
     )
 }
@@ -322,6 +325,26 @@ fn write_totals(out: &mut String, b: &BackendView) -> fmt::Result {
         Num(sum(|s| s.failures)),
         Num(sum(|s| s.check_transitions)),
     )
+}
+
+/// The header's "Durable" item: red when a restart would lose the table.
+struct Durable(bool);
+
+impl fmt::Display for Durable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 {
+            f.write_str(
+                "<div title=\"the stick table is pinned on the host's bpffs: it outlives this \
+                 process\"><dt>Durable</dt><dd id=\"durable\">yes</dd></div>",
+            )
+        } else {
+            f.write_str(
+                "<div title=\"the stick table is pinned on a bpffs private to this process's \
+                 mount namespace: a restart starts with an empty table (see the log)\">\
+                 <dt>Durable</dt><dd id=\"durable\" class=\"bad\">no</dd></div>",
+            )
+        }
+    }
 }
 
 /// Text escaped for HTML element content and quoted attribute values.

@@ -17,7 +17,7 @@ use super::{
     page::{self, ByteSize, Count, Html, Uptime},
     route, serve,
     view::Snapshot,
-    MonitorBody, Shared,
+    CookieMask, MonitorBody, Shared,
 };
 use crate::{
     backend::{admin::MemorySettings, Route},
@@ -54,9 +54,12 @@ health_check = { enabled = false }
 servers = [ { name = "api.1", addr = "[::1]:9003" } ]
 "#;
 
+/// The key of the fixture's cookie mask.
+pub(super) const MASK_KEY: [u8; 32] = [1; 32];
+
 /// Two backends: `web` (web1 up with traffic and three sessions s1 (most recent), s3, s2;
 /// web2 down) and `api` (its only server down, one request refused).
-fn fixture() -> Shared {
+pub(super) fn fixture() -> Shared {
     let config = Config::from_toml(CONFIG).unwrap();
     let store = table::memory::store(1024);
     let (backends, frontends) = crate::routing::build(&config, &store, &MemorySettings::shared());
@@ -94,6 +97,9 @@ fn fixture() -> Shared {
         frontends,
         started_ms: now - 90_061_000,
         fastpath: None,
+        cookie_mask: CookieMask::with_key(MASK_KEY),
+        auth: None,
+        table_durable: true,
     }
 }
 
@@ -125,15 +131,15 @@ fn fixture_with_peers(heard_at: u64) -> Shared {
     shared
 }
 
-fn request(method: Method, uri: &str) -> Request<()> {
+pub(super) fn request(method: Method, uri: &str) -> Request<()> {
     Request::builder().method(method).uri(uri).body(()).unwrap()
 }
 
-async fn get(shared: &Shared, uri: &str) -> (StatusCode, String, String) {
+pub(super) async fn get(shared: &Shared, uri: &str) -> (StatusCode, String, String) {
     split(route(shared, &request(Method::GET, uri))).await
 }
 
-async fn split(response: Response<MonitorBody>) -> (StatusCode, String, String) {
+pub(super) async fn split(response: Response<MonitorBody>) -> (StatusCode, String, String) {
     let status = response.status();
     let content_type = response
         .headers()
@@ -148,7 +154,7 @@ async fn split(response: Response<MonitorBody>) -> (StatusCode, String, String) 
     )
 }
 
-async fn get_json(shared: &Shared, uri: &str) -> (StatusCode, Value) {
+pub(super) async fn get_json(shared: &Shared, uri: &str) -> (StatusCode, Value) {
     let (status, content_type, body) = get(shared, uri).await;
     assert_eq!(content_type, "application/json");
     (status, serde_json::from_str(&body).unwrap())
@@ -233,7 +239,7 @@ fn prometheus_label_escaping() {
 }
 
 #[derive(Debug)]
-struct Sample {
+pub(super) struct Sample {
     name: String,
     labels: HashMap<String, String>,
     value: f64,
@@ -241,7 +247,7 @@ struct Sample {
 
 /// Parses the text format strictly: every family has HELP and TYPE before its samples and its
 /// samples are contiguous; every sample is `name{labels} value` with a numeric value.
-fn parse_metrics(text: &str) -> Vec<Sample> {
+pub(super) fn parse_metrics(text: &str) -> Vec<Sample> {
     let mut helped = Vec::new();
     let mut typed = HashMap::new();
     let mut finished: Vec<String> = Vec::new();
@@ -333,7 +339,7 @@ fn parse_labels(text: &str) -> (HashMap<String, String>, &str) {
     }
 }
 
-fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<&Sample> = samples
         .iter()
         .filter(|s| {
@@ -463,7 +469,9 @@ async fn api_table_lists_entries_most_recent_first() {
         .iter()
         .map(|e| e["cookie"].as_str().unwrap())
         .collect();
-    assert_eq!(cookies, ["s1", "s3", "s2"]);
+    // Masked: the monitor never shows a whole cookie.
+    let mask = CookieMask::with_key(MASK_KEY);
+    assert_eq!(cookies, [mask.mask("s1"), mask.mask("s3"), mask.mask("s2")]);
     assert_eq!(tables[0]["entries"][0]["server"], "web1");
     assert!(tables[0]["entries"][0]["last_seen_ms"].as_u64().unwrap() > 0);
     assert_eq!(tables[1]["backend"], "api");
@@ -479,7 +487,10 @@ async fn api_table_filters_by_backend_and_limits_entries() {
     assert_eq!(tables[0]["backend"], "web");
     assert_eq!(tables[0]["size"], 3);
     assert_eq!(tables[0]["entries"].as_array().unwrap().len(), 1);
-    assert_eq!(tables[0]["entries"][0]["cookie"], "s1");
+    assert_eq!(
+        tables[0]["entries"][0]["cookie"],
+        CookieMask::with_key(MASK_KEY).mask("s1")
+    );
 
     let (_, tables) = get_json(&shared, "/api/table?limit=0&backend=%77eb").await;
     assert_eq!(tables[0]["backend"], "web");

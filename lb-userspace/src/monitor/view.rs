@@ -24,6 +24,8 @@ pub(super) struct Snapshot {
     pub(super) backends: Vec<BackendView>,
     pub(super) peers: Vec<PeerView>,
     pub(super) fastpath: Option<FastPathView>,
+    /// Whether the pinned stick table outlives this process.
+    pub(super) table_durable: bool,
 }
 
 /// The kernel fast path: the flow map's totals, the program's counters, the hand-offs.
@@ -237,6 +239,7 @@ impl Snapshot {
                 .map(|p| PeerView::read(p, now_ms))
                 .collect(),
             fastpath: shared.fastpath.as_deref().map(FastPathView::read),
+            table_durable: shared.table_durable,
         }
     }
 }

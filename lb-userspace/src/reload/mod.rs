@@ -363,7 +363,12 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         let bind =
             |m: Option<&config::Monitor>| m.map_or("none".to_owned(), |m| m.bind.to_string());
         let (before, after) = (bind(old.monitor.as_ref()), bind(new.monitor.as_ref()));
-        what.push(format!("monitor: {before} -> {after}"));
+        if before == after {
+            // Never the password itself: the user, the file, or that its content changed.
+            what.push("monitor: auth (user, password_file or the password in it)".to_owned());
+        } else {
+            what.push(format!("monitor: {before} -> {after}"));
+        }
     }
     peers_differences(old.peers.as_ref(), new.peers.as_ref(), &mut what);
     // A setting the lists above do not know of yet is refused rather than ignored.

@@ -121,6 +121,25 @@ fn every_fixed_setting_is_named_and_refused() {
 }
 
 #[test]
+fn a_new_monitor_password_is_refused_without_showing_it() {
+    let old = config(THREE, "", "");
+    let mut new = old.clone();
+    new.monitor.as_mut().unwrap().auth = Some(config::MonitorAuth {
+        user: "ops".into(),
+        password_file: "/etc/stickylb/monitor.pass".into(),
+        password: config::Password::new("hunter2".into()),
+    });
+    let what = needs_upgrade_list(&old, &new);
+    assert_eq!(
+        what,
+        ["monitor: auth (user, password_file or the password in it)"]
+    );
+    assert!(!ReloadError::NeedsUpgrade { what }
+        .to_string()
+        .contains("hunter2"));
+}
+
+#[test]
 fn frontends_and_backends_added_or_removed_are_refused() {
     let old = config(THREE, "", "");
     let mut new = old.clone();

@@ -1,4 +1,5 @@
-//! The bpf filesystem: whether a path is on one (`statfs`), and mounting one (`mount`).
+//! The bpf filesystem: whether a path is on one (`statfs`), which one (`stat`), and mounting
+//! one (`mount`).
 
 use std::{io, path::Path};
 
@@ -23,4 +24,10 @@ pub fn mount_bpffs(target: &Path) -> io::Result<()> {
         MountFlags::empty(),
         None,
     )?)
+}
+
+/// The device of the filesystem `path` is on (`st_dev`): every bpf filesystem mounted with
+/// `mount -t bpf` has one of its own, and a bind mount shares its source's.
+pub fn device_of(path: &Path) -> io::Result<u64> {
+    Ok(rustix::fs::stat(path)?.st_dev)
 }

@@ -5,7 +5,7 @@
 //! everywhere else).
 //!
 //! - [`bpf`]: map element and batch commands of `bpf(2)` on `&self`.
-//! - [`bpffs`]: whether a path is on a bpf filesystem; mounting one.
+//! - [`bpffs`]: whether a path is on a bpf filesystem, and which one; mounting one.
 //! - [`fds`]: passing descriptors over a unix socket (`SCM_RIGHTS`).
 //! - [`net`]: interface indexes and which interface has an address.
 //! - [`process`]: the descriptor limit, the host name, the monotonic clock.

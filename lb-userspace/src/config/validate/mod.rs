@@ -10,7 +10,7 @@ use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
     Backend, Balance, Config, FastPathMode, FastPathPolicy, Frontend, HealthCheck, Instance,
-    Monitor, PeerMember, Peers, PortRange, Server, Timeouts, MAX_WEIGHT,
+    PeerMember, Peers, PortRange, Server, Timeouts, MAX_WEIGHT,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -26,6 +26,7 @@ const MAX_PEER_KEY_LEN: u8 = 43;
 const MS: Duration = Duration::from_millis(1);
 mod fastpath;
 mod fields;
+mod monitor;
 
 use self::fields::{check_cookie_name, check_name, check_path};
 
@@ -135,12 +136,7 @@ impl Checker<'_> {
         let mut binds = Seen::new();
         let frontends = self.frontends(raw, &mut binds);
         let backends = self.backends(raw);
-        let monitor = raw.monitor.as_ref().map(|m| {
-            let bind = self.required(&m.bind, None, "monitor", "bind")?;
-            let addr = self.addr(bind, "monitor.bind")?;
-            self.unique(&mut binds, addr, bind, "monitor.bind", "monitor");
-            Some(Monitor { bind: addr })
-        });
+        let monitor = raw.monitor.as_ref().map(|m| self.monitor(m, &mut binds));
         let timeouts = self.timeouts(raw);
         let peers = self.peers(raw, instance.as_ref(), &mut binds);
         let fastpath = self.fastpath_policy(raw);
