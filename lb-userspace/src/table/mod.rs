@@ -199,15 +199,26 @@ impl StickTable {
                 if inserted == Some(true) {
                     self.stored.fetch_add(1, Ordering::Relaxed);
                 }
-                let seq = {
-                    let mut inner = self.lock();
+                let mut inner = self.lock();
+                // Between the insert and the lock, a peer's entry for the key may have been
+                // applied (it read ours back from the store and replaced it there): then ours
+                // lost, and the caller decides again with the peer's. A recent entry naming our
+                // server is ours, read back by a request that came in meanwhile.
+                let replaced = inner
+                    .recent
+                    .peek(&key)
+                    .is_some_and(|slot| slot.server != server);
+                if !replaced {
                     inner
                         .recent
                         .push(key, Slot::decided(server, now_ms, now_ms));
-                    inner.log.record(key)
-                };
-                self.announce(seq);
-                return Cold::Decided(pick);
+                    let seq = inner.log.record(key);
+                    drop(inner);
+                    self.announce(seq);
+                    return Cold::Decided(pick);
+                }
+                drop(pick);
+                return Cold::Stored;
             }
         }
         drop(self.recall(&key));

@@ -492,3 +492,57 @@ fn the_update_log_is_bounded_and_expired_entries_leave_it() {
     table.sweep_expired(10_000);
     assert!(logged(&table, 0).is_empty());
 }
+
+/// A store that lets a peer's entry for a key arrive right after a new session's insert, before
+/// the table records its decision: the window `decide_cold` leaves between the two.
+struct PeerArrivesAfterInsert {
+    inner: MemoryStorage,
+    table: std::sync::OnceLock<Arc<StickTable>>,
+}
+
+impl Storage for PeerArrivesAfterInsert {
+    fn get(&self, key: &StickKey) -> std::io::Result<Option<StickEntry>> {
+        self.inner.get(key)
+    }
+    fn put(&self, key: &StickKey, entry: &StickEntry) -> std::io::Result<()> {
+        self.inner.put(key, entry)
+    }
+    fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> std::io::Result<bool> {
+        let inserted = self.inner.insert_new(key, entry)?;
+        if let Some(table) = self.table.get() {
+            table.apply_remote(*key, Arc::from("peers-pick"), None, 1_000);
+        }
+        Ok(inserted)
+    }
+    fn delete(&self, key: &StickKey) -> std::io::Result<bool> {
+        self.inner.delete(key)
+    }
+    fn scan(&self, visit: &mut dyn FnMut(&[super::store::Stored])) -> std::io::Result<()> {
+        self.inner.scan(visit)
+    }
+}
+
+#[test]
+fn a_peers_entry_applied_during_a_new_sessions_insert_is_what_memory_and_store_agree_on() {
+    let storage = Arc::new(PeerArrivesAfterInsert {
+        inner: MemoryStorage::new(16),
+        table: std::sync::OnceLock::new(),
+    });
+    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
+    let table = Arc::new(on(&store, 16, Duration::from_secs(60)));
+    let _ = storage.table.set(Arc::clone(&table));
+    let key = table.key(b"raced");
+    let served = table.resolve(key, 1_000, |current| match current {
+        None => Some(("ours".to_owned(), Some(Arc::from("ours")))),
+        Some(server) => Some((server.to_owned(), None)),
+    });
+    let in_store = storage
+        .inner
+        .get(&key)
+        .unwrap()
+        .map(|e| field_text(&e.server));
+    assert_eq!(in_store.as_deref(), Some("peers-pick"));
+    assert_eq!(served.as_deref(), Some("peers-pick"));
+    // (The store and the table hold each other: both leak when the test ends.)
+    assert_eq!(get(&table, &key, 1_100).as_deref(), Some("peers-pick"));
+}
