@@ -20,7 +20,7 @@ pub(crate) fn start_successor(
     log: &str,
 ) -> anyhow::Result<ExitCode> {
     let control_path = &config.instance.control_socket;
-    let before = running_pid(control_path);
+    let before = control::running_pid(control_path);
     let exe = std::env::current_exe().context("finding the stickylb binary")?;
     let mut command = Command::new(&exe);
     command
@@ -41,7 +41,7 @@ pub(crate) fn start_successor(
         if let Some(status) = child.try_wait()? {
             bail!("the new process exited before it took over ({status}); the running instance is unchanged");
         }
-        if running_pid(control_path) == Some(child.id()) {
+        if control::running_pid(control_path) == Some(child.id()) {
             match before {
                 Some(old) => println!("upgraded: pid {old} handed over to pid {}", child.id()),
                 None => println!(
@@ -59,16 +59,4 @@ pub(crate) fn start_successor(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The pid of the instance answering on the control socket.
-fn running_pid(path: &Path) -> Option<u32> {
-    let status = control::request(path, "status").ok()?;
-    status
-        .split(" pid ")
-        .nth(1)?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
 }

@@ -163,14 +163,8 @@ bind = "{lb}:8404"
 
     /// The pid answering on the control socket, if one does.
     fn daemon_pid(&self) -> Option<i32> {
-        let status = stickylb::control::request(&self.pin.control_socket(), "status").ok()?;
-        status
-            .split(" pid ")
-            .nth(1)?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
+        stickylb::control::running_pid(&self.pin.control_socket())
+            .and_then(|pid| i32::try_from(pid).ok())
     }
 
     /// `/api/servers`: each server's name, admin state and weight.

@@ -224,14 +224,7 @@ impl Rig {
 
     /// The pid answering on the control socket.
     fn daemon_pid(&self) -> Option<i32> {
-        let status = stickylb::control::request(&self.control, "status").ok()?;
-        status
-            .split(" pid ")
-            .nth(1)?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
+        stickylb::control::running_pid(&self.control).and_then(|pid| i32::try_from(pid).ok())
     }
 }
 

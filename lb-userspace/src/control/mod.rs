@@ -268,6 +268,18 @@ pub fn request(path: &Path, command: &str) -> io::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
+/// The pid of the daemon answering `status` at `path`, if one does.
+pub fn running_pid(path: &Path) -> Option<u32> {
+    let status = request(path, "status").ok()?;
+    status
+        .split(" pid ")
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Sends `operation` to the daemon at `path`: what it changed, or why it refused.
 pub fn send_operation(path: &Path, operation: &Operation) -> io::Result<Result<String, String>> {
     let reply = request(path, &operation.to_string())?;

@@ -441,35 +441,29 @@ fn backend_differences(old: &[config::Backend], new: &[config::Backend], what: &
 fn tuning_changes(old: &config::Backend, new: &config::Backend) -> Vec<String> {
     let mut tuned = Vec::new();
     for after in &new.servers {
-        let Some(before) = old.servers.iter().find(|s| s.name == after.name) else {
-            continue;
-        };
-        let name = &after.name;
-        if before.weight != after.weight {
-            tuned.push(format!(
-                "{name} weight {} -> {}",
-                before.weight, after.weight
-            ));
+        if let Some(before) = old.servers.iter().find(|s| s.name == after.name) {
+            let name = &after.name;
+            differ(
+                &mut tuned,
+                format_args!("{name} weight"),
+                before.weight,
+                after.weight,
+            );
+            differ(
+                &mut tuned,
+                format_args!("{name} maxconn"),
+                before.maxconn,
+                after.maxconn,
+            );
         }
-        if before.maxconn != after.maxconn {
-            tuned.push(format!(
-                "{name} maxconn {} -> {}",
-                before.maxconn, after.maxconn
-            ));
-        }
     }
-    if old.slowstart != new.slowstart {
-        tuned.push(format!(
-            "slowstart {:?} -> {:?}",
-            old.slowstart, new.slowstart
-        ));
-    }
-    if old.queue_timeout != new.queue_timeout {
-        tuned.push(format!(
-            "queue_timeout {:?} -> {:?}",
-            old.queue_timeout, new.queue_timeout
-        ));
-    }
+    differ(&mut tuned, "slowstart", old.slowstart, new.slowstart);
+    differ(
+        &mut tuned,
+        "queue_timeout",
+        old.queue_timeout,
+        new.queue_timeout,
+    );
     tuned
 }
 
