@@ -109,13 +109,18 @@ struct Rotation {
     next: usize,
     /// The smooth weighted round robin's running credit of each server, by position.
     credit: Vec<i64>,
+    /// Each server's usable weight for the choice under way, read once per choice (kept to
+    /// reuse its allocation).
+    usable: Vec<u32>,
 }
 
 impl<S: Candidate> Select<S> for RoundRobin {
     fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.usable.clear();
+        state.usable.extend(servers.iter().map(|s| usable(&**s)));
         let (mut lowest, mut highest) = (u32::MAX, 0);
-        for weight in servers.iter().map(|s| usable(&**s)).filter(|w| *w > 0) {
+        for &weight in state.usable.iter().filter(|w| **w > 0) {
             lowest = lowest.min(weight);
             highest = highest.max(weight);
         }
@@ -123,9 +128,9 @@ impl<S: Candidate> Select<S> for RoundRobin {
             return None;
         }
         let index = if lowest == highest {
-            state.rotate(servers)?
+            state.rotate()?
         } else {
-            state.weighted(servers)?
+            state.weighted()?
         };
         servers.get(index).cloned()
     }
@@ -133,29 +138,28 @@ impl<S: Candidate> Select<S> for RoundRobin {
 
 impl Rotation {
     /// The next usable server at or after `next`, in configuration order.
-    fn rotate<S: Candidate>(&mut self, servers: &[Arc<S>]) -> Option<usize> {
-        let count = servers.len();
+    fn rotate(&mut self) -> Option<usize> {
+        let count = self.usable.len();
         let start = self.next % count.max(1);
         let index = (0..count)
             .map(|offset| (start + offset) % count)
-            .find(|i| servers.get(*i).is_some_and(|s| usable(&**s) > 0))?;
+            .find(|&i| self.usable[i] > 0)?;
         self.next = index + 1;
         Some(index)
     }
 
     /// Smooth weighted round robin: every usable server earns its weight; the richest (the
     /// first among equals) is chosen and pays the total.
-    fn weighted<S: Candidate>(&mut self, servers: &[Arc<S>]) -> Option<usize> {
-        self.credit.resize(servers.len(), 0);
+    fn weighted(&mut self) -> Option<usize> {
+        self.credit.resize(self.usable.len(), 0);
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (i, server) in servers.iter().enumerate() {
-            let weight = i64::from(usable(&**server));
+        for (i, &weight) in self.usable.iter().enumerate() {
             if weight == 0 {
                 continue;
             }
-            self.credit[i] += weight;
-            total += weight;
+            self.credit[i] += i64::from(weight);
+            total += i64::from(weight);
             if best.is_none_or(|b| self.credit[i] > self.credit[b]) {
                 best = Some(i);
             }

@@ -32,22 +32,6 @@ impl Admin {
         }
     }
 
-    pub(super) fn to_u8(self) -> u8 {
-        match self {
-            Self::Ready => 0,
-            Self::Drain => 1,
-            Self::Maint => 2,
-        }
-    }
-
-    pub(super) fn from_u8(value: u8) -> Self {
-        match value {
-            1 => Self::Drain,
-            2 => Self::Maint,
-            _ => Self::Ready,
-        }
-    }
-
     /// As the pinned map stores it.
     pub fn to_stored(self) -> u32 {
         match self {

@@ -8,7 +8,7 @@ pub mod pinned;
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed},
         Arc, Mutex, PoisonError,
     },
     time::Duration,
@@ -30,8 +30,8 @@ pub struct ServerState {
     pub name: Arc<str>,
     pub addr: SocketAddr,
     up: AtomicBool,
-    /// [`Admin`], as [`Admin::to_u8`] stores it.
-    admin: AtomicU8,
+    /// [`Admin`], as [`Admin::to_stored`] encodes it (the pinned map's encoding).
+    admin: AtomicU32,
     /// The weight in force (the configuration's, or the operator's).
     weight: AtomicU16,
     /// The configuration's weight.
@@ -105,7 +105,7 @@ impl ServerState {
             name: Arc::from(config.name.as_str()),
             addr: config.addr,
             up: AtomicBool::new(true),
-            admin: AtomicU8::new(Admin::Ready.to_u8()),
+            admin: AtomicU32::new(Admin::Ready.to_stored()),
             weight: AtomicU16::new(config.weight),
             config_weight: AtomicU16::new(config.weight),
             maxconn: AtomicU32::new(config.maxconn),
@@ -135,12 +135,13 @@ impl ServerState {
     }
 
     pub fn admin(&self) -> Admin {
-        Admin::from_u8(self.admin.load(Relaxed))
+        Admin::from_stored(self.admin.load(Relaxed)).unwrap_or_default()
     }
 
     /// Sets the admin state; returns the previous one.
     pub fn set_admin(&self, admin: Admin) -> Admin {
-        let before = Admin::from_u8(self.admin.swap(admin.to_u8(), Relaxed));
+        let before =
+            Admin::from_stored(self.admin.swap(admin.to_stored(), Relaxed)).unwrap_or_default();
         if before != Admin::Ready && admin == Admin::Ready {
             self.became_available();
         }
@@ -215,8 +216,9 @@ impl ServerState {
         limit == 0 || self.in_flight() < u64::from(limit)
     }
 
-    /// Counts a request in flight until the returned guard is dropped, whatever the limit:
-    /// for tests and health of the counters.
+    /// Counts a request in flight until the returned guard is dropped, whatever the limit: for
+    /// tests, which hold places on a server without routing.
+    #[cfg(test)]
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         self.stats.requests_total.fetch_add(1, Relaxed);
@@ -244,7 +246,7 @@ impl ServerState {
         let weight = settings.map_or(config.weight, |s| s.weight_under(config.weight));
         self.weight.store(weight, Relaxed);
         if let Some(settings) = settings {
-            self.admin.store(settings.admin.to_u8(), Relaxed);
+            self.admin.store(settings.admin.to_stored(), Relaxed);
         }
         if self.maxconn.swap(config.maxconn, Relaxed) != config.maxconn {
             self.freed.notify_waiters();
