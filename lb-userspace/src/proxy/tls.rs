@@ -1,0 +1,225 @@
+//! The TLS transport: a frontend with `tls` terminates TLS (1.2 and 1.3, rustls with `ring`)
+//! and serves HTTP/1.1 and HTTP/2 (by ALPN) with hyper, each request through the same pipeline
+//! as the hyper fallback ([`Proxy::serve`]). A TLS connection is never given to the relay: the
+//! kernel fast path cannot splice it (no kTLS), so it has nothing to gain there.
+//!
+//! The handshake is bounded by `timeouts.client`; a client that fails it (plaintext on the TLS
+//! port, garbage, a stall) is closed and logged at debug. See docs/PIPELINE.md, "TLS frontends".
+
+use std::{net::SocketAddr, sync::Arc};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use rustls::{
+    server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::{drain::Drain, exchange::Via, ConnSettings, Frontend, Proxy};
+use crate::config;
+
+/// Sessions a frontend remembers for resumption by id (TLS 1.2, and TLS 1.3 clients that do
+/// not take tickets); tickets need no memory here.
+const SESSION_CACHE: usize = 4096;
+/// Streams an HTTP/2 client may have open at once on one connection.
+const MAX_STREAMS: u32 = 128;
+const HYPER_MIN_BUF: usize = 8192;
+
+/// A TLS frontend's acceptor: its certificates, versions, ALPN and resumption settings.
+pub(super) fn acceptor(tls: &config::Tls) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Certificates::new(tls)));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// The certificates of a frontend, chosen by the client's SNI.
+#[derive(Debug)]
+struct Certificates {
+    /// Not empty (validated): the first is the default.
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    fn new(tls: &config::Tls) -> Self {
+        Self {
+            keys: tls
+                .certificates
+                .iter()
+                .map(|c| Arc::clone(&c.loaded))
+                .collect(),
+        }
+    }
+
+    /// The first certificate valid for `sni`, else the first (also without SNI).
+    fn choose(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let matching = sni
+            .and_then(|name| rustls_pki_types::ServerName::try_from(name).ok())
+            .and_then(|name| self.keys.iter().find(|key| valid_for(key, &name)));
+        matching.or_else(|| self.keys.first())
+    }
+}
+
+/// Whether `key`'s end-entity certificate names `name` (wildcards as a client would check).
+fn valid_for(key: &CertifiedKey, name: &rustls_pki_types::ServerName<'_>) -> bool {
+    key.end_entity_cert()
+        .ok()
+        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+        .is_some_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.choose(hello.server_name()).cloned()
+    }
+}
+
+/// The TLS version and ALPN protocol of a connection, for its access lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TlsInfo {
+    pub(super) version: &'static str,
+    pub(super) alpn: &'static str,
+}
+
+impl TlsInfo {
+    fn of(connection: &rustls::ServerConnection) -> Self {
+        let version = match connection.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "-",
+        };
+        let alpn = match connection.alpn_protocol() {
+            Some(b"h2") => "h2",
+            Some(b"http/1.1") => "http/1.1",
+            _ => "-",
+        };
+        Self { version, alpn }
+    }
+}
+
+/// Completes the handshake of `stream` (with `TCP_NODELAY` set by the caller) within the
+/// client timeout, then serves its requests with hyper on a task of its own, watched by
+/// `graceful`.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    (frontend, proxy): (&Arc<Frontend>, &Arc<Proxy>),
+    settings: ConnSettings,
+    graceful: &Drain,
+) {
+    let handshake = tokio::time::timeout(settings.client_timeout, acceptor.accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(frontend = %frontend.name, %peer, %error, "TLS handshake failed; closing");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(frontend = %frontend.name, %peer, "TLS handshake timed out; closing");
+            return;
+        }
+    };
+    let via = Via::Tls(TlsInfo::of(stream.get_ref().1));
+    let (frontend, proxy) = (Arc::clone(frontend), Arc::clone(proxy));
+    let service = service_fn(move |request| {
+        let (frontend, proxy) = (Arc::clone(&frontend), Arc::clone(&proxy));
+        async move {
+            Ok::<_, std::convert::Infallible>(proxy.serve(&frontend, peer, via, request).await)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(settings.client_timeout)
+        .max_buf_size(settings.max_header_bytes.max(HYPER_MIN_BUF));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = graceful.watch(connection, |connection| connection.graceful_shutdown());
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "TLS client connection ended with an error");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(names: &[&str]) -> config::TlsCertificate {
+        let made = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+        let provider = rustls::crypto::ring::default_provider();
+        let loaded = CertifiedKey::from_der(vec![made.cert.der().clone()], key, &provider).unwrap();
+        config::TlsCertificate {
+            cert: format!("/{}.pem", names[0]).into(),
+            key: "/key.pem".into(),
+            loaded: Arc::new(loaded),
+        }
+    }
+
+    /// SNI picks the first certificate that names the host (wildcards included); no SNI, an
+    /// unknown name or an IP address gets the first, the default.
+    #[test]
+    fn sni_picks_the_certificate_and_falls_back_on_the_first() {
+        let tls = config::Tls {
+            certificates: vec![
+                certificate(&["www.example.test"]),
+                certificate(&["api.example.test", "*.api.example.test"]),
+                certificate(&["api.example.test"]),
+            ],
+        };
+        let certificates = Certificates::new(&tls);
+        let chosen = |sni: Option<&str>| {
+            let key = certificates.choose(sni).unwrap();
+            certificates
+                .keys
+                .iter()
+                .position(|k| Arc::ptr_eq(k, key))
+                .unwrap()
+        };
+        assert_eq!(chosen(Some("www.example.test")), 0);
+        assert_eq!(chosen(Some("api.example.test")), 1);
+        assert_eq!(chosen(Some("v2.api.example.test")), 1);
+        assert_eq!(chosen(Some("API.Example.Test")), 1);
+        assert_eq!(chosen(Some("unknown.test")), 0);
+        assert_eq!(chosen(Some("10.0.0.1")), 0);
+        assert_eq!(chosen(None), 0);
+    }
+
+    /// The acceptor builds from a configuration's certificates, offering both protocols.
+    #[test]
+    fn the_acceptor_offers_h2_and_http11() {
+        let tls = config::Tls {
+            certificates: vec![certificate(&["www.example.test"])],
+        };
+        let acceptor = acceptor(&tls).unwrap();
+        assert_eq!(
+            acceptor.config().alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+}
