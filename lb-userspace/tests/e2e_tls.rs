@@ -2,7 +2,8 @@
 //! certificates made here (rcgen). curl over HTTP/1.1 and HTTP/2 to the same cookie reaches the
 //! same server; two cookies on one HTTP/2 connection reach their two servers; SNI picks the
 //! certificate; the server hears `X-Forwarded-Proto: https`; plaintext on the TLS port is
-//! closed and the daemon goes on serving.
+//! closed, a stalled handshake is closed after `timeouts.client`, and the daemon goes on
+//! serving.
 
 #![allow(
     clippy::unwrap_used,
@@ -84,6 +85,9 @@ servers = [
   {{ name = "be2", addr = "{be}:8082" }},
   {{ name = "be3", addr = "{be}:8083" }},
 ]
+
+[timeouts]
+client = "2s"
 "#,
         pin = pin.0.display(),
         control = pin.control_socket().display(),
@@ -253,6 +257,20 @@ fn https_frontend_keeps_sessions_over_http11_and_http2() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
+    // A handshake that stalls (a client that connects and says nothing): closed after
+    // timeouts.client.
+    let addr = format!("{lb}:443");
+    let started = Instant::now();
+    let silent = http::in_netns(client.name(), move || {
+        http::raw_exchange(&addr, b"", Duration::from_secs(10))
+    });
+    let waited = started.elapsed();
+    assert!(silent.is_empty(), "{silent:?}");
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(6)).contains(&waited),
+        "closed after {waited:?}, not after timeouts.client"
+    );
+
     let after = curl(
         client,
         &lb,
