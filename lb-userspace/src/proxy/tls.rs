@@ -210,6 +210,68 @@ mod tests {
         assert_eq!(chosen(None), 0);
     }
 
+    /// A client of each TLS version negotiates ALPN, and its second connection resumes the
+    /// first's session (TLS 1.3 by ticket, TLS 1.2 by the session cache or a ticket).
+    #[tokio::test]
+    async fn handshakes_negotiate_alpn_and_resume() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let certificate = certificate(&["www.example.test"]);
+        let acceptor = acceptor(&config::Tls {
+            certificates: vec![certificate.clone()],
+        })
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certificate.loaded.cert[0].clone()).unwrap();
+        for (version, name) in [
+            (&rustls::version::TLS13, "1.3"),
+            (&rustls::version::TLS12, "1.2"),
+        ] {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+                let acceptor = acceptor.clone();
+                let server = tokio::spawn(async move {
+                    let mut stream = acceptor.accept(server_io).await.unwrap();
+                    // Application data after the session tickets: the client reads both.
+                    stream.write_all(b"x").await.unwrap();
+                    stream.flush().await.unwrap();
+                    let info = TlsInfo::of(stream.get_ref().1);
+                    (info, stream.get_ref().1.handshake_kind())
+                });
+                let sni = rustls_pki_types::ServerName::try_from("www.example.test").unwrap();
+                let mut stream = connector.connect(sni, client_io).await.unwrap();
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).await.unwrap();
+                let (info, kind) = server.await.unwrap();
+                assert_eq!(
+                    info,
+                    TlsInfo {
+                        version: name,
+                        alpn: "h2"
+                    }
+                );
+                kinds.push(kind);
+            }
+            assert_eq!(
+                kinds,
+                [
+                    Some(rustls::HandshakeKind::Full),
+                    Some(rustls::HandshakeKind::Resumed)
+                ],
+                "TLS {name}"
+            );
+        }
+    }
+
     /// The acceptor builds from a configuration's certificates, offering both protocols.
     #[test]
     fn the_acceptor_offers_h2_and_http11() {
