@@ -5,7 +5,7 @@
 
 use std::{fmt, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Instant};
 
-use super::{error::ProxyError, tls::TlsInfo, Frontend};
+use super::{error::ProxyError, Frontend};
 use crate::{
     backend::{BackendState, Decision, InFlight, Route, ServerState},
     error_chain,
@@ -123,6 +123,14 @@ impl Via {
             Self::Hyper | Self::Tls(_) => "exchange failed",
         }
     }
+}
+
+/// The TLS version and ALPN protocol of a TLS frontend's connection, as its access lines name
+/// them (`1.3`, `h2`; `-` for none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TlsInfo {
+    pub(super) version: &'static str,
+    pub(super) alpn: &'static str,
 }
 
 /// One exchange, as the access log records it: the one place its line is written and its

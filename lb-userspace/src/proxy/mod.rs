@@ -7,9 +7,9 @@
 //! connections to the kernel fast path), and [`Proxy::handle`], on hyper, serves the rest.
 //! [`listener`] gives connections to the first, which passes what it does not serve to the
 //! second; on a TLS frontend it gives them to [`tls`], which serves HTTP/1.1 and HTTP/2 on
-//! hyper through the same path. Both go through the same pipeline: [`exchange`] routes, learns cookies, counts and
-//! writes the one access record; [`error`] classifies failures by side and is the one
-//! responder. See docs/PIPELINE.md.
+//! hyper through the second's path. All go through the same pipeline: [`exchange`] routes,
+//! learns cookies, counts and writes the one access record; [`error`] classifies failures by
+//! side and is the one responder. See docs/PIPELINE.md.
 
 pub mod drain;
 mod error;

@@ -21,7 +21,11 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{drain::Drain, exchange::Via, ConnSettings, Frontend, Proxy};
+use super::{
+    drain::Drain,
+    exchange::{TlsInfo, Via},
+    ConnSettings, Frontend, Proxy,
+};
 use crate::config;
 
 /// Sessions a frontend remembers for resumption by id (TLS 1.2, and TLS 1.3 clients that do
@@ -85,14 +89,8 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// The TLS version and ALPN protocol of a connection, for its access lines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct TlsInfo {
-    pub(super) version: &'static str,
-    pub(super) alpn: &'static str,
-}
-
 impl TlsInfo {
+    /// What the handshake of `connection` agreed on.
     fn of(connection: &rustls::ServerConnection) -> Self {
         let version = match connection.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
