@@ -3,7 +3,7 @@
 //! same server; two cookies on one HTTP/2 connection reach their two servers; SNI picks the
 //! certificate; the server hears `X-Forwarded-Proto: https`; plaintext on the TLS port is
 //! closed, a stalled handshake is closed after `timeouts.client`, and the daemon goes on
-//! serving.
+//! serving. After `--upgrade`, a renewed certificate at the same paths is served.
 
 #![allow(
     clippy::unwrap_used,
@@ -290,4 +290,90 @@ fn https_frontend_keeps_sessions_over_http11_and_http2() {
     assert!(log.contains("alpn=\"http/1.1\""), "{log}");
     assert!(log.contains("tls=\"1.3\""), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// `made`'s files copied over `live`'s: a renewed certificate at the same paths.
+fn install(made: &Cert, live: &Cert) {
+    std::fs::copy(&made.cert, &live.cert).unwrap();
+    std::fs::copy(&made.key, &live.key).unwrap();
+}
+
+/// Certificates are read when a process loads the configuration: after `--upgrade`, new
+/// connections get the certificate now in the files.
+#[test]
+fn an_upgrade_serves_the_certificate_now_in_the_files() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("tlsup", 151);
+    let pin = PinDir::new("tlsup");
+    let _backends = start_backends(&topo);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, renewed) = (
+        make_cert(dirs[0].path(), WWW),
+        make_cert(dirs[1].path(), WWW),
+    );
+    let (live, api) = (
+        make_cert(dirs[2].path(), WWW),
+        make_cert(dirs[2].path(), API),
+    );
+    install(&first, &live);
+    let cfg = write_temp("tlsup.toml", &config(&topo, &pin, &live, &api));
+    let daemon = start_daemon(topo.lb.name(), &cfg);
+    let (client, lb) = (&topo.client, topo.lb_addr());
+    let served = curl(client, &lb, WWW, &first.cert, "/", &["--http2"]);
+    assert!(served.starts_with("Backend "), "{served}");
+
+    install(&renewed, &live);
+    let argv = [
+        common::stickylb_bin(),
+        "--log",
+        "info",
+        "reload",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--upgrade",
+    ];
+    let mut upgrade = Proc::spawn("upgrade", topo.lb.name(), &argv);
+    let done = common::wait_until(Duration::from_secs(60), || {
+        matches!(upgrade.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(done, "upgrade did not finish:\n{}", upgrade.output());
+    let successor = stickylb::control::running_pid(&pin.control_socket())
+        .and_then(|pid| i32::try_from(pid).ok())
+        .expect("a daemon answers after the upgrade");
+    // Stopped however the test ends: the successor is no child of this test.
+    struct Successor(i32);
+    impl Drop for Successor {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) takes plain integers; the pid is the daemon this test upgraded to.
+            unsafe { libc::kill(self.0, libc::SIGTERM) };
+            let gone = || !Path::new(&format!("/proc/{}", self.0)).exists();
+            common::wait_until(Duration::from_secs(15), gone);
+        }
+    }
+    let successor = Successor(successor);
+    assert_ne!(
+        u32::try_from(successor.0).unwrap(),
+        daemon.child.id(),
+        "{}",
+        upgrade.output()
+    );
+
+    let served = curl(client, &lb, WWW, &renewed.cert, "/", &["--http2"]);
+    assert!(served.starts_with("Backend "), "{served}");
+    let (ok, refused) = client.try_exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        first.cert.to_str().unwrap(),
+        "--resolve",
+        &format!("{WWW}:443:{lb}"),
+        &format!("https://{WWW}/"),
+    ]);
+    assert!(!ok, "the old certificate is still served: {refused}");
+    drop(successor);
+    drop(daemon);
 }
