@@ -219,6 +219,32 @@ fn https_frontend_keeps_sessions_over_http11_and_http2() {
     );
     assert!(headers.contains(&format!("host: {WWW}\n")), "{headers}");
 
+    // Bodies both ways over HTTP/2: a chunked response from the server, a request body.
+    let size = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/chunked/100000",
+        &[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} %{http_version}",
+        ],
+    );
+    assert_eq!(size, "100000 2");
+    let posted = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/headers",
+        &["--http2", "--data-binary", "hello"],
+    );
+    assert!(posted.contains("content-length: 5\n"), "{posted}");
+
     // SNI picks the certificate: each name verifies against its own certificate only.
     let by_api = curl(client, &lb, API, &api.cert, "/", &["--http1.1"]);
     assert!(by_api.starts_with("Backend "), "{by_api}");
