@@ -219,6 +219,17 @@ fn https_frontend_keeps_sessions_over_http11_and_http2() {
     );
     assert!(headers.contains(&format!("host: {WWW}\n")), "{headers}");
 
+    // A request slower than timeouts.client (2s) is not cut: only an idle connection is closed.
+    let slow = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/slow/3000",
+        &["--http2", "-b", "JSESSIONID=tls-a"],
+    );
+    assert_eq!(slow, servers[0]);
+
     // Bodies both ways over HTTP/2: a chunked response from the server, a request body.
     let size = curl(
         client,

@@ -6,8 +6,19 @@
 //! The handshake is bounded by `timeouts.client`; a client that fails it (plaintext on the TLS
 //! port, garbage, a stall) is closed and logged at debug. See docs/PIPELINE.md, "TLS frontends".
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex, PoisonError,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
+use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -131,10 +142,22 @@ pub(super) async fn serve(
     };
     let via = Via::Tls(TlsInfo::of(stream.get_ref().1));
     let (frontend, proxy) = (Arc::clone(frontend), Arc::clone(proxy));
+    let idle = Arc::new(Idle::new());
+    let busy = Arc::clone(&idle);
     let service = service_fn(move |request| {
         let (frontend, proxy) = (Arc::clone(&frontend), Arc::clone(&proxy));
+        let active = busy.begin();
         async move {
-            Ok::<_, std::convert::Infallible>(proxy.serve(&frontend, peer, via, request).await)
+            let response = proxy.serve(&frontend, peer, via, request).await;
+            // In progress until hyper is done with the body (it drops it then).
+            let response = response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _ = &active;
+                    frame
+                })
+                .boxed()
+            });
+            Ok::<_, std::convert::Infallible>(response)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -152,12 +175,121 @@ pub(super) async fn serve(
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .into_owned();
-    let connection = graceful.watch(connection, |connection| connection.graceful_shutdown());
+    let connection = CloseWhenIdle::new(
+        Box::pin(connection),
+        |connection| connection.graceful_shutdown(),
+        idle,
+        settings.client_timeout,
+    );
+    let connection = graceful.watch(connection, |connection| connection.get_mut().close());
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%peer, %error, "TLS client connection ended with an error");
         }
     });
+}
+
+/// The requests of one connection whose answer is not done, and since when it has had none.
+struct Idle {
+    active: AtomicUsize,
+    since: Mutex<Instant>,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            since: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// A request begins; it is in progress until the guard is dropped.
+    fn begin(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, SeqCst);
+        Active(Arc::clone(self))
+    }
+
+    /// How long the connection has had no request in progress; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            self.since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed(),
+        )
+    }
+}
+
+/// A request in progress on a connection (see [`Idle`]).
+struct Active(Arc<Idle>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.active.fetch_sub(1, SeqCst);
+    }
+}
+
+/// A connection shut down gracefully once it had no request in progress for `limit`: hyper
+/// closes an idle HTTP/1.1 connection itself (its header timeout), but keeps an idle HTTP/2
+/// one open for ever.
+struct CloseWhenIdle<C> {
+    connection: Pin<Box<C>>,
+    shutdown: fn(Pin<&mut C>),
+    idle: Arc<Idle>,
+    limit: Duration,
+    check: Pin<Box<tokio::time::Sleep>>,
+    closing: bool,
+}
+
+impl<C> CloseWhenIdle<C> {
+    fn new(
+        connection: Pin<Box<C>>,
+        shutdown: fn(Pin<&mut C>),
+        idle: Arc<Idle>,
+        limit: Duration,
+    ) -> Self {
+        Self {
+            connection,
+            shutdown,
+            idle,
+            limit,
+            check: Box::pin(tokio::time::sleep(limit)),
+            closing: false,
+        }
+    }
+
+    /// Asks the connection to finish what is in progress and close (once).
+    fn close(&mut self) {
+        if !std::mem::replace(&mut self.closing, true) {
+            (self.shutdown)(self.connection.as_mut());
+        }
+    }
+}
+
+impl<C: Future> Future for CloseWhenIdle<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        while !this.closing && this.check.as_mut().poll(cx).is_ready() {
+            let next = match this.idle.idle_for() {
+                Some(idle) if idle >= this.limit => {
+                    this.close();
+                    break;
+                }
+                Some(idle) => this.limit.saturating_sub(idle),
+                None => this.limit,
+            };
+            this.check
+                .as_mut()
+                .reset(tokio::time::Instant::now() + next);
+        }
+        this.connection.as_mut().poll(cx)
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +400,82 @@ mod tests {
                 "TLS {name}"
             );
         }
+    }
+
+    /// An HTTP/2 connection with no request for `timeouts.client` is closed (GOAWAY, then
+    /// the close), not kept for ever.
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_closed_after_the_client_timeout() {
+        use crate::{backend::BackendState, config::Config, table};
+
+        let certificate = certificate(&["www.example.test"]);
+        let acceptor = acceptor(&config::Tls {
+            certificates: vec![certificate.clone()],
+        })
+        .unwrap();
+        let config = Config::from_toml(
+            "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
+             [[backend]]\nname = \"web\"\nhealth_check = { enabled = false }\nservers = [ { name = \"s1\", addr = \"127.0.0.1:1\" } ]\n",
+        )
+        .unwrap();
+        let backend = BackendState::in_memory(&config.backends[0], table::memory::store(64));
+        let frontend = Arc::new(Frontend::new("www".into(), Arc::new(backend)));
+        let proxy = Arc::new(Proxy::new(Duration::from_secs(1), Duration::from_secs(5)));
+        let settings = ConnSettings {
+            client_timeout: Duration::from_millis(300),
+            max_header_bytes: 16384,
+            drain: Duration::from_secs(1),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Kept for the whole test: a dropped `Drain` asks its connections to stop.
+        let graceful = Arc::new(Drain::new());
+        let watching = Arc::clone(&graceful);
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let graceful = watching;
+            serve(
+                stream,
+                peer,
+                &acceptor,
+                (&frontend, &proxy),
+                settings,
+                &graceful,
+            )
+            .await;
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certificate.loaded.cert[0].clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let sni = rustls_pki_types::ServerName::try_from("www.example.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(sni, tcp)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (_sender, connection) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        assert!(ended.is_ok(), "the idle connection is still open");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "closed after {waited:?}"
+        );
+        drop(graceful);
     }
 
     /// The acceptor builds from a configuration's certificates, offering both protocols.
