@@ -105,6 +105,17 @@ mod tests {
         );
     }
 
+    /// HTTP/2 sends each cookie in a field of its own (RFC 9113 section 8.2.3): the stickiness
+    /// cookie is found in whichever field carries it, the last field included.
+    #[test]
+    fn finds_the_cookie_in_http2_split_fields() {
+        assert_eq!(
+            req(&["theme=dark", "lang=en", "JSESSIONID=h2s"]),
+            Some(b"h2s".to_vec())
+        );
+        assert_eq!(req(&["JSESSIONID=h2s", "lang=en"]), Some(b"h2s".to_vec()));
+    }
+
     #[test]
     fn tolerates_odd_spacing_and_quotes() {
         assert_eq!(

@@ -33,6 +33,7 @@ pub fn build(
             let backend = backends.iter().find(|b| b.name == f.backend)?;
             let mut frontend = Frontend::new(f.name.clone(), Arc::clone(backend));
             frontend.fastpath_interfaces = f.fastpath_interfaces.clone();
+            frontend.tls = f.tls.clone();
             Some(Arc::new(frontend))
         })
         .collect();

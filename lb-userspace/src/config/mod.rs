@@ -6,12 +6,15 @@ mod duration;
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 mod validate;
 
 use std::{
     net::SocketAddr,
     num::NonZeroU32,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -91,6 +94,45 @@ pub struct Frontend {
     /// Interfaces the splice program is attached to. Empty (the default): the interfaces of the
     /// routes to the servers, and the one each accepted connection came in on.
     pub fastpath_interfaces: Vec<String>,
+    /// `tls`: the frontend serves HTTPS (HTTP/1.1 and HTTP/2) with these certificates; its
+    /// fast path is then off. `None`: cleartext HTTP/1.1.
+    pub tls: Option<Tls>,
+}
+
+/// A TLS frontend's certificates, read and checked when the configuration is loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tls {
+    /// Not empty. A client's SNI picks the first whose names match it; the first is the
+    /// default (no SNI, or a name none matches).
+    pub certificates: Vec<TlsCertificate>,
+}
+
+/// A certificate chain and its private key, as files and as rustls uses them.
+#[derive(Clone)]
+pub struct TlsCertificate {
+    /// Absolute path of the PEM chain, end entity first.
+    pub cert: PathBuf,
+    /// Absolute path of the PEM private key (PKCS#8, PKCS#1 or SEC1), matching the chain.
+    pub key: PathBuf,
+    /// The chain and the signing key, parsed and checked to match.
+    pub loaded: Arc<rustls::sign::CertifiedKey>,
+}
+
+/// Compared by files: what a reload compares (the contents are read at start and on upgrade).
+impl PartialEq for TlsCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
+}
+
+/// The files only: the key itself is never printed.
+impl std::fmt::Debug for TlsCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `fastpath = "splice" | "off"`: the kernel fast path of a frontend (`docs/FASTPATH.md`).

@@ -59,6 +59,27 @@ pub(super) struct RawFrontend {
     pub(super) fastpath: Option<Spanned<String>>,
     /// Interface names; default: the routes' interfaces.
     pub(super) fastpath_interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `tls = { cert, key }` or `tls.certificates = [{ cert, key }, ...]`: an HTTPS frontend.
+    #[serde(default)]
+    pub(super) tls: Option<RawTls>,
+}
+
+/// A frontend's `tls`: one certificate (`cert`, `key`) or several chosen by SNI
+/// (`certificates`), not both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    pub(super) certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
+}
+
+/// A PEM certificate chain (end entity first) and its PEM private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub(super) cert: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

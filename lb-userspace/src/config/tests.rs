@@ -146,6 +146,7 @@ fn full_example_parses_with_every_value() {
                 backend: "web".into(),
                 fastpath: FastPathMode::Splice,
                 fastpath_interfaces: vec!["eth0".into(), "eth1".into()],
+                tls: None,
             },
             Frontend {
                 name: "api".into(),
@@ -153,6 +154,7 @@ fn full_example_parses_with_every_value() {
                 backend: "api".into(),
                 fastpath: FastPathMode::Off,
                 fastpath_interfaces: Vec::new(),
+                tls: None,
             },
         ],
         backends: vec![

@@ -89,6 +89,8 @@ pub(super) enum Via {
     Fastpath,
     /// hyper (HTTP/1.0, chunked or `Expect` request bodies, malformed heads).
     Hyper,
+    /// hyper over TLS (HTTP/1.1 or HTTP/2): a TLS frontend.
+    Tls(TlsInfo),
 }
 
 impl Via {
@@ -97,16 +99,38 @@ impl Via {
             Self::Pooled => "pooled",
             Self::Fastpath => "fastpath",
             Self::Hyper => "hyper",
+            Self::Tls(_) => "tls",
         }
+    }
+
+    /// The TLS version and ALPN protocol, on a TLS frontend (absent from other lines).
+    fn tls(self) -> (Option<&'static str>, Option<&'static str>) {
+        match self {
+            Self::Tls(info) => (Some(info.version), Some(info.alpn)),
+            _ => (None, None),
+        }
+    }
+
+    /// Whether the client's connection is TLS: the server is told `X-Forwarded-Proto: https`.
+    pub(super) fn is_tls(self) -> bool {
+        matches!(self, Self::Tls(_))
     }
 
     /// The access line's message for a failure: the relay closes the connection after one.
     fn failed(self) -> &'static str {
         match self {
             Self::Pooled | Self::Fastpath => "relayed exchange failed; closing",
-            Self::Hyper => "exchange failed",
+            Self::Hyper | Self::Tls(_) => "exchange failed",
         }
     }
+}
+
+/// The TLS version and ALPN protocol of a TLS frontend's connection, as its access lines name
+/// them (`1.3`, `h2`; `-` for none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TlsInfo {
+    pub(super) version: &'static str,
+    pub(super) alpn: &'static str,
 }
 
 /// One exchange, as the access log records it: the one place its line is written and its
@@ -129,6 +153,7 @@ impl Access<'_> {
             count_status(server, status);
         }
         let (server, decision) = self.names();
+        let (tls, alpn) = self.via.tls();
         tracing::info!(
             target: "access",
             frontend = %self.frontend.name,
@@ -141,6 +166,8 @@ impl Access<'_> {
             method = %self.method,
             path = self.path,
             relay = self.via.as_str(),
+            tls,
+            alpn,
         );
     }
 
@@ -155,6 +182,7 @@ impl Access<'_> {
         let status = error.answers_client().then(|| error.status().as_u16());
         let (server, decision) = self.names();
         let cause = error_chain(error);
+        let (tls, alpn) = self.via.tls();
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
@@ -169,6 +197,8 @@ impl Access<'_> {
                     method = %self.method,
                     path = self.path,
                     relay = self.via.as_str(),
+                    tls,
+                    alpn,
                     error = %cause,
                     "{}",
                     self.via.failed(),

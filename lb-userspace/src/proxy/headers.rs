@@ -1,5 +1,6 @@
-//! Header rewriting between the two legs: hop-by-hop headers stay on their leg, and the
-//! client's address is appended to `X-Forwarded-For`.
+//! Header rewriting between the two legs: hop-by-hop headers stay on their leg, the client's
+//! address is appended to `X-Forwarded-For`, a TLS frontend says `X-Forwarded-Proto: https`,
+//! and an HTTP/2 request's fields take their HTTP/1.1 form.
 
 use std::net::IpAddr;
 
@@ -7,6 +8,8 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The header a proxy appends the client's address to.
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The scheme the client used, for the server (set on TLS frontends only).
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
@@ -76,9 +79,66 @@ pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     }
 }
 
+/// Tells the server the client spoke HTTPS, replacing what the client claimed.
+pub(super) fn set_forwarded_proto_https(headers: &mut HeaderMap) {
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+}
+
+/// An HTTP/2 request's fields as an HTTP/1.1 server expects them: `Host` from `:authority`
+/// when there is none, and the `Cookie` fields HTTP/2 splits (RFC 9113 section 8.2.3) joined
+/// into one with `; `.
+pub(super) fn to_http11(headers: &mut HeaderMap, authority: Option<&hyper::http::uri::Authority>) {
+    if let Some(authority) = authority.filter(|_| !headers.contains_key(header::HOST)) {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            headers.insert(header::HOST, host);
+        }
+    }
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for more in headers.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(more.as_bytes());
+        }
+        if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, joined);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http2_cookie_fields_are_joined_and_authority_becomes_host() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("JSESSIONID=s2"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let authority = "www.example.test:8443".parse().unwrap();
+        to_http11(&mut h, Some(&authority));
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; JSESSIONID=s2; b=2"]);
+        assert_eq!(h[header::HOST], "www.example.test:8443");
+
+        // One field stays as it is; a Host the client sent is kept.
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("JSESSIONID=s1"));
+        h.insert(header::HOST, HeaderValue::from_static("given"));
+        to_http11(&mut h, Some(&authority));
+        assert_eq!(h[header::COOKIE], "JSESSIONID=s1");
+        assert_eq!(h[header::HOST], "given");
+    }
+
+    #[test]
+    fn forwarded_proto_replaces_the_clients_claim() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        set_forwarded_proto_https(&mut h);
+        let protos: Vec<_> = h.get_all("x-forwarded-proto").iter().collect();
+        assert_eq!(protos, ["https"]);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

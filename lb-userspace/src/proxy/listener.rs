@@ -1,5 +1,6 @@
 //! Serving a frontend: accept connections, give each to the relay (see [`relay`]), and to
-//! hyper ([`Proxy::handle`]) what the relay does not serve itself; stop gracefully.
+//! hyper ([`Proxy::handle`]) what the relay does not serve itself; stop gracefully. A TLS
+//! frontend's connections go to [`tls`] instead.
 //!
 //! hyper answers malformed requests with 400 and oversized heads with 431 itself. A client too
 //! slow to send its request head makes hyper give up silently, so the listener keeps a duplicate
@@ -36,6 +37,7 @@ use super::{
     drain::Drain,
     exchange::{Access, Via},
     relay::{self, Release},
+    tls,
     workers::Workers,
     Frontend, Proxy, ProxyError,
 };
@@ -78,6 +80,13 @@ pub async fn serve(
             return;
         }
     };
+    let tls = match frontend.tls.as_ref().map(tls::acceptor).transpose() {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(frontend = %frontend.name, %error, "cannot set up TLS");
+            return;
+        }
+    };
     // Connections served by the relay: hyper's graceful shutdown does not see them, so a
     // stopping listener waits for them itself (each closes at its next message boundary).
     let mut relayed = JoinSet::new();
@@ -111,6 +120,7 @@ pub async fn serve(
                     _ => None,
                 };
                 let stop = stop.clone();
+                let tls = tls.clone();
                 relayed.spawn_on(
                     async move {
                         let stream = match TcpStream::from_std(stream) {
@@ -121,6 +131,11 @@ pub async fn serve(
                             }
                         };
                         let _ = stream.set_nodelay(true);
+                        if let Some(tls) = &tls {
+                            let conn = (&frontend, &proxy);
+                            tls::serve(stream, peer, tls, conn, settings, &graceful).await;
+                            return;
+                        }
                         let released = relay::serve(
                             stream,
                             peer,

@@ -6,9 +6,10 @@
 //! Two transports carry exchanges: [`relay`] serves every simple HTTP/1.1 request (and hands
 //! connections to the kernel fast path), and [`Proxy::handle`], on hyper, serves the rest.
 //! [`listener`] gives connections to the first, which passes what it does not serve to the
-//! second. Both go through the same pipeline: [`exchange`] routes, learns cookies, counts and
-//! writes the one access record; [`error`] classifies failures by side and is the one
-//! responder. See docs/PIPELINE.md.
+//! second; on a TLS frontend it gives them to [`tls`], which serves HTTP/1.1 and HTTP/2 on
+//! hyper through the second's path. All go through the same pipeline: [`exchange`] routes,
+//! learns cookies, counts and writes the one access record; [`error`] classifies failures by
+//! side and is the one responder. See docs/PIPELINE.md.
 
 pub mod drain;
 mod error;
@@ -18,6 +19,7 @@ pub mod listener;
 mod message;
 pub mod pool;
 mod relay;
+mod tls;
 pub mod workers;
 
 use std::{
@@ -64,6 +66,8 @@ pub struct Frontend {
     pub fastpath: OnceLock<Arc<Runtime>>,
     /// `fastpath_interfaces`: empty for any.
     pub fastpath_interfaces: Vec<String>,
+    /// `tls`: the frontend terminates TLS with these certificates (and never splices).
+    pub tls: Option<crate::config::Tls>,
 }
 
 impl Frontend {
@@ -73,6 +77,7 @@ impl Frontend {
             backend,
             fastpath: OnceLock::new(),
             fastpath_interfaces: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -170,6 +175,18 @@ impl Proxy {
         &self,
         frontend: &Frontend,
         client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        self.serve(frontend, client, Via::Hyper, request).await
+    }
+
+    /// Serves one request that hyper read from a connection of transport `via` (hyper over
+    /// cleartext or over TLS).
+    async fn serve(
+        &self,
+        frontend: &Frontend,
+        client: SocketAddr,
+        via: Via,
         mut request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -186,7 +203,7 @@ impl Proxy {
             method: method.as_str(),
             path: &path,
             routed: None,
-            via: Via::Hyper,
+            via,
             started,
         };
         let (in_flight, decision) = match exchange::route(backend, cookie.as_deref()).await {
@@ -199,7 +216,7 @@ impl Proxy {
         let server = Arc::clone(in_flight.server());
         access.routed = Some((&server, decision));
         let forwarded = self
-            .forward(backend, &in_flight, client, request, upgrade)
+            .forward(backend, &in_flight, (client, via), request, upgrade)
             .await;
         match forwarded {
             Ok((response, server_side)) => {
@@ -223,13 +240,16 @@ impl Proxy {
         &self,
         backend: &BackendState,
         in_flight: &InFlight,
-        client: SocketAddr,
+        (client, via): (SocketAddr, Via),
         request: Request<Incoming>,
         upgrade: Option<hyper::header::HeaderValue>,
     ) -> Result<(Response<Incoming>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         let server = in_flight.server();
         let upstream = self.upstream.load_full();
-        let request = upstream_request(request, server, client, upgrade.clone())?;
+        let mut request = upstream_request(request, server, client, upgrade.clone())?;
+        if via.is_tls() {
+            headers::set_forwarded_proto_https(request.headers_mut());
+        }
         let response =
             tokio::time::timeout(upstream.server_timeout, upstream.client.request(request))
                 .await
@@ -284,8 +304,10 @@ async fn tunnel(
     }
 }
 
-/// The request as it goes to `server`: absolute URI to the server, hop-by-hop headers dropped,
-/// the client appended to `X-Forwarded-For`, the body counted.
+/// The request as it goes to `server` over HTTP/1.1: absolute URI to the server, hop-by-hop
+/// headers dropped, the client appended to `X-Forwarded-For`, the body counted. An HTTP/2
+/// request's `:authority` becomes its `Host` and its `Cookie` fields one field (RFC 9113
+/// section 8.2.3), as HTTP/1.1 has them.
 fn upstream_request(
     request: Request<Incoming>,
     server: &Arc<ServerState>,
@@ -293,6 +315,10 @@ fn upstream_request(
     upgrade: Option<hyper::header::HeaderValue>,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
+    if parts.version == hyper::Version::HTTP_2 {
+        headers::to_http11(&mut parts.headers, parts.uri.authority());
+        parts.version = hyper::Version::HTTP_11;
+    }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = Uri::builder()
         .scheme("http")

@@ -406,10 +406,24 @@ fn frontend_differences(
             from,
             to,
         );
+        // Certificates are read at start and on an upgrade, not yet on SIGHUP.
+        let (from, to) = (tls_files(before), tls_files(after));
+        differ(what, format_args!("frontend {name}: tls"), from, to);
     }
     for after in new.iter().filter(|f| !old.iter().any(|b| b.name == f.name)) {
         what.push(format!("frontend {}: added", after.name));
     }
+}
+
+/// A frontend's certificate and key files, in order.
+fn tls_files(frontend: &config::Frontend) -> Option<Vec<(&Path, &Path)>> {
+    let tls = frontend.tls.as_ref()?;
+    Some(
+        tls.certificates
+            .iter()
+            .map(|c| (c.cert.as_path(), c.key.as_path()))
+            .collect(),
+    )
 }
 
 fn backend_differences(old: &[config::Backend], new: &[config::Backend], what: &mut Vec<String>) {

@@ -208,3 +208,31 @@ async fn a_reload_keeps_server_state_and_applies_all_or_nothing() {
     assert!(web.servers().iter().all(|s| s.is_up()));
     live.stop();
 }
+
+/// Certificates are read at start and on an upgrade only: a SIGHUP that names other files for a
+/// frontend's `tls` is refused, naming them.
+#[test]
+fn new_tls_files_need_an_upgrade() {
+    let made = rcgen::generate_simple_self_signed(vec!["www.example.test".to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+    let provider = rustls::crypto::ring::default_provider();
+    let loaded =
+        rustls::sign::CertifiedKey::from_der(vec![made.cert.der().clone()], key, &provider)
+            .unwrap();
+    let tls = |cert: &str| config::Tls {
+        certificates: vec![config::TlsCertificate {
+            cert: cert.into(),
+            key: "/k.pem".into(),
+            loaded: Arc::new(loaded.clone()),
+        }],
+    };
+    let mut old = config(THREE, "", "");
+    old.frontends[0].tls = Some(tls("/a.pem"));
+    let mut new = old.clone();
+    assert!(compare(&old, &new).is_ok(), "the same files: nothing to do");
+    new.frontends[0].tls = Some(tls("/b.pem"));
+    assert_eq!(
+        needs_upgrade_list(&old, &new),
+        [r#"frontend www: tls Some([("/a.pem", "/k.pem")]) -> Some([("/b.pem", "/k.pem")])"#]
+    );
+}

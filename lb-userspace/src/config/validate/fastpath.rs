@@ -17,6 +17,8 @@ impl Checker<'_> {
         bind: Option<SocketAddr>,
     ) -> (Option<FastPathMode>, Option<Vec<String>>) {
         let mode = match &raw.fastpath {
+            // The kernel cannot splice a TLS connection without kTLS: served in userspace.
+            None if raw.tls.is_some() => Some(FastPathMode::Off),
             None if matches!(bind, Some(SocketAddr::V6(_))) => Some(FastPathMode::Off),
             None => Some(FastPathMode::DEFAULT),
             Some(mode) => match mode.get_ref().as_str() {
@@ -34,6 +36,13 @@ impl Checker<'_> {
         {
             let msg = "the kernel fast path splices IPv4 connections only; bind an IPv4 \
                        address or set fastpath = \"off\"";
+            self.report(Some(raw_mode.span()), &format!("{key}.fastpath"), msg);
+        }
+        if let (Some(FastPathMode::Splice), Some(_), Some(raw_mode)) =
+            (mode, &raw.tls, &raw.fastpath)
+        {
+            let msg = "a TLS frontend is served in userspace (the kernel fast path cannot \
+                       splice TLS without kTLS); remove fastpath or set fastpath = \"off\"";
             self.report(Some(raw_mode.span()), &format!("{key}.fastpath"), msg);
         }
         let Some(list) = &raw.fastpath_interfaces else {

@@ -27,6 +27,7 @@ const MS: Duration = Duration::from_millis(1);
 mod fastpath;
 mod fields;
 mod monitor;
+mod tls;
 
 use self::fields::{check_cookie_name, check_name, check_path};
 
@@ -198,12 +199,17 @@ impl Checker<'_> {
                     None
                 });
                 let (fastpath, fastpath_interfaces) = self.fastpath(&key, fe, bind);
+                let tls = match &fe.tls {
+                    None => Some(None),
+                    Some(tls) => self.tls(&key, span.clone(), tls).map(Some),
+                };
                 Some(Frontend {
                     name: name?,
                     bind: bind?,
                     backend: backend?,
                     fastpath: fastpath?,
                     fastpath_interfaces: fastpath_interfaces?,
+                    tls: tls?,
                 })
             })
             .collect();

@@ -1,0 +1,493 @@
+//! The TLS transport: a frontend with `tls` terminates TLS (1.2 and 1.3, rustls with `ring`)
+//! and serves HTTP/1.1 and HTTP/2 (by ALPN) with hyper, each request through the same pipeline
+//! as the hyper fallback ([`Proxy::serve`]). A TLS connection is never given to the relay: the
+//! kernel fast path cannot splice it (no kTLS), so it has nothing to gain there.
+//!
+//! The handshake is bounded by `timeouts.client`; a client that fails it (plaintext on the TLS
+//! port, garbage, a stall) is closed and logged at debug. See docs/PIPELINE.md, "TLS frontends".
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex, PoisonError,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http_body_util::BodyExt as _;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use rustls::{
+    server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    drain::Drain,
+    exchange::{TlsInfo, Via},
+    ConnSettings, Frontend, Proxy,
+};
+use crate::config;
+
+/// Sessions a frontend remembers for resumption by id (TLS 1.2, and TLS 1.3 clients that do
+/// not take tickets); tickets need no memory here.
+const SESSION_CACHE: usize = 4096;
+/// Streams an HTTP/2 client may have open at once on one connection.
+const MAX_STREAMS: u32 = 128;
+const HYPER_MIN_BUF: usize = 8192;
+
+/// A TLS frontend's acceptor: its certificates, versions, ALPN and resumption settings.
+pub(super) fn acceptor(tls: &config::Tls) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Certificates::new(tls)));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// The certificates of a frontend, chosen by the client's SNI.
+#[derive(Debug)]
+struct Certificates {
+    /// Not empty (validated): the first is the default.
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    fn new(tls: &config::Tls) -> Self {
+        Self {
+            keys: tls
+                .certificates
+                .iter()
+                .map(|c| Arc::clone(&c.loaded))
+                .collect(),
+        }
+    }
+
+    /// The first certificate valid for `sni`, else the first (also without SNI).
+    fn choose(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let matching = sni
+            .and_then(|name| rustls_pki_types::ServerName::try_from(name).ok())
+            .and_then(|name| self.keys.iter().find(|key| valid_for(key, &name)));
+        matching.or_else(|| self.keys.first())
+    }
+}
+
+/// Whether `key`'s end-entity certificate names `name` (wildcards as a client would check).
+fn valid_for(key: &CertifiedKey, name: &rustls_pki_types::ServerName<'_>) -> bool {
+    key.end_entity_cert()
+        .ok()
+        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+        .is_some_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.choose(hello.server_name()).cloned()
+    }
+}
+
+impl TlsInfo {
+    /// What the handshake of `connection` agreed on.
+    fn of(connection: &rustls::ServerConnection) -> Self {
+        let version = match connection.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "-",
+        };
+        let alpn = match connection.alpn_protocol() {
+            Some(b"h2") => "h2",
+            Some(b"http/1.1") => "http/1.1",
+            _ => "-",
+        };
+        Self { version, alpn }
+    }
+}
+
+/// Completes the handshake of `stream` (with `TCP_NODELAY` set by the caller) within the
+/// client timeout, then serves its requests with hyper on a task of its own, watched by
+/// `graceful`.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    (frontend, proxy): (&Arc<Frontend>, &Arc<Proxy>),
+    settings: ConnSettings,
+    graceful: &Drain,
+) {
+    let handshake = tokio::time::timeout(settings.client_timeout, acceptor.accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(frontend = %frontend.name, %peer, %error, "TLS handshake failed; closing");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(frontend = %frontend.name, %peer, "TLS handshake timed out; closing");
+            return;
+        }
+    };
+    let via = Via::Tls(TlsInfo::of(stream.get_ref().1));
+    let (frontend, proxy) = (Arc::clone(frontend), Arc::clone(proxy));
+    let idle = Arc::new(Idle::new());
+    let busy = Arc::clone(&idle);
+    let service = service_fn(move |request| {
+        let (frontend, proxy) = (Arc::clone(&frontend), Arc::clone(&proxy));
+        let active = busy.begin();
+        async move {
+            let response = proxy.serve(&frontend, peer, via, request).await;
+            // In progress until hyper is done with the body (it drops it then).
+            let response = response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _ = &active;
+                    frame
+                })
+                .boxed()
+            });
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(settings.client_timeout)
+        .max_buf_size(settings.max_header_bytes.max(HYPER_MIN_BUF));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = CloseWhenIdle::new(
+        Box::pin(connection),
+        |connection| connection.graceful_shutdown(),
+        idle,
+        settings.client_timeout,
+    );
+    let connection = graceful.watch(connection, |connection| connection.get_mut().close());
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "TLS client connection ended with an error");
+        }
+    });
+}
+
+/// The requests of one connection whose answer is not done, and since when it has had none.
+struct Idle {
+    active: AtomicUsize,
+    since: Mutex<Instant>,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            since: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// A request begins; it is in progress until the guard is dropped.
+    fn begin(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, SeqCst);
+        Active(Arc::clone(self))
+    }
+
+    /// How long the connection has had no request in progress; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            self.since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed(),
+        )
+    }
+}
+
+/// A request in progress on a connection (see [`Idle`]).
+struct Active(Arc<Idle>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.active.fetch_sub(1, SeqCst);
+    }
+}
+
+/// A connection shut down gracefully once it had no request in progress for `limit`: hyper
+/// closes an idle HTTP/1.1 connection itself (its header timeout), but keeps an idle HTTP/2
+/// one open for ever.
+struct CloseWhenIdle<C> {
+    connection: Pin<Box<C>>,
+    shutdown: fn(Pin<&mut C>),
+    idle: Arc<Idle>,
+    limit: Duration,
+    check: Pin<Box<tokio::time::Sleep>>,
+    closing: bool,
+}
+
+impl<C> CloseWhenIdle<C> {
+    fn new(
+        connection: Pin<Box<C>>,
+        shutdown: fn(Pin<&mut C>),
+        idle: Arc<Idle>,
+        limit: Duration,
+    ) -> Self {
+        Self {
+            connection,
+            shutdown,
+            idle,
+            limit,
+            check: Box::pin(tokio::time::sleep(limit)),
+            closing: false,
+        }
+    }
+
+    /// Asks the connection to finish what is in progress and close (once).
+    fn close(&mut self) {
+        if !std::mem::replace(&mut self.closing, true) {
+            (self.shutdown)(self.connection.as_mut());
+        }
+    }
+}
+
+impl<C: Future> Future for CloseWhenIdle<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        while !this.closing && this.check.as_mut().poll(cx).is_ready() {
+            let next = match this.idle.idle_for() {
+                Some(idle) if idle >= this.limit => {
+                    this.close();
+                    break;
+                }
+                Some(idle) => this.limit.saturating_sub(idle),
+                None => this.limit,
+            };
+            this.check
+                .as_mut()
+                .reset(tokio::time::Instant::now() + next);
+        }
+        this.connection.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(names: &[&str]) -> config::TlsCertificate {
+        let made = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+        let provider = rustls::crypto::ring::default_provider();
+        let loaded = CertifiedKey::from_der(vec![made.cert.der().clone()], key, &provider).unwrap();
+        config::TlsCertificate {
+            cert: format!("/{}.pem", names[0]).into(),
+            key: "/key.pem".into(),
+            loaded: Arc::new(loaded),
+        }
+    }
+
+    /// SNI picks the first certificate that names the host (wildcards included); no SNI, an
+    /// unknown name or an IP address gets the first, the default.
+    #[test]
+    fn sni_picks_the_certificate_and_falls_back_on_the_first() {
+        let tls = config::Tls {
+            certificates: vec![
+                certificate(&["www.example.test"]),
+                certificate(&["api.example.test", "*.api.example.test"]),
+                certificate(&["api.example.test"]),
+            ],
+        };
+        let certificates = Certificates::new(&tls);
+        let chosen = |sni: Option<&str>| {
+            let key = certificates.choose(sni).unwrap();
+            certificates
+                .keys
+                .iter()
+                .position(|k| Arc::ptr_eq(k, key))
+                .unwrap()
+        };
+        assert_eq!(chosen(Some("www.example.test")), 0);
+        assert_eq!(chosen(Some("api.example.test")), 1);
+        assert_eq!(chosen(Some("v2.api.example.test")), 1);
+        assert_eq!(chosen(Some("API.Example.Test")), 1);
+        assert_eq!(chosen(Some("unknown.test")), 0);
+        assert_eq!(chosen(Some("10.0.0.1")), 0);
+        assert_eq!(chosen(None), 0);
+    }
+
+    /// A client of each TLS version negotiates ALPN, and its second connection resumes the
+    /// first's session (TLS 1.3 by ticket, TLS 1.2 by the session cache or a ticket).
+    #[tokio::test]
+    async fn handshakes_negotiate_alpn_and_resume() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let certificate = certificate(&["www.example.test"]);
+        let acceptor = acceptor(&config::Tls {
+            certificates: vec![certificate.clone()],
+        })
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certificate.loaded.cert[0].clone()).unwrap();
+        for (version, name) in [
+            (&rustls::version::TLS13, "1.3"),
+            (&rustls::version::TLS12, "1.2"),
+        ] {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+                let acceptor = acceptor.clone();
+                let server = tokio::spawn(async move {
+                    let mut stream = acceptor.accept(server_io).await.unwrap();
+                    // Application data after the session tickets: the client reads both.
+                    stream.write_all(b"x").await.unwrap();
+                    stream.flush().await.unwrap();
+                    let info = TlsInfo::of(stream.get_ref().1);
+                    (info, stream.get_ref().1.handshake_kind())
+                });
+                let sni = rustls_pki_types::ServerName::try_from("www.example.test").unwrap();
+                let mut stream = connector.connect(sni, client_io).await.unwrap();
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).await.unwrap();
+                let (info, kind) = server.await.unwrap();
+                assert_eq!(
+                    info,
+                    TlsInfo {
+                        version: name,
+                        alpn: "h2"
+                    }
+                );
+                kinds.push(kind);
+            }
+            assert_eq!(
+                kinds,
+                [
+                    Some(rustls::HandshakeKind::Full),
+                    Some(rustls::HandshakeKind::Resumed)
+                ],
+                "TLS {name}"
+            );
+        }
+    }
+
+    /// An HTTP/2 connection with no request for `timeouts.client` is closed (GOAWAY, then
+    /// the close), not kept for ever.
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_closed_after_the_client_timeout() {
+        use crate::{backend::BackendState, config::Config, table};
+
+        let certificate = certificate(&["www.example.test"]);
+        let acceptor = acceptor(&config::Tls {
+            certificates: vec![certificate.clone()],
+        })
+        .unwrap();
+        let config = Config::from_toml(
+            "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
+             [[backend]]\nname = \"web\"\nhealth_check = { enabled = false }\nservers = [ { name = \"s1\", addr = \"127.0.0.1:1\" } ]\n",
+        )
+        .unwrap();
+        let backend = BackendState::in_memory(&config.backends[0], table::memory::store(64));
+        let frontend = Arc::new(Frontend::new("www".into(), Arc::new(backend)));
+        let proxy = Arc::new(Proxy::new(Duration::from_secs(1), Duration::from_secs(5)));
+        let settings = ConnSettings {
+            client_timeout: Duration::from_millis(300),
+            max_header_bytes: 16384,
+            drain: Duration::from_secs(1),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Kept for the whole test: a dropped `Drain` asks its connections to stop.
+        let graceful = Arc::new(Drain::new());
+        let watching = Arc::clone(&graceful);
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let graceful = watching;
+            serve(
+                stream,
+                peer,
+                &acceptor,
+                (&frontend, &proxy),
+                settings,
+                &graceful,
+            )
+            .await;
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certificate.loaded.cert[0].clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let sni = rustls_pki_types::ServerName::try_from("www.example.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(sni, tcp)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (_sender, connection) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        assert!(ended.is_ok(), "the idle connection is still open");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "closed after {waited:?}"
+        );
+        drop(graceful);
+    }
+
+    /// The acceptor builds from a configuration's certificates, offering both protocols.
+    #[test]
+    fn the_acceptor_offers_h2_and_http11() {
+        let tls = config::Tls {
+            certificates: vec![certificate(&["www.example.test"])],
+        };
+        let acceptor = acceptor(&tls).unwrap();
+        assert_eq!(
+            acceptor.config().alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+}

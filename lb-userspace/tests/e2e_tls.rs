@@ -1,0 +1,416 @@
+//! End to end, in network namespaces (client, lb, backends): an HTTPS frontend with two
+//! certificates made here (rcgen). curl over HTTP/1.1 and HTTP/2 to the same cookie reaches the
+//! same server; two cookies on one HTTP/2 connection reach their two servers; SNI picks the
+//! certificate; the server hears `X-Forwarded-Proto: https`; plaintext on the TLS port is
+//! closed, a stalled handshake is closed after `timeouts.client`, and the daemon goes on
+//! serving. After `--upgrade`, a renewed certificate at the same paths is served.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed setup step must fail the test loudly"
+)]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use common::{
+    http,
+    netns::{Exec as _, NetNs},
+    privileged, start_daemon, write_temp, PinDir, Proc, Topology,
+};
+
+const WWW: &str = "www.example.test";
+const API: &str = "api.example.test";
+
+/// A self-signed certificate for `name` and its key, written to `dir`.
+struct Cert {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_cert(dir: &Path, name: &str) -> Cert {
+    let made = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    Cert { cert, key }
+}
+
+fn start_backends(topo: &Topology) -> Vec<Proc> {
+    (1..=3)
+        .map(|n| {
+            let listen = format!("{}:{}=Backend {n}", topo.backend_addr(), 8080 + n);
+            let proc = Proc::spawn(
+                &format!("be{n}"),
+                topo.backends.name(),
+                &[common::backend_bin(), "--listen", &listen],
+            );
+            proc.wait_for_output("ready", Duration::from_secs(10));
+            proc
+        })
+        .collect()
+}
+
+fn config(topo: &Topology, pin: &PinDir, www: &Cert, api: &Cert) -> String {
+    let be = topo.backend_addr();
+    format!(
+        r#"
+[instance]
+name = "lb-tls"
+pin_dir = "{pin}"
+control_socket = "{control}"
+
+[[frontend]]
+name = "https"
+bind = "{lb}:443"
+backend = "web"
+tls.certificates = [
+  {{ cert = "{www_cert}", key = "{www_key}" }},
+  {{ cert = "{api_cert}", key = "{api_key}" }},
+]
+
+[[backend]]
+name = "web"
+balance = "roundrobin"
+health_check = {{ enabled = false }}
+servers = [
+  {{ name = "be1", addr = "{be}:8081" }},
+  {{ name = "be2", addr = "{be}:8082" }},
+  {{ name = "be3", addr = "{be}:8083" }},
+]
+
+[timeouts]
+client = "2s"
+"#,
+        pin = pin.0.display(),
+        control = pin.control_socket().display(),
+        lb = topo.lb_addr(),
+        www_cert = www.cert.display(),
+        www_key = www.key.display(),
+        api_cert = api.cert.display(),
+        api_key = api.key.display(),
+    )
+}
+
+/// curl from the client host to `https://<name>/<path>` at the lb, trusting only `ca`, with
+/// `args` before the URL; stdout and stderr together.
+fn curl(client: &NetNs, lb: &str, name: &str, ca: &Path, path: &str, args: &[&str]) -> String {
+    let resolve = format!("{name}:443:{lb}");
+    let url = format!("https://{name}{path}");
+    let ca = ca.to_str().unwrap();
+    let mut argv = vec!["curl", "-sS", "--max-time", "10", "--cacert", ca];
+    argv.extend(["--resolve", &resolve]);
+    argv.extend(args);
+    argv.push(&url);
+    client.exec(&argv)
+}
+
+/// The argv of one transfer of a curl command line that reuses its connection (`--next`).
+fn transfer<'a>(resolve: &'a str, ca: &'a str, cookie: &'a str, url: &'a str) -> Vec<&'a str> {
+    vec![
+        "--http2",
+        "-sS",
+        "--cacert",
+        ca,
+        "--resolve",
+        resolve,
+        "-b",
+        cookie,
+        "-w",
+        " connects=%{num_connects} http=%{http_version}\n",
+        url,
+    ]
+}
+
+#[test]
+fn https_frontend_keeps_sessions_over_http11_and_http2() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("tls", 150);
+    let pin = PinDir::new("tls");
+    let _backends = start_backends(&topo);
+    let certs = tempfile::tempdir().unwrap();
+    let (www, api) = (make_cert(certs.path(), WWW), make_cert(certs.path(), API));
+    let cfg = write_temp("tls.toml", &config(&topo, &pin, &www, &api));
+    let daemon = start_daemon(topo.lb.name(), &cfg);
+    let (client, lb) = (&topo.client, topo.lb_addr());
+
+    // The same cookie over HTTP/1.1 then HTTP/2 (its Cookie split in two fields): one server.
+    let mut servers = Vec::new();
+    for session in ["tls-a", "tls-b", "tls-c"] {
+        let cookie = format!("JSESSIONID={session}");
+        let h1 = curl(
+            client,
+            &lb,
+            WWW,
+            &www.cert,
+            "/",
+            &["--http1.1", "-b", &cookie],
+        );
+        let h2 = curl(
+            client,
+            &lb,
+            WWW,
+            &www.cert,
+            "/",
+            &[
+                "--http2",
+                "-H",
+                "cookie: theme=dark",
+                "-H",
+                &format!("cookie: {cookie}"),
+            ],
+        );
+        assert!(h1.starts_with("Backend "), "{h1}");
+        assert_eq!(
+            h1, h2,
+            "session {session}: HTTP/1.1 and HTTP/2 reach one server"
+        );
+        servers.push(h1);
+    }
+    let distinct: std::collections::HashSet<_> = servers.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "round robin spread the sessions: {servers:?}"
+    );
+
+    // Two cookies on one HTTP/2 connection: each request goes to its own session's server.
+    let (resolve, ca) = (format!("{WWW}:443:{lb}"), www.cert.to_str().unwrap());
+    let url = format!("https://{WWW}/");
+    let mut argv = vec!["curl"];
+    argv.extend(transfer(&resolve, ca, "JSESSIONID=tls-a", &url));
+    argv.push("--next");
+    argv.extend(transfer(&resolve, ca, "JSESSIONID=tls-b", &url));
+    let both = client.exec(&argv);
+    let expected = format!(
+        "{} connects=1 http=2\n{} connects=0 http=2\n",
+        servers[0], servers[1]
+    );
+    assert_eq!(both, expected, "one connection, two sessions, two servers");
+
+    // What the server hears: HTTPS said, the split cookies joined, the authority as Host.
+    let headers = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/headers",
+        &[
+            "--http2",
+            "-H",
+            "cookie: a=1",
+            "-H",
+            "cookie: JSESSIONID=tls-a",
+        ],
+    );
+    assert!(headers.contains("x-forwarded-proto: https\n"), "{headers}");
+    assert!(
+        headers.contains("cookie: a=1; JSESSIONID=tls-a\n"),
+        "{headers}"
+    );
+    assert!(headers.contains(&format!("host: {WWW}\n")), "{headers}");
+
+    // A request slower than timeouts.client (2s) is not cut: only an idle connection is closed.
+    let slow = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/slow/3000",
+        &["--http2", "-b", "JSESSIONID=tls-a"],
+    );
+    assert_eq!(slow, servers[0]);
+
+    // Bodies both ways over HTTP/2: a chunked response from the server, a request body.
+    let size = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/chunked/100000",
+        &[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} %{http_version}",
+        ],
+    );
+    assert_eq!(size, "100000 2");
+    let posted = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/headers",
+        &["--http2", "--data-binary", "hello"],
+    );
+    assert!(posted.contains("content-length: 5\n"), "{posted}");
+
+    // SNI picks the certificate: each name verifies against its own certificate only.
+    let by_api = curl(client, &lb, API, &api.cert, "/", &["--http1.1"]);
+    assert!(by_api.starts_with("Backend "), "{by_api}");
+    let (ok, wrong) = client.try_exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        www.cert.to_str().unwrap(),
+        "--resolve",
+        &format!("{API}:443:{lb}"),
+        &format!("https://{API}/"),
+    ]);
+    assert!(
+        !ok,
+        "the api name must not be served the www certificate: {wrong}"
+    );
+
+    // Plaintext on the TLS port: closed (no HTTP answer), well before any timeout.
+    let addr = format!("{lb}:443");
+    let started = Instant::now();
+    let answer = http::in_netns(client.name(), move || {
+        http::raw_exchange(
+            &addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(5),
+        )
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "not closed in time"
+    );
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A handshake that stalls (a client that connects and says nothing): closed after
+    // timeouts.client.
+    let addr = format!("{lb}:443");
+    let started = Instant::now();
+    let silent = http::in_netns(client.name(), move || {
+        http::raw_exchange(&addr, b"", Duration::from_secs(10))
+    });
+    let waited = started.elapsed();
+    assert!(silent.is_empty(), "{silent:?}");
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(6)).contains(&waited),
+        "closed after {waited:?}, not after timeouts.client"
+    );
+
+    let after = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/",
+        &["--http2", "-b", "JSESSIONID=tls-a"],
+    );
+    assert_eq!(
+        after, servers[0],
+        "still serving after the plaintext client"
+    );
+
+    let log = daemon.stop_with(libc::SIGTERM);
+    assert!(log.contains("relay=\"tls\""), "{log}");
+    assert!(log.contains("alpn=\"h2\""), "{log}");
+    assert!(log.contains("alpn=\"http/1.1\""), "{log}");
+    assert!(log.contains("tls=\"1.3\""), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// `made`'s files copied over `live`'s: a renewed certificate at the same paths.
+fn install(made: &Cert, live: &Cert) {
+    std::fs::copy(&made.cert, &live.cert).unwrap();
+    std::fs::copy(&made.key, &live.key).unwrap();
+}
+
+/// Certificates are read when a process loads the configuration: after `--upgrade`, new
+/// connections get the certificate now in the files.
+#[test]
+fn an_upgrade_serves_the_certificate_now_in_the_files() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("tlsup", 151);
+    let pin = PinDir::new("tlsup");
+    let _backends = start_backends(&topo);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, renewed) = (
+        make_cert(dirs[0].path(), WWW),
+        make_cert(dirs[1].path(), WWW),
+    );
+    let (live, api) = (
+        make_cert(dirs[2].path(), WWW),
+        make_cert(dirs[2].path(), API),
+    );
+    install(&first, &live);
+    let cfg = write_temp("tlsup.toml", &config(&topo, &pin, &live, &api));
+    let daemon = start_daemon(topo.lb.name(), &cfg);
+    let (client, lb) = (&topo.client, topo.lb_addr());
+    let served = curl(client, &lb, WWW, &first.cert, "/", &["--http2"]);
+    assert!(served.starts_with("Backend "), "{served}");
+
+    install(&renewed, &live);
+    let argv = [
+        common::stickylb_bin(),
+        "--log",
+        "info",
+        "reload",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--upgrade",
+    ];
+    let mut upgrade = Proc::spawn("upgrade", topo.lb.name(), &argv);
+    let done = common::wait_until(Duration::from_secs(60), || {
+        matches!(upgrade.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(done, "upgrade did not finish:\n{}", upgrade.output());
+    let successor = stickylb::control::running_pid(&pin.control_socket())
+        .and_then(|pid| i32::try_from(pid).ok())
+        .expect("a daemon answers after the upgrade");
+    // Stopped however the test ends: the successor is no child of this test.
+    struct Successor(i32);
+    impl Drop for Successor {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) takes plain integers; the pid is the daemon this test upgraded to.
+            unsafe { libc::kill(self.0, libc::SIGTERM) };
+            let gone = || !Path::new(&format!("/proc/{}", self.0)).exists();
+            common::wait_until(Duration::from_secs(15), gone);
+        }
+    }
+    let successor = Successor(successor);
+    assert_ne!(
+        u32::try_from(successor.0).unwrap(),
+        daemon.child.id(),
+        "{}",
+        upgrade.output()
+    );
+
+    let served = curl(client, &lb, WWW, &renewed.cert, "/", &["--http2"]);
+    assert!(served.starts_with("Backend "), "{served}");
+    let (ok, refused) = client.try_exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        first.cert.to_str().unwrap(),
+        "--resolve",
+        &format!("{WWW}:443:{lb}"),
+        &format!("https://{WWW}/"),
+    ]);
+    assert!(!ok, "the old certificate is still served: {refused}");
+    drop(successor);
+    drop(daemon);
+}
