@@ -81,7 +81,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     forget_orphaned_settings(&settings, &backends);
     adopt_table(&store, &backends)?;
 
-    let live = Arc::new(Live::start(config.clone(), backends.clone()));
+    let live = Arc::new(Live::start(
+        config.clone(),
+        (backends.clone(), frontends.clone()),
+    ));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let fastpath = start_fastpath(&config, &frontends)?;
     if let Some(runtime) = &fastpath {

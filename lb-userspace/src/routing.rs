@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::{
     backend::{BackendState, SharedSettings},
     config::Config,
-    proxy::Frontend,
+    proxy::{Certificates, Frontend},
     table::Store,
 };
 
@@ -33,9 +33,17 @@ pub fn build(
             let backend = backends.iter().find(|b| b.name == f.backend)?;
             let mut frontend = Frontend::new(f.name.clone(), Arc::clone(backend));
             frontend.fastpath_interfaces = f.fastpath_interfaces.clone();
-            frontend.tls = f.tls.clone();
+            frontend.tls = f.tls.as_ref().map(|tls| Arc::new(Certificates::new(tls)));
+            frontend.hsts = f.hsts.and_then(hsts_value);
+            frontend.redirect = f.redirect_http_to.as_deref().map(Arc::from);
             Some(Arc::new(frontend))
         })
         .collect();
     (backends, frontends)
+}
+
+/// `Strict-Transport-Security` for a `max-age` (a whole number of seconds: always a valid
+/// header value).
+fn hsts_value(max_age: std::time::Duration) -> Option<hyper::header::HeaderValue> {
+    format!("max-age={}", max_age.as_secs()).parse().ok()
 }

@@ -12,14 +12,14 @@ pub enum DurationError {
     #[error("duration {input:?} does not start with a number")]
     MissingNumber { input: String },
     #[error(
-        "unknown unit {unit:?} in duration {input:?} (valid: ms, s, m, h, d; no unit means ms)"
+        "unknown unit {unit:?} in duration {input:?} (valid: ms, s, m, h, d, y; no unit means ms)"
     )]
     UnknownUnit { input: String, unit: String },
     #[error("duration {input:?} is too large")]
     Overflow { input: String },
 }
 
-/// Parses `500ms`, `2s`, `30m`, `1h`, `1d`, or a bare integer meaning milliseconds (HAProxy's
+/// Parses `500ms`, `2s`, `30m`, `1h`, `1d`, `1y` (365 days), or a bare integer meaning milliseconds (HAProxy's
 /// convention). No sign, no fraction, no spaces.
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     if s.is_empty() {
@@ -48,6 +48,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         "m" => 60,
         "h" => 60 * 60,
         "d" => 24 * 60 * 60,
+        // For `hsts`, whose max-age is counted in years.
+        "y" => 365 * 24 * 60 * 60,
         _ => {
             return Err(DurationError::UnknownUnit {
                 input: s.to_owned(),

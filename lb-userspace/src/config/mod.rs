@@ -97,6 +97,13 @@ pub struct Frontend {
     /// `tls`: the frontend serves HTTPS (HTTP/1.1 and HTTP/2) with these certificates; its
     /// fast path is then off. `None`: cleartext HTTP/1.1.
     pub tls: Option<Tls>,
+    /// `redirect_http_to` (cleartext frontends only): every request is answered with a
+    /// permanent redirect to this `https://` origin (and optional path prefix, without a
+    /// trailing `/`) followed by the request's path and query; nothing is routed.
+    pub redirect_http_to: Option<String>,
+    /// `hsts` (TLS frontends only): responses get `Strict-Transport-Security: max-age=` this
+    /// many seconds, unless the server sent one.
+    pub hsts: Option<Duration>,
 }
 
 /// A TLS frontend's certificates, read and checked when the configuration is loaded.

@@ -62,6 +62,11 @@ pub(super) struct RawFrontend {
     /// `tls = { cert, key }` or `tls.certificates = [{ cert, key }, ...]`: an HTTPS frontend.
     #[serde(default)]
     pub(super) tls: Option<RawTls>,
+    /// `https://host[:port][/prefix]`: a cleartext frontend answers every request with a
+    /// redirect there.
+    pub(super) redirect_http_to: Option<Spanned<String>>,
+    /// `max-age` of the `Strict-Transport-Security` a TLS frontend adds (`1y`, `180d`).
+    pub(super) hsts: Option<Spanned<RawDuration>>,
 }
 
 /// A frontend's `tls`: one certificate (`cert`, `key`) or several chosen by SNI

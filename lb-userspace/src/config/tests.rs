@@ -147,6 +147,8 @@ fn full_example_parses_with_every_value() {
                 fastpath: FastPathMode::Splice,
                 fastpath_interfaces: vec!["eth0".into(), "eth1".into()],
                 tls: None,
+                redirect_http_to: None,
+                hsts: None,
             },
             Frontend {
                 name: "api".into(),
@@ -155,6 +157,8 @@ fn full_example_parses_with_every_value() {
                 fastpath: FastPathMode::Off,
                 fastpath_interfaces: Vec::new(),
                 tls: None,
+                redirect_http_to: None,
+                hsts: None,
             },
         ],
         backends: vec![
@@ -1300,7 +1304,7 @@ fn duration_vectors() {
     }
     assert_eq!(
         err("5x").to_string(),
-        "unknown unit \"x\" in duration \"5x\" (valid: ms, s, m, h, d; no unit means ms)"
+        "unknown unit \"x\" in duration \"5x\" (valid: ms, s, m, h, d, y; no unit means ms)"
     );
 }
 

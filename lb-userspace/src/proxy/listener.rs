@@ -1,6 +1,6 @@
 //! Serving a frontend: accept connections, give each to the relay (see [`relay`]), and to
 //! hyper ([`Proxy::handle`]) what the relay does not serve itself; stop gracefully. A TLS
-//! frontend's connections go to [`tls`] instead.
+//! frontend's connections go to [`tls`] instead, and a redirecting one's to [`redirect`].
 //!
 //! hyper answers malformed requests with 400 and oversized heads with 431 itself. A client too
 //! slow to send its request head makes hyper give up silently, so the listener keeps a duplicate
@@ -36,6 +36,7 @@ pub use super::ConnSettings;
 use super::{
     drain::Drain,
     exchange::{Access, Via},
+    redirect,
     relay::{self, Release},
     tls,
     workers::Workers,
@@ -80,7 +81,7 @@ pub async fn serve(
             return;
         }
     };
-    let tls = match frontend.tls.as_ref().map(tls::acceptor).transpose() {
+    let tls = match frontend.tls.clone().map(tls::acceptor).transpose() {
         Ok(tls) => tls,
         Err(error) => {
             tracing::error!(frontend = %frontend.name, %error, "cannot set up TLS");
@@ -131,6 +132,10 @@ pub async fn serve(
                             }
                         };
                         let _ = stream.set_nodelay(true);
+                        if let Some(base) = &frontend.redirect {
+                            redirect::serve(stream, peer, base, settings, &graceful);
+                            return;
+                        }
                         if let Some(tls) = &tls {
                             let conn = (&frontend, &proxy);
                             tls::serve(stream, peer, tls, conn, settings, &graceful).await;

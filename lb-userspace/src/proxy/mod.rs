@@ -18,6 +18,7 @@ mod headers;
 pub mod listener;
 mod message;
 pub mod pool;
+mod redirect;
 mod relay;
 mod tls;
 pub mod workers;
@@ -37,7 +38,10 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-pub use self::error::{short_response, ProxyError, Side};
+pub use self::{
+    error::{short_response, ProxyError, Side},
+    tls::Certificates,
+};
 use self::{
     error::ClientBodyFailed,
     exchange::{Access, Via},
@@ -66,8 +70,13 @@ pub struct Frontend {
     pub fastpath: OnceLock<Arc<Runtime>>,
     /// `fastpath_interfaces`: empty for any.
     pub fastpath_interfaces: Vec<String>,
-    /// `tls`: the frontend terminates TLS with these certificates (and never splices).
-    pub tls: Option<crate::config::Tls>,
+    /// `tls`: the frontend terminates TLS with these certificates (and never splices); a
+    /// reload replaces them.
+    pub tls: Option<Arc<Certificates>>,
+    /// `hsts`: the `Strict-Transport-Security` value a TLS frontend adds to its responses.
+    pub hsts: Option<hyper::header::HeaderValue>,
+    /// `redirect_http_to`: every request is answered with a redirect under this origin.
+    pub redirect: Option<Arc<str>>,
 }
 
 impl Frontend {
@@ -78,6 +87,8 @@ impl Frontend {
             fastpath: OnceLock::new(),
             fastpath_interfaces: Vec::new(),
             tls: None,
+            hsts: None,
+            redirect: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::{
@@ -47,43 +48,60 @@ const MAX_STREAMS: u32 = 128;
 const HYPER_MIN_BUF: usize = 8192;
 
 /// A TLS frontend's acceptor: its certificates, versions, ALPN and resumption settings.
-pub(super) fn acceptor(tls: &config::Tls) -> Result<TlsAcceptor, rustls::Error> {
+pub(super) fn acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Certificates::new(tls)));
+        .with_cert_resolver(certificates);
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     server.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// The certificates of a frontend, chosen by the client's SNI.
+/// The certificates of a frontend, chosen by the client's SNI. A reload replaces them as a
+/// whole: a handshake uses the set in force when it began, and a connection keeps the
+/// certificate it was served.
 #[derive(Debug)]
-struct Certificates {
+pub struct Certificates {
     /// Not empty (validated): the first is the default.
-    keys: Vec<Arc<CertifiedKey>>,
+    keys: ArcSwap<Vec<Arc<CertifiedKey>>>,
 }
 
 impl Certificates {
-    fn new(tls: &config::Tls) -> Self {
+    pub fn new(tls: &config::Tls) -> Self {
         Self {
-            keys: tls
-                .certificates
-                .iter()
-                .map(|c| Arc::clone(&c.loaded))
-                .collect(),
+            keys: ArcSwap::from_pointee(loaded(tls)),
         }
     }
 
+    /// Serves `tls`'s certificates to new connections from now on; whether any chain differs
+    /// from the ones served until now (the files may be the same, renewed in place).
+    pub fn replace(&self, tls: &config::Tls) -> bool {
+        let new = loaded(tls);
+        let old = self.keys.load();
+        let same = old.len() == new.len()
+            && old.iter().zip(&new).all(|(a, b)| a.cert == b.cert);
+        self.keys.store(Arc::new(new));
+        !same
+    }
+
     /// The first certificate valid for `sni`, else the first (also without SNI).
-    fn choose(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+    fn choose(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let keys = self.keys.load();
         let matching = sni
             .and_then(|name| rustls_pki_types::ServerName::try_from(name).ok())
-            .and_then(|name| self.keys.iter().find(|key| valid_for(key, &name)));
-        matching.or_else(|| self.keys.first())
+            .and_then(|name| keys.iter().find(|key| valid_for(key, &name)));
+        matching.or_else(|| keys.first()).cloned()
     }
+}
+
+fn loaded(tls: &config::Tls) -> Vec<Arc<CertifiedKey>> {
+    tls.certificates
+        .iter()
+        .map(|c| Arc::clone(&c.loaded))
+        .collect()
 }
 
 /// Whether `key`'s end-entity certificate names `name` (wildcards as a client would check).
@@ -96,7 +114,7 @@ fn valid_for(key: &CertifiedKey, name: &rustls_pki_types::ServerName<'_>) -> boo
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.choose(hello.server_name()).cloned()
+        self.choose(hello.server_name())
     }
 }
 
@@ -148,7 +166,14 @@ pub(super) async fn serve(
         let (frontend, proxy) = (Arc::clone(&frontend), Arc::clone(&proxy));
         let active = busy.begin();
         async move {
-            let response = proxy.serve(&frontend, peer, via, request).await;
+            let mut response = proxy.serve(&frontend, peer, via, request).await;
+            if let Some(hsts) = &frontend.hsts {
+                // The server's own policy, when it has one, is the one that counts.
+                response
+                    .headers_mut()
+                    .entry(hyper::header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert_with(|| hsts.clone());
+            }
             // In progress until hyper is done with the body (it drops it then).
             let response = response.map(|body| {
                 body.map_frame(move |frame| {
@@ -327,8 +352,9 @@ mod tests {
             let key = certificates.choose(sni).unwrap();
             certificates
                 .keys
+                .load()
                 .iter()
-                .position(|k| Arc::ptr_eq(k, key))
+                .position(|k| Arc::ptr_eq(k, &key))
                 .unwrap()
         };
         assert_eq!(chosen(Some("www.example.test")), 0);
@@ -347,9 +373,9 @@ mod tests {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
         let certificate = certificate(&["www.example.test"]);
-        let acceptor = acceptor(&config::Tls {
+        let acceptor = acceptor(Arc::new(Certificates::new(&config::Tls {
             certificates: vec![certificate.clone()],
-        })
+        })))
         .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certificate.loaded.cert[0].clone()).unwrap();
@@ -409,9 +435,9 @@ mod tests {
         use crate::{backend::BackendState, config::Config, table};
 
         let certificate = certificate(&["www.example.test"]);
-        let acceptor = acceptor(&config::Tls {
+        let acceptor = acceptor(Arc::new(Certificates::new(&config::Tls {
             certificates: vec![certificate.clone()],
-        })
+        })))
         .unwrap();
         let config = Config::from_toml(
             "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
@@ -484,7 +510,7 @@ mod tests {
         let tls = config::Tls {
             certificates: vec![certificate(&["www.example.test"])],
         };
-        let acceptor = acceptor(&tls).unwrap();
+        let acceptor = acceptor(Arc::new(Certificates::new(&tls))).unwrap();
         assert_eq!(
             acceptor.config().alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]

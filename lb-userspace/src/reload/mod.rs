@@ -21,12 +21,14 @@ use crate::{
     balance::algorithm_name,
     config::{self, Balance, Config, ConfigError, Timeouts},
     error_chain, health,
-    proxy::{listener::ConnSettings, Proxy},
+    proxy::{listener::ConnSettings, Frontend, Proxy},
 };
 
 /// What a running daemon can change in place, and the configuration it last applied.
 pub struct Live {
     backends: Vec<Arc<BackendState>>,
+    /// For their certificates, which a reload re-reads.
+    frontends: Vec<Arc<Frontend>>,
     proxy: Arc<Proxy>,
     settings: Arc<ArcSwap<ConnSettings>>,
     /// Where health checks run, so that a reload may be called from any thread.
@@ -73,6 +75,8 @@ pub struct ReloadSummary {
     pub backends: Vec<BackendChanges>,
     /// Each timeout that changed: `client 50s -> 2s`.
     pub timeouts: Vec<String>,
+    /// The TLS frontends that serve new certificates from now on (renewed files, or others).
+    pub certificates: Vec<String>,
 }
 
 /// What a reload changed in one backend.
@@ -93,13 +97,16 @@ pub struct BackendChanges {
 }
 
 impl Live {
-    /// Starts the health checks of `backends`, which must be `config`'s (as
+    /// Starts the health checks of `backends`, which must be `config`'s like `frontends` (as
     /// [`crate::routing::build`] builds them), and the proxy settings the listeners share.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime, as `tokio::spawn` does.
-    pub fn start(config: Config, backends: Vec<Arc<BackendState>>) -> Live {
+    pub fn start(
+        config: Config,
+        (backends, frontends): (Vec<Arc<BackendState>>, Vec<Arc<Frontend>>),
+    ) -> Live {
         let checks = backends
             .iter()
             .map(|b| (b.name.clone(), health::Checks::start(b)))
@@ -110,6 +117,7 @@ impl Live {
             settings: Arc::new(ArcSwap::from_pointee(ConnSettings::from_timeouts(timeouts))),
             runtime: Handle::current(),
             backends,
+            frontends,
             applied: Mutex::new(Applied {
                 config,
                 checks,
@@ -134,15 +142,18 @@ impl Live {
     }
 
     /// Applies `new` in place, or nothing of it when any part needs an upgrade. Health checks
-    /// restart only for the backends whose servers or check settings changed.
+    /// restart only for the backends whose servers or check settings changed. TLS frontends
+    /// serve `new`'s certificates (read from their files when it was loaded) to the
+    /// connections that follow; open connections keep theirs.
     pub fn reload(&self, new: Config) -> Result<ReloadSummary, ReloadError> {
         let mut applied = self.applied();
-        let summary = compare(&applied.config, &new)?;
+        let mut summary = compare(&applied.config, &new)?;
         // Nothing below can fail: the comparison is the only refusal, so all of `new` applies.
         let _runtime = self.runtime.enter();
         for changes in &summary.backends {
             self.apply_backend(&mut applied, changes, &new);
         }
+        summary.certificates = self.replace_certificates(&new);
         if !summary.timeouts.is_empty() {
             self.proxy
                 .set_timeouts(new.timeouts.connect, new.timeouts.server);
@@ -174,6 +185,24 @@ impl Live {
                 .checks
                 .insert(state.name.clone(), health::Checks::start(state));
         }
+    }
+
+    /// Gives each TLS frontend `new`'s certificates; the names of those whose chains changed.
+    fn replace_certificates(&self, new: &Config) -> Vec<String> {
+        let mut changed = Vec::new();
+        for config in &new.frontends {
+            let running = self.frontends.iter().find(|f| f.name == config.name);
+            // `compare` refused a frontend added or removed, or TLS turned on or off.
+            let (Some(certificates), Some(tls)) =
+                (running.and_then(|f| f.tls.as_ref()), &config.tls)
+            else {
+                continue;
+            };
+            if certificates.replace(tls) {
+                changed.push(config.name.clone());
+            }
+        }
+        changed
     }
 
     fn applied(&self) -> MutexGuard<'_, Applied> {
@@ -208,7 +237,7 @@ pub fn log_outcome(outcome: &Result<ReloadSummary, ReloadFailure>) {
 
 impl ReloadSummary {
     pub fn is_empty(&self) -> bool {
-        self.backends.is_empty() && self.timeouts.is_empty()
+        self.backends.is_empty() && self.timeouts.is_empty() && self.certificates.is_empty()
     }
 }
 
@@ -220,6 +249,9 @@ impl fmt::Display for ReloadSummary {
         let mut parts: Vec<String> = self.backends.iter().map(ToString::to_string).collect();
         if !self.timeouts.is_empty() {
             parts.push(format!("timeouts changed ({})", self.timeouts.join(", ")));
+        }
+        for frontend in &self.certificates {
+            parts.push(format!("frontend {frontend}: new certificates"));
         }
         write!(f, "reloaded configuration: {}", parts.join("; "))
     }
@@ -286,6 +318,7 @@ fn compare(old: &Config, new: &Config) -> Result<ReloadSummary, ReloadError> {
     Ok(ReloadSummary {
         backends,
         timeouts: timeout_changes(&old.timeouts, &new.timeouts),
+        certificates: Vec::new(),
     })
 }
 
@@ -406,24 +439,21 @@ fn frontend_differences(
             from,
             to,
         );
-        // Certificates are read at start and on an upgrade, not yet on SIGHUP.
-        let (from, to) = (tls_files(before), tls_files(after));
+        // Certificates change in place (`Live::reload`); TLS on or off changes the transport.
+        let (from, to) = (before.tls.is_some(), after.tls.is_some());
         differ(what, format_args!("frontend {name}: tls"), from, to);
+        let (from, to) = (&before.redirect_http_to, &after.redirect_http_to);
+        differ(what, format_args!("frontend {name}: redirect_http_to"), from, to);
+        differ(
+            what,
+            format_args!("frontend {name}: hsts"),
+            before.hsts,
+            after.hsts,
+        );
     }
     for after in new.iter().filter(|f| !old.iter().any(|b| b.name == f.name)) {
         what.push(format!("frontend {}: added", after.name));
     }
-}
-
-/// A frontend's certificate and key files, in order.
-fn tls_files(frontend: &config::Frontend) -> Option<Vec<(&Path, &Path)>> {
-    let tls = frontend.tls.as_ref()?;
-    Some(
-        tls.certificates
-            .iter()
-            .map(|c| (c.cert.as_path(), c.key.as_path()))
-            .collect(),
-    )
 }
 
 fn backend_differences(old: &[config::Backend], new: &[config::Backend], what: &mut Vec<String>) {
@@ -527,6 +557,13 @@ fn fixed_part(config: &Config, base: &Config) -> Config {
             backend.balance = from.balance;
             backend.slowstart = from.slowstart;
             backend.queue_timeout = from.queue_timeout;
+        }
+    }
+    for frontend in &mut fixed.frontends {
+        if let Some(from) = base.frontends.iter().find(|f| f.name == frontend.name) {
+            if frontend.tls.is_some() && from.tls.is_some() {
+                frontend.tls.clone_from(&from.tls);
+            }
         }
     }
     fixed.frontends.sort_by(|a, b| a.name.cmp(&b.name));

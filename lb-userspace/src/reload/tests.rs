@@ -161,8 +161,8 @@ fn frontends_and_backends_added_or_removed_are_refused() {
 async fn a_reload_keeps_server_state_and_applies_all_or_nothing() {
     let old = config(THREE, "", "");
     let store = table::memory::store(1024);
-    let (backends, _frontends) = routing::build(&old, &store, &MemorySettings::shared());
-    let live = Live::start(old.clone(), backends.clone());
+    let (backends, frontends) = routing::build(&old, &store, &MemorySettings::shared());
+    let live = Live::start(old.clone(), (backends.clone(), frontends));
     let web = &backends[0];
     let before = web.servers();
     before[0].set_up(false);
@@ -209,10 +209,10 @@ async fn a_reload_keeps_server_state_and_applies_all_or_nothing() {
     live.stop();
 }
 
-/// Certificates are read at start and on an upgrade only: a SIGHUP that names other files for a
-/// frontend's `tls` is refused, naming them.
+/// New certificate files apply in place: new connections get them (`Live::reload`); only
+/// turning TLS on or off needs an upgrade.
 #[test]
-fn new_tls_files_need_an_upgrade() {
+fn new_tls_files_apply_in_place_and_tls_on_or_off_needs_an_upgrade() {
     let made = rcgen::generate_simple_self_signed(vec!["www.example.test".to_owned()]).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
     let provider = rustls::crypto::ring::default_provider();
@@ -231,8 +231,16 @@ fn new_tls_files_need_an_upgrade() {
     let mut new = old.clone();
     assert!(compare(&old, &new).is_ok(), "the same files: nothing to do");
     new.frontends[0].tls = Some(tls("/b.pem"));
+    assert!(compare(&old, &new).is_ok(), "other files apply in place");
+    new.frontends[0].tls = None;
     assert_eq!(
         needs_upgrade_list(&old, &new),
-        [r#"frontend www: tls Some([("/a.pem", "/k.pem")]) -> Some([("/b.pem", "/k.pem")])"#]
+        ["frontend www: tls true -> false"]
+    );
+    let mut new = old.clone();
+    new.frontends[0].hsts = Some(std::time::Duration::from_secs(60));
+    assert_eq!(
+        needs_upgrade_list(&old, &new),
+        ["frontend www: hsts None -> Some(60s)"]
     );
 }

@@ -19,6 +19,8 @@ impl Checker<'_> {
         let mode = match &raw.fastpath {
             // The kernel cannot splice a TLS connection without kTLS: served in userspace.
             None if raw.tls.is_some() => Some(FastPathMode::Off),
+            // A redirecting frontend answers every request itself: nothing to splice.
+            None if raw.redirect_http_to.is_some() => Some(FastPathMode::Off),
             None if matches!(bind, Some(SocketAddr::V6(_))) => Some(FastPathMode::Off),
             None => Some(FastPathMode::DEFAULT),
             Some(mode) => match mode.get_ref().as_str() {
@@ -43,6 +45,13 @@ impl Checker<'_> {
         {
             let msg = "a TLS frontend is served in userspace (the kernel fast path cannot \
                        splice TLS without kTLS); remove fastpath or set fastpath = \"off\"";
+            self.report(Some(raw_mode.span()), &format!("{key}.fastpath"), msg);
+        }
+        if let (Some(FastPathMode::Splice), Some(_), Some(raw_mode)) =
+            (mode, &raw.redirect_http_to, &raw.fastpath)
+        {
+            let msg = "a frontend with redirect_http_to answers every request itself and \
+                       routes nothing to splice; remove fastpath or set fastpath = \"off\"";
             self.report(Some(raw_mode.span()), &format!("{key}.fastpath"), msg);
         }
         let Some(list) = &raw.fastpath_interfaces else {

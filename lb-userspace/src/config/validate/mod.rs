@@ -27,6 +27,7 @@ const MS: Duration = Duration::from_millis(1);
 mod fastpath;
 mod fields;
 mod monitor;
+mod https;
 mod tls;
 
 use self::fields::{check_cookie_name, check_name, check_path};
@@ -203,6 +204,8 @@ impl Checker<'_> {
                     None => Some(None),
                     Some(tls) => self.tls(&key, span.clone(), tls).map(Some),
                 };
+                let redirect_http_to = self.redirect_http_to(&key, fe);
+                let hsts = self.hsts(&key, fe);
                 Some(Frontend {
                     name: name?,
                     bind: bind?,
@@ -210,6 +213,8 @@ impl Checker<'_> {
                     fastpath: fastpath?,
                     fastpath_interfaces: fastpath_interfaces?,
                     tls: tls?,
+                    redirect_http_to: redirect_http_to?,
+                    hsts: hsts?,
                 })
             })
             .collect();
