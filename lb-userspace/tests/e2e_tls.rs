@@ -414,3 +414,150 @@ fn an_upgrade_serves_the_certificate_now_in_the_files() {
     drop(successor);
     drop(daemon);
 }
+
+/// The count of `needle` in the daemon's output.
+fn count(daemon: &Proc, needle: &str) -> usize {
+    daemon.output().matches(needle).count()
+}
+
+/// curl to `https://www.example.test/` trusting only `ca`: whether the handshake verified.
+fn verifies(client: &NetNs, lb: &str, ca: &Path) -> bool {
+    client
+        .try_exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &format!("{WWW}:443:{lb}"),
+            &format!("https://{WWW}/"),
+        ])
+        .0
+}
+
+/// SIGHUP re-reads the certificate files: new connections get the renewed certificate while a
+/// request that began on the old one finishes; a broken file is refused, named in the log, and
+/// the certificate in force stays. The same daemon adds `Strict-Transport-Security` (`hsts`)
+/// and redirects its cleartext frontend to HTTPS (`redirect_http_to`).
+#[test]
+fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("tlshup", 152);
+    let pin = PinDir::new("tlshup");
+    let _backends = start_backends(&topo);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (first, renewed) = (
+        make_cert(dirs[0].path(), WWW),
+        make_cert(dirs[1].path(), WWW),
+    );
+    let (live, api) = (
+        make_cert(dirs[2].path(), WWW),
+        make_cert(dirs[2].path(), API),
+    );
+    install(&first, &live);
+    let text = config(&topo, &pin, &live, &api)
+        .replace(
+            "backend = \"web\"\ntls.certificates",
+            "backend = \"web\"\nhsts = \"1y\"\ntls.certificates",
+        )
+        .replace(
+            "[[backend]]",
+            &format!(
+                "[[frontend]]\nname = \"http\"\nbind = \"{}:80\"\nbackend = \"web\"\n\
+                 redirect_http_to = \"https://{WWW}/\"\n\n[[backend]]",
+                topo.lb_addr()
+            ),
+        );
+    let cfg = write_temp("tlshup.toml", &text);
+    let daemon = start_daemon(topo.lb.name(), &cfg);
+    let (client, lb) = (&topo.client, topo.lb_addr());
+    assert!(verifies(client, &lb, &first.cert));
+
+    // HSTS on the TLS frontend; a redirect with path and query on the cleartext one.
+    let head = curl(client, &lb, WWW, &first.cert, "/", &["--http2", "-i"]);
+    assert!(
+        head.contains("strict-transport-security: max-age=31536000\r\n"),
+        "{head}"
+    );
+    let redirected = client.exec(&[
+        "curl",
+        "-sS",
+        "-i",
+        "--max-time",
+        "10",
+        &format!("http://{lb}/cart?step=2"),
+    ]);
+    assert!(redirected.starts_with("HTTP/1.1 308 "), "{redirected}");
+    assert!(
+        redirected.contains(&format!("location: https://{WWW}/cart?step=2\r\n")),
+        "{redirected}"
+    );
+
+    // A request in progress on a connection made with the first certificate...
+    let (ca, resolve) = (first.cert.clone(), format!("{WWW}:443:{lb}"));
+    let client_name = client.name().to_owned();
+    let slow = std::thread::spawn(move || {
+        let output = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{client_name}"))
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+                "--http2",
+                &format!("https://{WWW}/slow/3000"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    // ...goes on while the renewed one is installed and the daemon told.
+    install(&renewed, &live);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_output("frontend https: new certificates", Duration::from_secs(10));
+    assert!(
+        verifies(client, &lb, &renewed.cert),
+        "the renewed certificate is served"
+    );
+    assert!(
+        !verifies(client, &lb, &first.cert),
+        "the first is still served"
+    );
+    let finished = slow.join().unwrap();
+    assert!(
+        finished.starts_with("Backend "),
+        "the old connection: {finished}"
+    );
+
+    // A broken file: refused, named, and the renewed certificate stays.
+    let rejected = count(&daemon, "reload rejected");
+    std::fs::write(&live.cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let logged = common::wait_until(Duration::from_secs(10), || {
+        count(&daemon, "reload rejected") > rejected
+    });
+    assert!(logged, "{}", daemon.output());
+    let log = daemon.output();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("reload rejected"))
+        .last()
+        .unwrap();
+    assert!(line.contains(live.cert.to_str().unwrap()), "{line}");
+    assert!(
+        verifies(client, &lb, &renewed.cert),
+        "the renewed certificate stays"
+    );
+
+    let log = daemon.stop_with(libc::SIGTERM);
+    assert!(!log.contains("panicked"), "{log}");
+}

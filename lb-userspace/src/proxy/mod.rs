@@ -38,13 +38,13 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-pub use self::{
-    error::{short_response, ProxyError, Side},
-    tls::Certificates,
-};
 use self::{
     error::ClientBodyFailed,
     exchange::{Access, Via},
+};
+pub use self::{
+    error::{short_response, ProxyError, Side},
+    tls::Certificates,
 };
 use crate::{
     backend::{BackendState, InFlight, ServerState},

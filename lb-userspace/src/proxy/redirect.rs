@@ -69,7 +69,10 @@ fn redirect<B>(base: &str, request: &Request<B>) -> Response<Full<Bytes>> {
     if let Ok(value) = location.parse() {
         headers.insert(LOCATION, value);
     }
-    headers.insert(CONTENT_TYPE, "text/plain".parse().expect("a valid header value"));
+    headers.insert(
+        CONTENT_TYPE,
+        "text/plain".parse().expect("a valid header value"),
+    );
     if has_body(request) {
         headers.insert(CONNECTION, "close".parse().expect("a valid header value"));
     }

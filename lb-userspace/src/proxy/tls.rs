@@ -81,8 +81,7 @@ impl Certificates {
     pub fn replace(&self, tls: &config::Tls) -> bool {
         let new = loaded(tls);
         let old = self.keys.load();
-        let same = old.len() == new.len()
-            && old.iter().zip(&new).all(|(a, b)| a.cert == b.cert);
+        let same = old.len() == new.len() && old.iter().zip(&new).all(|(a, b)| a.cert == b.cert);
         self.keys.store(Arc::new(new));
         !same
     }

@@ -443,7 +443,12 @@ fn frontend_differences(
         let (from, to) = (before.tls.is_some(), after.tls.is_some());
         differ(what, format_args!("frontend {name}: tls"), from, to);
         let (from, to) = (&before.redirect_http_to, &after.redirect_http_to);
-        differ(what, format_args!("frontend {name}: redirect_http_to"), from, to);
+        differ(
+            what,
+            format_args!("frontend {name}: redirect_http_to"),
+            from,
+            to,
+        );
         differ(
             what,
             format_args!("frontend {name}: hsts"),

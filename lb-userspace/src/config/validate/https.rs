@@ -82,7 +82,10 @@ mod tests {
         for (target, base) in [
             ("https://www.example.com", "https://www.example.com"),
             ("https://www.example.com/", "https://www.example.com"),
-            ("https://example.com:8443/app/", "https://example.com:8443/app"),
+            (
+                "https://example.com:8443/app/",
+                "https://example.com:8443/app",
+            ),
             ("https://10.0.0.1", "https://10.0.0.1"),
         ] {
             assert_eq!(check_redirect(target).as_deref(), Ok(base), "{target}");

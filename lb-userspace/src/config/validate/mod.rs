@@ -26,8 +26,8 @@ const MAX_PEER_KEY_LEN: u8 = 43;
 const MS: Duration = Duration::from_millis(1);
 mod fastpath;
 mod fields;
-mod monitor;
 mod https;
+mod monitor;
 mod tls;
 
 use self::fields::{check_cookie_name, check_name, check_path};
