@@ -210,3 +210,54 @@ fn a_tls_frontend_cannot_splice() {
         FastPathMode::Off
     );
 }
+
+/// `hsts` belongs to a TLS frontend, `redirect_http_to` to a cleartext one; both are checked
+/// with their line.
+#[test]
+fn hsts_and_redirect_http_to_go_on_the_right_frontend() {
+    let f = files(&["www.example.test"]);
+    let tls = tls_line(&f.cert, &f.key);
+    let config_ok = parse(&config(&format!("{tls}\nhsts = \"1y\""))).unwrap();
+    assert_eq!(
+        config_ok.frontends[0].hsts,
+        Some(std::time::Duration::from_secs(365 * 24 * 3600))
+    );
+    let redirect = parse(&config("redirect_http_to = \"https://www.example.test/\"")).unwrap();
+    let frontend = &redirect.frontends[0];
+    assert_eq!(
+        frontend.redirect_http_to.as_deref(),
+        Some("https://www.example.test")
+    );
+    assert_eq!(frontend.fastpath, FastPathMode::Off, "nothing to splice");
+
+    assert_problem(
+        &config("hsts = \"1y\""),
+        8,
+        "frontend[0].hsts",
+        "set it on the TLS frontend",
+    );
+    assert_problem(
+        &config(&format!("{tls}\nhsts = \"soon\"")),
+        9,
+        "frontend[0].hsts",
+        "does not start with a number",
+    );
+    assert_problem(
+        &config(&format!("{tls}\nredirect_http_to = \"https://x.test\"")),
+        9,
+        "frontend[0].redirect_http_to",
+        "this one has tls",
+    );
+    assert_problem(
+        &config("redirect_http_to = \"http://www.example.test\""),
+        8,
+        "frontend[0].redirect_http_to",
+        "not an https:// URL",
+    );
+    assert_problem(
+        &config("redirect_http_to = \"https://www.example.test\"\nfastpath = \"splice\""),
+        9,
+        "frontend[0].fastpath",
+        "redirect_http_to",
+    );
+}
