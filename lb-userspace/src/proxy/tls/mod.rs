@@ -43,8 +43,14 @@ use crate::config;
 /// Sessions a frontend remembers for resumption by id (TLS 1.2, and TLS 1.3 clients that do
 /// not take tickets); tickets need no memory here.
 const SESSION_CACHE: usize = 4096;
-/// Streams an HTTP/2 client may have open at once on one connection.
+/// Streams an HTTP/2 client may have open at once on one connection; more are refused
+/// (`REFUSED_STREAM`), so one connection holds at most this many requests.
 const MAX_STREAMS: u32 = 128;
+/// Streams a client may open and reset before they were served ("rapid reset", CVE-2023-44487)
+/// before the connection is closed with `ENHANCE_YOUR_CALM`.
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams this side may reset for a client's protocol errors before it closes the connection.
+const MAX_ERROR_RESETS: usize = 256;
 const HYPER_MIN_BUF: usize = 8192;
 
 /// A TLS frontend's acceptor: its certificates, versions, ALPN and resumption settings.
@@ -195,6 +201,8 @@ pub(super) async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_ERROR_RESETS)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -316,6 +324,8 @@ impl<C: Future> Future for CloseWhenIdle<C> {
     }
 }
 
+#[cfg(test)]
+mod flood_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
