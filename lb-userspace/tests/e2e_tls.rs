@@ -549,8 +549,7 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     let log = daemon.output();
     let line = log
         .lines()
-        .filter(|l| l.contains("reload rejected"))
-        .last()
+        .rfind(|l| l.contains("reload rejected"))
         .unwrap();
     assert!(line.contains(live.cert.to_str().unwrap()), "{line}");
     assert!(

@@ -40,6 +40,12 @@ name = "api"
 bind = "127.0.0.1:18090"
 backend = "api"
 
+[[frontend]]
+name = "http"
+bind = "127.0.0.1:18070"
+backend = "web"
+redirect_http_to = "https://www.example.test"
+
 [[backend]]
 name = "web"
 table_size = 100
@@ -205,6 +211,9 @@ async fn page_shows_every_server_its_state_and_the_backend_counters() {
     );
     assert!(html.contains("L7OK 200 in 1 ms") && html.contains("checks disabled"));
     assert!(html.contains("Peers") && html.contains("No peers configured"));
+    // What each frontend speaks.
+    assert!(html.contains(r#"<td class="l">www</td><td class="l">HTTP</td>"#));
+    assert!(html.contains(r#"<td class="l">308 to https://www.example.test</td>"#));
     // A check result is data: it is escaped, never markup.
     assert!(!html.contains("<script>"));
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
