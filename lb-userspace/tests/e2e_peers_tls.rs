@@ -572,7 +572,7 @@ fn a_peer_with_a_certificate_from_another_ca_or_none_is_refused() {
         let (a, b) = (cluster.log(0), cluster.log(1));
         a.contains("refused a peers connection")
             && a.contains("remote=10.182.0.12")
-            && a.contains("invalid peer certificate")
+            && a.contains("TLS handshake failed: invalid peer certificate: UnknownIssuer")
             && b.contains("cannot open a session with the peer")
             && b.contains("TLS handshake failed")
     });
@@ -592,9 +592,9 @@ fn a_peer_with_a_certificate_from_another_ca_or_none_is_refused() {
         String::from_utf8_lossy(&out)
     );
     assert!(
-        wait_until(SYNC, || cluster.log(0).contains("certificate")
-            && cluster.log(0).matches("refused a peers connection").count()
-                >= 2),
+        wait_until(SYNC, || cluster
+            .log(0)
+            .contains("TLS handshake failed: peer sent no certificates")),
         "{}",
         cluster.log(0)
     );
