@@ -513,7 +513,7 @@ fn haproxy_2_6_is_a_tls_peer_in_both_directions() {
 fn hello_without_certificate(ns: &str, addr: &str, ca: &Path, caller: &str) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
     let ca_pem = std::fs::read(ca).unwrap();
-    for cert in rustls_pemfile_certs(&ca_pem) {
+    for cert in pem_certs(&ca_pem) {
         roots.add(cert).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -541,7 +541,7 @@ fn hello_without_certificate(ns: &str, addr: &str, ca: &Path, caller: &str) -> V
     })
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+fn pem_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject as _;
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()

@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::{tls::load_roots, Checker, Seen, MAX_NAME};
 use crate::config::{
-    raw::{RawConfig, RawPeersTls},
+    raw::{RawConfig, RawPeerMember, RawPeersTls},
     Cidr, Instance, PeerMember, Peers, PeersTls,
 };
 
@@ -63,10 +63,7 @@ impl Checker<'_> {
     }
 
     /// Every member with a valid, unique name and an address; `None` if any is not.
-    fn peer_members(
-        &mut self,
-        raw: &[Spanned<crate::config::raw::RawPeerMember>],
-    ) -> Option<Vec<PeerMember>> {
+    fn peer_members(&mut self, raw: &[Spanned<RawPeerMember>]) -> Option<Vec<PeerMember>> {
         let mut names = Seen::new();
         let mut members = Vec::new();
         let mut complete = true;
