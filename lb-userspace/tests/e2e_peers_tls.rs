@@ -2,7 +2,8 @@
 //! on one LAN, with a CA and certificates made here (rcgen, ECDSA P-256): two stickylb nodes
 //! share a session over TLS; HAProxy 2.6 is a TLS peer in both directions; a peer whose
 //! certificate is from another CA, or that has none, is refused and nothing crosses; a source
-//! outside `allow` is closed before it is answered while the members are served.
+//! outside `allow` is closed before it is answered while the members are served; a SIGHUP
+//! that changes the certificate files is refused and an upgrade serves the new certificate.
 
 #![allow(
     clippy::unwrap_used,
@@ -41,10 +42,13 @@ struct Pki {
     ca: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
     ca_file: PathBuf,
+    /// Leaves issued so far: each gets files of its own.
+    issued: std::cell::Cell<u32>,
 }
 
-/// A member's files: chain, key, and both in one (HAProxy's `crt`).
+/// A member's files: chain, key, and both in one (HAProxy's `crt`), and the certificate.
 struct Leaf {
+    der: Vec<u8>,
     cert: PathBuf,
     key: PathBuf,
     combined: PathBuf,
@@ -72,6 +76,7 @@ impl Pki {
             ca,
             ca_key,
             ca_file,
+            issued: std::cell::Cell::new(0),
         }
     }
 
@@ -91,8 +96,11 @@ impl Pki {
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let path = |what: &str| self.dir.path().join(format!("{name}-{what}.pem"));
+        let serial = self.issued.get() + 1;
+        self.issued.set(serial);
+        let path = |what: &str| self.dir.path().join(format!("{name}-{serial}-{what}.pem"));
         let leaf = Leaf {
+            der: cert.der().to_vec(),
             cert: path("cert"),
             key: path("key"),
             combined: path("combined"),
@@ -511,6 +519,18 @@ fn haproxy_2_6_is_a_tls_peer_in_both_directions() {
 
 /// A TLS client without a certificate that says hello as `caller`: what it reads back.
 fn hello_without_certificate(ns: &str, addr: &str, ca: &Path, caller: &str) -> Vec<u8> {
+    tls_client_without_certificate(ns, addr, ca, caller).1
+}
+
+/// A TLS client without a certificate that says hello as `caller`: the certificate the
+/// server presented (the handshake completes on the client's side before the server refuses
+/// it), and what it reads back.
+fn tls_client_without_certificate(
+    ns: &str,
+    addr: &str,
+    ca: &Path,
+    caller: &str,
+) -> (Vec<u8>, Vec<u8>) {
     let mut roots = rustls::RootCertStore::empty();
     let ca_pem = std::fs::read(ca).unwrap();
     for cert in pem_certs(&ca_pem) {
@@ -537,7 +557,13 @@ fn hello_without_certificate(ns: &str, addr: &str, ca: &Path, caller: &str) -> V
         if tls.write_all(hello.as_bytes()).is_ok() {
             let _ = tls.read_to_end(&mut out);
         }
-        out
+        let presented = tls
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+            .unwrap_or_default();
+        (presented, out)
     })
 }
 
@@ -654,5 +680,86 @@ fn a_source_outside_allow_is_closed_unanswered_while_members_are_served() {
         "{:#?}\n{}",
         cluster.table(0),
         cluster.log(0)
+    );
+}
+
+#[test]
+fn a_new_peers_certificate_is_refused_by_sighup_and_served_after_an_upgrade() {
+    if !privileged() {
+        return;
+    }
+    let pki = Pki::new("u");
+    let leaves = [
+        pki.leaf(&node_name(0), "10.184.0.11"),
+        pki.leaf(&node_name(1), "10.184.0.12"),
+    ];
+    let mut cluster = Cluster::new("ptlsu", 184, 2, &[], |i| tls_line(&leaves[i], &pki.ca_file));
+    cluster.start(0);
+    cluster.start(1);
+    let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
+    let member_ns = cluster.lan.lbs[1].name().to_owned();
+    let presented =
+        || tls_client_without_certificate(&member_ns, &peers_addr, &pki.ca_file, "lb-2").0;
+    assert_eq!(presented(), leaves[0].der);
+
+    // lb-1's configuration now names renewed files: SIGHUP refuses it, naming the change,
+    // and the old certificate stays.
+    let renewed = pki.leaf(&node_name(0), "10.184.0.11");
+    let text = std::fs::read_to_string(&cluster.configs[0]).unwrap();
+    let text = text.replace(
+        &tls_line(&leaves[0], &pki.ca_file),
+        &tls_line(&renewed, &pki.ca_file),
+    );
+    std::fs::write(&cluster.configs[0], text).unwrap();
+    cluster.node(0).signal(libc::SIGHUP);
+    assert!(
+        wait_until(SYNC, || cluster.log(0).contains("reload rejected")),
+        "{}",
+        cluster.log(0)
+    );
+    let log = cluster.log(0);
+    let line = log.lines().find(|l| l.contains("reload rejected")).unwrap();
+    assert!(line.contains("peers: tls {"), "{line}");
+    assert!(line.contains("--upgrade"), "{line}");
+    assert_eq!(presented(), leaves[0].der);
+
+    // An upgrade takes it: the new process presents the renewed certificate, and its
+    // sessions with the other node carry entries both ways.
+    let config = cluster.configs[0].to_str().unwrap().to_owned();
+    let mut upgrade = Proc::spawn(
+        "reload",
+        cluster.lan.lbs[0].name(),
+        &[
+            common::stickylb_bin(),
+            "reload",
+            "--upgrade",
+            "--config",
+            &config,
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || matches!(
+            upgrade.child.try_wait(),
+            Ok(Some(_))
+        )),
+        "{}",
+        upgrade.output()
+    );
+    upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
+    assert_eq!(presented(), renewed.der);
+    let (one, two) = (demo_cookie(21), demo_cookie(22));
+    let first = server_of(&cluster.served_by(0, &one));
+    let second = server_of(&cluster.served_by(1, &two));
+    let synced = wait_until(SYNC, || {
+        let (a, b) = (cluster.table(0), cluster.table(1));
+        a.get(&two) == Some(&second) && b.get(&one) == Some(&first)
+    });
+    assert!(
+        synced,
+        "{:#?}\n{:#?}\n{}\n{}",
+        cluster.table(0),
+        cluster.table(1),
+        upgrade.output(),
+        cluster.log(1)
     );
 }
