@@ -599,8 +599,10 @@ fn a_peer_with_a_certificate_from_another_ca_or_none_is_refused() {
         a.contains("refused a peers connection")
             && a.contains("remote=10.182.0.12")
             && a.contains("TLS handshake failed: invalid peer certificate: UnknownIssuer")
-            && b.contains("cannot open a session with the peer")
-            && b.contains("TLS handshake failed")
+            && b.contains(
+                "cannot open a session with the peer: TLS handshake failed: received fatal \
+                 alert: UnknownCA",
+            )
     });
     assert!(
         refused,
@@ -621,6 +623,15 @@ fn a_peer_with_a_certificate_from_another_ca_or_none_is_refused() {
         wait_until(SYNC, || cluster
             .log(0)
             .contains("TLS handshake failed: peer sent no certificates")),
+        "{}",
+        cluster.log(0)
+    );
+    // Dialling lb-2, lb-1 refuses its certificate too.
+    assert!(
+        wait_until(SYNC, || cluster.log(0).contains(
+            "cannot open a session with the peer: TLS handshake failed: invalid peer \
+             certificate: UnknownIssuer"
+        )),
         "{}",
         cluster.log(0)
     );

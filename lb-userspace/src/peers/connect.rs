@@ -105,7 +105,8 @@ pub async fn dial(
     .await
     .map_err(|_| ConnectError::Timeout {
         during: "waiting for the peer's answer",
-    })??;
+    })?
+    .map_err(tls_alert)?;
     Ok(Opened::new(stream, open, addr))
 }
 
@@ -132,7 +133,8 @@ pub async fn answer(
     .await
     .map_err(|_| ConnectError::Timeout {
         during: "waiting for a hello",
-    })??;
+    })?
+    .map_err(tls_alert)?;
     match answered {
         Answered::Accepted { reply, hello, open } => {
             send_status(&mut stream, &reply).await;
@@ -173,6 +175,22 @@ async fn tls_handshake(
             during: "in the TLS handshake",
         })?
         .map_err(ConnectError::Tls)
+}
+
+/// A TLS error met after the handshake (with TLS 1.3 the server checks the client's
+/// certificate after the client is done, so a refusal arrives as an alert when it reads the
+/// answer) is reported as the TLS failure it is, not as a connection error.
+fn tls_alert(error: ConnectError) -> ConnectError {
+    match error {
+        ConnectError::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            ConnectError::Tls(io)
+        }
+        other => other,
+    }
 }
 
 /// Feeds what arrives to `step` until it has an outcome. The machines behind `step` refuse
