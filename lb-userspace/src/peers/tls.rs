@@ -195,7 +195,108 @@ impl AsyncWrite for PeerStream {
 
 #[cfg(test)]
 mod tests {
+    use rustls::pki_types::PrivateKeyDer;
+    use tokio::net::TcpListener;
+
     use super::*;
+    use crate::peers::connect::{answer, dial, ConnectError};
+
+    /// A CA and `PeersTls` for members `names` at 127.0.0.1, all signed by it.
+    fn pki(names: &[&str]) -> Vec<config::PeersTls> {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let roots = Arc::new(roots);
+        let provider = rustls::crypto::ring::default_provider();
+        names
+            .iter()
+            .map(|name| {
+                let key = rcgen::KeyPair::generate().unwrap();
+                let cert = rcgen::CertificateParams::new(vec![(*name).to_owned()])
+                    .unwrap()
+                    .signed_by(&key, &ca, &ca_key)
+                    .unwrap();
+                let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+                let loaded =
+                    CertifiedKey::from_der(vec![cert.der().clone()], der, &provider).unwrap();
+                config::PeersTls {
+                    certificate: config::TlsCertificate {
+                        cert: format!("/{name}.pem").into(),
+                        key: format!("/{name}.key").into(),
+                        loaded: Arc::new(loaded),
+                    },
+                    ca: "/ca.pem".into(),
+                    roots: Arc::clone(&roots),
+                }
+            })
+            .collect()
+    }
+
+    /// lb-1 dials `callee` over TLS on loopback, with `dialling`'s files; the answering side
+    /// has `answering`'s. The caller's name as answered, and whether the dial opened.
+    async fn session(
+        callee: &str,
+        answering: &config::PeersTls,
+        dialling: &config::PeersTls,
+    ) -> (Result<String, ConnectError>, Result<(), ConnectError>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let members = ["lb-1".to_owned(), "lb-2".to_owned()];
+        let (server, client) = (
+            PeerTls::new(answering).unwrap(),
+            PeerTls::new(dialling).unwrap(),
+        );
+        let accepted = async {
+            let (tcp, remote) = listener.accept().await.unwrap();
+            answer(tcp, remote, callee, &members, Some(&server))
+                .await
+                .map(|(caller, _)| caller)
+        };
+        let dialled = async { dial(addr, callee, "lb-1", Some(&client)).await.map(|_| ()) };
+        tokio::join!(accepted, dialled)
+    }
+
+    #[tokio::test]
+    async fn members_with_certificates_from_the_ca_open_a_session_over_tls() {
+        let tls = pki(&["lb-1", "lb-2"]);
+        let (accepted, dialled) = session("lb-2", &tls[1], &tls[0]).await;
+        assert_eq!(accepted.unwrap(), "lb-1");
+        dialled.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dialled_peer_whose_certificate_lacks_its_name_is_refused() {
+        // lb-2 answers with lb-1's certificate: signed by the CA, but not for "lb-2".
+        let tls = pki(&["lb-1", "lb-2"]);
+        let (accepted, dialled) = session("lb-2", &tls[0], &tls[0]).await;
+        let error = crate::error_chain(&dialled.unwrap_err());
+        assert!(
+            error.starts_with("TLS handshake failed") && error.contains("lb-2"),
+            "{error}"
+        );
+        assert!(accepted.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_certificate_from_another_ca_is_refused_by_the_answering_side() {
+        let ours = pki(&["lb-2"]);
+        let theirs = pki(&["lb-1"]);
+        let mut dialling = theirs[0].clone();
+        // The caller trusts our CA (so it accepts us) but presents its own CA's certificate.
+        dialling.roots = Arc::clone(&ours[0].roots);
+        let (accepted, dialled) = session("lb-2", &ours[0], &dialling).await;
+        let error = crate::error_chain(&accepted.unwrap_err());
+        assert!(
+            // Both test CAs have the same (empty) name: the signature gives it away.
+            error.contains("TLS handshake failed: invalid peer certificate"),
+            "{error}"
+        );
+        let error = crate::error_chain(&dialled.unwrap_err());
+        assert!(error.starts_with("TLS handshake failed"), "{error}");
+    }
 
     #[test]
     fn a_dns_like_member_name_is_checked_else_the_address() {
