@@ -603,7 +603,8 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
     if !privileged() {
         return;
     }
-    // One node, and a member "lb-ghost" that never runs: the test speaks for it.
+    // One node, and a member "lb-ghost" that never runs: the test speaks for it, from the client
+    // host, at the address it is listed at (`[peers] allow` defaults to the members').
     let mut cluster = Cluster::new(
         "pg",
         224,
