@@ -2,7 +2,10 @@
 //! are errors); `validate` turns it into the typed [`Config`] below, collecting every problem with
 //! the key and line it concerns.
 
+mod cidr;
 mod duration;
+#[cfg(test)]
+mod peers_tests;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -18,6 +21,7 @@ use std::{
     time::Duration,
 };
 
+pub use cidr::{Cidr, CidrError};
 pub use duration::{parse_duration, DurationError};
 pub use validate::{ConfigError, Problem};
 
@@ -242,12 +246,35 @@ pub struct Server {
 
 /// `[peers]`. The same section is meant for every node: the member named like the instance is
 /// this node, the others are dialled.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Peers {
     /// Where peers connect to us.
     pub bind: SocketAddr,
     /// Every member, this node included (validated).
     pub members: Vec<PeerMember>,
+    /// Sessions over mutual TLS (docs/PEERS.md, "Peers over TLS"); cleartext when `None`.
+    pub tls: Option<PeersTls>,
+    /// Sources that may connect to the peers port; the others are closed before the handshake.
+    /// Not empty: defaults to each member's address.
+    pub allow: Vec<Cidr>,
+}
+
+/// `[peers] tls`: our certificate, and the CA every member's certificate must be signed by.
+#[derive(Clone, Debug)]
+pub struct PeersTls {
+    /// What we present, dialling and answering.
+    pub certificate: TlsCertificate,
+    /// Absolute path of the PEM CA certificate(s).
+    pub ca: PathBuf,
+    /// The certificates in `ca`, as rustls takes them.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+/// The files, as for [`TlsCertificate`]: what a reload compares.
+impl PartialEq for PeersTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.certificate == other.certificate && self.ca == other.ca
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -113,7 +113,7 @@ pub(super) fn fixture() -> Shared {
 /// traffic and an error whose text is markup; `lb3` connecting and never heard from.
 fn fixture_with_peers(heard_at: u64) -> Shared {
     let mut shared = fixture();
-    let (lb2, _) = PeerLink::new("lb2".into(), "10.0.0.2:10000".parse().unwrap(), 1);
+    let (lb2, _) = PeerLink::new("lb2".into(), "10.0.0.2:10000".parse().unwrap(), None, 1);
     let stats = &lb2.stats;
     stats.set_state(PeerState::Established);
     stats.set_last_error("connection reset <script>alert(2)</script>".into());
@@ -131,7 +131,7 @@ fn fixture_with_peers(heard_at: u64) -> Shared {
     ] {
         counter.store(value, Relaxed);
     }
-    let (lb3, _) = PeerLink::new("lb3".into(), "[fd00::3]:10000".parse().unwrap(), 1);
+    let (lb3, _) = PeerLink::new("lb3".into(), "[fd00::3]:10000".parse().unwrap(), None, 1);
     lb3.stats.set_state(PeerState::Connecting);
     shared.peers = vec![lb2, lb3];
     shared
