@@ -10,11 +10,12 @@ use serde::Serialize;
 
 use super::{
     client,
-    contender::{Contender, LbProcess},
+    contender::{Contender, Frontend, LbProcess},
     env::{Env, FastPathCounters, Layout},
+    h2load::{self, H2loadSpec},
     load::{self, LoadSpec},
     procs,
-    wrk::{self, WrkSpec},
+    wrk::{self, ConnectionUse, WrkSpec},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -41,10 +42,18 @@ pub(super) enum Workload {
     OneArmedKeepAlive,
     /// Browser-like connections through a one-armed load balancer.
     OneArmedChurn,
+    /// HTTPS, a new TLS connection (a full handshake) per request, a new cookie each time.
+    TlsNewConn,
+    /// HTTPS keep-alive connections with HTTP/1.1, small responses.
+    TlsKeepAlive,
+    /// HTTPS keep-alive connections with HTTP/2, a few streams in flight on each.
+    TlsH2KeepAlive,
+    /// HTTPS browser-like connections: a few requests each (HTTP/1.1), many sessions.
+    TlsChurn,
 }
 
 impl Workload {
-    pub(super) const ALL: [Self; 10] = [
+    pub(super) const ALL: [Self; 14] = [
         Self::NewConnUnique,
         Self::NewConnRepeat,
         Self::KeepAlive,
@@ -55,6 +64,10 @@ impl Workload {
         Self::PacedKeepAlive,
         Self::OneArmedKeepAlive,
         Self::OneArmedChurn,
+        Self::TlsNewConn,
+        Self::TlsKeepAlive,
+        Self::TlsH2KeepAlive,
+        Self::TlsChurn,
     ];
 
     /// The name in tables and JSON.
@@ -70,6 +83,10 @@ impl Workload {
             Self::PacedKeepAlive => "paced-keep-alive",
             Self::OneArmedKeepAlive => "one-armed-keep-alive",
             Self::OneArmedChurn => "one-armed-churn",
+            Self::TlsNewConn => "tls-new-conn",
+            Self::TlsKeepAlive => "tls-keep-alive",
+            Self::TlsH2KeepAlive => "tls-h2-keep-alive",
+            Self::TlsChurn => "tls-churn",
         }
     }
 
@@ -80,6 +97,27 @@ impl Workload {
     /// What a request of this workload costs is counted per request; a download's per GB.
     pub(super) fn per_gigabyte(self) -> bool {
         self == Self::Download
+    }
+
+    /// The frontend its requests go to.
+    pub(super) fn frontend(self) -> Frontend {
+        match self {
+            Self::TlsNewConn | Self::TlsKeepAlive | Self::TlsH2KeepAlive | Self::TlsChurn => {
+                Frontend::Https
+            }
+            _ => Frontend::Http,
+        }
+    }
+
+    /// Whether it is measured against `contender`. Over TLS, neither the direct path (the
+    /// backends speak cleartext: a TLS baseline would measure another server, not the path)
+    /// nor the fast path (a TLS frontend is served in userspace: the kernel cannot splice TLS
+    /// without kTLS, so it would measure stickylb again) apply.
+    pub(super) fn runs_against(self, contender: Contender) -> bool {
+        match self.frontend() {
+            Frontend::Http => true,
+            Frontend::Https => matches!(contender, Contender::Haproxy | Contender::Stickylb),
+        }
     }
 
     /// The hosts it runs on.
@@ -112,6 +150,8 @@ pub(super) struct Sample {
     pub(super) attempts: u32,
     /// What the fast path did during the run (warm-up included).
     pub(super) fastpath: Option<FastPathCounters>,
+    /// The TLS version, cipher, group and protocol the client negotiated, when it says.
+    pub(super) negotiated: Option<String>,
 }
 
 impl Sample {
@@ -129,6 +169,7 @@ impl Sample {
             others_cpu_percent: None,
             attempts: 1,
             fastpath: None,
+            negotiated: None,
         }
     }
 
@@ -159,7 +200,14 @@ pub(super) fn measure(
     lb: Option<&mut LbProcess>,
     run: u32,
 ) -> anyhow::Result<Sample> {
-    let base = contender.base_url(&env.topology(workload.layout()).addrs);
+    let Some(base) = contender.url(&env.topology(workload.layout()).addrs, workload.frontend())
+    else {
+        bail!(
+            "{} does not run against {}",
+            workload.id(),
+            contender.label()
+        );
+    };
     let (warmup_prefix, measure_prefix) = cookie_prefixes(workload, run);
     warm_up(env, workload, &base, &warmup_prefix)?;
     let cpu_before = lb.as_ref().map(|lb| lb.cpu_seconds()).transpose()?;
@@ -184,7 +232,7 @@ pub(super) fn measure(
 /// so the measurement is sticky hits; unique ones differ.
 pub(super) fn cookie_prefixes(workload: Workload, run: u32) -> (String, String) {
     let warmup = cookie_prefix(run, 0);
-    let measurement = if workload == Workload::NewConnUnique {
+    let measurement = if matches!(workload, Workload::NewConnUnique | Workload::TlsNewConn) {
         cookie_prefix(run, 1)
     } else {
         warmup.clone()
@@ -227,12 +275,34 @@ pub(super) fn load(
         Workload::NewConnUnique
         | Workload::NewConnRepeat
         | Workload::KeepAlive
-        | Workload::OneArmedKeepAlive => {
+        | Workload::OneArmedKeepAlive
+        | Workload::TlsNewConn
+        | Workload::TlsKeepAlive
+        | Workload::TlsChurn => {
             let spec = wrk_spec(env, workload, base, prefix, duration);
             let r = wrk::run(client, &env.script, &spec)?;
             let errors = r.errors + r.status_errors;
             let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
             return Ok(sample.with_latency(r.p50_us, r.p99_us));
+        }
+        Workload::TlsH2KeepAlive => {
+            let spec = H2loadSpec {
+                sessions: plan.wrk_threads,
+                connections: plan.h2_connections,
+                streams: plan.h2_streams,
+                duration,
+                url: base,
+                prefix,
+                log_dir: &env.work_dir,
+            };
+            let r = h2load::run(client, &spec)?;
+            let f = r.figures;
+            let sample =
+                Sample::measured(f.requests, f.seconds, f.bytes, f.errors + f.status_errors);
+            return Ok(Sample {
+                negotiated: r.negotiated,
+                ..sample.with_latency(f.p50_us, f.p99_us)
+            });
         }
         Workload::Download => {
             return download(
@@ -286,15 +356,28 @@ fn wrk_spec<'a>(
     duration: Duration,
 ) -> WrkSpec<'a> {
     let plan = &env.plan;
-    let (connections, pool, close) = match workload {
-        Workload::NewConnUnique => (plan.new_conn_connections, 0, true),
-        Workload::NewConnRepeat => (plan.new_conn_connections, plan.cookie_pool, true),
+    let (connections, pool, connection) = match workload {
+        Workload::NewConnUnique | Workload::TlsNewConn => {
+            (plan.new_conn_connections, 0, ConnectionUse::Close)
+        }
+        Workload::NewConnRepeat => (
+            plan.new_conn_connections,
+            plan.cookie_pool,
+            ConnectionUse::Close,
+        ),
+        // The churn workloads' requests per connection, on average; a cookie per request from
+        // the pool (wrk cannot keep one per connection as stickylb-load does, which has no TLS).
+        Workload::TlsChurn => (
+            plan.keep_alive_connections,
+            plan.cookie_pool,
+            ConnectionUse::CloseEvery(plan.churn_requests),
+        ),
         // A pool of one cookie per wrk thread: every connection keeps its session's cookie on
         // all its requests, as a browser does (wrk's scripts cannot tell connections apart).
         _ => (
             plan.keep_alive_connections,
             u64::from(plan.wrk_threads),
-            false,
+            ConnectionUse::KeepAlive,
         ),
     };
     WrkSpec {
@@ -304,7 +387,7 @@ fn wrk_spec<'a>(
         url: base,
         prefix,
         pool,
-        close,
+        connection,
     }
 }
 

@@ -4,7 +4,11 @@
 use std::fmt::Write as _;
 
 use super::{Report, Summary};
-use crate::{profile::Profile, workload::Workload};
+use crate::{
+    contender::{Contender, Frontend},
+    profile::Profile,
+    workload::Workload,
+};
 
 /// Heading and columns of the results table.
 pub(crate) const RESULTS_HEADING: &str = "## Results";
@@ -68,6 +72,7 @@ pub(crate) fn render(report: &Report) -> String {
     machine(&mut out, report);
     setup(&mut out, report);
     results(&mut out, report);
+    tls(&mut out, report);
     handoffs(&mut out, report);
     scale(&mut out, report);
     splice_rate(&mut out, report);
@@ -86,7 +91,8 @@ fn machine(out: &mut String, report: &Report) {
         "## Machine\n\n\
          | | |\n|---|---|\n\
          | CPU | {} ({} CPUs) |\n| memory | {:.1} GiB |\n| kernel | Linux {} |\n| OS | {} |\n\
-         | stickylb | {} |\n| HAProxy | {} |\n| wrk | {} |\n| curl | {} |\n| rustc | {} |\n\
+         | stickylb | {} |\n| HAProxy | {} |\n| wrk | {} |\n| h2load | {} |\n| curl | {} |\n\
+         | rustc | {} |\n\
          | load average before the run (1, 5, 15 min) | {} |\n",
         m.cpu_model,
         m.cpus,
@@ -96,6 +102,7 @@ fn machine(out: &mut String, report: &Report) {
         m.stickylb,
         m.haproxy,
         m.wrk,
+        m.h2load,
         m.curl,
         m.rustc,
         m.load_average,
@@ -135,6 +142,15 @@ fn setup(out: &mut String, report: &Report) {
          answer, after its client paused 50 ms, after a 1 MiB body, or with the `101` of an \
          upgrade; until then it is served exactly as with the fast path off). Each run starts \
          the load balancer afresh with an empty table; repetitions alternate the contenders.\n\
+         - TLS: for the tls- workloads both load balancers also serve HTTPS on port 443 with the \
+         same self-signed ECDSA P-256 certificate, made when the run starts: HAProxy `bind ... \
+         ssl crt tls.pem alpn h2,http/1.1` and `http-request set-header X-Forwarded-Proto https` \
+         (stickylb sends it too), OpenSSL's and HAProxy's defaults otherwise; stickylb a \
+         `[[frontend]]` with `tls = {{ cert, key }}` (rustls with ring), served in userspace \
+         (`fastpath = \"off\"`). The tls- workloads run against these two only: the direct \
+         path has no TLS (the backends speak cleartext; a TLS server there would measure another \
+         server, not the path), and the fast path cannot take a TLS connection (the kernel \
+         cannot splice TLS without kTLS), so it would measure stickylb again.\n\
          - Workloads (warm-up {warmup} s, then {measure} s measured; demo-like `Cookie: c1=1; \
          c2=2; JSESSIONID=<32 chars>`; wrk with `bench.lua` and {threads} threads, or \
          `stickylb-load`, lb-userspace's load generator, with 2 threads):\n  \
@@ -165,6 +181,19 @@ fn setup(out: &mut String, report: &Report) {
          when each request was due;\n  \
          - **one-armed-keep-alive** and **one-armed-churn**: keep-alive and churn through the \
          one-armed layout;\n  \
+         - **tls-new-conn** (wrk, HTTPS): a new TLS connection per request, each a full \
+         handshake (wrk resumes no session), {new_conn} connections, a new cookie on every \
+         request: handshakes per second;\n  \
+         - **tls-keep-alive** (wrk, HTTPS, HTTP/1.1): as keep-alive;\n  \
+         - **tls-h2-keep-alive** (h2load, HTTPS, HTTP/2): {h2_connections} connections with \
+         {h2_streams} requests in flight on each ({h2_in_flight} in all, as keep-alive), from \
+         {threads} h2load processes each with one session's cookie (h2load sends the same headers \
+         on every request); latency from h2load's per-request log (a request's start to the end \
+         of its response), as its summary has no percentiles;\n  \
+         - **tls-churn** (wrk, HTTPS, HTTP/1.1): {keep_alive} connections, every {churn}th \
+         request of a wrk thread saying `Connection: close`, so {churn} requests per TLS \
+         connection on average (wrk cannot count per connection), each with a cookie from \
+         {pool};\n  \
          - **table scale**: keep-alive requests with cookies cycling through {entries} values \
          until the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start \
          again);\n  \
@@ -195,6 +224,9 @@ fn setup(out: &mut String, report: &Report) {
         new_conn = plan.new_conn_connections,
         pool = plan.cookie_pool,
         keep_alive = plan.keep_alive_connections,
+        h2_connections = plan.h2_connections,
+        h2_streams = plan.h2_streams,
+        h2_in_flight = plan.h2_connections * plan.h2_streams,
         downloads = plan.download_connections,
         download_mb = plan.download_bytes >> 20,
         total_mb = (plan.download_bytes >> 20) * u64::from(plan.download_connections),
@@ -250,6 +282,82 @@ fn results(out: &mut String, report: &Report) {
             not_run.contender.label(),
             not_run.reason
         );
+    }
+    out.push('\n');
+}
+
+/// Heading and columns of the TLS table.
+pub(crate) const TLS_HEADING: &str = "## TLS";
+const TLS_COLUMNS: [&str; 7] = [
+    "workload",
+    "stickylb req/s",
+    "HAProxy req/s",
+    "vs HAProxy",
+    "stickylb p99 ms",
+    "HAProxy p99 ms",
+    "target (>= 1.0x, p99 <= HAProxy)",
+];
+
+/// stickylb against HAProxy on the TLS workloads that ran, and the target on each.
+fn tls(out: &mut String, report: &Report) {
+    let find = |workload: Workload, contender: Contender| {
+        report
+            .results
+            .iter()
+            .find(|s| s.workload == workload && s.contender == contender)
+    };
+    let rows: Vec<(Workload, &Summary, &Summary)> = Workload::ALL
+        .into_iter()
+        .filter(|w| w.frontend() == Frontend::Https)
+        .filter_map(|w| {
+            Some((
+                w,
+                find(w, Contender::Stickylb)?,
+                find(w, Contender::Haproxy)?,
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{TLS_HEADING}\n\n\
+         HTTPS frontends, stickylb (userspace; the fast path does not apply) against HAProxy 2.6, \
+         the same certificate (ECDSA P-256), medians from the table above. Target on each: req/s \
+         >= 1.0x HAProxy's and p99 <= HAProxy's.\n"
+    );
+    header(out, &TLS_COLUMNS);
+    for (workload, ours, theirs) in &rows {
+        let met = ours.vs_haproxy.is_some_and(|r| r >= 1.0)
+            && matches!((ours.p99_ms, theirs.p99_ms), (Some(a), Some(b)) if a <= b);
+        row(
+            out,
+            &[
+                workload.id().to_owned(),
+                number(ours.requests_per_s, 0),
+                number(theirs.requests_per_s, 0),
+                ratio(ours.vs_haproxy),
+                number(ours.p99_ms, 2),
+                number(theirs.p99_ms, 2),
+                if met { "**met**" } else { "**missed**" }.to_owned(),
+            ],
+        );
+    }
+    for contender in [Contender::Stickylb, Contender::Haproxy] {
+        let negotiated = report
+            .runs
+            .iter()
+            .filter(|c| c.contender == contender && c.workload.frontend() == Frontend::Https)
+            .flat_map(|c| &c.samples)
+            .find_map(|s| s.negotiated.as_deref());
+        if let Some(negotiated) = negotiated {
+            let _ = writeln!(
+                out,
+                "\nNegotiated with {} (as h2load reports it): {negotiated}.",
+                contender.label()
+            );
+        }
     }
     out.push('\n');
 }
