@@ -457,7 +457,32 @@ fn download(
 
 #[cfg(test)]
 mod tests {
-    use super::{cookie_prefix, Workload};
+    use super::{cookie_prefix, Contender, Frontend, Workload};
+
+    #[test]
+    fn tls_workloads_run_against_the_two_load_balancers_only() {
+        let tls: Vec<&str> = Workload::ALL
+            .into_iter()
+            .filter(|w| w.frontend() == Frontend::Https)
+            .map(Workload::id)
+            .collect();
+        assert_eq!(
+            tls,
+            [
+                "tls-new-conn",
+                "tls-keep-alive",
+                "tls-h2-keep-alive",
+                "tls-churn"
+            ]
+        );
+        for workload in Workload::ALL {
+            let https = workload.frontend() == Frontend::Https;
+            assert!(workload.runs_against(Contender::Haproxy));
+            assert!(workload.runs_against(Contender::Stickylb));
+            assert_eq!(workload.runs_against(Contender::Direct), !https);
+            assert_eq!(workload.runs_against(Contender::StickylbFastPath), !https);
+        }
+    }
 
     #[test]
     fn workload_ids_round_trip() {

@@ -619,3 +619,30 @@ fn number(value: Option<f64>, decimals: usize) -> String {
 fn ratio(value: Option<f64>) -> String {
     value.map_or_else(|| NONE.into(), |v| format!("{v:.2}x"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{render, TLS_HEADING};
+    use crate::report::tests::sample_report;
+
+    #[test]
+    fn the_tls_section_compares_stickylb_with_haproxy_and_judges_the_target() {
+        let markdown = render(&sample_report());
+        let section: Vec<&str> = markdown
+            .lines()
+            .skip_while(|line| !line.starts_with(TLS_HEADING))
+            .take_while(|line| !line.starts_with("## Hand-offs"))
+            .collect();
+        // The made-up figures: stickylb 10000 req/s and p99 5 ms, HAProxy 15000 and 4 ms.
+        for workload in [
+            "tls-new-conn",
+            "tls-keep-alive",
+            "tls-h2-keep-alive",
+            "tls-churn",
+        ] {
+            let row = format!("| {workload} | 10000 | 15000 | 0.67x | 5.00 | 4.00 | **missed** |");
+            assert!(section.contains(&row.as_str()), "{section:#?}");
+        }
+        assert!(!section.iter().any(|line| line.starts_with("| keep-alive")));
+    }
+}

@@ -156,11 +156,17 @@ fn panel(
                     );
                 }
                 None => {
+                    // Over TLS the fast path and the direct path do not apply.
+                    let contender = [Contender::Stickylb, Contender::StickylbFastPath][j];
+                    let applies = rows
+                        .get(i)
+                        .is_some_and(|w| w.runs_against(contender) && w.runs_against(reference));
                     let _ = writeln!(
                         out,
-                        "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" fill=\"#999\">not run</text>",
+                        "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" fill=\"#999\">{}</text>",
                         left + 3.0,
-                        y + BAR - 2.0
+                        y + BAR - 2.0,
+                        if applies { "not run" } else { "n/a" }
                     );
                 }
             }
