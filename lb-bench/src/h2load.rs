@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use netns_kit::NetNs;
 
-use super::{procs, wrk::WrkResult};
+use super::{procs, stats::nearest_rank, wrk::WrkResult};
 
 /// One h2load run: how much load, where, and which cookies.
 pub(super) struct H2loadSpec<'a> {
@@ -197,15 +197,9 @@ fn parse_log(text: &str) -> impl Iterator<Item = u64> + '_ {
     })
 }
 
-/// The `p`th percentile of `sorted` by the nearest-rank method.
-fn nearest_rank(sorted: &[u64], p: f64) -> Option<u64> {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.max(1) - 1).copied()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{nearest_rank, parse_log, parse_negotiated, parse_summary, Summary};
+    use super::{parse_log, parse_negotiated, parse_summary, Summary};
 
     const STDOUT: &str = "starting benchmark...\n\
         TLS Protocol: TLSv1.3\nCipher: TLS_AES_256_GCM_SHA384\n\
@@ -248,10 +242,5 @@ mod tests {
         let log = "1796304212166904\t200\t3485\n1796304212166905\t-1\t90000\n\
                    1796304212166906\t302\t12\nnot a line\n";
         assert_eq!(parse_log(log).collect::<Vec<_>>(), [3485, 12]);
-        let sorted: Vec<u64> = (1..=100).collect();
-        assert_eq!(nearest_rank(&sorted, 50.0), Some(50));
-        assert_eq!(nearest_rank(&sorted, 99.0), Some(99));
-        assert_eq!(nearest_rank(&[7], 99.0), Some(7));
-        assert_eq!(nearest_rank(&[], 99.0), None);
     }
 }

@@ -23,7 +23,7 @@ use super::{
     metrics::metric_value,
     procs,
     stats::median,
-    wrk::{self, ConnectionUse, WrkSpec},
+    wrk::{self, WrkSpec},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -118,7 +118,7 @@ fn fill(env: &Env, lb: &mut LbProcess, target: u64) -> anyhow::Result<f64> {
         url: &url,
         prefix: "5ca1e000",
         pool: target,
-        connection: ConnectionUse::KeepAlive,
+        close: false,
     };
     let started = Instant::now();
     let mut load = wrk::start(&env.topology(Layout::Routed).client, &env.script, &spec)?;

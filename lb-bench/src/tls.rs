@@ -8,7 +8,7 @@ use std::{fs, path::PathBuf};
 use anyhow::Context as _;
 
 /// The name in the certificate (and the SNI nobody checks).
-const NAME: &str = "bench.stickylb.test";
+pub(crate) const NAME: &str = "bench.stickylb.test";
 
 /// Where the certificate and its key are, in the forms each load balancer reads.
 pub(crate) struct TlsFiles {

@@ -14,8 +14,9 @@ use super::{
     env::{Env, FastPathCounters, Layout},
     h2load::{self, H2loadSpec},
     load::{self, LoadSpec},
-    procs,
-    wrk::{self, ConnectionUse, WrkSpec},
+    procs, tls,
+    tls_client::TlsClientArgs,
+    wrk::{self, WrkSpec},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -276,14 +277,34 @@ pub(super) fn load(
         | Workload::NewConnRepeat
         | Workload::KeepAlive
         | Workload::OneArmedKeepAlive
-        | Workload::TlsNewConn
-        | Workload::TlsKeepAlive
-        | Workload::TlsChurn => {
+        | Workload::TlsKeepAlive => {
             let spec = wrk_spec(env, workload, base, prefix, duration);
             let r = wrk::run(client, &env.script, &spec)?;
             let errors = r.errors + r.status_errors;
             let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
             return Ok(sample.with_latency(r.p50_us, r.p99_us));
+        }
+        // A full handshake per request, a new session each time: handshakes per second.
+        Workload::TlsNewConn => {
+            let args = TlsClientArgs {
+                connections: plan.new_conn_connections,
+                per_connection: 1,
+                pool: 0,
+                resume: false,
+                ..tls_client_args(base, prefix, duration)
+            };
+            return tls_connections(env, workload, &args);
+        }
+        // A browser's connections: a few requests each, resuming an earlier TLS session.
+        Workload::TlsChurn => {
+            let args = TlsClientArgs {
+                connections: plan.keep_alive_connections,
+                per_connection: plan.churn_requests,
+                pool: plan.cookie_pool,
+                resume: true,
+                ..tls_client_args(base, prefix, duration)
+            };
+            return tls_connections(env, workload, &args);
         }
         Workload::TlsH2KeepAlive => {
             let spec = H2loadSpec {
@@ -343,6 +364,37 @@ pub(super) fn load(
     Ok(sample.with_latency(r.p50_us, r.p99_us))
 }
 
+/// The TLS client's arguments for `base` (`https://host:port`), to be completed per workload.
+fn tls_client_args(base: &str, prefix: &str, duration: Duration) -> TlsClientArgs {
+    TlsClientArgs {
+        addr: base.trim_start_matches("https://").to_owned(),
+        server_name: tls::NAME.to_owned(),
+        connections: 1,
+        duration: duration.as_secs_f64(),
+        per_connection: 1,
+        pool: 0,
+        prefix: prefix.to_owned(),
+        resume: false,
+    }
+}
+
+/// Runs `lb-bench tls-client` in the workload's client namespace (see [`super::tls_client`]).
+fn tls_connections(env: &Env, workload: Workload, args: &TlsClientArgs) -> anyhow::Result<Sample> {
+    let bench = std::env::current_exe().context("locating the lb-bench binary")?;
+    let mut command = env.topology(workload.layout()).client.command(&bench);
+    command
+        .arg("tls-client")
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = procs::spawn(&mut command)?;
+    let r = load::finish(child, Duration::from_secs_f64(args.duration))?;
+    let errors = r.errors + r.status_errors;
+    let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
+    Ok(sample.with_latency(r.p50_us, r.p99_us))
+}
+
 /// 8 characters that start the cookies of a run and phase (0 warm-up, 1 measurement).
 fn cookie_prefix(run: u32, phase: u32) -> String {
     format!("{:06x}{phase:02x}", run % 0x0100_0000)
@@ -356,28 +408,15 @@ fn wrk_spec<'a>(
     duration: Duration,
 ) -> WrkSpec<'a> {
     let plan = &env.plan;
-    let (connections, pool, connection) = match workload {
-        Workload::NewConnUnique | Workload::TlsNewConn => {
-            (plan.new_conn_connections, 0, ConnectionUse::Close)
-        }
-        Workload::NewConnRepeat => (
-            plan.new_conn_connections,
-            plan.cookie_pool,
-            ConnectionUse::Close,
-        ),
-        // The churn workloads' requests per connection, on average; a cookie per request from
-        // the pool (wrk cannot keep one per connection as stickylb-load does, which has no TLS).
-        Workload::TlsChurn => (
-            plan.keep_alive_connections,
-            plan.cookie_pool,
-            ConnectionUse::CloseEvery(plan.churn_requests),
-        ),
+    let (connections, pool, close) = match workload {
+        Workload::NewConnUnique => (plan.new_conn_connections, 0, true),
+        Workload::NewConnRepeat => (plan.new_conn_connections, plan.cookie_pool, true),
         // A pool of one cookie per wrk thread: every connection keeps its session's cookie on
         // all its requests, as a browser does (wrk's scripts cannot tell connections apart).
         _ => (
             plan.keep_alive_connections,
             u64::from(plan.wrk_threads),
-            ConnectionUse::KeepAlive,
+            false,
         ),
     };
     WrkSpec {
@@ -387,7 +426,7 @@ fn wrk_spec<'a>(
         url: base,
         prefix,
         pool,
-        connection,
+        close,
     }
 }
 

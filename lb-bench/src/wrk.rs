@@ -24,30 +24,8 @@ pub(super) struct WrkSpec<'a> {
     pub(super) prefix: &'a str,
     /// 0: a new cookie for every request; N: cookies cycle through N values.
     pub(super) pool: u64,
-    pub(super) connection: ConnectionUse,
-}
-
-/// How many requests a wrk connection carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ConnectionUse {
-    /// Keep-alive to the end of the run.
-    KeepAlive,
     /// A new connection for every request (`Connection: close`).
-    Close,
-    /// Every Nth request of a wrk thread says `Connection: close`: its connections carry N
-    /// requests on average (wrk's scripts cannot tell connections apart, so not exactly N each).
-    CloseEvery(u32),
-}
-
-impl ConnectionUse {
-    /// The script's argument.
-    fn script_arg(self) -> String {
-        match self {
-            Self::KeepAlive => "keep".into(),
-            Self::Close => "close".into(),
-            Self::CloseEvery(n) => n.to_string(),
-        }
-    }
+    pub(super) close: bool,
 }
 
 /// What wrk (or stickylb-load) measured.
@@ -80,7 +58,7 @@ pub(super) fn start(netns: &NetNs, script: &Path, spec: &WrkSpec<'_>) -> anyhow:
             spec.prefix,
             &spec.threads.to_string(),
             &spec.pool.to_string(),
-            &spec.connection.script_arg(),
+            if spec.close { "close" } else { "keep" },
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -145,14 +123,7 @@ pub(super) fn parse_line(stdout: &str, prefix: &str) -> Option<WrkResult> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse, ConnectionUse, WrkResult};
-
-    #[test]
-    fn tells_the_script_how_long_connections_live() {
-        assert_eq!(ConnectionUse::KeepAlive.script_arg(), "keep");
-        assert_eq!(ConnectionUse::Close.script_arg(), "close");
-        assert_eq!(ConnectionUse::CloseEvery(5).script_arg(), "5");
-    }
+    use super::{parse, WrkResult};
 
     #[test]
     fn parses_the_scripts_result_line() {

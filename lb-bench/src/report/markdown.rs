@@ -181,26 +181,30 @@ fn setup(out: &mut String, report: &Report) {
          when each request was due;\n  \
          - **one-armed-keep-alive** and **one-armed-churn**: keep-alive and churn through the \
          one-armed layout;\n  \
-         - **tls-new-conn** (wrk, HTTPS): a new TLS connection per request, each a full \
-         handshake (wrk resumes no session), {new_conn} connections, a new cookie on every \
-         request: handshakes per second;\n  \
+         - **tls-new-conn** (`lb-bench tls-client`, rustls, HTTPS, HTTP/1.1): a new TLS \
+         connection per request, each a full handshake (no session resumption: ECDHE and the \
+         server's ECDSA signature, which the client checks), {new_conn} connections at a time, a \
+         new cookie on every request: handshakes per second; latency from the TCP connect to \
+         the end of the response (wrk and h2load cannot do this: both resume sessions when they \
+         reconnect);\n  \
          - **tls-keep-alive** (wrk, HTTPS, HTTP/1.1): as keep-alive;\n  \
          - **tls-h2-keep-alive** (h2load, HTTPS, HTTP/2): {h2_connections} connections with \
          {h2_streams} requests in flight on each ({h2_in_flight} in all, as keep-alive), from \
          {threads} h2load processes each with one session's cookie (h2load sends the same headers \
          on every request); latency from h2load's per-request log (a request's start to the end \
          of its response), as its summary has no percentiles;\n  \
-         - **tls-churn** (wrk, HTTPS, HTTP/1.1): {keep_alive} connections, every {churn}th \
-         request of a wrk thread saying `Connection: close`, so {churn} requests per TLS \
-         connection on average (wrk cannot count per connection), each with a cookie from \
-         {pool};\n  \
+         - **tls-churn** (`lb-bench tls-client`, HTTPS, HTTP/1.1): browser-like \
+         connections, {keep_alive} at a time: each carries {churn} requests, the last with \
+         `Connection: close`, one session per connection drawn from {pool}, and resumes an \
+         earlier TLS session (shared session cache, as a returning browser); latency of a \
+         connection's first request from its TCP connect;\n  \
          - **table scale**: keep-alive requests with cookies cycling through {entries} values \
          until the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start \
          again);\n  \
          - **splice rate**: tunnels (an upgrade, its `101`, {tunnel_bytes} bytes echoed, a close) \
          all with one session's cookie, so all to one server, {splice_rate:.0} new connections \
          per second for {splice_s} s, against stickylb with the fast path only.\n\
-         - Figures: req/s and latency percentiles from wrk or stickylb-load (exact histograms; \
+         - Figures: req/s and latency percentiles from wrk, stickylb-load, h2load or `lb-bench tls-client` (exact; \
          closed loops but for paced-keep-alive, so latency is mostly measured at saturation; \
          time from writing a request (or, paced, from when it was due) to its complete \
          response, connection setup not included; wrk corrects for coordinated omission, so one \
