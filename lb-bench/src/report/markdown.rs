@@ -204,7 +204,8 @@ fn setup(out: &mut String, report: &Report) {
          - **splice rate**: tunnels (an upgrade, its `101`, {tunnel_bytes} bytes echoed, a close) \
          all with one session's cookie, so all to one server, {splice_rate:.0} new connections \
          per second for {splice_s} s, against stickylb with the fast path only.\n\
-         - Figures: req/s and latency percentiles from wrk, stickylb-load, h2load or `lb-bench tls-client` (exact; \
+         - Figures: req/s and latency percentiles from wrk, stickylb-load, h2load or \
+         `lb-bench tls-client` (exact; \
          closed loops but for paced-keep-alive, so latency is mostly measured at saturation; \
          time from writing a request (or, paced, from when it was due) to its complete \
          response, connection setup not included; wrk corrects for coordinated omission, so one \
