@@ -34,6 +34,9 @@ use rustls::{
 
 use crate::stats::nearest_rank;
 
+/// Starts the line that says what the first handshake negotiated.
+pub(crate) const NEGOTIATED: &str = "TLS-NEGOTIATED";
+
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub(crate) struct TlsClientArgs {
     /// host:port of the HTTPS frontend.
@@ -84,6 +87,8 @@ impl TlsClientArgs {
 /// What one thread measured.
 #[derive(Default)]
 struct Tally {
+    /// What its first complete handshake negotiated.
+    negotiated: Option<String>,
     requests: u64,
     bytes: u64,
     errors: u64,
@@ -113,10 +118,14 @@ pub(crate) fn run(args: &TlsClientArgs) -> anyhow::Result<()> {
         all.errors += tally.errors;
         all.status_errors += tally.status_errors;
         all.latencies_us.extend(tally.latencies_us);
+        all.negotiated = all.negotiated.or(tally.negotiated);
     }
     let elapsed = started.elapsed();
     all.latencies_us.sort_unstable();
     let percentile = |p: f64| nearest_rank(&all.latencies_us, p).unwrap_or(0);
+    if let Some(negotiated) = &all.negotiated {
+        println!("{NEGOTIATED} {negotiated}");
+    }
     println!(
         "LOAD-RESULT requests={} duration_us={} bytes={} errors={} status_errors={} p50_us={} \
          p99_us={}",
@@ -204,6 +213,9 @@ fn one_connection(
         // The first write also drives the handshake.
         stream.write_all(request.as_bytes())?;
         let (status, bytes) = read_response(&mut stream, buf)?;
+        if tally.negotiated.is_none() {
+            tally.negotiated = Some(negotiated(&stream.conn));
+        }
         tally.latencies_us.push(start.elapsed().as_micros() as u64);
         tally.bytes += bytes;
         if (200..400).contains(&status) {
@@ -214,6 +226,25 @@ fn one_connection(
         start = Instant::now();
     }
     Ok(())
+}
+
+/// `TLSv1_3, TLS13_AES_256_GCM_SHA384, X25519, http/1.1`: rustls' names, in h2load's order.
+fn negotiated(connection: &ClientConnection) -> String {
+    let alpn = connection.alpn_protocol().map_or("no ALPN".into(), |p| {
+        String::from_utf8_lossy(p).into_owned()
+    });
+    format!(
+        "{}, {}, {}, {alpn}",
+        connection
+            .protocol_version()
+            .map_or("?".into(), |v| format!("{v:?}")),
+        connection
+            .negotiated_cipher_suite()
+            .map_or("?".into(), |s| format!("{:?}", s.suite())),
+        connection
+            .negotiated_key_exchange_group()
+            .map_or("?".into(), |g| format!("{:?}", g.name())),
+    )
 }
 
 /// Reads one response (Content-Length framing, which both load balancers send for the

@@ -15,7 +15,7 @@ use super::{
     h2load::{self, H2loadSpec},
     load::{self, LoadSpec},
     procs, tls,
-    tls_client::TlsClientArgs,
+    tls_client::{self, TlsClientArgs},
     wrk::{self, WrkSpec},
 };
 
@@ -388,11 +388,30 @@ fn tls_connections(env: &Env, workload: Workload, args: &TlsClientArgs) -> anyho
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = procs::spawn(&mut command)?;
-    let r = load::finish(child, Duration::from_secs_f64(args.duration))?;
+    let mut child = procs::spawn(&mut command)?;
+    let limit = Duration::from_secs_f64(args.duration) + Duration::from_secs(60);
+    procs::wait(&mut child, limit, "lb-bench tls-client")?;
+    let output = child
+        .wait_with_output()
+        .context("reading lb-bench tls-client's output")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(r) = wrk::parse_line(&stdout, "LOAD-RESULT") else {
+        bail!(
+            "lb-bench tls-client printed no result ({}):\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let negotiated = stdout.lines().find_map(|line| {
+        let rest = line.strip_prefix(tls_client::NEGOTIATED)?;
+        Some(rest.trim().to_owned())
+    });
     let errors = r.errors + r.status_errors;
     let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
-    Ok(sample.with_latency(r.p50_us, r.p99_us))
+    Ok(Sample {
+        negotiated,
+        ..sample.with_latency(r.p50_us, r.p99_us)
+    })
 }
 
 /// 8 characters that start the cookies of a run and phase (0 warm-up, 1 measurement).

@@ -350,21 +350,26 @@ fn tls(out: &mut String, report: &Report) {
         );
     }
     for contender in [Contender::Stickylb, Contender::Haproxy] {
-        let negotiated = report
+        for cell in report
             .runs
             .iter()
             .filter(|c| c.contender == contender && c.workload.frontend() == Frontend::Https)
-            .flat_map(|c| &c.samples)
-            .find_map(|s| s.negotiated.as_deref());
-        if let Some(negotiated) = negotiated {
-            let _ = writeln!(
-                out,
-                "\nNegotiated with {} (as h2load reports it): {negotiated}.",
-                contender.label()
-            );
+        {
+            if let Some(negotiated) = cell.samples.iter().find_map(|s| s.negotiated.as_deref()) {
+                let _ = writeln!(
+                    out,
+                    "\n{} on {} negotiated: {negotiated}.",
+                    contender.label(),
+                    cell.workload.id()
+                );
+            }
         }
     }
-    out.push('\n');
+    let _ = writeln!(
+        out,
+        "\n(As the clients report it: h2load for tls-h2-keep-alive, `lb-bench tls-client` (rustls' \
+         names) for tls-new-conn and tls-churn; wrk does not say.)\n"
+    );
 }
 
 /// Heading and columns of the hand-offs table.
