@@ -140,7 +140,8 @@ pub(crate) fn run(args: &TlsClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ring's suites, versions and groups in rustls' default order; session resumption on or off.
+/// ring's suites, versions and groups in rustls' default order; ALPN `http/1.1`; session
+/// resumption on or off.
 fn client_config(resume: bool) -> anyhow::Result<ClientConfig> {
     let provider = Arc::new(ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
@@ -152,6 +153,8 @@ fn client_config(resume: bool) -> anyhow::Result<ClientConfig> {
     if !resume {
         config.resumption = Resumption::disabled();
     }
+    // It speaks HTTP/1.1 and says so, as a client without HTTP/2 does.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
