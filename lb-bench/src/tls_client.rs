@@ -29,7 +29,8 @@ use rustls::{
     },
     crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider},
     pki_types::{CertificateDer, ServerName, UnixTime},
-    ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned,
+    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, SignatureScheme,
+    StreamOwned,
 };
 
 use crate::stats::nearest_rank;
@@ -89,6 +90,9 @@ impl TlsClientArgs {
 struct Tally {
     /// What its first complete handshake negotiated.
     negotiated: Option<String>,
+    /// Connections whose handshake completed, and those of them that resumed a session.
+    handshakes: u64,
+    resumed: u64,
     requests: u64,
     bytes: u64,
     errors: u64,
@@ -119,12 +123,17 @@ pub(crate) fn run(args: &TlsClientArgs) -> anyhow::Result<()> {
         all.status_errors += tally.status_errors;
         all.latencies_us.extend(tally.latencies_us);
         all.negotiated = all.negotiated.or(tally.negotiated);
+        all.handshakes += tally.handshakes;
+        all.resumed += tally.resumed;
     }
     let elapsed = started.elapsed();
     all.latencies_us.sort_unstable();
     let percentile = |p: f64| nearest_rank(&all.latencies_us, p).unwrap_or(0);
     if let Some(negotiated) = &all.negotiated {
-        println!("{NEGOTIATED} {negotiated}");
+        println!(
+            "{NEGOTIATED} {negotiated}; {} of {} handshakes resumed a session",
+            all.resumed, all.handshakes
+        );
     }
     println!(
         "LOAD-RESULT requests={} duration_us={} bytes={} errors={} status_errors={} p50_us={} \
@@ -216,6 +225,12 @@ fn one_connection(
         // The first write also drives the handshake.
         stream.write_all(request.as_bytes())?;
         let (status, bytes) = read_response(&mut stream, buf)?;
+        if n == 1 {
+            tally.handshakes += 1;
+            if stream.conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+                tally.resumed += 1;
+            }
+        }
         if tally.negotiated.is_none() {
             tally.negotiated = Some(negotiated(&stream.conn));
         }
