@@ -594,7 +594,7 @@ fn reproduce(out: &mut String) {
         "## Reproduce\n\n\
          As root on Debian 12 with the repository's prerequisites:\n\n\
          ```sh\n\
-         cargo xtask setup                # haproxy, wrk, curl, bpftool, perf, the eBPF toolchain\n\
+         cargo xtask setup                # haproxy, wrk, h2load, curl, bpftool, perf, eBPF tools\n\
          cargo xtask bench                # release build, then everything: about 40 minutes\n\
          cargo xtask bench --perf         # the same plus the profile section: about 45 minutes\n\
          cargo xtask bench --quick --output /tmp/bench   # about 4 minutes, for development\n\
