@@ -21,8 +21,9 @@ pub(crate) struct BenchArgs {
     pub(crate) perf: bool,
     /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
     /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
-    /// table-scale, splice-rate); a partial run writes to target/bench/partial/ unless --output
-    /// says otherwise.
+    /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, table-scale, splice-rate); a
+    /// partial run writes to target/bench/partial/ unless --output says otherwise. The tls-
+    /// workloads run against haproxy and stickylb only.
     #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
     pub(crate) workloads: Vec<String>,
     /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path); see --workload.

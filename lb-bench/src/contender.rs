@@ -10,12 +10,14 @@ use std::{
 
 use serde::Serialize;
 
-use super::{bpfstats, hosts::Addrs, logtail::LogTail, procs};
+use super::{bpfstats, hosts::Addrs, logtail::LogTail, procs, tls::TlsFiles};
 
 /// Backend servers: one `stickylb-backend` process listening on these ports.
 pub(super) const BACKEND_PORTS: [u16; 4] = [8081, 8082, 8083, 8084];
 /// The load balancers' frontend port (only one load balancer runs at a time).
 pub(super) const FRONTEND_PORT: u16 = 80;
+/// Their HTTPS frontend's port, configured for the TLS workloads only.
+pub(super) const TLS_FRONTEND_PORT: u16 = 443;
 /// stickylb's monitor, where the bench reads the table size.
 pub(super) const MONITOR_PORT: u16 = 8404;
 /// Entries of the stick table in both load balancers (HAProxy's `size 1m`).
@@ -98,6 +100,25 @@ impl Contender {
             _ => format!("http://{}:{FRONTEND_PORT}", addrs.lb),
         }
     }
+
+    /// Where the client sends its requests on `frontend`: the direct path has no HTTPS (the
+    /// backends speak cleartext), so it has no URL there.
+    pub(super) fn url(self, addrs: &Addrs, frontend: Frontend) -> Option<String> {
+        match (frontend, self) {
+            (Frontend::Http, _) => Some(self.base_url(addrs)),
+            (Frontend::Https, Self::Direct) => None,
+            (Frontend::Https, _) => Some(format!("https://{}:{TLS_FRONTEND_PORT}", addrs.lb)),
+        }
+    }
+}
+
+/// Which frontends a load balancer serves in a run: cleartext only, or also HTTPS on
+/// [`TLS_FRONTEND_PORT`] (the TLS workloads; the other workloads run without it, as before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Frontend {
+    Http,
+    Https,
 }
 
 fn kernel_release() -> String {
@@ -122,13 +143,15 @@ pub(super) fn monitor_url(addrs: &Addrs) -> String {
 }
 
 /// stickylb's configuration for the bench. `control_socket` and `pin_dir` are the bench's own,
-/// so a stickylb running on the host is never touched.
+/// so a stickylb running on the host is never touched. With `tls`, a second frontend serves
+/// HTTPS with that certificate, in userspace (`fastpath = "off"`: the kernel cannot splice TLS).
 pub(super) fn stickylb_config(
     instance: &str,
     pin_dir: &str,
     control_socket: &str,
     fastpath: bool,
     addrs: &Addrs,
+    tls: Option<&TlsFiles>,
 ) -> String {
     let (lb, backends) = (addrs.lb, addrs.backends);
     let fastpath = if fastpath { "splice" } else { "off" };
@@ -142,10 +165,20 @@ pub(super) fn stickylb_config(
             )
         })
         .collect();
+    let tls_frontend = tls.map_or_else(String::new, |tls| {
+        format!(
+            "[[frontend]]\nname = \"secure\"\nbind = \"{lb}:{TLS_FRONTEND_PORT}\"\n\
+             backend = \"{BACKEND_NAME}\"\nfastpath = \"off\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n\n",
+            tls.cert.display(),
+            tls.key.display()
+        )
+    });
     format!(
         "# Written by `cargo xtask bench`.\n\
          [instance]\nname = \"{instance}\"\npin_dir = \"{pin_dir}\"\ncontrol_socket = \"{control_socket}\"\n\n\
          [[frontend]]\nname = \"www\"\nbind = \"{lb}:{FRONTEND_PORT}\"\nbackend = \"{BACKEND_NAME}\"\nfastpath = \"{fastpath}\"\n\n\
+         {tls_frontend}\
          [[backend]]\nname = \"{BACKEND_NAME}\"\nbalance = \"roundrobin\"\nstick_cookie = \"JSESSIONID\"\n\
          table_size = {TABLE_SIZE}\nexpire = \"30m\"\nhealth_check = {{ enabled = false }}\n\
          servers = [\n{servers}]\n\n\
@@ -159,20 +192,32 @@ pub(super) fn stickylb_config(
 /// sends any request over any idle pooled server connection (HAProxy's default, `safe`, opens a
 /// new server connection for the first request of every client connection: with a new
 /// connection per request, for every request). Threads: HAProxy's default, one per CPU, as
-/// stickylb's runtime has one worker per CPU.
-pub(super) fn haproxy_config(stats_socket: &str, addrs: &Addrs) -> String {
+/// stickylb's runtime has one worker per CPU. With `tls`, a second frontend serves HTTPS with
+/// that PEM file (certificate and key), offering h2 and http/1.1 as stickylb does, and tells
+/// the servers `X-Forwarded-Proto: https` as stickylb does; TLS versions, ciphers and groups
+/// are OpenSSL's and HAProxy's defaults (TLS 1.3 with the bench's clients).
+pub(super) fn haproxy_config(stats_socket: &str, addrs: &Addrs, tls: Option<&Path>) -> String {
     let (lb, backends) = (addrs.lb, addrs.backends);
     let servers: String = BACKEND_PORTS
         .iter()
         .enumerate()
         .map(|(i, port)| format!("    server be{} {backends}:{port}\n", i + 1))
         .collect();
+    let tls_frontend = tls.map_or_else(String::new, |pem| {
+        format!(
+            "frontend secure\n    bind {lb}:{TLS_FRONTEND_PORT} ssl crt {} alpn h2,http/1.1\n\
+             \x20   http-request set-header X-Forwarded-Proto https\n\
+             \x20   default_backend {BACKEND_NAME}\n\n",
+            pem.display()
+        )
+    });
     format!(
         "# Written by `cargo xtask bench`.\n\
          global\n    maxconn 8192\n    stats socket {stats_socket} level admin\n\n\
          defaults\n    mode http\n    option redispatch\n    option forwardfor\n    http-reuse always\n\
          \x20   timeout connect 5s\n    timeout client 50s\n    timeout server 50s\n\n\
          frontend www\n    bind {lb}:{FRONTEND_PORT}\n    default_backend {BACKEND_NAME}\n\n\
+         {tls_frontend}\
          backend {BACKEND_NAME}\n    balance roundrobin\n\
          \x20   stick-table type string len 32 size {TABLE_SIZE} expire 30m\n\
          \x20   stick on req.cook(JSESSIONID)\n    stick store-response res.cook(JSESSIONID)\n\
@@ -278,12 +323,20 @@ pub(super) fn lb_stdio(command: &mut Command) -> &mut Command {
 #[cfg(test)]
 mod tests {
     use super::{haproxy_config, kernel_at_least, stickylb_config};
+    use crate::tls::TlsFiles;
 
     #[test]
     fn both_configurations_name_the_same_servers_and_table() {
         let addrs = crate::hosts::ROUTED;
-        let stickylb = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", false, &addrs);
-        let haproxy = haproxy_config("/run/h.sock", &addrs);
+        let stickylb = stickylb_config(
+            "bench-1",
+            "/sys/fs/bpf/x",
+            "/run/x.sock",
+            false,
+            &addrs,
+            None,
+        );
+        let haproxy = haproxy_config("/run/h.sock", &addrs, None);
         for server in ["be1", "be4"] {
             assert!(stickylb.contains(&format!("name = \"{server}\"")));
             assert!(haproxy.contains(&format!("server {server} ")));
@@ -294,8 +347,38 @@ mod tests {
         assert!(haproxy.contains("    timeout connect 5s\n"));
         assert!(stickylb.contains("health_check = { enabled = false }"));
         assert!(stickylb.contains("fastpath = \"off\""));
-        let fastpath = stickylb_config("bench-1", "/sys/fs/bpf/x", "/run/x.sock", true, &addrs);
+        let fastpath = stickylb_config(
+            "bench-1",
+            "/sys/fs/bpf/x",
+            "/run/x.sock",
+            true,
+            &addrs,
+            None,
+        );
         assert!(fastpath.contains("fastpath = \"splice\""));
+        assert!(!stickylb.contains(":443") && !haproxy.contains(":443"));
+    }
+
+    #[test]
+    fn the_tls_frontends_serve_the_same_certificate_on_443() {
+        let addrs = crate::hosts::ROUTED;
+        let files = TlsFiles {
+            cert: "/w/tls.crt".into(),
+            key: "/w/tls.key".into(),
+            combined: "/w/tls.pem".into(),
+        };
+        let stickylb = stickylb_config("b", "/p", "/s", true, &addrs, Some(&files));
+        assert!(stickylb.contains(
+            "name = \"secure\"\nbind = \"10.240.1.1:443\"\nbackend = \"web\"\nfastpath = \"off\"\n\
+             tls = { cert = \"/w/tls.crt\", key = \"/w/tls.key\" }\n"
+        ));
+        // The cleartext frontend keeps its fast path setting.
+        assert!(stickylb.contains("fastpath = \"splice\""));
+        let haproxy = haproxy_config("/run/h.sock", &addrs, Some(&files.combined));
+        assert!(haproxy.contains(
+            "frontend secure\n    bind 10.240.1.1:443 ssl crt /w/tls.pem alpn h2,http/1.1\n"
+        ));
+        assert!(haproxy.contains("frontend www\n    bind 10.240.1.1:80\n"));
     }
 
     #[test]

@@ -13,11 +13,13 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use super::{
-    contender::{self, Contender, LbProcess},
+    contender::{self, Contender, Frontend, LbProcess},
     hosts::{self, Topology},
     metrics::metric_value,
     plan::Plan,
-    procs, wrk,
+    procs,
+    tls::TlsFiles,
+    wrk,
 };
 use crate::workspace;
 
@@ -90,6 +92,8 @@ pub(crate) struct Env {
     /// lb-userspace's load generator, `stickylb-load`.
     pub(super) load: PathBuf,
     pub(super) script: PathBuf,
+    /// The TLS workloads' certificate, in the work directory.
+    tls: TlsFiles,
     backends: Vec<Child>,
     /// What is left of `plan.patience`.
     patience: Cell<Duration>,
@@ -108,6 +112,7 @@ impl Env {
         let script = work_dir.join("bench.lua");
         fs::write(&script, wrk::SCRIPT)
             .with_context(|| format!("could not write {}", script.display()))?;
+        let tls = TlsFiles::make(&work_dir)?;
         let stickylb = workspace::stickylb_binary(true);
         let routed = Topology::routed()?;
         let one_armed = Topology::one_armed()?;
@@ -137,6 +142,7 @@ impl Env {
             load: stickylb.with_file_name("stickylb-load"),
             stickylb,
             script,
+            tls,
             backends,
             patience: Cell::new(plan_patience),
         })
@@ -165,6 +171,17 @@ impl Env {
         contender: Contender,
         layout: Layout,
     ) -> anyhow::Result<(LbProcess, Duration)> {
+        self.start_serving(contender, layout, Frontend::Http)
+    }
+
+    /// The same, also serving HTTPS when `frontend` says so.
+    pub(super) fn start_serving(
+        &self,
+        contender: Contender,
+        layout: Layout,
+        frontend: Frontend,
+    ) -> anyhow::Result<(LbProcess, Duration)> {
+        let tls = (frontend == Frontend::Https).then_some(&self.tls);
         let topology = self.topology(layout);
         let (lb, addrs) = (&topology.lb, &topology.addrs);
         let started = Instant::now();
@@ -175,7 +192,11 @@ impl Env {
                 let socket = self.haproxy_socket();
                 write(
                     &config,
-                    &contender::haproxy_config(&socket.display().to_string(), addrs),
+                    &contender::haproxy_config(
+                        &socket.display().to_string(),
+                        addrs,
+                        tls.map(|tls| tls.combined.as_path()),
+                    ),
                 )?;
                 let mut command = lb.command(HAPROXY);
                 command.arg("-f").arg(&config).arg("-db");
@@ -203,6 +224,7 @@ impl Env {
                         &self.run_dir.join("control.sock").display().to_string(),
                         fastpath,
                         addrs,
+                        tls,
                     ),
                 )?;
                 let mut command = lb.command(&self.stickylb);

@@ -20,6 +20,7 @@ pub(crate) struct Machine {
     pub(crate) stickylb: String,
     pub(crate) haproxy: String,
     pub(crate) wrk: String,
+    pub(crate) h2load: String,
     pub(crate) curl: String,
     pub(crate) rustc: String,
     /// `/proc/loadavg` before the run: other work on the machine skews the figures.
@@ -58,6 +59,8 @@ pub(crate) fn describe(load_average: String) -> Machine {
                 text.split(" [").next().map(str::to_owned)
             })
             .unwrap_or_else(|| "unknown".into()),
+        // `h2load nghttp2/1.52.0`.
+        h2load: first_line(Command::new("h2load").arg("--version")),
         // `curl 7.88.1 (x86_64-pc-linux-gnu) libcurl/7.88.1 OpenSSL/...`: the first two words.
         curl: first_line(Command::new("curl").arg("--version"))
             .split_whitespace()

@@ -3,7 +3,8 @@
 //! `benchmarks.svg` (to `docs/` unless `--output` says otherwise).
 //!
 //! `cargo xtask bench` builds stickylb (release) and then runs this binary as root; it also
-//! runs inside the client namespace as the download workload's client (`lb-bench client`). A
+//! runs inside the client namespace as the download workload's client (`lb-bench client`) and as
+//! the TLS connection workloads' client (`lb-bench tls-client`). A
 //! benchmark, not a test: nothing here asserts a speed. `cargo xtask test` runs `--quick` and
 //! then `lb-bench verify` on what it wrote, which checks the report's shape.
 
@@ -14,6 +15,7 @@ mod check;
 mod client;
 mod contender;
 mod env;
+mod h2load;
 mod hosts;
 mod load;
 mod logtail;
@@ -28,6 +30,8 @@ mod run;
 mod scale;
 mod splice_rate;
 mod stats;
+mod tls;
+mod tls_client;
 mod workload;
 mod workspace;
 mod wrk;
@@ -57,6 +61,9 @@ enum Command {
     /// The download workload's client (run by the bench inside its client namespace).
     #[command(hide = true)]
     Client(client::ClientArgs),
+    /// The TLS connection workloads' client (run by the bench inside its client namespace).
+    #[command(hide = true)]
+    TlsClient(tls_client::TlsClientArgs),
 }
 
 /// Prints the error chain on one line: these errors are messages for people, not bugs.
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
         None => run::run(&cli.args),
         Some(Command::Verify { dir }) => check::verify(&dir),
         Some(Command::Client(args)) => client::run(&args),
+        Some(Command::TlsClient(args)) => tls_client::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,9 @@ pub(crate) struct Plan {
     pub(crate) wrk_threads: u32,
     pub(crate) new_conn_connections: u32,
     pub(crate) keep_alive_connections: u32,
+    /// HTTP/2 connections of the TLS keep-alive workload, and requests in flight on each.
+    pub(crate) h2_connections: u32,
+    pub(crate) h2_streams: u32,
     /// Distinct cookies of the repeating workloads.
     pub(crate) cookie_pool: u64,
     pub(crate) download_connections: u32,
@@ -54,6 +57,10 @@ impl Plan {
             wrk_threads: 2,
             new_conn_connections: 16,
             keep_alive_connections: 64,
+            // As many requests in flight as the HTTP/1.1 keep-alive workloads, on fewer
+            // connections, as a browser multiplexes a page's requests.
+            h2_connections: 16,
+            h2_streams: 4,
             cookie_pool: 1000,
             download_connections: 4,
             download_bytes: if quick { 64 << 20 } else { 512 << 20 },

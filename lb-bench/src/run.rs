@@ -106,6 +106,7 @@ fn run_matrix(env: &Env, args: &BenchArgs) -> anyhow::Result<Vec<Cell>> {
     {
         let mut row: Vec<Cell> = contenders
             .iter()
+            .filter(|&&contender| workload.runs_against(contender))
             .map(|&contender| Cell::new(workload, contender))
             .collect();
         for run in 0..env.plan.runs {
@@ -145,11 +146,15 @@ fn progress(workload: Workload, sample: &workload::Sample) -> String {
         0 => String::new(),
         n => format!(", {n} errors"),
     };
+    let negotiated = sample
+        .negotiated
+        .as_ref()
+        .map_or(String::new(), |tls| format!(", negotiated {tls}"));
     if workload.per_gigabyte() {
         format!("{:.0} MB/s{cpu}{spliced}{errors}", sample.megabytes_per_s())
     } else {
         format!(
-            "{:.0} req/s, p99 {:.2} ms{cpu}{spliced}{errors}",
+            "{:.0} req/s, p99 {:.2} ms{cpu}{spliced}{errors}{negotiated}",
             sample.requests_per_s(),
             sample.p99_ms.unwrap_or(0.0)
         )
@@ -203,7 +208,7 @@ fn run_cell_once(
         return workload::measure(env, workload, contender, None, run);
     }
     env.reset_table()?;
-    let (mut lb, _) = env.start(contender, workload.layout())?;
+    let (mut lb, _) = env.start_serving(contender, workload.layout(), workload.frontend())?;
     let mut sample = workload::measure(env, workload, contender, Some(&mut lb), run);
     if let (Ok(sample), Contender::StickylbFastPath) = (&mut sample, contender) {
         sample.fastpath = env.fastpath_counters(workload.layout()).ok();
@@ -216,11 +221,13 @@ fn run_cell_once(
 
 /// What the bench needs from the system, named with the command that installs it.
 fn check_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = ["ip", "nsenter", "wrk", "curl", "bpftool", "sysctl"]
-        .into_iter()
-        .filter(|tool| find_in_path(tool).is_none())
-        .chain((!Path::new(HAPROXY).exists()).then_some(HAPROXY))
-        .collect();
+    let missing: Vec<&str> = [
+        "ip", "nsenter", "wrk", "h2load", "curl", "bpftool", "sysctl",
+    ]
+    .into_iter()
+    .filter(|tool| find_in_path(tool).is_none())
+    .chain((!Path::new(HAPROXY).exists()).then_some(HAPROXY))
+    .collect();
     if !missing.is_empty() {
         bail!(
             "missing {}: run `cargo xtask setup` (Debian packages)",

@@ -12,9 +12,24 @@ pub(crate) fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
+/// The `p`th percentile of `sorted` (ascending) by the nearest-rank method; None when empty.
+pub(crate) fn nearest_rank(sorted: &[u64], p: f64) -> Option<u64> {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.max(1) - 1).copied()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, nearest_rank};
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let sorted: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&sorted, 50.0), Some(50));
+        assert_eq!(nearest_rank(&sorted, 99.0), Some(99));
+        assert_eq!(nearest_rank(&[7], 99.0), Some(7));
+        assert_eq!(nearest_rank(&[], 99.0), None);
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {

@@ -10,10 +10,12 @@ use serde::Serialize;
 
 use super::{
     client,
-    contender::{Contender, LbProcess},
+    contender::{Contender, Frontend, LbProcess},
     env::{Env, FastPathCounters, Layout},
+    h2load::{self, H2loadSpec},
     load::{self, LoadSpec},
-    procs,
+    procs, tls,
+    tls_client::{self, TlsClientArgs},
     wrk::{self, WrkSpec},
 };
 
@@ -41,10 +43,18 @@ pub(super) enum Workload {
     OneArmedKeepAlive,
     /// Browser-like connections through a one-armed load balancer.
     OneArmedChurn,
+    /// HTTPS, a new TLS connection (a full handshake) per request, a new cookie each time.
+    TlsNewConn,
+    /// HTTPS keep-alive connections with HTTP/1.1, small responses.
+    TlsKeepAlive,
+    /// HTTPS keep-alive connections with HTTP/2, a few streams in flight on each.
+    TlsH2KeepAlive,
+    /// HTTPS browser-like connections: a few requests each (HTTP/1.1), many sessions.
+    TlsChurn,
 }
 
 impl Workload {
-    pub(super) const ALL: [Self; 10] = [
+    pub(super) const ALL: [Self; 14] = [
         Self::NewConnUnique,
         Self::NewConnRepeat,
         Self::KeepAlive,
@@ -55,6 +65,10 @@ impl Workload {
         Self::PacedKeepAlive,
         Self::OneArmedKeepAlive,
         Self::OneArmedChurn,
+        Self::TlsNewConn,
+        Self::TlsKeepAlive,
+        Self::TlsH2KeepAlive,
+        Self::TlsChurn,
     ];
 
     /// The name in tables and JSON.
@@ -70,6 +84,10 @@ impl Workload {
             Self::PacedKeepAlive => "paced-keep-alive",
             Self::OneArmedKeepAlive => "one-armed-keep-alive",
             Self::OneArmedChurn => "one-armed-churn",
+            Self::TlsNewConn => "tls-new-conn",
+            Self::TlsKeepAlive => "tls-keep-alive",
+            Self::TlsH2KeepAlive => "tls-h2-keep-alive",
+            Self::TlsChurn => "tls-churn",
         }
     }
 
@@ -80,6 +98,27 @@ impl Workload {
     /// What a request of this workload costs is counted per request; a download's per GB.
     pub(super) fn per_gigabyte(self) -> bool {
         self == Self::Download
+    }
+
+    /// The frontend its requests go to.
+    pub(super) fn frontend(self) -> Frontend {
+        match self {
+            Self::TlsNewConn | Self::TlsKeepAlive | Self::TlsH2KeepAlive | Self::TlsChurn => {
+                Frontend::Https
+            }
+            _ => Frontend::Http,
+        }
+    }
+
+    /// Whether it is measured against `contender`. Over TLS, neither the direct path (the
+    /// backends speak cleartext: a TLS baseline would measure another server, not the path)
+    /// nor the fast path (a TLS frontend is served in userspace: the kernel cannot splice TLS
+    /// without kTLS, so it would measure stickylb again) apply.
+    pub(super) fn runs_against(self, contender: Contender) -> bool {
+        match self.frontend() {
+            Frontend::Http => true,
+            Frontend::Https => matches!(contender, Contender::Haproxy | Contender::Stickylb),
+        }
     }
 
     /// The hosts it runs on.
@@ -112,6 +151,8 @@ pub(super) struct Sample {
     pub(super) attempts: u32,
     /// What the fast path did during the run (warm-up included).
     pub(super) fastpath: Option<FastPathCounters>,
+    /// The TLS version, cipher, group and protocol the client negotiated, when it says.
+    pub(super) negotiated: Option<String>,
 }
 
 impl Sample {
@@ -129,6 +170,7 @@ impl Sample {
             others_cpu_percent: None,
             attempts: 1,
             fastpath: None,
+            negotiated: None,
         }
     }
 
@@ -159,7 +201,14 @@ pub(super) fn measure(
     lb: Option<&mut LbProcess>,
     run: u32,
 ) -> anyhow::Result<Sample> {
-    let base = contender.base_url(&env.topology(workload.layout()).addrs);
+    let Some(base) = contender.url(&env.topology(workload.layout()).addrs, workload.frontend())
+    else {
+        bail!(
+            "{} does not run against {}",
+            workload.id(),
+            contender.label()
+        );
+    };
     let (warmup_prefix, measure_prefix) = cookie_prefixes(workload, run);
     warm_up(env, workload, &base, &warmup_prefix)?;
     let cpu_before = lb.as_ref().map(|lb| lb.cpu_seconds()).transpose()?;
@@ -184,7 +233,7 @@ pub(super) fn measure(
 /// so the measurement is sticky hits; unique ones differ.
 pub(super) fn cookie_prefixes(workload: Workload, run: u32) -> (String, String) {
     let warmup = cookie_prefix(run, 0);
-    let measurement = if workload == Workload::NewConnUnique {
+    let measurement = if matches!(workload, Workload::NewConnUnique | Workload::TlsNewConn) {
         cookie_prefix(run, 1)
     } else {
         warmup.clone()
@@ -227,12 +276,54 @@ pub(super) fn load(
         Workload::NewConnUnique
         | Workload::NewConnRepeat
         | Workload::KeepAlive
-        | Workload::OneArmedKeepAlive => {
+        | Workload::OneArmedKeepAlive
+        | Workload::TlsKeepAlive => {
             let spec = wrk_spec(env, workload, base, prefix, duration);
             let r = wrk::run(client, &env.script, &spec)?;
             let errors = r.errors + r.status_errors;
             let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
             return Ok(sample.with_latency(r.p50_us, r.p99_us));
+        }
+        // A full handshake per request, a new session each time: handshakes per second.
+        Workload::TlsNewConn => {
+            let args = TlsClientArgs {
+                connections: plan.new_conn_connections,
+                per_connection: 1,
+                pool: 0,
+                resume: false,
+                ..tls_client_args(base, prefix, duration)
+            };
+            return tls_connections(env, workload, &args);
+        }
+        // A browser's connections: a few requests each, resuming an earlier TLS session.
+        Workload::TlsChurn => {
+            let args = TlsClientArgs {
+                connections: plan.keep_alive_connections,
+                per_connection: plan.churn_requests,
+                pool: plan.cookie_pool,
+                resume: true,
+                ..tls_client_args(base, prefix, duration)
+            };
+            return tls_connections(env, workload, &args);
+        }
+        Workload::TlsH2KeepAlive => {
+            let spec = H2loadSpec {
+                sessions: plan.wrk_threads,
+                connections: plan.h2_connections,
+                streams: plan.h2_streams,
+                duration,
+                url: base,
+                prefix,
+                log_dir: &env.work_dir,
+            };
+            let r = h2load::run(client, &spec)?;
+            let f = r.figures;
+            let sample =
+                Sample::measured(f.requests, f.seconds, f.bytes, f.errors + f.status_errors);
+            return Ok(Sample {
+                negotiated: r.negotiated,
+                ..sample.with_latency(f.p50_us, f.p99_us)
+            });
         }
         Workload::Download => {
             return download(
@@ -271,6 +362,56 @@ pub(super) fn load(
     let errors = r.errors + r.status_errors;
     let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
     Ok(sample.with_latency(r.p50_us, r.p99_us))
+}
+
+/// The TLS client's arguments for `base` (`https://host:port`), to be completed per workload.
+fn tls_client_args(base: &str, prefix: &str, duration: Duration) -> TlsClientArgs {
+    TlsClientArgs {
+        addr: base.trim_start_matches("https://").to_owned(),
+        server_name: tls::NAME.to_owned(),
+        connections: 1,
+        duration: duration.as_secs_f64(),
+        per_connection: 1,
+        pool: 0,
+        prefix: prefix.to_owned(),
+        resume: false,
+    }
+}
+
+/// Runs `lb-bench tls-client` in the workload's client namespace (see [`super::tls_client`]).
+fn tls_connections(env: &Env, workload: Workload, args: &TlsClientArgs) -> anyhow::Result<Sample> {
+    let bench = std::env::current_exe().context("locating the lb-bench binary")?;
+    let mut command = env.topology(workload.layout()).client.command(&bench);
+    command
+        .arg("tls-client")
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = procs::spawn(&mut command)?;
+    let limit = Duration::from_secs_f64(args.duration) + Duration::from_secs(60);
+    procs::wait(&mut child, limit, "lb-bench tls-client")?;
+    let output = child
+        .wait_with_output()
+        .context("reading lb-bench tls-client's output")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(r) = wrk::parse_line(&stdout, "LOAD-RESULT") else {
+        bail!(
+            "lb-bench tls-client printed no result ({}):\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let negotiated = stdout.lines().find_map(|line| {
+        let rest = line.strip_prefix(tls_client::NEGOTIATED)?;
+        Some(rest.trim().to_owned())
+    });
+    let errors = r.errors + r.status_errors;
+    let sample = Sample::measured(r.requests, r.seconds, r.bytes, errors);
+    Ok(Sample {
+        negotiated,
+        ..sample.with_latency(r.p50_us, r.p99_us)
+    })
 }
 
 /// 8 characters that start the cookies of a run and phase (0 warm-up, 1 measurement).
@@ -374,7 +515,32 @@ fn download(
 
 #[cfg(test)]
 mod tests {
-    use super::{cookie_prefix, Workload};
+    use super::{cookie_prefix, Contender, Frontend, Workload};
+
+    #[test]
+    fn tls_workloads_run_against_the_two_load_balancers_only() {
+        let tls: Vec<&str> = Workload::ALL
+            .into_iter()
+            .filter(|w| w.frontend() == Frontend::Https)
+            .map(Workload::id)
+            .collect();
+        assert_eq!(
+            tls,
+            [
+                "tls-new-conn",
+                "tls-keep-alive",
+                "tls-h2-keep-alive",
+                "tls-churn"
+            ]
+        );
+        for workload in Workload::ALL {
+            let https = workload.frontend() == Frontend::Https;
+            assert!(workload.runs_against(Contender::Haproxy));
+            assert!(workload.runs_against(Contender::Stickylb));
+            assert_eq!(workload.runs_against(Contender::Direct), !https);
+            assert_eq!(workload.runs_against(Contender::StickylbFastPath), !https);
+        }
+    }
 
     #[test]
     fn workload_ids_round_trip() {

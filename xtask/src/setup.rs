@@ -16,7 +16,8 @@ use crate::{
 };
 
 /// Debian packages for building bpf-linker (LLVM 22 and what it links) and for the tests
-/// (bpftool, load generators, packet tools, script checkers) and for `bench --perf` (perf).
+/// (bpftool, load generators (h2load is in nghttp2-client), packet tools, script checkers) and
+/// for `bench --perf` (perf).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "haproxy",
     "wrk",
+    "nghttp2-client",
     "curl",
     "iproute2",
     "iputils-ping",

@@ -4,7 +4,11 @@
 use std::fmt::Write as _;
 
 use super::{Report, Summary};
-use crate::{profile::Profile, workload::Workload};
+use crate::{
+    contender::{Contender, Frontend},
+    profile::Profile,
+    workload::Workload,
+};
 
 /// Heading and columns of the results table.
 pub(crate) const RESULTS_HEADING: &str = "## Results";
@@ -68,6 +72,7 @@ pub(crate) fn render(report: &Report) -> String {
     machine(&mut out, report);
     setup(&mut out, report);
     results(&mut out, report);
+    tls(&mut out, report);
     handoffs(&mut out, report);
     scale(&mut out, report);
     splice_rate(&mut out, report);
@@ -86,7 +91,8 @@ fn machine(out: &mut String, report: &Report) {
         "## Machine\n\n\
          | | |\n|---|---|\n\
          | CPU | {} ({} CPUs) |\n| memory | {:.1} GiB |\n| kernel | Linux {} |\n| OS | {} |\n\
-         | stickylb | {} |\n| HAProxy | {} |\n| wrk | {} |\n| curl | {} |\n| rustc | {} |\n\
+         | stickylb | {} |\n| HAProxy | {} |\n| wrk | {} |\n| h2load | {} |\n| curl | {} |\n\
+         | rustc | {} |\n\
          | load average before the run (1, 5, 15 min) | {} |\n",
         m.cpu_model,
         m.cpus,
@@ -96,6 +102,7 @@ fn machine(out: &mut String, report: &Report) {
         m.stickylb,
         m.haproxy,
         m.wrk,
+        m.h2load,
         m.curl,
         m.rustc,
         m.load_average,
@@ -135,6 +142,15 @@ fn setup(out: &mut String, report: &Report) {
          answer, after its client paused 50 ms, after a 1 MiB body, or with the `101` of an \
          upgrade; until then it is served exactly as with the fast path off). Each run starts \
          the load balancer afresh with an empty table; repetitions alternate the contenders.\n\
+         - TLS: for the tls- workloads both load balancers also serve HTTPS on port 443 with the \
+         same self-signed ECDSA P-256 certificate, made when the run starts: HAProxy `bind ... \
+         ssl crt tls.pem alpn h2,http/1.1` and `http-request set-header X-Forwarded-Proto https` \
+         (stickylb sends it too), OpenSSL's and HAProxy's defaults otherwise; stickylb a \
+         `[[frontend]]` with `tls = {{ cert, key }}` (rustls with ring), served in userspace \
+         (`fastpath = \"off\"`). The tls- workloads run against these two only: the direct \
+         path has no TLS (the backends speak cleartext; a TLS server there would measure another \
+         server, not the path), and the fast path cannot take a TLS connection (the kernel \
+         cannot splice TLS without kTLS), so it would measure stickylb again.\n\
          - Workloads (warm-up {warmup} s, then {measure} s measured; demo-like `Cookie: c1=1; \
          c2=2; JSESSIONID=<32 chars>`; wrk with `bench.lua` and {threads} threads, or \
          `stickylb-load`, lb-userspace's load generator, with 2 threads):\n  \
@@ -165,13 +181,31 @@ fn setup(out: &mut String, report: &Report) {
          when each request was due;\n  \
          - **one-armed-keep-alive** and **one-armed-churn**: keep-alive and churn through the \
          one-armed layout;\n  \
+         - **tls-new-conn** (`lb-bench tls-client`, rustls, HTTPS, HTTP/1.1): a new TLS \
+         connection per request, each a full handshake (no session resumption: ECDHE and the \
+         server's ECDSA signature, which the client checks), {new_conn} connections at a time, a \
+         new cookie on every request: handshakes per second; latency from the TCP connect to \
+         the end of the response (wrk and h2load cannot do this: both resume sessions when they \
+         reconnect);\n  \
+         - **tls-keep-alive** (wrk, HTTPS, HTTP/1.1): as keep-alive;\n  \
+         - **tls-h2-keep-alive** (h2load, HTTPS, HTTP/2): {h2_connections} connections with \
+         {h2_streams} requests in flight on each ({h2_in_flight} in all, as keep-alive), from \
+         {threads} h2load processes each with one session's cookie (h2load sends the same headers \
+         on every request); latency from h2load's per-request log (a request's start to the end \
+         of its response), as its summary has no percentiles;\n  \
+         - **tls-churn** (`lb-bench tls-client`, HTTPS, HTTP/1.1): browser-like \
+         connections, {keep_alive} at a time: each carries {churn} requests, the last with \
+         `Connection: close`, one session per connection drawn from {pool}, and resumes an \
+         earlier TLS session (shared session cache, as a returning browser); latency of a \
+         connection's first request from its TCP connect;\n  \
          - **table scale**: keep-alive requests with cookies cycling through {entries} values \
          until the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start \
          again);\n  \
          - **splice rate**: tunnels (an upgrade, its `101`, {tunnel_bytes} bytes echoed, a close) \
          all with one session's cookie, so all to one server, {splice_rate:.0} new connections \
          per second for {splice_s} s, against stickylb with the fast path only.\n\
-         - Figures: req/s and latency percentiles from wrk or stickylb-load (exact histograms; \
+         - Figures: req/s and latency percentiles from wrk, stickylb-load, h2load or \
+         `lb-bench tls-client` (exact; \
          closed loops but for paced-keep-alive, so latency is mostly measured at saturation; \
          time from writing a request (or, paced, from when it was due) to its complete \
          response, connection setup not included; wrk corrects for coordinated omission, so one \
@@ -195,6 +229,9 @@ fn setup(out: &mut String, report: &Report) {
         new_conn = plan.new_conn_connections,
         pool = plan.cookie_pool,
         keep_alive = plan.keep_alive_connections,
+        h2_connections = plan.h2_connections,
+        h2_streams = plan.h2_streams,
+        h2_in_flight = plan.h2_connections * plan.h2_streams,
         downloads = plan.download_connections,
         download_mb = plan.download_bytes >> 20,
         total_mb = (plan.download_bytes >> 20) * u64::from(plan.download_connections),
@@ -252,6 +289,87 @@ fn results(out: &mut String, report: &Report) {
         );
     }
     out.push('\n');
+}
+
+/// Heading and columns of the TLS table.
+pub(crate) const TLS_HEADING: &str = "## TLS";
+const TLS_COLUMNS: [&str; 7] = [
+    "workload",
+    "stickylb req/s",
+    "HAProxy req/s",
+    "vs HAProxy",
+    "stickylb p99 ms",
+    "HAProxy p99 ms",
+    "target (>= 1.0x, p99 <= HAProxy)",
+];
+
+/// stickylb against HAProxy on the TLS workloads that ran, and the target on each.
+fn tls(out: &mut String, report: &Report) {
+    let find = |workload: Workload, contender: Contender| {
+        report
+            .results
+            .iter()
+            .find(|s| s.workload == workload && s.contender == contender)
+    };
+    let rows: Vec<(Workload, &Summary, &Summary)> = Workload::ALL
+        .into_iter()
+        .filter(|w| w.frontend() == Frontend::Https)
+        .filter_map(|w| {
+            Some((
+                w,
+                find(w, Contender::Stickylb)?,
+                find(w, Contender::Haproxy)?,
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{TLS_HEADING}\n\n\
+         HTTPS frontends, stickylb (userspace; the fast path does not apply) against HAProxy 2.6, \
+         the same certificate (ECDSA P-256), medians from the table above. Target on each: req/s \
+         >= 1.0x HAProxy's and p99 <= HAProxy's.\n"
+    );
+    header(out, &TLS_COLUMNS);
+    for (workload, ours, theirs) in &rows {
+        let met = ours.vs_haproxy.is_some_and(|r| r >= 1.0)
+            && matches!((ours.p99_ms, theirs.p99_ms), (Some(a), Some(b)) if a <= b);
+        row(
+            out,
+            &[
+                workload.id().to_owned(),
+                number(ours.requests_per_s, 0),
+                number(theirs.requests_per_s, 0),
+                ratio(ours.vs_haproxy),
+                number(ours.p99_ms, 2),
+                number(theirs.p99_ms, 2),
+                if met { "**met**" } else { "**missed**" }.to_owned(),
+            ],
+        );
+    }
+    for contender in [Contender::Stickylb, Contender::Haproxy] {
+        for cell in report
+            .runs
+            .iter()
+            .filter(|c| c.contender == contender && c.workload.frontend() == Frontend::Https)
+        {
+            if let Some(negotiated) = cell.samples.iter().find_map(|s| s.negotiated.as_deref()) {
+                let _ = writeln!(
+                    out,
+                    "\n{} on {} negotiated: {negotiated}.",
+                    contender.label(),
+                    cell.workload.id()
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n(As the clients report it: h2load for tls-h2-keep-alive, `lb-bench tls-client` (rustls' \
+         names) for tls-new-conn and tls-churn; wrk does not say.)\n"
+    );
 }
 
 /// Heading and columns of the hand-offs table.
@@ -476,7 +594,7 @@ fn reproduce(out: &mut String) {
         "## Reproduce\n\n\
          As root on Debian 12 with the repository's prerequisites:\n\n\
          ```sh\n\
-         cargo xtask setup                # haproxy, wrk, curl, bpftool, perf, the eBPF toolchain\n\
+         cargo xtask setup                # haproxy, wrk, h2load, curl, bpftool, perf, eBPF tools\n\
          cargo xtask bench                # release build, then everything: about 40 minutes\n\
          cargo xtask bench --perf         # the same plus the profile section: about 45 minutes\n\
          cargo xtask bench --quick --output /tmp/bench   # about 4 minutes, for development\n\
@@ -510,4 +628,31 @@ fn number(value: Option<f64>, decimals: usize) -> String {
 
 fn ratio(value: Option<f64>) -> String {
     value.map_or_else(|| NONE.into(), |v| format!("{v:.2}x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{render, TLS_HEADING};
+    use crate::report::tests::sample_report;
+
+    #[test]
+    fn the_tls_section_compares_stickylb_with_haproxy_and_judges_the_target() {
+        let markdown = render(&sample_report());
+        let section: Vec<&str> = markdown
+            .lines()
+            .skip_while(|line| !line.starts_with(TLS_HEADING))
+            .take_while(|line| !line.starts_with("## Hand-offs"))
+            .collect();
+        // The made-up figures: stickylb 10000 req/s and p99 5 ms, HAProxy 15000 and 4 ms.
+        for workload in [
+            "tls-new-conn",
+            "tls-keep-alive",
+            "tls-h2-keep-alive",
+            "tls-churn",
+        ] {
+            let row = format!("| {workload} | 10000 | 15000 | 0.67x | 5.00 | 4.00 | **missed** |");
+            assert!(section.contains(&row.as_str()), "{section:#?}");
+        }
+        assert!(!section.iter().any(|line| line.starts_with("| keep-alive")));
+    }
 }

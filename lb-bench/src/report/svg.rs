@@ -156,11 +156,17 @@ fn panel(
                     );
                 }
                 None => {
+                    // Over TLS the fast path and the direct path do not apply.
+                    let contender = [Contender::Stickylb, Contender::StickylbFastPath][j];
+                    let applies = rows
+                        .get(i)
+                        .is_some_and(|w| w.runs_against(contender) && w.runs_against(reference));
                     let _ = writeln!(
                         out,
-                        "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" fill=\"#999\">not run</text>",
+                        "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" fill=\"#999\">{}</text>",
                         left + 3.0,
-                        y + BAR - 2.0
+                        y + BAR - 2.0,
+                        if applies { "not run" } else { "n/a" }
                     );
                 }
             }
@@ -177,7 +183,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::render;
-    use crate::{report::tests::sample_report, workload::Workload};
+    use crate::{contender::Contender, report::tests::sample_report, workload::Workload};
 
     #[test]
     fn every_workload_has_a_row_and_bars_in_both_panels() {
@@ -190,10 +196,15 @@ mod tests {
                 workload.id()
             );
         }
-        // Two contenders, two panels, every workload: one bar each.
+        // Two contenders, two panels, every workload: one bar each, but over TLS only stickylb
+        // (fast path off) against HAProxy.
+        let tls = Workload::ALL
+            .into_iter()
+            .filter(|w| !w.runs_against(Contender::Direct))
+            .count();
         assert_eq!(
             svg.matches("<rect x=").count() - 2,
-            4 * Workload::ALL.len(),
+            4 * (Workload::ALL.len() - tls) + tls,
             "{svg}"
         );
     }

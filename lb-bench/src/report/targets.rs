@@ -1,6 +1,7 @@
 //! The project's targets, judged from one run's medians: new connection per request >= 1.0x
 //! HAProxy's req/s with p99 <= HAProxy's; keep-alive >= 1.0x HAProxy without the fast path;
-//! 1M entries in <= 200 MB. With the fast path: on every workload >= 0.95x the fast path off in
+//! 1M entries in <= 200 MB; over TLS, on each TLS workload, >= 1.0x HAProxy's req/s with p99 <=
+//! HAProxy's. With the fast path: on every workload >= 0.95x the fast path off in
 //! req/s (MB/s) with p99 <= 1.1x and no error; keep-alive >= 1.5x HAProxy; bulk >= 0.9x direct
 //! with the load balancer's CPU per GB <= 0.25x HAProxy's; 2000 new connections per second to
 //! one server for 2 minutes, >= 98% spliced, none left without a source port.
@@ -8,7 +9,12 @@
 use serde::Serialize;
 
 use super::{ScaleSummary, Summary};
-use crate::{contender::Contender, plan::Plan, splice_rate::SpliceRate, workload::Workload};
+use crate::{
+    contender::{Contender, Frontend},
+    plan::Plan,
+    splice_rate::SpliceRate,
+    workload::Workload,
+};
 
 /// One target, judged from this run's figures.
 #[derive(Clone, Debug, Serialize)]
@@ -64,8 +70,12 @@ pub(super) fn judge_all(
             ));
         }
     }
+    checks.extend(judge_tls(&find));
     checks.extend(judge_fast_path(&find));
-    for workload in Workload::ALL {
+    for workload in Workload::ALL
+        .into_iter()
+        .filter(|w| w.runs_against(Contender::StickylbFastPath))
+    {
         checks.push(judge_never_worse(
             workload,
             find(workload, Contender::StickylbFastPath),
@@ -98,6 +108,37 @@ pub(super) fn judge_all(
             _ => "not measured",
         },
     });
+    checks
+}
+
+/// HTTPS frontends: on each TLS workload, req/s >= 1.0x HAProxy's and p99 <= HAProxy's.
+fn judge_tls<'a>(find: &impl Fn(Workload, Contender) -> Option<&'a Summary>) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    for workload in Workload::ALL
+        .into_iter()
+        .filter(|w| w.frontend() == Frontend::Https)
+    {
+        let (ours, theirs) = (
+            find(workload, Contender::Stickylb),
+            find(workload, Contender::Haproxy),
+        );
+        let rps = |s: Option<&Summary>| s.and_then(|s| s.requests_per_s);
+        let p99 = |s: Option<&Summary>| s.and_then(|s| s.p99_ms);
+        checks.push(judge(
+            format!("{}: req/s >= 1.0x HAProxy", workload.id()),
+            rps(ours),
+            rps(theirs),
+            |a, b| a >= b,
+            |v| format!("{v:.0} req/s"),
+        ));
+        checks.push(judge(
+            format!("{}: p99 <= HAProxy", workload.id()),
+            p99(ours),
+            p99(theirs),
+            |a, b| a <= b,
+            |v| format!("{v:.2} ms"),
+        ));
+    }
     checks
 }
 
