@@ -105,7 +105,7 @@ impl Checker<'_> {
         }
     }
 
-    fn absolute(&mut self, value: &Spanned<String>, key: &str) -> Option<(PathBuf, Range<usize>)> {
+    pub(super) fn absolute(&mut self, value: &Spanned<String>, key: &str) -> Option<(PathBuf, Range<usize>)> {
         let path = PathBuf::from(value.get_ref());
         if path.is_absolute() {
             return Some((path, value.span()));
@@ -127,9 +127,7 @@ pub(crate) enum LoadError {
 /// certificate's (rustls with the `ring` provider, the one the frontends use).
 pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, LoadError> {
     let (cert_name, key_name) = (cert.display(), key.display());
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|error| LoadError::Cert(format!("cannot read {cert_name}: {error}")))?;
+    let chain = read_certificates(cert).map_err(LoadError::Cert)?;
     let Some(end_entity) = chain.first() else {
         let msg = format!("{cert_name} holds no PEM CERTIFICATE");
         return Err(LoadError::Cert(msg));
@@ -154,4 +152,12 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, LoadErr
             )),
             error => LoadError::Key(format!("{key_name}: unusable private key ({error})")),
         })
+}
+
+/// Every PEM `CERTIFICATE` in the file at `path` (none is not an error here), or why it cannot
+/// be read, naming the file.
+pub(super) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))
 }
