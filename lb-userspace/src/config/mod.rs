@@ -7,6 +7,8 @@ mod raw;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod server_tls_tests;
+#[cfg(test)]
 mod tls_tests;
 mod validate;
 
