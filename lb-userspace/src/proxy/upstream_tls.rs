@@ -240,3 +240,122 @@ impl Write for TlsConnection {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::{server::conn::http1, service::service_fn, Request, Response};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{config::Config, proxy::ProxyError};
+
+    /// A CA, and a certificate it signed for 127.0.0.1 (an IP SAN) with its key, as PEM.
+    fn pki() -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+    }
+
+    /// An HTTPS server on 127.0.0.1 answering `hello`; counts the TCP connections it accepted.
+    async fn server(cert: &str, key: &str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+        let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Relaxed);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = service_fn(|_| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"hello")),
+                        ))
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// The TLS settings of a server at `addr` verified with the CA in `ca` (PEM).
+    fn settings(addr: std::net::SocketAddr, ca: &str, dir: &std::path::Path) -> ServerTls {
+        let path = dir.join(format!("ca-{}.pem", addr.port()));
+        std::fs::write(&path, ca).unwrap();
+        let config = Config::from_toml(&format!(
+            "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
+             [[backend]]\nname = \"web\"\nservers = [ {{ name = \"s1\", addr = \"{addr}\", tls = true, ca = \"{}\" }} ]\n",
+            path.display()
+        ))
+        .unwrap();
+        config.backends[0].servers[0].tls.clone().unwrap()
+    }
+
+    fn get(addr: std::net::SocketAddr) -> Request<RequestBody> {
+        let body = Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
+        Request::get(format!("https://{addr}/")).body(body).unwrap()
+    }
+
+    /// Requests to a server that verifies reuse one connection; a server whose certificate
+    /// another CA signed fails with the handshake's reason, charged to the server.
+    #[tokio::test]
+    async fn verified_servers_are_pooled_and_others_fail_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = pki();
+        let (addr, accepted) = server(&cert, &key).await;
+        let clients = TlsClients::new(Duration::from_secs(2));
+        let tls = settings(addr, &ca, dir.path());
+        for _ in 0..3 {
+            let response = clients.client(&tls).request(get(addr)).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+        }
+        assert_eq!(accepted.load(Relaxed), 1, "one pooled connection");
+
+        let (other_ca, _, _) = pki();
+        let untrusted = settings(addr, &other_ca, dir.path());
+        let error = clients
+            .client(&untrusted)
+            .request(get(addr))
+            .await
+            .unwrap_err();
+        let error = ProxyError::upstream(&Arc::from("s1"), error);
+        assert!(error.charges_server());
+        let logged = crate::error_chain(&error);
+        assert!(
+            logged.contains("server s1 failed")
+                && logged.contains("TLS handshake with 127.0.0.1 failed")
+                && logged.contains("invalid peer certificate"),
+            "{logged}"
+        );
+    }
+}
