@@ -454,7 +454,9 @@ impl BackendState {
             .map(|wanted| {
                 let server = current
                     .iter()
-                    .find(|s| *s.name == wanted.name && s.addr == wanted.addr && s.tls == wanted.tls)
+                    .find(|s| {
+                        *s.name == wanted.name && s.addr == wanted.addr && s.tls == wanted.tls
+                    })
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(ServerState::from_config(wanted, Arc::clone(&self.freed)))

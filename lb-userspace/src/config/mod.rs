@@ -5,9 +5,9 @@
 mod duration;
 mod raw;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod server_tls_tests;
+#[cfg(test)]
+mod tests;
 #[cfg(test)]
 mod tls_tests;
 mod validate;

@@ -81,7 +81,10 @@ fn a_server_is_cleartext_unless_it_says_tls() {
 #[test]
 fn sni_names_the_identity_and_ca_the_roots() {
     let f = files();
-    let keys = format!(", tls = true, sni = \"app.internal\", ca = \"{}\"", f.ca.display());
+    let keys = format!(
+        ", tls = true, sni = \"app.internal\", ca = \"{}\"",
+        f.ca.display()
+    );
     let tls = server_tls(&keys).unwrap();
     assert_eq!(tls.sni.as_deref(), Some("app.internal"));
     assert_eq!(tls.ca, f.ca);
@@ -110,7 +113,11 @@ fn other_cas_in_the_same_file_are_other_settings() {
 #[test]
 fn bad_tls_settings_are_named_with_their_line() {
     let f = files();
-    assert_problem(", sni = \"app.internal\"", "backend[0].servers[0].sni", "tls = true");
+    assert_problem(
+        ", sni = \"app.internal\"",
+        "backend[0].servers[0].sni",
+        "tls = true",
+    );
     let ca = format!(", tls = false, ca = \"{}\"", f.ca.display());
     assert_problem(&ca, "backend[0].servers[0].ca", "tls = true");
     let sni = ", tls = true, sni = \"not a name\"";
@@ -118,8 +125,20 @@ fn bad_tls_settings_are_named_with_their_line() {
     let relative = ", tls = true, ca = \"ca.pem\"";
     assert_problem(relative, "backend[0].servers[0].ca", "absolute");
     let missing = ", tls = true, ca = \"/nonexistent/ca.pem\"";
-    assert_problem(missing, "backend[0].servers[0].ca", "cannot read /nonexistent/ca.pem");
+    assert_problem(
+        missing,
+        "backend[0].servers[0].ca",
+        "cannot read /nonexistent/ca.pem",
+    );
     let garbage = format!(", tls = true, ca = \"{}\"", f.garbage.display());
-    assert_problem(&garbage, "backend[0].servers[0].ca", "holds no PEM CERTIFICATE");
-    assert_problem(", tls = \"yes\"", "backend[0].servers[0].tls", "invalid type");
+    assert_problem(
+        &garbage,
+        "backend[0].servers[0].ca",
+        "holds no PEM CERTIFICATE",
+    );
+    assert_problem(
+        ", tls = \"yes\"",
+        "backend[0].servers[0].tls",
+        "invalid type",
+    );
 }

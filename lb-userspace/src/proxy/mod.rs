@@ -350,7 +350,11 @@ fn upstream_request(
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = Uri::builder()
-        .scheme(if server.tls.is_some() { "https" } else { "http" })
+        .scheme(if server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
         .authority(server.addr.to_string())
         .path_and_query(path_and_query)
         .build()

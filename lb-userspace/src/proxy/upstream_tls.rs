@@ -293,9 +293,9 @@ mod tests {
                         return;
                     };
                     let service = service_fn(|_| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(
-                            http_body_util::Full::new(Bytes::from_static(b"hello")),
-                        ))
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"hello"),
+                        )))
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -320,7 +320,9 @@ mod tests {
     }
 
     fn get(addr: std::net::SocketAddr) -> Request<RequestBody> {
-        let body = Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
+        let body = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed();
         Request::get(format!("https://{addr}/")).body(body).unwrap()
     }
 

@@ -46,7 +46,9 @@ impl Checker<'_> {
         };
         let ca_key = format!("{key}.ca");
         let ca = match &raw.ca {
-            Some(ca) => self.absolute(ca, &ca_key).map(|(path, span)| (path, span, ca_key)),
+            Some(ca) => self
+                .absolute(ca, &ca_key)
+                .map(|(path, span)| (path, span, ca_key)),
             None => Some((
                 PathBuf::from(ServerTls::SYSTEM_CA),
                 tls.span(),
@@ -96,7 +98,10 @@ fn client_config(ca: &std::path::Path) -> Result<(ClientConfig, [u8; 32]), Strin
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certificates);
     if added == 0 {
-        return Err(format!("{}: none of its certificates is a usable CA", ca.display()));
+        return Err(format!(
+            "{}: none of its certificates is a usable CA",
+            ca.display()
+        ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut client = ClientConfig::builder_with_provider(provider)
@@ -107,4 +112,3 @@ fn client_config(ca: &std::path::Path) -> Result<(ClientConfig, [u8; 32]), Strin
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((client, digest.finalize().into()))
 }
-

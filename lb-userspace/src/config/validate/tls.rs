@@ -105,7 +105,11 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn absolute(&mut self, value: &Spanned<String>, key: &str) -> Option<(PathBuf, Range<usize>)> {
+    pub(super) fn absolute(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+    ) -> Option<(PathBuf, Range<usize>)> {
         let path = PathBuf::from(value.get_ref());
         if path.is_absolute() {
             return Some((path, value.span()));
