@@ -95,7 +95,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let peer_links = match &config.peers {
         Some(peers) => {
             let listener = sockets.listen("peers", peers.bind, "the peers port")?;
-            let running = start_peers(&config, peers, listener, &backends, &store);
+            let running = start_peers(&config, peers, listener, &backends, &store)?;
             tasks.extend(running.tasks);
             running.links
         }
@@ -329,7 +329,7 @@ fn start_peers(
     listener: TcpListener,
     backends: &[Arc<BackendState>],
     store: &Store,
-) -> peers::node::Peers {
+) -> Result<peers::node::Peers, peers::tls::TlsSetupError> {
     let synced: Vec<(Arc<BackendState>, u8)> = backends
         .iter()
         .zip(&config.backends)

@@ -603,8 +603,14 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
     if !privileged() {
         return;
     }
-    // One node, and a member "lb-ghost" that never runs: the test speaks for it.
-    let mut cluster = Cluster::new("pg", 224, 1, &[("lb-ghost", "10.224.0.99:1024".to_owned())]);
+    // One node, and a member "lb-ghost" that never runs: the test speaks for it, from the client
+    // host, at the address it is listed at (`[peers] allow` defaults to the members').
+    let mut cluster = Cluster::new(
+        "pg",
+        224,
+        1,
+        &[("lb-ghost", "10.224.0.100:1024".to_owned())],
+    );
     cluster.start(0);
     let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
     let client = cluster.lan.client.name().to_owned();
@@ -699,7 +705,12 @@ fn an_entry_on_a_server_we_lack_is_kept_and_reported_and_a_stuck_peer_slows_noth
     if !privileged() {
         return;
     }
-    let mut cluster = Cluster::new("pu", 225, 1, &[("lb-ghost", "10.225.0.99:1024".to_owned())]);
+    let mut cluster = Cluster::new(
+        "pu",
+        225,
+        1,
+        &[("lb-ghost", "10.225.0.100:1024".to_owned())],
+    );
     cluster.start(0);
     let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
     let client = cluster.lan.client.name().to_owned();

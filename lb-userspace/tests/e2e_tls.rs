@@ -439,8 +439,9 @@ fn verifies(client: &NetNs, lb: &str, ca: &Path) -> bool {
 
 /// SIGHUP re-reads the certificate files: new connections get the renewed certificate while a
 /// request that began on the old one finishes; a broken file is refused, named in the log, and
-/// the certificate in force stays. The same daemon adds `Strict-Transport-Security` (`hsts`)
-/// and redirects its cleartext frontend to HTTPS (`redirect_http_to`).
+/// the certificate in force stays. The same daemon adds `Strict-Transport-Security` (`hsts`),
+/// redirects its cleartext frontend to HTTPS (`redirect_http_to`), learns a cookie the server
+/// sets over HTTP/2 and redispatches it when its server dies.
 #[test]
 fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     if !privileged() {
@@ -448,7 +449,7 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     }
     let topo = Topology::new("tlshup", 152);
     let pin = PinDir::new("tlshup");
-    let _backends = start_backends(&topo);
+    let mut backends = start_backends(&topo);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let (first, renewed) = (
         make_cert(dirs[0].path(), WWW),
@@ -460,6 +461,10 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     );
     install(&first, &live);
     let text = config(&topo, &pin, &live, &api)
+        .replace(
+            "health_check = { enabled = false }",
+            "health_check = { interval = \"300ms\", timeout = \"200ms\", fall = 1, rise = 1 }",
+        )
         .replace(
             "backend = \"web\"\ntls.certificates",
             "backend = \"web\"\nhsts = \"1y\"\ntls.certificates",
@@ -496,6 +501,46 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
         redirected.contains(&format!("location: https://{WWW}/cart?step=2\r\n")),
         "{redirected}"
     );
+
+    // A cookie the server sets over HTTP/2 is learned, and redispatched when its server dies.
+    let h2 = |path: &str, cookie: &str| {
+        let cookie = format!("JSESSIONID={cookie}");
+        curl(
+            client,
+            &lb,
+            WWW,
+            &first.cert,
+            path,
+            &["--http2", "-b", &cookie],
+        )
+    };
+    let learned = curl(
+        client,
+        &lb,
+        WWW,
+        &first.cert,
+        "/login?setcookie=tls-learned",
+        &["--http2"],
+    );
+    assert!(learned.starts_with("Backend "), "{learned}");
+    for _ in 0..3 {
+        assert_eq!(
+            h2("/", "tls-learned"),
+            learned,
+            "the learned session sticks"
+        );
+    }
+    let n: usize = learned
+        .trim()
+        .trim_start_matches("Backend ")
+        .parse()
+        .unwrap();
+    drop(backends.remove(n - 1));
+    daemon.wait_for_output("server is DOWN", Duration::from_secs(10));
+    let moved = h2("/", "tls-learned");
+    assert!(moved.starts_with("Backend ") && moved != learned, "{moved}");
+    assert_eq!(h2("/", "tls-learned"), moved, "stuck to its new server");
+    assert!(daemon.output().contains("decision=\"redispatch\""));
 
     // A request in progress on a connection made with the first certificate...
     let (ca, resolve) = (first.cert.clone(), format!("{WWW}:443:{lb}"));
@@ -549,8 +594,7 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     let log = daemon.output();
     let line = log
         .lines()
-        .filter(|l| l.contains("reload rejected"))
-        .last()
+        .rfind(|l| l.contains("reload rejected"))
         .unwrap();
     assert!(line.contains(live.cert.to_str().unwrap()), "{line}");
     assert!(

@@ -2,7 +2,10 @@
 //! are errors); `validate` turns it into the typed [`Config`] below, collecting every problem with
 //! the key and line it concerns.
 
+mod cidr;
 mod duration;
+#[cfg(test)]
+mod peers_tests;
 mod raw;
 #[cfg(test)]
 mod server_tls_tests;
@@ -20,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+pub use cidr::{Cidr, CidrError};
 pub use duration::{parse_duration, DurationError};
 pub use validate::{ConfigError, Problem};
 
@@ -260,9 +264,8 @@ pub struct ServerTls {
     /// rustls' client settings: the CAs of `ca`, TLS 1.2 and 1.3, ALPN `http/1.1`. One per
     /// server, so that its sessions are resumed.
     pub client: Arc<rustls::ClientConfig>,
-    /// SHA-256 of the CA certificates read from `ca`: a reload that finds other CAs in the
-    /// same file applies them.
-    pub ca_digest: [u8; 32],
+    /// The CAs read from `ca`: a reload that finds other CAs in the same file applies them.
+    pub roots: Arc<rustls::RootCertStore>,
 }
 
 impl ServerTls {
@@ -273,7 +276,7 @@ impl ServerTls {
 /// Compared by settings and CA contents: what a reload compares.
 impl PartialEq for ServerTls {
     fn eq(&self, other: &Self) -> bool {
-        self.sni == other.sni && self.ca == other.ca && self.ca_digest == other.ca_digest
+        self.sni == other.sni && self.ca == other.ca && self.roots.roots == other.roots.roots
     }
 }
 
@@ -290,12 +293,35 @@ impl std::fmt::Debug for ServerTls {
 
 /// `[peers]`. The same section is meant for every node: the member named like the instance is
 /// this node, the others are dialled.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Peers {
     /// Where peers connect to us.
     pub bind: SocketAddr,
     /// Every member, this node included (validated).
     pub members: Vec<PeerMember>,
+    /// Sessions over mutual TLS (docs/PEERS.md, "Peers over TLS"); cleartext when `None`.
+    pub tls: Option<PeersTls>,
+    /// Sources that may connect to the peers port; the others are closed before the handshake.
+    /// Not empty: defaults to each member's address.
+    pub allow: Vec<Cidr>,
+}
+
+/// `[peers] tls`: our certificate, and the CA every member's certificate must be signed by.
+#[derive(Clone, Debug)]
+pub struct PeersTls {
+    /// What we present, dialling and answering.
+    pub certificate: TlsCertificate,
+    /// Absolute path of the PEM CA certificate(s).
+    pub ca: PathBuf,
+    /// The certificates in `ca`, as rustls takes them.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+/// The files, as for [`TlsCertificate`]: what a reload compares.
+impl PartialEq for PeersTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.certificate == other.certificate && self.ca == other.ca
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

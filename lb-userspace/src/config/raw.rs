@@ -201,6 +201,20 @@ pub(super) struct RawPeers {
     pub(super) bind: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) members: Vec<Spanned<RawPeerMember>>,
+    /// `tls = { cert, key, ca }`: sessions over mutual TLS. Default: cleartext.
+    #[serde(default)]
+    pub(super) tls: Option<RawPeersTls>,
+    /// CIDRs that may connect to the peers port. Default: the members' addresses.
+    pub(super) allow: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[peers] tls`: our certificate chain and key, and the CA that signs every member's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeersTls {
+    pub(super) cert: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    pub(super) ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

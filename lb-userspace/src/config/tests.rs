@@ -247,6 +247,12 @@ fn full_example_parses_with_every_value() {
                     addr: addr("10.30.0.12:1024"),
                 },
             ],
+            tls: None,
+            // Default: the members' addresses.
+            allow: vec![
+                Cidr::host(addr("10.30.0.11:1024").ip()),
+                Cidr::host(addr("10.30.0.12:1024").ip()),
+            ],
         }),
         fastpath: FastPathPolicy {
             after_requests: 3,

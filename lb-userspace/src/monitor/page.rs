@@ -146,12 +146,13 @@ fn write_frontends(out: &mut String, s: &Snapshot) -> fmt::Result {
         out.push_str("<p class=\"empty\">No frontends configured.</p></section>\n");
         return Ok(());
     }
-    out.push_str("<table><thead><tr><th class=\"l\">Frontend</th><th class=\"l\">Backend</th></tr></thead><tbody>");
+    out.push_str("<table><thead><tr><th class=\"l\">Frontend</th><th class=\"l\">Serves</th><th class=\"l\">Backend</th></tr></thead><tbody>");
     for frontend in &s.frontends {
         write!(
             out,
-            "<tr><td class=\"l\">{}</td><td class=\"l\"><a href=\"#backend-{}\">{}</a></td></tr>",
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\"><a href=\"#backend-{}\">{}</a></td></tr>",
             Html(&frontend.name),
+            Html(&frontend.serves),
             Html(&frontend.backend),
             Html(&frontend.backend)
         )?;

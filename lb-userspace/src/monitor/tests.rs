@@ -40,6 +40,12 @@ name = "api"
 bind = "127.0.0.1:18090"
 backend = "api"
 
+[[frontend]]
+name = "http"
+bind = "127.0.0.1:18070"
+backend = "web"
+redirect_http_to = "https://www.example.test"
+
 [[backend]]
 name = "web"
 table_size = 100
@@ -107,7 +113,7 @@ pub(super) fn fixture() -> Shared {
 /// traffic and an error whose text is markup; `lb3` connecting and never heard from.
 fn fixture_with_peers(heard_at: u64) -> Shared {
     let mut shared = fixture();
-    let (lb2, _) = PeerLink::new("lb2".into(), "10.0.0.2:10000".parse().unwrap(), 1);
+    let (lb2, _) = PeerLink::new("lb2".into(), "10.0.0.2:10000".parse().unwrap(), None, 1);
     let stats = &lb2.stats;
     stats.set_state(PeerState::Established);
     stats.set_last_error("connection reset <script>alert(2)</script>".into());
@@ -125,7 +131,7 @@ fn fixture_with_peers(heard_at: u64) -> Shared {
     ] {
         counter.store(value, Relaxed);
     }
-    let (lb3, _) = PeerLink::new("lb3".into(), "[fd00::3]:10000".parse().unwrap(), 1);
+    let (lb3, _) = PeerLink::new("lb3".into(), "[fd00::3]:10000".parse().unwrap(), None, 1);
     lb3.stats.set_state(PeerState::Connecting);
     shared.peers = vec![lb2, lb3];
     shared
@@ -205,6 +211,9 @@ async fn page_shows_every_server_its_state_and_the_backend_counters() {
     );
     assert!(html.contains("L7OK 200 in 1 ms") && html.contains("checks disabled"));
     assert!(html.contains("Peers") && html.contains("No peers configured"));
+    // What each frontend speaks.
+    assert!(html.contains(r#"<td class="l">www</td><td class="l">HTTP</td>"#));
+    assert!(html.contains(r#"<td class="l">308 to https://www.example.test</td>"#));
     // A check result is data: it is escaped, never markup.
     assert!(!html.contains("<script>"));
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));

@@ -75,6 +75,8 @@ pub(super) const PROGRAM_COUNTERS: [&str; 7] = [
 pub(super) struct FrontendView {
     pub(super) name: String,
     pub(super) backend: String,
+    /// What the frontend speaks: `HTTP`, `HTTPS (N certificates)` or `308 to <origin>`.
+    pub(super) serves: String,
 }
 
 #[derive(Serialize)]
@@ -226,6 +228,7 @@ impl Snapshot {
                 .map(|f| FrontendView {
                     name: f.name.clone(),
                     backend: f.backend.name.clone(),
+                    serves: serves(f),
                 })
                 .collect(),
             backends: shared
@@ -338,5 +341,19 @@ impl ServerView {
                 consecutive_failed: check.consecutive_failed,
             },
         }
+    }
+}
+
+/// What `frontend` speaks, in the monitor's words.
+fn serves(frontend: &crate::proxy::Frontend) -> String {
+    if let Some(base) = &frontend.redirect {
+        return format!("308 to {base}");
+    }
+    match &frontend.tls {
+        Some(certificates) => match certificates.count() {
+            1 => "HTTPS (1 certificate)".to_owned(),
+            n => format!("HTTPS ({n} certificates)"),
+        },
+        None => "HTTP".to_owned(),
     }
 }

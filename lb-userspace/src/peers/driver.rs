@@ -1,4 +1,4 @@
-//! Runs one [`Session`] over its TCP connection: moves bytes between the socket and the
+//! Runs one [`Session`] over its connection (TCP, or TLS over TCP): moves bytes between the socket and the
 //! session, gives it the time, our tables' changes and, when asked, their contents, and
 //! carries out what it decides (apply a learned entry, remember an acknowledged position,
 //! count, log). The protocol itself is the session's (docs/PEERS.md, "The session").
@@ -11,7 +11,6 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
     sync::watch,
     time::timeout,
 };
@@ -21,6 +20,7 @@ use super::{
     session::{self, Event, NotSynced, Session, Setup, Tally, PUSH_BATCH},
     stats::PeerStats,
     tables::SyncedTable,
+    tls::PeerStream,
 };
 use crate::table::{now_ms, RemoteOutcome};
 
@@ -101,7 +101,7 @@ pub async fn run(
 }
 
 struct Driver<'a> {
-    stream: TcpStream,
+    stream: PeerStream,
     session: Session,
     tables: &'a [SyncedTable],
     peer: Peer<'a>,
@@ -192,7 +192,12 @@ impl Driver<'_> {
     async fn flush(&mut self) -> Result<(), SessionEnd> {
         while let Some(bytes) = self.session.poll_transmit(Instant::now())? {
             self.absorb();
-            timeout(WRITE_TIMEOUT, self.stream.write_all(&bytes))
+            // Flushed: over TLS, bytes may otherwise wait in rustls for the next write.
+            let write = async {
+                self.stream.write_all(&bytes).await?;
+                self.stream.flush().await
+            };
+            timeout(WRITE_TIMEOUT, write)
                 .await
                 .map_err(|_| SessionEnd::WriteStuck)??;
         }

@@ -16,6 +16,7 @@ use super::{
     driver::{self, Peer, Resume},
     stats::{PeerState, PeerStats},
     tables::SyncedTable,
+    tls::PeerTls,
 };
 use crate::{error_chain, table::now_ms};
 
@@ -29,6 +30,8 @@ pub struct PeerLink {
     pub name: String,
     pub addr: SocketAddr,
     pub stats: PeerStats,
+    /// Dial over mutual TLS when set.
+    tls: Option<PeerTls>,
     /// Per table: the update log position the peer acknowledged, where a new session resumes.
     resume: Resume,
     /// Sessions the peer opened to us, handed to the link's task.
@@ -40,6 +43,7 @@ impl PeerLink {
     pub fn new(
         name: String,
         addr: SocketAddr,
+        tls: Option<PeerTls>,
         tables: usize,
     ) -> (Arc<Self>, mpsc::Receiver<Opened>) {
         let (incoming, rx) = mpsc::channel(2);
@@ -47,6 +51,7 @@ impl PeerLink {
             name,
             addr,
             stats: PeerStats::default(),
+            tls,
             resume: Resume::new(tables),
             incoming,
         };
@@ -75,7 +80,7 @@ impl PeerLink {
                 Some(opened) = incoming.recv() => opened,
                 () = tokio::time::sleep(delay) => {
                     self.stats.set_state(PeerState::Connecting);
-                    match dial(self.addr, &self.name, &local_name).await {
+                    match dial(self.addr, &self.name, &local_name, self.tls.as_ref()).await {
                         Ok(opened) => opened,
                         Err(error) => {
                             self.attempt_failed(&error, backoff);

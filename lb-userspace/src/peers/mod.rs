@@ -12,8 +12,9 @@
 //! time. Tests replay bytes recorded from HAProxy 2.6 into them
 //! (`tests/fixtures/peers/README.md`).
 //!
-//! With I/O: [`node`] listens on the peers port and runs one [`link`] per other member, which
-//! keeps a session open with it ([`connect`] opens it, [`driver`] runs it); [`tables`] turns
+//! With I/O: [`node`] listens on the peers port (taking connections from `allow`ed sources
+//! only) and runs one [`link`] per other member, which keeps a session open with it
+//! ([`connect`] opens it, over [`tls`] when configured; [`driver`] runs it); [`tables`] turns
 //! our backends' tables into the session's inputs and its learned entries into table changes;
 //! [`stats`] is what the monitor shows. How concurrent choices converge is in
 //! [`crate::table`]'s `replica` module.
@@ -28,6 +29,7 @@ pub mod opening;
 pub mod session;
 pub mod stats;
 pub mod tables;
+pub mod tls;
 #[cfg(test)]
 mod transcript;
 pub mod varint;

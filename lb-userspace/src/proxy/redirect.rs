@@ -8,7 +8,7 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
-    header::{CONNECTION, CONTENT_TYPE, LOCATION},
+    header::{HeaderValue, CONNECTION, CONTENT_TYPE, LOCATION},
     server::conn::http1,
     service::service_fn,
     Request, Response, StatusCode,
@@ -69,12 +69,9 @@ fn redirect<B>(base: &str, request: &Request<B>) -> Response<Full<Bytes>> {
     if let Ok(value) = location.parse() {
         headers.insert(LOCATION, value);
     }
-    headers.insert(
-        CONTENT_TYPE,
-        "text/plain".parse().expect("a valid header value"),
-    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     if has_body(request) {
-        headers.insert(CONNECTION, "close".parse().expect("a valid header value"));
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

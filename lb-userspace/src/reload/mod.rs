@@ -550,6 +550,33 @@ fn peers_differences(
                     members(after)
                 ));
             }
+            if before.allow != after.allow {
+                let allow = |p: &config::Peers| {
+                    let list: Vec<String> = p.allow.iter().map(ToString::to_string).collect();
+                    format!("[{}]", list.join(", "))
+                };
+                what.push(format!(
+                    "peers: allow {} -> {}",
+                    allow(before),
+                    allow(after)
+                ));
+            }
+            // The peers' TLS set-up is built when the peers start, like the rest of them; an
+            // upgrade reads the files again (docs/PEERS.md, "Peers over TLS").
+            if before.tls != after.tls {
+                let files = |p: &config::Peers| {
+                    p.tls.as_ref().map_or("none".to_owned(), |t| {
+                        let (cert, key) = (&t.certificate.cert, &t.certificate.key);
+                        format!(
+                            "{{ cert = {}, key = {}, ca = {} }}",
+                            cert.display(),
+                            key.display(),
+                            t.ca.display()
+                        )
+                    })
+                };
+                what.push(format!("peers: tls {} -> {}", files(before), files(after)));
+            }
         }
         (None, None) => {}
         (before, after) => {

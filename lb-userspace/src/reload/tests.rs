@@ -289,3 +289,62 @@ async fn a_servers_tls_settings_change_in_place_like_its_address() {
     );
     live.stop();
 }
+
+/// A `[peers]` section for [`config`]'s `extra`, with `more` after the members.
+fn peers_section(more: &str) -> String {
+    format!(
+        "[peers]\nbind = \"127.0.0.1:1024\"\nmembers = [{{ name = \"t\", addr = \"127.0.0.1:1024\" }}]\n{more}\n"
+    )
+}
+
+/// A CA-signed certificate and key, and the CA, written to `dir` as `{prefix}cert.pem`, ...
+fn peers_tls_files(dir: &Path, prefix: &str) -> String {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["t".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let path = |name: &str| dir.join(format!("{prefix}{name}"));
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}",
+        path("cert.pem").display(),
+        path("key.pem").display(),
+        path("ca.pem").display()
+    )
+}
+
+#[test]
+fn peers_tls_and_allow_changes_need_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (
+        peers_tls_files(dir.path(), "a-"),
+        peers_tls_files(dir.path(), "b-"),
+    );
+    let plain = config(THREE, "", &peers_section(""));
+    let with_tls = config(THREE, "", &peers_section(&first));
+    let moved = config(THREE, "", &peers_section(&second));
+    let wider = config(THREE, "", &peers_section("allow = [\"127.0.0.0/8\"]"));
+    let what = needs_upgrade_list(&plain, &with_tls);
+    assert_eq!(what.len(), 1, "{what:?}");
+    assert!(
+        what[0].starts_with("peers: tls none -> { cert = /"),
+        "{what:?}"
+    );
+    let what = needs_upgrade_list(&with_tls, &moved);
+    assert!(what[0].contains("b-cert.pem"), "{what:?}");
+    assert_eq!(
+        needs_upgrade_list(&plain, &wider),
+        ["peers: allow [127.0.0.1/32] -> [127.0.0.0/8]"]
+    );
+    // The same paths (new contents or not) are no difference: nothing is re-read in place,
+    // an upgrade reads them.
+    let again = config(THREE, "", &peers_section(&first));
+    assert!(compare(&with_tls, &again).unwrap().is_empty());
+}

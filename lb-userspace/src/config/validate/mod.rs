@@ -10,7 +10,7 @@ use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
     Backend, Balance, Config, FastPathMode, FastPathPolicy, Frontend, HealthCheck, Instance,
-    PeerMember, Peers, PortRange, Server, Timeouts, MAX_WEIGHT,
+    PortRange, Server, Timeouts, MAX_WEIGHT,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -28,6 +28,7 @@ mod fastpath;
 mod fields;
 mod https;
 mod monitor;
+mod peers;
 mod server_tls;
 mod tls;
 
@@ -548,64 +549,6 @@ impl Checker<'_> {
             port_reuse: port_reuse?,
             source_ports: source_ports?,
         })
-    }
-
-    /// Checks `[peers]`: addresses, unique names, and that this instance is a member, as the
-    /// one-file-for-every-node model requires. `Some(None)` when there is no such section.
-    fn peers(
-        &mut self,
-        raw: &RawConfig,
-        instance: Option<&Instance>,
-        binds: &mut Seen<SocketAddr>,
-    ) -> Option<Option<Peers>> {
-        let Some(peers) = &raw.peers else {
-            return Some(None);
-        };
-        let bind = self
-            .required(&peers.bind, None, "peers", "bind")
-            .and_then(|b| Some((b, self.addr(b, "peers.bind")?)))
-            .map(|(b, addr)| {
-                self.unique(binds, addr, b, "peers.bind", "peers");
-                addr
-            });
-        let mut names = Seen::new();
-        let mut members = Vec::new();
-        let mut complete = true;
-        for (i, member) in peers.members.iter().enumerate() {
-            let key = format!("peers.members[{i}]");
-            let span = member.span();
-            let member = member.get_ref();
-            let name = self
-                .required(&member.name, Some(&span), &key, "name")
-                .and_then(|n| {
-                    let name_key = format!("{key}.name");
-                    let name = self.name(n, &name_key, MAX_NAME)?;
-                    self.unique(&mut names, name.clone(), n, &name_key, &key);
-                    Some(name)
-                });
-            let addr = self
-                .required(&member.addr, Some(&span), &key, "addr")
-                .and_then(|addr| self.addr(addr, &format!("{key}.addr")));
-            match (name, addr) {
-                (Some(name), Some(addr)) => members.push(PeerMember { name, addr }),
-                _ => complete = false,
-            }
-        }
-        if let Some(instance) = instance {
-            if complete && !members.iter().any(|m| m.name == instance.name) {
-                let msg = format!(
-                    "instance name {:?} is not among the members: the same [peers] section is \
-                     meant for every node, each finding itself by its instance name",
-                    instance.name
-                );
-                self.report(None, "peers.members", msg);
-                return None;
-            }
-        }
-        Some(Some(Peers {
-            bind: bind?,
-            members: complete.then_some(members)?,
-        }))
     }
 }
 

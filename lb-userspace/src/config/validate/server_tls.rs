@@ -6,9 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
-use sha2::{Digest as _, Sha256};
 
-use super::{tls::read_certificates, Checker};
+use super::{tls::load_roots, Checker};
 use crate::config::{raw::RawServer, ServerTls};
 
 impl Checker<'_> {
@@ -56,7 +55,8 @@ impl Checker<'_> {
             )),
         };
         let (sni, (ca, ca_span, ca_key), addr) = (sni?, ca?, addr?);
-        let (client, ca_digest) = match client_config(&ca) {
+        let loaded = load_roots(&ca).and_then(|roots| Ok((client_config(&roots)?, roots)));
+        let (client, roots) = match loaded {
             Ok(loaded) => loaded,
             Err(msg) if raw.ca.is_none() => {
                 let msg = format!(
@@ -80,35 +80,21 @@ impl Checker<'_> {
             ca,
             name,
             client: Arc::new(client),
-            ca_digest,
+            roots,
         }))
     }
 }
 
-/// The client settings of a server verified with the CAs in the PEM bundle at `ca` (rustls
-/// with the `ring` provider, as the frontends; TLS 1.2 and 1.3; ALPN `http/1.1`, the only
-/// protocol servers are spoken to with), and the digest of those CAs.
-fn client_config(ca: &std::path::Path) -> Result<(ClientConfig, [u8; 32]), String> {
-    let certificates = read_certificates(ca)?;
-    if certificates.is_empty() {
-        return Err(format!("{} holds no PEM CERTIFICATE", ca.display()));
-    }
-    let mut digest = Sha256::new();
-    certificates.iter().for_each(|c| digest.update(c.as_ref()));
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certificates);
-    if added == 0 {
-        return Err(format!(
-            "{}: none of its certificates is a usable CA",
-            ca.display()
-        ));
-    }
+/// The client settings of a server verified with `roots` (rustls with the `ring` provider, as
+/// the frontends; TLS 1.2 and 1.3; ALPN `http/1.1`, the only protocol servers are spoken to
+/// with).
+fn client_config(roots: &Arc<RootCertStore>) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|error| format!("TLS client settings: {error}"))?
-        .with_root_certificates(roots)
+        .with_root_certificates(Arc::clone(roots))
         .with_no_client_auth();
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((client, digest.finalize().into()))
+    Ok(client)
 }

@@ -1,6 +1,6 @@
-//! A frontend's `tls`: its certificate files are read and checked here (PEM that parses, a key
-//! that matches its certificate), so that a bad file stops a start like any other problem and
-//! names the file.
+//! A frontend's `tls`, and the certificate files of `[peers] tls`: they are read and checked
+//! here (PEM that parses, a key that matches its certificate, a CA that is a certificate), so
+//! that a bad file stops a start like any other problem and names the file.
 
 use std::{
     ops::Range,
@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use rustls::sign::CertifiedKey;
+use rustls::{sign::CertifiedKey, RootCertStore};
 use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
@@ -69,7 +69,7 @@ impl Checker<'_> {
     }
 
     /// One `{ cert, key }` at `key`: both files read, parsed and matched.
-    fn certificate(
+    pub(super) fn certificate(
         &mut self,
         key: &str,
         span: Option<&Range<usize>>,
@@ -158,9 +158,29 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, LoadErr
         })
 }
 
+/// Reads the PEM CA certificates at `ca`: the roots a peer's or a server's certificate must
+/// chain to.
+pub(crate) fn load_roots(ca: &Path) -> Result<Arc<RootCertStore>, String> {
+    let name = ca.display();
+    let certs = read_certificates(ca)?;
+    if certs.is_empty() {
+        return Err(format!("{name} holds no PEM CERTIFICATE"));
+    }
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|error| {
+            format!(
+                "{name}: certificate {} is not a usable CA certificate ({error})",
+                i + 1
+            )
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
 /// Every PEM `CERTIFICATE` in the file at `path` (none is not an error here), or why it cannot
 /// be read, naming the file.
-pub(super) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))

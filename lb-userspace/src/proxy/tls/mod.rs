@@ -82,6 +82,11 @@ impl Certificates {
         }
     }
 
+    /// How many certificates are served (SNI chooses among them; never none).
+    pub fn count(&self) -> usize {
+        self.keys.load().len()
+    }
+
     /// Serves `tls`'s certificates to new connections from now on; whether any chain differs
     /// from the ones served until now (the files may be the same, renewed in place).
     pub fn replace(&self, tls: &config::Tls) -> bool {

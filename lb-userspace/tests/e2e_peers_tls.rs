@@ -1,0 +1,776 @@
+//! Peers over mutual TLS and `[peers] allow`, end to end, each load balancer a host of its own
+//! on one LAN, with a CA and certificates made here (rcgen, ECDSA P-256): two stickylb nodes
+//! share a session over TLS; HAProxy 2.6 is a TLS peer in both directions; a peer whose
+//! certificate is from another CA, or that has none, is refused and nothing crosses; a source
+//! outside `allow` is closed before it is answered while the members are served; a SIGHUP
+//! that changes the certificate files is refused and an upgrade serves the new certificate.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed setup step must fail the test loudly"
+)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, TcpStream},
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use common::{
+    demo_cookie,
+    http::{self, in_netns},
+    netns::{Lan, NetNs},
+    privileged, start_daemon, wait_until, write_temp, PinDir, Proc,
+};
+
+const BACKEND: &str = "back-session";
+const PEERS_PORT: u16 = 1024;
+/// How long the tests give the peers to agree (slack for a loaded machine).
+const SYNC: Duration = Duration::from_secs(15);
+
+/// A CA and the certificates it signs, as PEM files in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    ca_file: PathBuf,
+    /// Leaves issued so far: each gets files of its own.
+    issued: std::cell::Cell<u32>,
+}
+
+/// A member's files: chain, key, and both in one (HAProxy's `crt`), and the certificate.
+struct Leaf {
+    der: Vec<u8>,
+    cert: PathBuf,
+    key: PathBuf,
+    combined: PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("peers CA {tag}"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        Pki {
+            dir,
+            ca,
+            ca_key,
+            ca_file,
+            issued: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A certificate for member `name` at `ip`: both as a DNS name and an IP address, for
+    /// serving and for being a client.
+    fn leaf(&self, name: &str, ip: &str) -> Leaf {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(ip.parse::<IpAddr>().unwrap()));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let serial = self.issued.get() + 1;
+        self.issued.set(serial);
+        let path = |what: &str| self.dir.path().join(format!("{name}-{serial}-{what}.pem"));
+        let leaf = Leaf {
+            der: cert.der().to_vec(),
+            cert: path("cert"),
+            key: path("key"),
+            combined: path("combined"),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        std::fs::write(
+            &leaf.combined,
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+        .unwrap();
+        leaf
+    }
+}
+
+fn servers() -> Vec<(String, u16)> {
+    (1..=3).map(|n| (format!("be{n}"), 8080 + n)).collect()
+}
+
+fn node_name(i: usize) -> String {
+    format!("lb-{}", i + 1)
+}
+
+/// Node `i`'s configuration, with `peers_extra` lines (tls, allow) in its `[peers]`.
+fn node_config(
+    lan: &Lan,
+    i: usize,
+    pin: &PinDir,
+    members: &[(String, String)],
+    peers_extra: &str,
+) -> String {
+    let servers: String = servers()
+        .iter()
+        .map(|(name, port)| {
+            format!(
+                "  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n",
+                lan.backend_addr()
+            )
+        })
+        .collect();
+    let members: String = members
+        .iter()
+        .map(|(name, addr)| format!("  {{ name = \"{name}\", addr = \"{addr}\" }},\n"))
+        .collect();
+    format!(
+        r#"
+[instance]
+name = "{name}"
+pin_dir = "{pin}"
+control_socket = "{control}"
+
+[[frontend]]
+name = "www"
+bind = "{lb}:80"
+backend = "{BACKEND}"
+
+[[backend]]
+name = "{BACKEND}"
+expire = "30m"
+health_check = {{ path = "/", interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
+servers = [
+{servers}]
+
+[peers]
+bind = "{lb}:{PEERS_PORT}"
+{peers_extra}
+members = [
+{members}]
+"#,
+        name = node_name(i),
+        pin = pin.0.display(),
+        control = pin.control_socket().display(),
+        lb = lan.lb_addr(i),
+    )
+}
+
+fn tls_line(leaf: &Leaf, ca: &Path) -> String {
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}",
+        leaf.cert.display(),
+        leaf.key.display(),
+        ca.display()
+    )
+}
+
+/// Backends, and `n` stickylb nodes (not started) on one LAN with one peers section.
+struct Cluster {
+    lan: Lan,
+    configs: Vec<PathBuf>,
+    nodes: Vec<Option<Proc>>,
+    _pins: Vec<PinDir>,
+    _backends: Vec<Proc>,
+}
+
+impl Cluster {
+    /// `extra_members` are added after the nodes; `peers_extra(i)` is node `i`'s extra lines.
+    fn new(
+        tag: &str,
+        net: u8,
+        n: usize,
+        extra_members: &[(String, String)],
+        peers_extra: impl Fn(usize) -> String,
+    ) -> Cluster {
+        let lan = Lan::new(tag, net, n);
+        let backends = start_backends(&lan.backends, &lan.backend_addr());
+        let mut members: Vec<(String, String)> = (0..n)
+            .map(|i| (node_name(i), format!("{}:{PEERS_PORT}", lan.lb_addr(i))))
+            .collect();
+        members.extend(extra_members.iter().cloned());
+        let pins: Vec<PinDir> = (0..n).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
+        let configs = (0..n)
+            .map(|i| {
+                let text = node_config(&lan, i, &pins[i], &members, &peers_extra(i));
+                write_temp(&format!("{tag}-{i}.toml"), &text)
+            })
+            .collect();
+        Cluster {
+            nodes: (0..n).map(|_| None).collect(),
+            configs,
+            _pins: pins,
+            _backends: backends,
+            lan,
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        self.nodes[i] = Some(start_daemon(self.lan.lbs[i].name(), &self.configs[i]));
+    }
+
+    fn node(&self, i: usize) -> &Proc {
+        self.nodes[i].as_ref().expect("node not started")
+    }
+
+    fn log(&self, i: usize) -> String {
+        self.node(i).output()
+    }
+
+    /// The backend that answers `session` through node `i` ("Backend N").
+    fn served_by(&self, i: usize, session: &str) -> String {
+        let addr = format!("{}:80", self.lan.lb_addr(i));
+        let cookie = format!("JSESSIONID={session}");
+        let response = in_netns(self.lan.client.name(), move || {
+            http::get(&addr, "/", Some(&cookie))
+        });
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text().trim().to_owned()
+    }
+
+    fn table(&self, i: usize) -> BTreeMap<String, String> {
+        table_of(&self.configs[i])
+    }
+}
+
+fn start_backends(ns: &NetNs, addr: &str) -> Vec<Proc> {
+    servers()
+        .iter()
+        .map(|(name, port)| {
+            let listen = format!("{addr}:{port}=Backend {}", &name[2..]);
+            let proc = Proc::spawn(
+                name,
+                ns.name(),
+                &[common::backend_bin(), "--listen", &listen],
+            );
+            proc.wait_for_output("ready", Duration::from_secs(10));
+            proc
+        })
+        .collect()
+}
+
+/// The pinned table of the node configured by `config` (`stickylb table --json`), as
+/// cookie -> server.
+fn table_of(config: &Path) -> BTreeMap<String, String> {
+    let out = std::process::Command::new(common::stickylb_bin())
+        .args(["table", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stickylb table: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["backend"] == BACKEND)
+        .map(|e| {
+            (
+                e["cookie"].as_str().unwrap().to_owned(),
+                e["server"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// "Backend 3" -> "be3".
+fn server_of(answer: &str) -> String {
+    format!("be{}", answer.trim_start_matches("Backend "))
+}
+
+#[test]
+fn two_nodes_share_sessions_over_mutual_tls() {
+    if !privileged() {
+        return;
+    }
+    let pki = Pki::new("a");
+    let leaves = [
+        pki.leaf(&node_name(0), "10.180.0.11"),
+        pki.leaf(&node_name(1), "10.180.0.12"),
+    ];
+    let mut cluster = Cluster::new("ptls", 180, 2, &[], |i| tls_line(&leaves[i], &pki.ca_file));
+    cluster.start(0);
+    cluster.start(1);
+    let one = demo_cookie(1);
+    let two = demo_cookie(2);
+    let first = server_of(&cluster.served_by(0, &one));
+    let second = server_of(&cluster.served_by(1, &two));
+    let synced = wait_until(SYNC, || {
+        let (a, b) = (cluster.table(0), cluster.table(1));
+        a.get(&one) == Some(&first)
+            && b.get(&one) == Some(&first)
+            && a.get(&two) == Some(&second)
+            && b.get(&two) == Some(&second)
+    });
+    assert!(
+        synced,
+        "{:#?}\n{:#?}\n{}\n{}",
+        cluster.table(0),
+        cluster.table(1),
+        cluster.log(0),
+        cluster.log(1)
+    );
+    assert_eq!(server_of(&cluster.served_by(1, &one)), first);
+    assert!(cluster.log(0).contains("peer session established"));
+}
+
+/// HAProxy 2.6 on a host of the LAN, a TLS member of the same peers section as our node.
+struct Haproxy {
+    proc: Proc,
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Haproxy {
+    const NAME: &'static str = "hap";
+
+    fn start(
+        ns: &str,
+        addr: &str,
+        lan: &Lan,
+        others: &[(String, String)],
+        leaf: &Leaf,
+        ca: &Path,
+    ) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, ca) = (leaf.combined.display(), ca.display());
+        let peers: String = others
+            .iter()
+            .map(|(name, addr)| format!("    server {name} {addr}\n"))
+            .collect();
+        let servers: String = servers()
+            .iter()
+            .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
+            .collect();
+        let config = format!(
+            "global\n    stats socket {sock} level admin\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
+             peers mypeers\n\
+             \x20   bind {addr}:{PEERS_PORT} ssl crt {crt} ca-file {ca} verify required\n\
+             \x20   default-server ssl verify required ca-file {ca} crt {crt}\n\
+             \x20   server {name}\n{peers}\
+             backend {BACKEND}\n    balance roundrobin\n    stick-table type string len 32 size 1m expire 30m peers mypeers\n    stick on req.cook(JSESSIONID)\n{servers}\
+             frontend fe\n    bind {addr}:80\n    default_backend {BACKEND}\n",
+            sock = dir.path().join("admin.sock").display(),
+            name = Self::NAME,
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let proc = Proc::spawn(
+            "haproxy",
+            ns,
+            &[
+                "/usr/sbin/haproxy",
+                "-f",
+                path.to_str().unwrap(),
+                "-L",
+                Self::NAME,
+                "-db",
+            ],
+        );
+        let haproxy = Haproxy {
+            proc,
+            dir,
+            addr: addr.to_owned(),
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || haproxy
+                .try_cli("show info")
+                .is_some()),
+            "HAProxy did not start:\n{}",
+            haproxy.proc.output()
+        );
+        haproxy
+    }
+
+    fn try_cli(&self, command: &str) -> Option<String> {
+        let mut conn =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
+        conn.write_all(format!("{command}\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        conn.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// `show table`: key -> server_key.
+    fn table(&self) -> BTreeMap<String, String> {
+        let out = self
+            .try_cli(&format!("show table {BACKEND}"))
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|line| {
+                let key = line.split(" key=").nth(1)?.split(' ').next()?;
+                let server = line.split(" server_key=").nth(1)?.split(' ').next()?;
+                Some((key.to_owned(), server.to_owned()))
+            })
+            .collect()
+    }
+
+    fn served_by(&self, client_ns: &str, session: &str) -> String {
+        let addr = format!("{}:80", self.addr);
+        let cookie = format!("JSESSIONID={session}");
+        let response = in_netns(client_ns, move || http::get(&addr, "/", Some(&cookie)));
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text().trim().to_owned()
+    }
+}
+
+#[test]
+fn haproxy_2_6_is_a_tls_peer_in_both_directions() {
+    if !privileged() {
+        return;
+    }
+    assert!(
+        Path::new("/usr/sbin/haproxy").exists(),
+        "HAProxy is needed (cargo xtask setup installs it)"
+    );
+    let pki = Pki::new("b");
+    let hap_addr = "10.181.0.21";
+    let ours = pki.leaf(&node_name(0), "10.181.0.11");
+    let theirs = pki.leaf(Haproxy::NAME, hap_addr);
+    let hap_member = (Haproxy::NAME.to_owned(), format!("{hap_addr}:{PEERS_PORT}"));
+    let mut cluster = Cluster::new("ptlsh", 181, 1, &[hap_member], |_| {
+        tls_line(&ours, &pki.ca_file)
+    });
+    let client = cluster.lan.client.name().to_owned();
+    let hap_ns = cluster.lan.add_host("ptlshh", 21).name().to_owned();
+    let others = [(node_name(0), format!("10.181.0.11:{PEERS_PORT}"))];
+    let haproxy = Haproxy::start(
+        &hap_ns,
+        hap_addr,
+        &cluster.lan,
+        &others,
+        &theirs,
+        &pki.ca_file,
+    );
+    cluster.start(0);
+
+    // Made in HAProxy, learned by stickylb.
+    let via_haproxy: Vec<String> = (1..=3).map(demo_cookie).collect();
+    let answers: Vec<String> = via_haproxy
+        .iter()
+        .map(|s| haproxy.served_by(&client, s))
+        .collect();
+    let learned = wait_until(SYNC, || {
+        let ours = cluster.table(0);
+        via_haproxy
+            .iter()
+            .zip(&answers)
+            .all(|(s, a)| ours.get(s) == Some(&server_of(a)))
+    });
+    assert!(
+        learned,
+        "stickylb did not learn HAProxy's sessions: {:#?}\n{}\n--- haproxy ---\n{}",
+        cluster.table(0),
+        cluster.log(0),
+        haproxy.proc.output()
+    );
+
+    // Made in stickylb, in HAProxy's stick table.
+    let via_us: Vec<String> = (10..=12).map(demo_cookie).collect();
+    let chosen: Vec<String> = via_us.iter().map(|s| cluster.served_by(0, s)).collect();
+    let taught = wait_until(SYNC, || {
+        let table = haproxy.table();
+        via_us
+            .iter()
+            .zip(&chosen)
+            .all(|(s, a)| table.get(s) == Some(&server_of(a)))
+    });
+    assert!(
+        taught,
+        "HAProxy did not learn our sessions: {:#?}\n{}\n--- haproxy ---\n{}",
+        haproxy.table(),
+        cluster.log(0),
+        haproxy.proc.output()
+    );
+    for (session, answer) in via_us.iter().zip(&chosen) {
+        assert_eq!(&haproxy.served_by(&client, session), answer, "{session}");
+    }
+    let log = cluster.log(0);
+    assert!(!log.contains("TLS handshake failed"), "{log}");
+}
+
+/// A TLS client without a certificate that says hello as `caller`: what it reads back.
+fn hello_without_certificate(ns: &str, addr: &str, ca: &Path, caller: &str) -> Vec<u8> {
+    tls_client_without_certificate(ns, addr, ca, caller).1
+}
+
+/// A TLS client without a certificate that says hello as `caller`: the certificate the
+/// server presented (the handshake completes on the client's side before the server refuses
+/// it), and what it reads back.
+fn tls_client_without_certificate(
+    ns: &str,
+    addr: &str,
+    ca: &Path,
+    caller: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(ca).unwrap();
+    for cert in pem_certs(&ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (addr, hello) = (
+        addr.to_owned(),
+        format!("HAProxyS 2.1\nlb-1\n{caller} 1 1\n"),
+    );
+    in_netns(ns, move || {
+        let name = rustls::pki_types::ServerName::try_from("lb-1").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = TcpStream::connect(&addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut out = Vec::new();
+        // Either side may fail: the server refuses during or right after the handshake.
+        if tls.write_all(hello.as_bytes()).is_ok() {
+            let _ = tls.read_to_end(&mut out);
+        }
+        let presented = tls
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+            .unwrap_or_default();
+        (presented, out)
+    })
+}
+
+fn pem_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_peer_with_a_certificate_from_another_ca_or_none_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let pki = Pki::new("c");
+    let rogue_pki = Pki::new("rogue");
+    let good = pki.leaf(&node_name(0), "10.182.0.11");
+    let rogue = rogue_pki.leaf(&node_name(1), "10.182.0.12");
+    // Node 2 (lb-2) trusts our CA but presents a certificate from another.
+    let mut cluster = Cluster::new("ptlsc", 182, 2, &[], |i| match i {
+        0 => tls_line(&good, &pki.ca_file),
+        _ => tls_line(&rogue, &pki.ca_file),
+    });
+    cluster.start(0);
+    cluster.start(1);
+    let one = demo_cookie(1);
+    let two = demo_cookie(2);
+    cluster.served_by(0, &one);
+    cluster.served_by(1, &two);
+    let refused = wait_until(SYNC, || {
+        let (a, b) = (cluster.log(0), cluster.log(1));
+        a.contains("refused a peers connection")
+            && a.contains("remote=10.182.0.12")
+            && a.contains("TLS handshake failed: invalid peer certificate: UnknownIssuer")
+            && b.contains(
+                "cannot open a session with the peer: TLS handshake failed: received fatal \
+                 alert: UnknownCA",
+            )
+    });
+    assert!(
+        refused,
+        "{}\n--- lb-2 ---\n{}",
+        cluster.log(0),
+        cluster.log(1)
+    );
+    // No certificate at all, from a member's address: refused too, and never answered.
+    let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
+    let rogue_ns = cluster.lan.lbs[1].name().to_owned();
+    let out = hello_without_certificate(&rogue_ns, &peers_addr, &pki.ca_file, &node_name(1));
+    assert!(
+        out.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        wait_until(SYNC, || cluster
+            .log(0)
+            .contains("TLS handshake failed: peer sent no certificates")),
+        "{}",
+        cluster.log(0)
+    );
+    // Dialling lb-2, lb-1 refuses its certificate too.
+    assert!(
+        wait_until(SYNC, || cluster.log(0).contains(
+            "cannot open a session with the peer: TLS handshake failed: invalid peer \
+             certificate: UnknownIssuer"
+        )),
+        "{}",
+        cluster.log(0)
+    );
+    // Nothing crossed, either way.
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        !cluster.table(0).contains_key(&two),
+        "{:#?}",
+        cluster.table(0)
+    );
+    assert!(
+        !cluster.table(1).contains_key(&one),
+        "{:#?}",
+        cluster.table(1)
+    );
+    assert!(!cluster.log(0).contains("peer session established"));
+    assert!(!cluster.log(1).contains("peer session established"));
+}
+
+#[test]
+fn a_source_outside_allow_is_closed_unanswered_while_members_are_served() {
+    if !privileged() {
+        return;
+    }
+    // Cleartext, `allow` left to its default: the members' addresses.
+    let mut cluster = Cluster::new("pallow", 183, 2, &[], |_| String::new());
+    cluster.start(0);
+    cluster.start(1);
+    let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
+    let client = cluster.lan.client.name().to_owned();
+    // The client (10.183.0.100) is no member: a well-formed hello from it gets nothing back.
+    let (addr, hello) = (peers_addr.clone(), b"HAProxyS 2.1\nlb-1\nlb-2 1 1\n");
+    let answer = in_netns(&client, move || {
+        let mut conn = TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = conn.write_all(hello);
+        let mut out = Vec::new();
+        // A reset (the daemon closed before reading) or an end: either way, no bytes.
+        let _ = conn.read_to_end(&mut out);
+        out
+    });
+    assert!(answer.is_empty(), "answered: {answer:?}");
+    assert!(
+        wait_until(SYNC, || cluster
+            .log(0)
+            .contains("the source is not in [peers] allow")),
+        "{}",
+        cluster.log(0)
+    );
+    assert!(cluster.log(0).contains("remote=10.183.0.100:"));
+    // The member is served: a session made on one node reaches the other.
+    let session = demo_cookie(7);
+    let chosen = server_of(&cluster.served_by(1, &session));
+    assert!(
+        wait_until(SYNC, || cluster.table(0).get(&session) == Some(&chosen)),
+        "{:#?}\n{}",
+        cluster.table(0),
+        cluster.log(0)
+    );
+}
+
+#[test]
+fn a_new_peers_certificate_is_refused_by_sighup_and_served_after_an_upgrade() {
+    if !privileged() {
+        return;
+    }
+    let pki = Pki::new("u");
+    let leaves = [
+        pki.leaf(&node_name(0), "10.184.0.11"),
+        pki.leaf(&node_name(1), "10.184.0.12"),
+    ];
+    let mut cluster = Cluster::new("ptlsu", 184, 2, &[], |i| tls_line(&leaves[i], &pki.ca_file));
+    cluster.start(0);
+    cluster.start(1);
+    let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
+    let member_ns = cluster.lan.lbs[1].name().to_owned();
+    let presented =
+        || tls_client_without_certificate(&member_ns, &peers_addr, &pki.ca_file, "lb-2").0;
+    assert_eq!(presented(), leaves[0].der);
+
+    // lb-1's configuration now names renewed files: SIGHUP refuses it, naming the change,
+    // and the old certificate stays.
+    let renewed = pki.leaf(&node_name(0), "10.184.0.11");
+    let text = std::fs::read_to_string(&cluster.configs[0]).unwrap();
+    let text = text.replace(
+        &tls_line(&leaves[0], &pki.ca_file),
+        &tls_line(&renewed, &pki.ca_file),
+    );
+    std::fs::write(&cluster.configs[0], text).unwrap();
+    cluster.node(0).signal(libc::SIGHUP);
+    assert!(
+        wait_until(SYNC, || cluster.log(0).contains("reload rejected")),
+        "{}",
+        cluster.log(0)
+    );
+    let log = cluster.log(0);
+    let line = log.lines().find(|l| l.contains("reload rejected")).unwrap();
+    assert!(line.contains("peers: tls {"), "{line}");
+    assert!(line.contains("--upgrade"), "{line}");
+    assert_eq!(presented(), leaves[0].der);
+
+    // An upgrade takes it: the new process presents the renewed certificate, and its
+    // sessions with the other node carry entries both ways.
+    let config = cluster.configs[0].to_str().unwrap().to_owned();
+    let mut upgrade = Proc::spawn(
+        "reload",
+        cluster.lan.lbs[0].name(),
+        &[
+            common::stickylb_bin(),
+            "reload",
+            "--upgrade",
+            "--config",
+            &config,
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || matches!(
+            upgrade.child.try_wait(),
+            Ok(Some(_))
+        )),
+        "{}",
+        upgrade.output()
+    );
+    upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
+    assert_eq!(presented(), renewed.der);
+    let (one, two) = (demo_cookie(21), demo_cookie(22));
+    let first = server_of(&cluster.served_by(0, &one));
+    let second = server_of(&cluster.served_by(1, &two));
+    let synced = wait_until(SYNC, || {
+        let (a, b) = (cluster.table(0), cluster.table(1));
+        a.get(&two) == Some(&second) && b.get(&one) == Some(&first)
+    });
+    assert!(
+        synced,
+        "{:#?}\n{:#?}\n{}\n{}",
+        cluster.table(0),
+        cluster.table(1),
+        upgrade.output(),
+        cluster.log(1)
+    );
+}
