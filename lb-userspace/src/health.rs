@@ -124,7 +124,7 @@ async fn probe(server: &ServerState, path: &str) -> Result<u16, String> {
     let Some(tls) = &server.tls else {
         return exchange(stream, server, path).await;
     };
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.client));
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.client));
     let stream = connector
         .connect(tls.name.clone(), stream)
         .await

@@ -391,6 +391,8 @@ pub struct BackendState {
     settings: SharedSettings,
     slowstart_ms: AtomicU64,
     queue_timeout_ms: AtomicU64,
+    /// Whether a server of `servers` is reached over TLS (kept with them: read per request).
+    tls_servers: AtomicBool,
     /// See [`ServerState::freed`].
     freed: Arc<Notify>,
 }
@@ -412,6 +414,7 @@ impl BackendState {
             settings,
             slowstart_ms: AtomicU64::new(0),
             queue_timeout_ms: AtomicU64::new(0),
+            tls_servers: AtomicBool::new(false),
             freed: Arc::new(Notify::new()),
         };
         backend.set_limits(config);
@@ -472,6 +475,8 @@ impl BackendState {
                 self.settings.forget(self.id, &name);
             }
         }
+        self.tls_servers
+            .store(next.iter().any(|s| s.tls.is_some()), Relaxed);
         self.servers.store(Arc::new(next));
         self.freed.notify_waiters();
     }
@@ -566,7 +571,7 @@ impl BackendState {
     /// Whether a server of the backend is reached over TLS: its connections are then served by
     /// hyper, never by the relay or the kernel fast path (which speak cleartext).
     pub fn has_tls_servers(&self) -> bool {
-        self.servers.load().iter().any(|s| s.tls.is_some())
+        self.tls_servers.load(Relaxed)
     }
 
     pub fn server(&self, name: &str) -> Option<Arc<ServerState>> {

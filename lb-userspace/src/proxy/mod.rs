@@ -333,10 +333,9 @@ async fn tunnel(
 }
 
 /// The request as it goes to `server` over HTTP/1.1: absolute URI to the server (`https` for
-/// one reached over TLS: its own client's pool), hop-by-hop
-/// headers dropped, the client appended to `X-Forwarded-For`, the body counted. An HTTP/2
-/// request's `:authority` becomes its `Host` and its `Cookie` fields one field (RFC 9113
-/// section 8.2.3), as HTTP/1.1 has them.
+/// one reached over TLS), hop-by-hop headers dropped, the client appended to
+/// `X-Forwarded-For`, the body counted. An HTTP/2 request's `:authority` becomes its `Host`
+/// and its `Cookie` fields one field (RFC 9113 section 8.2.3), as HTTP/1.1 has them.
 fn upstream_request(
     request: Request<Incoming>,
     server: &Arc<ServerState>,
@@ -349,12 +348,13 @@ fn upstream_request(
         parts.version = hyper::Version::HTTP_11;
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     parts.uri = Uri::builder()
-        .scheme(if server.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        })
+        .scheme(scheme)
         .authority(server.addr.to_string())
         .path_and_query(path_and_query)
         .build()

@@ -69,6 +69,15 @@ impl<'a, C: ClientIo> Conn<'a, C> {
                 }
             };
         let server = Arc::clone(admitted.server());
+        if server.tls.is_some() {
+            // A reload gave the backend this TLS server after the check above: hyper routes
+            // the request again (it is counted twice, once).
+            drop(admitted);
+            if let Some(leg) = held {
+                leg.finish(true);
+            }
+            return State::ToHyper;
+        }
         // A candidate exchange goes over a leg that can be spliced and is followed by an
         // attempt; the others are relayed as with the fast path off.
         let candidate = self
