@@ -1,11 +1,13 @@
 //! Active health checks: `HEAD <path>` on every server at the backend's interval. A server goes
 //! down after `fall` consecutive failures and up again after `rise` consecutive successes
-//! (HAProxy's `option httpchk` semantics: any 2xx or 3xx status is a success).
+//! (HAProxy's `option httpchk` semantics: any 2xx or 3xx status is a success). A server
+//! reached over TLS is checked over TLS, verified as its requests are (a certificate that
+//! does not verify is a failed check, with the reason).
 
 use std::{sync::Arc, time::Instant};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     task::JoinHandle,
     time::{timeout, MissedTickBehavior},
@@ -116,9 +118,26 @@ fn record(
 
 /// One check: the response's status code, or why there was none.
 async fn probe(server: &ServerState, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(server.addr)
+    let stream = TcpStream::connect(server.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let Some(tls) = &server.tls else {
+        return exchange(stream, server, path).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.client));
+    let stream = connector
+        .connect(tls.name.clone(), stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    exchange(stream, server, path).await
+}
+
+/// `HEAD path` on a connection to `server`, and the status code of the answer.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    server: &ServerState,
+    path: &str,
+) -> Result<u16, String> {
     let request = format!(
         "HEAD {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stickylb-check\r\nConnection: close\r\n\r\n",
         server.addr

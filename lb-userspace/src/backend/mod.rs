@@ -29,6 +29,9 @@ pub struct ServerState {
     /// The server's stable identity: what stick entries point at.
     pub name: Arc<str>,
     pub addr: SocketAddr,
+    /// Reached over TLS with these settings; `None`: cleartext. Fixed for the life of this
+    /// state: other settings make a new one (see [`BackendState::set_servers`]).
+    pub tls: Option<config::ServerTls>,
     up: AtomicBool,
     /// [`Admin`], as [`Admin::to_stored`] encodes it (the pinned map's encoding).
     admin: AtomicU32,
@@ -96,6 +99,7 @@ impl ServerState {
             addr,
             weight: 1,
             maxconn: 0,
+            tls: None,
         };
         Self::from_config(&config, Arc::new(Notify::new()))
     }
@@ -104,6 +108,7 @@ impl ServerState {
         Self {
             name: Arc::from(config.name.as_str()),
             addr: config.addr,
+            tls: config.tls.clone(),
             up: AtomicBool::new(true),
             admin: AtomicU32::new(Admin::Ready.to_stored()),
             weight: AtomicU16::new(config.weight),
@@ -386,6 +391,8 @@ pub struct BackendState {
     settings: SharedSettings,
     slowstart_ms: AtomicU64,
     queue_timeout_ms: AtomicU64,
+    /// Whether a server of `servers` is reached over TLS (kept with them: read per request).
+    tls_servers: AtomicBool,
     /// See [`ServerState::freed`].
     freed: Arc<Notify>,
 }
@@ -407,6 +414,7 @@ impl BackendState {
             settings,
             slowstart_ms: AtomicU64::new(0),
             queue_timeout_ms: AtomicU64::new(0),
+            tls_servers: AtomicBool::new(false),
             freed: Arc::new(Notify::new()),
         };
         backend.set_limits(config);
@@ -433,8 +441,9 @@ impl BackendState {
         self.set_balance(config.balance);
     }
 
-    /// Swaps in `servers`. One whose name and address are unchanged keeps its state (up or
-    /// down, counters, requests in flight); a new name or a new address starts afresh. Requests
+    /// Swaps in `servers`. One whose name, address and TLS settings are unchanged keeps its
+    /// state (up or down, counters, requests in flight); a new name, address or TLS setting
+    /// starts afresh (connections made with the old settings are not reused). Requests
     /// already sent to a replaced or removed server finish on it; stick entries naming a removed
     /// server stay and are redispatched on their next request (see [`Self::route`]).
     ///
@@ -448,7 +457,9 @@ impl BackendState {
             .map(|wanted| {
                 let server = current
                     .iter()
-                    .find(|s| *s.name == wanted.name && s.addr == wanted.addr)
+                    .find(|s| {
+                        *s.name == wanted.name && s.addr == wanted.addr && s.tls == wanted.tls
+                    })
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(ServerState::from_config(wanted, Arc::clone(&self.freed)))
@@ -464,6 +475,8 @@ impl BackendState {
                 self.settings.forget(self.id, &name);
             }
         }
+        self.tls_servers
+            .store(next.iter().any(|s| s.tls.is_some()), Relaxed);
         self.servers.store(Arc::new(next));
         self.freed.notify_waiters();
     }
@@ -553,6 +566,12 @@ impl BackendState {
 
     pub fn servers(&self) -> Arc<Vec<Arc<ServerState>>> {
         self.servers.load_full()
+    }
+
+    /// Whether a server of the backend is reached over TLS: its connections are then served by
+    /// hyper, never by the relay or the kernel fast path (which speak cleartext).
+    pub fn has_tls_servers(&self) -> bool {
+        self.tls_servers.load(Relaxed)
     }
 
     pub fn server(&self, name: &str) -> Option<Arc<ServerState>> {

@@ -1,6 +1,8 @@
 //! A tiny HTTP backend for the demo and the tests: each `--listen ADDR=NAME` serves `NAME\n`.
 //! Each `--forward LISTEN=TARGET` is a plain TCP port forward instead (the demo's stand-in for
-//! Vagrant's forwarded ports: localhost:8080 -> lb-1:80).
+//! Vagrant's forwarded ports: localhost:8080 -> lb-1:80). With `--tls CERT KEY` (PEM files),
+//! every `--listen` serves HTTPS (HTTP/1.1) instead: a server the load balancer reaches over
+//! TLS.
 //!
 //! Paths: `/` (or anything) -> the name; `/headers` -> the request headers; `/bytes/N` -> N bytes;
 //! `/chunked/N` -> the same N bytes, chunked;
@@ -39,6 +41,9 @@ struct Args {
     /// directions, until either side closes.
     #[arg(long = "forward")]
     forward: Vec<String>,
+    /// `CERT KEY`: PEM certificate chain and private key; the `--listen` ports speak TLS.
+    #[arg(long = "tls", num_args = 2, value_names = ["CERT", "KEY"])]
+    tls: Option<Vec<std::path::PathBuf>>,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -46,6 +51,7 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let tls = args.tls.as_deref().map(acceptor).transpose()?;
     let mut tasks = Vec::new();
     for spec in &args.listen {
         let (addr, name) = spec.split_once('=').context("--listen wants ADDR=NAME")?;
@@ -55,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        tasks.push(tokio::spawn(serve(listener, Arc::from(name))));
+        tasks.push(tokio::spawn(serve(listener, Arc::from(name), tls.clone())));
     }
     for spec in &args.forward {
         let (listen, target) = spec
@@ -79,7 +85,27 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(listener: TcpListener, name: Arc<str>) {
+/// A TLS acceptor for the certificate chain and key in `files` (`[cert, key]`), HTTP/1.1 only.
+fn acceptor(files: &[std::path::PathBuf]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+    let [cert, key] = files else {
+        anyhow::bail!("--tls wants CERT KEY");
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve(listener: TcpListener, name: Arc<str>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let in_flight = Arc::new(AtomicU64::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -87,6 +113,7 @@ async fn serve(listener: TcpListener, name: Arc<str>) {
         };
         let name = Arc::clone(&name);
         let in_flight = Arc::clone(&in_flight);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let (name, in_flight) = (Arc::clone(&name), Arc::clone(&in_flight));
@@ -100,10 +127,21 @@ async fn serve(listener: TcpListener, name: Arc<str>) {
                     })
                 }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            let builder = http1::Builder::new();
+            match tls {
+                None => {
+                    let io = TokioIo::new(stream);
+                    let _ = builder.serve_connection(io, service).with_upgrades().await;
+                }
+                // A failed handshake (e.g. a client that does not trust the certificate) just
+                // closes the connection.
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        let io = TokioIo::new(stream);
+                        let _ = builder.serve_connection(io, service).with_upgrades().await;
+                    }
+                }
+            }
         });
     }
 }

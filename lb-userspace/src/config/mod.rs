@@ -8,6 +8,8 @@ mod duration;
 mod peers_tests;
 mod raw;
 #[cfg(test)]
+mod server_tls_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;
@@ -242,6 +244,51 @@ pub struct Server {
     /// Requests in flight at most; the others wait in the backend's queue. 0 (the default):
     /// no limit.
     pub maxconn: u32,
+    /// `tls = true`: the server is reached over TLS (and its connections are never spliced).
+    /// `None` (the default): cleartext HTTP/1.1.
+    pub tls: Option<ServerTls>,
+}
+
+/// How a server reached over TLS is verified, read and built when the configuration is
+/// loaded: every connection to it, the proxy's and the health checks', uses [`Self::client`].
+#[derive(Clone)]
+pub struct ServerTls {
+    /// `sni`: the name sent in the handshake and verified in the server's certificate.
+    /// `None`: no SNI, and the server's IP address is verified against an IP SAN.
+    pub sni: Option<String>,
+    /// `ca`: the PEM bundle of the CAs the server's chain must lead to (absolute; default
+    /// [`ServerTls::SYSTEM_CA`]).
+    pub ca: PathBuf,
+    /// The identity verified: `sni`, or the address's IP.
+    pub name: rustls_pki_types::ServerName<'static>,
+    /// rustls' client settings: the CAs of `ca`, TLS 1.2 and 1.3, ALPN `http/1.1`. One per
+    /// server, so that its sessions are resumed.
+    pub client: Arc<rustls::ClientConfig>,
+    /// The CAs read from `ca`: a reload that finds other CAs in the same file applies them.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+impl ServerTls {
+    /// The CA bundle a server is verified with when it has no `ca`: Debian's system bundle.
+    pub const SYSTEM_CA: &'static str = "/etc/ssl/certs/ca-certificates.crt";
+}
+
+/// Compared by settings and CA contents: what a reload compares.
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.sni == other.sni && self.ca == other.ca && self.roots.roots == other.roots.roots
+    }
+}
+
+impl Eq for ServerTls {}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("sni", &self.sni)
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[peers]`. The same section is meant for every node: the member named like the instance is

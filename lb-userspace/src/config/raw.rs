@@ -136,6 +136,12 @@ pub(super) struct RawServer {
     pub(super) weight: Option<Spanned<i64>>,
     /// Default 0: no limit.
     pub(super) maxconn: Option<Spanned<i64>>,
+    /// Default false: cleartext HTTP/1.1.
+    pub(super) tls: Option<Spanned<bool>>,
+    /// With `tls`: the name sent as SNI and verified. Default: the address's IP is verified.
+    pub(super) sni: Option<Spanned<String>>,
+    /// With `tls`: PEM bundle of the CAs the server is verified with. Default: the system's.
+    pub(super) ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

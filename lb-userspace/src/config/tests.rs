@@ -185,12 +185,14 @@ fn full_example_parses_with_every_value() {
                         addr: addr("10.20.0.2:8001"),
                         weight: 1,
                         maxconn: 0,
+                        tls: None,
                     },
                     Server {
                         name: "web2".into(),
                         addr: addr("10.20.0.2:8002"),
                         weight: 1,
                         maxconn: 0,
+                        tls: None,
                     },
                 ],
             },
@@ -216,6 +218,7 @@ fn full_example_parses_with_every_value() {
                     addr: addr("[fd00::1]:9000"),
                     weight: 1,
                     maxconn: 0,
+                    tls: None,
                 }],
             },
         ],
@@ -1145,6 +1148,7 @@ fn dotted_keys_and_header_sub_tables_work() {
             addr: addr("10.20.0.2:8001"),
             weight: 1,
             maxconn: 0,
+            tls: None,
         }]
     );
     let port = header.replace(

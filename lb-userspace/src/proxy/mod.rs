@@ -21,6 +21,7 @@ pub mod pool;
 mod redirect;
 mod relay;
 mod tls;
+mod upstream_tls;
 pub mod workers;
 
 use std::{
@@ -122,10 +123,12 @@ pub struct Proxy {
     pools: pool::Pools,
 }
 
-/// The client to servers with the timeouts it applies; each request uses the one in force when
-/// it is forwarded.
+/// The clients to servers with the timeouts they apply; each request uses the one in force
+/// when it is forwarded.
 struct Upstream {
     client: UpstreamClient,
+    /// To the servers reached over TLS.
+    tls: Arc<upstream_tls::TlsClients>,
     connect_timeout: Duration,
     server_timeout: Duration,
 }
@@ -142,8 +145,21 @@ impl Upstream {
             .build(connector);
         Self {
             client,
+            tls: Arc::new(upstream_tls::TlsClients::new(connect_timeout)),
             connect_timeout,
             server_timeout,
+        }
+    }
+
+    /// Sends `request` to `server` over the client that reaches it.
+    fn send(
+        &self,
+        server: &ServerState,
+        request: Request<RequestBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match &server.tls {
+            None => self.client.request(request),
+            Some(tls) => self.tls.client(tls).request(request),
         }
     }
 }
@@ -165,12 +181,13 @@ impl Proxy {
     /// Applies new timeouts to the requests forwarded from now on; those in flight keep theirs.
     /// A new server timeout keeps the pool of server connections. A new connect timeout needs a
     /// new pool, because the timeout belongs to the connector the pool was built with; the old
-    /// pool's connections close once their requests are done.
+    /// pool's connections close once their requests are done (TLS servers' pools alike).
     pub fn set_timeouts(&self, connect_timeout: Duration, server_timeout: Duration) {
         let current = self.upstream.load();
         let next = if current.connect_timeout == connect_timeout {
             Upstream {
                 client: current.client.clone(),
+                tls: Arc::clone(&current.tls),
                 connect_timeout,
                 server_timeout,
             }
@@ -262,7 +279,7 @@ impl Proxy {
             headers::set_forwarded_proto_https(request.headers_mut());
         }
         let response =
-            tokio::time::timeout(upstream.server_timeout, upstream.client.request(request))
+            tokio::time::timeout(upstream.server_timeout, upstream.send(server, request))
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout {
                     server: Arc::clone(&server.name),
@@ -315,10 +332,10 @@ async fn tunnel(
     }
 }
 
-/// The request as it goes to `server` over HTTP/1.1: absolute URI to the server, hop-by-hop
-/// headers dropped, the client appended to `X-Forwarded-For`, the body counted. An HTTP/2
-/// request's `:authority` becomes its `Host` and its `Cookie` fields one field (RFC 9113
-/// section 8.2.3), as HTTP/1.1 has them.
+/// The request as it goes to `server` over HTTP/1.1: absolute URI to the server (`https` for
+/// one reached over TLS), hop-by-hop headers dropped, the client appended to
+/// `X-Forwarded-For`, the body counted. An HTTP/2 request's `:authority` becomes its `Host`
+/// and its `Cookie` fields one field (RFC 9113 section 8.2.3), as HTTP/1.1 has them.
 fn upstream_request(
     request: Request<Incoming>,
     server: &Arc<ServerState>,
@@ -331,8 +348,13 @@ fn upstream_request(
         parts.version = hyper::Version::HTTP_11;
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     parts.uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(server.addr.to_string())
         .path_and_query(path_and_query)
         .build()

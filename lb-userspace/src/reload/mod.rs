@@ -87,6 +87,9 @@ pub struct BackendChanges {
     pub removed: Vec<String>,
     /// Servers whose address changed.
     pub readdressed: Vec<String>,
+    /// Servers whose TLS settings changed (`tls`, `sni`, `ca` or the CAs in it): like a new
+    /// address, they start afresh with new connections.
+    pub reverified: Vec<String>,
     /// The servers kept are in a new order (round robin follows it).
     pub reordered: bool,
     pub health_check: bool,
@@ -267,7 +270,10 @@ impl BackendChanges {
     }
 
     fn servers_changed(&self) -> bool {
-        !(self.added.is_empty() && self.removed.is_empty() && self.readdressed.is_empty())
+        !(self.added.is_empty()
+            && self.removed.is_empty()
+            && self.readdressed.is_empty()
+            && self.reverified.is_empty())
     }
 
     /// A checker task belongs to one server and runs with the settings it started with.
@@ -281,6 +287,7 @@ impl fmt::Display for BackendChanges {
         let servers: Vec<String> = (self.added.iter().map(|s| format!("+{s}")))
             .chain(self.removed.iter().map(|s| format!("-{s}")))
             .chain(self.readdressed.iter().map(|s| format!("~{s}(addr)")))
+            .chain(self.reverified.iter().map(|s| format!("~{s}(tls)")))
             .collect();
         let mut items = Vec::new();
         if !servers.is_empty() {
@@ -339,6 +346,10 @@ fn backend_changes(old: &config::Backend, new: &config::Backend) -> BackendChang
         removed: names(&old.servers, &|s| find(&new.servers, &s.name).is_none()),
         readdressed: names(&new.servers, &|s| {
             find(&old.servers, &s.name).is_some_and(|addr| addr != s.addr)
+        }),
+        reverified: names(&new.servers, &|s| {
+            let before = old.servers.iter().find(|o| o.name == s.name);
+            before.is_some_and(|before| before.tls != s.tls)
         }),
         reordered: names(&old.servers, &|s| find(&new.servers, &s.name).is_some())
             != names(&new.servers, &|s| find(&old.servers, &s.name).is_some()),

@@ -245,6 +245,51 @@ fn new_tls_files_apply_in_place_and_tls_on_or_off_needs_an_upgrade() {
     );
 }
 
+/// A server's TLS settings change in place like its address: a fresh state (new connections,
+/// new checks), the backend then served by hyper only.
+#[tokio::test]
+async fn a_servers_tls_settings_change_in_place_like_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    let be1 = |keys: &str| format!(r#"{{ name = "be1", addr = "127.0.0.1:1"{keys} }},"#);
+    let tls = format!(r#", tls = true, ca = "{}""#, ca.display());
+    let plain = config(&be1(""), "", "");
+    let verified = config(&be1(&tls), "", "");
+    let by_name = config(&be1(&format!(r#"{tls}, sni = "be1.internal""#)), "", "");
+    for (old, new) in [
+        (&plain, &verified),
+        (&verified, &by_name),
+        (&by_name, &plain),
+    ] {
+        let summary = compare(old, new).unwrap();
+        assert_eq!(
+            summary.to_string(),
+            "reloaded configuration: web: ~be1(tls)"
+        );
+        assert!(summary.backends[0].restarts_checks());
+    }
+
+    let store = table::memory::store(64);
+    let (backends, frontends) = routing::build(&plain, &store, &MemorySettings::shared());
+    let live = Live::start(plain.clone(), (backends.clone(), frontends));
+    let before = backends[0].servers();
+    assert!(!backends[0].has_tls_servers());
+    live.reload(verified.clone()).unwrap();
+    let after = backends[0].servers();
+    assert!(!Arc::ptr_eq(&after[0], &before[0]), "fresh state");
+    assert!(after[0].tls.is_some() && backends[0].has_tls_servers());
+    live.reload(verified).unwrap();
+    assert!(
+        Arc::ptr_eq(&backends[0].servers()[0], &after[0]),
+        "unchanged: kept"
+    );
+    live.stop();
+}
+
 /// A `[peers]` section for [`config`]'s `extra`, with `more` after the members.
 fn peers_section(more: &str) -> String {
     format!(

@@ -29,6 +29,7 @@ mod fields;
 mod https;
 mod monitor;
 mod peers;
+mod server_tls;
 mod tls;
 
 use self::fields::{check_cookie_name, check_name, check_path};
@@ -449,6 +450,7 @@ impl Checker<'_> {
                 }
                 let addr = self.required(&server.addr, Some(&span), &key, "addr");
                 let addr = addr.and_then(|a| self.addr(a, &format!("{key}.addr")));
+                let tls = self.server_tls(&key, server, addr);
                 let weight = self.integer(
                     server.weight.as_ref(),
                     &format!("{key}.weight"),
@@ -466,6 +468,7 @@ impl Checker<'_> {
                     addr: addr?,
                     weight: u16::try_from(weight?).ok()?,
                     maxconn: u32::try_from(maxconn?).ok()?,
+                    tls: tls?,
                 })
             })
             .collect();

@@ -131,9 +131,7 @@ pub(crate) enum LoadError {
 /// certificate's (rustls with the `ring` provider, the one the frontends use).
 pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, LoadError> {
     let (cert_name, key_name) = (cert.display(), key.display());
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|error| LoadError::Cert(format!("cannot read {cert_name}: {error}")))?;
+    let chain = read_certificates(cert).map_err(LoadError::Cert)?;
     let Some(end_entity) = chain.first() else {
         let msg = format!("{cert_name} holds no PEM CERTIFICATE");
         return Err(LoadError::Cert(msg));
@@ -160,12 +158,11 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, LoadErr
         })
 }
 
-/// Reads the PEM CA certificates at `ca`: the roots a peer's certificate must chain to.
+/// Reads the PEM CA certificates at `ca`: the roots a peer's or a server's certificate must
+/// chain to.
 pub(crate) fn load_roots(ca: &Path) -> Result<Arc<RootCertStore>, String> {
     let name = ca.display();
-    let certs = CertificateDer::pem_file_iter(ca)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|error| format!("cannot read {name}: {error}"))?;
+    let certs = read_certificates(ca)?;
     if certs.is_empty() {
         return Err(format!("{name} holds no PEM CERTIFICATE"));
     }
@@ -179,4 +176,12 @@ pub(crate) fn load_roots(ca: &Path) -> Result<Arc<RootCertStore>, String> {
         })?;
     }
     Ok(Arc::new(roots))
+}
+
+/// Every PEM `CERTIFICATE` in the file at `path` (none is not an error here), or why it cannot
+/// be read, naming the file.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))
 }

@@ -42,9 +42,14 @@ impl<'a, C: ClientIo> Conn<'a, C> {
     }
 
     /// A request the relay does not serve simply (HTTP/1.0, a chunked or `Expect` body, a
-    /// malformed head) goes to hyper; one with no server to go to is answered `503`.
+    /// malformed head, a backend with a server reached over TLS) goes to hyper; one with no
+    /// server to go to is answered `503`.
     pub(super) async fn routing(&mut self, head: usize, held: Option<Leg>) -> State {
-        let Some(request) = RequestHead::parse(&self.buf[..head]) else {
+        // The relay and the kernel speak cleartext to servers: hyper serves a backend with a
+        // TLS server (checked per request, as a reload may add one to a connection's backend).
+        let parsed = RequestHead::parse(&self.buf[..head])
+            .filter(|_| !self.frontend.backend.has_tls_servers());
+        let Some(request) = parsed else {
             if let Some(leg) = held {
                 leg.finish(true);
             }
@@ -64,6 +69,15 @@ impl<'a, C: ClientIo> Conn<'a, C> {
                 }
             };
         let server = Arc::clone(admitted.server());
+        if server.tls.is_some() {
+            // A reload gave the backend this TLS server after the check above: hyper routes
+            // the request again (it is counted twice, once).
+            drop(admitted);
+            if let Some(leg) = held {
+                leg.finish(true);
+            }
+            return State::ToHyper;
+        }
         // A candidate exchange goes over a leg that can be spliced and is followed by an
         // attempt; the others are relayed as with the fast path off.
         let candidate = self
@@ -245,7 +259,10 @@ impl<'a, C: ClientIo> Conn<'a, C> {
     }
 
     pub(super) async fn handing_off(&mut self, mut leg: Leg) -> State {
-        let Some(splicing) = self.splicing.as_mut() else {
+        // A reload gave the backend a TLS server: never spliced (its next request goes to
+        // hyper, see `routing`).
+        let tls = self.frontend.backend.has_tls_servers();
+        let Some(splicing) = self.splicing.as_mut().filter(|_| !tls) else {
             return State::ReadingHead { leg, pause: None };
         };
         let connect = self.timeouts.0.min(PAUSE_CONNECT);

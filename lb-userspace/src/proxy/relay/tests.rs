@@ -280,3 +280,35 @@ async fn a_body_the_client_cuts_short_is_its_fault_answered_400_and_not_charged(
     assert_eq!(s1.stats.failures.load(Relaxed), 0);
     assert_eq!(s1.stats.responses[0].load(Relaxed), 0);
 }
+
+/// The relay speaks cleartext to servers: a backend with a server reached over TLS is served by
+/// hyper, from its first request on.
+#[tokio::test]
+async fn a_backend_with_a_tls_server_goes_to_hyper() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let made = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let config = Config::from_toml(&format!(
+        "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
+         [[backend]]\nname = \"web\"\nhealth_check = {{ enabled = false }}\nservers = [ \
+         {{ name = \"s1\", addr = \"127.0.0.1:1\" }}, \
+         {{ name = \"s2\", addr = \"127.0.0.1:2\", tls = true, ca = \"{}\" }} ]\n",
+        ca.display()
+    ))
+    .unwrap();
+    let backend = BackendState::in_memory(&config.backends[0], table::memory::store(64));
+    let frontend = Frontend::new("www".into(), Arc::new(backend));
+    let proxy = Proxy::new(Duration::from_secs(1), Duration::from_secs(2));
+    let sent = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=a\r\n\r\n";
+    let (released, ()) = relay(&frontend, &proxy, |mut client| async move {
+        client.write_all(sent).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await;
+    let Release::ToHyper(_, read) = released else {
+        panic!("relayed a request to a backend with a TLS server");
+    };
+    assert_eq!(&read[..], sent);
+    assert_eq!(frontend.backend.stats.new_sessions.load(Relaxed), 0);
+}
