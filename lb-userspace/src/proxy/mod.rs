@@ -126,7 +126,10 @@ pub struct Proxy {
 /// The clients to servers with the timeouts they apply; each request uses the one in force
 /// when it is forwarded.
 struct Upstream {
-    client: UpstreamClient,
+    /// One client (and pool) per worker thread, and one for the other threads: a pooled
+    /// connection's task lives on the thread that opened it, so a request on another thread
+    /// would wake that one (an eventfd write and a context switch) on every exchange.
+    clients: Arc<[UpstreamClient]>,
     /// To the servers reached over TLS.
     tls: Arc<upstream_tls::TlsClients>,
     connect_timeout: Duration,
@@ -139,12 +142,17 @@ impl Upstream {
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let threads = workers::expected() + 1;
+        let clients = (0..threads)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(1024)
+                    .build(connector.clone())
+            })
+            .collect();
         Self {
-            client,
+            clients,
             tls: Arc::new(upstream_tls::TlsClients::new(connect_timeout)),
             connect_timeout,
             server_timeout,
@@ -158,7 +166,11 @@ impl Upstream {
         request: Request<RequestBody>,
     ) -> hyper_util::client::legacy::ResponseFuture {
         match &server.tls {
-            None => self.client.request(request),
+            None => {
+                let last = self.clients.len() - 1;
+                let thread = workers::current().map_or(last, |worker| worker % last.max(1));
+                self.clients[thread].request(request)
+            }
             Some(tls) => self.tls.client(tls).request(request),
         }
     }
@@ -186,7 +198,7 @@ impl Proxy {
         let current = self.upstream.load();
         let next = if current.connect_timeout == connect_timeout {
             Upstream {
-                client: current.client.clone(),
+                clients: Arc::clone(&current.clients),
                 tls: Arc::clone(&current.tls),
                 connect_timeout,
                 server_timeout,

@@ -28,10 +28,9 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// One worker per CPU the process may use.
+    /// One worker per CPU the process may use ([`expected`]).
     pub fn start() -> io::Result<Workers> {
-        let count = std::thread::available_parallelism().map_or(1, usize::from);
-        Self::start_n(count)
+        Self::start_n(expected())
     }
 
     pub fn start_n(count: usize) -> io::Result<Workers> {
@@ -91,8 +90,14 @@ impl Drop for Workers {
     }
 }
 
+/// How many workers [`Workers::start`] starts: one per CPU the process may use.
+pub fn expected() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// The worker the calling thread is, if it is one: connections registered with a worker's
-/// event loop are only reused on that worker (the relay's server connection pool asks).
+/// event loop are only reused on that worker (the relay's server connection pool and the
+/// hyper path's clients ask).
 pub fn current() -> Option<usize> {
     let index = INDEX.with(Cell::get);
     (index != usize::MAX).then_some(index)
