@@ -25,6 +25,7 @@ use std::{
 
 use common::{
     demo_cookie,
+    haproxy::HaproxyPeer,
     http::{self, in_netns},
     netns::{Exec as _, Lan, NetNs},
     privileged, start_daemon, wait_until, write_temp, PinDir, Proc,
@@ -415,93 +416,17 @@ fn two_nodes_balancing_one_new_cookie_at_once_converge_within_two_seconds() {
     }
 }
 
-/// HAProxy 2.6 on a host of the LAN, a member of the same peers section as our nodes.
-struct Haproxy {
-    proc: Proc,
-    dir: tempfile::TempDir,
-    addr: String,
-}
-
-impl Haproxy {
-    const NAME: &'static str = "hap";
-
-    fn start(ns: &str, addr: &str, lan: &Lan, members: &[(String, String)]) -> Haproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let peers: String = members
-            .iter()
-            .map(|(name, addr)| format!("    peer {name} {addr}\n"))
-            .collect();
-        let servers: String = servers()
-            .iter()
-            .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
-            .collect();
-        let config = format!(
-            "global\n    stats socket {sock} level admin\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
-             peers mypeers\n{peers}\
-             backend {BACKEND}\n    balance roundrobin\n    stick-table type string len 32 size 1m expire 30m peers mypeers\n    stick on req.cook(JSESSIONID)\n{servers}\
-             frontend fe\n    bind {addr}:80\n    default_backend {BACKEND}\n",
-            sock = dir.path().join("admin.sock").display(),
-        );
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let proc = Proc::spawn(
-            "haproxy",
-            ns,
-            &[
-                "/usr/sbin/haproxy",
-                "-f",
-                path.to_str().unwrap(),
-                "-L",
-                Self::NAME,
-                "-db",
-            ],
-        );
-        let haproxy = Haproxy {
-            proc,
-            dir,
-            addr: addr.to_owned(),
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || haproxy
-                .try_cli("show info")
-                .is_some()),
-            "HAProxy did not start:\n{}",
-            haproxy.proc.output()
-        );
-        haproxy
-    }
-
-    fn try_cli(&self, command: &str) -> Option<String> {
-        let mut conn =
-            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
-        conn.write_all(format!("{command}\n").as_bytes()).ok()?;
-        let mut out = String::new();
-        conn.read_to_string(&mut out).ok()?;
-        Some(out)
-    }
-
-    /// `show table`: key -> server_key.
-    fn table(&self) -> BTreeMap<String, String> {
-        let out = self
-            .try_cli(&format!("show table {BACKEND}"))
-            .unwrap_or_default();
-        out.lines()
-            .filter_map(|line| {
-                let key = line.split(" key=").nth(1)?.split(' ').next()?;
-                let server = line.split(" server_key=").nth(1)?.split(' ').next()?;
-                Some((key.to_owned(), server.to_owned()))
-            })
-            .collect()
-    }
-
-    fn served_by(&self, client_ns: &str, session: &str) -> String {
-        let addr = format!("{}:80", self.addr);
-        let cookie = format!("JSESSIONID={session}");
-        let response = in_netns(client_ns, move || http::get(&addr, "/", Some(&cookie)));
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.text().trim().to_owned()
-    }
+/// HAProxy as a cleartext peer of `members` (itself included), in front of the LAN's servers.
+fn start_haproxy(ns: &str, addr: &str, lan: &Lan, members: &[(String, String)]) -> HaproxyPeer {
+    let peers: String = members
+        .iter()
+        .map(|(name, addr)| format!("    peer {name} {addr}\n"))
+        .collect();
+    let servers: String = servers()
+        .iter()
+        .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
+        .collect();
+    HaproxyPeer::start(ns, addr, BACKEND, &peers, &servers)
 }
 
 #[test]
@@ -516,12 +441,15 @@ fn haproxy_2_6_is_a_peer_in_both_directions() {
     let hap_addr = "10.223.0.21".to_owned();
     let members = [
         (node_name(0), format!("10.223.0.11:{PEERS_PORT}")),
-        (Haproxy::NAME.to_owned(), format!("{hap_addr}:{PEERS_PORT}")),
+        (
+            HaproxyPeer::NAME.to_owned(),
+            format!("{hap_addr}:{PEERS_PORT}"),
+        ),
     ];
-    let mut cluster = Cluster::new("ph", 223, 1, &[(Haproxy::NAME, members[1].1.clone())]);
+    let mut cluster = Cluster::new("ph", 223, 1, &[(HaproxyPeer::NAME, members[1].1.clone())]);
     let client = cluster.lan.client.name().to_owned();
     let hap_ns = cluster.lan.add_host("phh", 21).name().to_owned();
-    let haproxy = Haproxy::start(&hap_ns, &hap_addr, &cluster.lan, &members);
+    let haproxy = start_haproxy(&hap_ns, &hap_addr, &cluster.lan, &members);
     cluster.start(0);
 
     // Through HAProxy first: stickylb learns HAProxy's choices and routes by them.

@@ -26,6 +26,7 @@ use std::{
 
 use common::{
     demo_cookie,
+    haproxy::HaproxyPeer,
     http::{self, in_netns},
     netns::{Lan, NetNs},
     privileged, start_daemon, wait_until, write_temp, PinDir, Proc,
@@ -341,105 +342,32 @@ fn two_nodes_share_sessions_over_mutual_tls() {
     assert!(cluster.log(0).contains("peer session established"));
 }
 
-/// HAProxy 2.6 on a host of the LAN, a TLS member of the same peers section as our node.
-struct Haproxy {
-    proc: Proc,
-    dir: tempfile::TempDir,
-    addr: String,
-}
-
-impl Haproxy {
-    const NAME: &'static str = "hap";
-
-    fn start(
-        ns: &str,
-        addr: &str,
-        lan: &Lan,
-        others: &[(String, String)],
-        leaf: &Leaf,
-        ca: &Path,
-    ) -> Haproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let (crt, ca) = (leaf.combined.display(), ca.display());
-        let peers: String = others
-            .iter()
-            .map(|(name, addr)| format!("    server {name} {addr}\n"))
-            .collect();
-        let servers: String = servers()
-            .iter()
-            .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
-            .collect();
-        let config = format!(
-            "global\n    stats socket {sock} level admin\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
-             peers mypeers\n\
-             \x20   bind {addr}:{PEERS_PORT} ssl crt {crt} ca-file {ca} verify required\n\
-             \x20   default-server ssl verify required ca-file {ca} crt {crt}\n\
-             \x20   server {name}\n{peers}\
-             backend {BACKEND}\n    balance roundrobin\n    stick-table type string len 32 size 1m expire 30m peers mypeers\n    stick on req.cook(JSESSIONID)\n{servers}\
-             frontend fe\n    bind {addr}:80\n    default_backend {BACKEND}\n",
-            sock = dir.path().join("admin.sock").display(),
-            name = Self::NAME,
-        );
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let proc = Proc::spawn(
-            "haproxy",
-            ns,
-            &[
-                "/usr/sbin/haproxy",
-                "-f",
-                path.to_str().unwrap(),
-                "-L",
-                Self::NAME,
-                "-db",
-            ],
-        );
-        let haproxy = Haproxy {
-            proc,
-            dir,
-            addr: addr.to_owned(),
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || haproxy
-                .try_cli("show info")
-                .is_some()),
-            "HAProxy did not start:\n{}",
-            haproxy.proc.output()
-        );
-        haproxy
-    }
-
-    fn try_cli(&self, command: &str) -> Option<String> {
-        let mut conn =
-            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
-        conn.write_all(format!("{command}\n").as_bytes()).ok()?;
-        let mut out = String::new();
-        conn.read_to_string(&mut out).ok()?;
-        Some(out)
-    }
-
-    /// `show table`: key -> server_key.
-    fn table(&self) -> BTreeMap<String, String> {
-        let out = self
-            .try_cli(&format!("show table {BACKEND}"))
-            .unwrap_or_default();
-        out.lines()
-            .filter_map(|line| {
-                let key = line.split(" key=").nth(1)?.split(' ').next()?;
-                let server = line.split(" server_key=").nth(1)?.split(' ').next()?;
-                Some((key.to_owned(), server.to_owned()))
-            })
-            .collect()
-    }
-
-    fn served_by(&self, client_ns: &str, session: &str) -> String {
-        let addr = format!("{}:80", self.addr);
-        let cookie = format!("JSESSIONID={session}");
-        let response = in_netns(client_ns, move || http::get(&addr, "/", Some(&cookie)));
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.text().trim().to_owned()
-    }
+/// HAProxy as a peer over mutual TLS (`bind ... ssl ... verify required`, `default-server ssl
+/// verify required ...`) of `others`, in front of the LAN's servers.
+fn start_haproxy(
+    ns: &str,
+    addr: &str,
+    lan: &Lan,
+    others: &[(String, String)],
+    leaf: &Leaf,
+    ca: &Path,
+) -> HaproxyPeer {
+    let (crt, ca) = (leaf.combined.display(), ca.display());
+    let others: String = others
+        .iter()
+        .map(|(name, addr)| format!("    server {name} {addr}\n"))
+        .collect();
+    let peers = format!(
+        "    bind {addr}:{PEERS_PORT} ssl crt {crt} ca-file {ca} verify required\n\
+         \x20   default-server ssl verify required ca-file {ca} crt {crt}\n\
+         \x20   server {name}\n{others}",
+        name = HaproxyPeer::NAME,
+    );
+    let servers: String = servers()
+        .iter()
+        .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
+        .collect();
+    HaproxyPeer::start(ns, addr, BACKEND, &peers, &servers)
 }
 
 #[test]
@@ -454,15 +382,18 @@ fn haproxy_2_6_is_a_tls_peer_in_both_directions() {
     let pki = Pki::new("b");
     let hap_addr = "10.181.0.21";
     let ours = pki.leaf(&node_name(0), "10.181.0.11");
-    let theirs = pki.leaf(Haproxy::NAME, hap_addr);
-    let hap_member = (Haproxy::NAME.to_owned(), format!("{hap_addr}:{PEERS_PORT}"));
+    let theirs = pki.leaf(HaproxyPeer::NAME, hap_addr);
+    let hap_member = (
+        HaproxyPeer::NAME.to_owned(),
+        format!("{hap_addr}:{PEERS_PORT}"),
+    );
     let mut cluster = Cluster::new("ptlsh", 181, 1, &[hap_member], |_| {
         tls_line(&ours, &pki.ca_file)
     });
     let client = cluster.lan.client.name().to_owned();
     let hap_ns = cluster.lan.add_host("ptlshh", 21).name().to_owned();
     let others = [(node_name(0), format!("10.181.0.11:{PEERS_PORT}"))];
-    let haproxy = Haproxy::start(
+    let haproxy = start_haproxy(
         &hap_ns,
         hap_addr,
         &cluster.lan,

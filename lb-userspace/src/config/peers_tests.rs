@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{validate::from_toml_with, Cidr, Config, ConfigError, Problem};
+use super::{tests::parse, Cidr};
 
 /// A CA, a leaf it signed (with its key) and other files that must be refused.
 struct Files {
@@ -64,21 +64,9 @@ fn tls_line(cert: &Path, key: &Path, ca: &Path) -> String {
     )
 }
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
-    from_toml_with(text, || Ok("testhost".to_owned()), None)
-}
-
+#[track_caller]
 fn assert_problem(text: &str, line: usize, key: &str, needle: &str) {
-    let found: Vec<Problem> = match parse(text) {
-        Err(ConfigError::Invalid { problems }) => problems,
-        other => panic!("expected problems, got {other:?}\nfrom:\n{text}"),
-    };
-    assert!(
-        found
-            .iter()
-            .any(|p| p.line == Some(line) && p.key == key && p.message.contains(needle)),
-        "no problem at line {line} for {key} containing {needle:?} in:\n{found:#?}\n--- from:\n{text}",
-    );
+    super::tests::assert_problem(text, Some(line), key, needle);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use rustls_pki_types::ServerName;
 
-use super::{validate::from_toml_with, Config, ConfigError, Problem, ServerTls};
+use super::{tests::parse, ServerTls};
 
 /// CA bundles made for these tests.
 struct Files {
@@ -48,28 +48,15 @@ fn config(keys: &str) -> String {
     )
 }
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
-    from_toml_with(text, || Ok("testhost".to_owned()), None)
-}
-
 fn server_tls(keys: &str) -> Option<ServerTls> {
     let text = config(keys);
     let config = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     config.backends[0].servers[0].tls.clone()
 }
 
+#[track_caller]
 fn assert_problem(keys: &str, key: &str, needle: &str) {
-    let text = config(keys);
-    let found: Vec<Problem> = match parse(&text) {
-        Err(ConfigError::Invalid { problems }) => problems,
-        other => panic!("expected problems, got {other:?}\nfrom:\n{text}"),
-    };
-    assert!(
-        found
-            .iter()
-            .any(|p| p.line == Some(12) && p.key == key && p.message.contains(needle)),
-        "no problem at line 12 for {key} containing {needle:?} in:\n{found:#?}\n--- from:\n{text}",
-    );
+    super::tests::assert_problem(&config(keys), Some(12), key, needle);
 }
 
 #[test]

@@ -86,7 +86,7 @@ servers = [
 ]
 "#;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     from_toml_with(text, || Ok("testhost".to_owned()), None)
 }
 
@@ -111,7 +111,7 @@ fn append(extra: &str) -> String {
 
 /// Asserts that `text` has a problem at `line` for `key` whose message contains `needle`.
 #[track_caller]
-fn assert_problem(text: &str, line: Option<usize>, key: &str, needle: &str) {
+pub(super) fn assert_problem(text: &str, line: Option<usize>, key: &str, needle: &str) {
     let found = problems(text);
     assert!(
         found

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{validate::from_toml_with, Config, ConfigError, FastPathMode, Problem};
+use super::{tests::parse, FastPathMode};
 
 /// Certificate and key files made for these tests, for `names`.
 struct Files {
@@ -53,21 +53,9 @@ fn tls_line(cert: &Path, key: &Path) -> String {
     )
 }
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
-    from_toml_with(text, || Ok("testhost".to_owned()), None)
-}
-
+#[track_caller]
 fn assert_problem(text: &str, line: usize, key: &str, needle: &str) {
-    let found: Vec<Problem> = match parse(text) {
-        Err(ConfigError::Invalid { problems }) => problems,
-        other => panic!("expected problems, got {other:?}\nfrom:\n{text}"),
-    };
-    assert!(
-        found
-            .iter()
-            .any(|p| p.line == Some(line) && p.key == key && p.message.contains(needle)),
-        "no problem at line {line} for {key} containing {needle:?} in:\n{found:#?}\n--- from:\n{text}",
-    );
+    super::tests::assert_problem(text, Some(line), key, needle);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod fastpath;
+pub mod haproxy;
 pub mod http;
 pub mod netns;
 

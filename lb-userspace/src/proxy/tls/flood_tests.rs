@@ -62,16 +62,10 @@ impl Rig {
     async fn start() -> Rig {
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend_addr = backend.local_addr().unwrap();
-        let made = rcgen::generate_simple_self_signed(vec!["www.example.test".to_owned()]).unwrap();
-        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
-        let provider = rustls::crypto::ring::default_provider();
-        let loaded = CertifiedKey::from_der(vec![made.cert.der().clone()], key, &provider).unwrap();
+        let certificate = super::tests::certificate(&["www.example.test"]);
+        let root = certificate.loaded.cert[0].clone();
         let tls = config::Tls {
-            certificates: vec![config::TlsCertificate {
-                cert: "/c.pem".into(),
-                key: "/k.pem".into(),
-                loaded: Arc::new(loaded),
-            }],
+            certificates: vec![certificate],
         };
         let acceptor = acceptor(Arc::new(Certificates::new(&tls))).unwrap();
         let config = Config::from_toml(&format!(
@@ -98,7 +92,7 @@ impl Rig {
         });
 
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(made.cert.der().clone()).unwrap();
+        roots.add(root).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

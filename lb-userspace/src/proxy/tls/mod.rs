@@ -335,7 +335,8 @@ mod flood_tests;
 mod tests {
     use super::*;
 
-    fn certificate(names: &[&str]) -> config::TlsCertificate {
+    /// A self-signed certificate for `names`, loaded as the configuration loads one.
+    pub(super) fn certificate(names: &[&str]) -> config::TlsCertificate {
         let made = rcgen::generate_simple_self_signed(
             names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
         )
