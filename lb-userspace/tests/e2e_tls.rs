@@ -433,7 +433,7 @@ fn verifies(client: &NetNs, lb: &str, ca: &Path) -> bool {
 /// request that began on the old one finishes; a broken file is refused, named in the log, and
 /// the certificate in force stays. The same daemon adds `Strict-Transport-Security` (`hsts`),
 /// redirects its cleartext frontend to HTTPS (`redirect_http_to`), learns a cookie the server
-/// sets over HTTP/2 and redispatches it when its server dies.
+/// sets over HTTP/2, redispatches it when its server dies, and counts both on `/metrics`.
 #[test]
 fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     if !privileged() {
@@ -465,7 +465,8 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
             "[[backend]]",
             &format!(
                 "[[frontend]]\nname = \"http\"\nbind = \"{}:80\"\nbackend = \"web\"\n\
-                 redirect_http_to = \"https://{WWW}/\"\n\n[[backend]]",
+                 redirect_http_to = \"https://{WWW}/\"\n\n[monitor]\nbind = \"{}:8404\"\n\n[[backend]]",
+                topo.lb_addr(),
                 topo.lb_addr()
             ),
         );
@@ -533,6 +534,26 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     assert!(moved.starts_with("Backend ") && moved != learned, "{moved}");
     assert_eq!(h2("/", "tls-learned"), moved, "stuck to its new server");
     assert!(daemon.output().contains("decision=\"redispatch\""));
+    // Counted as on HTTP/1.1: the learned session, the redispatch, the server's requests.
+    let monitor = format!("{lb}:8404");
+    let metrics = http::in_netns(client.name(), move || {
+        http::get(&monitor, "/metrics", None).text()
+    });
+    let counter = |line_start: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+    };
+    assert_eq!(
+        counter("stickylb_backend_learned_total{backend=\"web\"} "),
+        1
+    );
+    let redispatched = "stickylb_backend_decisions_total{backend=\"web\",decision=\"redispatch\"} ";
+    assert!(counter(redispatched) >= 1, "{metrics}");
+    let served = format!("stickylb_server_requests_total{{backend=\"web\",server=\"be{n}\"}} ");
+    assert!(counter(&served) >= 4, "{metrics}");
 
     // A request in progress on a connection made with the first certificate...
     let (ca, resolve) = (first.cert.clone(), format!("{WWW}:443:{lb}"));
