@@ -27,7 +27,7 @@ use common::{
     haproxy::HaproxyPeer,
     http::{self, in_netns},
     peers::{node_name, server_of, Cluster, ClusterSpec, BACKEND, PEERS_PORT, SYNC},
-    privileged, wait_until, Proc,
+    privileged, wait_until,
 };
 
 /// The cleartext cluster: seven backends, a monitor on every node, `extra_members` after the
@@ -499,28 +499,7 @@ fn peers_stay_in_sync_across_an_upgrade_of_one_node() {
     cluster.wait_same_tables(1);
 
     // Node 1 is replaced by a new process that takes its sockets; the peer session moves to it.
-    let config = cluster.configs[0].to_str().unwrap().to_owned();
-    let mut upgrade = Proc::spawn(
-        "reload",
-        cluster.lan.lbs[0].name(),
-        &[
-            common::stickylb_bin(),
-            "reload",
-            "--upgrade",
-            "--config",
-            &config,
-        ],
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            upgrade.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "{}",
-        upgrade.output()
-    );
-    // The pipe may still hold the last line when the process is gone.
-    upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
+    let upgrade = cluster.upgrade(0);
     assert_eq!(cluster.served_by(0, &before), answer);
 
     // New sessions travel both ways with the new process.

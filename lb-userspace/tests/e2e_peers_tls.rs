@@ -28,7 +28,7 @@ use common::{
     haproxy::HaproxyPeer,
     http::in_netns,
     peers::{node_name, server_of, Cluster, ClusterSpec, BACKEND, PEERS_PORT, SYNC},
-    privileged, wait_until, Proc,
+    privileged, wait_until,
 };
 
 /// A CA and the certificates it signs, as PEM files in a temporary directory.
@@ -503,27 +503,7 @@ fn a_new_peers_certificate_is_refused_by_sighup_and_served_after_an_upgrade() {
 
     // An upgrade takes it: the new process presents the renewed certificate, and its
     // sessions with the other node carry entries both ways.
-    let config = cluster.configs[0].to_str().unwrap().to_owned();
-    let mut upgrade = Proc::spawn(
-        "reload",
-        cluster.lan.lbs[0].name(),
-        &[
-            common::stickylb_bin(),
-            "reload",
-            "--upgrade",
-            "--config",
-            &config,
-        ],
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            upgrade.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "{}",
-        upgrade.output()
-    );
-    upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
+    let upgrade = cluster.upgrade(0);
     assert_eq!(presented(), renewed.der);
     let (one, two) = (demo_cookie(21), demo_cookie(22));
     let first = server_of(&cluster.served_by(0, &one));

@@ -147,6 +147,34 @@ impl Cluster {
         }
     }
 
+    /// Replaces node `i` by a new process (`stickylb reload --upgrade`) that takes its sockets;
+    /// returns the finished reload command, whose output has the new process's log.
+    pub fn upgrade(&self, i: usize) -> Proc {
+        let config = self.configs[i].to_str().unwrap().to_owned();
+        let mut upgrade = Proc::spawn(
+            "reload",
+            self.lan.lbs[i].name(),
+            &[
+                super::stickylb_bin(),
+                "reload",
+                "--upgrade",
+                "--config",
+                &config,
+            ],
+        );
+        assert!(
+            wait_until(Duration::from_secs(60), || matches!(
+                upgrade.child.try_wait(),
+                Ok(Some(_))
+            )),
+            "{}",
+            upgrade.output()
+        );
+        // The pipe may still hold the last line when the process is gone.
+        upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
+        upgrade
+    }
+
     /// Node `i`'s `/metrics` (the cluster needs `monitor`).
     pub fn metrics(&self, i: usize) -> String {
         let addr = format!("{}:8404", self.lan.lb_addr(i));
