@@ -234,53 +234,20 @@ fn haproxy_2_6_is_a_peer_in_both_directions() {
         ),
     ];
     let mut cluster = cleartext_cluster("ph", 223, 1, &[(HaproxyPeer::NAME, members[1].1.clone())]);
-    let client = cluster.lan.client.name().to_owned();
     let hap_ns = cluster.lan.add_host("phh", 21).name().to_owned();
     let haproxy = start_haproxy(&hap_ns, &hap_addr, &cluster, &members);
     cluster.start(0);
 
     // Through HAProxy first: stickylb learns HAProxy's choices and routes by them.
     let via_haproxy: Vec<String> = (1..=5).map(demo_cookie).collect();
-    let answers: Vec<String> = via_haproxy
-        .iter()
-        .map(|s| haproxy.served_by(&client, s))
-        .collect();
-    let learned = wait_until(SYNC, || {
-        let ours = cluster.table(0);
-        via_haproxy
-            .iter()
-            .zip(&answers)
-            .all(|(s, a)| ours.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        learned,
-        "stickylb did not learn HAProxy's sessions: {:#?}\n{}",
-        cluster.table(0),
-        cluster.node(0).output()
-    );
+    let answers = cluster.learn_from_haproxy(0, &haproxy, &via_haproxy);
     for (session, answer) in via_haproxy.iter().zip(&answers) {
         assert_eq!(&cluster.served_by(0, session), answer, "{session}");
     }
 
     // Through stickylb: HAProxy's `show table` lists our choices by server name, and routes by them.
     let via_us: Vec<String> = (10..=14).map(demo_cookie).collect();
-    let ours: Vec<String> = via_us.iter().map(|s| cluster.served_by(0, s)).collect();
-    let taught = wait_until(SYNC, || {
-        let theirs = haproxy.table();
-        via_us
-            .iter()
-            .zip(&ours)
-            .all(|(s, a)| theirs.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        taught,
-        "HAProxy did not learn our sessions: {:#?}\n{}",
-        haproxy.table(),
-        cluster.node(0).output()
-    );
-    for (session, answer) in via_us.iter().zip(&ours) {
-        assert_eq!(&haproxy.served_by(&client, session), answer, "{session}");
-    }
+    cluster.teach_haproxy(0, &haproxy, &via_us);
     // Idle for longer than the 5 s dead-peer timeout: heartbeats keep the session alive. (At
     // start both sides dial; HAProxy counts a collision and may replace the session once.)
     let sessions = |metrics: &str| {

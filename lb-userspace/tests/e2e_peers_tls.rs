@@ -227,7 +227,6 @@ fn haproxy_2_6_is_a_tls_peer_in_both_directions() {
         vec![hap_member],
         vec![tls_line(&ours, &pki.ca_file)],
     );
-    let client = cluster.lan.client.name().to_owned();
     let hap_ns = cluster.lan.add_host("ptlshh", 21).name().to_owned();
     let others = [(node_name(0), format!("10.181.0.11:{PEERS_PORT}"))];
     let haproxy = start_haproxy(&hap_ns, hap_addr, &cluster, &others, &theirs, &pki.ca_file);
@@ -235,45 +234,11 @@ fn haproxy_2_6_is_a_tls_peer_in_both_directions() {
 
     // Made in HAProxy, learned by stickylb.
     let via_haproxy: Vec<String> = (1..=3).map(demo_cookie).collect();
-    let answers: Vec<String> = via_haproxy
-        .iter()
-        .map(|s| haproxy.served_by(&client, s))
-        .collect();
-    let learned = wait_until(SYNC, || {
-        let ours = cluster.table(0);
-        via_haproxy
-            .iter()
-            .zip(&answers)
-            .all(|(s, a)| ours.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        learned,
-        "stickylb did not learn HAProxy's sessions: {:#?}\n{}\n--- haproxy ---\n{}",
-        cluster.table(0),
-        cluster.log(0),
-        haproxy.proc.output()
-    );
+    cluster.learn_from_haproxy(0, &haproxy, &via_haproxy);
 
     // Made in stickylb, in HAProxy's stick table.
     let via_us: Vec<String> = (10..=12).map(demo_cookie).collect();
-    let chosen: Vec<String> = via_us.iter().map(|s| cluster.served_by(0, s)).collect();
-    let taught = wait_until(SYNC, || {
-        let table = haproxy.table();
-        via_us
-            .iter()
-            .zip(&chosen)
-            .all(|(s, a)| table.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        taught,
-        "HAProxy did not learn our sessions: {:#?}\n{}\n--- haproxy ---\n{}",
-        haproxy.table(),
-        cluster.log(0),
-        haproxy.proc.output()
-    );
-    for (session, answer) in via_us.iter().zip(&chosen) {
-        assert_eq!(&haproxy.served_by(&client, session), answer, "{session}");
-    }
+    cluster.teach_haproxy(0, &haproxy, &via_us);
     let log = cluster.log(0);
     assert!(!log.contains("TLS handshake failed"), "{log}");
 }

@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::{
+    haproxy::HaproxyPeer,
     http::{self, in_netns},
     netns::{Exec as _, Lan, NetNs},
     start_daemon, wait_until, write_temp, PinDir, Proc,
@@ -173,6 +174,62 @@ impl Cluster {
         // The pipe may still hold the last line when the process is gone.
         upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
         upgrade
+    }
+
+    /// Balances `sessions` through `haproxy` (from the client host) and waits until node `i`
+    /// has learned each choice; returns HAProxy's answers ("Backend N").
+    pub fn learn_from_haproxy(
+        &self,
+        i: usize,
+        haproxy: &HaproxyPeer,
+        sessions: &[String],
+    ) -> Vec<String> {
+        let answers: Vec<String> = sessions
+            .iter()
+            .map(|s| haproxy.served_by(self.lan.client.name(), s))
+            .collect();
+        let learned = wait_until(SYNC, || {
+            let ours = self.table(i);
+            sessions
+                .iter()
+                .zip(&answers)
+                .all(|(s, a)| ours.get(s) == Some(&server_of(a)))
+        });
+        assert!(
+            learned,
+            "stickylb did not learn HAProxy's sessions: {:#?}\n{}\n--- haproxy ---\n{}",
+            self.table(i),
+            self.log(i),
+            haproxy.proc.output()
+        );
+        answers
+    }
+
+    /// Balances `sessions` through node `i` and waits until `haproxy`'s stick table has each
+    /// choice by server name; then HAProxy must route each session by it.
+    pub fn teach_haproxy(&self, i: usize, haproxy: &HaproxyPeer, sessions: &[String]) {
+        let chosen: Vec<String> = sessions.iter().map(|s| self.served_by(i, s)).collect();
+        let taught = wait_until(SYNC, || {
+            let theirs = haproxy.table();
+            sessions
+                .iter()
+                .zip(&chosen)
+                .all(|(s, a)| theirs.get(s) == Some(&server_of(a)))
+        });
+        assert!(
+            taught,
+            "HAProxy did not learn our sessions: {:#?}\n{}\n--- haproxy ---\n{}",
+            haproxy.table(),
+            self.log(i),
+            haproxy.proc.output()
+        );
+        for (session, answer) in sessions.iter().zip(&chosen) {
+            assert_eq!(
+                &haproxy.served_by(self.lan.client.name(), session),
+                answer,
+                "{session}"
+            );
+        }
     }
 
     /// Node `i`'s `/metrics` (the cluster needs `monitor`).
