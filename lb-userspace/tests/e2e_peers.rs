@@ -17,7 +17,6 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::TcpStream,
-    path::PathBuf,
     sync::{Arc, Barrier},
     thread,
     time::{Duration, Instant},
@@ -27,236 +26,23 @@ use common::{
     demo_cookie,
     haproxy::HaproxyPeer,
     http::{self, in_netns},
-    netns::{Exec as _, Lan, NetNs},
-    privileged, start_daemon, wait_until, write_temp, PinDir, Proc,
+    peers::{node_name, server_of, Cluster, ClusterSpec, BACKEND, PEERS_PORT, SYNC},
+    privileged, wait_until,
 };
 
-const BACKEND: &str = "back-session";
-const PEERS_PORT: u16 = 1024;
-/// How long the tests give the peers to agree; the target is 2 s after a conflict, the
-/// rest is slack for a loaded CI machine (and the resync after a heal, which first needs the
-/// dead session to be noticed: 5 s without a message).
-const SYNC: Duration = Duration::from_secs(15);
-
-/// Backends be1..be7 on one host, `n` stickylb nodes with one shared peers section, plus
-/// optionally extra peer members (e.g. an HAProxy).
-struct Cluster {
-    nodes: Vec<Option<Proc>>,
-    configs: Vec<PathBuf>,
-    _pins: Vec<PinDir>,
-    _backends: Vec<Proc>,
-    lan: Lan,
-}
-
-fn servers() -> Vec<(String, u16)> {
-    (1..=7).map(|n| (format!("be{n}"), 8080 + n)).collect()
-}
-
-impl Cluster {
-    /// `extra_members` are `(name, addr)` added to the peers section after the nodes.
-    fn new(tag: &str, net: u8, n: usize, extra_members: &[(&str, String)]) -> Cluster {
-        let lan = Lan::new(tag, net, n);
-        let backends = start_backends(&lan.backends, &lan.backend_addr());
-        let mut members: Vec<(String, String)> = (0..n)
-            .map(|i| (node_name(i), format!("{}:{PEERS_PORT}", lan.lb_addr(i))))
-            .collect();
-        members.extend(
-            extra_members
-                .iter()
-                .map(|(name, addr)| ((*name).to_owned(), addr.clone())),
-        );
-        let pins: Vec<PinDir> = (0..n).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
-        let configs = (0..n)
-            .map(|i| {
-                write_temp(
-                    &format!("{tag}-{i}.toml"),
-                    &node_config(&lan, i, &pins[i], &members),
-                )
-            })
-            .collect();
-        Cluster {
-            nodes: (0..n).map(|_| None).collect(),
-            configs,
-            _pins: pins,
-            _backends: backends,
-            lan,
-        }
-    }
-
-    fn start(&mut self, i: usize) {
-        self.nodes[i] = Some(start_daemon(self.lan.lbs[i].name(), &self.configs[i]));
-    }
-
-    fn start_all(&mut self) {
-        (0..self.nodes.len()).for_each(|i| self.start(i));
-    }
-
-    fn node(&self, i: usize) -> &Proc {
-        self.nodes[i].as_ref().expect("node not started")
-    }
-
-    /// The backend that answers `session` through node `i` ("Backend N").
-    fn served_by(&self, i: usize, session: &str) -> String {
-        let addr = format!("{}:80", self.lan.lb_addr(i));
-        let cookie = format!("JSESSIONID={session}");
-        let response = in_netns(self.lan.client.name(), move || {
-            http::get(&addr, "/", Some(&cookie))
-        });
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.text().trim().to_owned()
-    }
-
-    /// Node `i`'s table: cookie -> server.
-    fn table(&self, i: usize) -> BTreeMap<String, String> {
-        table_of(&self.configs[i])
-    }
-
-    /// Waits until every running node has the same table with at least `min` entries.
-    fn wait_same_tables(&self, min: usize) -> BTreeMap<String, String> {
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].is_some())
-            .collect();
-        let mut last = Vec::new();
-        let agreed = wait_until(SYNC, || {
-            last = running.iter().map(|&i| self.table(i)).collect();
-            last[0].len() >= min && last.iter().all(|t| *t == last[0])
-        });
-        if !agreed {
-            for &i in &running {
-                eprintln!("--- node {i} log ---\n{}", self.node(i).output());
-            }
-            panic!("tables did not converge within {SYNC:?}: {last:#?}");
-        }
-        last.swap_remove(0)
-    }
-
-    /// Cuts the peers link between nodes `a` and `b` (both directions); clients and backends
-    /// still reach both.
-    fn cut(&self, a: usize, b: usize) {
-        self.prohibit_routes("add", a, b);
-    }
-
-    fn mend(&self, a: usize, b: usize) {
-        self.prohibit_routes("del", a, b);
-    }
-
-    fn prohibit_routes(&self, action: &str, a: usize, b: usize) {
-        for (from, to) in [(a, b), (b, a)] {
-            let to = format!("{}/32", self.lan.lb_addr(to));
-            self.lan.lbs[from].exec(&["ip", "route", action, "prohibit", &to]);
-        }
-    }
-
-    fn metrics(&self, i: usize) -> String {
-        let addr = format!("{}:8404", self.lan.lb_addr(i));
-        in_netns(self.lan.client.name(), move || {
-            http::get(&addr, "/metrics", None)
-        })
-        .text()
-    }
-}
-
-fn node_name(i: usize) -> String {
-    format!("lb-{}", i + 1)
-}
-
-fn node_config(lan: &Lan, i: usize, pin: &PinDir, members: &[(String, String)]) -> String {
-    let servers: String = servers()
-        .iter()
-        .map(|(name, port)| {
-            format!(
-                "  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n",
-                lan.backend_addr()
-            )
-        })
-        .collect();
-    let members: String = members
-        .iter()
-        .map(|(name, addr)| format!("  {{ name = \"{name}\", addr = \"{addr}\" }},\n"))
-        .collect();
-    format!(
-        r#"
-[instance]
-name = "{name}"
-pin_dir = "{pin}"
-control_socket = "{control}"
-
-[[frontend]]
-name = "www"
-bind = "{lb}:80"
-backend = "{BACKEND}"
-
-[[backend]]
-name = "{BACKEND}"
-expire = "30m"
-health_check = {{ path = "/", interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
-servers = [
-{servers}]
-
-[monitor]
-bind = "{lb}:8404"
-
-[peers]
-bind = "{lb}:{PEERS_PORT}"
-members = [
-{members}]
-"#,
-        name = node_name(i),
-        pin = pin.0.display(),
-        control = pin.control_socket().display(),
-        lb = lan.lb_addr(i),
-    )
-}
-
-fn start_backends(ns: &NetNs, addr: &str) -> Vec<Proc> {
-    servers()
-        .iter()
-        .map(|(name, port)| {
-            let listen = format!("{addr}:{port}=Backend {}", &name[2..]);
-            let proc = Proc::spawn(
-                name,
-                ns.name(),
-                &[common::backend_bin(), "--listen", &listen],
-            );
-            proc.wait_for_output("ready", Duration::from_secs(10));
-            proc
-        })
-        .collect()
-}
-
-/// The pinned table of the node configured by `config` (`stickylb table --json`, which shows
-/// whole cookies; the monitor's `/api/table` masks them), as cookie -> server.
-fn table_of(config: &std::path::Path) -> BTreeMap<String, String> {
-    let out = std::process::Command::new(common::stickylb_bin())
-        .args(["table", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stickylb table: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let entries: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    entries
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["backend"] == BACKEND)
-        .map(|e| {
-            (
-                e["cookie"].as_str().unwrap().to_owned(),
-                e["server"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// "Backend 3" -> "be3".
-fn server_of(answer: &str) -> String {
-    format!("be{}", answer.trim_start_matches("Backend "))
+/// The cleartext cluster: seven backends, a monitor on every node, `extra_members` after the
+/// nodes.
+fn cleartext_cluster(tag: &str, net: u8, n: usize, extra_members: &[(&str, String)]) -> Cluster {
+    let spec = ClusterSpec {
+        servers: 7,
+        monitor: true,
+        extra_members: extra_members
+            .iter()
+            .map(|(name, addr)| ((*name).to_owned(), addr.clone()))
+            .collect(),
+        peers_extra: Vec::new(),
+    };
+    Cluster::new(tag, net, n, spec)
 }
 
 #[test]
@@ -264,7 +50,7 @@ fn a_session_balanced_on_one_node_is_served_by_the_same_backend_through_every_ot
     if !privileged() {
         return;
     }
-    let mut cluster = Cluster::new("pm", 220, 3, &[]);
+    let mut cluster = cleartext_cluster("pm", 220, 3, &[]);
     cluster.start_all();
     // Sessions are created round robin over the three nodes, then asked for through each.
     let sessions: Vec<String> = (1..=12).map(demo_cookie).collect();
@@ -302,7 +88,7 @@ fn a_late_node_and_a_healed_partition_end_with_the_same_table() {
     if !privileged() {
         return;
     }
-    let mut cluster = Cluster::new("pl", 221, 2, &[]);
+    let mut cluster = cleartext_cluster("pl", 221, 2, &[]);
     cluster.start(0);
     let early: Vec<String> = (1..=5).map(demo_cookie).collect();
     let answers: Vec<String> = early.iter().map(|s| cluster.served_by(0, s)).collect();
@@ -347,7 +133,7 @@ fn two_nodes_balancing_one_new_cookie_at_once_converge_within_two_seconds() {
     if !privileged() {
         return;
     }
-    let mut cluster = Cluster::new("pc", 222, 2, &[]);
+    let mut cluster = cleartext_cluster("pc", 222, 2, &[]);
     cluster.start_all();
     // Wait for the session between the two to be up: a first session travels.
     let probe = demo_cookie(1);
@@ -416,17 +202,18 @@ fn two_nodes_balancing_one_new_cookie_at_once_converge_within_two_seconds() {
     }
 }
 
-/// HAProxy as a cleartext peer of `members` (itself included), in front of the LAN's servers.
-fn start_haproxy(ns: &str, addr: &str, lan: &Lan, members: &[(String, String)]) -> HaproxyPeer {
+/// HAProxy as a cleartext peer of `members` (itself included), in front of the cluster's servers.
+fn start_haproxy(
+    ns: &str,
+    addr: &str,
+    cluster: &Cluster,
+    members: &[(String, String)],
+) -> HaproxyPeer {
     let peers: String = members
         .iter()
         .map(|(name, addr)| format!("    peer {name} {addr}\n"))
         .collect();
-    let servers: String = servers()
-        .iter()
-        .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
-        .collect();
-    HaproxyPeer::start(ns, addr, BACKEND, &peers, &servers)
+    HaproxyPeer::start(ns, addr, BACKEND, &peers, &cluster.haproxy_servers())
 }
 
 #[test]
@@ -446,54 +233,21 @@ fn haproxy_2_6_is_a_peer_in_both_directions() {
             format!("{hap_addr}:{PEERS_PORT}"),
         ),
     ];
-    let mut cluster = Cluster::new("ph", 223, 1, &[(HaproxyPeer::NAME, members[1].1.clone())]);
-    let client = cluster.lan.client.name().to_owned();
+    let mut cluster = cleartext_cluster("ph", 223, 1, &[(HaproxyPeer::NAME, members[1].1.clone())]);
     let hap_ns = cluster.lan.add_host("phh", 21).name().to_owned();
-    let haproxy = start_haproxy(&hap_ns, &hap_addr, &cluster.lan, &members);
+    let haproxy = start_haproxy(&hap_ns, &hap_addr, &cluster, &members);
     cluster.start(0);
 
     // Through HAProxy first: stickylb learns HAProxy's choices and routes by them.
     let via_haproxy: Vec<String> = (1..=5).map(demo_cookie).collect();
-    let answers: Vec<String> = via_haproxy
-        .iter()
-        .map(|s| haproxy.served_by(&client, s))
-        .collect();
-    let learned = wait_until(SYNC, || {
-        let ours = cluster.table(0);
-        via_haproxy
-            .iter()
-            .zip(&answers)
-            .all(|(s, a)| ours.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        learned,
-        "stickylb did not learn HAProxy's sessions: {:#?}\n{}",
-        cluster.table(0),
-        cluster.node(0).output()
-    );
+    let answers = cluster.learn_from_haproxy(0, &haproxy, &via_haproxy);
     for (session, answer) in via_haproxy.iter().zip(&answers) {
         assert_eq!(&cluster.served_by(0, session), answer, "{session}");
     }
 
     // Through stickylb: HAProxy's `show table` lists our choices by server name, and routes by them.
     let via_us: Vec<String> = (10..=14).map(demo_cookie).collect();
-    let ours: Vec<String> = via_us.iter().map(|s| cluster.served_by(0, s)).collect();
-    let taught = wait_until(SYNC, || {
-        let theirs = haproxy.table();
-        via_us
-            .iter()
-            .zip(&ours)
-            .all(|(s, a)| theirs.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        taught,
-        "HAProxy did not learn our sessions: {:#?}\n{}",
-        haproxy.table(),
-        cluster.node(0).output()
-    );
-    for (session, answer) in via_us.iter().zip(&ours) {
-        assert_eq!(&haproxy.served_by(&client, session), answer, "{session}");
-    }
+    cluster.teach_haproxy(0, &haproxy, &via_us);
     // Idle for longer than the 5 s dead-peer timeout: heartbeats keep the session alive. (At
     // start both sides dial; HAProxy counts a collision and may replace the session once.)
     let sessions = |metrics: &str| {
@@ -533,7 +287,7 @@ fn garbage_on_the_peers_port_closes_that_connection_and_nothing_else() {
     }
     // One node, and a member "lb-ghost" that never runs: the test speaks for it, from the client
     // host, at the address it is listed at (`[peers] allow` defaults to the members').
-    let mut cluster = Cluster::new(
+    let mut cluster = cleartext_cluster(
         "pg",
         224,
         1,
@@ -633,7 +387,7 @@ fn an_entry_on_a_server_we_lack_is_kept_and_reported_and_a_stuck_peer_slows_noth
     if !privileged() {
         return;
     }
-    let mut cluster = Cluster::new(
+    let mut cluster = cleartext_cluster(
         "pu",
         225,
         1,
@@ -705,35 +459,14 @@ fn peers_stay_in_sync_across_an_upgrade_of_one_node() {
     if !privileged() {
         return;
     }
-    let mut cluster = Cluster::new("pr", 228, 2, &[]);
+    let mut cluster = cleartext_cluster("pr", 228, 2, &[]);
     cluster.start_all();
     let before = demo_cookie(1);
     let answer = cluster.served_by(0, &before);
     cluster.wait_same_tables(1);
 
     // Node 1 is replaced by a new process that takes its sockets; the peer session moves to it.
-    let config = cluster.configs[0].to_str().unwrap().to_owned();
-    let mut upgrade = Proc::spawn(
-        "reload",
-        cluster.lan.lbs[0].name(),
-        &[
-            common::stickylb_bin(),
-            "reload",
-            "--upgrade",
-            "--config",
-            &config,
-        ],
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            upgrade.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "{}",
-        upgrade.output()
-    );
-    // The pipe may still hold the last line when the process is gone.
-    upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
+    let upgrade = cluster.upgrade(0);
     assert_eq!(cluster.served_by(0, &before), answer);
 
     // New sessions travel both ways with the new process.

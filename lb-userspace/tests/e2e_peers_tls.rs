@@ -15,7 +15,6 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{IpAddr, TcpStream},
     path::{Path, PathBuf},
@@ -27,15 +26,10 @@ use std::{
 use common::{
     demo_cookie,
     haproxy::HaproxyPeer,
-    http::{self, in_netns},
-    netns::{Lan, NetNs},
-    privileged, start_daemon, wait_until, write_temp, PinDir, Proc,
+    http::in_netns,
+    peers::{node_name, server_of, Cluster, ClusterSpec, BACKEND, PEERS_PORT, SYNC},
+    privileged, wait_until,
 };
-
-const BACKEND: &str = "back-session";
-const PEERS_PORT: u16 = 1024;
-/// How long the tests give the peers to agree (slack for a loaded machine).
-const SYNC: Duration = Duration::from_secs(15);
 
 /// A CA and the certificates it signs, as PEM files in a temporary directory.
 struct Pki {
@@ -117,67 +111,6 @@ impl Pki {
     }
 }
 
-fn servers() -> Vec<(String, u16)> {
-    (1..=3).map(|n| (format!("be{n}"), 8080 + n)).collect()
-}
-
-fn node_name(i: usize) -> String {
-    format!("lb-{}", i + 1)
-}
-
-/// Node `i`'s configuration, with `peers_extra` lines (tls, allow) in its `[peers]`.
-fn node_config(
-    lan: &Lan,
-    i: usize,
-    pin: &PinDir,
-    members: &[(String, String)],
-    peers_extra: &str,
-) -> String {
-    let servers: String = servers()
-        .iter()
-        .map(|(name, port)| {
-            format!(
-                "  {{ name = \"{name}\", addr = \"{}:{port}\" }},\n",
-                lan.backend_addr()
-            )
-        })
-        .collect();
-    let members: String = members
-        .iter()
-        .map(|(name, addr)| format!("  {{ name = \"{name}\", addr = \"{addr}\" }},\n"))
-        .collect();
-    format!(
-        r#"
-[instance]
-name = "{name}"
-pin_dir = "{pin}"
-control_socket = "{control}"
-
-[[frontend]]
-name = "www"
-bind = "{lb}:80"
-backend = "{BACKEND}"
-
-[[backend]]
-name = "{BACKEND}"
-expire = "30m"
-health_check = {{ path = "/", interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
-servers = [
-{servers}]
-
-[peers]
-bind = "{lb}:{PEERS_PORT}"
-{peers_extra}
-members = [
-{members}]
-"#,
-        name = node_name(i),
-        pin = pin.0.display(),
-        control = pin.control_socket().display(),
-        lb = lan.lb_addr(i),
-    )
-}
-
 fn tls_line(leaf: &Leaf, ca: &Path) -> String {
     format!(
         "tls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}",
@@ -187,123 +120,27 @@ fn tls_line(leaf: &Leaf, ca: &Path) -> String {
     )
 }
 
-/// Backends, and `n` stickylb nodes (not started) on one LAN with one peers section.
-struct Cluster {
-    lan: Lan,
-    configs: Vec<PathBuf>,
-    nodes: Vec<Option<Proc>>,
-    _pins: Vec<PinDir>,
-    _backends: Vec<Proc>,
+/// Each node's `tls` line, node `i` with `leaves[i]`.
+fn per_node(leaves: &[Leaf], ca: &Path) -> Vec<String> {
+    leaves.iter().map(|leaf| tls_line(leaf, ca)).collect()
 }
 
-impl Cluster {
-    /// `extra_members` are added after the nodes; `peers_extra(i)` is node `i`'s extra lines.
-    fn new(
-        tag: &str,
-        net: u8,
-        n: usize,
-        extra_members: &[(String, String)],
-        peers_extra: impl Fn(usize) -> String,
-    ) -> Cluster {
-        let lan = Lan::new(tag, net, n);
-        let backends = start_backends(&lan.backends, &lan.backend_addr());
-        let mut members: Vec<(String, String)> = (0..n)
-            .map(|i| (node_name(i), format!("{}:{PEERS_PORT}", lan.lb_addr(i))))
-            .collect();
-        members.extend(extra_members.iter().cloned());
-        let pins: Vec<PinDir> = (0..n).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
-        let configs = (0..n)
-            .map(|i| {
-                let text = node_config(&lan, i, &pins[i], &members, &peers_extra(i));
-                write_temp(&format!("{tag}-{i}.toml"), &text)
-            })
-            .collect();
-        Cluster {
-            nodes: (0..n).map(|_| None).collect(),
-            configs,
-            _pins: pins,
-            _backends: backends,
-            lan,
-        }
-    }
-
-    fn start(&mut self, i: usize) {
-        self.nodes[i] = Some(start_daemon(self.lan.lbs[i].name(), &self.configs[i]));
-    }
-
-    fn node(&self, i: usize) -> &Proc {
-        self.nodes[i].as_ref().expect("node not started")
-    }
-
-    fn log(&self, i: usize) -> String {
-        self.node(i).output()
-    }
-
-    /// The backend that answers `session` through node `i` ("Backend N").
-    fn served_by(&self, i: usize, session: &str) -> String {
-        let addr = format!("{}:80", self.lan.lb_addr(i));
-        let cookie = format!("JSESSIONID={session}");
-        let response = in_netns(self.lan.client.name(), move || {
-            http::get(&addr, "/", Some(&cookie))
-        });
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.text().trim().to_owned()
-    }
-
-    fn table(&self, i: usize) -> BTreeMap<String, String> {
-        table_of(&self.configs[i])
-    }
-}
-
-fn start_backends(ns: &NetNs, addr: &str) -> Vec<Proc> {
-    servers()
-        .iter()
-        .map(|(name, port)| {
-            let listen = format!("{addr}:{port}=Backend {}", &name[2..]);
-            let proc = Proc::spawn(
-                name,
-                ns.name(),
-                &[common::backend_bin(), "--listen", &listen],
-            );
-            proc.wait_for_output("ready", Duration::from_secs(10));
-            proc
-        })
-        .collect()
-}
-
-/// The pinned table of the node configured by `config` (`stickylb table --json`), as
-/// cookie -> server.
-fn table_of(config: &Path) -> BTreeMap<String, String> {
-    let out = std::process::Command::new(common::stickylb_bin())
-        .args(["table", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stickylb table: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let entries: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    entries
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["backend"] == BACKEND)
-        .map(|e| {
-            (
-                e["cookie"].as_str().unwrap().to_owned(),
-                e["server"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// "Backend 3" -> "be3".
-fn server_of(answer: &str) -> String {
-    format!("be{}", answer.trim_start_matches("Backend "))
+/// The TLS tests' cluster: three backends, no monitor, node `i` with `peers_extra[i]` in its
+/// `[peers]`.
+fn tls_cluster(
+    tag: &str,
+    net: u8,
+    n: usize,
+    extra_members: Vec<(String, String)>,
+    peers_extra: Vec<String>,
+) -> Cluster {
+    let spec = ClusterSpec {
+        servers: 3,
+        monitor: false,
+        extra_members,
+        peers_extra,
+    };
+    Cluster::new(tag, net, n, spec)
 }
 
 #[test]
@@ -316,7 +153,7 @@ fn two_nodes_share_sessions_over_mutual_tls() {
         pki.leaf(&node_name(0), "10.180.0.11"),
         pki.leaf(&node_name(1), "10.180.0.12"),
     ];
-    let mut cluster = Cluster::new("ptls", 180, 2, &[], |i| tls_line(&leaves[i], &pki.ca_file));
+    let mut cluster = tls_cluster("ptls", 180, 2, Vec::new(), per_node(&leaves, &pki.ca_file));
     cluster.start(0);
     cluster.start(1);
     let one = demo_cookie(1);
@@ -343,11 +180,11 @@ fn two_nodes_share_sessions_over_mutual_tls() {
 }
 
 /// HAProxy as a peer over mutual TLS (`bind ... ssl ... verify required`, `default-server ssl
-/// verify required ...`) of `others`, in front of the LAN's servers.
+/// verify required ...`) of `others`, in front of the cluster's servers.
 fn start_haproxy(
     ns: &str,
     addr: &str,
-    lan: &Lan,
+    cluster: &Cluster,
     others: &[(String, String)],
     leaf: &Leaf,
     ca: &Path,
@@ -363,11 +200,7 @@ fn start_haproxy(
          \x20   server {name}\n{others}",
         name = HaproxyPeer::NAME,
     );
-    let servers: String = servers()
-        .iter()
-        .map(|(name, port)| format!("    server {name} {}:{port}\n", lan.backend_addr()))
-        .collect();
-    HaproxyPeer::start(ns, addr, BACKEND, &peers, &servers)
+    HaproxyPeer::start(ns, addr, BACKEND, &peers, &cluster.haproxy_servers())
 }
 
 #[test]
@@ -387,63 +220,25 @@ fn haproxy_2_6_is_a_tls_peer_in_both_directions() {
         HaproxyPeer::NAME.to_owned(),
         format!("{hap_addr}:{PEERS_PORT}"),
     );
-    let mut cluster = Cluster::new("ptlsh", 181, 1, &[hap_member], |_| {
-        tls_line(&ours, &pki.ca_file)
-    });
-    let client = cluster.lan.client.name().to_owned();
+    let mut cluster = tls_cluster(
+        "ptlsh",
+        181,
+        1,
+        vec![hap_member],
+        vec![tls_line(&ours, &pki.ca_file)],
+    );
     let hap_ns = cluster.lan.add_host("ptlshh", 21).name().to_owned();
     let others = [(node_name(0), format!("10.181.0.11:{PEERS_PORT}"))];
-    let haproxy = start_haproxy(
-        &hap_ns,
-        hap_addr,
-        &cluster.lan,
-        &others,
-        &theirs,
-        &pki.ca_file,
-    );
+    let haproxy = start_haproxy(&hap_ns, hap_addr, &cluster, &others, &theirs, &pki.ca_file);
     cluster.start(0);
 
     // Made in HAProxy, learned by stickylb.
     let via_haproxy: Vec<String> = (1..=3).map(demo_cookie).collect();
-    let answers: Vec<String> = via_haproxy
-        .iter()
-        .map(|s| haproxy.served_by(&client, s))
-        .collect();
-    let learned = wait_until(SYNC, || {
-        let ours = cluster.table(0);
-        via_haproxy
-            .iter()
-            .zip(&answers)
-            .all(|(s, a)| ours.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        learned,
-        "stickylb did not learn HAProxy's sessions: {:#?}\n{}\n--- haproxy ---\n{}",
-        cluster.table(0),
-        cluster.log(0),
-        haproxy.proc.output()
-    );
+    cluster.learn_from_haproxy(0, &haproxy, &via_haproxy);
 
     // Made in stickylb, in HAProxy's stick table.
     let via_us: Vec<String> = (10..=12).map(demo_cookie).collect();
-    let chosen: Vec<String> = via_us.iter().map(|s| cluster.served_by(0, s)).collect();
-    let taught = wait_until(SYNC, || {
-        let table = haproxy.table();
-        via_us
-            .iter()
-            .zip(&chosen)
-            .all(|(s, a)| table.get(s) == Some(&server_of(a)))
-    });
-    assert!(
-        taught,
-        "HAProxy did not learn our sessions: {:#?}\n{}\n--- haproxy ---\n{}",
-        haproxy.table(),
-        cluster.log(0),
-        haproxy.proc.output()
-    );
-    for (session, answer) in via_us.iter().zip(&chosen) {
-        assert_eq!(&haproxy.served_by(&client, session), answer, "{session}");
-    }
+    cluster.teach_haproxy(0, &haproxy, &via_us);
     let log = cluster.log(0);
     assert!(!log.contains("TLS handshake failed"), "{log}");
 }
@@ -515,10 +310,16 @@ fn a_peer_with_a_certificate_from_another_ca_or_none_is_refused() {
     let good = pki.leaf(&node_name(0), "10.182.0.11");
     let rogue = rogue_pki.leaf(&node_name(1), "10.182.0.12");
     // Node 2 (lb-2) trusts our CA but presents a certificate from another.
-    let mut cluster = Cluster::new("ptlsc", 182, 2, &[], |i| match i {
-        0 => tls_line(&good, &pki.ca_file),
-        _ => tls_line(&rogue, &pki.ca_file),
-    });
+    let mut cluster = tls_cluster(
+        "ptlsc",
+        182,
+        2,
+        Vec::new(),
+        vec![
+            tls_line(&good, &pki.ca_file),
+            tls_line(&rogue, &pki.ca_file),
+        ],
+    );
     cluster.start(0);
     cluster.start(1);
     let one = demo_cookie(1);
@@ -588,7 +389,7 @@ fn a_source_outside_allow_is_closed_unanswered_while_members_are_served() {
         return;
     }
     // Cleartext, `allow` left to its default: the members' addresses.
-    let mut cluster = Cluster::new("pallow", 183, 2, &[], |_| String::new());
+    let mut cluster = tls_cluster("pallow", 183, 2, Vec::new(), Vec::new());
     cluster.start(0);
     cluster.start(1);
     let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
@@ -635,7 +436,7 @@ fn a_new_peers_certificate_is_refused_by_sighup_and_served_after_an_upgrade() {
         pki.leaf(&node_name(0), "10.184.0.11"),
         pki.leaf(&node_name(1), "10.184.0.12"),
     ];
-    let mut cluster = Cluster::new("ptlsu", 184, 2, &[], |i| tls_line(&leaves[i], &pki.ca_file));
+    let mut cluster = tls_cluster("ptlsu", 184, 2, Vec::new(), per_node(&leaves, &pki.ca_file));
     cluster.start(0);
     cluster.start(1);
     let peers_addr = format!("{}:{PEERS_PORT}", cluster.lan.lb_addr(0));
@@ -667,27 +468,7 @@ fn a_new_peers_certificate_is_refused_by_sighup_and_served_after_an_upgrade() {
 
     // An upgrade takes it: the new process presents the renewed certificate, and its
     // sessions with the other node carry entries both ways.
-    let config = cluster.configs[0].to_str().unwrap().to_owned();
-    let mut upgrade = Proc::spawn(
-        "reload",
-        cluster.lan.lbs[0].name(),
-        &[
-            common::stickylb_bin(),
-            "reload",
-            "--upgrade",
-            "--config",
-            &config,
-        ],
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            upgrade.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "{}",
-        upgrade.output()
-    );
-    upgrade.wait_for_output("upgraded: pid", Duration::from_secs(5));
+    let upgrade = cluster.upgrade(0);
     assert_eq!(presented(), renewed.der);
     let (one, two) = (demo_cookie(21), demo_cookie(22));
     let first = server_of(&cluster.served_by(0, &one));

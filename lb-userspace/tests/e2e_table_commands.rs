@@ -21,20 +21,12 @@ use std::{
 use common::{
     demo_cookie, http,
     netns::{Lan, NetNs},
+    peers::{servers, start_backends, BACKEND, PEERS_PORT, SYNC},
     privileged, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
 };
 
-const BACKEND: &str = "back-session";
-const PEERS_PORT: u16 = 1024;
-/// How long peers get to pass an update on (slack for a loaded machine).
-const SYNC: Duration = Duration::from_secs(15);
 /// The peers' conflict window, and a little more.
 const CONFLICT_WINDOW: Duration = Duration::from_millis(stickylb::table::CONFLICT_WINDOW_MS + 200);
-
-/// Servers `be1..be<n>` on ports 8081.. of the backends host.
-fn servers(n: u16) -> Vec<(String, u16)> {
-    (1..=n).map(|i| (format!("be{i}"), 8080 + i)).collect()
-}
 
 fn server_list(servers: &[(String, u16)], addr: &str) -> String {
     servers
@@ -73,23 +65,6 @@ bind = "{lb}:8404"
         pin = pin.0.display(),
         control = pin.control_socket().display(),
     )
-}
-
-/// One backend process per server in `ns`, answering `Backend N`.
-fn start_backends(ns: &NetNs, addr: &str, servers: &[(String, u16)]) -> Vec<Proc> {
-    servers
-        .iter()
-        .map(|(name, port)| {
-            let listen = format!("{addr}:{port}=Backend {}", &name[2..]);
-            let proc = Proc::spawn(
-                name,
-                ns.name(),
-                &[common::backend_bin(), "--listen", &listen],
-            );
-            proc.wait_for_output("ready", Duration::from_secs(10));
-            proc
-        })
-        .collect()
 }
 
 /// Client, lb and backends hosts with `n` servers running and the lb's configuration written;

@@ -11,6 +11,7 @@ pub mod fastpath;
 pub mod haproxy;
 pub mod http;
 pub mod netns;
+pub mod peers;
 
 use std::{
     fs,
