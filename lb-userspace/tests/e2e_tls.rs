@@ -335,16 +335,18 @@ fn install(made: &Cert, live: &Cert) {
     std::fs::copy(&made.key, &live.key).unwrap();
 }
 
-/// Certificates are read when a process loads the configuration: after `--upgrade`, new
-/// connections get the certificate now in the files.
-#[test]
-fn an_upgrade_serves_the_certificate_now_in_the_files() {
-    if !privileged() {
-        return;
-    }
-    let topo = Topology::new("tlsup", 151);
-    let pin = PinDir::new("tlsup");
-    let _backends = start_backends(&topo);
+/// The certificates of a renewal: `first` installed at `live`'s paths (what the daemon is
+/// configured with), `renewed` to install later, and the api name's. The files live as long as
+/// `_dirs`.
+struct Renewal {
+    _dirs: Vec<tempfile::TempDir>,
+    first: Cert,
+    renewed: Cert,
+    live: Cert,
+    api: Cert,
+}
+
+fn renewal() -> Renewal {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let (first, renewed) = (
         make_cert(dirs[0].path(), WWW),
@@ -355,6 +357,32 @@ fn an_upgrade_serves_the_certificate_now_in_the_files() {
         make_cert(dirs[2].path(), API),
     );
     install(&first, &live);
+    Renewal {
+        _dirs: dirs,
+        first,
+        renewed,
+        live,
+        api,
+    }
+}
+
+/// Certificates are read when a process loads the configuration: after `--upgrade`, new
+/// connections get the certificate now in the files.
+#[test]
+fn an_upgrade_serves_the_certificate_now_in_the_files() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("tlsup", 151);
+    let pin = PinDir::new("tlsup");
+    let _backends = start_backends(&topo);
+    let Renewal {
+        _dirs,
+        first,
+        renewed,
+        live,
+        api,
+    } = renewal();
     let cfg = write_temp("tlsup.toml", &config(&topo, &pin, &live, &api));
     let daemon = start_daemon(topo.lb.name(), &cfg);
     let (client, lb) = (&topo.client, topo.lb_addr());
@@ -442,16 +470,13 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     let topo = Topology::new("tlshup", 152);
     let pin = PinDir::new("tlshup");
     let mut backends = start_backends(&topo);
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (first, renewed) = (
-        make_cert(dirs[0].path(), WWW),
-        make_cert(dirs[1].path(), WWW),
-    );
-    let (live, api) = (
-        make_cert(dirs[2].path(), WWW),
-        make_cert(dirs[2].path(), API),
-    );
-    install(&first, &live);
+    let Renewal {
+        _dirs,
+        first,
+        renewed,
+        live,
+        api,
+    } = renewal();
     let text = config(&topo, &pin, &live, &api)
         .replace(
             "health_check = { enabled = false }",

@@ -10,7 +10,6 @@ use tokio::{
 };
 
 use super::*;
-use crate::{backend::BackendState, config::Config, table};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -62,50 +61,8 @@ impl Rig {
     async fn start() -> Rig {
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend_addr = backend.local_addr().unwrap();
-        let certificate = super::tests::certificate(&["www.example.test"]);
-        let root = certificate.loaded.cert[0].clone();
-        let tls = config::Tls {
-            certificates: vec![certificate],
-        };
-        let acceptor = acceptor(Arc::new(Certificates::new(&tls))).unwrap();
-        let config = Config::from_toml(&format!(
-            "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
-             [[backend]]\nname = \"web\"\nhealth_check = {{ enabled = false }}\nservers = [ {{ name = \"s1\", addr = \"{backend_addr}\" }} ]\n",
-        ))
-        .unwrap();
-        let state = BackendState::in_memory(&config.backends[0], table::memory::store(64));
-        let frontend = Arc::new(Frontend::new("www".into(), Arc::new(state)));
-        let proxy = Arc::new(Proxy::new(Duration::from_secs(5), Duration::from_secs(30)));
-        let settings = ConnSettings {
-            client_timeout: Duration::from_secs(10),
-            max_header_bytes: 16384,
-            drain: Duration::from_secs(1),
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let graceful = Arc::new(Drain::new());
-        let watching = Arc::clone(&graceful);
-        tokio::spawn(async move {
-            let (stream, peer) = listener.accept().await.unwrap();
-            let conn = (&frontend, &proxy);
-            serve(stream, peer, &acceptor, conn, settings, &watching).await;
-        });
-
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(root).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let sni = rustls_pki_types::ServerName::try_from("www.example.test").unwrap();
-        let mut client = tokio_rustls::TlsConnector::from(Arc::new(client))
-            .connect(sni, tcp)
-            .await
-            .unwrap();
+        let (mut client, graceful) =
+            super::tests::h2_connection(backend_addr, Duration::from_secs(10)).await;
         // The preface, then the server's settings acknowledged: its limits are in force.
         client.write_all(PREFACE).await.unwrap();
         client.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();

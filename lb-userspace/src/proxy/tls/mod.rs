@@ -443,51 +443,47 @@ mod tests {
         }
     }
 
-    /// An HTTP/2 connection with no request for `timeouts.client` is closed (GOAWAY, then
-    /// the close), not kept for ever.
-    #[tokio::test]
-    async fn an_idle_http2_connection_is_closed_after_the_client_timeout() {
+    /// A TLS frontend for `www.example.test` that serves one connection with
+    /// `client_timeout`, its one server at `server`, and a client connected to it over TLS with
+    /// ALPN `h2`. The `Drain` is kept for the whole test: a dropped one asks its connections to
+    /// stop.
+    pub(super) async fn h2_connection(
+        server: SocketAddr,
+        client_timeout: Duration,
+    ) -> (tokio_rustls::client::TlsStream<TcpStream>, Arc<Drain>) {
         use crate::{backend::BackendState, config::Config, table};
 
         let certificate = certificate(&["www.example.test"]);
+        let root = certificate.loaded.cert[0].clone();
         let acceptor = acceptor(Arc::new(Certificates::new(&config::Tls {
-            certificates: vec![certificate.clone()],
+            certificates: vec![certificate],
         })))
         .unwrap();
-        let config = Config::from_toml(
+        let config = Config::from_toml(&format!(
             "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
-             [[backend]]\nname = \"web\"\nhealth_check = { enabled = false }\nservers = [ { name = \"s1\", addr = \"127.0.0.1:1\" } ]\n",
-        )
+             [[backend]]\nname = \"web\"\nhealth_check = {{ enabled = false }}\nservers = [ {{ name = \"s1\", addr = \"{server}\" }} ]\n",
+        ))
         .unwrap();
         let backend = BackendState::in_memory(&config.backends[0], table::memory::store(64));
         let frontend = Arc::new(Frontend::new("www".into(), Arc::new(backend)));
-        let proxy = Arc::new(Proxy::new(Duration::from_secs(1), Duration::from_secs(5)));
+        let proxy = Arc::new(Proxy::new(Duration::from_secs(5), Duration::from_secs(30)));
         let settings = ConnSettings {
-            client_timeout: Duration::from_millis(300),
+            client_timeout,
             max_header_bytes: 16384,
             drain: Duration::from_secs(1),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // Kept for the whole test: a dropped `Drain` asks its connections to stop.
         let graceful = Arc::new(Drain::new());
         let watching = Arc::clone(&graceful);
         tokio::spawn(async move {
             let (stream, peer) = listener.accept().await.unwrap();
-            let graceful = watching;
-            serve(
-                stream,
-                peer,
-                &acceptor,
-                (&frontend, &proxy),
-                settings,
-                &graceful,
-            )
-            .await;
+            let conn = (&frontend, &proxy);
+            serve(stream, peer, &acceptor, conn, settings, &watching).await;
         });
 
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(certificate.loaded.cert[0].clone()).unwrap();
+        roots.add(root).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -501,6 +497,15 @@ mod tests {
             .connect(sni, tcp)
             .await
             .unwrap();
+        (tls, graceful)
+    }
+
+    /// An HTTP/2 connection with no request for `timeouts.client` is closed (GOAWAY, then
+    /// the close), not kept for ever.
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_closed_after_the_client_timeout() {
+        let server = "127.0.0.1:1".parse().unwrap();
+        let (tls, graceful) = h2_connection(server, Duration::from_millis(300)).await;
         let started = Instant::now();
         let (_sender, connection) = hyper::client::conn::http2::handshake::<
             _,
