@@ -519,6 +519,12 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
         redirected.contains(&format!("location: https://{WWW}/cart?step=2\r\n")),
         "{redirected}"
     );
+    let log = daemon.output();
+    let line = log.lines().find(|l| l.contains("relay=\"redirect\""));
+    assert!(
+        line.is_some_and(|l| l.contains("status=308") && l.contains("path=\"/cart\"")),
+        "{log}"
+    );
 
     // A cookie the server sets over HTTP/2 is learned, and redispatched when its server dies.
     let h2 = |path: &str, cookie: &str| {

@@ -133,7 +133,8 @@ pub async fn serve(
                         };
                         let _ = stream.set_nodelay(true);
                         if let Some(base) = &frontend.redirect {
-                            redirect::serve(stream, peer, base, settings, &graceful);
+                            let names = (frontend.name.as_str(), base);
+                            redirect::serve(stream, peer, names, settings, &graceful);
                             return;
                         }
                         if let Some(tls) = &tls {

@@ -21,17 +21,27 @@ use super::{drain::Drain, ConnSettings};
 const HYPER_MIN_BUF: usize = 8192;
 
 /// Serves `stream`'s requests with redirects to `base` on a task of its own, watched by
-/// `graceful`.
+/// `graceful`. Each answer has its access line, like a routed exchange's (no backend, no
+/// server, `relay="redirect"`).
 pub(super) fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    base: &Arc<str>,
+    (frontend, base): (&str, &Arc<str>),
     settings: ConnSettings,
     graceful: &Drain,
 ) {
-    let base = Arc::clone(base);
+    let (frontend, base): (Arc<str>, _) = (Arc::from(frontend), Arc::clone(base));
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         let response = redirect(&base, &request);
+        tracing::info!(
+            target: "access",
+            frontend = %frontend,
+            status = response.status().as_u16(),
+            client = %peer,
+            method = %request.method(),
+            path = request.uri().path(),
+            relay = "redirect",
+        );
         async move { Ok::<_, Infallible>(response) }
     });
     let mut builder = http1::Builder::new();
