@@ -132,6 +132,16 @@ async fn probe(server: &ServerState, path: &str) -> Result<u16, String> {
     exchange(stream, server, path).await
 }
 
+/// The `Host` a check names: a TLS server's `sni` (the name it serves and is verified by; its
+/// port only when not 443), else the server's address.
+fn host(server: &ServerState) -> String {
+    match server.tls.as_ref().and_then(|tls| tls.sni.as_deref()) {
+        Some(name) if server.addr.port() == 443 => name.to_owned(),
+        Some(name) => format!("{name}:{}", server.addr.port()),
+        None => server.addr.to_string(),
+    }
+}
+
 /// `HEAD path` on a connection to `server`, and the status code of the answer.
 async fn exchange(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
@@ -140,7 +150,7 @@ async fn exchange(
 ) -> Result<u16, String> {
     let request = format!(
         "HEAD {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stickylb-check\r\nConnection: close\r\n\r\n",
-        server.addr
+        host(server)
     );
     stream
         .write_all(request.as_bytes())
@@ -182,5 +192,35 @@ mod tests {
         assert_eq!(status_code(b"HTTP/1.1 20"), None);
         assert_eq!(status_code(b"SSH-2.0-OpenSSH_9"), None);
         assert_eq!(status_code(b"HTTP/1.1 2x0 OK"), None);
+    }
+
+    /// A TLS server's check names the host it serves (its `sni`), as a client would.
+    #[test]
+    fn a_check_names_the_sni_host_of_a_tls_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let made = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        std::fs::write(&ca, made.cert.pem()).unwrap();
+        let ca = ca.display();
+        let config = crate::config::Config::from_toml(&format!(
+            "[instance]\nname = \"lb\"\n\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:1\"\nbackend = \"web\"\n\n\
+             [[backend]]\nname = \"web\"\nservers = [\n\
+               {{ name = \"a\", addr = \"10.0.0.2:443\", tls = true, sni = \"a.internal\", ca = \"{ca}\" }},\n\
+               {{ name = \"b\", addr = \"10.0.0.3:8443\", tls = true, sni = \"b.internal\", ca = \"{ca}\" }},\n\
+               {{ name = \"c\", addr = \"10.0.0.4:8443\", tls = true, ca = \"{ca}\" }},\n\
+               {{ name = \"d\", addr = \"10.0.0.5:80\" }},\n]\n"
+        ))
+        .unwrap();
+        let backend = BackendState::in_memory(&config.backends[0], crate::table::memory::store(16));
+        let hosts: Vec<String> = backend.servers().iter().map(|s| host(s)).collect();
+        assert_eq!(
+            hosts,
+            [
+                "a.internal",
+                "b.internal:8443",
+                "10.0.0.4:8443",
+                "10.0.0.5:80"
+            ]
+        );
     }
 }
