@@ -139,7 +139,8 @@ pub async fn serve(
                         }
                         if let Some(tls) = &tls {
                             let conn = (&frontend, &proxy);
-                            tls::serve(stream, peer, tls, conn, settings, &graceful).await;
+                            let guards = (&*graceful, stop);
+                            tls::serve(stream, peer, tls, conn, settings, guards).await;
                             return;
                         }
                         let released = relay::serve(
@@ -148,7 +149,7 @@ pub async fn serve(
                             (&frontend, &proxy),
                             settings,
                             fastpath.as_ref(),
-                            stop,
+                            (stop, None),
                         )
                         .await;
                         if let Release::ToHyper(stream, read) = released {

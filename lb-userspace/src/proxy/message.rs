@@ -100,7 +100,7 @@ impl RequestHead {
 
     /// The head as it goes to the server: hop-by-hop headers (and those `Connection` names)
     /// dropped, an upgrade kept, the client appended to `X-Forwarded-For`.
-    pub(super) fn forwarded(&self, client: IpAddr) -> Vec<u8> {
+    pub(super) fn forwarded(&self, client: IpAddr, https: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len() + 64);
         out.extend_from_slice(&self.raw[self.method.clone()]);
         out.push(b' ');
@@ -115,7 +115,14 @@ impl RequestHead {
             if self.hop_by_hop(name) {
                 continue;
             }
+            // Over TLS the proxy says the scheme, whatever the client claimed.
+            if https && name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+                continue;
+            }
             push_header(&mut out, name, value);
+        }
+        if https {
+            push_header(&mut out, b"x-forwarded-proto", b"https");
         }
         if let Some(protocol) = &self.upgrade {
             push_header(&mut out, b"upgrade", &self.raw[protocol.clone()]);
@@ -314,7 +321,7 @@ mod tests {
             !ws.tunnels_on(200),
             "a declined upgrade is a plain response"
         );
-        let head = String::from_utf8(ws.forwarded("10.0.0.9".parse().unwrap())).unwrap();
+        let head = String::from_utf8(ws.forwarded("10.0.0.9".parse().unwrap(), false)).unwrap();
         assert!(head.contains("upgrade: websocket\r\n"), "{head}");
         assert!(head.contains("connection: upgrade\r\n"), "{head}");
         assert!(!head.contains("keep-alive"), "{head}");
@@ -386,13 +393,13 @@ mod tests {
             b"GET /x HTTP/1.1\r\nHost: h\r\nKeep-Alive: 5\r\nConnection: X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 1.2.3.4\r\nCookie: a=b\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(rewritten.forwarded("10.0.0.9".parse().unwrap())).unwrap();
+        let text = String::from_utf8(rewritten.forwarded("10.0.0.9".parse().unwrap(), false)).unwrap();
         assert_eq!(
             text,
             "GET /x HTTP/1.1\r\nHost: h\r\nCookie: a=b\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\n\r\n"
         );
         let first = request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
-        let text = String::from_utf8(first.forwarded("10.0.0.9".parse().unwrap())).unwrap();
+        let text = String::from_utf8(first.forwarded("10.0.0.9".parse().unwrap(), false)).unwrap();
         assert!(
             text.ends_with("\r\nx-forwarded-for: 10.0.0.9\r\n\r\n"),
             "{text}"

@@ -42,7 +42,7 @@ use tokio::{
 };
 
 use self::{forward::Answer, leg::Leg, splicing::Splicing};
-use super::{message::RequestHead, ConnSettings, Frontend, Proxy};
+use super::{exchange::TlsInfo, message::RequestHead, ConnSettings, Frontend, Proxy};
 use crate::{
     backend::{Decision, InFlight},
     fastpath::{policy::Tracker, Runtime},
@@ -71,6 +71,13 @@ pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin {
 impl ClientIo for TcpStream {
     fn socket(&mut self) -> Option<&mut TcpStream> {
         Some(self)
+    }
+}
+
+/// A TLS connection: relayed in userspace, never handed to the kernel.
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn socket(&mut self) -> Option<&mut TcpStream> {
+        None
     }
 }
 
@@ -135,6 +142,8 @@ struct Conn<'a, C> {
     timeouts: (Duration, Duration),
     splicing: Option<Splicing<'a>>,
     stop: watch::Receiver<bool>,
+    /// The client's TLS, when the relay serves a TLS connection (never spliced).
+    tls: Option<TlsInfo>,
 }
 
 /// Serves `client`; see the module documentation. `fastpath`: the frontend splices.
@@ -144,7 +153,7 @@ pub(super) async fn serve<C: ClientIo>(
     (frontend, proxy): (&Frontend, &Proxy),
     settings: ConnSettings,
     fastpath: Option<&Arc<Runtime>>,
-    stop: watch::Receiver<bool>,
+    (stop, tls): (watch::Receiver<bool>, Option<TlsInfo>),
 ) -> Release<C> {
     let mut conn = Conn {
         client,
@@ -160,6 +169,7 @@ pub(super) async fn serve<C: ClientIo>(
             tracker: Tracker::new(runtime.policy()),
         }),
         stop,
+        tls,
     };
     let mut state = State::ReadingFirstHead;
     loop {

@@ -123,7 +123,7 @@ impl<'a, C: ClientIo> Conn<'a, C> {
     /// Sends the request, retrying once on a new connection when a reused one failed before
     /// answering a request that can be repeated.
     pub(super) async fn forwarding(&mut self, mut x: Exchange) -> State {
-        let out_head = x.request.forwarded(self.peer.ip());
+        let out_head = x.request.forwarded(self.peer.ip(), self.tls.is_some());
         let cookie = &*self.frontend.backend.stick_cookie;
         let mut retried = false;
         let forwarded = loop {
@@ -333,7 +333,8 @@ impl<'a, C: ClientIo> Conn<'a, C> {
             method: request.method(),
             path: request.path(),
             routed,
-            via,
+            // A TLS connection is never spliced: its lines say TLS.
+            via: self.tls.map_or(via, Via::Tls),
             started,
         }
     }

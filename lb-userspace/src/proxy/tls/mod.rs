@@ -30,12 +30,18 @@ use rustls::{
     sign::CertifiedKey,
     ServerConfig,
 };
-use tokio::net::TcpStream;
+use bytes::{Buf as _, Bytes};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::watch,
+};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
     drain::Drain,
     exchange::{TlsInfo, Via},
+    relay::{self, Release},
     ConnSettings, Frontend, Proxy,
 };
 use crate::config;
@@ -154,7 +160,7 @@ pub(super) async fn serve(
     acceptor: &TlsAcceptor,
     (frontend, proxy): (&Arc<Frontend>, &Arc<Proxy>),
     settings: ConnSettings,
-    graceful: &Drain,
+    (graceful, stop): (&Drain, watch::Receiver<bool>),
 ) {
     let handshake = tokio::time::timeout(settings.client_timeout, acceptor.accept(stream)).await;
     let stream = match handshake {
@@ -168,7 +174,20 @@ pub(super) async fn serve(
             return;
         }
     };
-    let via = Via::Tls(TlsInfo::of(stream.get_ref().1));
+    let info = TlsInfo::of(stream.get_ref().1);
+    let via = Via::Tls(info);
+    // HTTP/1.1 is served by the relay, as on a cleartext connection but never spliced; what it
+    // does not serve simply comes back for hyper with the bytes it read. HTTP/2, and a
+    // frontend that adds HSTS (the relay passes response heads as they are), go to hyper.
+    let stream = if info.alpn != "h2" && frontend.hsts.is_none() {
+        let conn = (&**frontend, &**proxy);
+        match relay::serve(stream, peer, conn, settings, None, (stop, Some(info))).await {
+            Release::Done => return,
+            Release::ToHyper(stream, read) => Prefixed::new(stream, read.freeze()),
+        }
+    } else {
+        Prefixed::new(stream, Bytes::new())
+    };
     let (frontend, proxy) = (Arc::clone(frontend), Arc::clone(proxy));
     let idle = Arc::new(Idle::new());
     let busy = Arc::clone(&idle);
@@ -224,6 +243,65 @@ pub(super) async fn serve(
             tracing::debug!(%peer, %error, "TLS client connection ended with an error");
         }
     });
+}
+
+/// A stream that yields `read` (bytes taken from it already) before what it reads next.
+struct Prefixed<S> {
+    read: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(inner: S, read: Bytes) -> Self {
+        Self { read, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// The requests of one connection whose answer is not done, and since when it has had none.
@@ -479,7 +557,8 @@ mod tests {
         tokio::spawn(async move {
             let (stream, peer) = listener.accept().await.unwrap();
             let conn = (&frontend, &proxy);
-            serve(stream, peer, &acceptor, conn, settings, &watching).await;
+            let (_keep, stop) = watch::channel(false);
+            serve(stream, peer, &acceptor, conn, settings, (&watching, stop)).await;
         });
 
         let mut roots = rustls::RootCertStore::empty();
