@@ -256,6 +256,46 @@ fn https_frontend_keeps_sessions_over_http11_and_http2() {
     );
     assert!(posted.contains("content-length: 5\n"), "{posted}");
 
+    // HTTP/1.1 over TLS is relayed; what the relay hands to hyper (HTTP/1.0, a chunked
+    // body) is served there with the bytes already read, and says HTTPS to the server too.
+    let h10 = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/",
+        &["--http1.0", "-b", "JSESSIONID=tls-a"],
+    );
+    assert_eq!(h10, servers[0], "HTTP/1.0 over TLS");
+    let chunked = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/headers",
+        &[
+            "--http1.1",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "X-Forwarded-Proto: http",
+            "--data-binary",
+            "hello",
+        ],
+    );
+    assert!(chunked.contains("x-forwarded-proto: https\n"), "{chunked}");
+    assert!(!chunked.contains("x-forwarded-proto: http\n"), "{chunked}");
+    let relayed = curl(
+        client,
+        &lb,
+        WWW,
+        &www.cert,
+        "/headers",
+        &["--http1.1", "-H", "X-Forwarded-Proto: http"],
+    );
+    assert!(relayed.contains("x-forwarded-proto: https\n"), "{relayed}");
+    assert!(!relayed.contains("x-forwarded-proto: http\n"), "{relayed}");
+
     // SNI picks the certificate: each name verifies against its own certificate only.
     let by_api = curl(client, &lb, API, &api.cert, "/", &["--http1.1"]);
     assert!(by_api.starts_with("Backend "), "{by_api}");

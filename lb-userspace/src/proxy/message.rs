@@ -393,7 +393,8 @@ mod tests {
             b"GET /x HTTP/1.1\r\nHost: h\r\nKeep-Alive: 5\r\nConnection: X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 1.2.3.4\r\nCookie: a=b\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(rewritten.forwarded("10.0.0.9".parse().unwrap(), false)).unwrap();
+        let text =
+            String::from_utf8(rewritten.forwarded("10.0.0.9".parse().unwrap(), false)).unwrap();
         assert_eq!(
             text,
             "GET /x HTTP/1.1\r\nHost: h\r\nCookie: a=b\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\n\r\n"

@@ -52,7 +52,14 @@ where
 {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (_stop, stop) = watch::channel(false);
-    let served = serve(ours, peer(), (frontend, proxy), settings(), None, (stop, None));
+    let served = serve(
+        ours,
+        peer(),
+        (frontend, proxy),
+        settings(),
+        None,
+        (stop, None),
+    );
     tokio::join!(served, client(theirs))
 }
 

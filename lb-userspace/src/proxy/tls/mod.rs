@@ -19,6 +19,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use bytes::{Buf as _, Bytes};
 use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::{
@@ -30,7 +31,6 @@ use rustls::{
     sign::CertifiedKey,
     ServerConfig,
 };
-use bytes::{Buf as _, Bytes};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -66,7 +66,9 @@ pub(super) fn acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, r
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certificates);
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too: rustls refuses a client whose ALPN offers nothing it knows, and an
+    // HTTP/1.0 client (`curl --http1.0`) offers only that.
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     server.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(server)))
@@ -145,6 +147,7 @@ impl TlsInfo {
         let alpn = match connection.alpn_protocol() {
             Some(b"h2") => "h2",
             Some(b"http/1.1") => "http/1.1",
+            Some(b"http/1.0") => "http/1.0",
             _ => "-",
         };
         Self { version, alpn }
@@ -612,7 +615,7 @@ mod tests {
         let acceptor = acceptor(Arc::new(Certificates::new(&tls))).unwrap();
         assert_eq!(
             acceptor.config().alpn_protocols,
-            [b"h2".to_vec(), b"http/1.1".to_vec()]
+            [b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()]
         );
     }
 }
