@@ -7,15 +7,28 @@
 //! 7, 1, 2, 3. With weights that differ it is a smooth weighted round robin (each server's
 //! share in proportion to its weight, interleaved); with equal weights it is the plain rotation
 //! in configuration order, whatever the weight.
+//!
+//! `consistent` is the exception that depends on the request: rendezvous hashing of the
+//! request's [`Affinity`] (its stickiness cookie, else its client's address) over the servers
+//! that take new sessions, so that every node of a cluster, knowing nothing of the others,
+//! chooses the same server for the same cookie, and a server going down moves only the keys it
+//! had (docs/PEERS.md, "A cluster").
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc, Mutex, PoisonError,
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
 };
 
 use rand::Rng as _;
 
 use crate::config::Balance;
+
+mod rendezvous;
+
+pub use rendezvous::Rendezvous;
 
 /// What selection knows of a server (the backend's server state implements it): selection
 /// depends on this, not on the backend.
@@ -26,6 +39,21 @@ pub trait Candidate {
     fn has_room(&self) -> bool;
     /// Requests in flight.
     fn in_flight(&self) -> u64;
+    /// What identifies it on every node (its name): what consistent hashing hashes it by, so
+    /// that the order of the configuration does not matter.
+    fn identity(&self) -> &[u8];
+}
+
+/// What a request offers a consistent choice to hash (the other algorithms ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Affinity<'a> {
+    /// The stickiness cookie's value the request carries.
+    Cookie(&'a [u8]),
+    /// A request without the cookie: its client's address (without the port, which an ECMP
+    /// router hashes to spread one client's connections over the nodes).
+    Client(IpAddr),
+    /// Nothing known (tests, tools).
+    Nothing,
 }
 
 /// Weights are kept in these units internally, so that a server ramping up from weight 1
@@ -49,8 +77,9 @@ fn load<S: Candidate>(server: &S, weight: u32) -> u64 {
 
 /// A load-balancing algorithm.
 pub trait Select<S>: Send + Sync {
-    /// Picks one of `servers` that is up, or `None` when none is.
-    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>>;
+    /// Picks one of `servers` that is up for a request offering `affinity`, or `None` when
+    /// none is.
+    fn select(&self, servers: &[Arc<S>], affinity: Affinity<'_>) -> Option<Arc<S>>;
 }
 
 pub fn selector<S: Candidate>(balance: Balance) -> Box<dyn Select<S>> {
@@ -58,6 +87,7 @@ pub fn selector<S: Candidate>(balance: Balance) -> Box<dyn Select<S>> {
         Balance::RoundRobin => Box::new(RoundRobin::default()),
         Balance::LeastConn => Box::new(LeastConn::default()),
         Balance::Random => Box::new(RandomTwoChoices),
+        Balance::Consistent => Box::new(Rendezvous),
     }
 }
 
@@ -82,8 +112,8 @@ impl<S: Candidate> Balancer<S> {
 }
 
 impl<S> Select<S> for Balancer<S> {
-    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
-        self.select.select(servers)
+    fn select(&self, servers: &[Arc<S>], affinity: Affinity<'_>) -> Option<Arc<S>> {
+        self.select.select(servers, affinity)
     }
 }
 
@@ -93,6 +123,7 @@ pub fn algorithm_name(balance: Balance) -> &'static str {
         Balance::RoundRobin => "roundrobin",
         Balance::LeastConn => "leastconn",
         Balance::Random => "random",
+        Balance::Consistent => "consistent",
     }
 }
 
@@ -115,7 +146,7 @@ struct Rotation {
 }
 
 impl<S: Candidate> Select<S> for RoundRobin {
-    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
+    fn select(&self, servers: &[Arc<S>], _: Affinity<'_>) -> Option<Arc<S>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.usable.clear();
         state.usable.extend(servers.iter().map(|s| usable(&**s)));
@@ -179,7 +210,7 @@ pub struct LeastConn {
 }
 
 impl<S: Candidate> Select<S> for LeastConn {
-    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
+    fn select(&self, servers: &[Arc<S>], _: Affinity<'_>) -> Option<Arc<S>> {
         let count = servers.len();
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % count.max(1);
         (0..count)
@@ -196,7 +227,7 @@ impl<S: Candidate> Select<S> for LeastConn {
 pub struct RandomTwoChoices;
 
 impl<S: Candidate> Select<S> for RandomTwoChoices {
-    fn select(&self, servers: &[Arc<S>]) -> Option<Arc<S>> {
+    fn select(&self, servers: &[Arc<S>], _: Affinity<'_>) -> Option<Arc<S>> {
         let weights: Vec<(usize, u32)> = servers
             .iter()
             .enumerate()
@@ -261,9 +292,13 @@ mod tests {
     fn round_robin_follows_the_seed_transcript() {
         let servers = servers(7);
         let rr = RoundRobin::default();
-        let first: Vec<_> = (0..5).map(|_| rr.select(&servers)).collect();
+        let first: Vec<_> = (0..5)
+            .map(|_| rr.select(&servers, Affinity::Nothing))
+            .collect();
         assert_eq!(names(first), ["be1", "be2", "be3", "be4", "be5"]);
-        let next: Vec<_> = (0..5).map(|_| rr.select(&servers)).collect();
+        let next: Vec<_> = (0..5)
+            .map(|_| rr.select(&servers, Affinity::Nothing))
+            .collect();
         assert_eq!(names(next), ["be6", "be7", "be1", "be2", "be3"]);
     }
 
@@ -272,7 +307,9 @@ mod tests {
         let servers = servers(3);
         servers[1].set_up(false);
         let rr = RoundRobin::default();
-        let picks: Vec<_> = (0..4).map(|_| rr.select(&servers)).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| rr.select(&servers, Affinity::Nothing))
+            .collect();
         assert_eq!(names(picks), ["be1", "be3", "be1", "be3"]);
     }
 
@@ -282,11 +319,19 @@ mod tests {
         for s in &servers {
             s.set_up(false);
         }
-        assert!(RoundRobin::default().select(&servers).is_none());
-        assert!(LeastConn::default().select(&servers).is_none());
-        assert!(RandomTwoChoices.select(&servers).is_none());
+        assert!(RoundRobin::default()
+            .select(&servers, Affinity::Nothing)
+            .is_none());
+        assert!(LeastConn::default()
+            .select(&servers, Affinity::Nothing)
+            .is_none());
+        assert!(RandomTwoChoices
+            .select(&servers, Affinity::Nothing)
+            .is_none());
         let none: &[Arc<ServerState>] = &[];
-        assert!(RoundRobin::default().select(none).is_none());
+        assert!(RoundRobin::default()
+            .select(none, Affinity::Nothing)
+            .is_none());
     }
 
     #[test]
@@ -299,7 +344,13 @@ mod tests {
         ];
         let lc = LeastConn::default();
         for _ in 0..5 {
-            assert_eq!(lc.select(&servers).unwrap().name.as_ref(), "be2");
+            assert_eq!(
+                lc.select(&servers, Affinity::Nothing)
+                    .unwrap()
+                    .name
+                    .as_ref(),
+                "be2"
+            );
         }
     }
 
@@ -307,7 +358,7 @@ mod tests {
     fn least_conn_rotates_between_equals() {
         let servers = servers(3);
         let lc = LeastConn::default();
-        let mut seen: Vec<_> = names((0..3).map(|_| lc.select(&servers)));
+        let mut seen: Vec<_> = names((0..3).map(|_| lc.select(&servers, Affinity::Nothing)));
         seen.sort();
         assert_eq!(seen, ["be1", "be2", "be3"]);
     }
@@ -316,11 +367,13 @@ mod tests {
     fn random_two_choices_uses_only_live_servers_and_avoids_the_busy_one() {
         let servers = servers(2);
         let _busy = servers[0].start_request();
-        let picks = names((0..50).map(|_| RandomTwoChoices.select(&servers)));
+        let picks = names((0..50).map(|_| RandomTwoChoices.select(&servers, Affinity::Nothing)));
         assert!(picks.iter().filter(|n| *n == "be2").count() > 25);
         servers[1].set_up(false);
-        assert!(names((0..10).map(|_| RandomTwoChoices.select(&servers)))
-            .iter()
-            .all(|n| n == "be1"));
+        assert!(
+            names((0..10).map(|_| RandomTwoChoices.select(&servers, Affinity::Nothing)))
+                .iter()
+                .all(|n| n == "be1")
+        );
     }
 }

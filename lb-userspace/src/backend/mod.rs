@@ -6,7 +6,7 @@ pub mod admin;
 pub mod pinned;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed},
         Arc, Mutex, PoisonError,
@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 pub use self::admin::{Admin, Settings, SharedSettings};
 use crate::{
-    balance::{Balancer, Candidate, Select as _, WEIGHT_SCALE},
+    balance::{Affinity, Balancer, Candidate, Select as _, WEIGHT_SCALE},
     config,
     table::{now_ms, StickTable, Store},
 };
@@ -281,6 +281,10 @@ impl Candidate for ServerState {
 
     fn in_flight(&self) -> u64 {
         ServerState::in_flight(self)
+    }
+
+    fn identity(&self) -> &[u8] {
+        self.name.as_bytes()
     }
 }
 
@@ -582,17 +586,26 @@ impl BackendState {
             .cloned()
     }
 
-    /// Picks the server for a request carrying `cookie` (the stickiness cookie's value, if any)
-    /// and admits the request there: a sticky session goes to its server while that server
-    /// keeps sessions (up, not in maintenance; a drained one does), waiting for a place below
-    /// its `maxconn`; the others are balanced over the servers that take new sessions.
+    /// [`Self::route_from`] for a request whose client is not known (tests).
+    #[cfg(test)]
     pub fn route(&self, cookie: Option<&[u8]>, now_ms: u64) -> Route {
+        self.route_from(None, cookie, now_ms)
+    }
+
+    /// Picks the server for a request from `client` carrying `cookie` (the stickiness cookie's
+    /// value, if any) and admits the request there: a sticky session goes to its server while
+    /// that server keeps sessions (up, not in maintenance; a drained one does), waiting for a
+    /// place below its `maxconn`; the others are balanced over the servers that take new
+    /// sessions (a consistent balance hashes the cookie, else the client's address).
+    pub fn route_from(&self, client: Option<IpAddr>, cookie: Option<&[u8]>, now_ms: u64) -> Route {
         let servers = self.servers.load();
         let balancer = self.balancer.load();
         let picked = match cookie {
-            None => self
-                .admit_balanced(&servers, &balancer)
-                .map(|pick| pick.decided(Decision::NoCookie)),
+            None => {
+                let affinity = client.map_or(Affinity::Nothing, Affinity::Client);
+                self.admit_balanced(&servers, &balancer, affinity)
+                    .map(|pick| pick.decided(Decision::NoCookie))
+            }
             Some(cookie) => self
                 .table
                 .resolve(self.table.key(cookie), now_ms, |current| {
@@ -611,7 +624,8 @@ impl BackendState {
                             } else {
                                 Decision::NewSession
                             };
-                            match self.admit_balanced(&servers, &balancer)? {
+                            let affinity = Affinity::Cookie(cookie);
+                            match self.admit_balanced(&servers, &balancer, affinity)? {
                                 Pick::Admitted(admitted, _) => {
                                     let name = Arc::clone(&admitted.server().name);
                                     Some((Pick::Admitted(admitted, decision), Some(name)))
@@ -642,11 +656,12 @@ impl BackendState {
         &self,
         servers: &[Arc<ServerState>],
         balancer: &Balancer<ServerState>,
+        affinity: Affinity<'_>,
     ) -> Option<Pick> {
         // A server chosen below its limit may reach it before we take our place (another
         // request took the last one): choose again, a bounded number of times.
         for _ in 0..=servers.len() {
-            let Some(server) = balancer.select(servers) else {
+            let Some(server) = balancer.select(servers, affinity) else {
                 let any = servers.iter().any(|s| s.effective_weight() > 0);
                 return any.then_some(Pick::Full);
             };

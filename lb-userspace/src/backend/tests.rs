@@ -188,3 +188,58 @@ fn slowstart_ramps_a_server_that_comes_back() {
     let seen = new_sessions(&web, 100, "ramp");
     assert!(seen.get("be2").copied().unwrap_or(0) < 10, "{seen:?}");
 }
+
+#[test]
+fn consistent_nodes_choose_alike_for_new_cookies_and_clients_without_asking_each_other() {
+    let servers = [("be1", ""), ("be2", ""), ("be3", ""), ("be4", "")];
+    let settings = MemorySettings::shared();
+    let web = config(&servers, "balance = \"consistent\"");
+    let (node1, node2) = (backend(&web, &settings), backend(&web, &settings));
+    for i in 0..200 {
+        let cookie = format!("new-{i}");
+        let (first, decision) = route(&node1, Some(&cookie));
+        assert_eq!(decision, Decision::NewSession);
+        assert_eq!(route(&node2, Some(&cookie)), (first, Decision::NewSession));
+    }
+    let from = |node: &BackendState, client: &str| match node.route_from(
+        Some(client.parse().unwrap()),
+        None,
+        now_ms(),
+    ) {
+        Route::Admitted(admitted, Decision::NoCookie) => admitted.server().name.to_string(),
+        _ => panic!("not balanced"),
+    };
+    for client in ["10.0.0.1", "10.0.0.2", "fd00::7"] {
+        let first = from(&node1, client);
+        assert_eq!(from(&node1, client), first);
+        assert_eq!(from(&node2, client), first);
+    }
+}
+
+#[test]
+fn consistent_queues_at_the_chosen_servers_maxconn_rather_than_moving_the_session() {
+    let settings = MemorySettings::shared();
+    let web = config(
+        &[("be1", ", maxconn = 1"), ("be2", ", maxconn = 1")],
+        "balance = \"consistent\"",
+    );
+    let web = backend(&web, &settings);
+    let Route::Admitted(held, _) = web.route(Some(b"a"), now_ms()) else {
+        panic!("not admitted");
+    };
+    let chosen = held.server().name.to_string();
+    // Another new cookie that hashes to the same server (as a node without limits tells)
+    // waits for it.
+    let unlimited = config(&[("be1", ""), ("be2", "")], "balance = \"consistent\"");
+    let unlimited = backend(&unlimited, &settings);
+    let same = (0..100)
+        .map(|i| format!("b{i}"))
+        .find(|c| route(&unlimited, Some(c)).0 == chosen)
+        .unwrap();
+    assert!(matches!(
+        web.route(Some(same.as_bytes()), now_ms()),
+        Route::Queued
+    ));
+    drop(held);
+    assert_eq!(route(&web, Some(&same)).0, chosen);
+}

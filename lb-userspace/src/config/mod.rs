@@ -187,6 +187,9 @@ pub enum Balance {
     LeastConn,
     /// Power of two random choices (by in-flight requests).
     Random,
+    /// Weighted rendezvous hashing of the cookie (else the client's address): every node
+    /// chooses alike with no word from the others (docs/PEERS.md, "A cluster").
+    Consistent,
 }
 
 /// The highest weight a server may have (HAProxy's bound too).

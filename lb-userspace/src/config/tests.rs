@@ -776,6 +776,7 @@ fn balance_values() {
         ("roundrobin", Balance::RoundRobin),
         ("leastconn", Balance::LeastConn),
         ("random", Balance::Random),
+        ("consistent", Balance::Consistent),
     ] {
         assert_eq!(parse(&with(text)).unwrap().backends[0].balance, balance);
     }
@@ -783,7 +784,7 @@ fn balance_values() {
         &with("fastest"),
         Some(11),
         "backend[0].balance",
-        "unknown balance \"fastest\" (valid: roundrobin, leastconn, random)",
+        "unknown balance \"fastest\" (valid: roundrobin, leastconn, random, consistent)",
     );
     assert_problem(
         &with("RoundRobin"),

@@ -164,9 +164,10 @@ fn write_frontends(out: &mut String, s: &Snapshot) -> fmt::Result {
 fn write_backend(out: &mut String, b: &BackendView) -> fmt::Result {
     write!(
         out,
-        "<section id=\"backend-{}\"><h2>{}<span>backend &middot; stick on cookie {} &middot; {} of {} servers up</span></h2>",
+        "<section id=\"backend-{}\"><h2>{}<span>backend &middot; balance {} &middot; stick on cookie {} &middot; {} of {} servers up</span></h2>",
         Html(&b.name),
         Html(&b.name),
+        b.balance,
         Html(&b.stick_cookie),
         b.servers_up(),
         b.servers.len()

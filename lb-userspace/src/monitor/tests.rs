@@ -198,6 +198,7 @@ async fn page_shows_every_server_its_state_and_the_backend_counters() {
         assert!(html.contains(name), "{name} missing");
     }
     assert!(html.contains(r#"<tr class="up"><td class="l"><b>web1</b>"#));
+    assert!(html.contains("backend &middot; balance roundrobin &middot;"));
     assert!(html.contains(r#"<tr class="down"><td class="l"><b>web2</b>"#));
     assert!(html.contains(r#"<td class="state">UP</td>"#));
     assert!(html.contains(r#"<td class="state">DOWN</td>"#));
@@ -522,6 +523,7 @@ async fn api_servers_reports_state_and_counters() {
     assert_eq!(status, StatusCode::OK);
     let web = &backends[0];
     assert_eq!(web["backend"], "web");
+    assert_eq!(web["balance"], "roundrobin");
     assert_eq!(web["stats"]["sticky_hits"], 1);
     assert_eq!(web["stats"]["new_sessions"], 3);
     assert_eq!(web["table_size"], 3);

@@ -9,6 +9,7 @@ use serde::{ser::SerializeMap as _, Serialize, Serializer};
 use super::Shared;
 use crate::{
     backend::{BackendState, ServerState},
+    balance::algorithm_name,
     fastpath::{ports::Held, program::read_pinned_stats, report, Runtime},
     peers::{link::PeerLink, stats::PeerState},
 };
@@ -83,6 +84,8 @@ pub(super) struct FrontendView {
 pub(super) struct BackendView {
     #[serde(rename = "backend")]
     pub(super) name: String,
+    /// The balance algorithm as the configuration spells it.
+    pub(super) balance: &'static str,
     pub(super) stick_cookie: String,
     pub(super) table_size: usize,
     pub(super) table_capacity: usize,
@@ -282,6 +285,7 @@ impl BackendView {
         let stats = &backend.stats;
         Self {
             name: backend.name.clone(),
+            balance: algorithm_name(backend.balance()),
             stick_cookie: backend.stick_cookie.clone(),
             table_size: backend.table.len(),
             table_capacity: backend.table.capacity(),

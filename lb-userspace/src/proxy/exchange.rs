@@ -12,11 +12,12 @@ use crate::{
     table::now_ms,
 };
 
-/// The server for a request carrying `cookie` (the stickiness cookie's value, if any), with
-/// the request's place there. When every server that could take it is at its `maxconn`, the
-/// request waits in the backend's queue, at most `queue_timeout`.
+/// The server for a request from `client` carrying `cookie` (the stickiness cookie's value, if
+/// any), with the request's place there. When every server that could take it is at its
+/// `maxconn`, the request waits in the backend's queue, at most `queue_timeout`.
 pub(super) async fn route(
     backend: &BackendState,
+    client: SocketAddr,
     cookie: Option<&[u8]>,
 ) -> Result<(InFlight, Decision), ProxyError> {
     let mut queued: Option<(Instant, QueuedGuard<'_>)> = None;
@@ -29,7 +30,7 @@ pub(super) async fn route(
         if queued.is_some() {
             freed.as_mut().enable();
         }
-        match backend.route(cookie, now_ms()) {
+        match backend.route_from(Some(client.ip()), cookie, now_ms()) {
             Route::Admitted(admitted, decision) => return Ok((admitted, decision)),
             Route::NoServer => {
                 return Err(ProxyError::NoServer {

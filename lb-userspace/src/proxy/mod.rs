@@ -246,7 +246,8 @@ impl Proxy {
             via,
             started,
         };
-        let (in_flight, decision) = match exchange::route(backend, cookie.as_deref()).await {
+        let (in_flight, decision) = match exchange::route(backend, client, cookie.as_deref()).await
+        {
             Ok(routed) => routed,
             Err(error) => {
                 access.failed(&error);

@@ -333,9 +333,12 @@ impl Checker<'_> {
                 "roundrobin" => Some(Balance::RoundRobin),
                 "leastconn" => Some(Balance::LeastConn),
                 "random" => Some(Balance::Random),
+                "consistent" => Some(Balance::Consistent),
                 other => {
-                    let msg =
-                        format!("unknown balance {other:?} (valid: roundrobin, leastconn, random)");
+                    let msg = format!(
+                        "unknown balance {other:?} (valid: roundrobin, leastconn, random, \
+                         consistent)"
+                    );
                     self.report(Some(b.span()), &format!("{key}.balance"), msg);
                     None
                 }

@@ -56,18 +56,18 @@ impl<'a, C: ClientIo> Conn<'a, C> {
             return State::ToHyper;
         };
         let backend = &self.frontend.backend;
-        let (admitted, decision) =
-            match exchange::route(backend, request.cookie(&backend.stick_cookie)).await {
-                Ok(routed) => routed,
-                Err(error) => {
-                    if let Some(leg) = held {
-                        leg.finish(true);
-                    }
-                    let access = self.access(&request, None, Via::Pooled, Instant::now());
-                    self.fail(&access, &error).await;
-                    return State::Closing;
+        let cookie = request.cookie(&backend.stick_cookie);
+        let (admitted, decision) = match exchange::route(backend, self.peer, cookie).await {
+            Ok(routed) => routed,
+            Err(error) => {
+                if let Some(leg) = held {
+                    leg.finish(true);
                 }
-            };
+                let access = self.access(&request, None, Via::Pooled, Instant::now());
+                self.fail(&access, &error).await;
+                return State::Closing;
+            }
+        };
         let server = Arc::clone(admitted.server());
         if server.tls.is_some() {
             // A reload gave the backend this TLS server after the check above: hyper routes
