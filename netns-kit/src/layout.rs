@@ -1,8 +1,12 @@
-//! The two layouts the end-to-end tests and the bench share: a client, a load balancer and the
-//! backends as hosts, either routed through the load balancer or on one LAN.
+//! The layouts the end-to-end tests, the demo and the bench share: a client, a load balancer
+//! and the backends as hosts, either routed through the load balancer or on one LAN; or a
+//! cluster of load balancers behind an ECMP router ([`Cluster`]).
+
+mod cluster;
 
 use std::net::Ipv4Addr;
 
+pub use self::cluster::{Cluster, ClusterAddrs};
 use crate::{veth, Error, NetNs, Result, Switch};
 
 /// Where the hosts of a [`Routed`] layout are: 10.<net>.1.0/24 between the client (.2) and the

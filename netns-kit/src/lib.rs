@@ -9,7 +9,8 @@
 //! - [`veth`] links two namespaces; [`Switch`] is a bridge in a namespace of its own, for hosts
 //!   on one LAN.
 //! - [`Routed`] (client, load balancer, backends on two links) and [`Lan`] (client, backends
-//!   and load balancers on one bridge) are the two layouts the tests and the bench share.
+//!   and load balancers on one bridge) are the two layouts the tests and the bench share;
+//!   [`Cluster`] puts N load balancers behind a router that spreads connections by ECMP.
 //! - [`Names`] names namespaces after the process that made them, so that a later run removes
 //!   what a crashed one left ([`Names::remove_stale`]).
 //!
@@ -27,7 +28,7 @@ mod sys;
 pub use self::{
     command::{describe, probe_stdout, run},
     error::Error,
-    layout::{Lan, LanAddrs, Routed, RoutedAddrs},
+    layout::{Cluster, ClusterAddrs, Lan, LanAddrs, Routed, RoutedAddrs},
     link::{veth, Switch},
     names::{Names, Stale},
     netns::{command_in, enter, exists, path, pids, remove, NetNs, NETNS_DIR},

@@ -5,10 +5,13 @@
 //! never share a subnet: 10.<net>.x.x. The first layout of a test process removes what an
 //! earlier, killed one left.
 
-use std::{ops::Deref, sync::Once};
+use std::{
+    ops::{Deref, DerefMut},
+    sync::Once,
+};
 
 pub use netns_kit::NetNs;
-use netns_kit::{LanAddrs, Names, Routed, RoutedAddrs};
+use netns_kit::{ClusterAddrs, LanAddrs, Names, Routed, RoutedAddrs};
 
 const NAMES: Names = Names::new("slb-");
 
@@ -146,5 +149,90 @@ impl Deref for Lan {
 
     fn deref(&self) -> &netns_kit::Lan {
         &self.0
+    }
+}
+
+/// N load balancers behind an ECMP router (netns-kit's `Cluster`): client 10.<net>.1.2 routed
+/// by the router (10.<net>.1.1, 10.<net>.0.1) to the service address 10.<net>.100.1, which
+/// every node holds on its `lo`; node i (0-based) at 10.<net>.0.(11+i) and the backends at
+/// 10.<net>.0.2 on one LAN. The router hashes addresses and ports, so one client's connections
+/// land on different nodes.
+pub struct Cluster {
+    inner: netns_kit::Cluster,
+    tag: String,
+}
+
+impl Cluster {
+    /// `net` must be unique per test so that tests never share a subnet; every node is routed
+    /// to.
+    pub fn new(tag: &str, net: u8, nodes: usize) -> Cluster {
+        let inner = netns_kit::Cluster::create(ClusterAddrs::new(net), nodes, &names(tag))
+            .unwrap_or_else(|e| panic!("cluster for {tag}: {e}"));
+        Cluster {
+            inner,
+            tag: tag.to_owned(),
+        }
+    }
+
+    /// One more node on the LAN, not routed to until [`Cluster::route_to`] names it; its index.
+    pub fn add_node(&mut self) -> usize {
+        let name = names(&self.tag);
+        self.inner
+            .add_node(&name)
+            .unwrap_or_else(|e| panic!("node for {}: {e}", self.tag))
+    }
+
+    /// Spreads the service address's connections over `nodes` (indices) only.
+    pub fn route_to(&mut self, nodes: &[usize]) {
+        self.inner
+            .route_to(nodes)
+            .unwrap_or_else(|e| panic!("route to {nodes:?}: {e}"));
+    }
+
+    /// Drops every packet between node `i` and the other nodes (their peers' links); the
+    /// client and the backends still reach it.
+    pub fn partition(&self, i: usize) {
+        self.inner
+            .set_partitioned(i, true)
+            .unwrap_or_else(|e| panic!("partition node {i}: {e}"));
+    }
+
+    /// Ends [`Cluster::partition`].
+    pub fn heal(&self, i: usize) {
+        self.inner
+            .set_partitioned(i, false)
+            .unwrap_or_else(|e| panic!("heal node {i}: {e}"));
+    }
+
+    /// Where clients connect: the service address.
+    pub fn service_addr(&self) -> String {
+        self.addrs.service().to_string()
+    }
+
+    /// Node `i`'s LAN address (what its peers connect to).
+    pub fn node_addr(&self, i: usize) -> String {
+        self.addrs.node(i).to_string()
+    }
+
+    pub fn client_addr(&self) -> String {
+        self.addrs.client().to_string()
+    }
+
+    pub fn backend_addr(&self) -> String {
+        self.addrs.backends().to_string()
+    }
+}
+
+impl Deref for Cluster {
+    type Target = netns_kit::Cluster;
+
+    fn deref(&self) -> &netns_kit::Cluster {
+        &self.inner
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut netns_kit::Cluster {
+        &mut self.inner
     }
 }
