@@ -103,6 +103,10 @@ struct DemoArgs {
     /// Skip the build: the non-root run that re-runs itself through sudo has built already.
     #[arg(long, hide = true)]
     prebuilt: bool,
+    /// Instead of the two-node demo: N nodes (3 to 7), full mesh, behind an ECMP router; plays
+    /// the story, prints what it shows, and takes everything down.
+    #[arg(long, value_name = "N", conflicts_with_all = ["check", "keep", "down"])]
+    nodes: Option<usize>,
 }
 
 /// Prints the error chain on one line, without the backtrace anyhow's `Debug` adds under
@@ -131,6 +135,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
             keep: args.keep,
             down: args.down,
             prebuilt: args.prebuilt,
+            nodes: args.nodes,
         }),
     }
 }

@@ -10,6 +10,7 @@
 //! Processes join only the network namespace (`nsenter --net`): `ip netns exec` would mount a
 //! private /sys and hide the host's bpffs, where the pinned tables must outlive the daemons.
 
+mod cluster;
 mod files;
 mod lifecycle;
 mod nodes;
@@ -91,11 +92,16 @@ pub(crate) struct Options {
     pub(crate) down: bool,
     /// Set when a non-root run built as its user and re-ran itself through `sudo`.
     pub(crate) prebuilt: bool,
+    /// `--nodes N`: the ECMP cluster demo ([`cluster`]) instead of the two-node one.
+    pub(crate) nodes: Option<usize>,
 }
 
 pub(crate) fn run(options: Options) -> anyhow::Result<()> {
     if !is_root() {
         return rerun_as_root(options);
+    }
+    if let Some(nodes) = options.nodes {
+        return cluster::run(nodes, options.release, options.prebuilt);
     }
     let paths = files::Paths::new();
     if options.down {
@@ -170,6 +176,9 @@ fn rerun_as_root(options: Options) -> anyhow::Result<()> {
         if set {
             sudo.arg(flag);
         }
+    }
+    if let Some(nodes) = options.nodes {
+        sudo.arg("--nodes").arg(nodes.to_string());
     }
     sudo.current_dir(workspace::root());
     let error = sudo.exec();
