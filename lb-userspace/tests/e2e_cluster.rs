@@ -4,6 +4,7 @@
 //! reach the same server through all of them; a node killed and restarted keeps its pinned
 //! table and catches up; a node joins and one leaves by `reload --upgrade`; a partition heals
 //! to identical tables; with `balance = "consistent"` two nodes that cannot talk choose alike.
+//! Seven nodes started at once settle into a full mesh.
 
 #![allow(
     clippy::unwrap_used,

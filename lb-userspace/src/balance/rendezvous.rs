@@ -4,8 +4,9 @@
 //! pair (affinity, server name); the highest score wins. The score depends on nothing but the
 //! pair and the server's weight, so every node, with no word from the others, ranks the servers
 //! alike, and a server leaving the set moves only the keys it won (each to its runner-up).
-//! With weights, the score is `weight / -ln(u)` (`u` the pair's hash in (0, 1)): a server
-//! wins a share of keys in proportion to its weight.
+//! With weights that differ, the score is `weight / -ln(u)` (`u` the pair's hash in (0, 1)): a
+//! server wins a share of keys in proportion to its weight. With equal weights (the usual
+//! case) the pair hashes are compared as integers, which ranks alike without floating point.
 //!
 //! The hash is written here rather than taken from `std` because `DefaultHasher` may change
 //! between Rust releases, and nodes built by different toolchains must agree. Its seed is a
@@ -27,21 +28,33 @@ pub struct Rendezvous;
 impl<S: Candidate> Select<S> for Rendezvous {
     fn select(&self, servers: &[Arc<S>], affinity: Affinity<'_>) -> Option<Arc<S>> {
         let key = affinity_hash(affinity);
-        servers
-            .iter()
-            .filter(|s| s.weight() > 0)
-            .map(|s| (s, score(key, s.identity(), s.weight())))
-            .max_by(|(_, a), (_, b)| a.total_cmp(b))
-            .map(|(s, _)| Arc::clone(s))
+        let live = || servers.iter().filter(|s| s.weight() > 0);
+        let first = live().next()?.weight();
+        let chosen = if live().all(|s| s.weight() == first) {
+            // Equal weights: the highest pair hash, no floating point (whose last bit might
+            // differ between the C libraries of two nodes).
+            live().max_by_key(|s| pair_hash(key, s.identity()))
+        } else {
+            live().max_by(|a, b| {
+                let score = |s: &Arc<S>| score(pair_hash(key, s.identity()), s.weight());
+                score(a).total_cmp(&score(b))
+            })
+        };
+        chosen.map(Arc::clone)
     }
 }
 
-/// The score of the server named `identity`, of weight `weight` (above zero), for the key
-/// hashed to `key`: the highest wins.
-fn score(key: u64, identity: &[u8], weight: u32) -> f64 {
-    let pair = fmix64(key ^ hash_bytes(SEED, identity));
+/// The hash of the pair (the request's key hashed to `key`, the server named `identity`).
+fn pair_hash(key: u64, identity: &[u8]) -> u64 {
+    fmix64(key ^ hash_bytes(SEED, identity))
+}
+
+/// A server's score for a pair hashed to `pair`, with weight `weight` (above zero): the
+/// highest wins. `ln` is monotonic, so with equal weights the order is the order of the
+/// hashes.
+fn score(pair: u64, weight: u32) -> f64 {
     // The 53 high bits as a number in (0, 1), never 0 or 1, so that the logarithm is finite and
-    // negative. ln is monotonic: with equal weights, the order is the order of the hashes.
+    // negative.
     let unit = ((pair >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     f64::from(weight) / -unit.ln()
 }

@@ -198,3 +198,25 @@ fn the_hash_is_stable_across_builds() {
         ["be4", "be6", "be6", "be1", "be5", "be2", "be7", "be5"]
     );
 }
+
+/// Equal weights take the path without floating point; the weighted path must rank alike, so
+/// that a weight changing elsewhere in the backend (slowstart) moves no key by itself.
+#[test]
+fn equal_weights_rank_alike_with_and_without_floating_point() {
+    let names: Vec<String> = (1..=7).map(|i| format!("be{i}")).collect();
+    for i in 0..10_000 {
+        let key = affinity_hash(Affinity::Cookie(cookie(i).as_bytes()));
+        let by_hash = names
+            .iter()
+            .max_by_key(|n| pair_hash(key, n.as_bytes()))
+            .unwrap();
+        let by_score = names
+            .iter()
+            .max_by(|a, b| {
+                let score = |n: &String| score(pair_hash(key, n.as_bytes()), 16);
+                score(a).total_cmp(&score(b))
+            })
+            .unwrap();
+        assert_eq!(by_hash, by_score, "key {i}");
+    }
+}
