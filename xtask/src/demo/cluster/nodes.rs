@@ -69,7 +69,7 @@ impl Nodes {
         nodes.backends = Some(nodes.spawn("backends", &mut web, "ready")?);
         for i in 0..cluster.nodes.len() {
             let config = nodes.config(i);
-            fs::write(&config, config_text(cluster, i))
+            fs::write(&config, config_text(cluster, i, "roundrobin"))
                 .with_context(|| format!("writing {}", config.display()))?;
             let mut daemon = command_in(cluster.nodes[i].name(), &nodes.stickylb);
             daemon
@@ -127,6 +127,29 @@ impl Nodes {
             thread::sleep(Duration::from_millis(20));
         }
         Ok(child)
+    }
+
+    /// Rewrites every node's configuration with `balance` and reloads it in place
+    /// (`stickylb reload`, which the daemon applies without a restart).
+    pub(super) fn set_balance(&self, cluster: &Cluster, balance: &str) -> anyhow::Result<()> {
+        for i in 0..cluster.nodes.len() {
+            let config = self.config(i);
+            fs::write(&config, config_text(cluster, i, balance))
+                .with_context(|| format!("writing {}", config.display()))?;
+            let out = command_in(cluster.nodes[i].name(), &self.stickylb)
+                .arg("reload")
+                .arg("--config")
+                .arg(&config)
+                .output()
+                .context("running stickylb reload")?;
+            let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                bail!("stickylb reload on {}: {said} {stderr}", node_name(i));
+            }
+            println!("  {}: {said}", node_name(i));
+        }
+        Ok(())
     }
 
     /// Node `i`'s stick table, read from its pinned map: cookie -> server.
@@ -197,9 +220,9 @@ fn remove_pins() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Node `i`'s configuration: the original demo's backend (round robin, JSESSIONID, seven
-/// servers), served on the service address, with every node as a peer.
-fn config_text(cluster: &Cluster, i: usize) -> String {
+/// Node `i`'s configuration: the original demo's backend (JSESSIONID, seven servers; `balance`
+/// round robin at first), served on the service address, with every node as a peer.
+fn config_text(cluster: &Cluster, i: usize, balance: &str) -> String {
     let addrs = cluster.addrs;
     let servers: String = (1..=7)
         .map(|n| {
@@ -233,6 +256,7 @@ backend = "{BACKEND}"
 
 [[backend]]
 name = "{BACKEND}"
+balance = "{balance}"
 stick_cookie = "JSESSIONID"
 health_check = {{ path = "/", interval = "500ms" }}
 servers = [

@@ -104,6 +104,7 @@ pub(super) fn play(cluster: &Cluster, nodes: &mut Nodes) -> anyhow::Result<()> {
     }
 
     partition(cluster, nodes, &mut everything)?;
+    consistent(cluster, nodes, &mut everything)?;
     println!("\n==> cluster: every check held");
     Ok(())
 }
@@ -151,6 +152,46 @@ fn partition(cluster: &Cluster, nodes: &Nodes, everything: &mut Vec<String>) -> 
         rounded(healed.elapsed()),
         table.len()
     );
+    Ok(())
+}
+
+/// `balance = "consistent"` everywhere; the last node cut off again; new cookies asked
+/// through the first node and through the cut-off one, which choose alike without a word.
+fn consistent(
+    cluster: &Cluster,
+    nodes: &Nodes,
+    everything: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let n = cluster.nodes.len();
+    let cut = n - 1;
+    let (first, last) = (node_name(0), node_name(cut));
+    step("balance = \"consistent\" on every node (rendezvous hashing of the cookie), reloaded in place");
+    nodes.set_balance(cluster, "consistent")?;
+    step(&format!(
+        "{last} cut off again; 10 new cookies asked through {first} and through {last} \
+         themselves: they cannot tell each other, and choose alike"
+    ));
+    cluster.set_partitioned(cut, true)?;
+    let cookies: Vec<String> = (200..210).map(demo_cookie).collect::<anyhow::Result<_>>()?;
+    let mut differed = 0usize;
+    println!("  {:<34} {first:<10} {last}", "cookie");
+    for cookie in &cookies {
+        let a = get_from(cluster.nodes[0].name(), cluster, "/", Some(cookie))?;
+        let b = get_from(cluster.nodes[cut].name(), cluster, "/", Some(cookie))?;
+        differed += usize::from(a.body != b.body);
+        println!("  {cookie:<34} {:<10} {}", a.body, b.body);
+    }
+    cluster.set_partitioned(cut, false)?;
+    if differed > 0 {
+        bail!(
+            "{differed} of {} cookies were balanced differently",
+            cookies.len()
+        );
+    }
+    println!("  healed; nothing to reconcile:");
+    everything.extend(cookies);
+    let table = identical_tables(nodes, n, everything)?;
+    println!("  {n} tables, {} entries each, identical", table.len());
     Ok(())
 }
 
@@ -247,7 +288,18 @@ fn demo_cookie(n: u32) -> anyhow::Result<String> {
 /// `GET path` from the client to the service address on a new connection, with the session
 /// cookie if any.
 fn get(cluster: &Cluster, path: &str, session: Option<&str>) -> anyhow::Result<Answer> {
-    let client = cluster.client.name().to_owned();
+    get_from(cluster.client.name(), cluster, path, session)
+}
+
+/// [`get`] from namespace `from` (a node's own: its request goes to itself, not through the
+/// router).
+fn get_from(
+    from: &str,
+    cluster: &Cluster,
+    path: &str,
+    session: Option<&str>,
+) -> anyhow::Result<Answer> {
+    let client = from.to_owned();
     let addr = SocketAddr::from((cluster.addrs.service(), 80));
     let cookie = session
         .map(|s| format!("Cookie: JSESSIONID={s}\r\n"))
