@@ -79,21 +79,7 @@ fn exchange(
             bail!("response head too large");
         }
     };
-    let text = String::from_utf8_lossy(&head[..head_end]);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status in the response")?;
-    let length: u64 = text
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .context("no Content-Length in the response")?;
+    let (status, length) = parse_head(&head[..head_end])?;
     let mut received = (head.len() - head_end) as u64;
     while received < length {
         let n = stream.read(buf)?;
@@ -105,6 +91,26 @@ fn exchange(
     if received != length {
         bail!("{received} body bytes for a Content-Length of {length}");
     }
+    Ok((status, length))
+}
+
+/// The status and Content-Length of a response head (the bench's servers always send one).
+pub(crate) fn parse_head(head: &[u8]) -> anyhow::Result<(u16, u64)> {
+    let text = String::from_utf8_lossy(head);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status in the response")?;
+    let length = text
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("no Content-Length in the response")?;
     Ok((status, length))
 }
 

@@ -33,7 +33,7 @@ use rustls::{
     StreamOwned,
 };
 
-use crate::stats::nearest_rank;
+use crate::{client::parse_head, stats::nearest_rank};
 
 /// Starts the line that says what the first handshake negotiated.
 pub(crate) const NEGOTIATED: &str = "TLS-NEGOTIATED";
@@ -292,26 +292,6 @@ fn read_response(stream: &mut impl std::io::Read, buf: &mut [u8]) -> anyhow::Res
         received += n as u64;
     }
     Ok((status, head_end as u64 + received))
-}
-
-/// The status and Content-Length of a response head.
-fn parse_head(head: &[u8]) -> anyhow::Result<(u16, u64)> {
-    let text = String::from_utf8_lossy(head);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status in the response")?;
-    let length = text
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .context("no Content-Length in the response")?;
-    Ok((status, length))
 }
 
 /// Accepts any certificate but checks the handshake's signature with it, so the client does
