@@ -7,11 +7,7 @@
 //! It prints one line: `BULK <status> <bytes> <start_ns> <end_ns>`, the times on
 //! CLOCK_MONOTONIC (shared by every namespace), around the download only.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{io::Write as _, net::TcpStream, time::Duration};
 
 use anyhow::{bail, Context as _};
 
@@ -65,13 +61,23 @@ fn exchange(
         "GET {path} HTTP/1.1\r\nHost: bench\r\nCookie: c1=1; c2=2; JSESSIONID={session}\r\n\r\n"
     );
     stream.write_all(request.as_bytes())?;
+    let (status, _, length) = read_response(stream, buf)?;
+    Ok((status, length))
+}
+
+/// Reads one response with a Content-Length body from `stream` (`buf` for its reads): its
+/// status, head length and body length.
+pub(crate) fn read_response(
+    stream: &mut impl std::io::Read,
+    buf: &mut [u8],
+) -> anyhow::Result<(u16, u64, u64)> {
     let mut head = Vec::new();
     let head_end = loop {
         let n = stream.read(buf)?;
         if n == 0 {
             bail!("closed before the response head");
         }
-        head.extend_from_slice(&buf[..n]);
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
         if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
@@ -79,21 +85,7 @@ fn exchange(
             bail!("response head too large");
         }
     };
-    let text = String::from_utf8_lossy(&head[..head_end]);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status in the response")?;
-    let length: u64 = text
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .context("no Content-Length in the response")?;
+    let (status, length) = parse_head(head.get(..head_end).unwrap_or_default())?;
     let mut received = (head.len() - head_end) as u64;
     while received < length {
         let n = stream.read(buf)?;
@@ -105,6 +97,26 @@ fn exchange(
     if received != length {
         bail!("{received} body bytes for a Content-Length of {length}");
     }
+    Ok((status, head_end as u64, length))
+}
+
+/// The status and Content-Length of a response head (the bench's servers always send one).
+pub(crate) fn parse_head(head: &[u8]) -> anyhow::Result<(u16, u64)> {
+    let text = String::from_utf8_lossy(head);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status in the response")?;
+    let length = text
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("no Content-Length in the response")?;
     Ok((status, length))
 }
 

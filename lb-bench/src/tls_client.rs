@@ -33,7 +33,7 @@ use rustls::{
     StreamOwned,
 };
 
-use crate::stats::nearest_rank;
+use crate::{client, stats::nearest_rank};
 
 /// Starts the line that says what the first handshake negotiated.
 pub(crate) const NEGOTIATED: &str = "TLS-NEGOTIATED";
@@ -268,50 +268,8 @@ fn negotiated(connection: &ClientConnection) -> String {
 /// Reads one response (Content-Length framing, which both load balancers send for the
 /// backends' answers); its status and size in bytes.
 fn read_response(stream: &mut impl std::io::Read, buf: &mut [u8]) -> anyhow::Result<(u16, u64)> {
-    let mut head = Vec::new();
-    let head_end = loop {
-        let n = stream.read(buf)?;
-        if n == 0 {
-            bail!("closed before the response head");
-        }
-        head.extend_from_slice(buf.get(..n).unwrap_or_default());
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if head.len() > 64 * 1024 {
-            bail!("response head too large");
-        }
-    };
-    let (status, length) = parse_head(head.get(..head_end).unwrap_or_default())?;
-    let mut received = (head.len() - head_end) as u64;
-    while received < length {
-        let n = stream.read(buf)?;
-        if n == 0 {
-            bail!("closed after {received} of {length} body bytes");
-        }
-        received += n as u64;
-    }
-    Ok((status, head_end as u64 + received))
-}
-
-/// The status and Content-Length of a response head.
-fn parse_head(head: &[u8]) -> anyhow::Result<(u16, u64)> {
-    let text = String::from_utf8_lossy(head);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status in the response")?;
-    let length = text
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .context("no Content-Length in the response")?;
-    Ok((status, length))
+    let (status, head, body) = client::read_response(stream, buf)?;
+    Ok((status, head + body))
 }
 
 /// Accepts any certificate but checks the handshake's signature with it, so the client does
@@ -368,7 +326,8 @@ impl ServerCertVerifier for SignatureOnly {
 mod tests {
     use clap::Parser as _;
 
-    use super::{parse_head, read_response, TlsClientArgs};
+    use super::{read_response, TlsClientArgs};
+    use crate::client::parse_head;
 
     #[test]
     fn the_arguments_survive_the_command_line() {

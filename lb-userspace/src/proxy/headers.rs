@@ -84,6 +84,83 @@ pub(super) fn set_forwarded_proto_https(headers: &mut HeaderMap) {
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
 }
 
+/// The HTTP/1.1 head of a request hyper read (HTTP/2, or HTTP/1.x), as it goes to a server
+/// over a pooled connection: origin-form target; `Host` as sent, else from `:authority`, else
+/// the server's address; hop-by-hop headers (and those `Connection` names) dropped; HTTP/2's
+/// `Cookie` fields joined into one (RFC 9113 section 8.2.3); `X-Forwarded-Proto: https` over
+/// TLS, replacing the client's claim; the client appended to `X-Forwarded-For`. The same
+/// rewriting as [`to_http11`] and the relay's, written in one pass.
+pub(super) fn http11_head(
+    parts: &hyper::http::request::Parts,
+    server: std::net::SocketAddr,
+    client: IpAddr,
+    https: bool,
+) -> Vec<u8> {
+    let headers = &parts.headers;
+    let mut out = Vec::with_capacity(256 + headers.len() * 32);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        match parts.uri.authority() {
+            Some(authority) => out.extend_from_slice(authority.as_str().as_bytes()),
+            None => out.extend_from_slice(server.to_string().as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut cookies = 0;
+    for (name, value) in headers {
+        let dropped = HOP_BY_HOP.contains(name)
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()))
+            || *name == X_FORWARDED_FOR
+            || (https && *name == X_FORWARDED_PROTO);
+        if dropped {
+            continue;
+        }
+        if *name == header::COOKIE {
+            cookies += 1;
+            if cookies > 1 {
+                continue;
+            }
+            out.extend_from_slice(b"cookie: ");
+            for (i, cookie) in headers.get_all(header::COOKIE).iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b"; ");
+                }
+                out.extend_from_slice(cookie.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if https {
+        out.extend_from_slice(b"x-forwarded-proto: https\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    let earlier = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
+    forwarded_for(earlier, client, &mut out);
+    out.extend_from_slice(b"\r\n\r\n");
+    out
+}
+
 /// An HTTP/2 request's fields as an HTTP/1.1 server expects them: `Host` from `:authority`
 /// when there is none, and the `Cookie` fields HTTP/2 splits (RFC 9113 section 8.2.3) joined
 /// into one with `; `.
@@ -129,6 +206,47 @@ mod tests {
         to_http11(&mut h, Some(&authority));
         assert_eq!(h[header::COOKIE], "JSESSIONID=s1");
         assert_eq!(h[header::HOST], "given");
+    }
+
+    #[test]
+    fn a_request_hyper_read_is_written_as_http11_for_a_pooled_connection() {
+        let request = hyper::Request::builder()
+            .method("GET")
+            .uri("https://www.example.test:8443/a/b?c=d")
+            .version(hyper::Version::HTTP_2)
+            .header(header::COOKIE, "a=1")
+            .header(header::COOKIE, "JSESSIONID=s2")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-proto", "http")
+            .header(header::TE, "trailers")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let server = "10.1.2.3:8080".parse().unwrap();
+        let head = http11_head(&parts, server, "10.0.0.9".parse().unwrap(), true);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /a/b?c=d HTTP/1.1\r\nhost: www.example.test:8443\r\ncookie: a=1; JSESSIONID=s2\r\n\
+             accept: */*\r\nx-forwarded-proto: https\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\n\r\n"
+        );
+
+        // HTTP/1.0 without Host: the server's address; Connection and what it names dropped;
+        // over cleartext the client's X-Forwarded-Proto stays.
+        let request = hyper::Request::builder()
+            .uri("/")
+            .version(hyper::Version::HTTP_10)
+            .header(header::CONNECTION, "close, x-secret")
+            .header("x-secret", "1")
+            .header("x-forwarded-proto", "http")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let head = http11_head(&parts, server, "10.0.0.9".parse().unwrap(), false);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET / HTTP/1.1\r\nhost: 10.1.2.3:8080\r\nx-forwarded-proto: http\r\nx-forwarded-for: 10.0.0.9\r\n\r\n"
+        );
     }
 
     #[test]

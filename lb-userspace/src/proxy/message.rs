@@ -188,8 +188,51 @@ impl ResponseHead {
         if !parsed.parse(bytes).ok()?.is_complete() {
             return None;
         }
+        Self::of(&parsed, head_request, cookie)
+    }
+
+    /// [`Self::parse`], with the head's status and end-to-end headers as hyper's response
+    /// carries them (hop-by-hop headers, those `Connection` names and `Transfer-Encoding`
+    /// dropped: they describe the server's connection). The values share `head`'s bytes.
+    pub(super) fn parse_for_hyper(
+        head: &Bytes,
+        head_request: bool,
+        cookie: &str,
+    ) -> Option<(ResponseHead, hyper::StatusCode, hyper::HeaderMap)> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        if !parsed.parse(head).ok()?.is_complete() {
+            return None;
+        }
+        let response = Self::of(&parsed, head_request, cookie)?;
+        let status = hyper::StatusCode::from_u16(response.status).ok()?;
+        let named = |name: &[u8]| {
+            values(parsed.headers, "connection")
+                .flat_map(tokens)
+                .any(|token| name.eq_ignore_ascii_case(token))
+        };
+        let mut map = hyper::HeaderMap::with_capacity(parsed.headers.len());
+        for header in parsed.headers.iter() {
+            let name = header.name.as_bytes();
+            let dropped = HOP_BY_HOP
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+                || named(name);
+            if dropped {
+                continue;
+            }
+            let name = hyper::header::HeaderName::from_bytes(name).ok()?;
+            let value =
+                hyper::header::HeaderValue::from_maybe_shared(head.slice_ref(header.value)).ok()?;
+            map.append(name, value);
+        }
+        Some((response, status, map))
+    }
+
+    fn of(parsed: &httparse::Response<'_, '_>, head_request: bool, cookie: &str) -> Option<Self> {
         let status = parsed.code?;
-        let headers = parsed.headers;
+        let headers = &*parsed.headers;
         let close = parsed.version != Some(1) || lists(headers, "connection", "close");
         let body = if (100..200).contains(&status) {
             // 1xx (e.g. 101) has no body, but what follows is not HTTP.

@@ -33,7 +33,10 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _};
-use hyper::{body::Incoming, Request, Response, Uri};
+use hyper::{
+    body::{Body as _, Incoming},
+    Request, Response, Uri,
+};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -55,7 +58,10 @@ use crate::{
 };
 
 /// Body of every response the proxy sends.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BodyFailed>;
+
+/// Why a response body broke off (the server's connection, or hyper's).
+pub type BodyFailed = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body of a request forwarded by hyper's client: a failure to read it from the client says so
 /// (see [`ProxyError::upstream`]).
@@ -284,9 +290,43 @@ impl Proxy {
         (client, via): (SocketAddr, Via),
         request: Request<Incoming>,
         upgrade: Option<hyper::header::HeaderValue>,
-    ) -> Result<(Response<Incoming>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
+    ) -> Result<(Response<ServerBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         let server = in_flight.server();
         let upstream = self.upstream.load_full();
+        // A request without a body to a cleartext server (most of what browsers send over
+        // HTTP/2) goes the relay's way; bodies, upgrades and TLS servers go through hyper's
+        // client, which streams request bodies and speaks TLS.
+        let simple = server.tls.is_none()
+            && upgrade.is_none()
+            && request.body().is_end_stream()
+            && request.method() != hyper::Method::CONNECT;
+        if simple {
+            let (parts, _) = request.into_parts();
+            let pooled = relay::pooled::Request {
+                head: headers::http11_head(&parts, server.addr, client.ip(), via.is_tls()),
+                head_request: parts.method == hyper::Method::HEAD,
+                repeatable: matches!(
+                    parts.method,
+                    hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+                ),
+            };
+            let timeouts = (upstream.connect_timeout, upstream.server_timeout);
+            let answer = relay::pooled::exchange(
+                &self.pools,
+                server,
+                &pooled,
+                &backend.stick_cookie,
+                timeouts,
+            )
+            .await?;
+            if let Some(set) = cookie::response_cookie(&answer.headers, &backend.stick_cookie) {
+                exchange::learn(backend, set, server);
+            }
+            let mut response = Response::new(ServerBody::Pooled(answer.body));
+            *response.status_mut() = answer.status;
+            *response.headers_mut() = answer.headers;
+            return Ok((response, None));
+        }
         let mut request = upstream_request(request, server, client, upgrade.clone())?;
         if via.is_tls() {
             headers::set_forwarded_proto_https(request.headers_mut());
@@ -315,7 +355,49 @@ impl Proxy {
             headers::keep_upgrade(&mut parts.headers, protocol);
             server_side
         });
-        Ok((Response::from_parts(parts, body), server_side))
+        Ok((
+            Response::from_parts(parts, ServerBody::Hyper(body)),
+            server_side,
+        ))
+    }
+}
+
+/// A server's response body, as hyper's client or the relay's pooled connection reads it.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxed once, right after, by with_accounting"
+)]
+enum ServerBody {
+    Hyper(Incoming),
+    Pooled(relay::pooled::PooledBody),
+}
+
+impl hyper::body::Body for ServerBody {
+    type Data = Bytes;
+    type Error = BodyFailed;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyFailed>>> {
+        match self.get_mut() {
+            Self::Hyper(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Pooled(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(body) => body.is_end_stream(),
+            Self::Pooled(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Hyper(body) => body.size_hint(),
+            Self::Pooled(body) => body.size_hint(),
+        }
     }
 }
 
@@ -392,7 +474,7 @@ fn upstream_request(
 
 /// Counts the response body's bytes against the server, and keeps the request in flight until
 /// the body is done.
-fn with_accounting(response: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
+fn with_accounting(response: Response<ServerBody>, in_flight: InFlight) -> Response<ProxyBody> {
     response.map(|body| {
         body.map_frame(move |frame| {
             if let Some(data) = frame.data_ref() {

@@ -51,6 +51,7 @@ use crate::{
 mod forward;
 mod io;
 mod leg;
+pub(super) mod pooled;
 mod splicing;
 mod states;
 #[cfg(test)]
