@@ -277,7 +277,7 @@ members = [
     }
 }
 
-/// The same answer every time, and the one the table says.
+/// Every answer is `expected`.
 fn assert_sticky(answers: &[String], expected: &str, session: &str) {
     assert!(
         answers.iter().all(|a| a == expected),
