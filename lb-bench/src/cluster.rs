@@ -28,12 +28,21 @@ use serde::Serialize;
 
 pub(crate) use self::{lag::LagResult, partition::PartitionResult, resync::ResyncResult};
 use self::{mesh::Hosts, probe::Prober, tables::Reader};
-use crate::{args::BenchArgs, contender::Contender, env::Env, procs};
+use crate::{
+    args::BenchArgs,
+    contender::Contender,
+    env::Env,
+    procs,
+    wrk::{self, WrkSpec},
+};
 
 pub(crate) const MIRROR_LAG: &str = "cluster-mirror-lag";
 pub(crate) const PARTITION: &str = "cluster-partition";
 pub(crate) const RESYNC: &str = "cluster-resync";
 pub(crate) const WORKLOADS: [&str; 3] = [MIRROR_LAG, PARTITION, RESYNC];
+
+/// Connections of a fill (as the table-scale fill's).
+const FILL_CONNECTIONS: u32 = 64;
 
 /// The contenders that run as a cluster, HAProxy first as in the other workloads.
 const CONTENDERS: [Contender; 2] = [Contender::Haproxy, Contender::Stickylb];
@@ -49,11 +58,14 @@ pub(crate) struct ClusterPlan {
     /// Sample sessions per second whose lag is timed.
     pub(crate) lag_samples_per_s: f64,
     pub(crate) partition_nodes: usize,
-    /// Sessions in the table after the partition heals: half made before it, a quarter on
-    /// each side during it.
+    /// Sessions in the table after the partition heals, if the rate below is reached: those
+    /// made during it, the rest filled in before it.
     pub(crate) partition_sessions: u64,
-    /// New sessions per second, all sides together.
+    /// New sessions per second during the partition, both sides together.
     pub(crate) partition_rate: f64,
+    /// How long sessions are made during the partition.
+    #[serde(rename = "partition_making_s", serialize_with = "as_seconds")]
+    pub(crate) partition_making: Duration,
     /// How long the partition lasts at least: longer than a peer's 5 s of silence, so that
     /// both sides see their sessions end.
     #[serde(rename = "partition_hold_s", serialize_with = "as_seconds")]
@@ -74,11 +86,18 @@ impl ClusterPlan {
             lag_samples_per_s: if quick { 50.0 } else { 100.0 },
             partition_nodes: if quick { 3 } else { 5 },
             partition_sessions: if quick { 10_000 } else { 100_000 },
-            partition_rate: 10_000.0,
+            partition_rate: if quick { 1000.0 } else { 5000.0 },
+            partition_making: Duration::from_secs(5),
             partition_hold: Duration::from_secs(6),
             resync_entries: if quick { 20_000 } else { 1_000_000 },
             limit: Duration::from_secs(if quick { 30 } else { 300 }),
         }
+    }
+
+    /// Sessions filled in before the partition.
+    pub(crate) fn partition_before(&self) -> u64 {
+        let during = self.partition_rate * self.partition_making.as_secs_f64();
+        self.partition_sessions.saturating_sub(during as u64)
     }
 }
 
@@ -214,4 +233,43 @@ fn counts(readers: &mut [(usize, Reader)], probe: &Prober) -> anyhow::Result<Vec
 /// `part / whole`, or None when `whole` is 0.
 fn per(part: f64, whole: f64) -> Option<f64> {
     (whole > 0.0).then(|| part / whole)
+}
+
+/// Keep-alive requests through the node of `reader` (the first), cookies cycling through
+/// `target` values, until its table holds `target` entries (as the table-scale workload fills
+/// its table): the time it took.
+fn fill(
+    env: &Env,
+    hosts: &Hosts,
+    reader: &mut [(usize, Reader)],
+    probe: &Prober,
+    target: u64,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let Some(&(node, _)) = reader.first() else {
+        bail!("no node to fill");
+    };
+    let url = format!("http://{}", mesh::frontend(node));
+    let spec = WrkSpec {
+        threads: env.plan.wrk_threads,
+        connections: FILL_CONNECTIONS,
+        duration: limit,
+        url: &url,
+        prefix: "c1a55e00",
+        pool: target,
+        close: false,
+    };
+    let started = Instant::now();
+    let mut load = wrk::start(hosts.client(), &env.script, &spec)?;
+    let filled = poll_until(limit, Duration::from_millis(100), || {
+        if let Ok(Some(status)) = load.try_wait() {
+            bail!("wrk stopped ({status}) before the table held {target} entries");
+        }
+        Ok(counts(&mut reader[..1], probe)?[0] >= target)
+    });
+    procs::kill(&mut load);
+    match filled? {
+        Some(_) => Ok(started.elapsed()),
+        None => bail!("the table did not reach {target} entries within {limit:?}"),
+    }
 }

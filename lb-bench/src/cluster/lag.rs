@@ -56,6 +56,9 @@ pub(crate) struct LagResult {
     /// Lag until visible on every other node.
     pub(crate) all_p50_ms: Option<f64>,
     pub(crate) all_p99_ms: Option<f64>,
+    /// The longest poll round (every sample watched, on every other node): the resolution of
+    /// the lags above at their worst.
+    pub(crate) slowest_poll_ms: f64,
     pub(crate) costs: Costs,
 }
 
@@ -64,7 +67,8 @@ impl LagResult {
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
         format!(
             "{:.0} new sessions/s (of {:.0}), lag p50 {} ms p99 {} ms, on all {} ms / {} ms, \
-             {} missing, receivers {} µs CPU and {} bytes in per mirrored session",
+             {} missing (slowest poll round {:.1} ms), receivers {} µs CPU and {} bytes in per \
+             mirrored session",
             self.achieved_rate,
             self.target_rate,
             ms(self.p50_ms),
@@ -72,6 +76,7 @@ impl LagResult {
             ms(self.all_p50_ms),
             ms(self.all_p99_ms),
             self.missing,
+            self.slowest_poll_ms,
             ms(self.costs.receiver_cpu_us_per_session),
             ms(self.costs.bytes_in_per_session),
         )
@@ -135,22 +140,23 @@ fn run(
     });
     let generated = load::finish(load, duration)?;
     let after = Snapshot::take(hosts, mesh)?;
-    let lags = lags?;
-    let sessions = generated.requests + lags.len() as u64;
+    let polled = lags?;
+    let sessions = generated.requests + polled.lags.len() as u64;
     let peer_connections = (0..mesh.size)
         .map(|i| mesh::peer_connections(hosts, i))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let costs = Costs::of(&before, &after, sessions, peer_connections);
-    Ok(summarise(mesh, plan, &generated, lags, costs))
+    Ok(summarise(mesh, plan, &generated, polled, costs))
 }
 
 fn summarise(
     mesh: &Mesh<'_>,
     plan: &ClusterPlan,
     generated: &load::LoadResult,
-    lags: Vec<Vec<Option<Duration>>>,
+    polled: Polled,
     costs: Costs,
 ) -> LagResult {
+    let lags = polled.lags;
     let micros = |d: &Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let mut each: Vec<u64> = lags.iter().flatten().flatten().map(micros).collect();
     let missing = lags.iter().flatten().filter(|l| l.is_none()).count();
@@ -175,6 +181,7 @@ fn summarise(
         p99_ms: ms(&each, 99.0),
         all_p50_ms: ms(&all, 50.0),
         all_p99_ms: ms(&all, 99.0),
+        slowest_poll_ms: polled.slowest.as_secs_f64() * 1e3,
         costs,
     }
 }
@@ -186,14 +193,13 @@ struct Made {
 }
 
 /// Makes `count` sample sessions on node 1 at `per_s`, from a thread in the client's
-/// namespace, and times each until `readers` (the other nodes) all have it. Returns each
-/// sample's lag per reader (None: not seen within [`GIVE_UP`]).
+/// namespace, and times each until `readers` (the other nodes) all have it.
 fn sample(
     hosts: &Hosts,
     readers: &mut [(usize, Reader)],
     count: usize,
     per_s: f64,
-) -> anyhow::Result<Vec<Vec<Option<Duration>>>> {
+) -> anyhow::Result<Polled> {
     let (made, arrivals) = mpsc::channel::<anyhow::Result<Made>>();
     let netns = hosts.client().name().to_owned();
     let interval = Duration::from_secs_f64(1.0 / per_s);
@@ -233,12 +239,14 @@ fn poll(
     readers: &mut [(usize, Reader)],
     arrivals: &mpsc::Receiver<anyhow::Result<Made>>,
     count: usize,
-) -> anyhow::Result<Vec<Vec<Option<Duration>>>> {
+) -> anyhow::Result<Polled> {
     let mut watching: Vec<Watched> = Vec::new();
     let mut done = Vec::with_capacity(count);
     let mut received = 0;
+    let mut slowest = Duration::ZERO;
     while done.len() < count {
         procs::check_interrupted()?;
+        let round = Instant::now();
         while let Ok(made) = arrivals.try_recv() {
             received += 1;
             watching.push(Watched {
@@ -257,6 +265,7 @@ fn poll(
             .into_iter()
             .partition(|w| w.seen.iter().all(Option::is_some) || w.made.sent.elapsed() >= GIVE_UP);
         watching = still;
+        slowest = slowest.max(round.elapsed());
         done.extend(finished.into_iter().map(|w| w.seen));
         if received < count && watching.is_empty() {
             // Nothing to watch: wait for the next sample instead of spinning.
@@ -274,7 +283,16 @@ fn poll(
             thread::sleep(Duration::from_micros(500));
         }
     }
-    Ok(done)
+    Ok(Polled {
+        lags: done,
+        slowest,
+    })
+}
+
+/// Each sample's lag per reader (None: not seen within [`GIVE_UP`]), and the longest poll round.
+struct Polled {
+    lags: Vec<Vec<Option<Duration>>>,
+    slowest: Duration,
 }
 
 /// CPU and interface counters of every node at one moment.

@@ -1,6 +1,6 @@
-//! Convergence after a partition: half the sessions are made on node 1 and mirrored; then the
-//! last node is cut off its peers ([`Mesh::partition`]) while clients make a quarter of the
-//! sessions on node 1 and a quarter on the cut-off node; then the cut heals. Timed: from the
+//! Convergence after a partition: most sessions are filled in through node 1 and mirrored; then
+//! the last node is cut off its peers ([`Mesh::partition`]) while clients make new sessions at
+//! a fixed rate, half on node 1 and half on the cut-off node; then the cut heals. Timed: from the
 //! heal until every node's table is the same (cookie -> server, compared in full).
 //!
 //! The tables' sizes are polled every 20 ms; once they agree, every table is dumped and
@@ -13,7 +13,7 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::{
-    counts,
+    counts, fill,
     mesh::{self, Hosts, Mesh},
     poll_until,
     probe::Prober,
@@ -92,14 +92,20 @@ fn run(
     wait_linked(&probe, &mut readers, plan.limit)?;
     let linked = mesh.size as u64;
     let isolated = mesh.size - 1;
-    let half = Duration::from_secs_f64(plan.partition_sessions as f64 / 2.0 / plan.partition_rate);
-    let before = make(env, hosts, &[(0, "pf")], plan.partition_rate, half)?;
-    let made_before = total(&before);
-    // Everyone has the first half before the cut.
+    fill(
+        env,
+        hosts,
+        &mut readers[..1],
+        &probe,
+        plan.partition_before(),
+        plan.limit,
+    )?;
+    // Everyone has them before the cut (the link checks' sessions included).
+    let mut before = 0;
     let mirrored = poll_until(plan.limit, Duration::from_millis(50), || {
-        Ok(counts(&mut readers, &probe)?
-            .iter()
-            .all(|&c| c >= made_before + linked))
+        let sizes = counts(&mut readers, &probe)?;
+        before = sizes[0];
+        Ok(sizes.iter().all(|&c| c >= before))
     })?;
     if mirrored.is_none() {
         bail!(
@@ -114,18 +120,18 @@ fn run(
         hosts,
         &[(0, "pa"), (isolated, "pb")],
         plan.partition_rate / 2.0,
-        half,
+        plan.partition_making,
     )?;
     procs::sleep(plan.partition_hold.saturating_sub(cut.elapsed()))?;
     let entries_at_heal = counts(&mut readers, &probe)?;
     let partition_s = cut.elapsed().as_secs_f64();
     mesh.heal()?;
-    let expected = made_before + total(&during) + linked;
+    let expected = before + total(&during);
     let (converged, entries) = converge(&mut readers, &probe, expected, plan.limit)?;
     Ok(PartitionResult {
         contender: mesh.contender,
         nodes: mesh.size,
-        made_before,
+        made_before: before - linked,
         made_majority: during.first().map_or(0, |r| r.requests),
         made_isolated: during.get(1).map_or(0, |r| r.requests),
         partition_s,

@@ -30,9 +30,11 @@ pub(crate) fn section(out: &mut String, cluster: Option<&ClusterReport>) {
          1 ms apart) that finds it on each other node. Costs per mirrored session are those of \
          the nodes that only receive: CPU from `/proc`, bytes their interface took in and sent \
          (peers traffic with headers).\n\
-         - **partition**: {pnodes} nodes; {half} sessions on node 1, then the last node's peers \
+         - **partition**: {pnodes} nodes; {before} sessions filled in through node 1 \
+         (keep-alive requests, a new cookie each) and mirrored, then the last node's peers \
          traffic is dropped (`ip rule ... blackhole` on the peers port in its namespace) for at \
-         least {hold:.0} s while {quarter} sessions are made on node 1 and {quarter} on it; then \
+         least {hold:.0} s while new sessions are made at {prate:.0}/s for {making:.0} s, half \
+         on node 1 and half on the cut-off node (a new connection and cookie per request); then \
          healed. Time from the heal until every table is identical (sizes polled every 20 ms, \
          then dumps compared).\n\
          - **resync**: 3 nodes; {entries} sessions filled through node 1 (mirrored to node 2), \
@@ -43,8 +45,9 @@ pub(crate) fn section(out: &mut String, cluster: Option<&ClusterReport>) {
         secs = plan.lag_duration.as_secs_f64(),
         samples = plan.lag_samples_per_s,
         pnodes = plan.partition_nodes,
-        half = plan.partition_sessions / 2,
-        quarter = plan.partition_sessions / 4,
+        before = plan.partition_before(),
+        prate = plan.partition_rate,
+        making = plan.partition_making.as_secs_f64(),
         hold = plan.partition_hold.as_secs_f64(),
         entries = plan.resync_entries,
     );

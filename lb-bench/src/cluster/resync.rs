@@ -6,28 +6,21 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
-    counts,
+    counts, fill,
     mesh::{self, Hosts, Mesh},
     per, poll_until,
     probe::Prober,
     tables::Reader,
     wait_linked, ClusterPlan,
 };
-use crate::{
-    contender::Contender,
-    env::Env,
-    procs,
-    wrk::{self, WrkSpec},
-};
+use crate::{contender::Contender, env::Env};
 
 const NODES: usize = 3;
 const JOINER: usize = 2;
-/// Connections of the fill (as the table-scale fill).
-const FILL_CONNECTIONS: u32 = 64;
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct ResyncResult {
@@ -97,7 +90,7 @@ fn run(
         .collect::<anyhow::Result<Vec<_>>>()?;
     wait_linked(&probe, &mut holders, plan.limit)?;
     let target = plan.resync_entries;
-    let fill_s = fill(env, hosts, &mut holders[..1], &probe, target, plan.limit)?;
+    let fill_s = fill(env, hosts, &mut holders[..1], &probe, target, plan.limit)?.as_secs_f64();
     let caught_up = poll_until(plan.limit, Duration::from_millis(50), || {
         Ok(counts(&mut holders[1..], &probe)?[0] >= target)
     })?
@@ -132,39 +125,4 @@ fn run(
         joiner_cpu_us_per_entry: per(cpu(JOINER) * 1e6, learned),
         teachers_cpu_us_per_entry: per((cpu(0) + cpu(1)) * 1e6, learned),
     })
-}
-
-/// Keep-alive requests through node 1, cookies cycling through `target` values, until its
-/// table holds `target` entries: the time it took.
-fn fill(
-    env: &Env,
-    hosts: &Hosts,
-    node1: &mut [(usize, Reader)],
-    probe: &Prober,
-    target: u64,
-    limit: Duration,
-) -> anyhow::Result<f64> {
-    let url = format!("http://{}", mesh::frontend(0));
-    let spec = WrkSpec {
-        threads: env.plan.wrk_threads,
-        connections: FILL_CONNECTIONS,
-        duration: limit,
-        url: &url,
-        prefix: "c1a55e00",
-        pool: target,
-        close: false,
-    };
-    let started = Instant::now();
-    let mut load = wrk::start(hosts.client(), &env.script, &spec)?;
-    let filled = poll_until(limit, Duration::from_millis(200), || {
-        if let Ok(Some(status)) = load.try_wait() {
-            bail!("wrk stopped ({status}) before the table held {target} entries");
-        }
-        Ok(counts(node1, probe)?[0] >= target)
-    });
-    procs::kill(&mut load);
-    match filled? {
-        Some(_) => Ok(started.elapsed().as_secs_f64()),
-        None => bail!("the table did not reach {target} entries within {limit:?}"),
-    }
 }
