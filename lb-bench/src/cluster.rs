@@ -23,7 +23,7 @@ mod tables;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use serde::Serialize;
 
 pub(crate) use self::{lag::LagResult, partition::PartitionResult, resync::ResyncResult};
@@ -72,9 +72,12 @@ pub(crate) struct ClusterPlan {
     pub(crate) partition_hold: Duration,
     /// Sessions the cluster holds when a node joins (two nodes hold them).
     pub(crate) resync_entries: u64,
-    /// The longest the bench waits for a table to converge, fill or resync.
+    /// The longest the bench waits for a table to fill or resync.
     #[serde(rename = "limit_s", serialize_with = "as_seconds")]
     pub(crate) limit: Duration,
+    /// The longest it waits for the tables to agree after a partition (the target is 2 s).
+    #[serde(rename = "converge_limit_s", serialize_with = "as_seconds")]
+    pub(crate) converge_limit: Duration,
 }
 
 impl ClusterPlan {
@@ -91,6 +94,7 @@ impl ClusterPlan {
             partition_hold: Duration::from_secs(6),
             resync_entries: if quick { 20_000 } else { 1_000_000 },
             limit: Duration::from_secs(if quick { 30 } else { 300 }),
+            converge_limit: Duration::from_secs(if quick { 20 } else { 60 }),
         }
     }
 
@@ -112,11 +116,57 @@ pub(crate) struct ClusterReport {
     pub(crate) mirror_lag: Vec<LagResult>,
     pub(crate) partition: Vec<PartitionResult>,
     pub(crate) resync: Vec<ResyncResult>,
+    /// Workloads that did not finish, and why.
+    pub(crate) failed: Vec<Failed>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Failed {
+    pub(crate) workload: &'static str,
+    pub(crate) contender: Contender,
+    pub(crate) error: String,
 }
 
 impl ClusterReport {
     fn is_empty(&self) -> bool {
-        self.mirror_lag.is_empty() && self.partition.is_empty() && self.resync.is_empty()
+        self.mirror_lag.is_empty()
+            && self.partition.is_empty()
+            && self.resync.is_empty()
+            && self.failed.is_empty()
+    }
+
+    /// Keeps `result`, or records why the workload did not finish: one workload's failure (a
+    /// node that stopped answering) is a finding, not a reason to lose the others'.
+    fn record<T>(
+        &mut self,
+        workload: &'static str,
+        contender: Contender,
+        result: anyhow::Result<T>,
+        progress: impl Fn(&T) -> String,
+    ) -> Option<T> {
+        match result {
+            Ok(result) => {
+                println!(
+                    "bench: {workload} {}: {}",
+                    contender.label(),
+                    progress(&result)
+                );
+                Some(result)
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                println!(
+                    "bench: {workload} {}: did not finish: {error}",
+                    contender.label()
+                );
+                self.failed.push(Failed {
+                    workload,
+                    contender,
+                    error,
+                });
+                None
+            }
+        }
     }
 }
 
@@ -140,28 +190,25 @@ pub(crate) fn measure(env: &Env, args: &BenchArgs) -> anyhow::Result<Option<Clus
         mirror_lag: Vec::new(),
         partition: Vec::new(),
         resync: Vec::new(),
+        failed: Vec::new(),
     };
-    for contender in &contenders {
-        let contender = *contender;
-        let label = contender.label();
+    for contender in contenders {
         if wanted.contains(&MIRROR_LAG) {
-            let result = lag::measure(env, &hosts, contender, &plan)
-                .with_context(|| format!("{MIRROR_LAG} against {label}"))?;
-            println!("bench: {MIRROR_LAG} {label}: {}", result.progress());
-            report.mirror_lag.push(result);
+            let result = lag::measure(env, &hosts, contender, &plan);
+            let kept = report.record(MIRROR_LAG, contender, result, LagResult::progress);
+            report.mirror_lag.extend(kept);
         }
         if wanted.contains(&PARTITION) {
-            let result = partition::measure(env, &hosts, contender, &plan)
-                .with_context(|| format!("{PARTITION} against {label}"))?;
-            println!("bench: {PARTITION} {label}: {}", result.progress());
-            report.partition.push(result);
+            let result = partition::measure(env, &hosts, contender, &plan);
+            let kept = report.record(PARTITION, contender, result, PartitionResult::progress);
+            report.partition.extend(kept);
         }
         if wanted.contains(&RESYNC) {
-            let result = resync::measure(env, &hosts, contender, &plan)
-                .with_context(|| format!("{RESYNC} against {label}"))?;
-            println!("bench: {RESYNC} {label}: {}", result.progress());
-            report.resync.push(result);
+            let result = resync::measure(env, &hosts, contender, &plan);
+            let kept = report.record(RESYNC, contender, result, ResyncResult::progress);
+            report.resync.extend(kept);
         }
+        procs::check_interrupted()?;
     }
     Ok((!report.is_empty()).then_some(report))
 }
@@ -222,12 +269,19 @@ fn poll_until(
     }
 }
 
-/// The tables' sizes, read through `probe` where needed.
-fn counts(readers: &mut [(usize, Reader)], probe: &Prober) -> anyhow::Result<Vec<u64>> {
+/// The tables' sizes, read through `probe` where needed; None for a node that did not answer
+/// (a stickylb node busy applying a resync may leave its monitor unanswered for seconds):
+/// polls go on, and a node that never answers shows as not converged.
+fn counts(readers: &mut [(usize, Reader)], probe: &Prober) -> Vec<Option<u64>> {
     readers
         .iter_mut()
-        .map(|(_, reader)| reader.count(probe))
+        .map(|(_, reader)| reader.count(probe).ok())
         .collect()
+}
+
+/// Whether every size is known and at least `least`.
+fn all_at_least(sizes: &[Option<u64>], least: u64) -> bool {
+    sizes.iter().all(|size| size.is_some_and(|s| s >= least))
 }
 
 /// `part / whole`, or None when `whole` is 0.
@@ -265,7 +319,7 @@ fn fill(
         if let Ok(Some(status)) = load.try_wait() {
             bail!("wrk stopped ({status}) before the table held {target} entries");
         }
-        Ok(counts(&mut reader[..1], probe)?[0] >= target)
+        Ok(all_at_least(&counts(&mut reader[..1], probe), target))
     });
     procs::kill(&mut load);
     match filled? {

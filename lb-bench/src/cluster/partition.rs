@@ -13,7 +13,7 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::{
-    counts, fill,
+    all_at_least, counts, fill,
     mesh::{self, Hosts, Mesh},
     poll_until,
     probe::Prober,
@@ -39,8 +39,8 @@ pub(crate) struct PartitionResult {
     pub(crate) made_majority: u64,
     pub(crate) made_isolated: u64,
     pub(crate) partition_s: f64,
-    /// Each node's table size when the partition healed.
-    pub(crate) entries_at_heal: Vec<u64>,
+    /// Each node's table size when the partition healed (None: it did not answer).
+    pub(crate) entries_at_heal: Vec<Option<u64>>,
     /// Entries of every table once they agreed.
     pub(crate) entries: u64,
     /// From the heal until every table was the same; None: not within the limit.
@@ -103,9 +103,9 @@ fn run(
     // Everyone has them before the cut (the link checks' sessions included).
     let mut before = 0;
     let mirrored = poll_until(plan.limit, Duration::from_millis(50), || {
-        let sizes = counts(&mut readers, &probe)?;
-        before = sizes[0];
-        Ok(sizes.iter().all(|&c| c >= before))
+        let sizes = counts(&mut readers, &probe);
+        before = sizes[0].unwrap_or(u64::MAX);
+        Ok(all_at_least(&sizes, before))
     })?;
     if mirrored.is_none() {
         bail!(
@@ -123,11 +123,11 @@ fn run(
         plan.partition_making,
     )?;
     procs::sleep(plan.partition_hold.saturating_sub(cut.elapsed()))?;
-    let entries_at_heal = counts(&mut readers, &probe)?;
+    let entries_at_heal = counts(&mut readers, &probe);
     let partition_s = cut.elapsed().as_secs_f64();
     mesh.heal()?;
     let expected = before + total(&during);
-    let (converged, entries) = converge(&mut readers, &probe, expected, plan.limit)?;
+    let (converged, entries) = converge(&mut readers, &probe, expected, plan.converge_limit)?;
     Ok(PartitionResult {
         contender: mesh.contender,
         nodes: mesh.size,
@@ -186,9 +186,9 @@ fn converge(
     loop {
         procs::check_interrupted()?;
         let at = healed.elapsed();
-        let sizes = counts(readers, probe)?;
-        entries = sizes.iter().copied().max().unwrap_or(entries);
-        if sizes.iter().all(|&c| c == sizes[0] && c >= expected) {
+        let sizes = counts(readers, probe);
+        entries = sizes.iter().copied().flatten().max().unwrap_or(entries);
+        if all_at_least(&sizes, expected) && sizes.iter().all(|&c| c == sizes[0]) {
             let dumps = readers
                 .iter_mut()
                 .map(|(_, reader)| reader.dump())

@@ -54,6 +54,7 @@ pub(crate) fn section(out: &mut String, cluster: Option<&ClusterReport>) {
     lag(out, &cluster.mirror_lag);
     partition(out, &cluster.partition);
     resync(out, &cluster.resync);
+    failed(out, cluster);
     targets(out, cluster);
 }
 
@@ -120,7 +121,11 @@ fn partition(out: &mut String, results: &[PartitionResult]) {
         .find(|r| r.contender == Contender::Haproxy)
         .and_then(|r| r.converged_s);
     for r in results {
-        let at_heal: Vec<String> = r.entries_at_heal.iter().map(u64::to_string).collect();
+        let at_heal: Vec<String> = r
+            .entries_at_heal
+            .iter()
+            .map(|size| size.map_or("?".to_owned(), |s| s.to_string()))
+            .collect();
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} + {} | {:.1} | {} | {} | {} | {} |",
@@ -175,6 +180,23 @@ fn resync(out: &mut String, results: &[ResyncResult]) {
     out.push_str(
         "\nRatios are stickylb's time over HAProxy's from the same run: below 1 is faster.\n\n",
     );
+}
+
+fn failed(out: &mut String, cluster: &ClusterReport) {
+    if cluster.failed.is_empty() {
+        return;
+    }
+    out.push_str("### Did not finish\n\n");
+    for f in &cluster.failed {
+        let _ = writeln!(
+            out,
+            "- {} against {}: {}",
+            f.workload,
+            f.contender.label(),
+            f.error
+        );
+    }
+    out.push('\n');
 }
 
 fn targets(out: &mut String, cluster: &ClusterReport) {

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
-    counts, fill,
+    all_at_least, counts, fill,
     mesh::{self, Hosts, Mesh},
     per, poll_until,
     probe::Prober,
@@ -92,7 +92,7 @@ fn run(
     let target = plan.resync_entries;
     let fill_s = fill(env, hosts, &mut holders[..1], &probe, target, plan.limit)?.as_secs_f64();
     let caught_up = poll_until(plan.limit, Duration::from_millis(50), || {
-        Ok(counts(&mut holders[1..], &probe)?[0] >= target)
+        Ok(all_at_least(&counts(&mut holders[1..], &probe), target))
     })?
     .with_context(|| {
         format!(
@@ -100,14 +100,20 @@ fn run(
             plan.limit
         )
     })?;
-    let entries = counts(&mut holders, &probe)?.into_iter().min().unwrap_or(0);
+    let entries = counts(&mut holders, &probe)
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(target);
     let (cpu_before, wire_before) = (mesh.cpu_seconds()?, mesh::wire_bytes(hosts, JOINER)?);
     let started = Instant::now();
     mesh.start(JOINER)?;
     let mut joiner = [(JOINER, Reader::open(mesh, JOINER)?)];
     let mut joiner_entries = 0;
     let resynced = poll_until(plan.limit, Duration::from_millis(50), || {
-        joiner_entries = counts(&mut joiner, &probe)?[0];
+        if let Some(count) = counts(&mut joiner, &probe)[0] {
+            joiner_entries = count;
+        }
         Ok(joiner_entries >= entries)
     })?
     .map(|_| started.elapsed().as_secs_f64());
