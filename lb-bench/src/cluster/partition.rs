@@ -52,14 +52,19 @@ impl PartitionResult {
         let converged = self.converged_s.map_or("did not converge".to_owned(), |s| {
             format!("converged in {s:.2} s")
         });
+        let at_heal: Vec<String> = self
+            .entries_at_heal
+            .iter()
+            .map(|size| size.map_or("?".to_owned(), |s| s.to_string()))
+            .collect();
         format!(
-            "{} nodes, {} + {} sessions during a {:.1} s partition, tables at heal {:?}, \
+            "{} nodes, {} + {} sessions during a {:.1} s partition, tables at heal {}, \
              {converged} with {} entries",
             self.nodes,
             self.made_majority,
             self.made_isolated,
             self.partition_s,
-            self.entries_at_heal,
+            at_heal.join(" / "),
             self.entries
         )
     }
