@@ -12,7 +12,9 @@
 //! Tables are read from outside the processes ([`tables`]): stickylb's pinned maps, HAProxy's
 //! stats socket. Nothing here asserts a speed; the report says which targets were met.
 
+mod addrs;
 mod cli;
+mod config;
 mod lag;
 mod mesh;
 mod partition;
@@ -242,7 +244,7 @@ fn wait_linked(
 
 /// One request with a new cookie through node `node`: a new session there.
 fn create_session(probe: &Prober, node: usize, cookie: &str) -> anyhow::Result<()> {
-    let (status, _) = probe.get(mesh::frontend(node), "/", Some(cookie))?;
+    let (status, _) = probe.get(addrs::frontend(node), "/", Some(cookie))?;
     if status != 200 {
         bail!("node {node} answered {status} to a new session");
     }
@@ -303,7 +305,7 @@ fn fill(
     let Some(&(node, _)) = reader.first() else {
         bail!("no node to fill");
     };
-    let url = format!("http://{}", mesh::frontend(node));
+    let url = format!("http://{}", addrs::frontend(node));
     let spec = WrkSpec {
         threads: env.plan.wrk_threads,
         connections: FILL_CONNECTIONS,

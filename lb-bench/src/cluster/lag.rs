@@ -18,6 +18,7 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use super::{
+    addrs,
     mesh::{self, Hosts, Mesh},
     per, probe,
     probe::Prober,
@@ -124,7 +125,7 @@ fn run(
         .map(|i| Ok((i, Reader::open(mesh, i)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     wait_linked(&probe, &mut readers, plan.limit)?;
-    let target = mesh::frontend(0).to_string();
+    let target = addrs::frontend(0).to_string();
     let duration = WARM_UP + plan.lag_duration + Duration::from_millis(500);
     let spec = LoadSpec {
         per_connection: 1,
@@ -214,7 +215,7 @@ fn sample(
             thread::sleep(due.saturating_duration_since(Instant::now()));
             let cookie = format!("lagsample{k:08}");
             let sent = Instant::now();
-            let outcome = match probe::get(mesh::frontend(0), "/", Some(&cookie)) {
+            let outcome = match probe::get(addrs::frontend(0), "/", Some(&cookie)) {
                 Ok((200, _)) => Ok(Made { cookie, sent }),
                 Ok((status, _)) => Err(anyhow::anyhow!("a sample session was answered {status}")),
                 Err(error) => Err(error),

@@ -9,29 +9,26 @@ use std::{
     cell::Cell,
     fs,
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
-use netns_kit::{Lan, LanAddrs, NetNs};
+use netns_kit::{Lan, NetNs};
 
+use super::{
+    addrs::{node_name, NET, PEERS_PORT},
+    config,
+};
 use crate::{
-    contender::{self, Contender, LbProcess, BACKEND_NAME, BACKEND_PORTS, FRONTEND_PORT},
+    contender::{self, Contender, LbProcess},
     env::{Env, HAPROXY},
     hosts, procs, workspace,
 };
 
 /// The most nodes any cluster workload starts.
 pub(crate) const MAX_NODES: usize = 5;
-/// The cluster's LAN, 10.242.0.0/24: nodes at .11 and up.
-const NET: LanAddrs = LanAddrs::new(242, 11);
-/// The peers port of every node, stickylb's and HAProxy's.
-pub(crate) const PEERS_PORT: u16 = 1024;
-/// stickylb's monitor port on each node (its table size, in `/metrics`).
-const MONITOR_PORT: u16 = 8404;
 /// Same as the other workloads' log level: start-up lines only.
 const STICKYLB_LOG: &str = "warn,stickylb::daemon=info";
 
@@ -73,26 +70,6 @@ impl Drop for Hosts {
             procs::kill(backends);
         }
     }
-}
-
-/// Node `i`'s address (from 0).
-pub(crate) fn node_addr(i: usize) -> Ipv4Addr {
-    NET.lb(i)
-}
-
-/// Node `i`'s frontend.
-pub(crate) fn frontend(i: usize) -> SocketAddr {
-    SocketAddr::from((node_addr(i), FRONTEND_PORT))
-}
-
-/// stickylb node `i`'s monitor.
-pub(crate) fn monitor(i: usize) -> SocketAddr {
-    SocketAddr::from((node_addr(i), MONITOR_PORT))
-}
-
-/// Node `i`'s name among the peers (and stickylb's instance name).
-pub(crate) fn node_name(i: usize) -> String {
-    format!("n{}", i + 1)
 }
 
 /// A full mesh of `size` nodes of one contender, started one by one: every node's peers
@@ -145,13 +122,14 @@ impl<'a> Mesh<'a> {
         let log = self.work_dir.join(format!("{tag}.log"));
         let mut command = match self.contender {
             Contender::Haproxy => {
-                write(&config, &haproxy_config(i, self.size, &self.cli_socket(i)))?;
+                let text = config::haproxy(i, self.size, &self.cli_socket(i));
+                write(&config, &text)?;
                 let mut command = netns.command(HAPROXY);
                 command.arg("-f").arg(&config).arg("-db");
                 command
             }
             Contender::Stickylb => {
-                let text = stickylb_config(i, self.size, &self.pin_dir, &self.control_socket(i));
+                let text = config::stickylb(i, self.size, &self.pin_dir, &self.control_socket(i));
                 write(&config, &text)?;
                 let mut command = netns.command(workspace::stickylb_binary(true));
                 command
@@ -303,75 +281,11 @@ pub(crate) fn peer_connections(hosts: &Hosts, i: usize) -> anyhow::Result<usize>
     Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
-fn members(size: usize) -> impl Iterator<Item = (String, SocketAddr)> {
-    (0..size).map(|i| (node_name(i), SocketAddr::from((node_addr(i), PEERS_PORT))))
-}
-
-/// The bench's stickylb configuration (round robin, a JSESSIONID table of
-/// [`contender::TABLE_SIZE`], no health checks) with a `[peers]` section naming every node.
-fn stickylb_config(i: usize, size: usize, pin_dir: &Path, control: &Path) -> String {
-    let (addr, backends) = (node_addr(i), NET.backends());
-    let servers: String = server_names()
-        .map(|(name, port)| format!("  {{ name = \"{name}\", addr = \"{backends}:{port}\" }},\n"))
-        .collect();
-    let members: String = members(size)
-        .map(|(name, addr)| format!("  {{ name = \"{name}\", addr = \"{addr}\" }},\n"))
-        .collect();
-    format!(
-        "# Written by `cargo xtask bench` (cluster workloads).\n\
-         [instance]\nname = \"{name}\"\npin_dir = \"{pin}\"\ncontrol_socket = \"{control}\"\n\n\
-         [[frontend]]\nname = \"www\"\nbind = \"{addr}:{FRONTEND_PORT}\"\nbackend = \"{BACKEND_NAME}\"\nfastpath = \"off\"\n\n\
-         [[backend]]\nname = \"{BACKEND_NAME}\"\nbalance = \"roundrobin\"\nstick_cookie = \"JSESSIONID\"\n\
-         table_size = {size_}\nexpire = \"30m\"\nhealth_check = {{ enabled = false }}\n\
-         servers = [\n{servers}]\n\n\
-         [monitor]\nbind = \"{addr}:{MONITOR_PORT}\"\n\n\
-         [timeouts]\nconnect = \"5s\"\nclient = \"50s\"\nserver = \"50s\"\ndrain = \"1s\"\n\n\
-         [peers]\nbind = \"{addr}:{PEERS_PORT}\"\nmembers = [\n{members}]\n",
-        name = node_name(i),
-        pin = pin_dir.display(),
-        control = control.display(),
-        size_ = contender::TABLE_SIZE,
-    )
-}
-
-/// HAProxy's equivalent: the bench's sticky setup, the table shared with the `mesh` peers.
-fn haproxy_config(i: usize, size: usize, socket: &Path) -> String {
-    let (addr, backends) = (node_addr(i), NET.backends());
-    let servers: String = server_names()
-        .map(|(name, port)| format!("    server {name} {backends}:{port}\n"))
-        .collect();
-    let peers: String = members(size)
-        .map(|(name, addr)| format!("    peer {name} {addr}\n"))
-        .collect();
-    format!(
-        "# Written by `cargo xtask bench` (cluster workloads).\n\
-         global\n    maxconn 8192\n    localpeer {name}\n    stats socket {socket} level admin\n\n\
-         defaults\n    mode http\n    option redispatch\n    option forwardfor\n    http-reuse always\n\
-         \x20   timeout connect 5s\n    timeout client 50s\n    timeout server 50s\n\n\
-         peers mesh\n{peers}\n\
-         frontend www\n    bind {addr}:{FRONTEND_PORT}\n    default_backend {BACKEND_NAME}\n\n\
-         backend {BACKEND_NAME}\n    balance roundrobin\n\
-         \x20   stick-table type string len 32 size {size_} expire 30m peers mesh\n\
-         \x20   stick on req.cook(JSESSIONID)\n    stick store-response res.cook(JSESSIONID)\n\
-         {servers}",
-        name = node_name(i),
-        socket = socket.display(),
-        size_ = contender::TABLE_SIZE,
-    )
-}
-
-fn server_names() -> impl Iterator<Item = (String, u16)> {
-    BACKEND_PORTS
-        .iter()
-        .enumerate()
-        .map(|(i, port)| (format!("be{}", i + 1), *port))
-}
-
 /// One `stickylb-backend` with a listener per backend port; waits for its `ready`.
 fn start_backends(netns: &NetNs, log: &Path) -> anyhow::Result<Child> {
     let binary = workspace::stickylb_binary(true).with_file_name("stickylb-backend");
     let mut command = netns.command(binary);
-    for (name, port) in server_names() {
+    for (name, port) in config::servers() {
         command
             .arg("--listen")
             .arg(format!("{}:{port}={name}", NET.backends()));
@@ -406,30 +320,5 @@ fn remove_dir(dir: &Path) -> anyhow::Result<()> {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error).with_context(|| format!("could not remove {}", dir.display())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::{haproxy_config, stickylb_config};
-
-    #[test]
-    fn every_node_lists_every_member() {
-        let stickylb = stickylb_config(1, 5, Path::new("/p"), Path::new("/s"));
-        assert!(stickylb.contains("name = \"n2\"\n"));
-        assert!(stickylb.contains("bind = \"10.242.0.12:1024\""));
-        for i in 1..=5 {
-            assert!(stickylb.contains(&format!(
-                "{{ name = \"n{i}\", addr = \"10.242.0.{}:1024\" }}",
-                10 + i
-            )));
-        }
-        let haproxy = haproxy_config(1, 5, Path::new("/s"));
-        assert!(haproxy.contains("localpeer n2\n"));
-        assert!(haproxy.contains("    peer n5 10.242.0.15:1024\n"));
-        assert!(haproxy.contains("size 1048576 expire 30m peers mesh\n"));
-        assert!(haproxy.contains("    server be4 10.242.0.2:8084\n"));
     }
 }

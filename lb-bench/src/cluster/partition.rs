@@ -13,8 +13,8 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::{
-    all_at_least, counts, fill,
-    mesh::{self, Hosts, Mesh},
+    addrs, all_at_least, counts, fill,
+    mesh::{Hosts, Mesh},
     poll_until,
     probe::Prober,
     tables::{Dump, Reader},
@@ -156,7 +156,7 @@ fn make(
 ) -> anyhow::Result<Vec<LoadResult>> {
     let targets: Vec<String> = sides
         .iter()
-        .map(|(node, _)| mesh::frontend(*node).to_string())
+        .map(|(node, _)| addrs::frontend(*node).to_string())
         .collect();
     let mut running = Vec::new();
     for ((_, prefix), target) in sides.iter().zip(&targets) {

@@ -9,8 +9,9 @@ use aya::maps::{HashMap, Map, MapData};
 use lb_common::{StickEntry, StickKey, COOKIE_LEN};
 
 use super::{
+    addrs,
     cli::{self, Cli},
-    mesh::{self, Mesh},
+    mesh::Mesh,
     probe::Prober,
 };
 use crate::{contender::BACKEND_NAME, metrics::metric_value};
@@ -61,7 +62,7 @@ impl Reader {
     pub(crate) fn count(&mut self, probe: &Prober) -> anyhow::Result<u64> {
         match self {
             Self::Stickylb { node, .. } => {
-                let (status, metrics) = probe.get(mesh::monitor(*node), "/metrics", None)?;
+                let (status, metrics) = probe.get(addrs::monitor(*node), "/metrics", None)?;
                 if status != 200 {
                     bail!("node {node}'s /metrics answered {status}");
                 }
