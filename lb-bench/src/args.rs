@@ -27,6 +27,10 @@ pub(crate) struct BenchArgs {
     /// run against haproxy and stickylb only.
     #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
     pub(crate) workloads: Vec<String>,
+    /// New sessions per second that cluster-mirror-lag offers to its first node [default:
+    /// 10000]; a lower rate compares the contenders' lag at a load both sustain.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) lag_rate: Option<u32>,
     /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path); see --workload.
     #[arg(long = "contender", value_name = "ID", value_parser = parse_contender)]
     pub(crate) contenders: Vec<Contender>,

@@ -185,7 +185,10 @@ pub(crate) fn measure(env: &Env, args: &BenchArgs) -> anyhow::Result<Option<Clus
     if wanted.is_empty() || contenders.is_empty() {
         return Ok(None);
     }
-    let plan = ClusterPlan::new(env.plan.quick);
+    let mut plan = ClusterPlan::new(env.plan.quick);
+    if let Some(rate) = args.lag_rate {
+        plan.lag_rate = f64::from(rate);
+    }
     let hosts = Hosts::create(env)?;
     let mut report = ClusterReport {
         plan: plan.clone(),
