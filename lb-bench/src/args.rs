@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::{contender::Contender, workload::Workload};
+use crate::{cluster, contender::Contender, workload::Workload};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -21,11 +21,16 @@ pub(crate) struct BenchArgs {
     pub(crate) perf: bool,
     /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
     /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
-    /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, table-scale, splice-rate); a
-    /// partial run writes to target/bench/partial/ unless --output says otherwise. The tls-
-    /// workloads run against haproxy and stickylb only.
+    /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, table-scale, splice-rate,
+    /// cluster-mirror-lag, cluster-partition, cluster-resync); a partial run writes to
+    /// target/bench/partial/ unless --output says otherwise. The tls- and cluster- workloads
+    /// run against haproxy and stickylb only.
     #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
     pub(crate) workloads: Vec<String>,
+    /// New sessions per second that cluster-mirror-lag offers to its first node [default:
+    /// 10000]; a lower rate compares the contenders' lag at a load both sustain.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) lag_rate: Option<u32>,
     /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path); see --workload.
     #[arg(long = "contender", value_name = "ID", value_parser = parse_contender)]
     pub(crate) contenders: Vec<Contender>,
@@ -37,12 +42,17 @@ pub(crate) const TABLE_SCALE: &str = "table-scale";
 pub(crate) const SPLICE_RATE: &str = "splice-rate";
 
 fn parse_workload_filter(id: &str) -> Result<String, String> {
-    if id == TABLE_SCALE || id == SPLICE_RATE || Workload::from_id(id).is_some() {
+    if id == TABLE_SCALE
+        || id == SPLICE_RATE
+        || cluster::WORKLOADS.contains(&id)
+        || Workload::from_id(id).is_some()
+    {
         Ok(id.to_owned())
     } else {
         Err(format!(
-            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}",
-            Workload::ALL.map(Workload::id).join(", ")
+            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}, {}",
+            Workload::ALL.map(Workload::id).join(", "),
+            cluster::WORKLOADS.join(", ")
         ))
     }
 }

@@ -285,6 +285,16 @@ impl Env {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// `<pin root>/bench-<pid>`: removed when the run ends (the cluster pins under it too).
+    pub(super) fn pin_root(&self) -> &Path {
+        &self.pin_root
+    }
+
+    /// Where the run's sockets go.
+    pub(super) fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
     pub(super) fn haproxy_socket(&self) -> PathBuf {
         self.run_dir.join("haproxy.sock")
     }

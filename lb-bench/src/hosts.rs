@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use netns_kit::{Lan, LanAddrs, Names, NetNs, Routed, RoutedAddrs, Switch};
 
 /// The bench's namespaces: `slbbench-<pid>-<role>`.
-const NAMES: Names = Names::new("slbbench-");
+pub(crate) const NAMES: Names = Names::new("slbbench-");
 
 const ROUTED_NET: RoutedAddrs = RoutedAddrs::new(240);
 /// The one-armed load balancer is the LAN's first (and only) one, at .10.

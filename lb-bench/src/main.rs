@@ -13,6 +13,7 @@ mod bpfstats;
 mod bpftool;
 mod check;
 mod client;
+mod cluster;
 mod contender;
 mod env;
 mod h2load;

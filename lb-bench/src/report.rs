@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
+    cluster::ClusterReport,
     contender::Contender,
     machine::Machine,
     others::LIMIT_PERCENT as OTHERS_LIMIT_PERCENT,
@@ -209,6 +210,8 @@ pub(super) struct Report {
     pub(super) profiles: Vec<Profile>,
     /// Whether the fast path's LB CPU includes its TC program's run time (BPF statistics).
     pub(super) fastpath_program_time_counted: bool,
+    /// The cluster workloads (full mesh of peers), when they ran.
+    pub(super) cluster: Option<ClusterReport>,
     /// Every run of every cell.
     pub(super) runs: Vec<Cell>,
 }
@@ -263,6 +266,7 @@ impl Report {
             targets,
             profiles,
             fastpath_program_time_counted: false,
+            cluster: None,
             runs: cells,
         }
     }

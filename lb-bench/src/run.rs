@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 
 use crate::{
     args::{BenchArgs, SPLICE_RATE, TABLE_SCALE},
-    bpfstats,
+    bpfstats, cluster,
     contender::Contender,
     env::{remove_stale, Env, HAPROXY},
     machine, others,
@@ -68,6 +68,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let cluster = cluster::measure(&env, args)?;
     let profiles = if args.perf {
         profile::run(&env)?
     } else {
@@ -82,6 +83,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         started.elapsed(),
     );
     report.fastpath_program_time_counted = bpf_stats.is_some();
+    report.cluster = cluster;
     drop((env, bpf_stats));
     report::write(&report, &output)?;
     println!(

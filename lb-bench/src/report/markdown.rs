@@ -76,6 +76,7 @@ pub(crate) fn render(report: &Report) -> String {
     handoffs(&mut out, report);
     scale(&mut out, report);
     splice_rate(&mut out, report);
+    crate::cluster::render::section(&mut out, report.cluster.as_ref());
     targets(&mut out, report);
     if !report.profiles.is_empty() {
         profiles(&mut out, &report.profiles);
