@@ -5,12 +5,14 @@
 
 use std::{
     collections::HashSet,
+    pin::Pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     sync::watch,
     time::timeout,
 };
@@ -89,6 +91,7 @@ pub async fn run(
     };
     let mut driver = Driver {
         stream: opened.stream,
+        read_buf: vec![0u8; READ_CHUNK],
         session,
         tables,
         peer,
@@ -100,8 +103,17 @@ pub async fn run(
     }
 }
 
+/// What [`Driver::write_or_read`] got done.
+enum Progress {
+    Wrote(usize),
+    Flushed,
+    Read(usize),
+}
+
 struct Driver<'a> {
     stream: PeerStream,
+    /// What is read while a flush waits for the peer to take our bytes.
+    read_buf: Vec<u8>,
     session: Session,
     tables: &'a [SyncedTable],
     peer: Peer<'a>,
@@ -122,6 +134,8 @@ impl Driver<'_> {
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut tick = tokio::time::interval(TICK);
         loop {
+            // A resync request may have been read while a flush waited.
+            self.teach_if_asked().await?;
             changes.borrow_and_update();
             self.push_changes().await?;
             self.flush().await?;
@@ -188,21 +202,65 @@ impl Driver<'_> {
         self.flush().await
     }
 
-    /// Writes everything the session has to send.
+    /// Writes everything the session has to send, reading what the peer sends meanwhile.
+    ///
+    /// Reading while writing matters when both sides send much at once, as after a partition
+    /// heals: each side's full resync is megabytes, and two peers that only wrote would fill
+    /// both sockets' buffers and wait on each other until the write timeout ended the session,
+    /// every time.
     async fn flush(&mut self) -> Result<(), SessionEnd> {
         while let Some(bytes) = self.session.poll_transmit(Instant::now())? {
             self.absorb();
-            // Flushed: over TLS, bytes may otherwise wait in rustls for the next write.
-            let write = async {
-                self.stream.write_all(&bytes).await?;
-                self.stream.flush().await
-            };
-            timeout(WRITE_TIMEOUT, write)
-                .await
-                .map_err(|_| SessionEnd::WriteStuck)??;
+            let mut written = 0;
+            // Flushed too: over TLS, bytes may otherwise wait in rustls for the next write.
+            let mut flushed = false;
+            while !flushed {
+                let progress = timeout(WRITE_TIMEOUT, self.write_or_read(&bytes[written..]))
+                    .await
+                    .map_err(|_| SessionEnd::WriteStuck)??;
+                match progress {
+                    Progress::Wrote(0) => {
+                        let zero = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                        return Err(zero.into());
+                    }
+                    Progress::Wrote(n) => written += n,
+                    Progress::Flushed => flushed = true,
+                    Progress::Read(0) => return Err(self.session.closed_by_peer().into()),
+                    Progress::Read(n) => {
+                        self.peer.stats.last_received_ms.store(now_ms(), Relaxed);
+                        let read = std::mem::take(&mut self.read_buf);
+                        let result = self.received(read.get(..n).unwrap_or_default());
+                        self.read_buf = read;
+                        result?;
+                    }
+                }
+            }
         }
         self.absorb();
         Ok(())
+    }
+
+    /// Writes some of `pending` (or, with nothing pending, flushes the stream) or, while the
+    /// peer does not take more, reads what it sent: whichever can go on first.
+    async fn write_or_read(&mut self, pending: &[u8]) -> std::io::Result<Progress> {
+        std::future::poll_fn(|cx| {
+            let stream = Pin::new(&mut self.stream);
+            let wrote = if pending.is_empty() {
+                stream.poll_flush(cx).map_ok(|()| Progress::Flushed)
+            } else {
+                stream.poll_write(cx, pending).map_ok(Progress::Wrote)
+            };
+            if wrote.is_ready() {
+                return wrote;
+            }
+            let mut buf = ReadBuf::new(&mut self.read_buf);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Progress::Read(buf.filled().len()))),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Carries out the session's events and adds its counters to the peer's.
