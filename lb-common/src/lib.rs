@@ -289,6 +289,61 @@ const _: () = assert!(core::mem::offset_of!(SpliceEntry, new_smac) == 80);
 const _: () = assert!(core::mem::offset_of!(SpliceEntry, armed_ack) == 52);
 const _: () = assert!(core::mem::offset_of!(SpliceEntry, armed_seq) == 92);
 
+// ---------------------------------------------------------------------------------------------
+// The shield (docs/SHIELD.md): an XDP program on the frontend interfaces that drops packets from
+// sources on the operator's deny list before the stack sees them.
+// ---------------------------------------------------------------------------------------------
+
+/// Name of the deny list map in the eBPF object (and the file name it is pinned under).
+pub const SHIELD_DENY_MAP: &str = "SHIELD_DENY";
+
+/// Name of the shield's counters map (per CPU, indexed by `SHIELD_STAT_*`).
+pub const SHIELD_STATS_MAP: &str = "SHIELD_STATS";
+
+/// Name of the shield's XDP program.
+pub const SHIELD_PROGRAM: &str = "shield";
+
+/// Capacity of the deny list.
+pub const SHIELD_DENY_ENTRIES: u32 = 65536;
+
+/// [`ShieldAddr::family`] of an IPv4 prefix.
+pub const SHIELD_FAMILY_V4: u8 = 4;
+/// [`ShieldAddr::family`] of an IPv6 prefix.
+pub const SHIELD_FAMILY_V6: u8 = 6;
+
+/// Bits of the family tag that precede the address in a deny list key: an LPM key's prefix
+/// length is this plus the CIDR's prefix length.
+pub const SHIELD_FAMILY_BITS: u32 = 8;
+
+/// [`SHIELD_STATS_MAP`] slot: packets dropped because their source is on the deny list.
+pub const SHIELD_STAT_DROPPED_DENY: u32 = 0;
+/// [`SHIELD_STATS_MAP`] slot: packets passed to the stack.
+pub const SHIELD_STAT_PASSED: u32 = 1;
+/// Number of [`SHIELD_STATS_MAP`] slots (the rest are reserved for the SYN rate limit).
+pub const SHIELD_STATS_LEN: u32 = 4;
+
+/// The data part of a deny list key (an LPM trie key is a `u32` prefix length, in bits, followed
+/// by this). One trie holds both families: the family byte comes first, so a prefix always
+/// covers it (prefix length = [`SHIELD_FAMILY_BITS`] + the CIDR's bits) and an IPv4 prefix can
+/// never match an IPv6 source or the other way round. One map means one lookup per packet, one
+/// pinned file and one `bpftool map dump` for the operator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ShieldAddr {
+    /// [`SHIELD_FAMILY_V4`] or [`SHIELD_FAMILY_V6`].
+    pub family: u8,
+    /// The address in network order; an IPv4 address fills the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+    /// Zero. Never covered by a prefix (at most 8 + 128 bits).
+    pub _pad: [u8; 3],
+}
+
+/// Value of the deny list: reserved (zero today); kept a `u32` so that a later reason or
+/// counter does not change the map's value size.
+pub type ShieldRule = u32;
+
+const _: () = assert!(size_of::<ShieldAddr>() == 20);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,4 +377,5 @@ mod pod {
     unsafe impl aya::Pod for super::SpliceEntry {}
     unsafe impl aya::Pod for super::ServerAdminKey {}
     unsafe impl aya::Pod for super::ServerAdminEntry {}
+    unsafe impl aya::Pod for super::ShieldAddr {}
 }

@@ -8,6 +8,9 @@
 //! - `splice_ingress`: the TCP splice fast path (`docs/SPLICE.md`), a TC classifier on the
 //!   ingress of the load balancer's interfaces, with its maps `SPLICE_FLOWS` and
 //!   `SPLICE_STATS` (see [`ingress`]).
+//! - `shield`: an XDP program on the frontend interfaces that drops packets from sources on the
+//!   deny list `SHIELD_DENY` (pinned like the table), counting in `SHIELD_STATS` (see
+//!   [`shield`] and docs/SHIELD.md).
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add` (no CAS), but BPF has
@@ -20,8 +23,13 @@
 
 mod ingress;
 mod maps;
+mod shield;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// The splice fast path.
 ///
@@ -49,6 +57,18 @@ pub fn splice_ingress(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// The shield's deny list.
+///
+/// - Attach point: XDP (native where the driver has it, generic otherwise) of every interface
+///   a frontend listens on.
+/// - Returns `XDP_DROP` for an IPv4 or IPv6 packet whose source matches a `SHIELD_DENY`
+///   prefix, `XDP_PASS` for everything else.
+/// - Reads `SHIELD_DENY`; writes `SHIELD_STATS`.
+#[xdp]
+pub fn shield(ctx: XdpContext) -> u32 {
+    shield::shield_verdict(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,13 +1,13 @@
 //! Maps shared with userspace. Layouts live in `lb-common`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    ServerAdminEntry, ServerAdminKey, SpliceEntry, SpliceKey, StickEntry, StickKey,
-    SERVER_ADMIN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
-    STICK_TABLE_DEFAULT_ENTRIES,
+    ServerAdminEntry, ServerAdminKey, ShieldAddr, ShieldRule, SpliceEntry, SpliceKey, StickEntry,
+    StickKey, SERVER_ADMIN_ENTRIES, SHIELD_DENY_ENTRIES, SHIELD_STATS_LEN,
+    SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN, STICK_TABLE_DEFAULT_ENTRIES,
 };
 
 /// The durable stick table: cookie -> server. Written by userspace only; the capacity is set by
@@ -53,6 +53,26 @@ pub(crate) fn stat_inc(index: u32) {
     if let Some(counter) = SPLICE_STATS.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful lookup in a per-CPU array: it is valid,
         // aligned, and only this CPU's program runs on it (with preemption disabled).
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The operator's deny list: source prefixes of both families in one trie, tagged by family
+/// (`lb_common::ShieldAddr`). Written by userspace only (`stickylb deny`); read by `shield`.
+#[btf_map]
+pub(crate) static SHIELD_DENY: LpmTrie<ShieldAddr, ShieldRule, { SHIELD_DENY_ENTRIES as usize }> =
+    LpmTrie::new();
+
+/// Per-CPU counters of `shield`, indexed by `lb_common::SHIELD_STAT_*`.
+#[btf_map]
+pub(crate) static SHIELD_STATS: PerCpuArray<u64, { SHIELD_STATS_LEN as usize }> =
+    PerCpuArray::new();
+
+/// Adds one to the `SHIELD_STATS` slot `index`.
+#[inline(always)]
+pub(crate) fn shield_stat_inc(index: u32) {
+    if let Some(counter) = SHIELD_STATS.get_ptr_mut(index) {
+        // SAFETY: as in `stat_inc`.
         unsafe { *counter += 1 };
     }
 }

@@ -40,7 +40,7 @@ use crate::{
     peers,
     proxy::{drain::Drain, listener, workers::Workers, Frontend},
     reload::{self, Live},
-    routing,
+    routing, shield,
     table::{self, Store},
 };
 
@@ -87,6 +87,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     ));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let fastpath = start_fastpath(&config, &frontends)?;
+    start_shield(&config, &pin_root)?;
     if let Some(runtime) = &fastpath {
         tasks.push(tokio::spawn(fastpath::runtime::collect_forever(
             Arc::clone(runtime),
@@ -312,6 +313,27 @@ fn start_fastpath(
         }
     }
     Ok(Some(runtime))
+}
+
+/// Loads the shield and attaches it to its interfaces when `[shield] enabled`; the pinned deny
+/// list and links of a previous process are adopted. The attachment outlives this process (its
+/// links are pinned), so the deny list keeps working across a restart or an upgrade.
+fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<(), StartError> {
+    if !config.shield.enabled {
+        return Ok(());
+    }
+    let interfaces = if config.shield.interfaces.is_empty() {
+        let binds: Vec<_> = config.frontends.iter().map(|f| f.bind.ip()).collect();
+        shield::program::interfaces_of(&binds).map_err(StartError::Shield)?
+    } else {
+        config.shield.interfaces.clone()
+    };
+    let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
+    for interface in &interfaces {
+        let mode = loaded.attach(interface).map_err(StartError::Shield)?;
+        tracing::info!(%interface, ?mode, "shield attached (XDP)");
+    }
+    Ok(())
 }
 
 /// Each relayed connection holds four descriptors (two sockets and their duplicates for the

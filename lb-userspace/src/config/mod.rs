@@ -39,6 +39,8 @@ pub struct Config {
     pub peers: Option<Peers>,
     /// `[fastpath]`: when a connection is handed to the kernel (frontends that splice).
     pub fastpath: FastPathPolicy,
+    /// `[shield]`: the XDP deny list in front of the frontends (docs/SHIELD.md).
+    pub shield: Shield,
 }
 
 impl Config {
@@ -328,6 +330,16 @@ impl PartialEq for PeersTls {
 pub struct PeerMember {
     pub name: String,
     pub addr: SocketAddr,
+}
+
+/// `[shield]`: the XDP program that drops packets from denied sources before the stack sees
+/// them (docs/SHIELD.md). Off unless `enabled = true`. Changing it needs an upgrade.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shield {
+    pub enabled: bool,
+    /// Where it is attached; empty: the interfaces that own the frontends' bind addresses
+    /// (found at start).
+    pub interfaces: Vec<String>,
 }
 
 /// `[fastpath]`: the hand-off policy (see `fastpath::policy`). Changing it needs an upgrade.

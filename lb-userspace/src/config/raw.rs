@@ -36,6 +36,8 @@ pub(super) struct RawConfig {
     pub(super) peers: Option<RawPeers>,
     #[serde(default)]
     pub(super) fastpath: RawFastPath,
+    #[serde(default)]
+    pub(super) shield: RawShield,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +181,16 @@ pub(super) struct RawTimeouts {
     pub(super) splice_fin_grace: Option<Spanned<RawDuration>>,
     /// Default `2h`.
     pub(super) splice_idle: Option<Spanned<RawDuration>>,
+}
+
+/// `[shield]`: the XDP deny list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShield {
+    /// Default false.
+    pub(super) enabled: Option<Spanned<bool>>,
+    /// Interface names; default: those owning the frontends' bind addresses.
+    pub(super) interfaces: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[fastpath]`: the hand-off policy of the frontends with `fastpath = "splice"`.

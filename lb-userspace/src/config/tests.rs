@@ -263,6 +263,7 @@ fn full_example_parses_with_every_value() {
                 last: 50999,
             },
         },
+        shield: Shield::default(),
     };
     assert_eq!(config, expected);
 }

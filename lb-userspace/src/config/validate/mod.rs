@@ -144,8 +144,10 @@ impl Checker<'_> {
         let timeouts = self.timeouts(raw);
         let peers = self.peers(raw, instance.as_ref(), &mut binds);
         let fastpath = self.fastpath_policy(raw);
+        let shield = self.shield(&raw.shield);
         Some(Config {
             fastpath: fastpath?,
+            shield: shield?,
             peers: peers?,
             instance: instance?,
             frontends: frontends?,

@@ -1,0 +1,195 @@
+//! Loading the XDP program `shield`, attaching it and pinning its links and maps.
+
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::MapData,
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        Xdp, XdpMode,
+    },
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use lb_common::{SHIELD_DENY_MAP, SHIELD_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP};
+
+use super::deny::{self, DenyList, ShieldError};
+use crate::{dataplane, sys};
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver, before a socket buffer exists.
+    Native,
+    /// Generic XDP in the stack (drivers without XDP support): same verdicts, less gain.
+    Generic,
+    /// A previous process's pinned link was adopted and its program replaced; the mode is the
+    /// one that process got.
+    Adopted,
+}
+
+/// The loaded shield of one instance.
+pub struct Shield {
+    ebpf: Ebpf,
+    root: PathBuf,
+}
+
+impl Shield {
+    /// Loads `shield` (through the verifier), adopting the deny list and counters pinned under
+    /// `root` (`<pin_dir>/<instance>/v1`) or creating and pinning them there.
+    pub fn load(root: &Path) -> Result<Shield, ShieldError> {
+        dataplane::prepare_pin_root(root).map_err(ShieldError::PinRoot)?;
+        let deny_path = root.join(SHIELD_DENY_MAP);
+        if deny_path.exists() {
+            check_deny_layout(&deny_path)?;
+        }
+        // The loader also creates the object's other maps; the fast path's flow map is a
+        // preallocated hash map, kept to one entry here since this object never uses it.
+        let mut ebpf = EbpfLoader::new()
+            .map_pin_path(SHIELD_DENY_MAP, deny_path)
+            .map_pin_path(SHIELD_STATS_MAP, root.join(SHIELD_STATS_MAP))
+            .map_max_entries(lb_common::SPLICE_FLOWS_MAP, 1)
+            .load(dataplane::ebpf_object()?)
+            .map_err(|e| ShieldError::Load(Box::new(e)))?;
+        program_mut(&mut ebpf)?
+            .load()
+            .map_err(ShieldError::Verify)?;
+        Ok(Shield {
+            ebpf,
+            root: root.to_owned(),
+        })
+    }
+
+    /// Attaches the program to `interface` and pins the link as `<root>/shield_<interface>`:
+    /// native XDP where the driver has it, generic otherwise. A link already pinned there (a
+    /// previous process's) is adopted and its program replaced atomically.
+    pub fn attach(&mut self, interface: &str) -> Result<AttachMode, ShieldError> {
+        let path = self.link_path(interface);
+        let program = program_mut(&mut self.ebpf)?;
+        let adopt_err = |path: &Path, source| ShieldError::AdoptLink {
+            path: path.to_owned(),
+            source,
+        };
+        let attach_err = |source| ShieldError::Attach {
+            interface: interface.to_owned(),
+            source,
+        };
+        let (link_id, mode) = match PinnedLink::from_pin(&path) {
+            Ok(pinned) => {
+                let link = FdLink::from(pinned)
+                    .try_into()
+                    .map_err(|source| adopt_err(&path, source))?;
+                let id = program.attach_to_link(link).map_err(attach_err)?;
+                (id, AttachMode::Adopted)
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound =>
+            {
+                match program.attach(interface, XdpMode::Driver) {
+                    Ok(id) => (id, AttachMode::Native),
+                    Err(native) => {
+                        tracing::debug!(%interface, error = %native, "native XDP refused");
+                        let id = program
+                            .attach(interface, XdpMode::Skb)
+                            .map_err(attach_err)?;
+                        (id, AttachMode::Generic)
+                    }
+                }
+            }
+            Err(source) => return Err(adopt_err(&path, source)),
+        };
+        let link = program.take_link(link_id).map_err(attach_err)?;
+        let link: FdLink = link.try_into().map_err(|source| adopt_err(&path, source))?;
+        if mode != AttachMode::Adopted {
+            link.pin(&path)
+                .map_err(|source| ShieldError::PinLink { path, source })?;
+        }
+        // Dropping the link's fd leaves the pinned link (and so the attachment) in place.
+        Ok(mode)
+    }
+
+    fn link_path(&self, interface: &str) -> PathBuf {
+        // bpffs refuses names with a dot (VLAN interfaces have one).
+        self.root
+            .join(format!("{SHIELD_PROGRAM}_{}", interface.replace('.', "_")))
+    }
+}
+
+/// The deny list pinned under `root`, created (with the counters, by loading the object
+/// without attaching anything) when no process has pinned it yet: the operator can fill it
+/// before the first start.
+pub fn open_or_create_deny_list(root: &Path) -> Result<DenyList, ShieldError> {
+    if !root.join(SHIELD_DENY_MAP).exists() {
+        Shield::load(root)?;
+    }
+    DenyList::open_pinned(root)
+}
+
+/// The interfaces that own `binds` (skipping unspecified and loopback addresses, which name
+/// no frontend interface); IPv4 only for now.
+pub fn interfaces_of(binds: &[IpAddr]) -> Result<Vec<String>, ShieldError> {
+    let mut names: Vec<String> = Vec::new();
+    for &addr in binds {
+        let IpAddr::V4(v4) = addr else { continue };
+        if v4.is_unspecified() || v4.is_loopback() {
+            continue;
+        }
+        let found = sys::net::interface_with_ipv4(v4)
+            .map_err(|source| ShieldError::FindInterface { addr, source })?;
+        if let Some((name, _)) = found {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(ShieldError::NoInterface);
+    }
+    Ok(names)
+}
+
+/// The program's counters (indexed by `lb_common::SHIELD_STAT_*`), summed over CPUs, read from
+/// the stats map pinned under `root`.
+pub fn read_pinned_stats(root: &Path) -> Result<[u64; SHIELD_STATS_LEN as usize], ShieldError> {
+    let path = root.join(SHIELD_STATS_MAP);
+    let map_err = |source| ShieldError::OpenPinned {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    let stats = aya::maps::PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(data))
+        .map_err(map_err)?;
+    let mut sums = [0u64; SHIELD_STATS_LEN as usize];
+    for (index, sum) in (0u32..).zip(sums.iter_mut()) {
+        *sum = stats.get(&index, 0).map_err(map_err)?.iter().sum();
+    }
+    Ok(sums)
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ShieldError> {
+    let missing = ShieldError::Missing {
+        what: "program",
+        name: SHIELD_PROGRAM,
+    };
+    let Some(program) = ebpf.program_mut(SHIELD_PROGRAM) else {
+        return Err(missing);
+    };
+    program.try_into().map_err(|_| missing)
+}
+
+/// aya adopts a pinned map by name without checking it: do it here.
+fn check_deny_layout(path: &Path) -> Result<(), ShieldError> {
+    let open_err = |source| ShieldError::OpenPinned {
+        path: path.to_owned(),
+        source,
+    };
+    let data = MapData::from_pin(path).map_err(open_err)?;
+    Ok(
+        dataplane::check_layout(&data, path, "a shield deny list", deny::layout())
+            .map_err(open_err)??,
+    )
+}
