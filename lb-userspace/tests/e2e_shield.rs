@@ -1,0 +1,188 @@
+//! End to end, in network namespaces (client, lb, backends): the shield's deny list. A denied
+//! client address cannot connect while another address of the same host can, `bpftool` shows
+//! the pinned entry decoded, and the list survives a daemon stop and start.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed setup step must fail the test loudly"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{netns::Exec as _, privileged, start_daemon, write_temp, PinDir, Proc, Topology};
+
+fn config(topo: &Topology, pin: &PinDir, instance: &str) -> String {
+    format!(
+        r#"
+[instance]
+name = "{instance}"
+pin_dir = "{pin}"
+control_socket = "{control}"
+
+[[frontend]]
+name = "www"
+bind = "{lb}:80"
+backend = "web"
+
+[[backend]]
+name = "web"
+stick_cookie = "JSESSIONID"
+health_check = {{ path = "/", interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
+servers = [ {{ name = "be1", addr = "{backend}:8081" }} ]
+
+[shield]
+enabled = true
+"#,
+        pin = pin.0.display(),
+        control = pin.control_socket().display(),
+        lb = topo.lb_addr(),
+        backend = topo.backend_addr(),
+    )
+}
+
+/// The client host's second address: the same host, another source.
+fn second_client_addr(topo: &Topology) -> String {
+    let first = topo.client_addr();
+    let (net, _) = first.rsplit_once('.').unwrap();
+    format!("{net}.3")
+}
+
+/// Whether a request from `source` (an address of the client host) gets an answer.
+fn served_from(topo: &Topology, source: &str) -> bool {
+    let url = format!("http://{}:80/", topo.lb_addr());
+    let (ok, _) = topo.client.try_exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "2",
+        "--interface",
+        source,
+        &url,
+    ]);
+    ok
+}
+
+fn stickylb(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(common::stickylb_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("shld", 195);
+    let pin = PinDir::new("shld");
+    let _backend = Proc::spawn(
+        "be1",
+        topo.backends.name(),
+        &[
+            common::backend_bin(),
+            "--listen",
+            &format!("{}:8081=Backend 1", topo.backend_addr()),
+        ],
+    );
+    _backend.wait_for_output("ready", Duration::from_secs(10));
+    let cfg = write_temp("shld.toml", &config(&topo, &pin, "lb-shld"));
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let denied = topo.client_addr();
+    let other = second_client_addr(&topo);
+    let dev = topo.client.exec(&[
+        "sh",
+        "-c",
+        &format!("ip -o -4 addr show | awk '$4 ~ /^{denied}\\// {{print $2}}'"),
+    ]);
+    topo.client.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{other}/24"),
+        "dev",
+        dev.trim(),
+    ]);
+
+    let daemon = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
+    assert!(
+        daemon.output().contains("shield attached"),
+        "{}",
+        daemon.output()
+    );
+    assert!(served_from(&topo, &denied), "before the deny");
+    assert!(served_from(&topo, &other), "before the deny");
+
+    let (ok, text) = stickylb(&["deny", "add", &denied, "--config", &cfg]);
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("denied {denied}/32")), "{text}");
+    assert!(!served_from(&topo, &denied), "the denied source was served");
+    assert!(served_from(&topo, &other), "another source was not served");
+
+    let (ok, text) = stickylb(&["deny", "list", "--config", &cfg]);
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), format!("{denied}/32"));
+
+    let map = pin.0.join("lb-shld/v1/SHIELD_DENY");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned", map.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(dump.contains("\"prefix_len\": 40"), "{dump}");
+    // The family byte and the address octets, as bpftool prints byte arrays.
+    assert!(dump.contains("\"family\": 0x4"), "{dump}");
+    let octets: Vec<String> = denied
+        .split('.')
+        .map(|o| format!("{:#x}", o.parse::<u8>().unwrap()))
+        .collect();
+    let addr = format!("\"addr\": [{},0x0", octets.join(","));
+    assert!(dump.contains(&addr), "{addr} not in {dump}");
+
+    // Stop, start: the pinned list is adopted and still applied.
+    let log = daemon.stop_with(libc::SIGTERM);
+    let daemon = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
+    assert!(
+        !served_from(&topo, &denied),
+        "the deny list was lost across a restart; first run:\n{log}\nsecond:\n{}",
+        daemon.output()
+    );
+    assert!(served_from(&topo, &other));
+
+    let (ok, text) = stickylb(&["deny", "del", &denied, "--config", &cfg]);
+    assert!(ok, "{text}");
+    assert!(served_from(&topo, &denied), "served again after del");
+    drop(daemon);
+}
+
+#[test]
+fn bad_cidrs_are_refused_with_the_reason() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("shbad", 196);
+    let pin = PinDir::new("shbad");
+    let cfg = write_temp("shbad.toml", &config(&topo, &pin, "lb-shbad"));
+    let cfg = cfg.to_str().unwrap();
+    for (bad, why) in [
+        ("10.0.0.1/8", "bits are set after the prefix length"),
+        ("10.0.0.0/33", "the prefix length is out of range"),
+        ("nonsense", "not an IP address"),
+    ] {
+        let (ok, text) = stickylb(&["deny", "add", bad, "--config", cfg]);
+        assert!(!ok, "{bad} was accepted: {text}");
+        assert!(text.contains(why), "{bad}: {text}");
+    }
+}
