@@ -117,8 +117,10 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
     ]);
 
     let daemon = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
+    // veth has native XDP: the log says which mode each interface got.
     assert!(
-        daemon.output().contains("shield attached"),
+        daemon.output().contains("shield attached (XDP) interface=")
+            && daemon.output().contains("mode=Native"),
         "{}",
         daemon.output()
     );
@@ -160,6 +162,12 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
         daemon.output()
     );
     assert!(served_from(&topo, &other));
+    // The first run's pinned link was adopted, not a second one attached.
+    assert!(
+        daemon.output().contains("mode=Adopted"),
+        "{}",
+        daemon.output()
+    );
 
     let (ok, text) = stickylb(&["deny", "del", &denied, "--config", &cfg]);
     assert!(ok, "{text}");

@@ -10,6 +10,8 @@ mod raw;
 #[cfg(test)]
 mod server_tls_tests;
 #[cfg(test)]
+mod shield_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;

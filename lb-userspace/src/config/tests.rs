@@ -70,7 +70,7 @@ members = [
 "#;
 
 /// A valid configuration; tests replace or append lines and expect problems at known lines.
-const BASE: &str = r#"[instance]
+pub(super) const BASE: &str = r#"[instance]
 name = "lb-1"
 
 [[frontend]]
@@ -90,7 +90,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     from_toml_with(text, || Ok("testhost".to_owned()), None)
 }
 
-fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: &str) -> Vec<Problem> {
     match parse(text) {
         Ok(config) => panic!("expected problems, got {config:#?}\nfrom:\n{text}"),
         Err(ConfigError::Invalid { problems }) => problems,
