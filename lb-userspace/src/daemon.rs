@@ -320,6 +320,10 @@ fn start_fastpath(
 /// links are pinned), so the deny list keeps working across a restart or an upgrade.
 fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<(), StartError> {
     if !config.shield.enabled {
+        let removed = shield::program::detach_others(pin_root, &[]).map_err(StartError::Shield)?;
+        for link in removed {
+            tracing::info!(link = %link.display(), "shield off: detached a previous attachment");
+        }
         return Ok(());
     }
     let interfaces = if config.shield.interfaces.is_empty() {
@@ -328,6 +332,9 @@ fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<(), Start
     } else {
         config.shield.interfaces.clone()
     };
+    for link in shield::program::detach_others(pin_root, &interfaces).map_err(StartError::Shield)? {
+        tracing::info!(link = %link.display(), "shield: detached an interface no longer configured");
+    }
     let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
     for interface in &interfaces {
         let mode = loaded.attach(interface).map_err(StartError::Shield)?;

@@ -172,6 +172,26 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
     let (ok, text) = stickylb(&["deny", "del", &denied, "--config", &cfg]);
     assert!(ok, "{text}");
     assert!(served_from(&topo, &denied), "served again after del");
+
+    // With the shield turned off, a restart detaches the previous run's program: a source on
+    // the (kept) list is served.
+    let (ok, text) = stickylb(&["deny", "add", &denied, "--config", &cfg]);
+    assert!(ok, "{text}");
+    assert!(!served_from(&topo, &denied), "the denied source was served");
+    daemon.stop_with(libc::SIGTERM);
+    let off = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("enabled = true", "enabled = false");
+    std::fs::write(&cfg, off).unwrap();
+    let daemon = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
+    assert!(
+        served_from(&topo, &denied),
+        "the shield stayed attached although it is off:\n{}",
+        daemon.output()
+    );
+    let (ok, text) = stickylb(&["deny", "list", "--config", &cfg]);
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), format!("{denied}/32"), "the list was not kept");
     drop(daemon);
 }
 

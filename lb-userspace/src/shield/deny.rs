@@ -72,6 +72,12 @@ pub enum ShieldError {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("removing the pinned link {path}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "[shield] is enabled but no interface was found for it: no frontend binds an address \
          of this host's interfaces (0.0.0.0 or [::] binds name none); set [shield] interfaces"

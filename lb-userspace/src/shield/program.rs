@@ -113,10 +113,47 @@ impl Shield {
     }
 
     fn link_path(&self, interface: &str) -> PathBuf {
-        // bpffs refuses names with a dot (VLAN interfaces have one).
-        self.root
-            .join(format!("{SHIELD_PROGRAM}_{}", interface.replace('.', "_")))
+        link_path(&self.root, interface)
     }
+}
+
+/// Where the link of `interface` is pinned under `root`.
+fn link_path(root: &Path, interface: &str) -> PathBuf {
+    // bpffs refuses names with a dot (VLAN interfaces have one).
+    root.join(format!("{SHIELD_PROGRAM}_{}", interface.replace('.', "_")))
+}
+
+/// Detaches the shield from every interface under `root` but `keep` by removing their pinned
+/// links (a link goes away with its last reference): a previous process's attachments outlive
+/// it, so a start with the shield off, or with fewer interfaces, must undo them. Returns the
+/// link files removed.
+pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, ShieldError> {
+    let kept: Vec<PathBuf> = keep.iter().map(|i| link_path(root, i)).collect();
+    let prefix = format!("{SHIELD_PROGRAM}_");
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ShieldError::Unpin {
+                path: root.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry.file_name().to_string_lossy().starts_with(&prefix);
+        if !ours || kept.contains(&path) {
+            continue;
+        }
+        std::fs::remove_file(&path).map_err(|source| ShieldError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// The deny list pinned under `root`, created (with the counters, by loading the object
