@@ -1,6 +1,7 @@
 //! End to end, in network namespaces (client, lb, backends): the shield's deny list. A denied
 //! client address cannot connect while another address of the same host can, `bpftool` shows
-//! the pinned entry decoded, and the list survives a daemon stop and start.
+//! the pinned entry decoded, the list survives a daemon stop and start, a start with the shield
+//! off detaches it, and the list can be filled before any start.
 
 #![allow(
     clippy::unwrap_used,
@@ -196,7 +197,7 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
 }
 
 #[test]
-fn bad_cidrs_are_refused_with_the_reason() {
+fn the_list_is_filled_before_any_start_and_bad_cidrs_are_refused() {
     if !privileged() {
         return;
     }
@@ -213,4 +214,17 @@ fn bad_cidrs_are_refused_with_the_reason() {
         assert!(!ok, "{bad} was accepted: {text}");
         assert!(text.contains(why), "{bad}: {text}");
     }
+
+    // No process has pinned the list yet: `list` says so, `add` creates it.
+    let (ok, text) = stickylb(&["deny", "list", "--config", cfg]);
+    assert!(!ok && text.contains("SHIELD_DENY"), "{text}");
+    let (ok, text) = stickylb(&["deny", "add", "2001:db8::/32", "--config", cfg]);
+    assert!(ok, "{text}");
+    let (ok, text) = stickylb(&["deny", "add", "192.0.2.0/24", "--config", cfg]);
+    assert!(ok, "{text}");
+    let (ok, text) = stickylb(&["deny", "list", "--config", cfg]);
+    assert!(ok, "{text}");
+    assert_eq!(text, "192.0.2.0/24\n2001:db8::/32\n");
+    let (ok, text) = stickylb(&["deny", "del", "192.0.2.0/25", "--config", cfg]);
+    assert!(!ok && text.contains("not on the deny list"), "{text}");
 }
