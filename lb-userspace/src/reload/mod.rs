@@ -402,6 +402,7 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         u.splice_idle,
     );
     differ(&mut what, "fastpath:", old.fastpath, new.fastpath);
+    differ(&mut what, "shield:", &old.shield, &new.shield);
     backend_differences(&old.backends, &new.backends, &mut what);
     if old.monitor != new.monitor {
         let bind =

@@ -348,3 +348,16 @@ fn peers_tls_and_allow_changes_need_an_upgrade() {
     let again = config(THREE, "", &peers_section(&first));
     assert!(compare(&with_tls, &again).unwrap().is_empty());
 }
+
+#[test]
+fn turning_the_shield_on_needs_an_upgrade() {
+    let old = config(THREE, "", "");
+    let new = config(THREE, "", "[shield]\nenabled = true\n");
+    assert_eq!(
+        needs_upgrade_list(&old, &new),
+        [
+            "shield: Shield { enabled: false, interfaces: [] } -> Shield { enabled: true, \
+             interfaces: [] }"
+        ]
+    );
+}
