@@ -1,7 +1,7 @@
 //! End to end, in network namespaces (client, lb, backends): the shield's deny list. A denied
 //! client address cannot connect while another address of the same host can, `bpftool` shows
 //! the pinned entry decoded, the list survives a daemon stop and start, a start with the shield
-//! off detaches it, and the list can be filled before any start.
+//! off detaches it, an upgrade keeps it applied, and the list can be filled before any start.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,7 +14,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{netns::Exec as _, privileged, start_daemon, write_temp, PinDir, Proc, Topology};
+use common::{
+    netns::Exec as _, privileged, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
+};
 
 fn config(topo: &Topology, pin: &PinDir, instance: &str) -> String {
     format!(
@@ -227,4 +229,94 @@ fn the_list_is_filled_before_any_start_and_bad_cidrs_are_refused() {
     assert_eq!(text, "192.0.2.0/24\n2001:db8::/32\n");
     let (ok, text) = stickylb(&["deny", "del", "192.0.2.0/25", "--config", cfg]);
     assert!(!ok && text.contains("not on the deny list"), "{text}");
+}
+
+/// Stops the daemon answering on `control` (one an upgrade started, which no `Proc` owns).
+struct StopDaemon(std::path::PathBuf);
+
+impl Drop for StopDaemon {
+    fn drop(&mut self) {
+        if let Some(pid) =
+            stickylb::control::running_pid(&self.0).and_then(|pid| i32::try_from(pid).ok())
+        {
+            // SAFETY: kill(2) takes plain integers; the pid is the daemon this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            wait_until(Duration::from_secs(10), || {
+                stickylb::control::running_pid(&self.0).is_none()
+            });
+        }
+    }
+}
+
+#[test]
+fn an_upgrade_adopts_the_shield_and_keeps_the_list_applied() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("shupg", 197);
+    let pin = PinDir::new("shupg");
+    let backend = Proc::spawn(
+        "be1",
+        topo.backends.name(),
+        &[
+            common::backend_bin(),
+            "--listen",
+            &format!("{}:8081=Backend 1", topo.backend_addr()),
+        ],
+    );
+    backend.wait_for_output("ready", Duration::from_secs(10));
+    let cfg = write_temp("shupg.toml", &config(&topo, &pin, "lb-shupg"));
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let denied = topo.client_addr();
+    let other = second_client_addr(&topo);
+    let dev = topo.client.exec(&[
+        "sh",
+        "-c",
+        &format!("ip -o -4 addr show | awk '$4 ~ /^{denied}\\// {{print $2}}'"),
+    ]);
+    topo.client.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{other}/24"),
+        "dev",
+        dev.trim(),
+    ]);
+    let (ok, text) = stickylb(&["deny", "add", &denied, "--config", &cfg]);
+    assert!(ok, "{text}");
+
+    let _first = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
+    let _stop = StopDaemon(pin.control_socket());
+    assert!(!served_from(&topo, &denied), "the denied source was served");
+    assert!(served_from(&topo, &other));
+
+    let mut upgrade = Proc::spawn(
+        "reload",
+        topo.lb.name(),
+        &[
+            common::stickylb_bin(),
+            "--log",
+            "info",
+            "reload",
+            "--config",
+            &cfg,
+            "--upgrade",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || matches!(
+            upgrade.child.try_wait(),
+            Ok(Some(_))
+        )),
+        "reload --upgrade did not finish:\n{}",
+        upgrade.output()
+    );
+    assert!(
+        upgrade.child.try_wait().unwrap().unwrap().success(),
+        "{}",
+        upgrade.output()
+    );
+    upgrade.wait_for_output("mode=Adopted", Duration::from_secs(5));
+    assert!(!served_from(&topo, &denied), "the denied source was served");
+    assert!(served_from(&topo, &other), "{}", upgrade.output());
 }
