@@ -47,11 +47,41 @@ enabled = true
     )
 }
 
-/// The client host's second address: the same host, another source.
-fn second_client_addr(topo: &Topology) -> String {
+/// Gives the client host a second address (the same host, another source): returns the first,
+/// to deny, and the second.
+fn two_client_addrs(topo: &Topology) -> (String, String) {
     let first = topo.client_addr();
     let (net, _) = first.rsplit_once('.').unwrap();
-    format!("{net}.3")
+    let second = format!("{net}.3");
+    let dev = topo.client.exec(&[
+        "sh",
+        "-c",
+        &format!("ip -o -4 addr show | awk '$4 ~ /^{first}\\// {{print $2}}'"),
+    ]);
+    topo.client.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{second}/24"),
+        "dev",
+        dev.trim(),
+    ]);
+    (first, second)
+}
+
+/// The one backend server, answering `Backend 1`.
+fn start_backend(topo: &Topology) -> Proc {
+    let backend = Proc::spawn(
+        "be1",
+        topo.backends.name(),
+        &[
+            common::backend_bin(),
+            "--listen",
+            &format!("{}:8081=Backend 1", topo.backend_addr()),
+        ],
+    );
+    backend.wait_for_output("ready", Duration::from_secs(10));
+    backend
 }
 
 /// Whether a request from `source` (an address of the client host) gets an answer.
@@ -91,33 +121,10 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
     }
     let topo = Topology::new("shld", 195);
     let pin = PinDir::new("shld");
-    let _backend = Proc::spawn(
-        "be1",
-        topo.backends.name(),
-        &[
-            common::backend_bin(),
-            "--listen",
-            &format!("{}:8081=Backend 1", topo.backend_addr()),
-        ],
-    );
-    _backend.wait_for_output("ready", Duration::from_secs(10));
+    let _backend = start_backend(&topo);
     let cfg = write_temp("shld.toml", &config(&topo, &pin, "lb-shld"));
     let cfg = cfg.to_str().unwrap().to_owned();
-    let denied = topo.client_addr();
-    let other = second_client_addr(&topo);
-    let dev = topo.client.exec(&[
-        "sh",
-        "-c",
-        &format!("ip -o -4 addr show | awk '$4 ~ /^{denied}\\// {{print $2}}'"),
-    ]);
-    topo.client.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{other}/24"),
-        "dev",
-        dev.trim(),
-    ]);
+    let (denied, other) = two_client_addrs(&topo);
 
     let daemon = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
     // veth has native XDP: the log says which mode each interface got.
@@ -255,33 +262,10 @@ fn an_upgrade_adopts_the_shield_and_keeps_the_list_applied() {
     }
     let topo = Topology::new("shupg", 197);
     let pin = PinDir::new("shupg");
-    let backend = Proc::spawn(
-        "be1",
-        topo.backends.name(),
-        &[
-            common::backend_bin(),
-            "--listen",
-            &format!("{}:8081=Backend 1", topo.backend_addr()),
-        ],
-    );
-    backend.wait_for_output("ready", Duration::from_secs(10));
+    let _backend = start_backend(&topo);
     let cfg = write_temp("shupg.toml", &config(&topo, &pin, "lb-shupg"));
     let cfg = cfg.to_str().unwrap().to_owned();
-    let denied = topo.client_addr();
-    let other = second_client_addr(&topo);
-    let dev = topo.client.exec(&[
-        "sh",
-        "-c",
-        &format!("ip -o -4 addr show | awk '$4 ~ /^{denied}\\// {{print $2}}'"),
-    ]);
-    topo.client.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{other}/24"),
-        "dev",
-        dev.trim(),
-    ]);
+    let (denied, other) = two_client_addrs(&topo);
     let (ok, text) = stickylb(&["deny", "add", &denied, "--config", &cfg]);
     assert!(ok, "{text}");
 
