@@ -1,7 +1,8 @@
 //! End to end, in network namespaces (client, lb, backends): the shield's deny list. A denied
 //! client address cannot connect while another address of the same host can, `bpftool` shows
 //! the pinned entry decoded, the list survives a daemon stop and start, a start with the shield
-//! off detaches it, an upgrade keeps it applied, and the list can be filled before any start.
+//! off detaches it, an upgrade keeps it applied, the list can be filled before any start, and an
+//! IPv6 source is denied by its prefix.
 
 #![allow(
     clippy::unwrap_used,
@@ -53,19 +54,9 @@ fn two_client_addrs(topo: &Topology) -> (String, String) {
     let first = topo.client_addr();
     let (net, _) = first.rsplit_once('.').unwrap();
     let second = format!("{net}.3");
-    let dev = topo.client.exec(&[
-        "sh",
-        "-c",
-        &format!("ip -o -4 addr show | awk '$4 ~ /^{first}\\// {{print $2}}'"),
-    ]);
-    topo.client.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{second}/24"),
-        "dev",
-        dev.trim(),
-    ]);
+    let dev = interface_of(&topo.client, &first);
+    topo.client
+        .exec(&["ip", "addr", "add", &format!("{second}/24"), "dev", &dev]);
     (first, second)
 }
 
@@ -86,7 +77,11 @@ fn start_backend(topo: &Topology) -> Proc {
 
 /// Whether a request from `source` (an address of the client host) gets an answer.
 fn served_from(topo: &Topology, source: &str) -> bool {
-    let url = format!("http://{}:80/", topo.lb_addr());
+    served_at(topo, &format!("http://{}:80/", topo.lb_addr()), source)
+}
+
+/// Whether a request for `url` from `source` (an address of the client host) gets an answer.
+fn served_at(topo: &Topology, url: &str, source: &str) -> bool {
     let (ok, _) = topo.client.try_exec(&[
         "curl",
         "-s",
@@ -94,9 +89,10 @@ fn served_from(topo: &Topology, source: &str) -> bool {
         "/dev/null",
         "--max-time",
         "2",
+        "-g",
         "--interface",
         source,
-        &url,
+        url,
     ]);
     ok
 }
@@ -206,7 +202,7 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
 }
 
 #[test]
-fn the_list_is_filled_before_any_start_and_bad_cidrs_are_refused() {
+fn the_list_is_filled_before_any_start_bad_cidrs_are_refused_and_ipv6_is_denied() {
     if !privileged() {
         return;
     }
@@ -236,6 +232,56 @@ fn the_list_is_filled_before_any_start_and_bad_cidrs_are_refused() {
     assert_eq!(text, "192.0.2.0/24\n2001:db8::/32\n");
     let (ok, text) = stickylb(&["deny", "del", "192.0.2.0/25", "--config", cfg]);
     assert!(!ok && text.contains("not on the deny list"), "{text}");
+
+    // IPv6: a frontend on an IPv6 address of the same interface; one client address denied by
+    // its /128, another of the same /64 served.
+    let _backend = start_backend(&topo);
+    let (lb6, denied6, other6) = ("fd00:c4::1", "fd00:c4::2", "fd00:c4::3");
+    let lb_dev = interface_of(&topo.lb, &topo.lb_addr());
+    topo.lb.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{lb6}/64"),
+        "dev",
+        &lb_dev,
+        "nodad",
+    ]);
+    let client_dev = interface_of(&topo.client, &topo.client_addr());
+    for addr in [denied6, other6] {
+        let cidr = format!("{addr}/64");
+        topo.client.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            &client_dev,
+            "nodad",
+        ]);
+    }
+    let with_v6 = format!(
+        "{}\n[[frontend]]\nname = \"www6\"\nbind = \"[{lb6}]:80\"\nbackend = \"web\"\n",
+        std::fs::read_to_string(cfg).unwrap()
+    );
+    std::fs::write(cfg, with_v6).unwrap();
+    let (ok, text) = stickylb(&["deny", "add", denied6, "--config", cfg]);
+    assert!(ok, "{text}");
+    let _daemon = start_daemon(topo.lb.name(), std::path::Path::new(cfg));
+    let url = format!("http://[{lb6}]:80/");
+    assert!(served_at(&topo, &url, other6), "{}", _daemon.output());
+    assert!(
+        !served_at(&topo, &url, denied6),
+        "the denied IPv6 source was served"
+    );
+}
+
+/// The interface of `ns` that has the IPv4 address `addr`.
+fn interface_of(ns: &common::netns::NetNs, addr: &str) -> String {
+    let script = format!("ip -o -4 addr show | awk '$4 ~ /^{addr}\\// {{print $2}}'");
+    ns.exec(&["sh", "-c", &script]).trim().to_owned()
 }
 
 /// Stops the daemon answering on `control` (one an upgrade started, which no `Proc` owns).
