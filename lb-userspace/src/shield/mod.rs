@@ -7,12 +7,16 @@
 //!   it, generic otherwise) and pins its links and maps under `<pin_dir>/<instance>/v1/`,
 //!   adopting what a previous process pinned.
 //!
-//! Arrows go one way: `program` -> `deny`.
+//! - [`error`] says which part failed.
+//!
+//! Arrows go one way: `program` -> `deny` -> `error`.
 
 pub mod deny;
+pub mod error;
 pub mod program;
 
 pub use self::{
-    deny::{DenyList, ShieldError},
+    deny::DenyList,
+    error::ShieldError,
     program::{AttachMode, Shield},
 };

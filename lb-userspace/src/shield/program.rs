@@ -17,7 +17,10 @@ use aya::{
 };
 use lb_common::{SHIELD_DENY_MAP, SHIELD_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP};
 
-use super::deny::{self, DenyList, ShieldError};
+use super::{
+    deny::{self, DenyList},
+    error::ShieldError,
+};
 use crate::{dataplane, sys};
 
 /// How the program runs on an interface.

@@ -1,0 +1,78 @@
+//! Why the shield could not start, or a deny list command failed: each variant names the part.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use crate::dataplane::{self, LayoutMismatch};
+
+/// Errors of the shield: its program and its deny list.
+#[derive(Debug, thiserror::Error)]
+pub enum ShieldError {
+    #[error("preparing the pin directory")]
+    PinRoot(#[source] dataplane::DataplaneError),
+    #[error(transparent)]
+    Incompatible(#[from] LayoutMismatch),
+    #[error("opening the pinned deny list {path} (has this instance run with [shield] enabled?)")]
+    OpenPinned {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("deny list operation on {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(transparent)]
+    NoEbpfObject(#[from] dataplane::NoEbpfObject),
+    #[error("the eBPF object has no {what} {name}")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error(
+        "loading the program {} into the kernel (verifier)",
+        lb_common::SHIELD_PROGRAM
+    )]
+    Verify(#[source] aya::programs::ProgramError),
+    #[error(
+        "attaching {} to {interface} (native and generic XDP both failed)",
+        lb_common::SHIELD_PROGRAM
+    )]
+    Attach {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("adopting the pinned link {path}")]
+    AdoptLink {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning the link at {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("removing the pinned link {path}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "[shield] is enabled but no interface was found for it: no frontend binds an address \
+         of this host's interfaces (0.0.0.0 or [::] binds name none); set [shield] interfaces"
+    )]
+    NoInterface,
+    #[error("finding the interface of {addr}")]
+    FindInterface {
+        addr: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
