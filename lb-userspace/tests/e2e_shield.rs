@@ -138,6 +138,29 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
     assert!(text.contains(&format!("denied {denied}/32")), "{text}");
     assert!(!served_from(&topo, &denied), "the denied source was served");
     assert!(served_from(&topo, &other), "another source was not served");
+    // Large segments (GRO on the veth) pass the program too: an upload of a few MB.
+    let body = write_temp("shld-body", &"x".repeat(4 << 20));
+    let url = format!("http://{}:80/", topo.lb_addr());
+    let upload = format!("@{}", body.display());
+    let (ok, text) = topo.client.try_exec(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+        "--interface",
+        &other,
+        "--data-binary",
+        &upload,
+        &url,
+    ]);
+    assert!(
+        ok && text.starts_with('2'),
+        "upload through the shield: {text}"
+    );
 
     let (ok, text) = stickylb(&["deny", "list", "--config", &cfg]);
     assert!(ok, "{text}");
