@@ -9,7 +9,8 @@
 //!   ingress of the load balancer's interfaces, with its maps `SPLICE_FLOWS` and
 //!   `SPLICE_STATS` (see [`ingress`]).
 //! - `shield`: an XDP program on the frontend interfaces that drops packets from sources on the
-//!   deny list `SHIELD_DENY` (pinned like the table), counting in `SHIELD_STATS` (see
+//!   deny list `SHIELD_DENY` and SYNs beyond a per-source rate (buckets in `SHIELD_SYN`,
+//!   settings in `SHIELD_CONFIG`), counting in `SHIELD_STATS`; all pinned like the table (see
 //!   [`shield`] and docs/SHIELD.md).
 #![no_std]
 #![no_main]
@@ -59,14 +60,18 @@ pub fn splice_ingress(ctx: TcContext) -> i32 {
     }
 }
 
-/// The shield's deny list.
+/// The shield: the deny list and the SYN rate limit.
 ///
 /// - Attach point: XDP (native where the driver has it, generic otherwise) of every interface
-///   a frontend listens on.
+///   a frontend listens on. Declared multi-buffer aware (`xdp.frags`): it reads only the
+///   headers, which lie in the first buffer, so jumbo frames and large GRO packets need not
+///   be linearized for it, and drivers do not refuse it on a large MTU.
 /// - Returns `XDP_DROP` for an IPv4 or IPv6 packet whose source matches a `SHIELD_DENY`
-///   prefix, `XDP_PASS` for everything else.
-/// - Reads `SHIELD_DENY`; writes `SHIELD_STATS`.
-#[xdp]
+///   prefix, and for a TCP SYN without ACK whose source (/32, or /64 for IPv6) exceeds the
+///   rate in `SHIELD_CONFIG`; `XDP_PASS` for everything else.
+/// - Reads `SHIELD_DENY` and `SHIELD_CONFIG`; reads and writes `SHIELD_SYN`; writes
+///   `SHIELD_STATS`.
+#[xdp(frags)]
 pub fn shield(ctx: XdpContext) -> u32 {
     shield::shield_verdict(&ctx)
 }

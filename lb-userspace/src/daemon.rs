@@ -81,13 +81,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     forget_orphaned_settings(&settings, &backends);
     adopt_table(&store, &backends)?;
 
-    let live = Arc::new(Live::start(
-        config.clone(),
-        (backends.clone(), frontends.clone()),
-    ));
+    let mut live = Live::start(config.clone(), (backends.clone(), frontends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let fastpath = start_fastpath(&config, &frontends)?;
-    start_shield(&config, &pin_root)?;
+    if start_shield(&config, &pin_root)? {
+        live.set_shield_root(pin_root.clone());
+    }
+    let live = Arc::new(live);
     if let Some(runtime) = &fastpath {
         tasks.push(tokio::spawn(fastpath::runtime::collect_forever(
             Arc::clone(runtime),
@@ -315,16 +315,17 @@ fn start_fastpath(
     Ok(Some(runtime))
 }
 
-/// Loads the shield and attaches it to its interfaces when `[shield] enabled`; the pinned deny
-/// list and links of a previous process are adopted. The attachment outlives this process (its
-/// links are pinned), so the deny list keeps working across a restart or an upgrade.
-fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<(), StartError> {
+/// Loads the shield, writes its SYN limit and attaches it to its interfaces when `[shield]
+/// enabled`; the pinned maps and links of a previous process are adopted. The attachment
+/// outlives this process (its links are pinned), so the shield keeps working across a restart
+/// or an upgrade. Whether it is on.
+fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<bool, StartError> {
     if !config.shield.enabled {
         let removed = shield::program::detach_others(pin_root, &[]).map_err(StartError::Shield)?;
         for link in removed {
             tracing::info!(link = %link.display(), "shield off: detached a previous attachment");
         }
-        return Ok(());
+        return Ok(false);
     }
     let interfaces = if config.shield.interfaces.is_empty() {
         let binds: Vec<_> = config.frontends.iter().map(|f| f.bind.ip()).collect();
@@ -336,11 +337,17 @@ fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<(), Start
         tracing::info!(link = %link.display(), "shield: detached an interface no longer configured");
     }
     let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
+    let limit = shield::SynLimit {
+        rate: config.shield.syn_rate,
+        burst: config.shield.syn_burst,
+    };
+    // Before attaching: the first packet already meets the limit of this configuration.
+    shield::limit::write_pinned(pin_root, limit).map_err(StartError::Shield)?;
     for interface in &interfaces {
         let mode = loaded.attach(interface).map_err(StartError::Shield)?;
-        tracing::info!(%interface, ?mode, "shield attached (XDP)");
+        tracing::info!(%interface, ?mode, syn_rate = limit.rate, syn_burst = limit.burst, "shield attached (XDP)");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Each relayed connection holds four descriptors (two sockets and their duplicates for the

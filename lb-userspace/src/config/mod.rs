@@ -334,14 +334,30 @@ pub struct PeerMember {
     pub addr: SocketAddr,
 }
 
-/// `[shield]`: the XDP program that drops packets from denied sources before the stack sees
-/// them (docs/SHIELD.md). Off unless `enabled = true`. Changing it needs an upgrade.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `[shield]`: the XDP program that drops packets from denied sources, and SYNs beyond a
+/// per-source rate, before the stack sees them (docs/SHIELD.md). Turning it on or off and its
+/// interfaces need an upgrade; the SYN limit is applied in place by a reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shield {
     pub enabled: bool,
     /// Where it is attached; empty: the interfaces that own the frontends' bind addresses
     /// (found at start).
     pub interfaces: Vec<String>,
+    /// TCP SYNs (without ACK) per second a source (/32, or /64 for IPv6) may send, sustained.
+    pub syn_rate: u32,
+    /// SYNs a source may send back to back.
+    pub syn_burst: u32,
+}
+
+impl Default for Shield {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interfaces: Vec::new(),
+            syn_rate: validate::DEFAULT_SYN_RATE,
+            syn_burst: validate::DEFAULT_SYN_BURST,
+        }
+    }
 }
 
 /// `[fastpath]`: the hand-off policy (see `fastpath::policy`). Changing it needs an upgrade.

@@ -13,7 +13,7 @@ fn the_shield_is_off_unless_enabled() {
         config.shield,
         Shield {
             enabled: true,
-            interfaces: Vec::new()
+            ..Shield::default()
         }
     );
 }
@@ -32,5 +32,37 @@ fn shield_interfaces_are_names_given_once() {
     ] {
         let found = problems(&format!("{BASE}\n[shield]\ninterfaces = {list}\n"));
         assert!(found.iter().any(|p| p.key == key), "{list}: {found:?}");
+    }
+}
+
+#[test]
+fn the_syn_limit_defaults_to_200_per_second_and_400_at_once() {
+    let config = parse(BASE).unwrap();
+    assert_eq!(
+        (config.shield.syn_rate, config.shield.syn_burst),
+        (200, 400)
+    );
+    let config = parse(&format!("{BASE}\n[shield]\nsyn_rate = 10\nsyn_burst = 5\n")).unwrap();
+    assert_eq!((config.shield.syn_rate, config.shield.syn_burst), (10, 5));
+}
+
+#[test]
+fn syn_limits_out_of_range_are_refused_at_their_line() {
+    let base_lines = BASE.lines().count();
+    for (setting, key) in [
+        ("syn_rate = 0", "shield.syn_rate"),
+        ("syn_burst = 0", "shield.syn_burst"),
+        ("syn_rate = -5", "shield.syn_rate"),
+        ("syn_burst = 1000001", "shield.syn_burst"),
+    ] {
+        let found = problems(&format!("{BASE}\n[shield]\n{setting}\n"));
+        let problem = found.iter().find(|p| p.key == key);
+        let problem = problem.unwrap_or_else(|| panic!("{setting}: {found:?}"));
+        assert!(
+            problem.message.contains("out of range 1..=1000000"),
+            "{problem:?}"
+        );
+        // BASE, the blank line, the section header, then the setting.
+        assert_eq!(problem.line, Some(base_lines + 3), "{setting}: {problem:?}");
     }
 }

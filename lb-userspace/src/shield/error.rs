@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use crate::dataplane::{self, LayoutMismatch};
 
-/// Errors of the shield: its program and its deny list.
+/// Errors of the shield: its program, its deny list and its settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ShieldError {
     #[error("preparing the pin directory")]
@@ -17,7 +17,7 @@ pub enum ShieldError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("deny list operation on {path}")]
+    #[error("operation on the pinned map {path}")]
     Map {
         path: PathBuf,
         #[source]

@@ -15,13 +15,20 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use lb_common::{SHIELD_DENY_MAP, SHIELD_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP};
+use lb_common::{
+    ShieldAddr, ShieldSynBucket, SHIELD_CONFIG_MAP, SHIELD_DENY_MAP, SHIELD_PROGRAM,
+    SHIELD_STATS_LEN, SHIELD_STATS_MAP, SHIELD_SYN_MAP,
+};
 
 use super::{
     deny::{self, DenyList},
     error::ShieldError,
+    limit,
 };
-use crate::{dataplane, sys};
+use crate::{
+    dataplane::{self, MapLayout},
+    sys,
+};
 
 /// How the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,15 +53,19 @@ impl Shield {
     /// `root` (`<pin_dir>/<instance>/v1`) or creating and pinning them there.
     pub fn load(root: &Path) -> Result<Shield, ShieldError> {
         dataplane::prepare_pin_root(root).map_err(ShieldError::PinRoot)?;
-        let deny_path = root.join(SHIELD_DENY_MAP);
-        if deny_path.exists() {
-            check_deny_layout(&deny_path)?;
+        for (name, what, layout) in pinned_maps() {
+            let path = root.join(name);
+            if path.exists() {
+                check_pinned_layout(&path, what, layout)?;
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, _, _) in pinned_maps() {
+            loader.map_pin_path(name, root.join(name));
         }
         // The loader also creates the object's other maps; the fast path's flow map is a
         // preallocated hash map, kept to one entry here since this object never uses it.
-        let mut ebpf = EbpfLoader::new()
-            .map_pin_path(SHIELD_DENY_MAP, deny_path)
-            .map_pin_path(SHIELD_STATS_MAP, root.join(SHIELD_STATS_MAP))
+        let mut ebpf = loader
             .map_max_entries(lb_common::SPLICE_FLOWS_MAP, 1)
             .load(dataplane::ebpf_object()?)
             .map_err(|e| ShieldError::Load(Box::new(e)))?;
@@ -221,15 +232,34 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ShieldError> {
     program.try_into().map_err(|_| missing)
 }
 
+/// The shield's maps pinned under the root: name, what it is (for errors), layout.
+fn pinned_maps() -> [(&'static str, &'static str, MapLayout); 4] {
+    [
+        (SHIELD_DENY_MAP, "a shield deny list", deny::layout()),
+        (
+            SHIELD_STATS_MAP,
+            "the shield's counters",
+            MapLayout::of::<u32, u64>(aya::maps::MapType::PerCpuArray),
+        ),
+        (
+            SHIELD_SYN_MAP,
+            "the shield's SYN buckets",
+            MapLayout::of::<ShieldAddr, ShieldSynBucket>(aya::maps::MapType::LruHash),
+        ),
+        (SHIELD_CONFIG_MAP, "the shield's settings", limit::layout()),
+    ]
+}
+
 /// aya adopts a pinned map by name without checking it: do it here.
-fn check_deny_layout(path: &Path) -> Result<(), ShieldError> {
+fn check_pinned_layout(
+    path: &Path,
+    what: &'static str,
+    layout: MapLayout,
+) -> Result<(), ShieldError> {
     let open_err = |source| ShieldError::OpenPinned {
         path: path.to_owned(),
         source,
     };
     let data = MapData::from_pin(path).map_err(open_err)?;
-    Ok(
-        dataplane::check_layout(&data, path, "a shield deny list", deny::layout())
-            .map_err(open_err)??,
-    )
+    Ok(dataplane::check_layout(&data, path, what, layout).map_err(open_err)??)
 }

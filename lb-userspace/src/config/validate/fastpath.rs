@@ -3,10 +3,7 @@
 use std::net::SocketAddr;
 
 use super::{Checker, FastPathMode, Seen};
-use crate::config::{
-    raw::{RawFrontend, RawShield},
-    Shield,
-};
+use crate::config::raw::RawFrontend;
 
 /// Linux interface names: at most `IFNAMSIZ - 1` bytes.
 const MAX_IFNAME: usize = 15;
@@ -89,44 +86,8 @@ impl Checker<'_> {
     }
 }
 
-impl Checker<'_> {
-    /// `[shield]`: `enabled` (default false) and `interfaces` (default: found at start).
-    pub(super) fn shield(&mut self, raw: &RawShield) -> Option<Shield> {
-        let enabled = raw.enabled.as_ref().is_some_and(|e| *e.get_ref());
-        let Some(list) = &raw.interfaces else {
-            return Some(Shield {
-                enabled,
-                interfaces: Vec::new(),
-            });
-        };
-        if list.get_ref().is_empty() {
-            let msg = "must not be empty; omit it for the interfaces of the frontends' addresses";
-            self.report(Some(list.span()), "shield.interfaces", msg);
-            return None;
-        }
-        let mut seen = Seen::new();
-        let mut names = Vec::new();
-        let mut complete = true;
-        for (i, name) in list.get_ref().iter().enumerate() {
-            let key = format!("shield.interfaces[{i}]");
-            match self.text(name, &key, check_ifname) {
-                Some(ok) => {
-                    self.unique(&mut seen, ok.clone(), name, &key, &key);
-                    names.push(ok);
-                }
-                None => complete = false,
-            }
-        }
-        let unique = seen.len() == names.len();
-        (complete && unique).then_some(Shield {
-            enabled,
-            interfaces: names,
-        })
-    }
-}
-
 /// A name `ip link` would accept: 1 to 15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
-fn check_ifname(name: &str) -> Result<(), String> {
+pub(super) fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_IFNAME {
         return Err(format!(
             "interface name {name:?} must be 1 to {MAX_IFNAME} bytes"

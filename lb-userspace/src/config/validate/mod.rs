@@ -30,9 +30,11 @@ mod https;
 mod monitor;
 mod peers;
 mod server_tls;
+mod shield;
 mod tls;
 
 use self::fields::{check_cookie_name, check_name, check_path};
+pub(super) use self::shield::{DEFAULT_SYN_BURST, DEFAULT_SYN_RATE};
 
 const NAME_CHARSET: &str = "A-Z, a-z, 0-9, '.', '_' and '-'";
 
