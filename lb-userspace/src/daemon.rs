@@ -84,7 +84,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let mut live = Live::start(config.clone(), (backends.clone(), frontends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let fastpath = start_fastpath(&config, &frontends)?;
-    if start_shield(&config, &pin_root)? {
+    let shield = start_shield(&config, &pin_root)?;
+    if shield.is_some() {
         live.set_shield_root(pin_root.clone());
     }
     let live = Arc::new(live);
@@ -109,6 +110,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         peers: peer_links,
         started_ms: table::now_ms(),
         fastpath,
+        shield,
         cookie_mask: monitor::CookieMask::random(),
         auth: monitor_auth(&config),
         table_durable,
@@ -318,23 +320,23 @@ fn start_fastpath(
 /// Loads the shield, writes its SYN limit and attaches it to its interfaces when `[shield]
 /// enabled`; the pinned maps and links of a previous process are adopted. The attachment
 /// outlives this process (its links are pinned), so the shield keeps working across a restart
-/// or an upgrade. Whether it is on.
-fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<bool, StartError> {
-    if !config.shield.enabled {
-        let removed = shield::program::detach_others(pin_root, &[]).map_err(StartError::Shield)?;
-        for link in removed {
-            tracing::info!(link = %link.display(), "shield off: detached a previous attachment");
-        }
-        return Ok(false);
-    }
-    let interfaces = if config.shield.interfaces.is_empty() {
-        let binds: Vec<_> = config.frontends.iter().map(|f| f.bind.ip()).collect();
-        shield::program::interfaces_of(&binds).map_err(StartError::Shield)?
+/// or an upgrade. What is attached, when it is on.
+fn start_shield(
+    config: &Config,
+    pin_root: &std::path::Path,
+) -> Result<Option<shield::Attached>, StartError> {
+    let interfaces = if config.shield.enabled {
+        shield_interfaces(config)?
     } else {
-        config.shield.interfaces.clone()
+        Vec::new()
     };
-    for link in shield::program::detach_others(pin_root, &interfaces).map_err(StartError::Shield)? {
-        tracing::info!(link = %link.display(), "shield: detached an interface no longer configured");
+    let detached =
+        shield::program::detach_others(pin_root, &interfaces).map_err(StartError::Shield)?;
+    for link in detached {
+        tracing::info!(link = %link.display(), "shield: detached an interface no longer shielded");
+    }
+    if interfaces.is_empty() {
+        return Ok(None);
     }
     let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
     let limit = shield::SynLimit {
@@ -343,11 +345,49 @@ fn start_shield(config: &Config, pin_root: &std::path::Path) -> Result<bool, Sta
     };
     // Before attaching: the first packet already meets the limit of this configuration.
     shield::limit::write_pinned(pin_root, limit).map_err(StartError::Shield)?;
-    for interface in &interfaces {
-        let mode = loaded.attach(interface).map_err(StartError::Shield)?;
-        tracing::info!(%interface, ?mode, syn_rate = limit.rate, syn_burst = limit.burst, "shield attached (XDP)");
+    let mut attached = shield::Attached {
+        root: pin_root.to_owned(),
+        interfaces: Vec::new(),
+    };
+    for interface in interfaces {
+        let mode = loaded.attach(&interface).map_err(StartError::Shield)?;
+        tracing::info!(
+            %interface,
+            ?mode,
+            syn_rate = limit.rate,
+            syn_burst = limit.burst,
+            "shield attached (XDP)"
+        );
+        attached.interfaces.push((interface, mode));
     }
-    Ok(true)
+    Ok(Some(attached))
+}
+
+/// `[shield] interfaces`, or those carrying the frontends' addresses. None found is an error
+/// when the file enables the shield, a warning (and no shield) when the default does.
+fn shield_interfaces(config: &Config) -> Result<Vec<String>, StartError> {
+    if !config.shield.interfaces.is_empty() {
+        return Ok(config.shield.interfaces.clone());
+    }
+    let binds: Vec<_> = config.frontends.iter().map(|f| f.bind.ip()).collect();
+    let found = shield::interfaces::of_binds(&binds).map_err(StartError::Shield)?;
+    if found.wildcard {
+        tracing::info!(
+            interfaces = ?found.names,
+            "shield: a frontend binds a wildcard address; shielding every interface that is up \
+             and not loopback"
+        );
+    }
+    if found.names.is_empty() {
+        if !config.shield.by_default {
+            return Err(StartError::Shield(shield::ShieldError::NoInterface));
+        }
+        tracing::warn!(
+            "shield: on by default, but no interface carries a frontend's address; running \
+             without it (set [shield] interfaces, or enabled = false to silence this)"
+        );
+    }
+    Ok(found.names)
 }
 
 /// Each relayed connection holds four descriptors (two sockets and their duplicates for the

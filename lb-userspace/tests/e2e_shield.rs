@@ -638,6 +638,18 @@ fn a_spliced_download_passes_the_shield_intact() {
         redirected > 100,
         "the download did not go through the kernel: {metrics}"
     );
+    // The monitor shows the shield: its mode and its counters.
+    assert!(
+        metrics.contains("mode=\"native\"} 1"),
+        "no native shield interface on /metrics: {metrics}"
+    );
+    assert!(
+        common::fastpath::metric(
+            &metrics,
+            "stickylb_shield_packets_total{verdict=\"passed\"}"
+        ) > 0,
+        "{metrics}"
+    );
     let stats = read_pinned_stats(&rig.root).unwrap();
     // The client's packets (its ACKs, aggregated by GRO) went through the shield.
     assert!(stats[SHIELD_STAT_PASSED as usize] > 20, "{stats:?}");

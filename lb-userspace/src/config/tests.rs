@@ -263,7 +263,12 @@ fn full_example_parses_with_every_value() {
                 last: 50999,
             },
         },
-        shield: Shield::default(),
+        // A frontend binds 0.0.0.0: the shield is on by default.
+        shield: Shield {
+            enabled: true,
+            by_default: true,
+            ..Shield::default()
+        },
     };
     assert_eq!(config, expected);
 }

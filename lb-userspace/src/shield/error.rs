@@ -1,6 +1,6 @@
 //! Why the shield could not start, or a deny list command failed: each variant names the part.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use crate::dataplane::{self, LayoutMismatch};
 
@@ -66,13 +66,10 @@ pub enum ShieldError {
     },
     #[error(
         "[shield] is enabled but no interface was found for it: no frontend binds an address \
-         of this host's interfaces (0.0.0.0 or [::] binds name none); set [shield] interfaces"
+         of this host's interfaces other than loopback; set [shield] interfaces, or \
+         enabled = false"
     )]
     NoInterface,
-    #[error("finding the interface of {addr}")]
-    FindInterface {
-        addr: IpAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("listing the network interfaces")]
+    ListInterfaces(#[source] std::io::Error),
 }

@@ -8,15 +8,16 @@
 //!   them to the pinned map `SHIELD_CONFIG` (at start and on a reload).
 //! - [`program`] loads the XDP program `shield`, attaches it (native mode where the driver has
 //!   it, generic otherwise) and pins its links and maps under `<pin_dir>/<instance>/v1/`,
-//!   adopting what a previous process pinned; it also finds the interfaces of the frontends
-//!   and reads the counters.
+//!   adopting what a previous process pinned; it also reads the counters.
+//! - [`interfaces`] finds the interfaces that carry the frontends' addresses.
 //!
 //! - [`error`] says which part failed.
 //!
-//! Arrows go one way: `program` -> `deny`, `limit` -> `error`.
+//! Arrows go one way: `program` -> `deny`, `limit` -> `error`; `interfaces` -> `error`.
 
 pub mod deny;
 pub mod error;
+pub mod interfaces;
 pub mod limit;
 pub mod program;
 
@@ -24,5 +25,5 @@ pub use self::{
     deny::DenyList,
     error::ShieldError,
     limit::SynLimit,
-    program::{AttachMode, Shield},
+    program::{AttachMode, Attached, Shield},
 };

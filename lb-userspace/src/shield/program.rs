@@ -2,7 +2,6 @@
 
 use std::{
     io,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -25,10 +24,7 @@ use super::{
     error::ShieldError,
     limit,
 };
-use crate::{
-    dataplane::{self, MapLayout},
-    sys,
-};
+use crate::dataplane::{self, MapLayout};
 
 /// How the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +36,27 @@ pub enum AttachMode {
     /// A previous process's pinned link was adopted and its program replaced; the mode is the
     /// one that process got.
     Adopted,
+}
+
+impl AttachMode {
+    /// The mode in the monitor's and the metrics' words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::Adopted => "adopted",
+        }
+    }
+}
+
+/// What a running daemon's shield is: where its maps are pinned and how it is attached. What
+/// the monitor shows.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    /// `<pin_dir>/<instance>/v1`.
+    pub root: PathBuf,
+    /// Each interface and the mode it got.
+    pub interfaces: Vec<(String, AttachMode)>,
 }
 
 /// The loaded shield of one instance.
@@ -178,29 +195,6 @@ pub fn open_or_create_deny_list(root: &Path) -> Result<DenyList, ShieldError> {
         Shield::load(root)?;
     }
     DenyList::open_pinned(root)
-}
-
-/// The interfaces that own `binds` (skipping unspecified and loopback addresses, which name
-/// no frontend interface); IPv4 only for now.
-pub fn interfaces_of(binds: &[IpAddr]) -> Result<Vec<String>, ShieldError> {
-    let mut names: Vec<String> = Vec::new();
-    for &addr in binds {
-        let IpAddr::V4(v4) = addr else { continue };
-        if v4.is_unspecified() || v4.is_loopback() {
-            continue;
-        }
-        let found = sys::net::interface_with_ipv4(v4)
-            .map_err(|source| ShieldError::FindInterface { addr, source })?;
-        if let Some((name, _)) = found {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-    }
-    if names.is_empty() {
-        return Err(ShieldError::NoInterface);
-    }
-    Ok(names)
 }
 
 /// The program's counters (indexed by `lb_common::SHIELD_STAT_*`), summed over CPUs, read from
