@@ -15,6 +15,7 @@ mod check;
 mod client;
 mod contender;
 mod env;
+mod flood;
 mod h2load;
 mod hosts;
 mod load;

@@ -321,6 +321,10 @@ fn start_fastpath(
 /// enabled`; the pinned maps and links of a previous process are adopted. The attachment
 /// outlives this process (its links are pinned), so the shield keeps working across a restart
 /// or an upgrade. What is attached, when it is on.
+///
+/// A shield the file enables must start, or the daemon does not. One the default enables is
+/// an extra: where it cannot attach (another XDP program holds an interface) or load, the
+/// daemon says so and serves without it, as it did before the shield existed.
 fn start_shield(
     config: &Config,
     pin_root: &std::path::Path,
@@ -338,19 +342,42 @@ fn start_shield(
     if interfaces.is_empty() {
         return Ok(None);
     }
-    let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
+    let tolerate = |error: shield::ShieldError| {
+        if config.shield.by_default {
+            tracing::warn!(
+                error = %crate::error_chain(&error),
+                "shield: on by default, but it cannot start here; serving without it (set \
+                 [shield] enabled = false to silence this)"
+            );
+            Ok(None)
+        } else {
+            Err(StartError::Shield(error))
+        }
+    };
+    let mut loaded = match shield::Shield::load(pin_root) {
+        Ok(loaded) => loaded,
+        Err(error) => return tolerate(error),
+    };
     let limit = shield::SynLimit {
         rate: config.shield.syn_rate,
         burst: config.shield.syn_burst,
     };
     // Before attaching: the first packet already meets the limit of this configuration.
-    shield::limit::write_pinned(pin_root, limit).map_err(StartError::Shield)?;
+    if let Err(error) = shield::limit::write_pinned(pin_root, limit) {
+        return tolerate(error);
+    }
     let mut attached = shield::Attached {
         root: pin_root.to_owned(),
         interfaces: Vec::new(),
     };
     for interface in interfaces {
-        let mode = loaded.attach(&interface).map_err(StartError::Shield)?;
+        let mode = match loaded.attach(&interface) {
+            Ok(mode) => mode,
+            Err(error) => {
+                tolerate(error)?;
+                continue;
+            }
+        };
         tracing::info!(
             %interface,
             ?mode,
@@ -360,7 +387,7 @@ fn start_shield(
         );
         attached.interfaces.push((interface, mode));
     }
-    Ok(Some(attached))
+    Ok((!attached.interfaces.is_empty()).then_some(attached))
 }
 
 /// `[shield] interfaces`, or those carrying the frontends' addresses. None found is an error

@@ -534,6 +534,18 @@ fn a_syn_flood_is_limited_per_source_while_others_and_established_connections_ar
         "only {dropped} SYNs dropped by rate of {sent} ({answered} answered)"
     );
 
+    // The buckets are pinned beside the list, and bpftool decodes them (BTF).
+    let buckets = root.join("SHIELD_SYN");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned", buckets.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dump.contains("\"tat_ns\":") && dump.contains("\"family\": 0x4"),
+        "{dump}"
+    );
+
     // A flood as fast as hping3 sends: the other address is served, the established
     // connection from the flooding address keeps working, the counter grows.
     let _flood = Proc::spawn(

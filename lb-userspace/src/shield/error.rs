@@ -46,6 +46,16 @@ pub enum ShieldError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "attaching {} to {interface}: another XDP program is attached there (a previous \
+         stickylb's, pinned on a bpffs this process does not see, or another tool's)",
+        lb_common::SHIELD_PROGRAM
+    )]
+    Occupied {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("adopting the pinned link {path}")]
     AdoptLink {
         path: PathBuf,

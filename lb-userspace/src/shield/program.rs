@@ -122,6 +122,14 @@ impl Shield {
             {
                 match program.attach(interface, XdpMode::Driver) {
                     Ok(id) => (id, AttachMode::Native),
+                    // Not the driver's refusal: an XDP program is there already, whose link
+                    // this process cannot see; generic mode would meet it too.
+                    Err(native) if is_occupied(&native) => {
+                        return Err(ShieldError::Occupied {
+                            interface: interface.to_owned(),
+                            source: native,
+                        })
+                    }
                     Err(native) => {
                         tracing::debug!(%interface, error = %native, "native XDP refused");
                         let id = program
@@ -213,6 +221,14 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SHIELD_STATS_LEN as usize]
         *sum = stats.get(&index, 0).map_err(map_err)?.iter().sum();
     }
     Ok(sums)
+}
+
+/// Whether an attach failed because another XDP program is attached to the interface.
+fn is_occupied(error: &aya::programs::ProgramError) -> bool {
+    let aya::programs::ProgramError::SyscallError(SyscallError { io_error, .. }) = error else {
+        return false;
+    };
+    matches!(io_error.raw_os_error(), Some(libc::EEXIST | libc::EBUSY))
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ShieldError> {
