@@ -5,8 +5,9 @@
 //! namespace's own address to the frontend; the legitimate clients are the load generator on
 //! the client's other addresses (16 of them), keep-alive and a new connection per request. Each
 //! legitimate workload is measured without the flood, then with it, against stickylb with its
-//! shield on and against HAProxy (which has no such shield: the kernel's SYN queue and cookies
-//! take the flood). Then the flood alone: the load balancer's CPU per million flood packets,
+//! shield on, stickylb with it off, and HAProxy (which has no such shield: the kernel's SYN
+//! queue and cookies take the flood). Then the flood alone: the load balancer's CPU per million
+//! flood packets,
 //! from `/proc` for the process and, for stickylb, from the BPF run-time statistics for the
 //! shield's XDP program (which runs in the kernel, outside the process).
 //!
@@ -43,9 +44,37 @@ const FRONTEND_PORT: &str = "80";
 /// The target: legitimate req/s under the flood at least this share of those without it.
 pub(super) const TARGET_RATIO: f64 = 0.8;
 
-/// One legitimate workload against one contender, without and with the flood.
+/// What runs against the flood: a contender, and for stickylb its shield.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    contender: Contender,
+    shield: Option<SynLimit>,
+    /// The name in the output.
+    label: &'static str,
+}
+
+const SETUPS: [Setup; 3] = [
+    Setup {
+        contender: Contender::Stickylb,
+        shield: Some(LIMIT),
+        label: "stickylb-shield",
+    },
+    Setup {
+        contender: Contender::Stickylb,
+        shield: None,
+        label: "stickylb-no-shield",
+    },
+    Setup {
+        contender: Contender::Haproxy,
+        shield: None,
+        label: "haproxy",
+    },
+];
+
+/// One legitimate workload against one setup, without and with the flood.
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct FloodRow {
+    /// `stickylb-shield`, `stickylb-no-shield` or `haproxy`.
     pub(super) contender: &'static str,
     /// `keep-alive` or `new-conn`.
     pub(super) workload: &'static str,
@@ -63,18 +92,19 @@ impl FloodRow {
     }
 }
 
-/// The flood alone against one contender: what its packets cost.
+/// The flood alone against one setup: what its packets cost.
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct FloodCost {
+    /// As in [`FloodRow::contender`].
     pub(super) contender: &'static str,
     pub(super) packets: u64,
     pub(super) seconds: f64,
     /// CPU seconds of the load balancer's process meanwhile.
     pub(super) process_cpu_s: f64,
-    /// Run time of the shield's XDP program meanwhile (stickylb; `None` for HAProxy, or
-    /// without BPF statistics).
+    /// Run time of the shield's XDP program meanwhile (`None` without the shield, or without
+    /// BPF statistics).
     pub(super) program_cpu_s: Option<f64>,
-    /// SYNs the shield dropped by rate meanwhile (stickylb).
+    /// SYNs the shield dropped by rate meanwhile (with the shield).
     pub(super) dropped_by_rate: Option<u64>,
 }
 
@@ -103,14 +133,14 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
         rows: Vec::new(),
         costs: Vec::new(),
     };
-    for contender in [Contender::Stickylb, Contender::Haproxy] {
+    for setup in SETUPS {
         env.reset_table()?;
-        env.set_shield(Some(LIMIT));
-        let started = env.start(contender, Layout::Routed);
+        env.set_shield(setup.shield);
+        let started = env.start(setup.contender, Layout::Routed);
         env.set_shield(None);
         let (mut lb, _) = started?;
         for (workload, per_connection) in WORKLOADS {
-            let row = measure_workload(env, contender, workload, per_connection)?;
+            let row = measure_workload(env, setup, workload, per_connection)?;
             let verdict = if row.ratio() >= TARGET_RATIO {
                 "met"
             } else {
@@ -119,7 +149,7 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
             println!(
                 "bench: syn-flood {workload} {}: {:.0} req/s without the flood, {:.0} under \
                  {:.0} SYN/s: {:.2}x (target {TARGET_RATIO}x {verdict}; errors {} / {})",
-                contender.label(),
+                setup.label,
                 row.quiet_per_s,
                 row.flooded_per_s,
                 row.flood_per_s,
@@ -130,11 +160,11 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
             flood.rows.push(row);
         }
         lb.check_running()?;
-        let cost = measure_cost(env, contender, lb.pid())?;
+        let cost = measure_cost(env, setup, lb.pid())?;
         println!(
             "bench: syn-flood alone {}: {} packets in {:.1} s, process {:.3} s CPU, program {} \
              -> {:.1} ms CPU per million packets{}",
-            contender.label(),
+            setup.label,
             cost.packets,
             cost.seconds,
             cost.process_cpu_s,
@@ -155,13 +185,13 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
 /// One legitimate workload without, then with, the flood.
 fn measure_workload(
     env: &Env,
-    contender: Contender,
+    setup: Setup,
     workload: &'static str,
     per_connection: u32,
 ) -> anyhow::Result<FloodRow> {
     let plan = &env.plan;
     let topology = env.topology(Layout::Routed);
-    let base = contender.base_url(&topology.addrs);
+    let base = setup.contender.base_url(&topology.addrs);
     let sources = topology.addrs.more_clients();
     let connections = if per_connection == 0 {
         plan.keep_alive_connections
@@ -187,7 +217,7 @@ fn measure_workload(
     let (sent, seconds) = hping.stop()?;
     let flooded = flooded?;
     Ok(FloodRow {
-        contender: contender.id(),
+        contender: setup.label,
         workload,
         quiet_per_s: quiet.requests as f64 / quiet.seconds,
         flooded_per_s: flooded.requests as f64 / flooded.seconds,
@@ -198,20 +228,18 @@ fn measure_workload(
 }
 
 /// The flood alone, for `env.plan.measure`: the load balancer's CPU meanwhile.
-fn measure_cost(env: &Env, contender: Contender, pid: u32) -> anyhow::Result<FloodCost> {
+fn measure_cost(env: &Env, setup: Setup, pid: u32) -> anyhow::Result<FloodCost> {
     let links = env.shield_links();
-    let program = |links: &Path| -> Option<(f64, u64)> {
-        (contender == Contender::Stickylb)
-            .then(|| shield_program(links).ok())
-            .flatten()
-    };
+    let shielded = setup.shield.is_some();
+    let program =
+        |links: &Path| -> Option<(f64, u64)> { shielded.then(|| shield_program(links).ok())? };
     let (cpu_before, program_before) = (procs::cpu_seconds(pid)?, program(&links));
-    let dropped_before = dropped_by_rate(env, contender);
+    let dropped_before = dropped_by_rate(env, shielded);
     let hping = Hping::start(env)?;
     procs::sleep(env.plan.measure)?;
     let (packets, seconds) = hping.stop()?;
     let (cpu_after, program_after) = (procs::cpu_seconds(pid)?, program(&links));
-    let dropped_after = dropped_by_rate(env, contender);
+    let dropped_after = dropped_by_rate(env, shielded);
     let program_cpu_s = match (program_before, program_after) {
         // A run time of 0 while the program ran: statistics are off.
         (Some((before, _)), Some((after, count))) if count > 0 && after > 0.0 => {
@@ -220,7 +248,7 @@ fn measure_cost(env: &Env, contender: Contender, pid: u32) -> anyhow::Result<Flo
         _ => None,
     };
     Ok(FloodCost {
-        contender: contender.id(),
+        contender: setup.label,
         packets,
         seconds,
         process_cpu_s: cpu_after - cpu_before,
@@ -257,9 +285,9 @@ fn shield_program(dir: &Path) -> anyhow::Result<(f64, u64)> {
     Ok((nanoseconds as f64 / 1e9, count))
 }
 
-/// The shield's dropped-by-rate counter, from stickylb's metrics.
-fn dropped_by_rate(env: &Env, contender: Contender) -> Option<u64> {
-    if contender != Contender::Stickylb {
+/// The shield's dropped-by-rate counter, from stickylb's metrics (when it is `shielded`).
+fn dropped_by_rate(env: &Env, shielded: bool) -> Option<u64> {
+    if !shielded {
         return None;
     }
     let addrs = &env.topology(Layout::Routed).addrs;
