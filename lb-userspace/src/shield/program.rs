@@ -66,8 +66,9 @@ pub struct Shield {
 }
 
 impl Shield {
-    /// Loads `shield` (through the verifier), adopting the deny list and counters pinned under
-    /// `root` (`<pin_dir>/<instance>/v1`) or creating and pinning them there.
+    /// Loads `shield` (through the verifier), adopting its maps (deny list, SYN buckets,
+    /// settings, counters) pinned under `root` (`<pin_dir>/<instance>/v1`), each checked for its
+    /// layout, or creating and pinning them there.
     pub fn load(root: &Path) -> Result<Shield, ShieldError> {
         dataplane::prepare_pin_root(root).map_err(ShieldError::PinRoot)?;
         for (name, what, layout) in pinned_maps() {
@@ -195,9 +196,9 @@ pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, Shiel
     Ok(removed)
 }
 
-/// The deny list pinned under `root`, created (with the counters, by loading the object
-/// without attaching anything) when no process has pinned it yet: the operator can fill it
-/// before the first start.
+/// The deny list pinned under `root`, created (with the shield's other maps, by loading the
+/// object without attaching anything) when no process has pinned it yet: the operator can fill
+/// it before the first start. The settings map stays empty (no SYN limit) until a start.
 pub fn open_or_create_deny_list(root: &Path) -> Result<DenyList, ShieldError> {
     if !root.join(SHIELD_DENY_MAP).exists() {
         Shield::load(root)?;
@@ -272,4 +273,34 @@ fn check_pinned_layout(
     };
     let data = MapData::from_pin(path).map_err(open_err)?;
     Ok(dataplane::check_layout(&data, path, what, layout).map_err(open_err)??)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(errno: i32) -> aya::programs::ProgramError {
+        aya::programs::ProgramError::SyscallError(SyscallError {
+            call: "bpf_link_create",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn another_program_on_the_interface_is_told_from_a_driver_refusal() {
+        assert!(is_occupied(&failed(libc::EEXIST)));
+        assert!(is_occupied(&failed(libc::EBUSY)));
+        // What a driver without native XDP answers: try generic.
+        assert!(!is_occupied(&failed(libc::EOPNOTSUPP)));
+        assert!(!is_occupied(&failed(libc::EINVAL)));
+    }
+
+    #[test]
+    fn link_names_have_no_dot() {
+        let root = Path::new("/sys/fs/bpf/x/v1");
+        assert_eq!(
+            link_path(root, "eth1.10"),
+            Path::new("/sys/fs/bpf/x/v1/shield_eth1_10")
+        );
+    }
 }
