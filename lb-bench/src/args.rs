@@ -22,7 +22,7 @@ pub(crate) struct BenchArgs {
     /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
     /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
     /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, table-scale, splice-rate,
-    /// cluster-mirror-lag, cluster-partition, cluster-resync); a partial run writes to
+    /// cluster-mirror-lag, cluster-partition, cluster-resync, syn-flood); a partial run writes to
     /// target/bench/partial/ unless --output says otherwise. The tls- and cluster- workloads
     /// run against haproxy and stickylb only.
     #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
@@ -36,21 +36,21 @@ pub(crate) struct BenchArgs {
     pub(crate) contenders: Vec<Contender>,
 }
 
-/// The table-scale and splice-rate measurements are not request workloads, but they can be
-/// chosen like one.
+/// The table-scale, splice-rate and syn-flood measurements are not request workloads, but they
+/// can be chosen like one.
 pub(crate) const TABLE_SCALE: &str = "table-scale";
 pub(crate) const SPLICE_RATE: &str = "splice-rate";
+pub(crate) const SYN_FLOOD: &str = "syn-flood";
 
 fn parse_workload_filter(id: &str) -> Result<String, String> {
-    if id == TABLE_SCALE
-        || id == SPLICE_RATE
+    if [TABLE_SCALE, SPLICE_RATE, SYN_FLOOD].contains(&id)
         || cluster::WORKLOADS.contains(&id)
         || Workload::from_id(id).is_some()
     {
         Ok(id.to_owned())
     } else {
         Err(format!(
-            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}, {}",
+            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}, {SYN_FLOOD}, {}",
             Workload::ALL.map(Workload::id).join(", "),
             cluster::WORKLOADS.join(", ")
         ))

@@ -152,9 +152,22 @@ pub(super) fn stickylb_config(
     fastpath: bool,
     addrs: &Addrs,
     tls: Option<&TlsFiles>,
+    shield: Option<SynLimit>,
 ) -> String {
     let (lb, backends) = (addrs.lb, addrs.backends);
     let fastpath = if fastpath { "splice" } else { "off" };
+    // Off unless asked for: the request workloads measure the proxy as they always have (and
+    // their clients open more connections per address than the default SYN limit allows); the
+    // syn-flood measurement turns it on.
+    let shield = shield.map_or_else(
+        || "[shield]\nenabled = false\n".to_owned(),
+        |limit| {
+            format!(
+                "[shield]\nenabled = true\nsyn_rate = {}\nsyn_burst = {}\n",
+                limit.rate, limit.burst
+            )
+        },
+    );
     let servers: String = BACKEND_PORTS
         .iter()
         .enumerate()
@@ -183,8 +196,16 @@ pub(super) fn stickylb_config(
          table_size = {TABLE_SIZE}\nexpire = \"30m\"\nhealth_check = {{ enabled = false }}\n\
          servers = [\n{servers}]\n\n\
          [monitor]\nbind = \"{lb}:{MONITOR_PORT}\"\n\n\
-         [timeouts]\nconnect = \"5s\"\nclient = \"50s\"\nserver = \"50s\"\ndrain = \"1s\"\n"
+         [timeouts]\nconnect = \"5s\"\nclient = \"50s\"\nserver = \"50s\"\ndrain = \"1s\"\n\n\
+         {shield}"
     )
+}
+
+/// The shield's SYN limit of the bench's stickylb (`[shield] syn_rate`, `syn_burst`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(super) struct SynLimit {
+    pub(super) rate: u32,
+    pub(super) burst: u32,
 }
 
 /// HAProxy's equivalent of [`stickylb_config`]: the original demo's sticky setup, no logging, no checks,
@@ -322,7 +343,7 @@ pub(super) fn lb_stdio(command: &mut Command) -> &mut Command {
 
 #[cfg(test)]
 mod tests {
-    use super::{haproxy_config, kernel_at_least, stickylb_config};
+    use super::{haproxy_config, kernel_at_least, stickylb_config, SynLimit};
     use crate::tls::TlsFiles;
 
     #[test]
@@ -334,6 +355,7 @@ mod tests {
             "/run/x.sock",
             false,
             &addrs,
+            None,
             None,
         );
         let haproxy = haproxy_config("/run/h.sock", &addrs, None);
@@ -354,8 +376,17 @@ mod tests {
             true,
             &addrs,
             None,
+            Some(SynLimit {
+                rate: 5000,
+                burst: 10000,
+            }),
         );
         assert!(fastpath.contains("fastpath = \"splice\""));
+        // The shield is off but for the syn-flood measurement, which sets its limit.
+        assert!(stickylb.ends_with("[shield]\nenabled = false\n"));
+        assert!(
+            fastpath.ends_with("[shield]\nenabled = true\nsyn_rate = 5000\nsyn_burst = 10000\n")
+        );
         assert!(!stickylb.contains(":443") && !haproxy.contains(":443"));
     }
 
@@ -367,7 +398,7 @@ mod tests {
             key: "/w/tls.key".into(),
             combined: "/w/tls.pem".into(),
         };
-        let stickylb = stickylb_config("b", "/p", "/s", true, &addrs, Some(&files));
+        let stickylb = stickylb_config("b", "/p", "/s", true, &addrs, Some(&files), None);
         assert!(stickylb.contains(
             "name = \"secure\"\nbind = \"10.240.1.1:443\"\nbackend = \"web\"\nfastpath = \"off\"\n\
              tls = { cert = \"/w/tls.crt\", key = \"/w/tls.key\" }\n"

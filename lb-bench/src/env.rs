@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use super::{
-    contender::{self, Contender, Frontend, LbProcess},
+    contender::{self, Contender, Frontend, LbProcess, SynLimit},
     hosts::{self, Topology},
     metrics::metric_value,
     plan::Plan,
@@ -97,6 +97,8 @@ pub(crate) struct Env {
     backends: Vec<Child>,
     /// What is left of `plan.patience`.
     patience: Cell<Duration>,
+    /// The shield of the stickylb started next (see [`Env::set_shield`]).
+    shield: Cell<Option<SynLimit>>,
 }
 
 impl Env {
@@ -145,6 +147,7 @@ impl Env {
             tls,
             backends,
             patience: Cell::new(plan_patience),
+            shield: Cell::new(None),
         })
     }
 
@@ -153,6 +156,17 @@ impl Env {
             Layout::Routed => &self.routed,
             Layout::OneArmed => &self.one_armed,
         }
+    }
+
+    /// Starts the next stickylb with the shield on and this SYN limit (`None`: off, as every
+    /// request workload runs it).
+    pub(super) fn set_shield(&self, limit: Option<SynLimit>) {
+        self.shield.set(limit);
+    }
+
+    /// Where stickylb pins the shield's links (`shield_<interface>`).
+    pub(super) fn shield_links(&self) -> PathBuf {
+        self.pin_root.join("v1")
     }
 
     /// What is left of the time for waiting on other processes and repeating runs.
@@ -225,6 +239,7 @@ impl Env {
                         fastpath,
                         addrs,
                         tls,
+                        self.shield.get(),
                     ),
                 )?;
                 let mut command = lb.command(&self.stickylb);

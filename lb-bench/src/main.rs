@@ -16,6 +16,7 @@ mod client;
 mod cluster;
 mod contender;
 mod env;
+mod flood;
 mod h2load;
 mod hosts;
 mod load;

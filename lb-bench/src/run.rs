@@ -1,5 +1,5 @@
-//! One bench run: every workload against every contender, the table-scale and splice-rate
-//! measurements, the profiles, then the report.
+//! One bench run: every workload against every contender, the table-scale, splice-rate and
+//! syn-flood measurements, the profiles, then the report (the syn-flood's in its own file).
 //!
 //! Every cell (workload x contender) starts its load balancer afresh with an empty table,
 //! warms up, then measures; repetitions alternate the contenders.
@@ -12,11 +12,11 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    args::{BenchArgs, SPLICE_RATE, TABLE_SCALE},
+    args::{BenchArgs, SPLICE_RATE, SYN_FLOOD, TABLE_SCALE},
     bpfstats, cluster,
     contender::Contender,
     env::{remove_stale, Env, HAPROXY},
-    machine, others,
+    flood, machine, others,
     plan::Plan,
     procs::{self, SignalGuard},
     profile,
@@ -69,6 +69,19 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None
     };
     let cluster = cluster::measure(&env, args)?;
+    let syn_flood = if args.wants_workload(SYN_FLOOD)
+        && args.wants_contender(Contender::Stickylb)
+        && args.wants_contender(Contender::Haproxy)
+    {
+        if flood::available() {
+            Some(flood::measure(&env)?)
+        } else {
+            println!("bench: no hping3 (`cargo xtask setup` installs it): syn-flood not measured");
+            None
+        }
+    } else {
+        None
+    };
     let profiles = if args.perf {
         profile::run(&env)?
     } else {
@@ -86,6 +99,9 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     report.cluster = cluster;
     drop((env, bpf_stats));
     report::write(&report, &output)?;
+    if let Some(syn_flood) = &syn_flood {
+        flood::write(syn_flood, &output)?;
+    }
     println!(
         "bench: done in {:.0} s; wrote {} and {}",
         started.elapsed().as_secs_f64(),

@@ -289,6 +289,102 @@ const _: () = assert!(core::mem::offset_of!(SpliceEntry, new_smac) == 80);
 const _: () = assert!(core::mem::offset_of!(SpliceEntry, armed_ack) == 52);
 const _: () = assert!(core::mem::offset_of!(SpliceEntry, armed_seq) == 92);
 
+// ---------------------------------------------------------------------------------------------
+// The shield (docs/SHIELD.md): an XDP program on the frontend interfaces that drops packets from
+// sources on the operator's deny list, and TCP SYNs beyond a per-source rate, before the stack
+// sees them.
+// ---------------------------------------------------------------------------------------------
+
+/// Name of the deny list map in the eBPF object (and the file name it is pinned under).
+pub const SHIELD_DENY_MAP: &str = "SHIELD_DENY";
+
+/// Name of the shield's counters map (per CPU, indexed by `SHIELD_STAT_*`).
+pub const SHIELD_STATS_MAP: &str = "SHIELD_STATS";
+
+/// Name of the shield's XDP program.
+pub const SHIELD_PROGRAM: &str = "shield";
+
+/// Capacity of the deny list.
+pub const SHIELD_DENY_ENTRIES: u32 = 65536;
+
+/// [`ShieldAddr::family`] of an IPv4 prefix.
+pub const SHIELD_FAMILY_V4: u8 = 4;
+/// [`ShieldAddr::family`] of an IPv6 prefix.
+pub const SHIELD_FAMILY_V6: u8 = 6;
+
+/// Bits of the family tag that precede the address in a deny list key: an LPM key's prefix
+/// length is this plus the CIDR's prefix length.
+pub const SHIELD_FAMILY_BITS: u32 = 8;
+
+/// [`SHIELD_STATS_MAP`] slot: packets dropped because their source is on the deny list.
+pub const SHIELD_STAT_DROPPED_DENY: u32 = 0;
+/// [`SHIELD_STATS_MAP`] slot: packets passed to the stack.
+pub const SHIELD_STAT_PASSED: u32 = 1;
+/// [`SHIELD_STATS_MAP`] slot: TCP SYNs (without ACK) dropped because their source sent more
+/// than its rate allows ([`ShieldConfig`]).
+pub const SHIELD_STAT_DROPPED_RATE: u32 = 2;
+/// Number of [`SHIELD_STATS_MAP`] slots (the last one is unused).
+pub const SHIELD_STATS_LEN: u32 = 4;
+
+/// Name of the SYN rate limit's buckets map: one entry per source (/32 for IPv4, /64 for
+/// IPv6), an LRU hash so that a flood of new sources evicts the oldest instead of failing.
+pub const SHIELD_SYN_MAP: &str = "SHIELD_SYN";
+
+/// Capacity of [`SHIELD_SYN_MAP`]: sources tracked at once.
+pub const SHIELD_SYN_ENTRIES: u32 = 65536;
+
+/// Name of the shield's settings map: an array of one [`ShieldConfig`], written by the daemon
+/// at start and on a reload.
+pub const SHIELD_CONFIG_MAP: &str = "SHIELD_CONFIG";
+
+/// The shield's settings, read by the program for every SYN. The SYN rate limit is a GCRA
+/// (a token bucket kept as one timestamp per source): a source may send a SYN when its
+/// theoretical arrival time plus `syn_interval_ns` lies at most `syn_window_ns` ahead of now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ShieldConfig {
+    /// Nanoseconds between two SYNs at the sustained rate (`1e9 / syn_rate`); 0: no limit
+    /// (a map nobody wrote yet).
+    pub syn_interval_ns: u64,
+    /// `syn_interval_ns * syn_burst`: how far ahead of now a source's arrival time may run,
+    /// so that `syn_burst` SYNs pass back to back.
+    pub syn_window_ns: u64,
+}
+
+/// Value of [`SHIELD_SYN_MAP`]: one source's bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ShieldSynBucket {
+    /// The source's theoretical arrival time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC): when its
+    /// bucket is full again is this minus the window.
+    pub tat_ns: u64,
+}
+
+const _: () = assert!(size_of::<ShieldConfig>() == 16);
+const _: () = assert!(size_of::<ShieldSynBucket>() == 8);
+
+/// The data part of a deny list key (an LPM trie key is a `u32` prefix length, in bits, followed
+/// by this). One trie holds both families: the family byte comes first, so a prefix always
+/// covers it (prefix length = [`SHIELD_FAMILY_BITS`] + the CIDR's bits) and an IPv4 prefix can
+/// never match an IPv6 source or the other way round. One map means one lookup per packet, one
+/// pinned file and one `bpftool map dump` for the operator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ShieldAddr {
+    /// [`SHIELD_FAMILY_V4`] or [`SHIELD_FAMILY_V6`].
+    pub family: u8,
+    /// The address in network order; an IPv4 address fills the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+    /// Zero. Never covered by a prefix (at most 8 + 128 bits).
+    pub _pad: [u8; 3],
+}
+
+/// Value of the deny list: reserved (zero today); kept a `u32` so that a later reason or
+/// counter does not change the map's value size.
+pub type ShieldRule = u32;
+
+const _: () = assert!(size_of::<ShieldAddr>() == 20);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,4 +418,7 @@ mod pod {
     unsafe impl aya::Pod for super::SpliceEntry {}
     unsafe impl aya::Pod for super::ServerAdminKey {}
     unsafe impl aya::Pod for super::ServerAdminEntry {}
+    unsafe impl aya::Pod for super::ShieldAddr {}
+    unsafe impl aya::Pod for super::ShieldConfig {}
+    unsafe impl aya::Pod for super::ShieldSynBucket {}
 }

@@ -8,6 +8,10 @@
 //! - `splice_ingress`: the TCP splice fast path (`docs/SPLICE.md`), a TC classifier on the
 //!   ingress of the load balancer's interfaces, with its maps `SPLICE_FLOWS` and
 //!   `SPLICE_STATS` (see [`ingress`]).
+//! - `shield`: an XDP program on the frontend interfaces that drops packets from sources on the
+//!   deny list `SHIELD_DENY` and SYNs beyond a per-source rate (buckets in `SHIELD_SYN`,
+//!   settings in `SHIELD_CONFIG`), counting in `SHIELD_STATS`; all pinned like the table (see
+//!   [`shield`] and docs/SHIELD.md).
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add` (no CAS), but BPF has
@@ -20,8 +24,13 @@
 
 mod ingress;
 mod maps;
+mod shield;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// The splice fast path.
 ///
@@ -49,6 +58,22 @@ pub fn splice_ingress(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// The shield: the deny list and the SYN rate limit.
+///
+/// - Attach point: XDP (native where the driver has it, generic otherwise) of every interface
+///   a frontend listens on. Declared multi-buffer aware (`xdp.frags`): it reads only the
+///   headers, which lie in the first buffer, so jumbo frames and large GRO packets need not
+///   be linearized for it, and drivers do not refuse it on a large MTU.
+/// - Returns `XDP_DROP` for an IPv4 or IPv6 packet whose source matches a `SHIELD_DENY`
+///   prefix, and for a TCP SYN without ACK whose source (/32, or /64 for IPv6) exceeds the
+///   rate in `SHIELD_CONFIG`; `XDP_PASS` for everything else.
+/// - Reads `SHIELD_DENY` and `SHIELD_CONFIG`; reads and writes `SHIELD_SYN`; writes
+///   `SHIELD_STATS`.
+#[xdp(frags)]
+pub fn shield(ctx: XdpContext) -> u32 {
+    shield::shield_verdict(&ctx)
 }
 
 #[cfg(not(test))]

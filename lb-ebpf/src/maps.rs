@@ -1,13 +1,14 @@
 //! Maps shared with userspace. Layouts live in `lb-common`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    ServerAdminEntry, ServerAdminKey, SpliceEntry, SpliceKey, StickEntry, StickKey,
-    SERVER_ADMIN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
-    STICK_TABLE_DEFAULT_ENTRIES,
+    ServerAdminEntry, ServerAdminKey, ShieldAddr, ShieldConfig, ShieldRule, ShieldSynBucket,
+    SpliceEntry, SpliceKey, StickEntry, StickKey, SERVER_ADMIN_ENTRIES, SHIELD_DENY_ENTRIES,
+    SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES,
+    SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN, STICK_TABLE_DEFAULT_ENTRIES,
 };
 
 /// The durable stick table: cookie -> server. Written by userspace only; the capacity is set by
@@ -53,6 +54,41 @@ pub(crate) fn stat_inc(index: u32) {
     if let Some(counter) = SPLICE_STATS.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful lookup in a per-CPU array: it is valid,
         // aligned, and only this CPU's program runs on it (with preemption disabled).
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The operator's deny list: source prefixes of both families in one trie, tagged by family
+/// (`lb_common::ShieldAddr`). Written by userspace only (`stickylb deny`); read by `shield`.
+#[btf_map]
+pub(crate) static SHIELD_DENY: LpmTrie<ShieldAddr, ShieldRule, { SHIELD_DENY_ENTRIES as usize }> =
+    LpmTrie::new();
+
+/// The SYN rate limit's buckets: one per source, keyed by its address cut to /32 (IPv4) or /64
+/// (IPv6) in the deny list's layout. Written by `shield` only. An LRU: a flood from many
+/// sources evicts the buckets of the quietest ones (which start full again) instead of making
+/// inserts fail.
+#[btf_map]
+pub(crate) static SHIELD_SYN: LruHashMap<
+    ShieldAddr,
+    ShieldSynBucket,
+    { SHIELD_SYN_ENTRIES as usize },
+> = LruHashMap::new();
+
+/// The shield's settings (one entry), written by userspace at start and on a reload.
+#[btf_map]
+pub(crate) static SHIELD_CONFIG: Array<ShieldConfig, 1> = Array::new();
+
+/// Per-CPU counters of `shield`, indexed by `lb_common::SHIELD_STAT_*`.
+#[btf_map]
+pub(crate) static SHIELD_STATS: PerCpuArray<u64, { SHIELD_STATS_LEN as usize }> =
+    PerCpuArray::new();
+
+/// Adds one to the `SHIELD_STATS` slot `index`.
+#[inline(always)]
+pub(crate) fn shield_stat_inc(index: u32) {
+    if let Some(counter) = SHIELD_STATS.get_ptr_mut(index) {
+        // SAFETY: as in `stat_inc`.
         unsafe { *counter += 1 };
     }
 }

@@ -40,7 +40,7 @@ use crate::{
     peers,
     proxy::{drain::Drain, listener, workers::Workers, Frontend},
     reload::{self, Live},
-    routing,
+    routing, shield,
     table::{self, Store},
 };
 
@@ -81,12 +81,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     forget_orphaned_settings(&settings, &backends);
     adopt_table(&store, &backends)?;
 
-    let live = Arc::new(Live::start(
-        config.clone(),
-        (backends.clone(), frontends.clone()),
-    ));
+    let mut live = Live::start(config.clone(), (backends.clone(), frontends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let fastpath = start_fastpath(&config, &frontends)?;
+    let shield = start_shield(&config, &pin_root)?;
+    if shield.is_some() {
+        live.set_shield_root(pin_root.clone());
+    }
+    let live = Arc::new(live);
     if let Some(runtime) = &fastpath {
         tasks.push(tokio::spawn(fastpath::runtime::collect_forever(
             Arc::clone(runtime),
@@ -108,6 +110,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         peers: peer_links,
         started_ms: table::now_ms(),
         fastpath,
+        shield,
         cookie_mask: monitor::CookieMask::random(),
         auth: monitor_auth(&config),
         table_durable,
@@ -312,6 +315,106 @@ fn start_fastpath(
         }
     }
     Ok(Some(runtime))
+}
+
+/// Loads the shield, writes its SYN limit and attaches it to its interfaces when `[shield]
+/// enabled`; the pinned maps and links of a previous process are adopted. The attachment
+/// outlives this process (its links are pinned), so the shield keeps working across a restart
+/// or an upgrade. What is attached, when it is on.
+///
+/// A shield the file enables must start, or the daemon does not. One the default enables is
+/// an extra: where it cannot attach (another XDP program holds an interface) or load, the
+/// daemon says so and serves without it, as it did before the shield existed.
+fn start_shield(
+    config: &Config,
+    pin_root: &std::path::Path,
+) -> Result<Option<shield::Attached>, StartError> {
+    let interfaces = if config.shield.enabled {
+        shield_interfaces(config)?
+    } else {
+        Vec::new()
+    };
+    let detached =
+        shield::program::detach_others(pin_root, &interfaces).map_err(StartError::Shield)?;
+    for link in detached {
+        tracing::info!(link = %link.display(), "shield: detached an interface no longer shielded");
+    }
+    if interfaces.is_empty() {
+        return Ok(None);
+    }
+    let tolerate = |error: shield::ShieldError| {
+        if config.shield.by_default {
+            tracing::warn!(
+                error = %crate::error_chain(&error),
+                "shield: on by default, but it cannot start here; serving without it (set \
+                 [shield] enabled = false to silence this)"
+            );
+            Ok(None)
+        } else {
+            Err(StartError::Shield(error))
+        }
+    };
+    let mut loaded = match shield::Shield::load(pin_root) {
+        Ok(loaded) => loaded,
+        Err(error) => return tolerate(error),
+    };
+    let limit = shield::SynLimit {
+        rate: config.shield.syn_rate,
+        burst: config.shield.syn_burst,
+    };
+    // Before attaching: the first packet already meets the limit of this configuration.
+    if let Err(error) = shield::limit::write_pinned(pin_root, limit) {
+        return tolerate(error);
+    }
+    let mut attached = shield::Attached {
+        root: pin_root.to_owned(),
+        interfaces: Vec::new(),
+    };
+    for interface in interfaces {
+        let mode = match loaded.attach(&interface) {
+            Ok(mode) => mode,
+            Err(error) => {
+                tolerate(error)?;
+                continue;
+            }
+        };
+        tracing::info!(
+            %interface,
+            ?mode,
+            syn_rate = limit.rate,
+            syn_burst = limit.burst,
+            "shield attached (XDP)"
+        );
+        attached.interfaces.push((interface, mode));
+    }
+    Ok((!attached.interfaces.is_empty()).then_some(attached))
+}
+
+/// `[shield] interfaces`, or those carrying the frontends' addresses. None found is an error
+/// when the file enables the shield, a warning (and no shield) when the default does.
+fn shield_interfaces(config: &Config) -> Result<Vec<String>, StartError> {
+    if !config.shield.interfaces.is_empty() {
+        return Ok(config.shield.interfaces.clone());
+    }
+    let binds: Vec<_> = config.frontends.iter().map(|f| f.bind.ip()).collect();
+    let found = shield::interfaces::of_binds(&binds).map_err(StartError::Shield)?;
+    if found.wildcard {
+        tracing::info!(
+            interfaces = ?found.names,
+            "shield: a frontend binds a wildcard address; shielding every interface that is up \
+             and not loopback"
+        );
+    }
+    if found.names.is_empty() {
+        if !config.shield.by_default {
+            return Err(StartError::Shield(shield::ShieldError::NoInterface));
+        }
+        tracing::warn!(
+            "shield: on by default, but no interface carries a frontend's address; running \
+             without it (set [shield] interfaces, or enabled = false to silence this)"
+        );
+    }
+    Ok(found.names)
 }
 
 /// Each relayed connection holds four descriptors (two sockets and their duplicates for the

@@ -29,6 +29,7 @@ pub mod peers;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod shield;
 #[expect(
     unsafe_code,
     reason = "the raw system calls live here, each with its contract"

@@ -84,6 +84,13 @@ enum Command {
         #[arg(num_args = 1..=2, required = true)]
         action: Vec<String>,
     },
+    /// Change or print the shield's deny list, pinned beside the table (works while the daemon
+    /// runs or is stopped; kept across restarts and upgrades). Packets from a denied source
+    /// are dropped at XDP on the interfaces the shield is attached to ([shield] enabled).
+    Deny {
+        #[command(subcommand)]
+        change: DenyChange,
+    },
     /// Print the connections the kernel fast path splices, from the pinned flow map (works
     /// while the daemon runs or is stopped).
     Fastpath {
@@ -122,6 +129,28 @@ enum TableChange {
         /// Only the sessions stuck to this server.
         #[arg(long)]
         server: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// A change to, or a listing of, the shield's deny list.
+#[derive(Subcommand)]
+enum DenyChange {
+    /// Deny a source block (`192.0.2.0/24`, `2001:db8::/32`, or one address).
+    Add {
+        cidr: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove exactly this block from the list (blocks inside it stay).
+    Del {
+        cidr: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the list.
+    List {
         #[command(flatten)]
         target: Target,
     },
@@ -288,7 +317,53 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             print_fastpath(&target.load()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deny { change } => deny(change),
     }
+}
+
+/// `stickylb deny add|del|list`: writes or reads the pinned deny list directly.
+fn deny(change: DenyChange) -> anyhow::Result<ExitCode> {
+    use stickylb::{config::Cidr, shield};
+    let parse = |text: &str| match text.parse::<Cidr>() {
+        Ok(cidr) => Ok(cidr),
+        Err(why) => {
+            eprintln!("stickylb: {why}");
+            Err(ExitCode::from(2))
+        }
+    };
+    let root_of =
+        |config: &Config| dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
+    match change {
+        DenyChange::Add { cidr, target } => {
+            let cidr = match parse(&cidr) {
+                Ok(cidr) => cidr,
+                Err(code) => return Ok(code),
+            };
+            let mut list = shield::program::open_or_create_deny_list(&root_of(&target.load()?))?;
+            list.add(&cidr)?;
+            println!("denied {cidr}");
+        }
+        DenyChange::Del { cidr, target } => {
+            let cidr = match parse(&cidr) {
+                Ok(cidr) => cidr,
+                Err(code) => return Ok(code),
+            };
+            let mut list = shield::DenyList::open_pinned(&root_of(&target.load()?))?;
+            if list.remove(&cidr)? {
+                println!("removed {cidr}");
+            } else {
+                eprintln!("stickylb: {cidr} is not on the deny list");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DenyChange::List { target } => {
+            let list = shield::DenyList::open_pinned(&root_of(&target.load()?))?;
+            for cidr in list.list()? {
+                println!("{cidr}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Asks the running instance to apply its configuration file in place.

@@ -16,8 +16,8 @@ use crate::{
 };
 
 /// Debian packages for building bpf-linker (LLVM 22 and what it links) and for the tests
-/// (bpftool, load generators (h2load is in nghttp2-client), packet tools, script checkers) and
-/// for `bench --perf` (perf).
+/// (bpftool, load generators (h2load is in nghttp2-client), packet tools (hping3 floods the
+/// shield with SYNs), script checkers) and for `bench --perf` (perf).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "tcpdump",
+    "hping3",
     "shellcheck",
     "ruby",
     "python3",

@@ -19,6 +19,16 @@ impl Cidr {
         }
     }
 
+    /// The network address (host bits zero).
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `addr` is in the block. An IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`, as
     /// a dual-stack socket reports IPv4 callers) is taken as the IPv4 address.
     pub fn contains(&self, addr: IpAddr) -> bool {

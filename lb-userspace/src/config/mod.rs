@@ -10,6 +10,8 @@ mod raw;
 #[cfg(test)]
 mod server_tls_tests;
 #[cfg(test)]
+mod shield_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;
@@ -39,6 +41,8 @@ pub struct Config {
     pub peers: Option<Peers>,
     /// `[fastpath]`: when a connection is handed to the kernel (frontends that splice).
     pub fastpath: FastPathPolicy,
+    /// `[shield]`: the XDP deny list in front of the frontends (docs/SHIELD.md).
+    pub shield: Shield,
 }
 
 impl Config {
@@ -331,6 +335,38 @@ impl PartialEq for PeersTls {
 pub struct PeerMember {
     pub name: String,
     pub addr: SocketAddr,
+}
+
+/// `[shield]`: the XDP program that drops packets from denied sources, and SYNs beyond a
+/// per-source rate, before the stack sees them (docs/SHIELD.md). Turning it on or off and its
+/// interfaces need an upgrade; the SYN limit is applied in place by a reload. The default
+/// (`Shield::default()`) is the one of a configuration on loopback only: off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shield {
+    /// `enabled`; default: on when a frontend binds an address that is not loopback.
+    pub enabled: bool,
+    /// Whether `enabled` is the default rather than the file's: a shield on by default that
+    /// finds no interface to attach to is skipped with a warning instead of failing the start.
+    pub by_default: bool,
+    /// Where it is attached; empty: the interfaces that own the frontends' bind addresses
+    /// (found at start).
+    pub interfaces: Vec<String>,
+    /// TCP SYNs (without ACK) per second a source (/32, or /64 for IPv6) may send, sustained.
+    pub syn_rate: u32,
+    /// SYNs a source may send back to back.
+    pub syn_burst: u32,
+}
+
+impl Default for Shield {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            by_default: false,
+            interfaces: Vec::new(),
+            syn_rate: validate::DEFAULT_SYN_RATE,
+            syn_burst: validate::DEFAULT_SYN_BURST,
+        }
+    }
 }
 
 /// `[fastpath]`: the hand-off policy (see `fastpath::policy`). Changing it needs an upgrade.

@@ -36,6 +36,8 @@ pub(super) struct RawConfig {
     pub(super) peers: Option<RawPeers>,
     #[serde(default)]
     pub(super) fastpath: RawFastPath,
+    #[serde(default)]
+    pub(super) shield: RawShield,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +181,20 @@ pub(super) struct RawTimeouts {
     pub(super) splice_fin_grace: Option<Spanned<RawDuration>>,
     /// Default `2h`.
     pub(super) splice_idle: Option<Spanned<RawDuration>>,
+}
+
+/// `[shield]`: the XDP deny list and SYN rate limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShield {
+    /// Default false.
+    pub(super) enabled: Option<Spanned<bool>>,
+    /// Interface names; default: those owning the frontends' bind addresses.
+    pub(super) interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    /// SYNs (without ACK) per second per source (/32, /64 for IPv6); default 200.
+    pub(super) syn_rate: Option<Spanned<i64>>,
+    /// SYNs a source may send back to back; default 400.
+    pub(super) syn_burst: Option<Spanned<i64>>,
 }
 
 /// `[fastpath]`: the hand-off policy of the frontends with `fastpath = "splice"`.

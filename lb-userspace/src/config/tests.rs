@@ -70,7 +70,7 @@ members = [
 "#;
 
 /// A valid configuration; tests replace or append lines and expect problems at known lines.
-const BASE: &str = r#"[instance]
+pub(super) const BASE: &str = r#"[instance]
 name = "lb-1"
 
 [[frontend]]
@@ -90,7 +90,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     from_toml_with(text, || Ok("testhost".to_owned()), None)
 }
 
-fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: &str) -> Vec<Problem> {
     match parse(text) {
         Ok(config) => panic!("expected problems, got {config:#?}\nfrom:\n{text}"),
         Err(ConfigError::Invalid { problems }) => problems,
@@ -262,6 +262,12 @@ fn full_example_parses_with_every_value() {
                 first: 50000,
                 last: 50999,
             },
+        },
+        // A frontend binds 0.0.0.0: the shield is on by default.
+        shield: Shield {
+            enabled: true,
+            by_default: true,
+            ..Shield::default()
         },
     };
     assert_eq!(config, expected);

@@ -4,7 +4,7 @@ use std::{io, net::SocketAddr};
 
 use crate::{
     backend::pinned::SettingsError, control, dataplane::DataplaneError, fastpath::FastPathError,
-    peers::tls::TlsSetupError, table::pinned::DurableError,
+    peers::tls::TlsSetupError, shield::ShieldError, table::pinned::DurableError,
 };
 
 /// Why the daemon could not start.
@@ -33,6 +33,8 @@ pub enum StartError {
     Signals(#[source] io::Error),
     #[error("cannot start the kernel fast path (set fastpath = \"off\" to run without it)")]
     FastPath(#[source] FastPathError),
+    #[error("cannot start the shield (set [shield] enabled = false to run without it)")]
+    Shield(#[source] ShieldError),
     #[error("cannot set up [peers] tls")]
     PeersTls(#[from] TlsSetupError),
 }

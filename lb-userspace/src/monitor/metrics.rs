@@ -4,7 +4,8 @@
 use std::fmt::{self, Write as _};
 
 use super::view::{
-    BackendCounters, BackendView, FastPathView, PeerView, ServerView, Snapshot, PROGRAM_COUNTERS,
+    BackendCounters, BackendView, FastPathView, PeerView, ServerView, ShieldView, Snapshot,
+    PROGRAM_COUNTERS,
 };
 use crate::backend::Decision;
 
@@ -321,6 +322,58 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
     write_peers(out, &snapshot.peers)?;
     if let Some(fastpath) = &snapshot.fastpath {
         write_fastpath(out, fastpath)?;
+    }
+    if let Some(shield) = &snapshot.shield {
+        write_shield(out, shield)?;
+    }
+    Ok(())
+}
+
+fn write_shield(out: &mut String, shield: &ShieldView) -> fmt::Result {
+    let name = "stickylb_shield_interface";
+    header(
+        out,
+        name,
+        Kind::Gauge,
+        "Interfaces the XDP shield is attached to, with the mode each got (native, generic, or \
+         adopted from the previous process); always 1.",
+    )?;
+    for (interface, mode) in &shield.interfaces {
+        writeln!(
+            out,
+            "{name}{{interface=\"{}\",mode=\"{mode}\"}} 1",
+            LabelValue(interface)
+        )?;
+    }
+    if let Some(counters) = &shield.counters {
+        let name = "stickylb_shield_packets_total";
+        header(
+            out,
+            name,
+            Kind::Counter,
+            "Packets the XDP shield judged, by verdict: dropped by the deny list, SYNs dropped by \
+             the rate limit, passed (all processes, since its maps were created).",
+        )?;
+        for (verdict, count) in counters.by_verdict() {
+            writeln!(out, "{name}{{verdict=\"{verdict}\"}} {count}")?;
+        }
+    }
+    if let Some((rate, burst)) = shield.syn_limit {
+        for (name, help, value) in [
+            (
+                "stickylb_shield_syn_rate",
+                "SYNs per second a source may send, sustained (the limit in force).",
+                rate,
+            ),
+            (
+                "stickylb_shield_syn_burst",
+                "SYNs a source may send back to back (the limit in force).",
+                burst,
+            ),
+        ] {
+            header(out, name, Kind::Gauge, help)?;
+            writeln!(out, "{name} {value}")?;
+        }
     }
     Ok(())
 }

@@ -11,8 +11,8 @@
 //! `[monitor] auth` set, every route asks for HTTP basic credentials ([`auth`]).
 //!
 //! [`route`] is the whole service and needs no socket; [`serve`] runs it on the listener. Both
-//! read a [`Shared`], which the daemon fills with its backends, frontends, peer links and fast
-//! path: the monitor reads their counters and tables and changes nothing.
+//! read a [`Shared`], which the daemon fills with its backends, frontends, peer links, fast
+//! path and shield: the monitor reads their counters and tables and changes nothing.
 
 mod api;
 mod auth;
@@ -23,6 +23,8 @@ mod page;
 mod tests;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_shield;
 mod view;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -42,7 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use self::view::Snapshot;
 pub use self::{auth::BasicAuth, mask::CookieMask};
 use crate::{
-    backend::BackendState, fastpath, peers::link::PeerLink, proxy::Frontend, table::now_ms,
+    backend::BackendState, fastpath, peers::link::PeerLink, proxy::Frontend, shield, table::now_ms,
 };
 
 /// Everything the monitor shows, handed to [`serve`] by the daemon; the monitor only reads it.
@@ -55,6 +57,8 @@ pub struct Shared {
     pub started_ms: u64,
     /// The kernel fast path, when a frontend splices.
     pub fastpath: Option<Arc<fastpath::Runtime>>,
+    /// The XDP shield, when it is on.
+    pub shield: Option<shield::Attached>,
     /// Masks every cookie the monitor shows, with a key made at start.
     pub cookie_mask: CookieMask,
     /// `[monitor] auth`: the credentials every request must carry.

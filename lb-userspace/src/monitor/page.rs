@@ -6,7 +6,9 @@ mod peers;
 
 use std::fmt::{self, Write as _};
 
-use super::view::{BackendView, FastPathView, ServerView, Snapshot, State, RESPONSE_CLASSES};
+use super::view::{
+    BackendView, FastPathView, ServerView, ShieldView, Snapshot, State, RESPONSE_CLASSES,
+};
 
 const REFRESH_SECONDS: u32 = 5;
 
@@ -101,6 +103,9 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
     if let Some(fastpath) = &s.fastpath {
         write_fastpath(out, fastpath)?;
     }
+    if let Some(shield) = &s.shield {
+        write_shield(out, shield)?;
+    }
     write!(
         out,
         "</main>\n<footer>Refreshed every {REFRESH_SECONDS} s. Also: <a href=\"/metrics\">/metrics</a> \
@@ -138,6 +143,48 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
         f.ports.spliced,
         f.ports.resting,
     )
+}
+
+fn write_shield(out: &mut String, shield: &ShieldView) -> fmt::Result {
+    let limit = shield.syn_limit.map_or_else(
+        || "none".to_owned(),
+        |(rate, burst)| format!("{rate}/s, {burst} at once"),
+    );
+    write!(
+        out,
+        "<section class=\"plain\" id=\"shield\"><h2>Shield<span>XDP &middot; SYN limit per \
+         source {}</span></h2><div class=\"cards\">",
+        Html(&limit)
+    )?;
+    match &shield.counters {
+        Some(c) => {
+            for (label, value) in [
+                ("Dropped by rule", c.dropped_deny),
+                ("Dropped by rate", c.dropped_rate),
+                ("Passed", c.passed),
+            ] {
+                write!(
+                    out,
+                    "<div class=\"card\"><span>{label}</span><b>{value}</b></div>"
+                )?;
+            }
+        }
+        None => out.push_str("<div class=\"card\"><span>Counters</span><b>unreadable</b></div>"),
+    }
+    out.push_str(
+        "</div><table><thead><tr><th class=\"l\">Interface</th><th class=\"l\">Mode</th>\
+         </tr></thead><tbody>",
+    );
+    for (interface, mode) in &shield.interfaces {
+        write!(
+            out,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+            Html(interface),
+            Html(mode)
+        )?;
+    }
+    out.push_str("</tbody></table></section>\n");
+    Ok(())
 }
 
 fn write_frontends(out: &mut String, s: &Snapshot) -> fmt::Result {

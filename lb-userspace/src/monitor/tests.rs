@@ -103,6 +103,7 @@ pub(super) fn fixture() -> Shared {
         frontends,
         started_ms: now - 90_061_000,
         fastpath: None,
+        shield: None,
         cookie_mask: CookieMask::with_key(MASK_KEY),
         auth: None,
         table_durable: true,
@@ -250,9 +251,9 @@ fn prometheus_label_escaping() {
 
 #[derive(Debug)]
 pub(super) struct Sample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: f64,
+    pub(super) name: String,
+    pub(super) labels: HashMap<String, String>,
+    pub(super) value: f64,
 }
 
 /// Parses the text format strictly: every family has HELP and TYPE before its samples and its

@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 
-use lb_common::SPLICE_STATS_LEN;
+use lb_common::{
+    SHIELD_STATS_LEN, SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
+    SPLICE_STATS_LEN,
+};
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
 use super::Shared;
@@ -12,6 +15,7 @@ use crate::{
     balance::algorithm_name,
     fastpath::{ports::Held, program::read_pinned_stats, report, Runtime},
     peers::{link::PeerLink, stats::PeerState},
+    shield::{self, Attached},
 };
 
 /// Labels of [`Responses`] in index order: index 0 counts failed and odd statuses.
@@ -25,6 +29,7 @@ pub(super) struct Snapshot {
     pub(super) backends: Vec<BackendView>,
     pub(super) peers: Vec<PeerView>,
     pub(super) fastpath: Option<FastPathView>,
+    pub(super) shield: Option<ShieldView>,
     /// Whether the pinned stick table outlives this process.
     pub(super) table_durable: bool,
 }
@@ -58,6 +63,67 @@ impl FastPathView {
             collected: stats.collected.load(Relaxed),
             ports: runtime.ports_held(),
             ports_per_server: runtime.source_ports().len(),
+        }
+    }
+}
+
+/// The XDP shield: its interfaces and modes, its counters and the SYN limit in force, read
+/// from its pinned maps (so they count every process's packets since the maps were created).
+pub(super) struct ShieldView {
+    /// Each interface and its attach mode (`native`, `generic`, `adopted`).
+    pub(super) interfaces: Vec<(String, &'static str)>,
+    /// `None` when the counters map cannot be read.
+    pub(super) counters: Option<ShieldCounters>,
+    /// SYNs per second and back to back, from the settings map; `None` when it cannot be read
+    /// or holds no limit.
+    pub(super) syn_limit: Option<(u64, u64)>,
+}
+
+/// The shield's packet counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct ShieldCounters {
+    pub(super) dropped_deny: u64,
+    pub(super) dropped_rate: u64,
+    pub(super) passed: u64,
+}
+
+impl ShieldCounters {
+    pub(super) fn from_slots(slots: &[u64; SHIELD_STATS_LEN as usize]) -> Self {
+        let at = |i: u32| slots.get(i as usize).copied().unwrap_or(0);
+        Self {
+            dropped_deny: at(SHIELD_STAT_DROPPED_DENY),
+            dropped_rate: at(SHIELD_STAT_DROPPED_RATE),
+            passed: at(SHIELD_STAT_PASSED),
+        }
+    }
+
+    /// Each verdict's label (as on `/metrics`) and count.
+    pub(super) fn by_verdict(&self) -> [(&'static str, u64); 3] {
+        [
+            ("dropped_deny", self.dropped_deny),
+            ("dropped_rate", self.dropped_rate),
+            ("passed", self.passed),
+        ]
+    }
+}
+
+impl ShieldView {
+    fn read(attached: &Attached) -> Self {
+        let settings = shield::limit::read_pinned(&attached.root).ok();
+        Self {
+            interfaces: attached
+                .interfaces
+                .iter()
+                .map(|(name, mode)| (name.clone(), mode.as_str()))
+                .collect(),
+            counters: shield::program::read_pinned_stats(&attached.root)
+                .ok()
+                .map(|slots| ShieldCounters::from_slots(&slots)),
+            syn_limit: settings.and_then(|s| {
+                let rate = 1_000_000_000u64.checked_div(s.syn_interval_ns)?;
+                let burst = s.syn_window_ns.checked_div(s.syn_interval_ns)?;
+                Some((rate, burst))
+            }),
         }
     }
 }
@@ -245,6 +311,7 @@ impl Snapshot {
                 .map(|p| PeerView::read(p, now_ms))
                 .collect(),
             fastpath: shared.fastpath.as_deref().map(FastPathView::read),
+            shield: shared.shield.as_ref().map(ShieldView::read),
             table_durable: shared.table_durable,
         }
     }

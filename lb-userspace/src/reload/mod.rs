@@ -22,6 +22,7 @@ use crate::{
     config::{self, Balance, Config, ConfigError, Timeouts},
     error_chain, health,
     proxy::{listener::ConnSettings, Frontend, Proxy},
+    shield::{self, ShieldError, SynLimit},
 };
 
 /// What a running daemon can change in place, and the configuration it last applied.
@@ -36,6 +37,9 @@ pub struct Live {
     /// Held for a whole reload, so that two (SIGHUP and the control socket) never interleave.
     /// Requests never take it.
     applied: Mutex<Applied>,
+    /// Where the running shield's settings map is pinned (`<pin_dir>/<instance>/v1`), when the
+    /// shield is on: a reload writes a changed SYN limit there.
+    shield_root: Option<PathBuf>,
 }
 
 struct Applied {
@@ -52,6 +56,9 @@ pub enum ReloadError {
     /// (`frontend www: bind 0.0.0.0:80 -> 0.0.0.0:81`).
     #[error("cannot apply in place: {}; use `stickylb reload --upgrade` for these", what.join("; "))]
     NeedsUpgrade { what: Vec<String> },
+    /// The shield's new SYN limit could not be written to its pinned settings map.
+    #[error("cannot apply the shield's SYN limit")]
+    Shield(#[source] ShieldError),
 }
 
 /// Why [`reload_from`] applied nothing.
@@ -77,6 +84,8 @@ pub struct ReloadSummary {
     pub timeouts: Vec<String>,
     /// The TLS frontends that serve new certificates from now on (renewed files, or others).
     pub certificates: Vec<String>,
+    /// The shield's SYN limit, when it changed: `syn_rate 200 -> 500`.
+    pub shield: Vec<String>,
 }
 
 /// What a reload changed in one backend.
@@ -126,7 +135,14 @@ impl Live {
                 checks,
                 stopped: false,
             }),
+            shield_root: None,
         }
+    }
+
+    /// Has reloads write a changed SYN limit to the shield's settings pinned under `root`
+    /// (the shield is on).
+    pub fn set_shield_root(&mut self, root: PathBuf) {
+        self.shield_root = Some(root);
     }
 
     /// The proxy every listener serves with.
@@ -151,7 +167,15 @@ impl Live {
     pub fn reload(&self, new: Config) -> Result<ReloadSummary, ReloadError> {
         let mut applied = self.applied();
         let mut summary = compare(&applied.config, &new)?;
-        // Nothing below can fail: the comparison is the only refusal, so all of `new` applies.
+        // The one step that can fail comes first, so that a failure applies nothing.
+        if let (false, Some(root)) = (summary.shield.is_empty(), &self.shield_root) {
+            let limit = SynLimit {
+                rate: new.shield.syn_rate,
+                burst: new.shield.syn_burst,
+            };
+            shield::limit::write_pinned(root, limit).map_err(ReloadError::Shield)?;
+        }
+        // Nothing below can fail, so all of `new` applies.
         let _runtime = self.runtime.enter();
         for changes in &summary.backends {
             self.apply_backend(&mut applied, changes, &new);
@@ -240,7 +264,10 @@ pub fn log_outcome(outcome: &Result<ReloadSummary, ReloadFailure>) {
 
 impl ReloadSummary {
     pub fn is_empty(&self) -> bool {
-        self.backends.is_empty() && self.timeouts.is_empty() && self.certificates.is_empty()
+        self.backends.is_empty()
+            && self.timeouts.is_empty()
+            && self.certificates.is_empty()
+            && self.shield.is_empty()
     }
 }
 
@@ -255,6 +282,9 @@ impl fmt::Display for ReloadSummary {
         }
         for frontend in &self.certificates {
             parts.push(format!("frontend {frontend}: new certificates"));
+        }
+        if !self.shield.is_empty() {
+            parts.push(format!("shield: {}", self.shield.join(", ")));
         }
         write!(f, "reloaded configuration: {}", parts.join("; "))
     }
@@ -326,6 +356,7 @@ fn compare(old: &Config, new: &Config) -> Result<ReloadSummary, ReloadError> {
         backends,
         timeouts: timeout_changes(&old.timeouts, &new.timeouts),
         certificates: Vec::new(),
+        shield: shield_changes(&old.shield, &new.shield),
     })
 }
 
@@ -357,6 +388,20 @@ fn backend_changes(old: &config::Backend, new: &config::Backend) -> BackendChang
         balance: (old.balance != new.balance).then_some((old.balance, new.balance)),
         tuned: tuning_changes(old, new),
     }
+}
+
+/// The shield's SYN limit changes: `syn_rate 200 -> 500`.
+fn shield_changes(old: &config::Shield, new: &config::Shield) -> Vec<String> {
+    let mut changes = Vec::new();
+    for (name, before, after) in [
+        ("syn_rate", old.syn_rate, new.syn_rate),
+        ("syn_burst", old.syn_burst, new.syn_burst),
+    ] {
+        if before != after {
+            changes.push(format!("{name} {before} -> {after}"));
+        }
+    }
+    changes
 }
 
 fn timeout_changes(old: &Timeouts, new: &Timeouts) -> Vec<String> {
@@ -402,6 +447,14 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         u.splice_idle,
     );
     differ(&mut what, "fastpath:", old.fastpath, new.fastpath);
+    let (before, after) = (&old.shield, &new.shield);
+    differ(&mut what, "shield: enabled", before.enabled, after.enabled);
+    differ(
+        &mut what,
+        "shield: interfaces",
+        &before.interfaces,
+        &after.interfaces,
+    );
     backend_differences(&old.backends, &new.backends, &mut what);
     if old.monitor != new.monitor {
         let bind =
@@ -593,6 +646,10 @@ fn peers_differences(
 fn fixed_part(config: &Config, base: &Config) -> Config {
     let mut fixed = config.clone();
     fixed.timeouts = base.timeouts.clone();
+    fixed.shield.syn_rate = base.shield.syn_rate;
+    // Whether `enabled` came from the file or the default means nothing once it is equal.
+    fixed.shield.by_default = base.shield.by_default;
+    fixed.shield.syn_burst = base.shield.syn_burst;
     for backend in &mut fixed.backends {
         if let Some(from) = base.backends.iter().find(|b| b.name == backend.name) {
             backend.servers = from.servers.clone();

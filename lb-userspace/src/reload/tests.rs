@@ -43,6 +43,7 @@ const NEXT: &str = r#"
 fn needs_upgrade_list(old: &Config, new: &Config) -> Vec<String> {
     match compare(old, new) {
         Err(ReloadError::NeedsUpgrade { what }) => what,
+        Err(other) => panic!("{other}"),
         Ok(summary) => panic!("applied in place: {summary}"),
     }
 }
@@ -347,4 +348,42 @@ fn peers_tls_and_allow_changes_need_an_upgrade() {
     // an upgrade reads them.
     let again = config(THREE, "", &peers_section(&first));
     assert!(compare(&with_tls, &again).unwrap().is_empty());
+}
+
+#[test]
+fn turning_the_shield_on_needs_an_upgrade() {
+    let old = config(THREE, "", "");
+    let new = config(THREE, "", "[shield]\nenabled = true\n");
+    assert_eq!(
+        needs_upgrade_list(&old, &new),
+        ["shield: enabled false -> true"]
+    );
+    let eth1 = config(
+        THREE,
+        "",
+        "[shield]\nenabled = true\ninterfaces = [\"eth1\"]\n",
+    );
+    assert_eq!(
+        needs_upgrade_list(&new, &eth1),
+        ["shield: interfaces [] -> [\"eth1\"]"]
+    );
+}
+
+#[test]
+fn the_shield_syn_limit_changes_in_place() {
+    let old = config(THREE, "", "[shield]\nenabled = true\n");
+    let new = config(
+        THREE,
+        "",
+        "[shield]\nenabled = true\nsyn_rate = 50\nsyn_burst = 60\n",
+    );
+    let summary = compare(&old, &new).unwrap();
+    assert_eq!(
+        summary.shield,
+        ["syn_rate 200 -> 50", "syn_burst 400 -> 60"]
+    );
+    assert_eq!(
+        summary.to_string(),
+        "reloaded configuration: shield: syn_rate 200 -> 50, syn_burst 400 -> 60"
+    );
 }

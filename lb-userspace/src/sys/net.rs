@@ -1,6 +1,11 @@
-//! Network interfaces: an interface's index by name, and which interface has an IPv4 address.
+//! Network interfaces: an interface's index by name, which interface has an IPv4 address, and
+//! every interface's addresses.
 
-use std::{ffi::CStr, io, net::Ipv4Addr};
+use std::{
+    ffi::CStr,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use rustix::net::{netdevice, AddressFamily, SocketFlags, SocketType};
 
@@ -54,4 +59,73 @@ pub fn interface_with_ipv4(addr: Ipv4Addr) -> io::Result<Option<(String, u32)>> 
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(list) };
     Ok(found)
+}
+
+/// One address of an interface, as `getifaddrs` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub name: String,
+    /// `None` for an entry without an IPv4 or IPv6 address (a link-level one).
+    pub addr: Option<IpAddr>,
+    /// `IFF_UP`.
+    pub up: bool,
+    /// `IFF_LOOPBACK`.
+    pub loopback: bool,
+}
+
+/// Every interface address of this network namespace (`getifaddrs`): each interface appears
+/// once per address, and once more for its link-level entry.
+pub fn interface_addrs() -> io::Result<Vec<InterfaceAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(entry.ifa_name) };
+        let flags = entry.ifa_flags;
+        found.push(InterfaceAddr {
+            name: name.to_string_lossy().into_owned(),
+            // SAFETY: ifa_addr is null or points at a sockaddr owned by the list.
+            addr: unsafe { ip_of(entry.ifa_addr) },
+            up: flags & libc::IFF_UP as u32 != 0,
+            loopback: flags & libc::IFF_LOOPBACK as u32 != 0,
+        });
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
+}
+
+/// The IP address in `sockaddr`, if it holds one.
+///
+/// # Safety
+///
+/// `sockaddr` is null or points at a valid `sockaddr` of the size its family says.
+unsafe fn ip_of(sockaddr: *const libc::sockaddr) -> Option<IpAddr> {
+    if sockaddr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise; the family says which type it is.
+    match i32::from(unsafe { (*sockaddr).sa_family }) {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+            let sin = unsafe { &*sockaddr.cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+            let sin6 = unsafe { &*sockaddr.cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
 }

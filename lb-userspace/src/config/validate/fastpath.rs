@@ -87,7 +87,7 @@ impl Checker<'_> {
 }
 
 /// A name `ip link` would accept: 1 to 15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
-fn check_ifname(name: &str) -> Result<(), String> {
+pub(super) fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_IFNAME {
         return Err(format!(
             "interface name {name:?} must be 1 to {MAX_IFNAME} bytes"

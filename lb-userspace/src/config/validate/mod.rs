@@ -30,9 +30,11 @@ mod https;
 mod monitor;
 mod peers;
 mod server_tls;
+mod shield;
 mod tls;
 
 use self::fields::{check_cookie_name, check_name, check_path};
+pub(super) use self::shield::{DEFAULT_SYN_BURST, DEFAULT_SYN_RATE};
 
 const NAME_CHARSET: &str = "A-Z, a-z, 0-9, '.', '_' and '-'";
 
@@ -144,8 +146,10 @@ impl Checker<'_> {
         let timeouts = self.timeouts(raw);
         let peers = self.peers(raw, instance.as_ref(), &mut binds);
         let fastpath = self.fastpath_policy(raw);
+        let shield = self.shield(&raw.shield, frontends.as_deref());
         Some(Config {
             fastpath: fastpath?,
+            shield: shield?,
             peers: peers?,
             instance: instance?,
             frontends: frontends?,

@@ -1,0 +1,394 @@
+//! The SYN flood measurement: what a flood from one address costs the legitimate clients, and
+//! what it costs the load balancer.
+//!
+//! The flood is `hping3 --flood -S` (one process: as fast as one core sends) from the client
+//! namespace's own address to the frontend; the legitimate clients are the load generator on
+//! the client's other addresses (16 of them), keep-alive and a new connection per request. Each
+//! legitimate workload is measured without the flood, then with it, against stickylb with its
+//! shield on, stickylb with it off, and HAProxy (which has no such shield: the kernel's SYN
+//! queue and cookies take the flood). Then the flood alone: the load balancer's CPU per million
+//! flood packets,
+//! from `/proc` for the process and, for stickylb, from the BPF run-time statistics for the
+//! shield's XDP program (which runs in the kernel, outside the process).
+//!
+//! The shield's SYN limit here is [`LIMIT`], not the default (200/s, 400 at once): each of the
+//! bench's 16 client addresses stands for many real clients and opens hundreds of connections
+//! per second; the flood source is limited all the same (to 0.2-2% of what it sends).
+
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+use super::{
+    bpftool::{bpftool, number},
+    contender::{Contender, SynLimit},
+    env::{Env, Layout},
+    load::{self, LoadSpec},
+    procs,
+};
+
+/// The shield's SYN limit for this measurement (see the module's comment).
+pub(super) const LIMIT: SynLimit = SynLimit {
+    rate: 2000,
+    burst: 4000,
+};
+
+/// The frontend port the flood aims at (the bench's HTTP frontend).
+const FRONTEND_PORT: &str = "80";
+
+/// The target: legitimate req/s under the flood at least this share of those without it.
+pub(super) const TARGET_RATIO: f64 = 0.8;
+
+/// What runs against the flood: a contender, and for stickylb its shield.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    contender: Contender,
+    shield: Option<SynLimit>,
+    /// The name in the output.
+    label: &'static str,
+}
+
+const SETUPS: [Setup; 3] = [
+    Setup {
+        contender: Contender::Stickylb,
+        shield: Some(LIMIT),
+        label: "stickylb-shield",
+    },
+    Setup {
+        contender: Contender::Stickylb,
+        shield: None,
+        label: "stickylb-no-shield",
+    },
+    Setup {
+        contender: Contender::Haproxy,
+        shield: None,
+        label: "haproxy",
+    },
+];
+
+/// One legitimate workload against one setup, without and with the flood.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct FloodRow {
+    /// `stickylb-shield`, `stickylb-no-shield` or `haproxy`.
+    pub(super) contender: &'static str,
+    /// `keep-alive` or `new-conn`.
+    pub(super) workload: &'static str,
+    pub(super) quiet_per_s: f64,
+    pub(super) flooded_per_s: f64,
+    pub(super) quiet_errors: u64,
+    pub(super) flooded_errors: u64,
+    /// SYNs per second hping3 sent meanwhile.
+    pub(super) flood_per_s: f64,
+}
+
+impl FloodRow {
+    pub(super) fn ratio(&self) -> f64 {
+        self.flooded_per_s / self.quiet_per_s
+    }
+}
+
+/// The flood alone against one setup: what its packets cost.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct FloodCost {
+    /// As in [`FloodRow::contender`].
+    pub(super) contender: &'static str,
+    pub(super) packets: u64,
+    pub(super) seconds: f64,
+    /// CPU seconds of the load balancer's process meanwhile.
+    pub(super) process_cpu_s: f64,
+    /// Run time of the shield's XDP program meanwhile (`None` without the shield, or without
+    /// BPF statistics).
+    pub(super) program_cpu_s: Option<f64>,
+    /// SYNs the shield dropped by rate meanwhile (with the shield).
+    pub(super) dropped_by_rate: Option<u64>,
+}
+
+impl FloodCost {
+    /// CPU milliseconds per million flood packets, process and program together.
+    pub(super) fn ms_per_million(&self) -> f64 {
+        let cpu = self.process_cpu_s + self.program_cpu_s.unwrap_or(0.0);
+        cpu * 1e3 / (self.packets as f64 / 1e6)
+    }
+}
+
+/// What the measurement found.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Flood {
+    pub(super) limit: SynLimit,
+    pub(super) rows: Vec<FloodRow>,
+    pub(super) costs: Vec<FloodCost>,
+}
+
+/// The legitimate workloads: keep-alive, and a new connection per request.
+const WORKLOADS: [(&str, u32); 2] = [("keep-alive", 0), ("new-conn", 1)];
+
+pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
+    let mut flood = Flood {
+        limit: LIMIT,
+        rows: Vec::new(),
+        costs: Vec::new(),
+    };
+    for setup in SETUPS {
+        env.reset_table()?;
+        env.set_shield(setup.shield);
+        let started = env.start(setup.contender, Layout::Routed);
+        env.set_shield(None);
+        let (mut lb, _) = started?;
+        for (workload, per_connection) in WORKLOADS {
+            let row = measure_workload(env, setup, workload, per_connection)?;
+            let verdict = if row.ratio() >= TARGET_RATIO {
+                "met"
+            } else {
+                "missed"
+            };
+            println!(
+                "bench: syn-flood {workload} {}: {:.0} req/s without the flood, {:.0} under \
+                 {:.0} SYN/s: {:.2}x (target {TARGET_RATIO}x {verdict}; errors {} / {})",
+                setup.label,
+                row.quiet_per_s,
+                row.flooded_per_s,
+                row.flood_per_s,
+                row.ratio(),
+                row.quiet_errors,
+                row.flooded_errors,
+            );
+            flood.rows.push(row);
+        }
+        lb.check_running()?;
+        let cost = measure_cost(env, setup, lb.pid())?;
+        println!(
+            "bench: syn-flood alone {}: {} packets in {:.1} s, process {:.3} s CPU, program {} \
+             -> {:.1} ms CPU per million packets{}",
+            setup.label,
+            cost.packets,
+            cost.seconds,
+            cost.process_cpu_s,
+            cost.program_cpu_s
+                .map_or("not counted".to_owned(), |s| format!("{s:.3} s")),
+            cost.ms_per_million(),
+            cost.dropped_by_rate
+                .map_or(String::new(), |n| format!(", {n} dropped by rate")),
+        );
+        flood.costs.push(cost);
+        lb.check_running()?;
+        lb.stop()?;
+        env.reset_table()?;
+    }
+    Ok(flood)
+}
+
+/// One legitimate workload without, then with, the flood.
+fn measure_workload(
+    env: &Env,
+    setup: Setup,
+    workload: &'static str,
+    per_connection: u32,
+) -> anyhow::Result<FloodRow> {
+    let plan = &env.plan;
+    let topology = env.topology(Layout::Routed);
+    let base = setup.contender.base_url(&topology.addrs);
+    let sources = topology.addrs.more_clients();
+    let connections = if per_connection == 0 {
+        plan.keep_alive_connections
+    } else {
+        plan.new_conn_connections
+    };
+    let spec = |duration, prefix| LoadSpec {
+        per_connection,
+        sources: &sources,
+        ..LoadSpec::new(
+            base.trim_start_matches("http://"),
+            connections,
+            duration,
+            prefix,
+        )
+    };
+    load::run(&topology.client, &env.load, &spec(plan.warmup, "f100d000"))?;
+    let quiet = load::run(&topology.client, &env.load, &spec(plan.measure, "f100d001"))?;
+    let hping = Hping::start(env)?;
+    // The flood at full rate before the measurement starts.
+    procs::sleep(Duration::from_millis(300))?;
+    let flooded = load::run(&topology.client, &env.load, &spec(plan.measure, "f100d002"));
+    let (sent, seconds) = hping.stop()?;
+    let flooded = flooded?;
+    Ok(FloodRow {
+        contender: setup.label,
+        workload,
+        quiet_per_s: quiet.requests as f64 / quiet.seconds,
+        flooded_per_s: flooded.requests as f64 / flooded.seconds,
+        quiet_errors: quiet.errors + quiet.status_errors,
+        flooded_errors: flooded.errors + flooded.status_errors,
+        flood_per_s: sent as f64 / seconds,
+    })
+}
+
+/// The flood alone, for `env.plan.measure`: the load balancer's CPU meanwhile.
+fn measure_cost(env: &Env, setup: Setup, pid: u32) -> anyhow::Result<FloodCost> {
+    let links = env.shield_links();
+    let shielded = setup.shield.is_some();
+    let program =
+        |links: &Path| -> Option<(f64, u64)> { shielded.then(|| shield_program(links).ok())? };
+    let (cpu_before, program_before) = (procs::cpu_seconds(pid)?, program(&links));
+    let dropped_before = dropped_by_rate(env, shielded);
+    let hping = Hping::start(env)?;
+    procs::sleep(env.plan.measure)?;
+    let (packets, seconds) = hping.stop()?;
+    let (cpu_after, program_after) = (procs::cpu_seconds(pid)?, program(&links));
+    let dropped_after = dropped_by_rate(env, shielded);
+    let program_cpu_s = match (program_before, program_after) {
+        // A run time of 0 while the program ran: statistics are off.
+        (Some((before, _)), Some((after, count))) if count > 0 && after > 0.0 => {
+            Some(after - before)
+        }
+        _ => None,
+    };
+    Ok(FloodCost {
+        contender: setup.label,
+        packets,
+        seconds,
+        process_cpu_s: cpu_after - cpu_before,
+        program_cpu_s,
+        dropped_by_rate: dropped_before
+            .zip(dropped_after)
+            .map(|(before, after)| after.saturating_sub(before)),
+    })
+}
+
+/// Seconds the shield's XDP program has run and how many packets it ran for, from its links
+/// pinned in `dir` (`shield_<interface>`).
+fn shield_program(dir: &Path) -> anyhow::Result<(f64, u64)> {
+    let mut programs = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with("shield_") {
+            let link = bpftool(&["link", "show", "pinned"], &entry.path())?;
+            programs.insert(number(&link, "prog_id")?);
+        }
+    }
+    if programs.is_empty() {
+        bail!("no shield link pinned in {}", dir.display());
+    }
+    let (mut nanoseconds, mut count) = (0, 0);
+    for id in programs {
+        let program = bpftool(&["prog", "show", "id"], Path::new(&id.to_string()))?;
+        // Absent while statistics are off.
+        nanoseconds += number(&program, "run_time_ns").unwrap_or(0);
+        count += number(&program, "run_cnt").unwrap_or(0);
+    }
+    Ok((nanoseconds as f64 / 1e9, count))
+}
+
+/// The shield's dropped-by-rate counter, from stickylb's metrics (when it is `shielded`).
+fn dropped_by_rate(env: &Env, shielded: bool) -> Option<u64> {
+    if !shielded {
+        return None;
+    }
+    let addrs = &env.topology(Layout::Routed).addrs;
+    let url = format!("{}/metrics", super::contender::monitor_url(addrs));
+    let metrics = env.client_get(&url, Layout::Routed).ok()?;
+    super::metrics::metric_value(
+        &metrics,
+        "stickylb_shield_packets_total{verdict=\"dropped_rate\"}",
+    )
+}
+
+/// A running `hping3 --flood -S` from the client namespace to the frontend.
+struct Hping {
+    child: Child,
+    started: Instant,
+}
+
+impl Hping {
+    fn start(env: &Env) -> anyhow::Result<Self> {
+        let topology = env.topology(Layout::Routed);
+        let mut command = topology.client.command("hping3");
+        command
+            .args(["-S", "-p", FRONTEND_PORT, "--flood", "-a"])
+            .arg(topology.addrs.client.to_string())
+            .arg(topology.addrs.lb.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(Self {
+            child: procs::spawn(&mut command)?,
+            started: Instant::now(),
+        })
+    }
+
+    /// Stops it (SIGINT: it prints its statistics); the SYNs it sent and over how long.
+    fn stop(mut self) -> anyhow::Result<(u64, f64)> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        procs::signal(self.child.id(), libc::SIGINT);
+        procs::wait(&mut self.child, Duration::from_secs(10), "hping3")?;
+        let output = self
+            .child
+            .wait_with_output()
+            .context("reading hping3's output")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        match transmitted(&text) {
+            Some(sent) => Ok((sent, seconds)),
+            None => bail!("hping3 printed no statistics:\n{text}"),
+        }
+    }
+}
+
+/// `N packets transmitted` of hping3's statistics.
+fn transmitted(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// Writes what was measured as `syn-flood.json` into `dir`.
+pub(super) fn write(flood: &Flood, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(JSON_FILE);
+    let text = serde_json::to_string_pretty(flood).context("serializing the flood results")?;
+    std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// The file [`write`] writes.
+pub(super) const JSON_FILE: &str = "syn-flood.json";
+
+/// Whether hping3 is there to flood with.
+pub(super) fn available() -> bool {
+    super::run::find_in_path("hping3").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{transmitted, FloodCost};
+
+    #[test]
+    fn reads_hpings_statistics() {
+        let text = "HPING 10.240.1.1 (veth0 10.240.1.1): S set, 40 headers + 0 data bytes\n\
+                    hping in flood mode, no replies will be shown\n\n\
+                    --- 10.240.1.1 hping statistic ---\n\
+                    98026 packets transmitted, 0 packets received, 100% packet loss\n";
+        assert_eq!(transmitted(text), Some(98_026));
+        assert_eq!(transmitted("nothing"), None);
+    }
+
+    #[test]
+    fn cost_is_cpu_per_million_packets() {
+        let cost = FloodCost {
+            contender: "stickylb",
+            packets: 2_000_000,
+            seconds: 2.0,
+            process_cpu_s: 0.01,
+            program_cpu_s: Some(0.09),
+            dropped_by_rate: Some(1_990_000),
+        };
+        assert!((cost.ms_per_million() - 50.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,208 @@
+//! The shield's XDP program (docs/SHIELD.md): drop packets whose source is on the deny list,
+//! and TCP SYNs (without ACK) beyond their source's rate.
+//!
+//! XDP sees the packet before the kernel allocates a socket buffer, so a dropped packet costs a
+//! header parse, one trie lookup and, for a SYN, one hash lookup. Reads go through
+//! bounds-checked packet pointers (XDP has no `load_bytes` helper that is cheaper); nothing is
+//! written to the packet. Only a SYN without ACK is ever rate-limited: every packet of an
+//! established connection (the splice fast path's flows included) is judged by the deny list
+//! alone.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
+};
+use lb_common::{
+    ShieldAddr, ShieldSynBucket, SHIELD_FAMILY_BITS, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6,
+    SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
+};
+
+use crate::maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_DENY, SHIELD_SYN};
+
+const ETH_HLEN: usize = 14;
+const ETH_TYPE_OFF: usize = 12;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const IPV4_VIHL_OFF: usize = ETH_HLEN;
+const IPV4_FRAG_OFF: usize = ETH_HLEN + 6;
+const IPV4_PROTO_OFF: usize = ETH_HLEN + 9;
+const IPV4_SADDR_OFF: usize = ETH_HLEN + 12;
+/// Fragment offset bits of the IPv4 flags/fragment field: non-zero for every fragment but
+/// the first, which alone carries the TCP header.
+const IPV4_FRAG_MASK: u16 = 0x1fff;
+const IPV6_NEXT_OFF: usize = ETH_HLEN + 6;
+const IPV6_SADDR_OFF: usize = ETH_HLEN + 8;
+const IPV6_HLEN: usize = 40;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFF: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// A SYN's bucket is per /64 for IPv6: one host commonly owns a whole /64.
+const IPV6_BUCKET_BYTES: usize = 8;
+
+/// What the program needs of a packet.
+struct Packet {
+    source: ShieldAddr,
+    /// A TCP SYN without ACK (a connection attempt), whose header the program could read.
+    syn: bool,
+}
+
+/// `XDP_DROP` for a source on the deny list and for a SYN beyond its source's rate,
+/// `XDP_PASS` for everything else (other ethertypes, VLAN-tagged frames and frames too short
+/// to hold the header included: the stack judges those as it would without the shield).
+#[inline(always)]
+pub(crate) fn shield_verdict(ctx: &XdpContext) -> u32 {
+    let Some(packet) = parse(ctx) else {
+        return pass();
+    };
+    if is_denied(&packet.source) {
+        shield_stat_inc(SHIELD_STAT_DROPPED_DENY);
+        return xdp_action::XDP_DROP;
+    }
+    if packet.syn && !syn_allowed(&packet.source) {
+        shield_stat_inc(SHIELD_STAT_DROPPED_RATE);
+        return xdp_action::XDP_DROP;
+    }
+    pass()
+}
+
+#[inline(always)]
+fn pass() -> u32 {
+    shield_stat_inc(SHIELD_STAT_PASSED);
+    xdp_action::XDP_PASS
+}
+
+fn is_denied(source: &ShieldAddr) -> bool {
+    let bits = match source.family {
+        SHIELD_FAMILY_V4 => 32,
+        _ => 128,
+    };
+    let key = Key::new(SHIELD_FAMILY_BITS + bits, *source);
+    SHIELD_DENY.get(&key).is_some()
+}
+
+/// Whether the source of a SYN may send it now (GCRA, see `lb_common::ShieldConfig`); takes
+/// the SYN from its bucket when it may. Without settings (no daemon wrote them yet) every SYN
+/// may.
+///
+/// Two CPUs updating one bucket at once can both pass a SYN the bucket had room for once:
+/// the read and the write are not one atomic step. The limit is then exceeded by at most one
+/// SYN per CPU per race, which is not worth a lock on the path every SYN takes.
+#[inline(always)]
+fn syn_allowed(source: &ShieldAddr) -> bool {
+    let Some(config) = SHIELD_CONFIG.get(0) else {
+        return true;
+    };
+    let (interval, window) = (config.syn_interval_ns, config.syn_window_ns);
+    if interval == 0 {
+        return true;
+    }
+    let key = bucket_key(source);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(bucket) = SHIELD_SYN.get_ptr_mut(&key) else {
+        // A new source starts with a full bucket, less this SYN. A failed insert (the map is
+        // full of buckets being written) lets the SYN through: never drop on our own error.
+        let fresh = ShieldSynBucket {
+            tat_ns: now.wrapping_add(interval),
+        };
+        let _ = SHIELD_SYN.insert(&key, &fresh, 0);
+        return true;
+    };
+    // SAFETY: the pointer comes from a successful lookup; the value is plain data, and a
+    // concurrent writer on another CPU can only make it stale (see above).
+    let tat = unsafe { (*bucket).tat_ns };
+    let next = if tat > now { tat } else { now }.wrapping_add(interval);
+    if next.wrapping_sub(now) > window {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { (*bucket).tat_ns = next };
+    true
+}
+
+/// The bucket of `source`: the address cut to /32 (IPv4) or /64 (IPv6).
+#[inline(always)]
+fn bucket_key(source: &ShieldAddr) -> ShieldAddr {
+    let mut key = *source;
+    if key.family == SHIELD_FAMILY_V6 {
+        key.addr[IPV6_BUCKET_BYTES..].fill(0);
+    }
+    key
+}
+
+/// The source address of an IPv4 or IPv6 packet in an untagged Ethernet frame, and whether it
+/// is a TCP SYN without ACK.
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Option<Packet> {
+    let ethertype = u16::from_be_bytes(read::<2>(ctx, ETH_TYPE_OFF)?);
+    let mut source = ShieldAddr::default();
+    let syn = match ethertype {
+        ETH_P_IP => {
+            let addr = read::<4>(ctx, IPV4_SADDR_OFF)?;
+            source.family = SHIELD_FAMILY_V4;
+            source.addr[..4].copy_from_slice(&addr);
+            ipv4_syn(ctx)
+        }
+        ETH_P_IPV6 => {
+            source.family = SHIELD_FAMILY_V6;
+            source.addr = read::<16>(ctx, IPV6_SADDR_OFF)?;
+            ipv6_syn(ctx)
+        }
+        _ => return None,
+    };
+    Some(Packet { source, syn })
+}
+
+/// Whether an IPv4 packet is a TCP SYN without ACK: a first (or only) fragment, its header
+/// length taken from IHL (options included).
+#[inline(always)]
+fn ipv4_syn(ctx: &XdpContext) -> bool {
+    let (Some([vihl]), Some([proto]), Some(frag)) = (
+        read::<1>(ctx, IPV4_VIHL_OFF),
+        read::<1>(ctx, IPV4_PROTO_OFF),
+        read::<2>(ctx, IPV4_FRAG_OFF),
+    ) else {
+        return false;
+    };
+    if proto != IPPROTO_TCP || u16::from_be_bytes(frag) & IPV4_FRAG_MASK != 0 {
+        return false;
+    }
+    // IHL counts 32-bit words; masked to 4 bits, so the offset stays bounded for the verifier.
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < 20 {
+        return false;
+    }
+    tcp_syn(ctx, ETH_HLEN + ihl)
+}
+
+/// Whether an IPv6 packet is a TCP SYN without ACK. A packet with extension headers (TCP not
+/// the first next header) is not looked into: it passes as if it were no SYN.
+#[inline(always)]
+fn ipv6_syn(ctx: &XdpContext) -> bool {
+    match read::<1>(ctx, IPV6_NEXT_OFF) {
+        Some([IPPROTO_TCP]) => tcp_syn(ctx, ETH_HLEN + IPV6_HLEN),
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn tcp_syn(ctx: &XdpContext, tcp_offset: usize) -> bool {
+    read::<1>(ctx, tcp_offset + TCP_FLAGS_OFF)
+        .is_some_and(|[flags]| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+}
+
+/// `N` bytes of the packet at `offset`, or `None` when the packet (its first buffer, for a
+/// multi-buffer frame) is shorter.
+#[inline(always)]
+fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N > end {
+        return None;
+    }
+    let ptr = (start + offset) as *const [u8; N];
+    // SAFETY: the bounds check above is the one the verifier requires; the bytes lie inside
+    // the packet. Read unaligned: IP headers after a 14-byte Ethernet header are 2-aligned.
+    Some(unsafe { core::ptr::read_unaligned(ptr) })
+}

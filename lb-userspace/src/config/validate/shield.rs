@@ -1,0 +1,87 @@
+//! `[shield]`: `enabled`, `interfaces`, `syn_rate` and `syn_burst`.
+
+use super::{fastpath::check_ifname, Checker, Seen};
+use crate::config::{raw::RawShield, Frontend, Shield};
+
+/// SYNs per second per source, and back to back, when the file does not say.
+pub(in crate::config) const DEFAULT_SYN_RATE: u32 = 200;
+pub(in crate::config) const DEFAULT_SYN_BURST: u32 = 400;
+/// Far above any real client's connection rate, and small enough that the program's window
+/// (`1e9 / rate * burst` ns) cannot overflow.
+const MAX_SYN: i64 = 1_000_000;
+
+impl Checker<'_> {
+    /// `[shield]`: `enabled` (default: on when a frontend binds an address that is not
+    /// loopback, see [`on_by_default`]), `interfaces` (default: found at start), and the SYN
+    /// limit (`syn_rate`, `syn_burst`, each 1..=1000000). `frontends`: the valid frontends, if
+    /// every one is.
+    ///
+    /// `syn_burst` may be below `syn_rate`: the bucket refills continuously (one SYN every
+    /// `1/syn_rate` s), so a burst of 50 at a rate of 200/s still lets 200 SYNs through each
+    /// second, only never more than 50 at once. Hence no rule between the two.
+    pub(super) fn shield(
+        &mut self,
+        raw: &RawShield,
+        frontends: Option<&[Frontend]>,
+    ) -> Option<Shield> {
+        let rate = self.syn_setting(raw, "syn_rate", DEFAULT_SYN_RATE);
+        let burst = self.syn_setting(raw, "syn_burst", DEFAULT_SYN_BURST);
+        let interfaces = self.shield_interfaces(raw);
+        let explicit = raw.enabled.as_ref().map(|e| *e.get_ref());
+        let by_default = explicit.is_none() && on_by_default(frontends?);
+        let enabled = explicit.unwrap_or(by_default);
+        Some(Shield {
+            enabled,
+            by_default,
+            interfaces: interfaces?,
+            syn_rate: rate?,
+            syn_burst: burst?,
+        })
+    }
+
+    fn syn_setting(&mut self, raw: &RawShield, name: &str, default: u32) -> Option<u32> {
+        let value = match name {
+            "syn_rate" => raw.syn_rate.as_ref(),
+            _ => raw.syn_burst.as_ref(),
+        };
+        let key = format!("shield.{name}");
+        let n = self.integer(value, &key, i64::from(default), 1..=MAX_SYN)?;
+        u32::try_from(n).ok()
+    }
+
+    /// `interfaces`: names given once each; absent (empty result) for the interfaces of the
+    /// frontends' addresses.
+    fn shield_interfaces(&mut self, raw: &RawShield) -> Option<Vec<String>> {
+        let Some(list) = &raw.interfaces else {
+            return Some(Vec::new());
+        };
+        if list.get_ref().is_empty() {
+            let msg = "must not be empty; omit it for the interfaces of the frontends' addresses";
+            self.report(Some(list.span()), "shield.interfaces", msg);
+            return None;
+        }
+        let mut seen = Seen::new();
+        let mut names = Vec::new();
+        let mut complete = true;
+        for (i, name) in list.get_ref().iter().enumerate() {
+            let key = format!("shield.interfaces[{i}]");
+            match self.text(name, &key, check_ifname) {
+                Some(ok) => {
+                    self.unique(&mut seen, ok.clone(), name, &key, &key);
+                    names.push(ok);
+                }
+                None => complete = false,
+            }
+        }
+        let unique = seen.len() == names.len();
+        (complete && unique).then_some(names)
+    }
+}
+
+/// Whether a configuration without `[shield] enabled` gets the shield: when a frontend binds
+/// an address other than loopback (a wildcard one included), so it can be reached, and
+/// flooded, from the network. A configuration on loopback only (a demo, a sidecar) has no
+/// interface to shield.
+fn on_by_default(frontends: &[Frontend]) -> bool {
+    frontends.iter().any(|f| !f.bind.ip().is_loopback())
+}

@@ -1,0 +1,85 @@
+//! Why the shield could not start, or a deny list command failed: each variant names the part.
+
+use std::path::PathBuf;
+
+use crate::dataplane::{self, LayoutMismatch};
+
+/// Errors of the shield: its program, its deny list and its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ShieldError {
+    #[error("preparing the pin directory")]
+    PinRoot(#[source] dataplane::DataplaneError),
+    #[error(transparent)]
+    Incompatible(#[from] LayoutMismatch),
+    #[error("opening the pinned deny list {path} (has this instance run with [shield] enabled?)")]
+    OpenPinned {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("operation on the pinned map {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(transparent)]
+    NoEbpfObject(#[from] dataplane::NoEbpfObject),
+    #[error("the eBPF object has no {what} {name}")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error(
+        "loading the program {} into the kernel (verifier)",
+        lb_common::SHIELD_PROGRAM
+    )]
+    Verify(#[source] aya::programs::ProgramError),
+    #[error(
+        "attaching {} to {interface} (native and generic XDP both failed)",
+        lb_common::SHIELD_PROGRAM
+    )]
+    Attach {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "attaching {} to {interface}: another XDP program is attached there (a previous \
+         stickylb's, pinned on a bpffs this process does not see, or another tool's)",
+        lb_common::SHIELD_PROGRAM
+    )]
+    Occupied {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("adopting the pinned link {path}")]
+    AdoptLink {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning the link at {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("removing the pinned link {path}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "[shield] is enabled but no interface was found for it: no frontend binds an address \
+         of this host's interfaces other than loopback; set [shield] interfaces, or \
+         enabled = false"
+    )]
+    NoInterface,
+    #[error("listing the network interfaces")]
+    ListInterfaces(#[source] std::io::Error),
+}
