@@ -342,42 +342,19 @@ fn start_shield(
     if interfaces.is_empty() {
         return Ok(None);
     }
-    let tolerate = |error: shield::ShieldError| {
-        if config.shield.by_default {
-            tracing::warn!(
-                error = %crate::error_chain(&error),
-                "shield: on by default, but it cannot start here; serving without it (set \
-                 [shield] enabled = false to silence this)"
-            );
-            Ok(None)
-        } else {
-            Err(StartError::Shield(error))
-        }
-    };
-    let mut loaded = match shield::Shield::load(pin_root) {
-        Ok(loaded) => loaded,
-        Err(error) => return tolerate(error),
-    };
+    let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
     let limit = shield::SynLimit {
         rate: config.shield.syn_rate,
         burst: config.shield.syn_burst,
     };
     // Before attaching: the first packet already meets the limit of this configuration.
-    if let Err(error) = shield::limit::write_pinned(pin_root, limit) {
-        return tolerate(error);
-    }
+    shield::limit::write_pinned(pin_root, limit).map_err(StartError::Shield)?;
     let mut attached = shield::Attached {
         root: pin_root.to_owned(),
         interfaces: Vec::new(),
     };
     for interface in interfaces {
-        let mode = match loaded.attach(&interface) {
-            Ok(mode) => mode,
-            Err(error) => {
-                tolerate(error)?;
-                continue;
-            }
-        };
+        let mode = loaded.attach(&interface).map_err(StartError::Shield)?;
         tracing::info!(
             %interface,
             ?mode,
@@ -390,8 +367,7 @@ fn start_shield(
     Ok((!attached.interfaces.is_empty()).then_some(attached))
 }
 
-/// `[shield] interfaces`, or those carrying the frontends' addresses. None found is an error
-/// when the file enables the shield, a warning (and no shield) when the default does.
+/// `[shield] interfaces`, or those carrying the frontends' addresses; none found is an error.
 fn shield_interfaces(config: &Config) -> Result<Vec<String>, StartError> {
     if !config.shield.interfaces.is_empty() {
         return Ok(config.shield.interfaces.clone());
@@ -406,13 +382,7 @@ fn shield_interfaces(config: &Config) -> Result<Vec<String>, StartError> {
         );
     }
     if found.names.is_empty() {
-        if !config.shield.by_default {
-            return Err(StartError::Shield(shield::ShieldError::NoInterface));
-        }
-        tracing::warn!(
-            "shield: on by default, but no interface carries a frontend's address; running \
-             without it (set [shield] interfaces, or enabled = false to silence this)"
-        );
+        return Err(StartError::Shield(shield::ShieldError::NoInterface));
     }
     Ok(found.names)
 }

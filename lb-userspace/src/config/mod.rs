@@ -339,15 +339,11 @@ pub struct PeerMember {
 
 /// `[shield]`: the XDP program that drops packets from denied sources, and SYNs beyond a
 /// per-source rate, before the stack sees them (docs/SHIELD.md). Turning it on or off and its
-/// interfaces need an upgrade; the SYN limit is applied in place by a reload. The default
-/// (`Shield::default()`) is the one of a configuration on loopback only: off.
+/// interfaces need an upgrade; the SYN limit is applied in place by a reload. Off by default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shield {
-    /// `enabled`; default: on when a frontend binds an address that is not loopback.
+    /// `enabled`; default off.
     pub enabled: bool,
-    /// Whether `enabled` is the default rather than the file's: a shield on by default that
-    /// finds no interface to attach to is skipped with a warning instead of failing the start.
-    pub by_default: bool,
     /// Where it is attached; empty: the interfaces that own the frontends' bind addresses
     /// (found at start).
     pub interfaces: Vec<String>,
@@ -361,7 +357,6 @@ impl Default for Shield {
     fn default() -> Self {
         Self {
             enabled: false,
-            by_default: false,
             interfaces: Vec::new(),
             syn_rate: validate::DEFAULT_SYN_RATE,
             syn_burst: validate::DEFAULT_SYN_BURST,

@@ -1,4 +1,4 @@
-//! `[shield]`: on by default beyond loopback, `enabled`, `interfaces`, the SYN limit, and bad
+//! `[shield]`: off by default, `enabled`, `interfaces`, the SYN limit, and bad
 //! values.
 
 use super::{
@@ -7,32 +7,23 @@ use super::{
 };
 
 #[test]
-fn the_shield_is_on_by_default_when_a_frontend_binds_beyond_loopback() {
-    // BASE binds 0.0.0.0:8080.
-    let on = Shield {
-        enabled: true,
-        by_default: true,
-        ..Shield::default()
-    };
-    assert_eq!(parse(BASE).unwrap().shield, on);
-    let specific = BASE.replace("0.0.0.0:8080", "192.0.2.10:8080");
-    assert_eq!(parse(&specific).unwrap().shield, on);
-    let v6 = BASE.replace("0.0.0.0:8080", "[2001:db8::1]:8080");
-    assert_eq!(parse(&v6).unwrap().shield, on);
-
-    // Loopback only (the demo): off.
-    for bind in ["127.0.0.1:8080", "[::1]:8080"] {
-        let local = BASE.replace("0.0.0.0:8080", bind);
-        assert_eq!(parse(&local).unwrap().shield, Shield::default(), "{bind}");
-        // Unless the file turns it on.
-        let config = parse(&format!("{local}\n[shield]\nenabled = true\n")).unwrap();
+fn the_shield_is_off_unless_the_file_turns_it_on() {
+    // BASE binds 0.0.0.0:8080: reachable from the network, still off by default.
+    for bind in [
+        "0.0.0.0:8080",
+        "192.0.2.10:8080",
+        "[2001:db8::1]:8080",
+        "127.0.0.1:8080",
+    ] {
+        let config = BASE.replace("0.0.0.0:8080", bind);
+        assert_eq!(parse(&config).unwrap().shield, Shield::default(), "{bind}");
+        let on = parse(&format!("{config}\n[shield]\nenabled = true\n")).unwrap();
         let explicit = Shield {
             enabled: true,
             ..Shield::default()
         };
-        assert_eq!(config.shield, explicit, "{bind}");
+        assert_eq!(on.shield, explicit, "{bind}");
     }
-    // An explicit `enabled = false` wins over the default.
     let off = parse(&format!("{BASE}\n[shield]\nenabled = false\n")).unwrap();
     assert_eq!(off.shield, Shield::default());
 }

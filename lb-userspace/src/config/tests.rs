@@ -263,12 +263,8 @@ fn full_example_parses_with_every_value() {
                 last: 50999,
             },
         },
-        // A frontend binds 0.0.0.0: the shield is on by default.
-        shield: Shield {
-            enabled: true,
-            by_default: true,
-            ..Shield::default()
-        },
+        // Off unless the file turns it on, whatever the frontends bind.
+        shield: Shield::default(),
     };
     assert_eq!(config, expected);
 }

@@ -647,8 +647,6 @@ fn fixed_part(config: &Config, base: &Config) -> Config {
     let mut fixed = config.clone();
     fixed.timeouts = base.timeouts.clone();
     fixed.shield.syn_rate = base.shield.syn_rate;
-    // Whether `enabled` came from the file or the default means nothing once it is equal.
-    fixed.shield.by_default = base.shield.by_default;
     fixed.shield.syn_burst = base.shield.syn_burst;
     for backend in &mut fixed.backends {
         if let Some(from) = base.backends.iter().find(|b| b.name == backend.name) {

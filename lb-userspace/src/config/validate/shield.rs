@@ -1,7 +1,7 @@
 //! `[shield]`: `enabled`, `interfaces`, `syn_rate` and `syn_burst`.
 
 use super::{fastpath::check_ifname, Checker, Seen};
-use crate::config::{raw::RawShield, Frontend, Shield};
+use crate::config::{raw::RawShield, Shield};
 
 /// SYNs per second per source, and back to back, when the file does not say.
 pub(in crate::config) const DEFAULT_SYN_RATE: u32 = 200;
@@ -11,28 +11,20 @@ pub(in crate::config) const DEFAULT_SYN_BURST: u32 = 400;
 const MAX_SYN: i64 = 1_000_000;
 
 impl Checker<'_> {
-    /// `[shield]`: `enabled` (default: on when a frontend binds an address that is not
-    /// loopback, see [`on_by_default`]), `interfaces` (default: found at start), and the SYN
-    /// limit (`syn_rate`, `syn_burst`, each 1..=1000000). `frontends`: the valid frontends, if
-    /// every one is.
+    /// `[shield]`: `enabled` (default off, see docs/SHIELD.md, "Why it is off by default"),
+    /// `interfaces` (default: those of the frontends' addresses, found at start), and the SYN
+    /// limit (`syn_rate`, `syn_burst`, each 1..=1000000).
     ///
     /// `syn_burst` may be below `syn_rate`: the bucket refills continuously (one SYN every
     /// `1/syn_rate` s), so a burst of 50 at a rate of 200/s still lets 200 SYNs through each
     /// second, only never more than 50 at once. Hence no rule between the two.
-    pub(super) fn shield(
-        &mut self,
-        raw: &RawShield,
-        frontends: Option<&[Frontend]>,
-    ) -> Option<Shield> {
+    pub(super) fn shield(&mut self, raw: &RawShield) -> Option<Shield> {
         let rate = self.syn_setting(raw, "syn_rate", DEFAULT_SYN_RATE);
         let burst = self.syn_setting(raw, "syn_burst", DEFAULT_SYN_BURST);
         let interfaces = self.shield_interfaces(raw);
-        let explicit = raw.enabled.as_ref().map(|e| *e.get_ref());
-        let by_default = explicit.is_none() && on_by_default(frontends?);
-        let enabled = explicit.unwrap_or(by_default);
+        let enabled = raw.enabled.as_ref().is_some_and(|e| *e.get_ref());
         Some(Shield {
             enabled,
-            by_default,
             interfaces: interfaces?,
             syn_rate: rate?,
             syn_burst: burst?,
@@ -76,12 +68,4 @@ impl Checker<'_> {
         let unique = seen.len() == names.len();
         (complete && unique).then_some(names)
     }
-}
-
-/// Whether a configuration without `[shield] enabled` gets the shield: when a frontend binds
-/// an address other than loopback (a wildcard one included), so it can be reached, and
-/// flooded, from the network. A configuration on loopback only (a demo, a sidecar) has no
-/// interface to shield.
-fn on_by_default(frontends: &[Frontend]) -> bool {
-    frontends.iter().any(|f| !f.bind.ip().is_loopback())
 }
