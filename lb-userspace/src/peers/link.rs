@@ -22,8 +22,10 @@ use crate::{error_chain, table::now_ms};
 
 /// The first retry after a failed connect; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// HAProxy retries a failed connect after 5 s.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait between connects to an unreachable peer. HAProxy waits 5 s; 1 s bounds how
+/// long a healed partition waits for its first session (tables identical within 2 s of the
+/// heal is the goal), and a failed connect to each of N-1 peers once a second costs nothing.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A configured peer other than ourselves.
 pub struct PeerLink {
