@@ -6,7 +6,7 @@
 use std::{
     collections::HashSet,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     task::Poll,
     time::{Duration, Instant},
 };
@@ -46,20 +46,32 @@ pub enum SessionEnd {
 
 /// Per table: the update log position a peer acknowledged, where its next session resumes.
 /// Outlives sessions.
-pub struct Resume(Vec<AtomicU64>);
+pub struct Resume {
+    acked: Vec<AtomicU64>,
+    /// A full resync from the peer was learned by this process: later sessions resume.
+    learned: AtomicBool,
+}
 
 impl Resume {
     pub fn new(tables: usize) -> Self {
-        Self((0..tables).map(|_| AtomicU64::new(0)).collect())
+        Self {
+            acked: (0..tables).map(|_| AtomicU64::new(0)).collect(),
+            learned: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this process learned a full resync from the peer (a finished one).
+    pub fn learned(&self) -> bool {
+        self.learned.load(Relaxed)
     }
 
     pub fn get(&self, table: usize) -> u64 {
-        self.0.get(table).map_or(0, |a| a.load(Relaxed))
+        self.acked.get(table).map_or(0, |a| a.load(Relaxed))
     }
 
     /// Moves `table`'s position forward to `seq` (never back).
     pub fn advance(&self, table: usize, seq: u64) {
-        if let Some(acked) = self.0.get(table) {
+        if let Some(acked) = self.acked.get(table) {
             acked.fetch_max(seq, Relaxed);
         }
     }
@@ -84,6 +96,7 @@ pub async fn run(
         tables: tables.iter().map(SyncedTable::definition).collect(),
         timed: opened.version.has_timed_updates(),
         resume: (0..tables.len()).map(|i| peer.resume.get(i)).collect(),
+        ask_resync: !peer.resume.learned(),
     };
     let session = match Session::new(setup, Instant::now()) {
         Ok(session) => session,
@@ -314,6 +327,9 @@ impl Driver<'_> {
             Event::Acked { table, seq } => self.peer.resume.advance(table, seq),
             Event::LessonLearned { partial } => {
                 PeerStats::add(&stats.resyncs_learned, 1);
+                if !partial {
+                    self.peer.resume.learned.store(true, Relaxed);
+                }
                 tracing::info!(peer = %peer, partial, "full resync from peer done");
             }
             Event::LessonTaught { entries } => {

@@ -8,9 +8,11 @@
 //! touches a socket, a clock or a table, so it can be driven by recorded bytes; the peers
 //! module's `driver` runs it over TCP.
 //!
-//! Every session asks the peer for a full resync first and learns while teaching the peer if
-//! it asks too; both are tracked separately: [`State`] says how far learning and the session
-//! itself are, [`Teaching`] how far a lesson we give is.
+//! A process's first session with a peer asks it for a full resync, and so does a session whose
+//! peer asks first (a peer that asks is new or restarted, and may hold entries we never got);
+//! other sessions resume from the positions each side acknowledged. A session learns while
+//! teaching the peer if it asks too; both are tracked separately: [`State`] says how far
+//! learning and the session itself are, [`Teaching`] how far a lesson we give is.
 
 mod io;
 mod rx;
@@ -65,10 +67,11 @@ pub enum End {
 /// How far the session is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    /// We asked the peer for a full resync (every session does, first thing) and its lesson is
-    /// not over. Its entries are applied as they come, live updates flow both ways already.
+    /// We asked the peer for a full resync and its lesson is not over. Its entries are applied
+    /// as they come, live updates flow both ways already.
     Learning,
-    /// The peer said its lesson is over (finished or partial) and we confirmed.
+    /// The peer said its lesson is over (finished or partial) and we confirmed, or we did not
+    /// ask for one.
     Synced,
     /// The session ended; every further input is refused with this reason.
     Closed(End),
@@ -119,6 +122,8 @@ struct LessonTable {
 #[derive(Debug)]
 pub struct Session {
     state: State,
+    /// We asked the peer for a full resync in this session.
+    asked: bool,
     teaching: Teaching,
     lesson: LessonQueue,
     timed: bool,
@@ -141,8 +146,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session that has just been opened at `now`; its first bytes ask for a full resync.
+    /// A session that has just been opened at `now`; its first bytes ask for a full resync when
+    /// `setup.ask_resync`.
     pub fn new(setup: Setup, now: Instant) -> Result<Self, End> {
+        let ask_resync = setup.ask_resync;
         let tx = setup
             .tables
             .into_iter()
@@ -155,7 +162,8 @@ impl Session {
             })
             .collect();
         let mut session = Self {
-            state: State::Learning,
+            state: State::Synced,
+            asked: false,
             teaching: Teaching::Idle,
             lesson: LessonQueue::default(),
             timed: setup.timed,
@@ -172,12 +180,21 @@ impl Session {
             last_sent: now,
             last_received: now,
         };
-        // A node that was down, partitioned or is new catches up; HAProxy answers a resync
-        // request at any time.
-        session
-            .encoder
-            .encode(&Message::ResyncRequest, &mut session.out)?;
+        if ask_resync {
+            session.ask_resync()?;
+        }
         Ok(session)
+    }
+
+    /// Asks the peer for a full resync (HAProxy answers one at any time); once per session.
+    fn ask_resync(&mut self) -> Result<(), End> {
+        if !self.asked {
+            self.asked = true;
+            self.state = State::Learning;
+            self.encoder
+                .encode(&Message::ResyncRequest, &mut self.out)?;
+        }
+        Ok(())
     }
 
     pub fn state(&self) -> &State {

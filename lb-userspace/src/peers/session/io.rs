@@ -15,6 +15,9 @@ pub struct Setup {
     /// Per table: the update log position the peer acknowledged in an earlier session; live
     /// pushes resume after it. Missing tables start at 0.
     pub resume: Vec<u64>,
+    /// Whether to ask the peer for a full resync first: when this process has not learned one
+    /// from it yet. Later sessions (after a partition, a peer's silence) only resume.
+    pub ask_resync: bool,
 }
 
 /// One of our entries, as sent.

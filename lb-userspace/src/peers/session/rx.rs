@@ -60,6 +60,11 @@ impl Session {
                 if self.teaching == Teaching::Idle {
                     self.teaching = Teaching::Asked;
                 }
+                // A peer that asks is new or restarted: what it made before (and never pushed)
+                // may be missing here, so ask in turn.
+                if matches!(self.state, State::Synced) {
+                    self.ask_resync()?;
+                }
             }
             Message::ResyncFinished | Message::ResyncPartial => {
                 let partial = matches!(message, Message::ResyncPartial);

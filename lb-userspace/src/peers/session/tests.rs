@@ -31,6 +31,7 @@ fn setup(key_len: u64) -> Setup {
         tables: vec![our_table(key_len)],
         timed: true,
         resume: Vec::new(),
+        ask_resync: true,
     }
 }
 
@@ -357,4 +358,43 @@ fn a_peer_closing_mid_message_or_reporting_an_error_ends_the_session() {
         Err(End::PeerProtocolError)
     );
     assert!(session.poll_transmit(t0).is_err());
+}
+
+/// A later session with a peer resumes instead of asking for everything again; a peer that
+/// asks (new, or restarted) is asked in turn, once.
+#[test]
+fn a_resumed_session_asks_for_a_resync_only_when_the_peer_asks() {
+    let now = Instant::now();
+    let mut session = Session::new(
+        Setup {
+            ask_resync: false,
+            ..setup(32)
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(session.state(), &State::Synced);
+    let request = encoded(&Message::ResyncRequest);
+    let first = drain(&mut session, now);
+    assert!(
+        !first
+            .windows(request.len())
+            .any(|w| w == request.as_slice()),
+        "no resync request: {first:?}"
+    );
+
+    session.received(&request, now).unwrap();
+    assert!(session.wants_lesson(), "the peer is taught");
+    assert_eq!(session.state(), &State::Learning, "and asked in turn");
+    assert_eq!(drain(&mut session, now), request);
+    session.received(&request, now).unwrap();
+    assert!(
+        drain(&mut session, now).is_empty(),
+        "asked once per session"
+    );
+
+    // A first session asks, first thing.
+    let mut first = Session::new(setup(32), now).unwrap();
+    assert_eq!(first.state(), &State::Learning);
+    assert!(drain(&mut first, now).starts_with(&request));
 }
