@@ -100,13 +100,13 @@ fn syn_allowed(source: &ShieldAddr) -> bool {
     let key = bucket_key(source);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(bucket) = SHIELD_SYN.get_ptr_mut(&key) else {
+    let Some(bucket) = SHIELD_SYN.get_ptr_mut(key) else {
         // A new source starts with a full bucket, less this SYN. A failed insert (the map is
         // full of buckets being written) lets the SYN through: never drop on our own error.
         let fresh = ShieldSynBucket {
             tat_ns: now.wrapping_add(interval),
         };
-        let _ = SHIELD_SYN.insert(&key, &fresh, 0);
+        let _ = SHIELD_SYN.insert(key, fresh, 0);
         return true;
     };
     // SAFETY: the pointer comes from a successful lookup; the value is plain data, and a
