@@ -5,7 +5,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{
+    programs::links::{FdLink, LinkError, PinnedLink},
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
 use lb_common::{PIN_VERSION, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
 
 use crate::sys::bpffs;
@@ -54,6 +58,67 @@ pub enum DataplaneError {
     Load(#[source] Box<aya::EbpfError>),
     #[error(transparent)]
     NoEbpfObject(#[from] NoEbpfObject),
+}
+
+/// Adopting or pinning the link of one of our programs (the fast path's, the shield's) on an
+/// interface.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedLinkError {
+    #[error("adopting the pinned link {path}")]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning the link at {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+}
+
+/// The link a previous process pinned at `path`, ready for the program's `attach_to_link`
+/// (which replaces its program atomically, so traffic never sees a gap); None when nothing is
+/// pinned there.
+pub fn adopt_pinned_link<L>(path: &Path) -> Result<Option<L>, PinnedLinkError>
+where
+    L: TryFrom<FdLink, Error = LinkError>,
+{
+    let adopt_err = |source| PinnedLinkError::Adopt {
+        path: path.to_owned(),
+        source,
+    };
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => FdLink::from(pinned).try_into().map(Some).map_err(adopt_err),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(adopt_err(source)),
+    }
+}
+
+/// Keeps an attachment past this process: `link` (taken from the program) becomes a plain fd
+/// link, pinned at `path` when `pin` (a new attachment; an adopted one is pinned already).
+/// Dropping the fd afterwards leaves the pinned link, and so the attachment, in place, where
+/// dropping the program's own link would detach it.
+pub fn keep_link<L>(link: L, path: &Path, pin: bool) -> Result<(), PinnedLinkError>
+where
+    L: TryInto<FdLink, Error = LinkError>,
+{
+    let link: FdLink = link.try_into().map_err(|source| PinnedLinkError::Adopt {
+        path: path.to_owned(),
+        source,
+    })?;
+    if pin {
+        link.pin(path).map_err(|source| PinnedLinkError::Pin {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Where this instance's pinned objects live: `<pin_dir>/<instance>/<version>/`.

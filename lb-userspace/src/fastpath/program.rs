@@ -7,12 +7,7 @@ use std::{
 
 use aya::{
     maps::{MapData, MapType, PerCpuArray},
-    programs::{
-        links::{FdLink, LinkError, PinnedLink},
-        tc::TcAttachOptions,
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-    },
-    sys::SyscallError,
+    programs::{tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -52,18 +47,8 @@ pub enum FastPathError {
         #[source]
         source: ProgramError,
     },
-    #[error("adopting the pinned link {path}")]
-    AdoptLink {
-        path: PathBuf,
-        #[source]
-        source: LinkError,
-    },
-    #[error("pinning the link at {path}")]
-    PinLink {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
+    #[error(transparent)]
+    Link(#[from] dataplane::PinnedLinkError),
     #[error("removing the pinned link {path}")]
     Unpin {
         path: PathBuf,
@@ -125,23 +110,12 @@ impl FastPath {
             interface: interface.to_owned(),
             source,
         };
-        let (link_id, attachment) = match PinnedLink::from_pin(&path) {
-            Ok(pinned) => {
-                let link =
-                    FdLink::from(pinned)
-                        .try_into()
-                        .map_err(|source| FastPathError::AdoptLink {
-                            path: path.clone(),
-                            source,
-                        })?;
-                (
-                    program.attach_to_link(link).map_err(attach_err)?,
-                    Attachment::Replaced,
-                )
-            }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
+        let (link_id, attachment) = match dataplane::adopt_pinned_link(&path)? {
+            Some(link) => (
+                program.attach_to_link(link).map_err(attach_err)?,
+                Attachment::Replaced,
+            ),
+            None => {
                 let id = program
                     .attach_with_options(
                         interface,
@@ -151,18 +125,9 @@ impl FastPath {
                     .map_err(attach_err)?;
                 (id, Attachment::Created)
             }
-            Err(source) => return Err(FastPathError::AdoptLink { path, source }),
         };
         let link = program.take_link(link_id).map_err(attach_err)?;
-        let link: FdLink = link.try_into().map_err(|source| FastPathError::AdoptLink {
-            path: path.clone(),
-            source,
-        })?;
-        if attachment == Attachment::Created {
-            link.pin(&path)
-                .map_err(|source| FastPathError::PinLink { path, source })?;
-        }
-        // Dropping the link's fd leaves the pinned link (and so the attachment) in place.
+        dataplane::keep_link(link, &path, attachment == Attachment::Created)?;
         Ok(attachment)
     }
 

@@ -56,18 +56,8 @@ pub enum ShieldError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("adopting the pinned link {path}")]
-    AdoptLink {
-        path: PathBuf,
-        #[source]
-        source: aya::programs::links::LinkError,
-    },
-    #[error("pinning the link at {path}")]
-    PinLink {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
+    #[error(transparent)]
+    Link(#[from] dataplane::PinnedLinkError),
     #[error("removing the pinned link {path}")]
     Unpin {
         path: PathBuf,

@@ -7,10 +7,7 @@ use std::{
 
 use aya::{
     maps::MapData,
-    programs::{
-        links::{FdLink, LinkError, PinnedLink},
-        Xdp, XdpMode,
-    },
+    programs::{Xdp, XdpMode},
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
@@ -102,53 +99,36 @@ impl Shield {
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, ShieldError> {
         let path = self.link_path(interface);
         let program = program_mut(&mut self.ebpf)?;
-        let adopt_err = |path: &Path, source| ShieldError::AdoptLink {
-            path: path.to_owned(),
-            source,
-        };
         let attach_err = |source| ShieldError::Attach {
             interface: interface.to_owned(),
             source,
         };
-        let (link_id, mode) = match PinnedLink::from_pin(&path) {
-            Ok(pinned) => {
-                let link = FdLink::from(pinned)
-                    .try_into()
-                    .map_err(|source| adopt_err(&path, source))?;
+        let (link_id, mode) = match dataplane::adopt_pinned_link(&path)? {
+            Some(link) => {
                 let id = program.attach_to_link(link).map_err(attach_err)?;
                 (id, AttachMode::Adopted)
             }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
-                match program.attach(interface, XdpMode::Driver) {
-                    Ok(id) => (id, AttachMode::Native),
-                    // Not the driver's refusal: an XDP program is there already, whose link
-                    // this process cannot see; generic mode would meet it too.
-                    Err(native) if is_occupied(&native) => {
-                        return Err(ShieldError::Occupied {
-                            interface: interface.to_owned(),
-                            source: native,
-                        })
-                    }
-                    Err(native) => {
-                        tracing::debug!(%interface, error = %native, "native XDP refused");
-                        let id = program
-                            .attach(interface, XdpMode::Skb)
-                            .map_err(attach_err)?;
-                        (id, AttachMode::Generic)
-                    }
+            None => match program.attach(interface, XdpMode::Driver) {
+                Ok(id) => (id, AttachMode::Native),
+                // Not the driver's refusal: an XDP program is there already, whose link this
+                // process cannot see; generic mode would meet it too.
+                Err(native) if is_occupied(&native) => {
+                    return Err(ShieldError::Occupied {
+                        interface: interface.to_owned(),
+                        source: native,
+                    })
                 }
-            }
-            Err(source) => return Err(adopt_err(&path, source)),
+                Err(native) => {
+                    tracing::debug!(%interface, error = %native, "native XDP refused");
+                    let id = program
+                        .attach(interface, XdpMode::Skb)
+                        .map_err(attach_err)?;
+                    (id, AttachMode::Generic)
+                }
+            },
         };
         let link = program.take_link(link_id).map_err(attach_err)?;
-        let link: FdLink = link.try_into().map_err(|source| adopt_err(&path, source))?;
-        if mode != AttachMode::Adopted {
-            link.pin(&path)
-                .map_err(|source| ShieldError::PinLink { path, source })?;
-        }
-        // Dropping the link's fd leaves the pinned link (and so the attachment) in place.
+        dataplane::keep_link(link, &path, mode != AttachMode::Adopted)?;
         Ok(mode)
     }
 
