@@ -60,6 +60,21 @@ pub enum DataplaneError {
     NoEbpfObject(#[from] NoEbpfObject),
 }
 
+/// Loading the embedded object for a program of ours (the fast path's, the shield's), or
+/// finding a program or map in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(transparent)]
+    NoEbpfObject(#[from] NoEbpfObject),
+    #[error("the eBPF object has no {what} {name}")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+}
+
 /// Adopting or pinning the link of one of our programs (the fast path's, the shield's) on an
 /// interface.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +90,12 @@ pub enum PinnedLinkError {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
+    },
+    #[error("removing the pinned link {path}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
 }
 
@@ -251,6 +272,13 @@ pub fn pin_root_durability(pin_root: &Path, origin: BpffsOrigin) -> Durability {
 /// [`NoEbpfObject`] when this build has none.
 pub fn ebpf_object() -> Result<&'static [u8], NoEbpfObject> {
     EBPF_OBJECT.ok_or(NoEbpfObject)
+}
+
+/// Loads the embedded eBPF object with `loader`'s options (pin paths, map sizes).
+pub fn load_object(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, ObjectError> {
+    loader
+        .load(ebpf_object()?)
+        .map_err(|e| ObjectError::Load(Box::new(e)))
 }
 
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.

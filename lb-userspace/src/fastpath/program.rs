@@ -30,15 +30,8 @@ pub enum FastPathError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
-    Load(#[source] Box<aya::EbpfError>),
     #[error(transparent)]
-    NoEbpfObject(#[from] dataplane::NoEbpfObject),
-    #[error("the eBPF object has no {what} {name}")]
-    Missing {
-        what: &'static str,
-        name: &'static str,
-    },
+    Object(#[from] dataplane::ObjectError),
     #[error("loading the program {SPLICE_PROGRAM} into the kernel (verifier)")]
     Verify(#[source] ProgramError),
     #[error("attaching {SPLICE_PROGRAM} to {interface}")]
@@ -49,12 +42,6 @@ pub enum FastPathError {
     },
     #[error(transparent)]
     Link(#[from] dataplane::PinnedLinkError),
-    #[error("removing the pinned link {path}")]
-    Unpin {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("splice flow map operation")]
     Map(#[from] aya::maps::MapError),
     #[error("reading the splice flow map")]
@@ -86,11 +73,11 @@ impl FastPath {
             check_flows_layout(&flows_path)?;
         }
         let stats_path = root.join(SPLICE_STATS_MAP);
-        let mut ebpf = EbpfLoader::new()
-            .map_pin_path(SPLICE_FLOWS_MAP, flows_path)
-            .map_pin_path(SPLICE_STATS_MAP, stats_path)
-            .load(dataplane::ebpf_object()?)
-            .map_err(|e| FastPathError::Load(Box::new(e)))?;
+        let mut ebpf = dataplane::load_object(
+            EbpfLoader::new()
+                .map_pin_path(SPLICE_FLOWS_MAP, flows_path)
+                .map_pin_path(SPLICE_STATS_MAP, stats_path),
+        )?;
         program_mut(&mut ebpf)?
             .load()
             .map_err(FastPathError::Verify)?;
@@ -135,19 +122,20 @@ impl FastPath {
     /// with its last reference). Spliced flows through that interface stop being translated.
     pub fn detach(&self, interface: &str) -> Result<(), FastPathError> {
         let path = self.link_path(interface);
-        std::fs::remove_file(&path).map_err(|source| FastPathError::Unpin { path, source })
+        std::fs::remove_file(&path)
+            .map_err(|source| dataplane::PinnedLinkError::Unpin { path, source }.into())
     }
 
     /// The flow map (the pinned one: entries written here are seen by every process).
     pub fn flows(&mut self) -> Result<Flows, FastPathError> {
-        let missing = FastPathError::Missing {
+        let missing = dataplane::ObjectError::Missing {
             what: "map",
             name: SPLICE_FLOWS_MAP,
         };
         match self.ebpf.take_map(SPLICE_FLOWS_MAP) {
             // Our own object's map: its layout is the one Flows reads.
             Some(aya::maps::Map::HashMap(data)) => Ok(Flows::new(data)?),
-            _ => Err(missing),
+            _ => Err(missing.into()),
         }
     }
 
@@ -186,14 +174,14 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SPLICE_STATS_LEN as usize]
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
-    let missing = FastPathError::Missing {
+    let missing = dataplane::ObjectError::Missing {
         what: "program",
         name: SPLICE_PROGRAM,
     };
     let Some(program) = ebpf.program_mut(SPLICE_PROGRAM) else {
-        return Err(missing);
+        return Err(missing.into());
     };
-    program.try_into().map_err(|_| missing)
+    program.try_into().map_err(|_| missing.into())
 }
 
 /// aya adopts a pinned map by name without checking it: do it here.

@@ -80,10 +80,8 @@ impl Shield {
         }
         // The loader also creates the object's other maps; the fast path's flow map is a
         // preallocated hash map, kept to one entry here since this object never uses it.
-        let mut ebpf = loader
-            .map_max_entries(lb_common::SPLICE_FLOWS_MAP, 1)
-            .load(dataplane::ebpf_object()?)
-            .map_err(|e| ShieldError::Load(Box::new(e)))?;
+        let mut ebpf =
+            dataplane::load_object(loader.map_max_entries(lb_common::SPLICE_FLOWS_MAP, 1))?;
         program_mut(&mut ebpf)?
             .load()
             .map_err(ShieldError::Verify)?;
@@ -154,10 +152,11 @@ pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, Shiel
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
-            return Err(ShieldError::Unpin {
+            return Err(dataplane::PinnedLinkError::Unpin {
                 path: root.to_owned(),
                 source,
-            })
+            }
+            .into())
         }
     };
     let mut removed = Vec::new();
@@ -167,7 +166,7 @@ pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, Shiel
         if !ours || kept.contains(&path) {
             continue;
         }
-        std::fs::remove_file(&path).map_err(|source| ShieldError::Unpin {
+        std::fs::remove_file(&path).map_err(|source| dataplane::PinnedLinkError::Unpin {
             path: path.clone(),
             source,
         })?;
@@ -213,14 +212,14 @@ fn is_occupied(error: &aya::programs::ProgramError) -> bool {
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ShieldError> {
-    let missing = ShieldError::Missing {
+    let missing = dataplane::ObjectError::Missing {
         what: "program",
         name: SHIELD_PROGRAM,
     };
     let Some(program) = ebpf.program_mut(SHIELD_PROGRAM) else {
-        return Err(missing);
+        return Err(missing.into());
     };
-    program.try_into().map_err(|_| missing)
+    program.try_into().map_err(|_| missing.into())
 }
 
 /// The shield's maps pinned under the root: name, what it is (for errors), layout.
