@@ -29,7 +29,11 @@ use anyhow::bail;
 use serde::Serialize;
 
 pub(crate) use self::{lag::LagResult, partition::PartitionResult, resync::ResyncResult};
-use self::{mesh::Hosts, probe::Prober, tables::Reader};
+use self::{
+    mesh::{Hosts, Mesh},
+    probe::Prober,
+    tables::Reader,
+};
 use crate::{
     args::BenchArgs,
     contender::Contender,
@@ -216,6 +220,22 @@ pub(crate) fn measure(env: &Env, args: &BenchArgs) -> anyhow::Result<Option<Clus
         procs::check_interrupted()?;
     }
     Ok((!report.is_empty()).then_some(report))
+}
+
+/// A prober in the client's namespace and a reader of each table of nodes `0..nodes`, once
+/// every peers link among those nodes carried a session (see [`wait_linked`]).
+fn linked_readers(
+    hosts: &Hosts,
+    mesh: &Mesh<'_>,
+    nodes: usize,
+    limit: Duration,
+) -> anyhow::Result<(Prober, Vec<(usize, Reader)>)> {
+    let probe = Prober::new(hosts.client().name())?;
+    let mut readers = (0..nodes)
+        .map(|i| Ok((i, Reader::open(mesh, i)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    wait_linked(&probe, &mut readers, limit)?;
+    Ok((probe, readers))
 }
 
 /// Creates a session on every running node in turn and waits until each other node has it:

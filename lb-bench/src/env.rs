@@ -4,7 +4,6 @@
 use std::{
     cell::Cell,
     fs,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -360,31 +359,11 @@ impl Drop for Env {
 
 /// One `stickylb-backend` with a listener per backend port; waits for its `ready`.
 fn start_backends(topology: &Topology, binary: &Path, log: &Path) -> anyhow::Result<Child> {
-    let mut command = topology.backends.command(binary);
-    for (i, port) in contender::BACKEND_PORTS.iter().enumerate() {
-        command
-            .arg("--listen")
-            .arg(format!("{}:{port}=be{}", topology.addrs.backends, i + 1));
-    }
-    let stderr =
-        fs::File::create(log).with_context(|| format!("could not create {}", log.display()))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    let mut child = procs::spawn(&mut command)?;
-    let mut first_line = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        let _ = BufReader::new(stdout).read_line(&mut first_line);
-    }
-    if first_line.trim() != "ready" {
-        procs::kill(&mut child);
-        bail!(
-            "the backends did not start:\n{}",
-            fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-    Ok(child)
+    let listens = contender::BACKEND_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}:{port}=be{}", topology.addrs.backends, i + 1));
+    procs::start_backend_server(&topology.backends, binary, listens, log, "the backends")
 }
 
 /// What the fast path did during a run (warm-up included): its hand-off outcomes and its

@@ -3,15 +3,17 @@
 
 use std::{
     fs,
+    io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
-    process::{Child, Command, ExitStatus},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicBool, Ordering::Relaxed},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
-use netns_kit::describe;
+use netns_kit::{describe, NetNs};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -87,6 +89,41 @@ pub(super) fn spawn(command: &mut Command) -> anyhow::Result<Child> {
     command
         .spawn()
         .with_context(|| format!("could not start `{}`", describe(command)))
+}
+
+/// Starts `binary` (a `stickylb-backend`) in `netns` with one `--listen ADDR:PORT=NAME` per
+/// item of `listens`, its stderr in `log`, and waits for the `ready` line it prints once every
+/// listener is bound. `what` names the backends in the error, which carries the log.
+pub(super) fn start_backend_server(
+    netns: &NetNs,
+    binary: &Path,
+    listens: impl IntoIterator<Item = String>,
+    log: &Path,
+    what: &str,
+) -> anyhow::Result<Child> {
+    let mut command = netns.command(binary);
+    for listen in listens {
+        command.arg("--listen").arg(listen);
+    }
+    let stderr =
+        fs::File::create(log).with_context(|| format!("could not create {}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    let mut child = spawn(&mut command)?;
+    let mut first_line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut first_line);
+    }
+    if first_line.trim() != "ready" {
+        kill(&mut child);
+        bail!(
+            "{what} did not start:\n{}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    Ok(child)
 }
 
 /// Waits for `child` at most `limit`; kills it (and fails) when the limit passes or when we are

@@ -186,8 +186,9 @@ fn haproxy_command(env: &Env, command: &str) -> anyhow::Result<String> {
     Ok(answer)
 }
 
-/// `used:N` of `# table: web, type: string, size:1048576, used:N`.
-fn haproxy_table_used(answer: &str, table: &str) -> Option<u64> {
+/// `used:N` of `# table: web, type: string, size:1048576, used:N`, HAProxy's `show table`
+/// answer (also read by the cluster workloads).
+pub(crate) fn haproxy_table_used(answer: &str, table: &str) -> Option<u64> {
     let header = answer
         .lines()
         .find(|line| line.starts_with(&format!("# table: {table},")))?;

@@ -5,7 +5,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{
+    programs::links::{FdLink, LinkError, PinnedLink},
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
 use lb_common::{PIN_VERSION, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
 
 use crate::sys::bpffs;
@@ -54,6 +58,88 @@ pub enum DataplaneError {
     Load(#[source] Box<aya::EbpfError>),
     #[error(transparent)]
     NoEbpfObject(#[from] NoEbpfObject),
+}
+
+/// Loading the embedded object for a program of ours (the fast path's, the shield's), or
+/// finding a program or map in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(transparent)]
+    NoEbpfObject(#[from] NoEbpfObject),
+    #[error("the eBPF object has no {what} {name}")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+}
+
+/// Adopting or pinning the link of one of our programs (the fast path's, the shield's) on an
+/// interface.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedLinkError {
+    #[error("adopting the pinned link {path}")]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning the link at {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("removing the pinned link {path}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The link a previous process pinned at `path`, ready for the program's `attach_to_link`
+/// (which replaces its program atomically, so traffic never sees a gap); None when nothing is
+/// pinned there.
+pub fn adopt_pinned_link<L>(path: &Path) -> Result<Option<L>, PinnedLinkError>
+where
+    L: TryFrom<FdLink, Error = LinkError>,
+{
+    let adopt_err = |source| PinnedLinkError::Adopt {
+        path: path.to_owned(),
+        source,
+    };
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => FdLink::from(pinned).try_into().map(Some).map_err(adopt_err),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(adopt_err(source)),
+    }
+}
+
+/// Keeps an attachment past this process: `link` (taken from the program) becomes a plain fd
+/// link, pinned at `path` when `pin` (a new attachment; an adopted one is pinned already).
+/// Dropping the fd afterwards leaves the pinned link, and so the attachment, in place, where
+/// dropping the program's own link would detach it.
+pub fn keep_link<L>(link: L, path: &Path, pin: bool) -> Result<(), PinnedLinkError>
+where
+    L: TryInto<FdLink, Error = LinkError>,
+{
+    let link: FdLink = link.try_into().map_err(|source| PinnedLinkError::Adopt {
+        path: path.to_owned(),
+        source,
+    })?;
+    if pin {
+        link.pin(path).map_err(|source| PinnedLinkError::Pin {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Where this instance's pinned objects live: `<pin_dir>/<instance>/<version>/`.
@@ -186,6 +272,13 @@ pub fn pin_root_durability(pin_root: &Path, origin: BpffsOrigin) -> Durability {
 /// [`NoEbpfObject`] when this build has none.
 pub fn ebpf_object() -> Result<&'static [u8], NoEbpfObject> {
     EBPF_OBJECT.ok_or(NoEbpfObject)
+}
+
+/// Loads the embedded eBPF object with `loader`'s options (pin paths, map sizes).
+pub fn load_object(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, ObjectError> {
+    loader
+        .load(ebpf_object()?)
+        .map_err(|e| ObjectError::Load(Box::new(e)))
 }
 
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.

@@ -103,16 +103,7 @@ impl Rig {
         let pin = &self.pins[i];
         format!(
             r#"
-[instance]
-name = "{name}"
-pin_dir = "{pin}"
-control_socket = "{control}"
-
-[[frontend]]
-name = "www"
-bind = "{service}:80"
-backend = "{BACKEND}"
-
+{head}
 [[backend]]
 name = "{BACKEND}"
 balance = "{balance}"
@@ -128,10 +119,7 @@ bind = "{node}:{PEERS_PORT}"
 members = [
 {members}]
 "#,
-            name = node_name(i),
-            pin = pin.0.display(),
-            control = pin.control_socket().display(),
-            service = self.net.service_addr(),
+            head = common::config_head(node_name(i), pin, self.net.service_addr(), BACKEND),
             node = self.net.node_addr(i),
             balance = self.balance,
         )

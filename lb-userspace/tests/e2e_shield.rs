@@ -31,16 +31,7 @@ use stickylb::shield::{limit, program::read_pinned_stats};
 fn config(topo: &Topology, pin: &PinDir, instance: &str) -> String {
     format!(
         r#"
-[instance]
-name = "{instance}"
-pin_dir = "{pin}"
-control_socket = "{control}"
-
-[[frontend]]
-name = "www"
-bind = "{lb}:80"
-backend = "web"
-
+{head}
 [[backend]]
 name = "web"
 stick_cookie = "JSESSIONID"
@@ -50,9 +41,7 @@ servers = [ {{ name = "be1", addr = "{backend}:8081" }} ]
 [shield]
 enabled = true
 "#,
-        pin = pin.0.display(),
-        control = pin.control_socket().display(),
-        lb = topo.lb_addr(),
+        head = common::config_head(instance, pin, topo.lb_addr(), "web"),
         backend = topo.backend_addr(),
     )
 }
@@ -421,19 +410,7 @@ fn an_upgrade_adopts_the_shield_and_keeps_the_list_applied() {
             "--upgrade",
         ],
     );
-    assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            upgrade.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "reload --upgrade did not finish:\n{}",
-        upgrade.output()
-    );
-    assert!(
-        upgrade.child.try_wait().unwrap().unwrap().success(),
-        "{}",
-        upgrade.output()
-    );
+    upgrade.assert_exits_ok(Duration::from_secs(60), "reload --upgrade");
     upgrade.wait_for_output("mode=Adopted", Duration::from_secs(5));
     assert!(!served_from(&topo, &denied), "the denied source was served");
     assert!(served_from(&topo, &other), "{}", upgrade.output());

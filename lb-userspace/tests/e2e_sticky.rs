@@ -47,16 +47,7 @@ fn sized_config(
         .collect();
     format!(
         r#"
-[instance]
-name = "{instance}"
-pin_dir = "{pin}"
-control_socket = "{control}"
-
-[[frontend]]
-name = "www"
-bind = "{lb}:80"
-backend = "back-session"
-
+{head}
 [[backend]]
 name = "back-session"
 balance = "roundrobin"
@@ -71,8 +62,7 @@ servers = [
 bind = "{lb}:8404"
 {extra}
 "#,
-        pin = pin.0.display(),
-        control = pin.control_socket().display(),
+        head = common::config_head(instance, pin, topo.lb_addr(), "back-session"),
         lb = topo.lb_addr(),
     )
 }

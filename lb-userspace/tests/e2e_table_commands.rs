@@ -39,16 +39,7 @@ fn server_list(servers: &[(String, u16)], addr: &str) -> String {
 fn config(name: &str, lb: &str, pin: &PinDir, servers: &str, extra: &str) -> String {
     format!(
         r#"
-[instance]
-name = "{name}"
-pin_dir = "{pin}"
-control_socket = "{control}"
-
-[[frontend]]
-name = "www"
-bind = "{lb}:80"
-backend = "{BACKEND}"
-
+{head}
 [[backend]]
 name = "{BACKEND}"
 balance = "roundrobin"
@@ -62,8 +53,7 @@ servers = [
 bind = "{lb}:8404"
 {extra}
 "#,
-        pin = pin.0.display(),
-        control = pin.control_socket().display(),
+        head = common::config_head(name, pin, lb, BACKEND),
     )
 }
 

@@ -22,6 +22,9 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
+use common::privileged;
 use netns_kit::{enter, Cluster, ClusterAddrs, Names, NetNs};
 
 /// Not `slb-` or `slbbench-`: tests of the kit keep to their own names.
@@ -29,22 +32,6 @@ const NAMES: Names = Names::new("slbkit-");
 /// 10.145.x.x: no other test's subnet.
 const NET: u8 = 145;
 const PORT: u16 = 7000;
-
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let required = ["CI", "STICKYLB_REQUIRE_PRIVILEGED"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"));
-    assert!(
-        !required,
-        "this test needs root (network namespaces) and CI requires it"
-    );
-    eprintln!("skipping: not root (set CI=true to make this a failure)");
-    false
-}
 
 /// Runs `f` on a thread inside `netns` and returns what it returns.
 fn inside<T: Send + 'static>(netns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {

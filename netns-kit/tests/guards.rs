@@ -16,26 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::privileged;
 use netns_kit::{exists, pids, Lan, LanAddrs, Names, NetNs, Routed, RoutedAddrs};
 
 /// Not `slb-` or `slbbench-`: the sweep below must never meet the other users' namespaces.
 const NAMES: Names = Names::new("slbkit-");
-
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let required = ["CI", "STICKYLB_REQUIRE_PRIVILEGED"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"));
-    assert!(
-        !required,
-        "this test needs root (network namespaces) and CI requires it"
-    );
-    eprintln!("skipping: not root (set CI=true to make this a failure)");
-    false
-}
 
 /// Whether `child` ends within a few seconds (reaped, so a zombie does not count as alive).
 fn ends_soon(child: &mut Child) -> bool {

@@ -55,19 +55,6 @@ impl Cli {
     }
 }
 
-/// `used:N` of `# table: web, type: string, size:1048576, used:N`.
-pub(super) fn table_used(answer: &str, table: &str) -> Option<u64> {
-    let header = answer
-        .lines()
-        .find(|line| line.starts_with(&format!("# table: {table},")))?;
-    let used = header.split("used:").nth(1)?;
-    used.trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// `(key, server)` of an entry line of `show table`:
 /// `0x55..: key=abc use=0 exp=1799800 server_id=1 server_key=be1`. The server is its name
 /// (`server_key`), or `#<id>` when HAProxy has no name for it.
@@ -93,7 +80,8 @@ pub(super) fn entry(line: &str) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{entry, table_used};
+    use super::entry;
+    use crate::scale::haproxy_table_used as table_used;
 
     #[test]
     fn reads_show_table_answers() {

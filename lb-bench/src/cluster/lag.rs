@@ -18,12 +18,11 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use super::{
-    addrs,
+    addrs, linked_readers,
     mesh::{self, Hosts, Mesh},
     per, probe,
-    probe::Prober,
     tables::Reader,
-    wait_linked, ClusterPlan,
+    ClusterPlan,
 };
 use crate::{
     contender::Contender,
@@ -108,10 +107,7 @@ pub(crate) fn measure(
 ) -> anyhow::Result<LagResult> {
     let mut mesh = Mesh::new(env, hosts, contender, plan.lag_nodes)?;
     mesh.start_all()?;
-    let result = run(env, hosts, &mut mesh, plan);
-    mesh.check_running()?;
-    mesh.stop()?;
-    result
+    mesh.run_then_stop(|mesh| run(env, hosts, mesh, plan))
 }
 
 fn run(
@@ -120,11 +116,7 @@ fn run(
     mesh: &mut Mesh<'_>,
     plan: &ClusterPlan,
 ) -> anyhow::Result<LagResult> {
-    let probe = Prober::new(hosts.client().name())?;
-    let mut readers = (0..mesh.size)
-        .map(|i| Ok((i, Reader::open(mesh, i)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    wait_linked(&probe, &mut readers, plan.limit)?;
+    let (_, mut readers) = linked_readers(hosts, mesh, mesh.size, plan.limit)?;
     let target = addrs::frontend(0).to_string();
     let duration = WARM_UP + plan.lag_duration + Duration::from_millis(500);
     let spec = LoadSpec {

@@ -8,9 +8,8 @@
 use std::{
     cell::Cell,
     fs,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -240,6 +239,18 @@ impl<'a> Mesh<'a> {
     }
 
     /// Heals a partition left in place, stops every node (SIGTERM); stickylb's pinned tables go.
+    /// Runs `workload` on the mesh, then stops it; a node that died meanwhile fails the
+    /// workload even when `workload` itself succeeded (its numbers would be of a smaller mesh).
+    pub(crate) fn run_then_stop<T>(
+        mut self,
+        workload: impl FnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let result = workload(&mut self);
+        self.check_running()?;
+        self.stop()?;
+        result
+    }
+
     pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         self.heal()?;
         for node in self.nodes.iter_mut() {
@@ -284,31 +295,8 @@ pub(crate) fn peer_connections(hosts: &Hosts, i: usize) -> anyhow::Result<usize>
 /// One `stickylb-backend` with a listener per backend port; waits for its `ready`.
 fn start_backends(netns: &NetNs, log: &Path) -> anyhow::Result<Child> {
     let binary = workspace::stickylb_binary(true).with_file_name("stickylb-backend");
-    let mut command = netns.command(binary);
-    for (name, port) in config::servers() {
-        command
-            .arg("--listen")
-            .arg(format!("{}:{port}={name}", NET.backends()));
-    }
-    let stderr =
-        fs::File::create(log).with_context(|| format!("could not create {}", log.display()))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    let mut child = procs::spawn(&mut command)?;
-    let mut first_line = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        let _ = BufReader::new(stdout).read_line(&mut first_line);
-    }
-    if first_line.trim() != "ready" {
-        procs::kill(&mut child);
-        bail!(
-            "the cluster's backends did not start:\n{}",
-            fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-    Ok(child)
+    let listens = config::servers().map(|(name, port)| format!("{}:{port}={name}", NET.backends()));
+    procs::start_backend_server(netns, &binary, listens, log, "the cluster's backends")
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

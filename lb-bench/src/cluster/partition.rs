@@ -13,12 +13,12 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::{
-    addrs, all_at_least, counts, fill,
+    addrs, all_at_least, counts, fill, linked_readers,
     mesh::{Hosts, Mesh},
     poll_until,
     probe::Prober,
     tables::{Dump, Reader},
-    wait_linked, ClusterPlan,
+    ClusterPlan,
 };
 use crate::{
     contender::Contender,
@@ -48,15 +48,20 @@ pub(crate) struct PartitionResult {
 }
 
 impl PartitionResult {
-    pub(crate) fn progress(&self) -> String {
-        let converged = self.converged_s.map_or("did not converge".to_owned(), |s| {
-            format!("converged in {s:.2} s")
-        });
-        let at_heal: Vec<String> = self
+    /// Each node's table size at the heal, `?` for a node that did not answer.
+    pub(crate) fn tables_at_heal(&self) -> String {
+        let sizes: Vec<String> = self
             .entries_at_heal
             .iter()
             .map(|size| size.map_or("?".to_owned(), |s| s.to_string()))
             .collect();
+        sizes.join(" / ")
+    }
+
+    pub(crate) fn progress(&self) -> String {
+        let converged = self.converged_s.map_or("did not converge".to_owned(), |s| {
+            format!("converged in {s:.2} s")
+        });
         format!(
             "{} nodes, {} + {} sessions during a {:.1} s partition, tables at heal {}, \
              {converged} with {} entries",
@@ -64,7 +69,7 @@ impl PartitionResult {
             self.made_majority,
             self.made_isolated,
             self.partition_s,
-            at_heal.join(" / "),
+            self.tables_at_heal(),
             self.entries
         )
     }
@@ -78,10 +83,7 @@ pub(crate) fn measure(
 ) -> anyhow::Result<PartitionResult> {
     let mut mesh = Mesh::new(env, hosts, contender, plan.partition_nodes)?;
     mesh.start_all()?;
-    let result = run(env, hosts, &mesh, plan);
-    mesh.check_running()?;
-    mesh.stop()?;
-    result
+    mesh.run_then_stop(|mesh| run(env, hosts, mesh, plan))
 }
 
 fn run(
@@ -90,11 +92,7 @@ fn run(
     mesh: &Mesh<'_>,
     plan: &ClusterPlan,
 ) -> anyhow::Result<PartitionResult> {
-    let probe = Prober::new(hosts.client().name())?;
-    let mut readers = (0..mesh.size)
-        .map(|i| Ok((i, Reader::open(mesh, i)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    wait_linked(&probe, &mut readers, plan.limit)?;
+    let (probe, mut readers) = linked_readers(hosts, mesh, mesh.size, plan.limit)?;
     let linked = mesh.size as u64;
     let isolated = mesh.size - 1;
     fill(

@@ -69,10 +69,7 @@ fn lag(out: &mut String, results: &[LagResult]) {
          receiver CPU µs/mirrored session | bytes in/mirrored session | bytes out/mirrored session | \
          p99 on all vs HAProxy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let haproxy = results
-        .iter()
-        .find(|r| r.contender == Contender::Haproxy)
-        .and_then(|r| r.all_p99_ms);
+    let haproxy = haproxy(results, |r| r.contender, |r| r.all_p99_ms);
     for r in results {
         let c = &r.costs;
         let connections = match (
@@ -116,16 +113,8 @@ fn partition(out: &mut String, results: &[PartitionResult]) {
          tables at heal | entries after | identical after s | vs HAProxy |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
-    let haproxy = results
-        .iter()
-        .find(|r| r.contender == Contender::Haproxy)
-        .and_then(|r| r.converged_s);
+    let haproxy = haproxy(results, |r| r.contender, |r| r.converged_s);
     for r in results {
-        let at_heal: Vec<String> = r
-            .entries_at_heal
-            .iter()
-            .map(|size| size.map_or("?".to_owned(), |s| s.to_string()))
-            .collect();
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} + {} | {:.1} | {} | {} | {} | {} |",
@@ -135,7 +124,7 @@ fn partition(out: &mut String, results: &[PartitionResult]) {
             r.made_majority,
             r.made_isolated,
             r.partition_s,
-            at_heal.join(" / "),
+            r.tables_at_heal(),
             r.entries,
             r.converged_s
                 .map_or("not within the limit".to_owned(), |s| format!("{s:.2}")),
@@ -155,10 +144,7 @@ fn resync(out: &mut String, results: &[ResyncResult]) {
          entries learned | bytes in/session | joiner CPU µs/session | teachers' CPU µs/session | \
          vs HAProxy |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let haproxy = results
-        .iter()
-        .find(|r| r.contender == Contender::Haproxy)
-        .and_then(|r| r.resync_s);
+    let haproxy = haproxy(results, |r| r.contender, |r| r.resync_s);
     for r in results {
         let _ = writeln!(
             out,
@@ -246,6 +232,18 @@ fn verdict(value: Option<f64>, limit: f64, unit: &str) -> String {
             "**missed** (not measured to the end: missing samples or no convergence)".to_owned()
         }
     }
+}
+
+/// HAProxy's `value` in `results`, the baseline of the ratios.
+fn haproxy<T>(
+    results: &[T],
+    contender: impl Fn(&T) -> Contender,
+    value: impl Fn(&T) -> Option<f64>,
+) -> Option<f64> {
+    results
+        .iter()
+        .find(|r| contender(r) == Contender::Haproxy)
+        .and_then(value)
 }
 
 fn num(value: Option<f64>, decimals: usize) -> String {

@@ -10,12 +10,11 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
-    all_at_least, counts, fill,
+    all_at_least, counts, fill, linked_readers,
     mesh::{self, Hosts, Mesh},
     per, poll_until,
-    probe::Prober,
     tables::Reader,
-    wait_linked, ClusterPlan,
+    ClusterPlan,
 };
 use crate::{contender::Contender, env::Env};
 
@@ -69,11 +68,8 @@ pub(crate) fn measure(
     contender: Contender,
     plan: &ClusterPlan,
 ) -> anyhow::Result<ResyncResult> {
-    let mut mesh = Mesh::new(env, hosts, contender, NODES)?;
-    let result = run(env, hosts, &mut mesh, plan);
-    mesh.check_running()?;
-    mesh.stop()?;
-    result
+    let mesh = Mesh::new(env, hosts, contender, NODES)?;
+    mesh.run_then_stop(|mesh| run(env, hosts, mesh, plan))
 }
 
 fn run(
@@ -84,11 +80,7 @@ fn run(
 ) -> anyhow::Result<ResyncResult> {
     mesh.start(0)?;
     mesh.start(1)?;
-    let probe = Prober::new(hosts.client().name())?;
-    let mut holders = (0..JOINER)
-        .map(|i| Ok((i, Reader::open(mesh, i)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    wait_linked(&probe, &mut holders, plan.limit)?;
+    let (probe, mut holders) = linked_readers(hosts, mesh, JOINER, plan.limit)?;
     let target = plan.resync_entries;
     let fill_s = fill(env, hosts, &mut holders[..1], &probe, target, plan.limit)?.as_secs_f64();
     let caught_up = poll_until(plan.limit, Duration::from_millis(50), || {

@@ -14,7 +14,7 @@ use super::{
     mesh::Mesh,
     probe::Prober,
 };
-use crate::{contender::BACKEND_NAME, metrics::metric_value};
+use crate::{contender::BACKEND_NAME, metrics::metric_value, scale};
 
 /// A table as compared between nodes: cookie -> server name.
 pub(crate) type Dump = BTreeMap<String, String>;
@@ -71,7 +71,7 @@ impl Reader {
             }
             Self::Haproxy(cli) => {
                 let answer = cli.command("show table")?;
-                cli::table_used(&answer, BACKEND_NAME)
+                scale::haproxy_table_used(&answer, BACKEND_NAME)
                     .with_context(|| format!("unexpected `show table` answer: {answer}"))
             }
         }

@@ -7,12 +7,7 @@ use std::{
 
 use aya::{
     maps::{MapData, MapType, PerCpuArray},
-    programs::{
-        links::{FdLink, LinkError, PinnedLink},
-        tc::TcAttachOptions,
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-    },
-    sys::SyscallError,
+    programs::{tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -35,15 +30,8 @@ pub enum FastPathError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
-    Load(#[source] Box<aya::EbpfError>),
     #[error(transparent)]
-    NoEbpfObject(#[from] dataplane::NoEbpfObject),
-    #[error("the eBPF object has no {what} {name}")]
-    Missing {
-        what: &'static str,
-        name: &'static str,
-    },
+    Object(#[from] dataplane::ObjectError),
     #[error("loading the program {SPLICE_PROGRAM} into the kernel (verifier)")]
     Verify(#[source] ProgramError),
     #[error("attaching {SPLICE_PROGRAM} to {interface}")]
@@ -52,24 +40,8 @@ pub enum FastPathError {
         #[source]
         source: ProgramError,
     },
-    #[error("adopting the pinned link {path}")]
-    AdoptLink {
-        path: PathBuf,
-        #[source]
-        source: LinkError,
-    },
-    #[error("pinning the link at {path}")]
-    PinLink {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("removing the pinned link {path}")]
-    Unpin {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Link(#[from] dataplane::PinnedLinkError),
     #[error("splice flow map operation")]
     Map(#[from] aya::maps::MapError),
     #[error("reading the splice flow map")]
@@ -101,11 +73,11 @@ impl FastPath {
             check_flows_layout(&flows_path)?;
         }
         let stats_path = root.join(SPLICE_STATS_MAP);
-        let mut ebpf = EbpfLoader::new()
-            .map_pin_path(SPLICE_FLOWS_MAP, flows_path)
-            .map_pin_path(SPLICE_STATS_MAP, stats_path)
-            .load(dataplane::ebpf_object()?)
-            .map_err(|e| FastPathError::Load(Box::new(e)))?;
+        let mut ebpf = dataplane::load_object(
+            EbpfLoader::new()
+                .map_pin_path(SPLICE_FLOWS_MAP, flows_path)
+                .map_pin_path(SPLICE_STATS_MAP, stats_path),
+        )?;
         program_mut(&mut ebpf)?
             .load()
             .map_err(FastPathError::Verify)?;
@@ -125,23 +97,12 @@ impl FastPath {
             interface: interface.to_owned(),
             source,
         };
-        let (link_id, attachment) = match PinnedLink::from_pin(&path) {
-            Ok(pinned) => {
-                let link =
-                    FdLink::from(pinned)
-                        .try_into()
-                        .map_err(|source| FastPathError::AdoptLink {
-                            path: path.clone(),
-                            source,
-                        })?;
-                (
-                    program.attach_to_link(link).map_err(attach_err)?,
-                    Attachment::Replaced,
-                )
-            }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
+        let (link_id, attachment) = match dataplane::adopt_pinned_link(&path)? {
+            Some(link) => (
+                program.attach_to_link(link).map_err(attach_err)?,
+                Attachment::Replaced,
+            ),
+            None => {
                 let id = program
                     .attach_with_options(
                         interface,
@@ -151,18 +112,9 @@ impl FastPath {
                     .map_err(attach_err)?;
                 (id, Attachment::Created)
             }
-            Err(source) => return Err(FastPathError::AdoptLink { path, source }),
         };
         let link = program.take_link(link_id).map_err(attach_err)?;
-        let link: FdLink = link.try_into().map_err(|source| FastPathError::AdoptLink {
-            path: path.clone(),
-            source,
-        })?;
-        if attachment == Attachment::Created {
-            link.pin(&path)
-                .map_err(|source| FastPathError::PinLink { path, source })?;
-        }
-        // Dropping the link's fd leaves the pinned link (and so the attachment) in place.
+        dataplane::keep_link(link, &path, attachment == Attachment::Created)?;
         Ok(attachment)
     }
 
@@ -170,19 +122,20 @@ impl FastPath {
     /// with its last reference). Spliced flows through that interface stop being translated.
     pub fn detach(&self, interface: &str) -> Result<(), FastPathError> {
         let path = self.link_path(interface);
-        std::fs::remove_file(&path).map_err(|source| FastPathError::Unpin { path, source })
+        std::fs::remove_file(&path)
+            .map_err(|source| dataplane::PinnedLinkError::Unpin { path, source }.into())
     }
 
     /// The flow map (the pinned one: entries written here are seen by every process).
     pub fn flows(&mut self) -> Result<Flows, FastPathError> {
-        let missing = FastPathError::Missing {
+        let missing = dataplane::ObjectError::Missing {
             what: "map",
             name: SPLICE_FLOWS_MAP,
         };
         match self.ebpf.take_map(SPLICE_FLOWS_MAP) {
             // Our own object's map: its layout is the one Flows reads.
             Some(aya::maps::Map::HashMap(data)) => Ok(Flows::new(data)?),
-            _ => Err(missing),
+            _ => Err(missing.into()),
         }
     }
 
@@ -221,14 +174,14 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SPLICE_STATS_LEN as usize]
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
-    let missing = FastPathError::Missing {
+    let missing = dataplane::ObjectError::Missing {
         what: "program",
         name: SPLICE_PROGRAM,
     };
     let Some(program) = ebpf.program_mut(SPLICE_PROGRAM) else {
-        return Err(missing);
+        return Err(missing.into());
     };
-    program.try_into().map_err(|_| missing)
+    program.try_into().map_err(|_| missing.into())
 }
 
 /// aya adopts a pinned map by name without checking it: do it here.

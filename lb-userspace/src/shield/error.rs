@@ -23,15 +23,8 @@ pub enum ShieldError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("loading the eBPF object (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
-    Load(#[source] Box<aya::EbpfError>),
     #[error(transparent)]
-    NoEbpfObject(#[from] dataplane::NoEbpfObject),
-    #[error("the eBPF object has no {what} {name}")]
-    Missing {
-        what: &'static str,
-        name: &'static str,
-    },
+    Object(#[from] dataplane::ObjectError),
     #[error(
         "loading the program {} into the kernel (verifier)",
         lb_common::SHIELD_PROGRAM
@@ -56,24 +49,8 @@ pub enum ShieldError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("adopting the pinned link {path}")]
-    AdoptLink {
-        path: PathBuf,
-        #[source]
-        source: aya::programs::links::LinkError,
-    },
-    #[error("pinning the link at {path}")]
-    PinLink {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("removing the pinned link {path}")]
-    Unpin {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Link(#[from] dataplane::PinnedLinkError),
     #[error(
         "[shield] is enabled but no interface was found for it: no frontend binds an address \
          of this host's interfaces other than loopback; set [shield] interfaces, or \

@@ -7,10 +7,7 @@ use std::{
 
 use aya::{
     maps::MapData,
-    programs::{
-        links::{FdLink, LinkError, PinnedLink},
-        Xdp, XdpMode,
-    },
+    programs::{Xdp, XdpMode},
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
@@ -83,10 +80,8 @@ impl Shield {
         }
         // The loader also creates the object's other maps; the fast path's flow map is a
         // preallocated hash map, kept to one entry here since this object never uses it.
-        let mut ebpf = loader
-            .map_max_entries(lb_common::SPLICE_FLOWS_MAP, 1)
-            .load(dataplane::ebpf_object()?)
-            .map_err(|e| ShieldError::Load(Box::new(e)))?;
+        let mut ebpf =
+            dataplane::load_object(loader.map_max_entries(lb_common::SPLICE_FLOWS_MAP, 1))?;
         program_mut(&mut ebpf)?
             .load()
             .map_err(ShieldError::Verify)?;
@@ -102,53 +97,36 @@ impl Shield {
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, ShieldError> {
         let path = self.link_path(interface);
         let program = program_mut(&mut self.ebpf)?;
-        let adopt_err = |path: &Path, source| ShieldError::AdoptLink {
-            path: path.to_owned(),
-            source,
-        };
         let attach_err = |source| ShieldError::Attach {
             interface: interface.to_owned(),
             source,
         };
-        let (link_id, mode) = match PinnedLink::from_pin(&path) {
-            Ok(pinned) => {
-                let link = FdLink::from(pinned)
-                    .try_into()
-                    .map_err(|source| adopt_err(&path, source))?;
+        let (link_id, mode) = match dataplane::adopt_pinned_link(&path)? {
+            Some(link) => {
                 let id = program.attach_to_link(link).map_err(attach_err)?;
                 (id, AttachMode::Adopted)
             }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
-                match program.attach(interface, XdpMode::Driver) {
-                    Ok(id) => (id, AttachMode::Native),
-                    // Not the driver's refusal: an XDP program is there already, whose link
-                    // this process cannot see; generic mode would meet it too.
-                    Err(native) if is_occupied(&native) => {
-                        return Err(ShieldError::Occupied {
-                            interface: interface.to_owned(),
-                            source: native,
-                        })
-                    }
-                    Err(native) => {
-                        tracing::debug!(%interface, error = %native, "native XDP refused");
-                        let id = program
-                            .attach(interface, XdpMode::Skb)
-                            .map_err(attach_err)?;
-                        (id, AttachMode::Generic)
-                    }
+            None => match program.attach(interface, XdpMode::Driver) {
+                Ok(id) => (id, AttachMode::Native),
+                // Not the driver's refusal: an XDP program is there already, whose link this
+                // process cannot see; generic mode would meet it too.
+                Err(native) if is_occupied(&native) => {
+                    return Err(ShieldError::Occupied {
+                        interface: interface.to_owned(),
+                        source: native,
+                    })
                 }
-            }
-            Err(source) => return Err(adopt_err(&path, source)),
+                Err(native) => {
+                    tracing::debug!(%interface, error = %native, "native XDP refused");
+                    let id = program
+                        .attach(interface, XdpMode::Skb)
+                        .map_err(attach_err)?;
+                    (id, AttachMode::Generic)
+                }
+            },
         };
         let link = program.take_link(link_id).map_err(attach_err)?;
-        let link: FdLink = link.try_into().map_err(|source| adopt_err(&path, source))?;
-        if mode != AttachMode::Adopted {
-            link.pin(&path)
-                .map_err(|source| ShieldError::PinLink { path, source })?;
-        }
-        // Dropping the link's fd leaves the pinned link (and so the attachment) in place.
+        dataplane::keep_link(link, &path, mode != AttachMode::Adopted)?;
         Ok(mode)
     }
 
@@ -174,10 +152,11 @@ pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, Shiel
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
-            return Err(ShieldError::Unpin {
+            return Err(dataplane::PinnedLinkError::Unpin {
                 path: root.to_owned(),
                 source,
-            })
+            }
+            .into())
         }
     };
     let mut removed = Vec::new();
@@ -187,7 +166,7 @@ pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, Shiel
         if !ours || kept.contains(&path) {
             continue;
         }
-        std::fs::remove_file(&path).map_err(|source| ShieldError::Unpin {
+        std::fs::remove_file(&path).map_err(|source| dataplane::PinnedLinkError::Unpin {
             path: path.clone(),
             source,
         })?;
@@ -233,14 +212,14 @@ fn is_occupied(error: &aya::programs::ProgramError) -> bool {
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ShieldError> {
-    let missing = ShieldError::Missing {
+    let missing = dataplane::ObjectError::Missing {
         what: "program",
         name: SHIELD_PROGRAM,
     };
     let Some(program) = ebpf.program_mut(SHIELD_PROGRAM) else {
-        return Err(missing);
+        return Err(missing.into());
     };
-    program.try_into().map_err(|_| missing)
+    program.try_into().map_err(|_| missing.into())
 }
 
 /// The shield's maps pinned under the root: name, what it is (for errors), layout.

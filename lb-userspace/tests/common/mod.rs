@@ -126,6 +126,18 @@ impl Proc {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
+    /// Waits up to `limit` for the process to exit and asserts that it succeeded, showing its
+    /// output otherwise (`what` names it: a command such as `reload --upgrade`).
+    pub fn assert_exits_ok(&mut self, limit: Duration, what: &str) {
+        let exited = wait_until(limit, || matches!(self.child.try_wait(), Ok(Some(_))));
+        assert!(exited, "{what} did not finish:\n{}", self.output());
+        assert!(
+            self.child.try_wait().unwrap().unwrap().success(),
+            "{}",
+            self.output()
+        );
+    }
+
     /// Sends `signal` and waits for the process to exit; returns its output.
     pub fn stop_with(mut self, signal: i32) -> String {
         self.signal(signal);
@@ -186,6 +198,31 @@ impl Drop for PinDir {
         let _ = fs::remove_dir_all(&self.0);
         let _ = fs::remove_file(self.control_socket());
     }
+}
+
+/// The start every test configuration shares: `[instance]` named `instance` with the test's
+/// own pin directory and control socket, and the frontend `www` on `<host>:80` in front of
+/// `backend`.
+pub fn config_head(
+    instance: impl std::fmt::Display,
+    pin: &PinDir,
+    host: impl std::fmt::Display,
+    backend: &str,
+) -> String {
+    format!(
+        r#"[instance]
+name = "{instance}"
+pin_dir = "{pin}"
+control_socket = "{control}"
+
+[[frontend]]
+name = "www"
+bind = "{host}:80"
+backend = "{backend}"
+"#,
+        pin = pin.0.display(),
+        control = pin.control_socket().display(),
+    )
 }
 
 /// Writes `text` to a fresh file in the system temp dir and returns its path.

@@ -283,16 +283,7 @@ fn node_config(
         .unwrap_or_default();
     format!(
         r#"
-[instance]
-name = "{name}"
-pin_dir = "{pin}"
-control_socket = "{control}"
-
-[[frontend]]
-name = "www"
-bind = "{lb}:80"
-backend = "{BACKEND}"
-
+{head}
 [[backend]]
 name = "{BACKEND}"
 expire = "30m"
@@ -305,9 +296,7 @@ bind = "{lb}:{PEERS_PORT}"
 {peers_extra}members = [
 {members}]
 "#,
-        name = node_name(i),
-        pin = pin.0.display(),
-        control = pin.control_socket().display(),
+        head = super::config_head(node_name(i), pin, &lb, BACKEND),
     )
 }
 
