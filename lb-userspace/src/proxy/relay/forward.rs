@@ -16,7 +16,7 @@ use super::{
     ClientIo,
 };
 use crate::{
-    backend::BackendState,
+    backend::{BackendState, ServerState},
     proxy::{
         error::{BodyError, ProxyError},
         exchange,
@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// The relay's server connection failed; `answered`: the client heard part of the answer.
-fn server_failed(leg: &Leg, answered: bool, source: std::io::Error) -> ProxyError {
+pub(super) fn server_failed(leg: &Leg, answered: bool, source: std::io::Error) -> ProxyError {
     ProxyError::ServerIo {
         server: Arc::clone(&leg.server.name),
         answered,
@@ -108,11 +108,21 @@ pub(super) struct Answer {
     len: usize,
 }
 
-fn eof(what: &'static str) -> std::io::Error {
+/// A connection to `server` could not be opened (nothing was sent on it).
+pub(super) fn unreached(server: &ServerState, source: std::io::Error) -> ProxyError {
+    ProxyError::ServerIo {
+        server: Arc::clone(&server.name),
+        answered: false,
+        reused: false,
+        source,
+    }
+}
+
+pub(super) fn eof(what: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what)
 }
 
-fn invalid(what: &'static str) -> std::io::Error {
+pub(super) fn invalid(what: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 

@@ -51,9 +51,7 @@ where
     let mut payload = 0u64;
     loop {
         let line = read_line(buf, from).await.map_err(Broken::Reading)?;
-        let text = std::str::from_utf8(&buf[..line]).map_err(|_| Broken::Reading(bad_chunk()))?;
-        let size = text.trim_end().split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(size, 16).map_err(|_| Broken::Reading(bad_chunk()))?;
+        let size = chunk_size(&buf[..line]).ok_or_else(|| Broken::Reading(bad_chunk()))?;
         to.write_all(&buf[..line]).await.map_err(Broken::Writing)?;
         buf.advance(line);
         if size == 0 {
@@ -77,6 +75,13 @@ where
         buf.advance(2);
         payload += size;
     }
+}
+
+/// The size a chunk-size line (with its CRLF) gives, extensions ignored.
+pub(super) fn chunk_size(line: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(line).ok()?;
+    let size = text.trim_end().split(';').next()?.trim();
+    u64::from_str_radix(size, 16).ok()
 }
 
 fn bad_chunk() -> std::io::Error {

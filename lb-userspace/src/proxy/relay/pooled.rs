@@ -20,7 +20,11 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt as _;
 
-use super::{io::read_head, leg::Leg};
+use super::{
+    forward::{eof, invalid, server_failed, unreached},
+    io::{chunk_size, read_head},
+    leg::Leg,
+};
 use crate::{
     backend::ServerState,
     proxy::{
@@ -64,7 +68,7 @@ pub(in crate::proxy) async fn exchange(
 ) -> Result<Answer, ProxyError> {
     let mut leg = Leg::open(Arc::clone(server), pools, connect)
         .await
-        .map_err(|source| failed(server, false, source))?;
+        .map_err(|source| unreached(server, source))?;
     let mut retried = false;
     loop {
         match send(&mut leg, request, cookie, server_timeout).await {
@@ -75,7 +79,7 @@ pub(in crate::proxy) async fn exchange(
                 leg = leg
                     .reopen(connect)
                     .await
-                    .map_err(|source| failed(server, false, source))?;
+                    .map_err(|source| unreached(server, source))?;
             }
             Err(error) => return Err(error),
         }
@@ -119,7 +123,7 @@ async fn send(
     server_timeout: Duration,
 ) -> Result<Head, ProxyError> {
     if let Err(error) = leg.stream.write_all(&request.head).await {
-        return Err(leg_failed(leg, error));
+        return Err(server_failed(leg, false, error));
     }
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     loop {
@@ -133,14 +137,14 @@ async fn send(
         })?;
         let len = match read {
             Ok(Some(len)) => len,
-            Ok(None) => return Err(leg_failed(leg, eof("closed before answering"))),
-            Err(error) => return Err(leg_failed(leg, error)),
+            Ok(None) => return Err(server_failed(leg, false, eof("closed before answering"))),
+            Err(error) => return Err(server_failed(leg, false, error)),
         };
         let head = buf.split_to(len).freeze();
         let Some((response, status, headers)) =
             ResponseHead::parse_for_hyper(&head, request.head_request, cookie)
         else {
-            return Err(leg_failed(leg, invalid("bad response head")));
+            return Err(server_failed(leg, false, invalid("bad response head")));
         };
         // An interim answer (`100 Continue`, `103 Early Hints`): the final one follows. A
         // `101` cannot come: no upgrade is sent this way.
@@ -154,32 +158,6 @@ async fn send(
             rest: buf,
         });
     }
-}
-
-fn leg_failed(leg: &Leg, source: std::io::Error) -> ProxyError {
-    ProxyError::ServerIo {
-        server: Arc::clone(&leg.server.name),
-        answered: false,
-        reused: leg.reused,
-        source,
-    }
-}
-
-fn failed(server: &ServerState, reused: bool, source: std::io::Error) -> ProxyError {
-    ProxyError::ServerIo {
-        server: Arc::clone(&server.name),
-        answered: false,
-        reused,
-        source,
-    }
-}
-
-fn eof(what: &'static str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what)
-}
-
-fn invalid(what: &'static str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
 /// An answer's body, read from its server connection as hyper asks for it. The connection
@@ -410,13 +388,6 @@ fn more_or_invalid(buf: &[u8]) -> Step {
     } else {
         Step::More
     }
-}
-
-/// The size a chunk-size line (with its CRLF) gives, extensions ignored.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(line).ok()?;
-    let size = text.trim_end().split(';').next()?.trim();
-    u64::from_str_radix(size, 16).ok()
 }
 
 #[cfg(test)]

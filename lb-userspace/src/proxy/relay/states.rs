@@ -10,7 +10,7 @@ use bytes::{Buf as _, BytesMut};
 use tokio::{io::AsyncWriteExt as _, sync::watch};
 
 use super::{
-    forward::{deliver, forward, retry_on_a_new_connection, Answer, Delivered},
+    forward::{deliver, forward, retry_on_a_new_connection, unreached, Answer, Delivered},
     io::read_head,
     leg::Leg,
     splicing::choose_leg,
@@ -89,12 +89,7 @@ impl<'a, C: ClientIo> Conn<'a, C> {
         let leg = match choose_leg(held, &server, spliceable, &mut self.client, pools).await {
             Ok(leg) => leg,
             Err(source) => {
-                let error = ProxyError::ServerIo {
-                    server: Arc::clone(&server.name),
-                    answered: false,
-                    reused: false,
-                    source,
-                };
+                let error = unreached(&server, source);
                 let routed = Some((&*server, decision));
                 let access = self.access(&request, routed, Via::Pooled, Instant::now());
                 self.fail(&access, &error).await;
@@ -142,14 +137,7 @@ impl<'a, C: ClientIo> Conn<'a, C> {
                     retried = true;
                     match x.leg.reopen(self.timeouts.0).await {
                         Ok(fresh) => x.leg = fresh,
-                        Err(source) => {
-                            break Err(ProxyError::ServerIo {
-                                server: Arc::clone(&x.leg.server.name),
-                                answered: false,
-                                reused: false,
-                                source,
-                            })
-                        }
+                        Err(source) => break Err(unreached(&x.leg.server, source)),
                     }
                 }
                 other => break other,
