@@ -206,7 +206,18 @@ fn a_client_reusing_the_ports_of_spliced_flows_opens_new_connections() {
             thread.join().unwrap();
         }
     });
-    assert_eq!(outcome(&rig.metrics(), "spliced"), 64);
+    // A hand-off that meets a request in flight keeps its connection in userspace (correct,
+    // and more likely on a loaded machine); every connection was either spliced or kept so,
+    // none failed, and most were spliced, so most ports below carry a spliced flow.
+    let metrics = rig.metrics();
+    let spliced = outcome(&metrics, "spliced");
+    let kept: u64 = ["kept_unread", "kept_unacked", "kept_moved", "kept_no_tsval"]
+        .iter()
+        .map(|kept| outcome(&metrics, kept))
+        .sum();
+    assert_eq!(spliced + kept, 64, "{metrics}");
+    assert_eq!(outcome(&metrics, "error"), 0, "{metrics}");
+    assert!(spliced >= 48, "{metrics}");
     let reuse_before = read_pinned_stats(&rig.root).unwrap()[SPLICE_STAT_SYN_REUSE as usize];
 
     // Now 2000 connections, one request each, from the same 64 ports: each SYN meets a flow the
@@ -241,10 +252,11 @@ fn a_client_reusing_the_ports_of_spliced_flows_opens_new_connections() {
     // SYN-ACK was sent again (the old flow's translation would have taken it away).
     assert_eq!(syn_retransmits(rig.lb()), retransmits_before);
     let stats = read_pinned_stats(&rig.root).unwrap();
-    // connect() takes even ports first (Linux leaves the odd ones to bind()): at least the
-    // 32 flows on even ports met a new SYN, and the program retired each of them there.
+    // connect() takes even ports first (Linux leaves the odd ones to bind()): every spliced
+    // flow on an even port (all but at most the 32 odd ones) met a new SYN, and the program
+    // retired each of them there.
     assert!(
-        stats[SPLICE_STAT_SYN_REUSE as usize] >= reuse_before + 32,
+        stats[SPLICE_STAT_SYN_REUSE as usize] >= reuse_before + spliced.saturating_sub(32),
         "the program retired the old flows on their ports' new SYNs: {stats:?}"
     );
     assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
