@@ -1,8 +1,8 @@
 //! The cluster workloads: stickylb and HAProxy 2.6 as a full mesh of peers on one LAN (see
 //! [`mesh`]), measured the same way for both.
 //!
-//! - `cluster-mirror-lag` ([`lag`]): new sessions at a fixed rate on one node of five, and
-//!   how long a sample of them takes to appear in every other node's table; with the per-node
+//! - `cluster-mirror-lag` ([`lag`]): new sessions at a fixed rate on one node of five (a new
+//!   connection each, then on kept-open connections), and how long a sample of them takes to appear in every other node's table; with the per-node
 //!   costs of mirroring (peer connections, bytes on the wire, CPU per mirrored session).
 //! - `cluster-partition` ([`partition`]): one node cut off its peers while clients create
 //!   sessions on both sides, then healed: time until every node's table is the same.
@@ -203,9 +203,11 @@ pub(crate) fn measure(env: &Env, args: &BenchArgs) -> anyhow::Result<Option<Clus
     };
     for contender in contenders {
         if wanted.contains(&MIRROR_LAG) {
-            let result = lag::measure(env, &hosts, contender, &plan);
-            let kept = report.record(MIRROR_LAG, contender, result, LagResult::progress);
-            report.mirror_lag.extend(kept);
+            for shape in lag::Shape::ALL {
+                let result = lag::measure(env, &hosts, contender, &plan, shape);
+                let kept = report.record(MIRROR_LAG, contender, result, LagResult::progress);
+                report.mirror_lag.extend(kept);
+            }
         }
         if wanted.contains(&PARTITION) {
             let result = partition::measure(env, &hosts, contender, &plan);

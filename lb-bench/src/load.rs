@@ -24,6 +24,8 @@ pub(super) struct LoadSpec<'a> {
     pub(super) per_connection: u32,
     /// Sessions the cookies cycle through; 0: a new one per connection.
     pub(super) pool: u64,
+    /// Every request starts a new session (the pool is not used).
+    pub(super) session_per_request: bool,
     /// Characters that start every cookie of the run.
     pub(super) prefix: &'a str,
     /// Client addresses the connections take in turn (none: the namespace's own).
@@ -48,6 +50,7 @@ impl<'a> LoadSpec<'a> {
             duration,
             per_connection: 0,
             pool: 1000,
+            session_per_request: false,
             prefix,
             sources: &[],
             rate: 0.0,
@@ -81,6 +84,9 @@ pub(super) fn start(netns: &NetNs, binary: &Path, spec: &LoadSpec<'_>) -> anyhow
     }
     if spec.tunnel {
         command.arg("--tunnel");
+    }
+    if spec.session_per_request {
+        command.arg("--session-per-request");
     }
     command
         .stdin(Stdio::null())

@@ -1,5 +1,8 @@
-//! Mirror lag: `stickylb-load` creates new sessions on node 1 at a fixed rate (a new
-//! connection and a new cookie per request); meanwhile a sampler thread creates sample sessions
+//! Mirror lag: `stickylb-load` creates new sessions on node 1 at a fixed rate, in two shapes
+//! ([`Shape`]): a new connection per session, as browsers arrive, and new sessions over
+//! connections kept open, as they arrive through a proxy or CDN tier (the one that reaches the
+//! rate on a small machine, where opening connections costs the load generator and the kernel
+//! more than mirroring costs the nodes); meanwhile a sampler thread creates sample sessions
 //! of its own, and the bench polls every other node's table for each until it appears there.
 //! A sample's lag on a node runs from when its request was sent (so it includes node 1
 //! answering it) to the first poll that finds it, polls about a millisecond apart.
@@ -39,9 +42,49 @@ const CONNECTIONS: u32 = 64;
 /// Load before the first sample: the mesh at its steady state.
 const WARM_UP: Duration = Duration::from_secs(1);
 
+/// How the load's new sessions reach node 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Shape {
+    /// Each session is a new connection with one request.
+    NewConnection,
+    /// Every request of [`CONNECTIONS`] kept-open connections starts a new session.
+    KeptOpen,
+}
+
+impl Shape {
+    pub(crate) const ALL: [Shape; 2] = [Shape::NewConnection, Shape::KeptOpen];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Shape::NewConnection => "a new connection per session",
+            Shape::KeptOpen => "new sessions on kept-open connections",
+        }
+    }
+
+    fn spec<'a>(self, target: &'a str, duration: Duration, rate: f64) -> LoadSpec<'a> {
+        let spec = LoadSpec {
+            rate,
+            ..LoadSpec::new(target, CONNECTIONS, duration, "lag")
+        };
+        match self {
+            Shape::NewConnection => LoadSpec {
+                per_connection: 1,
+                pool: 0,
+                ..spec
+            },
+            Shape::KeptOpen => LoadSpec {
+                session_per_request: true,
+                ..spec
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct LagResult {
     pub(crate) contender: Contender,
+    pub(crate) shape: Shape,
     pub(crate) nodes: usize,
     pub(crate) target_rate: f64,
     /// New sessions per second the load generator achieved on node 1.
@@ -66,9 +109,10 @@ impl LagResult {
     pub(crate) fn progress(&self) -> String {
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
         format!(
-            "{:.0} new sessions/s (of {:.0}), lag p50 {} ms p99 {} ms, on all {} ms / {} ms, \
+            "{}: {:.0} new sessions/s (of {:.0}), lag p50 {} ms p99 {} ms, on all {} ms / {} ms, \
              {} missing (slowest poll round {:.1} ms), receivers {} µs CPU and {} bytes in per \
              mirrored session",
+            self.shape.label(),
             self.achieved_rate,
             self.target_rate,
             ms(self.p50_ms),
@@ -99,15 +143,17 @@ pub(crate) struct Costs {
     pub(crate) bytes_out_per_session: Option<f64>,
 }
 
+/// One measurement in `shape`, on a mesh started for it (empty tables).
 pub(crate) fn measure(
     env: &Env,
     hosts: &Hosts,
     contender: Contender,
     plan: &ClusterPlan,
+    shape: Shape,
 ) -> anyhow::Result<LagResult> {
     let mut mesh = Mesh::new(env, hosts, contender, plan.lag_nodes)?;
     mesh.start_all()?;
-    mesh.run_then_stop(|mesh| run(env, hosts, mesh, plan))
+    mesh.run_then_stop(|mesh| run(env, hosts, mesh, plan, shape))
 }
 
 fn run(
@@ -115,16 +161,12 @@ fn run(
     hosts: &Hosts,
     mesh: &mut Mesh<'_>,
     plan: &ClusterPlan,
+    shape: Shape,
 ) -> anyhow::Result<LagResult> {
     let (_, mut readers) = linked_readers(hosts, mesh, mesh.size, plan.limit)?;
     let target = addrs::frontend(0).to_string();
     let duration = WARM_UP + plan.lag_duration + Duration::from_millis(500);
-    let spec = LoadSpec {
-        per_connection: 1,
-        pool: 0,
-        rate: plan.lag_rate,
-        ..LoadSpec::new(&target, CONNECTIONS, duration, "lag")
-    };
+    let spec = shape.spec(&target, duration, plan.lag_rate);
     let before = Snapshot::take(hosts, mesh)?;
     let load = load::start(hosts.client(), &env.load, &spec)?;
     let lags = procs::sleep(WARM_UP).and_then(|()| {
@@ -139,12 +181,13 @@ fn run(
         .map(|i| mesh::peer_connections(hosts, i))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let costs = Costs::of(&before, &after, sessions, peer_connections);
-    Ok(summarise(mesh, plan, &generated, polled, costs))
+    Ok(summarise(mesh, plan, shape, &generated, polled, costs))
 }
 
 fn summarise(
     mesh: &Mesh<'_>,
     plan: &ClusterPlan,
+    shape: Shape,
     generated: &load::LoadResult,
     polled: Polled,
     costs: Costs,
@@ -164,6 +207,7 @@ fn summarise(
     let ms = |sorted: &[u64], p| nearest_rank(sorted, p).map(|us| us as f64 / 1e3);
     LagResult {
         contender: mesh.contender,
+        shape,
         nodes: mesh.size,
         target_rate: plan.lag_rate,
         achieved_rate: generated.requests as f64 / generated.seconds,

@@ -7,7 +7,9 @@
 //! one says `Connection: close`; 0: keep the connection until the end), pausing `--think-ms`
 //! between them, then close and start over with the next session. Every request of a connection
 //! carries that connection's session cookie, drawn from a pool of `--pool` sessions (0: a new
-//! session per connection).
+//! session per connection). With `--session-per-request`, every request starts a new session
+//! instead (as sessions reach a load balancer through a proxy or CDN tier that keeps its
+//! connections open).
 //!
 //! With `--rate`, requests are paced instead (an open loop, as users send them): each
 //! connection sends at its share of the rate, and a request's latency is measured from when it
@@ -57,6 +59,9 @@ struct Args {
     /// Sessions (cookies) in the pool; 0: a new session for every connection.
     #[arg(long, default_value_t = 1000)]
     pool: u64,
+    /// Every request carries a new session's cookie (the pool is not used).
+    #[arg(long)]
+    session_per_request: bool,
     /// Characters that start every cookie of this run.
     #[arg(long, default_value = "load")]
     prefix: String,
@@ -226,7 +231,7 @@ async fn client(args: Arc<Args>, totals: Arc<Totals>, index: u32, deadline: Inst
         } else {
             session % args.pool
         };
-        let cookie = format!("{}{session:024}", args.prefix);
+        let cookie = session_cookie(&args, session);
         let tunnel_due = if args.tunnel {
             Some(pacer.due().await)
         } else {
@@ -275,6 +280,11 @@ async fn client(args: Arc<Args>, totals: Arc<Totals>, index: u32, deadline: Inst
         }
     }
     latencies
+}
+
+/// The cookie of session number `session`.
+fn session_cookie(args: &Args, session: u64) -> String {
+    format!("{}{session:024}", args.prefix)
 }
 
 /// A failed connection is not retried in a tight loop (a refused port would spin).
@@ -327,10 +337,17 @@ async fn connection(
     loop {
         sent += 1;
         let last = args.per_connection != 0 && sent >= args.per_connection;
+        let fresh;
+        let cookie = if args.session_per_request {
+            fresh = session_cookie(args, totals.next_session.fetch_add(1, Relaxed));
+            fresh.as_str()
+        } else {
+            session.cookie
+        };
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: load\r\nCookie: c1=1; c2=2; JSESSIONID={}\r\n{}\r\n",
             args.path,
-            session.cookie,
+            cookie,
             if last { "Connection: close\r\n" } else { "" }
         );
         let started = pacer.due().await;

@@ -191,6 +191,9 @@ impl StickTable {
         if remaining_ms == Some(0) || self.is_expired(last_seen, now_ms) {
             return RemoteOutcome::Expired;
         }
+        if let Some(outcome) = self.insert_unknown(&key, &server, last_seen, now_ms) {
+            return outcome;
+        }
         let mut guard = self.recall(&key);
         let inner = &mut *guard;
         let (outcome, log) = match self.live(inner, &key, now_ms) {
@@ -233,6 +236,39 @@ impl StickTable {
         drop(guard);
         self.announce(seq);
         outcome
+    }
+
+    /// Applies a peer's entry for a key that is neither recent nor stored (a new session: most
+    /// live updates) with one write that fails if the store has an entry, instead of a read
+    /// that misses and a write: half the syscalls of a mirrored session. None when the key is
+    /// known (or the write failed): the caller decides with the entry it has.
+    fn insert_unknown(
+        &self,
+        key: &StickKey,
+        server: &Arc<str>,
+        last_seen: u64,
+        now_ms: u64,
+    ) -> Option<RemoteOutcome> {
+        if self.lock().recent.contains(key) {
+            return None;
+        }
+        if self.store.insert_new(key, server, last_seen) != Some(true) {
+            return None;
+        }
+        self.stored.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        match inner.recent.peek_mut(key) {
+            // A request for the key came in meanwhile and read ours back from the store.
+            Some(slot) if slot.server == *server => slot.decided_ms = now_ms,
+            // Another write replaced ours meanwhile; the recent entry is that one's.
+            Some(_) => {}
+            None => {
+                inner
+                    .recent
+                    .push(*key, Slot::decided(Arc::clone(server), last_seen, now_ms));
+            }
+        }
+        Some(RemoteOutcome::Inserted)
     }
 }
 

@@ -498,6 +498,8 @@ fn the_update_log_is_bounded_and_expired_entries_leave_it() {
 struct PeerArrivesAfterInsert {
     inner: MemoryStorage,
     table: std::sync::OnceLock<Arc<StickTable>>,
+    /// The peer's entry arrives once (applying it inserts too).
+    arrived: std::sync::atomic::AtomicBool,
 }
 
 impl Storage for PeerArrivesAfterInsert {
@@ -509,7 +511,10 @@ impl Storage for PeerArrivesAfterInsert {
     }
     fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> std::io::Result<bool> {
         let inserted = self.inner.insert_new(key, entry)?;
-        if let Some(table) = self.table.get() {
+        let first = !self
+            .arrived
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(table) = self.table.get().filter(|_| first) {
             table.apply_remote(*key, Arc::from("peers-pick"), None, 1_000);
         }
         Ok(inserted)
@@ -527,6 +532,7 @@ fn a_peers_entry_applied_during_a_new_sessions_insert_is_what_memory_and_store_a
     let storage = Arc::new(PeerArrivesAfterInsert {
         inner: MemoryStorage::new(16),
         table: std::sync::OnceLock::new(),
+        arrived: std::sync::atomic::AtomicBool::new(false),
     });
     let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
     let table = Arc::new(on(&store, 16, Duration::from_secs(60)));
@@ -545,4 +551,59 @@ fn a_peers_entry_applied_during_a_new_sessions_insert_is_what_memory_and_store_a
     assert_eq!(served.as_deref(), Some("peers-pick"));
     // (The store and the table hold each other: both leak when the test ends.)
     assert_eq!(get(&table, &key, 1_100).as_deref(), Some("peers-pick"));
+}
+
+/// A memory store that counts its reads.
+struct CountingReads {
+    inner: MemoryStorage,
+    gets: std::sync::atomic::AtomicU64,
+}
+
+impl Storage for CountingReads {
+    fn get(&self, key: &StickKey) -> std::io::Result<Option<StickEntry>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(key)
+    }
+    fn put(&self, key: &StickKey, entry: &StickEntry) -> std::io::Result<()> {
+        self.inner.put(key, entry)
+    }
+    fn insert_new(&self, key: &StickKey, entry: &StickEntry) -> std::io::Result<bool> {
+        self.inner.insert_new(key, entry)
+    }
+    fn delete(&self, key: &StickKey) -> std::io::Result<bool> {
+        self.inner.delete(key)
+    }
+    fn scan(&self, visit: &mut dyn FnMut(&[super::store::Stored])) -> std::io::Result<()> {
+        self.inner.scan(visit)
+    }
+}
+
+#[test]
+fn a_peers_new_session_is_stored_without_a_read_and_a_known_one_is_still_compared() {
+    let storage = Arc::new(CountingReads {
+        inner: MemoryStorage::new(16),
+        gets: std::sync::atomic::AtomicU64::new(0),
+    });
+    let store = Store::new(Arc::clone(&storage) as Arc<dyn Storage>, true);
+    let table = on(&store, 16, Duration::from_secs(60));
+    let reads = || storage.gets.load(std::sync::atomic::Ordering::Relaxed);
+
+    let new = table.key(b"new-session");
+    assert!(matches!(
+        table.apply_remote(new, "s1".into(), None, 1_000),
+        RemoteOutcome::Inserted
+    ));
+    assert_eq!(reads(), 0, "a new session is one conditional write");
+    assert_eq!(get(&table, &new, 1_100).as_deref(), Some("s1"));
+
+    // Another process sharing the store stuck a session this table never saw: the peer's
+    // entry is weighed against it by the convergence rule (here it replaces it), not taken
+    // for a new session.
+    let other = on(&store, 16, Duration::from_secs(60));
+    let known = table.key(b"known-elsewhere");
+    set(&other, known, "s2", 1_000);
+    let outcome = table.apply_remote(known, "s3".into(), None, 2_000);
+    assert!(matches!(outcome, RemoteOutcome::Replaced), "{outcome:?}");
+    assert!(reads() > 0);
+    assert_eq!(get(&table, &known, 2_100).as_deref(), Some("s3"));
 }
