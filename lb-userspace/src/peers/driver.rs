@@ -32,6 +32,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(500);
 /// Bytes read from the socket at once.
 const READ_CHUNK: usize = 16 * 1024;
+/// Local changes are pushed at most this often: changes that come sooner wait for the rest of
+/// it and go out together. At thousands of new sessions a second, a write per session per peer
+/// costs more than the sessions (each write also costs the receiving peer a wake-up and an
+/// ack); at low rates a change still goes out at once.
+const PUSH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -146,11 +151,14 @@ impl Driver<'_> {
         self.teach_if_asked().await?;
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut tick = tokio::time::interval(TICK);
+        let mut last_push: Option<Instant> = None;
         loop {
             // A resync request may have been read while a flush waited.
             self.teach_if_asked().await?;
             changes.borrow_and_update();
-            self.push_changes().await?;
+            if self.push_changes().await? {
+                last_push = Some(Instant::now());
+            }
             self.flush().await?;
             tokio::select! {
                 read = self.stream.read(&mut chunk) => {
@@ -167,7 +175,11 @@ impl Driver<'_> {
                     self.absorb();
                     ticked?;
                 }
-                _ = changes.changed() => {}
+                _ = changes.changed() => {
+                    if let Some(due) = last_push.map(|at| at + PUSH_INTERVAL) {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                }
             }
         }
     }
@@ -179,8 +191,10 @@ impl Driver<'_> {
         Ok(result?)
     }
 
-    /// Gives the session each table's changes since what it pushed, in batches.
-    async fn push_changes(&mut self) -> Result<(), SessionEnd> {
+    /// Gives the session each table's changes since what it pushed, in batches. Returns
+    /// whether there were any.
+    async fn push_changes(&mut self) -> Result<bool, SessionEnd> {
+        let mut pushed = false;
         for (index, table) in self.tables.iter().enumerate() {
             loop {
                 let from = self.session.pushed_seq(index);
@@ -189,13 +203,14 @@ impl Driver<'_> {
                     break;
                 }
                 self.session.push(index, &changes)?;
+                pushed = true;
                 self.flush().await?;
                 if changes.len() < PUSH_BATCH || self.session.pushed_seq(index) == from {
                     break;
                 }
             }
         }
-        Ok(())
+        Ok(pushed)
     }
 
     /// Answers a resync request with every table's live entries; the lesson is written by
