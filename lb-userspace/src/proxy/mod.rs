@@ -241,8 +241,6 @@ impl Proxy {
         let backend = &frontend.backend;
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let cookie =
-            cookie::request_cookie(request.headers(), &backend.stick_cookie).map(<[u8]>::to_vec);
         let mut access = Access {
             frontend,
             client,
@@ -252,16 +250,16 @@ impl Proxy {
             via,
             started,
         };
-        let (in_flight, decision) = match exchange::route(backend, client, cookie.as_deref()).await
-        {
+        // Borrowed from the request until it is forwarded.
+        let cookie = cookie::request_cookie(request.headers(), &backend.stick_cookie);
+        let (in_flight, decision) = match exchange::route(backend, client, cookie).await {
             Ok(routed) => routed,
             Err(error) => {
                 access.failed(&error);
                 return error.into_response();
             }
         };
-        let server = Arc::clone(in_flight.server());
-        access.routed = Some((&server, decision));
+        access.routed = Some((in_flight.server(), decision));
         let forwarded = self
             .forward(backend, &in_flight, (client, via), request, upgrade)
             .await;
@@ -292,7 +290,6 @@ impl Proxy {
         upgrade: Option<hyper::header::HeaderValue>,
     ) -> Result<(Response<ServerBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         let server = in_flight.server();
-        let upstream = self.upstream.load_full();
         // A request without a body to a cleartext server (most of what browsers send over
         // HTTP/2) goes the relay's way; bodies, upgrades and TLS servers go through hyper's
         // client, which streams request bodies and speaks TLS.
@@ -310,7 +307,10 @@ impl Proxy {
                     hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
                 ),
             };
-            let timeouts = (upstream.connect_timeout, upstream.server_timeout);
+            let timeouts = {
+                let upstream = self.upstream.load();
+                (upstream.connect_timeout, upstream.server_timeout)
+            };
             let answer = relay::pooled::exchange(
                 &self.pools,
                 server,
@@ -327,6 +327,7 @@ impl Proxy {
             *response.headers_mut() = answer.headers;
             return Ok((response, None));
         }
+        let upstream = self.upstream.load_full();
         let mut request = upstream_request(request, server, client, upgrade.clone())?;
         if via.is_tls() {
             headers::set_forwarded_proto_https(request.headers_mut());

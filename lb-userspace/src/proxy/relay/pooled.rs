@@ -38,6 +38,10 @@ use crate::{
 const MAX_HEAD: usize = 64 * 1024;
 /// The most read from a server connection at once.
 const READ_SIZE: usize = 16 * 1024;
+/// The first read of an answer: a head and a small body fit, and a buffer this small comes
+/// from the allocator's per-thread cache (a larger one takes its slow path at every request);
+/// it grows for a larger head, and the body's reads take [`READ_SIZE`].
+const FIRST_READ: usize = 1000;
 /// The longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 4096;
 
@@ -125,7 +129,7 @@ async fn send(
     if let Err(error) = leg.stream.write_all(&request.head).await {
         return Err(server_failed(leg, false, error));
     }
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
         let read = tokio::time::timeout(
             server_timeout,
