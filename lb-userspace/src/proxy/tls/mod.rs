@@ -41,7 +41,7 @@ use super::{
     drain::Drain,
     exchange::{TlsInfo, Via},
     relay::{self, Release},
-    BodyFailed, ConnSettings, Frontend, Proxy, ProxyBody,
+    Answer, BodyFailed, ConnSettings, Frontend, Proxy,
 };
 use crate::config;
 
@@ -349,7 +349,7 @@ struct Active(Arc<Idle>);
 
 /// A response body that keeps its request in progress until hyper drops it.
 struct InProgress {
-    body: ProxyBody,
+    body: Answer,
     _active: Active,
 }
 
