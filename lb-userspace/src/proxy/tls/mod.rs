@@ -375,7 +375,11 @@ impl hyper::body::Body for InProgress {
 
 impl Drop for Active {
     fn drop(&mut self) {
-        *self.0.since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        // Only the last one's end starts the idle time: the others need not read the clock.
+        // (A connection's requests all end on its worker's thread: none ends in between.)
+        if self.0.active.load(SeqCst) == 1 {
+            *self.0.since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
         self.0.active.fetch_sub(1, SeqCst);
     }
 }
