@@ -550,6 +550,31 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
+    /// A head much longer than the first read grows the buffer and is read whole.
+    #[tokio::test]
+    async fn a_head_longer_than_the_first_read_is_read_whole() {
+        use http_body_util::BodyExt as _;
+        let value = "v".repeat(FIRST_READ * 5);
+        let answer = format!("HTTP/1.1 200 OK\r\nX-Long: {value}\r\nContent-Length: 2\r\n\r\nok");
+        let (server, accepted) = server(Box::leak(answer.into_bytes().into_boxed_slice())).await;
+        let pools = Pools::default();
+        let request = Request {
+            head: b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+            head_request: false,
+            repeatable: true,
+        };
+        let timeouts = (Duration::from_secs(1), Duration::from_secs(2));
+        for _ in 0..2 {
+            let answer = exchange(&pools, &server, &request, "JSESSIONID", timeouts)
+                .await
+                .unwrap();
+            assert_eq!(answer.headers["x-long"].len(), value.len());
+            let body = answer.body.collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
     #[tokio::test]
     async fn a_connection_the_server_closes_is_not_reused() {
         let (server, accepted) =
