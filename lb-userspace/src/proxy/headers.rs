@@ -2,7 +2,7 @@
 //! address is appended to `X-Forwarded-For`, a TLS frontend says `X-Forwarded-Proto: https`,
 //! and an HTTP/2 request's fields take their HTTP/1.1 form.
 
-use std::net::IpAddr;
+use std::{io::Write as _, net::IpAddr};
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -66,7 +66,8 @@ pub(super) fn forwarded_for(earlier: Option<&[u8]>, client: IpAddr, out: &mut Ve
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(client.to_string().as_bytes());
+    // Written in place: a `Vec` takes every byte.
+    let _ = write!(out, "{client}");
 }
 
 /// Appends `client` to `X-Forwarded-For`, keeping what earlier proxies wrote.

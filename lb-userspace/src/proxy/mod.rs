@@ -223,7 +223,8 @@ impl Proxy {
         client: SocketAddr,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        self.serve(frontend, client, Via::Hyper, request).await
+        let response = self.serve(frontend, client, Via::Hyper, request).await;
+        response.map(|body| body.boxed())
     }
 
     /// Serves one request that hyper read from a connection of transport `via` (hyper over
@@ -234,34 +235,33 @@ impl Proxy {
         client: SocketAddr,
         via: Via,
         mut request: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    ) -> Response<Answer> {
         let started = Instant::now();
         let upgrade = headers::upgrade_protocol(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let backend = &frontend.backend;
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let cookie =
-            cookie::request_cookie(request.headers(), &backend.stick_cookie).map(<[u8]>::to_vec);
+        // A clone shares the request's bytes (a copy of the path would be an allocation).
+        let uri = request.uri().clone();
         let mut access = Access {
             frontend,
             client,
             method: method.as_str(),
-            path: &path,
+            path: uri.path(),
             routed: None,
             via,
             started,
         };
-        let (in_flight, decision) = match exchange::route(backend, client, cookie.as_deref()).await
-        {
+        // Borrowed from the request until it is forwarded.
+        let cookie = cookie::request_cookie(request.headers(), &backend.stick_cookie);
+        let (in_flight, decision) = match exchange::route(backend, client, cookie).await {
             Ok(routed) => routed,
             Err(error) => {
                 access.failed(&error);
-                return error.into_response();
+                return error.into_response().map(Answer::Own);
             }
         };
-        let server = Arc::clone(in_flight.server());
-        access.routed = Some((&server, decision));
+        access.routed = Some((in_flight.server(), decision));
         let forwarded = self
             .forward(backend, &in_flight, (client, via), request, upgrade)
             .await;
@@ -271,14 +271,14 @@ impl Proxy {
                 match (client_side, server_side) {
                     (Some(client_side), Some(server_side)) => {
                         tokio::spawn(tunnel(client_side, server_side, in_flight));
-                        response.map(|body| body.boxed())
+                        response.map(|body| Answer::Own(body.boxed()))
                     }
-                    _ => with_accounting(response, in_flight),
+                    _ => response.map(|body| Answer::Server { body, in_flight }),
                 }
             }
             Err(error) => {
                 access.failed(&error);
-                error.into_response()
+                error.into_response().map(Answer::Own)
             }
         }
     }
@@ -292,7 +292,6 @@ impl Proxy {
         upgrade: Option<hyper::header::HeaderValue>,
     ) -> Result<(Response<ServerBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         let server = in_flight.server();
-        let upstream = self.upstream.load_full();
         // A request without a body to a cleartext server (most of what browsers send over
         // HTTP/2) goes the relay's way; bodies, upgrades and TLS servers go through hyper's
         // client, which streams request bodies and speaks TLS.
@@ -310,7 +309,10 @@ impl Proxy {
                     hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
                 ),
             };
-            let timeouts = (upstream.connect_timeout, upstream.server_timeout);
+            let timeouts = {
+                let upstream = self.upstream.load();
+                (upstream.connect_timeout, upstream.server_timeout)
+            };
             let answer = relay::pooled::exchange(
                 &self.pools,
                 server,
@@ -327,6 +329,7 @@ impl Proxy {
             *response.headers_mut() = answer.headers;
             return Ok((response, None));
         }
+        let upstream = self.upstream.load_full();
         let mut request = upstream_request(request, server, client, upgrade.clone())?;
         if via.is_tls() {
             headers::set_forwarded_proto_https(request.headers_mut());
@@ -365,7 +368,7 @@ impl Proxy {
 /// A server's response body, as hyper's client or the relay's pooled connection reads it.
 #[expect(
     clippy::large_enum_variant,
-    reason = "boxed once, right after, by with_accounting"
+    reason = "one per response, moved once into hyper's stream"
 )]
 enum ServerBody {
     Hyper(Incoming),
@@ -472,22 +475,58 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-/// Counts the response body's bytes against the server, and keeps the request in flight until
-/// the body is done.
-fn with_accounting(response: Response<ServerBody>, in_flight: InFlight) -> Response<ProxyBody> {
-    response.map(|body| {
-        body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                in_flight
-                    .server()
-                    .stats
-                    .bytes_out
-                    .fetch_add(data.len() as u64, Relaxed);
+/// The body of a response the pipeline gives its transport: the server's, whose bytes are
+/// counted against the server and which keeps the request in flight until it is done; or one
+/// the proxy made (an error's, an accepted upgrade's). Not boxed: hyper's HTTP/2 server takes
+/// it as it is.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per response, moved into hyper's stream: boxing it is the allocation saved"
+)]
+enum Answer {
+    Server {
+        body: ServerBody,
+        in_flight: InFlight,
+    },
+    Own(ProxyBody),
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = BodyFailed;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyFailed>>> {
+        match self.get_mut() {
+            Self::Server { body, in_flight } => {
+                let frame = std::pin::Pin::new(body).poll_frame(cx);
+                if let std::task::Poll::Ready(Some(Ok(frame))) = &frame {
+                    if let Some(data) = frame.data_ref() {
+                        let stats = &in_flight.server().stats;
+                        stats.bytes_out.fetch_add(data.len() as u64, Relaxed);
+                    }
+                }
+                frame
             }
-            frame
-        })
-        .boxed()
-    })
+            Self::Own(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Server { body, .. } => body.is_end_stream(),
+            Self::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Server { body, .. } => body.size_hint(),
+            Self::Own(body) => body.size_hint(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use super::workers;
 use crate::backend::ServerState;
 
-/// Idle connections kept per server; more are closed.
+/// Idle connections kept per server and worker; more are closed.
 const MAX_IDLE: usize = 256;
 
 /// An idle connection older than this is closed rather than reused: servers close theirs
@@ -68,10 +68,28 @@ fn find(pools: &[(Weak<ServerState>, Arc<Pool>)], server: &Arc<ServerState>) -> 
 }
 
 /// Idle connections, each with the worker whose event loop it is registered with (see
-/// [`super::workers`]): a connection is only reused on its own worker.
-#[derive(Default)]
+/// [`super::workers`]): a connection is only reused on its own worker. Kept in one shard per
+/// worker (and one for other threads), so that workers taking and parking connections at
+/// once neither wait for one lock nor move its cache line between their CPUs at every
+/// request.
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    shards: Box<[Shard]>,
+}
+
+/// The idle connections parked by some of the threads (see [`Pool::shard`]), alone on its
+/// cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Vec<Idle>>);
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self {
+            shards: (0..=workers::expected())
+                .map(|_| Shard::default())
+                .collect(),
+        }
+    }
 }
 
 struct Idle {
@@ -86,7 +104,7 @@ impl Pool {
         let worker = workers::current();
         loop {
             let idle = {
-                let mut idle = self.lock();
+                let mut idle = self.lock(worker);
                 let at = idle.iter().rposition(|i| i.worker == worker)?;
                 idle.remove(at)
             };
@@ -98,18 +116,25 @@ impl Pool {
 
     /// Parks a connection that has just finished an exchange and may be reused.
     pub fn put(&self, stream: TcpStream) {
-        let mut idle = self.lock();
+        let worker = workers::current();
+        let mut idle = self.lock(worker);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                worker: workers::current(),
+                worker,
                 stream,
                 parked: Instant::now(),
             });
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle
+    /// The shard of `worker`'s connections: its own, unless there are more workers than
+    /// expected (they share then, and [`Idle::worker`] still tells theirs apart); the last
+    /// for other threads.
+    fn lock(&self, worker: Option<usize>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        let last = self.shards.len() - 1;
+        let shard = worker.map_or(last, |worker| worker % last.max(1));
+        self.shards[shard]
+            .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -38,6 +38,10 @@ use crate::{
 const MAX_HEAD: usize = 64 * 1024;
 /// The most read from a server connection at once.
 const READ_SIZE: usize = 16 * 1024;
+/// The first read of an answer: a head and a small body fit, and a buffer this small comes
+/// from the allocator's per-thread cache (a larger one takes its slow path at every request);
+/// it grows for a larger head, and the body's reads take [`READ_SIZE`].
+const FIRST_READ: usize = 1000;
 /// The longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 4096;
 
@@ -125,7 +129,7 @@ async fn send(
     if let Err(error) = leg.stream.write_all(&request.head).await {
         return Err(server_failed(leg, false, error));
     }
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
         let read = tokio::time::timeout(
             server_timeout,
@@ -542,6 +546,31 @@ mod tests {
             let frame = answer.body.frame().await.unwrap().unwrap();
             assert_eq!(frame.into_data().unwrap(), "ok");
             assert!(answer.body.is_end_stream());
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// A head much longer than the first read grows the buffer and is read whole.
+    #[tokio::test]
+    async fn a_head_longer_than_the_first_read_is_read_whole() {
+        use http_body_util::BodyExt as _;
+        let value = "v".repeat(FIRST_READ * 5);
+        let answer = format!("HTTP/1.1 200 OK\r\nX-Long: {value}\r\nContent-Length: 2\r\n\r\nok");
+        let (server, accepted) = server(Box::leak(answer.into_bytes().into_boxed_slice())).await;
+        let pools = Pools::default();
+        let request = Request {
+            head: b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+            head_request: false,
+            repeatable: true,
+        };
+        let timeouts = (Duration::from_secs(1), Duration::from_secs(2));
+        for _ in 0..2 {
+            let answer = exchange(&pools, &server, &request, "JSESSIONID", timeouts)
+                .await
+                .unwrap();
+            assert_eq!(answer.headers["x-long"].len(), value.len());
+            let body = answer.body.collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     }

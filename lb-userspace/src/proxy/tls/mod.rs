@@ -20,7 +20,6 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::{Buf as _, Bytes};
-use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -42,7 +41,7 @@ use super::{
     drain::Drain,
     exchange::{TlsInfo, Via},
     relay::{self, Release},
-    ConnSettings, Frontend, Proxy,
+    Answer, BodyFailed, ConnSettings, Frontend, Proxy,
 };
 use crate::config;
 
@@ -191,14 +190,21 @@ pub(super) async fn serve(
     } else {
         Prefixed::new(stream, Bytes::new())
     };
-    let (frontend, proxy) = (Arc::clone(frontend), Arc::clone(proxy));
+    // One handle per connection, cloned per request: the frontend's and the proxy's own
+    // reference counts are shared by every worker thread, and each request touching them would
+    // move their cache line between CPUs.
+    let shared = Arc::new((Arc::clone(frontend), Arc::clone(proxy)));
     let idle = Arc::new(Idle::new());
     let busy = Arc::clone(&idle);
     let service = service_fn(move |request| {
-        let (frontend, proxy) = (Arc::clone(&frontend), Arc::clone(&proxy));
+        let shared = Arc::clone(&shared);
         let active = busy.begin();
-        async move {
-            let mut response = proxy.serve(&frontend, peer, via, request).await;
+        // Boxed: hyper moves a stream's future a few times before it runs it (into the
+        // stream's state, then into a task of its own), and the request pipeline's future is a
+        // few KiB; a pointer moves for nothing.
+        Box::pin(async move {
+            let (frontend, proxy) = &*shared;
+            let mut response = proxy.serve(frontend, peer, via, request).await;
             if let Some(hsts) = &frontend.hsts {
                 // The server's own policy, when it has one, is the one that counts.
                 response
@@ -207,15 +213,12 @@ pub(super) async fn serve(
                     .or_insert_with(|| hsts.clone());
             }
             // In progress until hyper is done with the body (it drops it then).
-            let response = response.map(|body| {
-                body.map_frame(move |frame| {
-                    let _ = &active;
-                    frame
-                })
-                .boxed()
+            let response = response.map(|body| InProgress {
+                body,
+                _active: active,
             });
             Ok::<_, std::convert::Infallible>(response)
-        }
+        })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -344,9 +347,39 @@ impl Idle {
 /// A request in progress on a connection (see [`Idle`]).
 struct Active(Arc<Idle>);
 
+/// A response body that keeps its request in progress until hyper drops it.
+struct InProgress {
+    body: Answer,
+    _active: Active,
+}
+
+impl hyper::body::Body for InProgress {
+    type Data = Bytes;
+    type Error = BodyFailed;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyFailed>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
-        *self.0.since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        // Only the last one's end starts the idle time: the others need not read the clock.
+        // (A connection's requests all end on its worker's thread: none ends in between.)
+        if self.0.active.load(SeqCst) == 1 {
+            *self.0.since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
         self.0.active.fetch_sub(1, SeqCst);
     }
 }
