@@ -120,6 +120,17 @@ pub const SPLICE_STATS_MAP: &str = "SPLICE_STATS";
 /// Name of the TC program (and of its pinned TCX link, suffixed with the interface name).
 pub const SPLICE_PROGRAM: &str = "splice_ingress";
 
+/// Name of the XDP program that translates SPLICE flows (docs/SPLICE.md, "At XDP"), and of its
+/// pinned links, suffixed with the interface name.
+pub const SPLICE_XDP_PROGRAM: &str = "splice_xdp";
+
+/// Name of the device map of the interfaces [`SPLICE_XDP_PROGRAM`] may redirect to (keyed by
+/// ifindex). Not pinned: each process fills its own object's map.
+pub const SPLICE_XDP_PORTS_MAP: &str = "SPLICE_XDP_PORTS";
+
+/// Capacity of [`SPLICE_XDP_PORTS_MAP`]: interfaces.
+pub const SPLICE_XDP_PORTS_ENTRIES: u32 = 64;
+
 /// Capacity of [`SPLICE_FLOWS_MAP`] in the eBPF object; two entries per spliced connection.
 /// A plain hash map, never LRU: evicting a live flow resets the client and orphans the server.
 pub const SPLICE_FLOWS_DEFAULT_ENTRIES: u32 = 65536;
@@ -130,7 +141,8 @@ pub const SPLICE_STATE_OBSERVE: u32 = 0;
 /// state it does not know (drops the packets, a SYN retires the pair); the collector removes
 /// such an entry when no live connection owns it.
 pub const SPLICE_STATE_RETIRED_HOLD: u32 = 1;
-/// The TC program translates every packet and redirects it to [`SpliceEntry::out_ifindex`].
+/// The TC program translates every packet and redirects it to [`SpliceEntry::out_ifindex`]
+/// (where [`SPLICE_XDP_PROGRAM`] is attached, it translates them first, see docs/SPLICE.md).
 pub const SPLICE_STATE_SPLICE: u32 = 2;
 /// The program drops the flow's packets (never hands them to a stack that has no socket for
 /// them) until the entry is deleted; the collector removes the pair after 5 s without activity
@@ -184,7 +196,10 @@ pub const SPLICE_STAT_SYN_REUSE: u32 = 4;
 pub const SPLICE_STAT_SACK: u32 = 5;
 /// [`SPLICE_STATS_MAP`] index: hand-offs the program completed (ARMED -> SPLICE).
 pub const SPLICE_STAT_COMPLETED: u32 = 6;
-/// Number of [`SPLICE_STATS_MAP`] slots (the last one is unused).
+/// [`SPLICE_STATS_MAP`] index: of the packets in [`SPLICE_STAT_REDIRECTED`], those the XDP
+/// program translated (the rest were translated by the TC program).
+pub const SPLICE_STAT_XDP_REDIRECTED: u32 = 7;
+/// Number of [`SPLICE_STATS_MAP`] slots.
 pub const SPLICE_STATS_LEN: u32 = 8;
 
 /// Key of the splice flow map: the IPv4/TCP 4-tuple exactly as the packet arrives on the load

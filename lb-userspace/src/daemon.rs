@@ -305,6 +305,7 @@ fn start_fastpath(
         rules,
         policy,
         source_ports: config.fastpath.source_ports.range(),
+        xdp: config.fastpath.xdp == crate::config::FastPathXdp::Auto,
     };
     let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, options)
         .map(Arc::new)
