@@ -224,7 +224,8 @@ pub struct SpliceKey {
 /// Written by userspace: `state`, `flags`, `out_ifindex`, the `new_*` fields, the deltas, the
 /// window shifts and the `armed_*` fields. Written by the program: `seen`, `last_tsval`,
 /// `packets`, `bytes`, `last_seen_ns`, and `state` when it completes an ARMED hand-off; it also
-/// deletes both entries of a flow whose 4-tuple a SYN reuses. Deltas are in host order and added
+/// deletes both entries of a flow whose 4-tuple a SYN reuses. The XDP program writes the same
+/// counters for the packets it translates, and `new_smac`/`new_dmac`. Deltas are in host order and added
 /// modulo 2^32 to the host-order value of the field; addresses and ports are in network order.
 /// The layout, field by field, is in docs/SPLICE.md.
 #[repr(C)]
@@ -273,9 +274,12 @@ pub struct SpliceEntry {
     pub bytes: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen.
     pub last_seen_ns: u64,
-    /// Source MAC written with [`SPLICE_F_REDIRECT_PEER`].
+    /// Source MAC written with [`SPLICE_F_REDIRECT_PEER`], and by [`SPLICE_XDP_PROGRAM`]. The XDP
+    /// program learns it from the other direction's packets (their destination MAC) and writes
+    /// it here; zero until then.
     pub new_smac: [u8; 6],
-    /// Destination MAC written with [`SPLICE_F_REDIRECT_PEER`].
+    /// Destination MAC written with [`SPLICE_F_REDIRECT_PEER`], and by [`SPLICE_XDP_PROGRAM`]
+    /// (learned from the other direction's packets: their source MAC).
     pub new_dmac: [u8; 6],
     /// ARMED: where the proxy socket's receive stream ends (`rcv_nxt`, host order); the packet
     /// that completes the hand-off starts there (or one before: a keepalive probe).

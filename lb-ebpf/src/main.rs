@@ -70,12 +70,14 @@ pub fn splice_ingress(ctx: TcContext) -> i32 {
 ///   xdp` setting and the driver allow it. `splice_ingress` stays attached behind it.
 /// - Minimum kernel: 5.18 (`bpf_xdp_load_bytes`). Tested on 6.18.
 /// - Returns `XDP_REDIRECT` for a translated packet of a SPLICE entry (not a SYN, IPv4 without
-///   options, its next hop resolved, its out interface in `SPLICE_XDP_PORTS`); `XDP_PASS`,
+///   options, the MAC addresses of its direction learned, fitting the MTU of its out interface,
+///   which is in `SPLICE_XDP_PORTS`); `XDP_PASS`,
 ///   untouched, for every other packet, which `splice_ingress` then handles as it would
 ///   without this program; `XDP_DROP` for a packet whose rewrite failed after it began.
 /// - Reads `SPLICE_FLOWS` and `SPLICE_XDP_PORTS`; writes the translated entries' `seen`,
-///   counters and time exactly as `splice_ingress` does, and `SPLICE_STATS` (slot
-///   `SPLICE_STAT_XDP_REDIRECTED` besides the others).
+///   counters and time exactly as `splice_ingress` does, the MAC addresses (`new_smac`,
+///   `new_dmac`) of the partner of every ARMED or SPLICE entry a packet arrives for, and
+///   `SPLICE_STATS` (slot `SPLICE_STAT_XDP_REDIRECTED` besides the others).
 #[xdp]
 pub fn splice_xdp(ctx: XdpContext) -> u32 {
     match ingress::xdp::try_splice_xdp(&ctx) {

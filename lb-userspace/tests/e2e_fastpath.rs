@@ -26,7 +26,7 @@ use common::{
 };
 use lb_common::{
     SPLICE_FLOWS_MAP, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_SPLICE, SPLICE_STATS_MAP,
-    SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED,
+    SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_XDP_REDIRECTED,
 };
 use sha2::{Digest as _, Sha256};
 use stickylb::{
@@ -478,6 +478,12 @@ fn keep_alive_connection_is_spliced_and_carries_100_mb() {
         stats[SPLICE_STAT_REDIRECTED as usize],
         to_server.packets + to_client.packets
     );
+    if common::fastpath::xdp_on() {
+        assert!(
+            stats[SPLICE_STAT_XDP_REDIRECTED as usize] > 0,
+            "packets were translated at XDP"
+        );
+    }
     let sockets = run
         .topo
         .lb

@@ -4,11 +4,22 @@
 //!
 //! Only the steady state runs here. Every packet this program does not translate passes
 //! untouched to the TC program, which runs the whole state machine as before: no entry,
-//! OBSERVE, ARMED, CLOSED, a SYN on any entry, IP options, a frame whose next hop the FIB cannot
-//! give (a neighbour not resolved yet) or whose out interface cannot take redirected frames.
+//! OBSERVE, ARMED, CLOSED, a SYN on any entry, IP options, a flow whose next hop's MAC address
+//! is not known yet, a frame too large for its out interface, or an out interface that cannot
+//! take redirected frames.
 //! Every such decision is made before the first write, so a passed packet is the packet that
 //! arrived; from the first write on, an error drops the packet as TC does (the peer
 //! retransmits).
+//!
+//! MAC addresses: `bpf_fib_lookup` refuses to work on an interface without IP forwarding, and a
+//! load balancer that terminates TCP does not forward. So the program learns them from the
+//! flow itself: a packet of one direction arrives on the interface the other direction leaves
+//! by, from the host the other direction goes to; its source MAC address is the other
+//! direction's destination, its destination MAC address the other direction's source. Every
+//! packet of an ARMED or SPLICE entry writes them into its partner entry (`new_dmac`,
+//! `new_smac`) when they differ and the partner leaves by the interface the packet came in on;
+//! until the partner's first packet, a direction's packets go through TC
+//! (`bpf_redirect_neigh`).
 //!
 //! Checksums: XDP has no incremental checksum helpers, and cannot tell whether the TCP
 //! checksum field holds a full checksum (a packet from the wire) or the pseudo-header seed of
@@ -19,12 +30,13 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT},
-    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_loop, bpf_xdp_load_bytes},
+    bindings::xdp_action,
+    helpers::{bpf_check_mtu, bpf_csum_diff, bpf_loop, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use lb_common::{
-    SpliceEntry, SPLICE_STATE_SPLICE, SPLICE_STAT_REDIRECTED, SPLICE_STAT_XDP_REDIRECTED,
+    SpliceEntry, SpliceKey, SPLICE_STATE_ARMED, SPLICE_STATE_SPLICE, SPLICE_STAT_REDIRECTED,
+    SPLICE_STAT_XDP_REDIRECTED,
 };
 
 use super::{
@@ -36,7 +48,6 @@ use super::{
 };
 use crate::maps::{stat_inc, SPLICE_FLOWS, SPLICE_XDP_PORTS, SPLICE_XDP_SCRATCH};
 
-const AF_INET: u8 = 2;
 /// Bytes summed per `bpf_loop` step: `bpf_csum_diff`'s largest buffer, the scratch buffer's size.
 const CHUNK: u32 = 512;
 /// Steps of the TCP checksum: segments up to 9 KiB (jumbo frames); a larger one passes to TC.
@@ -55,7 +66,13 @@ pub(crate) fn try_splice_xdp(ctx: &XdpContext) -> Result<u32, Drop> {
     // the TC program).
     let e: SpliceEntry = unsafe { ptr::read_volatile(entry) };
     // SYNs retire the flow and ARMED entries complete their hand-off: both in TC.
-    if e.state != SPLICE_STATE_SPLICE || th.flags & TCP_SYN != 0 || ihl != 20 {
+    if th.flags & TCP_SYN != 0 || ihl != 20 {
+        return PASS;
+    }
+    if e.state == SPLICE_STATE_ARMED || e.state == SPLICE_STATE_SPLICE {
+        learn_macs(ctx, &e);
+    }
+    if e.state != SPLICE_STATE_SPLICE || e.new_dmac == [0; 6] {
         return PASS;
     }
     let Ok(hdr_end) = header_end(&th) else {
@@ -70,10 +87,7 @@ pub(crate) fn try_splice_xdp(ctx: &XdpContext) -> Result<u32, Drop> {
     {
         return PASS;
     }
-    let Some(hop) = next_hop(ctx, &e, tot_len) else {
-        return PASS;
-    };
-    if SPLICE_XDP_PORTS.get_ifindex(e.out_ifindex).is_none() {
+    if !fits(ctx, e.out_ifindex) || SPLICE_XDP_PORTS.get_ifindex(e.out_ifindex).is_none() {
         return PASS;
     }
 
@@ -81,8 +95,8 @@ pub(crate) fn try_splice_xdp(ctx: &XdpContext) -> Result<u32, Drop> {
     account(entry, &th, frame_len.saturating_sub(hdr_end));
     rewrite_frame(ctx, &e, &ip, &th, hdr_end)?;
     checksums(ctx, &e, l4_len)?;
-    ctx.store(0, &hop.dmac, 0)?;
-    ctx.store(6, &hop.smac, 0)?;
+    ctx.store(0, &e.new_dmac, 0)?;
+    ctx.store(6, &e.new_smac, 0)?;
     stat_inc(SPLICE_STAT_REDIRECTED);
     stat_inc(SPLICE_STAT_XDP_REDIRECTED);
     // With flags 0 a missing entry (removed since the lookup above) aborts: the packet is
@@ -106,48 +120,47 @@ fn rewrite_frame(
     rewrite(ctx, e, ip, th, hdr_end)
 }
 
-/// The MAC addresses of the translated packet's next hop.
-struct Hop {
-    smac: [u8; 6],
-    dmac: [u8; 6],
+/// Writes the MAC addresses the packet came with into its partner entry, as the partner's
+/// destination and source (see the module's documentation), if the partner leaves by the
+/// interface the packet came in on and they changed.
+#[inline(never)]
+fn learn_macs(ctx: &XdpContext, e: &SpliceEntry) {
+    let Some(partner) = SPLICE_FLOWS.get_ptr_mut(SpliceKey::reverse_of(e)) else {
+        return;
+    };
+    let Ok(macs) = ctx.load::<[[u8; 6]; 2]>(0) else {
+        return;
+    };
+    let [dst, src] = macs;
+    // SAFETY: a successful lookup's value stays valid for this run (RCU). Other CPUs may write
+    // it: a reader on another CPU can see a half-written address only while the addresses
+    // change (a new next hop), and the packet it sends then is one a stale neighbour entry
+    // would have sent too.
+    unsafe {
+        if (*partner).out_ifindex != ctx.ingress_ifindex() as u32 {
+            return;
+        }
+        if ptr::read_volatile(&raw const (*partner).new_dmac) != src {
+            ptr::write_volatile(&raw mut (*partner).new_dmac, src);
+        }
+        if ptr::read_volatile(&raw const (*partner).new_smac) != dst {
+            ptr::write_volatile(&raw mut (*partner).new_smac, dst);
+        }
+    }
 }
 
-/// The next hop of the translated packet out of `e.out_ifindex` (an output route lookup: the
-/// load balancer need not forward), if the FIB has it with a resolved neighbour, on that
-/// interface, with an MTU that takes `tot_len` bytes. Otherwise TC's `bpf_redirect_neigh`
-/// does it (and resolves the neighbour).
-#[inline(never)]
-fn next_hop(ctx: &XdpContext, e: &SpliceEntry, tot_len: u32) -> Option<Hop> {
-    // SAFETY: plain data; all zero is "no input" for every field the lookup reads.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = IPPROTO_TCP;
-    params.sport = e.new_sport;
-    params.dport = e.new_dport;
-    params.__bindgen_anon_1.tot_len = tot_len as u16;
-    params.ifindex = e.out_ifindex;
-    params.__bindgen_anon_3.ipv4_src = e.new_saddr;
-    params.__bindgen_anon_4.ipv4_dst = e.new_daddr;
-    // SAFETY: `params` is a whole `bpf_fib_lookup` on the stack; the context is this program's.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx.cast(),
-            &raw mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || params.ifindex != e.out_ifindex {
-        return None;
-    }
-    Some(Hop {
-        smac: params.smac,
-        dmac: params.dmac,
-    })
+/// Whether the frame fits the MTU of interface `ifindex` (a redirect of a larger one fails,
+/// and the frame would be lost; TC's redirect handles it as the stack would).
+#[inline(always)]
+fn fits(ctx: &XdpContext, ifindex: u32) -> bool {
+    let mut mtu = 0u32;
+    // SAFETY: the context is this program's; `mtu` is a writable u32.
+    let rc = unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &raw mut mtu, 0, 0) };
+    rc == 0
 }
 
 /// Writes both checksums of the rewritten packet. A subprogram of its own (as is
-/// [`next_hop`]): its stack does not add to the caller's, which holds the entry and headers.
+/// [`learn_macs`]): its stack does not add to the caller's, which holds the entry and headers.
 #[inline(never)]
 fn checksums(ctx: &XdpContext, e: &SpliceEntry, l4_len: u32) -> Result<(), Drop> {
     ip_checksum(ctx)?;
