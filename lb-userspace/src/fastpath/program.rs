@@ -85,8 +85,10 @@ pub enum XdpAttachment {
     /// The driver has no native XDP (or refuses this program, e.g. for its MTU): TC only.
     /// Generic XDP is not used: it runs where TC runs, on a socket buffer, and gains nothing.
     Unsupported,
-    /// Another XDP program (the shield, or someone else's) holds the interface: TC only.
+    /// Another XDP program (someone else's) holds the interface: TC only.
     Occupied,
+    /// The shield runs at XDP on the interface: TC only.
+    Shield,
 }
 
 impl XdpAttachment {
@@ -95,7 +97,7 @@ impl XdpAttachment {
     pub fn translation(self) -> &'static str {
         match self {
             Self::Native => "xdp",
-            Self::Off | Self::Unsupported | Self::Occupied => "tc",
+            Self::Off | Self::Unsupported | Self::Occupied | Self::Shield => "tc",
         }
     }
 
@@ -106,6 +108,7 @@ impl XdpAttachment {
             Self::Native => "native",
             Self::Unsupported => "unsupported",
             Self::Occupied => "occupied",
+            Self::Shield => "shield",
         }
     }
 }
@@ -177,6 +180,16 @@ impl FastPath {
         let link = program.take_link(id).map_err(attach_err)?;
         dataplane::keep_link(link, &path, true)?;
         Ok(XdpAttachment::Native)
+    }
+
+    /// What an interface the shield takes gets: TC only (`Off` when this process runs no XDP
+    /// translation at all). One XDP program per interface; the shield's comes first.
+    pub fn xdp_left_to_shield(&self) -> XdpAttachment {
+        if self.xdp {
+            XdpAttachment::Shield
+        } else {
+            XdpAttachment::Off
+        }
     }
 
     /// Lets `splice_xdp` redirect translated frames to interface `ifindex` (it passes the

@@ -105,6 +105,7 @@ pub struct Runtime {
     rules: Rules,
     pub(super) policy: Policy,
     source_ports: RangeInclusive<u16>,
+    shielded: Vec<String>,
     pub stats: Stats,
 }
 
@@ -129,6 +130,9 @@ pub struct Options {
     pub source_ports: RangeInclusive<u16>,
     /// `[fastpath] xdp = "auto"`: translate at XDP too where the interfaces allow it.
     pub xdp: bool,
+    /// Interfaces the shield attaches to: XDP there is the shield's, the translation stays in
+    /// TC (docs/SPLICE.md, "At XDP").
+    pub shielded: Vec<String>,
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,6 +155,7 @@ impl Runtime {
             policy,
             source_ports,
             xdp,
+            shielded,
         } = options;
         let mut program = FastPath::load(root, xdp)?;
         let flows = program.flows()?;
@@ -169,6 +174,7 @@ impl Runtime {
             rules,
             policy,
             source_ports: source_ports.clone(),
+            shielded,
             stats: Stats::default(),
         };
         for name in interfaces {
@@ -217,7 +223,11 @@ impl Runtime {
         let (how, xdp, xdp_target) = {
             let mut program = lock(&self.program);
             let how = program.attach(&interface.name)?;
-            let xdp = program.attach_xdp(&interface.name)?;
+            let xdp = if self.shielded.contains(&interface.name) {
+                program.xdp_left_to_shield()
+            } else {
+                program.attach_xdp(&interface.name)?
+            };
             let xdp_target = xdp != XdpAttachment::Off
                 && match interfaces::transmits_xdp_redirects(interface.index) {
                     Ok(transmits) => transmits,

@@ -408,7 +408,7 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
         Kind::Gauge,
         "Interfaces the fast path is attached to: where the translation of the packets arriving \
          there runs (xdp, in front of tc; or tc only), the XDP attach outcome (native, off, \
-         unsupported, occupied), and whether the XDP program may redirect to it; always 1.",
+         unsupported, occupied, shield), and whether the XDP program may redirect to it; always 1.",
     )?;
     for i in &f.interfaces {
         writeln!(

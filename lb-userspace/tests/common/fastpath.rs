@@ -238,6 +238,20 @@ pub fn enable_gro(ns: &NetNs, dev: &str) {
     });
 }
 
+/// The SHA-256 of the backend's `/bytes/N` body: 64 KiB frames of `i % 251`.
+pub fn backend_body_sha256(len: u64) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let block: Vec<u8> = (0..65536).map(|i| (i % 251) as u8).collect();
+    let mut hash = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(65536) as usize;
+        hash.update(&block[..n]);
+        left -= n as u64;
+    }
+    hash.finalize().into()
+}
+
 /// The test backend in `ns` with servers `s1` on `addr:8001` and `s2` on `addr:8002`, ready.
 pub fn spawn_servers(ns: &NetNs, addr: &str) -> Proc {
     let backend = Proc::spawn(
@@ -308,6 +322,24 @@ impl Client {
     /// GET `path`; `close` asks the server to close after answering. Returns the server that
     /// answered (`X-Served-By`), or the error.
     pub fn get(&mut self, path: &str, close: bool) -> std::io::Result<String> {
+        self.fetch(path, close, &mut |_| {})
+    }
+
+    /// GET `path` (keep-alive): the server that answered and the SHA-256 of the body.
+    pub fn get_sha256(&mut self, path: &str) -> std::io::Result<(String, [u8; 32])> {
+        use sha2::{Digest as _, Sha256};
+        let mut hash = Sha256::new();
+        let server = self.fetch(path, false, &mut |chunk| hash.update(chunk))?;
+        Ok((server, hash.finalize().into()))
+    }
+
+    /// GET `path`, handing the body to `body` as it comes.
+    fn fetch(
+        &mut self,
+        path: &str,
+        close: bool,
+        body: &mut dyn FnMut(&[u8]),
+    ) -> std::io::Result<String> {
         let close = if close { "Connection: close\r\n" } else { "" };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: t\r\nCookie: JSESSIONID={}\r\n{close}\r\n",
@@ -336,10 +368,17 @@ impl Client {
         let len: usize = header("content-length")
             .and_then(|l| l.parse().ok())
             .ok_or_else(|| invalid("no content-length"))?;
-        while self.buf.len() < len {
+        let mut left = len;
+        loop {
+            let n = left.min(self.buf.len());
+            body(&self.buf[..n]);
+            self.buf.drain(..n);
+            left -= n;
+            if left == 0 {
+                break;
+            }
             self.fill()?;
         }
-        self.buf.drain(..len);
         header("x-served-by").ok_or_else(|| invalid("no x-served-by"))
     }
 
