@@ -26,7 +26,7 @@ use common::{
 };
 use lb_common::{
     SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_ARMED,
-    SPLICE_STATE_SPLICE, SPLICE_STAT_DROPPED,
+    SPLICE_STATE_SPLICE, SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_XDP_REDIRECTED,
 };
 use sha2::{Digest as _, Sha256};
 use stickylb::{
@@ -501,6 +501,13 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
     assert!(collected, "entries collected: {:?}", setup.spliced());
     let stats = read_pinned_stats(&setup.root).unwrap();
     assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+    if common::fastpath::xdp_on() {
+        // Across the kill and the restart, the download was translated at XDP.
+        assert!(
+            stats[SPLICE_STAT_XDP_REDIRECTED as usize] * 2 > stats[SPLICE_STAT_REDIRECTED as usize],
+            "{stats:?}"
+        );
+    }
     drop(capture);
     let rsts = rsts_in(&setup.topo.lb, &capture_file);
     let lines: Vec<&str> = rsts.lines().filter(|l| l.contains(" IP ")).collect();
@@ -834,6 +841,13 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
     assert!(fin, "FIN both ways on both: {:?}", setup.spliced());
     let stats = read_pinned_stats(&setup.root).unwrap();
     assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+    if common::fastpath::xdp_on() {
+        // Across the kill and the restart, the download was translated at XDP.
+        assert!(
+            stats[SPLICE_STAT_XDP_REDIRECTED as usize] * 2 > stats[SPLICE_STAT_REDIRECTED as usize],
+            "{stats:?}"
+        );
+    }
     drop(capture);
     let rsts = rsts_in(&setup.topo.lb, &capture_file);
     let lines: Vec<&str> = rsts.lines().filter(|l| l.contains(" IP ")).collect();
