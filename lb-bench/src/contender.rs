@@ -101,13 +101,23 @@ impl Contender {
         }
     }
 
-    /// The contenders that can run here, in [`Self::ALL`]'s order, then [`Self::EXTRA`]'s.
+    /// The default contenders that can run here, in [`Self::ALL`]'s order.
     pub(super) fn available() -> Vec<Self> {
         Self::ALL
             .into_iter()
-            .chain(Self::EXTRA)
             .filter(|contender| contender.unavailable().is_none())
             .collect()
+    }
+
+    /// Every contender that can run here: [`Self::available`], then [`Self::EXTRA`]'s.
+    pub(super) fn available_with_extra() -> Vec<Self> {
+        let mut all = Self::available();
+        all.extend(
+            Self::EXTRA
+                .into_iter()
+                .filter(|contender| contender.unavailable().is_none()),
+        );
+        all
     }
 
     pub(super) fn is_stickylb(self) -> bool {

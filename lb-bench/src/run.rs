@@ -113,7 +113,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Every workload against every contender that can run, `runs` times, contenders alternating.
 fn run_matrix(env: &Env, args: &BenchArgs) -> anyhow::Result<Vec<Cell>> {
-    let contenders: Vec<Contender> = Contender::available()
+    let contenders: Vec<Contender> = Contender::available_with_extra()
         .into_iter()
         .filter(|&contender| args.wants_contender(contender))
         .collect();
