@@ -4,7 +4,9 @@
 //!
 //! Every read goes through `bpf_skb_load_bytes` into aligned stack structs and every write
 //! through `bpf_skb_store_bytes` and the checksum helpers, so there are no packet pointers to
-//! revalidate after a write and no offsets the verifier has to bound.
+//! revalidate after a write and no offsets the verifier has to bound. The parse, the
+//! bookkeeping and the rewrite of a translated packet are generic over the hook ([`Frame`]):
+//! the XDP program (`super::xdp`) runs the same ones.
 
 use core::{
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -27,7 +29,7 @@ use super::{frame::Frame, options::OptionWalk};
 use crate::maps::{stat_inc, SPLICE_FLOWS};
 
 pub(crate) const ETH_HLEN: usize = 14;
-pub(crate) const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IP: u16 = 0x0800;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IP_OFF: usize = ETH_HLEN;
 /// Only IPv4 headers without options are translated: L4 starts here.
@@ -43,7 +45,7 @@ pub(crate) const TCP_CSUM_OFF: usize = L4_OFF + 16;
 const TCP_FIN: u8 = 0x01;
 pub(crate) const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
-pub(crate) const TCP_ACK: u8 = 0x10;
+const TCP_ACK: u8 = 0x10;
 
 /// The IPv4 header without options; multi-byte fields in network order.
 #[repr(C)]
