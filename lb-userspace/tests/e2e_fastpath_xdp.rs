@@ -2,7 +2,9 @@
 //! on veths whose far ends take redirected frames (GRO on), the daemon attaches `splice_xdp` in
 //! native mode, and the packets of a spliced keep-alive connection and of a spliced download
 //! are translated at XDP and arrive intact; with the shield on the frontend's interface, the
-//! translation there stays in TC, the shield keeps its XDP, and the download is still intact. The real daemon, in
+//! translation there stays in TC, the shield keeps its XDP, and the download is still intact;
+//! where the far ends have GRO off (no interface takes redirected frames), XDP translates
+//! nothing and TC everything. The real daemon, in
 //! namespaces (`common::fastpath::Rig`).
 
 #![allow(
@@ -33,11 +35,15 @@ fn translated(rig: &Rig) -> (u64, u64) {
     )
 }
 
-/// The `/metrics` line of a fast path interface.
+/// The `/metrics` line of a fast path interface that takes redirected frames.
 fn interface_line(interface: &str, translation: &str, xdp: &str) -> String {
+    interface_line_target(interface, translation, xdp, "yes")
+}
+
+fn interface_line_target(interface: &str, translation: &str, xdp: &str, target: &str) -> String {
     format!(
         "stickylb_fastpath_interface{{interface=\"{interface}\",translation=\"{translation}\",\
-         xdp=\"{xdp}\",xdp_redirect_target=\"yes\"}} 1"
+         xdp=\"{xdp}\",xdp_redirect_target=\"{target}\"}} 1"
     )
 }
 
@@ -150,6 +156,29 @@ fn with_the_shield_on_the_frontend_interface_its_translation_stays_in_tc() {
     // Both flows were translated (in TC: the XDP program on the backends' side learns the
     // client's MAC addresses only from packets it sees, and the client's arrive through the
     // shield), and the download arrived intact (checked above).
+    assert!(
+        keep_alive.0 > 0 && download.0 > 0,
+        "{keep_alive:?} {download:?}"
+    );
+}
+
+#[test]
+fn without_gro_at_the_far_ends_no_interface_is_a_redirect_target_and_tc_translates() {
+    if !common::privileged() {
+        return;
+    }
+    let rig = Rig::routed_xdp_without_gro("fpxg", 246, "[fastpath]\nafter_requests = 1\n");
+    let _daemon = rig.start();
+    let [keep_alive, download] = keep_alive_then_download(&rig);
+    let metrics = rig.metrics();
+    for interface in ["veth-client", "veth-backends"] {
+        assert!(
+            metrics.contains(&interface_line_target(interface, "xdp", "native", "no")),
+            "{interface}: {metrics}"
+        );
+    }
+    // Redirecting there would lose the frames: every packet passed to TC.
+    assert_eq!((keep_alive.1, download.1), (0, 0));
     assert!(
         keep_alive.0 > 0 && download.0 > 0,
         "{keep_alive:?} {download:?}"

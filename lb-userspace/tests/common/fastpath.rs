@@ -48,6 +48,17 @@ impl Rig {
         Rig::new(tag, Hosts::Routed(Topology::new(tag, net)), extra, true)
     }
 
+    /// [`Rig::routed_xdp`], but the far ends of the load balancer's veths keep GRO off: no
+    /// interface can take redirected frames.
+    pub fn routed_xdp_without_gro(tag: &str, net: u8, extra: &str) -> Rig {
+        Rig::new(
+            tag,
+            Hosts::Routed(Topology::new(tag, net)),
+            &with_xdp(extra),
+            false,
+        )
+    }
+
     /// Client 10.<net>.0.100, lb 10.<net>.0.11, backends 10.<net>.0.2, on one bridge.
     pub fn one_armed(tag: &str, net: u8, extra: &str) -> Rig {
         Rig::new(tag, Hosts::OneArmed(Lan::new(tag, net, 1)), extra, xdp_on())
@@ -190,9 +201,13 @@ pub fn xdp_on() -> bool {
     std::env::var("STICKYLB_TEST_XDP").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
-/// `extra` with `xdp = "auto"` in its `[fastpath]` section (added when it has none).
+/// `extra` with `xdp = "auto"` in its `[fastpath]` section (added when it has none; as it is
+/// when it has the key).
 pub fn with_xdp(extra: &str) -> String {
     const SECTION: &str = "[fastpath]\n";
+    if extra.contains("xdp = \"auto\"") {
+        return extra.to_owned();
+    }
     match extra.find(SECTION) {
         Some(at) => {
             let (head, tail) = extra.split_at(at + SECTION.len());
