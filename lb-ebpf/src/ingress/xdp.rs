@@ -58,6 +58,10 @@ pub(crate) fn try_splice_xdp(ctx: &XdpContext) -> Result<u32, Drop> {
     let Some(Parsed { ip, ihl, th, key }) = parse(ctx) else {
         return PASS;
     };
+    // A SYN retires its flow, in TC; IP options are TC's to drop. Neither needs a lookup here.
+    if th.flags & TCP_SYN != 0 || ihl != 20 {
+        return PASS;
+    }
     let Some(entry) = SPLICE_FLOWS.get_ptr_mut(key) else {
         return PASS;
     };
@@ -65,13 +69,10 @@ pub(crate) fn try_splice_xdp(ctx: &XdpContext) -> Result<u32, Drop> {
     // valid for this program run (RCU); one copy, so every field below is consistent (as in
     // the TC program).
     let e: SpliceEntry = unsafe { ptr::read_volatile(entry) };
-    // SYNs retire the flow and ARMED entries complete their hand-off: both in TC.
-    if th.flags & TCP_SYN != 0 || ihl != 20 {
-        return PASS;
-    }
     if e.state == SPLICE_STATE_ARMED || e.state == SPLICE_STATE_SPLICE {
         learn_macs(ctx, &e);
     }
+    // ARMED entries complete their hand-off in TC.
     if e.state != SPLICE_STATE_SPLICE || e.new_dmac == [0; 6] {
         return PASS;
     }
