@@ -31,7 +31,8 @@ pub(crate) struct BenchArgs {
     /// 10000]; a lower rate compares the contenders' lag at a load both sustain.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) lag_rate: Option<u32>,
-    /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path); see --workload.
+    /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path; and
+    /// stickylb-fast-path-xdp, which runs only when named); see --workload.
     #[arg(long = "contender", value_name = "ID", value_parser = parse_contender)]
     pub(crate) contenders: Vec<Contender>,
 }
@@ -75,7 +76,11 @@ impl BenchArgs {
         self.workloads.is_empty() || self.workloads.iter().any(|w| w == id)
     }
 
+    /// Named, or (when none is named) one of the default ones.
     pub(crate) fn wants_contender(&self, contender: Contender) -> bool {
-        self.contenders.is_empty() || self.contenders.contains(&contender)
+        if self.contenders.is_empty() {
+            return !Contender::EXTRA.contains(&contender);
+        }
+        self.contenders.contains(&contender)
     }
 }

@@ -48,19 +48,17 @@ impl RunTimeStats {
     }
 }
 
-/// Seconds the programs behind the links pinned in `dir` (`splice_ingress_<interface>`) have
-/// run so far; 0 when there are none.
+/// Seconds the programs behind the links pinned in `dir` (`splice_ingress_<interface>`, and
+/// `splice_xdp_<interface>` with the translation at XDP) have run so far; 0 when there are
+/// none.
 pub(super) fn fastpath_program_seconds(dir: &Path) -> anyhow::Result<f64> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(0.0);
     };
     let mut programs = BTreeSet::new();
     for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("splice_ingress_")
-        {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("splice_ingress_") || name.starts_with("splice_xdp_") {
             let link = bpftool(&["link", "show", "pinned"], &entry.path())?;
             programs.insert(number(&link, "prog_id")?);
         }

@@ -36,6 +36,12 @@ pub(super) enum Contender {
     /// stickylb with the kernel fast path on (`fastpath = "splice"`): keep-alive connections
     /// are handed to its TC program after their first exchange.
     StickylbFastPath,
+    /// The same with `[fastpath] xdp = "auto"`: the spliced flows' packets are translated at
+    /// XDP (docs/SPLICE.md, "At XDP"), with GRO on the far ends of the load balancer's veths
+    /// (which redirected frames need) while it runs. Not in the default runs: ask for it with
+    /// `--contender stickylb-fast-path-xdp` (beside `stickylb-fast-path` for XDP vs TC in one
+    /// run).
+    StickylbFastPathXdp,
 }
 
 impl Contender {
@@ -53,6 +59,7 @@ impl Contender {
             Self::Haproxy => "HAProxy 2.6",
             Self::Stickylb => "stickylb",
             Self::StickylbFastPath => "stickylb + fast path",
+            Self::StickylbFastPathXdp => "stickylb + fast path at XDP",
         }
     }
 
@@ -63,25 +70,38 @@ impl Contender {
             Self::Haproxy => "haproxy",
             Self::Stickylb => "stickylb",
             Self::StickylbFastPath => "stickylb-fast-path",
+            Self::StickylbFastPathXdp => "stickylb-fast-path-xdp",
         }
     }
 
+    /// Contenders that run only when named (`--contender`).
+    pub(super) const EXTRA: [Self; 1] = [Self::StickylbFastPathXdp];
+
     pub(super) fn from_id(id: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|contender| contender.id() == id)
+        Self::ALL
+            .into_iter()
+            .chain(Self::EXTRA)
+            .find(|contender| contender.id() == id)
     }
 
     /// Why this contender cannot run on this machine, if it cannot.
     pub(super) fn unavailable(self) -> Option<&'static str> {
         match self {
             // The fast path attaches its program with TCX (Linux 6.6).
-            Self::StickylbFastPath if !kernel_at_least(&kernel_release(), (6, 6)) => {
+            Self::StickylbFastPath | Self::StickylbFastPathXdp
+                if !kernel_at_least(&kernel_release(), (6, 6)) =>
+            {
                 Some("the kernel fast path attaches with TCX, which needs Linux 6.6 or later")
             }
-            Self::Direct | Self::Haproxy | Self::Stickylb | Self::StickylbFastPath => None,
+            Self::Direct
+            | Self::Haproxy
+            | Self::Stickylb
+            | Self::StickylbFastPath
+            | Self::StickylbFastPathXdp => None,
         }
     }
 
-    /// The contenders that can run here, in [`Self::ALL`]'s order.
+    /// The default contenders that can run here, in [`Self::ALL`]'s order.
     pub(super) fn available() -> Vec<Self> {
         Self::ALL
             .into_iter()
@@ -89,8 +109,27 @@ impl Contender {
             .collect()
     }
 
+    /// Every contender that can run here: [`Self::available`], then [`Self::EXTRA`]'s.
+    pub(super) fn available_with_extra() -> Vec<Self> {
+        let mut all = Self::available();
+        all.extend(
+            Self::EXTRA
+                .into_iter()
+                .filter(|contender| contender.unavailable().is_none()),
+        );
+        all
+    }
+
     pub(super) fn is_stickylb(self) -> bool {
-        matches!(self, Self::Stickylb | Self::StickylbFastPath)
+        matches!(
+            self,
+            Self::Stickylb | Self::StickylbFastPath | Self::StickylbFastPathXdp
+        )
+    }
+
+    /// Whether it runs stickylb's kernel fast path (at TC, or at XDP in front of it).
+    pub(super) fn is_fast_path(self) -> bool {
+        matches!(self, Self::StickylbFastPath | Self::StickylbFastPathXdp)
     }
 
     /// Where the client sends its requests, in the layout at `addrs`.
@@ -149,13 +188,20 @@ pub(super) fn stickylb_config(
     instance: &str,
     pin_dir: &str,
     control_socket: &str,
-    fastpath: bool,
+    fastpath: FastPathSetting,
     addrs: &Addrs,
     tls: Option<&TlsFiles>,
     shield: Option<SynLimit>,
 ) -> String {
     let (lb, backends) = (addrs.lb, addrs.backends);
-    let fastpath = if fastpath { "splice" } else { "off" };
+    let xdp = match fastpath {
+        FastPathSetting::Xdp => "[fastpath]\nxdp = \"auto\"\n\n",
+        FastPathSetting::Off | FastPathSetting::Tc => "",
+    };
+    let fastpath = match fastpath {
+        FastPathSetting::Off => "off",
+        FastPathSetting::Tc | FastPathSetting::Xdp => "splice",
+    };
     // Off unless asked for: the request workloads measure the proxy as they always have (and
     // their clients open more connections per address than the default SYN limit allows); the
     // syn-flood measurement turns it on.
@@ -197,8 +243,26 @@ pub(super) fn stickylb_config(
          servers = [\n{servers}]\n\n\
          [monitor]\nbind = \"{lb}:{MONITOR_PORT}\"\n\n\
          [timeouts]\nconnect = \"5s\"\nclient = \"50s\"\nserver = \"50s\"\ndrain = \"1s\"\n\n\
-         {shield}"
+         {xdp}{shield}"
     )
+}
+
+/// The bench's stickylb's fast path: off, at TC, or at XDP in front of TC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FastPathSetting {
+    Off,
+    Tc,
+    Xdp,
+}
+
+impl From<Contender> for FastPathSetting {
+    fn from(contender: Contender) -> Self {
+        match contender {
+            Contender::StickylbFastPath => Self::Tc,
+            Contender::StickylbFastPathXdp => Self::Xdp,
+            Contender::Direct | Contender::Haproxy | Contender::Stickylb => Self::Off,
+        }
+    }
 }
 
 /// The shield's SYN limit of the bench's stickylb (`[shield] syn_rate`, `syn_burst`).
@@ -343,7 +407,7 @@ pub(super) fn lb_stdio(command: &mut Command) -> &mut Command {
 
 #[cfg(test)]
 mod tests {
-    use super::{haproxy_config, kernel_at_least, stickylb_config, SynLimit};
+    use super::{haproxy_config, kernel_at_least, stickylb_config, FastPathSetting, SynLimit};
     use crate::tls::TlsFiles;
 
     #[test]
@@ -353,7 +417,7 @@ mod tests {
             "bench-1",
             "/sys/fs/bpf/x",
             "/run/x.sock",
-            false,
+            FastPathSetting::Off,
             &addrs,
             None,
             None,
@@ -373,7 +437,7 @@ mod tests {
             "bench-1",
             "/sys/fs/bpf/x",
             "/run/x.sock",
-            true,
+            FastPathSetting::Tc,
             &addrs,
             None,
             Some(SynLimit {
@@ -388,6 +452,18 @@ mod tests {
             fastpath.ends_with("[shield]\nenabled = true\nsyn_rate = 5000\nsyn_burst = 10000\n")
         );
         assert!(!stickylb.contains(":443") && !haproxy.contains(":443"));
+        assert!(!fastpath.contains("xdp"));
+        let xdp = stickylb_config(
+            "bench-1",
+            "/sys/fs/bpf/x",
+            "/run/x.sock",
+            FastPathSetting::Xdp,
+            &addrs,
+            None,
+            None,
+        );
+        assert!(xdp.contains("fastpath = \"splice\""));
+        assert!(xdp.contains("[fastpath]\nxdp = \"auto\"\n"));
     }
 
     #[test]
@@ -398,7 +474,15 @@ mod tests {
             key: "/w/tls.key".into(),
             combined: "/w/tls.pem".into(),
         };
-        let stickylb = stickylb_config("b", "/p", "/s", true, &addrs, Some(&files), None);
+        let stickylb = stickylb_config(
+            "b",
+            "/p",
+            "/s",
+            FastPathSetting::Tc,
+            &addrs,
+            Some(&files),
+            None,
+        );
         assert!(stickylb.contains(
             "name = \"secure\"\nbind = \"10.240.1.1:443\"\nbackend = \"web\"\nfastpath = \"off\"\n\
              tls = { cert = \"/w/tls.crt\", key = \"/w/tls.key\" }\n"

@@ -218,15 +218,15 @@ impl Env {
                 self.wait_answering(&contender.base_url(addrs), &process, layout)?;
                 Ok((process, started.elapsed()))
             }
-            Contender::Stickylb | Contender::StickylbFastPath => {
+            Contender::Stickylb | Contender::StickylbFastPath | Contender::StickylbFastPathXdp => {
                 if let Some(why) = contender.unavailable() {
                     bail!("{}: {why}", contender.label());
                 }
-                let fastpath = contender == Contender::StickylbFastPath;
-                let name = if fastpath {
-                    "stickylb-fastpath"
-                } else {
-                    "stickylb"
+                let fastpath = contender.is_fast_path();
+                let name = match contender {
+                    Contender::StickylbFastPath => "stickylb-fastpath",
+                    Contender::StickylbFastPathXdp => "stickylb-fastpath-xdp",
+                    _ => "stickylb",
                 };
                 let config = self.work_dir.join(format!("{name}.toml"));
                 write(
@@ -235,7 +235,7 @@ impl Env {
                         &self.instance,
                         PIN_DIR,
                         &self.run_dir.join("control.sock").display().to_string(),
-                        fastpath,
+                        contender.into(),
                         addrs,
                         tls,
                         self.shield.get(),

@@ -163,6 +163,7 @@ fn contender_file_name(contender: Contender) -> &'static str {
         Contender::Haproxy => "haproxy",
         Contender::Stickylb => "stickylb",
         Contender::StickylbFastPath => "stickylb-fastpath",
+        Contender::StickylbFastPathXdp => "stickylb-fastpath-xdp",
     }
 }
 

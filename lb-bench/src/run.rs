@@ -113,7 +113,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Every workload against every contender that can run, `runs` times, contenders alternating.
 fn run_matrix(env: &Env, args: &BenchArgs) -> anyhow::Result<Vec<Cell>> {
-    let contenders: Vec<Contender> = Contender::available()
+    let contenders: Vec<Contender> = Contender::available_with_extra()
         .into_iter()
         .filter(|&contender| args.wants_contender(contender))
         .collect();
@@ -222,13 +222,17 @@ fn run_cell_once(
     run: u32,
 ) -> anyhow::Result<workload::Sample> {
     procs::check_interrupted()?;
+    // Redirected frames need GRO on the far ends of the load balancer's veths; the other
+    // contenders run with the veths' default (off), as they always have.
+    env.topology(workload.layout())
+        .set_far_end_gro(contender == Contender::StickylbFastPathXdp)?;
     if contender == Contender::Direct {
         return workload::measure(env, workload, contender, None, run);
     }
     env.reset_table()?;
     let (mut lb, _) = env.start_serving(contender, workload.layout(), workload.frontend())?;
     let mut sample = workload::measure(env, workload, contender, Some(&mut lb), run);
-    if let (Ok(sample), Contender::StickylbFastPath) = (&mut sample, contender) {
+    if let (Ok(sample), true) = (&mut sample, contender.is_fast_path()) {
         sample.fastpath = env.fastpath_counters(workload.layout()).ok();
     }
     lb.stop()?;

@@ -120,6 +120,17 @@ pub const SPLICE_STATS_MAP: &str = "SPLICE_STATS";
 /// Name of the TC program (and of its pinned TCX link, suffixed with the interface name).
 pub const SPLICE_PROGRAM: &str = "splice_ingress";
 
+/// Name of the XDP program that translates SPLICE flows (docs/SPLICE.md, "At XDP"), and of its
+/// pinned links, suffixed with the interface name.
+pub const SPLICE_XDP_PROGRAM: &str = "splice_xdp";
+
+/// Name of the device map of the interfaces [`SPLICE_XDP_PROGRAM`] may redirect to (keyed by
+/// ifindex). Not pinned: each process fills its own object's map.
+pub const SPLICE_XDP_PORTS_MAP: &str = "SPLICE_XDP_PORTS";
+
+/// Capacity of [`SPLICE_XDP_PORTS_MAP`]: interfaces.
+pub const SPLICE_XDP_PORTS_ENTRIES: u32 = 64;
+
 /// Capacity of [`SPLICE_FLOWS_MAP`] in the eBPF object; two entries per spliced connection.
 /// A plain hash map, never LRU: evicting a live flow resets the client and orphans the server.
 pub const SPLICE_FLOWS_DEFAULT_ENTRIES: u32 = 65536;
@@ -130,7 +141,8 @@ pub const SPLICE_STATE_OBSERVE: u32 = 0;
 /// state it does not know (drops the packets, a SYN retires the pair); the collector removes
 /// such an entry when no live connection owns it.
 pub const SPLICE_STATE_RETIRED_HOLD: u32 = 1;
-/// The TC program translates every packet and redirects it to [`SpliceEntry::out_ifindex`].
+/// The TC program translates every packet and redirects it to [`SpliceEntry::out_ifindex`]
+/// (where [`SPLICE_XDP_PROGRAM`] is attached, it translates them first, see docs/SPLICE.md).
 pub const SPLICE_STATE_SPLICE: u32 = 2;
 /// The program drops the flow's packets (never hands them to a stack that has no socket for
 /// them) until the entry is deleted; the collector removes the pair after 5 s without activity
@@ -184,7 +196,10 @@ pub const SPLICE_STAT_SYN_REUSE: u32 = 4;
 pub const SPLICE_STAT_SACK: u32 = 5;
 /// [`SPLICE_STATS_MAP`] index: hand-offs the program completed (ARMED -> SPLICE).
 pub const SPLICE_STAT_COMPLETED: u32 = 6;
-/// Number of [`SPLICE_STATS_MAP`] slots (the last one is unused).
+/// [`SPLICE_STATS_MAP`] index: of the packets in [`SPLICE_STAT_REDIRECTED`], those the XDP
+/// program translated (the rest were translated by the TC program).
+pub const SPLICE_STAT_XDP_REDIRECTED: u32 = 7;
+/// Number of [`SPLICE_STATS_MAP`] slots.
 pub const SPLICE_STATS_LEN: u32 = 8;
 
 /// Key of the splice flow map: the IPv4/TCP 4-tuple exactly as the packet arrives on the load
@@ -209,7 +224,8 @@ pub struct SpliceKey {
 /// Written by userspace: `state`, `flags`, `out_ifindex`, the `new_*` fields, the deltas, the
 /// window shifts and the `armed_*` fields. Written by the program: `seen`, `last_tsval`,
 /// `packets`, `bytes`, `last_seen_ns`, and `state` when it completes an ARMED hand-off; it also
-/// deletes both entries of a flow whose 4-tuple a SYN reuses. Deltas are in host order and added
+/// deletes both entries of a flow whose 4-tuple a SYN reuses. The XDP program writes the same
+/// counters for the packets it translates, and `new_smac`/`new_dmac`. Deltas are in host order and added
 /// modulo 2^32 to the host-order value of the field; addresses and ports are in network order.
 /// The layout, field by field, is in docs/SPLICE.md.
 #[repr(C)]
@@ -258,9 +274,12 @@ pub struct SpliceEntry {
     pub bytes: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen.
     pub last_seen_ns: u64,
-    /// Source MAC written with [`SPLICE_F_REDIRECT_PEER`].
+    /// Source MAC written with [`SPLICE_F_REDIRECT_PEER`], and by [`SPLICE_XDP_PROGRAM`]. The XDP
+    /// program learns it from the other direction's packets (their destination MAC) and writes
+    /// it here; zero until then.
     pub new_smac: [u8; 6],
-    /// Destination MAC written with [`SPLICE_F_REDIRECT_PEER`].
+    /// Destination MAC written with [`SPLICE_F_REDIRECT_PEER`], and by [`SPLICE_XDP_PROGRAM`]
+    /// (learned from the other direction's packets: their source MAC).
     pub new_dmac: [u8; 6],
     /// ARMED: where the proxy socket's receive stream ends (`rcv_nxt`, host order); the packet
     /// that completes the hand-off starts there (or one before: a keepalive probe).

@@ -12,6 +12,9 @@
 //!   deny list `SHIELD_DENY` and SYNs beyond a per-source rate (buckets in `SHIELD_SYN`,
 //!   settings in `SHIELD_CONFIG`), counting in `SHIELD_STATS`; all pinned like the table (see
 //!   [`shield`] and docs/SHIELD.md).
+//! - `splice_xdp`: the splice fast path's translation of SPLICE flows at XDP, on the interfaces
+//!   where the daemon attaches it (docs/SPLICE.md, "At XDP"); it shares `SPLICE_FLOWS` and
+//!   `SPLICE_STATS` with `splice_ingress` and redirects through `SPLICE_XDP_PORTS`.
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add` (no CAS), but BPF has
@@ -27,7 +30,7 @@ mod maps;
 mod shield;
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
+    bindings::{xdp_action, TC_ACT_SHOT},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -56,6 +59,32 @@ pub fn splice_ingress(ctx: TcContext) -> i32 {
         Err(_) => {
             maps::stat_inc(lb_common::SPLICE_STAT_DROPPED);
             TC_ACT_SHOT
+        }
+    }
+}
+
+/// The splice translation at XDP.
+///
+/// - Attach point: XDP, native mode only (generic XDP would run after the socket buffer exists
+///   and gain nothing over TC), on the fast path's interfaces where the daemon's `[fastpath]
+///   xdp` setting and the driver allow it. `splice_ingress` stays attached behind it.
+/// - Minimum kernel: 5.18 (`bpf_xdp_load_bytes`). Tested on 6.18.
+/// - Returns `XDP_REDIRECT` for a translated packet of a SPLICE entry (not a SYN, IPv4 without
+///   options, the MAC addresses of its direction learned, fitting the MTU of its out interface,
+///   which is in `SPLICE_XDP_PORTS`); `XDP_PASS`,
+///   untouched, for every other packet, which `splice_ingress` then handles as it would
+///   without this program; `XDP_DROP` for a packet whose rewrite failed after it began.
+/// - Reads `SPLICE_FLOWS` and `SPLICE_XDP_PORTS`; writes the translated entries' `seen`,
+///   counters and time exactly as `splice_ingress` does, the MAC addresses (`new_smac`,
+///   `new_dmac`) of the partner of every ARMED or SPLICE entry a packet arrives for, and
+///   `SPLICE_STATS` (slot `SPLICE_STAT_XDP_REDIRECTED` besides the others).
+#[xdp]
+pub fn splice_xdp(ctx: XdpContext) -> u32 {
+    match ingress::xdp::try_splice_xdp(&ctx) {
+        Ok(action) => action,
+        Err(_) => {
+            maps::stat_inc(lb_common::SPLICE_STAT_DROPPED);
+            xdp_action::XDP_DROP
         }
     }
 }

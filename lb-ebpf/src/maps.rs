@@ -1,14 +1,14 @@
 //! Maps shared with userspace. Layouts live in `lb-common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     ServerAdminEntry, ServerAdminKey, ShieldAddr, ShieldConfig, ShieldRule, ShieldSynBucket,
     SpliceEntry, SpliceKey, StickEntry, StickKey, SERVER_ADMIN_ENTRIES, SHIELD_DENY_ENTRIES,
-    SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES,
-    SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN, STICK_TABLE_DEFAULT_ENTRIES,
+    SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
+    SPLICE_XDP_PORTS_ENTRIES, STICK_TABLE_DEFAULT_ENTRIES,
 };
 
 /// The durable stick table: cookie -> server. Written by userspace only; the capacity is set by
@@ -47,6 +47,17 @@ pub(crate) static SPLICE_FLOWS: HashMap<
 #[btf_map]
 pub(crate) static SPLICE_STATS: PerCpuArray<u64, { SPLICE_STATS_LEN as usize }> =
     PerCpuArray::new();
+
+/// The interfaces `splice_xdp` may redirect translated frames to, keyed by ifindex: those the
+/// daemon found able to transmit redirected frames (docs/SPLICE.md, "At XDP"). A frame whose
+/// `out_ifindex` is not here passes to the TC program.
+#[btf_map]
+pub(crate) static SPLICE_XDP_PORTS: DevMapHash<{ SPLICE_XDP_PORTS_ENTRIES as usize }> =
+    DevMapHash::new();
+
+/// `splice_xdp`'s buffer for the TCP checksum: one chunk of the segment, per CPU.
+#[btf_map]
+pub(crate) static SPLICE_XDP_SCRATCH: PerCpuArray<[u32; 128], 1> = PerCpuArray::new();
 
 /// Adds one to the `SPLICE_STATS` slot `index`.
 #[inline(always)]

@@ -83,8 +83,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
 
     let mut live = Live::start(config.clone(), (backends.clone(), frontends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    let fastpath = start_fastpath(&config, &frontends)?;
-    let shield = start_shield(&config, &pin_root)?;
+    // Known before the fast path starts: it leaves XDP on these interfaces to the shield.
+    let shielded = if config.shield.enabled {
+        shield_interfaces(&config)?
+    } else {
+        Vec::new()
+    };
+    let fastpath = start_fastpath(&config, &frontends, &shielded)?;
+    let shield = start_shield(&config, &pin_root, shielded)?;
     if shield.is_some() {
         live.set_shield_root(pin_root.clone());
     }
@@ -268,6 +274,7 @@ fn reload_in_place(live: &Live, options: &RunOptions) {
 fn start_fastpath(
     config: &Config,
     frontends: &[Arc<Frontend>],
+    shielded: &[String],
 ) -> Result<Option<Arc<fastpath::Runtime>>, StartError> {
     if !config.splices() {
         return Ok(None);
@@ -305,6 +312,8 @@ fn start_fastpath(
         rules,
         policy,
         source_ports: config.fastpath.source_ports.range(),
+        xdp: config.fastpath.xdp == crate::config::FastPathXdp::Auto,
+        shielded: shielded.to_vec(),
     };
     let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, options)
         .map(Arc::new)
@@ -328,12 +337,8 @@ fn start_fastpath(
 fn start_shield(
     config: &Config,
     pin_root: &std::path::Path,
+    interfaces: Vec<String>,
 ) -> Result<Option<shield::Attached>, StartError> {
-    let interfaces = if config.shield.enabled {
-        shield_interfaces(config)?
-    } else {
-        Vec::new()
-    };
     let detached =
         shield::program::detach_others(pin_root, &interfaces).map_err(StartError::Shield)?;
     for link in detached {

@@ -142,6 +142,50 @@ where
     Ok(())
 }
 
+/// Removes the links pinned under `root` whose file names start with `prefix`, but those in
+/// `keep` (a link goes away with its last reference, and its attachment with it): a previous
+/// process's attachments outlive it, so a start that wants fewer must undo them. Returns the
+/// link files removed.
+pub fn remove_pinned_links(
+    root: &Path,
+    prefix: &str,
+    keep: &[PathBuf],
+) -> Result<Vec<PathBuf>, PinnedLinkError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(PinnedLinkError::Unpin {
+                path: root.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry.file_name().to_string_lossy().starts_with(prefix);
+        if !ours || keep.contains(&path) {
+            continue;
+        }
+        std::fs::remove_file(&path).map_err(|source| PinnedLinkError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Whether attaching an XDP program failed because another XDP program is attached to the
+/// interface (not the driver's refusal: generic mode would meet it too).
+pub fn is_xdp_occupied(error: &aya::programs::ProgramError) -> bool {
+    let aya::programs::ProgramError::SyscallError(SyscallError { io_error, .. }) = error else {
+        return false;
+    };
+    matches!(io_error.raw_os_error(), Some(libc::EEXIST | libc::EBUSY))
+}
+
 /// Where this instance's pinned objects live: `<pin_dir>/<instance>/<version>/`.
 pub fn pin_root(pin_dir: &Path, instance: &str) -> PathBuf {
     pin_dir.join(instance).join(PIN_VERSION)

@@ -26,13 +26,14 @@ use common::{
 };
 use lb_common::{
     SPLICE_FLOWS_MAP, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_SPLICE, SPLICE_STATS_MAP,
-    SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED,
+    SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_XDP_REDIRECTED,
 };
 use sha2::{Digest as _, Sha256};
 use stickylb::{
     dataplane::pin_root,
     fastpath::{
-        program::{open_pinned_flows, read_pinned_stats, Attachment},
+        interfaces::transmits_xdp_redirects,
+        program::{open_pinned_flows, read_pinned_stats, Attachment, XdpAttachment},
         repair,
         splice::{Observed, Progress},
         FastPath,
@@ -88,21 +89,24 @@ fn splice_program_passes_the_verifier_attaches_and_is_adopted() {
     let lb_if = interface_with(&topo.lb, "10.230.1.1");
     let (r, i) = (root.clone(), lb_if.clone());
     let first = in_netns(topo.lb.name(), move || {
-        let mut fastpath = FastPath::load(&r).expect("load (verifier)");
-        fastpath.attach(&i).expect("attach")
+        // Both programs through the verifier.
+        let mut fastpath = FastPath::load(&r, true).expect("load (verifier)");
+        let xdp = fastpath.attach_xdp(&i).expect("attach XDP");
+        (fastpath.attach(&i).expect("attach"), xdp)
     });
-    assert_eq!(first, Attachment::Created);
+    assert_eq!(first, (Attachment::Created, XdpAttachment::Native));
     for name in [
         SPLICE_FLOWS_MAP,
         SPLICE_STATS_MAP,
         &format!("splice_ingress_{lb_if}"),
+        &format!("splice_xdp_{lb_if}"),
     ] {
         assert!(root.join(name).exists(), "{name} is not pinned");
     }
     // A second process (here: a second load) adopts the pinned link and replaces the program.
     let (r, i) = (root.clone(), lb_if.clone());
     let second = in_netns(topo.lb.name(), move || {
-        let mut fastpath = FastPath::load(&r).expect("load again");
+        let mut fastpath = FastPath::load(&r, common::fastpath::xdp_on()).expect("load again");
         fastpath.attach(&i).expect("attach again")
     });
     assert_eq!(second, Attachment::Replaced);
@@ -217,9 +221,21 @@ fn relay(
     backend: SocketAddrV4,
     verdict: mpsc::Sender<bool>,
 ) -> Relayed {
-    let mut fastpath = FastPath::load(root).expect("load");
+    let xdp = common::fastpath::xdp_on();
+    let mut fastpath = FastPath::load(root, xdp).expect("load");
     fastpath.attach(client_if).expect("attach client side");
     fastpath.attach(server_if).expect("attach server side");
+    if xdp {
+        for (name, index) in [(client_if, client_ifindex), (server_if, server_ifindex)] {
+            let attached = fastpath.attach_xdp(name).expect("attach XDP");
+            assert_eq!(attached, XdpAttachment::Native, "{name}");
+            if transmits_xdp_redirects(index).expect("XDP features") {
+                fastpath
+                    .allow_xdp_redirect(index)
+                    .expect("XDP redirect target");
+            }
+        }
+    }
     let flows = fastpath.flows().expect("flows");
     let (client, _) = listener.accept().expect("accept");
     let server = TcpStream::connect(backend).expect("connect backend");
@@ -364,6 +380,10 @@ fn run_scenario(tag: &str, net: u8, wait_for_verdict: bool, client_setup: &[&str
     if !client_setup.is_empty() {
         topo.client.exec(client_setup);
     }
+    if common::fastpath::xdp_on() {
+        common::fastpath::enable_gro(&topo.client, netns_kit::Routed::CLIENT_IF);
+        common::fastpath::enable_gro(&topo.backends, netns_kit::Routed::BACKENDS_IF);
+    }
     let client_if = interface_with(&topo.lb, &format!("10.{net}.1.1"));
     let server_if = interface_with(&topo.lb, &format!("10.{net}.2.1"));
     let ifindexes = (ifindex(&topo.lb, &client_if), ifindex(&topo.lb, &server_if));
@@ -458,6 +478,12 @@ fn keep_alive_connection_is_spliced_and_carries_100_mb() {
         stats[SPLICE_STAT_REDIRECTED as usize],
         to_server.packets + to_client.packets
     );
+    if common::fastpath::xdp_on() {
+        assert!(
+            stats[SPLICE_STAT_XDP_REDIRECTED as usize] > 0,
+            "packets were translated at XDP"
+        );
+    }
     let sockets = run
         .topo
         .lb

@@ -20,12 +20,13 @@ use std::{
 };
 
 use common::{
+    fastpath::backend_body_sha256,
     netns::{Exec as _, NetNs},
     wait_until, PinDir, Proc, Topology,
 };
 use lb_common::{
     SpliceEntry, SpliceKey, SPLICE_SEEN_FIN, SPLICE_SEEN_RST, SPLICE_STATE_ARMED,
-    SPLICE_STATE_SPLICE, SPLICE_STAT_DROPPED,
+    SPLICE_STATE_SPLICE, SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_XDP_REDIRECTED,
 };
 use sha2::{Digest as _, Sha256};
 use stickylb::{
@@ -34,19 +35,6 @@ use stickylb::{
 };
 
 const BIG: u64 = 100 * 1024 * 1024;
-
-/// The backend's `/bytes/N` body: 64 KiB frames of `i % 251`.
-fn expected_sha256(len: u64) -> [u8; 32] {
-    let block: Vec<u8> = (0..65536).map(|i| (i % 251) as u8).collect();
-    let mut hash = Sha256::new();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(65536) as usize;
-        hash.update(&block[..n]);
-        left -= n as u64;
-    }
-    hash.finalize().into()
-}
 
 struct Setup {
     topo: Topology,
@@ -68,6 +56,13 @@ impl Setup {
         let b = topo.backend_addr();
         let backend = common::fastpath::spawn_servers(&topo.backends, &b);
         let lb = topo.lb_addr();
+        // `STICKYLB_TEST_XDP=1`: the whole suite with the XDP translation on.
+        let xdp = common::fastpath::xdp_on();
+        if xdp {
+            common::fastpath::enable_gro(&topo.client, netns_kit::Routed::CLIENT_IF);
+            common::fastpath::enable_gro(&topo.backends, netns_kit::Routed::BACKENDS_IF);
+        }
+        let xdp = if xdp { "xdp = \"auto\"" } else { "" };
         let text = format!(
             r#"[instance]
 name = "fpd"
@@ -95,6 +90,7 @@ splice_fin_grace = "{fin_grace}"
 # spliced connections, not about which connections the policy picks.
 [fastpath]
 after_requests = 1
+{xdp}
 "#,
             pin = pins.0.display(),
             control = pins.control_socket().display(),
@@ -242,7 +238,7 @@ fn get(
         let n: u64 = path.strip_prefix("/chunked/").unwrap().parse().unwrap();
         assert_eq!(body.len() as u64, n);
         let digest: [u8; 32] = Sha256::digest(&body).into();
-        assert_eq!(digest, expected_sha256(n), "sha256 of {path}");
+        assert_eq!(digest, backend_body_sha256(n), "sha256 of {path}");
         return (server, n);
     }
     let len: u64 = header(&head, "content-length").unwrap().parse().unwrap();
@@ -272,7 +268,7 @@ fn get(
     if let Some(n) = path.strip_prefix("/bytes/") {
         let n: u64 = n.parse().unwrap();
         let digest: [u8; 32] = hash.finalize().into();
-        assert_eq!(digest, expected_sha256(n), "sha256 of {path}");
+        assert_eq!(digest, backend_body_sha256(n), "sha256 of {path}");
     } else {
         assert_eq!(String::from_utf8_lossy(&body_start).trim(), server);
     }
@@ -505,6 +501,13 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
     assert!(collected, "entries collected: {:?}", setup.spliced());
     let stats = read_pinned_stats(&setup.root).unwrap();
     assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+    if common::fastpath::xdp_on() {
+        // Across the kill and the restart, the download was translated at XDP.
+        assert!(
+            stats[SPLICE_STAT_XDP_REDIRECTED as usize] * 2 > stats[SPLICE_STAT_REDIRECTED as usize],
+            "{stats:?}"
+        );
+    }
     drop(capture);
     let rsts = rsts_in(&setup.topo.lb, &capture_file);
     let lines: Vec<&str> = rsts.lines().filter(|l| l.contains(" IP ")).collect();
@@ -838,6 +841,13 @@ fn upgrade_and_stop_never_interrupt_spliced_connections() {
     assert!(fin, "FIN both ways on both: {:?}", setup.spliced());
     let stats = read_pinned_stats(&setup.root).unwrap();
     assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+    if common::fastpath::xdp_on() {
+        // Across the kill and the restart, the download was translated at XDP.
+        assert!(
+            stats[SPLICE_STAT_XDP_REDIRECTED as usize] * 2 > stats[SPLICE_STAT_REDIRECTED as usize],
+            "{stats:?}"
+        );
+    }
     drop(capture);
     let rsts = rsts_in(&setup.topo.lb, &capture_file);
     let lines: Vec<&str> = rsts.lines().filter(|l| l.contains(" IP ")).collect();
@@ -891,7 +901,7 @@ fn echo_through(conn: &TcpStream, len: u64) {
     }
     sender.join().unwrap();
     let digest: [u8; 32] = hash.finalize().into();
-    assert_eq!(digest, expected_sha256(len), "echo of {len} bytes");
+    assert_eq!(digest, backend_body_sha256(len), "echo of {len} bytes");
 }
 
 #[test]

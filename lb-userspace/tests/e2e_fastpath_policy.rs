@@ -25,7 +25,10 @@ use common::{
     netns::Exec as _,
     wait_until,
 };
-use lb_common::{SPLICE_STAT_ARMED_DROPPED, SPLICE_STAT_DROPPED, SPLICE_STAT_SYN_REUSE};
+use lb_common::{
+    SPLICE_STAT_ARMED_DROPPED, SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_SYN_REUSE,
+    SPLICE_STAT_XDP_REDIRECTED,
+};
 use stickylb::fastpath::program::read_pinned_stats;
 
 /// A TCP counter of a namespace's stack (`/proc/net/snmp` or `/proc/net/netstat`, by the line
@@ -397,4 +400,11 @@ fn a_one_armed_load_balancer_splices_through_its_one_interface() {
     assert_eq!(proxied(&metrics), 16, "only the first request of each");
     let stats = read_pinned_stats(&rig.root).unwrap();
     assert_eq!(stats[SPLICE_STAT_DROPPED as usize], 0, "{stats:?}");
+    if common::fastpath::xdp_on() {
+        // In and out by the one interface: both directions learn from each other at XDP.
+        assert!(
+            stats[SPLICE_STAT_XDP_REDIRECTED as usize] * 2 > stats[SPLICE_STAT_REDIRECTED as usize],
+            "{stats:?}"
+        );
+    }
 }

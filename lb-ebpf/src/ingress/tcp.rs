@@ -4,7 +4,9 @@
 //!
 //! Every read goes through `bpf_skb_load_bytes` into aligned stack structs and every write
 //! through `bpf_skb_store_bytes` and the checksum helpers, so there are no packet pointers to
-//! revalidate after a write and no offsets the verifier has to bound.
+//! revalidate after a write and no offsets the verifier has to bound. The parse, the
+//! bookkeeping and the rewrite of a translated packet are generic over the hook ([`Frame`]):
+//! the XDP program (`super::xdp`) runs the same ones.
 
 use core::{
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -23,57 +25,57 @@ use lb_common::{
     SPLICE_STAT_REDIRECTED, SPLICE_STAT_SACK, SPLICE_STAT_SYN_REUSE,
 };
 
-use super::options::OptionWalk;
+use super::{frame::Frame, options::OptionWalk};
 use crate::maps::{stat_inc, SPLICE_FLOWS};
 
-const ETH_HLEN: usize = 14;
+pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-const IPPROTO_TCP: u8 = 6;
-const IP_OFF: usize = ETH_HLEN;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IP_OFF: usize = ETH_HLEN;
 /// Only IPv4 headers without options are translated: L4 starts here.
-const L4_OFF: usize = ETH_HLEN + 20;
-const IP_CSUM_OFF: usize = IP_OFF + 10;
+pub(crate) const L4_OFF: usize = ETH_HLEN + 20;
+pub(crate) const IP_CSUM_OFF: usize = IP_OFF + 10;
 const IP_SADDR_OFF: usize = IP_OFF + 12;
 const IP_DADDR_OFF: usize = IP_OFF + 16;
 const TCP_SEQ_OFF: usize = L4_OFF + 4;
 const TCP_ACK_OFF: usize = L4_OFF + 8;
 const TCP_WIN_OFF: usize = L4_OFF + 14;
-const TCP_CSUM_OFF: usize = L4_OFF + 16;
+pub(crate) const TCP_CSUM_OFF: usize = L4_OFF + 16;
 
 const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// The IPv4 header without options; multi-byte fields in network order.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
+pub(crate) struct Ipv4Hdr {
+    pub(crate) version_ihl: u8,
+    pub(crate) tos: u8,
+    pub(crate) tot_len: u16,
+    pub(crate) id: u16,
+    pub(crate) frag_off: u16,
+    pub(crate) ttl: u8,
+    pub(crate) protocol: u8,
+    pub(crate) check: u16,
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
 }
 
 /// The fixed TCP header; multi-byte fields in network order.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct TcpHdr {
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    doff: u8,
-    flags: u8,
-    window: u16,
-    check: u16,
-    urg: u16,
+pub(crate) struct TcpHdr {
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) seq: u32,
+    pub(crate) ack: u32,
+    pub(crate) doff: u8,
+    pub(crate) flags: u8,
+    pub(crate) window: u16,
+    pub(crate) check: u16,
+    pub(crate) urg: u16,
 }
 
 /// Why a packet of a known flow could not be handled (it is dropped).
@@ -85,30 +87,43 @@ impl From<i64> for Drop {
     }
 }
 
-pub(crate) fn try_splice_ingress(ctx: &TcContext) -> Result<i32, Drop> {
-    const PASS: Result<i32, Drop> = Ok(TC_ACT_OK);
-    let Ok(proto) = ctx.load::<u16>(12) else {
-        return PASS;
-    };
+/// An IPv4/TCP packet's headers and its flow map key.
+pub(crate) struct Parsed {
+    pub(crate) ip: Ipv4Hdr,
+    /// IP header length in bytes (options included).
+    pub(crate) ihl: usize,
+    pub(crate) th: TcpHdr,
+    pub(crate) key: SpliceKey,
+}
+
+/// The headers of an untagged IPv4/TCP packet that is not a fragment; None for every other
+/// packet (it cannot belong to a spliced flow, and passes untouched).
+#[inline(always)]
+pub(crate) fn parse<F: Frame>(frame: &F) -> Option<Parsed> {
+    let proto = frame.load::<u16>(12).ok()?;
     if u16::from_be(proto) != ETH_P_IP {
-        return PASS;
+        return None;
     }
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
-        return PASS;
-    };
+    let ip = frame.load::<Ipv4Hdr>(IP_OFF).ok()?;
     // Fragments never belong to a spliced flow (Linux sets DF and the MSS avoids fragments).
     if ip.protocol != IPPROTO_TCP || u16::from_be(ip.frag_off) & 0x3fff != 0 {
-        return PASS;
+        return None;
     }
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-    let Ok(th) = ctx.load::<TcpHdr>(ETH_HLEN + ihl) else {
-        return PASS;
-    };
+    let th = frame.load::<TcpHdr>(ETH_HLEN + ihl).ok()?;
     let key = SpliceKey {
         saddr: ip.saddr,
         daddr: ip.daddr,
         sport: th.sport,
         dport: th.dport,
+    };
+    Some(Parsed { ip, ihl, th, key })
+}
+
+pub(crate) fn try_splice_ingress(ctx: &TcContext) -> Result<i32, Drop> {
+    const PASS: Result<i32, Drop> = Ok(TC_ACT_OK);
+    let Some(Parsed { ip, ihl, th, key }) = parse(ctx) else {
+        return PASS;
     };
     let Some(entry) = SPLICE_FLOWS.get_ptr_mut(key) else {
         return PASS;
@@ -178,7 +193,7 @@ fn observe(ctx: &TcContext, entry: *mut SpliceEntry, ihl: usize, th: &TcpHdr) ->
     if doff < 20 {
         return Err(Drop);
     }
-    let walk = OptionWalk::run(ctx.skb.skb, l4 + 20, l4 + doff);
+    let walk = OptionWalk::run(ctx, l4 + 20, l4 + doff);
     if walk.ts_off != 0 {
         if let Ok(tsval) = ctx.load::<u32>(walk.ts_off as usize) {
             // SAFETY: see try_splice_ingress.
@@ -200,14 +215,38 @@ fn translate(
 ) -> Result<i32, Drop> {
     // SAFETY: see try_splice_ingress; one copy, so every field below is consistent.
     let e: SpliceEntry = unsafe { ptr::read_volatile(entry) };
+    let hdr_end = header_end(th)?;
+    account(entry, th, ctx.len().saturating_sub(hdr_end));
+    rewrite(ctx, &e, ip, th, hdr_end)?;
+
+    stat_inc(SPLICE_STAT_REDIRECTED);
+    let action = if e.flags & SPLICE_F_REDIRECT_PEER != 0 {
+        ctx.store(0, &e.new_dmac, 0)?;
+        ctx.store(6, &e.new_smac, 0)?;
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect_peer(e.out_ifindex, 0) }
+    } else {
+        // SAFETY: a null params pointer with plen 0 asks the kernel to do the FIB lookup.
+        unsafe { bpf_redirect_neigh(e.out_ifindex, ptr::null_mut(), 0, 0) }
+    };
+    Ok(action as i32)
+}
+
+/// Where the TCP header of a packet without IP options ends; its data offset must be valid.
+#[inline(always)]
+pub(crate) fn header_end(th: &TcpHdr) -> Result<u32, Drop> {
     let doff = u32::from(th.doff >> 4) * 4;
     if doff < 20 {
         return Err(Drop);
     }
-    let hdr_end = L4_OFF as u32 + doff;
-    let payload = ctx.len().saturating_sub(hdr_end);
+    Ok(L4_OFF as u32 + doff)
+}
 
-    // Bookkeeping first: a FIN or RST is recorded even if a rewrite below fails.
+/// The bookkeeping of a translated packet, before its rewrite (so that a FIN or RST is recorded
+/// even if the rewrite fails): its `seen` bits, the flow's counters and time. `payload`: the
+/// packet's bytes after the TCP header.
+#[inline(always)]
+pub(crate) fn account(entry: *mut SpliceEntry, th: &TcpHdr, payload: u32) {
     let mut seen = 0;
     if th.flags & TCP_FIN != 0 {
         seen |= SPLICE_SEEN_FIN;
@@ -228,50 +267,54 @@ fn translate(
         );
     }
     touch(entry);
+}
 
+/// Rewrites the headers of a SPLICE flow's packet (IPv4 without options, TCP header ending at
+/// `hdr_end`) into the other leg's, as `e` says: addresses, ports, sequence and
+/// acknowledgement numbers, window, timestamps and SACK edges, with the checksum fixes the
+/// frame's hook does per field ([`Frame`]). Not the MAC addresses: how the packet leaves is the
+/// hook's business.
+#[inline(always)]
+pub(crate) fn rewrite<F: Frame>(
+    frame: &F,
+    e: &SpliceEntry,
+    ip: &Ipv4Hdr,
+    th: &TcpHdr,
+    hdr_end: u32,
+) -> Result<(), Drop> {
     // Options are read before anything is written.
-    let walk = OptionWalk::run(ctx.skb.skb, L4_OFF as u32 + 20, hdr_end);
+    let walk = OptionWalk::run(frame, L4_OFF as u32 + 20, hdr_end);
 
     // L3: addresses, in the IP checksum and the TCP pseudo-header.
     if ip.saddr != e.new_saddr {
-        ctx.l4_csum_replace(
-            TCP_CSUM_OFF,
-            u64::from(ip.saddr),
-            u64::from(e.new_saddr),
-            u64::from(BPF_F_PSEUDO_HDR) | 4,
-        )?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(ip.saddr), u64::from(e.new_saddr), 4)?;
-        ctx.store(IP_SADDR_OFF, &e.new_saddr, 0)?;
+        frame.l4_csum_replace(ip.saddr, e.new_saddr, u64::from(BPF_F_PSEUDO_HDR) | 4)?;
+        frame.l3_csum_replace(ip.saddr, e.new_saddr, 4)?;
+        frame.store(IP_SADDR_OFF, &e.new_saddr, 0)?;
     }
     if ip.daddr != e.new_daddr {
-        ctx.l4_csum_replace(
-            TCP_CSUM_OFF,
-            u64::from(ip.daddr),
-            u64::from(e.new_daddr),
-            u64::from(BPF_F_PSEUDO_HDR) | 4,
-        )?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(ip.daddr), u64::from(e.new_daddr), 4)?;
-        ctx.store(IP_DADDR_OFF, &e.new_daddr, 0)?;
+        frame.l4_csum_replace(ip.daddr, e.new_daddr, u64::from(BPF_F_PSEUDO_HDR) | 4)?;
+        frame.l3_csum_replace(ip.daddr, e.new_daddr, 4)?;
+        frame.store(IP_DADDR_OFF, &e.new_daddr, 0)?;
     }
     // L4: both ports as one 32-bit word (memory order: sport, dport).
     let old_ports = ports_word(th.sport, th.dport);
     let new_ports = ports_word(e.new_sport, e.new_dport);
     if old_ports != new_ports {
-        ctx.l4_csum_replace(TCP_CSUM_OFF, u64::from(old_ports), u64::from(new_ports), 4)?;
-        ctx.store(L4_OFF, &new_ports, u64::from(BPF_F_INVALIDATE_HASH))?;
+        frame.l4_csum_replace(old_ports, new_ports, 4)?;
+        frame.store(L4_OFF, &new_ports, u64::from(BPF_F_INVALIDATE_HASH))?;
     }
-    add32(ctx, TCP_SEQ_OFF as u32, u32::from_be(th.seq), e.seq_delta)?;
+    add32(frame, TCP_SEQ_OFF as u32, u32::from_be(th.seq), e.seq_delta)?;
     if th.flags & TCP_ACK != 0 {
-        add32(ctx, TCP_ACK_OFF as u32, u32::from_be(th.ack), e.ack_delta)?;
+        add32(frame, TCP_ACK_OFF as u32, u32::from_be(th.ack), e.ack_delta)?;
     }
-    rescale_window(ctx, u16::from_be(th.window), e.wscale_in, e.wscale_out)?;
+    rescale_window(frame, u16::from_be(th.window), e.wscale_in, e.wscale_out)?;
 
     if walk.ts_off != 0 && e.flags & SPLICE_F_TIMESTAMPS != 0 {
-        let tsval = u32::from_be(ctx.load::<u32>(walk.ts_off as usize)?);
-        let tsecr = u32::from_be(ctx.load::<u32>(walk.ts_off as usize + 4)?);
-        add32(ctx, walk.ts_off, tsval, e.tsval_delta)?;
+        let tsval = u32::from_be(frame.load::<u32>(walk.ts_off as usize)?);
+        let tsecr = u32::from_be(frame.load::<u32>(walk.ts_off as usize + 4)?);
+        add32(frame, walk.ts_off, tsval, e.tsval_delta)?;
         if tsecr != 0 {
-            add32(ctx, walk.ts_off + 4, tsecr, e.tsecr_delta)?;
+            add32(frame, walk.ts_off + 4, tsecr, e.tsecr_delta)?;
         }
     }
     if walk.sack_off != 0 && e.flags & SPLICE_F_SACK != 0 {
@@ -282,22 +325,11 @@ fn translate(
                 break;
             }
             let off = walk.sack_off + edge * 4;
-            let value = u32::from_be(ctx.load::<u32>(off as usize)?);
-            add32(ctx, off, value, e.ack_delta)?;
+            let value = u32::from_be(frame.load::<u32>(off as usize)?);
+            add32(frame, off, value, e.ack_delta)?;
         }
     }
-
-    stat_inc(SPLICE_STAT_REDIRECTED);
-    let action = if e.flags & SPLICE_F_REDIRECT_PEER != 0 {
-        ctx.store(0, &e.new_dmac, 0)?;
-        ctx.store(6, &e.new_smac, 0)?;
-        // SAFETY: plain helper call.
-        unsafe { bpf_redirect_peer(e.out_ifindex, 0) }
-    } else {
-        // SAFETY: a null params pointer with plen 0 asks the kernel to do the FIB lookup.
-        unsafe { bpf_redirect_neigh(e.out_ifindex, ptr::null_mut(), 0, 0) }
-    };
-    Ok(action as i32)
+    Ok(())
 }
 
 /// The two 16-bit network-order ports as the 32-bit word they form in memory.
@@ -309,7 +341,7 @@ fn ports_word(sport: u16, dport: u16) -> u32 {
 /// Adds `delta` to the big-endian 32-bit field at absolute offset `off` whose host-order value
 /// is `old`, and fixes the TCP checksum.
 #[inline(always)]
-fn add32(ctx: &TcContext, off: u32, old: u32, delta: u32) -> Result<(), Drop> {
+fn add32<F: Frame>(frame: &F, off: u32, old: u32, delta: u32) -> Result<(), Drop> {
     if delta == 0 {
         return Ok(());
     }
@@ -321,9 +353,8 @@ fn add32(ctx: &TcContext, off: u32, old: u32, delta: u32) -> Result<(), Drop> {
     } else {
         (old_be, new_be)
     };
-    ctx.l4_csum_replace(TCP_CSUM_OFF, u64::from(from), u64::from(to), 4)?;
-    ctx.store(off as usize, &new_be, 0)?;
-    Ok(())
+    frame.l4_csum_replace(from, to, 4)?;
+    frame.store(off as usize, &new_be, 0)
 }
 
 #[inline(always)]
@@ -333,7 +364,12 @@ fn lane_swap(x: u32) -> u32 {
 
 /// `window << wscale_in >> wscale_out`, clamped to 16 bits, at least 1 if it was non-zero.
 #[inline(always)]
-fn rescale_window(ctx: &TcContext, window: u16, wscale_in: u8, wscale_out: u8) -> Result<(), Drop> {
+fn rescale_window<F: Frame>(
+    frame: &F,
+    window: u16,
+    wscale_in: u8,
+    wscale_out: u8,
+) -> Result<(), Drop> {
     if wscale_in == wscale_out {
         return Ok(());
     }
@@ -342,8 +378,8 @@ fn rescale_window(ctx: &TcContext, window: u16, wscale_in: u8, wscale_out: u8) -
     let scaled = if scaled == 0 && real != 0 { 1 } else { scaled } as u16;
     let (old_be, new_be) = (window.to_be(), scaled.to_be());
     if old_be != new_be {
-        ctx.l4_csum_replace(TCP_CSUM_OFF, u64::from(old_be), u64::from(new_be), 2)?;
-        ctx.store(TCP_WIN_OFF, &new_be, 0)?;
+        frame.l4_csum_replace(u32::from(old_be), u32::from(new_be), 2)?;
+        frame.store(TCP_WIN_OFF, &new_be, 0)?;
     }
     Ok(())
 }
@@ -375,7 +411,7 @@ fn set_seen(entry: *mut SpliceEntry, bits: u32) {
 }
 
 #[inline(always)]
-fn touch(entry: *mut SpliceEntry) {
+pub(crate) fn touch(entry: *mut SpliceEntry) {
     // SAFETY: see try_splice_ingress; bpf_ktime_get_ns has no preconditions.
     unsafe { ptr::write_volatile(&raw mut (*entry).last_seen_ns, bpf_ktime_get_ns()) };
 }

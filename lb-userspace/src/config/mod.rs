@@ -380,6 +380,30 @@ pub struct FastPathPolicy {
     /// reserved with `ip_local_reserved_ports`. Default 61000-64999 (above Linux's default
     /// ephemeral range).
     pub source_ports: PortRange,
+    /// Whether spliced flows are also translated at XDP (docs/SPLICE.md, "At XDP"). Default
+    /// off: on this project's measurements XDP did not win (see there).
+    pub xdp: FastPathXdp,
+}
+
+/// `[fastpath] xdp`: where the splice translation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastPathXdp {
+    /// TC only.
+    Off,
+    /// XDP (native mode) on every fast path interface whose driver has it and that no other
+    /// XDP program holds, in front of TC; redirecting only to interfaces that can transmit
+    /// redirected frames. TC handles everything else.
+    Auto,
+}
+
+impl FastPathXdp {
+    /// The value as the file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 impl Default for FastPathPolicy {
@@ -392,6 +416,7 @@ impl Default for FastPathPolicy {
                 first: 61000,
                 last: 64999,
             },
+            xdp: FastPathXdp::Off,
         }
     }
 }

@@ -209,6 +209,8 @@ pub(super) struct RawFastPath {
     pub(super) port_reuse: Option<Spanned<RawDuration>>,
     /// Default `61000-64999`.
     pub(super) source_ports: Option<Spanned<String>>,
+    /// `off` (default) or `auto`.
+    pub(super) xdp: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,6 +60,7 @@ after_requests = 3
 after_pause = "200ms"
 port_reuse = "2s"
 source_ports = "50000-50999"
+xdp = "auto"
 
 [peers]
 bind = "0.0.0.0:1024"
@@ -262,6 +263,7 @@ fn full_example_parses_with_every_value() {
                 first: 50000,
                 last: 50999,
             },
+            xdp: FastPathXdp::Auto,
         },
         // Off unless the file turns it on, whatever the frontends bind.
         shield: Shield::default(),
@@ -1414,6 +1416,7 @@ fn fastpath_policy_bounds() {
         ("source_ports = \"80-2000\"", "fastpath.source_ports"),
         ("source_ports = \"61000-61010\"", "fastpath.source_ports"),
         ("source_ports = \"64999-61000\"", "fastpath.source_ports"),
+        ("xdp = \"on\"", "fastpath.xdp"),
     ] {
         let error = parse(&text(line)).unwrap_err().to_string();
         assert!(error.contains(key), "{line}: {error}");

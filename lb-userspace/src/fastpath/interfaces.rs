@@ -1,5 +1,6 @@
 //! Which interface carries an address: the one a connection's local address belongs to is the
-//! one its packets leave by (source address selection picks the outgoing interface's address).
+//! one its packets leave by (source address selection picks the outgoing interface's address);
+//! and whether an interface takes frames redirected at XDP.
 
 use std::{
     io,
@@ -34,6 +35,14 @@ pub fn source_for(peer: SocketAddrV4) -> io::Result<Ipv4Addr> {
 /// The interface the route to `peer` uses.
 pub fn toward(peer: SocketAddrV4) -> io::Result<Option<Interface>> {
     owning(source_for(peer)?)
+}
+
+/// Whether the driver of interface `index` transmits frames an XDP program redirects to it
+/// (`xdp-features` has `ndo-xmit`). A veth does while its peer has GRO or an XDP program on:
+/// the frames are queued to the peer's NAPI, which otherwise does not run.
+pub fn transmits_xdp_redirects(index: u32) -> io::Result<bool> {
+    let features = sys::netdev::xdp_features(index)?;
+    Ok(features & sys::netdev::XDP_ACT_NDO_XMIT != 0)
 }
 
 #[cfg(test)]

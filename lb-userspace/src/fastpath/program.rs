@@ -1,4 +1,5 @@
-//! Loading `splice_ingress`, attaching it with TCX and pinning links and maps.
+//! Loading `splice_ingress`, attaching it with TCX and pinning links and maps; and, with
+//! `[fastpath] xdp = "auto"`, `splice_xdp` in front of it (docs/SPLICE.md, "At XDP").
 
 use std::{
     io,
@@ -6,12 +7,15 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, MapType, PerCpuArray},
-    programs::{tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType},
+    maps::{DevMapHash, MapData, MapType, PerCpuArray},
+    programs::{
+        tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     SpliceEntry, SpliceKey, SPLICE_FLOWS_MAP, SPLICE_PROGRAM, SPLICE_STATS_LEN, SPLICE_STATS_MAP,
+    SPLICE_XDP_PORTS_MAP, SPLICE_XDP_PROGRAM,
 };
 
 use super::flows::Flows;
@@ -34,6 +38,20 @@ pub enum FastPathError {
     Object(#[from] dataplane::ObjectError),
     #[error("loading the program {SPLICE_PROGRAM} into the kernel (verifier)")]
     Verify(#[source] ProgramError),
+    #[error("loading the program {SPLICE_XDP_PROGRAM} into the kernel (verifier)")]
+    VerifyXdp(#[source] ProgramError),
+    #[error("attaching {SPLICE_XDP_PROGRAM} to {interface}")]
+    AttachXdp {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("allowing XDP redirects to interface {ifindex}")]
+    XdpPorts {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
     #[error("attaching {SPLICE_PROGRAM} to {interface}")]
     Attach {
         interface: String,
@@ -57,16 +75,58 @@ pub enum Attachment {
     Replaced,
 }
 
+/// How the XDP translation came out on an interface (TC is attached on every one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttachment {
+    /// `[fastpath] xdp = "off"`: TC only.
+    Off,
+    /// `splice_xdp` runs in the driver (native XDP), in front of TC.
+    Native,
+    /// The driver has no native XDP (or refuses this program, e.g. for its MTU): TC only.
+    /// Generic XDP is not used: it runs where TC runs, on a socket buffer, and gains nothing.
+    Unsupported,
+    /// Another XDP program (someone else's) holds the interface: TC only.
+    Occupied,
+    /// The shield runs at XDP on the interface: TC only.
+    Shield,
+}
+
+impl XdpAttachment {
+    /// Where the translation of the packets arriving on the interface runs, in the log's,
+    /// the monitor's and the metrics' words: `xdp` or `tc`.
+    pub fn translation(self) -> &'static str {
+        match self {
+            Self::Native => "xdp",
+            Self::Off | Self::Unsupported | Self::Occupied | Self::Shield => "tc",
+        }
+    }
+
+    /// Why it is `tc`, or `native`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Native => "native",
+            Self::Unsupported => "unsupported",
+            Self::Occupied => "occupied",
+            Self::Shield => "shield",
+        }
+    }
+}
+
 /// The loaded program and the pinned flow map of one instance.
 pub struct FastPath {
     ebpf: Ebpf,
     root: PathBuf,
+    /// `splice_xdp` was loaded too (`[fastpath] xdp = "auto"`).
+    xdp: bool,
 }
 
 impl FastPath {
     /// Loads `splice_ingress` (through the verifier), adopting the maps pinned under `root`
-    /// (`<pin_dir>/<instance>/v1`) or creating and pinning them there.
-    pub fn load(root: &Path) -> Result<FastPath, FastPathError> {
+    /// (`<pin_dir>/<instance>/v1`) or creating and pinning them there; with `xdp`, loads
+    /// `splice_xdp` too. The XDP links a previous process pinned are removed (TC translates
+    /// meanwhile): each process attaches its own program, whose device map it fills.
+    pub fn load(root: &Path, xdp: bool) -> Result<FastPath, FastPathError> {
         dataplane::prepare_pin_root(root).map_err(FastPathError::PinRoot)?;
         let flows_path = root.join(SPLICE_FLOWS_MAP);
         if flows_path.exists() {
@@ -81,10 +141,68 @@ impl FastPath {
         program_mut(&mut ebpf)?
             .load()
             .map_err(FastPathError::Verify)?;
+        if xdp {
+            xdp_program_mut(&mut ebpf)?
+                .load()
+                .map_err(FastPathError::VerifyXdp)?;
+        }
+        for link in dataplane::remove_pinned_links(root, &xdp_link_prefix(), &[])? {
+            tracing::info!(link = %link.display(), "fast path: removed a previous XDP attachment");
+        }
         Ok(FastPath {
             ebpf,
             root: root.to_owned(),
+            xdp,
         })
+    }
+
+    /// Attaches `splice_xdp` to `interface` in native mode and pins the link as
+    /// `<root>/splice_xdp_<interface>`, when this process loaded it; says how it came out.
+    /// Every outcome but an error leaves TC translating what XDP does not.
+    pub fn attach_xdp(&mut self, interface: &str) -> Result<XdpAttachment, FastPathError> {
+        if !self.xdp {
+            return Ok(XdpAttachment::Off);
+        }
+        let path = xdp_link_path(&self.root, interface);
+        let program = xdp_program_mut(&mut self.ebpf)?;
+        let attach_err = |source| FastPathError::AttachXdp {
+            interface: interface.to_owned(),
+            source,
+        };
+        let id = match program.attach(interface, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(error) if dataplane::is_xdp_occupied(&error) => return Ok(XdpAttachment::Occupied),
+            Err(error) => {
+                tracing::debug!(%interface, %error, "native XDP refused");
+                return Ok(XdpAttachment::Unsupported);
+            }
+        };
+        let link = program.take_link(id).map_err(attach_err)?;
+        dataplane::keep_link(link, &path, true)?;
+        Ok(XdpAttachment::Native)
+    }
+
+    /// What an interface the shield takes gets: TC only (`Off` when this process runs no XDP
+    /// translation at all). One XDP program per interface; the shield's comes first.
+    pub fn xdp_left_to_shield(&self) -> XdpAttachment {
+        if self.xdp {
+            XdpAttachment::Shield
+        } else {
+            XdpAttachment::Off
+        }
+    }
+
+    /// Lets `splice_xdp` redirect translated frames to interface `ifindex` (it passes the
+    /// frames of flows leaving by any other to TC).
+    pub fn allow_xdp_redirect(&mut self, ifindex: u32) -> Result<(), FastPathError> {
+        let map_err = |source| FastPathError::XdpPorts { ifindex, source };
+        let missing = dataplane::ObjectError::Missing {
+            what: "map",
+            name: SPLICE_XDP_PORTS_MAP,
+        };
+        let map = self.ebpf.map_mut(SPLICE_XDP_PORTS_MAP).ok_or(missing)?;
+        let mut ports: DevMapHash<_> = DevMapHash::try_from(map).map_err(|e| map_err(e.into()))?;
+        ports.insert(ifindex, ifindex, None, 0).map_err(map_err)
     }
 
     /// Attaches the program to `interface`'s ingress with TCX and pins the link as
@@ -144,6 +262,32 @@ impl FastPath {
         self.root
             .join(format!("{SPLICE_PROGRAM}_{}", interface.replace('.', "_")))
     }
+}
+
+/// The pinned XDP links' names start with this.
+fn xdp_link_prefix() -> String {
+    format!("{SPLICE_XDP_PROGRAM}_")
+}
+
+/// Where the XDP link of `interface` is pinned under `root`.
+fn xdp_link_path(root: &Path, interface: &str) -> PathBuf {
+    // bpffs refuses names with a dot (VLAN interfaces have one).
+    root.join(format!(
+        "{}{}",
+        xdp_link_prefix(),
+        interface.replace('.', "_")
+    ))
+}
+
+fn xdp_program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, FastPathError> {
+    let missing = dataplane::ObjectError::Missing {
+        what: "program",
+        name: SPLICE_XDP_PROGRAM,
+    };
+    let Some(program) = ebpf.program_mut(SPLICE_XDP_PROGRAM) else {
+        return Err(missing.into());
+    };
+    program.try_into().map_err(|_| missing.into())
 }
 
 /// Opens the flow map pinned under `root` without loading the program (tools, tests).

@@ -32,7 +32,7 @@ use super::{
     interfaces::{self, Interface},
     policy::Policy,
     ports::{Held, Port, Ports},
-    program::{FastPath, FastPathError},
+    program::{FastPath, FastPathError, XdpAttachment},
 };
 
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
@@ -96,7 +96,7 @@ pub struct Runtime {
     root: PathBuf,
     program: Mutex<FastPath>,
     pub(super) flows: Flows,
-    attached: Mutex<HashMap<String, u32>>,
+    attached: Mutex<HashMap<String, Attached>>,
     /// Keys of this process's hand-offs in progress (the collector leaves them alone).
     owned: Mutex<HashSet<SpliceKey>>,
     pub(super) ports: Mutex<Ports>,
@@ -105,7 +105,20 @@ pub struct Runtime {
     rules: Rules,
     pub(super) policy: Policy,
     source_ports: RangeInclusive<u16>,
+    shielded: Vec<String>,
     pub stats: Stats,
+}
+
+/// An interface the programs are attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub name: String,
+    pub index: u32,
+    /// How the XDP translation came out on it (TC is always attached).
+    pub xdp: XdpAttachment,
+    /// Whether the XDP program may redirect translated frames to it (its driver transmits
+    /// redirected frames; for a veth: its peer has GRO or an XDP program).
+    pub xdp_target: bool,
 }
 
 /// How a [`Runtime`] behaves (the configuration's `[fastpath]` and splice timeouts).
@@ -115,6 +128,11 @@ pub struct Options {
     pub policy: Policy,
     /// Source ports of the server connections that may be spliced.
     pub source_ports: RangeInclusive<u16>,
+    /// `[fastpath] xdp = "auto"`: translate at XDP too where the interfaces allow it.
+    pub xdp: bool,
+    /// Interfaces the shield attaches to: XDP there is the shield's, the translation stays in
+    /// TC (docs/SPLICE.md, "At XDP").
+    pub shielded: Vec<String>,
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,8 +154,10 @@ impl Runtime {
             rules,
             policy,
             source_ports,
+            xdp,
+            shielded,
         } = options;
-        let mut program = FastPath::load(root)?;
+        let mut program = FastPath::load(root, xdp)?;
         let flows = program.flows()?;
         let entries = flows.entries().map_err(FastPathError::Read)?;
         let mut ports = Ports::new(source_ports.clone(), rules.port_reuse);
@@ -154,6 +174,7 @@ impl Runtime {
             rules,
             policy,
             source_ports: source_ports.clone(),
+            shielded,
             stats: Stats::default(),
         };
         for name in interfaces {
@@ -190,26 +211,60 @@ impl Runtime {
         self.policy
     }
 
-    /// Attaches the program to `interface` unless this process already did.
+    /// Attaches the programs to `interface` unless this process already did: TC, then (with
+    /// `[fastpath] xdp = "auto"`) XDP where the driver allows, and the interface becomes a
+    /// redirect target of the XDP program where its driver transmits redirected frames.
     pub(super) fn ensure_attached(&self, interface: &Interface) -> Result<(), FastPathError> {
         if lock(&self.attached).contains_key(&interface.name) {
             return Ok(());
         }
         // Attaching takes a few syscalls, once per interface and process; the `attached` lock
         // is not held meanwhile (a second caller attaches again: an atomic replacement).
-        let how = lock(&self.program).attach(&interface.name)?;
-        tracing::info!(interface = %interface.name, ?how, "fast path attached");
-        lock(&self.attached).insert(interface.name.clone(), interface.index);
+        let (how, xdp, xdp_target) = {
+            let mut program = lock(&self.program);
+            let how = program.attach(&interface.name)?;
+            let xdp = if self.shielded.contains(&interface.name) {
+                program.xdp_left_to_shield()
+            } else {
+                program.attach_xdp(&interface.name)?
+            };
+            let xdp_target = xdp != XdpAttachment::Off
+                && match interfaces::transmits_xdp_redirects(interface.index) {
+                    Ok(transmits) => transmits,
+                    Err(error) => {
+                        tracing::warn!(interface = %interface.name, %error, "cannot read the interface's XDP features; not redirecting to it at XDP");
+                        false
+                    }
+                };
+            if xdp_target {
+                program.allow_xdp_redirect(interface.index)?;
+            }
+            (how, xdp, xdp_target)
+        };
+        tracing::info!(
+            interface = %interface.name,
+            ?how,
+            translation = xdp.translation(),
+            xdp = xdp.as_str(),
+            xdp_redirect_target = xdp_target,
+            "fast path attached"
+        );
+        lock(&self.attached).insert(
+            interface.name.clone(),
+            Attached {
+                name: interface.name.clone(),
+                index: interface.index,
+                xdp,
+                xdp_target,
+            },
+        );
         Ok(())
     }
 
-    /// The interfaces the program is attached to, with their indexes.
-    pub fn attached(&self) -> Vec<(String, u32)> {
-        let mut list: Vec<_> = lock(&self.attached)
-            .iter()
-            .map(|(n, i)| (n.clone(), *i))
-            .collect();
-        list.sort();
+    /// The interfaces the programs are attached to, by name.
+    pub fn attached(&self) -> Vec<Attached> {
+        let mut list: Vec<_> = lock(&self.attached).values().cloned().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
 

@@ -401,6 +401,25 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
         header(out, name, Kind::Gauge, help)?;
         writeln!(out, "{name} {value}")?;
     }
+    let name = "stickylb_fastpath_interface";
+    header(
+        out,
+        name,
+        Kind::Gauge,
+        "Interfaces the fast path is attached to: where the translation of the packets arriving \
+         there runs (xdp, in front of tc; or tc only), the XDP attach outcome (native, off, \
+         unsupported, occupied, shield), and whether the XDP program may redirect to it; always 1.",
+    )?;
+    for i in &f.interfaces {
+        writeln!(
+            out,
+            "{name}{{interface=\"{}\",translation=\"{}\",xdp=\"{}\",xdp_redirect_target=\"{}\"}} 1",
+            LabelValue(&i.name),
+            i.xdp.translation(),
+            i.xdp.as_str(),
+            if i.xdp_target { "yes" } else { "no" },
+        )?;
+    }
     let name = "stickylb_fastpath_source_ports";
     header(
         out,
@@ -441,7 +460,8 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
             out,
             name,
             Kind::Counter,
-            "The TC program's packet counters (all processes, since the maps were created).",
+            "The TC and XDP programs' packet counters (all processes, since the maps were \
+             created); xdp_redirected counts the packets of redirected translated at XDP.",
         )?;
         for (label, value) in PROGRAM_COUNTERS.iter().zip(program) {
             writeln!(out, "{name}{{counter=\"{label}\"}} {value}")?;

@@ -117,7 +117,11 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
 
 fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
     let s = &f.summary;
-    let interfaces: Vec<String> = f.interfaces.iter().map(|(n, _)| n.clone()).collect();
+    let interfaces: Vec<String> = f
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.xdp.translation()))
+        .collect();
     writeln!(
         out,
         "<section class=\"plain\" id=\"fastpath\"><h2>Kernel fast path</h2>\

@@ -36,7 +36,7 @@ pub(super) struct Snapshot {
 
 /// The kernel fast path: the flow map's totals, the program's counters, the hand-offs.
 pub(super) struct FastPathView {
-    pub(super) interfaces: Vec<(String, u32)>,
+    pub(super) interfaces: Vec<crate::fastpath::runtime::Attached>,
     pub(super) summary: report::Summary,
     /// `SPLICE_STAT_*` order; `None` when the stats map cannot be read.
     pub(super) program: Option<[u64; SPLICE_STATS_LEN as usize]>,
@@ -128,8 +128,8 @@ impl ShieldView {
     }
 }
 
-/// Labels of the program's counters, in `SPLICE_STAT_*` order.
-pub(super) const PROGRAM_COUNTERS: [&str; 7] = [
+/// Labels of the programs' counters, in `SPLICE_STAT_*` order.
+pub(super) const PROGRAM_COUNTERS: [&str; 8] = [
     "redirected",
     "observed",
     "armed_dropped",
@@ -137,6 +137,7 @@ pub(super) const PROGRAM_COUNTERS: [&str; 7] = [
     "syn_reuse",
     "sack",
     "completed",
+    "xdp_redirected",
 ];
 
 pub(super) struct FrontendView {

@@ -1,14 +1,10 @@
 //! Loading the XDP program `shield`, attaching it and pinning its links and maps.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::MapData,
     programs::{Xdp, XdpMode},
-    sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -21,7 +17,7 @@ use super::{
     error::ShieldError,
     limit,
 };
-use crate::dataplane::{self, MapLayout};
+use crate::dataplane::{self, is_xdp_occupied as is_occupied, MapLayout};
 
 /// How the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,31 +144,7 @@ fn link_path(root: &Path, interface: &str) -> PathBuf {
 pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, ShieldError> {
     let kept: Vec<PathBuf> = keep.iter().map(|i| link_path(root, i)).collect();
     let prefix = format!("{SHIELD_PROGRAM}_");
-    let entries = match std::fs::read_dir(root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(dataplane::PinnedLinkError::Unpin {
-                path: root.to_owned(),
-                source,
-            }
-            .into())
-        }
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let ours = entry.file_name().to_string_lossy().starts_with(&prefix);
-        if !ours || kept.contains(&path) {
-            continue;
-        }
-        std::fs::remove_file(&path).map_err(|source| dataplane::PinnedLinkError::Unpin {
-            path: path.clone(),
-            source,
-        })?;
-        removed.push(path);
-    }
-    Ok(removed)
+    Ok(dataplane::remove_pinned_links(root, &prefix, &kept)?)
 }
 
 /// The deny list pinned under `root`, created (with the shield's other maps, by loading the
@@ -201,14 +173,6 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SHIELD_STATS_LEN as usize]
         *sum = stats.get(&index, 0).map_err(map_err)?.iter().sum();
     }
     Ok(sums)
-}
-
-/// Whether an attach failed because another XDP program is attached to the interface.
-fn is_occupied(error: &aya::programs::ProgramError) -> bool {
-    let aya::programs::ProgramError::SyscallError(SyscallError { io_error, .. }) = error else {
-        return false;
-    };
-    matches!(io_error.raw_os_error(), Some(libc::EEXIST | libc::EBUSY))
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ShieldError> {
@@ -256,6 +220,10 @@ fn check_pinned_layout(
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
+    use aya::sys::SyscallError;
+
     use super::*;
 
     fn failed(errno: i32) -> aya::programs::ProgramError {

@@ -8,6 +8,7 @@
 //! - [`bpffs`]: whether a path is on a bpf filesystem, and which one; mounting one.
 //! - [`fds`]: passing descriptors over a unix socket (`SCM_RIGHTS`).
 //! - [`net`]: interface indexes and which interface has an address.
+//! - [`netdev`]: what XDP an interface's driver can do (generic netlink `netdev`).
 //! - [`process`]: the descriptor limit, the host name, the monotonic clock.
 //! - [`socket`]: accepting outside an event loop (`accept4`); `SO_LINGER`, `SO_REUSEADDR`.
 //! - [`tcp_repair`]: `TCP_REPAIR`, `TCP_INFO` and the queue-length ioctls.
@@ -16,6 +17,7 @@ pub mod bpf;
 pub mod bpffs;
 pub mod fds;
 pub mod net;
+pub mod netdev;
 pub mod process;
 pub mod socket;
 pub mod tcp_repair;

@@ -2,6 +2,10 @@
 //! (servers `s1` and `s2`) as separate hosts, either routed (client and servers on two
 //! interfaces of the load balancer) or one-armed (all three on one LAN, as in `vagrant/`'s
 //! network); the daemon's metrics and pinned flow map; a small HTTP client.
+//!
+//! With `STICKYLB_TEST_XDP=1` every rig runs the fast path with `[fastpath] xdp = "auto"`
+//! (docs/SPLICE.md, "At XDP"), so that the whole fast path suite runs with the XDP translation
+//! on; [`Rig::routed_xdp`] turns it on for one test whatever the variable says.
 
 use std::{
     io::{Read as _, Write as _},
@@ -36,22 +40,55 @@ pub struct Rig {
 impl Rig {
     /// Client 10.<net>.1.2, lb 10.<net>.1.1 and 10.<net>.2.1, backends 10.<net>.2.2.
     pub fn routed(tag: &str, net: u8, extra: &str) -> Rig {
-        Rig::new(tag, Hosts::Routed(Topology::new(tag, net)), extra)
+        Rig::new(tag, Hosts::Routed(Topology::new(tag, net)), extra, xdp_on())
+    }
+
+    /// [`Rig::routed`] with the XDP translation on.
+    pub fn routed_xdp(tag: &str, net: u8, extra: &str) -> Rig {
+        Rig::new(tag, Hosts::Routed(Topology::new(tag, net)), extra, true)
+    }
+
+    /// [`Rig::routed_xdp`], but the far ends of the load balancer's veths keep GRO off: no
+    /// interface can take redirected frames.
+    pub fn routed_xdp_without_gro(tag: &str, net: u8, extra: &str) -> Rig {
+        Rig::new(
+            tag,
+            Hosts::Routed(Topology::new(tag, net)),
+            &with_xdp(extra),
+            false,
+        )
     }
 
     /// Client 10.<net>.0.100, lb 10.<net>.0.11, backends 10.<net>.0.2, on one bridge.
     pub fn one_armed(tag: &str, net: u8, extra: &str) -> Rig {
-        Rig::new(tag, Hosts::OneArmed(Lan::new(tag, net, 1)), extra)
+        Rig::new(tag, Hosts::OneArmed(Lan::new(tag, net, 1)), extra, xdp_on())
     }
 
-    /// `extra`: more configuration, appended (e.g. a `[fastpath]` section).
-    fn new(tag: &str, hosts: Hosts, extra: &str) -> Rig {
+    /// `extra`: more configuration, appended (e.g. a `[fastpath]` section); `xdp`: with
+    /// `[fastpath] xdp = "auto"`, and GRO on the far ends of the load balancer's veths so that
+    /// they take the frames the XDP program redirects.
+    fn new(tag: &str, hosts: Hosts, extra: &str, xdp: bool) -> Rig {
         let pins = PinDir::new(&format!("fastpath-rig-{tag}"));
         let (backends, lb, b) = match &hosts {
             Hosts::Routed(t) => (&t.backends, t.lb_addr(), t.backend_addr()),
             Hosts::OneArmed(l) => (&l.backends, l.lb_addr(0), l.backend_addr()),
         };
         let backend = spawn_servers(backends, &b);
+        let extra = if xdp {
+            match &hosts {
+                Hosts::Routed(t) => {
+                    enable_gro(&t.client, netns_kit::Routed::CLIENT_IF);
+                    enable_gro(&t.backends, netns_kit::Routed::BACKENDS_IF);
+                }
+                Hosts::OneArmed(l) => {
+                    let [.., host] = l.addrs.lb(0).octets();
+                    enable_gro(l.switch.netns(), &format!("p{host}"));
+                }
+            }
+            with_xdp(extra)
+        } else {
+            extra.to_owned()
+        };
         let text = format!(
             r#"[instance]
 name = "rig"
@@ -159,6 +196,77 @@ drain = "1s"
     }
 }
 
+/// Whether the fast path tests run with the XDP translation on (`STICKYLB_TEST_XDP=1`).
+pub fn xdp_on() -> bool {
+    std::env::var("STICKYLB_TEST_XDP").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// `extra` with `xdp = "auto"` in its `[fastpath]` section (added when it has none; as it is
+/// when it has the key).
+pub fn with_xdp(extra: &str) -> String {
+    const SECTION: &str = "[fastpath]\n";
+    if extra.contains("xdp = \"auto\"") {
+        return extra.to_owned();
+    }
+    match extra.find(SECTION) {
+        Some(at) => {
+            let (head, tail) = extra.split_at(at + SECTION.len());
+            format!("{head}xdp = \"auto\"\n{tail}")
+        }
+        None => format!("{extra}\n{SECTION}xdp = \"auto\"\n"),
+    }
+}
+
+/// Turns GRO on for `dev` in `ns` (`ethtool -K dev gro on`, which this host lacks): a veth
+/// whose peer has GRO on (or an XDP program) takes the frames an XDP program redirects to the
+/// peer's other end.
+pub fn enable_gro(ns: &NetNs, dev: &str) {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let dev = dev.to_owned();
+    super::http::in_netns(ns.name(), move || {
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_SGRO,
+            data: 1,
+        };
+        // SAFETY: a zeroed ifreq is valid; the name fits (checked), and ifr_data points at
+        // `value`, which outlives the ioctl.
+        unsafe {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            assert!(dev.len() < req.ifr_name.len(), "interface name {dev}");
+            for (to, from) in req.ifr_name.iter_mut().zip(dev.bytes()) {
+                *to = from as libc::c_char;
+            }
+            req.ifr_ifru.ifru_data = (&raw mut value).cast();
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let rc = libc::ioctl(fd, SIOCETHTOOL, &raw mut req);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(rc, 0, "GRO on for {dev}: {error}");
+        }
+    });
+}
+
+/// The SHA-256 of the backend's `/bytes/N` body: 64 KiB frames of `i % 251`.
+pub fn backend_body_sha256(len: u64) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let block: Vec<u8> = (0..65536).map(|i| (i % 251) as u8).collect();
+    let mut hash = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(65536) as usize;
+        hash.update(&block[..n]);
+        left -= n as u64;
+    }
+    hash.finalize().into()
+}
+
 /// The test backend in `ns` with servers `s1` on `addr:8001` and `s2` on `addr:8002`, ready.
 pub fn spawn_servers(ns: &NetNs, addr: &str) -> Proc {
     let backend = Proc::spawn(
@@ -229,6 +337,24 @@ impl Client {
     /// GET `path`; `close` asks the server to close after answering. Returns the server that
     /// answered (`X-Served-By`), or the error.
     pub fn get(&mut self, path: &str, close: bool) -> std::io::Result<String> {
+        self.fetch(path, close, &mut |_| {})
+    }
+
+    /// GET `path` (keep-alive): the server that answered and the SHA-256 of the body.
+    pub fn get_sha256(&mut self, path: &str) -> std::io::Result<(String, [u8; 32])> {
+        use sha2::{Digest as _, Sha256};
+        let mut hash = Sha256::new();
+        let server = self.fetch(path, false, &mut |chunk| hash.update(chunk))?;
+        Ok((server, hash.finalize().into()))
+    }
+
+    /// GET `path`, handing the body to `body` as it comes.
+    fn fetch(
+        &mut self,
+        path: &str,
+        close: bool,
+        body: &mut dyn FnMut(&[u8]),
+    ) -> std::io::Result<String> {
         let close = if close { "Connection: close\r\n" } else { "" };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: t\r\nCookie: JSESSIONID={}\r\n{close}\r\n",
@@ -257,10 +383,17 @@ impl Client {
         let len: usize = header("content-length")
             .and_then(|l| l.parse().ok())
             .ok_or_else(|| invalid("no content-length"))?;
-        while self.buf.len() < len {
+        let mut left = len;
+        loop {
+            let n = left.min(self.buf.len());
+            body(&self.buf[..n]);
+            self.buf.drain(..n);
+            left -= n;
+            if left == 0 {
+                break;
+            }
             self.fill()?;
         }
-        self.buf.drain(..len);
         header("x-served-by").ok_or_else(|| invalid("no x-served-by"))
     }
 

@@ -9,8 +9,8 @@ use std::{
 use super::{
     backend_id,
     raw::{key_at, line_of, RawBackend, RawConfig, RawHealthCheck, RawInstance},
-    Backend, Balance, Config, FastPathMode, FastPathPolicy, Frontend, HealthCheck, Instance,
-    PortRange, Server, Timeouts, MAX_WEIGHT,
+    Backend, Balance, Config, FastPathMode, FastPathPolicy, FastPathXdp, Frontend, HealthCheck,
+    Instance, PortRange, Server, Timeouts, MAX_WEIGHT,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/stickylb";
@@ -550,11 +550,24 @@ impl Checker<'_> {
                 }
             },
         };
+        let xdp = match &f.xdp {
+            None => Some(default.xdp),
+            Some(text) => match text.get_ref().as_str() {
+                "off" => Some(FastPathXdp::Off),
+                "auto" => Some(FastPathXdp::Auto),
+                other => {
+                    let msg = format!("unknown xdp {other:?} (valid: auto, off)");
+                    self.report(Some(text.span()), "fastpath.xdp", msg);
+                    None
+                }
+            },
+        };
         Some(FastPathPolicy {
             after_requests: u32::try_from(after_requests?).ok()?,
             after_pause: after_pause?,
             port_reuse: port_reuse?,
             source_ports: source_ports?,
+            xdp: xdp?,
         })
     }
 }
