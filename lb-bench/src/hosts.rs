@@ -128,12 +128,17 @@ impl Topology {
     pub(crate) fn set_far_end_gro(&self, on: bool) -> anyhow::Result<()> {
         match &self._switch {
             None => {
-                set_gro(&self.client, Routed::CLIENT_IF, on)?;
-                set_gro(&self.backends, Routed::BACKENDS_IF, on)
+                self.client.set_gro(Routed::CLIENT_IF, on)?;
+                self.backends
+                    .set_gro(Routed::BACKENDS_IF, on)
+                    .map_err(Into::into)
             }
             Some(switch) => {
                 let [.., host] = self.addrs.lb.octets();
-                set_gro(switch.netns(), &format!("p{host}"), on)
+                switch
+                    .netns()
+                    .set_gro(&format!("p{host}"), on)
+                    .map_err(Into::into)
             }
         }
     }
@@ -147,50 +152,6 @@ impl Topology {
         }
         Ok(())
     }
-}
-
-/// `ethtool -K <dev> gro on|off` in `netns`, through the ioctl (`ethtool` itself may be missing),
-/// from a thread that joins the namespace.
-fn set_gro(netns: &NetNs, dev: &str, on: bool) -> anyhow::Result<()> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_SGRO: u32 = 0x2c;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let (name, dev) = (netns.name().to_owned(), dev.to_owned());
-    let joined = std::thread::spawn(move || -> anyhow::Result<()> {
-        netns_kit::enter(&name).with_context(|| format!("joining {name}"))?;
-        let mut value = EthtoolValue {
-            cmd: ETHTOOL_SGRO,
-            data: u32::from(on),
-        };
-        // SAFETY: a zeroed ifreq is valid.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        anyhow::ensure!(dev.len() < req.ifr_name.len(), "interface name {dev}");
-        for (to, from) in req.ifr_name.iter_mut().zip(dev.bytes()) {
-            *to = from as libc::c_char;
-        }
-        req.ifr_ifru.ifru_data = (&raw mut value).cast();
-        // SAFETY: plain socket(2); the descriptor is closed below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        // SAFETY: `req` is a valid ifreq whose data pointer is `value`, alive for the call.
-        let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut req) };
-        let error = std::io::Error::last_os_error();
-        // SAFETY: ours, closed once.
-        unsafe { libc::close(fd) };
-        anyhow::ensure!(
-            rc == 0,
-            "GRO {} on {dev}: {error}",
-            if on { "on" } else { "off" }
-        );
-        Ok(())
-    });
-    joined
-        .join()
-        .map_err(|_| anyhow::anyhow!("the GRO thread panicked"))?
 }
 
 /// Deletes the namespaces of bench runs whose process is gone (killed before cleaning up).

@@ -39,4 +39,13 @@ pub enum Error {
          (.2 and .100)"
     )]
     LanFull { net: u8, first: u8, count: usize },
+    /// Turning GRO on or off failed (the ioctl, or the thread that joins the namespace).
+    #[error("could not turn GRO {} on {dev} in {netns}", if *on { "on" } else { "off" })]
+    Gro {
+        netns: String,
+        dev: String,
+        on: bool,
+        #[source]
+        source: io::Error,
+    },
 }

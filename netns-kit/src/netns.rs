@@ -73,6 +73,25 @@ impl NetNs {
     }
 
     /// The default route, through `gateway`.
+    /// Turns GRO on or off for `dev` (`ethtool -K dev gro on|off`, without ethtool), from a
+    /// thread that joins the namespace. A veth whose peer has GRO on (or an XDP program)
+    /// takes the frames an XDP program redirects to that peer's other end.
+    pub fn set_gro(&self, dev: &str, on: bool) -> Result<()> {
+        let (name, owned) = (self.name.clone(), dev.to_owned());
+        let joined = std::thread::spawn(move || -> std::io::Result<()> {
+            enter(&name).map_err(std::io::Error::other)?;
+            sys::set_gro(&owned, on)
+        })
+        .join();
+        let result = joined.unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")));
+        result.map_err(|source| Error::Gro {
+            netns: self.name.clone(),
+            dev: dev.to_owned(),
+            on,
+            source,
+        })
+    }
+
     pub fn add_default_route(&self, gateway: &str) -> Result<()> {
         self.run(&["ip", "route", "add", "default", "via", gateway])
             .map(drop)

@@ -217,40 +217,12 @@ pub fn with_xdp(extra: &str) -> String {
     }
 }
 
-/// Turns GRO on for `dev` in `ns` (`ethtool -K dev gro on`, which this host lacks): a veth
-/// whose peer has GRO on (or an XDP program) takes the frames an XDP program redirects to the
-/// peer's other end.
+/// Turns GRO on for `dev` in `ns`: a veth whose peer has GRO on (or an XDP program) takes the
+/// frames an XDP program redirects to the peer's other end.
 pub fn enable_gro(ns: &NetNs, dev: &str) {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_SGRO: u32 = 0x2c;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
+    if let Err(error) = ns.set_gro(dev, true) {
+        panic!("{error}");
     }
-    let dev = dev.to_owned();
-    super::http::in_netns(ns.name(), move || {
-        let mut value = EthtoolValue {
-            cmd: ETHTOOL_SGRO,
-            data: 1,
-        };
-        // SAFETY: a zeroed ifreq is valid; the name fits (checked), and ifr_data points at
-        // `value`, which outlives the ioctl.
-        unsafe {
-            let mut req: libc::ifreq = std::mem::zeroed();
-            assert!(dev.len() < req.ifr_name.len(), "interface name {dev}");
-            for (to, from) in req.ifr_name.iter_mut().zip(dev.bytes()) {
-                *to = from as libc::c_char;
-            }
-            req.ifr_ifru.ifru_data = (&raw mut value).cast();
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            let rc = libc::ioctl(fd, SIOCETHTOOL, &raw mut req);
-            let error = std::io::Error::last_os_error();
-            libc::close(fd);
-            assert_eq!(rc, 0, "GRO on for {dev}: {error}");
-        }
-    });
 }
 
 /// The SHA-256 of the backend's `/bytes/N` body: 64 KiB frames of `i % 251`.
