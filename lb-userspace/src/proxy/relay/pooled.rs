@@ -492,18 +492,25 @@ mod tests {
 
     async fn get(pools: &Pools, server: &Arc<ServerState>) -> (u16, Vec<u8>) {
         use http_body_util::BodyExt as _;
-        let request = Request {
-            head: b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
-            head_request: false,
-            repeatable: true,
-        };
-        let timeouts = (Duration::from_secs(1), Duration::from_secs(2));
+        let (request, timeouts) = (plain_get(), TIMEOUTS);
         let answer = exchange(pools, server, &request, "JSESSIONID", timeouts)
             .await
             .unwrap();
         let body = answer.body.collect().await.unwrap().to_bytes();
         (answer.status.as_u16(), body.to_vec())
     }
+
+    /// A bodyless, repeatable `GET /`.
+    fn plain_get() -> Request {
+        Request {
+            head: b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+            head_request: false,
+            repeatable: true,
+        }
+    }
+
+    /// Connect and answer timeouts of the tests' exchanges.
+    const TIMEOUTS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(2));
 
     #[tokio::test]
     async fn connections_are_reused_after_bodies_that_ended_as_framed() {
@@ -533,12 +540,7 @@ mod tests {
         use http_body_util::BodyExt as _;
         let (server, accepted) = server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
         let pools = Pools::default();
-        let request = Request {
-            head: b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
-            head_request: false,
-            repeatable: true,
-        };
-        let timeouts = (Duration::from_secs(1), Duration::from_secs(2));
+        let (request, timeouts) = (plain_get(), TIMEOUTS);
         for _ in 0..3 {
             let mut answer = exchange(&pools, &server, &request, "JSESSIONID", timeouts)
                 .await
@@ -558,12 +560,7 @@ mod tests {
         let answer = format!("HTTP/1.1 200 OK\r\nX-Long: {value}\r\nContent-Length: 2\r\n\r\nok");
         let (server, accepted) = server(Box::leak(answer.into_bytes().into_boxed_slice())).await;
         let pools = Pools::default();
-        let request = Request {
-            head: b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
-            head_request: false,
-            repeatable: true,
-        };
-        let timeouts = (Duration::from_secs(1), Duration::from_secs(2));
+        let (request, timeouts) = (plain_get(), TIMEOUTS);
         for _ in 0..2 {
             let answer = exchange(&pools, &server, &request, "JSESSIONID", timeouts)
                 .await
