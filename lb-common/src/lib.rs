@@ -323,6 +323,11 @@ pub const SHIELD_STATS_MAP: &str = "SHIELD_STATS";
 /// Name of the shield's XDP program.
 pub const SHIELD_PROGRAM: &str = "shield";
 
+/// Name of the shield's XDP program that also translates spliced flows (the shield's verdict,
+/// then [`SPLICE_XDP_PROGRAM`]'s translation): the one XDP program of an interface the shield
+/// holds while the fast path translates at XDP.
+pub const SHIELD_SPLICE_PROGRAM: &str = "shield_splice";
+
 /// Capacity of the deny list.
 pub const SHIELD_DENY_ENTRIES: u32 = 65536;
 

@@ -15,6 +15,8 @@
 //! - `splice_xdp`: the splice fast path's translation of SPLICE flows at XDP, on the interfaces
 //!   where the daemon attaches it (docs/SPLICE.md, "At XDP"); it shares `SPLICE_FLOWS` and
 //!   `SPLICE_STATS` with `splice_ingress` and redirects through `SPLICE_XDP_PORTS`.
+//! - `shield_splice`: the shield and `splice_xdp` in one program, for the interfaces the shield
+//!   holds while the fast path translates at XDP (an interface has one XDP program).
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add` (no CAS), but BPF has
@@ -80,7 +82,13 @@ pub fn splice_ingress(ctx: TcContext) -> i32 {
 ///   `SPLICE_STATS` (slot `SPLICE_STAT_XDP_REDIRECTED` besides the others).
 #[xdp]
 pub fn splice_xdp(ctx: XdpContext) -> u32 {
-    match ingress::xdp::try_splice_xdp(&ctx) {
+    translate_at_xdp(&ctx)
+}
+
+/// `splice_xdp`'s body, which `shield_splice` runs too.
+#[inline(always)]
+fn translate_at_xdp(ctx: &XdpContext) -> u32 {
+    match ingress::xdp::try_splice_xdp(ctx) {
         Ok(action) => action,
         Err(_) => {
             maps::stat_inc(lb_common::SPLICE_STAT_DROPPED);
@@ -103,6 +111,25 @@ pub fn splice_xdp(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn shield(ctx: XdpContext) -> u32 {
     shield::shield_verdict(&ctx)
+}
+
+/// The shield, then the splice translation: what `shield` and `splice_xdp` do, in one program.
+///
+/// - Attach point: XDP of the interfaces the shield holds, in its mode (native where the driver
+///   has it), when the fast path translates at XDP (`[fastpath] xdp = "auto"`): an interface
+///   runs one XDP program, and the translation of the packets arriving there would otherwise
+///   stay in TC.
+/// - Returns the shield's `XDP_DROP` first; for a packet the shield passes, what `splice_xdp`
+///   returns. Declared multi-buffer aware like `shield`: the translation takes only frames
+///   whose packet lies in the first buffer and passes the others to TC untouched.
+/// - Maps: those of `shield` and of `splice_xdp`, the same pinned maps.
+#[xdp(frags)]
+pub fn shield_splice(ctx: XdpContext) -> u32 {
+    let verdict = shield::shield_verdict(&ctx);
+    if verdict != xdp_action::XDP_PASS {
+        return verdict;
+    }
+    translate_at_xdp(&ctx)
 }
 
 #[cfg(not(test))]

@@ -347,7 +347,14 @@ fn start_shield(
     if interfaces.is_empty() {
         return Ok(None);
     }
-    let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
+    // With the fast path translating at XDP, the shield's program translates too on the
+    // interfaces it holds (one XDP program per interface); the fast path has pinned its maps.
+    let program = if config.splices() && config.fastpath.xdp == crate::config::FastPathXdp::Auto {
+        shield::program::Program::WithTranslation
+    } else {
+        shield::program::Program::Shield
+    };
+    let mut loaded = shield::Shield::load_program(pin_root, program).map_err(StartError::Shield)?;
     let limit = shield::SynLimit {
         rate: config.shield.syn_rate,
         burst: config.shield.syn_burst,
@@ -363,6 +370,7 @@ fn start_shield(
         tracing::info!(
             %interface,
             ?mode,
+            ?program,
             syn_rate = limit.rate,
             syn_burst = limit.burst,
             "shield attached (XDP)"

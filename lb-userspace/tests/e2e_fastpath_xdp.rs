@@ -2,7 +2,8 @@
 //! on veths whose far ends take redirected frames (GRO on), the daemon attaches `splice_xdp` in
 //! native mode, and the packets of a spliced keep-alive connection and of a spliced download
 //! are translated at XDP and arrive intact; with the shield on the frontend's interface, the
-//! translation there stays in TC, the shield keeps its XDP, and the download is still intact;
+//! shield's own program (`shield_splice`) translates there after its verdict, and both flows
+//! are still translated at XDP;
 //! where the far ends have GRO off (no interface takes redirected frames), XDP translates
 //! nothing and TC everything. The real daemon, in
 //! namespaces (`common::fastpath::Rig`).
@@ -20,8 +21,12 @@ use common::{
     fastpath::{backend_body_sha256, metric, outcome, Client, Rig},
     http::in_netns,
 };
-use lb_common::{SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_XDP_REDIRECTED};
-use stickylb::fastpath::program::read_pinned_stats;
+use lb_common::{
+    SHIELD_STAT_PASSED, SPLICE_STAT_DROPPED, SPLICE_STAT_REDIRECTED, SPLICE_STAT_XDP_REDIRECTED,
+};
+use stickylb::{
+    fastpath::program::read_pinned_stats, shield::program::read_pinned_stats as read_shield_stats,
+};
 
 const DOWNLOAD: usize = 20 * 1024 * 1024;
 
@@ -128,7 +133,7 @@ fn spliced_keep_alive_and_download_flows_are_translated_at_xdp() {
 }
 
 #[test]
-fn with_the_shield_on_the_frontend_interface_its_translation_stays_in_tc() {
+fn with_the_shield_on_the_frontend_interface_its_program_translates_too() {
     if !common::privileged() {
         return;
     }
@@ -137,12 +142,14 @@ fn with_the_shield_on_the_frontend_interface_its_translation_stays_in_tc() {
         245,
         "[fastpath]\nafter_requests = 1\n\n[shield]\nenabled = true\n",
     );
-    let _daemon = rig.start();
+    let daemon = rig.start();
+    let shield_before = read_shield_stats(&rig.root).unwrap();
     let [keep_alive, download] = keep_alive_then_download(&rig);
     eprintln!("translated (all, at XDP): keep-alive {keep_alive:?}, download {download:?}");
     let metrics = rig.metrics();
+    // One XDP program on the client's side: the shield's, translating as `splice_xdp` does.
     assert!(
-        metrics.contains(&interface_line("veth-client", "tc", "shield")),
+        metrics.contains(&interface_line("veth-client", "xdp", "shield")),
         "{metrics}"
     );
     assert!(
@@ -153,12 +160,27 @@ fn with_the_shield_on_the_frontend_interface_its_translation_stays_in_tc() {
         metrics.contains("stickylb_shield_interface{interface=\"veth-client\",mode=\"native\"} 1"),
         "{metrics}"
     );
-    // Both flows were translated (in TC: the XDP program on the backends' side learns the
-    // client's MAC addresses only from packets it sees, and the client's arrive through the
-    // shield), and the download arrived intact (checked above).
     assert!(
-        keep_alive.0 > 0 && download.0 > 0,
-        "{keep_alive:?} {download:?}"
+        daemon.output().contains("WithTranslation"),
+        "the log names the shield's program: {}",
+        daemon.output()
+    );
+    // Both directions at XDP (as without the shield): the client's packets, which arrive
+    // through the shield's program, showed the backends' side the client's MAC addresses.
+    for (flow, (all, xdp)) in [("keep-alive", keep_alive), ("download", download)] {
+        assert!(all > 0, "{flow}: nothing translated");
+        assert!(
+            xdp * 10 >= all * 9,
+            "{flow}: {xdp} of {all} packets translated at XDP"
+        );
+    }
+    // And every one of the client's packets met the shield first.
+    let shield_after = read_shield_stats(&rig.root).unwrap();
+    let passed = SHIELD_STAT_PASSED as usize;
+    assert!(
+        shield_after[passed] - shield_before[passed] >= keep_alive.0 / 2,
+        "the shield passed {} packets, {keep_alive:?} translated",
+        shield_after[passed] - shield_before[passed]
     );
 }
 

@@ -53,6 +53,7 @@ const CHUNK: u32 = 512;
 /// Steps of the TCP checksum: segments up to 9 KiB (jumbo frames); a larger one passes to TC.
 const MAX_CHUNKS: u32 = 18;
 
+#[inline(always)]
 pub(crate) fn try_splice_xdp(ctx: &XdpContext) -> Result<u32, Drop> {
     const PASS: Result<u32, Drop> = Ok(xdp_action::XDP_PASS);
     let Some(Parsed { ip, ihl, th, key }) = parse(ctx) else {

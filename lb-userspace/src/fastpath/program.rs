@@ -87,7 +87,7 @@ pub enum XdpAttachment {
     Unsupported,
     /// Another XDP program (someone else's) holds the interface: TC only.
     Occupied,
-    /// The shield runs at XDP on the interface: TC only.
+    /// The shield holds the interface's XDP and runs the translation too (`shield_splice`).
     Shield,
 }
 
@@ -96,8 +96,8 @@ impl XdpAttachment {
     /// the monitor's and the metrics' words: `xdp` or `tc`.
     pub fn translation(self) -> &'static str {
         match self {
-            Self::Native => "xdp",
-            Self::Off | Self::Unsupported | Self::Occupied | Self::Shield => "tc",
+            Self::Native | Self::Shield => "xdp",
+            Self::Off | Self::Unsupported | Self::Occupied => "tc",
         }
     }
 
@@ -133,11 +133,17 @@ impl FastPath {
             check_flows_layout(&flows_path)?;
         }
         let stats_path = root.join(SPLICE_STATS_MAP);
-        let mut ebpf = dataplane::load_object(
-            EbpfLoader::new()
-                .map_pin_path(SPLICE_FLOWS_MAP, flows_path)
-                .map_pin_path(SPLICE_STATS_MAP, stats_path),
-        )?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_pin_path(SPLICE_FLOWS_MAP, flows_path)
+            .map_pin_path(SPLICE_STATS_MAP, stats_path);
+        if xdp {
+            // Pinned for the shield's `shield_splice`, which redirects through the same
+            // interfaces on the interfaces the shield holds. Its entries are interface indexes,
+            // valid for any process (the kernel removes an interface's entry when it goes).
+            loader.map_pin_path(SPLICE_XDP_PORTS_MAP, root.join(SPLICE_XDP_PORTS_MAP));
+        }
+        let mut ebpf = dataplane::load_object(&mut loader)?;
         program_mut(&mut ebpf)?
             .load()
             .map_err(FastPathError::Verify)?;
@@ -182,8 +188,9 @@ impl FastPath {
         Ok(XdpAttachment::Native)
     }
 
-    /// What an interface the shield takes gets: TC only (`Off` when this process runs no XDP
-    /// translation at all). One XDP program per interface; the shield's comes first.
+    /// What an interface the shield takes gets: the shield's own program translates there
+    /// (`shield_splice`, see `shield::program::Program`), or, when this process runs no XDP
+    /// translation at all, TC only (`Off`). One XDP program per interface.
     pub fn xdp_left_to_shield(&self) -> XdpAttachment {
         if self.xdp {
             XdpAttachment::Shield

@@ -26,8 +26,9 @@ pub enum ShieldError {
     #[error(transparent)]
     Object(#[from] dataplane::ObjectError),
     #[error(
-        "loading the program {} into the kernel (verifier)",
-        lb_common::SHIELD_PROGRAM
+        "loading the shield's XDP program ({} or {}) into the kernel (verifier)",
+        lb_common::SHIELD_PROGRAM,
+        lb_common::SHIELD_SPLICE_PROGRAM
     )]
     Verify(#[source] aya::programs::ProgramError),
     #[error(
@@ -59,4 +60,9 @@ pub enum ShieldError {
     NoInterface,
     #[error("listing the network interfaces")]
     ListInterfaces(#[source] std::io::Error),
+    #[error(
+        "the fast path's map {path} is not pinned: the shield translates spliced flows at XDP \
+         only after the fast path has loaded"
+    )]
+    FastPathMapMissing { path: PathBuf },
 }

@@ -9,7 +9,8 @@ use aya::{
 };
 use lb_common::{
     ShieldAddr, ShieldSynBucket, SHIELD_CONFIG_MAP, SHIELD_DENY_MAP, SHIELD_PROGRAM,
-    SHIELD_STATS_LEN, SHIELD_STATS_MAP, SHIELD_SYN_MAP,
+    SHIELD_SPLICE_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP, SHIELD_SYN_MAP, SPLICE_FLOWS_MAP,
+    SPLICE_STATS_MAP, SPLICE_XDP_PORTS_MAP,
 };
 
 use super::{
@@ -52,10 +53,31 @@ pub struct Attached {
     pub interfaces: Vec<(String, AttachMode)>,
 }
 
+/// Which program holds the shield's interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `shield`: the deny list and the SYN limit.
+    Shield,
+    /// `shield_splice`: the same, then the splice translation of `splice_xdp`, for a fast path
+    /// that translates at XDP (`[fastpath] xdp = "auto"`): an interface runs one XDP program.
+    /// It uses the fast path's pinned maps, so the fast path must have loaded them first.
+    WithTranslation,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Shield => SHIELD_PROGRAM,
+            Self::WithTranslation => SHIELD_SPLICE_PROGRAM,
+        }
+    }
+}
+
 /// The loaded shield of one instance.
 pub struct Shield {
     ebpf: Ebpf,
     root: PathBuf,
+    program: Program,
 }
 
 impl Shield {
@@ -63,6 +85,13 @@ impl Shield {
     /// settings, counters) pinned under `root` (`<pin_dir>/<instance>/v1`), each checked for its
     /// layout, or creating and pinning them there.
     pub fn load(root: &Path) -> Result<Shield, ShieldError> {
+        Self::load_program(root, Program::Shield)
+    }
+
+    /// Loads `program`; [`Program::WithTranslation`] also adopts the fast path's flow map,
+    /// counters and device map pinned under `root` (the fast path checked their layouts when
+    /// it loaded them).
+    pub fn load_program(root: &Path, program: Program) -> Result<Shield, ShieldError> {
         dataplane::prepare_pin_root(root).map_err(ShieldError::PinRoot)?;
         for (name, what, layout) in pinned_maps() {
             let path = root.join(name);
@@ -74,16 +103,27 @@ impl Shield {
         for (name, _, _) in pinned_maps() {
             loader.map_pin_path(name, root.join(name));
         }
-        // The loader also creates the object's other maps; the fast path's flow map is a
-        // preallocated hash map, kept to one entry here since this object never uses it.
-        let mut ebpf =
-            dataplane::load_object(loader.map_max_entries(lb_common::SPLICE_FLOWS_MAP, 1))?;
-        program_mut(&mut ebpf)?
+        if program == Program::WithTranslation {
+            for name in [SPLICE_FLOWS_MAP, SPLICE_STATS_MAP, SPLICE_XDP_PORTS_MAP] {
+                let path = root.join(name);
+                if !path.exists() {
+                    return Err(ShieldError::FastPathMapMissing { path });
+                }
+                loader.map_pin_path(name, path);
+            }
+        } else {
+            // The loader also creates the object's other maps; the fast path's flow map is a
+            // preallocated hash map, kept to one entry here since `shield` never uses it.
+            loader.map_max_entries(SPLICE_FLOWS_MAP, 1);
+        }
+        let mut ebpf = dataplane::load_object(&mut loader)?;
+        program_mut(&mut ebpf, program)?
             .load()
             .map_err(ShieldError::Verify)?;
         Ok(Shield {
             ebpf,
             root: root.to_owned(),
+            program,
         })
     }
 
@@ -92,7 +132,7 @@ impl Shield {
     /// previous process's) is adopted and its program replaced atomically.
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, ShieldError> {
         let path = self.link_path(interface);
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, self.program)?;
         let attach_err = |source| ShieldError::Attach {
             interface: interface.to_owned(),
             source,
@@ -175,12 +215,12 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SHIELD_STATS_LEN as usize]
     Ok(sums)
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ShieldError> {
+fn program_mut(ebpf: &mut Ebpf, program: Program) -> Result<&mut Xdp, ShieldError> {
     let missing = dataplane::ObjectError::Missing {
         what: "program",
-        name: SHIELD_PROGRAM,
+        name: program.name(),
     };
-    let Some(program) = ebpf.program_mut(SHIELD_PROGRAM) else {
+    let Some(program) = ebpf.program_mut(program.name()) else {
         return Err(missing.into());
     };
     program.try_into().map_err(|_| missing.into())
