@@ -345,6 +345,9 @@ fn start_shield(
         tracing::info!(link = %link.display(), "shield: detached an interface no longer shielded");
     }
     if interfaces.is_empty() {
+        if shield::refund::detach(pin_root).map_err(StartError::Shield)? {
+            tracing::info!("shield: detached the refund (sock_ops)");
+        }
         return Ok(None);
     }
     let mut loaded = shield::Shield::load(pin_root).map_err(StartError::Shield)?;
@@ -357,7 +360,17 @@ fn start_shield(
     let mut attached = shield::Attached {
         root: pin_root.to_owned(),
         interfaces: Vec::new(),
+        refund: None,
     };
+    // Before the XDP program: a connection established from here on gives its SYN back.
+    let ports: Vec<u16> = config.frontends.iter().map(|f| f.bind.port()).collect();
+    let refund = loaded.attach_refund(&ports).map_err(StartError::Shield)?;
+    tracing::info!(
+        ?refund,
+        ?ports,
+        "shield: refund attached (sock_ops): SYNs that become connections are not limited"
+    );
+    attached.refund = Some(refund);
     for interface in interfaces {
         let mode = loaded.attach(&interface).map_err(StartError::Shield)?;
         tracing::info!(
