@@ -32,7 +32,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) lag_rate: Option<u32>,
     /// Only these contenders (direct, haproxy, stickylb, stickylb-fast-path; and
-    /// stickylb-fast-path-xdp, which runs only when named); see --workload.
+    /// stickylb-fast-path-xdp and stickylb-shield, which run only when named); see --workload.
     #[arg(long = "contender", value_name = "ID", value_parser = parse_contender)]
     pub(crate) contenders: Vec<Contender>,
 }

@@ -42,6 +42,11 @@ pub(super) enum Contender {
     /// `--contender stickylb-fast-path-xdp` (beside `stickylb-fast-path` for XDP vs TC in one
     /// run).
     StickylbFastPathXdp,
+    /// stickylb as [`Self::Stickylb`] with the shield on at its default limit (200 SYNs/s and
+    /// 400 at once per source; its refund makes the SYNs of completed connections free): the
+    /// shield's cost on ordinary traffic, against `stickylb` (shield off) in the same run. Not
+    /// in the default runs: ask for it with `--contender stickylb-shield`.
+    StickylbShield,
 }
 
 impl Contender {
@@ -60,6 +65,7 @@ impl Contender {
             Self::Stickylb => "stickylb",
             Self::StickylbFastPath => "stickylb + fast path",
             Self::StickylbFastPathXdp => "stickylb + fast path at XDP",
+            Self::StickylbShield => "stickylb + shield",
         }
     }
 
@@ -71,11 +77,12 @@ impl Contender {
             Self::Stickylb => "stickylb",
             Self::StickylbFastPath => "stickylb-fast-path",
             Self::StickylbFastPathXdp => "stickylb-fast-path-xdp",
+            Self::StickylbShield => "stickylb-shield",
         }
     }
 
     /// Contenders that run only when named (`--contender`).
-    pub(super) const EXTRA: [Self; 1] = [Self::StickylbFastPathXdp];
+    pub(super) const EXTRA: [Self; 2] = [Self::StickylbFastPathXdp, Self::StickylbShield];
 
     pub(super) fn from_id(id: &str) -> Option<Self> {
         Self::ALL
@@ -97,7 +104,8 @@ impl Contender {
             | Self::Haproxy
             | Self::Stickylb
             | Self::StickylbFastPath
-            | Self::StickylbFastPathXdp => None,
+            | Self::StickylbFastPathXdp
+            | Self::StickylbShield => None,
         }
     }
 
@@ -123,7 +131,10 @@ impl Contender {
     pub(super) fn is_stickylb(self) -> bool {
         matches!(
             self,
-            Self::Stickylb | Self::StickylbFastPath | Self::StickylbFastPathXdp
+            Self::Stickylb
+                | Self::StickylbFastPath
+                | Self::StickylbFastPathXdp
+                | Self::StickylbShield
         )
     }
 
@@ -202,9 +213,9 @@ pub(super) fn stickylb_config(
         FastPathSetting::Off => "off",
         FastPathSetting::Tc | FastPathSetting::Xdp => "splice",
     };
-    // Off unless asked for: the request workloads measure the proxy as they always have (and
-    // their clients open more connections per address than the default SYN limit allows); the
-    // syn-flood measurement turns it on.
+    // Written out either way (the daemon's default is on beyond loopback): off unless asked
+    // for, so the request workloads measure the proxy as they always have; the
+    // `stickylb-shield` contender and the syn-flood measurement turn it on.
     let shield = shield.map_or_else(
         || "[shield]\nenabled = false\n".to_owned(),
         |limit| {
@@ -260,10 +271,20 @@ impl From<Contender> for FastPathSetting {
         match contender {
             Contender::StickylbFastPath => Self::Tc,
             Contender::StickylbFastPathXdp => Self::Xdp,
-            Contender::Direct | Contender::Haproxy | Contender::Stickylb => Self::Off,
+            Contender::Direct
+            | Contender::Haproxy
+            | Contender::Stickylb
+            | Contender::StickylbShield => Self::Off,
         }
     }
 }
+
+/// The shield's default limit (`[shield]` without `syn_rate` and `syn_burst`), which the
+/// `stickylb-shield` contender runs with.
+pub(super) const DEFAULT_SHIELD: SynLimit = SynLimit {
+    rate: 200,
+    burst: 400,
+};
 
 /// The shield's SYN limit of the bench's stickylb (`[shield] syn_rate`, `syn_burst`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

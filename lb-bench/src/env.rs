@@ -218,7 +218,10 @@ impl Env {
                 self.wait_answering(&contender.base_url(addrs), &process, layout)?;
                 Ok((process, started.elapsed()))
             }
-            Contender::Stickylb | Contender::StickylbFastPath | Contender::StickylbFastPathXdp => {
+            Contender::Stickylb
+            | Contender::StickylbFastPath
+            | Contender::StickylbFastPathXdp
+            | Contender::StickylbShield => {
                 if let Some(why) = contender.unavailable() {
                     bail!("{}: {why}", contender.label());
                 }
@@ -226,6 +229,7 @@ impl Env {
                 let name = match contender {
                     Contender::StickylbFastPath => "stickylb-fastpath",
                     Contender::StickylbFastPathXdp => "stickylb-fastpath-xdp",
+                    Contender::StickylbShield => "stickylb-shield",
                     _ => "stickylb",
                 };
                 let config = self.work_dir.join(format!("{name}.toml"));
@@ -238,7 +242,10 @@ impl Env {
                         contender.into(),
                         addrs,
                         tls,
-                        self.shield.get(),
+                        match contender {
+                            Contender::StickylbShield => Some(contender::DEFAULT_SHIELD),
+                            _ => self.shield.get(),
+                        },
                     ),
                 )?;
                 let mut command = lb.command(&self.stickylb);

@@ -164,6 +164,7 @@ fn contender_file_name(contender: Contender) -> &'static str {
         Contender::Stickylb => "stickylb",
         Contender::StickylbFastPath => "stickylb-fastpath",
         Contender::StickylbFastPathXdp => "stickylb-fastpath-xdp",
+        Contender::StickylbShield => "stickylb-shield",
     }
 }
 

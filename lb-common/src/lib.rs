@@ -347,8 +347,40 @@ pub const SHIELD_STAT_PASSED: u32 = 1;
 /// [`SHIELD_STATS_MAP`] slot: TCP SYNs (without ACK) dropped because their source sent more
 /// than its rate allows ([`ShieldConfig`]).
 pub const SHIELD_STAT_DROPPED_RATE: u32 = 2;
-/// Number of [`SHIELD_STATS_MAP`] slots (the last one is unused).
+/// [`SHIELD_STATS_MAP`] slot: SYNs given back to their source's bucket because the connection
+/// they opened was established (the `sock_ops` program [`SHIELD_REFUND_PROGRAM`]).
+pub const SHIELD_STAT_REFUNDED: u32 = 3;
+/// Number of [`SHIELD_STATS_MAP`] slots.
 pub const SHIELD_STATS_LEN: u32 = 4;
+
+/// Name of the shield's `sock_ops` program, which gives a SYN back to its source's bucket when
+/// the kernel establishes the connection it opened on one of the daemon's frontends: only SYNs
+/// that never become connections are rate-limited (docs/SHIELD.md, "The refund").
+pub const SHIELD_REFUND_PROGRAM: &str = "shield_refund";
+
+/// Name of the map of the frontends whose established connections refund their SYN: one
+/// [`ShieldFrontend`] per listening port of the daemon that loaded the program. Not pinned:
+/// each process fills its own, and its program holds it while attached.
+pub const SHIELD_FRONTENDS_MAP: &str = "SHIELD_FRONTENDS";
+
+/// Capacity of [`SHIELD_FRONTENDS_MAP`].
+pub const SHIELD_FRONTENDS_ENTRIES: u32 = 256;
+
+/// Key of [`SHIELD_FRONTENDS_MAP`]: a network namespace and a local TCP port. A `sock_ops`
+/// program attached to a cgroup sees the connections of every namespace and process under it;
+/// this is how one daemon's program refunds only for its own frontends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ShieldFrontend {
+    /// The namespace's cookie (`SO_NETNS_COOKIE`, `bpf_get_netns_cookie`), host order.
+    pub netns_cookie: u64,
+    /// The frontend's port, host order (as `bpf_sock_ops.local_port` has it).
+    pub port: u16,
+    /// Zero.
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(size_of::<ShieldFrontend>() == 16);
 
 /// Name of the SYN rate limit's buckets map: one entry per source (/32 for IPv4, /64 for
 /// IPv6), an LRU hash so that a flood of new sources evicts the oldest instead of failing.
@@ -445,4 +477,5 @@ mod pod {
     unsafe impl aya::Pod for super::ShieldAddr {}
     unsafe impl aya::Pod for super::ShieldConfig {}
     unsafe impl aya::Pod for super::ShieldSynBucket {}
+    unsafe impl aya::Pod for super::ShieldFrontend {}
 }

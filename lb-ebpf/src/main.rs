@@ -12,6 +12,8 @@
 //!   deny list `SHIELD_DENY` and SYNs beyond a per-source rate (buckets in `SHIELD_SYN`,
 //!   settings in `SHIELD_CONFIG`), counting in `SHIELD_STATS`; all pinned like the table (see
 //!   [`shield`] and docs/SHIELD.md).
+//! - `shield_refund`: a `sock_ops` program that gives a SYN back to its source's bucket when the
+//!   connection it opened on one of the daemon's frontends (`SHIELD_FRONTENDS`) is established.
 //! - `splice_xdp`: the splice fast path's translation of SPLICE flows at XDP, on the interfaces
 //!   where the daemon attaches it (docs/SPLICE.md, "At XDP"); it shares `SPLICE_FLOWS` and
 //!   `SPLICE_STATS` with `splice_ingress` and redirects through `SPLICE_XDP_PORTS`.
@@ -30,11 +32,12 @@
 mod ingress;
 mod maps;
 mod shield;
+mod shield_refund;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, sock_ops, xdp},
+    programs::{SockOpsContext, TcContext, XdpContext},
 };
 
 /// The splice fast path.
@@ -130,6 +133,23 @@ pub fn shield_splice(ctx: XdpContext) -> u32 {
         return verdict;
     }
     translate_at_xdp(&ctx)
+}
+
+/// The shield's refund: a SYN that became a connection goes back to its source's bucket, so
+/// that only SYNs that never complete a handshake are rate-limited (docs/SHIELD.md).
+///
+/// - Attach point: `BPF_CGROUP_SOCK_OPS` of a cgroup v2 (the root of the daemon's hierarchy,
+///   multi-attach beside other daemons' programs). Acts on `BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`
+///   only, for connections whose (network namespace cookie, local port) is in
+///   `SHIELD_FRONTENDS`.
+/// - Minimum kernel: 5.15 (`bpf_get_netns_cookie` in sock_ops). Tested on 6.18.
+/// - Returns 1 (the kernel ignores the value for this callback); sets no flags or reply.
+/// - Reads `SHIELD_FRONTENDS` and `SHIELD_CONFIG`; writes an existing bucket of `SHIELD_SYN`
+///   (never creates one) and `SHIELD_STATS` (slot `SHIELD_STAT_REFUNDED`).
+#[sock_ops]
+pub fn shield_refund(ctx: SockOpsContext) -> u32 {
+    shield_refund::refund(&ctx);
+    1
 }
 
 #[cfg(not(test))]

@@ -5,9 +5,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    ServerAdminEntry, ServerAdminKey, ShieldAddr, ShieldConfig, ShieldRule, ShieldSynBucket,
-    SpliceEntry, SpliceKey, StickEntry, StickKey, SERVER_ADMIN_ENTRIES, SHIELD_DENY_ENTRIES,
-    SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
+    ServerAdminEntry, ServerAdminKey, ShieldAddr, ShieldConfig, ShieldFrontend, ShieldRule,
+    ShieldSynBucket, SpliceEntry, SpliceKey, StickEntry, StickKey, SERVER_ADMIN_ENTRIES,
+    SHIELD_DENY_ENTRIES, SHIELD_FRONTENDS_ENTRIES, SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
     SPLICE_XDP_PORTS_ENTRIES, STICK_TABLE_DEFAULT_ENTRIES,
 };
 
@@ -90,7 +90,16 @@ pub(crate) static SHIELD_SYN: LruHashMap<
 #[btf_map]
 pub(crate) static SHIELD_CONFIG: Array<ShieldConfig, 1> = Array::new();
 
-/// Per-CPU counters of `shield`, indexed by `lb_common::SHIELD_STAT_*`.
+/// The frontends (network namespace, local port) whose established connections give their SYN
+/// back (`shield_refund`). Written by the daemon that loaded the program, at start; not pinned.
+#[btf_map]
+pub(crate) static SHIELD_FRONTENDS: HashMap<
+    ShieldFrontend,
+    u32,
+    { SHIELD_FRONTENDS_ENTRIES as usize },
+> = HashMap::new();
+
+/// Per-CPU counters of `shield` and `shield_refund`, indexed by `lb_common::SHIELD_STAT_*`.
 #[btf_map]
 pub(crate) static SHIELD_STATS: PerCpuArray<u64, { SHIELD_STATS_LEN as usize }> =
     PerCpuArray::new();

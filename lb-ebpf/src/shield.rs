@@ -123,7 +123,7 @@ fn syn_allowed(source: &ShieldAddr) -> bool {
 
 /// The bucket of `source`: the address cut to /32 (IPv4) or /64 (IPv6).
 #[inline(always)]
-fn bucket_key(source: &ShieldAddr) -> ShieldAddr {
+pub(crate) fn bucket_key(source: &ShieldAddr) -> ShieldAddr {
     let mut key = *source;
     if key.family == SHIELD_FAMILY_V6 {
         key.addr[IPV6_BUCKET_BYTES..].fill(0);

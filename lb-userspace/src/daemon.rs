@@ -345,6 +345,9 @@ fn start_shield(
         tracing::info!(link = %link.display(), "shield: detached an interface no longer shielded");
     }
     if interfaces.is_empty() {
+        if shield::refund::detach(pin_root).map_err(StartError::Shield)? {
+            tracing::info!("shield: detached the refund (sock_ops)");
+        }
         return Ok(None);
     }
     // With the fast path translating at XDP, the shield's program translates too on the
@@ -364,7 +367,28 @@ fn start_shield(
     let mut attached = shield::Attached {
         root: pin_root.to_owned(),
         interfaces: Vec::new(),
+        refund: None,
     };
+    // Before the XDP program: a connection established from here on gives its SYN back.
+    let ports: Vec<u16> = config.frontends.iter().map(|f| f.bind.port()).collect();
+    // Without the refund the shield still works as it did before the refund existed (every
+    // SYN counts): a host where no cgroup v2 can be mounted (a container without the privilege)
+    // keeps its shield rather than failing the start.
+    match loaded.attach_refund(&ports) {
+        Ok(refund) => {
+            tracing::info!(
+                ?refund,
+                ?ports,
+                "shield: refund attached (sock_ops): SYNs that become connections are not limited"
+            );
+            attached.refund = Some(refund);
+        }
+        Err(error) => tracing::warn!(
+            error = %crate::error_chain(&error),
+            "shield: the refund could not attach; every SYN counts against the limit, completed \
+             connections included"
+        ),
+    }
     for interface in interfaces {
         let mode = loaded.attach(&interface).map_err(StartError::Shield)?;
         tracing::info!(

@@ -5,7 +5,9 @@
 //! IPv6 source is denied by its prefix. A SYN flood (hping3) from one address is limited to the
 //! burst and rate while another address is served and an established keep-alive connection from
 //! the flooding address keeps working; a reload changes the limit in place; a spliced download
-//! passes the shield intact.
+//! passes the shield intact. Completed connections give their SYN back (the refund): a source
+//! opening connections far beyond the rate is never limited, while a flood from another address
+//! is, and connections to a port that is no frontend are not refunded.
 
 #![allow(
     clippy::unwrap_used,
@@ -25,7 +27,7 @@ use std::{
 use common::{
     netns::Exec as _, privileged, start_daemon, wait_until, write_temp, PinDir, Proc, Topology,
 };
-use lb_common::{SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED};
+use lb_common::{SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED, SHIELD_STAT_REFUNDED};
 use stickylb::shield::{limit, program::read_pinned_stats};
 
 fn config(topo: &Topology, pin: &PinDir, instance: &str) -> String {
@@ -223,6 +225,14 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
         served_from(&topo, &denied),
         "the shield stayed attached although it is off:\n{}",
         daemon.output()
+    );
+    let refund_link = pin
+        .0
+        .join("lb-shld/v1")
+        .join(stickylb::shield::refund::LINK_NAME);
+    assert!(
+        !refund_link.exists(),
+        "the refund stayed pinned although the shield is off"
     );
     let (ok, text) = stickylb(&["deny", "list", "--config", &cfg]);
     assert!(ok, "{text}");
@@ -656,4 +666,132 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+fn refunded(root: &std::path::Path) -> u64 {
+    read_pinned_stats(root).unwrap()[SHIELD_STAT_REFUNDED as usize]
+}
+
+/// Opens `count` TCP connections one after another from the client namespace's default
+/// source to `addr`, each closed once established; returns how many connected within
+/// `timeout` (a SYN the shield drops is retransmitted after 1 s, past the timeout).
+fn connect_many(topo: &Topology, addr: &str, count: u32, timeout: Duration) -> u32 {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    common::http::in_netns(topo.client.name(), move || {
+        (0..count)
+            .filter(|_| std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
+            .count() as u32
+    })
+}
+
+#[test]
+fn completed_connections_beyond_the_rate_are_not_limited_while_a_flood_is() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("shref", 199);
+    let pin = PinDir::new("shref");
+    let _backend = start_backend(&topo);
+    // A low limit: 50/s and 100 at once, so that 1500 connections far exceed it.
+    let text = config(&topo, &pin, "lb-shref").replace(
+        "enabled = true",
+        "enabled = true\nsyn_rate = 50\nsyn_burst = 100",
+    );
+    let cfg = write_temp("shref.toml", &text);
+    // The connections come from the client's first address (its default source), the flood
+    // from the second.
+    let (_, flooder) = two_client_addrs(&topo);
+    let daemon = start_daemon(topo.lb.name(), &cfg);
+    daemon.wait_for_output("shield: refund attached", Duration::from_secs(10));
+    let root = pin.0.join("lb-shref/v1");
+    assert!(root.join(stickylb::shield::refund::LINK_NAME).exists());
+
+    // 1500 completed connections as fast as one client opens them: every one connects at
+    // once, none is dropped by rate, each gives its SYN back.
+    let (rate_before, refunded_before) = (dropped_by_rate(&root), refunded(&root));
+    let started = Instant::now();
+    let frontend = format!("{}:80", topo.lb_addr());
+    let connected = connect_many(&topo, &frontend, 1500, Duration::from_millis(500));
+    let took = started.elapsed();
+    assert_eq!(connected, 1500, "completed connections in {took:?}");
+    assert_eq!(
+        dropped_by_rate(&root),
+        rate_before,
+        "a completed connection's SYN was dropped"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || refunded(&root)
+            >= refunded_before + 1500),
+        "refunded {} of 1500",
+        refunded(&root) - refunded_before
+    );
+    eprintln!(
+        "1500 connections at {:.0}/s, none limited",
+        1500.0 / took.as_secs_f64()
+    );
+
+    // A flood from the other address meets the limit as before: the burst and the rate pass.
+    let before = dropped_by_rate(&root);
+    let started = Instant::now();
+    let (_, out) = topo.client.try_exec(&[
+        "hping3",
+        "-S",
+        "-p",
+        "80",
+        "-c",
+        "2000",
+        "-i",
+        "u100",
+        "-a",
+        &flooder,
+        &topo.lb_addr(),
+    ]);
+    let seconds = started.elapsed().as_secs_f64();
+    let (sent, answered) = hping_counts(&out);
+    let allowed = 100 + (50.0 * seconds).ceil() as u64;
+    assert_eq!(sent, 2000, "{out}");
+    assert!(
+        answered <= allowed,
+        "{answered} flood SYNs answered in {seconds:.2} s (at most {allowed} allowed): {out}"
+    );
+    assert!(dropped_by_rate(&root) - before >= sent - allowed);
+
+    // Connections to a port of the lb host that is no frontend of the daemon give nothing
+    // back: past the burst, their SYNs are limited.
+    let ns = topo.lb.name().to_owned();
+    let lb_addr = topo.lb_addr();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let listener = thread::spawn(move || {
+        netns_kit::enter(&ns).unwrap();
+        let listener = std::net::TcpListener::bind(format!("{lb_addr}:9099")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        // Accepts (and closes) until the test drops `stop`, so the accept queue never fills.
+        while let Err(mpsc::TryRecvError::Empty) = stopped.try_recv() {
+            if listener.accept().is_err() {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let other_port = format!("{}:9099", topo.lb_addr());
+    assert!(wait_until(Duration::from_secs(5), || connect_many(
+        &topo,
+        &other_port,
+        1,
+        Duration::from_millis(500)
+    ) == 1));
+    let (rate_before, refunded_before) = (dropped_by_rate(&root), refunded(&root));
+    let connected = connect_many(&topo, &other_port, 300, Duration::from_millis(200));
+    assert!(
+        connected < 300,
+        "all 300 connections to another port went through"
+    );
+    assert!(dropped_by_rate(&root) > rate_before);
+    assert_eq!(
+        refunded(&root),
+        refunded_before,
+        "another port's connections refunded"
+    );
+    drop(stop);
+    listener.join().unwrap();
+    drop(daemon);
 }

@@ -138,7 +138,11 @@ fn setup(out: &mut String, report: &Report) {
          connection), timeouts connect 5s / client 50s / server 50s, no log, no health checks, \
          default threads: one per CPU); **stickylb** (release build, the same settings, `--log \
          warn`: no access log, health checks off, a single-threaded runtime per CPU, `fastpath = \
-         \"off\"`); **stickylb + fast path** (the same with the default `fastpath = \"splice\"` \
+         \"off\"`, and `[shield] enabled = false` written out, as in every contender but the \
+         next: the shield is on by default beyond loopback, and these runs measure the proxy \
+         alone); **stickylb + shield** (when named: the same with `[shield] enabled = true` at \
+         its default limit, 200 SYNs/s and 400 at once per source, with the refund); \
+         **stickylb + fast path** (the same with the default `fastpath = \"splice\"` \
          and the default hand-off policy: a connection is handed to the TC program with its 8th \
          answer, after its client paused 50 ms, after a 1 MiB body, or with the `101` of an \
          upgrade; until then it is served exactly as with the fast path off). Each run starts \

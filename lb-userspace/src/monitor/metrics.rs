@@ -357,6 +357,16 @@ fn write_shield(out: &mut String, shield: &ShieldView) -> fmt::Result {
         for (verdict, count) in counters.by_verdict() {
             writeln!(out, "{name}{{verdict=\"{verdict}\"}} {count}")?;
         }
+        let name = "stickylb_shield_syn_refunded_total";
+        header(
+            out,
+            name,
+            Kind::Counter,
+            "SYNs given back to their source's bucket because the connection they opened on a \
+             frontend was established: only SYNs that never become connections count against \
+             the limit (all processes, since its maps were created).",
+        )?;
+        writeln!(out, "{name} {}", counters.refunded)?;
     }
     if let Some((rate, burst)) = shield.syn_limit {
         for (name, help, value) in [

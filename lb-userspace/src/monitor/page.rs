@@ -166,6 +166,7 @@ fn write_shield(out: &mut String, shield: &ShieldView) -> fmt::Result {
                 ("Dropped by rule", c.dropped_deny),
                 ("Dropped by rate", c.dropped_rate),
                 ("Passed", c.passed),
+                ("SYNs refunded", c.refunded),
             ] {
                 write!(
                     out,

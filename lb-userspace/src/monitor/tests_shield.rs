@@ -1,7 +1,9 @@
 //! The shield on `/monitor` and `/metrics`: its section and families appear with the shield
 //! only, its counters by verdict, its interfaces with their modes, escaped.
 
-use lb_common::{SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED};
+use lb_common::{
+    SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED, SHIELD_STAT_REFUNDED,
+};
 
 use super::{
     metrics, page,
@@ -21,6 +23,7 @@ fn with_shield() -> Snapshot {
             dropped_deny: 7,
             dropped_rate: 123_456,
             passed: 9_876,
+            refunded: 4_321,
         }),
         syn_limit: Some((200, 400)),
     });
@@ -33,7 +36,9 @@ fn counters_come_from_their_slots() {
     slots[SHIELD_STAT_DROPPED_DENY as usize] = 1;
     slots[SHIELD_STAT_DROPPED_RATE as usize] = 2;
     slots[SHIELD_STAT_PASSED as usize] = 3;
+    slots[SHIELD_STAT_REFUNDED as usize] = 4;
     let counters = ShieldCounters::from_slots(&slots);
+    assert_eq!(counters.refunded, 4);
     assert_eq!(
         counters.by_verdict(),
         [("dropped_deny", 1), ("dropped_rate", 2), ("passed", 3)]
@@ -55,6 +60,11 @@ fn metrics_show_packets_by_verdict_interfaces_and_the_limit() {
     assert_eq!(value(packets, ("verdict", "dropped_deny")), 7.0);
     assert_eq!(value(packets, ("verdict", "dropped_rate")), 123_456.0);
     assert_eq!(value(packets, ("verdict", "passed")), 9_876.0);
+    let refunded = samples
+        .iter()
+        .find(|s| s.name == "stickylb_shield_syn_refunded_total")
+        .map(|s| s.value);
+    assert_eq!(refunded, Some(4_321.0));
     let interface = "stickylb_shield_interface";
     assert_eq!(value(interface, ("mode", "native")), 1.0);
     assert_eq!(value(interface, ("interface", "<i>eth1</i>")), 1.0);
@@ -76,6 +86,7 @@ fn the_page_has_a_shield_section_with_modes_and_counters() {
         "<span>Dropped by rule</span><b>7</b>",
         "<span>Dropped by rate</span><b>123456</b>",
         "<span>Passed</span><b>9876</b>",
+        "<span>SYNs refunded</span><b>4321</b>",
         "<td class=\"l\">eth0</td><td class=\"l\">native</td>",
         "&lt;i&gt;eth1&lt;/i&gt;",
     ] {

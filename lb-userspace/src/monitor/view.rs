@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 
 use lb_common::{
     SHIELD_STATS_LEN, SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
-    SPLICE_STATS_LEN,
+    SHIELD_STAT_REFUNDED, SPLICE_STATS_LEN,
 };
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
@@ -85,6 +85,8 @@ pub(super) struct ShieldCounters {
     pub(super) dropped_deny: u64,
     pub(super) dropped_rate: u64,
     pub(super) passed: u64,
+    /// SYNs given back because their connection was established (not a packet verdict).
+    pub(super) refunded: u64,
 }
 
 impl ShieldCounters {
@@ -94,6 +96,7 @@ impl ShieldCounters {
             dropped_deny: at(SHIELD_STAT_DROPPED_DENY),
             dropped_rate: at(SHIELD_STAT_DROPPED_RATE),
             passed: at(SHIELD_STAT_PASSED),
+            refunded: at(SHIELD_STAT_REFUNDED),
         }
     }
 

@@ -58,6 +58,30 @@ pub enum ShieldError {
          enabled = false"
     )]
     NoInterface,
+    #[error("reading this process's network namespace cookie (SO_NETNS_COOKIE)")]
+    NetnsCookie(#[source] std::io::Error),
+    #[error(
+        "filling the map {} of the shield's refund",
+        lb_common::SHIELD_FRONTENDS_MAP
+    )]
+    Frontends(#[source] aya::maps::MapError),
+    #[error("the cgroup v2 hierarchy for the shield's refund ({path})")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "attaching {} (sock_ops) to the root of the cgroup v2 hierarchy",
+        lb_common::SHIELD_REFUND_PROGRAM
+    )]
+    RefundAttach(#[source] aya::programs::ProgramError),
+    #[error("the pinned link of the shield's refund {path}")]
+    RefundAdopt {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listing the network interfaces")]
     ListInterfaces(#[source] std::io::Error),
     #[error(

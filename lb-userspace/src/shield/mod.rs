@@ -9,17 +9,22 @@
 //! - [`program`] loads the XDP program `shield`, attaches it (native mode where the driver has
 //!   it, generic otherwise) and pins its links and maps under `<pin_dir>/<instance>/v1/`,
 //!   adopting what a previous process pinned; it also reads the counters.
+//! - [`refund`] loads and attaches the `sock_ops` program that gives a SYN back to its
+//!   source's bucket when its connection is established (only SYNs that never become
+//!   connections are limited).
 //! - [`interfaces`] finds the interfaces that carry the frontends' addresses.
 //!
 //! - [`error`] says which part failed.
 //!
-//! Arrows go one way: `program` -> `deny`, `limit` -> `error`; `interfaces` -> `error`.
+//! Arrows go one way: `program` -> `deny`, `limit` -> `error`; `refund` -> `program`;
+//! `interfaces` -> `error`.
 
 pub mod deny;
 pub mod error;
 pub mod interfaces;
 pub mod limit;
 pub mod program;
+pub mod refund;
 
 pub use self::{
     deny::DenyList,

@@ -51,6 +51,8 @@ pub struct Attached {
     pub root: PathBuf,
     /// Each interface and the mode it got.
     pub interfaces: Vec<(String, AttachMode)>,
+    /// How the refund's `sock_ops` program is attached.
+    pub refund: Option<super::refund::RefundAttach>,
 }
 
 /// Which program holds the shield's interfaces.
@@ -75,8 +77,8 @@ impl Program {
 
 /// The loaded shield of one instance.
 pub struct Shield {
-    ebpf: Ebpf,
-    root: PathBuf,
+    pub(super) ebpf: Ebpf,
+    pub(super) root: PathBuf,
     program: Program,
 }
 

@@ -5,16 +5,21 @@
 //! everywhere else).
 //!
 //! - [`bpf`]: map element and batch commands of `bpf(2)` on `&self`.
+//! - [`bpf_link`]: opening a pinned link and replacing its program (`BPF_LINK_UPDATE`).
 //! - [`bpffs`]: whether a path is on a bpf filesystem, and which one; mounting one.
+//! - [`cgroup`]: where the cgroup v2 hierarchy is mounted; mounting it.
 //! - [`fds`]: passing descriptors over a unix socket (`SCM_RIGHTS`).
 //! - [`net`]: interface indexes and which interface has an address.
 //! - [`netdev`]: what XDP an interface's driver can do (generic netlink `netdev`).
 //! - [`process`]: the descriptor limit, the host name, the monotonic clock.
-//! - [`socket`]: accepting outside an event loop (`accept4`); `SO_LINGER`, `SO_REUSEADDR`.
+//! - [`socket`]: accepting outside an event loop (`accept4`); `SO_LINGER`, `SO_REUSEADDR`,
+//!   `SO_NETNS_COOKIE`.
 //! - [`tcp_repair`]: `TCP_REPAIR`, `TCP_INFO` and the queue-length ioctls.
 
 pub mod bpf;
+pub mod bpf_link;
 pub mod bpffs;
+pub mod cgroup;
 pub mod fds;
 pub mod net;
 pub mod netdev;

@@ -64,6 +64,33 @@ pub fn set_reuseaddr(socket: BorrowedFd<'_>) -> io::Result<()> {
     Ok(sockopt::set_socket_reuseaddr(socket, true)?)
 }
 
+/// The cookie of this thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14), the value
+/// `bpf_get_netns_cookie` gives a BPF program for a socket of that namespace.
+pub fn netns_cookie() -> io::Result<u64> {
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).map_err(io::Error::other)?;
+    // SAFETY: `cookie` is a u64 the kernel writes at most `len` (8) bytes into; `socket` is an
+    // open descriptor for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
