@@ -431,6 +431,20 @@ fn dropped_by_rate(root: &std::path::Path) -> u64 {
     read_pinned_stats(root).unwrap()[SHIELD_STAT_DROPPED_RATE as usize]
 }
 
+/// `count` SYNs from the client's address `source` to the lb's port 80, one every 100 µs (up
+/// to 10000/s), with hping3: (sent, answered, seconds taken, hping3's output).
+fn syn_flood(topo: &Topology, source: &str, count: u32) -> (u64, u64, f64, String) {
+    let started = Instant::now();
+    let count = count.to_string();
+    let lb = topo.lb_addr();
+    let (_, out) = topo.client.try_exec(&[
+        "hping3", "-S", "-p", "80", "-c", &count, "-i", "u100", "-a", source, &lb,
+    ]);
+    let seconds = started.elapsed().as_secs_f64();
+    let (sent, answered) = hping_counts(&out);
+    (sent, answered, seconds, out)
+}
+
 /// What hping3 reports at its end: `N packets transmitted, M packets received`.
 fn hping_counts(output: &str) -> (u64, u64) {
     let line = output
@@ -491,22 +505,7 @@ fn a_syn_flood_is_limited_per_source_while_others_and_established_connections_ar
 
     // 3000 SYNs at up to 10000/s: the burst (400) and the rate (200/s) pass, no more.
     let before = dropped_by_rate(&root);
-    let started = Instant::now();
-    let (_, out) = topo.client.try_exec(&[
-        "hping3",
-        "-S",
-        "-p",
-        "80",
-        "-c",
-        "3000",
-        "-i",
-        "u100",
-        "-a",
-        &flooder,
-        &topo.lb_addr(),
-    ]);
-    let seconds = started.elapsed().as_secs_f64();
-    let (sent, answered) = hping_counts(&out);
+    let (sent, answered, seconds, out) = syn_flood(&topo, &flooder, 3000);
     let dropped = dropped_by_rate(&root) - before;
     assert_eq!(sent, 3000, "{out}");
     // hping3 waits about a second for late answers; the burst plus the rate over the whole
@@ -732,22 +731,7 @@ fn completed_connections_beyond_the_rate_are_not_limited_while_a_flood_is() {
 
     // A flood from the other address meets the limit as before: the burst and the rate pass.
     let before = dropped_by_rate(&root);
-    let started = Instant::now();
-    let (_, out) = topo.client.try_exec(&[
-        "hping3",
-        "-S",
-        "-p",
-        "80",
-        "-c",
-        "2000",
-        "-i",
-        "u100",
-        "-a",
-        &flooder,
-        &topo.lb_addr(),
-    ]);
-    let seconds = started.elapsed().as_secs_f64();
-    let (sent, answered) = hping_counts(&out);
+    let (sent, answered, seconds, out) = syn_flood(&topo, &flooder, 2000);
     let allowed = 100 + (50.0 * seconds).ceil() as u64;
     assert_eq!(sent, 2000, "{out}");
     assert!(

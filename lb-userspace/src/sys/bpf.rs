@@ -77,7 +77,7 @@ pub fn lookup<T: Borrow<MapData>, K: Pod, V: Pod>(
     // the module's comment).
     match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
         // SAFETY: the kernel wrote a whole value of plain old data.
-        Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
@@ -98,7 +98,7 @@ pub fn update<T: Borrow<MapData>, K: Pod, V: Pod>(
         ..ElemAttr::default()
     };
     // SAFETY: as in `lookup`; the kernel only reads the value.
-    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
 }
 
 /// Writes `value` under `key` unless the key is there already: `false` then.
@@ -126,7 +126,7 @@ pub fn delete<T: Borrow<MapData>, K: Pod, V: Pod>(
     };
     // SAFETY: as in `lookup`, with no value.
     match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
-        Ok(()) => Ok(true),
+        Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
@@ -168,7 +168,7 @@ pub fn lookup_batches<T: Borrow<MapData>, K: Pod, V: Pod>(
         // SAFETY: a batch attr; keys and values have room for `count` Ks and Vs, the map's
         // types (see the module's comment).
         let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-            Ok(()) => false,
+            Ok(_) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => return Err(e),
         };
@@ -198,11 +198,15 @@ fn fd<T: Borrow<MapData>, K: Pod, V: Pod>(map: &HashMap<T, K, V>) -> io::Result<
     u32::try_from(raw).map_err(|_| io::Error::other("bad map fd"))
 }
 
+/// `bpf(2)`: `command` with `attr`; the call's non-negative result (a descriptor for the
+/// commands that create one, 0 for the others).
+///
 /// # Safety
 ///
-/// `attr` is the `bpf_attr` member `command` reads, and its pointers point to buffers the size
-/// of the map's keys and values (`count` of them for batches).
-unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
+/// `attr` is the `bpf_attr` member `command` reads, and every pointer in it is valid for the
+/// call: for the map commands, buffers the size of the map's keys and values (`count` of them
+/// for batches).
+pub(super) unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<i32> {
     // SAFETY: see the function's contract.
     let rc = unsafe {
         libc::syscall(
@@ -213,8 +217,7 @@ unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
         )
     };
     if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+        return Err(io::Error::last_os_error());
     }
+    i32::try_from(rc).map_err(io::Error::other)
 }

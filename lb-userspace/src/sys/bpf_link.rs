@@ -13,6 +13,8 @@ use std::{
     path::Path,
 };
 
+use super::bpf::bpf;
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -63,23 +65,4 @@ pub fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
     // SAFETY: `attr` is the member BPF_LINK_UPDATE reads, with no pointers.
     unsafe { bpf(BPF_LINK_UPDATE, &mut attr)? };
     Ok(())
-}
-
-/// # Safety
-///
-/// `attr` is the `bpf_attr` member `command` reads, and any pointer in it is valid for the call.
-unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<i32> {
-    // SAFETY: see the function's contract.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            std::ptr::from_mut(attr),
-            size_of::<A>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    i32::try_from(rc).map_err(io::Error::other)
 }
