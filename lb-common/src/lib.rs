@@ -328,6 +328,10 @@ pub const SHIELD_PROGRAM: &str = "shield";
 /// holds while the fast path translates at XDP.
 pub const SHIELD_SPLICE_PROGRAM: &str = "shield_splice";
 
+/// Name of the shield's TC program: the same verdict at TC ingress, for interfaces whose frames
+/// are socket buffers before XDP sees them (veth, drivers without native XDP).
+pub const SHIELD_TC_PROGRAM: &str = "shield_tc";
+
 /// Capacity of the deny list.
 pub const SHIELD_DENY_ENTRIES: u32 = 65536;
 

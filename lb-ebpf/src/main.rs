@@ -11,7 +11,8 @@
 //! - `shield`: an XDP program on the frontend interfaces that drops packets from sources on the
 //!   deny list `SHIELD_DENY` and SYNs beyond a per-source rate (buckets in `SHIELD_SYN`,
 //!   settings in `SHIELD_CONFIG`), counting in `SHIELD_STATS`; all pinned like the table (see
-//!   [`shield`] and docs/SHIELD.md).
+//!   [`shield`] and docs/SHIELD.md). `shield_tc` is the same at TC ingress, for the interfaces
+//!   whose frames are socket buffers already.
 //! - `shield_refund`: a `sock_ops` program that gives a SYN back to its source's bucket when the
 //!   connection it opened on one of the daemon's frontends (`SHIELD_FRONTENDS`) is established.
 //! - `splice_xdp`: the splice fast path's translation of SPLICE flows at XDP, on the interfaces
@@ -35,7 +36,7 @@ mod shield;
 mod shield_refund;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, sock_ops, xdp},
     programs::{SockOpsContext, TcContext, XdpContext},
 };
@@ -113,7 +114,28 @@ fn translate_at_xdp(ctx: &XdpContext) -> u32 {
 ///   `SHIELD_STATS`.
 #[xdp(frags)]
 pub fn shield(ctx: XdpContext) -> u32 {
-    shield::shield_verdict(&ctx)
+    match shield::shield_verdict(&ctx) {
+        shield::Verdict::Pass => xdp_action::XDP_PASS,
+        shield::Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// The shield at TC: what `shield` does, where the frames are socket buffers already.
+///
+/// - Attach point: TCX ingress, first, of the interfaces the shield holds where XDP would gain
+///   nothing over TC (a veth, whose frames its peer's stack built, and drivers without native
+///   XDP, where XDP would be generic) and would cost a copy of every cloned or paged buffer
+///   (docs/SHIELD.md, "Where it runs").
+/// - Returns `TC_ACT_SHOT` for what `shield` drops; `TC_ACT_UNSPEC` (TCX's "next") for every
+///   other packet, so that the programs behind it (the fast path's `splice_ingress`) still see
+///   it, and the stack after them.
+/// - Maps: those of `shield`, the same pinned maps.
+#[classifier]
+pub fn shield_tc(ctx: TcContext) -> i32 {
+    match shield::shield_verdict(&ctx) {
+        shield::Verdict::Pass => TC_ACT_UNSPEC,
+        shield::Verdict::Drop => TC_ACT_SHOT,
+    }
 }
 
 /// The shield, then the splice translation: what `shield` and `splice_xdp` do, in one program.
@@ -128,9 +150,8 @@ pub fn shield(ctx: XdpContext) -> u32 {
 /// - Maps: those of `shield` and of `splice_xdp`, the same pinned maps.
 #[xdp(frags)]
 pub fn shield_splice(ctx: XdpContext) -> u32 {
-    let verdict = shield::shield_verdict(&ctx);
-    if verdict != xdp_action::XDP_PASS {
-        return verdict;
+    if shield::shield_verdict(&ctx) == shield::Verdict::Drop {
+        return xdp_action::XDP_DROP;
     }
     translate_at_xdp(&ctx)
 }

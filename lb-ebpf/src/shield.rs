@@ -1,15 +1,22 @@
-//! The shield's XDP program (docs/SHIELD.md): drop packets whose source is on the deny list,
-//! and TCP SYNs (without ACK) beyond their source's rate.
+//! The shield's verdict (docs/SHIELD.md): drop packets whose source is on the deny list, and
+//! TCP SYNs (without ACK) beyond their source's rate. Two hooks run it:
 //!
-//! XDP sees the packet before the kernel allocates a socket buffer, so a dropped packet costs a
-//! header parse, one trie lookup and, for a SYN, one hash lookup. Reads go through
-//! bounds-checked packet pointers (XDP has no `load_bytes` helper that is cheaper); nothing is
-//! written to the packet. Only a SYN without ACK is ever rate-limited: every packet of an
-//! established connection (the splice fast path's flows included) is judged by the deny list
-//! alone.
+//! - XDP, on a driver that runs XDP on its own receive buffers: the packet is judged before the
+//!   kernel allocates a socket buffer, so a dropped packet costs a header parse, one trie
+//!   lookup and, for a SYN, one hash lookup. Reads go through bounds-checked packet pointers.
+//! - TC ingress (TCX), where the frames are socket buffers already (a veth gets them from its
+//!   peer's stack; generic XDP runs after the buffer exists): the same verdict without the copy
+//!   that XDP on such an interface makes of every cloned or paged buffer (every TCP segment).
+//!   Reads go through `bpf_skb_load_bytes`, which also reads headers outside the linear part.
+//!
+//! Nothing is written to the packet. Only a SYN without ACK is ever rate-limited: every packet
+//! of an established connection (the splice fast path's flows included) is judged by the deny
+//! list alone.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
+    helpers::bpf_ktime_get_ns,
+    maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
 };
 use lb_common::{
     ShieldAddr, ShieldSynBucket, SHIELD_FAMILY_BITS, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6,
@@ -47,29 +54,67 @@ struct Packet {
     syn: bool,
 }
 
-/// `XDP_DROP` for a source on the deny list and for a SYN beyond its source's rate,
-/// `XDP_PASS` for everything else (other ethertypes, VLAN-tagged frames and frames too short
-/// to hold the header included: the stack judges those as it would without the shield).
+/// What the shield does with a packet; each hook says it in its own return codes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// The packet bytes the shield reads, at offsets from the start of the Ethernet header.
+pub(crate) trait Headers {
+    /// `N` bytes at `offset`, or `None` when the packet is shorter.
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl Headers for XdpContext {
+    /// From the first buffer of a multi-buffer frame, which holds the headers.
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.data();
+        let end = self.data_end();
+        if start + offset + N > end {
+            return None;
+        }
+        let ptr = (start + offset) as *const [u8; N];
+        // SAFETY: the bounds check above is the one the verifier requires; the bytes lie
+        // inside the packet. Read unaligned: IP headers after a 14-byte Ethernet header are
+        // 2-aligned.
+        Some(unsafe { core::ptr::read_unaligned(ptr) })
+    }
+}
+
+impl Headers for TcContext {
+    /// `bpf_skb_load_bytes`: also past the linear part of the socket buffer.
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.load::<[u8; N]>(offset).ok()
+    }
+}
+
+/// Drop for a source on the deny list and for a SYN beyond its source's rate, pass for
+/// everything else (other ethertypes, VLAN-tagged frames and frames too short to hold the
+/// header included: the stack judges those as it would without the shield).
 #[inline(always)]
-pub(crate) fn shield_verdict(ctx: &XdpContext) -> u32 {
+pub(crate) fn shield_verdict<H: Headers>(ctx: &H) -> Verdict {
     let Some(packet) = parse(ctx) else {
         return pass();
     };
     if is_denied(&packet.source) {
         shield_stat_inc(SHIELD_STAT_DROPPED_DENY);
-        return xdp_action::XDP_DROP;
+        return Verdict::Drop;
     }
     if packet.syn && !syn_allowed(&packet.source) {
         shield_stat_inc(SHIELD_STAT_DROPPED_RATE);
-        return xdp_action::XDP_DROP;
+        return Verdict::Drop;
     }
     pass()
 }
 
 #[inline(always)]
-fn pass() -> u32 {
+fn pass() -> Verdict {
     shield_stat_inc(SHIELD_STAT_PASSED);
-    xdp_action::XDP_PASS
+    Verdict::Pass
 }
 
 fn is_denied(source: &ShieldAddr) -> bool {
@@ -134,19 +179,19 @@ pub(crate) fn bucket_key(source: &ShieldAddr) -> ShieldAddr {
 /// The source address of an IPv4 or IPv6 packet in an untagged Ethernet frame, and whether it
 /// is a TCP SYN without ACK.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Option<Packet> {
-    let ethertype = u16::from_be_bytes(read::<2>(ctx, ETH_TYPE_OFF)?);
+fn parse<H: Headers>(ctx: &H) -> Option<Packet> {
+    let ethertype = u16::from_be_bytes(ctx.read::<2>(ETH_TYPE_OFF)?);
     let mut source = ShieldAddr::default();
     let syn = match ethertype {
         ETH_P_IP => {
-            let addr = read::<4>(ctx, IPV4_SADDR_OFF)?;
+            let addr = ctx.read::<4>(IPV4_SADDR_OFF)?;
             source.family = SHIELD_FAMILY_V4;
             source.addr[..4].copy_from_slice(&addr);
             ipv4_syn(ctx)
         }
         ETH_P_IPV6 => {
             source.family = SHIELD_FAMILY_V6;
-            source.addr = read::<16>(ctx, IPV6_SADDR_OFF)?;
+            source.addr = ctx.read::<16>(IPV6_SADDR_OFF)?;
             ipv6_syn(ctx)
         }
         _ => return None,
@@ -157,11 +202,11 @@ fn parse(ctx: &XdpContext) -> Option<Packet> {
 /// Whether an IPv4 packet is a TCP SYN without ACK: a first (or only) fragment, its header
 /// length taken from IHL (options included).
 #[inline(always)]
-fn ipv4_syn(ctx: &XdpContext) -> bool {
+fn ipv4_syn<H: Headers>(ctx: &H) -> bool {
     let (Some([vihl]), Some([proto]), Some(frag)) = (
-        read::<1>(ctx, IPV4_VIHL_OFF),
-        read::<1>(ctx, IPV4_PROTO_OFF),
-        read::<2>(ctx, IPV4_FRAG_OFF),
+        ctx.read::<1>(IPV4_VIHL_OFF),
+        ctx.read::<1>(IPV4_PROTO_OFF),
+        ctx.read::<2>(IPV4_FRAG_OFF),
     ) else {
         return false;
     };
@@ -179,30 +224,15 @@ fn ipv4_syn(ctx: &XdpContext) -> bool {
 /// Whether an IPv6 packet is a TCP SYN without ACK. A packet with extension headers (TCP not
 /// the first next header) is not looked into: it passes as if it were no SYN.
 #[inline(always)]
-fn ipv6_syn(ctx: &XdpContext) -> bool {
-    match read::<1>(ctx, IPV6_NEXT_OFF) {
+fn ipv6_syn<H: Headers>(ctx: &H) -> bool {
+    match ctx.read::<1>(IPV6_NEXT_OFF) {
         Some([IPPROTO_TCP]) => tcp_syn(ctx, ETH_HLEN + IPV6_HLEN),
         _ => false,
     }
 }
 
 #[inline(always)]
-fn tcp_syn(ctx: &XdpContext, tcp_offset: usize) -> bool {
-    read::<1>(ctx, tcp_offset + TCP_FLAGS_OFF)
+fn tcp_syn<H: Headers>(ctx: &H, tcp_offset: usize) -> bool {
+    ctx.read::<1>(tcp_offset + TCP_FLAGS_OFF)
         .is_some_and(|[flags]| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
-}
-
-/// `N` bytes of the packet at `offset`, or `None` when the packet (its first buffer, for a
-/// multi-buffer frame) is shorter.
-#[inline(always)]
-fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + N > end {
-        return None;
-    }
-    let ptr = (start + offset) as *const [u8; N];
-    // SAFETY: the bounds check above is the one the verifier requires; the bytes lie inside
-    // the packet. Read unaligned: IP headers after a 14-byte Ethernet header are 2-aligned.
-    Some(unsafe { core::ptr::read_unaligned(ptr) })
 }

@@ -83,13 +83,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
 
     let mut live = Live::start(config.clone(), (backends.clone(), frontends.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    // Known before the fast path starts: it leaves XDP on these interfaces to the shield.
+    // Known before the fast path starts: it leaves XDP on these interfaces to the shield,
+    // unless the shield keeps to TC (`hook = "tc"`).
     let shielded = if config.shield.enabled {
         shield_interfaces(&config)?
     } else {
         Vec::new()
     };
-    let fastpath = start_fastpath(&config, &frontends, &shielded)?;
+    let xdp_shielded = match config.shield.hook {
+        crate::config::ShieldHook::Tc => &[][..],
+        crate::config::ShieldHook::Auto | crate::config::ShieldHook::Xdp => &shielded[..],
+    };
+    let fastpath = start_fastpath(&config, &frontends, xdp_shielded)?;
     let shield = start_shield(&config, &pin_root, shielded)?;
     if shield.is_some() {
         live.set_shield_root(pin_root.clone());
@@ -339,12 +344,8 @@ fn start_shield(
     pin_root: &std::path::Path,
     interfaces: Vec<String>,
 ) -> Result<Option<shield::Attached>, StartError> {
-    let detached =
-        shield::program::detach_others(pin_root, &interfaces).map_err(StartError::Shield)?;
-    for link in detached {
-        tracing::info!(link = %link.display(), "shield: detached an interface no longer shielded");
-    }
     if interfaces.is_empty() {
+        detach_shield_links(pin_root, &[])?;
         if shield::refund::detach(pin_root).map_err(StartError::Shield)? {
             tracing::info!("shield: detached the refund (sock_ops)");
         }
@@ -352,7 +353,11 @@ fn start_shield(
     }
     // With the fast path translating at XDP, the shield's program translates too on the
     // interfaces it holds (one XDP program per interface); the fast path has pinned its maps.
-    let program = if config.splices() && config.fastpath.xdp == crate::config::FastPathXdp::Auto {
+    // Not when the shield keeps to TC: the fast path's own XDP program translates then.
+    let program = if config.splices()
+        && config.fastpath.xdp == crate::config::FastPathXdp::Auto
+        && config.shield.hook != crate::config::ShieldHook::Tc
+    {
         shield::program::Program::WithTranslation
     } else {
         shield::program::Program::Shield
@@ -389,19 +394,44 @@ fn start_shield(
              connections included"
         ),
     }
+    let mut links = Vec::new();
     for interface in interfaces {
-        let mode = loaded.attach(&interface).map_err(StartError::Shield)?;
+        let driver = crate::sys::net::driver_name(&interface)
+            .inspect_err(|error| tracing::debug!(%interface, %error, "no driver name"))
+            .ok();
+        let hook = shield::program::choose_hook(config.shield.hook, program, driver.as_deref());
+        let (mode, link) = loaded
+            .attach(&interface, hook)
+            .map_err(StartError::Shield)?;
         tracing::info!(
             %interface,
-            ?mode,
+            driver = %driver.as_deref().unwrap_or("unknown"),
+            hook = %config.shield.hook.as_str(),
+            mode = %mode.as_str(),
             ?program,
             syn_rate = limit.rate,
             syn_burst = limit.burst,
-            "shield attached (XDP)"
+            "shield attached"
         );
         attached.interfaces.push((interface, mode));
+        links.push(link);
     }
+    // After attaching, so that an interface moving between XDP and TC is never unshielded.
+    detach_shield_links(pin_root, &links)?;
     Ok((!attached.interfaces.is_empty()).then_some(attached))
+}
+
+/// Removes the shield's pinned links under `pin_root` but `keep`: a previous process's
+/// attachments outlive it.
+fn detach_shield_links(
+    pin_root: &std::path::Path,
+    keep: &[std::path::PathBuf],
+) -> Result<(), StartError> {
+    let detached = shield::program::detach_others(pin_root, keep).map_err(StartError::Shield)?;
+    for link in detached {
+        tracing::info!(link = %link.display(), "shield: detached a link no longer in use");
+    }
+    Ok(())
 }
 
 /// `[shield] interfaces`, or those carrying the frontends' addresses; none found is an error.

@@ -30,7 +30,8 @@ use common::{
 use lb_common::{SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED, SHIELD_STAT_REFUNDED};
 use stickylb::shield::{limit, program::read_pinned_stats};
 
-fn config(topo: &Topology, pin: &PinDir, instance: &str) -> String {
+/// A shield in front of one backend; `hook` as `[shield] hook` takes it.
+fn config(topo: &Topology, pin: &PinDir, instance: &str, hook: &str) -> String {
     format!(
         r#"
 {head}
@@ -42,6 +43,7 @@ servers = [ {{ name = "be1", addr = "{backend}:8081" }} ]
 
 [shield]
 enabled = true
+hook = "{hook}"
 "#,
         head = common::config_head(instance, pin, topo.lb_addr(), "web"),
         backend = topo.backend_addr(),
@@ -118,15 +120,16 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
     let topo = Topology::new("shld", 195);
     let pin = PinDir::new("shld");
     let _backend = start_backend(&topo);
-    let cfg = write_temp("shld.toml", &config(&topo, &pin, "lb-shld"));
+    // At XDP, as asked (`auto` would take TC on a veth): veth has native XDP, and the log says
+    // which mode each interface got.
+    let cfg = write_temp("shld.toml", &config(&topo, &pin, "lb-shld", "xdp"));
     let cfg = cfg.to_str().unwrap().to_owned();
     let (denied, other) = two_client_addrs(&topo);
 
     let daemon = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
-    // veth has native XDP: the log says which mode each interface got.
     assert!(
-        daemon.output().contains("shield attached (XDP) interface=")
-            && daemon.output().contains("mode=Native"),
+        daemon.output().contains("shield attached interface=")
+            && daemon.output().contains("mode=native"),
         "{}",
         daemon.output()
     );
@@ -201,7 +204,7 @@ fn a_denied_source_is_dropped_and_the_list_survives_a_restart() {
     assert!(served_from(&topo, &other));
     // The first run's pinned link was adopted, not a second one attached.
     assert!(
-        daemon.output().contains("mode=Adopted"),
+        daemon.output().contains("mode=adopted"),
         "{}",
         daemon.output()
     );
@@ -247,7 +250,7 @@ fn the_list_is_filled_before_any_start_bad_cidrs_are_refused_and_ipv6_is_denied(
     }
     let topo = Topology::new("shbad", 196);
     let pin = PinDir::new("shbad");
-    let cfg = write_temp("shbad.toml", &config(&topo, &pin, "lb-shbad"));
+    let cfg = write_temp("shbad.toml", &config(&topo, &pin, "lb-shbad", "auto"));
     let cfg = cfg.to_str().unwrap();
     for (bad, why) in [
         ("10.0.0.1/8", "bits are set after the prefix length"),
@@ -388,25 +391,25 @@ impl Drop for StopDaemon {
     }
 }
 
-#[test]
-fn an_upgrade_adopts_the_shield_and_keeps_the_list_applied() {
-    if !privileged() {
-        return;
-    }
-    let topo = Topology::new("shupg", 197);
-    let pin = PinDir::new("shupg");
-    let _backend = start_backend(&topo);
-    let cfg = write_temp("shupg.toml", &config(&topo, &pin, "lb-shupg"));
-    let cfg = cfg.to_str().unwrap().to_owned();
-    let (denied, other) = two_client_addrs(&topo);
-    let (ok, text) = stickylb(&["deny", "add", &denied, "--config", &cfg]);
-    assert!(ok, "{text}");
+/// The shield's links pinned under `root` (`shieldtc_<dev>` at TC, `shield_<dev>` at XDP), and
+/// whether `dev` in `ns` has an XDP program, as `ip link` shows it.
+fn shield_links(
+    root: &std::path::Path,
+    ns: &common::netns::NetNs,
+    dev: &str,
+) -> (Vec<String>, bool) {
+    let mut links: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("shield_") || name.starts_with("shieldtc_"))
+        .collect();
+    links.sort();
+    let xdp = ns.exec(&["ip", "link", "show", "dev", dev]).contains("xdp");
+    (links, xdp)
+}
 
-    let _first = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
-    let _stop = StopDaemon(pin.control_socket());
-    assert!(!served_from(&topo, &denied), "the denied source was served");
-    assert!(served_from(&topo, &other));
-
+/// Runs `reload --upgrade` with `cfg` in the load balancer's namespace; returns its output.
+fn upgrade(topo: &Topology, cfg: &str) -> Proc {
     let mut upgrade = Proc::spawn(
         "reload",
         topo.lb.name(),
@@ -416,14 +419,60 @@ fn an_upgrade_adopts_the_shield_and_keeps_the_list_applied() {
             "info",
             "reload",
             "--config",
-            &cfg,
+            cfg,
             "--upgrade",
         ],
     );
     upgrade.assert_exits_ok(Duration::from_secs(60), "reload --upgrade");
-    upgrade.wait_for_output("mode=Adopted", Duration::from_secs(5));
+    upgrade
+}
+
+#[test]
+fn an_upgrade_adopts_the_shield_and_keeps_the_list_applied() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::new("shupg", 197);
+    let pin = PinDir::new("shupg");
+    let _backend = start_backend(&topo);
+    let cfg = write_temp("shupg.toml", &config(&topo, &pin, "lb-shupg", "auto"));
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let (denied, other) = two_client_addrs(&topo);
+    let (ok, text) = stickylb(&["deny", "add", &denied, "--config", &cfg]);
+    assert!(ok, "{text}");
+    let dev = interface_of(&topo.lb, &topo.lb_addr());
+    let root = pin.0.join("lb-shupg/v1");
+    let tc = (vec![format!("shieldtc_{dev}")], false);
+
+    // `auto` on a veth: TC, whose frames are socket buffers already.
+    let first = start_daemon(topo.lb.name(), std::path::Path::new(&cfg));
+    let _stop = StopDaemon(pin.control_socket());
+    assert!(
+        first.output().contains("driver=veth hook=auto mode=tc"),
+        "{}",
+        first.output()
+    );
+    assert_eq!(shield_links(&root, &topo.lb, &dev), tc);
     assert!(!served_from(&topo, &denied), "the denied source was served");
-    assert!(served_from(&topo, &other), "{}", upgrade.output());
+    assert!(served_from(&topo, &other));
+
+    // The successor adopts the pinned TC link (the shield is never off meanwhile).
+    let same = upgrade(&topo, &cfg);
+    same.wait_for_output("mode=tc", Duration::from_secs(5));
+    assert_eq!(shield_links(&root, &topo.lb, &dev), tc);
+    assert!(!served_from(&topo, &denied), "the denied source was served");
+    assert!(served_from(&topo, &other), "{}", same.output());
+
+    // Another hook in the next process: XDP attached, then the TC link removed.
+    std::fs::write(&cfg, config(&topo, &pin, "lb-shupg", "xdp")).unwrap();
+    let moved = upgrade(&topo, &cfg);
+    moved.wait_for_output("mode=native", Duration::from_secs(5));
+    assert_eq!(
+        shield_links(&root, &topo.lb, &dev),
+        (vec![format!("shield_{dev}")], true)
+    );
+    assert!(!served_from(&topo, &denied), "the denied source was served");
+    assert!(served_from(&topo, &other), "{}", moved.output());
 }
 
 /// SYNs dropped by the rate limit so far, from the counters pinned under `root`.
@@ -466,7 +515,7 @@ fn a_syn_flood_is_limited_per_source_while_others_and_established_connections_ar
     let topo = Topology::new("shsyn", 198);
     let pin = PinDir::new("shsyn");
     let _backend = start_backend(&topo);
-    let cfg = write_temp("shsyn.toml", &config(&topo, &pin, "lb-shsyn"));
+    let cfg = write_temp("shsyn.toml", &config(&topo, &pin, "lb-shsyn", "auto"));
     let cfg = cfg.to_str().unwrap().to_owned();
     // The flood comes from the client's first address (its default source), the other
     // client from the second.
@@ -600,11 +649,9 @@ fn a_spliced_download_passes_the_shield_intact() {
         "[fastpath]\nafter_requests = 1\n\n[shield]\nenabled = true\n",
     );
     let daemon = rig.start();
-    assert!(
-        daemon.output().contains("mode=Native"),
-        "{}",
-        daemon.output()
-    );
+    // On a veth `auto` takes TC: the shield runs first at TCX ingress and passes the flow's
+    // packets on to the fast path's program behind it.
+    assert!(daemon.output().contains("mode=tc"), "{}", daemon.output());
     // One connection of a session: after its first answer and a pause, the proxy hands it to
     // the kernel, and the download is spliced.
     let frontend = rig.frontend();
@@ -638,8 +685,8 @@ fn a_spliced_download_passes_the_shield_intact() {
     );
     // The monitor shows the shield: its mode and its counters.
     assert!(
-        metrics.contains("mode=\"native\"} 1"),
-        "no native shield interface on /metrics: {metrics}"
+        metrics.contains("mode=\"tc\"} 1"),
+        "no TC shield interface on /metrics: {metrics}"
     );
     assert!(
         common::fastpath::metric(
@@ -692,7 +739,7 @@ fn completed_connections_beyond_the_rate_are_not_limited_while_a_flood_is() {
     let pin = PinDir::new("shref");
     let _backend = start_backend(&topo);
     // A low limit: 50/s and 100 at once, so that 1500 connections far exceed it.
-    let text = config(&topo, &pin, "lb-shref").replace(
+    let text = config(&topo, &pin, "lb-shref", "auto").replace(
         "enabled = true",
         "enabled = true\nsyn_rate = 50\nsyn_burst = 100",
     );

@@ -351,6 +351,8 @@ pub struct Shield {
     pub syn_rate: u32,
     /// SYNs a source may send back to back.
     pub syn_burst: u32,
+    /// `hook`: where the shield's program runs on each interface.
+    pub hook: ShieldHook,
 }
 
 impl Default for Shield {
@@ -360,6 +362,32 @@ impl Default for Shield {
             interfaces: Vec::new(),
             syn_rate: validate::DEFAULT_SYN_RATE,
             syn_burst: validate::DEFAULT_SYN_BURST,
+            hook: ShieldHook::Auto,
+        }
+    }
+}
+
+/// `[shield] hook`: where the shield's program runs (docs/SHIELD.md, "Where it runs").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShieldHook {
+    /// XDP in the driver where the driver runs XDP on its own receive buffers; TC ingress on a
+    /// veth and where the driver has no native XDP (its frames are socket buffers before any
+    /// XDP program sees them). XDP on every interface while the fast path translates at XDP
+    /// (`[fastpath] xdp = "auto"`): the shield's program then translates too.
+    Auto,
+    /// XDP everywhere: native where the driver has it, generic otherwise.
+    Xdp,
+    /// TC ingress everywhere (the fast path's XDP translation, if on, stays its own program).
+    Tc,
+}
+
+impl ShieldHook {
+    /// The value as the file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
         }
     }
 }

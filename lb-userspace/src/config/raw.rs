@@ -195,6 +195,8 @@ pub(super) struct RawShield {
     pub(super) syn_rate: Option<Spanned<i64>>,
     /// SYNs a source may send back to back; default 400.
     pub(super) syn_burst: Option<Spanned<i64>>,
+    /// `auto`, `xdp` or `tc`; default `auto`.
+    pub(super) hook: Option<Spanned<String>>,
 }
 
 /// `[fastpath]`: the hand-off policy of the frontends with `fastpath = "splice"`.

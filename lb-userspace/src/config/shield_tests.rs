@@ -76,3 +76,25 @@ fn syn_limits_out_of_range_are_refused_at_their_line() {
         assert_eq!(problem.line, Some(base_lines + 3), "{setting}: {problem:?}");
     }
 }
+
+#[test]
+fn the_hook_defaults_to_auto_and_unknown_ones_are_refused() {
+    use crate::config::ShieldHook;
+    assert_eq!(parse(BASE).unwrap().shield.hook, ShieldHook::Auto);
+    for (text, hook) in [
+        ("auto", ShieldHook::Auto),
+        ("xdp", ShieldHook::Xdp),
+        ("tc", ShieldHook::Tc),
+    ] {
+        let config = parse(&format!("{BASE}\n[shield]\nhook = \"{text}\"\n")).unwrap();
+        assert_eq!(config.shield.hook, hook);
+        assert_eq!(hook.as_str(), text);
+    }
+    let found = problems(&format!("{BASE}\n[shield]\nhook = \"skb\"\n"));
+    let problem = found.iter().find(|p| p.key == "shield.hook");
+    let problem = problem.unwrap_or_else(|| panic!("{found:?}"));
+    assert!(
+        problem.message.contains("valid: auto, xdp, tc"),
+        "{problem:?}"
+    );
+}

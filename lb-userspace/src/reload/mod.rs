@@ -455,6 +455,7 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         &before.interfaces,
         &after.interfaces,
     );
+    differ(&mut what, "shield: hook", before.hook, after.hook);
     backend_differences(&old.backends, &new.backends, &mut what);
     if old.monitor != new.monitor {
         let bind =

@@ -1,16 +1,17 @@
-//! Loading the XDP program `shield`, attaching it and pinning its links and maps.
+//! Loading the shield's programs (`shield` or `shield_splice` at XDP, `shield_tc` at TC),
+//! attaching them and pinning their links and maps.
 
 use std::path::{Path, PathBuf};
 
 use aya::{
     maps::MapData,
-    programs::{Xdp, XdpMode},
+    programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     ShieldAddr, ShieldSynBucket, SHIELD_CONFIG_MAP, SHIELD_DENY_MAP, SHIELD_PROGRAM,
-    SHIELD_SPLICE_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP, SHIELD_SYN_MAP, SPLICE_FLOWS_MAP,
-    SPLICE_STATS_MAP, SPLICE_XDP_PORTS_MAP,
+    SHIELD_SPLICE_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP, SHIELD_SYN_MAP, SHIELD_TC_PROGRAM,
+    SPLICE_FLOWS_MAP, SPLICE_STATS_MAP, SPLICE_XDP_PORTS_MAP,
 };
 
 use super::{
@@ -18,7 +19,10 @@ use super::{
     error::ShieldError,
     limit,
 };
-use crate::dataplane::{self, is_xdp_occupied as is_occupied, MapLayout};
+use crate::{
+    config::ShieldHook,
+    dataplane::{self, is_xdp_occupied as is_occupied, MapLayout},
+};
 
 /// How the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +31,11 @@ pub enum AttachMode {
     Native,
     /// Generic XDP in the stack (drivers without XDP support): same verdicts, less gain.
     Generic,
-    /// A previous process's pinned link was adopted and its program replaced; the mode is the
-    /// one that process got.
+    /// TC ingress (TCX, first): the socket buffer exists already, as it does for every frame
+    /// of a veth.
+    Tc,
+    /// A previous process's pinned XDP link was adopted and its program replaced; the mode is
+    /// the one that process got.
     Adopted,
 }
 
@@ -38,8 +45,53 @@ impl AttachMode {
         match self {
             Self::Native => "native",
             Self::Generic => "generic",
+            Self::Tc => "tc",
             Self::Adopted => "adopted",
         }
+    }
+}
+
+/// Where the shield runs on one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP, native where the driver has it; `fallback` where it has not.
+    Xdp { fallback: Fallback },
+    /// TC ingress.
+    Tc,
+}
+
+/// Where the shield goes on an interface whose driver refuses native XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Generic XDP (`hook = "xdp"`, as asked).
+    Generic,
+    /// TC ingress: generic XDP runs after the socket buffer exists, as TC does, and copies
+    /// every cloned or paged one (`hook = "auto"`).
+    Tc,
+}
+
+/// Where `[shield] hook` puts the shield on an interface whose driver is `driver` (None: not
+/// known), running `program`.
+///
+/// `auto` takes TC on a veth: its frames are socket buffers its peer's stack built, and its
+/// native XDP copies every one that is cloned or paged (every TCP segment) into a buffer of its
+/// own first, which costs ordinary traffic more than the shield's verdict (docs/SHIELD.md,
+/// "Where it runs"). Elsewhere it takes native XDP, where a dropped packet costs no socket
+/// buffer, and TC where the driver has no native XDP. With the fast path translating at XDP
+/// ([`Program::WithTranslation`]) the shield's program is the interface's XDP program, so XDP.
+pub fn choose_hook(setting: ShieldHook, program: Program, driver: Option<&str>) -> Hook {
+    match setting {
+        ShieldHook::Xdp => Hook::Xdp {
+            fallback: Fallback::Generic,
+        },
+        ShieldHook::Tc => Hook::Tc,
+        ShieldHook::Auto if program == Program::WithTranslation => Hook::Xdp {
+            fallback: Fallback::Generic,
+        },
+        ShieldHook::Auto if driver == Some("veth") => Hook::Tc,
+        ShieldHook::Auto => Hook::Xdp {
+            fallback: Fallback::Tc,
+        },
     }
 }
 
@@ -122,6 +174,9 @@ impl Shield {
         program_mut(&mut ebpf, program)?
             .load()
             .map_err(ShieldError::Verify)?;
+        tc_program_mut(&mut ebpf)?
+            .load()
+            .map_err(ShieldError::Verify)?;
         Ok(Shield {
             ebpf,
             root: root.to_owned(),
@@ -129,11 +184,31 @@ impl Shield {
         })
     }
 
-    /// Attaches the program to `interface` and pins the link as `<root>/shield_<interface>`:
-    /// native XDP where the driver has it, generic otherwise. A link already pinned there (a
-    /// previous process's) is adopted and its program replaced atomically.
-    pub fn attach(&mut self, interface: &str) -> Result<AttachMode, ShieldError> {
-        let path = self.link_path(interface);
+    /// Attaches the shield to `interface` at `hook` and pins the link under the root:
+    /// `shield_<interface>` for XDP, `shieldtc_<interface>` for TC. A link already pinned there
+    /// (a previous process's) is adopted and its program replaced atomically. Returns the mode
+    /// it got and the link's path.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        hook: Hook,
+    ) -> Result<(AttachMode, PathBuf), ShieldError> {
+        match hook {
+            Hook::Tc => self.attach_tc(interface),
+            Hook::Xdp { fallback } => match self.attach_xdp(interface, fallback)? {
+                Some(mode) => Ok((mode, link_path(&self.root, interface))),
+                None => self.attach_tc(interface),
+            },
+        }
+    }
+
+    /// XDP, native first; None when the driver refused native XDP and `fallback` is TC.
+    fn attach_xdp(
+        &mut self,
+        interface: &str,
+        fallback: Fallback,
+    ) -> Result<Option<AttachMode>, ShieldError> {
+        let path = link_path(&self.root, interface);
         let program = program_mut(&mut self.ebpf, self.program)?;
         let attach_err = |source| ShieldError::Attach {
             interface: interface.to_owned(),
@@ -154,6 +229,10 @@ impl Shield {
                         source: native,
                     })
                 }
+                Err(native) if fallback == Fallback::Tc => {
+                    tracing::debug!(%interface, error = %native, "native XDP refused: the shield goes to TC");
+                    return Ok(None);
+                }
                 Err(native) => {
                     tracing::debug!(%interface, error = %native, "native XDP refused");
                     let id = program
@@ -165,28 +244,61 @@ impl Shield {
         };
         let link = program.take_link(link_id).map_err(attach_err)?;
         dataplane::keep_link(link, &path, mode != AttachMode::Adopted)?;
-        Ok(mode)
+        Ok(Some(mode))
     }
 
-    fn link_path(&self, interface: &str) -> PathBuf {
-        link_path(&self.root, interface)
+    /// TCX ingress, in front of the programs there (the fast path's), so that a denied source
+    /// never reaches them.
+    fn attach_tc(&mut self, interface: &str) -> Result<(AttachMode, PathBuf), ShieldError> {
+        let path = tc_link_path(&self.root, interface);
+        let program = tc_program_mut(&mut self.ebpf)?;
+        let attach_err = |source| ShieldError::Attach {
+            interface: interface.to_owned(),
+            source,
+        };
+        let (link_id, created) = match dataplane::adopt_pinned_link(&path)? {
+            Some(link) => (program.attach_to_link(link).map_err(attach_err)?, false),
+            None => {
+                let id = program
+                    .attach_with_options(
+                        interface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                    .map_err(attach_err)?;
+                (id, true)
+            }
+        };
+        let link = program.take_link(link_id).map_err(attach_err)?;
+        dataplane::keep_link(link, &path, created)?;
+        Ok((AttachMode::Tc, path))
     }
 }
 
-/// Where the link of `interface` is pinned under `root`.
+/// Where the XDP link of `interface` is pinned under `root`.
 fn link_path(root: &Path, interface: &str) -> PathBuf {
     // bpffs refuses names with a dot (VLAN interfaces have one).
-    root.join(format!("{SHIELD_PROGRAM}_{}", interface.replace('.', "_")))
+    root.join(format!("{XDP_LINK_PREFIX}{}", interface.replace('.', "_")))
 }
 
-/// Detaches the shield from every interface under `root` but `keep` by removing their pinned
-/// links (a link goes away with its last reference): a previous process's attachments outlive
-/// it, so a start with the shield off, or with fewer interfaces, must undo them. Returns the
-/// link files removed.
-pub fn detach_others(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, ShieldError> {
-    let kept: Vec<PathBuf> = keep.iter().map(|i| link_path(root, i)).collect();
-    let prefix = format!("{SHIELD_PROGRAM}_");
-    Ok(dataplane::remove_pinned_links(root, &prefix, &kept)?)
+/// Where the TC link of `interface` is pinned under `root`.
+fn tc_link_path(root: &Path, interface: &str) -> PathBuf {
+    root.join(format!("{TC_LINK_PREFIX}{}", interface.replace('.', "_")))
+}
+
+/// The pinned XDP links' names start with this, the TC links' with [`TC_LINK_PREFIX`]; neither
+/// is a prefix of the other, so an interface's name never makes one link look like the other.
+const XDP_LINK_PREFIX: &str = "shield_";
+const TC_LINK_PREFIX: &str = "shieldtc_";
+
+/// Detaches the shield everywhere under `root` but at the links in `keep` by removing their
+/// pinned links (a link goes away with its last reference): a previous process's attachments
+/// outlive it, so a start with the shield off, with fewer interfaces, or with another hook,
+/// must undo them. Returns the link files removed.
+pub fn detach_others(root: &Path, keep: &[PathBuf]) -> Result<Vec<PathBuf>, ShieldError> {
+    let mut removed = dataplane::remove_pinned_links(root, XDP_LINK_PREFIX, keep)?;
+    removed.extend(dataplane::remove_pinned_links(root, TC_LINK_PREFIX, keep)?);
+    Ok(removed)
 }
 
 /// The deny list pinned under `root`, created (with the shield's other maps, by loading the
@@ -215,6 +327,17 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SHIELD_STATS_LEN as usize]
         *sum = stats.get(&index, 0).map_err(map_err)?.iter().sum();
     }
     Ok(sums)
+}
+
+fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, ShieldError> {
+    let missing = dataplane::ObjectError::Missing {
+        what: "program",
+        name: SHIELD_TC_PROGRAM,
+    };
+    let Some(program) = ebpf.program_mut(SHIELD_TC_PROGRAM) else {
+        return Err(missing.into());
+    };
+    program.try_into().map_err(|_| missing.into())
 }
 
 fn program_mut(ebpf: &mut Ebpf, program: Program) -> Result<&mut Xdp, ShieldError> {
@@ -291,5 +414,38 @@ mod tests {
             link_path(root, "eth1.10"),
             Path::new("/sys/fs/bpf/x/v1/shield_eth1_10")
         );
+        assert_eq!(
+            tc_link_path(root, "eth1.10"),
+            Path::new("/sys/fs/bpf/x/v1/shieldtc_eth1_10")
+        );
+        // An interface named like the other hook's prefix still gets a link of its own hook.
+        assert!(!tc_link_path(root, "x")
+            .to_string_lossy()
+            .contains(XDP_LINK_PREFIX));
+    }
+
+    #[test]
+    fn auto_takes_tc_on_a_veth_and_xdp_where_the_driver_runs_it_or_the_fast_path_needs_it() {
+        let xdp_or = |fallback| Hook::Xdp { fallback };
+        let auto = |program, driver| choose_hook(ShieldHook::Auto, program, driver);
+        assert_eq!(auto(Program::Shield, Some("veth")), Hook::Tc);
+        assert_eq!(
+            auto(Program::Shield, Some("mlx5_core")),
+            xdp_or(Fallback::Tc)
+        );
+        assert_eq!(auto(Program::Shield, None), xdp_or(Fallback::Tc));
+        // The shield's program is the interface's one XDP program when it also translates.
+        assert_eq!(
+            auto(Program::WithTranslation, Some("veth")),
+            xdp_or(Fallback::Generic)
+        );
+        for driver in [Some("veth"), Some("ixgbe"), None] {
+            let xdp = choose_hook(ShieldHook::Xdp, Program::Shield, driver);
+            assert_eq!(xdp, xdp_or(Fallback::Generic));
+            assert_eq!(
+                choose_hook(ShieldHook::Tc, Program::Shield, driver),
+                Hook::Tc
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Network interfaces: an interface's index by name, which interface has an IPv4 address, and
-//! every interface's addresses.
+//! Network interfaces: an interface's index by name, its driver, which interface has an IPv4
+//! address, and every interface's addresses.
 
 use std::{
     ffi::CStr,
@@ -19,6 +19,72 @@ pub fn interface_index(name: &str) -> io::Result<u32> {
         None,
     )?;
     Ok(netdevice::name_to_index(&socket, name)?)
+}
+
+/// `ETHTOOL_GDRVINFO`: the driver's information (`struct ethtool_drvinfo`).
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// `struct ethtool_drvinfo` of `<linux/ethtool.h>`.
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// The name of the driver of the interface named `name` in the caller's network namespace:
+/// `veth`, `virtio_net`, `mlx5_core`... (`SIOCETHTOOL` with `ETHTOOL_GDRVINFO`, what
+/// `ethtool -i` prints as `driver`).
+pub fn driver_name(name: &str) -> io::Result<String> {
+    let socket = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // SAFETY: both are plain C structs, valid all zeroes.
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= request.ifr_name.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is no interface name"),
+        ));
+    }
+    for (to, &from) in request.ifr_name.iter_mut().zip(bytes) {
+        *to = from as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: SIOCETHTOOL reads the name and the command from `request` and writes at most a
+    // `struct ethtool_drvinfo` to `info`, which outlives the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SIOCETHTOOL,
+            &raw mut request,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// The name and index of the first interface that has `addr` as one of its IPv4 addresses

@@ -1,7 +1,7 @@
-//! `[shield]`: `enabled`, `interfaces`, `syn_rate` and `syn_burst`.
+//! `[shield]`: `enabled`, `interfaces`, `syn_rate`, `syn_burst` and `hook`.
 
 use super::{fastpath::check_ifname, Checker, Seen};
-use crate::config::{raw::RawShield, Shield};
+use crate::config::{raw::RawShield, Shield, ShieldHook};
 
 /// SYNs per second per source, and back to back, when the file does not say.
 pub(in crate::config) const DEFAULT_SYN_RATE: u32 = 200;
@@ -22,13 +22,32 @@ impl Checker<'_> {
         let rate = self.syn_setting(raw, "syn_rate", DEFAULT_SYN_RATE);
         let burst = self.syn_setting(raw, "syn_burst", DEFAULT_SYN_BURST);
         let interfaces = self.shield_interfaces(raw);
+        let hook = self.shield_hook(raw);
         let enabled = raw.enabled.as_ref().is_some_and(|e| *e.get_ref());
         Some(Shield {
             enabled,
             interfaces: interfaces?,
             syn_rate: rate?,
             syn_burst: burst?,
+            hook: hook?,
         })
+    }
+
+    /// `hook`: `auto` (the default), `xdp` or `tc`.
+    fn shield_hook(&mut self, raw: &RawShield) -> Option<ShieldHook> {
+        let Some(text) = &raw.hook else {
+            return Some(ShieldHook::Auto);
+        };
+        match text.get_ref().as_str() {
+            "auto" => Some(ShieldHook::Auto),
+            "xdp" => Some(ShieldHook::Xdp),
+            "tc" => Some(ShieldHook::Tc),
+            other => {
+                let msg = format!("unknown hook {other:?} (valid: auto, xdp, tc)");
+                self.report(Some(text.span()), "shield.hook", msg);
+                None
+            }
+        }
     }
 
     fn syn_setting(&mut self, raw: &RawShield, name: &str, default: u32) -> Option<u32> {
