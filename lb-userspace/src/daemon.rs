@@ -86,7 +86,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     // Known before the fast path starts: it leaves XDP on these interfaces to the shield,
     // unless the shield keeps to TC (`hook = "tc"`).
     let shielded = if config.shield.enabled {
-        shield_interfaces(&config)?
+        match shield_interfaces(&config) {
+            Ok(interfaces) => interfaces,
+            Err(error) if config.shield.by_default => {
+                shield_not_started(&error);
+                Vec::new()
+            }
+            Err(error) => return Err(error),
+        }
     } else {
         Vec::new()
     };
@@ -95,7 +102,16 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         crate::config::ShieldHook::Auto | crate::config::ShieldHook::Xdp => &shielded[..],
     };
     let fastpath = start_fastpath(&config, &frontends, xdp_shielded)?;
-    let shield = start_shield(&config, &pin_root, shielded)?;
+    let shield = match start_shield(&config, &pin_root, shielded) {
+        Ok(shield) => shield,
+        Err(error) if config.shield.by_default => {
+            shield_not_started(&error);
+            // What did attach before the failure goes too: a shield is whole or absent.
+            let _ = start_shield(&config, &pin_root, Vec::new());
+            None
+        }
+        Err(error) => return Err(error),
+    };
     if shield.is_some() {
         live.set_shield_root(pin_root.clone());
     }
@@ -394,6 +410,12 @@ fn start_shield(
              connections included"
         ),
     }
+    if config.shield.by_default {
+        tracing::info!(
+            "shield: on by default, as a frontend binds an address the network reaches \
+             (`[shield] enabled = false` turns it off)"
+        );
+    }
     let mut links = Vec::new();
     for interface in interfaces {
         let driver = crate::sys::net::driver_name(&interface)
@@ -419,6 +441,16 @@ fn start_shield(
     // After attaching, so that an interface moving between XDP and TC is never unshielded.
     detach_shield_links(pin_root, &links)?;
     Ok((!attached.interfaces.is_empty()).then_some(attached))
+}
+
+/// A shield on by default that could not start: the daemon serves without it, as it did before
+/// the shield existed, and says so.
+fn shield_not_started(error: &StartError) {
+    tracing::warn!(
+        error = %crate::error_chain(error),
+        "shield: on by default but could not start; serving without it (`[shield] enabled = \
+         true` makes this an error, `enabled = false` silences it)"
+    );
 }
 
 /// Removes the shield's pinned links under `pin_root` but `keep`: a previous process's

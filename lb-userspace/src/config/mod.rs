@@ -342,8 +342,12 @@ pub struct PeerMember {
 /// interfaces need an upgrade; the SYN limit is applied in place by a reload. Off by default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shield {
-    /// `enabled`; default off.
+    /// `enabled`; default on when a frontend binds a specific address that is not loopback
+    /// (`validate::shield::on_by_default`).
     pub enabled: bool,
+    /// On because the file did not say (`enabled` absent): a shield that cannot start then
+    /// leaves the daemon serving without it, with a warning.
+    pub by_default: bool,
     /// Where it is attached; empty: the interfaces that own the frontends' bind addresses
     /// (found at start).
     pub interfaces: Vec<String>,
@@ -359,6 +363,7 @@ impl Default for Shield {
     fn default() -> Self {
         Self {
             enabled: false,
+            by_default: false,
             interfaces: Vec::new(),
             syn_rate: validate::DEFAULT_SYN_RATE,
             syn_burst: validate::DEFAULT_SYN_BURST,

@@ -1,5 +1,5 @@
-//! `[shield]`: off by default, `enabled`, `interfaces`, the SYN limit, and bad
-//! values.
+//! `[shield]`: on by default where a frontend binds an address the network reaches,
+//! `enabled`, `interfaces`, the SYN limit, the hook, and bad values.
 
 use super::{
     tests::{parse, problems, BASE},
@@ -7,25 +7,38 @@ use super::{
 };
 
 #[test]
-fn the_shield_is_off_unless_the_file_turns_it_on() {
-    // BASE binds 0.0.0.0:8080: reachable from the network, still off by default.
-    for bind in [
-        "0.0.0.0:8080",
-        "192.0.2.10:8080",
-        "[2001:db8::1]:8080",
-        "127.0.0.1:8080",
+fn the_shield_is_on_by_default_where_a_frontend_binds_an_address_the_network_reaches() {
+    let on_by_default = Shield {
+        enabled: true,
+        by_default: true,
+        ..Shield::default()
+    };
+    let explicit = Shield {
+        enabled: true,
+        ..Shield::default()
+    };
+    // BASE binds 0.0.0.0:8080.
+    for (bind, default) in [
+        ("192.0.2.10:8080", &on_by_default),
+        ("[2001:db8::1]:8080", &on_by_default),
+        // Wildcards would shield every interface of the host; loopback needs no shield.
+        ("0.0.0.0:8080", &Shield::default()),
+        ("[::]:8080", &Shield::default()),
+        ("127.0.0.1:8080", &Shield::default()),
+        ("[::1]:8080", &Shield::default()),
     ] {
         let config = BASE.replace("0.0.0.0:8080", bind);
-        assert_eq!(parse(&config).unwrap().shield, Shield::default(), "{bind}");
+        assert_eq!(&parse(&config).unwrap().shield, default, "{bind}");
         let on = parse(&format!("{config}\n[shield]\nenabled = true\n")).unwrap();
-        let explicit = Shield {
-            enabled: true,
-            ..Shield::default()
-        };
         assert_eq!(on.shield, explicit, "{bind}");
+        let off = parse(&format!("{config}\n[shield]\nenabled = false\n")).unwrap();
+        assert_eq!(off.shield, Shield::default(), "{bind}");
     }
-    let off = parse(&format!("{BASE}\n[shield]\nenabled = false\n")).unwrap();
-    assert_eq!(off.shield, Shield::default());
+    // One frontend the network reaches is enough.
+    let two = format!(
+        "{BASE}\n[[frontend]]\nname = \"public\"\nbind = \"192.0.2.10:80\"\nbackend = \"web\"\n"
+    );
+    assert_eq!(parse(&two).unwrap().shield, on_by_default);
 }
 
 #[test]

@@ -146,7 +146,7 @@ impl Checker<'_> {
         let timeouts = self.timeouts(raw);
         let peers = self.peers(raw, instance.as_ref(), &mut binds);
         let fastpath = self.fastpath_policy(raw);
-        let shield = self.shield(&raw.shield);
+        let shield = self.shield(&raw.shield, frontends.as_deref());
         Some(Config {
             fastpath: fastpath?,
             shield: shield?,

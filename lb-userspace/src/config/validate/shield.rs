@@ -1,7 +1,7 @@
 //! `[shield]`: `enabled`, `interfaces`, `syn_rate`, `syn_burst` and `hook`.
 
 use super::{fastpath::check_ifname, Checker, Seen};
-use crate::config::{raw::RawShield, Shield, ShieldHook};
+use crate::config::{raw::RawShield, Frontend, Shield, ShieldHook};
 
 /// SYNs per second per source, and back to back, when the file does not say.
 pub(in crate::config) const DEFAULT_SYN_RATE: u32 = 200;
@@ -11,21 +11,29 @@ pub(in crate::config) const DEFAULT_SYN_BURST: u32 = 400;
 const MAX_SYN: i64 = 1_000_000;
 
 impl Checker<'_> {
-    /// `[shield]`: `enabled` (default off, see docs/SHIELD.md, "Why it is off by default"),
-    /// `interfaces` (default: those of the frontends' addresses, found at start), and the SYN
-    /// limit (`syn_rate`, `syn_burst`, each 1..=1000000).
+    /// `[shield]`: `enabled` (default: [`on_by_default`] of the frontends), `interfaces`
+    /// (default: those of the frontends' addresses, found at start), the SYN limit
+    /// (`syn_rate`, `syn_burst`, each 1..=1000000) and `hook`.
     ///
     /// `syn_burst` may be below `syn_rate`: the bucket refills continuously (one SYN every
     /// `1/syn_rate` s), so a burst of 50 at a rate of 200/s still lets 200 SYNs through each
     /// second, only never more than 50 at once. Hence no rule between the two.
-    pub(super) fn shield(&mut self, raw: &RawShield) -> Option<Shield> {
+    pub(super) fn shield(
+        &mut self,
+        raw: &RawShield,
+        frontends: Option<&[Frontend]>,
+    ) -> Option<Shield> {
         let rate = self.syn_setting(raw, "syn_rate", DEFAULT_SYN_RATE);
         let burst = self.syn_setting(raw, "syn_burst", DEFAULT_SYN_BURST);
         let interfaces = self.shield_interfaces(raw);
         let hook = self.shield_hook(raw);
-        let enabled = raw.enabled.as_ref().is_some_and(|e| *e.get_ref());
+        let (enabled, by_default) = match &raw.enabled {
+            Some(enabled) => (*enabled.get_ref(), false),
+            None => (on_by_default(frontends.unwrap_or_default()), true),
+        };
         Some(Shield {
             enabled,
+            by_default: by_default && enabled,
             interfaces: interfaces?,
             syn_rate: rate?,
             syn_burst: burst?,
@@ -87,4 +95,15 @@ impl Checker<'_> {
         let unique = seen.len() == names.len();
         (complete && unique).then_some(names)
     }
+}
+
+/// Whether the shield is on when the file does not say: when a frontend binds a specific
+/// address that is not loopback (one the network reaches). A wildcard bind (`0.0.0.0`, `::`)
+/// does not turn it on by itself: it would put the shield on every interface of the host,
+/// management interfaces included, which no line of the file named.
+pub(in crate::config) fn on_by_default(frontends: &[Frontend]) -> bool {
+    frontends.iter().any(|frontend| {
+        let ip = frontend.bind.ip();
+        !ip.is_loopback() && !ip.is_unspecified()
+    })
 }
