@@ -31,7 +31,7 @@ use self::{
 };
 use crate::{
     backend::BackendState,
-    config::{Config, FastPathMode},
+    config::{Config, FastPathMode, FastPathXdp, ShieldHook},
     control::{self, systemd},
     dataplane::{self, DataplaneError},
     error_chain, fastpath,
@@ -98,8 +98,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         Vec::new()
     };
     let xdp_shielded = match config.shield.hook {
-        crate::config::ShieldHook::Tc => &[][..],
-        crate::config::ShieldHook::Auto | crate::config::ShieldHook::Xdp => &shielded[..],
+        ShieldHook::Tc => &[][..],
+        ShieldHook::Auto | ShieldHook::Xdp => &shielded[..],
     };
     let fastpath = start_fastpath(&config, &frontends, xdp_shielded)?;
     let shield = match start_shield(&config, &pin_root, shielded) {
@@ -333,7 +333,7 @@ fn start_fastpath(
         rules,
         policy,
         source_ports: config.fastpath.source_ports.range(),
-        xdp: config.fastpath.xdp == crate::config::FastPathXdp::Auto,
+        xdp: config.fastpath.xdp == FastPathXdp::Auto,
         shielded: shielded.to_vec(),
     };
     let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, options)
@@ -371,8 +371,8 @@ fn start_shield(
     // interfaces it holds (one XDP program per interface); the fast path has pinned its maps.
     // Not when the shield keeps to TC: the fast path's own XDP program translates then.
     let program = if config.splices()
-        && config.fastpath.xdp == crate::config::FastPathXdp::Auto
-        && config.shield.hook != crate::config::ShieldHook::Tc
+        && config.fastpath.xdp == FastPathXdp::Auto
+        && config.shield.hook != ShieldHook::Tc
     {
         shield::program::Program::WithTranslation
     } else {

@@ -335,8 +335,8 @@ fn write_shield(out: &mut String, shield: &ShieldView) -> fmt::Result {
         out,
         name,
         Kind::Gauge,
-        "Interfaces the XDP shield is attached to, with the mode each got (native, generic, or \
-         adopted from the previous process); always 1.",
+        "Interfaces the shield is attached to, with the mode each got (native or generic XDP, \
+         tc, or adopted from the previous process at XDP); always 1.",
     )?;
     for (interface, mode) in &shield.interfaces {
         writeln!(
