@@ -220,8 +220,8 @@ pub(super) fn stickylb_config(
         || "[shield]\nenabled = false\n".to_owned(),
         |limit| {
             format!(
-                "[shield]\nenabled = true\nsyn_rate = {}\nsyn_burst = {}\n",
-                limit.rate, limit.burst
+                "[shield]\nenabled = true\nsyn_rate = {}\nsyn_burst = {}\nhook = \"{}\"\n",
+                limit.rate, limit.burst, limit.hook
             )
         },
     );
@@ -284,13 +284,16 @@ impl From<Contender> for FastPathSetting {
 pub(super) const DEFAULT_SHIELD: SynLimit = SynLimit {
     rate: 200,
     burst: 400,
+    hook: "auto",
 };
 
-/// The shield's SYN limit of the bench's stickylb (`[shield] syn_rate`, `syn_burst`).
+/// The shield of the bench's stickylb: its SYN limit (`[shield] syn_rate`, `syn_burst`) and
+/// where it runs (`[shield] hook`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub(super) struct SynLimit {
     pub(super) rate: u32,
     pub(super) burst: u32,
+    pub(super) hook: &'static str,
 }
 
 /// HAProxy's equivalent of [`stickylb_config`]: the original demo's sticky setup, no logging, no checks,
@@ -464,14 +467,15 @@ mod tests {
             Some(SynLimit {
                 rate: 5000,
                 burst: 10000,
+                hook: "xdp",
             }),
         );
         assert!(fastpath.contains("fastpath = \"splice\""));
         // The shield is off but for the syn-flood measurement, which sets its limit.
         assert!(stickylb.ends_with("[shield]\nenabled = false\n"));
-        assert!(
-            fastpath.ends_with("[shield]\nenabled = true\nsyn_rate = 5000\nsyn_burst = 10000\n")
-        );
+        assert!(fastpath.ends_with(
+            "[shield]\nenabled = true\nsyn_rate = 5000\nsyn_burst = 10000\nhook = \"xdp\"\n"
+        ));
         assert!(!stickylb.contains(":443") && !haproxy.contains(":443"));
         assert!(!fastpath.contains("xdp"));
         let xdp = stickylb_config(

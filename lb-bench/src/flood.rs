@@ -6,10 +6,10 @@
 //! the client's other addresses (16 of them), keep-alive and a new connection per request. Each
 //! legitimate workload is measured without the flood, then with it, against stickylb with its
 //! shield on, stickylb with it off, and HAProxy (which has no such shield: the kernel's SYN
-//! queue and cookies take the flood). Then the flood alone: the load balancer's CPU per million
-//! flood packets,
-//! from `/proc` for the process and, for stickylb, from the BPF run-time statistics for the
-//! shield's XDP program (which runs in the kernel, outside the process).
+//! queue and cookies take the flood); the shield twice, where its default hook puts it (TC on
+//! the bench's veths) and at XDP. Then the flood alone: the load balancer's CPU per million
+//! flood packets, from `/proc` for the process and, for stickylb, from the BPF run-time
+//! statistics for the shield's program (which runs in the kernel, outside the process).
 //!
 //! The shield's SYN limit here is [`LIMIT`], not the default (200/s, 400 at once): each of the
 //! bench's 16 client addresses stands for many real clients and opens hundreds of connections
@@ -32,10 +32,18 @@ use super::{
     procs,
 };
 
-/// The shield's SYN limit for this measurement (see the module's comment).
+/// The shield's SYN limit for this measurement (see the module's comment), where the default
+/// `hook` puts it (TC on the bench's veths).
 pub(super) const LIMIT: SynLimit = SynLimit {
     rate: 2000,
     burst: 4000,
+    hook: "auto",
+};
+
+/// The same at XDP (native on a veth), for what a dropped packet costs at each hook.
+const LIMIT_AT_XDP: SynLimit = SynLimit {
+    hook: "xdp",
+    ..LIMIT
 };
 
 /// The frontend port the flood aims at (the bench's HTTP frontend).
@@ -53,11 +61,16 @@ struct Setup {
     label: &'static str,
 }
 
-const SETUPS: [Setup; 3] = [
+const SETUPS: [Setup; 4] = [
     Setup {
         contender: Contender::Stickylb,
         shield: Some(LIMIT),
         label: "stickylb-shield",
+    },
+    Setup {
+        contender: Contender::Stickylb,
+        shield: Some(LIMIT_AT_XDP),
+        label: "stickylb-shield-xdp",
     },
     Setup {
         contender: Contender::Stickylb,
@@ -101,7 +114,7 @@ pub(super) struct FloodCost {
     pub(super) seconds: f64,
     /// CPU seconds of the load balancer's process meanwhile.
     pub(super) process_cpu_s: f64,
-    /// Run time of the shield's XDP program meanwhile (`None` without the shield, or without
+    /// Run time of the shield's program meanwhile (`None` without the shield, or without
     /// BPF statistics).
     pub(super) program_cpu_s: Option<f64>,
     /// SYNs the shield dropped by rate meanwhile (with the shield).
@@ -259,15 +272,16 @@ fn measure_cost(env: &Env, setup: Setup, pid: u32) -> anyhow::Result<FloodCost> 
     })
 }
 
-/// Seconds the shield's XDP program has run and how many packets it ran for, from its links
-/// pinned in `dir` (`shield_<interface>`).
+/// Seconds the shield's program has run and how many packets it ran for, from its links pinned
+/// in `dir` (`shield_<interface>` at XDP, `shieldtc_<interface>` at TC).
 fn shield_program(dir: &Path) -> anyhow::Result<(f64, u64)> {
     let mut programs = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .flatten()
     {
-        if entry.file_name().to_string_lossy().starts_with("shield_") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("shield_") || name.starts_with("shieldtc_") {
             let link = bpftool(&["link", "show", "pinned"], &entry.path())?;
             programs.insert(number(&link, "prog_id")?);
         }

@@ -25,12 +25,13 @@ pub enum ShieldError {
     },
     #[error(transparent)]
     Object(#[from] dataplane::ObjectError),
-    #[error(
-        "loading the shield's XDP program ({} or {}) into the kernel (verifier)",
-        lb_common::SHIELD_PROGRAM,
-        lb_common::SHIELD_SPLICE_PROGRAM
-    )]
-    Verify(#[source] aya::programs::ProgramError),
+    /// The verifier refused `program`.
+    #[error("loading the shield's program {program} into the kernel (verifier)")]
+    Verify {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error(
         "attaching {} to {interface} (native and generic XDP both failed)",
         lb_common::SHIELD_PROGRAM

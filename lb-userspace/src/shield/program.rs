@@ -171,12 +171,13 @@ impl Shield {
             loader.map_max_entries(SPLICE_FLOWS_MAP, 1);
         }
         let mut ebpf = dataplane::load_object(&mut loader)?;
+        let verify = |program| move |source| ShieldError::Verify { program, source };
         program_mut(&mut ebpf, program)?
             .load()
-            .map_err(ShieldError::Verify)?;
+            .map_err(verify(program.name()))?;
         tc_program_mut(&mut ebpf)?
             .load()
-            .map_err(ShieldError::Verify)?;
+            .map_err(verify(SHIELD_TC_PROGRAM))?;
         Ok(Shield {
             ebpf,
             root: root.to_owned(),

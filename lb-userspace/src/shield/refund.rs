@@ -74,8 +74,12 @@ impl Shield {
         }
         let path = self.root.join(LINK_NAME);
         let program = refund_program(&mut self.ebpf)?;
-        program.load().map_err(ShieldError::Verify)?;
-        let program_fd = program.fd().map_err(ShieldError::Verify)?;
+        let verify = |source| ShieldError::Verify {
+            program: SHIELD_REFUND_PROGRAM,
+            source,
+        };
+        program.load().map_err(verify)?;
+        let program_fd = program.fd().map_err(verify)?;
         match sys::bpf_link::open_pinned(&path) {
             Ok(link) => {
                 sys::bpf_link::replace_program(link.as_fd(), program_fd.as_fd())
