@@ -102,12 +102,17 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         ShieldHook::Auto | ShieldHook::Xdp => &shielded[..],
     };
     let fastpath = start_fastpath(&config, &frontends, xdp_shielded)?;
-    let shield = match start_shield(&config, &pin_root, shielded) {
+    let shield = match start_shield(&config, &pin_root, shielded.clone()) {
         Ok(shield) => shield,
         Err(error) if config.shield.by_default => {
             shield_not_started(&error);
             // What did attach before the failure goes too: a shield is whole or absent.
             let _ = start_shield(&config, &pin_root, Vec::new());
+            if let Some(runtime) = &fastpath {
+                runtime
+                    .take_back_xdp(&shielded)
+                    .map_err(StartError::FastPath)?;
+            }
             None
         }
         Err(error) => return Err(error),

@@ -5,7 +5,8 @@
 //! shield's own program (`shield_splice`) translates there after its verdict, and both flows
 //! are still translated at XDP;
 //! where the far ends have GRO off (no interface takes redirected frames), XDP translates
-//! nothing and TC everything. The real daemon, in
+//! nothing and TC everything; a shield on by default that cannot start leaves XDP to the fast
+//! path's own program. The real daemon, in
 //! namespaces (`common::fastpath::Rig`).
 
 #![allow(
@@ -215,4 +216,50 @@ fn without_gro_at_the_far_ends_no_interface_is_a_redirect_target_and_tc_translat
         keep_alive.0 > 0 && download.0 > 0,
         "{keep_alive:?} {download:?}"
     );
+}
+
+#[test]
+fn a_default_shield_that_cannot_start_leaves_xdp_to_the_fast_paths_own_program() {
+    if !common::privileged() {
+        return;
+    }
+    // No `[shield]` section: the shield is on by default (the frontend binds the lb's address)
+    // and, with the translation at XDP, would take XDP on the client's side with its own
+    // translating program. A map of the wrong layout where its counters are pinned (what a
+    // stale or foreign pin looks like) makes its start fail.
+    let rig = Rig::routed_xdp("fpxd", 247, "[fastpath]\nafter_requests = 1\n");
+    std::fs::create_dir_all(&rig.root).unwrap();
+    let bogus = rig.root.join(lb_common::SHIELD_STATS_MAP);
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&bogus)
+        .args(["type", "array", "key", "4", "value", "4", "entries", "1"])
+        .args(["name", "bogus"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool map create: {out:?}");
+    let daemon = rig.start();
+    let log = daemon.output();
+    assert!(
+        log.contains("on by default but could not start"),
+        "the log says the default shield did not start: {log}"
+    );
+    let [keep_alive, download] = keep_alive_then_download(&rig);
+    let metrics = rig.metrics();
+    // Both sides at XDP with the fast path's own program, as with the shield off, rather than
+    // left to a shield that is not there.
+    for interface in ["veth-client", "veth-backends"] {
+        assert!(
+            metrics.contains(&interface_line(interface, "xdp", "native")),
+            "{interface} at XDP: {metrics}"
+        );
+    }
+    assert!(!metrics.contains("stickylb_shield_interface{"), "{metrics}");
+    for (flow, (all, xdp)) in [("keep-alive", keep_alive), ("download", download)] {
+        assert!(all > 0, "{flow}: nothing translated");
+        assert!(
+            xdp * 10 >= all * 9,
+            "{flow}: {xdp} of {all} packets translated at XDP"
+        );
+    }
 }

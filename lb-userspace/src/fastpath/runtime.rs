@@ -105,7 +105,8 @@ pub struct Runtime {
     rules: Rules,
     pub(super) policy: Policy,
     source_ports: RangeInclusive<u16>,
-    shielded: Vec<String>,
+    /// Interfaces whose XDP hook is the shield's (see [`Options::shielded`]).
+    shielded: Mutex<Vec<String>>,
     pub stats: Stats,
 }
 
@@ -174,7 +175,7 @@ impl Runtime {
             rules,
             policy,
             source_ports: source_ports.clone(),
-            shielded,
+            shielded: Mutex::new(shielded),
             stats: Stats::default(),
         };
         for name in interfaces {
@@ -223,7 +224,7 @@ impl Runtime {
         let (how, xdp, xdp_target) = {
             let mut program = lock(&self.program);
             let how = program.attach(&interface.name)?;
-            let xdp = if self.shielded.contains(&interface.name) {
+            let xdp = if lock(&self.shielded).contains(&interface.name) {
                 program.xdp_left_to_shield()
             } else {
                 program.attach_xdp(&interface.name)?
@@ -258,6 +259,26 @@ impl Runtime {
                 xdp_target,
             },
         );
+        Ok(())
+    }
+
+    /// The shield was to hold XDP on `names` and did not start after all (a shield on by
+    /// default that could not load or attach): the translation takes XDP there as it would have
+    /// without a shield, rather than staying at TC for the life of the process.
+    pub fn take_back_xdp(&self, names: &[String]) -> Result<(), FastPathError> {
+        lock(&self.shielded).retain(|name| !names.contains(name));
+        let left: Vec<Interface> = lock(&self.attached)
+            .values()
+            .filter(|a| names.contains(&a.name) && a.xdp == XdpAttachment::Shield)
+            .map(|a| Interface {
+                name: a.name.clone(),
+                index: a.index,
+            })
+            .collect();
+        for interface in left {
+            lock(&self.attached).remove(&interface.name);
+            self.ensure_attached(&interface)?;
+        }
         Ok(())
     }
 
