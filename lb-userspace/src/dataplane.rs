@@ -75,6 +75,23 @@ pub enum ObjectError {
     },
 }
 
+/// The object's program `name` as its kind `P` (`Xdp`, `SchedClassifier`, `SockOps`), or an
+/// error naming it: an object without it, or with it of another kind, is from another revision
+/// of lb-ebpf.
+pub fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ObjectError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let missing = || ObjectError::Missing {
+        what: "program",
+        name,
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|_| missing())
+}
+
 /// Adopting or pinning the link of one of our programs (the fast path's, the shield's) on an
 /// interface.
 #[derive(Debug, thiserror::Error)]

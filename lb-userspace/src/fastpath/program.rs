@@ -287,14 +287,7 @@ fn xdp_link_path(root: &Path, interface: &str) -> PathBuf {
 }
 
 fn xdp_program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, FastPathError> {
-    let missing = dataplane::ObjectError::Missing {
-        what: "program",
-        name: SPLICE_XDP_PROGRAM,
-    };
-    let Some(program) = ebpf.program_mut(SPLICE_XDP_PROGRAM) else {
-        return Err(missing.into());
-    };
-    program.try_into().map_err(|_| missing.into())
+    Ok(dataplane::program_mut(ebpf, SPLICE_XDP_PROGRAM)?)
 }
 
 /// Opens the flow map pinned under `root` without loading the program (tools, tests).
@@ -325,14 +318,7 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SPLICE_STATS_LEN as usize]
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
-    let missing = dataplane::ObjectError::Missing {
-        what: "program",
-        name: SPLICE_PROGRAM,
-    };
-    let Some(program) = ebpf.program_mut(SPLICE_PROGRAM) else {
-        return Err(missing.into());
-    };
-    program.try_into().map_err(|_| missing.into())
+    Ok(dataplane::program_mut(ebpf, SPLICE_PROGRAM)?)
 }
 
 /// aya adopts a pinned map by name without checking it: do it here.

@@ -331,25 +331,11 @@ pub fn read_pinned_stats(root: &Path) -> Result<[u64; SHIELD_STATS_LEN as usize]
 }
 
 fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, ShieldError> {
-    let missing = dataplane::ObjectError::Missing {
-        what: "program",
-        name: SHIELD_TC_PROGRAM,
-    };
-    let Some(program) = ebpf.program_mut(SHIELD_TC_PROGRAM) else {
-        return Err(missing.into());
-    };
-    program.try_into().map_err(|_| missing.into())
+    Ok(dataplane::program_mut(ebpf, SHIELD_TC_PROGRAM)?)
 }
 
 fn program_mut(ebpf: &mut Ebpf, program: Program) -> Result<&mut Xdp, ShieldError> {
-    let missing = dataplane::ObjectError::Missing {
-        what: "program",
-        name: program.name(),
-    };
-    let Some(program) = ebpf.program_mut(program.name()) else {
-        return Err(missing.into());
-    };
-    program.try_into().map_err(|_| missing.into())
+    Ok(dataplane::program_mut(ebpf, program.name())?)
 }
 
 /// The shield's maps pinned under the root: name, what it is (for errors), layout.

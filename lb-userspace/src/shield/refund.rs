@@ -137,12 +137,5 @@ fn cgroup2_hierarchy() -> Result<PathBuf, ShieldError> {
 }
 
 fn refund_program(ebpf: &mut aya::Ebpf) -> Result<&mut SockOps, ShieldError> {
-    let missing = dataplane::ObjectError::Missing {
-        what: "program",
-        name: SHIELD_REFUND_PROGRAM,
-    };
-    let Some(program) = ebpf.program_mut(SHIELD_REFUND_PROGRAM) else {
-        return Err(missing.into());
-    };
-    program.try_into().map_err(|_| missing.into())
+    Ok(dataplane::program_mut(ebpf, SHIELD_REFUND_PROGRAM)?)
 }

@@ -9,15 +9,20 @@ use std::{
 
 use rustix::net::{netdevice, AddressFamily, SocketFlags, SocketType};
 
-/// The index of the interface named `name` (`if_nametoindex`, through a socket's
-/// `SIOCGIFINDEX` as the C library does).
-pub fn interface_index(name: &str) -> io::Result<u32> {
-    let socket = rustix::net::socket_with(
+/// A socket to address interface ioctls to (any socket will do; no traffic goes through it).
+fn ioctl_socket() -> io::Result<rustix::fd::OwnedFd> {
+    Ok(rustix::net::socket_with(
         AddressFamily::INET,
         SocketType::DGRAM,
         SocketFlags::CLOEXEC,
         None,
-    )?;
+    )?)
+}
+
+/// The index of the interface named `name` (`if_nametoindex`, through a socket's
+/// `SIOCGIFINDEX` as the C library does).
+pub fn interface_index(name: &str) -> io::Result<u32> {
+    let socket = ioctl_socket()?;
     Ok(netdevice::name_to_index(&socket, name)?)
 }
 
@@ -45,12 +50,7 @@ struct EthtoolDrvinfo {
 /// `veth`, `virtio_net`, `mlx5_core`... (`SIOCETHTOOL` with `ETHTOOL_GDRVINFO`, what
 /// `ethtool -i` prints as `driver`).
 pub fn driver_name(name: &str) -> io::Result<String> {
-    let socket = rustix::net::socket_with(
-        AddressFamily::INET,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let socket = ioctl_socket()?;
     // SAFETY: both are plain C structs, valid all zeroes.
     let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
