@@ -225,9 +225,31 @@ backend = "{backend}"
     )
 }
 
+const TEMP_PREFIX: &str = "stickylb-test-";
+
+/// Removes the temp dirs of test processes that have ended: a test binary has no hook at its
+/// end to remove its own, so the next one does (a dir whose process still runs is left alone:
+/// test binaries run side by side).
+fn remove_stale_temp_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Writes `text` to a fresh file in the system temp dir and returns its path.
 pub fn write_temp(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stickylb-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("{TEMP_PREFIX}{}", std::process::id()));
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_stale_temp_dirs);
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     fs::write(&path, text).unwrap();
