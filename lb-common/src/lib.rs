@@ -386,6 +386,15 @@ pub struct ShieldFrontend {
 
 const _: () = assert!(size_of::<ShieldFrontend>() == 16);
 
+/// Name of the map of the TCP ports whose SYNs the shield rate-limits: the frontends' ports
+/// (host order, value 1). A SYN to any other port (the monitor, the peers, another service on
+/// the host) is judged by the deny list alone. Not pinned, like [`SHIELD_FRONTENDS_MAP`]: each
+/// process fills its own, and the programs it attaches hold it.
+pub const SHIELD_PORTS_MAP: &str = "SHIELD_PORTS";
+
+/// Capacity of [`SHIELD_PORTS_MAP`].
+pub const SHIELD_PORTS_ENTRIES: u32 = 256;
+
 /// Name of the SYN rate limit's buckets map: one entry per source (/32 for IPv4, /64 for
 /// IPv6), an LRU hash so that a flood of new sources evicts the oldest instead of failing.
 pub const SHIELD_SYN_MAP: &str = "SHIELD_SYN";

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use lb_common::{
     ServerAdminEntry, ServerAdminKey, ShieldAddr, ShieldConfig, ShieldFrontend, ShieldRule,
     ShieldSynBucket, SpliceEntry, SpliceKey, StickEntry, StickKey, SERVER_ADMIN_ENTRIES,
-    SHIELD_DENY_ENTRIES, SHIELD_FRONTENDS_ENTRIES, SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
+    SHIELD_DENY_ENTRIES, SHIELD_FRONTENDS_ENTRIES, SHIELD_PORTS_ENTRIES, SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
     SPLICE_XDP_PORTS_ENTRIES, STICK_TABLE_DEFAULT_ENTRIES,
 };
 
@@ -98,6 +98,12 @@ pub(crate) static SHIELD_FRONTENDS: HashMap<
     u32,
     { SHIELD_FRONTENDS_ENTRIES as usize },
 > = HashMap::new();
+
+/// The TCP ports whose SYNs the shield rate-limits (the frontends'), host order. Written by
+/// the daemon that loaded the program, at start; not pinned.
+#[btf_map]
+pub(crate) static SHIELD_PORTS: HashMap<u16, u32, { SHIELD_PORTS_ENTRIES as usize }> =
+    HashMap::new();
 
 /// Per-CPU counters of `shield` and `shield_refund`, indexed by `lb_common::SHIELD_STAT_*`.
 #[btf_map]

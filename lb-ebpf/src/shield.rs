@@ -9,9 +9,9 @@
 //!   that XDP on such an interface makes of every cloned or paged buffer (every TCP segment).
 //!   Reads go through `bpf_skb_load_bytes`, which also reads headers outside the linear part.
 //!
-//! Nothing is written to the packet. Only a SYN without ACK is ever rate-limited: every packet
-//! of an established connection (the splice fast path's flows included) is judged by the deny
-//! list alone.
+//! Nothing is written to the packet. Only a SYN without ACK to a frontend's port is ever
+//! rate-limited: every packet of an established connection (the splice fast path's flows
+//! included), and every packet to another port, is judged by the deny list alone.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -23,7 +23,7 @@ use lb_common::{
     SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
 };
 
-use crate::maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_DENY, SHIELD_SYN};
+use crate::maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_DENY, SHIELD_PORTS, SHIELD_SYN};
 
 const ETH_HLEN: usize = 14;
 const ETH_TYPE_OFF: usize = 12;
@@ -40,8 +40,12 @@ const IPV4_FRAG_MASK: u16 = 0x1fff;
 const IPV6_NEXT_OFF: usize = ETH_HLEN + 6;
 const IPV6_SADDR_OFF: usize = ETH_HLEN + 8;
 const IPV6_HLEN: usize = 40;
+/// Offset of the destination port in the TCP header.
+const TCP_DPORT_OFF: usize = 2;
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
+/// The TCP header bytes the shield reads: up to and including the flags.
+const TCP_HEAD_LEN: usize = TCP_FLAGS_OFF + 1;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 /// A SYN's bucket is per /64 for IPv6: one host commonly owns a whole /64.
@@ -50,8 +54,9 @@ const IPV6_BUCKET_BYTES: usize = 8;
 /// What the program needs of a packet.
 struct Packet {
     source: ShieldAddr,
-    /// A TCP SYN without ACK (a connection attempt), whose header the program could read.
-    syn: bool,
+    /// For a TCP SYN without ACK (a connection attempt) whose header the program could read:
+    /// its destination port, host order.
+    syn_to: Option<u16>,
 }
 
 /// What the shield does with a packet; each hook says it in its own return codes.
@@ -104,7 +109,8 @@ pub(crate) fn shield_verdict<H: Headers>(ctx: &H) -> Verdict {
         shield_stat_inc(SHIELD_STAT_DROPPED_DENY);
         return Verdict::Drop;
     }
-    if packet.syn && !syn_allowed(&packet.source) {
+    let limited = packet.syn_to.is_some_and(is_frontend_port);
+    if limited && !syn_allowed(&packet.source) {
         shield_stat_inc(SHIELD_STAT_DROPPED_RATE);
         return Verdict::Drop;
     }
@@ -115,6 +121,14 @@ pub(crate) fn shield_verdict<H: Headers>(ctx: &H) -> Verdict {
 fn pass() -> Verdict {
     shield_stat_inc(SHIELD_STAT_PASSED);
     Verdict::Pass
+}
+
+/// Whether `port` is one of the daemon's frontends' (the SYN limit's scope).
+#[inline(always)]
+fn is_frontend_port(port: u16) -> bool {
+    // SAFETY: the value is only tested for presence, never read: a concurrent update or
+    // delete cannot make this read memory it should not.
+    unsafe { SHIELD_PORTS.get(&port) }.is_some()
 }
 
 fn is_denied(source: &ShieldAddr) -> bool {
@@ -176,13 +190,13 @@ pub(crate) fn bucket_key(source: &ShieldAddr) -> ShieldAddr {
     key
 }
 
-/// The source address of an IPv4 or IPv6 packet in an untagged Ethernet frame, and whether it
-/// is a TCP SYN without ACK.
+/// The source address of an IPv4 or IPv6 packet in an untagged Ethernet frame, and for a TCP
+/// SYN without ACK its destination port.
 #[inline(always)]
 fn parse<H: Headers>(ctx: &H) -> Option<Packet> {
     let ethertype = u16::from_be_bytes(ctx.read::<2>(ETH_TYPE_OFF)?);
     let mut source = ShieldAddr::default();
-    let syn = match ethertype {
+    let syn_to = match ethertype {
         ETH_P_IP => {
             let addr = ctx.read::<4>(IPV4_SADDR_OFF)?;
             source.family = SHIELD_FAMILY_V4;
@@ -196,43 +210,52 @@ fn parse<H: Headers>(ctx: &H) -> Option<Packet> {
         }
         _ => return None,
     };
-    Some(Packet { source, syn })
+    Some(Packet { source, syn_to })
 }
 
-/// Whether an IPv4 packet is a TCP SYN without ACK: a first (or only) fragment, its header
-/// length taken from IHL (options included).
+/// For an IPv4 TCP SYN without ACK, its destination port: a first (or only) fragment, its
+/// header length taken from IHL (options included).
 #[inline(always)]
-fn ipv4_syn<H: Headers>(ctx: &H) -> bool {
+fn ipv4_syn<H: Headers>(ctx: &H) -> Option<u16> {
     let (Some([vihl]), Some([proto]), Some(frag)) = (
         ctx.read::<1>(IPV4_VIHL_OFF),
         ctx.read::<1>(IPV4_PROTO_OFF),
         ctx.read::<2>(IPV4_FRAG_OFF),
     ) else {
-        return false;
+        return None;
     };
     if proto != IPPROTO_TCP || u16::from_be_bytes(frag) & IPV4_FRAG_MASK != 0 {
-        return false;
+        return None;
     }
     // IHL counts 32-bit words; masked to 4 bits, so the offset stays bounded for the verifier.
     let ihl = usize::from(vihl & 0x0f) * 4;
     if ihl < 20 {
-        return false;
+        return None;
     }
     tcp_syn(ctx, ETH_HLEN + ihl)
 }
 
-/// Whether an IPv6 packet is a TCP SYN without ACK. A packet with extension headers (TCP not
-/// the first next header) is not looked into: it passes as if it were no SYN.
+/// For an IPv6 TCP SYN without ACK, its destination port. A packet with extension headers
+/// (TCP not the first next header) is not looked into: it passes as if it were no SYN.
 #[inline(always)]
-fn ipv6_syn<H: Headers>(ctx: &H) -> bool {
+fn ipv6_syn<H: Headers>(ctx: &H) -> Option<u16> {
     match ctx.read::<1>(IPV6_NEXT_OFF) {
         Some([IPPROTO_TCP]) => tcp_syn(ctx, ETH_HLEN + IPV6_HLEN),
-        _ => false,
+        _ => None,
     }
 }
 
+/// The destination port of the TCP header at `tcp_offset` when it is a SYN without ACK.
+/// One read from the port to the flags: the verifier checks a packet read against the bounds
+/// check made for that same pointer, and two reads let the compiler drop the second check.
 #[inline(always)]
-fn tcp_syn<H: Headers>(ctx: &H, tcp_offset: usize) -> bool {
-    ctx.read::<1>(tcp_offset + TCP_FLAGS_OFF)
-        .is_some_and(|[flags]| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+fn tcp_syn<H: Headers>(ctx: &H, tcp_offset: usize) -> Option<u16> {
+    let head = ctx.read::<TCP_HEAD_LEN>(tcp_offset)?;
+    if head[TCP_FLAGS_OFF] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return None;
+    }
+    Some(u16::from_be_bytes([
+        head[TCP_DPORT_OFF],
+        head[TCP_DPORT_OFF + 1],
+    ]))
 }

@@ -395,8 +395,10 @@ fn start_shield(
         interfaces: Vec::new(),
         refund: None,
     };
-    // Before the XDP program: a connection established from here on gives its SYN back.
+    // Before the XDP program: a connection established from here on gives its SYN back, and
+    // only SYNs to the frontends count against the limit.
     let ports: Vec<u16> = config.frontends.iter().map(|f| f.bind.port()).collect();
+    loaded.limit_ports(&ports).map_err(StartError::Shield)?;
     // Without the refund the shield still works as it did before the refund existed (every
     // SYN counts): a host where no cgroup v2 can be mounted (a container without the privilege)
     // keeps its shield rather than failing the start.

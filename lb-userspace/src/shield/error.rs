@@ -66,6 +66,11 @@ pub enum ShieldError {
         lb_common::SHIELD_FRONTENDS_MAP
     )]
     Frontends(#[source] aya::maps::MapError),
+    #[error(
+        "filling the map {} of the ports whose SYNs the shield limits",
+        lb_common::SHIELD_PORTS_MAP
+    )]
+    Ports(#[source] aya::maps::MapError),
     #[error("the cgroup v2 hierarchy for the shield's refund ({path})")]
     Cgroup {
         path: PathBuf,

@@ -9,9 +9,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    ShieldAddr, ShieldSynBucket, SHIELD_CONFIG_MAP, SHIELD_DENY_MAP, SHIELD_PROGRAM,
-    SHIELD_SPLICE_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP, SHIELD_SYN_MAP, SHIELD_TC_PROGRAM,
-    SPLICE_FLOWS_MAP, SPLICE_STATS_MAP, SPLICE_XDP_PORTS_MAP,
+    ShieldAddr, ShieldSynBucket, SHIELD_CONFIG_MAP, SHIELD_DENY_MAP, SHIELD_PORTS_MAP,
+    SHIELD_PROGRAM, SHIELD_SPLICE_PROGRAM, SHIELD_STATS_LEN, SHIELD_STATS_MAP, SHIELD_SYN_MAP,
+    SHIELD_TC_PROGRAM, SPLICE_FLOWS_MAP, SPLICE_STATS_MAP, SPLICE_XDP_PORTS_MAP,
 };
 
 use super::{
@@ -183,6 +183,24 @@ impl Shield {
             root: root.to_owned(),
             program,
         })
+    }
+
+    /// Tells the programs the frontends' `ports`, the only ones whose SYNs the rate limit
+    /// counts; before attaching, so that no SYN to another port is ever limited.
+    pub fn limit_ports(&mut self, ports: &[u16]) -> Result<(), ShieldError> {
+        let map = self
+            .ebpf
+            .map_mut(SHIELD_PORTS_MAP)
+            .ok_or(dataplane::ObjectError::Missing {
+                what: "map",
+                name: SHIELD_PORTS_MAP,
+            })?;
+        let mut limited = aya::maps::HashMap::<&mut MapData, u16, u32>::try_from(map)
+            .map_err(ShieldError::Ports)?;
+        for &port in ports {
+            limited.insert(port, 1, 0).map_err(ShieldError::Ports)?;
+        }
+        Ok(())
     }
 
     /// Attaches the shield to `interface` at `hook` and pins the link under the root:
