@@ -483,8 +483,8 @@ fn shield_interfaces(config: &Config) -> Result<Vec<String>, StartError> {
     if found.wildcard {
         tracing::info!(
             interfaces = ?found.names,
-            "shield: a frontend binds a wildcard address; shielding every interface that is up \
-             and not loopback"
+            "shield: a frontend binds a wildcard address; shielding every interface that is up, \
+             not loopback and has an address"
         );
     }
     if found.names.is_empty() {

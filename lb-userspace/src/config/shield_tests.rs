@@ -21,9 +21,9 @@ fn the_shield_is_on_by_default_where_a_frontend_binds_an_address_the_network_rea
     for (bind, default) in [
         ("192.0.2.10:8080", &on_by_default),
         ("[2001:db8::1]:8080", &on_by_default),
-        // Wildcards would shield every interface of the host; loopback needs no shield.
-        ("0.0.0.0:8080", &Shield::default()),
-        ("[::]:8080", &Shield::default()),
+        // A wildcard reaches the network too; loopback needs no shield.
+        ("0.0.0.0:8080", &on_by_default),
+        ("[::]:8080", &on_by_default),
         ("127.0.0.1:8080", &Shield::default()),
         ("[::1]:8080", &Shield::default()),
     ] {

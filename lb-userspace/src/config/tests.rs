@@ -265,8 +265,12 @@ fn full_example_parses_with_every_value() {
             },
             xdp: FastPathXdp::Auto,
         },
-        // Off unless the file turns it on, whatever the frontends bind.
-        shield: Shield::default(),
+        // On by default: the frontends bind wildcards, which the network reaches.
+        shield: Shield {
+            enabled: true,
+            by_default: true,
+            ..Shield::default()
+        },
     };
     assert_eq!(config, expected);
 }

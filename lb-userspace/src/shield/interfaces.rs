@@ -11,8 +11,8 @@ use crate::sys::{self, net::InterfaceAddr};
 pub struct Found {
     /// In the order the binds and `getifaddrs` name them, each once.
     pub names: Vec<String>,
-    /// A frontend binds a wildcard address (`0.0.0.0`, `[::]`): every interface that is up
-    /// and not loopback is in `names`.
+    /// A frontend binds a wildcard address (`0.0.0.0`, `[::]`): every interface that is up,
+    /// not loopback and carries an address is in `names`.
     pub wildcard: bool,
 }
 
@@ -23,8 +23,11 @@ pub fn of_binds(binds: &[IpAddr]) -> Result<Found, ShieldError> {
 }
 
 /// The interfaces among `addrs` that carry `binds`: for an address, the interfaces that have
-/// it; for a wildcard, every interface that is up and not loopback. Loopback binds and
-/// loopback interfaces name none: nothing on them comes from the network.
+/// it; for a wildcard, every interface that is up, not loopback and has an address other than
+/// an IPv6 link-local one (which every IPv6 interface has): the interfaces a wildcard's
+/// clients reach the host by, and not the address-less ports of bridges or the host ends of
+/// containers' veths, which carry other hosts' traffic. Loopback binds and loopback interfaces
+/// name none: nothing on them comes from the network.
 pub fn choose(binds: &[IpAddr], addrs: &[InterfaceAddr]) -> Found {
     let mut found = Found::default();
     let mut add = |name: &str| {
@@ -41,7 +44,7 @@ pub fn choose(binds: &[IpAddr], addrs: &[InterfaceAddr]) -> Found {
         }
         for entry in addrs.iter().filter(|a| !a.loopback) {
             let carries = if bind.is_unspecified() {
-                entry.up
+                entry.up && entry.addr.is_some_and(|a| !is_ipv6_link_local(a))
             } else {
                 entry.addr.is_some_and(|a| same_address(a, *bind))
             };
@@ -51,6 +54,11 @@ pub fn choose(binds: &[IpAddr], addrs: &[InterfaceAddr]) -> Found {
         }
     }
     found
+}
+
+/// Whether `addr` is IPv6 link-local (`fe80::/10`).
+fn is_ipv6_link_local(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// Whether two addresses are the same, an IPv4-mapped IPv6 bind (`[::ffff:a.b.c.d]`) being its
@@ -81,6 +89,9 @@ mod tests {
             entry("eth0", Some("2001:db8::1"), true, false),
             entry("eth1", Some("198.51.100.1"), true, false),
             entry("eth2", Some("203.0.113.1"), false, false),
+            // A bridge port or a container's host-side veth: up, link-local only.
+            entry("veth0", None, true, false),
+            entry("veth0", Some("fe80::1"), true, false),
         ]
     }
 
@@ -98,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_names_every_interface_up_but_loopback() {
+    fn a_wildcard_names_every_interface_up_with_an_address_but_loopback() {
         for wildcard in ["0.0.0.0", "::"] {
             let found = choose(&ips(&[wildcard]), &host());
             assert_eq!(found.names, ["eth0", "eth1"], "{wildcard}");

@@ -97,13 +97,13 @@ impl Checker<'_> {
     }
 }
 
-/// Whether the shield is on when the file does not say: when a frontend binds a specific
-/// address that is not loopback (one the network reaches). A wildcard bind (`0.0.0.0`, `::`)
-/// does not turn it on by itself: it would put the shield on every interface of the host,
-/// management interfaces included, which no line of the file named.
+/// Whether the shield is on when the file does not say: when a frontend binds an address that
+/// is not loopback, a wildcard (`0.0.0.0`, `::`, as the seed's HAProxy binds `*:80`) included:
+/// the network reaches it. Only loopback frontends leave it off. On a wildcard it goes on the
+/// interfaces that carry an address (`shield::interfaces`); its SYN limit counts only SYNs to
+/// the frontends' ports, so the host's other services are not limited by it.
 pub(in crate::config) fn on_by_default(frontends: &[Frontend]) -> bool {
-    frontends.iter().any(|frontend| {
-        let ip = frontend.bind.ip();
-        !ip.is_loopback() && !ip.is_unspecified()
-    })
+    frontends
+        .iter()
+        .any(|frontend| !frontend.bind.ip().is_loopback())
 }
