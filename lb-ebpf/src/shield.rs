@@ -128,7 +128,7 @@ fn pass() -> Verdict {
 fn is_frontend_port(port: u16) -> bool {
     // SAFETY: the value is only tested for presence, never read: a concurrent update or
     // delete cannot make this read memory it should not.
-    unsafe { SHIELD_PORTS.get(&port) }.is_some()
+    unsafe { SHIELD_PORTS.get(port) }.is_some()
 }
 
 fn is_denied(source: &ShieldAddr) -> bool {
