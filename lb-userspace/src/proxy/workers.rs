@@ -77,9 +77,14 @@ impl Workers {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        let me = std::thread::current().id();
         for (stop, thread) in threads {
             let _ = stop.send(());
-            let _ = thread.join();
+            // The last handle can go on a worker (a task there held it while a failed start
+            // unwound): that worker ends when this returns; joining itself would panic.
+            if thread.thread().id() != me {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -121,5 +126,25 @@ mod tests {
         assert_eq!(current(), None, "the test's thread is no worker");
         workers.stop();
         assert!(workers.threads.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_last_handle_can_go_on_a_worker() {
+        let workers = std::sync::Arc::new(Workers::start_n(2).unwrap());
+        let held = std::sync::Arc::clone(&workers);
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (done, finished) = std::sync::mpsc::channel();
+        workers.first().spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || wait.recv()).await;
+            // The last handle: stops both workers from worker 0, joining only worker 1.
+            drop(held);
+            let _ = done.send(current());
+        });
+        drop(workers);
+        go.send(()).unwrap();
+        assert_eq!(
+            finished.recv_timeout(std::time::Duration::from_secs(5)),
+            Ok(Some(0))
+        );
     }
 }
