@@ -147,11 +147,30 @@ impl Topology {
     /// in TIME_WAIT and use the whole port range, whichever side closes first.
     fn tune(&self) -> anyhow::Result<()> {
         for netns in [&self.client, &self.lb, &self.backends] {
-            netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-            netns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+            tune_ports(netns, &LB_LISTEN_PORTS)?;
         }
         Ok(())
     }
+}
+
+/// The ports the load balancers listen on in the lb namespace: the frontends and the monitor.
+const LB_LISTEN_PORTS: [u16; 3] = [
+    super::contender::FRONTEND_PORT,
+    super::contender::TLS_FRONTEND_PORT,
+    super::contender::MONITOR_PORT,
+];
+
+/// Lets `netns` reuse ports in TIME_WAIT and use the whole port range for its connections, but
+/// `listen`: a server connection of one contender would otherwise take a port the next
+/// contender listens on, and its TIME_WAIT (60 s, not reusable by a listener) would make that
+/// start fail with "Address already in use" (CI saw it for the monitor's 8404, after HAProxy's
+/// server connections in one-armed-churn).
+pub(crate) fn tune_ports(netns: &NetNs, listen: &[u16]) -> anyhow::Result<()> {
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    netns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+    let reserved: Vec<String> = listen.iter().map(u16::to_string).collect();
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", &reserved.join(","))?;
+    Ok(())
 }
 
 /// Deletes the namespaces of bench runs whose process is gone (killed before cleaning up).

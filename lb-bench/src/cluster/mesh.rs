@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _};
 use netns_kit::{Lan, NetNs};
 
 use super::{
-    addrs::{node_name, NET, PEERS_PORT},
+    addrs::{node_name, MONITOR_PORT, NET, PEERS_PORT},
     config,
 };
 use crate::{
@@ -43,9 +43,10 @@ impl Hosts {
             hosts::NAMES.name(&format!("c-{role}"))
         })
         .context("could not create the cluster's namespaces")?;
+        // The peers port is the first of the range: a node's connection must never take it.
+        let listen = [contender::FRONTEND_PORT, MONITOR_PORT, PEERS_PORT];
         for netns in lan.lbs.iter().chain([&lan.client, &lan.backends]) {
-            netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-            netns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+            hosts::tune_ports(netns, &listen)?;
         }
         let backends = start_backends(&lan.backends, &env.work_dir.join("cluster-backends.log"))?;
         Ok(Self {
