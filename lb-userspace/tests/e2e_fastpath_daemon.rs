@@ -1071,8 +1071,14 @@ fn no_packet_of_a_live_spliced_flow_reaches_the_load_balancers_stack() {
     );
     let output = daemon.stop_with(libc::SIGKILL);
     // The daemon's own connections close with it (the server connection of the first request
-    // went back to the pool, and the kernel closes it now): let that exchange end first.
-    thread::sleep(Duration::from_millis(300));
+    // went back to the pool, and the kernel closes it now): let that exchange end first, to
+    // the server's FIN, however late it comes (CI once counted it in the last phase).
+    assert!(
+        wait_until(Duration::from_secs(10), || closing_sockets(&setup.topo.lb)
+            .is_empty()),
+        "the killed daemon's connections did not finish closing: {}",
+        closing_sockets(&setup.topo.lb)
+    );
     let base = stack_counters(&setup.topo.lb);
     // No process holds a socket for the flow now: a segment reaching the stack would be
     // answered with an RST.
@@ -1105,6 +1111,28 @@ fn no_packet_of_a_live_spliced_flow_reaches_the_load_balancers_stack() {
     );
     client.join().unwrap();
     println!("lb stack counters unchanged while the flow lived: {end:?}");
+}
+
+/// The TCP sockets of `ns` still closing (a FIN sent or received, the exchange not over), one
+/// line each: segments of their close may still reach the stack.
+fn closing_sockets(ns: &NetNs) -> String {
+    ns.try_exec(&[
+        "ss",
+        "-Htan",
+        "state",
+        "fin-wait-1",
+        "state",
+        "fin-wait-2",
+        "state",
+        "closing",
+        "state",
+        "last-ack",
+        "state",
+        "close-wait",
+    ])
+    .1
+    .trim()
+    .to_owned()
 }
 
 /// The interface of `ns` that holds `addr`.
