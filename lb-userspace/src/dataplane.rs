@@ -92,6 +92,15 @@ where
         .map_err(|_| missing())
 }
 
+/// The object's map `name`, or an error naming it (an object from another revision of lb-ebpf).
+pub fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, ObjectError> {
+    ebpf.map_mut(name)
+        .ok_or(ObjectError::Missing { what: "map", name })
+}
+
 /// Adopting or pinning the link of one of our programs (the fast path's, the shield's) on an
 /// interface.
 #[derive(Debug, thiserror::Error)]

@@ -337,13 +337,14 @@ pub struct PeerMember {
     pub addr: SocketAddr,
 }
 
-/// `[shield]`: the XDP program that drops packets from denied sources, and SYNs beyond a
+/// `[shield]`: the program (XDP or TC) that drops packets from denied sources, and SYNs beyond a
 /// per-source rate, before the stack sees them (docs/SHIELD.md). Turning it on or off and its
-/// interfaces need an upgrade; the SYN limit is applied in place by a reload. Off by default.
+/// interfaces need an upgrade; the SYN limit is applied in place by a reload. On by default beyond
+/// loopback (see `enabled`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shield {
-    /// `enabled`; default on when a frontend binds a specific address that is not loopback
-    /// (`validate::shield::on_by_default`).
+    /// `enabled`; default on when a frontend binds an address that is not loopback, a wildcard
+    /// included (`validate::shield::on_by_default`).
     pub enabled: bool,
     /// On because the file did not say (`enabled` absent): a shield that cannot start then
     /// leaves the daemon serving without it, with a warning.

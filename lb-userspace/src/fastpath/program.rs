@@ -203,11 +203,7 @@ impl FastPath {
     /// frames of flows leaving by any other to TC).
     pub fn allow_xdp_redirect(&mut self, ifindex: u32) -> Result<(), FastPathError> {
         let map_err = |source| FastPathError::XdpPorts { ifindex, source };
-        let missing = dataplane::ObjectError::Missing {
-            what: "map",
-            name: SPLICE_XDP_PORTS_MAP,
-        };
-        let map = self.ebpf.map_mut(SPLICE_XDP_PORTS_MAP).ok_or(missing)?;
+        let map = dataplane::map_mut(&mut self.ebpf, SPLICE_XDP_PORTS_MAP)?;
         let mut ports: DevMapHash<_> = DevMapHash::try_from(map).map_err(|e| map_err(e.into()))?;
         ports.insert(ifindex, ifindex, None, 0).map_err(map_err)
     }

@@ -188,13 +188,7 @@ impl Shield {
     /// Tells the programs the frontends' `ports`, the only ones whose SYNs the rate limit
     /// counts; before attaching, so that no SYN to another port is ever limited.
     pub fn limit_ports(&mut self, ports: &[u16]) -> Result<(), ShieldError> {
-        let map = self
-            .ebpf
-            .map_mut(SHIELD_PORTS_MAP)
-            .ok_or(dataplane::ObjectError::Missing {
-                what: "map",
-                name: SHIELD_PORTS_MAP,
-            })?;
+        let map = dataplane::map_mut(&mut self.ebpf, SHIELD_PORTS_MAP)?;
         let mut limited = aya::maps::HashMap::<&mut MapData, u16, u32>::try_from(map)
             .map_err(ShieldError::Ports)?;
         for &port in ports {

@@ -53,13 +53,7 @@ impl Shield {
     /// new one to the root of the cgroup v2 hierarchy and pinning it.
     pub fn attach_refund(&mut self, ports: &[u16]) -> Result<RefundAttach, ShieldError> {
         let netns_cookie = sys::socket::netns_cookie().map_err(ShieldError::NetnsCookie)?;
-        let map =
-            self.ebpf
-                .map_mut(SHIELD_FRONTENDS_MAP)
-                .ok_or(dataplane::ObjectError::Missing {
-                    what: "map",
-                    name: SHIELD_FRONTENDS_MAP,
-                })?;
+        let map = dataplane::map_mut(&mut self.ebpf, SHIELD_FRONTENDS_MAP)?;
         let mut frontends = HashMap::<&mut MapData, ShieldFrontend, u32>::try_from(map)
             .map_err(ShieldError::Frontends)?;
         for &port in ports {
