@@ -209,18 +209,24 @@ fn a_client_reusing_the_ports_of_spliced_flows_opens_new_connections() {
             thread.join().unwrap();
         }
     });
-    // A hand-off that meets a request in flight keeps its connection in userspace (correct,
-    // and more likely on a loaded machine); every connection was either spliced or kept so,
-    // none failed, and most were spliced, so most ports below carry a spliced flow.
+    // A hand-off that meets a request in flight keeps its connection in userspace for now
+    // (correct, and more likely on a loaded machine) and may be tried again at the next
+    // answer: the outcomes count attempts, not connections. Every attempt ended as spliced or
+    // kept, none failed, no connection was spliced twice, and most were spliced, so most ports
+    // below carry a spliced flow.
     let metrics = rig.metrics();
     let spliced = outcome(&metrics, "spliced");
     let kept: u64 = ["kept_unread", "kept_unacked", "kept_moved", "kept_no_tsval"]
         .iter()
         .map(|kept| outcome(&metrics, kept))
         .sum();
-    assert_eq!(spliced + kept, 64, "{metrics}");
+    assert_eq!(
+        spliced + kept,
+        metric(&metrics, "stickylb_fastpath_attempts_total "),
+        "{metrics}"
+    );
     assert_eq!(outcome(&metrics, "error"), 0, "{metrics}");
-    assert!(spliced >= 48, "{metrics}");
+    assert!((48..=64).contains(&spliced), "{metrics}");
     let reuse_before = read_pinned_stats(&rig.root).unwrap()[SPLICE_STAT_SYN_REUSE as usize];
 
     // Now 2000 connections, one request each, from the same 64 ports: each SYN meets a flow the
