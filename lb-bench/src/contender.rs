@@ -50,6 +50,18 @@ pub(super) enum Contender {
 }
 
 impl Contender {
+    /// What this contender is compared with run by run (`Summary::paired`): stickylb with a
+    /// feature on against stickylb without it; stickylb against HAProxy.
+    pub(super) fn baseline(self) -> Option<Self> {
+        match self {
+            Self::StickylbFastPath | Self::StickylbFastPathXdp | Self::StickylbShield => {
+                Some(Self::Stickylb)
+            }
+            Self::Stickylb => Some(Self::Haproxy),
+            Self::Direct | Self::Haproxy => None,
+        }
+    }
+
     /// In the order each workload runs them (alternating within every repetition).
     pub(super) const ALL: [Self; 4] = [
         Self::Direct,

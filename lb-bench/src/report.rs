@@ -15,7 +15,7 @@ use super::{
     profile::Profile,
     scale::ScaleResult,
     splice_rate::SpliceRate,
-    stats::median,
+    stats::{median, PairedRatio},
     workload::{Sample, Workload},
 };
 
@@ -97,6 +97,47 @@ pub(super) struct Summary {
     pub(super) vs_haproxy: Option<f64>,
     /// The same over the direct path's.
     pub(super) vs_direct: Option<f64>,
+    /// The figure of merit against the baseline's run by run (see [`Contender::baseline`]).
+    pub(super) paired: Option<Paired>,
+}
+
+/// A cell's figure of merit against its baseline's in the same repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Paired {
+    pub(super) baseline: Contender,
+    #[serde(flatten)]
+    pub(super) ratio: PairedRatio,
+}
+
+/// What a run is judged by: req/s, or MB/s for downloads.
+fn merit_of_sample(workload: Workload, sample: &Sample) -> f64 {
+    if workload.per_gigabyte() {
+        sample.megabytes_per_s()
+    } else {
+        sample.requests_per_s()
+    }
+}
+
+/// `cell` against its contender's baseline over the repetitions `runs`.
+fn paired(cells: &[Cell], cell: &Cell, runs: &[usize]) -> Option<Paired> {
+    let baseline = cell.contender.baseline()?;
+    let base = cells
+        .iter()
+        .find(|c| c.workload == cell.workload && c.contender == baseline)?;
+    let figures: Vec<(f64, f64)> = runs
+        .iter()
+        .filter_map(|&run| {
+            let (ours, theirs) = (cell.samples.get(run)?, base.samples.get(run)?);
+            Some((
+                merit_of_sample(cell.workload, ours),
+                merit_of_sample(cell.workload, theirs),
+            ))
+        })
+        .collect();
+    Some(Paired {
+        baseline,
+        ratio: PairedRatio::of(&figures)?,
+    })
 }
 
 impl Summary {
@@ -108,13 +149,7 @@ impl Summary {
             .collect();
         let merits: Vec<f64> = counted
             .iter()
-            .map(|s| {
-                if per_gb {
-                    s.megabytes_per_s()
-                } else {
-                    s.requests_per_s()
-                }
-            })
+            .map(|s| merit_of_sample(cell.workload, s))
             .collect();
         let spread_percent = median(&merits).filter(|m| *m > 0.0).map(|m| {
             let max = merits.iter().copied().fold(f64::MIN, f64::max);
@@ -143,6 +178,7 @@ impl Summary {
             errors: counted.iter().map(|s| s.errors).sum(),
             vs_haproxy: None,
             vs_direct: None,
+            paired: None,
         }
     }
 
@@ -227,7 +263,13 @@ impl Report {
     ) -> Self {
         let mut results: Vec<Summary> = cells
             .iter()
-            .map(|cell| Summary::of(cell, &counted_runs(&cells, cell.workload)))
+            .map(|cell| {
+                let runs = counted_runs(&cells, cell.workload);
+                Summary {
+                    paired: paired(&cells, cell, &runs),
+                    ..Summary::of(cell, &runs)
+                }
+            })
             .collect();
         let merits: Vec<(Workload, Contender, Option<f64>)> = results
             .iter()
@@ -381,6 +423,18 @@ pub(super) mod tests {
         assert!((stickylb.vs_haproxy.unwrap() - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(stickylb.vs_direct, Some(0.5));
         assert_eq!(stickylb.lb_cpu_us_per_request, Some(75.0));
+        // One repetition: stickylb against HAProxy's run in it, without an interval.
+        let paired = stickylb.paired.as_ref().unwrap();
+        assert_eq!(paired.baseline, Contender::Haproxy);
+        assert_eq!(paired.ratio.runs, 1);
+        assert!((paired.ratio.geomean - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(paired.ratio.high, None);
+        let haproxy = report
+            .results
+            .iter()
+            .find(|s| s.workload == Workload::KeepAlive && s.contender == Contender::Haproxy)
+            .unwrap();
+        assert!(haproxy.paired.is_none(), "HAProxy is the baseline");
         let download = report
             .results
             .iter()

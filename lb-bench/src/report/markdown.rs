@@ -72,6 +72,7 @@ pub(crate) fn render(report: &Report) -> String {
     machine(&mut out, report);
     setup(&mut out, report);
     results(&mut out, report);
+    paired(&mut out, report);
     tls(&mut out, report);
     handoffs(&mut out, report);
     scale(&mut out, report);
@@ -294,6 +295,64 @@ fn results(out: &mut String, report: &Report) {
         );
     }
     out.push('\n');
+}
+
+/// Heading and columns of the run-by-run table.
+pub(crate) const PAIRED_HEADING: &str = "## Run by run";
+const PAIRED_COLUMNS: [&str; 6] = [
+    "workload",
+    "contender",
+    "against",
+    "pairs",
+    "ratio (geometric mean) [95% interval]",
+    "difference",
+];
+
+/// Each contender against its baseline in the same repetitions (`Summary::paired`).
+fn paired(out: &mut String, report: &Report) {
+    let rows: Vec<&Summary> = report
+        .results
+        .iter()
+        .filter(|s| s.paired.is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{PAIRED_HEADING}\n\n\
+         Each run of a contender against the run of its baseline in the same repetition (the \
+         contenders alternate within each): the geometric mean of those ratios, req/s (MB/s for \
+         downloads), with its 95% confidence interval (Student's t on the logarithms). \
+         \"lower\" or \"higher\" when the whole interval is on one side of 1.0; otherwise \
+         the runs' scatter is as large as the difference.\n"
+    );
+    header(out, &PAIRED_COLUMNS);
+    for summary in rows {
+        let Some(paired) = &summary.paired else {
+            continue;
+        };
+        row(
+            out,
+            &[
+                summary.workload.id().to_owned(),
+                summary.contender.label().to_owned(),
+                paired.baseline.label().to_owned(),
+                paired.ratio.runs.to_string(),
+                paired_ratio(&paired.ratio),
+                paired.ratio.verdict().to_owned(),
+            ],
+        );
+    }
+    out.push('\n');
+}
+
+/// `0.97x [0.93, 1.01]`, or the ratio alone without an interval.
+pub(crate) fn paired_ratio(ratio: &crate::stats::PairedRatio) -> String {
+    match (ratio.low, ratio.high) {
+        (Some(low), Some(high)) => format!("{:.2}x [{low:.2}, {high:.2}]", ratio.geomean),
+        _ => format!("{:.2}x", ratio.geomean),
+    }
 }
 
 /// Heading and columns of the TLS table.

@@ -227,7 +227,13 @@ fn judge_never_worse(
             show(on),
             ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             p99_ratio.map_or(String::new(), |r| format!(", p99 {r:.2}x")),
-        ),
+        ) + &on.paired.as_ref().map_or(String::new(), |p| {
+            format!(
+                "; run by run {} ({})",
+                super::markdown::paired_ratio(&p.ratio),
+                p.ratio.verdict()
+            )
+        }),
         reference: format!("fast path off: {}", show(off)),
         result: if met { "met" } else { "missed" },
     }
