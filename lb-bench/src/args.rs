@@ -37,21 +37,23 @@ pub(crate) struct BenchArgs {
     pub(crate) contenders: Vec<Contender>,
 }
 
-/// The table-scale, splice-rate and syn-flood measurements are not request workloads, but they
-/// can be chosen like one.
+/// The table-scale, splice-rate, syn-flood and program-cost measurements are not request
+/// workloads, but they can be chosen like one.
 pub(crate) const TABLE_SCALE: &str = "table-scale";
 pub(crate) const SPLICE_RATE: &str = "splice-rate";
 pub(crate) const SYN_FLOOD: &str = "syn-flood";
+pub(crate) const PROGRAM_COST: &str = "program-cost";
 
 fn parse_workload_filter(id: &str) -> Result<String, String> {
-    if [TABLE_SCALE, SPLICE_RATE, SYN_FLOOD].contains(&id)
+    if [TABLE_SCALE, SPLICE_RATE, SYN_FLOOD, PROGRAM_COST].contains(&id)
         || cluster::WORKLOADS.contains(&id)
         || Workload::from_id(id).is_some()
     {
         Ok(id.to_owned())
     } else {
         Err(format!(
-            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}, {SYN_FLOOD}, {}",
+            "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}, {SYN_FLOOD}, \
+             {PROGRAM_COST}, {}",
             Workload::ALL.map(Workload::id).join(", "),
             cluster::WORKLOADS.join(", ")
         ))

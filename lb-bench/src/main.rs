@@ -27,6 +27,7 @@ mod others;
 mod plan;
 mod procs;
 mod profile;
+mod progcost;
 mod report;
 mod run;
 mod scale;

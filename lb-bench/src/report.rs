@@ -13,6 +13,7 @@ use super::{
     others::LIMIT_PERCENT as OTHERS_LIMIT_PERCENT,
     plan::Plan,
     profile::Profile,
+    progcost::ProgramCost,
     scale::ScaleResult,
     splice_rate::SpliceRate,
     stats::{median, PairedRatio},
@@ -248,6 +249,8 @@ pub(super) struct Report {
     pub(super) fastpath_program_time_counted: bool,
     /// The cluster workloads (full mesh of peers), when they ran.
     pub(super) cluster: Option<ClusterReport>,
+    /// The default configuration's kernel programs, per packet (see `progcost`).
+    pub(super) program_costs: Vec<ProgramCost>,
     /// Every run of every cell.
     pub(super) runs: Vec<Cell>,
 }
@@ -309,6 +312,7 @@ impl Report {
             profiles,
             fastpath_program_time_counted: false,
             cluster: None,
+            program_costs: Vec::new(),
             runs: cells,
         }
     }

@@ -1,8 +1,9 @@
-//! One bench run: every workload against every contender, the table-scale, splice-rate and
-//! syn-flood measurements, the profiles, then the report (the syn-flood's in its own file).
+//! One bench run: every workload against every contender, the table-scale, splice-rate,
+//! program-cost and syn-flood measurements, the profiles, then the report (the syn-flood's in
+//! its own file).
 //!
 //! Every cell (workload x contender) starts its load balancer afresh with an empty table,
-//! warms up, then measures; repetitions alternate the contenders.
+//! warms up, then measures; repetitions alternate the contenders, each starting with the next.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,14 +13,14 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    args::{BenchArgs, SPLICE_RATE, SYN_FLOOD, TABLE_SCALE},
+    args::{BenchArgs, PROGRAM_COST, SPLICE_RATE, SYN_FLOOD, TABLE_SCALE},
     bpfstats, cluster,
     contender::Contender,
     env::{remove_stale, Env, HAPROXY},
     flood, machine, others,
     plan::Plan,
     procs::{self, SignalGuard},
-    profile,
+    profile, progcost,
     report::{self, Cell, Report},
     scale, splice_rate,
     workload::{self, Workload},
@@ -68,6 +69,14 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let program_costs = if args.wants_workload(PROGRAM_COST)
+        && args.wants_contender(Contender::StickylbFastPath)
+        && Contender::StickylbFastPath.unavailable().is_none()
+    {
+        progcost::measure(&env)?
+    } else {
+        Vec::new()
+    };
     let cluster = cluster::measure(&env, args)?;
     let syn_flood = if args.wants_workload(SYN_FLOOD)
         && args.wants_contender(Contender::Stickylb)
@@ -97,6 +106,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     report.fastpath_program_time_counted = bpf_stats.is_some();
     report.cluster = cluster;
+    report.program_costs = program_costs;
     drop((env, bpf_stats));
     report::write(&report, &output)?;
     if let Some(syn_flood) = &syn_flood {
@@ -128,7 +138,13 @@ fn run_matrix(env: &Env, args: &BenchArgs) -> anyhow::Result<Vec<Cell>> {
             .map(|&contender| Cell::new(workload, contender))
             .collect();
         for run in 0..env.plan.runs {
-            for cell in &mut row {
+            // Each repetition starts with the next contender: a run's place in its repetition
+            // (what the machine did just before it: the previous run's TIME_WAIT sockets, a
+            // wait for quiet) is then the same for every contender over the runs, and cannot
+            // pass for a difference between them.
+            let first = run as usize % row.len().max(1);
+            let (before, after) = row.split_at_mut(first);
+            for cell in after.iter_mut().chain(before.iter_mut()) {
                 let sample = run_cell(env, workload, cell.contender, run).with_context(|| {
                     format!("{} against {}", workload.id(), cell.contender.label())
                 })?;

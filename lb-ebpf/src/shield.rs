@@ -30,15 +30,19 @@ const ETH_TYPE_OFF: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
-const IPV4_VIHL_OFF: usize = ETH_HLEN;
-const IPV4_FRAG_OFF: usize = ETH_HLEN + 6;
-const IPV4_PROTO_OFF: usize = ETH_HLEN + 9;
-const IPV4_SADDR_OFF: usize = ETH_HLEN + 12;
+/// The IPv4 header without options, read at once (one helper call at TC instead of one per
+/// field); the offsets below are within it.
+const IPV4_HLEN: usize = 20;
+const IPV4_FRAG_OFF: usize = 6;
+const IPV4_PROTO_OFF: usize = 9;
+const IPV4_SADDR_OFF: usize = 12;
 /// Fragment offset bits of the IPv4 flags/fragment field: non-zero for every fragment but
 /// the first, which alone carries the TCP header.
 const IPV4_FRAG_MASK: u16 = 0x1fff;
-const IPV6_NEXT_OFF: usize = ETH_HLEN + 6;
-const IPV6_SADDR_OFF: usize = ETH_HLEN + 8;
+/// The IPv6 header up to the end of the source address, read at once; offsets within it.
+const IPV6_HEAD_LEN: usize = 24;
+const IPV6_NEXT_OFF: usize = 6;
+const IPV6_SADDR_OFF: usize = 8;
 const IPV6_HLEN: usize = 40;
 /// Offset of the destination port in the TCP header.
 const TCP_DPORT_OFF: usize = 2;
@@ -198,15 +202,17 @@ fn parse<H: Headers>(ctx: &H) -> Option<Packet> {
     let mut source = ShieldAddr::default();
     let syn_to = match ethertype {
         ETH_P_IP => {
-            let addr = ctx.read::<4>(IPV4_SADDR_OFF)?;
+            let ip = ctx.read::<IPV4_HLEN>(ETH_HLEN)?;
             source.family = SHIELD_FAMILY_V4;
-            source.addr[..4].copy_from_slice(&addr);
-            ipv4_syn(ctx)
+            source.addr[..4].copy_from_slice(&ip[IPV4_SADDR_OFF..IPV4_SADDR_OFF + 4]);
+            ipv4_syn(ctx, &ip)
         }
         ETH_P_IPV6 => {
+            let ip = ctx.read::<IPV6_HEAD_LEN>(ETH_HLEN)?;
             source.family = SHIELD_FAMILY_V6;
-            source.addr = ctx.read::<16>(IPV6_SADDR_OFF)?;
-            ipv6_syn(ctx)
+            source.addr
+                .copy_from_slice(&ip[IPV6_SADDR_OFF..IPV6_SADDR_OFF + 16]);
+            ipv6_syn(ctx, &ip)
         }
         _ => return None,
     };
@@ -214,22 +220,16 @@ fn parse<H: Headers>(ctx: &H) -> Option<Packet> {
 }
 
 /// For an IPv4 TCP SYN without ACK, its destination port: a first (or only) fragment, its
-/// header length taken from IHL (options included).
+/// header length taken from IHL (options included). `ip`: the header's first 20 bytes.
 #[inline(always)]
-fn ipv4_syn<H: Headers>(ctx: &H) -> Option<u16> {
-    let (Some([vihl]), Some([proto]), Some(frag)) = (
-        ctx.read::<1>(IPV4_VIHL_OFF),
-        ctx.read::<1>(IPV4_PROTO_OFF),
-        ctx.read::<2>(IPV4_FRAG_OFF),
-    ) else {
-        return None;
-    };
-    if proto != IPPROTO_TCP || u16::from_be_bytes(frag) & IPV4_FRAG_MASK != 0 {
+fn ipv4_syn<H: Headers>(ctx: &H, ip: &[u8; IPV4_HLEN]) -> Option<u16> {
+    let frag = u16::from_be_bytes([ip[IPV4_FRAG_OFF], ip[IPV4_FRAG_OFF + 1]]);
+    if ip[IPV4_PROTO_OFF] != IPPROTO_TCP || frag & IPV4_FRAG_MASK != 0 {
         return None;
     }
     // IHL counts 32-bit words; masked to 4 bits, so the offset stays bounded for the verifier.
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if ihl < 20 {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < IPV4_HLEN {
         return None;
     }
     tcp_syn(ctx, ETH_HLEN + ihl)
@@ -238,9 +238,9 @@ fn ipv4_syn<H: Headers>(ctx: &H) -> Option<u16> {
 /// For an IPv6 TCP SYN without ACK, its destination port. A packet with extension headers
 /// (TCP not the first next header) is not looked into: it passes as if it were no SYN.
 #[inline(always)]
-fn ipv6_syn<H: Headers>(ctx: &H) -> Option<u16> {
-    match ctx.read::<1>(IPV6_NEXT_OFF) {
-        Some([IPPROTO_TCP]) => tcp_syn(ctx, ETH_HLEN + IPV6_HLEN),
+fn ipv6_syn<H: Headers>(ctx: &H, ip: &[u8; IPV6_HEAD_LEN]) -> Option<u16> {
+    match ip[IPV6_NEXT_OFF] {
+        IPPROTO_TCP => tcp_syn(ctx, ETH_HLEN + IPV6_HLEN),
         _ => None,
     }
 }

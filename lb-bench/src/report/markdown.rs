@@ -77,6 +77,7 @@ pub(crate) fn render(report: &Report) -> String {
     handoffs(&mut out, report);
     scale(&mut out, report);
     splice_rate(&mut out, report);
+    program_costs(&mut out, report);
     crate::cluster::render::section(&mut out, report.cluster.as_ref());
     targets(&mut out, report);
     if !report.profiles.is_empty() {
@@ -353,6 +354,40 @@ pub(crate) fn paired_ratio(ratio: &crate::stats::PairedRatio) -> String {
         (Some(low), Some(high)) => format!("{:.2}x [{low:.2}, {high:.2}]", ratio.geomean),
         _ => format!("{:.2}x", ratio.geomean),
     }
+}
+
+/// The default configuration's kernel programs per packet (`progcost`).
+fn program_costs(out: &mut String, report: &Report) {
+    if report.program_costs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Kernel programs per packet\n\n\
+         stickylb in its default configuration (fast path and shield on, the shield at its \
+         default limit, both at TC on the frontend's veth), each attached program run by the \
+         kernel's test run (`bpftool prog run`, 200000 times a round, median of 5 rounds) on a \
+         packet built by the bench. An ACK is what every packet of an ordinary connection is \
+         to both programs; the SYN flood repeats one source's SYN (the shield passes its \
+         burst, then drops).\n"
+    );
+    header(
+        out,
+        &["program", "link", "packet", "ns per packet", "return code"],
+    );
+    for cost in &report.program_costs {
+        row(
+            out,
+            &[
+                cost.program.clone(),
+                cost.link.clone(),
+                cost.packet.to_owned(),
+                format!("{:.0}", cost.ns_per_packet),
+                cost.verdict.to_string(),
+            ],
+        );
+    }
+    out.push('\n');
 }
 
 /// Heading and columns of the TLS table.
