@@ -573,14 +573,18 @@ fn a_syn_flood_is_limited_per_source_while_others_and_established_connections_ar
     // The limit is the frontends': SYNs from the same source, its bucket empty, to a port no
     // frontend listens on (another service's, here closed: each is answered with a reset)
     // are not counted, let alone dropped.
+    // The shield's counter is the exact check; hping3 reads the resets through a capture,
+    // which on a loaded machine can miss a few (CI once saw 995 of 1000), so its count only
+    // has to show that the SYNs went through.
     let before = dropped_by_rate(&root);
     let (sent, answered, _, out) = syn_flood(&topo, &flooder, 81, 1000);
-    assert_eq!((sent, answered), (1000, 1000), "{out}");
+    assert_eq!(sent, 1000, "{out}");
     assert_eq!(
         dropped_by_rate(&root),
         before,
         "SYNs to port 81 were dropped by rate"
     );
+    assert!(answered >= 980, "{answered} of 1000 SYNs answered: {out}");
 
     // The buckets are pinned beside the list, and bpftool decodes them (BTF).
     let buckets = root.join("SHIELD_SYN");
