@@ -145,12 +145,7 @@ fn parse_summary(stdout: &str) -> Option<Summary> {
     let count = |counts: &[(String, u64)], name: &str| {
         counts.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     };
-    let seconds: f64 = line("finished in ")?
-        .split(',')
-        .next()?
-        .strip_suffix('s')?
-        .parse()
-        .ok()?;
+    let seconds = duration_seconds(line("finished in ")?.split(',').next()?)?;
     let requests = counts(&line("requests:")?);
     let statuses = counts(&line("status codes:")?);
     let traffic = line("traffic:")?;
@@ -163,6 +158,20 @@ fn parse_summary(stdout: &str) -> Option<Summary> {
         status_errors,
         bytes,
     })
+}
+
+/// h2load's duration (`2.01s`, or `999.24ms` under a second, as its `util::format_duration`
+/// prints it), in seconds.
+fn duration_seconds(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(us) = text.strip_suffix("us") {
+        (us, 1e-6)
+    } else {
+        (text.strip_suffix('s')?, 1.0)
+    };
+    Some(number.parse::<f64>().ok()? * scale)
 }
 
 /// `TLS Protocol`, `Cipher`, `Server Temp Key` and `Application protocol`, as h2load prints
@@ -226,6 +235,22 @@ mod tests {
             })
         );
         assert_eq!(parse_summary("finished in 2.01s, 1 req/s\n"), None);
+        // Under a second h2load says milliseconds (a CI run's 1 s measurement once did).
+        let short = STDOUT.replace("finished in 2.01s", "finished in 999.24ms");
+        let seconds = parse_summary(&short).map(|summary| summary.seconds);
+        assert!(
+            seconds.is_some_and(|s| (s - 0.99924).abs() < 1e-9),
+            "{seconds:?}"
+        );
+    }
+
+    #[test]
+    fn durations_in_each_unit_h2load_prints() {
+        assert_eq!(super::duration_seconds("10.00s"), Some(10.0));
+        assert_eq!(super::duration_seconds("500ms"), Some(0.5));
+        assert_eq!(super::duration_seconds("250us"), Some(0.000_25));
+        assert_eq!(super::duration_seconds("3 parsecs"), None);
+        assert_eq!(super::duration_seconds(""), None);
     }
 
     #[test]
