@@ -59,9 +59,10 @@ impl PairedRatio {
     }
 
     /// `lower` or `higher` when the whole interval is on one side of 1.0, else `no difference
-    /// measured` (also without an interval).
+    /// measured`; `one pair: no interval` without one.
     pub(crate) fn verdict(&self) -> &'static str {
         match (self.low, self.high) {
+            (None, _) | (_, None) => "one pair: no interval",
             (_, Some(high)) if high < 1.0 => "lower",
             (Some(low), _) if low > 1.0 => "higher",
             _ => "no difference measured",
@@ -113,7 +114,7 @@ mod tests {
         let single = PairedRatio::of(&[(50.0, 100.0), (0.0, 100.0), (f64::NAN, 1.0)]).unwrap();
         assert_eq!((single.runs, single.geomean), (1, 0.5));
         assert_eq!((single.low, single.high), (None, None));
-        assert_eq!(single.verdict(), "no difference measured");
+        assert_eq!(single.verdict(), "one pair: no interval");
         assert_eq!(PairedRatio::of(&[]), None);
     }
 

@@ -326,7 +326,7 @@ fn paired(out: &mut String, report: &Report) {
          contenders alternate within each): the geometric mean of those ratios, req/s (MB/s for \
          downloads), with its 95% confidence interval (Student's t on the logarithms). \
          \"lower\" or \"higher\" when the whole interval is on one side of 1.0; otherwise \
-         the runs' scatter is as large as the difference.\n"
+         the runs' scatter is as large as the difference. A single pair has no interval.\n"
     );
     header(out, &PAIRED_COLUMNS);
     for summary in rows {
