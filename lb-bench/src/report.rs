@@ -142,7 +142,8 @@ fn paired(cells: &[Cell], cell: &Cell, runs: &[usize]) -> Option<Paired> {
 }
 
 impl Summary {
-    fn of(cell: &Cell, runs: &[usize]) -> Self {
+    /// `cells`: the whole matrix, where the cell's baseline is found.
+    fn of(cells: &[Cell], cell: &Cell, runs: &[usize]) -> Self {
         let per_gb = cell.workload.per_gigabyte();
         let counted: Vec<&Sample> = runs
             .iter()
@@ -179,7 +180,7 @@ impl Summary {
             errors: counted.iter().map(|s| s.errors).sum(),
             vs_haproxy: None,
             vs_direct: None,
-            paired: None,
+            paired: paired(cells, cell, runs),
         }
     }
 
@@ -266,13 +267,7 @@ impl Report {
     ) -> Self {
         let mut results: Vec<Summary> = cells
             .iter()
-            .map(|cell| {
-                let runs = counted_runs(&cells, cell.workload);
-                Summary {
-                    paired: paired(&cells, cell, &runs),
-                    ..Summary::of(cell, &runs)
-                }
-            })
+            .map(|cell| Summary::of(&cells, cell, &counted_runs(&cells, cell.workload)))
             .collect();
         let merits: Vec<(Workload, Contender, Option<f64>)> = results
             .iter()
@@ -474,7 +469,7 @@ pub(super) mod tests {
             .iter()
             .find(|c| c.workload == Workload::KeepAlive && c.contender == Contender::Stickylb)
             .unwrap();
-        let summary = Summary::of(stickylb, &[1]);
+        let summary = Summary::of(&report.runs, stickylb, &[1]);
         assert_eq!((summary.runs, summary.disturbed_runs_left_out), (1, 1));
         // Every run disturbed somewhere: all are counted.
         disturb(&mut report.runs, Contender::Direct, 1);
