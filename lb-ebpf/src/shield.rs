@@ -7,7 +7,8 @@
 //! - TC ingress (TCX), where the frames are socket buffers already (a veth gets them from its
 //!   peer's stack; generic XDP runs after the buffer exists): the same verdict without the copy
 //!   that XDP on such an interface makes of every cloned or paged buffer (every TCP segment).
-//!   Reads go through `bpf_skb_load_bytes`, which also reads headers outside the linear part.
+//!   Reads go through bounds-checked packet pointers in the linear part, and through
+//!   `bpf_skb_load_bytes` for headers outside it.
 //!
 //! Nothing is written to the packet. Only a SYN without ACK to a frontend's port is ever
 //! rate-limited: every packet of an established connection (the splice fast path's flows
@@ -94,9 +95,16 @@ impl Headers for XdpContext {
 }
 
 impl Headers for TcContext {
-    /// `bpf_skb_load_bytes`: also past the linear part of the socket buffer.
+    /// Through a bounds-checked pointer when the bytes lie in the linear part of the socket
+    /// buffer, as the headers of nearly every packet do (a helper call costs more than the
+    /// verdict); `bpf_skb_load_bytes` past it.
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.data();
+        if start + offset + N <= self.data_end() {
+            // SAFETY: as for XDP above.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+        }
         self.load::<[u8; N]>(offset).ok()
     }
 }

@@ -1,7 +1,8 @@
 //! What the splice rewrite needs of a packet, for both hooks that run it: the TC program reads
 //! and writes a socket buffer, the XDP program a frame (docs/SPLICE.md, "At XDP").
 //!
-//! Both go through the kernel's byte helpers (`bpf_skb_load_bytes`/`bpf_xdp_load_bytes` and
+//! Apart from the parse's header reads ([`Frame::head`]), both go through the kernel's byte
+//! helpers (`bpf_skb_load_bytes`/`bpf_xdp_load_bytes` and
 //! their `store` twins), which check every offset against the packet at run time: no packet
 //! pointer to revalidate after a write, no offset the verifier has to bound, and one rewrite
 //! ([`super::tcp::rewrite`]) for both. What differs is the checksums: TC has the kernel's
@@ -44,6 +45,26 @@ pub(crate) trait Frame {
     /// Replaces `from` by `to` (`size` bytes) in the IP header checksum.
     fn l3_csum_replace(&self, from: u32, to: u32, size: u64) -> Result<(), Drop>;
 
+    /// The linear part of the packet, `(data, data_end)`: the bytes a program may read through
+    /// a bounds-checked pointer.
+    fn linear(&self) -> (usize, usize);
+
+    /// A header `T` at `off` (a constant, or one bounded by a header length): read through a
+    /// packet pointer when it lies in the linear part, as it does in nearly every packet, else
+    /// with the byte helper. The parse of every packet reads this way: a helper call costs
+    /// more than the rest of the miss path (docs/SPLICE.md, "The program").
+    #[inline(always)]
+    fn head<T>(&self, off: usize) -> Result<T, Drop> {
+        let (start, end) = self.linear();
+        if start + off + size_of::<T>() <= end {
+            // SAFETY: the check above is the bounds check the verifier requires: the bytes lie
+            // in the packet. Read unaligned: an IP header after a 14-byte Ethernet header is
+            // only 2-aligned. T is plain data (headers, integers).
+            return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+        }
+        self.load(off)
+    }
+
     /// A `T` read at `off`.
     #[inline(always)]
     fn load<T>(&self, off: usize) -> Result<T, Drop> {
@@ -80,6 +101,11 @@ impl Frame for TcContext {
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
         self.skb.skb.cast()
+    }
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
     }
 
     #[inline(always)]
@@ -126,6 +152,11 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
         self.ctx.cast()
+    }
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
     }
 
     #[inline(always)]

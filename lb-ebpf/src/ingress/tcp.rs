@@ -2,8 +2,11 @@
 //! hand-off, translate, or retire a flow whose 4-tuple a SYN reuses (docs/SPLICE.md, "The
 //! program").
 //!
-//! Every read goes through `bpf_skb_load_bytes` into aligned stack structs and every write
-//! through `bpf_skb_store_bytes` and the checksum helpers, so there are no packet pointers to
+//! The parse reads the headers of every packet through a bounds-checked packet pointer (or
+//! `bpf_skb_load_bytes` when they are not in the linear part): it runs before any write, and
+//! it is most of the cost of a packet that belongs to no flow. Every later read goes through
+//! `bpf_skb_load_bytes` into aligned stack structs and every write through
+//! `bpf_skb_store_bytes` and the checksum helpers, so there are no packet pointers to
 //! revalidate after a write and no offsets the verifier has to bound. The parse, the
 //! bookkeeping and the rewrite of a translated packet are generic over the hook ([`Frame`]):
 //! the XDP program (`super::xdp`) runs the same ones.
@@ -100,17 +103,17 @@ pub(crate) struct Parsed {
 /// packet (it cannot belong to a spliced flow, and passes untouched).
 #[inline(always)]
 pub(crate) fn parse<F: Frame>(frame: &F) -> Option<Parsed> {
-    let proto = frame.load::<u16>(12).ok()?;
+    let proto = frame.head::<u16>(12).ok()?;
     if u16::from_be(proto) != ETH_P_IP {
         return None;
     }
-    let ip = frame.load::<Ipv4Hdr>(IP_OFF).ok()?;
+    let ip = frame.head::<Ipv4Hdr>(IP_OFF).ok()?;
     // Fragments never belong to a spliced flow (Linux sets DF and the MSS avoids fragments).
     if ip.protocol != IPPROTO_TCP || u16::from_be(ip.frag_off) & 0x3fff != 0 {
         return None;
     }
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-    let th = frame.load::<TcpHdr>(ETH_HLEN + ihl).ok()?;
+    let th = frame.head::<TcpHdr>(ETH_HLEN + ihl).ok()?;
     let key = SpliceKey {
         saddr: ip.saddr,
         daddr: ip.daddr,
