@@ -12,7 +12,7 @@ mod error;
 mod signals;
 mod sockets;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{
     net::TcpListener,
@@ -317,12 +317,6 @@ fn start_fastpath(
             interfaces.push(name.clone());
         }
     }
-    let servers: Vec<SocketAddr> = config
-        .backends
-        .iter()
-        .filter(|b| splicing.iter().any(|f| f.backend == b.name))
-        .flat_map(|b| b.servers.iter().map(|s| s.addr))
-        .collect();
     let root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
     let rules = fastpath::collector::Rules {
         fin_grace: config.timeouts.splice_fin_grace,
@@ -341,7 +335,7 @@ fn start_fastpath(
         xdp: config.fastpath.xdp == FastPathXdp::Auto,
         shielded: shielded.to_vec(),
     };
-    let runtime = fastpath::Runtime::start(&root, &interfaces, &servers, options)
+    let runtime = fastpath::Runtime::start(&root, &interfaces, options)
         .map(Arc::new)
         .map_err(StartError::FastPath)?;
     for (frontend, cfg) in frontends.iter().zip(&config.frontends) {

@@ -451,6 +451,13 @@ fn daemon_splices_a_keep_alive_connection_survives_kill_9_and_collects_it() {
     let daemon = setup.start();
     daemon.wait_for_output("fast path loaded", Duration::from_secs(5));
     assert!(daemon.output().contains("adopted=2"), "{}", daemon.output());
+    // The interfaces the killed process had attached to, attached again at start: the flow it
+    // spliced runs on this process's program.
+    assert!(
+        daemon.output().contains("reattached=2"),
+        "{}",
+        daemon.output()
+    );
     let after = metrics(&setup.topo.client, &lb);
     // Idle longer than the RST grace (5 s), a stale HOLD (1 s) and the configured FIN grace
     // (3 s): the collector of the new daemon must leave a live flow alone, so no packet of it

@@ -84,6 +84,18 @@ fn reserved_port_sockets(rig: &Rig) -> usize {
         .count()
 }
 
+/// The fast path's TC links pinned under the rig's pin root, by name.
+fn splice_links(rig: &Rig) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&rig.root)
+        .expect("the pin root")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("splice_ingress_"))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn short_connections_take_the_pooled_path_and_long_ones_are_spliced() {
     if !common::privileged() {
@@ -119,6 +131,12 @@ fn short_connections_take_the_pooled_path_and_long_ones_are_spliced() {
     assert!(rig.entries().is_empty(), "{:?}", rig.entries());
     assert_eq!(reserved_port_sockets(&rig), 0);
     assert_eq!(proxied(&after_churn), 1000);
+    // Nor a program on any interface: the fast path attaches for its first candidate.
+    assert_eq!(splice_links(&rig), Vec::<String>::new());
+    assert!(
+        !after_churn.contains("stickylb_fastpath_interface{"),
+        "{after_churn}"
+    );
 
     // A long connection: its 8th request goes over a leg that can be spliced and is handed
     // over with its answer; the proxy sees none of the 12 after it.
@@ -133,6 +151,8 @@ fn short_connections_take_the_pooled_path_and_long_ones_are_spliced() {
     let after_long = rig.metrics();
     assert_eq!(proxied(&after_long) - proxied(&after_churn), 8);
     assert_eq!(outcome(&after_long, "spliced"), 1, "{after_long}");
+    // Attached for it, to the client's interface and the servers'.
+    assert_eq!(splice_links(&rig).len(), 2, "{:?}", splice_links(&rig));
 
     // A connection whose client pauses after its first answer is handed over in the pause. The
     // proxy closes its sockets at once: the client's next packet completes the hand-off. Here

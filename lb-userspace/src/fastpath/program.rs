@@ -58,6 +58,12 @@ pub enum FastPathError {
         #[source]
         source: ProgramError,
     },
+    #[error("fastpath_interfaces names {interface}, which this network namespace does not have")]
+    NoInterface {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Link(#[from] dataplane::PinnedLinkError),
     #[error("splice flow map operation")]
@@ -258,6 +264,11 @@ impl FastPath {
             Some(aya::maps::Map::HashMap(data)) => Ok(Flows::new(data)?),
             _ => Err(missing.into()),
         }
+    }
+
+    /// Whether a TC link is pinned for `interface` (this process's or a previous one's).
+    pub fn has_pinned_link(&self, interface: &str) -> bool {
+        self.link_path(interface).exists()
     }
 
     fn link_path(&self, interface: &str) -> PathBuf {

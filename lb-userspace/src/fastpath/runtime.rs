@@ -11,7 +11,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4},
     ops::RangeInclusive,
     path::{Path, PathBuf},
     sync::{
@@ -141,16 +141,26 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Runtime {
-    /// Loads the program (adopting the maps and links pinned under `root`), attaches it to
-    /// `interfaces` and to the interfaces of the routes to `servers`, and reserves the source
-    /// ports. Entries a previous process left are adopted: the collector ages them, and the
-    /// ports of their open flows stay taken.
+    /// Loads the program (adopting the maps and links pinned under `root`) and reserves the
+    /// source ports. Entries a previous process left are adopted: the collector ages them, and
+    /// the ports of their open flows stay taken.
+    ///
+    /// The program is attached to an interface when the first candidate needs it there
+    /// ([`Runtime::ensure_attached`] from the hand-off), not at start: until a connection has
+    /// lived long enough to be handed over, the fast path costs its interfaces nothing, so a
+    /// load balancer that only ever sees short connections runs as with `fastpath = "off"`
+    /// (docs/FASTPATH.md, "Interfaces"). The interfaces a previous process attached (their links
+    /// are pinned) are attached again at once: the flows it spliced run on this program.
+    /// `interfaces`: the frontends' `fastpath_interfaces`, checked here so that a name the
+    /// namespace lacks is an error at start rather than connections never spliced.
     pub fn start(
         root: &Path,
         interfaces: &[String],
-        servers: &[SocketAddr],
         options: Options,
     ) -> Result<Runtime, FastPathError> {
+        for name in interfaces {
+            interface_index(name)?;
+        }
         let Options {
             rules,
             policy,
@@ -163,6 +173,7 @@ impl Runtime {
         let entries = flows.entries().map_err(FastPathError::Read)?;
         let mut ports = Ports::new(source_ports.clone(), rules.port_reuse);
         ports.adopt(&open_ports(&entries, &source_ports), Instant::now());
+        let inherited = inherited_links(&program);
         let runtime = Runtime {
             root: root.to_owned(),
             program: Mutex::new(program),
@@ -178,29 +189,16 @@ impl Runtime {
             shielded: Mutex::new(shielded),
             stats: Stats::default(),
         };
-        for name in interfaces {
-            let index = interface_index(name)?;
-            runtime.ensure_attached(&Interface {
-                name: name.clone(),
-                index,
-            })?;
-        }
-        if interfaces.is_empty() {
-            for server in servers {
-                let SocketAddr::V4(server) = server else {
-                    continue;
-                };
-                match interfaces::toward(*server) {
-                    Ok(Some(interface)) if server.ip().is_loopback() || interface.name == "lo" => {}
-                    Ok(Some(interface)) => runtime.ensure_attached(&interface)?,
-                    Ok(None) | Err(_) => {
-                        tracing::warn!(%server, "no interface found toward the server yet; attaching when a connection uses it")
-                    }
-                }
-            }
+        for interface in &inherited {
+            runtime.ensure_attached(interface)?;
         }
         reserve_ports(&source_ports);
-        tracing::info!(root = %root.display(), adopted = entries.len(), "fast path loaded");
+        tracing::info!(
+            root = %root.display(),
+            adopted = entries.len(),
+            reattached = inherited.len(),
+            "fast path loaded; attaching to an interface when the first connection there becomes a candidate"
+        );
         Ok(runtime)
     }
 
@@ -366,6 +364,28 @@ impl Runtime {
     }
 }
 
+/// The interfaces of this namespace whose link a previous process pinned (an interface that
+/// went away meanwhile is not listed).
+fn inherited_links(program: &FastPath) -> Vec<Interface> {
+    let names = match crate::sys::net::interface_addrs() {
+        Ok(addrs) => addrs.into_iter().map(|a| a.name).collect::<HashSet<_>>(),
+        Err(error) => {
+            tracing::warn!(%error, "fast path: cannot list the interfaces to adopt their links");
+            return Vec::new();
+        }
+    };
+    let mut found: Vec<Interface> = names
+        .into_iter()
+        .filter(|name| program.has_pinned_link(name))
+        .filter_map(|name| {
+            let index = interface_index(&name).ok()?;
+            Some(Interface { name, index })
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
 /// The source ports of the spliced flows in `entries` that are still open, or closed without
 /// timestamps (no PAWS to protect a reused port: they keep it until collected). A flow is
 /// found by its server-side entry: the one that arrives on one of our source ports.
@@ -436,11 +456,10 @@ pub fn monotonic_ns() -> u64 {
 }
 
 fn interface_index(name: &str) -> Result<u32, FastPathError> {
-    let missing = || FastPathError::Attach {
+    crate::sys::net::interface_index(name).map_err(|source| FastPathError::NoInterface {
         interface: name.to_owned(),
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    };
-    crate::sys::net::interface_index(name).map_err(|_| missing())
+        source,
+    })
 }
 
 /// Adds `range` to `ip_local_reserved_ports` (of this network namespace), keeping what is
