@@ -230,7 +230,7 @@ impl Runtime {
         if outside || local.is_loopback() {
             return Err(Unprepared::OtherInterface);
         }
-        self.ensure_attached(&interface)?;
+        self.attach_for_candidate(&interface)?;
         Ok(interface.index)
     }
 

@@ -107,6 +107,8 @@ pub struct Runtime {
     source_ports: RangeInclusive<u16>,
     /// Interfaces whose XDP hook is the shield's (see [`Options::shielded`]).
     shielded: Mutex<Vec<String>>,
+    /// Interfaces an attach failed on, each logged once (see [`Runtime::attach_for_candidate`]).
+    unattachable: Mutex<HashSet<String>>,
     pub stats: Stats,
 }
 
@@ -187,6 +189,7 @@ impl Runtime {
             policy,
             source_ports: source_ports.clone(),
             shielded: Mutex::new(shielded),
+            unattachable: Mutex::new(HashSet::new()),
             stats: Stats::default(),
         };
         for interface in &inherited {
@@ -258,6 +261,24 @@ impl Runtime {
             },
         );
         Ok(())
+    }
+
+    /// [`Runtime::ensure_attached`] for a candidate's interface. The program is attached here
+    /// rather than at start, so a failure (another program in the way, a kernel without TCX)
+    /// shows here: it is logged as a warning the first time for each interface, and the
+    /// candidate stays in userspace (counted `error`); later candidates try again.
+    pub(super) fn attach_for_candidate(&self, interface: &Interface) -> Result<(), FastPathError> {
+        let attached = self.ensure_attached(interface);
+        if let Err(error) = &attached {
+            if lock(&self.unattachable).insert(interface.name.clone()) {
+                tracing::warn!(
+                    interface = %interface.name,
+                    error = %crate::error_chain(error),
+                    "fast path: cannot attach; connections there stay in userspace"
+                );
+            }
+        }
+        attached
     }
 
     /// The shield was to hold XDP on `names` and did not start after all (a shield on by

@@ -122,6 +122,12 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
         .iter()
         .map(|i| format!("{} ({})", i.name, i.xdp.translation()))
         .collect();
+    let interfaces = if interfaces.is_empty() {
+        // The program is attached for the first candidate on an interface, not at start.
+        "none yet (attached for the first candidate)".to_owned()
+    } else {
+        interfaces.join(", ")
+    };
     writeln!(
         out,
         "<section class=\"plain\" id=\"fastpath\"><h2>Kernel fast path</h2>\
@@ -133,7 +139,7 @@ fn write_fastpath(out: &mut String, f: &FastPathView) -> fmt::Result {
          <tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
          <td>{}</td><td>{}</td><td>{}</td><td title=\"relayed + spliced + resting, of {} per \
          server\">{} + {} + {}</td></tr></tbody></table></section>",
-        Html(&interfaces.join(", ")),
+        Html(&interfaces),
         s.spliced,
         s.packets,
         s.bytes,
