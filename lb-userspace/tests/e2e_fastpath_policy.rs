@@ -434,3 +434,45 @@ fn a_one_armed_load_balancer_splices_through_its_one_interface() {
         );
     }
 }
+
+#[test]
+fn a_fastpath_interface_the_namespace_lacks_refuses_the_start() {
+    if !common::privileged() {
+        return;
+    }
+    // The program is attached for the first candidate, not at start: a misspelt interface
+    // must still stop the daemon at start rather than leave every connection relayed.
+    let extra = "[[frontend]]\nname = \"typo\"\nbind = \"0.0.0.0:8081\"\nbackend = \"web\"\n\
+                 fastpath = \"splice\"\nfastpath_interfaces = [\"nosuch0\"]\n";
+    let rig = Rig::routed("fpn", 233, extra);
+    let config = rig.config.to_str().unwrap();
+    let mut daemon = common::Proc::spawn(
+        "stickylb",
+        rig.lb().name(),
+        &[
+            common::stickylb_bin(),
+            "--log",
+            "info",
+            "run",
+            "--config",
+            config,
+        ],
+    );
+    let exited = wait_until(Duration::from_secs(20), || {
+        matches!(daemon.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "the daemon kept running:\n{}", daemon.output());
+    let status = daemon.child.try_wait().unwrap().unwrap();
+    // The output threads may still be copying the last lines.
+    let said = wait_until(Duration::from_secs(2), || {
+        daemon.output().contains(
+            "fastpath_interfaces names nosuch0, which this network namespace does not have",
+        )
+    });
+    assert!(!status.success() && said, "{status}:\n{}", daemon.output());
+    assert!(
+        !daemon.output().contains("stickylb started"),
+        "{}",
+        daemon.output()
+    );
+}
