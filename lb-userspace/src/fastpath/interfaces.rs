@@ -32,11 +32,6 @@ pub fn source_for(peer: SocketAddrV4) -> io::Result<Ipv4Addr> {
     }
 }
 
-/// The interface the route to `peer` uses.
-pub fn toward(peer: SocketAddrV4) -> io::Result<Option<Interface>> {
-    owning(source_for(peer)?)
-}
-
 /// Whether the driver of interface `index` transmits frames an XDP program redirects to it
 /// (`xdp-features` has `ndo-xmit`). A veth does while its peer has GRO or an XDP program on:
 /// the frames are queued to the peer's NAPI, which otherwise does not run.
