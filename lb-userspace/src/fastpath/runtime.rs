@@ -148,7 +148,7 @@ impl Runtime {
     /// the ports of their open flows stay taken.
     ///
     /// The program is attached to an interface when the first candidate needs it there
-    /// ([`Runtime::attach_for_candidate`] from the hand-off), not at start: until a connection has
+    /// (`Runtime::attach_for_candidate`, from the hand-off), not at start: until a connection has
     /// lived long enough to be handed over, the fast path costs its interfaces nothing, so a
     /// load balancer that only ever sees short connections runs as with `fastpath = "off"`
     /// (docs/FASTPATH.md, "Interfaces"). The interfaces a previous process attached (their links
