@@ -32,6 +32,7 @@
 
 mod ingress;
 mod maps;
+mod packet;
 mod shield;
 mod shield_refund;
 

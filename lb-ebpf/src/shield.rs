@@ -24,7 +24,10 @@ use lb_common::{
     SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
 };
 
-use crate::maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_DENY, SHIELD_PORTS, SHIELD_SYN};
+use crate::{
+    maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_DENY, SHIELD_PORTS, SHIELD_SYN},
+    packet::read_linear,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_TYPE_OFF: usize = 12;
@@ -81,16 +84,7 @@ impl Headers for XdpContext {
     /// From the first buffer of a multi-buffer frame, which holds the headers.
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let start = self.data();
-        let end = self.data_end();
-        if start + offset + N > end {
-            return None;
-        }
-        let ptr = (start + offset) as *const [u8; N];
-        // SAFETY: the bounds check above is the one the verifier requires; the bytes lie
-        // inside the packet. Read unaligned: IP headers after a 14-byte Ethernet header are
-        // 2-aligned.
-        Some(unsafe { core::ptr::read_unaligned(ptr) })
+        read_linear(self.data(), self.data_end(), offset)
     }
 }
 
@@ -100,12 +94,8 @@ impl Headers for TcContext {
     /// verdict); `bpf_skb_load_bytes` past it.
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let start = self.data();
-        if start + offset + N <= self.data_end() {
-            // SAFETY: as for XDP above.
-            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
-        }
-        self.load::<[u8; N]>(offset).ok()
+        read_linear(self.data(), self.data_end(), offset)
+            .or_else(|| self.load::<[u8; N]>(offset).ok())
     }
 }
 

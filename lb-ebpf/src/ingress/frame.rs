@@ -18,6 +18,7 @@ use aya_ebpf::{
 };
 
 use super::tcp::{Drop, IP_CSUM_OFF, TCP_CSUM_OFF};
+use crate::packet::read_linear;
 
 /// A packet the splice rewrite can read and write at absolute offsets (from the start of the
 /// Ethernet header).
@@ -56,13 +57,10 @@ pub(crate) trait Frame {
     #[inline(always)]
     fn head<T>(&self, off: usize) -> Result<T, Drop> {
         let (start, end) = self.linear();
-        if start + off + size_of::<T>() <= end {
-            // SAFETY: the check above is the bounds check the verifier requires: the bytes lie
-            // in the packet. Read unaligned: an IP header after a 14-byte Ethernet header is
-            // only 2-aligned. T is plain data (headers, integers).
-            return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+        match read_linear(start, end, off) {
+            Some(value) => Ok(value),
+            None => self.load(off),
         }
-        self.load(off)
     }
 
     /// A `T` read at `off`.
