@@ -11,6 +11,13 @@
 //! flood packets, from `/proc` for the process and, for stickylb, from the BPF run-time
 //! statistics for the shield's program (which runs in the kernel, outside the process).
 //!
+//! The control: on this machine the flood's sender shares the CPUs with the legitimate clients,
+//! the load balancer and the servers, and takes its share of them whatever its packets cost the
+//! load balancer. Each legitimate workload is therefore also measured beside a busy loop in the
+//! flood's namespace (a process that only spends CPU), and the sender's and the loop's CPU are
+//! read from `/proc`: what the clients lose under the flood beyond what they lose beside the loop
+//! is what the flood's packets cost them.
+//!
 //! The shield's SYN limit here is [`LIMIT`], not the default (200/s, 400 at once): each of the
 //! bench's 16 client addresses stands for many real clients and opens hundreds of connections
 //! per second; the flood source is limited all the same (to 0.2-2% of what it sends).
@@ -97,11 +104,29 @@ pub(super) struct FloodRow {
     pub(super) flooded_errors: u64,
     /// SYNs per second hping3 sent meanwhile.
     pub(super) flood_per_s: f64,
+    /// CPUs hping3 kept busy meanwhile (its CPU seconds per second, from `/proc`).
+    pub(super) sender_cpus: f64,
+    /// The control: the same workload beside a busy loop in the flood's namespace, and the
+    /// CPUs that loop kept busy.
+    pub(super) busy_loop_per_s: f64,
+    pub(super) busy_loop_errors: u64,
+    pub(super) busy_loop_cpus: f64,
 }
 
 impl FloodRow {
     pub(super) fn ratio(&self) -> f64 {
         self.flooded_per_s / self.quiet_per_s
+    }
+
+    /// Under the flood against beside the busy loop: what the flood's packets cost the clients,
+    /// beyond the CPU its sender takes from them.
+    pub(super) fn beyond_the_senders_cpu(&self) -> f64 {
+        self.flooded_per_s / self.busy_loop_per_s
+    }
+
+    /// Beside the busy loop against without it.
+    pub(super) fn busy_loop_ratio(&self) -> f64 {
+        self.busy_loop_per_s / self.quiet_per_s
     }
 }
 
@@ -161,7 +186,9 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
             };
             println!(
                 "bench: syn-flood {workload} {}: {:.0} req/s without the flood, {:.0} under \
-                 {:.0} SYN/s: {:.2}x (target {TARGET_RATIO}x {verdict}; errors {} / {})",
+                 {:.0} SYN/s: {:.2}x (target {TARGET_RATIO}x {verdict}; errors {} / {}); \
+                 beside a busy loop {:.0} req/s ({:.2}x): the flood {:.2}x of that; \
+                 sender {:.2} CPUs, loop {:.2}",
                 setup.label,
                 row.quiet_per_s,
                 row.flooded_per_s,
@@ -169,6 +196,11 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
                 row.ratio(),
                 row.quiet_errors,
                 row.flooded_errors,
+                row.busy_loop_per_s,
+                row.busy_loop_ratio(),
+                row.beyond_the_senders_cpu(),
+                row.sender_cpus,
+                row.busy_loop_cpus,
             );
             flood.rows.push(row);
         }
@@ -195,7 +227,7 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
     Ok(flood)
 }
 
-/// One legitimate workload without, then with, the flood.
+/// One legitimate workload without, then with, the flood, then beside the busy loop.
 fn measure_workload(
     env: &Env,
     setup: Setup,
@@ -227,8 +259,15 @@ fn measure_workload(
     // The flood at full rate before the measurement starts.
     procs::sleep(Duration::from_millis(300))?;
     let flooded = load::run(&topology.client, &env.load, &spec(plan.measure, "f100d002"));
+    let sender_cpus = hping.cpus();
     let (sent, seconds) = hping.stop()?;
     let flooded = flooded?;
+    let sender_cpus = sender_cpus?;
+    let busy_loop = BusyLoop::start(env)?;
+    procs::sleep(Duration::from_millis(300))?;
+    let beside = load::run(&topology.client, &env.load, &spec(plan.measure, "f100d003"));
+    let busy_loop_cpus = busy_loop.stop()?;
+    let beside = beside?;
     Ok(FloodRow {
         contender: setup.label,
         workload,
@@ -237,6 +276,10 @@ fn measure_workload(
         quiet_errors: quiet.errors + quiet.status_errors,
         flooded_errors: flooded.errors + flooded.status_errors,
         flood_per_s: sent as f64 / seconds,
+        sender_cpus,
+        busy_loop_per_s: beside.requests as f64 / beside.seconds,
+        busy_loop_errors: beside.errors + beside.status_errors,
+        busy_loop_cpus,
     })
 }
 
@@ -336,6 +379,12 @@ impl Hping {
         })
     }
 
+    /// CPUs it has kept busy since it started: its CPU seconds per second.
+    fn cpus(&self) -> anyhow::Result<f64> {
+        let cpu = procs::cpu_seconds(self.child.id())?;
+        Ok(cpu / self.started.elapsed().as_secs_f64())
+    }
+
     /// Stops it (SIGINT: it prints its statistics); the SYNs it sent and over how long.
     fn stop(mut self) -> anyhow::Result<(u64, f64)> {
         let seconds = self.started.elapsed().as_secs_f64();
@@ -354,6 +403,37 @@ impl Hping {
             Some(sent) => Ok((sent, seconds)),
             None => bail!("hping3 printed no statistics:\n{text}"),
         }
+    }
+}
+
+/// The control beside the flood: a shell's busy loop in the flood's namespace, a process that
+/// only spends CPU (as much as the scheduler gives one runnable thread, as hping3 does).
+struct BusyLoop {
+    child: Child,
+    started: Instant,
+}
+
+impl BusyLoop {
+    fn start(env: &Env) -> anyhow::Result<Self> {
+        let mut command = env.topology(Layout::Routed).client.command("sh");
+        command
+            .args(["-c", "while :; do :; done"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Ok(Self {
+            child: procs::spawn(&mut command)?,
+            started: Instant::now(),
+        })
+    }
+
+    /// Stops it; the CPUs it kept busy (its CPU seconds per second).
+    fn stop(mut self) -> anyhow::Result<f64> {
+        let cpu = procs::cpu_seconds(self.child.id());
+        let seconds = self.started.elapsed().as_secs_f64();
+        procs::signal(self.child.id(), libc::SIGKILL);
+        procs::wait(&mut self.child, Duration::from_secs(10), "the busy loop")?;
+        Ok(cpu? / seconds)
     }
 }
 
