@@ -7,7 +7,8 @@
 //! established connections in the kernel; [`monitor`] serves the
 //! status page and metrics; [`peers`] mirrors the tables with other load balancers; [`reload`]
 //! applies a configuration in place; [`control`] answers `stickylb reload` and hands sockets to
-//! a successor, and [`operate`] carries out the operator's requests on it; [`routing`] builds
+//! a successor, and [`operate`] carries out the operator's requests on it; [`detach`] takes a
+//! stopped instance's programs out of the kernel; [`routing`] builds
 //! the backends and frontends from a configuration; [`daemon`]
 //! wires them together (nothing depends on it). Every system call the crate makes itself is in
 //! [`sys`], the only module allowed `unsafe`.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod cookie;
 pub mod daemon;
 pub mod dataplane;
+pub mod detach;
 pub mod fastpath;
 pub mod health;
 pub mod monitor;

@@ -91,6 +91,18 @@ enum Command {
         #[command(subcommand)]
         change: DenyChange,
     },
+    /// Take out of the kernel the programs a stopped instance left attached (the shield at XDP
+    /// and TC, its refund, the fast path's programs): the interfaces then carry traffic as
+    /// without stickylb. The stick table, the deny list and the other pinned maps stay; a start
+    /// attaches again. Refused while the instance runs, and while spliced connections are open
+    /// unless --force (they break).
+    Detach {
+        #[command(flatten)]
+        target: Target,
+        /// Detach even while spliced connections are open.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the connections the kernel fast path splices, from the pinned flow map (works
     /// while the daemon runs or is stopped).
     Fastpath {
@@ -318,6 +330,34 @@ fn dispatch(command: Command, log: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Deny { change } => deny(change),
+        Command::Detach { target, force } => detach(&target.load()?, force),
+    }
+}
+
+/// `stickylb detach`: says what it took out, or why it would not.
+fn detach(config: &Config, force: bool) -> anyhow::Result<ExitCode> {
+    use stickylb::detach::{self, DetachError};
+    match detach::detach(config, force) {
+        Ok(done) => {
+            for link in &done.links {
+                println!("detached {}", link.display());
+            }
+            if done.links.is_empty() {
+                println!("nothing attached under {}", done.root.display());
+            }
+            if done.broken_flows > 0 {
+                println!(
+                    "{} spliced connection(s) no longer pass (--force)",
+                    done.broken_flows
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refused @ (DetachError::Running { .. } | DetachError::SplicedFlows { .. })) => {
+            eprintln!("stickylb: {refused}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => Err(error.into()),
     }
 }
 

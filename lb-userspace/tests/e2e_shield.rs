@@ -8,6 +8,8 @@
 //! passes the shield intact. Completed connections give their SYN back (the refund): a source
 //! opening connections far beyond the rate is never limited, while a flood from another address
 //! is; SYNs and connections to a port that is no frontend's are neither limited nor refunded.
+//! `stickylb detach` takes a stopped instance's links out of the kernel (refused while it runs
+//! and, without `--force`, while a spliced connection is open) and keeps its maps.
 
 #![allow(
     clippy::unwrap_used,
@@ -843,4 +845,115 @@ fn completed_connections_beyond_the_rate_are_not_limited_while_a_flood_is() {
     drop(stop);
     listener.join().unwrap();
     drop(daemon);
+}
+
+/// The link files pinned under `root` whose names start with one of `prefixes`, sorted.
+fn pinned_links(root: &std::path::Path, prefixes: &[&str]) -> Vec<String> {
+    let mut links: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| prefixes.iter().any(|p| name.starts_with(p)))
+        .collect();
+    links.sort();
+    links
+}
+
+#[test]
+fn detach_takes_a_stopped_instances_programs_out_and_keeps_its_maps() {
+    if !privileged() {
+        return;
+    }
+    let rig = common::fastpath::Rig::routed(
+        "shdt",
+        245,
+        "[fastpath]\nafter_requests = 1\n\n[shield]\nenabled = true\n",
+    );
+    let cfg = rig.config.to_str().unwrap().to_owned();
+    let daemon = rig.start();
+    // One spliced keep-alive connection, held open across everything below.
+    let frontend = rig.frontend();
+    let mut client = common::http::in_netns(rig.client().name(), move || {
+        let mut client = common::fastpath::Client::connect(&frontend, "shdt").unwrap();
+        client.get("/", false).unwrap();
+        client
+    });
+    assert!(rig.wait_spliced(2), "not spliced: {:?}", rig.entries());
+    client.get("/", false).unwrap();
+
+    let (ok, text) = stickylb(&["detach", "--config", &cfg]);
+    assert!(!ok && text.contains("is running (pid"), "{text}");
+
+    // Stopped hard: everything stays attached, the spliced flow goes on in the kernel.
+    daemon.stop_with(libc::SIGKILL);
+    let prefixes = [
+        "shield_",
+        "shieldtc_",
+        "splice_ingress_",
+        "splice_xdp_",
+        "sockops_",
+    ];
+    let before = pinned_links(&rig.root, &prefixes);
+    let ingress = before
+        .iter()
+        .filter(|l| l.starts_with("splice_ingress_"))
+        .count();
+    assert_eq!(ingress, 2, "{before:?}");
+    assert!(
+        before.iter().any(|l| l.starts_with("shieldtc_")),
+        "{before:?}"
+    );
+    assert!(
+        before.contains(&"sockops_shield_refund".to_owned()),
+        "{before:?}"
+    );
+    // The kernel's ids of those links (bpftool 7.1 does not list TCX attachments by device).
+    let ids: Vec<String> = before
+        .iter()
+        .map(|name| {
+            let path = rig.root.join(name);
+            let link = rig.lb().exec(&[
+                "bpftool",
+                "-j",
+                "link",
+                "show",
+                "pinned",
+                path.to_str().unwrap(),
+            ]);
+            let link: serde_json::Value = serde_json::from_str(&link).unwrap();
+            link["id"].as_u64().unwrap().to_string()
+        })
+        .collect();
+    let live = |id: &String| rig.lb().try_exec(&["bpftool", "link", "show", "id", id]).0;
+    assert!(ids.iter().all(live), "{ids:?}");
+    assert!(client.get("/", false).is_ok(), "the spliced flow stopped");
+
+    // An open spliced connection would break: refused without --force.
+    let (ok, text) = stickylb(&["detach", "--config", &cfg]);
+    assert!(
+        !ok && text.contains("1 spliced connection(s) are open"),
+        "{text}"
+    );
+    assert_eq!(pinned_links(&rig.root, &prefixes), before);
+
+    let (ok, text) = stickylb(&["detach", "--config", &cfg, "--force"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("detached ").count(), before.len(), "{text}");
+    assert!(
+        text.contains("1 spliced connection(s) no longer pass"),
+        "{text}"
+    );
+    assert_eq!(pinned_links(&rig.root, &prefixes), Vec::<String>::new());
+    let left: Vec<&String> = ids.iter().filter(|id| live(id)).collect();
+    assert!(
+        left.is_empty(),
+        "links still in the kernel: {left:?} of {ids:?}"
+    );
+
+    // The maps stay: the session, the deny list, the flow map.
+    let (ok, table) = stickylb(&["table", "--config", &cfg]);
+    assert!(ok && table.contains("shdt"), "{table}");
+    assert!(rig.root.join(lb_common::SHIELD_DENY_MAP).exists());
+    assert!(rig.root.join(lb_common::SPLICE_FLOWS_MAP).exists());
+    let (ok, text) = stickylb(&["detach", "--config", &cfg]);
+    assert!(ok && text.contains("nothing attached under"), "{text}");
 }

@@ -273,9 +273,44 @@ impl FastPath {
 
     fn link_path(&self, interface: &str) -> PathBuf {
         // bpffs refuses names with a dot (VLAN interfaces have one).
-        self.root
-            .join(format!("{SPLICE_PROGRAM}_{}", interface.replace('.', "_")))
+        self.root.join(format!(
+            "{}{}",
+            tc_link_prefix(),
+            interface.replace('.', "_")
+        ))
     }
+}
+
+/// Removes every link of the fast path pinned under `root` (`splice_ingress_<interface>` at TC,
+/// `splice_xdp_<interface>` at XDP), which detaches the programs from their interfaces; for a
+/// stopped instance (`stickylb detach`). Returns the link files removed.
+pub fn detach_all(root: &Path) -> Result<Vec<PathBuf>, FastPathError> {
+    let mut removed = dataplane::remove_pinned_links(root, &tc_link_prefix(), &[])?;
+    removed.extend(dataplane::remove_pinned_links(
+        root,
+        &xdp_link_prefix(),
+        &[],
+    )?);
+    Ok(removed)
+}
+
+/// Whether a link of the fast path is pinned under `root` (its programs are attached
+/// somewhere, by this process or a previous one).
+pub fn any_link_pinned(root: &Path) -> bool {
+    let (tc, xdp) = (tc_link_prefix(), xdp_link_prefix());
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with(&tc) || name.starts_with(&xdp)
+    })
+}
+
+/// The pinned TC links' names start with this.
+fn tc_link_prefix() -> String {
+    format!("{SPLICE_PROGRAM}_")
 }
 
 /// The pinned XDP links' names start with this.
