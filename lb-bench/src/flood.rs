@@ -356,23 +356,29 @@ fn dropped_by_rate(env: &Env, shielded: bool) -> Option<u64> {
     )
 }
 
-/// A running `hping3 --flood -S` from the client namespace to the frontend.
-struct Hping {
+/// A process running in the client namespace (the flood's), and since when.
+struct Beside {
     child: Child,
     started: Instant,
 }
 
-impl Hping {
-    fn start(env: &Env) -> anyhow::Result<Self> {
-        let topology = env.topology(Layout::Routed);
-        let mut command = topology.client.command("hping3");
+impl Beside {
+    /// Starts `args` in the client namespace; its output is kept when `output`.
+    fn start(env: &Env, args: &[&str], output: bool) -> anyhow::Result<Self> {
+        let (program, args) = args.split_first().context("no program to start")?;
+        let mut command = env.topology(Layout::Routed).client.command(program);
+        let out = || {
+            if output {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
         command
-            .args(["-S", "-p", FRONTEND_PORT, "--flood", "-a"])
-            .arg(topology.addrs.client.to_string())
-            .arg(topology.addrs.lb.to_string())
+            .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdout(out())
+            .stderr(out());
         Ok(Self {
             child: procs::spawn(&mut command)?,
             started: Instant::now(),
@@ -384,14 +390,39 @@ impl Hping {
         let cpu = procs::cpu_seconds(self.child.id())?;
         Ok(cpu / self.started.elapsed().as_secs_f64())
     }
+}
+
+/// A running `hping3 --flood -S` from the client namespace to the frontend.
+struct Hping(Beside);
+
+impl Hping {
+    fn start(env: &Env) -> anyhow::Result<Self> {
+        let addrs = &env.topology(Layout::Routed).addrs;
+        let (client, lb) = (addrs.client.to_string(), addrs.lb.to_string());
+        let args = [
+            "hping3",
+            "-S",
+            "-p",
+            FRONTEND_PORT,
+            "--flood",
+            "-a",
+            &client,
+            &lb,
+        ];
+        Ok(Self(Beside::start(env, &args, true)?))
+    }
+
+    fn cpus(&self) -> anyhow::Result<f64> {
+        self.0.cpus()
+    }
 
     /// Stops it (SIGINT: it prints its statistics); the SYNs it sent and over how long.
-    fn stop(mut self) -> anyhow::Result<(u64, f64)> {
-        let seconds = self.started.elapsed().as_secs_f64();
-        procs::signal(self.child.id(), libc::SIGINT);
-        procs::wait(&mut self.child, Duration::from_secs(10), "hping3")?;
-        let output = self
-            .child
+    fn stop(self) -> anyhow::Result<(u64, f64)> {
+        let Beside { mut child, started } = self.0;
+        let seconds = started.elapsed().as_secs_f64();
+        procs::signal(child.id(), libc::SIGINT);
+        procs::wait(&mut child, Duration::from_secs(10), "hping3")?;
+        let output = child
             .wait_with_output()
             .context("reading hping3's output")?;
         let text = format!(
@@ -408,32 +439,21 @@ impl Hping {
 
 /// The control beside the flood: a shell's busy loop in the flood's namespace, a process that
 /// only spends CPU (as much as the scheduler gives one runnable thread, as hping3 does).
-struct BusyLoop {
-    child: Child,
-    started: Instant,
-}
+struct BusyLoop(Beside);
 
 impl BusyLoop {
     fn start(env: &Env) -> anyhow::Result<Self> {
-        let mut command = env.topology(Layout::Routed).client.command("sh");
-        command
-            .args(["-c", "while :; do :; done"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Ok(Self {
-            child: procs::spawn(&mut command)?,
-            started: Instant::now(),
-        })
+        let args = ["sh", "-c", "while :; do :; done"];
+        Ok(Self(Beside::start(env, &args, false)?))
     }
 
-    /// Stops it; the CPUs it kept busy (its CPU seconds per second).
-    fn stop(mut self) -> anyhow::Result<f64> {
-        let cpu = procs::cpu_seconds(self.child.id());
-        let seconds = self.started.elapsed().as_secs_f64();
-        procs::signal(self.child.id(), libc::SIGKILL);
-        procs::wait(&mut self.child, Duration::from_secs(10), "the busy loop")?;
-        Ok(cpu? / seconds)
+    /// Stops it; the CPUs it kept busy.
+    fn stop(self) -> anyhow::Result<f64> {
+        let cpus = self.0.cpus();
+        let mut child = self.0.child;
+        procs::signal(child.id(), libc::SIGKILL);
+        procs::wait(&mut child, Duration::from_secs(10), "the busy loop")?;
+        cpus
     }
 }
 
