@@ -279,6 +279,9 @@ fn tls_servers_keep_sessions_are_checked_over_tls_and_never_spliced() {
         metric(&metrics, "stickylb_fastpath_spliced_flows "),
         Some(0)
     );
+    // The daemon's output reaches the test through a reader thread: wait for the 24 lines.
+    let hyper_lines = || daemon.output().matches("relay=\"hyper\"").count();
+    wait_until(Duration::from_secs(5), || hyper_lines() >= 24);
     let log = daemon.output();
     assert!(log.matches("relay=\"hyper\"").count() >= 24, "{log}");
     assert!(

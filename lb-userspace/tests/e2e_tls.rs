@@ -559,6 +559,8 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
         redirected.contains(&format!("location: https://{WWW}/cart?step=2\r\n")),
         "{redirected}"
     );
+    // The daemon's output reaches the test through a reader thread, after curl may be done.
+    daemon.wait_for_output("relay=\"redirect\"", Duration::from_secs(5));
     let log = daemon.output();
     let line = log.lines().find(|l| l.contains("relay=\"redirect\""));
     assert!(
