@@ -168,15 +168,9 @@ where
     Ok(())
 }
 
-/// Removes the links pinned under `root` whose file names start with `prefix`, but those in
-/// `keep` (a link goes away with its last reference, and its attachment with it): a previous
-/// process's attachments outlive it, so a start that wants fewer must undo them. Returns the
-/// link files removed.
-pub fn remove_pinned_links(
-    root: &Path,
-    prefix: &str,
-    keep: &[PathBuf],
-) -> Result<Vec<PathBuf>, PinnedLinkError> {
+/// The links pinned under `root` whose file names start with `prefix`; none when `root` does
+/// not exist.
+pub fn pinned_links(root: &Path, prefix: &str) -> Result<Vec<PathBuf>, PinnedLinkError> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -187,11 +181,25 @@ pub fn remove_pinned_links(
             })
         }
     };
+    Ok(entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+        .map(|entry| entry.path())
+        .collect())
+}
+
+/// Removes the links pinned under `root` whose file names start with `prefix`, but those in
+/// `keep` (a link goes away with its last reference, and its attachment with it): a previous
+/// process's attachments outlive it, so a start that wants fewer must undo them. Returns the
+/// link files removed.
+pub fn remove_pinned_links(
+    root: &Path,
+    prefix: &str,
+    keep: &[PathBuf],
+) -> Result<Vec<PathBuf>, PinnedLinkError> {
     let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let ours = entry.file_name().to_string_lossy().starts_with(prefix);
-        if !ours || keep.contains(&path) {
+    for path in pinned_links(root, prefix)? {
+        if keep.contains(&path) {
             continue;
         }
         std::fs::remove_file(&path).map_err(|source| PinnedLinkError::Unpin {

@@ -297,15 +297,9 @@ pub fn detach_all(root: &Path) -> Result<Vec<PathBuf>, FastPathError> {
 /// Whether a link of the fast path is pinned under `root` (its programs are attached
 /// somewhere, by this process or a previous one).
 pub fn any_link_pinned(root: &Path) -> bool {
-    let (tc, xdp) = (tc_link_prefix(), xdp_link_prefix());
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        name.starts_with(&tc) || name.starts_with(&xdp)
-    })
+    [tc_link_prefix(), xdp_link_prefix()]
+        .iter()
+        .any(|prefix| dataplane::pinned_links(root, prefix).is_ok_and(|links| !links.is_empty()))
 }
 
 /// The pinned TC links' names start with this.
