@@ -11,7 +11,8 @@
 //! Only the links go. The stick table, the deny list and the other pinned maps stay, as after
 //! any stop: a start attaches the programs again and finds its sessions. Refused while the
 //! instance runs (its process holds the links, and its next start would only attach them
-//! again), and while spliced connections are open unless forced: their proxy sockets are gone,
+//! again), while a process holds its control socket without answering (a hung daemon holds
+//! its links just the same), and while spliced connections are open unless forced: their proxy sockets are gone,
 //! and without the program their packets reach no socket.
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,16 @@ pub enum DetachError {
          and a start attaches them again)"
     )]
     Running { instance: String, pid: u32 },
+    #[error(
+        "instance {instance}: a process holds its control socket {path} but does not answer; it \
+         may be hung, and would keep the links attached: stop it first"
+    )]
+    Unresponsive {
+        instance: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "{count} spliced connection(s) are open in the flow map under {root}: detaching the fast \
          path breaks them (their proxy sockets are gone); `--force` detaches anyway"
@@ -74,11 +85,35 @@ pub enum DetachError {
 /// and TC), the refund, and the fast path's (TC and XDP). `force` detaches even while spliced
 /// connections are open.
 pub fn detach(config: &Config, force: bool) -> Result<Detached, DetachError> {
-    if let Some(pid) = control::running_pid(&config.instance.control_socket) {
-        return Err(DetachError::Running {
-            instance: config.instance.name.clone(),
-            pid,
-        });
+    let instance = || config.instance.name.clone();
+    match control::probe(&config.instance.control_socket) {
+        control::Probe::Nobody => {}
+        // A reply without a pid is no stickylb's; it still holds the socket.
+        control::Probe::Answers(status) => match control::status_pid(&status) {
+            Some(pid) => {
+                return Err(DetachError::Running {
+                    instance: instance(),
+                    pid,
+                })
+            }
+            None => {
+                return Err(DetachError::Unresponsive {
+                    instance: instance(),
+                    path: config.instance.control_socket.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unexpected status reply {status:?}"),
+                    ),
+                })
+            }
+        },
+        control::Probe::Unresponsive(source) => {
+            return Err(DetachError::Unresponsive {
+                instance: instance(),
+                path: config.instance.control_socket.clone(),
+                source,
+            })
+        }
     }
     let root = dataplane::pin_root(&config.instance.pin_dir, &config.instance.name);
     let open = open_spliced(&root)?;

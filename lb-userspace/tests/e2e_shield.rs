@@ -927,6 +927,16 @@ fn detach_takes_a_stopped_instances_programs_out_and_keeps_its_maps() {
     assert!(ids.iter().all(live), "{ids:?}");
     assert!(client.get("/", false).is_ok(), "the spliced flow stopped");
 
+    // A process that holds the control socket without answering (a hung daemon, here a
+    // listener that never accepts) is not taken for stopped: it would keep the links.
+    let control = rig.pins.control_socket();
+    std::fs::remove_file(&control).unwrap();
+    let silent = std::os::unix::net::UnixListener::bind(&control).unwrap();
+    let (ok, text) = stickylb(&["detach", "--config", &cfg, "--force"]);
+    assert!(!ok && text.contains("does not answer"), "{text}");
+    assert_eq!(pinned_links(&rig.root, &prefixes), before);
+    drop(silent);
+
     // An open spliced connection would break: refused without --force.
     let (ok, text) = stickylb(&["detach", "--config", &cfg]);
     assert!(

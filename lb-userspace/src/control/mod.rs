@@ -40,6 +40,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `status` may take when asking whether a daemon runs: it answers from memory, and
+/// one that takes longer is taken for hung (never for stopped).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request lines are a few words (a cookie value is the longest).
 const MAX_LINE: usize = 1024;
 
@@ -90,6 +93,12 @@ pub struct Context {
 pub enum BindError {
     #[error("another stickylb instance answers on {path}: {status}; stop it, or start with --upgrade to take over from it")]
     AlreadyRunning { path: PathBuf, status: String },
+    #[error("a process listens on the control socket {path} but does not answer: it may be a hung stickylb; stop it first")]
+    Unresponsive {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot bind the control socket {path}")]
     Io {
         path: PathBuf,
@@ -98,8 +107,10 @@ pub enum BindError {
     },
 }
 
-/// Binds the control socket at `path`. A stale socket file is replaced; a live daemon is not,
-/// unless `replace` (we are its successor).
+/// Binds the control socket at `path`. A stale socket file (no process listens on it) is
+/// replaced; a live daemon's is not, unless `replace` (we are its successor), nor one whose
+/// process does not answer: replacing it would leave a hung daemon running beside us, holding
+/// its maps and links.
 pub fn bind(path: &Path, replace: bool) -> Result<UnixListener, BindError> {
     let io_error = |source| BindError::Io {
         path: path.to_owned(),
@@ -110,11 +121,20 @@ pub fn bind(path: &Path, replace: bool) -> Result<UnixListener, BindError> {
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !replace {
-            if let Ok(status) = request(path, "status") {
-                return Err(BindError::AlreadyRunning {
-                    path: path.to_owned(),
-                    status,
-                });
+            match probe(path) {
+                Probe::Nobody => {}
+                Probe::Answers(status) => {
+                    return Err(BindError::AlreadyRunning {
+                        path: path.to_owned(),
+                        status,
+                    })
+                }
+                Probe::Unresponsive(source) => {
+                    return Err(BindError::Unresponsive {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
             }
         }
         if meta.file_type().is_socket() {
@@ -260,17 +280,60 @@ fn send_sockets_and_wait_ready(
 
 /// Sends one request line to the daemon at `path` and returns its reply line.
 pub fn request(path: &Path, command: &str) -> io::Result<String> {
-    let mut stream = StdUnixStream::connect(path)?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    exchange(StdUnixStream::connect(path)?, command, REPLY_TIMEOUT)
+}
+
+fn exchange(mut stream: StdUnixStream, command: &str, timeout: Duration) -> io::Result<String> {
+    stream.set_read_timeout(Some(timeout))?;
     stream.write_all(format!("{command}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     Ok(line.trim_end().to_owned())
 }
 
-/// The pid of the daemon answering `status` at `path`, if one does.
-pub fn running_pid(path: &Path) -> Option<u32> {
-    let status = request(path, "status").ok()?;
+/// Who is at a control socket.
+#[derive(Debug)]
+pub enum Probe {
+    /// No socket file, or one no process listens on (a stopped or killed daemon's).
+    Nobody,
+    /// A daemon answered `status`: its reply.
+    Answers(String),
+    /// A process holds the socket (the connection was accepted into its queue) but did not
+    /// answer `status` in time, or closed without answering: hung, or stopping. Never taken
+    /// for stopped: its process may still hold links and maps.
+    Unresponsive(io::Error),
+}
+
+/// Asks the socket at `path` for `status`, for at most [`PROBE_TIMEOUT`].
+pub fn probe(path: &Path) -> Probe {
+    probe_within(path, PROBE_TIMEOUT)
+}
+
+fn probe_within(path: &Path, timeout: Duration) -> Probe {
+    let stream = match StdUnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Probe::Nobody
+        }
+        Err(e) => return Probe::Unresponsive(e),
+    };
+    match exchange(stream, "status", timeout) {
+        Ok(status) if !status.is_empty() => Probe::Answers(status),
+        Ok(_) => Probe::Unresponsive(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "closed the connection without answering",
+        )),
+        Err(e) => Probe::Unresponsive(e),
+    }
+}
+
+/// The pid in a `status` reply (`stickylb <version> pid <pid> instance <name>`).
+pub fn status_pid(status: &str) -> Option<u32> {
     status
         .split(" pid ")
         .nth(1)?
@@ -278,6 +341,14 @@ pub fn running_pid(path: &Path) -> Option<u32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The pid of the daemon answering `status` at `path`, if one does.
+pub fn running_pid(path: &Path) -> Option<u32> {
+    match probe(path) {
+        Probe::Answers(status) => status_pid(&status),
+        Probe::Nobody | Probe::Unresponsive(_) => None,
+    }
 }
 
 /// Sends `operation` to the daemon at `path`: what it changed, or why it refused.
@@ -366,5 +437,94 @@ impl Takeover {
                 format!("old daemon answered {other:?} instead of bye"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener as StdUnixListener;
+
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn a_missing_or_stale_socket_is_nobody_and_a_silent_listener_is_unresponsive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        assert!(matches!(probe_within(&path, SHORT), Probe::Nobody));
+
+        // Bound and listening, never accepting: the kernel queues the connection, the read
+        // times out. That is a hung daemon, not a stopped one.
+        let silent = StdUnixListener::bind(&path).unwrap();
+        match probe_within(&path, SHORT) {
+            Probe::Unresponsive(e) => assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            ),
+            other => panic!("expected Unresponsive, got {other:?}"),
+        }
+
+        // Its process gone (the listener closed), the file stays: a killed daemon's.
+        drop(silent);
+        assert!(path.exists());
+        assert!(matches!(probe_within(&path, SHORT), Probe::Nobody));
+    }
+
+    #[test]
+    fn a_daemon_answering_status_gives_its_pid_and_one_closing_without_answer_is_unresponsive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = StdUnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&first).read_line(&mut line).unwrap();
+            assert_eq!(line, "status\n");
+            first
+                .write_all(b"stickylb 0.1.0 pid 4242 instance demo\n")
+                .unwrap();
+            // The second reads the request and closes without a word, as a daemon does when
+            // it stops mid-request.
+            let (second, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&second).read_line(&mut line).unwrap();
+            drop(second);
+        });
+        assert_eq!(running_pid_within(&path), Some(4242));
+        assert!(matches!(
+            probe_within(&path, SHORT),
+            Probe::Unresponsive(e) if e.kind() == io::ErrorKind::UnexpectedEof
+        ));
+        server.join().unwrap();
+    }
+
+    fn running_pid_within(path: &Path) -> Option<u32> {
+        match probe_within(path, SHORT) {
+            Probe::Answers(status) => status_pid(&status),
+            other => panic!("expected Answers, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bind_refuses_a_socket_whose_process_does_not_answer_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let silent = StdUnixListener::bind(&path).unwrap();
+        let refused = bind(&path, false).unwrap_err();
+        assert!(
+            matches!(refused, BindError::Unresponsive { .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("does not answer"), "{refused}");
+        drop(silent);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { bind(&path, false) }).unwrap();
     }
 }
