@@ -7,7 +7,7 @@ use aya_ebpf::{
 use lb_common::{
     ServerAdminEntry, ServerAdminKey, ShieldAddr, ShieldConfig, ShieldFrontend, ShieldRule,
     ShieldSynBucket, SpliceEntry, SpliceKey, StickEntry, StickKey, SERVER_ADMIN_ENTRIES,
-    SHIELD_DENY_ENTRIES, SHIELD_FRONTENDS_ENTRIES, SHIELD_PORTS_ENTRIES, SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
+    SHIELD_DENY_ENTRIES, SHIELD_FRONTENDS_ENTRIES, SHIELD_PORTS_ENTRIES, SHIELD_STATS_LEN, SHIELD_SYN_ENTRIES, SHIELD_SYN_SLOTS_LEN, SPLICE_FLOWS_DEFAULT_ENTRIES, SPLICE_STATS_LEN,
     SPLICE_XDP_PORTS_ENTRIES, STICK_TABLE_DEFAULT_ENTRIES,
 };
 
@@ -85,6 +85,13 @@ pub(crate) static SHIELD_SYN: LruHashMap<
     ShieldSynBucket,
     { SHIELD_SYN_ENTRIES as usize },
 > = LruHashMap::new();
+
+/// The SYN rate limit's slots: the sources without a bucket in `SHIELD_SYN`, counted together
+/// by a hash of the address (`lb_common::shield_syn_slot`). Written by `shield` only; not
+/// pinned.
+#[btf_map]
+pub(crate) static SHIELD_SYN_SLOTS: Array<ShieldSynBucket, { SHIELD_SYN_SLOTS_LEN as usize }> =
+    Array::new();
 
 /// The shield's settings (one entry), written by userspace at start and on a reload.
 #[btf_map]

@@ -20,12 +20,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    ShieldAddr, ShieldSynBucket, SHIELD_FAMILY_BITS, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6,
+    shield_syn_slot, ShieldAddr, ShieldSynBucket, SHIELD_FAMILY_BITS, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6,
     SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
 };
 
 use crate::{
-    maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_DENY, SHIELD_PORTS, SHIELD_SYN},
+    maps::{
+        shield_stat_inc, SHIELD_CONFIG, SHIELD_DENY, SHIELD_PORTS, SHIELD_SYN, SHIELD_SYN_SLOTS,
+    },
     packet::read_linear,
 };
 
@@ -146,6 +148,17 @@ fn is_denied(source: &ShieldAddr) -> bool {
 /// the SYN from its bucket when it may. Without settings (no daemon wrote them yet) every SYN
 /// may.
 ///
+/// A source with a bucket of its own in `SHIELD_SYN` is judged by it. One without shares the
+/// bucket of its slot in `SHIELD_SYN_SLOTS` with the other untracked sources that hash there,
+/// under the same limit (and the same refunds): while the slot is within it, so is each of
+/// them, and the SYN passes without an LRU insert, which with the eviction it brings once the
+/// map is full costs several times the rest of the program, on every SYN of a flood from
+/// spoofed sources. The first SYN that finds its slot over gives its source a bucket of its
+/// own, starting where the slot is: the source is charged for every SYN its slot passed, so
+/// it never gets more than its limit. A source that shares its slot with a flood is charged
+/// for the flood's SYNs until then: its first SYN may be dropped (its client retransmits), and
+/// its burst starts used up.
+///
 /// Two CPUs updating one bucket at once can both pass a SYN the bucket had room for once:
 /// the read and the write are not one atomic step. The limit is then exceeded by at most one
 /// SYN per CPU per race, which is not worth a lock on the path every SYN takes.
@@ -161,17 +174,35 @@ fn syn_allowed(source: &ShieldAddr) -> bool {
     let key = bucket_key(source);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(bucket) = SHIELD_SYN.get_ptr_mut(key) else {
-        // A new source starts with a full bucket, less this SYN. A failed insert (the map is
-        // full of buckets being written) lets the SYN through: never drop on our own error.
-        let fresh = ShieldSynBucket {
-            tat_ns: now.wrapping_add(interval),
-        };
-        let _ = SHIELD_SYN.insert(key, fresh, 0);
-        return true;
-    };
-    // SAFETY: the pointer comes from a successful lookup; the value is plain data, and a
-    // concurrent writer on another CPU can only make it stale (see above).
+    if let Some(bucket) = SHIELD_SYN.get_ptr_mut(key) {
+        // SAFETY: the pointer comes from a successful lookup.
+        return unsafe { take(bucket, now, interval, window) };
+    }
+    let mut own = ShieldSynBucket { tat_ns: now };
+    if let Some(slot) = SHIELD_SYN_SLOTS.get_ptr_mut(shield_syn_slot(&key)) {
+        // SAFETY: as above.
+        if unsafe { take(slot, now, interval, window) } {
+            return true;
+        }
+        // SAFETY: as above.
+        own.tat_ns = unsafe { (*slot).tat_ns };
+    }
+    // SAFETY: a pointer to a local.
+    let allowed = unsafe { take(&mut own, now, interval, window) };
+    // A failed insert (the map is full of buckets being written) leaves the source to its
+    // slot: never an error of ours turned into a drop.
+    let _ = SHIELD_SYN.insert(key, own, 0);
+    allowed
+}
+
+/// One GCRA step on `bucket`: whether a SYN may pass at `now`, and if so the bucket takes it.
+///
+/// # Safety
+/// `bucket` points into a map's value, from a successful lookup in this run of the program.
+#[inline(always)]
+unsafe fn take(bucket: *mut ShieldSynBucket, now: u64, interval: u64, window: u64) -> bool {
+    // SAFETY: the value is plain data, and a concurrent writer on another CPU can only make
+    // it stale (see `syn_allowed`).
     let tat = unsafe { (*bucket).tat_ns };
     let next = if tat > now { tat } else { now }.wrapping_add(interval);
     if next.wrapping_sub(now) > window {

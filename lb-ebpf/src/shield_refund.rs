@@ -1,6 +1,7 @@
 //! The shield's refund (docs/SHIELD.md, "The refund"): when the kernel establishes a passive
 //! TCP connection on one of the daemon's frontends, the SYN that opened it goes back to its
-//! source's bucket in `SHIELD_SYN`. A legitimate client's SYNs become connections and so cost
+//! source's bucket in `SHIELD_SYN` (or, for a source without one, to the slot of
+//! `SHIELD_SYN_SLOTS` it shares with the other untracked sources). A legitimate client's SYNs become connections and so cost
 //! it nothing; a flood's never do, and meet the limit as before. A NAT, a proxy tier or a load
 //! generator opening thousands of completed connections a second from one address is never
 //! limited.
@@ -14,11 +15,11 @@ use aya_ebpf::{
     programs::SockOpsContext, EbpfContext,
 };
 use lb_common::{
-    ShieldAddr, ShieldFrontend, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6, SHIELD_STAT_REFUNDED,
+    shield_syn_slot, ShieldAddr, ShieldFrontend, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6, SHIELD_STAT_REFUNDED,
 };
 
 use crate::{
-    maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_FRONTENDS, SHIELD_SYN},
+    maps::{shield_stat_inc, SHIELD_CONFIG, SHIELD_FRONTENDS, SHIELD_SYN, SHIELD_SYN_SLOTS},
     shield::bucket_key,
 };
 
@@ -26,9 +27,8 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
 /// Gives the SYN of a connection just established on one of the daemon's frontends back to its
-/// source's bucket. Every other callback, a connection of another namespace or port, a source
-/// without a bucket (evicted, or first seen before the shield) and a shield without settings
-/// are left alone.
+/// source's bucket, or to its slot when it has none. Every other callback, a connection of
+/// another namespace or port, and a shield without settings are left alone.
 #[inline(always)]
 pub(crate) fn refund(ctx: &SockOpsContext) {
     if ctx.op() != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
@@ -56,8 +56,15 @@ pub(crate) fn refund(ctx: &SockOpsContext) {
     if interval == 0 {
         return;
     }
-    let Some(bucket) = SHIELD_SYN.get_ptr_mut(bucket_key(&source)) else {
-        return;
+    // The source's own bucket, or else the slot it shares with the other untracked sources
+    // (`shield::syn_allowed`), which took the SYN.
+    let key = bucket_key(&source);
+    let bucket = match SHIELD_SYN.get_ptr_mut(key) {
+        Some(bucket) => bucket,
+        None => match SHIELD_SYN_SLOTS.get_ptr_mut(shield_syn_slot(&key)) {
+            Some(slot) => slot,
+            None => return,
+        },
     };
     // SAFETY: the pointer comes from a successful lookup; the value is plain data. A race with
     // the XDP program on another CPU can lose one update, as between two SYNs there.

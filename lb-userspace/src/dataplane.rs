@@ -10,7 +10,7 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use lb_common::{PIN_VERSION, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
+use lb_common::{PIN_VERSION, SHIELD_SYN_SLOTS_MAP, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
 
 use crate::sys::bpffs;
 
@@ -361,13 +361,14 @@ pub fn load_object(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, ObjectError> {
 
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.
 ///
-/// The object also defines the fast path's maps; this loader does not use them, so they are
-/// created with one entry (a hash map preallocates its capacity). The fast path loads the
-/// object on its own (`fastpath::FastPath::load`).
+/// The object also defines the fast path's maps and the shield's SYN slots; this loader does
+/// not use them, so they are created with one entry (a hash map preallocates its capacity, an
+/// array allocates it). The fast path loads the object on its own (`fastpath::FastPath::load`).
 pub fn load(stick_capacity: u32) -> Result<Ebpf, DataplaneError> {
     EbpfLoader::new()
         .map_max_entries(STICK_TABLE_MAP, stick_capacity)
         .map_max_entries(SPLICE_FLOWS_MAP, 1)
+        .map_max_entries(SHIELD_SYN_SLOTS_MAP, 1)
         .load(ebpf_object()?)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }
