@@ -22,9 +22,9 @@ pub(crate) struct BenchArgs {
     /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
     /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
     /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, table-scale, splice-rate,
-    /// cluster-mirror-lag, cluster-partition, cluster-resync, syn-flood); a partial run writes to
-    /// target/bench/partial/ unless --output says otherwise. The tls- and cluster- workloads
-    /// run against haproxy and stickylb only.
+    /// cluster-mirror-lag, cluster-partition, cluster-resync, syn-flood, syn-flood-spoofed); a
+    /// partial run writes to target/bench/partial/ unless --output says otherwise. The tls- and
+    /// cluster- workloads run against haproxy and stickylb only.
     #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
     pub(crate) workloads: Vec<String>,
     /// New sessions per second that cluster-mirror-lag offers to its first node [default:
@@ -37,15 +37,23 @@ pub(crate) struct BenchArgs {
     pub(crate) contenders: Vec<Contender>,
 }
 
-/// The table-scale, splice-rate, syn-flood and program-cost measurements are not request
-/// workloads, but they can be chosen like one.
+/// The table-scale, splice-rate, SYN flood (one source, spoofed) and program-cost measurements
+/// are not request workloads, but they can be chosen like one.
 pub(crate) const TABLE_SCALE: &str = "table-scale";
 pub(crate) const SPLICE_RATE: &str = "splice-rate";
 pub(crate) const SYN_FLOOD: &str = "syn-flood";
+pub(crate) const SYN_FLOOD_SPOOFED: &str = "syn-flood-spoofed";
 pub(crate) const PROGRAM_COST: &str = "program-cost";
 
 fn parse_workload_filter(id: &str) -> Result<String, String> {
-    if [TABLE_SCALE, SPLICE_RATE, SYN_FLOOD, PROGRAM_COST].contains(&id)
+    if [
+        TABLE_SCALE,
+        SPLICE_RATE,
+        SYN_FLOOD,
+        SYN_FLOOD_SPOOFED,
+        PROGRAM_COST,
+    ]
+    .contains(&id)
         || cluster::WORKLOADS.contains(&id)
         || Workload::from_id(id).is_some()
     {
@@ -53,7 +61,7 @@ fn parse_workload_filter(id: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "unknown workload {id:?}; one of: {}, {TABLE_SCALE}, {SPLICE_RATE}, {SYN_FLOOD}, \
-             {PROGRAM_COST}, {}",
+             {SYN_FLOOD_SPOOFED}, {PROGRAM_COST}, {}",
             Workload::ALL.map(Workload::id).join(", "),
             cluster::WORKLOADS.join(", ")
         ))

@@ -18,6 +18,15 @@
 //! read from `/proc`: what the clients lose under the flood beyond what they lose beside the loop
 //! is what the flood's packets cost them.
 //!
+//! Two floods, each its own workload: `syn-flood` from one address (the per-source limit's
+//! case), and `syn-flood-spoofed` from random source addresses (hping3's `--rand-source`), the
+//! flood a per-source limit cannot stop: every source is new and within its limit, so the
+//! shield passes the flood and the kernel's SYN handling (its SYN cookies once the queue is
+//! full) takes it, as without the shield. What that measures is what the shield costs then.
+//! For it the load balancer's namespace gets a default route through the client's (removed
+//! after): its SYN-ACKs to the spoofed addresses leave it as they would leave a host on the
+//! Internet, instead of failing their route lookup, which would spare the kernel the work.
+//!
 //! The shield's SYN limit here is [`LIMIT`], not the default (200/s, 400 at once): each of the
 //! bench's 16 client addresses stands for many real clients and opens hundreds of connections
 //! per second; the flood source is limited all the same (to 0.2-2% of what it sends).
@@ -154,9 +163,30 @@ impl FloodCost {
     }
 }
 
+/// Where the flood's SYNs come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Sources {
+    /// The client namespace's own address.
+    One,
+    /// Random addresses, a new one for nearly every SYN.
+    Spoofed,
+}
+
+impl Sources {
+    /// The workload's id, which also names its output.
+    pub(super) fn workload(self) -> &'static str {
+        match self {
+            Self::One => super::args::SYN_FLOOD,
+            Self::Spoofed => super::args::SYN_FLOOD_SPOOFED,
+        }
+    }
+}
+
 /// What the measurement found.
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct Flood {
+    pub(super) sources: Sources,
     pub(super) limit: SynLimit,
     pub(super) rows: Vec<FloodRow>,
     pub(super) costs: Vec<FloodCost>,
@@ -165,8 +195,14 @@ pub(super) struct Flood {
 /// The legitimate workloads: keep-alive, and a new connection per request.
 const WORKLOADS: [(&str, u32); 2] = [("keep-alive", 0), ("new-conn", 1)];
 
-pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
+pub(super) fn measure(env: &Env, sources: Sources) -> anyhow::Result<Flood> {
+    let _route = match sources {
+        Sources::One => None,
+        Sources::Spoofed => Some(ReturnRoute::add(env)?),
+    };
+    let id = sources.workload();
     let mut flood = Flood {
+        sources,
         limit: LIMIT,
         rows: Vec::new(),
         costs: Vec::new(),
@@ -178,14 +214,14 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
         env.set_shield(None);
         let (mut lb, _) = started?;
         for (workload, per_connection) in WORKLOADS {
-            let row = measure_workload(env, setup, workload, per_connection)?;
+            let row = measure_workload(env, (setup, sources), workload, per_connection)?;
             let verdict = if row.ratio() >= TARGET_RATIO {
                 "met"
             } else {
                 "missed"
             };
             println!(
-                "bench: syn-flood {workload} {}: {:.0} req/s without the flood, {:.0} under \
+                "bench: {id} {workload} {}: {:.0} req/s without the flood, {:.0} under \
                  {:.0} SYN/s: {:.2}x (target {TARGET_RATIO}x {verdict}; errors {} / {}); \
                  beside a busy loop {:.0} req/s ({:.2}x): the flood {:.2}x of that; \
                  sender {:.2} CPUs, loop {:.2}",
@@ -205,9 +241,9 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
             flood.rows.push(row);
         }
         lb.check_running()?;
-        let cost = measure_cost(env, setup, lb.pid())?;
+        let cost = measure_cost(env, (setup, sources), lb.pid())?;
         println!(
-            "bench: syn-flood alone {}: {} packets in {:.1} s, process {:.3} s CPU, program {} \
+            "bench: {id} alone {}: {} packets in {:.1} s, process {:.3} s CPU, program {} \
              -> {:.1} ms CPU per million packets{}",
             setup.label,
             cost.packets,
@@ -230,14 +266,14 @@ pub(super) fn measure(env: &Env) -> anyhow::Result<Flood> {
 /// One legitimate workload without, then with, the flood, then beside the busy loop.
 fn measure_workload(
     env: &Env,
-    setup: Setup,
+    (setup, sources): (Setup, Sources),
     workload: &'static str,
     per_connection: u32,
 ) -> anyhow::Result<FloodRow> {
     let plan = &env.plan;
     let topology = env.topology(Layout::Routed);
     let base = setup.contender.base_url(&topology.addrs);
-    let sources = topology.addrs.more_clients();
+    let clients = topology.addrs.more_clients();
     let connections = if per_connection == 0 {
         plan.keep_alive_connections
     } else {
@@ -245,7 +281,7 @@ fn measure_workload(
     };
     let spec = |duration, prefix| LoadSpec {
         per_connection,
-        sources: &sources,
+        sources: &clients,
         ..LoadSpec::new(
             base.trim_start_matches("http://"),
             connections,
@@ -255,7 +291,7 @@ fn measure_workload(
     };
     load::run(&topology.client, &env.load, &spec(plan.warmup, "f100d000"))?;
     let quiet = load::run(&topology.client, &env.load, &spec(plan.measure, "f100d001"))?;
-    let hping = Hping::start(env)?;
+    let hping = Hping::start(env, sources)?;
     // The flood at full rate before the measurement starts.
     procs::sleep(Duration::from_millis(300))?;
     let flooded = load::run(&topology.client, &env.load, &spec(plan.measure, "f100d002"));
@@ -284,14 +320,18 @@ fn measure_workload(
 }
 
 /// The flood alone, for `env.plan.measure`: the load balancer's CPU meanwhile.
-fn measure_cost(env: &Env, setup: Setup, pid: u32) -> anyhow::Result<FloodCost> {
+fn measure_cost(
+    env: &Env,
+    (setup, sources): (Setup, Sources),
+    pid: u32,
+) -> anyhow::Result<FloodCost> {
     let links = env.shield_links();
     let shielded = setup.shield.is_some();
     let program =
         |links: &Path| -> Option<(f64, u64)> { shielded.then(|| shield_program(links).ok())? };
     let (cpu_before, program_before) = (procs::cpu_seconds(pid)?, program(&links));
     let dropped_before = dropped_by_rate(env, shielded);
-    let hping = Hping::start(env)?;
+    let hping = Hping::start(env, sources)?;
     procs::sleep(env.plan.measure)?;
     let (packets, seconds) = hping.stop()?;
     let (cpu_after, program_after) = (procs::cpu_seconds(pid)?, program(&links));
@@ -396,19 +436,18 @@ impl Beside {
 struct Hping(Beside);
 
 impl Hping {
-    fn start(env: &Env) -> anyhow::Result<Self> {
+    fn start(env: &Env, sources: Sources) -> anyhow::Result<Self> {
         let addrs = &env.topology(Layout::Routed).addrs;
         let (client, lb) = (addrs.client.to_string(), addrs.lb.to_string());
-        let args = [
-            "hping3",
-            "-S",
-            "-p",
-            FRONTEND_PORT,
-            "--flood",
-            "-a",
-            &client,
-            &lb,
-        ];
+        let source: &[&str] = match sources {
+            Sources::One => &["-a", &client],
+            Sources::Spoofed => &["--rand-source"],
+        };
+        let args: Vec<&str> = ["hping3", "-S", "-p", FRONTEND_PORT, "--flood"]
+            .into_iter()
+            .chain(source.iter().copied())
+            .chain([lb.as_str()])
+            .collect();
         Ok(Self(Beside::start(env, &args, true)?))
     }
 
@@ -457,22 +496,45 @@ impl BusyLoop {
     }
 }
 
+/// The load balancer namespace's default route through the client's, while a spoofed flood
+/// runs (see the module's comment); removed on drop. The client's namespace does not forward:
+/// the SYN-ACKs end there.
+struct ReturnRoute<'a>(&'a netns_kit::NetNs);
+
+impl<'a> ReturnRoute<'a> {
+    fn add(env: &'a Env) -> anyhow::Result<Self> {
+        let topology = env.topology(Layout::Routed);
+        let gateway = topology.addrs.client.to_string();
+        topology
+            .lb
+            .add_default_route(&gateway)
+            .context("adding the load balancer's route back to the spoofed sources")?;
+        Ok(Self(&topology.lb))
+    }
+}
+
+impl Drop for ReturnRoute<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.run(&["ip", "route", "del", "default"]) {
+            eprintln!("bench: could not remove the spoofed flood's return route: {error:#}");
+        }
+    }
+}
+
 /// `N packets transmitted` of hping3's statistics.
 fn transmitted(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.contains("packets transmitted"))?;
     line.split_whitespace().next()?.parse().ok()
 }
 
-/// Writes what was measured as `syn-flood.json` into `dir`.
+/// Writes what was measured as `<workload>.json` (`syn-flood.json`, `syn-flood-spoofed.json`)
+/// into `dir`.
 pub(super) fn write(flood: &Flood, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(JSON_FILE);
+    let path = dir.join(format!("{}.json", flood.sources.workload()));
     let text = serde_json::to_string_pretty(flood).context("serializing the flood results")?;
     std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
-
-/// The file [`write`] writes.
-pub(super) const JSON_FILE: &str = "syn-flood.json";
 
 /// Whether hping3 is there to flood with.
 pub(super) fn available() -> bool {

@@ -1,6 +1,6 @@
 //! One bench run: every workload against every contender, the table-scale, splice-rate,
-//! program-cost and syn-flood measurements, the profiles, then the report (the syn-flood's in
-//! its own file).
+//! program-cost and SYN flood measurements, the profiles, then the report (each flood's in its
+//! own file).
 //!
 //! Every cell (workload x contender) starts its load balancer afresh with an empty table,
 //! warms up, then measures; repetitions alternate the contenders, each starting with the next.
@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    args::{BenchArgs, PROGRAM_COST, SPLICE_RATE, SYN_FLOOD, TABLE_SCALE},
+    args::{BenchArgs, PROGRAM_COST, SPLICE_RATE, TABLE_SCALE},
     bpfstats, cluster,
     contender::Contender,
     env::{remove_stale, Env, HAPROXY},
@@ -78,19 +78,21 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Vec::new()
     };
     let cluster = cluster::measure(&env, args)?;
-    let syn_flood = if args.wants_workload(SYN_FLOOD)
-        && args.wants_contender(Contender::Stickylb)
-        && args.wants_contender(Contender::Haproxy)
-    {
-        if flood::available() {
-            Some(flood::measure(&env)?)
-        } else {
-            println!("bench: no hping3 (`cargo xtask setup` installs it): syn-flood not measured");
-            None
+    let mut floods = Vec::new();
+    for sources in [flood::Sources::One, flood::Sources::Spoofed] {
+        let id = sources.workload();
+        if !(args.wants_workload(id)
+            && args.wants_contender(Contender::Stickylb)
+            && args.wants_contender(Contender::Haproxy))
+        {
+            continue;
         }
-    } else {
-        None
-    };
+        if flood::available() {
+            floods.push(flood::measure(&env, sources)?);
+        } else {
+            println!("bench: no hping3 (`cargo xtask setup` installs it): {id} not measured");
+        }
+    }
     let profiles = if args.perf {
         profile::run(&env)?
     } else {
@@ -109,8 +111,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     report.program_costs = program_costs;
     drop((env, bpf_stats));
     report::write(&report, &output)?;
-    if let Some(syn_flood) = &syn_flood {
-        flood::write(syn_flood, &output)?;
+    for flood in &floods {
+        flood::write(flood, &output)?;
     }
     println!(
         "bench: done in {:.0} s; wrote {} and {}",
