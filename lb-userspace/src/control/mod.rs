@@ -310,16 +310,9 @@ pub fn probe(path: &Path) -> Probe {
 }
 
 fn probe_within(path: &Path, timeout: Duration) -> Probe {
-    let stream = match StdUnixStream::connect(path) {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Probe::Nobody
-        }
+    let stream = match connect_if_listening(path) {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return Probe::Nobody,
         Err(e) => return Probe::Unresponsive(e),
     };
     match exchange(stream, "status", timeout) {
@@ -329,6 +322,23 @@ fn probe_within(path: &Path, timeout: Duration) -> Probe {
             "closed the connection without answering",
         )),
         Err(e) => Probe::Unresponsive(e),
+    }
+}
+
+/// A connection to the socket at `path`; `None` when there is no socket file, or one no process
+/// listens on (a stopped or killed daemon's).
+fn connect_if_listening(path: &Path) -> io::Result<Option<StdUnixStream>> {
+    match StdUnixStream::connect(path) {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -370,17 +380,8 @@ impl Takeover {
     /// Asks the daemon at `path` for its listening sockets. `Ok(None)` when no daemon answers
     /// there (nothing to take over: start fresh).
     pub fn request(path: &Path) -> io::Result<Option<Takeover>> {
-        let mut stream = match StdUnixStream::connect(path) {
-            Ok(stream) => stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+        let Some(mut stream) = connect_if_listening(path)? else {
+            return Ok(None);
         };
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         stream.write_all(b"takeover\n")?;
