@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    shield_syn_slot, ShieldAddr, ShieldSynBucket, SHIELD_FAMILY_BITS, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6,
-    SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
+    shield_syn_slot, ShieldAddr, ShieldSynBucket, SHIELD_FAMILY_BITS, SHIELD_FAMILY_V4,
+    SHIELD_FAMILY_V6, SHIELD_STAT_DROPPED_DENY, SHIELD_STAT_DROPPED_RATE, SHIELD_STAT_PASSED,
 };
 
 use crate::{
@@ -190,7 +190,7 @@ fn syn_allowed(source: &ShieldAddr) -> bool {
     // SAFETY: a pointer to a local.
     let allowed = unsafe { take(&mut own, now, interval, window) };
     // A failed insert (the map is full of buckets being written) leaves the source to its
-    // slot: never an error of ours turned into a drop.
+    // slot, whose verdict this is.
     let _ = SHIELD_SYN.insert(key, own, 0);
     allowed
 }
@@ -239,7 +239,8 @@ fn parse<H: Headers>(ctx: &H) -> Option<Packet> {
         ETH_P_IPV6 => {
             let ip = ctx.read::<IPV6_HEAD_LEN>(ETH_HLEN)?;
             source.family = SHIELD_FAMILY_V6;
-            source.addr
+            source
+                .addr
                 .copy_from_slice(&ip[IPV6_SADDR_OFF..IPV6_SADDR_OFF + 16]);
             ipv6_syn(ctx, &ip)
         }

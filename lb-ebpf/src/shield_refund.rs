@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::SockOpsContext, EbpfContext,
 };
 use lb_common::{
-    shield_syn_slot, ShieldAddr, ShieldFrontend, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6, SHIELD_STAT_REFUNDED,
+    shield_syn_slot, ShieldAddr, ShieldFrontend, SHIELD_FAMILY_V4, SHIELD_FAMILY_V6,
+    SHIELD_STAT_REFUNDED,
 };
 
 use crate::{
