@@ -10,7 +10,9 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use lb_common::{PIN_VERSION, SHIELD_SYN_SLOTS_MAP, SPLICE_FLOWS_MAP, STICK_TABLE_MAP};
+use lb_common::{
+    PIN_VERSION, SHIELD_SYN_MAP, SHIELD_SYN_SLOTS_MAP, SPLICE_FLOWS_MAP, STICK_TABLE_MAP,
+};
 
 use crate::sys::bpffs;
 
@@ -361,16 +363,27 @@ pub fn load_object(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, ObjectError> {
 
 /// Loads the embedded eBPF object with the stick table sized to `stick_capacity` entries.
 ///
-/// The object also defines the fast path's maps and the shield's SYN slots; this loader does
-/// not use them, so they are created with one entry (a hash map preallocates its capacity, an
-/// array allocates it). The fast path loads the object on its own (`fastpath::FastPath::load`).
+/// The object also defines the fast path's and the shield's maps; this loader does not use
+/// them, so the large ones are created with one entry (a hash map preallocates its capacity,
+/// an array allocates it). The fast path loads the object on its own (`fastpath::FastPath::load`).
 pub fn load(stick_capacity: u32) -> Result<Ebpf, DataplaneError> {
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(STICK_TABLE_MAP, stick_capacity)
-        .map_max_entries(SPLICE_FLOWS_MAP, 1)
-        .map_max_entries(SHIELD_SYN_SLOTS_MAP, 1)
+        .map_max_entries(SPLICE_FLOWS_MAP, 1);
+    without_shield_buckets(&mut loader)
         .load(ebpf_object()?)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
+}
+
+/// Sizes the shield's SYN buckets to one entry, for a loader of the object other than the
+/// shield's (the stick table's, the fast path's): the kernel allocates them whole when it
+/// creates them, 6.3 MB for the LRU (`SHIELD_SYN`) and 0.5 MB for the slots, which only the
+/// shield's programs use.
+pub fn without_shield_buckets<'l, 'a>(loader: &'l mut EbpfLoader<'a>) -> &'l mut EbpfLoader<'a> {
+    loader
+        .map_max_entries(SHIELD_SYN_MAP, 1)
+        .map_max_entries(SHIELD_SYN_SLOTS_MAP, 1)
 }
 
 fn nearest_existing_is_bpffs(path: &Path) -> bool {

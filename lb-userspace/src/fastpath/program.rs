@@ -14,8 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    SpliceEntry, SpliceKey, SHIELD_SYN_SLOTS_MAP, SPLICE_FLOWS_MAP, SPLICE_PROGRAM,
-    SPLICE_STATS_LEN, SPLICE_STATS_MAP, SPLICE_XDP_PORTS_MAP, SPLICE_XDP_PROGRAM,
+    SpliceEntry, SpliceKey, SPLICE_FLOWS_MAP, SPLICE_PROGRAM, SPLICE_STATS_LEN, SPLICE_STATS_MAP,
+    SPLICE_XDP_PORTS_MAP, SPLICE_XDP_PROGRAM,
 };
 
 use super::flows::Flows;
@@ -149,8 +149,7 @@ impl FastPath {
             // valid for any process (the kernel removes an interface's entry when it goes).
             loader.map_pin_path(SPLICE_XDP_PORTS_MAP, root.join(SPLICE_XDP_PORTS_MAP));
         }
-        // The shield's slots, an array (allocated whole), are the shield's loader's business.
-        loader.map_max_entries(SHIELD_SYN_SLOTS_MAP, 1);
+        dataplane::without_shield_buckets(&mut loader);
         let mut ebpf = dataplane::load_object(&mut loader)?;
         program_mut(&mut ebpf)?
             .load()
