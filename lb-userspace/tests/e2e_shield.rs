@@ -802,13 +802,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// How long one connection of [`connect_many`] may take: time for one retransmitted SYN.
+const SETTLE: Duration = Duration::from_secs(3);
+
 fn refunded(root: &std::path::Path) -> u64 {
     read_pinned_stats(root).unwrap()[SHIELD_STAT_REFUNDED as usize]
 }
 
 /// Opens `count` TCP connections one after another from the client namespace's default
 /// source to `addr`, each closed once established; returns how many connected within
-/// `timeout` (a SYN the shield drops is retransmitted after 1 s, past the timeout).
+/// `timeout` each.
+///
+/// The tests give each [`SETTLE`]: whether the shield dropped a SYN is read from its counter,
+/// and a connection that needs a second SYN on a loaded machine (its first lost elsewhere,
+/// retransmitted after 1 s) must still count. With 500 ms, 299 of 300 connected in 2 of 5 runs
+/// beside two busy loops, and once in a run of the whole file; with this, none failed.
 fn connect_many(topo: &Topology, addr: &str, count: u32, timeout: Duration) -> u32 {
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     common::http::in_netns(topo.client.name(), move || {
@@ -840,12 +848,12 @@ fn completed_connections_beyond_the_rate_are_not_limited_while_a_flood_is() {
     let root = pin.0.join("lb-shref/v1");
     assert!(root.join(stickylb::shield::refund::LINK_NAME).exists());
 
-    // 1500 completed connections as fast as one client opens them: every one connects at
-    // once, none is dropped by rate, each gives its SYN back.
+    // 1500 completed connections as fast as one client opens them: every one connects, none
+    // is dropped by rate, each gives its SYN back.
     let (rate_before, refunded_before) = (dropped_by_rate(&root), refunded(&root));
     let started = Instant::now();
     let frontend = format!("{}:80", topo.lb_addr());
-    let connected = connect_many(&topo, &frontend, 1500, Duration::from_millis(500));
+    let connected = connect_many(&topo, &frontend, 1500, SETTLE);
     let took = started.elapsed();
     assert_eq!(connected, 1500, "completed connections in {took:?}");
     assert_eq!(
@@ -873,7 +881,12 @@ fn completed_connections_beyond_the_rate_are_not_limited_while_a_flood_is() {
         answered <= allowed,
         "{answered} flood SYNs answered in {seconds:.2} s (at most {allowed} allowed): {out}"
     );
-    assert!(dropped_by_rate(&root) - before >= sent - allowed);
+    let dropped = dropped_by_rate(&root) - before;
+    assert!(
+        dropped >= sent - allowed,
+        "{dropped} flood SYNs dropped by rate of {sent} ({answered} answered, at most {allowed} \
+         allowed in {seconds:.2} s): {out}"
+    );
 
     // Connections to a port of the lb host that is no frontend of the daemon (another
     // service's) are outside the limit: none is dropped, and none gives anything back.
@@ -899,7 +912,7 @@ fn completed_connections_beyond_the_rate_are_not_limited_while_a_flood_is() {
         Duration::from_millis(500)
     ) == 1));
     let (rate_before, refunded_before) = (dropped_by_rate(&root), refunded(&root));
-    let connected = connect_many(&topo, &other_port, 300, Duration::from_millis(500));
+    let connected = connect_many(&topo, &other_port, 300, SETTLE);
     assert_eq!(connected, 300, "connections to another port");
     assert_eq!(
         dropped_by_rate(&root),
