@@ -153,6 +153,20 @@ impl TlsInfo {
     }
 }
 
+/// hyper's HTTP/2 server with the frontend's limits (streams per connection, resets for rapid
+/// reset and for a client's protocol errors, the size of a header block), on either builder:
+/// hyper's own, or `auto`'s, which has the same methods on a type of its own.
+macro_rules! http2_limits {
+    ($builder:expr, $settings:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(MAX_ERROR_RESETS)
+            .max_header_list_size(u32::try_from($settings.max_header_bytes).unwrap_or(u32::MAX))
+    };
+}
+
 /// Completes the handshake of `stream` (with `TCP_NODELAY` set by the caller) within the
 /// client timeout, then serves its requests with hyper on a task of its own, watched by
 /// `graceful`.
@@ -178,10 +192,22 @@ pub(super) async fn serve(
     };
     let info = TlsInfo::of(stream.get_ref().1);
     let via = Via::Tls(info);
+    let idle = Arc::new(Idle::new());
+    let service = service(Arc::clone(frontend), Arc::clone(proxy), peer, via, &idle);
+    let watched = (graceful, idle, settings.client_timeout);
+    if info.alpn == "h2" {
+        // HTTP/2 by ALPN: hyper's HTTP/2 server as it is, without the version sniffing of
+        // `auto` (a wrapper on every read of the connection, for a choice already made).
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2_limits!(builder, settings);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        spawn_watched(connection, |c| c.graceful_shutdown(), watched, peer);
+        return;
+    }
     // HTTP/1.1 is served by the relay, as on a cleartext connection but never spliced; what it
-    // does not serve simply comes back for hyper with the bytes it read. HTTP/2, and a
-    // frontend that adds HSTS (the relay passes response heads as they are), go to hyper.
-    let stream = if info.alpn != "h2" && frontend.hsts.is_none() {
+    // does not serve simply comes back for hyper with the bytes it read. A frontend that adds
+    // HSTS (the relay passes response heads as they are) goes to hyper.
+    let stream = if frontend.hsts.is_none() {
         let conn = (&**frontend, &**proxy);
         match relay::serve(stream, peer, conn, settings, None, (stop, Some(info))).await {
             Release::Done => return,
@@ -190,13 +216,47 @@ pub(super) async fn serve(
     } else {
         Prefixed::new(stream, Bytes::new())
     };
+    // Without ALPN a client may still speak HTTP/2 (prior knowledge): `auto` tells by the
+    // preface.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(settings.client_timeout)
+        .max_buf_size(settings.max_header_bytes.max(HYPER_MIN_BUF));
+    http2_limits!(builder.http2(), settings);
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    spawn_watched(connection, |c| c.graceful_shutdown(), watched, peer);
+}
+
+/// Each request of a connection through the pipeline ([`Proxy::serve`]), counted in `idle`
+/// until hyper is done with its answer.
+fn service(
+    frontend: Arc<Frontend>,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    via: Via,
+    idle: &Arc<Idle>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<InProgress>,
+    Error = std::convert::Infallible,
+    Future = Pin<
+        Box<
+            dyn Future<Output = Result<hyper::Response<InProgress>, std::convert::Infallible>>
+                + Send,
+        >,
+    >,
+> + Clone {
     // One handle per connection, cloned per request: the frontend's and the proxy's own
     // reference counts are shared by every worker thread, and each request touching them would
     // move their cache line between CPUs.
-    let shared = Arc::new((Arc::clone(frontend), Arc::clone(proxy)));
-    let idle = Arc::new(Idle::new());
-    let busy = Arc::clone(&idle);
-    let service = service_fn(move |request| {
+    let shared = Arc::new((frontend, proxy));
+    let busy = Arc::clone(idle);
+    service_fn(move |request| {
         let shared = Arc::clone(&shared);
         let active = busy.begin();
         // Boxed: hyper moves a stream's future a few times before it runs it (into the
@@ -218,31 +278,22 @@ pub(super) async fn serve(
                 _active: active,
             });
             Ok::<_, std::convert::Infallible>(response)
-        })
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(settings.client_timeout)
-        .max_buf_size(settings.max_header_bytes.max(HYPER_MIN_BUF));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(MAX_ERROR_RESETS)
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = CloseWhenIdle::new(
-        Box::pin(connection),
-        |connection| connection.graceful_shutdown(),
-        idle,
-        settings.client_timeout,
-    );
+        }) as Pin<Box<dyn Future<Output = _> + Send>>
+    })
+}
+
+/// Runs `connection` on a task of its own until it ends: shut down gracefully once idle for
+/// the client timeout, or when the frontend drains.
+fn spawn_watched<C, E>(
+    connection: C,
+    shutdown: fn(Pin<&mut C>),
+    (graceful, idle, limit): (&Drain, Arc<Idle>, Duration),
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let connection = CloseWhenIdle::new(Box::pin(connection), shutdown, idle, limit);
     let connection = graceful.watch(connection, |connection| connection.get_mut().close());
     tokio::spawn(async move {
         if let Err(error) = connection.await {
