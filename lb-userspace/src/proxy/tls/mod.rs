@@ -232,6 +232,11 @@ pub(super) async fn serve(
     spawn_watched(connection, |c| c.graceful_shutdown(), watched, peer);
 }
 
+/// The answer to one request, on its way: boxed (see [`service`]).
+type Answering = Pin<
+    Box<dyn Future<Output = Result<hyper::Response<InProgress>, std::convert::Infallible>> + Send>,
+>;
+
 /// Each request of a connection through the pipeline ([`Proxy::serve`]), counted in `idle`
 /// until hyper is done with its answer.
 fn service(
@@ -244,12 +249,7 @@ fn service(
     hyper::Request<hyper::body::Incoming>,
     Response = hyper::Response<InProgress>,
     Error = std::convert::Infallible,
-    Future = Pin<
-        Box<
-            dyn Future<Output = Result<hyper::Response<InProgress>, std::convert::Infallible>>
-                + Send,
-        >,
-    >,
+    Future = Answering,
 > + Clone {
     // One handle per connection, cloned per request: the frontend's and the proxy's own
     // reference counts are shared by every worker thread, and each request touching them would
@@ -278,7 +278,7 @@ fn service(
                 _active: active,
             });
             Ok::<_, std::convert::Infallible>(response)
-        }) as Pin<Box<dyn Future<Output = _> + Send>>
+        }) as Answering
     })
 }
 
