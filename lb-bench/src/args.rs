@@ -21,7 +21,7 @@ pub(crate) struct BenchArgs {
     pub(crate) perf: bool,
     /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
     /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
-    /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, table-scale, splice-rate,
+    /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, tls-h2-churn, table-scale, splice-rate,
     /// cluster-mirror-lag, cluster-partition, cluster-resync, syn-flood, syn-flood-spoofed); a
     /// partial run writes to target/bench/partial/ unless --output says otherwise. The tls- and
     /// cluster- workloads run against haproxy and stickylb only.

@@ -489,8 +489,10 @@ pub(super) mod tests {
                 "missed",
                 "missed",
                 "missed",
-                // Over TLS, req/s and p99 on each of the four workloads: HAProxy is faster in
+                // Over TLS, req/s and p99 on each of the five workloads: HAProxy is faster in
                 // the made-up figures.
+                "missed",
+                "missed",
                 "missed",
                 "missed",
                 "missed",

@@ -1,7 +1,10 @@
 //! The TLS workloads' connection client (`lb-bench tls-client`, run by the bench inside its
 //! client namespace): `connections` threads, each opening a TLS connection, sending
 //! `per_connection` HTTP/1.1 requests on it (the last with `Connection: close`), and opening the
-//! next, until the duration is over. With `--resume` the threads share one session cache, so a
+//! next, until the duration is over. With `--h2` a connection speaks HTTP/2 (ALPN `h2`, the `h2`
+//! crate as the client) as a browser loads a page: the first request alone, then the others at
+//! once on their own streams, the cookie in separate `cookie` fields as browsers send it; then
+//! the connection is closed (`GOAWAY`). With `--resume` the threads share one session cache, so a
 //! new connection resumes an earlier session as a returning browser does; without, every
 //! connection is a full handshake (ECDHE and the server's ECDSA signature).
 //!
@@ -64,6 +67,9 @@ pub(crate) struct TlsClientArgs {
     /// Resume earlier TLS sessions (a shared session cache) instead of full handshakes.
     #[arg(long)]
     pub(crate) resume: bool,
+    /// HTTP/2: the first request, then the others at once on one connection.
+    #[arg(long)]
+    pub(crate) h2: bool,
 }
 
 impl TlsClientArgs {
@@ -80,6 +86,9 @@ impl TlsClientArgs {
         ];
         if self.resume {
             args.push("--resume".into());
+        }
+        if self.h2 {
+            args.push("--h2".into());
         }
         args
     }
@@ -101,7 +110,7 @@ struct Tally {
 }
 
 pub(crate) fn run(args: &TlsClientArgs) -> anyhow::Result<()> {
-    let config = Arc::new(client_config(args.resume)?);
+    let config = Arc::new(client_config(args.resume, args.h2)?);
     let server_name = ServerName::try_from(args.server_name.clone())
         .with_context(|| format!("{:?} is not a server name", args.server_name))?;
     let started = Instant::now();
@@ -149,9 +158,9 @@ pub(crate) fn run(args: &TlsClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ring's suites, versions and groups in rustls' default order; ALPN `http/1.1`; session
-/// resumption on or off.
-fn client_config(resume: bool) -> anyhow::Result<ClientConfig> {
+/// ring's suites, versions and groups in rustls' default order; ALPN `http/1.1`, or `h2` and
+/// `http/1.1` as a browser offers them; session resumption on or off.
+fn client_config(resume: bool, h2: bool) -> anyhow::Result<ClientConfig> {
     let provider = Arc::new(ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -164,6 +173,9 @@ fn client_config(resume: bool) -> anyhow::Result<ClientConfig> {
     }
     // It speaks HTTP/1.1 and says so, as a client without HTTP/2 does.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if h2 {
+        config.alpn_protocols.insert(0, b"h2".to_vec());
+    }
     Ok(config)
 }
 
@@ -177,6 +189,14 @@ fn client_thread(
 ) -> Tally {
     let mut tally = Tally::default();
     let mut buf = vec![0u8; 16 * 1024];
+    let runtime = match args.h2.then(h2_client::runtime).transpose() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lb-bench tls-client: no runtime for HTTP/2: {error:#}");
+            tally.errors += 1;
+            return tally;
+        }
+    };
     let mut opened: u64 = 0;
     while Instant::now() < deadline {
         let session = opened * u64::from(args.connections.max(1)) + u64::from(index);
@@ -187,7 +207,13 @@ fn client_thread(
         };
         opened += 1;
         let cookie = format!("{}{session:024}", args.prefix);
-        if one_connection(args, config, name, &cookie, &mut buf, &mut tally).is_err() {
+        let done = match &runtime {
+            Some(runtime) => runtime.block_on(h2_client::connection(
+                args, config, name, &cookie, &mut tally,
+            )),
+            None => one_connection(args, config, name, &cookie, &mut buf, &mut tally),
+        };
+        if done.is_err() {
             tally.errors += 1;
             // A refused or reset connection: do not spin.
             std::thread::sleep(Duration::from_millis(1));
@@ -224,26 +250,37 @@ fn one_connection(
         );
         // The first write also drives the handshake.
         stream.write_all(request.as_bytes())?;
-        let (status, bytes) = read_response(&mut stream, buf)?;
+        let answer = read_response(&mut stream, buf)?;
         if n == 1 {
-            tally.handshakes += 1;
-            if stream.conn.handshake_kind() == Some(HandshakeKind::Resumed) {
-                tally.resumed += 1;
-            }
+            handshake_done(tally, &stream.conn);
         }
-        if tally.negotiated.is_none() {
-            tally.negotiated = Some(negotiated(&stream.conn));
-        }
-        tally.latencies_us.push(start.elapsed().as_micros() as u64);
-        tally.bytes += bytes;
-        if (200..400).contains(&status) {
-            tally.requests += 1;
-        } else {
-            tally.status_errors += 1;
-        }
+        record(tally, answer, start.elapsed());
         start = Instant::now();
     }
     Ok(())
+}
+
+/// Counts one answered request: its latency, its bytes, and whether its status was a success.
+fn record(tally: &mut Tally, (status, bytes): (u16, u64), latency: Duration) {
+    tally.latencies_us.push(latency.as_micros() as u64);
+    tally.bytes += bytes;
+    if (200..400).contains(&status) {
+        tally.requests += 1;
+    } else {
+        tally.status_errors += 1;
+    }
+}
+
+/// Counts a completed handshake (and whether it resumed a session) and what the first one
+/// negotiated.
+fn handshake_done(tally: &mut Tally, connection: &ClientConnection) {
+    tally.handshakes += 1;
+    if connection.handshake_kind() == Some(HandshakeKind::Resumed) {
+        tally.resumed += 1;
+    }
+    if tally.negotiated.is_none() {
+        tally.negotiated = Some(negotiated(connection));
+    }
 }
 
 /// `TLSv1_3, TLS13_AES_256_GCM_SHA384, X25519, http/1.1`: rustls' names, in h2load's order.
@@ -322,6 +359,131 @@ impl ServerCertVerifier for SignatureOnly {
     }
 }
 
+/// The HTTP/2 side of the client (`--h2`).
+mod h2_client {
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
+    use anyhow::{bail, Context as _};
+    use bytes::Bytes;
+    use rustls::{pki_types::ServerName, ClientConfig};
+    use tokio_rustls::TlsConnector;
+
+    use super::{handshake_done, record, Tally, TlsClientArgs};
+
+    /// How long a connection may take, handshakes and requests together: a stalled one counts
+    /// as an error, as a read timeout does over HTTP/1.1.
+    const CONNECTION_LIMIT: Duration = Duration::from_secs(10);
+
+    /// One thread's runtime: its connections run on it one after the other.
+    pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building a runtime")
+    }
+
+    /// One connection: a TCP and TLS handshake, the page's request (its latency from the TCP
+    /// connect), then the others at once (each from when it was sent), then `GOAWAY`.
+    pub(super) async fn connection(
+        args: &TlsClientArgs,
+        config: &Arc<ClientConfig>,
+        name: &ServerName<'static>,
+        cookie: &str,
+        tally: &mut Tally,
+    ) -> anyhow::Result<()> {
+        tokio::time::timeout(
+            CONNECTION_LIMIT,
+            requests(args, config, name, cookie, tally),
+        )
+        .await
+        .context("the connection took too long")?
+    }
+
+    async fn requests(
+        args: &TlsClientArgs,
+        config: &Arc<ClientConfig>,
+        name: &ServerName<'static>,
+        cookie: &str,
+        tally: &mut Tally,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(&args.addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = TlsConnector::from(Arc::clone(config))
+            .connect(name.clone(), tcp)
+            .await?;
+        let (_, session) = tls.get_ref();
+        handshake_done(tally, session);
+        if session.alpn_protocol() != Some(b"h2") {
+            bail!("the server did not choose h2");
+        }
+        let (client, connection) = h2::client::handshake(tls).await?;
+        let driver = tokio::spawn(connection);
+        let request = Request {
+            authority: args.server_name.clone(),
+            cookie: cookie.to_owned(),
+        };
+        let page = request.send(client.clone()).await?;
+        record(tally, page, start.elapsed());
+        let resources: Vec<_> = (1..args.per_connection.max(1))
+            .map(|_| {
+                let (client, request) = (client.clone(), request.clone());
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let answer = request.send(client).await;
+                    (answer, sent.elapsed())
+                })
+            })
+            .collect();
+        drop(client);
+        let mut failed = None;
+        for resource in resources {
+            match resource.await? {
+                (Ok(answer), latency) => record(tally, answer, latency),
+                (Err(error), _) => failed = Some(error),
+            }
+        }
+        // The last handle gone and every stream done, the connection says GOAWAY and closes.
+        driver.await??;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// A browser's request for the site's root.
+    #[derive(Clone)]
+    struct Request {
+        authority: String,
+        cookie: String,
+    }
+
+    impl Request {
+        /// Sends it and reads the answer to its end: status and body bytes.
+        async fn send(&self, client: h2::client::SendRequest<Bytes>) -> anyhow::Result<(u16, u64)> {
+            let mut client = client.ready().await?;
+            // Browsers send each cookie in a field of its own over HTTP/2 (RFC 9113 8.2.3).
+            let request = http::Request::get(format!("https://{}/", self.authority))
+                .header("cookie", "c1=1")
+                .header("cookie", "c2=2")
+                .header("cookie", format!("JSESSIONID={}", self.cookie))
+                .body(())?;
+            let (response, _) = client.send_request(request, true)?;
+            let response = response.await?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut bytes = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk?;
+                bytes += chunk.len() as u64;
+                // Taken: the server may send as much again.
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            Ok((status, bytes))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -345,6 +507,7 @@ mod tests {
             pool: 1000,
             prefix: "00000001".into(),
             resume: true,
+            h2: true,
         };
         let parsed = Cli::try_parse_from(std::iter::once("x".to_owned()).chain(args.to_args()));
         assert_eq!(parsed.unwrap().args, args);

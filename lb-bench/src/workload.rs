@@ -51,10 +51,12 @@ pub(super) enum Workload {
     TlsH2KeepAlive,
     /// HTTPS browser-like connections: a few requests each (HTTP/1.1), many sessions.
     TlsChurn,
+    /// HTTPS browser-like connections with HTTP/2: a page, then its resources at once.
+    TlsH2Churn,
 }
 
 impl Workload {
-    pub(super) const ALL: [Self; 14] = [
+    pub(super) const ALL: [Self; 15] = [
         Self::NewConnUnique,
         Self::NewConnRepeat,
         Self::KeepAlive,
@@ -69,6 +71,7 @@ impl Workload {
         Self::TlsKeepAlive,
         Self::TlsH2KeepAlive,
         Self::TlsChurn,
+        Self::TlsH2Churn,
     ];
 
     /// The name in tables and JSON.
@@ -88,6 +91,7 @@ impl Workload {
             Self::TlsKeepAlive => "tls-keep-alive",
             Self::TlsH2KeepAlive => "tls-h2-keep-alive",
             Self::TlsChurn => "tls-churn",
+            Self::TlsH2Churn => "tls-h2-churn",
         }
     }
 
@@ -103,9 +107,11 @@ impl Workload {
     /// The frontend its requests go to.
     pub(super) fn frontend(self) -> Frontend {
         match self {
-            Self::TlsNewConn | Self::TlsKeepAlive | Self::TlsH2KeepAlive | Self::TlsChurn => {
-                Frontend::Https
-            }
+            Self::TlsNewConn
+            | Self::TlsKeepAlive
+            | Self::TlsH2KeepAlive
+            | Self::TlsChurn
+            | Self::TlsH2Churn => Frontend::Https,
             _ => Frontend::Http,
         }
     }
@@ -306,6 +312,18 @@ pub(super) fn load(
             };
             return tls_connections(env, workload, &args);
         }
+        // The same over HTTP/2, as a browser that speaks it loads a page.
+        Workload::TlsH2Churn => {
+            let args = TlsClientArgs {
+                connections: plan.keep_alive_connections,
+                per_connection: plan.churn_requests,
+                pool: plan.cookie_pool,
+                resume: true,
+                h2: true,
+                ..tls_client_args(base, prefix, duration)
+            };
+            return tls_connections(env, workload, &args);
+        }
         Workload::TlsH2KeepAlive => {
             let spec = H2loadSpec {
                 sessions: plan.wrk_threads,
@@ -375,6 +393,7 @@ fn tls_client_args(base: &str, prefix: &str, duration: Duration) -> TlsClientArg
         pool: 0,
         prefix: prefix.to_owned(),
         resume: false,
+        h2: false,
     }
 }
 
@@ -530,7 +549,8 @@ mod tests {
                 "tls-new-conn",
                 "tls-keep-alive",
                 "tls-h2-keep-alive",
-                "tls-churn"
+                "tls-churn",
+                "tls-h2-churn"
             ]
         );
         for workload in Workload::ALL {

@@ -205,6 +205,11 @@ fn setup(out: &mut String, report: &Report) {
          `Connection: close`, one session per connection drawn from {pool}, and resumes an \
          earlier TLS session (shared session cache, as a returning browser); latency of a \
          connection's first request from its TCP connect;\n  \
+         - **tls-h2-churn** (`lb-bench tls-client --h2`, HTTPS, HTTP/2): as tls-churn, as a \
+         browser that speaks HTTP/2 loads a page: ALPN `h2`, the first request alone, then the \
+         other {churn_rest} at once on their own streams, the cookie in separate `cookie` \
+         fields, then `GOAWAY`; latency of the first request from its TCP connect, of the others \
+         from when they were sent; bytes are response bodies only (HPACK headers not counted);\n  \
          - **table scale**: keep-alive requests with cookies cycling through {entries} values \
          until the table holds them all, then memory, then {restarts} restart(s) (SIGTERM, start \
          again);\n  \
@@ -226,6 +231,7 @@ fn setup(out: &mut String, report: &Report) {
          req/s (MB/s for downloads) with HAProxy's and with direct's from the same run.\n",
         threads = plan.wrk_threads,
         churn = plan.churn_requests,
+        churn_rest = plan.churn_requests.saturating_sub(1),
         prelude = plan.port_reuse_prelude.as_secs(),
         paced = plan.paced_rate,
         tunnel_bytes = 64,
@@ -748,6 +754,7 @@ mod tests {
             "tls-keep-alive",
             "tls-h2-keep-alive",
             "tls-churn",
+            "tls-h2-churn",
         ] {
             let row = format!("| {workload} | 10000 | 15000 | 0.67x | 5.00 | 4.00 | **missed** |");
             assert!(section.contains(&row.as_str()), "{section:#?}");
