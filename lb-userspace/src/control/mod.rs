@@ -280,7 +280,7 @@ fn send_sockets_and_wait_ready(
 
 /// Sends one request line to the daemon at `path` and returns its reply line.
 pub fn request(path: &Path, command: &str) -> io::Result<String> {
-    exchange(StdUnixStream::connect(path)?, command, REPLY_TIMEOUT)
+    exchange(connect(path)?, command, REPLY_TIMEOUT)
 }
 
 fn exchange(mut stream: StdUnixStream, command: &str, timeout: Duration) -> io::Result<String> {
@@ -326,9 +326,10 @@ fn probe_within(path: &Path, timeout: Duration) -> Probe {
 }
 
 /// A connection to the socket at `path`; `None` when there is no socket file, or one no process
-/// listens on (a stopped or killed daemon's).
+/// listens on (a stopped or killed daemon's). A listener whose backlog is full (a hung daemon
+/// that others have tried before) is an error at once, not a wait for ever.
 fn connect_if_listening(path: &Path) -> io::Result<Option<StdUnixStream>> {
-    match StdUnixStream::connect(path) {
+    match connect(path) {
         Ok(stream) => Ok(Some(stream)),
         Err(e)
             if matches!(
@@ -340,6 +341,21 @@ fn connect_if_listening(path: &Path) -> io::Result<Option<StdUnixStream>> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// A connection to the socket at `path`, or an error at once: a daemon that has stopped
+/// accepting, its queue full, is an error (`TimedOut`), not a wait for ever.
+fn connect(path: &Path) -> io::Result<StdUnixStream> {
+    crate::sys::socket::connect_unix_at_once(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "its connection queue is full: nothing accepts",
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// The pid in a `status` reply (`stickylb <version> pid <pid> instance <name>`).

@@ -12,8 +12,8 @@
 //! - [`net`]: interface indexes and which interface has an address.
 //! - [`netdev`]: what XDP an interface's driver can do (generic netlink `netdev`).
 //! - [`process`]: the descriptor limit, the host name, the monotonic clock.
-//! - [`socket`]: accepting outside an event loop (`accept4`); `SO_LINGER`, `SO_REUSEADDR`,
-//!   `SO_NETNS_COOKIE`.
+//! - [`socket`]: accepting outside an event loop (`accept4`); connecting to a unix socket
+//!   without waiting on its backlog; `SO_LINGER`, `SO_REUSEADDR`, `SO_NETNS_COOKIE`.
 //! - [`tcp_repair`]: `TCP_REPAIR`, `TCP_INFO` and the queue-length ioctls.
 
 pub mod bpf;

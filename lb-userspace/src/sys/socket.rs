@@ -1,10 +1,12 @@
 //! Socket calls std and tokio do not make the way the daemon needs: accepting without joining
-//! an event loop (`accept4` with `SOCK_NONBLOCK`), and the socket options the fast path sets.
+//! an event loop (`accept4` with `SOCK_NONBLOCK`), connecting to a unix socket without waiting
+//! on a full backlog, and the socket options the fast path sets.
 
 use std::{
     io,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::BorrowedFd,
+    os::{fd::BorrowedFd, unix::net::UnixStream},
+    path::Path,
     time::Duration,
 };
 
@@ -54,6 +56,23 @@ fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAd
     Ok((stream, peer))
 }
 
+/// A connection to the unix stream socket at `path`, which never waits for the listener: a
+/// listener whose backlog is full (a process that stopped accepting) fails it at once with
+/// `WouldBlock`, where std's connect would wait for room for ever. The stream it returns is
+/// blocking.
+pub fn connect_unix_at_once(path: &Path) -> io::Result<UnixStream> {
+    let socket = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&socket, &rustix::net::SocketAddrUnix::new(path)?)?;
+    let stream = UnixStream::from(socket);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 /// `SO_LINGER` 0: the socket's close sends an RST and leaves no TIME_WAIT.
 pub fn set_reset_on_close(socket: BorrowedFd<'_>) -> io::Result<()> {
     Ok(sockopt::set_socket_linger(socket, Some(Duration::ZERO))?)
@@ -94,6 +113,34 @@ pub fn netns_cookie() -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener that never accepts and has room for one connection: the first connects, the
+    /// second is refused at once (std's connect would block); a path nobody listens on is
+    /// refused, a missing one not found.
+    #[test]
+    fn a_unix_connect_does_not_wait_on_a_full_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let listener = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        let queued = connect_unix_at_once(&path).unwrap();
+        let started = std::time::Instant::now();
+        let full = connect_unix_at_once(&path).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::WouldBlock, "{full}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop((queued, listener));
+        let stale = connect_unix_at_once(&path).unwrap_err();
+        assert_eq!(stale.kind(), io::ErrorKind::ConnectionRefused, "{stale}");
+        std::fs::remove_file(&path).unwrap();
+        let missing = connect_unix_at_once(&path).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound, "{missing}");
+    }
 
     #[test]
     fn accepted_sockets_are_non_blocking_and_know_their_peer() {
