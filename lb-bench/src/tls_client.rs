@@ -394,61 +394,52 @@ mod h2_client {
         cookie: &str,
         tally: &mut Tally,
     ) -> anyhow::Result<()> {
-        tokio::time::timeout(
-            CONNECTION_LIMIT,
-            requests(args, config, name, cookie, tally),
-        )
-        .await
-        .context("the connection took too long")?
-    }
-
-    async fn requests(
-        args: &TlsClientArgs,
-        config: &Arc<ClientConfig>,
-        name: &ServerName<'static>,
-        cookie: &str,
-        tally: &mut Tally,
-    ) -> anyhow::Result<()> {
         let start = Instant::now();
-        let tcp = tokio::net::TcpStream::connect(&args.addr).await?;
-        tcp.set_nodelay(true)?;
-        let tls = TlsConnector::from(Arc::clone(config))
-            .connect(name.clone(), tcp)
-            .await?;
-        let (_, session) = tls.get_ref();
-        handshake_done(tally, session);
-        if session.alpn_protocol() != Some(b"h2") {
-            bail!("the server did not choose h2");
-        }
-        let (client, connection) = h2::client::handshake(tls).await?;
-        let driver = tokio::spawn(connection);
-        let request = Request {
-            authority: args.server_name.clone(),
-            cookie: cookie.to_owned(),
-        };
-        let page = request.send(client.clone()).await?;
-        record(tally, page, start.elapsed());
-        let resources: Vec<_> = (1..args.per_connection.max(1))
-            .map(|_| {
-                let (client, request) = (client.clone(), request.clone());
-                tokio::spawn(async move {
-                    let sent = Instant::now();
-                    let answer = request.send(client).await;
-                    (answer, sent.elapsed())
-                })
-            })
-            .collect();
-        drop(client);
-        let mut failed = None;
-        for resource in resources {
-            match resource.await? {
-                (Ok(answer), latency) => record(tally, answer, latency),
-                (Err(error), _) => failed = Some(error),
+        let requests = async {
+            let tcp = tokio::net::TcpStream::connect(&args.addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = TlsConnector::from(Arc::clone(config))
+                .connect(name.clone(), tcp)
+                .await?;
+            let (_, session) = tls.get_ref();
+            handshake_done(tally, session);
+            if session.alpn_protocol() != Some(b"h2") {
+                bail!("the server did not choose h2");
             }
-        }
-        // The last handle gone and every stream done, the connection says GOAWAY and closes.
-        driver.await??;
-        failed.map_or(Ok(()), Err)
+            let (client, connection) = h2::client::handshake(tls).await?;
+            let driver = tokio::spawn(connection);
+            let request = Request {
+                authority: args.server_name.clone(),
+                cookie: cookie.to_owned(),
+            };
+            let page = request.send(client.clone()).await?;
+            record(tally, page, start.elapsed());
+            let resources: Vec<_> = (1..args.per_connection.max(1))
+                .map(|_| {
+                    let (client, request) = (client.clone(), request.clone());
+                    tokio::spawn(async move {
+                        let sent = Instant::now();
+                        let answer = request.send(client).await;
+                        (answer, sent.elapsed())
+                    })
+                })
+                .collect();
+            drop(client);
+            let mut failed = None;
+            for resource in resources {
+                match resource.await? {
+                    (Ok(answer), latency) => record(tally, answer, latency),
+                    (Err(error), _) => failed = Some(error),
+                }
+            }
+            // The last handle gone and every stream done, the connection says GOAWAY and
+            // closes.
+            driver.await??;
+            failed.map_or(Ok(()), Err)
+        };
+        tokio::time::timeout(CONNECTION_LIMIT, requests)
+            .await
+            .context("the connection took too long")?
     }
 
     /// A browser's request for the site's root.
