@@ -627,6 +627,32 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     assert!(counter(redispatched) >= 1, "{metrics}");
     let served = format!("stickylb_server_requests_total{{backend=\"web\",server=\"be{n}\"}} ");
     assert!(counter(&served) >= 4, "{metrics}");
+    // Every connection to the TLS frontend was a handshake, all done, each curl's over h2 (curl
+    // offers it by default); the cleartext frontend had the one redirected request.
+    let handshakes = |result: &str| {
+        counter(&format!(
+            "stickylb_frontend_tls_handshakes_total{{frontend=\"https\",result=\"{result}\"}} "
+        ))
+    };
+    let done = handshakes("done");
+    assert!(done >= 8, "{metrics}");
+    assert_eq!(
+        (handshakes("failed"), handshakes("timeout")),
+        (0, 0),
+        "{metrics}"
+    );
+    assert_eq!(
+        counter("stickylb_frontend_connections_total{frontend=\"https\"} "),
+        done,
+        "{metrics}"
+    );
+    let h2_chosen = "stickylb_frontend_tls_alpn_total{frontend=\"https\",alpn=\"h2\"} ";
+    assert_eq!(counter(h2_chosen), done, "{metrics}");
+    assert_eq!(
+        counter("stickylb_frontend_connections_total{frontend=\"http\"} "),
+        1,
+        "{metrics}"
+    );
 
     // A request in progress on a connection made with the first certificate...
     let (ca, resolve) = (first.cert.clone(), format!("{WWW}:443:{lb}"));

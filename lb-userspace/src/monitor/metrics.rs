@@ -202,6 +202,70 @@ fn decisions(c: &BackendCounters) -> [(Decision, u64); 4] {
     ]
 }
 
+/// Connections per frontend; a TLS frontend's handshakes by outcome and by ALPN.
+fn write_frontends(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
+    let name = "stickylb_frontend_connections_total";
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "Connections the frontend accepted.",
+    )?;
+    for f in &snapshot.frontends {
+        writeln!(
+            out,
+            "{name}{{frontend=\"{}\"}} {}",
+            LabelValue(&f.name),
+            f.connections
+        )?;
+    }
+    let tls: Vec<_> = snapshot
+        .frontends
+        .iter()
+        .filter_map(|f| Some((f, f.tls.as_ref()?)))
+        .collect();
+    if tls.is_empty() {
+        return Ok(());
+    }
+    let name = "stickylb_frontend_tls_handshakes_total";
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "TLS handshakes on the frontend by how they ended: done, failed (plaintext, garbage, a protocol error), timeout (not done within timeouts.client).",
+    )?;
+    for (f, counts) in &tls {
+        for (result, count) in [
+            ("done", counts.handshakes),
+            ("failed", counts.failed),
+            ("timeout", counts.timed_out),
+        ] {
+            writeln!(
+                out,
+                "{name}{{frontend=\"{}\",result=\"{result}\"}} {count}",
+                LabelValue(&f.name)
+            )?;
+        }
+    }
+    let name = "stickylb_frontend_tls_alpn_total";
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "Completed TLS handshakes on the frontend by the protocol ALPN chose (none: no ALPN).",
+    )?;
+    for (f, counts) in &tls {
+        for (alpn, count) in crate::proxy::ALPN_LABELS.iter().zip(counts.alpn) {
+            writeln!(
+                out,
+                "{name}{{frontend=\"{}\",alpn=\"{alpn}\"}} {count}",
+                LabelValue(&f.name)
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn render(snapshot: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
     // Writing to a String cannot fail.
@@ -245,6 +309,8 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
         "stickylb_table_durable {}",
         u8::from(snapshot.table_durable)
     )?;
+
+    write_frontends(out, snapshot)?;
 
     for (name, kind, help, value) in SERVER_FAMILIES {
         header(out, name, kind, help)?;

@@ -22,6 +22,8 @@ mod page;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_frontends;
+#[cfg(test)]
 mod tests_security;
 #[cfg(test)]
 mod tests_shield;

@@ -204,16 +204,32 @@ fn write_frontends(out: &mut String, s: &Snapshot) -> fmt::Result {
         out.push_str("<p class=\"empty\">No frontends configured.</p></section>\n");
         return Ok(());
     }
-    out.push_str("<table><thead><tr><th class=\"l\">Frontend</th><th class=\"l\">Serves</th><th class=\"l\">Backend</th></tr></thead><tbody>");
+    out.push_str("<table><thead><tr><th class=\"l\">Frontend</th><th class=\"l\">Serves</th><th class=\"l\">Backend</th><th>Connections</th><th class=\"l\">TLS handshakes</th></tr></thead><tbody>");
     for frontend in &s.frontends {
         write!(
             out,
-            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\"><a href=\"#backend-{}\">{}</a></td></tr>",
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\"><a href=\"#backend-{}\">{}</a></td><td>{}</td><td class=\"l\">",
             Html(&frontend.name),
             Html(&frontend.serves),
             Html(&frontend.backend),
-            Html(&frontend.backend)
+            Html(&frontend.backend),
+            frontend.connections
         )?;
+        match &frontend.tls {
+            Some(tls) => {
+                write!(
+                    out,
+                    "{} done, {} failed, {} timed out",
+                    tls.handshakes, tls.failed, tls.timed_out
+                )?;
+                let chosen = crate::proxy::ALPN_LABELS.iter().zip(tls.alpn);
+                for (alpn, count) in chosen.filter(|(_, count)| *count > 0) {
+                    write!(out, "; {alpn} {count}")?;
+                }
+            }
+            None => out.push('-'),
+        }
+        out.push_str("</td></tr>");
     }
     out.push_str("</tbody></table></section>\n");
     Ok(())

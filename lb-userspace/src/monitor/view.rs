@@ -148,6 +148,36 @@ pub(super) struct FrontendView {
     pub(super) backend: String,
     /// What the frontend speaks: `HTTP`, `HTTPS (N certificates)` or `308 to <origin>`.
     pub(super) serves: String,
+    /// Connections accepted since the daemon started.
+    pub(super) connections: u64,
+    /// A TLS frontend's handshakes.
+    pub(super) tls: Option<TlsCounts>,
+}
+
+/// How a TLS frontend's handshakes ended, and what ALPN chose (`proxy::ALPN_LABELS` order).
+pub(super) struct TlsCounts {
+    pub(super) handshakes: u64,
+    pub(super) failed: u64,
+    pub(super) timed_out: u64,
+    pub(super) alpn: [u64; 4],
+}
+
+impl FrontendView {
+    fn read(frontend: &crate::proxy::Frontend) -> Self {
+        let stats = &frontend.stats;
+        Self {
+            name: frontend.name.clone(),
+            backend: frontend.backend.name.clone(),
+            serves: serves(frontend),
+            connections: stats.connections.load(Relaxed),
+            tls: frontend.tls.is_some().then(|| TlsCounts {
+                handshakes: stats.tls_handshakes.load(Relaxed),
+                failed: stats.tls_failed.load(Relaxed),
+                timed_out: stats.tls_timed_out.load(Relaxed),
+                alpn: std::array::from_fn(|i| stats.tls_alpn[i].load(Relaxed)),
+            }),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -298,11 +328,7 @@ impl Snapshot {
             frontends: shared
                 .frontends
                 .iter()
-                .map(|f| FrontendView {
-                    name: f.name.clone(),
-                    backend: f.backend.name.clone(),
-                    serves: serves(f),
-                })
+                .map(|f| FrontendView::read(f))
                 .collect(),
             backends: shared
                 .backends

@@ -107,6 +107,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                frontend.stats.connections.fetch_add(1, Relaxed);
                 let settings = **settings.load();
                 let (frontend, proxy, graceful) = (
                     Arc::clone(&frontend),

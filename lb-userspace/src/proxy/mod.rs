@@ -26,7 +26,10 @@ pub mod workers;
 
 use std::{
     net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -84,6 +87,38 @@ pub struct Frontend {
     pub hsts: Option<hyper::header::HeaderValue>,
     /// `redirect_http_to`: every request is answered with a redirect under this origin.
     pub redirect: Option<Arc<str>>,
+    /// Its connections, counted once each (never per request).
+    pub stats: FrontendStats,
+}
+
+/// ALPN values a TLS frontend counts, in [`FrontendStats::tls_alpn`] order (`none`: the client
+/// offered nothing the frontend speaks, or no ALPN at all).
+pub const ALPN_LABELS: [&str; 4] = ["h2", "http/1.1", "http/1.0", "none"];
+
+/// What a frontend has seen: connections accepted and, on a TLS frontend, how their handshakes
+/// ended and which protocol ALPN chose.
+#[derive(Debug, Default)]
+pub struct FrontendStats {
+    pub connections: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    /// Handshakes that failed: plaintext on the TLS port, garbage, a protocol error.
+    pub tls_failed: AtomicU64,
+    /// Handshakes not done within `timeouts.client`.
+    pub tls_timed_out: AtomicU64,
+    /// Completed handshakes by the protocol chosen, [`ALPN_LABELS`] order.
+    pub tls_alpn: [AtomicU64; 4],
+}
+
+impl FrontendStats {
+    /// Counts a completed handshake that chose `alpn` (as `TlsInfo` names it).
+    pub(crate) fn handshake_done(&self, alpn: &str) {
+        self.tls_handshakes.fetch_add(1, Relaxed);
+        let index = ALPN_LABELS[..3]
+            .iter()
+            .position(|label| *label == alpn)
+            .unwrap_or(3);
+        self.tls_alpn[index].fetch_add(1, Relaxed);
+    }
 }
 
 impl Frontend {
@@ -96,6 +131,7 @@ impl Frontend {
             tls: None,
             hsts: None,
             redirect: None,
+            stats: FrontendStats::default(),
         }
     }
 }

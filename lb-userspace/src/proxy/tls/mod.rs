@@ -11,7 +11,10 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering::SeqCst},
+        atomic::{
+            AtomicUsize,
+            Ordering::{Relaxed, SeqCst},
+        },
         Arc, Mutex, PoisonError,
     },
     task::{Context, Poll},
@@ -179,18 +182,22 @@ pub(super) async fn serve(
     (graceful, stop): (&Drain, watch::Receiver<bool>),
 ) {
     let handshake = tokio::time::timeout(settings.client_timeout, acceptor.accept(stream)).await;
+    let stats = &frontend.stats;
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
+            stats.tls_failed.fetch_add(1, Relaxed);
             tracing::debug!(frontend = %frontend.name, %peer, %error, "TLS handshake failed; closing");
             return;
         }
         Err(_) => {
+            stats.tls_timed_out.fetch_add(1, Relaxed);
             tracing::debug!(frontend = %frontend.name, %peer, "TLS handshake timed out; closing");
             return;
         }
     };
     let info = TlsInfo::of(stream.get_ref().1);
+    stats.handshake_done(info.alpn);
     let via = Via::Tls(info);
     let idle = Arc::new(Idle::new());
     let service = service(Arc::clone(frontend), Arc::clone(proxy), peer, via, &idle);
@@ -608,14 +615,18 @@ mod tests {
         }
     }
 
-    /// A TLS frontend for `www.example.test` that serves one connection with
-    /// `client_timeout`, its one server at `server`, and a client connected to it over TLS with
-    /// ALPN `h2`. The `Drain` is kept for the whole test: a dropped one asks its connections to
-    /// stop.
-    pub(super) async fn h2_connection(
+    /// A TLS frontend (the test certificate for `www.example.test`) in front of `server`,
+    /// serving every connection to the address it returns; its frontend (for the counters),
+    /// its drain, and the certificate a client trusts.
+    pub(super) async fn tls_frontend(
         server: SocketAddr,
         client_timeout: Duration,
-    ) -> (tokio_rustls::client::TlsStream<TcpStream>, Arc<Drain>) {
+    ) -> (
+        SocketAddr,
+        Arc<Frontend>,
+        Arc<Drain>,
+        rustls_pki_types::CertificateDer<'static>,
+    ) {
         use crate::{backend::BackendState, config::Config, table};
 
         let certificate = certificate(&["www.example.test"]);
@@ -640,14 +651,28 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let graceful = Arc::new(Drain::new());
-        let watching = Arc::clone(&graceful);
+        let (watching, serving) = (Arc::clone(&graceful), Arc::clone(&frontend));
         tokio::spawn(async move {
-            let (stream, peer) = listener.accept().await.unwrap();
-            let conn = (&frontend, &proxy);
             let (_keep, stop) = watch::channel(false);
-            serve(stream, peer, &acceptor, conn, settings, (&watching, stop)).await;
+            while let Ok((stream, peer)) = listener.accept().await {
+                let (acceptor, frontend, proxy) =
+                    (acceptor.clone(), Arc::clone(&serving), Arc::clone(&proxy));
+                let (watching, stop) = (Arc::clone(&watching), stop.clone());
+                tokio::spawn(async move {
+                    let conn = (&frontend, &proxy);
+                    serve(stream, peer, &acceptor, conn, settings, (&watching, stop)).await;
+                });
+            }
         });
+        (addr, frontend, graceful, root)
+    }
 
+    /// A client of [`tls_frontend`] that trusts `root` and offers `alpn`.
+    pub(super) async fn tls_client(
+        addr: SocketAddr,
+        root: rustls_pki_types::CertificateDer<'static>,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(root).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -656,14 +681,55 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        client.alpn_protocols = vec![b"h2".to_vec()];
+        client.alpn_protocols = vec![alpn.to_vec()];
         let tcp = TcpStream::connect(addr).await.unwrap();
         let sni = rustls_pki_types::ServerName::try_from("www.example.test").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        tokio_rustls::TlsConnector::from(Arc::new(client))
             .connect(sni, tcp)
             .await
+            .unwrap()
+    }
+
+    /// An HTTP/2 connection (ALPN `h2`) to a TLS frontend in front of `server`. The `Drain` is
+    /// kept for the whole test: a dropped one asks its connections to stop.
+    pub(super) async fn h2_connection(
+        server: SocketAddr,
+        client_timeout: Duration,
+    ) -> (tokio_rustls::client::TlsStream<TcpStream>, Arc<Drain>) {
+        let (addr, _, graceful, root) = tls_frontend(server, client_timeout).await;
+        (tls_client(addr, root, b"h2").await, graceful)
+    }
+
+    /// A TLS frontend counts its connections' handshakes: done (by the protocol ALPN chose),
+    /// failed (plaintext on the port), and timed out (a client that says nothing).
+    #[tokio::test]
+    async fn handshakes_are_counted_by_outcome_and_protocol() {
+        use tokio::io::AsyncWriteExt as _;
+
+        let nowhere = "127.0.0.1:9".parse().unwrap();
+        let (addr, frontend, _graceful, root) =
+            tls_frontend(nowhere, Duration::from_millis(300)).await;
+        let _h2 = tls_client(addr, root.clone(), b"h2").await;
+        let _h1 = tls_client(addr, root.clone(), b"http/1.1").await;
+        let _h1_again = tls_client(addr, root, b"http/1.1").await;
+        let mut plaintext = TcpStream::connect(addr).await.unwrap();
+        plaintext
+            .write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+            .await
             .unwrap();
-        (tls, graceful)
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let stats = &frontend.stats;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.tls_timed_out.load(Relaxed) + stats.tls_failed.load(Relaxed) < 2
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats.tls_handshakes.load(Relaxed), 3);
+        assert_eq!(stats.tls_failed.load(Relaxed), 1);
+        assert_eq!(stats.tls_timed_out.load(Relaxed), 1);
+        let alpn: Vec<u64> = stats.tls_alpn.iter().map(|c| c.load(Relaxed)).collect();
+        assert_eq!(alpn, [1, 2, 0, 0], "{:?}", super::super::ALPN_LABELS);
     }
 
     /// An HTTP/2 connection with no request for `timeouts.client` is closed (GOAWAY, then

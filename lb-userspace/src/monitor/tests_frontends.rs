@@ -1,0 +1,95 @@
+//! Frontends on `/monitor` and `/metrics`: connections for every frontend, and a TLS
+//! frontend's handshakes by outcome and by the protocol ALPN chose.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{
+    metrics, page,
+    tests::{fixture, parse_metrics},
+    view::{Snapshot, TlsCounts},
+};
+use crate::table::now_ms;
+
+/// The fixture's frontends, `www` counted 12 connections; `api` made a TLS frontend with 9
+/// handshakes done (h2 5, http/1.1 3, none 1), 2 failed, 1 timed out.
+fn with_counts() -> Snapshot {
+    let shared = fixture();
+    shared.frontends[0].stats.connections.store(12, Relaxed);
+    let mut snapshot = Snapshot::read(&shared, now_ms());
+    let api = &mut snapshot.frontends[1];
+    api.connections = 12;
+    api.tls = Some(TlsCounts {
+        handshakes: 9,
+        failed: 2,
+        timed_out: 1,
+        alpn: [5, 3, 0, 1],
+    });
+    snapshot
+}
+
+#[test]
+fn metrics_count_connections_and_tls_handshakes_per_frontend() {
+    let text = metrics::render(&with_counts());
+    let samples = parse_metrics(&text);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        let found: Vec<f64> = samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {labels:?} in\n{text}");
+        found[0]
+    };
+    let connections = "stickylb_frontend_connections_total";
+    assert_eq!(value(connections, &[("frontend", "www")]), 12.0);
+    assert_eq!(value(connections, &[("frontend", "http")]), 0.0);
+    let handshakes = "stickylb_frontend_tls_handshakes_total";
+    for (result, count) in [("done", 9.0), ("failed", 2.0), ("timeout", 1.0)] {
+        assert_eq!(
+            value(handshakes, &[("frontend", "api"), ("result", result)]),
+            count
+        );
+    }
+    let alpn = "stickylb_frontend_tls_alpn_total";
+    for (protocol, count) in [
+        ("h2", 5.0),
+        ("http/1.1", 3.0),
+        ("http/1.0", 0.0),
+        ("none", 1.0),
+    ] {
+        assert_eq!(
+            value(alpn, &[("frontend", "api"), ("alpn", protocol)]),
+            count
+        );
+    }
+    // Only the TLS frontend has handshakes.
+    let tls_frontends: Vec<_> = samples
+        .iter()
+        .filter(|s| s.name == handshakes)
+        .map(|s| s.labels["frontend"].as_str())
+        .collect();
+    assert_eq!(tls_frontends, ["api"; 3]);
+}
+
+#[test]
+fn cleartext_frontends_have_no_tls_families() {
+    let text = metrics::render(&Snapshot::read(&fixture(), now_ms()));
+    assert!(text.contains("stickylb_frontend_connections_total{frontend=\"www\"} 0"));
+    assert!(!text.contains("stickylb_frontend_tls"), "{text}");
+}
+
+#[test]
+fn the_page_shows_connections_and_handshakes() {
+    let html = page::render(&with_counts());
+    assert!(html.contains("<th>Connections</th>"), "{html}");
+    assert!(
+        html.contains("<td>12</td><td class=\"l\">9 done, 2 failed, 1 timed out; h2 5; http/1.1 3; none 1</td>"),
+        "{html}"
+    );
+    assert!(html.contains("<td>0</td><td class=\"l\">-</td>"), "{html}");
+}
