@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{
     metrics, page,
-    tests::{fixture, parse_metrics},
+    tests::{fixture, parse_metrics, value_of},
     view::{Snapshot, TlsCounts},
 };
 use crate::table::now_ms;
@@ -31,20 +31,7 @@ fn with_counts() -> Snapshot {
 fn metrics_count_connections_and_tls_handshakes_per_frontend() {
     let text = metrics::render(&with_counts());
     let samples = parse_metrics(&text);
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        let found: Vec<f64> = samples
-            .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-            .collect();
-        assert_eq!(found.len(), 1, "{name} {labels:?} in\n{text}");
-        found[0]
-    };
+    let value = |name: &str, labels: &[(&str, &str)]| value_of(&samples, name, labels);
     let connections = "stickylb_frontend_connections_total";
     assert_eq!(value(connections, &[("frontend", "www")]), 12.0);
     assert_eq!(value(connections, &[("frontend", "http")]), 0.0);
