@@ -22,11 +22,12 @@ use common::{
 use rand::{distributions::Alphanumeric, Rng as _};
 
 /// Every route the monitor serves.
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "/",
     "/monitor",
     "/metrics",
     "/api/table",
+    "/api/frontends",
     "/api/servers",
     "/api/peers",
     "/api/status",

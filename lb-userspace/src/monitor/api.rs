@@ -1,6 +1,6 @@
-//! The JSON API: `/api/table` (stick table entries, cookies masked), `/api/servers` (server
-//! state and counters), `/api/peers` (peer sessions and counters) and `/api/status` (the
-//! instance).
+//! The JSON API: `/api/table` (stick table entries, cookies masked), `/api/frontends`
+//! (connections and TLS handshakes), `/api/servers` (server state and counters), `/api/peers`
+//! (peer sessions and counters) and `/api/status` (the instance).
 
 use hyper::{Response, StatusCode};
 use serde::Serialize;
@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{
     mask::CookieMask,
     reply,
-    view::{BackendView, PeerView},
+    view::{BackendView, FrontendView, PeerView},
     MonitorBody, Shared, JSON,
 };
 use crate::table::EntryView;
@@ -81,6 +81,17 @@ pub(super) fn table(shared: &Shared, query: &str) -> Response<MonitorBody> {
         return error(StatusCode::NOT_FOUND, "unknown backend", Some(name));
     }
     json(StatusCode::OK, &tables)
+}
+
+/// `/api/frontends`: one object per frontend, its connections and, on a TLS frontend, its
+/// handshakes (`tls`, `null` elsewhere).
+pub(super) fn frontends(shared: &Shared) -> Response<MonitorBody> {
+    let frontends: Vec<FrontendView> = shared
+        .frontends
+        .iter()
+        .map(|f| FrontendView::read(f))
+        .collect();
+    json(StatusCode::OK, &frontends)
 }
 
 /// `/api/servers`: one object per backend with its counters and its servers.

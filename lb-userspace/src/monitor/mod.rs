@@ -3,6 +3,7 @@
 //! - `/monitor`: the status page (HTML, like HAProxy's stats page; `/` redirects to it);
 //! - `/metrics`: Prometheus text exposition format 0.0.4;
 //! - `/api/table`: the stick tables as JSON (`?backend=NAME`, `?limit=N`);
+//! - `/api/frontends`: every frontend's connections and a TLS frontend's handshakes as JSON;
 //! - `/api/servers`: every server's state and counters as JSON;
 //! - `/api/peers`: every peer's session state and counters as JSON;
 //! - `/api/status`: the instance, its uptime and whether its table is durable, as JSON.
@@ -137,6 +138,7 @@ enum Endpoint {
     Page,
     Metrics,
     Table,
+    Frontends,
     Servers,
     Peers,
     Status,
@@ -149,6 +151,7 @@ impl Endpoint {
             "/monitor" => Some(Self::Page),
             "/metrics" => Some(Self::Metrics),
             "/api/table" => Some(Self::Table),
+            "/api/frontends" => Some(Self::Frontends),
             "/api/servers" => Some(Self::Servers),
             "/api/peers" => Some(Self::Peers),
             "/api/status" => Some(Self::Status),
@@ -200,6 +203,7 @@ pub fn route<B>(shared: &Shared, request: &Request<B>) -> Response<MonitorBody> 
             metrics::render(&Snapshot::read(shared, now_ms())),
         ),
         Endpoint::Table => api::table(shared, query),
+        Endpoint::Frontends => api::frontends(shared),
         Endpoint::Servers => api::servers(shared),
         Endpoint::Peers => api::peers(shared, now_ms()),
         Endpoint::Status => api::status(shared, now_ms()),

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{
     metrics, page,
-    tests::{fixture, parse_metrics, value_of},
+    tests::{fixture, get_json, parse_metrics, value_of},
     view::{Snapshot, TlsCounts},
 };
 use crate::table::now_ms;
@@ -79,4 +79,34 @@ fn the_page_shows_connections_and_handshakes() {
         "{html}"
     );
     assert!(html.contains("<td>0</td><td class=\"l\">-</td>"), "{html}");
+}
+
+#[tokio::test]
+async fn the_api_lists_every_frontend_with_its_counters() {
+    let shared = fixture();
+    shared.frontends[0].stats.connections.store(12, Relaxed);
+    let (status, json) = get_json(&shared, "/api/frontends").await;
+    assert_eq!(status, hyper::StatusCode::OK);
+    assert_eq!(
+        json[0],
+        serde_json::json!({
+            "frontend": "www", "backend": "web", "serves": "HTTP", "connections": 12, "tls": null
+        })
+    );
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["frontend"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["www", "api", "http"]);
+    // A TLS frontend's handshakes, with ALPN by name.
+    let tls = with_counts().frontends[1].tls.take().unwrap();
+    assert_eq!(
+        serde_json::to_value(&tls).unwrap(),
+        serde_json::json!({
+            "handshakes": 9, "failed": 2, "timed_out": 1,
+            "alpn": { "h2": 5, "http/1.1": 3, "http/1.0": 0, "none": 1 }
+        })
+    );
 }

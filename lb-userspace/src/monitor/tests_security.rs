@@ -10,11 +10,12 @@ use super::{
 };
 
 /// Every route the monitor serves.
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "/",
     "/monitor",
     "/metrics",
     "/api/table",
+    "/api/frontends",
     "/api/servers",
     "/api/peers",
     "/api/status",

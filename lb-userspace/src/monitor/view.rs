@@ -143,7 +143,9 @@ pub(super) const PROGRAM_COUNTERS: [&str; 8] = [
     "xdp_redirected",
 ];
 
+#[derive(Serialize)]
 pub(super) struct FrontendView {
+    #[serde(rename = "frontend")]
     pub(super) name: String,
     pub(super) backend: String,
     /// What the frontend speaks: `HTTP`, `HTTPS (N certificates)` or `308 to <origin>`.
@@ -155,15 +157,22 @@ pub(super) struct FrontendView {
 }
 
 /// How a TLS frontend's handshakes ended, and what ALPN chose (`proxy::ALPN_LABELS` order).
+#[derive(Serialize)]
 pub(super) struct TlsCounts {
     pub(super) handshakes: u64,
     pub(super) failed: u64,
     pub(super) timed_out: u64,
+    /// `{"h2": N, "http/1.1": N, "http/1.0": N, "none": N}` in JSON.
+    #[serde(serialize_with = "by_alpn")]
     pub(super) alpn: [u64; 4],
 }
 
+fn by_alpn<S: Serializer>(alpn: &[u64; 4], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(crate::proxy::ALPN_LABELS.iter().zip(alpn))
+}
+
 impl FrontendView {
-    fn read(frontend: &crate::proxy::Frontend) -> Self {
+    pub(super) fn read(frontend: &crate::proxy::Frontend) -> Self {
         let stats = &frontend.stats;
         Self {
             name: frontend.name.clone(),
