@@ -10,7 +10,8 @@
 //! a successor, and [`operate`] carries out the operator's requests on it; [`detach`] takes a
 //! stopped instance's programs out of the kernel; [`routing`] builds
 //! the backends and frontends from a configuration; [`daemon`]
-//! wires them together (nothing depends on it). Every system call the crate makes itself is in
+//! wires them together (nothing depends on it); [`logging`] writes the log without making the
+//! traffic wait for its reader. Every system call the crate makes itself is in
 //! [`sys`], the only module allowed `unsafe`.
 
 #![deny(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod dataplane;
 pub mod detach;
 pub mod fastpath;
 pub mod health;
+pub mod logging;
 pub mod monitor;
 pub mod operate;
 pub mod peers;

@@ -11,7 +11,7 @@ use stickylb::{
         command::{word, Operation, TableOperation},
     },
     daemon::RunOptions,
-    dataplane,
+    dataplane, logging,
     table::{field_text, now_ms, pinned::DurableTable},
 };
 use tracing_subscriber::EnvFilter;
@@ -233,8 +233,11 @@ impl Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
-    match dispatch(cli.command, &cli.log) {
+    let log = init_tracing(&cli.log);
+    let result = dispatch(cli.command, &cli.log);
+    // The log's last lines go out before the error that ends the process.
+    drop(log);
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("stickylb: {error:#}");
@@ -544,12 +547,24 @@ fn print_table(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(default: &str) {
+/// Installs the subscriber: lines go through [`logging::Output`], which the process keeps
+/// until its end (dropping it writes the last lines). Without a thread for it, lines are
+/// written where they are made, as a last resort.
+fn init_tracing(default: &str) -> Option<logging::Output> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match logging::Output::to_stderr() {
+        Ok(output) => {
+            builder.with_writer(output.sink()).init();
+            Some(output)
+        }
+        Err(error) => {
+            builder.with_writer(std::io::stderr).init();
+            tracing::warn!(%error, "no thread for the log: lines are written where they are made");
+            None
+        }
+    }
 }

@@ -300,6 +300,18 @@ fn write_all(out: &mut String, snapshot: &Snapshot) -> fmt::Result {
     )?;
     header(
         out,
+        "stickylb_log_lines_dropped_total",
+        Kind::Counter,
+        "Log lines dropped because standard error was read slower than they were written (the \
+         traffic never waits for the log), or could not be written at all.",
+    )?;
+    writeln!(
+        out,
+        "stickylb_log_lines_dropped_total {}",
+        snapshot.log_dropped
+    )?;
+    header(
+        out,
         "stickylb_table_durable",
         Kind::Gauge,
         "1 when the pinned stick table outlives the process (its bpffs is the host's), 0 when a restart would start with an empty table.",

@@ -25,6 +25,8 @@ pub(super) struct Snapshot {
     pub(super) instance: String,
     pub(super) version: &'static str,
     pub(super) uptime_ms: u64,
+    /// Log lines this process dropped ([`crate::logging::dropped_lines`]).
+    pub(super) log_dropped: u64,
     pub(super) frontends: Vec<FrontendView>,
     pub(super) backends: Vec<BackendView>,
     pub(super) peers: Vec<PeerView>,
@@ -334,6 +336,7 @@ impl Snapshot {
             instance: shared.instance.clone(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_ms: now_ms.saturating_sub(shared.started_ms),
+            log_dropped: crate::logging::dropped_lines(),
             frontends: shared
                 .frontends
                 .iter()
