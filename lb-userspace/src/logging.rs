@@ -10,9 +10,13 @@
 //! reader catches up the log says how many were lost. Traffic never waits for the log.
 //!
 //! It is also cheaper: the thread writes whatever accumulated while it was writing in one
-//! system call, where every access line used to cost a `write(2)` on the request's path.
+//! system call, where every access line used to cost a `write(2)` on the request's path. And
+//! [`Lines`] formats the access line itself, the one line per request, to the same bytes as
+//! the subscriber's own format but without its general machinery.
 
 use std::{
+    cell::RefCell,
+    fmt,
     io::{self, Write},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -22,10 +26,15 @@ use std::{
     time::Duration,
 };
 
-use tracing_subscriber::fmt::{
-    format::Writer as FmtWriter,
-    time::{FormatTime, SystemTime},
-    MakeWriter,
+use tracing::{field::Field, Event, Level, Subscriber};
+use tracing_subscriber::{
+    field::{Visit, VisitOutput as _},
+    fmt::{
+        format::{DefaultVisitor, Format, Full, Writer as FmtWriter},
+        time::{FormatTime, SystemTime},
+        FmtContext, FormatEvent, FormatFields, MakeWriter,
+    },
+    registry::LookupSpan,
 };
 
 /// Lines waiting for the writer, in bytes. An access line is about 200 bytes, so this holds
@@ -236,6 +245,268 @@ impl<'a> MakeWriter<'a> for Sink {
     }
 }
 
+/// The subscriber's line format (`tracing_subscriber`'s full format without the target), with
+/// the access line, one per request, written by hand: the same bytes, for about half the CPU
+/// (the general format pays for styles even when they are off, a calendar conversion per line,
+/// and `Debug` for every quoted value). Any other line, a line inside a span, and any line on a
+/// terminal (with colours) go to the general format.
+pub struct Lines {
+    general: Format<Full, SystemTime>,
+}
+
+impl Lines {
+    pub fn new() -> Lines {
+        Lines {
+            general: tracing_subscriber::fmt::format().with_target(false),
+        }
+    }
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Lines::new()
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Lines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: FmtWriter<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        if meta.target() != "access" || writer.has_ansi_escapes() || ctx.event_scope().is_some() {
+            return self.general.format_event(ctx, writer, event);
+        }
+        if write_timestamp(&mut writer).is_err() {
+            // As the general format does: a clock before 1970 is no reason to lose the line.
+            writer.write_str("<unknown time> ")?;
+        }
+        writer.write_str(level_column(meta.level()))?;
+        let mut fields = Fields {
+            writer: writer.by_ref(),
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// The level as the general format pads it, with the space after it.
+fn level_column(level: &Level) -> &'static str {
+    match *level {
+        Level::TRACE => "TRACE ",
+        Level::DEBUG => "DEBUG ",
+        Level::INFO => " INFO ",
+        Level::WARN => " WARN ",
+        Level::ERROR => "ERROR ",
+    }
+}
+
+thread_local! {
+    /// The second last formatted on this thread and its text up to the fraction
+    /// (`2026-12-05T00:41:07.`): lines of the same second reuse it.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ ` in UTC, as `tracing_subscriber`'s `SystemTime` writes it.
+fn write_timestamp(writer: &mut FmtWriter<'_>) -> Result<(), TimeBeforeEpoch> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| TimeBeforeEpoch)?;
+    let secs = since.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            cached.1.clear();
+            calendar_second(&mut cached.1, secs);
+            cached.0 = secs;
+        }
+        let mut digits = [b'0'; 6];
+        write_padded(&mut digits, u64::from(since.subsec_micros()));
+        // Six ASCII digits.
+        let micros = std::str::from_utf8(&digits).unwrap_or("000000");
+        writer
+            .write_str(&cached.1)
+            .and_then(|()| writer.write_str(micros))
+            .and_then(|()| writer.write_str("Z "))
+            .map_err(|_| TimeBeforeEpoch)
+    })
+}
+
+#[derive(Debug)]
+struct TimeBeforeEpoch;
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SS.` (the proleptic Gregorian calendar, days
+/// to civil date by eras of 400 years).
+fn calendar_second(out: &mut String, secs: u64) {
+    let days = secs / 86_400;
+    let of_day = secs % 86_400;
+    // Days from 0000-03-01, so that the leap day ends a year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60
+    );
+}
+
+/// `value`'s last `digits.len()` decimal digits, zero-padded.
+fn write_padded(digits: &mut [u8], mut value: u64) {
+    for digit in digits.iter_mut().rev() {
+        // A digit: value % 10 < 10.
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// The access line's fields, `name=value` separated by spaces, as the general format writes
+/// them: strings quoted and escaped as `Debug` does, numbers plain, `%` values by `Display`.
+/// The rare kinds (a message, an error, a float) go to the general visitor.
+struct Fields<'w> {
+    writer: FmtWriter<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Fields<'_> {
+    /// Starts `name=`, after a space unless it is the first field; `false` when the field is
+    /// one the general visitor must write.
+    fn start(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if name == "message" || name.starts_with("r#") || name.starts_with("log.") {
+            return false;
+        }
+        if self.result.is_ok() {
+            let pad = if self.first { "" } else { " " };
+            self.first = false;
+            self.result = self
+                .writer
+                .write_str(pad)
+                .and_then(|()| self.writer.write_str(name))
+                .and_then(|()| self.writer.write_char('='));
+        }
+        true
+    }
+
+    fn general(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.first);
+        record(&mut visitor);
+        self.result = visitor.finish();
+        // The general visitor skips `log.` fields without a space; any other field it wrote.
+        self.first = false;
+    }
+
+    fn number(&mut self, field: &Field, value: u64, negative: bool) {
+        if !self.start(field) {
+            return self.general(|v| v.record_debug(field, &value));
+        }
+        let mut digits = [0u8; 20];
+        let len = decimal_len(value);
+        write_padded(&mut digits[..len], value);
+        let text = std::str::from_utf8(&digits[..len]).unwrap_or("?");
+        let sign = if negative { "-" } else { "" };
+        self.write(sign);
+        self.write(text);
+    }
+
+    fn write(&mut self, text: &str) {
+        if self.result.is_ok() {
+            self.result = self.writer.write_str(text);
+        }
+    }
+}
+
+fn decimal_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 10 {
+        value /= 10;
+        len += 1;
+    }
+    len
+}
+
+/// Whether `Debug` would write `text` between quotes as it is: printable ASCII without `"`
+/// or `\`.
+fn plain(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !self.start(field) {
+            return self.general(|v| v.record_str(field, value));
+        }
+        if plain(value) {
+            self.write("\"");
+            self.write(value);
+            self.write("\"");
+        } else if self.result.is_ok() {
+            self.result = write!(self.writer, "{value:?}");
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.number(field, value, false);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.number(field, value.unsigned_abs(), value < 0);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if !self.start(field) {
+            return self.general(|v| v.record_bool(field, value));
+        }
+        self.write(if value { "true" } else { "false" });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.general(|v| v.record_f64(field, value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.general(|v| v.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !self.start(field) {
+            return self.general(|v| v.record_debug(field, value));
+        }
+        if self.result.is_ok() {
+            self.result = write!(self.writer, "{value:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead as _, BufReader};
@@ -294,6 +565,133 @@ mod tests {
             .sum();
         assert!(!notices.is_empty());
         assert_eq!(said, dropped, "{notices:?}");
+    }
+
+    /// Captures what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Access lines of every kind the proxy writes, with values that need escaping, and lines
+    /// that are not access lines.
+    fn events() {
+        let client: std::net::SocketAddr = "10.0.0.9:40000".parse().expect("an address");
+        let frontend: Arc<str> = Arc::from("www");
+        tracing::info!(
+            target: "access",
+            frontend = %frontend,
+            backend = %"web",
+            server = %"be1",
+            status = 200u16,
+            ms = 3u64,
+            decision = "sticky",
+            client = %client,
+            method = %"GET",
+            path = "/a\"b\\c\nd\u{e9}\u{7}",
+            relay = "pooled",
+            tls = "1.3",
+            alpn = "h2",
+        );
+        tracing::warn!(
+            target: "access",
+            frontend = %frontend,
+            status = "-",
+            below = -5i64,
+            big = u64::MAX,
+            zero = 0u64,
+            spliced = true,
+            error = %"connection refused: os error 111",
+            "relayed exchange failed; closing"
+        );
+        let error = io::Error::other("boom");
+        tracing::debug!(
+            target: "access",
+            error = &error as &(dyn std::error::Error + 'static),
+            ratio = 0.5f64,
+            r#type = "x",
+            "a message\twith a tab"
+        );
+        tracing::info!(path = "/x", "not an access line");
+        tracing::error!(target: "access", "only a message");
+    }
+
+    /// The access line written by hand is the general format's, byte for byte (but the time).
+    #[test]
+    fn the_access_line_is_the_general_formats_line() {
+        fn capture<S: Subscriber + Send + Sync + 'static>(
+            subscriber: impl FnOnce(Capture) -> S,
+        ) -> String {
+            let out = Capture::default();
+            tracing::subscriber::with_default(subscriber(out.clone()), events);
+            let text = out.0.lock().expect("not poisoned").clone();
+            String::from_utf8(text).expect("utf-8")
+        }
+        let builder = |out: Capture| {
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(move || out.clone())
+        };
+        let general = capture(|out| builder(out).with_target(false).finish());
+        let by_hand = capture(|out| builder(out).event_format(Lines::new()).finish());
+        let general: Vec<&str> = general.lines().collect();
+        let by_hand: Vec<&str> = by_hand.lines().collect();
+        assert_eq!(general.len(), 5, "{general:?}");
+        assert_eq!(by_hand.len(), general.len(), "{by_hand:?}");
+        for (hand, gen) in by_hand.iter().zip(&general) {
+            // `2026-12-05T00:41:07.123456Z` then the rest.
+            let (hand_time, hand_rest) = hand.split_at(27);
+            let (gen_time, gen_rest) = gen.split_at(27);
+            assert_eq!(hand_rest, gen_rest);
+            assert_eq!(hand_time.len(), gen_time.len());
+            assert!(
+                hand_time.ends_with('Z') && hand_time.as_bytes()[10] == b'T',
+                "{hand}"
+            );
+        }
+        let path = format!(" path={:?} ", "/a\"b\\c\nd\u{e9}\u{7}");
+        assert!(by_hand[0].contains(&path), "{}", by_hand[0]);
+    }
+
+    /// Dates across leap days, centuries and now, as the general format's clock writes them.
+    #[test]
+    fn the_calendar_is_the_general_formats_calendar() {
+        let day = |secs: u64| {
+            let mut out = String::new();
+            calendar_second(&mut out, secs);
+            out
+        };
+        assert_eq!(day(0), "1970-01-01T00:00:00.");
+        assert_eq!(day(951_782_400), "2000-02-29T00:00:00.");
+        assert_eq!(day(951_868_800), "2000-03-01T00:00:00.");
+        assert_eq!(day(4_107_542_399), "2100-02-28T23:59:59.");
+        assert_eq!(day(4_107_542_400), "2100-03-01T00:00:00.");
+        assert_eq!(day(1_798_761_599), "2026-12-31T23:59:59.");
+        assert_eq!(day(1_709_164_800), "2024-02-29T00:00:00.");
+        // Now, against the general clock (again if a second began between the two readings).
+        let matched = (0..3).any(|_| {
+            let mut general = String::new();
+            let _ = SystemTime.format_time(&mut FmtWriter::new(&mut general));
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs();
+            general.starts_with(&day(secs))
+        });
+        assert!(matched);
     }
 
     /// At the end every line still in the buffer is written before the process goes.

@@ -554,8 +554,8 @@ fn init_tracing(default: &str) -> Option<logging::Output> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .event_format(logging::Lines::new());
     match logging::Output::to_stderr() {
         Ok(output) => {
             builder.with_writer(output.sink()).init();
