@@ -35,6 +35,11 @@ pub(crate) struct BenchArgs {
     /// stickylb-fast-path-xdp and stickylb-shield, which run only when named); see --workload.
     #[arg(long = "contender", value_name = "ID", value_parser = parse_contender)]
     pub(crate) contenders: Vec<Contender>,
+    /// Both load balancers log every request, as operators run them: stickylb with its default
+    /// `--log info`, HAProxy with `option httplog` to stderr (`log stderr format raw`). The bench
+    /// reads both into files. Without it neither logs requests.
+    #[arg(long)]
+    pub(crate) access_log: bool,
 }
 
 /// The table-scale, splice-rate, SYN flood (one source, spoofed) and program-cost measurements

@@ -317,7 +317,12 @@ pub(super) struct SynLimit {
 /// that PEM file (certificate and key), offering h2 and http/1.1 as stickylb does, and tells
 /// the servers `X-Forwarded-Proto: https` as stickylb does; TLS versions, ciphers and groups
 /// are OpenSSL's and HAProxy's defaults (TLS 1.3 with the bench's clients).
-pub(super) fn haproxy_config(stats_socket: &str, addrs: &Addrs, tls: Option<&Path>) -> String {
+pub(super) fn haproxy_config(
+    stats_socket: &str,
+    addrs: &Addrs,
+    tls: Option<&Path>,
+    access_log: bool,
+) -> String {
     let (lb, backends) = (addrs.lb, addrs.backends);
     let servers: String = BACKEND_PORTS
         .iter()
@@ -332,10 +337,19 @@ pub(super) fn haproxy_config(stats_socket: &str, addrs: &Addrs, tls: Option<&Pat
             pem.display()
         )
     });
+    // HAProxy's own way to log to a pipe without blocking on it, one line per request.
+    let (global_log, defaults_log) = if access_log {
+        (
+            "    log stderr format raw local0 info\n",
+            "    log global\n    option httplog\n",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         "# Written by `cargo xtask bench`.\n\
-         global\n    maxconn 8192\n    stats socket {stats_socket} level admin\n\n\
-         defaults\n    mode http\n    option redispatch\n    option forwardfor\n    http-reuse always\n\
+         global\n    maxconn 8192\n    stats socket {stats_socket} level admin\n{global_log}\n\
+         defaults\n    mode http\n{defaults_log}    option redispatch\n    option forwardfor\n    http-reuse always\n\
          \x20   timeout connect 5s\n    timeout client 50s\n    timeout server 50s\n\n\
          frontend www\n    bind {lb}:{FRONTEND_PORT}\n    default_backend {BACKEND_NAME}\n\n\
          {tls_frontend}\
@@ -458,7 +472,7 @@ mod tests {
             None,
             None,
         );
-        let haproxy = haproxy_config("/run/h.sock", &addrs, None);
+        let haproxy = haproxy_config("/run/h.sock", &addrs, None, false);
         for server in ["be1", "be4"] {
             assert!(stickylb.contains(&format!("name = \"{server}\"")));
             assert!(haproxy.contains(&format!("server {server} ")));
@@ -527,11 +541,41 @@ mod tests {
         ));
         // The cleartext frontend keeps its fast path setting.
         assert!(stickylb.contains("fastpath = \"splice\""));
-        let haproxy = haproxy_config("/run/h.sock", &addrs, Some(&files.combined));
+        let haproxy = haproxy_config("/run/h.sock", &addrs, Some(&files.combined), false);
         assert!(haproxy.contains(
             "frontend secure\n    bind 10.240.1.1:443 ssl crt /w/tls.pem alpn h2,http/1.1\n"
         ));
         assert!(haproxy.contains("frontend www\n    bind 10.240.1.1:80\n"));
+    }
+
+    /// With `--access-log` HAProxy logs each request to stderr, and its configuration is one
+    /// HAProxy accepts (`haproxy -c`).
+    #[test]
+    fn haproxy_logs_each_request_when_asked() {
+        let addrs = crate::hosts::ROUTED;
+        let quiet = haproxy_config("/run/h.sock", &addrs, None, false);
+        let logging = haproxy_config("/run/h.sock", &addrs, None, true);
+        assert!(!quiet.contains("log"), "{quiet}");
+        assert!(logging.contains(
+            "stats socket /run/h.sock level admin\n    log stderr format raw local0 info\n\n"
+        ));
+        assert!(logging.contains("defaults\n    mode http\n    log global\n    option httplog\n"));
+        let path =
+            std::env::temp_dir().join(format!("lb-bench-haproxy-{}.cfg", std::process::id()));
+        std::fs::write(&path, &logging).expect("a temp file");
+        let checked = std::process::Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&path)
+            .output();
+        let _ = std::fs::remove_file(&path);
+        let out = checked.expect("haproxy (`cargo xtask setup` installs it)");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@ use crate::workspace;
 const PIN_DIR: &str = "/sys/fs/bpf/stickylb-bench";
 /// Root of the bench's sockets (stickylb's control socket, HAProxy's stats socket).
 const RUN_DIR: &str = "/run/stickylb-bench";
-/// No per-request log (HAProxy logs nothing either); the daemon's few start-up lines stay, as
+/// No per-request log (HAProxy logs nothing either) unless the plan says `access_log`; the
+/// daemon's few start-up lines stay, as
 /// the bench waits for `stickylb started`.
 const STICKYLB_LOG: &str = "warn,stickylb::daemon=info";
 pub(super) const HAPROXY: &str = "/usr/sbin/haproxy";
@@ -101,6 +102,15 @@ pub(crate) struct Env {
 }
 
 impl Env {
+    /// stickylb's `--log`: its default when both log requests.
+    fn stickylb_log(&self) -> &'static str {
+        if self.plan.access_log {
+            "info"
+        } else {
+            STICKYLB_LOG
+        }
+    }
+
     pub(super) fn create(plan: Plan) -> anyhow::Result<Self> {
         let plan_patience = plan.patience;
         let instance = format!("bench-{}", std::process::id());
@@ -209,6 +219,7 @@ impl Env {
                         &socket.display().to_string(),
                         addrs,
                         tls.map(|tls| tls.combined.as_path()),
+                        self.plan.access_log,
                     ),
                 )?;
                 let mut command = lb.command(HAPROXY);
@@ -250,7 +261,7 @@ impl Env {
                 )?;
                 let mut command = lb.command(&self.stickylb);
                 command
-                    .args(["--log", STICKYLB_LOG, "run", "--config"])
+                    .args(["--log", self.stickylb_log(), "run", "--config"])
                     .arg(&config);
                 let child = procs::spawn(contender::lb_stdio(&mut command))?;
                 let log = self.work_dir.join(format!("{name}.log"));

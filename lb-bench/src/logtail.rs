@@ -3,9 +3,9 @@
 
 use std::{
     fs::{self, File},
-    io::{BufRead as _, BufReader, Read, Write as _},
+    io::{BufRead as _, BufReader, BufWriter, Read, Write as _},
     path::{Path, PathBuf},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender},
     thread,
     time::{Duration, Instant},
 };
@@ -14,6 +14,9 @@ use anyhow::{bail, Context as _};
 
 use super::procs;
 
+/// Lines waiting for [`LogTail::wait_for`]; later ones only go to the file.
+const KEPT_LINES: usize = 1024;
+
 pub(super) struct LogTail {
     lines: Receiver<String>,
     path: PathBuf,
@@ -21,23 +24,20 @@ pub(super) struct LogTail {
 
 impl LogTail {
     /// Copies `stream` line by line into `path` (appending) from a thread of its own.
+    ///
+    /// With `--access-log` that is a line per request: the file is written in batches (flushed
+    /// whenever the stream has nothing more to read, so a failure's tail is complete), and
+    /// only the first lines are kept for [`LogTail::wait_for`], which looks for start-up lines.
     pub(super) fn follow(stream: impl Read + Send + 'static, path: &Path) -> anyhow::Result<Self> {
-        let mut file = File::options()
+        let file = File::options()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("could not open {}", path.display()))?;
-        let (sender, lines) = mpsc::channel();
+        let (sender, lines) = mpsc::sync_channel(KEPT_LINES);
         thread::Builder::new()
             .name("bench-log".into())
-            .spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = writeln!(file, "{line}");
-                    // The receiver may be gone: the file still gets the line.
-                    let _ = sender.send(line);
-                }
-            })
+            .spawn(move || copy_lines(stream, file, &sender))
             .context("could not start a log thread")?;
         Ok(Self {
             lines,
@@ -76,4 +76,26 @@ impl LogTail {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+fn copy_lines(stream: impl Read, file: File, sender: &SyncSender<String>) {
+    let mut reader = BufReader::new(stream);
+    let mut file = BufWriter::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches('\n');
+        let _ = writeln!(file, "{text}");
+        // Full or gone: the file still gets the line.
+        let _ = sender.try_send(text.to_owned());
+        if reader.buffer().is_empty() {
+            let _ = file.flush();
+        }
+    }
+    let _ = file.flush();
 }

@@ -44,6 +44,10 @@ pub(crate) struct Plan {
     pub(crate) patience: Duration,
     #[serde(rename = "fill_limit_s", serialize_with = "as_seconds")]
     pub(crate) fill_limit: Duration,
+    /// Both load balancers write an access line per request (`--access-log`): stickylb its
+    /// default `--log info`, HAProxy `option httplog` to stderr. Off by default, as the
+    /// comparison of the proxies alone.
+    pub(crate) access_log: bool,
 }
 
 impl Plan {
@@ -74,6 +78,7 @@ impl Plan {
             attempts: if quick { 1 } else { 3 },
             patience: Duration::from_secs(if quick { 0 } else { 240 }),
             fill_limit: Duration::from_secs(if quick { 60 } else { 300 }),
+            access_log: false,
         }
     }
 }

@@ -38,7 +38,10 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     check_binaries()?;
     let load_before = machine::load_average();
     let machine = machine::describe(load_before);
-    let plan = Plan::new(args.quick, args.runs);
+    let plan = Plan {
+        access_log: args.access_log,
+        ..Plan::new(args.quick, args.runs)
+    };
     let output = args.output.clone().unwrap_or_else(|| {
         if args.partial() {
             workspace::root().join("target/bench/partial")

@@ -137,9 +137,9 @@ fn setup(out: &mut String, report: &Report) {
          req.cook(JSESSIONID)`, `stick store-response res.cook(JSESSIONID)`, `option redispatch`, \
          `option forwardfor`, `http-reuse always` (stickylb also sends any request over any idle \
          pooled server connection; HAProxy's default would open a server connection per client \
-         connection), timeouts connect 5s / client 50s / server 50s, no log, no health checks, \
-         default threads: one per CPU); **stickylb** (release build, the same settings, `--log \
-         warn`: no access log, health checks off, a single-threaded runtime per CPU, `fastpath = \
+         connection), timeouts connect 5s / client 50s / server 50s, {haproxy_log}, no health checks, \
+         default threads: one per CPU); **stickylb** (release build, the same settings, \
+         {stickylb_log}, health checks off, a single-threaded runtime per CPU, `fastpath = \
          \"off\"`, and `[shield] enabled = false` written out, as in every contender but the \
          next: the shield is on by default beyond loopback, and these runs measure the proxy \
          alone); **stickylb + shield** (when named: the same with `[shield] enabled = true` at \
@@ -229,6 +229,18 @@ fn setup(out: &mut String, report: &Report) {
          its peers' receive path. LB peak RSS = `VmHWM`. Medians over the runs; spread = (max - \
          min) / median of req/s (MB/s for downloads) over the runs; ratios compare the medians of \
          req/s (MB/s for downloads) with HAProxy's and with direct's from the same run.\n",
+        haproxy_log = if plan.access_log {
+            "`option httplog`, logged to stderr (`log stderr format raw local0 info`), which the \
+             bench copies into a file"
+        } else {
+            "no log"
+        },
+        stickylb_log = if plan.access_log {
+            "`--log info` (its default): the access log to stderr, which the bench copies into a \
+             file"
+        } else {
+            "`--log warn`: no access log"
+        },
         threads = plan.wrk_threads,
         churn = plan.churn_requests,
         churn_rest = plan.churn_requests.saturating_sub(1),
