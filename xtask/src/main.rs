@@ -82,7 +82,7 @@ struct TestArgs {
 #[command(disable_help_flag = true)]
 struct BenchArgs {
     /// Arguments for lb-bench (`--quick`, `--output DIR`, `--runs N`, `--perf`,
-    /// `--workload ID`, `--contender ID`, `--help`).
+    /// `--workload ID`, `--contender ID`, `--access-log`, `--help`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     lb_bench_args: Vec<std::ffi::OsString>,
 }
