@@ -389,8 +389,8 @@ fn a_node_joins_and_one_leaves_by_reload_upgrade() {
     let five: Vec<usize> = (0..5).collect();
     let joined = rig.wait_same_tables(&five, &early);
     assert_eq!(joined, table);
-    let log = rig.node(fifth).output();
-    assert!(log.contains("full resync from peer done"), "{log}");
+    rig.node(fifth)
+        .wait_for_output("full resync from peer done", Duration::from_secs(10));
     rig.net.route_to(&five);
     for session in &early {
         assert_eq!(server_of(&rig.served_by(fifth, session)), table[session]);

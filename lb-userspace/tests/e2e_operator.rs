@@ -420,9 +420,5 @@ fn maxconn_holds_requests_in_a_queue_and_a_queue_timeout_answers_503() {
     let mut statuses: Vec<u16> = slow(4, 3000).iter().map(|r| r.status).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 503, 503]);
-    assert!(
-        daemon.output().contains("queued for"),
-        "{}",
-        daemon.output()
-    );
+    daemon.wait_for_output("queued for", Duration::from_secs(10));
 }

@@ -606,7 +606,7 @@ fn a_sighup_serves_renewed_certificates_to_new_connections_only() {
     let moved = h2("/", "tls-learned");
     assert!(moved.starts_with("Backend ") && moved != learned, "{moved}");
     assert_eq!(h2("/", "tls-learned"), moved, "stuck to its new server");
-    assert!(daemon.output().contains("decision=\"redispatch\""));
+    daemon.wait_for_output("decision=\"redispatch\"", Duration::from_secs(10));
     // Counted as on HTTP/1.1: the learned session, the redispatch, the server's requests.
     let monitor = format!("{lb}:8404");
     let metrics = http::in_netns(client.name(), move || {
