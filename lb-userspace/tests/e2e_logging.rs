@@ -71,7 +71,8 @@ fn a_log_reader_that_stops_reading_stops_no_request_and_the_lost_lines_are_count
     backend.wait_for_output("ready", Duration::from_secs(10));
     let lb = topo.lb_addr();
     let config = format!(
-        r#"{head}
+        r#"{head}fastpath = "off"
+
 [[backend]]
 name = "app"
 stick_cookie = "JSESSIONID"
@@ -84,6 +85,8 @@ bind = "{lb}:8404"
         head = config_head("lb-logp", &pin, &lb, "app"),
         backend = topo.backend_addr(),
     );
+    // Every request served in userspace, so that every one has its access line (a spliced
+    // connection's requests have none).
     let cfg = write_temp("logp.toml", &config);
     let mut child = netns_kit::command_in(topo.lb.name(), stickylb_bin())
         .args(["--log", "info", "run", "--config", cfg.to_str().unwrap()])
