@@ -122,14 +122,20 @@ bind = "{lb}:8404"
         })
     };
     assert_eq!(served, REQUESTS, "every request answered");
-    let metrics_url = format!("{lb}:8404");
-    let dropped = http::in_netns(topo.client.name(), move || {
-        metric(
-            &http::get(&metrics_url, "/metrics", None).text(),
-            "stickylb_log_lines_dropped_total",
+    let monitor = format!("{lb}:8404");
+    let (metrics, page) = http::in_netns(topo.client.name(), move || {
+        (
+            http::get(&monitor, "/metrics", None).text(),
+            http::get(&monitor, "/monitor", None).text(),
         )
-    })
-    .expect("stickylb_log_lines_dropped_total on /metrics");
+    });
+    let dropped = metric(&metrics, "stickylb_log_lines_dropped_total")
+        .expect("stickylb_log_lines_dropped_total on /metrics");
+    // The status page says it too.
+    assert!(
+        page.contains(&format!("id=\"log-dropped\" class=\"bad\">{dropped}</dd>")),
+        "{page}"
+    );
     assert!(
         dropped > 0,
         "{REQUESTS} access lines fit in the pipe and the buffer: the test proves nothing"

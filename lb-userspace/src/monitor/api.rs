@@ -122,9 +122,12 @@ struct StatusView<'a> {
     uptime_ms: u64,
     /// Whether the pinned stick table outlives this process (see [`Shared::table_durable`]).
     table_durable: bool,
+    /// Log lines this process dropped ([`crate::logging::dropped_lines`]).
+    log_lines_dropped: u64,
 }
 
-/// `/api/status`: the instance, its version and uptime, and whether its table is durable.
+/// `/api/status`: the instance, its version and uptime, whether its table is durable, and the
+/// log lines it dropped.
 pub(super) fn status(shared: &Shared, now_ms: u64) -> Response<MonitorBody> {
     json(
         StatusCode::OK,
@@ -133,6 +136,7 @@ pub(super) fn status(shared: &Shared, now_ms: u64) -> Response<MonitorBody> {
             version: env!("CARGO_PKG_VERSION"),
             uptime_ms: now_ms.saturating_sub(shared.started_ms),
             table_durable: shared.table_durable,
+            log_lines_dropped: crate::logging::dropped_lines(),
         },
     )
 }

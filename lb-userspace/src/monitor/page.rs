@@ -88,12 +88,13 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
          <div><dt>Uptime</dt><dd>{}</dd></div>\
          <div><dt>Version</dt><dd>{}</dd></div>\
          <div><dt>Servers up</dt><dd>{live} / {total}</dd></div>\
-         {durable}\
+         {durable}{log}\
          </dl></header>\n<main>\n",
         Html(&s.instance),
         Uptime(s.uptime_ms),
         Html(s.version),
         durable = Durable(s.table_durable),
+        log = LogDropped(s.log_dropped),
     )?;
     write_frontends(out, s)?;
     for backend in &s.backends {
@@ -420,6 +421,25 @@ impl fmt::Display for Durable {
                  <dt>Durable</dt><dd id=\"durable\" class=\"bad\">no</dd></div>",
             )
         }
+    }
+}
+
+/// The log lines dropped, in the header only when there are some: lines the access log and
+/// the daemon's messages did not keep (see `logging`).
+struct LogDropped(u64);
+
+impl fmt::Display for LogDropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return Ok(());
+        }
+        write!(
+            f,
+            "<div title=\"log lines dropped because stderr was read slower than they were \
+             written (the traffic did not wait for them)\"><dt>Log lines dropped</dt>\
+             <dd id=\"log-dropped\" class=\"bad\">{}</dd></div>",
+            self.0
+        )
     }
 }
 

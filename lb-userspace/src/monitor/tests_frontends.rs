@@ -110,3 +110,26 @@ async fn the_api_lists_every_frontend_with_its_counters() {
         })
     );
 }
+
+/// Dropped log lines: on `/metrics` always, on the page's header only when there are some.
+#[test]
+fn dropped_log_lines_are_on_the_metrics_and_on_the_page_when_there_are_some() {
+    let mut snapshot = Snapshot::read(&fixture(), now_ms());
+    for dropped in [0, 7] {
+        snapshot.log_dropped = dropped;
+        let samples = parse_metrics(&metrics::render(&snapshot));
+        assert_eq!(
+            value_of(&samples, "stickylb_log_lines_dropped_total", &[]),
+            dropped as f64
+        );
+        let html = page::render(&snapshot);
+        let shown = html.contains("<dt>Log lines dropped</dt>");
+        assert_eq!(shown, dropped > 0, "{html}");
+        if dropped > 0 {
+            assert!(
+                html.contains(&format!("id=\"log-dropped\" class=\"bad\">{dropped}</dd>")),
+                "{html}"
+            );
+        }
+    }
+}

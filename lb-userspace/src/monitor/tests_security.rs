@@ -100,6 +100,7 @@ async fn durability_is_on_the_page_the_api_and_the_metrics() {
         assert_eq!(body["instance"], "lb-test");
         assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
         assert!(body["uptime_ms"].as_u64().unwrap() >= 90_061_000);
+        assert!(body["log_lines_dropped"].is_u64(), "{body}");
         let (_, _, text) = get(&shared, "/metrics").await;
         let samples = parse_metrics(&text);
         assert_eq!(
