@@ -52,6 +52,9 @@ const EXIT_WAIT: Duration = Duration::from_secs(3);
 /// written at once.
 const GATHER: Duration = Duration::from_millis(5);
 
+/// What a buffer keeps between bursts.
+const KEPT_CAPACITY: usize = 64 * 1024;
+
 /// Lines dropped because the buffer was full or the write failed, since the process started
 /// (for `/metrics`).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -172,7 +175,7 @@ impl Shared {
     /// The writer thread: swaps the buffer out, writes it, and says how many lines were
     /// dropped meanwhile, until the process ends.
     fn write_out(&self, mut out: impl Write) {
-        let mut batch = Vec::with_capacity(64 * 1024);
+        let mut batch = Vec::with_capacity(KEPT_CAPACITY);
         loop {
             let (dropped, closing) = {
                 let mut state = self.lock();
@@ -195,6 +198,10 @@ impl Shared {
                 // Nothing is said about it, since saying it would fail the same way.
                 let lines = batch.iter().filter(|&&b| b == b'\n').count();
                 DROPPED.fetch_add(lines as u64, Relaxed);
+            }
+            // A burst grows the buffers to [`CAPACITY`]; quiet times give the memory back.
+            if batch.capacity() > KEPT_CAPACITY && batch.len() < KEPT_CAPACITY / 4 {
+                batch = Vec::with_capacity(KEPT_CAPACITY);
             }
             batch.clear();
             if closing {
