@@ -290,6 +290,8 @@ where
         if meta.target() != "access" || writer.has_ansi_escapes() || ctx.event_scope().is_some() {
             return self.general.format_event(ctx, writer, event);
         }
+        #[cfg(test)]
+        tests::BY_HAND.fetch_add(1, Relaxed);
         if write_timestamp(&mut writer).is_err() {
             // As the general format does: a clock before 1970 is no reason to lose the line.
             writer.write_str("<unknown time> ")?;
@@ -574,6 +576,10 @@ mod tests {
         assert_eq!(said, dropped, "{notices:?}");
     }
 
+    /// Access lines [`Lines`] wrote by hand (the test below must not pass on the general
+    /// format alone).
+    pub(super) static BY_HAND: AtomicU64 = AtomicU64::new(0);
+
     /// Captures what a subscriber writes.
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -653,7 +659,10 @@ mod tests {
                 .with_writer(move || out.clone())
         };
         let general = capture(|out| builder(out).with_target(false).finish());
+        let before = BY_HAND.load(Relaxed);
         let by_hand = capture(|out| builder(out).event_format(Lines::new()).finish());
+        // The four access lines outside a span, with no colours.
+        assert_eq!(BY_HAND.load(Relaxed) - before, 4);
         let general: Vec<&str> = general.lines().collect();
         let by_hand: Vec<&str> = by_hand.lines().collect();
         assert_eq!(general.len(), 5, "{general:?}");
