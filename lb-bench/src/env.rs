@@ -27,8 +27,7 @@ const PIN_DIR: &str = "/sys/fs/bpf/stickylb-bench";
 /// Root of the bench's sockets (stickylb's control socket, HAProxy's stats socket).
 const RUN_DIR: &str = "/run/stickylb-bench";
 /// No per-request log (HAProxy logs nothing either) unless the plan says `access_log`; the
-/// daemon's few start-up lines stay, as
-/// the bench waits for `stickylb started`.
+/// daemon's few start-up lines stay, as the bench waits for `stickylb started`.
 const STICKYLB_LOG: &str = "warn,stickylb::daemon=info";
 pub(super) const HAPROXY: &str = "/usr/sbin/haproxy";
 /// Pinned maps and sockets of bench runs whose process is gone, and their namespaces.
