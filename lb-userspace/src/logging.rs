@@ -31,7 +31,7 @@ use tracing_subscriber::{
     field::{Visit, VisitOutput as _},
     fmt::{
         format::{DefaultVisitor, Format, Full, Writer as FmtWriter},
-        time::{FormatTime, SystemTime},
+        time::SystemTime,
         FmtContext, FormatEvent, FormatFields, MakeWriter,
     },
     registry::LookupSpan,
@@ -220,13 +220,14 @@ impl Shared {
 
 /// The line that says lines were lost, in the subscriber's format (a warning).
 fn dropped_notice(batch: &mut Vec<u8>, dropped: u64) {
-    let mut time = String::new();
-    // Formatting the clock into a String cannot fail; a missing time is still a notice.
-    let _ = SystemTime.format_time(&mut FmtWriter::new(&mut time));
+    let mut head = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_timestamp(&mut FmtWriter::new(&mut head));
+    head.push_str(level_column(&Level::WARN));
     let _ = writeln!(
         batch,
-        "{time}  WARN {dropped} log lines dropped: standard error was read slower than the \
-         load balancer wrote (the traffic did not wait for it)"
+        "{head}{dropped} log lines dropped: standard error was read slower than the load \
+         balancer wrote (the traffic did not wait for it)"
     );
 }
 
@@ -292,10 +293,7 @@ where
         }
         #[cfg(test)]
         tests::BY_HAND.fetch_add(1, Relaxed);
-        if write_timestamp(&mut writer).is_err() {
-            // As the general format does: a clock before 1970 is no reason to lose the line.
-            writer.write_str("<unknown time> ")?;
-        }
+        write_timestamp(&mut writer)?;
         writer.write_str(level_column(meta.level()))?;
         let mut fields = Fields {
             writer: writer.by_ref(),
@@ -325,11 +323,12 @@ thread_local! {
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ ` in UTC, as `tracing_subscriber`'s `SystemTime` writes it.
-fn write_timestamp(writer: &mut FmtWriter<'_>) -> Result<(), TimeBeforeEpoch> {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| TimeBeforeEpoch)?;
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ ` in UTC, as `tracing_subscriber`'s `SystemTime` writes it;
+/// as there, a clock before 1970 writes `<unknown time> ` (no reason to lose the line).
+fn write_timestamp(writer: &mut FmtWriter<'_>) -> fmt::Result {
+    let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+        return writer.write_str("<unknown time> ");
+    };
     let secs = since.as_secs();
     SECOND.with(|cached| {
         let mut cached = cached.borrow_mut();
@@ -342,16 +341,11 @@ fn write_timestamp(writer: &mut FmtWriter<'_>) -> Result<(), TimeBeforeEpoch> {
         write_padded(&mut digits, u64::from(since.subsec_micros()));
         // Six ASCII digits.
         let micros = std::str::from_utf8(&digits).unwrap_or("000000");
-        writer
-            .write_str(&cached.1)
-            .and_then(|()| writer.write_str(micros))
-            .and_then(|()| writer.write_str("Z "))
-            .map_err(|_| TimeBeforeEpoch)
+        writer.write_str(&cached.1)?;
+        writer.write_str(micros)?;
+        writer.write_str("Z ")
     })
 }
-
-#[derive(Debug)]
-struct TimeBeforeEpoch;
 
 /// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SS.` (the proleptic Gregorian calendar, days
 /// to civil date by eras of 400 years).
@@ -433,17 +427,11 @@ impl Fields<'_> {
         self.first = false;
     }
 
-    fn number(&mut self, field: &Field, value: u64, negative: bool) {
-        if !self.start(field) {
-            return self.general(|v| v.record_debug(field, &value));
+    /// A number or a bool, as `Debug` writes it (the same as `Display` for these).
+    fn plain_value(&mut self, value: impl fmt::Display) {
+        if self.result.is_ok() {
+            self.result = write!(self.writer, "{value}");
         }
-        let mut digits = [0u8; 20];
-        let len = decimal_len(value);
-        write_padded(&mut digits[..len], value);
-        let text = std::str::from_utf8(&digits[..len]).unwrap_or("?");
-        let sign = if negative { "-" } else { "" };
-        self.write(sign);
-        self.write(text);
     }
 
     fn write(&mut self, text: &str) {
@@ -451,15 +439,6 @@ impl Fields<'_> {
             self.result = self.writer.write_str(text);
         }
     }
-}
-
-fn decimal_len(mut value: u64) -> usize {
-    let mut len = 1;
-    while value >= 10 {
-        value /= 10;
-        len += 1;
-    }
-    len
 }
 
 /// Whether `Debug` would write `text` between quotes as it is: printable ASCII without `"`
@@ -484,18 +463,24 @@ impl Visit for Fields<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.number(field, value, false);
+        if !self.start(field) {
+            return self.general(|v| v.record_u64(field, value));
+        }
+        self.plain_value(value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.number(field, value.unsigned_abs(), value < 0);
+        if !self.start(field) {
+            return self.general(|v| v.record_i64(field, value));
+        }
+        self.plain_value(value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         if !self.start(field) {
             return self.general(|v| v.record_bool(field, value));
         }
-        self.write(if value { "true" } else { "false" });
+        self.plain_value(value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -700,7 +685,10 @@ mod tests {
         // Now, against the general clock (again if a second began between the two readings).
         let matched = (0..3).any(|_| {
             let mut general = String::new();
-            let _ = SystemTime.format_time(&mut FmtWriter::new(&mut general));
+            let _ = tracing_subscriber::fmt::time::FormatTime::format_time(
+                &SystemTime,
+                &mut FmtWriter::new(&mut general),
+            );
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("after 1970")
