@@ -315,6 +315,19 @@ fn https_frontend_keeps_sessions_over_http11_and_http2() {
         "the api name must not be served the www certificate: {wrong}"
     );
 
+    // HTTP/2 clients that open every stream they may (128) for large downloads, with the
+    // largest windows, then stop reading: what the proxy holds for them is bounded per stream
+    // (with hyper's default, 400 KiB a stream, each such connection held about 50 MB).
+    let pid = daemon.child.id();
+    let before = rss_mib(pid);
+    let stalled = stalled_h2_downloads(client.name(), &format!("{lb}:443"), &www.cert, 4);
+    let held = rss_mib(pid) - before;
+    assert!(
+        held < 48.0,
+        "4 stalled HTTP/2 connections of 128 downloads grew the daemon by {held:.1} MiB"
+    );
+    drop(stalled);
+
     // Plaintext on the TLS port: closed (no HTTP answer), well before any timeout.
     let addr = format!("{lb}:443");
     let started = Instant::now();
@@ -367,6 +380,84 @@ fn https_frontend_keeps_sessions_over_http11_and_http2() {
     assert!(log.contains("alpn=\"http/1.1\""), "{log}");
     assert!(log.contains("tls=\"1.3\""), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"));
+    kib / 1024.0
+}
+
+/// One HTTP/2 frame: its 9-byte head, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// `connections` HTTP/2 connections (ALPN `h2`, from `ns`) that announce the largest windows,
+/// open 128 streams each for a 50 MB download, then read nothing; given back open, after 3 s.
+fn stalled_h2_downloads(
+    ns: &str,
+    addr: &str,
+    ca: &Path,
+    connections: usize,
+) -> Vec<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    use std::io::Write as _;
+
+    use rustls::pki_types::pem::PemObject as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let addr = addr.to_owned();
+    http::in_netns(ns, move || {
+        // HPACK: GET, https, then :path and :authority as literals with indexed names.
+        let mut block = vec![0x82, 0x87, 0x04, 15];
+        block.extend(b"/bytes/50000000");
+        block.extend([0x01, u8::try_from(WWW.len()).unwrap()]);
+        block.extend(WWW.as_bytes());
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let largest: u32 = (1 << 31) - 1;
+        let mut settings = 4u16.to_be_bytes().to_vec();
+        settings.extend(largest.to_be_bytes());
+        opening.extend(h2_frame(0x4, 0, 0, &settings));
+        opening.extend(h2_frame(0x8, 0, 0, &(largest - 65_535).to_be_bytes()));
+        for stream in 0..128u32 {
+            // END_STREAM | END_HEADERS
+            opening.extend(h2_frame(0x1, 0x5, 1 + 2 * stream, &block));
+        }
+        let stalled: Vec<_> = (0..connections)
+            .map(|_| {
+                let name = rustls::pki_types::ServerName::try_from(WWW).unwrap();
+                let conn =
+                    rustls::ClientConnection::new(std::sync::Arc::clone(&config), name).unwrap();
+                let tcp = std::net::TcpStream::connect(&addr).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                tls.write_all(&opening).unwrap();
+                tls.flush().unwrap();
+                tls
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        stalled
+    })
 }
 
 /// `made`'s files copied over `live`'s: a renewed certificate at the same paths.

@@ -188,6 +188,7 @@ pub(super) async fn deliver<C: ClientIo>(
                 .write_all(&response_buf)
                 .await
                 .map_err(ProxyError::ClientGone)?;
+            client.flush().await.map_err(ProxyError::ClientGone)?;
         }
         return Ok(Delivered {
             response,
@@ -263,6 +264,10 @@ pub(super) async fn deliver<C: ClientIo>(
             return Err(server_failed(leg, true, extra));
         }
     }
+    // All of it on its way before the relay waits for anything else: a TLS client's last
+    // bytes may still be in the TLS buffer (see `io`), and the client sends nothing until it has
+    // them.
+    client.flush().await.map_err(ProxyError::ClientGone)?;
     // A larger answer: tried once it is all written.
     if let (Some(limit), None, Some(_)) = (hand_off, held, framed) {
         tried = leg

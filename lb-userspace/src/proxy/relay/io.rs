@@ -1,5 +1,10 @@
 //! Moving HTTP/1.1 message bytes: heads read whole, bodies copied as they are (by length, or
 //! chunk by chunk with their trailers).
+//!
+//! A copy flushes its writer before each read from its reader (a no-op on a TCP socket). A TLS writer (tokio-rustls) keeps
+//! what the socket did not take in its own buffer until the next write or flush: without the
+//! flush, the end of a response could sit there while the relay waits for the server, or for
+//! the client's next request, which never comes since the client still waits for that end.
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -50,14 +55,14 @@ where
 {
     let mut payload = 0u64;
     loop {
-        let line = read_line(buf, from).await.map_err(Broken::Reading)?;
+        let line = read_line(buf, from, to).await?;
         let size = chunk_size(&buf[..line]).ok_or_else(|| Broken::Reading(bad_chunk()))?;
         to.write_all(&buf[..line]).await.map_err(Broken::Writing)?;
         buf.advance(line);
         if size == 0 {
             // Trailers, then the empty line.
             loop {
-                let line = read_line(buf, from).await.map_err(Broken::Reading)?;
+                let line = read_line(buf, from, to).await?;
                 let empty = line == 2;
                 to.write_all(&buf[..line]).await.map_err(Broken::Writing)?;
                 buf.advance(line);
@@ -67,7 +72,7 @@ where
             }
         }
         copy_body(buf, from, to, size).await?;
-        let crlf = read_line(buf, from).await.map_err(Broken::Reading)?;
+        let crlf = read_line(buf, from, to).await?;
         if crlf != 2 {
             return Err(Broken::Reading(bad_chunk()));
         }
@@ -88,28 +93,32 @@ fn bad_chunk() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunked encoding")
 }
 
-/// Reads until `buf` starts with a CRLF-terminated line (at most 4 KiB); its length.
-async fn read_line<R: AsyncRead + Unpin>(
-    buf: &mut BytesMut,
-    from: &mut R,
-) -> std::io::Result<usize> {
+/// Reads until `buf` starts with a CRLF-terminated line (at most 4 KiB); its length. `to` is
+/// flushed before each read from `from`.
+async fn read_line<R, W>(buf: &mut BytesMut, from: &mut R, to: &mut W) -> Result<usize, Broken>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     loop {
         if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
             return Ok(i + 2);
         }
         if buf.len() > 4096 {
-            return Err(bad_chunk());
+            return Err(Broken::Reading(bad_chunk()));
         }
-        if from.read_buf(buf).await? == 0 {
-            return Err(std::io::Error::new(
+        to.flush().await.map_err(Broken::Writing)?;
+        if from.read_buf(buf).await.map_err(Broken::Reading)? == 0 {
+            return Err(Broken::Reading(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "closed in the middle of a chunked body",
-            ));
+            )));
         }
     }
 }
 
-/// Copies `len` body bytes: first from `buf`, then from `from`.
+/// Copies `len` body bytes: first from `buf`, then from `from` (`to` flushed before each read
+/// from it).
 pub(super) async fn copy_body<R, W>(
     buf: &mut BytesMut,
     from: &mut R,
@@ -135,6 +144,7 @@ where
     let mut chunk = vec![0u8; usize::try_from(left).unwrap_or(CHUNK).min(CHUNK)];
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(CHUNK).min(chunk.len());
+        to.flush().await.map_err(Broken::Writing)?;
         let n = from
             .read(&mut chunk[..want])
             .await

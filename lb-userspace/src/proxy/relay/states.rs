@@ -300,8 +300,11 @@ impl<'a, C: ClientIo> Conn<'a, C> {
     }
 
     async fn fail(&mut self, access: &Access<'_>, error: &ProxyError) {
-        if access.failed(error).is_some() {
-            let _ = self.client.write_all(error.answer().raw).await;
+        if access.failed(error).is_some() && self.client.write_all(error.answer().raw).await.is_ok()
+        {
+            // Not every failure closes the connection after it (see `State::Done`): the answer
+            // must not stay in a TLS buffer.
+            let _ = self.client.flush().await;
         }
     }
 

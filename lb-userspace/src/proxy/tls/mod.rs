@@ -59,6 +59,10 @@ const MAX_STREAMS: u32 = 128;
 const MAX_PENDING_RESETS: usize = 20;
 /// Streams this side may reset for a client's protocol errors before it closes the connection.
 const MAX_ERROR_RESETS: usize = 256;
+/// Response bytes one HTTP/2 stream may have waiting for the client (beyond one read from its
+/// server, at most 16 KiB). A client decides its windows: with the largest, hyper's default
+/// (400 KiB) let one connection that stops reading hold 50 MB (128 streams of a download).
+const MAX_STREAM_SEND_BUF: usize = 16 * 1024;
 const HYPER_MIN_BUF: usize = 8192;
 
 /// A TLS frontend's acceptor: its certificates, versions, ALPN and resumption settings.
@@ -166,6 +170,7 @@ macro_rules! http2_limits {
             .max_concurrent_streams(MAX_STREAMS)
             .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
             .max_local_error_reset_streams(MAX_ERROR_RESETS)
+            .max_send_buf_size(MAX_STREAM_SEND_BUF)
             .max_header_list_size(u32::try_from($settings.max_header_bytes).unwrap_or(u32::MAX))
     };
 }
@@ -627,6 +632,21 @@ mod tests {
         Arc<Drain>,
         rustls_pki_types::CertificateDer<'static>,
     ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tls_frontend_on(listener, server, client_timeout).await
+    }
+
+    /// [`tls_frontend`] on a listener the caller made (with its socket options).
+    async fn tls_frontend_on(
+        listener: tokio::net::TcpListener,
+        server: SocketAddr,
+        client_timeout: Duration,
+    ) -> (
+        SocketAddr,
+        Arc<Frontend>,
+        Arc<Drain>,
+        rustls_pki_types::CertificateDer<'static>,
+    ) {
         use crate::{backend::BackendState, config::Config, table};
 
         let certificate = certificate(&["www.example.test"]);
@@ -648,7 +668,6 @@ mod tests {
             max_header_bytes: 16384,
             drain: Duration::from_secs(1),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let graceful = Arc::new(Drain::new());
         let (watching, serving) = (Arc::clone(&graceful), Arc::clone(&frontend));
@@ -673,6 +692,16 @@ mod tests {
         root: rustls_pki_types::CertificateDer<'static>,
         alpn: &[u8],
     ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tls_client_over(tcp, root, alpn).await
+    }
+
+    /// [`tls_client`] over a TCP connection the caller made.
+    async fn tls_client_over(
+        tcp: TcpStream,
+        root: rustls_pki_types::CertificateDer<'static>,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(root).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -682,7 +711,6 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         client.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = TcpStream::connect(addr).await.unwrap();
         let sni = rustls_pki_types::ServerName::try_from("www.example.test").unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(client))
             .connect(sni, tcp)
@@ -753,6 +781,178 @@ mod tests {
             waited >= Duration::from_millis(250),
             "closed after {waited:?}"
         );
+        drop(graceful);
+    }
+
+    /// A server that answers every request on a connection with `size` bytes of `b'x'`, framed
+    /// by Content-Length or, with `chunked`, in chunks of 64 KiB.
+    async fn bulk_server(size: usize, chunked: bool) -> SocketAddr {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while conn.read_exact(&mut byte).await.is_ok() {
+                        head.push(byte[0]);
+                        if !head.ends_with(b"\r\n\r\n") {
+                            continue;
+                        }
+                        head.clear();
+                        let piece = vec![b'x'; 64 * 1024];
+                        let answer = if chunked {
+                            let mut answer =
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                            for part in piece.chunks(64 * 1024).cycle().take(size / piece.len()) {
+                                answer.extend(format!("{:x}\r\n", part.len()).as_bytes());
+                                answer.extend(part);
+                                answer.extend(b"\r\n");
+                            }
+                            answer.extend(b"0\r\n\r\n");
+                            answer
+                        } else {
+                            let mut answer =
+                                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n")
+                                    .into_bytes();
+                            answer.resize(answer.len() + size, b'x');
+                            answer
+                        };
+                        if conn.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Reads one response of `size` body bytes slowly (4 KiB a millisecond at most: the client,
+    /// not the proxy, is the bottleneck, so the proxy's writes find the socket full); the body
+    /// bytes read, or what happened.
+    async fn read_slowly(
+        tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+        size: usize,
+        chunked: bool,
+    ) -> Result<usize, String> {
+        use tokio::io::AsyncReadExt as _;
+
+        let mut got = Vec::new();
+        let mut piece = vec![0u8; 4 * 1024];
+        loop {
+            let end = got.windows(4).position(|w| w == b"\r\n\r\n");
+            if let Some(end) = end {
+                let body = &got[end + 4..];
+                let done = if chunked {
+                    body.ends_with(b"\r\n0\r\n\r\n")
+                } else {
+                    body.len() >= size
+                };
+                if done {
+                    return Ok(body.iter().filter(|&&b| b == b'x').count());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut piece)).await;
+            match read {
+                Ok(Ok(0)) => return Err(format!("closed after {} bytes", got.len())),
+                Ok(Ok(n)) => got.extend_from_slice(&piece[..n]),
+                Ok(Err(error)) => return Err(format!("{error} after {} bytes", got.len())),
+                Err(_) => return Err(format!("nothing more for 5 s after {} bytes", got.len())),
+            }
+        }
+    }
+
+    /// A large answer over HTTP/1.1 on TLS (the relay's way) reaches a slow client whole, then
+    /// the next one on the same connection: the end of each is flushed out of the TLS buffer,
+    /// not left there until the client's next request (which never comes, as the client waits
+    /// for that end).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_tls_client_gets_the_end_of_every_large_answer() {
+        use tokio::io::AsyncWriteExt as _;
+
+        const SIZE: usize = 1024 * 1024;
+        for chunked in [false, true] {
+            let server = bulk_server(SIZE, chunked).await;
+            let (mut tls, graceful) = tight_tls_connection(server).await;
+            for request in 1..=3 {
+                tls.write_all(b"GET /bulk HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+                    .await
+                    .unwrap();
+                let read = read_slowly(&mut tls, SIZE, chunked).await;
+                assert_eq!(read, Ok(SIZE), "chunked: {chunked}, request {request}");
+            }
+            drop(graceful);
+        }
+    }
+
+    /// A TLS frontend over HTTP/1.1 (the relay) whose listener has small send buffers: its
+    /// writes to a client stop and go a few KiB at a time, so a write seldom finds room for all
+    /// that the TLS buffer holds. A client with a small receive buffer, connected.
+    async fn tight_tls_connection(
+        server: SocketAddr,
+    ) -> (tokio_rustls::client::TlsStream<TcpStream>, Arc<Drain>) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(8192).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(64).unwrap();
+        let (addr, _frontend, graceful, root) =
+            tls_frontend_on(listener, server, Duration::from_secs(30)).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        (tls_client_over(tcp, root, b"http/1.1").await, graceful)
+    }
+
+    /// What a server sent before it paused reaches a slow TLS client during the pause: the
+    /// relay flushes the TLS buffer before it waits for the server. Here the server sends the
+    /// rest only once the client has all of the first part.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_tls_client_gets_what_the_server_sent_before_it_paused() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        const FIRST: usize = 512 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let resume = Arc::new(tokio::sync::Notify::new());
+        let resumed = Arc::clone(&resume);
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = conn.read(&mut head).await;
+            let mut first =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", FIRST + 4).into_bytes();
+            first.resize(first.len() + FIRST, b'x');
+            conn.write_all(&first).await.unwrap();
+            resumed.notified().await;
+            conn.write_all(b"done").await.unwrap();
+        });
+        let (mut tls, graceful) = tight_tls_connection(server).await;
+        tls.write_all(b"GET /paused HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut piece = vec![0u8; 4 * 1024];
+        while got.iter().filter(|&&b| b == b'x').count() < FIRST {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut piece)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&piece[..n]),
+                other => panic!("after {} bytes of the first part: {other:?}", got.len()),
+            }
+        }
+        resume.notify_one();
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"done") {
+            let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut piece)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => rest.extend_from_slice(&piece[..n]),
+                other => panic!("after {} bytes of the rest: {other:?}", rest.len()),
+            }
+        }
         drop(graceful);
     }
 
