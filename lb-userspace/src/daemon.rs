@@ -9,6 +9,7 @@
 
 mod durable;
 mod error;
+mod memory;
 mod signals;
 mod sockets;
 
@@ -148,6 +149,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         table_durable,
     });
 
+    tasks.push(tokio::spawn(memory::give_back_freed_memory()));
     tasks.push(tokio::spawn(sweep_expired(
         store.clone(),
         backends.clone(),

@@ -41,3 +41,50 @@ pub fn monotonic_ns() -> u64 {
     let now = rustix::time::clock_gettime(ClockId::Monotonic);
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
+
+/// Bytes the allocator holds free in its arenas, not given back to the kernel (glibc's
+/// `mallinfo2().fordblks`; 0 elsewhere).
+pub fn allocator_free_bytes() -> usize {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics (under its arenas' locks).
+        unsafe { libc::mallinfo2() }.fordblks
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        0
+    }
+}
+
+/// Gives the allocator's free pages back to the kernel, in every arena (glibc's
+/// `malloc_trim(0)`); whether any were.
+pub fn release_free_memory() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only returns pages of free chunks (under its arenas' locks).
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Memory freed after a burst (chunks below glibc's mmap threshold, kept below one still in
+    /// use so they stay in the arena) is counted as free, and its pages are given back.
+    #[test]
+    #[cfg(target_env = "gnu")]
+    fn freed_memory_is_counted_and_given_back() {
+        let burst: Vec<Vec<u8>> = (0..160).map(|i| vec![i; 100 * 1024]).collect();
+        let fence = vec![1u8; 32 * 1024];
+        // Seen, so that the allocations are not optimised away.
+        std::hint::black_box((&burst, &fence));
+        drop(burst);
+        let free = super::allocator_free_bytes();
+        assert!(free >= 8 << 20, "{free} bytes free after freeing 16 MB");
+        assert!(super::release_free_memory(), "no page given back");
+        drop(fence);
+    }
+}
