@@ -620,18 +620,18 @@ mod tests {
         }
     }
 
-    /// A TLS frontend (the test certificate for `www.example.test`) in front of `server`,
-    /// serving every connection to the address it returns; its frontend (for the counters),
-    /// its drain, and the certificate a client trusts.
-    pub(super) async fn tls_frontend(
-        server: SocketAddr,
-        client_timeout: Duration,
-    ) -> (
+    /// A test frontend: the address it serves, the frontend (for the counters), its drain,
+    /// and the certificate a client trusts.
+    pub(super) type TestFrontend = (
         SocketAddr,
         Arc<Frontend>,
         Arc<Drain>,
         rustls_pki_types::CertificateDer<'static>,
-    ) {
+    );
+
+    /// A TLS frontend (the test certificate for `www.example.test`) in front of `server`,
+    /// serving every connection to the address it returns.
+    pub(super) async fn tls_frontend(server: SocketAddr, client_timeout: Duration) -> TestFrontend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         tls_frontend_on(listener, server, client_timeout).await
     }
@@ -641,12 +641,7 @@ mod tests {
         listener: tokio::net::TcpListener,
         server: SocketAddr,
         client_timeout: Duration,
-    ) -> (
-        SocketAddr,
-        Arc<Frontend>,
-        Arc<Drain>,
-        rustls_pki_types::CertificateDer<'static>,
-    ) {
+    ) -> TestFrontend {
         use crate::{backend::BackendState, config::Config, table};
 
         let certificate = certificate(&["www.example.test"]);
