@@ -26,9 +26,16 @@ pub(super) struct H2loadSpec<'a> {
     pub(super) connections: u32,
     /// Requests in flight on each connection (HTTP/2 streams).
     pub(super) streams: u32,
+    /// How long it runs; with `requests`, how long each process may take beyond a minute.
     pub(super) duration: Duration,
+    /// Requests per process: it stops after these instead of after `duration`.
+    pub(super) requests: Option<u64>,
+    /// HTTP/1.1 over TLS (`--h1`) instead of HTTP/2.
+    pub(super) h1: bool,
     /// `https://host:port`.
     pub(super) url: &'a str,
+    /// The path of every request (`/`, `/bytes/N`).
+    pub(super) path: &'a str,
     /// 8 characters that start every cookie of the run.
     pub(super) prefix: &'a str,
     /// Where the per-request logs go (`h2load-N.tsv`, replaced by every run).
@@ -56,14 +63,28 @@ pub(super) fn run(netns: &NetNs, spec: &H2loadSpec<'_>) -> anyhow::Result<H2load
                 (spec.connections / sessions).max(1)
             ))
             .arg(format!("--max-concurrent-streams={}", spec.streams.max(1)))
-            .arg("--threads=1")
-            .arg(format!("--duration={}", spec.duration.as_secs().max(1)))
+            .arg("--threads=1");
+        match spec.requests {
+            Some(requests) => {
+                // A transfer that stops (a stalled answer) is counted as failed, not waited for.
+                command
+                    .arg(format!("--requests={requests}"))
+                    .arg("--connection-inactivity-timeout=10");
+            }
+            None => {
+                command.arg(format!("--duration={}", spec.duration.as_secs().max(1)));
+            }
+        }
+        if spec.h1 {
+            command.arg("--h1");
+        }
+        command
             .arg(format!(
                 "--header=cookie: c1=1; c2=2; JSESSIONID={}{session:024}",
                 spec.prefix
             ))
             .arg(format!("--log-file={}", log.display()))
-            .arg(format!("{}/", spec.url))
+            .arg(format!("{}{}", spec.url, spec.path))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -53,10 +53,12 @@ pub(super) enum Workload {
     TlsChurn,
     /// HTTPS browser-like connections with HTTP/2: a page, then its resources at once.
     TlsH2Churn,
+    /// HTTPS, one large download per connection (HTTP/1.1), several connections at once.
+    TlsDownload,
 }
 
 impl Workload {
-    pub(super) const ALL: [Self; 15] = [
+    pub(super) const ALL: [Self; 16] = [
         Self::NewConnUnique,
         Self::NewConnRepeat,
         Self::KeepAlive,
@@ -72,6 +74,7 @@ impl Workload {
         Self::TlsH2KeepAlive,
         Self::TlsChurn,
         Self::TlsH2Churn,
+        Self::TlsDownload,
     ];
 
     /// The name in tables and JSON.
@@ -92,6 +95,7 @@ impl Workload {
             Self::TlsH2KeepAlive => "tls-h2-keep-alive",
             Self::TlsChurn => "tls-churn",
             Self::TlsH2Churn => "tls-h2-churn",
+            Self::TlsDownload => "tls-download",
         }
     }
 
@@ -101,7 +105,7 @@ impl Workload {
 
     /// What a request of this workload costs is counted per request; a download's per GB.
     pub(super) fn per_gigabyte(self) -> bool {
-        self == Self::Download
+        matches!(self, Self::Download | Self::TlsDownload)
     }
 
     /// The frontend its requests go to.
@@ -111,7 +115,8 @@ impl Workload {
             | Self::TlsKeepAlive
             | Self::TlsH2KeepAlive
             | Self::TlsChurn
-            | Self::TlsH2Churn => Frontend::Https,
+            | Self::TlsH2Churn
+            | Self::TlsDownload => Frontend::Https,
             _ => Frontend::Http,
         }
     }
@@ -256,6 +261,7 @@ pub(super) fn warm_up(
 ) -> anyhow::Result<()> {
     match workload {
         Workload::Download => download(env, base, prefix, 1, 1 << 20).map(drop),
+        Workload::TlsDownload => tls_download(env, base, prefix, 1, 1 << 20).map(drop),
         _ => load(env, workload, base, prefix, env.plan.warmup).map(drop),
     }
 }
@@ -330,7 +336,10 @@ pub(super) fn load(
                 connections: plan.h2_connections,
                 streams: plan.h2_streams,
                 duration,
+                requests: None,
+                h1: false,
                 url: base,
+                path: "/",
                 prefix,
                 log_dir: &env.work_dir,
             };
@@ -345,6 +354,15 @@ pub(super) fn load(
         }
         Workload::Download => {
             return download(
+                env,
+                base,
+                prefix,
+                plan.download_connections,
+                plan.download_bytes,
+            )
+        }
+        Workload::TlsDownload => {
+            return tls_download(
                 env,
                 base,
                 prefix,
@@ -532,6 +550,38 @@ fn download(
     ))
 }
 
+/// `connections` HTTPS downloads of `bytes` at once over HTTP/1.1 (h2load `--h1`), each on its
+/// own connection with its own cookie. Throughput is all bytes received over the longest
+/// download's time. A download that stops for 10 s counts as failed.
+fn tls_download(
+    env: &Env,
+    base: &str,
+    prefix: &str,
+    connections: u32,
+    bytes: u64,
+) -> anyhow::Result<Sample> {
+    let path = format!("/bytes/{bytes}");
+    let spec = H2loadSpec {
+        sessions: connections,
+        connections,
+        streams: 1,
+        duration: Duration::from_secs(240),
+        requests: Some(1),
+        h1: true,
+        url: base,
+        path: &path,
+        prefix,
+        log_dir: &env.work_dir,
+    };
+    let r = h2load::run(&env.topology(Workload::TlsDownload.layout()).client, &spec)?;
+    let f = r.figures;
+    let sample = Sample::measured(f.requests, f.seconds, f.bytes, f.errors + f.status_errors);
+    Ok(Sample {
+        negotiated: r.negotiated,
+        ..sample
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::{cookie_prefix, Contender, Frontend, Workload};
@@ -550,7 +600,8 @@ mod tests {
                 "tls-keep-alive",
                 "tls-h2-keep-alive",
                 "tls-churn",
-                "tls-h2-churn"
+                "tls-h2-churn",
+                "tls-download"
             ]
         );
         for workload in Workload::ALL {

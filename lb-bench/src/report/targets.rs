@@ -111,7 +111,8 @@ pub(super) fn judge_all(
     checks
 }
 
-/// HTTPS frontends: on each TLS workload, req/s >= 1.0x HAProxy's and p99 <= HAProxy's.
+/// HTTPS frontends: on each TLS workload, req/s >= 1.0x HAProxy's and p99 <= HAProxy's; on a
+/// download, MB/s >= 1.0x HAProxy's.
 fn judge_tls<'a>(find: &impl Fn(Workload, Contender) -> Option<&'a Summary>) -> Vec<TargetCheck> {
     let mut checks = Vec::new();
     for workload in Workload::ALL
@@ -122,6 +123,18 @@ fn judge_tls<'a>(find: &impl Fn(Workload, Contender) -> Option<&'a Summary>) -> 
             find(workload, Contender::Stickylb),
             find(workload, Contender::Haproxy),
         );
+        if workload.per_gigabyte() {
+            // A download has no request latency: its figure is MB/s.
+            let mbps = |s: Option<&Summary>| s.and_then(|s| s.megabytes_per_s);
+            checks.push(judge(
+                format!("{}: MB/s >= 1.0x HAProxy", workload.id()),
+                mbps(ours),
+                mbps(theirs),
+                |a, b| a >= b,
+                |v| format!("{v:.0} MB/s"),
+            ));
+            continue;
+        }
         let rps = |s: Option<&Summary>| s.and_then(|s| s.requests_per_s);
         let p99 = |s: Option<&Summary>| s.and_then(|s| s.p99_ms);
         checks.push(judge(
