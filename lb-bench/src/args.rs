@@ -22,10 +22,10 @@ pub(crate) struct BenchArgs {
     /// Only these workloads (new-conn-unique, new-conn-repeat, keep-alive, download, churn,
     /// churn-16-clients, port-reuse, paced-keep-alive, one-armed-keep-alive, one-armed-churn,
     /// tls-new-conn, tls-keep-alive, tls-h2-keep-alive, tls-churn, tls-h2-churn, tls-download,
-    /// table-scale, splice-rate, cluster-mirror-lag, cluster-partition, cluster-resync,
-    /// syn-flood, syn-flood-spoofed); a partial run writes to target/bench/partial/ unless
-    /// --output says otherwise. The tls- and cluster- workloads run against haproxy and
-    /// stickylb only.
+    /// tls-h2-download, table-scale, splice-rate, cluster-mirror-lag, cluster-partition,
+    /// cluster-resync, syn-flood, syn-flood-spoofed); a partial run writes to
+    /// target/bench/partial/ unless --output says otherwise. The tls- and cluster- workloads run
+    /// against haproxy and stickylb only.
     #[arg(long = "workload", value_name = "ID", value_parser = parse_workload_filter)]
     pub(crate) workloads: Vec<String>,
     /// New sessions per second that cluster-mirror-lag offers to its first node [default:

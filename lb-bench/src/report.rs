@@ -501,7 +501,8 @@ pub(super) mod tests {
                 "missed",
                 "missed",
                 "missed",
-                // The TLS download's MB/s: every made-up download takes as long.
+                // The TLS downloads' MB/s: every made-up download takes as long.
+                "met",
                 "met",
                 // The fast path's: keep-alive 0.5x HAProxy, bulk as fast as direct (every
                 // made-up download is 1 GB in 2 s), CPU per GB equal to HAProxy's.

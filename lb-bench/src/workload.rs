@@ -55,10 +55,12 @@ pub(super) enum Workload {
     TlsH2Churn,
     /// HTTPS, one large download per connection (HTTP/1.1), several connections at once.
     TlsDownload,
+    /// The same over HTTP/2.
+    TlsH2Download,
 }
 
 impl Workload {
-    pub(super) const ALL: [Self; 16] = [
+    pub(super) const ALL: [Self; 17] = [
         Self::NewConnUnique,
         Self::NewConnRepeat,
         Self::KeepAlive,
@@ -75,6 +77,7 @@ impl Workload {
         Self::TlsChurn,
         Self::TlsH2Churn,
         Self::TlsDownload,
+        Self::TlsH2Download,
     ];
 
     /// The name in tables and JSON.
@@ -96,6 +99,7 @@ impl Workload {
             Self::TlsChurn => "tls-churn",
             Self::TlsH2Churn => "tls-h2-churn",
             Self::TlsDownload => "tls-download",
+            Self::TlsH2Download => "tls-h2-download",
         }
     }
 
@@ -105,7 +109,10 @@ impl Workload {
 
     /// What a request of this workload costs is counted per request; a download's per GB.
     pub(super) fn per_gigabyte(self) -> bool {
-        matches!(self, Self::Download | Self::TlsDownload)
+        matches!(
+            self,
+            Self::Download | Self::TlsDownload | Self::TlsH2Download
+        )
     }
 
     /// The frontend its requests go to.
@@ -116,7 +123,8 @@ impl Workload {
             | Self::TlsH2KeepAlive
             | Self::TlsChurn
             | Self::TlsH2Churn
-            | Self::TlsDownload => Frontend::Https,
+            | Self::TlsDownload
+            | Self::TlsH2Download => Frontend::Https,
             _ => Frontend::Http,
         }
     }
@@ -261,7 +269,9 @@ pub(super) fn warm_up(
 ) -> anyhow::Result<()> {
     match workload {
         Workload::Download => download(env, base, prefix, 1, 1 << 20).map(drop),
-        Workload::TlsDownload => tls_download(env, base, prefix, 1, 1 << 20).map(drop),
+        Workload::TlsDownload | Workload::TlsH2Download => {
+            tls_download(env, workload, base, prefix, (1, 1 << 20)).map(drop)
+        }
         _ => load(env, workload, base, prefix, env.plan.warmup).map(drop),
     }
 }
@@ -361,14 +371,9 @@ pub(super) fn load(
                 plan.download_bytes,
             )
         }
-        Workload::TlsDownload => {
-            return tls_download(
-                env,
-                base,
-                prefix,
-                plan.download_connections,
-                plan.download_bytes,
-            )
+        Workload::TlsDownload | Workload::TlsH2Download => {
+            let size = (plan.download_connections, plan.download_bytes);
+            return tls_download(env, workload, base, prefix, size);
         }
         Workload::Churn | Workload::OneArmedChurn => churn(),
         Workload::ChurnManyClients => LoadSpec {
@@ -550,15 +555,16 @@ fn download(
     ))
 }
 
-/// `connections` HTTPS downloads of `bytes` at once over HTTP/1.1 (h2load `--h1`), each on its
-/// own connection with its own cookie. Throughput is all bytes received over the longest
-/// download's time. A download that stops for 10 s counts as failed.
+/// `connections` HTTPS downloads of `bytes` at once, over HTTP/1.1 (h2load `--h1`) for
+/// `tls-download`, over HTTP/2 for `tls-h2-download`, each on its own connection with its own
+/// cookie. Throughput is all bytes received over the longest download's time. A download that
+/// stops for 10 s counts as failed.
 fn tls_download(
     env: &Env,
+    workload: Workload,
     base: &str,
     prefix: &str,
-    connections: u32,
-    bytes: u64,
+    (connections, bytes): (u32, u64),
 ) -> anyhow::Result<Sample> {
     let path = format!("/bytes/{bytes}");
     let spec = H2loadSpec {
@@ -567,13 +573,13 @@ fn tls_download(
         streams: 1,
         duration: Duration::from_secs(240),
         requests: Some(1),
-        h1: true,
+        h1: workload == Workload::TlsDownload,
         url: base,
         path: &path,
         prefix,
         log_dir: &env.work_dir,
     };
-    let r = h2load::run(&env.topology(Workload::TlsDownload.layout()).client, &spec)?;
+    let r = h2load::run(&env.topology(workload.layout()).client, &spec)?;
     let f = r.figures;
     let sample = Sample::measured(f.requests, f.seconds, f.bytes, f.errors + f.status_errors);
     Ok(Sample {
@@ -601,7 +607,8 @@ mod tests {
                 "tls-h2-keep-alive",
                 "tls-churn",
                 "tls-h2-churn",
-                "tls-download"
+                "tls-download",
+                "tls-h2-download"
             ]
         );
         for workload in Workload::ALL {
