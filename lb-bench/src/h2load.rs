@@ -26,7 +26,8 @@ pub(super) struct H2loadSpec<'a> {
     pub(super) connections: u32,
     /// Requests in flight on each connection (HTTP/2 streams).
     pub(super) streams: u32,
-    /// How long it runs; with `requests`, how long each process may take beyond a minute.
+    /// How long it runs; with `requests`, how long each process may take (either way, a minute
+    /// more before it is killed).
     pub(super) duration: Duration,
     /// Requests per process: it stops after these instead of after `duration`.
     pub(super) requests: Option<u64>,
