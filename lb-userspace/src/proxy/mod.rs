@@ -14,6 +14,7 @@
 pub mod drain;
 mod error;
 mod exchange;
+mod h2;
 mod headers;
 pub mod listener;
 mod message;
@@ -37,7 +38,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _};
 use hyper::{
-    body::{Body as _, Incoming},
+    body::Incoming,
     Request, Response, Uri,
 };
 use hyper_util::{
@@ -266,15 +267,19 @@ impl Proxy {
         response.map(|body| body.boxed())
     }
 
-    /// Serves one request that hyper read from a connection of transport `via` (hyper over
-    /// cleartext or over TLS).
-    async fn serve(
+    /// Serves one request read from a connection of transport `via` (hyper over cleartext or
+    /// over TLS, or the HTTP/2 server of TLS frontends).
+    async fn serve<B>(
         &self,
         frontend: &Frontend,
         client: SocketAddr,
         via: Via,
-        mut request: Request<Incoming>,
-    ) -> Response<Answer> {
+        mut request: Request<B>,
+    ) -> Response<Answer>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BodyFailed>,
+    {
         let started = Instant::now();
         let upgrade = headers::upgrade_protocol(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -322,14 +327,18 @@ impl Proxy {
         }
     }
 
-    async fn forward(
+    async fn forward<B>(
         &self,
         backend: &BackendState,
         in_flight: &InFlight,
         (client, via): (SocketAddr, Via),
-        request: Request<Incoming>,
+        request: Request<B>,
         upgrade: Option<hyper::header::HeaderValue>,
-    ) -> Result<(Response<ServerBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
+    ) -> Result<(Response<ServerBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BodyFailed>,
+    {
         let server = in_flight.server();
         // A request without a body to a cleartext server (most of what browsers send over
         // HTTP/2) goes the relay's way; bodies, upgrades and TLS servers go through hyper's
@@ -473,12 +482,16 @@ async fn tunnel(
 /// one reached over TLS), hop-by-hop headers dropped, the client appended to
 /// `X-Forwarded-For`, the body counted. An HTTP/2 request's `:authority` becomes its `Host`
 /// and its `Cookie` fields one field (RFC 9113 section 8.2.3), as HTTP/1.1 has them.
-fn upstream_request(
-    request: Request<Incoming>,
+fn upstream_request<B>(
+    request: Request<B>,
     server: &Arc<ServerState>,
     client: SocketAddr,
     upgrade: Option<hyper::header::HeaderValue>,
-) -> Result<Request<RequestBody>, ProxyError> {
+) -> Result<Request<RequestBody>, ProxyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BodyFailed>,
+{
     let (mut parts, body) = request.into_parts();
     if parts.version == hyper::Version::HTTP_2 {
         headers::to_http11(&mut parts.headers, parts.uri.authority());
@@ -509,7 +522,7 @@ fn upstream_request(
             }
             frame
         })
-        .map_err(ClientBodyFailed)
+        .map_err(|error| ClientBodyFailed(error.into()))
         .boxed();
     Ok(Request::from_parts(parts, body))
 }

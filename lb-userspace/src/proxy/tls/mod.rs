@@ -43,6 +43,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{
     drain::Drain,
     exchange::{TlsInfo, Via},
+    h2,
     relay::{self, Release},
     Answer, BodyFailed, ConnSettings, Frontend, Proxy,
 };
@@ -204,18 +205,23 @@ pub(super) async fn serve(
     let info = TlsInfo::of(stream.get_ref().1);
     stats.handshake_done(info.alpn);
     let via = Via::Tls(info);
+    if info.alpn == "h2" {
+        // HTTP/2 by ALPN: this crate's HTTP/2 server (see `h2`), on this task.
+        let pipeline = h2::Pipeline::new(frontend, proxy, peer, via);
+        let limits = h2::Limits {
+            max_header_bytes: settings.max_header_bytes,
+            client_timeout: settings.client_timeout,
+        };
+        let connection = h2::Connection::new(stream, pipeline, limits);
+        let connection = graceful.watch(connection, |connection| connection.get_mut().close());
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "HTTP/2 client connection ended with an error");
+        }
+        return;
+    }
     let idle = Arc::new(Idle::new());
     let service = service(Arc::clone(frontend), Arc::clone(proxy), peer, via, &idle);
     let watched = (graceful, idle, settings.client_timeout);
-    if info.alpn == "h2" {
-        // HTTP/2 by ALPN: hyper's HTTP/2 server as it is, without the version sniffing of
-        // `auto` (a wrapper on every read of the connection, for a choice already made).
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2_limits!(builder, settings);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        spawn_watched(connection, |c| c.graceful_shutdown(), watched, peer);
-        return;
-    }
     // HTTP/1.1 is served by the relay, as on a cleartext connection but never spliced; what it
     // does not serve simply comes back for hyper with the bytes it read. A frontend that adds
     // HSTS (the relay passes response heads as they are) goes to hyper.
