@@ -53,6 +53,8 @@ const OUTPUT_HIGH: usize = 64 * 1024;
 /// The input buffer's first size, and its largest (one frame of the largest size this side
 /// allows, and its header, and a read's worth more).
 const INPUT_START: usize = 4096;
+/// The output buffer an idle connection keeps.
+const OUTPUT_IDLE: usize = 4096;
 const INPUT_MAX: usize = 2 * (frame::DEFAULT_MAX_FRAME + frame::HEAD_LEN);
 /// Reads handled in one turn before the task lets others run.
 const READS_PER_TURN: usize = 32;
@@ -289,7 +291,12 @@ where
                     self.phase = Phase::Flushing;
                 }
             }
-            match self.poll_output(cx) {
+            // Output that went makes room for more (frames read, bodies polled): another pass,
+            // or nothing would wake this task for them.
+            let waiting = self.output.len() - self.written;
+            let polled = self.poll_output(cx);
+            busy |= self.output.len() - self.written < waiting;
+            match polled {
                 Poll::Ready(Ok(())) => {
                     if self.phase == Phase::Flushing {
                         // Best effort: the client may be gone already.
@@ -361,6 +368,10 @@ where
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.streams.is_empty() && self.input.len() > INPUT_START {
+                self.input.truncate(INPUT_START);
+                self.input.shrink_to_fit();
+            }
         }
         Ok(())
     }
@@ -623,7 +634,9 @@ where
     /// forwarded: the server is reached over HTTP/1.1 without them).
     fn trailers(&mut self, id: u32, end_stream: bool) -> Result<(), Fatal> {
         let Some(index) = self.position(id) else {
-            return Err(Fatal(Reason::StreamClosed, "HEADERS on a closed stream"));
+            // Trailers of a stream closed here that the client had not heard of yet (answered
+            // before its body ended, or reset): decoded, and nothing else to do.
+            return Ok(());
         };
         if !end_stream || !self.streams[index].receiving {
             return self.stream_error(id, Reason::Protocol, "trailers without END_STREAM");
@@ -911,6 +924,8 @@ where
                     return true;
                 }
                 Poll::Ready(Some(Ok(piece))) => match piece.into_data() {
+                    // Nothing to send: the next piece, in the next pass.
+                    Ok(data) if data.is_empty() => return true,
                     Ok(data) => *pending = data,
                     // Trailers end the stream.
                     Err(piece) => {
@@ -977,6 +992,10 @@ where
         if self.written > 0 {
             self.output.clear();
             self.written = 0;
+            if self.streams.is_empty() && self.output.capacity() > OUTPUT_IDLE {
+                // An idle connection (most of a browser's) keeps a small buffer.
+                self.output.shrink_to(OUTPUT_IDLE);
+            }
         }
         // TLS keeps what the socket did not take until flushed.
         Pin::new(&mut self.io).poll_flush(cx)
@@ -987,7 +1006,7 @@ where
         let limit = self.limits.client_timeout;
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let unread = self.written < self.output.len() || !self.output.is_empty();
+            let unread = !self.output.is_empty();
             if unread && now.duration_since(self.last_written) >= limit {
                 return Poll::Ready(Err(Ended::Stalled));
             }

@@ -426,3 +426,17 @@ async fn after_the_client_lowers_its_table_the_first_answer_says_so() {
     let headers = client.until(HEADERS).await.pop().unwrap();
     assert_ne!(headers.payload[0], 0x20, "only once");
 }
+
+/// A large answer to a client that announces the largest windows, so that only the pipe and
+/// the output buffer hold it back: the answer must not stop when the output drains at once.
+#[tokio::test]
+async fn a_large_answer_with_the_largest_windows_arrives_whole() {
+    let max = (1u32 << 31) - 1;
+    let (mut client, _served) = Client::start(Memory::default(), limits(), &[(0x4, max)]).await;
+    client.send(&window_update(0, max - 65_535)).await;
+    let total = 20_000_000;
+    let path = format!("/bytes/{total}");
+    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, &path))).await;
+    let (status, body) = client.answer(1).await;
+    assert_eq!((status.as_str(), body.len()), ("200", total));
+}
