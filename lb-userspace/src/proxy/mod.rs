@@ -37,10 +37,7 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _};
-use hyper::{
-    body::Incoming,
-    Request, Response, Uri,
-};
+use hyper::{body::Incoming, Request, Response, Uri};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,

@@ -177,7 +177,10 @@ mod tests {
         let second = Pin::new(&mut body).poll_frame(&mut cx);
         assert!(matches!(second, Poll::Ready(Some(Ok(f))) if f.data_ref().unwrap() == "de"));
         assert!(body.is_end_stream());
-        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(None)));
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
         assert_eq!(inbox.taken(), 5);
         assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     }

@@ -20,10 +20,7 @@ use futures_util::{
     future::{AbortHandle, Abortable, Aborted},
     stream::{FuturesUnordered, Stream as _},
 };
-use hyper::{
-    body::Body,
-    Response, StatusCode,
-};
+use hyper::{body::Body, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
@@ -213,7 +210,10 @@ where
             &[
                 (0x3, MAX_STREAMS as u32),
                 (0x4, STREAM_WINDOW as u32),
-                (0x6, u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX)),
+                (
+                    0x6,
+                    u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+                ),
             ],
         );
         frame::window_update(&mut output, 0, (CONN_WINDOW - 65_535) as u32);
@@ -439,7 +439,10 @@ where
         self.not_idle(head)?;
         self.recv_window -= payload.len() as i64;
         if self.recv_window < 0 {
-            return Err(Fatal(Reason::FlowControl, "DATA past the connection window"));
+            return Err(Fatal(
+                Reason::FlowControl,
+                "DATA past the connection window",
+            ));
         }
         let (from, to) = frame::unpadded(head, payload)
             .ok_or(Fatal(Reason::Protocol, "padding longer than the frame"))?;
@@ -459,10 +462,14 @@ where
             Some((Reason::StreamClosed, "DATA after END_STREAM"))
         } else if stream.recv_window < 0 {
             Some((Reason::FlowControl, "DATA past the stream window"))
-        } else if stream.content_length.is_some_and(|length| {
-            stream.received > length || end && stream.received != length
-        }) {
-            Some((Reason::Protocol, "body length other than its content-length"))
+        } else if stream
+            .content_length
+            .is_some_and(|length| stream.received > length || end && stream.received != length)
+        {
+            Some((
+                Reason::Protocol,
+                "body length other than its content-length",
+            ))
         } else {
             None
         };
@@ -486,15 +493,21 @@ where
     }
 
     fn headers(&mut self, cx: &mut Context<'_>, head: &Head, payload: &[u8]) -> Result<(), Fatal> {
-        if head.stream == 0 || head.stream % 2 == 0 {
-            return Err(Fatal(Reason::Protocol, "HEADERS on a stream a client cannot open"));
+        if head.stream == 0 || head.stream.is_multiple_of(2) {
+            return Err(Fatal(
+                Reason::Protocol,
+                "HEADERS on a stream a client cannot open",
+            ));
         }
         let (mut from, to) = frame::unpadded(head, payload)
             .ok_or(Fatal(Reason::Protocol, "padding longer than the frame"))?;
         if head.has(frame::PRIORITY) {
             from += 5;
             if from > to {
-                return Err(Fatal(Reason::FrameSize, "HEADERS shorter than its priority"));
+                return Err(Fatal(
+                    Reason::FrameSize,
+                    "HEADERS shorter than its priority",
+                ));
             }
         }
         let fragment = &payload[from..to];
@@ -526,7 +539,10 @@ where
         // the limit cannot be answered 431: the connection ends. Twice the limit leaves room
         // for a block that encodes its fields larger than they are.
         if block.bytes.len() + payload.len() > 2 * self.limits.max_header_bytes + 1024 {
-            return Err(Fatal(Reason::EnhanceYourCalm, "header block past the limit"));
+            return Err(Fatal(
+                Reason::EnhanceYourCalm,
+                "header block past the limit",
+            ));
         }
         block.bytes.extend_from_slice(payload);
         if !head.has(frame::END_HEADERS) {
@@ -673,7 +689,10 @@ where
         if matches!(self.streams[index].answer, Answer::Waiting(_)) {
             self.cancelled += 1;
             if self.cancelled > MAX_CANCELLED + self.answered {
-                return Err(Fatal(Reason::EnhanceYourCalm, "streams reset before their answer"));
+                return Err(Fatal(
+                    Reason::EnhanceYourCalm,
+                    "streams reset before their answer",
+                ));
             }
         }
         self.remove(index);
@@ -690,7 +709,7 @@ where
             }
             return Ok(());
         }
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err(Fatal(Reason::FrameSize, "SETTINGS of a bad size"));
         }
         self.settings_seen = true;
@@ -766,8 +785,9 @@ where
         if payload.len() != 4 {
             return Err(Fatal(Reason::FrameSize, "WINDOW_UPDATE of a bad size"));
         }
-        let increment =
-            i64::from(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff);
+        let increment = i64::from(
+            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
+        );
         if head.stream == 0 {
             if increment == 0 {
                 return Err(Fatal(Reason::Protocol, "WINDOW_UPDATE of 0"));
@@ -795,7 +815,12 @@ where
 
     /// Resets stream `id` for the client's error.
     fn stream_error(&mut self, id: u32, reason: Reason, why: &'static str) -> Result<(), Fatal> {
-        tracing::debug!(stream = id, ?reason, why, "HTTP/2 stream error; stream reset");
+        tracing::debug!(
+            stream = id,
+            ?reason,
+            why,
+            "HTTP/2 stream error; stream reset"
+        );
         self.count_error_reset()?;
         frame::reset(&mut self.output, id, reason);
         if let Some(index) = self.position(id) {
@@ -851,7 +876,13 @@ where
             &parts.headers,
             std::mem::take(&mut self.table_size_update),
         );
-        frame::headers(&mut self.output, id, &self.scratch, end, self.peer_max_frame);
+        frame::headers(
+            &mut self.output,
+            id,
+            &self.scratch,
+            end,
+            self.peer_max_frame,
+        );
         self.streams[index].answer = if end {
             Answer::Sent
         } else {

@@ -145,7 +145,8 @@ impl RequestFields {
             return Err(Malformed::Invalid("empty :path"));
         }
         let scheme = Scheme::try_from(&scheme[..]).map_err(|_| Malformed::Invalid(":scheme"))?;
-        let path = PathAndQuery::from_maybe_shared(path).map_err(|_| Malformed::Invalid(":path"))?;
+        let path =
+            PathAndQuery::from_maybe_shared(path).map_err(|_| Malformed::Invalid(":path"))?;
         let uri = match self.authority {
             Some(authority) => {
                 let mut uri = hyper::http::uri::Parts::default();
@@ -282,15 +283,18 @@ mod tests {
         decoder
             .decode(block, |n, v| {
                 fields.push((
-                    String::from_utf8_lossy(&n).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
                 ));
             })
             .unwrap();
         fields
     }
 
-    fn fields(list: &[(&str, &str)], limit: usize) -> Result<hyper::http::request::Parts, Malformed> {
+    fn fields(
+        list: &[(&str, &str)],
+        limit: usize,
+    ) -> Result<hyper::http::request::Parts, Malformed> {
         let mut fields = RequestFields::new(limit);
         for (n, v) in list {
             fields.add(n.as_bytes(), v.as_bytes());
@@ -314,7 +318,16 @@ mod tests {
             let got = decoded(&block);
             assert_eq!(got[0], (":status".into(), status.as_str().into()));
             let names: Vec<&str> = got[1..].iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, ["content-length", "x-served-by", "set-cookie", "set-cookie", "x-long"]);
+            assert_eq!(
+                names,
+                [
+                    "content-length",
+                    "x-served-by",
+                    "set-cookie",
+                    "set-cookie",
+                    "x-long"
+                ]
+            );
             assert_eq!(got[5].1, "v".repeat(300));
         }
     }
@@ -337,7 +350,10 @@ mod tests {
         assert_eq!(parts.uri.to_string(), "https://www.example.test/a?b=c");
         assert_eq!(parts.version, hyper::Version::HTTP_2);
         assert_eq!(parts.headers.get_all("cookie").iter().count(), 2);
-        let bare = fields(&[(":method", "GET"), (":scheme", "https"), (":path", "/x")], 8192);
+        let bare = fields(
+            &[(":method", "GET"), (":scheme", "https"), (":path", "/x")],
+            8192,
+        );
         assert_eq!(bare.unwrap().uri.path(), "/x");
     }
 
@@ -349,18 +365,39 @@ mod tests {
             list.extend_from_slice(extra);
             fields(&list, 8192).err()
         };
-        assert!(matches!(with(&[("Host", "x")]), Some(Malformed::Invalid(_))));
-        assert!(matches!(with(&[("connection", "close")]), Some(Malformed::Invalid(_))));
-        assert!(matches!(with(&[("te", "gzip")]), Some(Malformed::Invalid(_))));
+        assert!(matches!(
+            with(&[("Host", "x")]),
+            Some(Malformed::Invalid(_))
+        ));
+        assert!(matches!(
+            with(&[("connection", "close")]),
+            Some(Malformed::Invalid(_))
+        ));
+        assert!(matches!(
+            with(&[("te", "gzip")]),
+            Some(Malformed::Invalid(_))
+        ));
         assert!(with(&[("te", "trailers")]).is_none());
-        assert!(matches!(with(&[("x", "1"), (":path", "/")]), Some(Malformed::Invalid(_))));
-        assert!(matches!(with(&[(":path", "/")]), Some(Malformed::Invalid(_))));
-        assert!(matches!(with(&[(":protocol", "websocket")]), Some(Malformed::Invalid(_))));
+        assert!(matches!(
+            with(&[("x", "1"), (":path", "/")]),
+            Some(Malformed::Invalid(_))
+        ));
+        assert!(matches!(
+            with(&[(":path", "/")]),
+            Some(Malformed::Invalid(_))
+        ));
+        assert!(matches!(
+            with(&[(":protocol", "websocket")]),
+            Some(Malformed::Invalid(_))
+        ));
         assert!(matches!(
             with(&[("content-length", "1"), ("content-length", "2")]),
             Some(Malformed::Invalid(_))
         ));
-        assert!(matches!(with(&[("x", "a\nb")]), Some(Malformed::Invalid(_))));
+        assert!(matches!(
+            with(&[("x", "a\nb")]),
+            Some(Malformed::Invalid(_))
+        ));
         assert!(matches!(
             fields(&[(":method", "GET"), (":path", "/")], 8192),
             Err(Malformed::Invalid(_))

@@ -180,7 +180,13 @@ pub(super) fn headers(
 
 /// The header of a DATA frame of `len` bytes (its payload follows).
 pub(super) fn data_head(out: &mut Vec<u8>, stream: u32, len: usize, end_stream: bool) {
-    put_head(out, len, 0x0, if end_stream { END_STREAM } else { 0 }, stream);
+    put_head(
+        out,
+        len,
+        0x0,
+        if end_stream { END_STREAM } else { 0 },
+        stream,
+    );
 }
 
 #[cfg(test)]
@@ -192,11 +198,20 @@ mod tests {
         let mut out = Vec::new();
         headers(&mut out, 3, &[7; 40], true, 16);
         let first = Head::parse(&out);
-        assert_eq!((first.len, first.kind, first.flags, first.stream), (16, Kind::Headers, END_STREAM, 3));
+        assert_eq!(
+            (first.len, first.kind, first.flags, first.stream),
+            (16, Kind::Headers, END_STREAM, 3)
+        );
         let second = Head::parse(&out[25..]);
-        assert_eq!((second.len, second.kind, second.flags), (16, Kind::Continuation, 0));
+        assert_eq!(
+            (second.len, second.kind, second.flags),
+            (16, Kind::Continuation, 0)
+        );
         let third = Head::parse(&out[50..]);
-        assert_eq!((third.len, third.kind, third.flags), (8, Kind::Continuation, END_HEADERS));
+        assert_eq!(
+            (third.len, third.kind, third.flags),
+            (8, Kind::Continuation, END_HEADERS)
+        );
         assert_eq!(out.len(), 3 * HEAD_LEN + 40);
     }
 
@@ -205,7 +220,10 @@ mod tests {
         let mut out = Vec::new();
         headers(&mut out, 1, &[], false, 16);
         let head = Head::parse(&out);
-        assert_eq!((head.len, head.kind, head.flags), (0, Kind::Headers, END_HEADERS));
+        assert_eq!(
+            (head.len, head.kind, head.flags),
+            (0, Kind::Headers, END_HEADERS)
+        );
         assert_eq!(out.len(), HEAD_LEN);
     }
 

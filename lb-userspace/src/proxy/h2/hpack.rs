@@ -383,8 +383,7 @@ static MACHINE: LazyLock<Machine> = LazyLock::new(|| {
     let mut stack = vec![(0usize, 0u32, true)];
     while let Some((node, depth, ones)) = stack.pop() {
         accepting[node] = ones && depth < 8;
-        for side in 0..2 {
-            let child = nodes[node][side];
+        for (side, &child) in nodes[node].iter().enumerate() {
             if child & LEAF == 0 && child != 0 {
                 stack.push((child as usize, depth + 1, ones && side == 1));
             }
@@ -475,9 +474,18 @@ mod tests {
         assert_eq!((codes[1], CODE_LENGTHS[1]), (0x7f_ffd8, 23));
         assert_eq!((codes[9], CODE_LENGTHS[9]), (0xff_ffea, 24));
         assert_eq!((codes[10], CODE_LENGTHS[10]), (0x3fff_fffc, 30));
-        assert_eq!((codes[usize::from(b'0')], CODE_LENGTHS[usize::from(b'0')]), (0x0, 5));
-        assert_eq!((codes[usize::from(b't')], CODE_LENGTHS[usize::from(b't')]), (0x9, 5));
-        assert_eq!((codes[usize::from(b' ')], CODE_LENGTHS[usize::from(b' ')]), (0x14, 6));
+        assert_eq!(
+            (codes[usize::from(b'0')], CODE_LENGTHS[usize::from(b'0')]),
+            (0x0, 5)
+        );
+        assert_eq!(
+            (codes[usize::from(b't')], CODE_LENGTHS[usize::from(b't')]),
+            (0x9, 5)
+        );
+        assert_eq!(
+            (codes[usize::from(b' ')], CODE_LENGTHS[usize::from(b' ')]),
+            (0x14, 6)
+        );
         assert_eq!((codes[256], CODE_LENGTHS[256]), (0x3fff_ffff, 30));
     }
 
@@ -485,7 +493,10 @@ mod tests {
     #[test]
     fn the_rfcs_huffman_requests_decode_with_their_table() {
         let mut decoder = Decoder::new(4096);
-        let first = fields(&mut decoder, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"));
+        let first = fields(
+            &mut decoder,
+            &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"),
+        );
         let base = [
             (":method", "GET"),
             (":scheme", "http"),
@@ -535,7 +546,9 @@ mod tests {
     #[test]
     fn every_byte_survives_a_huffman_round_trip() {
         let codes = codes();
-        let text: Vec<u8> = (0..=255u8).chain(b"JSESSIONID=0123abcdef".iter().copied()).collect();
+        let text: Vec<u8> = (0..=255u8)
+            .chain(b"JSESSIONID=0123abcdef".iter().copied())
+            .collect();
         let (mut bits, mut pending, mut encoded) = (0u32, 0u64, Vec::new());
         for &byte in &text {
             let len = u32::from(CODE_LENGTHS[usize::from(byte)]);
@@ -559,11 +572,20 @@ mod tests {
     fn bad_huffman_padding_and_eos_are_refused() {
         let mut out = Vec::new();
         // "a" is 00011: padded with zeros instead of ones.
-        assert_eq!(huffman_decode(&[0b0001_1000], &mut out), Err(HpackError::BadHuffman));
+        assert_eq!(
+            huffman_decode(&[0b0001_1000], &mut out),
+            Err(HpackError::BadHuffman)
+        );
         // A whole byte of padding after "0" (00000 + 111 + 11111111).
-        assert_eq!(huffman_decode(&[0b0000_0111, 0xff], &mut out), Err(HpackError::BadHuffman));
+        assert_eq!(
+            huffman_decode(&[0b0000_0111, 0xff], &mut out),
+            Err(HpackError::BadHuffman)
+        );
         // EOS itself (30 ones), padded.
-        assert_eq!(huffman_decode(&[0xff, 0xff, 0xff, 0xff], &mut out), Err(HpackError::BadHuffman));
+        assert_eq!(
+            huffman_decode(&[0xff, 0xff, 0xff, 0xff], &mut out),
+            Err(HpackError::BadHuffman)
+        );
         out.clear();
         assert_eq!(huffman_decode(&[0b0001_1111], &mut out), Ok(()));
         assert_eq!(out, b"a");
@@ -574,11 +596,23 @@ mod tests {
         let mut decoder = Decoder::new(4096);
         assert_eq!(fields(&mut decoder, &[0x80]), Err(HpackError::BadIndex));
         assert_eq!(fields(&mut decoder, &[0xbe]), Err(HpackError::BadIndex));
-        assert_eq!(fields(&mut decoder, &[0x41, 0x05, b'a']), Err(HpackError::Truncated));
-        assert_eq!(fields(&mut decoder, &[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), Err(HpackError::Overflow));
+        assert_eq!(
+            fields(&mut decoder, &[0x41, 0x05, b'a']),
+            Err(HpackError::Truncated)
+        );
+        assert_eq!(
+            fields(&mut decoder, &[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err(HpackError::Overflow)
+        );
         // A size update past the allowed size, and one after a field.
-        assert_eq!(fields(&mut decoder, &[0x3f, 0xe2, 0x1f]), Err(HpackError::BadSizeUpdate));
-        assert_eq!(fields(&mut decoder, &[0x82, 0x20]), Err(HpackError::BadSizeUpdate));
+        assert_eq!(
+            fields(&mut decoder, &[0x3f, 0xe2, 0x1f]),
+            Err(HpackError::BadSizeUpdate)
+        );
+        assert_eq!(
+            fields(&mut decoder, &[0x82, 0x20]),
+            Err(HpackError::BadSizeUpdate)
+        );
         assert_eq!(fields(&mut decoder, &[0x20, 0x82]).unwrap().len(), 1);
     }
 

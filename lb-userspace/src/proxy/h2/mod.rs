@@ -33,7 +33,12 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    pub(super) fn new(frontend: &Arc<Frontend>, proxy: &Arc<Proxy>, peer: SocketAddr, via: Via) -> Self {
+    pub(super) fn new(
+        frontend: &Arc<Frontend>,
+        proxy: &Arc<Proxy>,
+        peer: SocketAddr,
+        via: Via,
+    ) -> Self {
         Self {
             shared: Arc::new((Arc::clone(frontend), Arc::clone(proxy))),
             peer,

@@ -66,7 +66,8 @@ impl Service for Memory {
     }
 
     fn short(&self, status: hyper::StatusCode, text: &'static str) -> hyper::Response<TestBody> {
-        let mut response = hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
+        let mut response =
+            hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
         *response.status_mut() = status;
         response
     }
@@ -119,7 +120,14 @@ struct Client {
 impl Client {
     /// A connection served with `limits`, its preface and SETTINGS (`settings`) sent, and
     /// the server's SETTINGS read.
-    async fn start(service: Memory, limits: Limits, settings: &[(u16, u32)]) -> (Client, tokio::task::JoinHandle<Result<(), super::conn::Ended>>) {
+    async fn start(
+        service: Memory,
+        limits: Limits,
+        settings: &[(u16, u32)],
+    ) -> (
+        Client,
+        tokio::task::JoinHandle<Result<(), super::conn::Ended>>,
+    ) {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let served = tokio::spawn(Connection::new(theirs, service, limits));
         let mut client = Client {
@@ -227,8 +235,22 @@ fn window_update(stream: u32, increment: u32) -> Vec<u8> {
 #[tokio::test]
 async fn answers_come_on_their_streams_in_any_order() {
     let (mut client, _served) = Client::start(Memory::default(), limits(), &[]).await;
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, "/bytes/3"))).await;
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request(GET, "/bytes/70000"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(GET, "/bytes/3"),
+        ))
+        .await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &request(GET, "/bytes/70000"),
+        ))
+        .await;
     // The second is longer than the first windows (65535): the rest waits for both.
     let (status, body) = client.answer(1).await;
     assert_eq!((status.as_str(), body.len()), ("200", 3));
@@ -241,7 +263,14 @@ async fn answers_come_on_their_streams_in_any_order() {
 #[tokio::test]
 async fn an_answer_waits_for_its_streams_window() {
     let (mut client, _served) = Client::start(Memory::default(), limits(), &[(0x4, 10)]).await;
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, "/bytes/25"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(GET, "/bytes/25"),
+        ))
+        .await;
     let mut got = Vec::new();
     for frame in client.until(DATA).await {
         if frame.kind == DATA {
@@ -265,7 +294,9 @@ async fn an_answer_waits_for_its_streams_window() {
 #[tokio::test]
 async fn a_request_body_larger_than_its_window_arrives_whole() {
     let (mut client, _served) = Client::start(Memory::default(), limits(), &[]).await;
-    client.send(&frame(HEADERS, END_HEADERS, 1, &request(POST, "/upload"))).await;
+    client
+        .send(&frame(HEADERS, END_HEADERS, 1, &request(POST, "/upload")))
+        .await;
     let total = 600 * 1024;
     // Within the stream's window the server announced (256 KiB; the connection's is 1 MiB),
     // then only as its WINDOW_UPDATEs allow.
@@ -275,7 +306,14 @@ async fn a_request_body_larger_than_its_window_arrives_whole() {
         while window > 0 && sent < total {
             let n = (total - sent).min(16_384).min(window);
             let end = sent + n == total;
-            client.send(&frame(DATA, if end { END_STREAM } else { 0 }, 1, &vec![7; n])).await;
+            client
+                .send(&frame(
+                    DATA,
+                    if end { END_STREAM } else { 0 },
+                    1,
+                    &vec![7; n],
+                ))
+                .await;
             sent += n;
             window -= n;
         }
@@ -299,11 +337,27 @@ async fn a_reset_stream_drops_its_answer_in_progress() {
     let service = Memory::default();
     let dropped = Arc::clone(&service.dropped);
     let (mut client, _served) = Client::start(service, limits(), &[]).await;
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, "/never"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(GET, "/never"),
+        ))
+        .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    client.send(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes())).await;
+    client
+        .send(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+        .await;
     // The connection goes on serving.
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request(GET, "/bytes/1"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &request(GET, "/bytes/1"),
+        ))
+        .await;
     assert_eq!(client.answer(3).await.0, "200");
     assert_eq!(dropped.load(SeqCst), 1);
 }
@@ -321,10 +375,19 @@ async fn ping_is_answered_and_a_drain_finishes_what_was_asked() {
     client.send(PREFACE).await;
     client.send(&frame(SETTINGS, 0, 0, &[])).await;
     client.send(&frame(PING, 0, 0, b"12345678")).await;
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, "/bytes/5"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(GET, "/bytes/5"),
+        ))
+        .await;
     // Served until the request has begun, then asked to close.
     let served = tokio::spawn(async move {
-        tokio::time::timeout(Duration::from_millis(100), &mut connection).await.ok();
+        tokio::time::timeout(Duration::from_millis(100), &mut connection)
+            .await
+            .ok();
         connection.close();
         connection.await
     });
@@ -346,7 +409,14 @@ async fn an_idle_connection_goes_away_after_the_client_timeout() {
         ..limits()
     };
     let (mut client, served) = Client::start(Memory::default(), limits, &[]).await;
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, "/bytes/1"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(GET, "/bytes/1"),
+        ))
+        .await;
     assert_eq!(client.answer(1).await.0, "200");
     let started = std::time::Instant::now();
     let goaway = client.until(GOAWAY).await.pop().unwrap();
@@ -359,16 +429,36 @@ async fn an_idle_connection_goes_away_after_the_client_timeout() {
 #[tokio::test]
 async fn the_clients_protocol_errors_end_the_connection_with_goaway() {
     let cases: [(&str, Vec<u8>, u32); 4] = [
-        ("DATA on a stream never opened", frame(DATA, 0, 5, b"x"), 0x1),
-        ("WINDOW_UPDATE of 0 on the connection", window_update(0, 0), 0x1),
-        ("a frame larger than allowed", frame(0x0, 0, 1, &vec![0; 16_385]), 0x6),
-        ("an undecodable header block", frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0xbf]), 0x9),
+        (
+            "DATA on a stream never opened",
+            frame(DATA, 0, 5, b"x"),
+            0x1,
+        ),
+        (
+            "WINDOW_UPDATE of 0 on the connection",
+            window_update(0, 0),
+            0x1,
+        ),
+        (
+            "a frame larger than allowed",
+            frame(0x0, 0, 1, &vec![0; 16_385]),
+            0x6,
+        ),
+        (
+            "an undecodable header block",
+            frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0xbf]),
+            0x9,
+        ),
     ];
     for (what, bytes, code) in cases {
         let (mut client, served) = Client::start(Memory::default(), limits(), &[]).await;
         client.send(&bytes).await;
         let goaway = client.until(GOAWAY).await.pop().unwrap();
-        assert_eq!(u32::from_be_bytes(goaway.payload[4..8].try_into().unwrap()), code, "{what}");
+        assert_eq!(
+            u32::from_be_bytes(goaway.payload[4..8].try_into().unwrap()),
+            code,
+            "{what}"
+        );
         assert!(client.next().await.is_none(), "{what}: still open");
         assert!(served.await.unwrap().is_err(), "{what}");
     }
@@ -396,10 +486,22 @@ async fn a_malformed_request_resets_its_stream_only() {
     // An uppercase field name.
     let mut block = request(GET, "/bytes/1");
     block.extend_from_slice(&[0x00, 1, b'X', 1, b'y']);
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)).await;
+    client
+        .send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await;
     let reset = client.until(RST_STREAM).await.pop().unwrap();
-    assert_eq!((reset.stream, reset.payload.as_slice()), (1, &[0, 0, 0, 1][..]));
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request(GET, "/bytes/2"))).await;
+    assert_eq!(
+        (reset.stream, reset.payload.as_slice()),
+        (1, &[0, 0, 0, 1][..])
+    );
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &request(GET, "/bytes/2"),
+        ))
+        .await;
     assert_eq!(client.answer(3).await.1.len(), 2);
 }
 
@@ -412,17 +514,33 @@ async fn a_header_list_past_the_limit_is_answered_431() {
         block.extend_from_slice(&[0x00, 1, b'x', 0x7f, 0xb9, 0x16]);
         block.extend_from_slice(&[b'v'; 3000]);
     }
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)).await;
+    client
+        .send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await;
     assert_eq!(client.answer(1).await.0, "431");
 }
 
 #[tokio::test]
 async fn after_the_client_lowers_its_table_the_first_answer_says_so() {
     let (mut client, _served) = Client::start(Memory::default(), limits(), &[(0x1, 0)]).await;
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, "/bytes/1"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(GET, "/bytes/1"),
+        ))
+        .await;
     let headers = client.until(HEADERS).await.pop().unwrap();
     assert_eq!(headers.payload[0], 0x20, "a table size update to 0 first");
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request(GET, "/bytes/1"))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &request(GET, "/bytes/1"),
+        ))
+        .await;
     let headers = client.until(HEADERS).await.pop().unwrap();
     assert_ne!(headers.payload[0], 0x20, "only once");
 }
@@ -436,7 +554,14 @@ async fn a_large_answer_with_the_largest_windows_arrives_whole() {
     client.send(&window_update(0, max - 65_535)).await;
     let total = 20_000_000;
     let path = format!("/bytes/{total}");
-    client.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request(GET, &path))).await;
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(GET, &path),
+        ))
+        .await;
     let (status, body) = client.answer(1).await;
     assert_eq!((status.as_str(), body.len()), ("200", total));
 }
