@@ -6,8 +6,9 @@
 //! Two transports carry exchanges: [`relay`] serves every simple HTTP/1.1 request (and hands
 //! connections to the kernel fast path), and [`Proxy::handle`], on hyper, serves the rest.
 //! [`listener`] gives connections to the first, which passes what it does not serve to the
-//! second; on a TLS frontend it gives them to [`tls`], which serves HTTP/1.1 and HTTP/2 on
-//! hyper through the second's path. All go through the same pipeline: [`exchange`] routes,
+//! second; on a TLS frontend it gives them to [`tls`], which gives HTTP/1.1 to the relay and
+//! HTTP/2 to [`h2`], a server of this crate's that takes each request through the second's
+//! path ([`Proxy::serve`]). All go through the same pipeline: [`exchange`] routes,
 //! learns cookies, counts and writes the one access record; [`error`] classifies failures by
 //! side and is the one responder. See docs/PIPELINE.md.
 
@@ -526,8 +527,8 @@ where
 
 /// The body of a response the pipeline gives its transport: the server's, whose bytes are
 /// counted against the server and which keeps the request in flight until it is done; or one
-/// the proxy made (an error's, an accepted upgrade's). Not boxed: hyper's HTTP/2 server takes
-/// it as it is.
+/// the proxy made (an error's, an accepted upgrade's). Not boxed: hyper, and the HTTP/2
+/// server, take it as it is.
 #[expect(
     clippy::large_enum_variant,
     reason = "one per response, moved into hyper's stream: boxing it is the allocation saved"

@@ -1,7 +1,8 @@
 //! The TLS transport: a frontend with `tls` terminates TLS (1.2 and 1.3, rustls with `ring`)
-//! and serves HTTP/1.1 and HTTP/2 (by ALPN) with hyper, each request through the same pipeline
-//! as the hyper fallback ([`Proxy::serve`]). A TLS connection is never given to the relay: the
-//! kernel fast path cannot splice it (no kTLS), so it has nothing to gain there.
+//! and serves HTTP/2 (chosen by ALPN) with this crate's HTTP/2 server ([`h2`]), HTTP/1.1 with
+//! the relay (never spliced: the kernel cannot splice TLS without kTLS) or, for what the relay
+//! hands back and on a frontend with `hsts`, with hyper. Every request goes through the same
+//! pipeline ([`Proxy::serve`] or the relay's).
 //!
 //! The handshake is bounded by `timeouts.client`; a client that fails it (plaintext on the TLS
 //! port, garbage, a stall) is closed and logged at debug. See docs/PIPELINE.md, "TLS frontends".
