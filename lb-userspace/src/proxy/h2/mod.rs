@@ -59,13 +59,7 @@ impl Service for Pipeline {
         Box::pin(async move {
             let (frontend, proxy) = &*shared;
             let mut response = proxy.serve(frontend, peer, via, request).await;
-            if let Some(hsts) = &frontend.hsts {
-                // The server's own policy, when it has one, is the one that counts.
-                response
-                    .headers_mut()
-                    .entry(hyper::header::STRICT_TRANSPORT_SECURITY)
-                    .or_insert_with(|| hsts.clone());
-            }
+            super::tls::add_hsts(frontend, response.headers_mut());
             response
         })
     }
@@ -76,4 +70,4 @@ impl Service for Pipeline {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -83,7 +83,8 @@ const WINDOW_UPDATE: u8 = 0x8;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+/// One frame: the 9-byte header, then `payload` (the TLS frontend's flood tests use it too).
+pub(in crate::proxy) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
     let mut out = vec![len[1], len[2], len[3], kind, flags];
     out.extend_from_slice(&stream.to_be_bytes());
@@ -149,6 +150,13 @@ impl Client {
 
     async fn send(&mut self, bytes: &[u8]) {
         self.io.write_all(bytes).await.unwrap();
+    }
+
+    /// A GET of `path` on stream `id`, the whole request in one HEADERS frame.
+    async fn get(&mut self, id: u32, path: &str) {
+        let block = request(GET, path);
+        self.send(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block))
+            .await;
     }
 
     /// The server's next frame; `None` once it closed.
@@ -235,22 +243,8 @@ fn window_update(stream: u32, increment: u32) -> Vec<u8> {
 #[tokio::test]
 async fn answers_come_on_their_streams_in_any_order() {
     let (mut client, _served) = Client::start(Memory::default(), limits(), &[]).await;
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(GET, "/bytes/3"),
-        ))
-        .await;
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            3,
-            &request(GET, "/bytes/70000"),
-        ))
-        .await;
+    client.get(1, "/bytes/3").await;
+    client.get(3, "/bytes/70000").await;
     // The second is longer than the first windows (65535): the rest waits for both.
     let (status, body) = client.answer(1).await;
     assert_eq!((status.as_str(), body.len()), ("200", 3));
@@ -263,14 +257,7 @@ async fn answers_come_on_their_streams_in_any_order() {
 #[tokio::test]
 async fn an_answer_waits_for_its_streams_window() {
     let (mut client, _served) = Client::start(Memory::default(), limits(), &[(0x4, 10)]).await;
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(GET, "/bytes/25"),
-        ))
-        .await;
+    client.get(1, "/bytes/25").await;
     let mut got = Vec::new();
     for frame in client.until(DATA).await {
         if frame.kind == DATA {
@@ -337,27 +324,13 @@ async fn a_reset_stream_drops_its_answer_in_progress() {
     let service = Memory::default();
     let dropped = Arc::clone(&service.dropped);
     let (mut client, _served) = Client::start(service, limits(), &[]).await;
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(GET, "/never"),
-        ))
-        .await;
+    client.get(1, "/never").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     client
         .send(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
         .await;
     // The connection goes on serving.
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            3,
-            &request(GET, "/bytes/1"),
-        ))
-        .await;
+    client.get(3, "/bytes/1").await;
     assert_eq!(client.answer(3).await.0, "200");
     assert_eq!(dropped.load(SeqCst), 1);
 }
@@ -375,14 +348,7 @@ async fn ping_is_answered_and_a_drain_finishes_what_was_asked() {
     client.send(PREFACE).await;
     client.send(&frame(SETTINGS, 0, 0, &[])).await;
     client.send(&frame(PING, 0, 0, b"12345678")).await;
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(GET, "/bytes/5"),
-        ))
-        .await;
+    client.get(1, "/bytes/5").await;
     // Served until the request has begun, then asked to close.
     let served = tokio::spawn(async move {
         tokio::time::timeout(Duration::from_millis(100), &mut connection)
@@ -409,14 +375,7 @@ async fn an_idle_connection_goes_away_after_the_client_timeout() {
         ..limits()
     };
     let (mut client, served) = Client::start(Memory::default(), limits, &[]).await;
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(GET, "/bytes/1"),
-        ))
-        .await;
+    client.get(1, "/bytes/1").await;
     assert_eq!(client.answer(1).await.0, "200");
     let started = std::time::Instant::now();
     let goaway = client.until(GOAWAY).await.pop().unwrap();
@@ -494,14 +453,7 @@ async fn a_malformed_request_resets_its_stream_only() {
         (reset.stream, reset.payload.as_slice()),
         (1, &[0, 0, 0, 1][..])
     );
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            3,
-            &request(GET, "/bytes/2"),
-        ))
-        .await;
+    client.get(3, "/bytes/2").await;
     assert_eq!(client.answer(3).await.1.len(), 2);
 }
 
@@ -523,24 +475,10 @@ async fn a_header_list_past_the_limit_is_answered_431() {
 #[tokio::test]
 async fn after_the_client_lowers_its_table_the_first_answer_says_so() {
     let (mut client, _served) = Client::start(Memory::default(), limits(), &[(0x1, 0)]).await;
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(GET, "/bytes/1"),
-        ))
-        .await;
+    client.get(1, "/bytes/1").await;
     let headers = client.until(HEADERS).await.pop().unwrap();
     assert_eq!(headers.payload[0], 0x20, "a table size update to 0 first");
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            3,
-            &request(GET, "/bytes/1"),
-        ))
-        .await;
+    client.get(3, "/bytes/1").await;
     let headers = client.until(HEADERS).await.pop().unwrap();
     assert_ne!(headers.payload[0], 0x20, "only once");
 }
@@ -554,14 +492,7 @@ async fn a_large_answer_with_the_largest_windows_arrives_whole() {
     client.send(&window_update(0, max - 65_535)).await;
     let total = 20_000_000;
     let path = format!("/bytes/{total}");
-    client
-        .send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(GET, &path),
-        ))
-        .await;
+    client.get(1, &path).await;
     let (status, body) = client.answer(1).await;
     assert_eq!((status.as_str(), body.len()), ("200", total));
 }

@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use super::*;
+use crate::proxy::h2::tests::frame;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -22,15 +23,6 @@ const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
 const CANCEL: u32 = 0x8;
 const REFUSED_STREAM: u32 = 0x7;
-
-/// One frame: the 9-byte header, then `payload`.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut out = vec![len[1], len[2], len[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 /// HPACK for `GET https://www.example.test/`: static-table fields and a literal authority.
 fn request_block() -> Vec<u8> {

@@ -284,13 +284,7 @@ fn service(
         Box::pin(async move {
             let (frontend, proxy) = &*shared;
             let mut response = proxy.serve(frontend, peer, via, request).await;
-            if let Some(hsts) = &frontend.hsts {
-                // The server's own policy, when it has one, is the one that counts.
-                response
-                    .headers_mut()
-                    .entry(hyper::header::STRICT_TRANSPORT_SECURITY)
-                    .or_insert_with(|| hsts.clone());
-            }
+            add_hsts(frontend, response.headers_mut());
             // In progress until hyper is done with the body (it drops it then).
             let response = response.map(|body| InProgress {
                 body,
@@ -299,6 +293,16 @@ fn service(
             Ok::<_, std::convert::Infallible>(response)
         }) as Answering
     })
+}
+
+/// `frontend`'s `hsts`, on an answer that has no `Strict-Transport-Security` of its own (the
+/// server's policy, when it has one, is the one that counts).
+pub(super) fn add_hsts(frontend: &Frontend, headers: &mut hyper::HeaderMap) {
+    if let Some(hsts) = &frontend.hsts {
+        headers
+            .entry(hyper::header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
 }
 
 /// Runs `connection` on a task of its own until it ends: shut down gracefully once idle for
