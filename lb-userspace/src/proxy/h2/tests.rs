@@ -387,7 +387,74 @@ async fn an_idle_connection_goes_away_after_the_client_timeout() {
 
 #[tokio::test]
 async fn the_clients_protocol_errors_end_the_connection_with_goaway() {
-    let cases: [(&str, Vec<u8>, u32); 4] = [
+    // Uploads whose bodies are never read: no window comes back.
+    let open = |id: u32| frame(HEADERS, END_HEADERS, id, &request(POST, "/never"));
+    let setting = |id: u16, value: u32| {
+        let mut payload = id.to_be_bytes().to_vec();
+        payload.extend_from_slice(&value.to_be_bytes());
+        frame(SETTINGS, 0, 0, &payload)
+    };
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "HEADERS on a stream a client cannot open",
+            frame(HEADERS, END_HEADERS | END_STREAM, 2, &request(GET, "/")),
+            0x1,
+        ),
+        (
+            "a frame between HEADERS and its CONTINUATION",
+            [
+                frame(HEADERS, 0, 1, &request(GET, "/")),
+                frame(PING, 0, 0, &[0; 8]),
+            ]
+            .concat(),
+            0x1,
+        ),
+        (
+            "CONTINUATION without HEADERS",
+            frame(0x9, END_HEADERS, 1, &[0x82]),
+            0x1,
+        ),
+        ("PING of 7 bytes", frame(PING, 0, 0, &[0; 7]), 0x6),
+        ("SETTINGS of 5 bytes", frame(SETTINGS, 0, 0, &[0; 5]), 0x6),
+        (
+            "INITIAL_WINDOW_SIZE past 2^31-1",
+            setting(0x4, 1 << 31),
+            0x3,
+        ),
+        ("MAX_FRAME_SIZE below 16384", setting(0x5, 100), 0x1),
+        ("ENABLE_PUSH of 2", setting(0x2, 2), 0x1),
+        (
+            "PUSH_PROMISE from a client",
+            frame(0x5, END_HEADERS, 1, &[0, 0, 0, 2]),
+            0x1,
+        ),
+        (
+            "the connection's window past 2^31-1",
+            window_update(0, (1 << 31) - 1),
+            0x3,
+        ),
+        (
+            "DATA past the connection's window",
+            [
+                open(1),
+                open(3),
+                open(5),
+                open(7),
+                open(9),
+                // 65 x 16 KiB, 13 to each stream: within each one's 256 KiB, past the 1 MiB
+                // of all.
+                (0..65)
+                    .flat_map(|i| frame(DATA, 0, 1 + 2 * (i % 5), &[0; 16_384]))
+                    .collect(),
+            ]
+            .concat(),
+            0x3,
+        ),
+        (
+            "RST_STREAM on a stream never opened",
+            frame(RST_STREAM, 0, 9, &[0; 4]),
+            0x1,
+        ),
         (
             "DATA on a stream never opened",
             frame(DATA, 0, 5, b"x"),
@@ -495,4 +562,28 @@ async fn a_large_answer_with_the_largest_windows_arrives_whole() {
     client.get(1, &path).await;
     let (status, body) = client.answer(1).await;
     assert_eq!((status.as_str(), body.len()), ("200", total));
+}
+
+/// A request body ended by trailers (a second HEADERS with END_STREAM): the body is whole,
+/// and the trailers' fields go through the connection's HPACK table like any others.
+#[tokio::test]
+async fn trailers_end_a_request_body() {
+    let (mut client, _served) = Client::start(Memory::default(), limits(), &[]).await;
+    client
+        .send(&frame(HEADERS, END_HEADERS, 1, &request(POST, "/upload")))
+        .await;
+    client.send(&frame(DATA, 0, 1, b"hello")).await;
+    // `x-check: 1`, a literal entered in the table, then a request that refers to it (62).
+    let trailers = [&[0x40, 7][..], b"x-check", &[1, b'1']].concat();
+    client
+        .send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers))
+        .await;
+    let (status, body) = client.answer(1).await;
+    assert_eq!((status.as_str(), body.as_slice()), ("200", &b"5"[..]));
+    let mut block = request(GET, "/bytes/2");
+    block.push(0x80 | 62);
+    client
+        .send(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &block))
+        .await;
+    assert_eq!(client.answer(3).await.1.len(), 2);
 }
