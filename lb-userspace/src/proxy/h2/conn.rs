@@ -529,7 +529,7 @@ where
         head: &Head,
         payload: &[u8],
     ) -> Result<(), Fatal> {
-        let Some(block) = self.block.as_mut() else {
+        let Some(mut block) = self.block.take() else {
             return Err(Fatal(Reason::Protocol, "CONTINUATION without HEADERS"));
         };
         if block.stream != head.stream {
@@ -546,9 +546,9 @@ where
         }
         block.bytes.extend_from_slice(payload);
         if !head.has(frame::END_HEADERS) {
+            self.block = Some(block);
             return Ok(());
         }
-        let block = self.block.take().unwrap_or_else(|| unreachable!());
         self.header_block(cx, block.stream, block.end_stream, &block.bytes)
     }
 
